@@ -1,0 +1,166 @@
+//! The range rules and the parameter formula of SPEC.md section 2, one f32 operation at a time.
+
+use crate::scheme::{Center, ParamType, Rule};
+
+/// The range [lo, hi] that `rule` picks for a group's values (finite, non-empty).
+///
+/// `values` may be reordered (the quantile rule sorts it). A zero result is returned as +0.0, so
+/// that a parameter's bits never depend on which of two equal zeros a reduction met first.
+pub fn group_range(rule: Rule, values: &mut [f32]) -> (f32, f32) {
+    let (lo, hi) = match rule {
+        Rule::MinMax => min_max(values),
+        Rule::Shrink {
+            alpha,
+            center: Center::Zero,
+        } => {
+            let a = alpha.get();
+            let (min, max) = min_max(values);
+            (a * min, a * max)
+        }
+        Rule::Shrink {
+            alpha,
+            center: Center::Mid,
+        } => {
+            let a = alpha.get();
+            let (min, max) = min_max(values);
+            let c = (min + max) / 2.0;
+            (c + a * (min - c), c + a * (max - c))
+        }
+        Rule::Quantile(p) => {
+            values.sort_by(f32::total_cmp);
+            let p = p.get();
+            (quantile_sorted(values, p), quantile_sorted(values, 1.0 - p))
+        }
+    };
+    (lo + 0.0, hi + 0.0)
+}
+
+/// Smallest and largest value (first occurrence wins among equal values).
+fn min_max(values: &[f32]) -> (f32, f32) {
+    let mut min = values[0];
+    let mut max = values[0];
+    for &x in &values[1..] {
+        if x < min {
+            min = x;
+        }
+        if x > max {
+            max = x;
+        }
+    }
+    (min, max)
+}
+
+/// numpy's `method='linear'` quantile of ascending `sorted` at level `p`, computed in f64 and
+/// rounded once to f32.
+pub fn quantile_sorted(sorted: &[f32], p: f64) -> f32 {
+    let n = sorted.len();
+    let h = (n - 1) as f64 * p;
+    let k = h.floor() as usize;
+    if k >= n - 1 {
+        return sorted[n - 1];
+    }
+    let f = h - k as f64;
+    let a = sorted[k] as f64;
+    let b = sorted[k + 1] as f64;
+    (a + (b - a) * f) as f32
+}
+
+/// Rounds `x` to the parameter type (round to nearest even) and back to f32: P(x) of the spec.
+pub fn round_param(x: f32, params: ParamType) -> f32 {
+    match params {
+        ParamType::F16 => half::f16::from_f32(x).to_f32(),
+        ParamType::F32 => x,
+    }
+}
+
+/// The stored (zero, scale) of a group with range [lo, hi] and largest code `max_code`.
+///
+/// `None` when a parameter does not fit the parameter type (|zero| or |zero + L * scale| beyond
+/// its finite range).
+pub fn group_params(lo: f32, hi: f32, max_code: u8, params: ParamType) -> Option<(f32, f32)> {
+    let levels = max_code as f32;
+    let zero = round_param(lo, params);
+    let scale = if hi <= lo {
+        0.0
+    } else {
+        round_param((round_param(hi, params) - zero) / levels, params)
+    };
+    let limit = match params {
+        ParamType::F16 => half::f16::MAX.to_f32(),
+        ParamType::F32 => f32::MAX,
+    };
+    let top = zero + levels * scale;
+    let fits = zero.is_finite() && scale.is_finite() && top.is_finite() && top.abs() <= limit;
+    fits.then_some((zero, scale))
+}
+
+/// The code of `x` under (zero, scale): `clamp(round_half_even((x - zero) / scale), 0, L)`, or 0
+/// when the scale is 0.
+pub fn code(x: f32, zero: f32, scale: f32, max_code: u8) -> u8 {
+    if scale == 0.0 {
+        return 0;
+    }
+    let q = ((x - zero) / scale).round_ties_even();
+    q.clamp(0.0, max_code as f32) as u8
+}
+
+/// The dequantized value `zero + scale * code`, two f32 operations.
+pub fn dequantize_value(code: u8, zero: f32, scale: f32) -> f32 {
+    zero + scale * code as f32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scheme::{Alpha, Quantile};
+
+    #[test]
+    fn quantile_matches_numpy_linear() {
+        // numpy.quantile([1, 2, 3, 4, 10], [0.2, 0.8]) == [1.8, 5.2]
+        let mut v = [10.0, 3.0, 1.0, 4.0, 2.0];
+        let rule = Rule::Quantile(Quantile::new(0.2).unwrap());
+        let (lo, hi) = group_range(rule, &mut v);
+        assert_eq!(lo, 1.8f64 as f32);
+        assert_eq!(hi, 5.2f64 as f32);
+        assert_eq!(quantile_sorted(&[7.0], 0.3), 7.0);
+    }
+
+    #[test]
+    fn shrink_rules() {
+        let mut v = [-4.0, 2.0, 6.0];
+        let half = Alpha::new(0.5).unwrap();
+        let zero_center = Rule::Shrink { alpha: half, center: Center::Zero };
+        assert_eq!(group_range(zero_center, &mut v), (-2.0, 3.0));
+        let mid = Rule::Shrink { alpha: half, center: Center::Mid };
+        assert_eq!(group_range(mid, &mut v), (-1.5, 3.5));
+    }
+
+    #[test]
+    fn negative_zero_range_is_positive_zero() {
+        let mut v = [-0.0, -0.0];
+        let (lo, hi) = group_range(Rule::MinMax, &mut v);
+        assert_eq!((lo.to_bits(), hi.to_bits()), (0, 0));
+    }
+
+    #[test]
+    fn params_round_and_overflow() {
+        // 1-bit over [-1, 0.1]: zero = -1, scale = P(0.1) - (-1) rounded to f16.
+        let (zero, scale) = group_params(-1.0, 0.1, 1, ParamType::F16).unwrap();
+        assert_eq!(zero, -1.0);
+        assert_eq!(scale, half::f16::from_f32(half::f16::from_f32(0.1).to_f32() + 1.0).to_f32());
+        assert_eq!(group_params(2.0, 2.0, 3, ParamType::F16), Some((2.0, 0.0)));
+        assert_eq!(group_params(-65504.0, 65504.0, 1, ParamType::F16), None);
+        assert_eq!(group_params(-65504.0, 65504.0, 3, ParamType::F16), None);
+        assert!(group_params(-65504.0, 65504.0, 1, ParamType::F32).is_some());
+        assert_eq!(group_params(0.0, 1e6, 255, ParamType::F16), None);
+    }
+
+    #[test]
+    fn codes_round_half_even_and_clamp() {
+        assert_eq!(code(0.5, 0.0, 1.0, 3), 0);
+        assert_eq!(code(1.5, 0.0, 1.0, 3), 2);
+        assert_eq!(code(9.0, 0.0, 1.0, 3), 3);
+        assert_eq!(code(-9.0, 0.0, 1.0, 3), 0);
+        assert_eq!(code(5.0, 5.0, 0.0, 3), 0);
+    }
+}

@@ -1,0 +1,161 @@
+//! Errors of the scheme language: what is wrong, where, and what is allowed instead.
+
+use std::fmt;
+
+/// The keys a scheme takes, for hints.
+pub const SCHEME_KEYS: &str = "bits, axis, group, rule, params, order";
+/// The entries a cache scheme takes, for hints.
+pub const CACHE_ENTRIES: &str = "key(...), value(...), calibrate = d";
+/// The allowed rules, for hints.
+pub const RULES: &str = "minmax, shrink(a), shrink(a, center = mid), quantile(p)";
+
+/// What is wrong with a scheme, independent of where it is written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SchemeErrorKind {
+    /// A key the language does not have.
+    UnknownKey {
+        /// The key as written.
+        found: String,
+        /// The keys allowed at this place.
+        allowed: &'static str,
+    },
+    /// A key given twice.
+    DuplicateKey {
+        /// The repeated key.
+        key: String,
+    },
+    /// A required key or part is absent.
+    Missing {
+        /// What is missing, e.g. "`rule`" or "the `key(...)` part".
+        what: String,
+        /// How to write it.
+        hint: String,
+    },
+    /// A well-formed value that the key does not accept.
+    InvalidValue {
+        /// The key, e.g. "bits".
+        key: &'static str,
+        /// The value as written.
+        found: String,
+        /// The allowed values.
+        allowed: &'static str,
+    },
+    /// A value of the wrong kind: a word where a number belongs, a string literal, ...
+    WrongKind {
+        /// The key or argument, e.g. "bits".
+        key: &'static str,
+        /// What was expected, e.g. "an integer".
+        expected: &'static str,
+        /// What was found.
+        found: String,
+    },
+    /// A bare value where a `name = value` entry belongs, or the other way round.
+    Misplaced {
+        /// What was found.
+        found: String,
+        /// What belongs here.
+        expected: &'static str,
+    },
+    /// The text could not be read as the grammar (text front end only).
+    Syntax {
+        /// What the reader found.
+        found: String,
+        /// What it expected.
+        expected: &'static str,
+    },
+}
+
+impl SchemeErrorKind {
+    /// A one-line hint naming the valid values.
+    pub fn hint(&self) -> String {
+        match self {
+            SchemeErrorKind::UnknownKey { allowed, .. } => format!("expected one of: {allowed}"),
+            SchemeErrorKind::DuplicateKey { .. } => "each key may be given once".to_string(),
+            SchemeErrorKind::Missing { hint, .. } => hint.clone(),
+            SchemeErrorKind::InvalidValue { key, allowed, .. } => format!("{key}: {allowed}"),
+            SchemeErrorKind::WrongKind { key, expected, .. } => format!("{key} takes {expected}"),
+            SchemeErrorKind::Misplaced { expected, .. } => format!("expected {expected}"),
+            SchemeErrorKind::Syntax { expected, .. } => format!("expected {expected}"),
+        }
+    }
+}
+
+impl fmt::Display for SchemeErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SchemeErrorKind::UnknownKey { found, .. } => write!(f, "unknown key `{found}`"),
+            SchemeErrorKind::DuplicateKey { key } => write!(f, "duplicate key `{key}`"),
+            SchemeErrorKind::Missing { what, .. } => write!(f, "missing {what}"),
+            SchemeErrorKind::InvalidValue { key, found, .. } => {
+                write!(f, "`{key} = {found}` is not allowed")
+            }
+            SchemeErrorKind::WrongKind {
+                key,
+                expected,
+                found,
+            } => write!(f, "{key} expects {expected}, found {found}"),
+            SchemeErrorKind::Misplaced { found, expected } => {
+                write!(f, "unexpected {found}, expected {expected}")
+            }
+            SchemeErrorKind::Syntax { found, expected } => {
+                write!(f, "unexpected {found}, expected {expected}")
+            }
+        }
+    }
+}
+
+/// A scheme error at a place in the source: a byte range for text, a token span for the macro.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchemeError<S> {
+    /// Where the mistake is.
+    pub span: S,
+    /// What the mistake is.
+    pub kind: SchemeErrorKind,
+}
+
+impl<S> SchemeError<S> {
+    /// An error of `kind` at `span`.
+    pub fn new(span: S, kind: SchemeErrorKind) -> Self {
+        SchemeError { span, kind }
+    }
+}
+
+impl<S> fmt::Display for SchemeError<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.kind, self.kind.hint())
+    }
+}
+
+/// All the errors found in one scheme text, with the text for context.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseError {
+    /// The text that was parsed.
+    pub source: String,
+    /// Every error found, in source order; never empty.
+    pub errors: Vec<SchemeError<std::ops::Range<usize>>>,
+}
+
+/// One line per error: `invalid scheme "<text>": <message> at column N (<hint>)`.
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.errors.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            let column = self.source[..e.span.start.min(self.source.len())]
+                .chars()
+                .count()
+                + 1;
+            write!(
+                f,
+                "invalid scheme \"{}\": {} at column {column} ({})",
+                self.source,
+                e.kind,
+                e.kind.hint()
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ParseError {}
