@@ -135,24 +135,17 @@ pub struct ParseError {
     pub errors: Vec<SchemeError<std::ops::Range<usize>>>,
 }
 
-/// One line per error: `invalid scheme "<text>": <message> at column N (<hint>)`.
+/// One line: `invalid scheme "<text>": <message> at column N (<hint>); <next error> ...`.
 impl fmt::Display for ParseError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid scheme \"{}\": ", self.source)?;
         for (i, e) in self.errors.iter().enumerate() {
             if i > 0 {
-                f.write_str("\n")?;
+                f.write_str("; ")?;
             }
-            let column = self.source[..e.span.start.min(self.source.len())]
-                .chars()
-                .count()
-                + 1;
-            write!(
-                f,
-                "invalid scheme \"{}\": {} at column {column} ({})",
-                self.source,
-                e.kind,
-                e.kind.hint()
-            )?;
+            let start = e.span.start.min(self.source.len());
+            let column = self.source[..start].chars().count() + 1;
+            write!(f, "{} at column {column} ({})", e.kind, e.kind.hint())?;
         }
         Ok(())
     }

@@ -1,0 +1,191 @@
+//! `kvq eval` as a user runs it: the JSON contract, the table, and clear one-line failures.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+use crate::fixtures::{dinov2, smollm2};
+
+const KEY: &str = "bits = 1, axis = channel, group = all, rule = shrink(0.5)";
+const VALUE: &str = "bits = 1, axis = channel, group = all, rule = shrink(0.3)";
+
+fn kvq(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kvq")).args(args).output().unwrap()
+}
+
+fn eval(file: &Path, extra: &[&str]) -> Output {
+    let file = file.to_str().unwrap();
+    let mut args = vec!["eval", "--kv", file, "--key", KEY, "--value", VALUE];
+    args.extend_from_slice(extra);
+    kvq(&args)
+}
+
+/// Asserts a clean failure: non-zero exit, nothing on stdout, one `error:` line, no panic.
+fn assert_clean_failure(out: &Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "succeeded: {stderr}");
+    assert!(out.stdout.is_empty());
+    assert_eq!(stderr.lines().count(), 1, "not one line: {stderr}");
+    assert!(stderr.starts_with("error: "), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.contains(needle), "expected {needle:?} in {stderr}");
+}
+
+/// Writes a safetensors file by hand: `tensors` are (name, dtype, shape, little-endian bytes).
+fn write_safetensors(name: &str, tensors: &[(&str, &str, Vec<usize>, Vec<u8>)], causal: Option<&str>) -> PathBuf {
+    let mut header = serde_json::Map::new();
+    if let Some(c) = causal {
+        header.insert("__metadata__".into(), serde_json::json!({ "causal": c }));
+    }
+    let mut data = Vec::new();
+    for (n, dtype, shape, bytes) in tensors {
+        let start = data.len();
+        data.extend_from_slice(bytes);
+        header.insert((*n).into(), serde_json::json!({ "dtype": dtype, "shape": shape, "data_offsets": [start, data.len()] }));
+    }
+    let header = serde_json::to_vec(&Value::Object(header)).unwrap();
+    let mut file = (header.len() as u64).to_le_bytes().to_vec();
+    file.extend_from_slice(&header);
+    file.extend_from_slice(&data);
+    let dir = std::env::temp_dir().join(format!("kvq-cli-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, file).unwrap();
+    path
+}
+
+fn f32_bytes(values: impl IntoIterator<Item = f32>) -> Vec<u8> {
+    values.into_iter().flat_map(f32::to_le_bytes).collect()
+}
+
+fn small(values: usize) -> Vec<u8> {
+    f32_bytes((0..values).map(|i| (i as f32 * 0.37).sin()))
+}
+
+#[test]
+fn json_output_is_one_object_with_the_documented_fields() {
+    let out = eval(&dinov2(), &["--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(stdout.trim().lines().count(), 1);
+    let v: Value = serde_json::from_str(&stdout).unwrap();
+    let obj = v.as_object().unwrap();
+    assert_eq!(obj.keys().collect::<Vec<_>>(), ["bits_per_element", "layers", "mean"]);
+    let layers = v["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 3);
+    for (i, l) in layers.iter().enumerate() {
+        assert_eq!(l["layer_index"], i);
+        for k in ["k_rel", "v_rel", "attn_out_rel"] {
+            assert!(l[k].as_f64().unwrap() > 0.0);
+        }
+    }
+    // 1 code bit + two f16 parameters per channel over 257 tokens.
+    let bpe = 1.0 + 32.0 / 257.0;
+    assert!((v["bits_per_element"]["key"].as_f64().unwrap() - bpe).abs() < 1e-12);
+    // reference.json's CalibQuant figure for this file, computed independently.
+    assert!((v["mean"]["k_rel"].as_f64().unwrap() - 0.4242249006572174).abs() < 1e-6);
+}
+
+#[test]
+fn table_names_layers_and_compression() {
+    let out = eval(&smollm2(), &[]);
+    assert!(out.status.success());
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(stdout.contains("causal"), "{stdout}");
+    assert!(stdout.contains("attn_out_rel"));
+    assert!(stdout.contains("mean"));
+    assert!(stdout.contains("compression against f16: 14."), "{stdout}");
+    assert_eq!(stdout.lines().filter(|l| l.trim_start().starts_with(char::is_numeric)).count(), 4);
+}
+
+#[test]
+fn causal_flag_changes_non_causal_figures() {
+    let plain = eval(&dinov2(), &["--json"]);
+    let causal = eval(&dinov2(), &["--json", "--causal"]);
+    let a: Value = serde_json::from_slice(&plain.stdout).unwrap();
+    let b: Value = serde_json::from_slice(&causal.stdout).unwrap();
+    assert_eq!(a["mean"]["k_rel"], b["mean"]["k_rel"]);
+    assert_ne!(a["mean"]["attn_out_rel"], b["mean"]["attn_out_rel"]);
+}
+
+#[test]
+fn bad_scheme_text_is_one_clear_line() {
+    let file = dinov2();
+    let out = kvq(&["eval", "--kv", file.to_str().unwrap(), "--key", "bits = 3, axis = channel, group = all, rule = minmax", "--value", VALUE]);
+    assert_clean_failure(&out, "`bits = 3` is not allowed");
+    let out = kvq(&["eval", "--kv", file.to_str().unwrap(), "--key", KEY, "--value", "bits = 1, axis = channel, rule = quantile(0.7"]);
+    assert_clean_failure(&out, "--value");
+}
+
+#[test]
+fn missing_and_malformed_files_fail_cleanly() {
+    assert_clean_failure(&eval(Path::new("/nonexistent/kv.safetensors"), &[]), "cannot read");
+    let dir = std::env::temp_dir().join(format!("kvq-cli-garbage-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let garbage = dir.join("garbage.safetensors");
+    std::fs::write(&garbage, b"\xff\xff\xff\xff\xff\xff\xff\x7fnot a header").unwrap();
+    assert_clean_failure(&eval(&garbage, &[]), "not a valid safetensors file");
+}
+
+#[test]
+fn missing_tensor_and_mismatched_shapes_fail_cleanly() {
+    let qk = [("q", "F32", vec![1, 2, 3, 8], small(48)), ("k", "F32", vec![1, 1, 3, 8], small(24))];
+    let path = write_safetensors("no_v.safetensors", &qk, None);
+    assert_clean_failure(&eval(&path, &[]), "tensor `v` is missing");
+
+    let bad = [
+        ("q", "F32", vec![1, 2, 3, 8], small(48)),
+        ("k", "F32", vec![1, 1, 3, 8], small(24)),
+        ("v", "F32", vec![1, 1, 4, 8], small(32)),
+    ];
+    let path = write_safetensors("mismatch.safetensors", &bad, None);
+    assert_clean_failure(&eval(&path, &[]), "shape mismatch");
+
+    let rank3 = [
+        ("q", "F32", vec![2, 3, 8], small(48)),
+        ("k", "F32", vec![1, 3, 8], small(24)),
+        ("v", "F32", vec![1, 3, 8], small(24)),
+    ];
+    let path = write_safetensors("rank3.safetensors", &rank3, None);
+    assert_clean_failure(&eval(&path, &[]), "expected 4 non-zero dimensions");
+
+    let ints = [
+        ("q", "I32", vec![1, 2, 3, 8], small(48)),
+        ("k", "F32", vec![1, 1, 3, 8], small(24)),
+        ("v", "F32", vec![1, 1, 3, 8], small(24)),
+    ];
+    let path = write_safetensors("ints.safetensors", &ints, None);
+    assert_clean_failure(&eval(&path, &[]), "expected F16, BF16 or F32");
+}
+
+#[test]
+fn non_finite_value_names_layer_head_and_token() {
+    let mut v: Vec<f32> = (0..48).map(|i| i as f32).collect();
+    v[24 + 8 + 5] = f32::NAN; // layer 1, head 0, token 1, channel 5
+    let t = [
+        ("q", "F32", vec![2, 2, 3, 8], small(96)),
+        ("k", "F32", vec![2, 1, 3, 8], small(48)),
+        ("v", "F32", vec![2, 1, 3, 8], f32_bytes(v)),
+    ];
+    let path = write_safetensors("nan.safetensors", &t, None);
+    assert_clean_failure(&eval(&path, &[]), "tensor `v` has non-finite value NaN at layer 1, head 0, token 1, channel 5");
+}
+
+#[test]
+fn small_f16_and_bf16_files_evaluate_and_metadata_sets_causality() {
+    let f16 = |n: usize| (0..n).flat_map(|i| half::f16::from_f32((i as f32 * 0.37).sin()).to_le_bytes()).collect::<Vec<u8>>();
+    let bf16 = |n: usize| (0..n).flat_map(|i| half::bf16::from_f32((i as f32 * 0.91).cos()).to_le_bytes()).collect::<Vec<u8>>();
+    let t = [
+        ("q", "F16", vec![1, 2, 5, 8], f16(80)),
+        ("k", "BF16", vec![1, 1, 5, 8], bf16(40)),
+        ("v", "F32", vec![1, 1, 5, 8], small(40)),
+    ];
+    let causal = write_safetensors("mixed_causal.safetensors", &t, Some("true"));
+    let plain = write_safetensors("mixed.safetensors", &t, Some("false"));
+    let a: Value = serde_json::from_slice(&eval(&causal, &["--json"]).stdout).unwrap();
+    let b: Value = serde_json::from_slice(&eval(&plain, &["--json", "--causal"]).stdout).unwrap();
+    assert_eq!(a, b);
+    let bad = write_safetensors("bad_meta.safetensors", &t, Some("yes"));
+    assert_clean_failure(&eval(&bad, &[]), "metadata `causal`");
+}

@@ -1,0 +1,8 @@
+use kvq::kv_quant;
+
+#[kv_quant(value(bits = 1, axis = channel, group = all, rule = shrink(0.3)))]
+pub struct Scheme;
+
+fn main() {
+    let _ = Scheme;
+}

@@ -1,0 +1,8 @@
+use kvq::kv_quant;
+
+#[kv_quant(key(bits = 1, axis = channel, group = all, rule = shrink(0.5)))]
+pub struct Scheme;
+
+fn main() {
+    let _ = Scheme;
+}

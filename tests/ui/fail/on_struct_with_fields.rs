@@ -1,0 +1,13 @@
+use kvq::kv_quant;
+
+#[kv_quant(
+    key(bits = 1, axis = channel, group = all, rule = shrink(0.5)),
+    value(bits = 1, axis = channel, group = all, rule = shrink(0.3)),
+)]
+pub struct Scheme {
+    pub bits: u32,
+}
+
+fn main() {
+    let _ = Scheme { bits: 1 }.bits;
+}
