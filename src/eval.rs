@@ -65,7 +65,12 @@ pub struct EvalReport {
 
 /// Quantizes every layer's K and V of `file` (each as one span) and measures SPEC.md section 5's
 /// metrics; attention is causal when `causal` is set.
-pub fn evaluate(file: &KvFile, key: &Scheme, value: &Scheme, causal: bool) -> Result<EvalReport, EvalError> {
+pub fn evaluate(
+    file: &KvFile,
+    key: &Scheme,
+    value: &Scheme,
+    causal: bool,
+) -> Result<EvalReport, EvalError> {
     let mut layers = Vec::with_capacity(file.layers.len());
     for (layer, kv) in file.layers.iter().enumerate() {
         let LayerMetrics {
@@ -109,7 +114,11 @@ impl EvalReport {
 /// The readable table of `kvq eval`.
 impl fmt::Display for EvalReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "{:>6} {:>10} {:>10} {:>13}", "layer", "k_rel", "v_rel", "attn_out_rel")?;
+        writeln!(
+            f,
+            "{:>6} {:>10} {:>10} {:>13}",
+            "layer", "k_rel", "v_rel", "attn_out_rel"
+        )?;
         for l in &self.layers {
             writeln!(
                 f,

@@ -37,9 +37,9 @@ pub trait KvQuant {
 #[doc(hidden)]
 pub mod __private {
     pub use crate::KvQuant;
-    pub use kvq_ir::scheme::{
-        Alpha, Axis, BitOrder, Bits, CacheScheme, Calibration, Center, Group, GroupSize,
-        ParamType, Quantile, Rule, Scheme,
-    };
     pub use core::option::Option::{None, Some};
+    pub use kvq_ir::scheme::{
+        Alpha, Axis, BitOrder, Bits, CacheScheme, Calibration, Center, Group, GroupSize, ParamType,
+        Quantile, Rule, Scheme,
+    };
 }

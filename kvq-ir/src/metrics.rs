@@ -51,10 +51,18 @@ pub fn rel_error(approx: &[f32], exact: &[f32]) -> f64 {
 }
 
 fn rel_error_f64(approx: &[f64], exact: &[f64]) -> f64 {
-    let num: f64 = approx.iter().zip(exact).map(|(a, b)| (a - b) * (a - b)).sum();
+    let num: f64 = approx
+        .iter()
+        .zip(exact)
+        .map(|(a, b)| (a - b) * (a - b))
+        .sum();
     let den: f64 = exact.iter().map(|b| b * b).sum();
     if den == 0.0 {
-        if num == 0.0 { 0.0 } else { f64::INFINITY }
+        if num == 0.0 {
+            0.0
+        } else {
+            f64::INFINITY
+        }
     } else {
         (num / den).sqrt()
     }
@@ -72,12 +80,23 @@ pub fn attention_f64(q: &Tensor3, k: &Tensor3, v: &Tensor3, causal: bool) -> Vec
         let kvh = h / group;
         for i in 0..qs.tokens {
             let qi = q.row(h, i);
-            let visible = if causal { (i + 1).min(ks.tokens) } else { ks.tokens };
+            let visible = if causal {
+                (i + 1).min(ks.tokens)
+            } else {
+                ks.tokens
+            };
             for (j, s) in logits[..visible].iter_mut().enumerate() {
-                let dot: f64 = qi.iter().zip(k.row(kvh, j)).map(|(&a, &b)| a as f64 * b as f64).sum();
+                let dot: f64 = qi
+                    .iter()
+                    .zip(k.row(kvh, j))
+                    .map(|(&a, &b)| a as f64 * b as f64)
+                    .sum();
                 *s = dot / norm;
             }
-            let max = logits[..visible].iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let max = logits[..visible]
+                .iter()
+                .cloned()
+                .fold(f64::NEG_INFINITY, f64::max);
             let mut total = 0.0;
             for s in &mut logits[..visible] {
                 *s = (*s - max).exp();
@@ -114,10 +133,18 @@ pub fn layer_metrics(
         )));
     }
     if let Some(([head, token, channel], _)) = q.first_non_finite() {
-        return Err(MetricsError::NonFiniteQuery { head, token, channel });
+        return Err(MetricsError::NonFiniteQuery {
+            head,
+            token,
+            channel,
+        });
     }
-    let k_hat = quantize(k, key).and_then(|p| p.dequantize()).map_err(MetricsError::Key)?;
-    let v_hat = quantize(v, value).and_then(|p| p.dequantize()).map_err(MetricsError::Value)?;
+    let k_hat = quantize(k, key)
+        .and_then(|p| p.dequantize())
+        .map_err(MetricsError::Key)?;
+    let v_hat = quantize(v, value)
+        .and_then(|p| p.dequantize())
+        .map_err(MetricsError::Value)?;
     let exact = attention_f64(q, k, v, causal);
     let approx = attention_f64(q, &k_hat, &v_hat, causal);
     Ok(LayerMetrics {

@@ -117,7 +117,10 @@ impl Tensor3 {
         let i = self.data.iter().position(|x| !x.is_finite())?;
         let dim = self.shape.dim;
         let tokens = self.shape.tokens;
-        Some(([i / dim / tokens, (i / dim) % tokens, i % dim], self.data[i]))
+        Some((
+            [i / dim / tokens, (i / dim) % tokens, i % dim],
+            self.data[i],
+        ))
     }
 
     /// Tokens `range` of every head, as a new tensor.
@@ -148,7 +151,11 @@ mod tests {
     fn rejects_wrong_length_and_empty() {
         assert!(matches!(
             Tensor3::new([2, 3, 4], vec![0.0; 23]),
-            Err(TensorError::Length { expected: 24, actual: 23, .. })
+            Err(TensorError::Length {
+                expected: 24,
+                actual: 23,
+                ..
+            })
         ));
         assert!(matches!(
             Tensor3::new([2, 0, 4], vec![]),
@@ -159,7 +166,12 @@ mod tests {
     #[test]
     fn finds_first_non_finite_position() {
         let mut data = vec![0.0; 24];
-        data[Shape3 { heads: 2, tokens: 3, dim: 4 }.index(1, 2, 3)] = f32::NAN;
+        data[Shape3 {
+            heads: 2,
+            tokens: 3,
+            dim: 4,
+        }
+        .index(1, 2, 3)] = f32::NAN;
         let t = Tensor3::new([2, 3, 4], data).unwrap();
         let (pos, v) = t.first_non_finite().unwrap();
         assert_eq!(pos, [1, 2, 3]);

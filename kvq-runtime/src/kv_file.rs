@@ -155,7 +155,10 @@ impl KvFile {
             let per = data.len() / layers;
             (0..layers)
                 .map(|l| {
-                    let t = Tensor3::new([shape[1], shape[2], shape[3]], data[l * per..(l + 1) * per].to_vec())?;
+                    let t = Tensor3::new(
+                        [shape[1], shape[2], shape[3]],
+                        data[l * per..(l + 1) * per].to_vec(),
+                    )?;
                     match t.first_non_finite() {
                         Some(([head, token, channel], value)) => Err(KvFileError::NonFinite {
                             name,
@@ -184,7 +187,10 @@ impl KvFile {
 }
 
 /// A rank-4 tensor converted exactly to f32, with its shape.
-fn read_f32(st: &SafeTensors<'_>, name: &'static str) -> Result<(Vec<usize>, Vec<f32>), KvFileError> {
+fn read_f32(
+    st: &SafeTensors<'_>,
+    name: &'static str,
+) -> Result<(Vec<usize>, Vec<f32>), KvFileError> {
     let view = st.tensor(name).map_err(|_| KvFileError::Missing { name })?;
     let shape = view.shape().to_vec();
     if shape.len() != 4 || shape.contains(&0) {

@@ -32,15 +32,23 @@ fn prefix_span_suffix_matches_full_attention_on_dequantized_tokens() {
     let (span, last) = (20..200, layer.k.shape().tokens - 1);
     let kq = quantize(&layer.k.slice_tokens(span.clone()).unwrap(), &scheme.key).unwrap();
     let vq = quantize(&layer.v.slice_tokens(span.clone()).unwrap(), &scheme.value).unwrap();
-    let (kp, vp) = (layer.k.slice_tokens(0..20).unwrap(), layer.v.slice_tokens(0..20).unwrap());
-    let (ks, vs) = (layer.k.slice_tokens(200..last + 1).unwrap(), layer.v.slice_tokens(200..last + 1).unwrap());
+    let (kp, vp) = (
+        layer.k.slice_tokens(0..20).unwrap(),
+        layer.v.slice_tokens(0..20).unwrap(),
+    );
+    let (ks, vs) = (
+        layer.k.slice_tokens(200..last + 1).unwrap(),
+        layer.v.slice_tokens(200..last + 1).unwrap(),
+    );
     let segments = [
         Segment::Full { k: &kp, v: &vp },
         Segment::Quantized { k: &kq, v: &vq },
         Segment::Full { k: &ks, v: &vs },
     ];
     let qs = layer.q.shape();
-    let q: Vec<f32> = (0..qs.heads).flat_map(|h| layer.q.row(h, last).to_vec()).collect();
+    let q: Vec<f32> = (0..qs.heads)
+        .flat_map(|h| layer.q.row(h, last).to_vec())
+        .collect();
     let got = decode_attention(&q, qs.heads, &segments, None).unwrap();
 
     let k_full = splice(&layer.k, span.clone(), &kq.dequantize().unwrap());
@@ -50,7 +58,10 @@ fn prefix_span_suffix_matches_full_attention_on_dequantized_tokens() {
         for c in 0..qs.dim {
             let w = want[qs.index(h, last, c)];
             let g = got[h * qs.dim + c] as f64;
-            assert!((g - w).abs() <= 1e-6 * (1.0 + w.abs()), "head {h} channel {c}: {g} vs {w}");
+            assert!(
+                (g - w).abs() <= 1e-6 * (1.0 + w.abs()),
+                "head {h} channel {c}: {g} vs {w}"
+            );
         }
     }
 }
@@ -70,12 +81,18 @@ fn calibration_applies_per_quantized_segment_only() {
          value(bits = 1, axis = token, group = all, rule = minmax, params = f32), calibrate = 3",
     )
     .unwrap();
-    let (kq, vq) = (quantize(&k, &scheme.key).unwrap(), quantize(&v, &scheme.value).unwrap());
+    let (kq, vq) = (
+        quantize(&k, &scheme.key).unwrap(),
+        quantize(&v, &scheme.value).unwrap(),
+    );
     assert_eq!(kq.dequantize().unwrap(), k);
     assert_eq!(vq.dequantize().unwrap(), v);
     let mut q = vec![0.0f32; 8];
     q[0] = 8f32.sqrt(); // q . k / sqrt(8) = k[0]
-    let segments = [Segment::Full { k: &fp_k, v: &fp_v }, Segment::Quantized { k: &kq, v: &vq }];
+    let segments = [
+        Segment::Full { k: &fp_k, v: &fp_v },
+        Segment::Quantized { k: &kq, v: &vq },
+    ];
     let o = decode_attention(&q, 1, &segments, scheme.calibrate).unwrap();
     let w = [1.0f64, 1.0, 5f64.exp()];
     let want = (w[0] * 1.0 + w[1] * 2.0 + w[2] * 4.0) / w.iter().sum::<f64>();

@@ -11,7 +11,10 @@ const KEY: &str = "bits = 1, axis = channel, group = all, rule = shrink(0.5)";
 const VALUE: &str = "bits = 1, axis = channel, group = all, rule = shrink(0.3)";
 
 fn kvq(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kvq")).args(args).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_kvq"))
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 fn eval(file: &Path, extra: &[&str]) -> Output {
@@ -33,7 +36,11 @@ fn assert_clean_failure(out: &Output, needle: &str) {
 }
 
 /// Writes a safetensors file by hand: `tensors` are (name, dtype, shape, little-endian bytes).
-fn write_safetensors(name: &str, tensors: &[(&str, &str, Vec<usize>, Vec<u8>)], causal: Option<&str>) -> PathBuf {
+fn write_safetensors(
+    name: &str,
+    tensors: &[(&str, &str, Vec<usize>, Vec<u8>)],
+    causal: Option<&str>,
+) -> PathBuf {
     let mut header = serde_json::Map::new();
     if let Some(c) = causal {
         header.insert("__metadata__".into(), serde_json::json!({ "causal": c }));
@@ -66,12 +73,19 @@ fn small(values: usize) -> Vec<u8> {
 #[test]
 fn json_output_is_one_object_with_the_documented_fields() {
     let out = eval(&dinov2(), &["--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert_eq!(stdout.trim().lines().count(), 1);
     let v: Value = serde_json::from_str(&stdout).unwrap();
     let obj = v.as_object().unwrap();
-    assert_eq!(obj.keys().collect::<Vec<_>>(), ["bits_per_element", "layers", "mean"]);
+    assert_eq!(
+        obj.keys().collect::<Vec<_>>(),
+        ["bits_per_element", "layers", "mean"]
+    );
     let layers = v["layers"].as_array().unwrap();
     assert_eq!(layers.len(), 3);
     for (i, l) in layers.iter().enumerate() {
@@ -96,7 +110,13 @@ fn table_names_layers_and_compression() {
     assert!(stdout.contains("attn_out_rel"));
     assert!(stdout.contains("mean"));
     assert!(stdout.contains("compression against f16: 14."), "{stdout}");
-    assert_eq!(stdout.lines().filter(|l| l.trim_start().starts_with(char::is_numeric)).count(), 4);
+    assert_eq!(
+        stdout
+            .lines()
+            .filter(|l| l.trim_start().starts_with(char::is_numeric))
+            .count(),
+        4
+    );
 }
 
 #[test]
@@ -112,15 +132,34 @@ fn causal_flag_changes_non_causal_figures() {
 #[test]
 fn bad_scheme_text_is_one_clear_line() {
     let file = dinov2();
-    let out = kvq(&["eval", "--kv", file.to_str().unwrap(), "--key", "bits = 3, axis = channel, group = all, rule = minmax", "--value", VALUE]);
+    let out = kvq(&[
+        "eval",
+        "--kv",
+        file.to_str().unwrap(),
+        "--key",
+        "bits = 3, axis = channel, group = all, rule = minmax",
+        "--value",
+        VALUE,
+    ]);
     assert_clean_failure(&out, "`bits = 3` is not allowed");
-    let out = kvq(&["eval", "--kv", file.to_str().unwrap(), "--key", KEY, "--value", "bits = 1, axis = channel, rule = quantile(0.7"]);
+    let out = kvq(&[
+        "eval",
+        "--kv",
+        file.to_str().unwrap(),
+        "--key",
+        KEY,
+        "--value",
+        "bits = 1, axis = channel, rule = quantile(0.7",
+    ]);
     assert_clean_failure(&out, "--value");
 }
 
 #[test]
 fn missing_and_malformed_files_fail_cleanly() {
-    assert_clean_failure(&eval(Path::new("/nonexistent/kv.safetensors"), &[]), "cannot read");
+    assert_clean_failure(
+        &eval(Path::new("/nonexistent/kv.safetensors"), &[]),
+        "cannot read",
+    );
     let dir = std::env::temp_dir().join(format!("kvq-cli-garbage-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let garbage = dir.join("garbage.safetensors");
@@ -130,7 +169,10 @@ fn missing_and_malformed_files_fail_cleanly() {
 
 #[test]
 fn missing_tensor_and_mismatched_shapes_fail_cleanly() {
-    let qk = [("q", "F32", vec![1, 2, 3, 8], small(48)), ("k", "F32", vec![1, 1, 3, 8], small(24))];
+    let qk = [
+        ("q", "F32", vec![1, 2, 3, 8], small(48)),
+        ("k", "F32", vec![1, 1, 3, 8], small(24)),
+    ];
     let path = write_safetensors("no_v.safetensors", &qk, None);
     assert_clean_failure(&eval(&path, &[]), "tensor `v` is missing");
 
@@ -169,13 +211,24 @@ fn non_finite_value_names_layer_head_and_token() {
         ("v", "F32", vec![2, 1, 3, 8], f32_bytes(v)),
     ];
     let path = write_safetensors("nan.safetensors", &t, None);
-    assert_clean_failure(&eval(&path, &[]), "tensor `v` has non-finite value NaN at layer 1, head 0, token 1, channel 5");
+    assert_clean_failure(
+        &eval(&path, &[]),
+        "tensor `v` has non-finite value NaN at layer 1, head 0, token 1, channel 5",
+    );
 }
 
 #[test]
 fn small_f16_and_bf16_files_evaluate_and_metadata_sets_causality() {
-    let f16 = |n: usize| (0..n).flat_map(|i| half::f16::from_f32((i as f32 * 0.37).sin()).to_le_bytes()).collect::<Vec<u8>>();
-    let bf16 = |n: usize| (0..n).flat_map(|i| half::bf16::from_f32((i as f32 * 0.91).cos()).to_le_bytes()).collect::<Vec<u8>>();
+    let f16 = |n: usize| {
+        (0..n)
+            .flat_map(|i| half::f16::from_f32((i as f32 * 0.37).sin()).to_le_bytes())
+            .collect::<Vec<u8>>()
+    };
+    let bf16 = |n: usize| {
+        (0..n)
+            .flat_map(|i| half::bf16::from_f32((i as f32 * 0.91).cos()).to_le_bytes())
+            .collect::<Vec<u8>>()
+    };
     let t = [
         ("q", "F16", vec![1, 2, 5, 8], f16(80)),
         ("k", "BF16", vec![1, 1, 5, 8], bf16(40)),

@@ -4,7 +4,9 @@ use std::path::PathBuf;
 
 /// `tests/data/<name>`.
 pub fn data(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name)
 }
 
 /// The DINOv2 visual-token capture.

@@ -4,29 +4,53 @@
 use kvq::reference::pack::{pack_row, unpack_row};
 use kvq::reference::quantize::{groups, param_shape};
 use kvq::reference::{quantize, QuantError};
-use kvq::{Alpha, Axis, BitOrder, Bits, Center, Group, GroupSize, ParamType, Quantile, Rule, Scheme, Tensor3};
+use kvq::{
+    Alpha, Axis, BitOrder, Bits, Center, Group, GroupSize, ParamType, Quantile, Rule, Scheme,
+    Tensor3,
+};
 use proptest::prelude::*;
 
 fn scheme_strategy() -> impl Strategy<Value = Scheme> {
     let bits = prop::sample::select(Bits::ALL.to_vec());
     let axis = prop_oneof![Just(Axis::Channel), Just(Axis::Token)];
-    let group = prop_oneof![Just(Group::All), (1u32..12).prop_map(|n| Group::Size(GroupSize::new(n).unwrap()))];
+    let group = prop_oneof![
+        Just(Group::All),
+        (1u32..12).prop_map(|n| Group::Size(GroupSize::new(n).unwrap()))
+    ];
     let rule = prop_oneof![
         Just(Rule::MinMax),
-        (0.05f32..=1.0).prop_map(|a| Rule::Shrink { alpha: Alpha::new(a).unwrap(), center: Center::Zero }),
-        (0.05f32..=1.0).prop_map(|a| Rule::Shrink { alpha: Alpha::new(a).unwrap(), center: Center::Mid }),
+        (0.05f32..=1.0).prop_map(|a| Rule::Shrink {
+            alpha: Alpha::new(a).unwrap(),
+            center: Center::Zero
+        }),
+        (0.05f32..=1.0).prop_map(|a| Rule::Shrink {
+            alpha: Alpha::new(a).unwrap(),
+            center: Center::Mid
+        }),
         (0.0f64..0.5).prop_map(|p| Rule::Quantile(Quantile::new(p).unwrap())),
     ];
     let params = prop_oneof![Just(ParamType::F16), Just(ParamType::F32)];
     let order = prop_oneof![Just(BitOrder::Msb), Just(BitOrder::Lsb)];
     (bits, axis, group, rule, params, order).prop_map(|(bits, axis, group, rule, params, order)| {
-        Scheme { bits, axis, group, rule, params, order }
+        Scheme {
+            bits,
+            axis,
+            group,
+            rule,
+            params,
+            order,
+        }
     })
 }
 
 /// A tensor with odd token counts, some constant channels and rows, and values of one magnitude.
 fn tensor_strategy() -> impl Strategy<Value = Tensor3> {
-    (1usize..3, 1usize..40, prop::sample::select(vec![8usize, 16, 24, 64]), -20i32..12)
+    (
+        1usize..3,
+        1usize..40,
+        prop::sample::select(vec![8usize, 16, 24, 64]),
+        -20i32..12,
+    )
         .prop_flat_map(|(h, t, d, exp)| {
             let n = h * t * d;
             let mag = 2f32.powi(exp);
@@ -41,7 +65,13 @@ fn tensor_strategy() -> impl Strategy<Value = Tensor3> {
             let data = raw
                 .iter()
                 .enumerate()
-                .map(|(i, &x)| if constant_channel[i % d] { 0.25 * mag } else { x * mag })
+                .map(|(i, &x)| {
+                    if constant_channel[i % d] {
+                        0.25 * mag
+                    } else {
+                        x * mag
+                    }
+                })
                 .collect();
             Tensor3::new([h, t, d], data).unwrap()
         })
@@ -147,16 +177,22 @@ fn constant_group_gets_zero_scale_and_code_zero() {
     let scheme = Scheme::parse("bits = 2, axis = channel, group = all, rule = minmax").unwrap();
     let span = quantize(&x, &scheme).unwrap();
     assert!(span.scale.iter().all(|&s| s == 0.0));
-    assert!(span.zero.iter().all(|&z| z == half::f16::from_f32(3.3).to_f32()));
+    assert!(span
+        .zero
+        .iter()
+        .all(|&z| z == half::f16::from_f32(3.3).to_f32()));
     assert!(span.codes.iter().all(|&c| c == 0));
 }
 
 #[test]
 fn last_partial_token_group_has_its_own_parameters() {
     // 5 tokens in groups of 2: groups {0,1}, {2,3}, {4}; token 4 alone quantizes exactly.
-    let data: Vec<f32> = (0..5).flat_map(|t| std::iter::repeat_n(t as f32, 8)).collect();
+    let data: Vec<f32> = (0..5)
+        .flat_map(|t| std::iter::repeat_n(t as f32, 8))
+        .collect();
     let x = Tensor3::new([1, 5, 8], data).unwrap();
-    let scheme = Scheme::parse("bits = 1, axis = channel, group = 2, rule = minmax, params = f32").unwrap();
+    let scheme =
+        Scheme::parse("bits = 1, axis = channel, group = 2, rule = minmax, params = f32").unwrap();
     let span = quantize(&x, &scheme).unwrap();
     assert_eq!(span.zero.len(), 3 * 8);
     assert_eq!(&span.zero[16..24], &[4.0; 8]);
@@ -173,8 +209,19 @@ fn non_finite_input_names_its_position_and_stores_nothing() {
     let x = Tensor3::new([2, 3, 8], data).unwrap();
     let scheme = Scheme::parse("bits = 1, axis = channel, group = all, rule = minmax").unwrap();
     let err = quantize(&x, &scheme).unwrap_err();
-    assert_eq!(err, QuantError::NonFinite { head: 1, token: 2, channel: 6, value: f32::INFINITY });
-    assert_eq!(err.to_string(), "non-finite value inf at head 1, token 2, channel 6");
+    assert_eq!(
+        err,
+        QuantError::NonFinite {
+            head: 1,
+            token: 2,
+            channel: 6,
+            value: f32::INFINITY
+        }
+    );
+    assert_eq!(
+        err.to_string(),
+        "non-finite value inf at head 1, token 2, channel 6"
+    );
 }
 
 #[test]
@@ -183,10 +230,16 @@ fn f16_overflow_suggests_f32_params() {
     let x = Tensor3::new([1, 2, 8], [-60000.0, 60000.0].repeat(8)).unwrap();
     let two_bit = Scheme::parse("bits = 2, axis = token, group = all, rule = minmax").unwrap();
     assert!(quantize(&x, &two_bit).is_ok());
-    let scheme = Scheme { bits: Bits::B1, ..two_bit };
+    let scheme = Scheme {
+        bits: Bits::B1,
+        ..two_bit
+    };
     let err = quantize(&x, &scheme).unwrap_err();
     assert!(err.to_string().contains("use params = f32"), "{err}");
-    let f32_scheme = Scheme { params: ParamType::F32, ..scheme };
+    let f32_scheme = Scheme {
+        params: ParamType::F32,
+        ..scheme
+    };
     assert!(quantize(&x, &f32_scheme).is_ok());
 }
 
@@ -194,9 +247,19 @@ fn f16_overflow_suggests_f32_params() {
 fn odd_shapes_are_typed_errors() {
     let x = Tensor3::new([1, 3, 12], vec![0.0; 36]).unwrap();
     let one_bit = Scheme::parse("bits = 1, axis = channel, group = all, rule = minmax").unwrap();
-    assert!(matches!(quantize(&x, &one_bit), Err(QuantError::RowNotByteAligned { dim: 12, bits: 1, multiple: 8 })));
+    assert!(matches!(
+        quantize(&x, &one_bit),
+        Err(QuantError::RowNotByteAligned {
+            dim: 12,
+            bits: 1,
+            multiple: 8
+        })
+    ));
     let tok = Scheme::parse("bits = 4, axis = token, group = 5, rule = minmax").unwrap();
-    assert!(matches!(quantize(&x, &tok), Err(QuantError::GroupDoesNotDivide { group: 5, dim: 12 })));
+    assert!(matches!(
+        quantize(&x, &tok),
+        Err(QuantError::GroupDoesNotDivide { group: 5, dim: 12 })
+    ));
 }
 
 #[test]
@@ -210,7 +273,17 @@ fn hand_computed_two_bit_codes_msb() {
     let scheme = Scheme::parse("bits = 2, axis = channel, group = all, rule = minmax").unwrap();
     let span = quantize(&x, &scheme).unwrap();
     // Row t has code t in channel 0 (the top two bits) and 0 elsewhere.
-    assert_eq!(span.codes, vec![0b00_000000, 0b01_000000, 0b10_000000, 0b11_000000]);
-    let lsb = quantize(&x, &Scheme { order: BitOrder::Lsb, ..scheme }).unwrap();
+    assert_eq!(
+        span.codes,
+        vec![0b00_000000, 0b01_000000, 0b10_000000, 0b11_000000]
+    );
+    let lsb = quantize(
+        &x,
+        &Scheme {
+            order: BitOrder::Lsb,
+            ..scheme
+        },
+    )
+    .unwrap();
     assert_eq!(lsb.codes, vec![0, 1, 2, 3]);
 }

@@ -67,7 +67,11 @@ pub fn decode_attention(
     let Some(first) = dequantized.first() else {
         return Err(AttentionError::Empty);
     };
-    let Shape3 { heads: kv_heads, dim, .. } = first.0.shape();
+    let Shape3 {
+        heads: kv_heads,
+        dim,
+        ..
+    } = first.0.shape();
     for (i, (k, v, _)) in dequantized.iter().enumerate() {
         let (ks, vs) = (k.shape(), v.shape());
         if ks != vs || ks.heads != kv_heads || ks.dim != dim {
@@ -100,7 +104,11 @@ pub fn decode_attention(
         for (k, _, quantized) in &dequantized {
             let start = logits.len();
             for t in 0..k.shape().tokens {
-                let dot: f64 = qh.iter().zip(k.row(kvh, t)).map(|(&a, &b)| a as f64 * b as f64).sum();
+                let dot: f64 = qh
+                    .iter()
+                    .zip(k.row(kvh, t))
+                    .map(|(&a, &b)| a as f64 * b as f64)
+                    .sum();
                 logits.push(dot / norm);
             }
             if let (true, Some(d)) = (*quantized, calibrate) {
@@ -159,8 +167,13 @@ mod tests {
     fn single_token_returns_its_value_for_every_gqa_head() {
         let k = Tensor3::new([1, 1, 2], vec![1.0, 2.0]).unwrap();
         let v = Tensor3::new([1, 1, 2], vec![3.0, -4.0]).unwrap();
-        let o = decode_attention(&[1.0, 0.0, 0.5, 0.5], 2, &[Segment::Full { k: &k, v: &v }], None)
-            .unwrap();
+        let o = decode_attention(
+            &[1.0, 0.0, 0.5, 0.5],
+            2,
+            &[Segment::Full { k: &k, v: &v }],
+            None,
+        )
+        .unwrap();
         assert_eq!(o, vec![3.0, -4.0, 3.0, -4.0]);
     }
 
@@ -168,11 +181,20 @@ mod tests {
     fn rejects_bad_queries() {
         let k = Tensor3::new([2, 1, 2], vec![0.0; 4]).unwrap();
         let seg = [Segment::Full { k: &k, v: &k }];
-        assert!(matches!(decode_attention(&[0.0; 6], 3, &seg, None), Err(AttentionError::Shape(_))));
+        assert!(matches!(
+            decode_attention(&[0.0; 6], 3, &seg, None),
+            Err(AttentionError::Shape(_))
+        ));
         assert!(matches!(
             decode_attention(&[0.0, 0.0, f32::NAN, 0.0], 2, &seg, None),
-            Err(AttentionError::NonFiniteQuery { head: 1, channel: 0 })
+            Err(AttentionError::NonFiniteQuery {
+                head: 1,
+                channel: 0
+            })
         ));
-        assert!(matches!(decode_attention(&[0.0; 4], 2, &[], None), Err(AttentionError::Empty)));
+        assert!(matches!(
+            decode_attention(&[0.0; 4], 2, &[], None),
+            Err(AttentionError::Empty)
+        ));
     }
 }

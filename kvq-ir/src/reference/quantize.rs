@@ -34,7 +34,9 @@ pub enum QuantError {
         multiple: u32,
     },
     /// axis = token with a group size that does not divide head_dim.
-    #[error("group = {group} does not divide head_dim {dim} (axis = token needs a divisor of head_dim)")]
+    #[error(
+        "group = {group} does not divide head_dim {dim} (axis = token needs a divisor of head_dim)"
+    )]
     GroupDoesNotDivide {
         /// The group size.
         group: usize,
@@ -188,16 +190,15 @@ pub fn quantize(x: &Tensor3, scheme: &Scheme) -> Result<PackedSpan, QuantError> 
             }
         }
         let (lo, hi) = group_range(scheme.rule, &mut values);
-        let (z, s) = group_params(lo, hi, max_code, scheme.params).ok_or(
-            QuantError::ParamOverflow {
+        let (z, s) =
+            group_params(lo, hi, max_code, scheme.params).ok_or(QuantError::ParamOverflow {
                 head: cell.head,
                 token: cell.tokens.0,
                 channel: cell.channels.0,
                 lo,
                 hi,
                 params: scheme.params,
-            },
-        )?;
+            })?;
         zero[cell.param] = z;
         scale[cell.param] = s;
         for t in cell.tokens.0..cell.tokens.1 {
@@ -209,7 +210,10 @@ pub fn quantize(x: &Tensor3, scheme: &Scheme) -> Result<PackedSpan, QuantError> 
     }
     let row = row_bytes(scheme, shape.dim);
     let mut packed = vec![0u8; shape.heads * shape.tokens * row];
-    for (dst, src) in packed.chunks_exact_mut(row).zip(codes.chunks_exact(shape.dim)) {
+    for (dst, src) in packed
+        .chunks_exact_mut(row)
+        .zip(codes.chunks_exact(shape.dim))
+    {
         pack_row(src, scheme.bits, scheme.order, dst);
     }
     Ok(PackedSpan {
@@ -225,7 +229,8 @@ impl PackedSpan {
     /// Checks that codes and parameters have the lengths the scheme and shape require.
     pub fn validate(&self) -> Result<(), QuantError> {
         check_shape(&self.scheme, self.shape)?;
-        let want_codes = self.shape.heads * self.shape.tokens * row_bytes(&self.scheme, self.shape.dim);
+        let want_codes =
+            self.shape.heads * self.shape.tokens * row_bytes(&self.scheme, self.shape.dim);
         let want_params: usize = param_shape(&self.scheme, self.shape).iter().product();
         if self.codes.len() != want_codes {
             return Err(QuantError::Malformed(format!(
@@ -275,7 +280,8 @@ impl PackedSpan {
 
     /// Bits per element actually stored: (code bits + parameter bits) / elements.
     pub fn bits_per_element(&self) -> f64 {
-        let param_bits = (self.zero.len() + self.scale.len()) as f64 * self.scheme.params.bits() as f64;
+        let param_bits =
+            (self.zero.len() + self.scale.len()) as f64 * self.scheme.params.bits() as f64;
         (self.codes.len() as f64 * 8.0 + param_bits) / self.shape.len() as f64
     }
 }

@@ -129,9 +129,15 @@ mod tests {
     fn shrink_rules() {
         let mut v = [-4.0, 2.0, 6.0];
         let half = Alpha::new(0.5).unwrap();
-        let zero_center = Rule::Shrink { alpha: half, center: Center::Zero };
+        let zero_center = Rule::Shrink {
+            alpha: half,
+            center: Center::Zero,
+        };
         assert_eq!(group_range(zero_center, &mut v), (-2.0, 3.0));
-        let mid = Rule::Shrink { alpha: half, center: Center::Mid };
+        let mid = Rule::Shrink {
+            alpha: half,
+            center: Center::Mid,
+        };
         assert_eq!(group_range(mid, &mut v), (-1.5, 3.5));
     }
 
@@ -147,7 +153,10 @@ mod tests {
         // 1-bit over [-1, 0.1]: zero = -1, scale = P(0.1) - (-1) rounded to f16.
         let (zero, scale) = group_params(-1.0, 0.1, 1, ParamType::F16).unwrap();
         assert_eq!(zero, -1.0);
-        assert_eq!(scale, half::f16::from_f32(half::f16::from_f32(0.1).to_f32() + 1.0).to_f32());
+        assert_eq!(
+            scale,
+            half::f16::from_f32(half::f16::from_f32(0.1).to_f32() + 1.0).to_f32()
+        );
         assert_eq!(group_params(2.0, 2.0, 3, ParamType::F16), Some((2.0, 0.0)));
         assert_eq!(group_params(-65504.0, 65504.0, 1, ParamType::F16), None);
         assert_eq!(group_params(-65504.0, 65504.0, 3, ParamType::F16), None);

@@ -23,6 +23,7 @@ pub fn build_scheme<S: Clone>(entries: &[Entry<S>], whole: S) -> Result<Scheme, 
     let mut params = None;
     let mut order = None;
     let mut seen: Vec<&str> = Vec::new();
+    let mut unknown = false;
 
     for entry in entries {
         let (name, name_span, value) = match entry {
@@ -36,7 +37,8 @@ pub fn build_scheme<S: Clone>(entries: &[Entry<S>], whole: S) -> Result<Scheme, 
                     value.span(),
                     SchemeErrorKind::Misplaced {
                         found: value.describe(),
-                        expected: "`key = value` with a key among bits, axis, group, rule, params, order",
+                        expected:
+                            "`key = value` with a key among bits, axis, group, rule, params, order",
                     },
                 ));
                 continue;
@@ -59,6 +61,7 @@ pub fn build_scheme<S: Clone>(entries: &[Entry<S>], whole: S) -> Result<Scheme, 
             "params" => parse_params(value).map(|v| params = Some(v)),
             "order" => parse_order(value).map(|v| order = Some(v)),
             _ => {
+                unknown = true;
                 errors.push(SchemeError::new(
                     name_span.clone(),
                     SchemeErrorKind::UnknownKey {
@@ -79,10 +82,16 @@ pub fn build_scheme<S: Clone>(entries: &[Entry<S>], whole: S) -> Result<Scheme, 
         ("bits", seen.contains(&"bits"), "1 | 2 | 4 | 8"),
         ("axis", seen.contains(&"axis"), "channel | token"),
         ("group", seen.contains(&"group"), "all | N"),
-        ("rule", seen.contains(&"rule"), "minmax | shrink(a) | shrink(a, center = mid) | quantile(p)"),
+        (
+            "rule",
+            seen.contains(&"rule"),
+            "minmax | shrink(a) | shrink(a, center = mid) | quantile(p)",
+        ),
     ];
+    // After an unknown key (most often a typo of a required one) a "missing" error would only
+    // repeat the same mistake.
     for (key, present, values) in required {
-        if !present {
+        if !present && !unknown {
             errors.push(SchemeError::new(
                 whole.clone(),
                 SchemeErrorKind::Missing {
@@ -175,6 +184,24 @@ pub fn build_cache<S: Clone>(entries: &[Entry<S>], whole: S) -> Result<CacheSche
                     allowed: CACHE_ENTRIES,
                 },
             )),
+            Entry::Positional(Value::Word { text, span }) if text == "key" || text == "value" => {
+                errors.push(SchemeError::new(
+                    span.clone(),
+                    SchemeErrorKind::Misplaced {
+                        found: format!("`{text}` without its scheme"),
+                        expected: "`key(bits = ..., ...)` / `value(bits = ..., ...)`",
+                    },
+                ))
+            }
+            Entry::Positional(Value::Call {
+                name, name_span, ..
+            }) if name == "calibrate" => errors.push(SchemeError::new(
+                name_span.clone(),
+                SchemeErrorKind::Misplaced {
+                    found: "`calibrate(...)`".to_string(),
+                    expected: "`calibrate = d` with d > 0",
+                },
+            )),
             Entry::Positional(Value::Call {
                 name, name_span, ..
             })
@@ -197,14 +224,18 @@ pub fn build_cache<S: Clone>(entries: &[Entry<S>], whole: S) -> Result<CacheSche
             )),
         }
     }
-    for (part, present) in [("key", key.is_some()), ("value", value.is_some())] {
+    let parts = [
+        ("key", key.is_some(), "0.5"),
+        ("value", value.is_some(), "0.3"),
+    ];
+    for (part, present, alpha) in parts {
         if !present {
             errors.push(SchemeError::new(
                 whole.clone(),
                 SchemeErrorKind::Missing {
                     what: format!("the `{part}(...)` part"),
                     hint: format!(
-                        "add {part}(bits = 1, axis = channel, group = all, rule = shrink(0.5))"
+                        "add {part}(bits = 1, axis = channel, group = all, rule = shrink({alpha}))"
                     ),
                 },
             ));
@@ -262,12 +293,32 @@ fn word<'v, S: Clone>(
     }
 }
 
-fn invalid<S, T>(span: S, key: &'static str, found: &str, allowed: &'static str) -> Result<T, Errors<S>> {
+fn invalid<S, T>(
+    span: S,
+    key: &'static str,
+    found: &str,
+    allowed: &'static str,
+) -> Result<T, Errors<S>> {
     one(
         span,
         SchemeErrorKind::InvalidValue {
             key,
             found: found.to_string(),
+            allowed,
+        },
+    )
+}
+
+fn bad_argument<S, T>(
+    span: S,
+    call: &str,
+    found: &str,
+    allowed: &'static str,
+) -> Result<T, Errors<S>> {
+    one(
+        span,
+        SchemeErrorKind::BadArgument {
+            call: format!("{call}({found})"),
             allowed,
         },
     )
@@ -356,7 +407,11 @@ fn parse_rule<S: Clone>(value: &Value<S>) -> Result<Rule, Errors<S>> {
                 what: format!("the argument of `{text}`"),
                 hint: format!(
                     "write {}",
-                    if text == "shrink" { "shrink(a) with 0 < a <= 1" } else { "quantile(p) with 0 <= p < 0.5" }
+                    if text == "shrink" {
+                        "shrink(a) with 0 < a <= 1"
+                    } else {
+                        "quantile(p) with 0 <= p < 0.5"
+                    }
                 ),
             },
         ),
@@ -419,7 +474,7 @@ fn single_positional<'a, S: Clone>(
 
 fn parse_shrink<S: Clone>(args: &[Entry<S>], call: S) -> Result<Rule, Errors<S>> {
     const HOW: &str = "shrink(a) or shrink(a, center = mid) with 0 < a <= 1";
-    let (alpha, named, mut errors) = single_positional(args, call, "the factor of `shrink`", HOW);
+    let (alpha, named, mut errors) = single_positional(args, call, "the argument of `shrink`", HOW);
     let mut center = Center::Zero;
     let mut center_seen = false;
     for arg in named {
@@ -466,7 +521,10 @@ fn parse_shrink<S: Clone>(args: &[Entry<S>], call: S) -> Result<Rule, Errors<S>>
             .parse::<f32>()
             .ok()
             .and_then(Alpha::new)
-            .map_or_else(|| invalid(span, "shrink", text, "a factor 0 < a <= 1"), Ok)
+            .map_or_else(
+                || bad_argument(span, "shrink", text, "the factor must be 0 < a <= 1"),
+                Ok,
+            )
     });
     match alpha {
         Some(Ok(alpha)) if errors.is_empty() => Ok(Rule::Shrink { alpha, center }),
@@ -480,7 +538,7 @@ fn parse_shrink<S: Clone>(args: &[Entry<S>], call: S) -> Result<Rule, Errors<S>>
 
 fn parse_quantile<S: Clone>(args: &[Entry<S>], call: S) -> Result<Rule, Errors<S>> {
     const HOW: &str = "quantile(p) with 0 <= p < 0.5";
-    let (p, named, mut errors) = single_positional(args, call, "the level of `quantile`", HOW);
+    let (p, named, mut errors) = single_positional(args, call, "the argument of `quantile`", HOW);
     for arg in named {
         if let Entry::Named {
             name, name_span, ..
@@ -488,9 +546,9 @@ fn parse_quantile<S: Clone>(args: &[Entry<S>], call: S) -> Result<Rule, Errors<S
         {
             errors.push(SchemeError::new(
                 name_span.clone(),
-                SchemeErrorKind::UnknownKey {
-                    found: name.clone(),
-                    allowed: "no named arguments: quantile(p)",
+                SchemeErrorKind::Misplaced {
+                    found: format!("`{name} = ...`"),
+                    expected: "quantile(p) with one level 0 <= p < 0.5 and no named arguments",
                 },
             ));
         }
@@ -503,11 +561,11 @@ fn parse_quantile<S: Clone>(args: &[Entry<S>], call: S) -> Result<Rule, Errors<S
             .and_then(Quantile::new)
             .map_or_else(
                 || {
-                    invalid(
+                    bad_argument(
                         span,
                         "quantile",
                         text,
-                        "a level 0 <= p < 0.5 (lo = Q(p), hi = Q(1 - p))",
+                        "the level must be 0 <= p < 0.5 (lo = Q(p), hi = Q(1 - p))",
                     )
                 },
                 Ok,

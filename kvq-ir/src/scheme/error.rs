@@ -31,6 +31,13 @@ pub enum SchemeErrorKind {
         /// How to write it.
         hint: String,
     },
+    /// A rule argument out of its range, e.g. `shrink(1.5)`.
+    BadArgument {
+        /// The call as written, e.g. "shrink(1.5)".
+        call: String,
+        /// The allowed range, e.g. "the factor must be 0 < a <= 1".
+        allowed: &'static str,
+    },
     /// A well-formed value that the key does not accept.
     InvalidValue {
         /// The key, e.g. "bits".
@@ -73,6 +80,7 @@ impl SchemeErrorKind {
             SchemeErrorKind::DuplicateKey { .. } => "each key may be given once".to_string(),
             SchemeErrorKind::Missing { hint, .. } => hint.clone(),
             SchemeErrorKind::InvalidValue { key, allowed, .. } => format!("{key}: {allowed}"),
+            SchemeErrorKind::BadArgument { allowed, .. } => allowed.to_string(),
             SchemeErrorKind::WrongKind { key, expected, .. } => format!("{key} takes {expected}"),
             SchemeErrorKind::Misplaced { expected, .. } => format!("expected {expected}"),
             SchemeErrorKind::Syntax { expected, .. } => format!("expected {expected}"),
@@ -89,6 +97,7 @@ impl fmt::Display for SchemeErrorKind {
             SchemeErrorKind::InvalidValue { key, found, .. } => {
                 write!(f, "`{key} = {found}` is not allowed")
             }
+            SchemeErrorKind::BadArgument { call, .. } => write!(f, "`{call}` is not allowed"),
             SchemeErrorKind::WrongKind {
                 key,
                 expected,

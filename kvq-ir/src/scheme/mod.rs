@@ -77,8 +77,8 @@ mod tests {
 
     #[test]
     fn parses_every_reference_scheme() {
-        let s = Scheme::parse("bits=1, axis=channel, group=all, rule=shrink(0.5, center=mid)")
-            .unwrap();
+        let s =
+            Scheme::parse("bits=1, axis=channel, group=all, rule=shrink(0.5, center=mid)").unwrap();
         assert_eq!(
             s.rule,
             Rule::Shrink {
@@ -89,7 +89,10 @@ mod tests {
         assert_eq!(s.params, ParamType::F16);
         assert_eq!(s.order, BitOrder::Msb);
         let s = Scheme::parse("bits=4, axis=token, group=all, rule=minmax, params=f32").unwrap();
-        assert_eq!((s.bits, s.axis, s.params), (Bits::B4, Axis::Token, ParamType::F32));
+        assert_eq!(
+            (s.bits, s.axis, s.params),
+            (Bits::B4, Axis::Token, ParamType::F32)
+        );
         let s = Scheme::parse("bits=8, axis=token, group=64, rule=minmax, order = lsb").unwrap();
         assert_eq!(s.group, Group::Size(GroupSize::new(64).unwrap()));
         assert_eq!(s.order, BitOrder::Lsb);
@@ -146,16 +149,24 @@ mod tests {
         ));
         assert!(matches!(
             kinds(&format!("bit = 1, {base}"))[..],
-            [SchemeErrorKind::UnknownKey { .. }, SchemeErrorKind::Missing { .. }]
+            [SchemeErrorKind::UnknownKey { .. }]
         ));
         let base = "bits = 1, axis = channel";
         for bad in [
-            "group = 0, rule = minmax",
             "group = all, rule = quantile(0.5)",
             "group = all, rule = quantile(0.7)",
             "group = all, rule = quantile(-0.1)",
             "group = all, rule = shrink(0)",
             "group = all, rule = shrink(1.5)",
+        ] {
+            let k = kinds(&format!("{base}, {bad}"));
+            assert!(
+                matches!(k[..], [SchemeErrorKind::BadArgument { .. }]),
+                "{bad}: {k:?}"
+            );
+        }
+        for bad in [
+            "group = 0, rule = minmax",
             "group = all, rule = mse",
             "group = all, rule = minmax, params = f64",
             "group = all, rule = minmax, order = big",
@@ -180,16 +191,22 @@ mod tests {
         let err = Scheme::parse("bits = 3, axis = row, group = all").unwrap_err();
         assert_eq!(err.errors.len(), 3, "{err}");
         let text = err.to_string();
-        assert!(text.contains("`bits = 3` is not allowed at column 8 (bits: one of 1, 2, 4, 8)"), "{text}");
+        assert!(
+            text.contains("`bits = 3` is not allowed at column 8 (bits: one of 1, 2, 4, 8)"),
+            "{text}"
+        );
         assert!(text.contains("`axis = row`"), "{text}");
         assert!(text.contains("missing `rule`"), "{text}");
     }
 
     #[test]
     fn cache_scheme_requires_both_parts() {
-        let err = CacheScheme::parse("key(bits=1, axis=channel, group=all, rule=minmax)")
-            .unwrap_err();
-        assert!(err.to_string().contains("missing the `value(...)` part"), "{err}");
+        let err =
+            CacheScheme::parse("key(bits=1, axis=channel, group=all, rule=minmax)").unwrap_err();
+        assert!(
+            err.to_string().contains("missing the `value(...)` part"),
+            "{err}"
+        );
         let err = CacheScheme::parse("calibrate = 0").unwrap_err();
         assert_eq!(err.errors.len(), 3, "{err}");
     }

@@ -187,7 +187,9 @@ mod tests {
         assert_eq!(entries.len(), 2);
         match &entries[0] {
             Entry::Named {
-                value: Value::Call { name, args, span, .. },
+                value: Value::Call {
+                    name, args, span, ..
+                },
                 ..
             } => {
                 assert_eq!(name, "shrink");

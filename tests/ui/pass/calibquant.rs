@@ -1,6 +1,8 @@
 //! CalibQuant's scheme: the same value, bit for bit, as the command-line parser gives.
 
-use kvq::{kv_quant, Alpha, Axis, BitOrder, Bits, CacheScheme, Center, Group, KvQuant, ParamType, Rule};
+use kvq::{
+    kv_quant, Alpha, Axis, BitOrder, Bits, CacheScheme, Center, Group, KvQuant, ParamType, Rule,
+};
 
 #[kv_quant(
     key(bits = 1, axis = channel, group = all, rule = shrink(0.5)),

@@ -47,7 +47,10 @@ fn main() {
     assert_eq!(s.key.order, BitOrder::Msb);
 
     let s = Minimal::SCHEME;
-    assert_eq!((s.key.bits, s.key.axis, s.key.rule), (Bits::B8, Axis::Token, Rule::MinMax));
+    assert_eq!(
+        (s.key.bits, s.key.axis, s.key.rule),
+        (Bits::B8, Axis::Token, Rule::MinMax)
+    );
     assert_eq!(s.value.rule.to_string(), "shrink(1.0)");
     assert_eq!(s.calibrate.unwrap().get(), 3.0);
 

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs what kvq needs on a Debian 12 machine with Rust: LLVM 19 (apt) and ptxas (PyPI wheel,
+# into the project-local .venv). Idempotent; source it to get LLVM_SYS_191_PREFIX and KVQ_PTXAS.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+apt_packages=(llvm-19-dev libpolly-19-dev libzstd-dev zlib1g-dev libffi-dev libxml2-dev libz3-dev libncurses-dev python3-venv)
+missing=()
+for p in "${apt_packages[@]}"; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    echo "setup: installing ${missing[*]}" >&2
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+export LLVM_SYS_191_PREFIX=/usr/lib/llvm-19
+
+venv="$root/.venv"
+ptxas_version="12.9.86"
+if [ ! -x "$venv/bin/python" ]; then
+    python3 -m venv "$venv"
+fi
+find_ptxas() { compgen -G "$venv/lib/python3*/site-packages/nvidia/cuda_nvcc/bin/ptxas" | head -n 1 || true; }
+ptxas="$(find_ptxas)"
+if [ -z "$ptxas" ]; then
+    echo "setup: installing ptxas (nvidia-cuda-nvcc-cu12==$ptxas_version) into .venv" >&2
+    "$venv/bin/pip" install -q --disable-pip-version-check "nvidia-cuda-nvcc-cu12==$ptxas_version"
+    ptxas="$(find_ptxas)"
+fi
+export KVQ_PTXAS="$ptxas"
