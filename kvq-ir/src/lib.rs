@@ -8,6 +8,7 @@
 //! - [`metrics`]: the error metrics of SPEC.md section 5, computed in f64.
 //! - [`tensor`]: the small owned tensor type these work on.
 
+pub mod ir;
 pub mod metrics;
 pub mod reference;
 pub mod scheme;

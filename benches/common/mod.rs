@@ -1,0 +1,35 @@
+//! Shared by the benchmarks: ratios against the baseline timed in the same run.
+
+use std::path::PathBuf;
+
+/// Mean time in ns of a finished criterion benchmark `group/id`, from criterion's own estimates.
+pub fn mean_ns(group: &str, id: &str) -> Option<f64> {
+    let dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
+    let path = dir
+        .join("criterion")
+        .join(group)
+        .join(id)
+        .join("new/estimates.json");
+    let text = std::fs::read_to_string(path).ok()?;
+    let value: serde_json::Value = serde_json::from_str(&text).ok()?;
+    value["mean"]["point_estimate"].as_f64()
+}
+
+/// Prints each benchmark's time as a multiple of `baseline`'s, all of one group and one run.
+pub fn print_ratios(group: &str, baseline: &str, others: &[&str]) {
+    let Some(base) = mean_ns(group, baseline) else {
+        eprintln!("{group}: no estimate for {baseline}; run the whole group");
+        return;
+    };
+    for id in others {
+        match mean_ns(group, id) {
+            Some(t) => println!(
+                "{group}: {id} takes {:.2}x the time of {baseline}",
+                t / base
+            ),
+            None => println!("{group}: no estimate for {id}"),
+        }
+    }
+}

@@ -1,0 +1,413 @@
+//! The kernel data model. See the module documentation of [`crate::ir`] for the execution model.
+
+use super::arena::{Arena, Handle};
+use crate::scheme::{BitOrder, Bits};
+
+/// A scalar element type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ScalarType {
+    /// true / false.
+    Bool,
+    /// Unsigned 8-bit integer (codes, packed bytes).
+    U8,
+    /// Unsigned 32-bit integer (indices, sizes, flags); arithmetic wraps.
+    U32,
+    /// IEEE binary16.
+    F16,
+    /// bfloat16.
+    BF16,
+    /// IEEE binary32.
+    F32,
+    /// IEEE binary64.
+    F64,
+}
+
+impl ScalarType {
+    /// True for F16, BF16, F32, F64.
+    pub fn is_float(self) -> bool {
+        matches!(
+            self,
+            ScalarType::F16 | ScalarType::BF16 | ScalarType::F32 | ScalarType::F64
+        )
+    }
+
+    /// True for U8 and U32.
+    pub fn is_int(self) -> bool {
+        matches!(self, ScalarType::U8 | ScalarType::U32)
+    }
+
+    /// Size in bytes of one element in memory (Bool: 1).
+    pub fn size(self) -> usize {
+        match self {
+            ScalarType::Bool | ScalarType::U8 => 1,
+            ScalarType::F16 | ScalarType::BF16 => 2,
+            ScalarType::U32 | ScalarType::F32 => 4,
+            ScalarType::F64 => 8,
+        }
+    }
+
+    /// The lowercase name used by the text form (`u32`, `f16`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            ScalarType::Bool => "bool",
+            ScalarType::U8 => "u8",
+            ScalarType::U32 => "u32",
+            ScalarType::F16 => "f16",
+            ScalarType::BF16 => "bf16",
+            ScalarType::F32 => "f32",
+            ScalarType::F64 => "f64",
+        }
+    }
+}
+
+/// The type of a value: a scalar or a short vector of scalars.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Type {
+    /// One element.
+    Scalar(ScalarType),
+    /// `lanes` elements (2..=16), as produced by a vector load.
+    Vector(ScalarType, u8),
+}
+
+impl Type {
+    /// The element type.
+    pub fn elem(self) -> ScalarType {
+        match self {
+            Type::Scalar(s) | Type::Vector(s, _) => s,
+        }
+    }
+}
+
+/// Who may access a buffer parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Access {
+    /// Loads only.
+    Read,
+    /// Stores only.
+    Write,
+    /// Loads and stores.
+    ReadWrite,
+}
+
+/// A kernel parameter, in ABI order.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Param {
+    /// A pointer to global memory holding elements of `elem`.
+    Buffer {
+        /// Name, for the text form and the manifest.
+        name: String,
+        /// Element type.
+        elem: ScalarType,
+        /// Allowed access.
+        access: Access,
+    },
+    /// A scalar passed by value.
+    Scalar {
+        /// Name.
+        name: String,
+        /// Its type (U32 or F32).
+        ty: ScalarType,
+    },
+}
+
+impl Param {
+    /// The parameter's name.
+    pub fn name(&self) -> &str {
+        match self {
+            Param::Buffer { name, .. } | Param::Scalar { name, .. } => name,
+        }
+    }
+}
+
+/// A block-shared array (GPU shared memory; one instance per block).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SharedArray {
+    /// Name.
+    pub name: String,
+    /// Element type.
+    pub elem: ScalarType,
+    /// Number of elements.
+    pub len: u32,
+}
+
+/// A per-thread variable: a scalar (`len` = 1) or a small array. Its value survives barriers.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Local {
+    /// Name.
+    pub name: String,
+    /// Element type.
+    pub elem: ScalarType,
+    /// Number of elements.
+    pub len: u32,
+}
+
+/// Memory a load or store addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Memory {
+    /// The buffer parameter with this ABI index.
+    Param(u32),
+    /// The shared array with this index.
+    Shared(u32),
+}
+
+/// A constant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Const {
+    /// A boolean.
+    Bool(bool),
+    /// A byte.
+    U8(u8),
+    /// A 32-bit unsigned integer.
+    U32(u32),
+    /// An f32, by its bits.
+    F32(u32),
+    /// An f64, by its bits.
+    F64(u64),
+}
+
+impl Const {
+    /// The constant's type.
+    pub fn ty(self) -> ScalarType {
+        match self {
+            Const::Bool(_) => ScalarType::Bool,
+            Const::U8(_) => ScalarType::U8,
+            Const::U32(_) => ScalarType::U32,
+            Const::F32(_) => ScalarType::F32,
+            Const::F64(_) => ScalarType::F64,
+        }
+    }
+}
+
+/// Execution coordinates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Special {
+    /// Index of the thread within its block, `0..block_size`.
+    ThreadId,
+    /// Index of the block within the grid, `0..grid_size`.
+    BlockId,
+    /// Number of blocks in the grid (chosen at launch).
+    GridSize,
+}
+
+/// One-operand operations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UnaryOp {
+    /// Float negation (exact).
+    Neg,
+    /// Float round to nearest integer, ties to even.
+    RoundEven,
+    /// Float round toward negative infinity.
+    Floor,
+    /// Bool / integer bitwise not.
+    Not,
+    /// Float: true when neither NaN nor infinite.
+    IsFinite,
+}
+
+/// Two-operand operations on equal types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BinaryOp {
+    /// Float: correctly rounded, never fused with another operation. Integer: wrapping.
+    Add,
+    /// As `Add`.
+    Sub,
+    /// As `Add`.
+    Mul,
+    /// Float: correctly rounded IEEE division (never a reciprocal). Integer: quotient; the
+    /// divisor must not be zero.
+    Div,
+    /// Integer remainder; the divisor must not be zero.
+    Rem,
+    /// `if b < a { b } else { a }`.
+    Min,
+    /// `if b > a { b } else { a }`.
+    Max,
+    /// Bool / integer bitwise and.
+    And,
+    /// Bool / integer bitwise or.
+    Or,
+    /// Integer shift left (shift amount below the bit width).
+    Shl,
+    /// Integer logical shift right (shift amount below the bit width).
+    Shr,
+}
+
+/// Comparisons, giving Bool. Floats compare as IEEE (ordered) values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CmpOp {
+    /// ==
+    Eq,
+    /// !=
+    Ne,
+    /// <
+    Lt,
+    /// <=
+    Le,
+    /// >
+    Gt,
+    /// >=
+    Ge,
+}
+
+/// A sequence of instructions executed in order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Block(pub Vec<Value>);
+
+/// What an instruction does. Operand fields hold [`Value`]s defined earlier (see the verifier's
+/// module documentation for the exact rules).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    /// A constant.
+    Const(Const),
+    /// The value of the scalar parameter with this ABI index.
+    ScalarParam(u32),
+    /// An execution coordinate (U32).
+    Special(Special),
+    /// A one-operand operation.
+    Unary(UnaryOp, Value),
+    /// A two-operand operation.
+    Binary(BinaryOp, Value, Value),
+    /// A comparison (Bool).
+    Cmp(CmpOp, Value, Value),
+    /// `if cond { a } else { b }` on scalars of one type.
+    Select {
+        /// Bool condition.
+        cond: Value,
+        /// Value when true.
+        if_true: Value,
+        /// Value when false.
+        if_false: Value,
+    },
+    /// Numeric conversion to a scalar type: float to float rounds to nearest even; integer to
+    /// float rounds to nearest even; float to integer truncates toward zero (the operand must be
+    /// in range); integer to integer zero-extends or truncates; Bool to integer gives 0 or 1.
+    Convert(ScalarType, Value),
+    /// Loads `lanes` consecutive elements starting at element `index` (a vector when lanes > 1).
+    Load {
+        /// Where.
+        mem: Memory,
+        /// Element index (U32).
+        index: Value,
+        /// 1, 2, 4, 8 or 16.
+        lanes: u8,
+    },
+    /// Stores a scalar or a vector at element `index` (no result).
+    Store {
+        /// Where.
+        mem: Memory,
+        /// Element index (U32).
+        index: Value,
+        /// What; its element type is the memory's.
+        value: Value,
+    },
+    /// Lane `lane` of a vector.
+    Extract(Value, u8),
+    /// The vector of these scalars of one type (2..=16 of them).
+    Vector(Vec<Value>),
+    /// Element `index` (U32) of a local.
+    ReadLocal {
+        /// The local.
+        local: u32,
+        /// Element index.
+        index: Value,
+    },
+    /// Writes element `index` of a local (no result).
+    WriteLocal {
+        /// The local.
+        local: u32,
+        /// Element index.
+        index: Value,
+        /// The value; its type is the local's element type.
+        value: Value,
+    },
+    /// Packs `codes.len() == 8 / bits` U8 codes (each `<= 2^bits - 1`) into one byte in `order`
+    /// (SPEC.md section 3).
+    PackBits {
+        /// The codes, element 0 first.
+        codes: Vec<Value>,
+        /// Code width.
+        bits: Bits,
+        /// Bit order.
+        order: BitOrder,
+    },
+    /// Code number `lane` of a packed byte (U8).
+    UnpackBits {
+        /// The byte (U8).
+        byte: Value,
+        /// Which code, `< 8 / bits`.
+        lane: u8,
+        /// Code width.
+        bits: Bits,
+        /// Bit order.
+        order: BitOrder,
+    },
+    /// The exact `rank`-th smallest (0-based) of `count` elements `mem[base + i * stride]`,
+    /// converted to f32, in the total order of f32 (-0 before +0): an F32.
+    SelectRank {
+        /// Where (a float buffer).
+        mem: Memory,
+        /// First element index (U32).
+        base: Value,
+        /// Distance between elements (U32).
+        stride: Value,
+        /// Number of elements (U32, > 0).
+        count: Value,
+        /// Rank (U32, < count).
+        rank: Value,
+    },
+    /// `for i in (start..end).step_by(step) { body }`; the instruction's own value is `i` (U32),
+    /// usable only inside `body` (no result outside).
+    Loop {
+        /// First value (U32).
+        start: Value,
+        /// Exclusive bound (U32).
+        end: Value,
+        /// Increment, > 0.
+        step: u32,
+        /// The loop body.
+        body: Block,
+    },
+    /// Runs `then` when `cond` holds, else `otherwise` (no result).
+    If {
+        /// Bool condition.
+        cond: Value,
+        /// Taken branch.
+        then: Block,
+        /// Other branch.
+        otherwise: Block,
+    },
+    /// Waits until every thread of the block reaches it; orders shared-memory accesses.
+    Barrier,
+}
+
+/// An instruction: an operation and the type of its result (`None` when it has none).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Inst {
+    /// The operation.
+    pub op: Op,
+    /// The result type.
+    pub ty: Option<Type>,
+}
+
+/// A value: the handle of the instruction that defines it.
+pub type Value = Handle<Inst>;
+
+/// A kernel: parameters, memory, and a structured body, run by `grid_size` blocks of
+/// `block_size` threads.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Kernel {
+    /// Entry-point name (a C identifier).
+    pub name: String,
+    /// Threads per block, fixed at compile time.
+    pub block_size: u32,
+    /// Parameters in ABI order.
+    pub params: Vec<Param>,
+    /// Block-shared arrays, indexed by [`Memory::Shared`].
+    pub shared: Vec<SharedArray>,
+    /// Per-thread variables, indexed by `local` of [`Op::ReadLocal`] / [`Op::WriteLocal`].
+    pub locals: Vec<Local>,
+    /// Every instruction; each is placed in exactly one block.
+    pub insts: Arena<Inst>,
+    /// The top-level block. Barriers may appear only here.
+    pub body: Block,
+}

@@ -1,0 +1,42 @@
+//! The kernel IR: what kvq compiles a scheme into, before any target.
+//!
+//! # Model
+//! A [`Kernel`] is run by a grid of `grid_size` blocks (chosen at launch) of `block_size` threads
+//! (fixed in the kernel). Every thread executes the kernel's top-level [`Block`].
+//!
+//! - **Values.** Every instruction lives in the kernel's [`Arena`] of [`Inst`]s and is placed in
+//!   exactly one block; an instruction with a result type *is* the value it defines
+//!   ([`Value`] = `Handle<Inst>`). Values are immutable (SSA); state that changes lives in
+//!   per-thread [`Local`]s (read with [`Op::ReadLocal`], written with [`Op::WriteLocal`]), in
+//!   block-[`SharedArray`]s or in buffer parameters.
+//! - **Control flow is structured**: [`Op::Loop`] (a counted loop whose own value is the
+//!   induction variable) and [`Op::If`] hold nested blocks. There are no jumps.
+//! - **Barriers** ([`Op::Barrier`]) appear only in the top-level block and split it into
+//!   *regions*. A value defined in one region is not used in another: what crosses a barrier goes
+//!   through locals (per thread) or shared memory (per block). This lets a CPU backend run a block
+//!   as one loop over threads per region ("threads become loops") with the GPU's semantics.
+//! - **Arithmetic** on floats is IEEE, each operation correctly rounded, never contracted into a
+//!   fused multiply-add, never approximated (division is true division). Integers are unsigned
+//!   and wrap. Conversions round to nearest even. These rules make every backend give the same
+//!   bits, which SPEC.md requires of codes and parameters.
+//! - **Memory**: buffer parameters (global memory), shared arrays, locals; loads and stores move
+//!   1 to 16 consecutive elements (a vector width).
+//!
+//! [`verify`] checks every invariant (listed in its module documentation) and returns the
+//! [`KernelInfo`] that backends require; [`print`] gives the deterministic text form; [`interp`]
+//! runs a verified kernel on the CPU, slowly and obviously correctly.
+
+pub mod arena;
+pub mod builder;
+pub mod interp;
+pub mod kernel;
+pub mod print;
+pub mod verify;
+
+pub use arena::{Arena, Handle};
+pub use builder::Builder;
+pub use kernel::{
+    Access, BinaryOp, Block, CmpOp, Const, Inst, Kernel, Local, Memory, Op, Param, ScalarType,
+    SharedArray, Special, Type, UnaryOp, Value,
+};
+pub use verify::{verify, KernelInfo, VerifyError};
