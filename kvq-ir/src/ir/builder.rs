@@ -177,6 +177,11 @@ impl Builder {
         self.binary(BinaryOp::Div, a, b)
     }
 
+    /// `a % b`.
+    pub fn rem(&mut self, a: Value, b: Value) -> Value {
+        self.binary(BinaryOp::Rem, a, b)
+    }
+
     /// `min(a, b)`.
     pub fn min(&mut self, a: Value, b: Value) -> Value {
         self.binary(BinaryOp::Min, a, b)

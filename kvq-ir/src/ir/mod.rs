@@ -39,4 +39,5 @@ pub use kernel::{
     Access, BinaryOp, Block, CmpOp, Const, Inst, Kernel, Local, Memory, Op, Param, ScalarType,
     SharedArray, Special, Type, UnaryOp, Value,
 };
-pub use verify::{verify, KernelInfo, VerifyError};
+pub use print::print;
+pub use verify::{verify, FindingKind, KernelInfo, VerifyError, VerifyFinding};

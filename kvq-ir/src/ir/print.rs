@@ -1,1 +1,614 @@
-//! The text form. (Being written.)
+//! The text form: a deterministic dump of a [`Kernel`], for tests, diagnostics and the verifier's
+//! messages.
+//!
+//! # Numbering
+//! Values are named `v0`, `v1`, ... in *program order*: a depth-first walk of the top-level
+//! block, a [`Op::Loop`]'s value (its induction variable) numbered when the loop is reached,
+//! before its body, and an [`Op::If`]'s `then` block before its `otherwise` block. Only
+//! instructions whose operation has a result are numbered ([`Op::Store`], [`Op::WriteLocal`],
+//! [`Op::If`] and [`Op::Barrier`] are not). The numbering does not depend on arena indices, so two
+//! kernels with the same program built in different arena orders print identically.
+//!
+//! # Broken kernels
+//! Printing never panics. A handle that is out of range of the arena, or names an instruction
+//! that is not placed in the program, prints as `v?#12` (its arena index). An instruction placed
+//! a second time prints again with its first name, with its nested blocks shown as `{ ... }`.
+//! Instructions of the arena that the walk does not reach are listed after the body under
+//! `unplaced`. Memory, locals and parameters that do not exist print as `param?3`, `shared?3`,
+//! `local?3`.
+//!
+//! A shared array is referred to as `shared.NAME` in the body, so that it reads differently
+//! from a buffer parameter of the same name.
+//!
+//! # Syntax
+//! ```text
+//! kernel quantize_k(x: &[f16] read, codes: &mut [u8] write, tokens: u32) block_size 128
+//! shared smin: [f32; 128]
+//! local acc: [f32; 8]
+//!     v0 = thread_id
+//!     v1 = const.u32 0
+//!     v2 = load.f16x8 x[v1]
+//!     v3 = loop v0..v1 step 128 {
+//!         v4 = read_local acc[v3]
+//!     }
+//!     if v5 {
+//!         store codes[v1], v9
+//!     } else {
+//!     }
+//!     barrier
+//! ```
+//! Operations: `const.T c` (floats as Rust's `{:?}`, which reads back exactly; bits in hex
+//! only for a NaN other than the canonical one), `param NAME`, `thread_id`, `block_id`,
+//! `grid_size`, `neg`/`round_even`/`floor`/`not`/`is_finite a`, `add`/`sub`/`mul`/`div`/`rem`/
+//! `min`/`max`/`and`/`or`/`shl`/`shr a, b`, `cmp.eq`/`ne`/`lt`/`le`/`gt`/`ge a, b`,
+//! `select c, a, b`, `convert.T a`, `load.T[xN] MEM[i]`, `store MEM[i], v`, `extract v, LANE`,
+//! `vector a, b, ...`, `read_local L[i]`, `write_local L[i], v`, `pack_bits.bB.ORDER c0, c1, ...`,
+//! `unpack_bits.bB.ORDER byte, LANE`, `select_rank MEM[base, stride s, count n], rank r`,
+//! `loop start..end step S { ... }`, `if c { ... } else { ... }`, `barrier`.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+use super::kernel::{
+    Access, BinaryOp, CmpOp, Const, Inst, Kernel, Memory, Op, Param, ScalarType, Special, Type,
+    UnaryOp, Value,
+};
+use crate::scheme::BitOrder;
+
+/// The deterministic text form of `kernel` (see the module documentation). Never panics, even on
+/// a kernel the verifier rejects.
+pub fn print(kernel: &Kernel) -> String {
+    let names = Names::new(kernel);
+    let mut out = String::new();
+    header(kernel, &mut out);
+    let mut printer = Printer {
+        kernel,
+        names: &names,
+        out,
+    };
+    let reached = walk(kernel, &mut printer);
+    let mut out = printer.out;
+    let unplaced: Vec<(Value, &Inst)> = kernel
+        .insts
+        .iter()
+        .filter(|(h, _)| !reached.get(h.index()).copied().unwrap_or(false))
+        .collect();
+    if !unplaced.is_empty() {
+        out.push_str("unplaced\n");
+        for (h, inst) in unplaced {
+            let _ = writeln!(
+                out,
+                "    {}",
+                inst_line(kernel, &names, h, inst, BlockMode::Elided)
+            );
+        }
+    }
+    out
+}
+
+/// The program-order number of every value of `kernel` (`v3` in the text form is the value `v`
+/// with `value_names(kernel)[&v] == 3`). Values that are not reached by the walk of the body
+/// have no number.
+pub fn value_names(kernel: &Kernel) -> HashMap<Value, usize> {
+    let names = Names::new(kernel);
+    names
+        .number
+        .iter()
+        .enumerate()
+        .filter_map(|(i, n)| n.map(|n| (Value::from_index(i as u32), n)))
+        .collect()
+}
+
+/// A type as the text form writes it: `f32`, `f16x8`.
+pub fn type_text(ty: Type) -> String {
+    match ty {
+        Type::Scalar(s) => s.name().to_string(),
+        Type::Vector(s, lanes) => format!("{}x{lanes}", s.name()),
+    }
+}
+
+/// True when `op` defines a value (everything but Store, WriteLocal, If and Barrier). A Loop
+/// defines its induction variable, visible only in its body.
+pub(crate) fn has_result(op: &Op) -> bool {
+    !matches!(
+        op,
+        Op::Store { .. } | Op::WriteLocal { .. } | Op::If { .. } | Op::Barrier
+    )
+}
+
+/// The program-order numbering of a kernel and which instructions the walk reaches.
+#[derive(Debug, Clone)]
+pub(crate) struct Names {
+    /// Indexed by arena index: the value's number, if it is a reached value.
+    number: Vec<Option<usize>>,
+    /// Indexed by arena index: whether the walk of the body reaches the instruction.
+    reached: Vec<bool>,
+}
+
+impl Names {
+    /// Numbers the values of `kernel` in program order.
+    pub(crate) fn new(kernel: &Kernel) -> Names {
+        struct Numberer {
+            number: Vec<Option<usize>>,
+            next: usize,
+        }
+        impl<'k> Visit<'k> for Numberer {
+            fn inst(&mut self, e: Entry<'k>) {
+                if !e.first {
+                    return;
+                }
+                if let Some(inst) = e.inst {
+                    if has_result(&inst.op) {
+                        if let Some(slot) = self.number.get_mut(e.handle.index()) {
+                            *slot = Some(self.next);
+                            self.next += 1;
+                        }
+                    }
+                }
+            }
+        }
+        let mut n = Numberer {
+            number: vec![None; kernel.insts.len()],
+            next: 0,
+        };
+        let reached = walk(kernel, &mut n);
+        Names {
+            number: n.number,
+            reached,
+        }
+    }
+
+    /// Whether the walk of the body reaches `h`.
+    pub(crate) fn reached(&self, h: Value) -> bool {
+        self.reached.get(h.index()).copied().unwrap_or(false)
+    }
+
+    /// `v3`, or `v?#12` for a handle without a number.
+    pub(crate) fn value(&self, v: Value) -> String {
+        match self.number.get(v.index()).copied().flatten() {
+            Some(n) => format!("v{n}"),
+            None => format!("v?#{}", v.index()),
+        }
+    }
+
+    /// How a diagnostic names an instruction: `v3` for a numbered value; for an instruction
+    /// without a result its own text, e.g. ``store codes[v1], v9`` in backquotes (with its
+    /// arena index when it is not placed); else `v?#12`.
+    pub(crate) fn inst(&self, kernel: &Kernel, h: Value) -> String {
+        if self.number.get(h.index()).copied().flatten().is_some() {
+            return self.value(h);
+        }
+        match kernel.insts.try_get(h) {
+            Some(inst) if !has_result(&inst.op) => {
+                let text = op_text(kernel, self, &inst.op);
+                if self.reached(h) {
+                    format!("`{text}`")
+                } else {
+                    format!("`{text}` (#{}, unplaced)", h.index())
+                }
+            }
+            _ => self.value(h),
+        }
+    }
+}
+
+/// Which block of a structured instruction a walk is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BlockKind {
+    /// A Loop's body.
+    LoopBody,
+    /// An If's `then` block.
+    Then,
+    /// An If's `otherwise` block.
+    Else,
+}
+
+/// One entry of a block, as a walk reaches it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Entry<'k> {
+    /// The handle in the block.
+    pub(crate) handle: Value,
+    /// Its instruction, or `None` when the handle is out of range.
+    pub(crate) inst: Option<&'k Inst>,
+    /// 1 for the top-level block, 2 inside one Loop or If, ...
+    pub(crate) depth: usize,
+    /// The Loop or If whose block holds the entry (`None` at top level).
+    pub(crate) parent: Option<Value>,
+    /// False when the walk has reached this handle before (it is placed twice); its blocks are
+    /// then not walked again.
+    pub(crate) first: bool,
+}
+
+/// What a [`walk`] reports.
+pub(crate) trait Visit<'k> {
+    /// A block entry.
+    fn inst(&mut self, entry: Entry<'k>);
+    /// Entering block `kind` of `owner` (which is at `depth`).
+    fn enter(&mut self, _owner: Value, _kind: BlockKind, _depth: usize) {}
+    /// Leaving block `kind` of `owner` (which is at `depth`).
+    fn leave(&mut self, _owner: Value, _kind: BlockKind, _depth: usize) {}
+}
+
+/// Walks the body of `kernel` in program order without recursion (so no nesting depth can
+/// overflow the stack), walking the blocks of each instruction only the first time it is
+/// reached. Returns, by arena index, which instructions were reached.
+pub(crate) fn walk<'k>(kernel: &'k Kernel, visitor: &mut impl Visit<'k>) -> Vec<bool> {
+    struct Frame<'k> {
+        block: &'k [Value],
+        pos: usize,
+        owner: Option<(Value, BlockKind)>,
+    }
+    let mut reached = vec![false; kernel.insts.len()];
+    let mut stack = vec![Frame {
+        block: &kernel.body.0,
+        pos: 0,
+        owner: None,
+    }];
+    loop {
+        let depth = stack.len();
+        let Some(top) = stack.last_mut() else { break };
+        if let Some(&handle) = top.block.get(top.pos) {
+            top.pos += 1;
+            let parent = top.owner.map(|(o, _)| o);
+            let inst = kernel.insts.try_get(handle);
+            let first = match reached.get_mut(handle.index()) {
+                Some(r) => !std::mem::replace(r, true),
+                None => true,
+            };
+            visitor.inst(Entry {
+                handle,
+                inst,
+                depth,
+                parent,
+                first,
+            });
+            if !first {
+                continue;
+            }
+            let nested = match inst.map(|i| &i.op) {
+                Some(Op::Loop { body, .. }) => Some((body, BlockKind::LoopBody)),
+                Some(Op::If { then, .. }) => Some((then, BlockKind::Then)),
+                _ => None,
+            };
+            if let Some((block, kind)) = nested {
+                visitor.enter(handle, kind, depth);
+                stack.push(Frame {
+                    block: &block.0,
+                    pos: 0,
+                    owner: Some((handle, kind)),
+                });
+            }
+        } else {
+            let owner = top.owner;
+            stack.pop();
+            let Some((owner, kind)) = owner else { continue };
+            let owner_depth = depth.saturating_sub(1);
+            visitor.leave(owner, kind, owner_depth);
+            if kind == BlockKind::Then {
+                if let Some(Inst {
+                    op: Op::If { otherwise, .. },
+                    ..
+                }) = kernel.insts.try_get(owner)
+                {
+                    visitor.enter(owner, BlockKind::Else, owner_depth);
+                    stack.push(Frame {
+                        block: &otherwise.0,
+                        pos: 0,
+                        owner: Some((owner, BlockKind::Else)),
+                    });
+                }
+            }
+        }
+    }
+    reached
+}
+
+struct Printer<'a> {
+    kernel: &'a Kernel,
+    names: &'a Names,
+    out: String,
+}
+
+fn indent(out: &mut String, depth: usize) {
+    for _ in 0..depth {
+        out.push_str("    ");
+    }
+}
+
+impl<'k> Visit<'k> for Printer<'_> {
+    fn inst(&mut self, e: Entry<'k>) {
+        indent(&mut self.out, e.depth);
+        match e.inst {
+            Some(inst) => {
+                let mode = if e.first {
+                    BlockMode::Open
+                } else {
+                    BlockMode::Elided
+                };
+                let line = inst_line(self.kernel, self.names, e.handle, inst, mode);
+                self.out.push_str(&line);
+            }
+            None => {
+                let _ = write!(self.out, "v?#{} = <not in the arena>", e.handle.index());
+            }
+        }
+        self.out.push('\n');
+    }
+
+    fn leave(&mut self, _owner: Value, kind: BlockKind, depth: usize) {
+        indent(&mut self.out, depth);
+        self.out.push_str(match kind {
+            BlockKind::Then => "} else {\n",
+            BlockKind::LoopBody | BlockKind::Else => "}\n",
+        });
+    }
+}
+
+/// How an instruction line ends when the instruction holds blocks.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum BlockMode {
+    /// ` {`: the blocks follow.
+    Open,
+    /// ` { ... }`: the blocks are not shown.
+    Elided,
+}
+
+/// `v3 = add v1, v2`, `store x[v1], v2`, `v4 = loop v0..v1 step 1 {`.
+fn inst_line(kernel: &Kernel, names: &Names, h: Value, inst: &Inst, mode: BlockMode) -> String {
+    let mut line = String::new();
+    if has_result(&inst.op) {
+        let _ = write!(line, "{} = ", names.value(h));
+    }
+    line.push_str(&op_text(kernel, names, &inst.op));
+    if matches!(inst.op, Op::Loop { .. } | Op::If { .. }) {
+        line.push_str(match mode {
+            BlockMode::Open => " {",
+            BlockMode::Elided => " { ... }",
+        });
+    }
+    line
+}
+
+fn header(kernel: &Kernel, out: &mut String) {
+    let params: Vec<String> = kernel
+        .params
+        .iter()
+        .map(|p| match p {
+            Param::Buffer { name, elem, access } => {
+                let (mutability, access) = match access {
+                    Access::Read => ("", "read"),
+                    Access::Write => ("mut ", "write"),
+                    Access::ReadWrite => ("mut ", "read_write"),
+                };
+                format!("{name}: &{mutability}[{}] {access}", elem.name())
+            }
+            Param::Scalar { name, ty } => format!("{name}: {}", ty.name()),
+        })
+        .collect();
+    let _ = writeln!(
+        out,
+        "kernel {}({}) block_size {}",
+        kernel.name,
+        params.join(", "),
+        kernel.block_size
+    );
+    for s in &kernel.shared {
+        let _ = writeln!(out, "shared {}: [{}; {}]", s.name, s.elem.name(), s.len);
+    }
+    for l in &kernel.locals {
+        let _ = writeln!(out, "local {}: [{}; {}]", l.name, l.elem.name(), l.len);
+    }
+}
+
+/// The name of parameter `i`, or `param?i`.
+pub(crate) fn param_name(kernel: &Kernel, i: u32) -> String {
+    match kernel.params.get(i as usize) {
+        Some(p) => p.name().to_string(),
+        None => format!("param?{i}"),
+    }
+}
+
+/// How the text form refers to a memory: `x` (a parameter), `shared.smin`, or `param?i` /
+/// `shared?i` when there is none.
+pub(crate) fn memory_name(kernel: &Kernel, mem: Memory) -> String {
+    match mem {
+        Memory::Param(i) => param_name(kernel, i),
+        Memory::Shared(i) => match kernel.shared.get(i as usize) {
+            Some(s) => format!("shared.{}", s.name),
+            None => format!("shared?{i}"),
+        },
+    }
+}
+
+/// The name of local `i`, or `local?i`.
+pub(crate) fn local_name(kernel: &Kernel, i: u32) -> String {
+    match kernel.locals.get(i as usize) {
+        Some(l) => l.name.clone(),
+        None => format!("local?{i}"),
+    }
+}
+
+/// The element type of a memory, when it is a buffer parameter or a shared array.
+pub(crate) fn memory_elem(kernel: &Kernel, mem: Memory) -> Option<ScalarType> {
+    match mem {
+        Memory::Param(i) => match kernel.params.get(i as usize) {
+            Some(Param::Buffer { elem, .. }) => Some(*elem),
+            _ => None,
+        },
+        Memory::Shared(i) => kernel.shared.get(i as usize).map(|s| s.elem),
+    }
+}
+
+fn const_text(c: Const) -> String {
+    match c {
+        Const::Bool(b) => format!("const.bool {b}"),
+        Const::U8(x) => format!("const.u8 {x}"),
+        Const::U32(x) => format!("const.u32 {x}"),
+        Const::F32(bits) => {
+            let text = format!("{:?}", f32::from_bits(bits));
+            if text.parse::<f32>().map(f32::to_bits) == Ok(bits) {
+                format!("const.f32 {text}")
+            } else {
+                format!("const.f32 0x{bits:08x}")
+            }
+        }
+        Const::F64(bits) => {
+            let text = format!("{:?}", f64::from_bits(bits));
+            if text.parse::<f64>().map(f64::to_bits) == Ok(bits) {
+                format!("const.f64 {text}")
+            } else {
+                format!("const.f64 0x{bits:016x}")
+            }
+        }
+    }
+}
+
+fn unary_name(op: UnaryOp) -> &'static str {
+    match op {
+        UnaryOp::Neg => "neg",
+        UnaryOp::RoundEven => "round_even",
+        UnaryOp::Floor => "floor",
+        UnaryOp::Not => "not",
+        UnaryOp::IsFinite => "is_finite",
+    }
+}
+
+/// The text-form name of a binary operation (`add`, `shl`, ...).
+fn binary_name(op: BinaryOp) -> &'static str {
+    match op {
+        BinaryOp::Add => "add",
+        BinaryOp::Sub => "sub",
+        BinaryOp::Mul => "mul",
+        BinaryOp::Div => "div",
+        BinaryOp::Rem => "rem",
+        BinaryOp::Min => "min",
+        BinaryOp::Max => "max",
+        BinaryOp::And => "and",
+        BinaryOp::Or => "or",
+        BinaryOp::Shl => "shl",
+        BinaryOp::Shr => "shr",
+    }
+}
+
+fn cmp_name(op: CmpOp) -> &'static str {
+    match op {
+        CmpOp::Eq => "eq",
+        CmpOp::Ne => "ne",
+        CmpOp::Lt => "lt",
+        CmpOp::Le => "le",
+        CmpOp::Gt => "gt",
+        CmpOp::Ge => "ge",
+    }
+}
+
+fn order_name(order: BitOrder) -> &'static str {
+    match order {
+        BitOrder::Msb => "msb",
+        BitOrder::Lsb => "lsb",
+    }
+}
+
+fn list(names: &Names, values: &[Value]) -> String {
+    values
+        .iter()
+        .map(|&v| names.value(v))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The text of an operation, without the `vN = ` prefix and without its blocks.
+pub(crate) fn op_text(kernel: &Kernel, names: &Names, op: &Op) -> String {
+    let v = |x: &Value| names.value(*x);
+    match op {
+        Op::Const(c) => const_text(*c),
+        Op::ScalarParam(i) => format!("param {}", param_name(kernel, *i)),
+        Op::Special(s) => match s {
+            Special::ThreadId => "thread_id",
+            Special::BlockId => "block_id",
+            Special::GridSize => "grid_size",
+        }
+        .to_string(),
+        Op::Unary(u, a) => format!("{} {}", unary_name(*u), v(a)),
+        Op::Binary(b, x, y) => format!("{} {}, {}", binary_name(*b), v(x), v(y)),
+        Op::Cmp(c, x, y) => format!("cmp.{} {}, {}", cmp_name(*c), v(x), v(y)),
+        Op::Select {
+            cond,
+            if_true,
+            if_false,
+        } => format!("select {}, {}, {}", v(cond), v(if_true), v(if_false)),
+        Op::Convert(t, a) => format!("convert.{} {}", t.name(), v(a)),
+        Op::Load { mem, index, lanes } => {
+            let elem = memory_elem(kernel, *mem).map_or("?", ScalarType::name);
+            let lanes = if *lanes == 1 {
+                String::new()
+            } else {
+                format!("x{lanes}")
+            };
+            format!(
+                "load.{elem}{lanes} {}[{}]",
+                memory_name(kernel, *mem),
+                v(index)
+            )
+        }
+        Op::Store { mem, index, value } => format!(
+            "store {}[{}], {}",
+            memory_name(kernel, *mem),
+            v(index),
+            v(value)
+        ),
+        Op::Extract(a, lane) => format!("extract {}, {lane}", v(a)),
+        Op::Vector(values) if values.is_empty() => "vector".to_string(),
+        Op::Vector(values) => format!("vector {}", list(names, values)),
+        Op::ReadLocal { local, index } => {
+            format!("read_local {}[{}]", local_name(kernel, *local), v(index))
+        }
+        Op::WriteLocal {
+            local,
+            index,
+            value,
+        } => format!(
+            "write_local {}[{}], {}",
+            local_name(kernel, *local),
+            v(index),
+            v(value)
+        ),
+        Op::PackBits { codes, bits, order } => {
+            let head = format!("pack_bits.b{}.{}", bits.width(), order_name(*order));
+            if codes.is_empty() {
+                head
+            } else {
+                format!("{head} {}", list(names, codes))
+            }
+        }
+        Op::UnpackBits {
+            byte,
+            lane,
+            bits,
+            order,
+        } => format!(
+            "unpack_bits.b{}.{} {}, {lane}",
+            bits.width(),
+            order_name(*order),
+            v(byte)
+        ),
+        Op::SelectRank {
+            mem,
+            base,
+            stride,
+            count,
+            rank,
+        } => format!(
+            "select_rank {}[{}, stride {}, count {}], rank {}",
+            memory_name(kernel, *mem),
+            v(base),
+            v(stride),
+            v(count),
+            v(rank)
+        ),
+        Op::Loop {
+            start, end, step, ..
+        } => format!("loop {}..{} step {step}", v(start), v(end)),
+        Op::If { cond, .. } => format!("if {}", v(cond)),
+        Op::Barrier => "barrier".to_string(),
+    }
+}

@@ -10,6 +10,7 @@
 //! ```
 
 pub mod build;
+pub mod catalogue;
 pub mod error;
 pub mod syntax;
 pub mod text;

@@ -1,1 +1,0 @@
-//! The interpreter. (Being written.)

@@ -1,0 +1,226 @@
+//! What a kernel run reports instead of panicking.
+
+use thiserror::Error;
+
+use super::{MAX_BLOCK_ELEMS, MAX_NESTING};
+use crate::ir::kernel::{Access, Memory, ScalarType, Type, Value};
+use crate::scheme::Bits;
+
+/// Whether a parameter or argument is a buffer or a scalar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ParamKind {
+    /// A buffer.
+    Buffer,
+    /// A scalar.
+    Scalar,
+}
+
+/// What a kernel run can report.
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum InterpError {
+    /// The number of arguments is not the number of parameters.
+    #[error("the kernel takes {expected} arguments, got {got}")]
+    ArgCount {
+        /// Parameters.
+        expected: usize,
+        /// Arguments.
+        got: usize,
+    },
+    /// A buffer where a scalar is expected, or the reverse.
+    #[error("argument {index} must be a {expected:?}, got a {got:?}")]
+    ArgKind {
+        /// ABI index.
+        index: usize,
+        /// The parameter's kind.
+        expected: ParamKind,
+        /// The argument's kind.
+        got: ParamKind,
+    },
+    /// A buffer of another element type, or a scalar of another type.
+    #[error("argument {index} must be of type {}, got {}", .expected.name(), .got.name())]
+    ArgType {
+        /// ABI index.
+        index: usize,
+        /// The parameter's (element) type.
+        expected: ScalarType,
+        /// The argument's (element) type.
+        got: ScalarType,
+    },
+    /// A load, store or gather outside its memory.
+    #[error(
+        "{inst:?}: elements {index}..{index}+{lanes} of {mem:?} are out of bounds (length {len})"
+    )]
+    OutOfBounds {
+        /// The instruction.
+        inst: Value,
+        /// The memory.
+        mem: Memory,
+        /// First element.
+        index: u64,
+        /// Number of elements.
+        lanes: u32,
+        /// The memory's length.
+        len: usize,
+    },
+    /// A local read or written outside its length.
+    #[error("{inst:?}: element {index} of local {local} is out of bounds (length {len})")]
+    LocalOutOfBounds {
+        /// The instruction.
+        inst: Value,
+        /// The local.
+        local: u32,
+        /// The element index.
+        index: u32,
+        /// The local's length.
+        len: u32,
+    },
+    /// Integer division or remainder by zero.
+    #[error("{inst:?}: integer division by zero")]
+    DivisionByZero {
+        /// The instruction.
+        inst: Value,
+    },
+    /// A shift by the bit width or more.
+    #[error("{inst:?}: shift by {shift} of a {width}-bit integer")]
+    ShiftTooLarge {
+        /// The instruction.
+        inst: Value,
+        /// The shift amount.
+        shift: u32,
+        /// The integer's width.
+        width: u32,
+    },
+    /// A float converted to an integer type that cannot hold it after truncation, or NaN.
+    #[error("{inst:?}: {value} does not convert to {}", .to.name())]
+    ConvertOutOfRange {
+        /// The instruction.
+        inst: Value,
+        /// The target type.
+        to: ScalarType,
+        /// The value converted (exact).
+        value: f64,
+    },
+    /// `SelectRank` with `count == 0` or `rank >= count`.
+    #[error("{inst:?}: rank {rank} of {count} elements")]
+    BadRank {
+        /// The instruction.
+        inst: Value,
+        /// The number of elements.
+        count: u32,
+        /// The rank asked for.
+        rank: u32,
+    },
+    /// `PackBits` of a code that does not fit its width.
+    #[error("{inst:?}: code {code} does not fit in {bits} bits")]
+    CodeTooLarge {
+        /// The instruction.
+        inst: Value,
+        /// The code.
+        code: u8,
+        /// The width.
+        bits: Bits,
+    },
+    /// Shared arrays or locals too large for the interpreter.
+    #[error(
+        "{what} of one block hold {elems} elements, more than the interpreter's {MAX_BLOCK_ELEMS}"
+    )]
+    TooLarge {
+        /// "shared arrays" or "locals".
+        what: &'static str,
+        /// How many elements they would hold.
+        elems: u64,
+    },
+    /// A kernel that breaks the IR's rules.
+    #[error("malformed kernel{}: {problem}", .inst.map_or(String::new(), |i| format!(" at {i:?}")))]
+    Malformed {
+        /// The instruction, when the problem is one.
+        inst: Option<Value>,
+        /// What is wrong.
+        problem: Malformed,
+    },
+}
+
+/// How a kernel breaks the IR's rules (what [`verify()`](crate::ir::verify()) rejects).
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum Malformed {
+    /// A handle outside the instruction arena.
+    #[error("no such instruction")]
+    UnknownInst,
+    /// An operand without a value here (a result-less instruction, or one not run yet or out
+    /// of scope).
+    #[error("operand {0:?} has no value here")]
+    Undefined(Value),
+    /// An operand of a type the operation does not take.
+    #[error("operand {operand:?} of type {found:?} does not fit")]
+    Operand {
+        /// The operand.
+        operand: Value,
+        /// Its type.
+        found: Type,
+    },
+    /// The declared result type is not the computed one.
+    #[error("declared type {declared:?}, computed {computed:?}")]
+    ResultType {
+        /// `Inst::ty`.
+        declared: Option<Type>,
+        /// What the operation gives.
+        computed: Option<Type>,
+    },
+    /// No parameter of this index.
+    #[error("no parameter {0}")]
+    UnknownParam(u32),
+    /// Memory naming a scalar parameter.
+    #[error("parameter {0} is not a buffer")]
+    NotABuffer(u32),
+    /// `ScalarParam` naming a buffer parameter.
+    #[error("parameter {0} is not a scalar")]
+    NotAScalar(u32),
+    /// No shared array of this index.
+    #[error("no shared array {0}")]
+    UnknownShared(u32),
+    /// No local of this index.
+    #[error("no local {0}")]
+    UnknownLocal(u32),
+    /// A shared array, or `SelectRank` memory, of an element type it cannot have.
+    #[error("memory of element type {} is not supported here", .0.name())]
+    Elem(ScalarType),
+    /// A load from a write-only or a store to a read-only buffer.
+    #[error("parameter {param} does not allow this access ({access:?})")]
+    Access {
+        /// The parameter.
+        param: u32,
+        /// Its access.
+        access: Access,
+    },
+    /// A load of a lane count other than 1, 2, 4, 8, 16.
+    #[error("a load of {0} lanes")]
+    Lanes(u8),
+    /// A lane index past the end (`Extract`, `UnpackBits`).
+    #[error("lane {lane} of {lanes}")]
+    Lane {
+        /// The lane.
+        lane: u8,
+        /// The number of lanes.
+        lanes: u32,
+    },
+    /// A vector of fewer than 2 or more than 16 elements.
+    #[error("a vector of {0} elements")]
+    VectorLen(usize),
+    /// `PackBits` with a code count other than `8 / bits`.
+    #[error("{got} codes for a byte of {expected}")]
+    CodeCount {
+        /// `8 / bits`.
+        expected: u32,
+        /// `codes.len()`.
+        got: usize,
+    },
+    /// A loop with step 0.
+    #[error("a loop with step 0")]
+    ZeroStep,
+    /// A barrier inside a loop or an if.
+    #[error("a barrier inside a loop or an if")]
+    NestedBarrier,
+    /// Loops and ifs nested deeper than [`MAX_NESTING`].
+    #[error("nesting deeper than {MAX_NESTING}")]
+    TooDeep,
+}

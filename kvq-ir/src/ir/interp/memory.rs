@@ -1,0 +1,180 @@
+//! Memory: buffer parameters, shared arrays and locals, with their bounds and access checks.
+
+use super::exec::{malformed, Machine, Thread};
+use super::value::Val;
+use super::{Arg, Buffer, InterpError, Malformed};
+use crate::ir::kernel::{Access, Memory, Param, ScalarType, Value};
+
+impl Machine<'_, '_> {
+    /// The memory `mem` names, which must allow a store (`write`) or a load.
+    fn memory(&mut self, h: Value, mem: Memory, write: bool) -> Result<&mut Buffer, InterpError> {
+        let bad = |problem| malformed(Some(h), problem);
+        match mem {
+            Memory::Param(i) => {
+                let access = match self.kernel.params.get(i as usize) {
+                    None => return Err(bad(Malformed::UnknownParam(i))),
+                    Some(Param::Scalar { .. }) => return Err(bad(Malformed::NotABuffer(i))),
+                    Some(Param::Buffer { access, .. }) => *access,
+                };
+                let allowed = match access {
+                    Access::Read => !write,
+                    Access::Write => write,
+                    Access::ReadWrite => true,
+                };
+                if !allowed {
+                    return Err(bad(Malformed::Access { param: i, access }));
+                }
+                match self.args.get_mut(i as usize) {
+                    Some(Arg::Buffer(b)) => Ok(b),
+                    _ => Err(bad(Malformed::NotABuffer(i))),
+                }
+            }
+            Memory::Shared(i) => self
+                .shared
+                .get_mut(i as usize)
+                .ok_or(bad(Malformed::UnknownShared(i))),
+        }
+    }
+
+    pub(super) fn load(
+        &mut self,
+        h: Value,
+        mem: Memory,
+        index: Value,
+        lanes: u8,
+    ) -> Result<Val, InterpError> {
+        if !matches!(lanes, 1 | 2 | 4 | 8 | 16) {
+            return Err(malformed(Some(h), Malformed::Lanes(lanes)));
+        }
+        let index = self.u32_operand(h, index)?;
+        let buffer = self.memory(h, mem, false)?;
+        let out_of_bounds = InterpError::OutOfBounds {
+            inst: h,
+            mem,
+            index: u64::from(index),
+            lanes: u32::from(lanes),
+            len: buffer.len(),
+        };
+        let mut elems = (0..usize::from(lanes))
+            .map(|k| (index as usize).checked_add(k).and_then(|j| buffer.get(j)))
+            .collect::<Option<Vec<Val>>>()
+            .ok_or(out_of_bounds)?;
+        if lanes == 1 {
+            if let Some(x) = elems.pop() {
+                return Ok(x);
+            }
+        }
+        Ok(Val::Vec(elems))
+    }
+
+    pub(super) fn store(
+        &mut self,
+        h: Value,
+        mem: Memory,
+        index: Value,
+        value: Value,
+    ) -> Result<(), InterpError> {
+        let index = self.u32_operand(h, index)?;
+        let x = self.get(h, value)?.clone();
+        let wrong = self.wrong(h, value);
+        let buffer = self.memory(h, mem, true)?;
+        let lanes = match x {
+            Val::Vec(lanes) => lanes,
+            scalar => vec![scalar],
+        };
+        if lanes.iter().any(|l| l.scalar_ty() != Some(buffer.elem())) {
+            return Err(wrong);
+        }
+        if u64::from(index) + lanes.len() as u64 > buffer.len() as u64 {
+            return Err(InterpError::OutOfBounds {
+                inst: h,
+                mem,
+                index: u64::from(index),
+                lanes: lanes.len() as u32,
+                len: buffer.len(),
+            });
+        }
+        for (k, lane) in lanes.iter().enumerate() {
+            buffer.set(index as usize + k, lane);
+        }
+        Ok(())
+    }
+
+    /// The position of element `index` of `local` in a thread's locals, and its type.
+    pub(super) fn local_slot(
+        &self,
+        t: &Thread,
+        h: Value,
+        local: u32,
+        index: Value,
+    ) -> Result<(usize, ScalarType), InterpError> {
+        let index = self.u32_operand(h, index)?;
+        let decl = self
+            .kernel
+            .locals
+            .get(local as usize)
+            .ok_or(malformed(Some(h), Malformed::UnknownLocal(local)))?;
+        let slot = self.offsets.get(local as usize).map(|o| o + index as usize);
+        match slot {
+            Some(slot) if index < decl.len && slot < t.locals.len() => Ok((slot, decl.elem)),
+            _ => Err(InterpError::LocalOutOfBounds {
+                inst: h,
+                local,
+                index,
+                len: decl.len,
+            }),
+        }
+    }
+
+    pub(super) fn select_rank(
+        &mut self,
+        h: Value,
+        mem: Memory,
+        base: u32,
+        stride: u32,
+        count: u32,
+        rank: u32,
+    ) -> Result<Val, InterpError> {
+        if count == 0 || rank >= count {
+            return Err(InterpError::BadRank {
+                inst: h,
+                count,
+                rank,
+            });
+        }
+        let buffer = self.memory(h, mem, false)?;
+        if !buffer.elem().is_float() {
+            return Err(malformed(Some(h), Malformed::Elem(buffer.elem())));
+        }
+        // The indices increase with i, so the last one bounds them all (it fits in a u64).
+        let last = u64::from(base) + u64::from(count - 1) * u64::from(stride);
+        let out_of_bounds = InterpError::OutOfBounds {
+            inst: h,
+            mem,
+            index: last,
+            lanes: 1,
+            len: buffer.len(),
+        };
+        if last >= buffer.len() as u64 {
+            return Err(out_of_bounds);
+        }
+        // With stride 0 all `count` elements are `mem[base]` (and count may be 2^32 - 1): one
+        // copy of it has the same order statistics.
+        let (n, rank) = if stride == 0 { (1, 0) } else { (count, rank) };
+        let mut xs = Vec::with_capacity(n as usize);
+        for i in 0..n {
+            let x = buffer.get(base as usize + i as usize * stride as usize);
+            xs.push(match x {
+                Some(Val::F16(x)) => x.to_f32(),
+                Some(Val::BF16(x)) => x.to_f32(),
+                Some(Val::F32(x)) => x,
+                Some(Val::F64(x)) => x as f32,
+                _ => return Err(out_of_bounds),
+            });
+        }
+        xs.sort_by(f32::total_cmp);
+        xs.get(rank as usize)
+            .map(|&x| Val::F32(x))
+            .ok_or(out_of_bounds)
+    }
+}

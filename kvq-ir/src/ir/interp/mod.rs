@@ -1,0 +1,260 @@
+//! The interpreter: runs a kernel on the CPU, slowly and obviously correctly. It is the oracle
+//! that the compiled backends are checked against, so every rule below is the plain Rust
+//! expression it names.
+//!
+//! # Execution
+//! [`run`] executes blocks `0..grid_size` one after the other. For each block, every shared array
+//! and every thread's copy of every local starts at zero; the top-level body is split at its
+//! barriers ([`Op::Barrier`](crate::ir::Op::Barrier)) into regions, and each region runs for
+//! thread 0, then thread 1, ..., then `block_size - 1` before the next region starts. Since a
+//! barrier orders all shared-memory accesses of a block, this gives the GPU's results for every
+//! kernel without data races (for a racy kernel it gives one of the possible results). Values
+//! live for one thread's run of one region, and for one iteration of a loop body or one run of
+//! an `If` branch: using a value outside its scope is reported as [`Malformed::Undefined`].
+//!
+//! # Semantics
+//! - Floats: `Add`, `Sub`, `Mul`, `Div` are Rust's `+ - * /` on f32 and f64 (correctly rounded,
+//!   never fused); on F16 and BF16 they are computed in f32 and rounded back to nearest even,
+//!   which is the correctly rounded result (f32 has more than twice their precision).
+//!   `Min(a, b)` is `if b < a { b } else { a }`, `Max(a, b)` is `if b > a { b } else { a }`, for
+//!   integers too. `Neg` flips the sign, `RoundEven` is `round_ties_even`, `Floor` is `floor`,
+//!   `IsFinite` is `is_finite`. Comparisons are IEEE: NaN is unordered, so only `Ne` holds for it.
+//! - Integers (U8, U32) wrap on `Add`, `Sub`, `Mul`; `Div` and `Rem` by zero are
+//!   [`InterpError::DivisionByZero`]; `Shl` and `Shr` by the bit width or more are
+//!   [`InterpError::ShiftTooLarge`]. `Not` is `!` on Bool and integers; `And`, `Or` are `&`, `|`.
+//! - `Convert`: float to float rounds to nearest even (one rounding from the exact value, also
+//!   f64 to f16 and bf16); integer to float rounds to nearest even; float to integer truncates
+//!   toward zero and must then fit ([`InterpError::ConvertOutOfRange`] otherwise, NaN included);
+//!   integer to integer zero-extends or truncates; Bool to integer gives 0 or 1. Anything to
+//!   Bool, except Bool itself, and Bool to float are malformed.
+//! - `Load` of `lanes` elements reads `index..index + lanes`, all in bounds, as a vector when
+//!   `lanes > 1`; `Store` writes a scalar or a vector of the memory's element type. A buffer
+//!   parameter must allow the access (its [`Access`](crate::ir::Access)). Out-of-bounds
+//!   accesses are [`InterpError::OutOfBounds`] (locals: [`InterpError::LocalOutOfBounds`]).
+//! - `PackBits`: the byte is the OR of `code_j << shift_j`, `shift_j = 8 - (j + 1) * b` for
+//!   `msb`, `j * b` for `lsb` (SPEC.md section 3); a code above `2^b - 1` is
+//!   [`InterpError::CodeTooLarge`]. `UnpackBits` is `(byte >> shift_lane) & (2^b - 1)`.
+//! - `SelectRank` gathers `mem[base + i * stride]` for `i < count` (all in bounds), converts them
+//!   to f32 (exact from f16, bf16, f32; f64 rounds to nearest even), sorts them with
+//!   [`f32::total_cmp`] (-0 before +0) and gives the element of index `rank`. `count == 0` or
+//!   `rank >= count` is [`InterpError::BadRank`].
+//! - `Loop`: `i = start; while i < end { body(i); i = i + step }`, stopping when `i + step`
+//!   overflows. `If` runs one branch. `ThreadId`, `BlockId`, `GridSize` are the coordinates
+//!   above; `ScalarParam(i)` is argument `i`.
+//!
+//! # Errors, not panics
+//! [`run`] does not need [`verify()`](crate::ir::verify()): it checks what it relies on as it
+//! goes, and any kernel, however malformed, gives a result or an [`InterpError`] (a dangling
+//! handle, an operand of the wrong type or without a value, a nested barrier:
+//! [`InterpError::Malformed`]). Buffers
+//! may have been partly written when an error is returned. Loops terminate, nesting deeper than
+//! [`MAX_NESTING`] is refused, and so are kernels whose shared arrays or whose locals for one
+//! block hold more than [`MAX_BLOCK_ELEMS`] elements.
+
+mod error;
+mod exec;
+mod memory;
+mod value;
+
+use half::{bf16, f16};
+
+use crate::ir::kernel::{Kernel, Param, ScalarType};
+pub use error::{InterpError, Malformed, ParamKind};
+pub use value::Val;
+
+/// Deepest nesting of loops and ifs the interpreter runs.
+pub const MAX_NESTING: u32 = 128;
+
+/// Most elements of all shared arrays of a block, and of all locals of all threads of a block.
+pub const MAX_BLOCK_ELEMS: u64 = 1 << 22;
+
+/// The contents of a buffer argument.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Buffer {
+    /// U8 elements.
+    U8(Vec<u8>),
+    /// U32 elements.
+    U32(Vec<u32>),
+    /// F16 elements.
+    F16(Vec<f16>),
+    /// BF16 elements.
+    BF16(Vec<bf16>),
+    /// F32 elements.
+    F32(Vec<f32>),
+    /// F64 elements.
+    F64(Vec<f64>),
+}
+
+macro_rules! buffer_from {
+    ($($variant:ident: $t:ty, $as:ident;)*) => {
+        $(
+            impl From<Vec<$t>> for Buffer {
+                fn from(v: Vec<$t>) -> Buffer {
+                    Buffer::$variant(v)
+                }
+            }
+        )*
+        impl Buffer {
+            $(
+                #[doc = concat!("The elements, if this is a `", stringify!($variant), "` buffer.")]
+                pub fn $as(&self) -> Option<&[$t]> {
+                    match self {
+                        Buffer::$variant(v) => Some(v),
+                        _ => None,
+                    }
+                }
+            )*
+        }
+    };
+}
+
+buffer_from! {
+    U8: u8, as_u8;
+    U32: u32, as_u32;
+    F16: f16, as_f16;
+    BF16: bf16, as_bf16;
+    F32: f32, as_f32;
+    F64: f64, as_f64;
+}
+
+impl Buffer {
+    /// `len` zeros of `elem`; `None` for Bool, which has no buffer.
+    pub fn zeros(elem: ScalarType, len: usize) -> Option<Buffer> {
+        Some(match elem {
+            ScalarType::Bool => return None,
+            ScalarType::U8 => Buffer::U8(vec![0; len]),
+            ScalarType::U32 => Buffer::U32(vec![0; len]),
+            ScalarType::F16 => Buffer::F16(vec![f16::ZERO; len]),
+            ScalarType::BF16 => Buffer::BF16(vec![bf16::ZERO; len]),
+            ScalarType::F32 => Buffer::F32(vec![0.0; len]),
+            ScalarType::F64 => Buffer::F64(vec![0.0; len]),
+        })
+    }
+
+    /// The element type.
+    pub fn elem(&self) -> ScalarType {
+        match self {
+            Buffer::U8(_) => ScalarType::U8,
+            Buffer::U32(_) => ScalarType::U32,
+            Buffer::F16(_) => ScalarType::F16,
+            Buffer::BF16(_) => ScalarType::BF16,
+            Buffer::F32(_) => ScalarType::F32,
+            Buffer::F64(_) => ScalarType::F64,
+        }
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        match self {
+            Buffer::U8(v) => v.len(),
+            Buffer::U32(v) => v.len(),
+            Buffer::F16(v) => v.len(),
+            Buffer::BF16(v) => v.len(),
+            Buffer::F32(v) => v.len(),
+            Buffer::F64(v) => v.len(),
+        }
+    }
+
+    /// True when there are no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Element `i`, or `None` past the end.
+    pub fn get(&self, i: usize) -> Option<Val> {
+        match self {
+            Buffer::U8(v) => v.get(i).map(|&x| Val::U8(x)),
+            Buffer::U32(v) => v.get(i).map(|&x| Val::U32(x)),
+            Buffer::F16(v) => v.get(i).map(|&x| Val::F16(x)),
+            Buffer::BF16(v) => v.get(i).map(|&x| Val::BF16(x)),
+            Buffer::F32(v) => v.get(i).map(|&x| Val::F32(x)),
+            Buffer::F64(v) => v.get(i).map(|&x| Val::F64(x)),
+        }
+    }
+
+    /// Writes scalar `x` at `i`; false (and nothing written) past the end or when the types
+    /// differ.
+    pub fn set(&mut self, i: usize, x: &Val) -> bool {
+        fn put<T: Copy>(v: &mut [T], i: usize, x: T) -> bool {
+            v.get_mut(i).map(|slot| *slot = x).is_some()
+        }
+        match (self, x) {
+            (Buffer::U8(v), Val::U8(x)) => put(v, i, *x),
+            (Buffer::U32(v), Val::U32(x)) => put(v, i, *x),
+            (Buffer::F16(v), Val::F16(x)) => put(v, i, *x),
+            (Buffer::BF16(v), Val::BF16(x)) => put(v, i, *x),
+            (Buffer::F32(v), Val::F32(x)) => put(v, i, *x),
+            (Buffer::F64(v), Val::F64(x)) => put(v, i, *x),
+            _ => false,
+        }
+    }
+}
+
+/// One kernel argument, matching the parameter at the same ABI index.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Arg {
+    /// For a [`Param::Buffer`] of the buffer's element type.
+    Buffer(Buffer),
+    /// For a U32 [`Param::Scalar`].
+    U32(u32),
+    /// For an F32 [`Param::Scalar`].
+    F32(f32),
+}
+
+impl Arg {
+    /// The buffer, if this is a buffer argument (to read results back).
+    pub fn buffer(&self) -> Option<&Buffer> {
+        match self {
+            Arg::Buffer(b) => Some(b),
+            _ => None,
+        }
+    }
+}
+
+impl From<Buffer> for Arg {
+    fn from(b: Buffer) -> Arg {
+        Arg::Buffer(b)
+    }
+}
+
+/// Runs `kernel` on `grid_size` blocks with `args` (one per parameter, in ABI order); stores
+/// land in the buffers of `args`. See the module documentation for the semantics.
+pub fn run(kernel: &Kernel, args: &mut [Arg], grid_size: u32) -> Result<(), InterpError> {
+    check_args(kernel, args)?;
+    exec::run(kernel, args, grid_size)
+}
+
+fn check_args(kernel: &Kernel, args: &[Arg]) -> Result<(), InterpError> {
+    if args.len() != kernel.params.len() {
+        return Err(InterpError::ArgCount {
+            expected: kernel.params.len(),
+            got: args.len(),
+        });
+    }
+    for (index, (param, arg)) in kernel.params.iter().zip(args).enumerate() {
+        let (expected, got) = match (param, arg) {
+            (Param::Buffer { elem, .. }, Arg::Buffer(b)) => (*elem, b.elem()),
+            (Param::Scalar { ty, .. }, Arg::U32(_)) => (*ty, ScalarType::U32),
+            (Param::Scalar { ty, .. }, Arg::F32(_)) => (*ty, ScalarType::F32),
+            (Param::Buffer { .. }, _) | (Param::Scalar { .. }, Arg::Buffer(_)) => {
+                let kind = |buffer| match buffer {
+                    true => ParamKind::Buffer,
+                    false => ParamKind::Scalar,
+                };
+                return Err(InterpError::ArgKind {
+                    index,
+                    expected: kind(matches!(param, Param::Buffer { .. })),
+                    got: kind(matches!(arg, Arg::Buffer(_))),
+                });
+            }
+        };
+        if expected != got {
+            return Err(InterpError::ArgType {
+                index,
+                expected,
+                got,
+            });
+        }
+    }
+    Ok(())
+}

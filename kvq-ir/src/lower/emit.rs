@@ -1,0 +1,248 @@
+//! Emission helpers shared by the quantize and dequantize lowerings: the spec's formulas
+//! (SPEC.md section 2) written as IR, one f32 operation at a time in the spec's order.
+
+use crate::ir::{Access, Builder, CmpOp, Memory, ScalarType, UnaryOp, Value};
+use crate::scheme::{Center, ParamType, Rule, Scheme};
+
+use super::{quantize_abi as abi, ShapeClass};
+
+/// Status codes written to `status[0]`.
+pub const STATUS_NON_FINITE: u32 = 1;
+/// A group's parameters overflow their type.
+pub const STATUS_OVERFLOW: u32 = 2;
+
+/// The IR type parameters are stored in.
+pub fn param_type(params: ParamType) -> ScalarType {
+    match params {
+        ParamType::F16 => ScalarType::F16,
+        ParamType::F32 => ScalarType::F32,
+    }
+}
+
+/// Declares the quantize ABI (see [`abi`]) and returns the memories (x, codes, zero, scale, status).
+pub fn quantize_params(b: &mut Builder, scheme: &Scheme, shape: ShapeClass) -> [Memory; 5] {
+    let p = param_type(scheme.params);
+    let x = b.buffer("x", shape.input.scalar(), Access::Read);
+    let codes = b.buffer("codes", ScalarType::U8, Access::Write);
+    let zero = b.buffer("zero", p, Access::Write);
+    let scale = b.buffer("scale", p, Access::Write);
+    let status = b.buffer("status", ScalarType::U32, Access::Write);
+    let heads = b.scalar_param("heads", ScalarType::U32);
+    let tokens = b.scalar_param("tokens", ScalarType::U32);
+    debug_assert_eq!((heads, tokens), (abi::HEADS, abi::TOKENS));
+    [x, codes, zero, scale, status]
+}
+
+/// `lanes` elements at `index` of `mem`, each converted to f32 (exactly, for f16/bf16/f32).
+pub fn load_f32(
+    b: &mut Builder,
+    mem: Memory,
+    index: Value,
+    lanes: u8,
+    input: ScalarType,
+) -> Vec<Value> {
+    let v = b.load(mem, index, lanes);
+    let scalars: Vec<Value> = if lanes == 1 {
+        vec![v]
+    } else {
+        (0..lanes).map(|l| b.extract(v, l)).collect()
+    };
+    if input == ScalarType::F32 {
+        scalars
+    } else {
+        scalars
+            .into_iter()
+            .map(|s| b.convert(ScalarType::F32, s))
+            .collect()
+    }
+}
+
+/// P(x): round to the parameter type and back to f32.
+pub fn round_param(b: &mut Builder, x: Value, params: ParamType) -> Value {
+    match params {
+        ParamType::F16 => {
+            let h = b.convert(ScalarType::F16, x);
+            b.convert(ScalarType::F32, h)
+        }
+        ParamType::F32 => x,
+    }
+}
+
+/// `x + 0.0`: turns -0.0 into +0.0 and leaves every other value unchanged.
+fn positive_zero(b: &mut Builder, x: Value) -> Value {
+    let z = b.f32(0.0);
+    b.add(x, z)
+}
+
+/// [lo, hi] of a min/max-based rule from the group's minimum and maximum.
+pub fn range_from_extremes(b: &mut Builder, rule: Rule, min: Value, max: Value) -> (Value, Value) {
+    let (lo, hi) = match rule {
+        Rule::MinMax | Rule::Quantile(_) => (min, max),
+        Rule::Shrink {
+            alpha,
+            center: Center::Zero,
+        } => {
+            let a = b.f32(alpha.get());
+            (b.mul(a, min), b.mul(a, max))
+        }
+        Rule::Shrink {
+            alpha,
+            center: Center::Mid,
+        } => {
+            let a = b.f32(alpha.get());
+            let sum = b.add(min, max);
+            let two = b.f32(2.0);
+            let c = b.div(sum, two);
+            let dmin = b.sub(min, c);
+            let dmax = b.sub(max, c);
+            let smin = b.mul(a, dmin);
+            let smax = b.mul(a, dmax);
+            (b.add(c, smin), b.add(c, smax))
+        }
+    };
+    (positive_zero(b, lo), positive_zero(b, hi))
+}
+
+/// numpy's linear quantile at level `p` of the `count` elements `mem[base + i * stride]`:
+/// h = (n - 1) p, k = floor(h), Q = v[k] + (v[k+1] - v[k]) (h - k) in f64, rounded to f32;
+/// Q = v[n-1] when k = n - 1.
+pub fn quantile(
+    b: &mut Builder,
+    mem: Memory,
+    base: Value,
+    stride: Value,
+    count: Value,
+    p: f64,
+) -> Value {
+    let one = b.u32(1);
+    let last = b.sub(count, one);
+    let n1 = b.convert(ScalarType::F64, last);
+    let pv = b.f64(p);
+    let h = b.mul(n1, pv);
+    let k = b.unary(UnaryOp::Floor, h);
+    let frac = b.sub(h, k);
+    let ku = b.convert(ScalarType::U32, k);
+    let is_last = b.cmp(CmpOp::Ge, ku, last);
+    let next = b.add(ku, one);
+    let k1 = b.select(is_last, ku, next);
+    let vk = b.select_rank(mem, base, stride, count, ku);
+    let vk1 = b.select_rank(mem, base, stride, count, k1);
+    let a = b.convert(ScalarType::F64, vk);
+    let c = b.convert(ScalarType::F64, vk1);
+    let diff = b.sub(c, a);
+    let step = b.mul(diff, frac);
+    let q = b.add(a, step);
+    let q32 = b.convert(ScalarType::F32, q);
+    b.select(is_last, vk, q32)
+}
+
+/// [lo, hi] of the quantile rule over a strided run of elements.
+pub fn quantile_range(
+    b: &mut Builder,
+    p: f64,
+    mem: Memory,
+    base: Value,
+    stride: Value,
+    count: Value,
+) -> (Value, Value) {
+    let lo = quantile(b, mem, base, stride, count, p);
+    let hi = quantile(b, mem, base, stride, count, 1.0 - p);
+    (positive_zero(b, lo), positive_zero(b, hi))
+}
+
+/// The stored (zero, scale) of a group with range [lo, hi]; flags an overflow in `status`.
+pub fn group_params(
+    b: &mut Builder,
+    scheme: &Scheme,
+    lo: Value,
+    hi: Value,
+    status: Memory,
+) -> (Value, Value) {
+    let levels = b.f32(scheme.bits.max_code() as f32);
+    let zero = round_param(b, lo, scheme.params);
+    let hi_p = round_param(b, hi, scheme.params);
+    let diff = b.sub(hi_p, zero);
+    let raw = b.div(diff, levels);
+    let rounded = round_param(b, raw, scheme.params);
+    let empty = b.cmp(CmpOp::Le, hi, lo);
+    let zero_f = b.f32(0.0);
+    let scale = b.select(empty, zero_f, rounded);
+    // Overflow: |zero| or |zero + L * scale| beyond the parameter type's finite range.
+    let span = b.mul(levels, scale);
+    let top = b.add(zero, span);
+    let neg = b.unary(UnaryOp::Neg, top);
+    let abs_top = b.max(top, neg);
+    let limit = b.f32(match scheme.params {
+        ParamType::F16 => half::f16::MAX.to_f32(),
+        ParamType::F32 => f32::MAX,
+    });
+    let within = b.cmp(CmpOp::Le, abs_top, limit);
+    let fz = b.unary(UnaryOp::IsFinite, zero);
+    let fs = b.unary(UnaryOp::IsFinite, scale);
+    let ok1 = b.binary(crate::ir::BinaryOp::And, fz, fs);
+    let ok = b.binary(crate::ir::BinaryOp::And, ok1, within);
+    let bad = b.unary(UnaryOp::Not, ok);
+    flag(b, status, bad, STATUS_OVERFLOW);
+    (zero, scale)
+}
+
+/// Stores `code` to `status[0]` when `cond` holds.
+pub fn flag(b: &mut Builder, status: Memory, cond: Value, code: u32) {
+    b.if_then(cond, |b| {
+        let i = b.u32(0);
+        let c = b.u32(code);
+        b.store(status, i, c);
+    });
+}
+
+/// The code of `x` under (zero, scale): `clamp(round_half_even((x - zero) / scale), 0, L)`, or 0
+/// when the scale is 0. A non-finite `x` (already flagged) codes as 0.
+pub fn code(b: &mut Builder, scheme: &Scheme, x: Value, zero: Value, scale: Value) -> Value {
+    let zero_f = b.f32(0.0);
+    let one = b.f32(1.0);
+    let levels = b.f32(scheme.bits.max_code() as f32);
+    let finite = b.unary(UnaryOp::IsFinite, x);
+    let x = b.select(finite, x, zero);
+    let flat = b.cmp(CmpOp::Eq, scale, zero_f);
+    let divisor = b.select(flat, one, scale);
+    let d = b.sub(x, zero);
+    let q = b.div(d, divisor);
+    // NaN only arises from inputs already flagged (non-finite data or parameters); code it 0.
+    let is_number = b.cmp(CmpOp::Eq, q, q);
+    let q = b.select(is_number, q, zero_f);
+    let r = b.unary(UnaryOp::RoundEven, q);
+    let upper = b.min(r, levels);
+    let clamped = b.max(upper, zero_f);
+    let c = b.convert(ScalarType::U8, clamped);
+    let zero_code = b.u8(0);
+    b.select(flat, zero_code, c)
+}
+
+/// Stores a parameter (an f32 value exactly representable in the parameter type).
+pub fn store_param(b: &mut Builder, mem: Memory, index: Value, v: Value, params: ParamType) {
+    let v = match params {
+        ParamType::F16 => b.convert(ScalarType::F16, v),
+        ParamType::F32 => v,
+    };
+    b.store(mem, index, v);
+}
+
+/// Folds `!is_finite(x)` into the U32 local `bad[0]`.
+pub fn note_non_finite(b: &mut Builder, bad: u32, x: Value) {
+    let finite = b.unary(UnaryOp::IsFinite, x);
+    let not_finite = b.unary(UnaryOp::Not, finite);
+    let as_u32 = b.convert(ScalarType::U32, not_finite);
+    let i = b.u32(0);
+    let old = b.read_local(bad, i);
+    let new = b.binary(crate::ir::BinaryOp::Or, old, as_u32);
+    b.write_local(bad, i, new);
+}
+
+/// Flags `STATUS_NON_FINITE` when the U32 local `bad[0]` is set.
+pub fn flag_non_finite(b: &mut Builder, bad: u32, status: Memory) {
+    let i = b.u32(0);
+    let v = b.read_local(bad, i);
+    let zero = b.u32(0);
+    let set = b.cmp(CmpOp::Ne, v, zero);
+    flag(b, status, set, STATUS_NON_FINITE);
+}

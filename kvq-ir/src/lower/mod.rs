@@ -1,0 +1,321 @@
+//! Lowering: a scheme, a shape class and a [`Schedule`] become kernels in the IR.
+//!
+//! Every kernel of a span takes its dimensions as scalar parameters `heads` and `tokens`; the
+//! head dimension and the input type are fixed by the [`ShapeClass`]. The kernels:
+//!
+//! | scheme | kernel | work split |
+//! | --- | --- | --- |
+//! | axis = channel, group = all | [`quantize`] | one block per (head, column of W channels); its threads split the tokens, combine partial minima and maxima through shared memory, pick the range, then code their tokens |
+//! | axis = channel, group = N | [`quantize`] | one thread per (head, column, token group): statistics, parameters, codes |
+//! | axis = token | [`quantize`] | one thread per (head, token) row: every channel group of the row |
+//! | any | [`dequantize`] | one thread per (head, token) row |
+//!
+//! Statistics and codes read the data twice (a range needs the whole group before the first code);
+//! the quantile rule selects exact order statistics with [`crate::ir::Op::SelectRank`]. Every
+//! kernel writes 1 to `status[0]` when it meets a non-finite input and 2 when a group's parameters
+//! do not fit their type; the caller then reports the precise error (the reference finds it).
+
+mod dequantize;
+mod emit;
+pub mod io;
+mod quantize_channel;
+mod quantize_token;
+
+use thiserror::Error;
+
+use crate::ir::{Kernel, ScalarType};
+use crate::reference::quantize::{check_shape, QuantError};
+use crate::scheme::{Axis, Group, Scheme};
+use crate::tensor::Shape3;
+
+/// Element type of the unquantized input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum InputType {
+    /// IEEE half.
+    F16,
+    /// bfloat16.
+    BF16,
+    /// IEEE single.
+    F32,
+}
+
+impl InputType {
+    /// The IR element type.
+    pub fn scalar(self) -> ScalarType {
+        match self {
+            InputType::F16 => ScalarType::F16,
+            InputType::BF16 => ScalarType::BF16,
+            InputType::F32 => ScalarType::F32,
+        }
+    }
+}
+
+/// What a kernel is specialised for besides the scheme: the head dimension and the input type.
+/// Heads and tokens stay runtime parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ShapeClass {
+    /// Channels per head.
+    pub head_dim: u32,
+    /// Element type of K or V.
+    pub input: InputType,
+}
+
+/// The knobs a tuner searches. Every combination that [`Schedule::check`] accepts is correct.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Schedule {
+    /// Threads per block.
+    pub block_size: u32,
+    /// Channels one thread (or, for axis = channel with group = all, one block) covers: a
+    /// multiple of the codes per byte that divides head_dim. Ignored for axis = token (a thread
+    /// covers a whole row).
+    pub channels: u32,
+    /// Elements per load (1, 2, 4, 8 or 16), dividing `channels` (and the group size for
+    /// axis = token).
+    pub vector: u8,
+}
+
+impl Schedule {
+    /// A schedule that suits a GPU: many threads, narrow columns, coalesced vector loads.
+    pub fn gpu_default(scheme: &Scheme, shape: ShapeClass) -> Schedule {
+        let per_byte = scheme.bits.codes_per_byte() as u32;
+        let channels = per_byte.max(8).min(shape.head_dim);
+        Schedule {
+            block_size: match (scheme.axis, scheme.group) {
+                (Axis::Channel, Group::All) => 256,
+                _ => 128,
+            },
+            channels,
+            vector: vector_for(channels, scheme, shape),
+        }
+    }
+
+    /// A schedule that suits a CPU backend (threads become loops): one thread per block, wide
+    /// columns so a thread streams whole cache lines.
+    pub fn host_default(scheme: &Scheme, shape: ShapeClass) -> Schedule {
+        let per_byte = scheme.bits.codes_per_byte() as u32;
+        let channels = 32u32.max(per_byte).min(shape.head_dim);
+        let channels = if shape.head_dim % channels == 0 {
+            channels
+        } else {
+            per_byte
+        };
+        Schedule {
+            block_size: 1,
+            channels,
+            vector: vector_for(channels, scheme, shape),
+        }
+    }
+
+    /// Checks that this schedule can lower `scheme` for `shape`.
+    pub fn check(&self, scheme: &Scheme, shape: ShapeClass) -> Result<(), LowerError> {
+        let bad = |why: String| Err(LowerError::Schedule(why));
+        let per_byte = scheme.bits.codes_per_byte() as u32;
+        if !(1..=1024).contains(&self.block_size) {
+            return bad(format!("block size {} outside 1..=1024", self.block_size));
+        }
+        if !matches!(self.vector, 1 | 2 | 4 | 8 | 16) {
+            return bad(format!(
+                "vector width {} is not 1, 2, 4, 8 or 16",
+                self.vector
+            ));
+        }
+        if scheme.axis == Axis::Channel {
+            let w = self.channels;
+            if w == 0 || w % per_byte != 0 || shape.head_dim % w != 0 {
+                return bad(format!(
+                    "{w} channels per thread must be a multiple of {per_byte} dividing head_dim {}",
+                    shape.head_dim
+                ));
+            }
+            if w % self.vector as u32 != 0 {
+                return bad(format!(
+                    "vector width {} does not divide {w} channels",
+                    self.vector
+                ));
+            }
+        } else if token_group(scheme, shape) % self.vector as u32 != 0 {
+            return bad(format!(
+                "vector width {} does not divide the group of {} channels",
+                self.vector,
+                token_group(scheme, shape)
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn vector_for(channels: u32, scheme: &Scheme, shape: ShapeClass) -> u8 {
+    let span = match scheme.axis {
+        Axis::Channel => channels,
+        Axis::Token => token_group(scheme, shape),
+    };
+    [8u8, 4, 2, 1]
+        .into_iter()
+        .find(|&v| span % v as u32 == 0)
+        .unwrap_or(1)
+}
+
+/// Channels per group for axis = token.
+fn token_group(scheme: &Scheme, shape: ShapeClass) -> u32 {
+    match scheme.group {
+        Group::All => shape.head_dim,
+        Group::Size(n) => n.get() as u32,
+    }
+}
+
+/// How many blocks a lowered kernel is launched with, as a function of the runtime sizes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Launch {
+    /// `heads * columns` blocks: one per (head, column).
+    BlockPerColumn {
+        /// Columns per head.
+        columns: u32,
+    },
+    /// One thread per (head, column, token group): `heads * columns * ceil(tokens / group)`
+    /// threads, rounded up to whole blocks.
+    ThreadPerGroup {
+        /// Columns per head.
+        columns: u32,
+        /// Tokens per group.
+        group: u32,
+    },
+    /// One thread per (head, token) row, rounded up to whole blocks.
+    ThreadPerRow,
+}
+
+impl Launch {
+    /// Number of blocks for `heads` x `tokens` with `block_size` threads per block.
+    pub fn grid(&self, heads: u32, tokens: u32, block_size: u32) -> u64 {
+        let (h, t, b) = (heads as u64, tokens as u64, block_size as u64);
+        match *self {
+            Launch::BlockPerColumn { columns } => h * columns as u64,
+            Launch::ThreadPerGroup { columns, group } => {
+                (h * columns as u64 * t.div_ceil(group as u64)).div_ceil(b)
+            }
+            Launch::ThreadPerRow => (h * t).div_ceil(b),
+        }
+    }
+}
+
+/// A lowered kernel and how to launch it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lowered {
+    /// The kernel (unverified; run [`crate::ir::verify`]).
+    pub kernel: Kernel,
+    /// Its launch rule.
+    pub launch: Launch,
+}
+
+/// Why a scheme cannot be lowered.
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum LowerError {
+    /// The schedule does not fit the scheme and shape.
+    #[error("invalid schedule: {0}")]
+    Schedule(String),
+    /// The scheme does not fit the shape (head_dim).
+    #[error(transparent)]
+    Shape(#[from] QuantError),
+}
+
+/// Parameter indices of a quantize kernel, in ABI order.
+pub mod quantize_abi {
+    /// Input `[heads, tokens, head_dim]`.
+    pub const X: u32 = 0;
+    /// Packed codes `[heads, tokens, head_dim * b / 8]`.
+    pub const CODES: u32 = 1;
+    /// Zero points in SPEC.md section 3 layout, of the `params` type.
+    pub const ZERO: u32 = 2;
+    /// Scales, same layout.
+    pub const SCALE: u32 = 3;
+    /// `status[0]`: 0, or 1 for non-finite input, 2 for a parameter overflow.
+    pub const STATUS: u32 = 4;
+    /// Scalar: heads.
+    pub const HEADS: u32 = 5;
+    /// Scalar: tokens.
+    pub const TOKENS: u32 = 6;
+}
+
+/// Parameter indices of a dequantize kernel, in ABI order.
+pub mod dequantize_abi {
+    /// Packed codes.
+    pub const CODES: u32 = 0;
+    /// Zero points.
+    pub const ZERO: u32 = 1;
+    /// Scales.
+    pub const SCALE: u32 = 2;
+    /// Output `[heads, tokens, head_dim]` f32.
+    pub const OUT: u32 = 3;
+    /// Scalar: heads.
+    pub const HEADS: u32 = 4;
+    /// Scalar: tokens.
+    pub const TOKENS: u32 = 5;
+}
+
+fn check(scheme: &Scheme, shape: ShapeClass, schedule: &Schedule) -> Result<(), LowerError> {
+    let probe = Shape3 {
+        heads: 1,
+        tokens: 1,
+        dim: shape.head_dim as usize,
+    };
+    check_shape(scheme, probe)?;
+    schedule.check(scheme, shape)
+}
+
+/// A short, stable name fragment of a scheme, for kernel names.
+pub fn scheme_tag(scheme: &Scheme) -> String {
+    use crate::scheme::{BitOrder, Center, ParamType, Rule};
+    let axis = match scheme.axis {
+        Axis::Channel => "c",
+        Axis::Token => "t",
+    };
+    let group = match scheme.group {
+        Group::All => "all".to_string(),
+        Group::Size(n) => n.get().to_string(),
+    };
+    let rule = match scheme.rule {
+        Rule::MinMax => "minmax".to_string(),
+        Rule::Shrink { alpha, center } => format!(
+            "shrink{}{:08x}",
+            if center == Center::Mid { "mid" } else { "" },
+            alpha.get().to_bits()
+        ),
+        Rule::Quantile(p) => format!("q{:016x}", p.get().to_bits()),
+    };
+    let params = if scheme.params == ParamType::F16 {
+        "h"
+    } else {
+        "f"
+    };
+    let order = if scheme.order == BitOrder::Msb {
+        "m"
+    } else {
+        "l"
+    };
+    format!(
+        "b{}{axis}{group}_{rule}_{params}{order}",
+        scheme.bits.width()
+    )
+}
+
+/// The quantize kernel of `scheme` for `shape` under `schedule`.
+pub fn quantize(
+    scheme: &Scheme,
+    shape: ShapeClass,
+    schedule: &Schedule,
+) -> Result<Lowered, LowerError> {
+    check(scheme, shape, schedule)?;
+    Ok(match scheme.axis {
+        Axis::Channel => quantize_channel::lower(scheme, shape, schedule),
+        Axis::Token => quantize_token::lower(scheme, shape, schedule),
+    })
+}
+
+/// The dequantize kernel of `scheme` for `shape` under `schedule` (one thread per row).
+pub fn dequantize(
+    scheme: &Scheme,
+    shape: ShapeClass,
+    schedule: &Schedule,
+) -> Result<Lowered, LowerError> {
+    check(scheme, shape, schedule)?;
+    Ok(dequantize::lower(scheme, shape, schedule))
+}

@@ -1,0 +1,338 @@
+//! Quantize kernels for axis = channel: a group is one (head, channel) over a run of tokens.
+
+use crate::ir::{Builder, CmpOp, Memory, ScalarType, Special, Value};
+use crate::scheme::{Group, Rule, Scheme};
+
+use super::emit::{
+    code, flag_non_finite, group_params, load_f32, note_non_finite, quantile_range,
+    quantize_params, range_from_extremes, store_param,
+};
+use super::{quantize_abi as abi, scheme_tag, Launch, Lowered, Schedule, ShapeClass};
+
+pub fn lower(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
+    match scheme.group {
+        Group::All => lower_all(scheme, shape, s),
+        Group::Size(n) => lower_groups(scheme, shape, s, n.get() as u32),
+    }
+}
+
+/// Names and sizes shared by both kernels.
+struct Plan {
+    scheme: Scheme,
+    shape: ShapeClass,
+    w: u32,
+    v: u8,
+    columns: u32,
+    row_bytes: u32,
+    per_byte: u32,
+}
+
+impl Plan {
+    fn new(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Plan {
+        Plan {
+            scheme: *scheme,
+            shape,
+            w: s.channels,
+            v: s.vector,
+            columns: shape.head_dim / s.channels,
+            row_bytes: shape.head_dim * scheme.bits.width() / 8,
+            per_byte: scheme.bits.codes_per_byte() as u32,
+        }
+    }
+
+    fn quantile(&self) -> Option<f64> {
+        match self.scheme.rule {
+            Rule::Quantile(p) => Some(p.get()),
+            _ => None,
+        }
+    }
+
+    /// Loads the `w` channels of (head, token) starting at channel `c0`, as f32.
+    fn load_row(&self, b: &mut Builder, x: Memory, h: Value, t: Value, c0: Value) -> Vec<Value> {
+        let tokens = b.param(abi::TOKENS);
+        let d = b.u32(self.shape.head_dim);
+        let ht = b.mul(h, tokens);
+        let row = b.add(ht, t);
+        let row_start = b.mul(row, d);
+        let base = b.add(row_start, c0);
+        let mut out = Vec::with_capacity(self.w as usize);
+        for j in 0..self.w / self.v as u32 {
+            let off = b.u32(j * self.v as u32);
+            let idx = b.add(base, off);
+            out.extend(load_f32(b, x, idx, self.v, self.shape.input.scalar()));
+        }
+        out
+    }
+
+    /// Folds one row of values into the min/max locals and the non-finite flag.
+    fn accumulate(&self, b: &mut Builder, values: &[Value], min: u32, max: u32, bad: u32) {
+        let track_extremes = self.quantile().is_none();
+        for (i, &x) in values.iter().enumerate() {
+            note_non_finite(b, bad, x);
+            if track_extremes {
+                let idx = b.u32(i as u32);
+                let m = b.read_local(min, idx);
+                let m = b.min(m, x);
+                b.write_local(min, idx, m);
+                let mx = b.read_local(max, idx);
+                let mx = b.max(mx, x);
+                b.write_local(max, idx, mx);
+            }
+        }
+    }
+
+    fn init_locals(&self, b: &mut Builder, min: u32, max: u32, bad: u32) {
+        let inf = b.f32(f32::INFINITY);
+        let ninf = b.f32(f32::NEG_INFINITY);
+        for i in 0..self.w {
+            let idx = b.u32(i);
+            b.write_local(min, idx, inf);
+            b.write_local(max, idx, ninf);
+        }
+        let zero = b.u32(0);
+        b.write_local(bad, zero, zero);
+    }
+
+    /// Codes one row of `w` channels with per-channel parameters and stores its bytes.
+    #[allow(clippy::too_many_arguments)]
+    fn code_row(
+        &self,
+        b: &mut Builder,
+        [x, codes]: [Memory; 2],
+        h: Value,
+        t: Value,
+        c0: Value,
+        params: &[(Value, Value)],
+    ) {
+        let values = self.load_row(b, x, h, t, c0);
+        let tokens = b.param(abi::TOKENS);
+        let ht = b.mul(h, tokens);
+        let row = b.add(ht, t);
+        let rb = b.u32(self.row_bytes);
+        let row_start = b.mul(row, rb);
+        let per = b.u32(self.per_byte);
+        let col_byte = b.div(c0, per);
+        let base = b.add(row_start, col_byte);
+        for k in 0..self.w / self.per_byte {
+            let lane_codes: Vec<Value> = (0..self.per_byte)
+                .map(|l| {
+                    let ch = (k * self.per_byte + l) as usize;
+                    let (z, sc) = params[ch];
+                    code(b, &self.scheme, values[ch], z, sc)
+                })
+                .collect();
+            let byte = b.pack_bits(lane_codes, self.scheme.bits, self.scheme.order);
+            let off = b.u32(k);
+            let idx = b.add(base, off);
+            b.store(codes, idx, byte);
+        }
+    }
+}
+
+/// group = all: one block per (head, column); threads split the tokens.
+fn lower_all(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
+    let p = Plan::new(scheme, shape, s);
+    let bsz = s.block_size;
+    let name = format!("kvq_quantize_{}_d{}", scheme_tag(scheme), shape.head_dim);
+    let mut b = Builder::new(&name, bsz);
+    let [x, codes, zero_m, scale_m, status] = quantize_params(&mut b, scheme, shape);
+    let part_min = b.shared("part_min", ScalarType::F32, bsz * p.w);
+    let part_max = b.shared("part_max", ScalarType::F32, bsz * p.w);
+    let zero_s = b.shared("zero", ScalarType::F32, p.w);
+    let scale_s = b.shared("scale", ScalarType::F32, p.w);
+    let min = b.local("min", ScalarType::F32, p.w);
+    let max = b.local("max", ScalarType::F32, p.w);
+    let bad = b.local("bad", ScalarType::U32, 1);
+    let acc = b.local("acc", ScalarType::F32, 2);
+
+    let coords = |b: &mut Builder| {
+        let tid = b.special(Special::ThreadId);
+        let blk = b.special(Special::BlockId);
+        let cols = b.u32(p.columns);
+        let h = b.div(blk, cols);
+        let col = b.rem(blk, cols);
+        let w = b.u32(p.w);
+        let c0 = b.mul(col, w);
+        (tid, h, c0)
+    };
+
+    // Region 1: partial statistics of this thread's tokens.
+    let (tid, h, c0) = coords(&mut b);
+    p.init_locals(&mut b, min, max, bad);
+    let tokens = b.param(abi::TOKENS);
+    b.for_range(tid, tokens, bsz, |b, t| {
+        let values = p.load_row(b, x, h, t, c0);
+        p.accumulate(b, &values, min, max, bad);
+    });
+    flag_non_finite(&mut b, bad, status);
+    if p.quantile().is_none() {
+        let w = b.u32(p.w);
+        let slot = b.mul(tid, w);
+        for i in 0..p.w {
+            let idx = b.u32(i);
+            let at = b.add(slot, idx);
+            let m = b.read_local(min, idx);
+            b.store(part_min, at, m);
+            let mx = b.read_local(max, idx);
+            b.store(part_max, at, mx);
+        }
+    }
+    b.barrier();
+
+    // Region 2: the range and parameters of each channel of the column.
+    let (tid, h, c0) = coords(&mut b);
+    let w = b.u32(p.w);
+    b.for_range(tid, w, bsz, |b, i| {
+        let (lo, hi) = match p.quantile() {
+            Some(q) => {
+                let tokens = b.param(abi::TOKENS);
+                let d = b.u32(shape.head_dim);
+                let ht = b.mul(h, tokens);
+                let start = b.mul(ht, d);
+                let ch = b.add(c0, i);
+                let base = b.add(start, ch);
+                quantile_range(b, q, x, base, d, tokens)
+            }
+            None => {
+                let (lo0, hi0) = (b.load(part_min, i, 1), b.load(part_max, i, 1));
+                let (z0, z1) = (b.u32(0), b.u32(1));
+                b.write_local(acc, z0, lo0);
+                b.write_local(acc, z1, hi0);
+                let one = b.u32(1);
+                let threads = b.u32(bsz);
+                b.for_range(one, threads, 1, |b, s| {
+                    let w = b.u32(p.w);
+                    let sw = b.mul(s, w);
+                    let at = b.add(sw, i);
+                    let (z0, z1) = (b.u32(0), b.u32(1));
+                    let m = b.load(part_min, at, 1);
+                    let cur = b.read_local(acc, z0);
+                    let m = b.min(cur, m);
+                    b.write_local(acc, z0, m);
+                    let mx = b.load(part_max, at, 1);
+                    let cur = b.read_local(acc, z1);
+                    let mx = b.max(cur, mx);
+                    b.write_local(acc, z1, mx);
+                });
+                let mn = b.read_local(acc, z0);
+                let mx = b.read_local(acc, z1);
+                range_from_extremes(b, scheme.rule, mn, mx)
+            }
+        };
+        let (z, sc) = group_params(b, scheme, lo, hi, status);
+        let d = b.u32(shape.head_dim);
+        let hd = b.mul(h, d);
+        let ch = b.add(c0, i);
+        let at = b.add(hd, ch);
+        store_param(b, zero_m, at, z, scheme.params);
+        store_param(b, scale_m, at, sc, scheme.params);
+        b.store(zero_s, i, z);
+        b.store(scale_s, i, sc);
+    });
+    b.barrier();
+
+    // Region 3: codes of this thread's tokens.
+    let (tid, h, c0) = coords(&mut b);
+    let params: Vec<(Value, Value)> = (0..p.w)
+        .map(|i| {
+            let idx = b.u32(i);
+            (b.load(zero_s, idx, 1), b.load(scale_s, idx, 1))
+        })
+        .collect();
+    let tokens = b.param(abi::TOKENS);
+    b.for_range(tid, tokens, bsz, |b, t| {
+        p.code_row(b, [x, codes], h, t, c0, &params);
+    });
+    Lowered {
+        kernel: b.finish(),
+        launch: Launch::BlockPerColumn { columns: p.columns },
+    }
+}
+
+/// group = N: one thread per (head, column, token group).
+fn lower_groups(scheme: &Scheme, shape: ShapeClass, s: &Schedule, n: u32) -> Lowered {
+    let p = Plan::new(scheme, shape, s);
+    let bsz = s.block_size;
+    let name = format!("kvq_quantize_{}_d{}", scheme_tag(scheme), shape.head_dim);
+    let mut b = Builder::new(&name, bsz);
+    let [x, codes, zero_m, scale_m, status] = quantize_params(&mut b, scheme, shape);
+    let min = b.local("min", ScalarType::F32, p.w);
+    let max = b.local("max", ScalarType::F32, p.w);
+    let bad = b.local("bad", ScalarType::U32, 1);
+
+    let tid = b.special(Special::ThreadId);
+    let blk = b.special(Special::BlockId);
+    let bs = b.u32(bsz);
+    let first = b.mul(blk, bs);
+    let item = b.add(first, tid);
+    let heads = b.param(abi::HEADS);
+    let tokens = b.param(abi::TOKENS);
+    let nv = b.u32(n);
+    let n_minus_1 = b.u32(n - 1);
+    let padded = b.add(tokens, n_minus_1);
+    let groups = b.div(padded, nv);
+    let cols = b.u32(p.columns);
+    let per_head = b.mul(cols, groups);
+    let total = b.mul(heads, per_head);
+    let in_range = b.cmp(CmpOp::Lt, item, total);
+    b.if_then(in_range, |b| {
+        let col = b.rem(item, cols);
+        let rest = b.div(item, cols);
+        let g = b.rem(rest, groups);
+        let h = b.div(rest, groups);
+        let w = b.u32(p.w);
+        let c0 = b.mul(col, w);
+        let t0 = b.mul(g, nv);
+        let t_end = b.add(t0, nv);
+        let t1 = b.min(t_end, tokens);
+        let count = b.sub(t1, t0);
+
+        p.init_locals(b, min, max, bad);
+        b.for_range(t0, t1, 1, |b, t| {
+            let values = p.load_row(b, x, h, t, c0);
+            p.accumulate(b, &values, min, max, bad);
+        });
+        flag_non_finite(b, bad, status);
+
+        let d = b.u32(shape.head_dim);
+        let hg = b.mul(h, groups);
+        let hgg = b.add(hg, g);
+        let param_row = b.mul(hgg, d);
+        let param_base = b.add(param_row, c0);
+        let params: Vec<(Value, Value)> = (0..p.w)
+            .map(|i| {
+                let iv = b.u32(i);
+                let (lo, hi) = match p.quantile() {
+                    Some(q) => {
+                        let ht = b.mul(h, tokens);
+                        let row = b.add(ht, t0);
+                        let start = b.mul(row, d);
+                        let ch = b.add(c0, iv);
+                        let base = b.add(start, ch);
+                        quantile_range(b, q, x, base, d, count)
+                    }
+                    None => {
+                        let mn = b.read_local(min, iv);
+                        let mx = b.read_local(max, iv);
+                        range_from_extremes(b, scheme.rule, mn, mx)
+                    }
+                };
+                let (z, sc) = group_params(b, scheme, lo, hi, status);
+                let at = b.add(param_base, iv);
+                store_param(b, zero_m, at, z, scheme.params);
+                store_param(b, scale_m, at, sc, scheme.params);
+                (z, sc)
+            })
+            .collect();
+        b.for_range(t0, t1, 1, |b, t| {
+            p.code_row(b, [x, codes], h, t, c0, &params);
+        });
+    });
+    Lowered {
+        kernel: b.finish(),
+        launch: Launch::ThreadPerGroup {
+            columns: p.columns,
+            group: n,
+        },
+    }
+}

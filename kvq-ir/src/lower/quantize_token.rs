@@ -1,0 +1,144 @@
+//! Quantize kernel for axis = token: a group is one (head, token) over a run of channels. One
+//! thread handles one row, in chunks that hold whole groups and whole code bytes.
+
+use crate::ir::{BinaryOp, Builder, CmpOp, Memory, Special, UnaryOp, Value};
+use crate::scheme::{Group, Rule, Scheme};
+
+use super::emit::{
+    code, flag, group_params, load_f32, quantile_range, quantize_params, range_from_extremes,
+    store_param, STATUS_NON_FINITE,
+};
+use super::{quantize_abi as abi, scheme_tag, Launch, Lowered, Schedule, ShapeClass};
+
+/// Rows whose chunk is at most this many channels keep the loaded values for the codes;
+/// wider chunks load them again (from cache) to bound register pressure.
+const KEEP_LOADED: u32 = 32;
+
+fn gcd(a: u32, b: u32) -> u32 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+pub fn lower(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
+    let d = shape.head_dim;
+    let n = match scheme.group {
+        Group::All => d,
+        Group::Size(n) => n.get() as u32,
+    };
+    let per_byte = scheme.bits.codes_per_byte() as u32;
+    let chunk = n / gcd(n, per_byte) * per_byte;
+    let groups_per_row = d / n;
+    let row_bytes = d * scheme.bits.width() / 8;
+    let bsz = s.block_size;
+    let name = format!("kvq_quantize_{}_d{}", scheme_tag(scheme), d);
+    let mut b = Builder::new(&name, bsz);
+    let [x, codes, zero_m, scale_m, status] = quantize_params(&mut b, scheme, shape);
+
+    let tid = b.special(Special::ThreadId);
+    let blk = b.special(Special::BlockId);
+    let bs = b.u32(bsz);
+    let first = b.mul(blk, bs);
+    let item = b.add(first, tid);
+    let heads = b.param(abi::HEADS);
+    let tokens = b.param(abi::TOKENS);
+    let total = b.mul(heads, tokens);
+    let in_range = b.cmp(CmpOp::Lt, item, total);
+    b.if_then(in_range, |b| {
+        let dv = b.u32(d);
+        let row = b.mul(item, dv);
+        let gv = b.u32(groups_per_row);
+        let param_row = b.mul(item, gv);
+        let rbv = b.u32(row_bytes);
+        let code_row = b.mul(item, rbv);
+        let load = |b: &mut Builder, c_start: u32| -> Vec<Value> {
+            let mut out = Vec::new();
+            for j in 0..chunk / s.vector as u32 {
+                let off = b.u32(c_start + j * s.vector as u32);
+                let idx = b.add(row, off);
+                out.extend(load_f32(b, x, idx, s.vector, shape.input.scalar()));
+            }
+            out
+        };
+        let mut bad: Option<Value> = None;
+        for c_start in (0..d).step_by(chunk as usize) {
+            let values = load(b, c_start);
+            for &v in &values {
+                let fin = b.unary(UnaryOp::IsFinite, v);
+                let not_fin = b.unary(UnaryOp::Not, fin);
+                bad = Some(match bad {
+                    Some(prev) => b.binary(BinaryOp::Or, prev, not_fin),
+                    None => not_fin,
+                });
+            }
+            let mut params = Vec::new();
+            for g in 0..chunk / n {
+                let members = &values[(g * n) as usize..((g + 1) * n) as usize];
+                let (lo, hi) = group_range(b, scheme, x, row, c_start + g * n, n, members);
+                let (z, sc) = group_params(b, scheme, lo, hi, status);
+                let gi = b.u32((c_start + g * n) / n);
+                let at = b.add(param_row, gi);
+                store_param(b, zero_m, at, z, scheme.params);
+                store_param(b, scale_m, at, sc, scheme.params);
+                params.push((z, sc));
+            }
+            let values = if chunk <= KEEP_LOADED {
+                values
+            } else {
+                load(b, c_start)
+            };
+            for k in 0..chunk / per_byte {
+                let lane_codes: Vec<Value> = (0..per_byte)
+                    .map(|l| {
+                        let ch = k * per_byte + l;
+                        let (z, sc) = params[(ch / n) as usize];
+                        code(b, scheme, values[ch as usize], z, sc)
+                    })
+                    .collect();
+                let byte = b.pack_bits(lane_codes, scheme.bits, scheme.order);
+                let off = b.u32(c_start / per_byte + k);
+                let idx = b.add(code_row, off);
+                b.store(codes, idx, byte);
+            }
+        }
+        if let Some(bad) = bad {
+            flag(b, status, bad, STATUS_NON_FINITE);
+        }
+    });
+    Lowered {
+        kernel: b.finish(),
+        launch: Launch::ThreadPerRow,
+    }
+}
+
+/// [lo, hi] of the group of `n` channels starting at `c_start` of the row at `row`.
+fn group_range(
+    b: &mut Builder,
+    scheme: &Scheme,
+    x: Memory,
+    row: Value,
+    c_start: u32,
+    n: u32,
+    members: &[Value],
+) -> (Value, Value) {
+    match scheme.rule {
+        Rule::Quantile(p) => {
+            let off = b.u32(c_start);
+            let base = b.add(row, off);
+            let stride = b.u32(1);
+            let count = b.u32(n);
+            quantile_range(b, p.get(), x, base, stride, count)
+        }
+        rule => {
+            let mut mn = members[0];
+            let mut mx = members[0];
+            for &v in &members[1..] {
+                mn = b.min(mn, v);
+                mx = b.max(mx, v);
+            }
+            range_from_extremes(b, rule, mn, mx)
+        }
+    }
+}

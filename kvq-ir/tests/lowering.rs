@@ -1,0 +1,244 @@
+//! Lowered kernels run by the interpreter give the reference's codes and parameters bit for bit,
+//! over random schemes, schedules, shapes and data (odd token counts, groups that don't divide the
+//! span, constant groups, extreme magnitudes), and on the real captures.
+
+use half::f16;
+use kvq_ir::ir::{interp, verify};
+use kvq_ir::lower::io::{dequantize_with, quantize_with, ExecError};
+use kvq_ir::lower::{self, InputType, Schedule, ShapeClass};
+use kvq_ir::reference::{quantize, QuantError};
+use kvq_ir::scheme::catalogue::catalogue;
+use kvq_ir::{
+    Alpha, Axis, BitOrder, Bits, Center, Group, GroupSize, ParamType, Quantile, Rule, Scheme,
+    Tensor3,
+};
+use proptest::prelude::*;
+
+type Run = fn(&kvq_ir::ir::Kernel, &mut [interp::Arg], u32) -> Result<(), interp::InterpError>;
+
+fn run_interp(
+    kernel: &kvq_ir::ir::Kernel,
+    args: &mut [interp::Arg],
+    grid: u32,
+) -> Result<(), interp::InterpError> {
+    verify(kernel).unwrap_or_else(|e| panic!("{e}"));
+    interp::run(kernel, args, grid)
+}
+
+const RUN: Run = run_interp;
+
+/// Quantizes with the interpreter and compares codes and parameter bits with the reference.
+fn check(scheme: &Scheme, schedule: &Schedule, x: &Tensor3) -> Result<(), TestCaseError> {
+    let shape = ShapeClass {
+        head_dim: x.shape().dim as u32,
+        input: InputType::F16,
+    };
+    let lowered =
+        lower::quantize(scheme, shape, schedule).map_err(|e| TestCaseError::fail(e.to_string()))?;
+    let got = quantize_with(&lowered, scheme, x, InputType::F16, RUN);
+    let want = quantize(x, scheme);
+    match (got, want) {
+        (Ok(got), Ok(want)) => {
+            prop_assert_eq!(&got.codes, &want.codes, "codes differ for {}", scheme);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            prop_assert_eq!(
+                bits(&got.zero),
+                bits(&want.zero),
+                "zero differs for {}",
+                scheme
+            );
+            prop_assert_eq!(
+                bits(&got.scale),
+                bits(&want.scale),
+                "scale differs for {}",
+                scheme
+            );
+            let dq = lower::dequantize(scheme, shape, schedule).unwrap();
+            let x_hat =
+                dequantize_with(&dq, &got, RUN).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let want_hat = want.dequantize().unwrap();
+            prop_assert_eq!(
+                bits(x_hat.data()),
+                bits(want_hat.data()),
+                "dequantized values differ for {}",
+                scheme
+            );
+        }
+        (Err(ExecError::Quant(got)), Err(want)) => prop_assert_eq!(got, want),
+        (got, want) => prop_assert!(
+            false,
+            "kernel {:?} vs reference {:?}",
+            got.map(|_| ()),
+            want.map(|_| ())
+        ),
+    }
+    Ok(())
+}
+
+fn scheme_strategy() -> impl Strategy<Value = Scheme> {
+    let bits = prop::sample::select(Bits::ALL.to_vec());
+    let axis = prop_oneof![Just(Axis::Channel), Just(Axis::Token)];
+    let group = prop_oneof![
+        Just(Group::All),
+        prop::sample::select(vec![1u32, 3, 4, 8, 16])
+            .prop_map(|n| Group::Size(GroupSize::new(n).unwrap()))
+    ];
+    let rule = prop_oneof![
+        Just(Rule::MinMax),
+        (0.05f32..=1.0).prop_map(|a| Rule::Shrink {
+            alpha: Alpha::new(a).unwrap(),
+            center: Center::Zero
+        }),
+        (0.05f32..=1.0).prop_map(|a| Rule::Shrink {
+            alpha: Alpha::new(a).unwrap(),
+            center: Center::Mid
+        }),
+        (0.0f64..0.5).prop_map(|p| Rule::Quantile(Quantile::new(p).unwrap())),
+    ];
+    let params = prop_oneof![Just(ParamType::F16), Just(ParamType::F32)];
+    let order = prop_oneof![Just(BitOrder::Msb), Just(BitOrder::Lsb)];
+    (bits, axis, group, rule, params, order).prop_map(|(bits, axis, group, rule, params, order)| {
+        let group = match (axis, group) {
+            (Axis::Token, Group::Size(n)) if n.get() == 3 => {
+                Group::Size(GroupSize::new(4).unwrap())
+            }
+            (_, g) => g,
+        };
+        Scheme {
+            bits,
+            axis,
+            group,
+            rule,
+            params,
+            order,
+        }
+    })
+}
+
+/// f16 data of one magnitude, with some constant channels.
+fn tensor_strategy() -> impl Strategy<Value = Tensor3> {
+    (
+        1usize..3,
+        1usize..23,
+        prop::sample::select(vec![16usize, 32]),
+        -14i32..16,
+    )
+        .prop_flat_map(|(h, t, d, exp)| {
+            (
+                Just([h, t, d]),
+                prop::collection::vec(-1.0f32..1.0, h * t * d),
+                prop::collection::vec(prop::bool::weighted(0.1), d),
+                Just(2f32.powi(exp)),
+            )
+        })
+        .prop_map(|([h, t, d], raw, constant, mag)| {
+            let data = raw
+                .iter()
+                .enumerate()
+                .map(|(i, &x)| {
+                    f16::from_f32(if constant[i % d] { 0.75 * mag } else { x * mag }).to_f32()
+                })
+                .collect();
+            Tensor3::new([h, t, d], data).unwrap()
+        })
+}
+
+fn schedule_strategy() -> impl Strategy<Value = (u32, u32, u8)> {
+    (
+        prop::sample::select(vec![1u32, 3, 32, 64]),
+        prop::sample::select(vec![8u32, 16]),
+        prop::sample::select(vec![1u8, 2, 4, 8]),
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(96))]
+
+    #[test]
+    fn interpreter_matches_reference(scheme in scheme_strategy(), x in tensor_strategy(), (bs, ch, v) in schedule_strategy()) {
+        let shape = ShapeClass { head_dim: x.shape().dim as u32, input: InputType::F16 };
+        let mut schedule = Schedule { block_size: bs, channels: ch.max(scheme.bits.codes_per_byte() as u32), vector: v };
+        if schedule.check(&scheme, shape).is_err() {
+            schedule = Schedule::gpu_default(&scheme, shape);
+        }
+        check(&scheme, &schedule, &x)?;
+        check(&scheme, &Schedule::host_default(&scheme, shape), &x)?;
+    }
+}
+
+#[test]
+fn catalogue_on_real_captures_matches_reference() {
+    for file in [
+        "dinov2s_astronaut_qkv_f16.safetensors",
+        "smollm2_zen_qkv_f16.safetensors",
+    ] {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/data")
+            .join(file);
+        let kv = read_layer0_k(&path);
+        for (name, scheme) in catalogue() {
+            let shape = ShapeClass {
+                head_dim: kv.shape().dim as u32,
+                input: InputType::F16,
+            };
+            for schedule in [
+                Schedule::gpu_default(&scheme, shape),
+                Schedule::host_default(&scheme, shape),
+            ] {
+                check(&scheme, &schedule, &kv).unwrap_or_else(|e| panic!("{file} {name}: {e}"));
+            }
+        }
+    }
+}
+
+#[test]
+fn non_finite_input_is_reported_like_the_reference() {
+    let mut data = vec![0.5f32; 2 * 5 * 64];
+    data[(5 + 3) * 64 + 2] = f32::NAN;
+    let x = Tensor3::new([2, 5, 64], data).unwrap();
+    for (_, scheme) in catalogue() {
+        let shape = ShapeClass {
+            head_dim: 64,
+            input: InputType::F16,
+        };
+        let lowered =
+            lower::quantize(&scheme, shape, &Schedule::gpu_default(&scheme, shape)).unwrap();
+        match quantize_with(&lowered, &scheme, &x, InputType::F16, RUN) {
+            Err(ExecError::Quant(QuantError::NonFinite {
+                head: 1,
+                token: 3,
+                channel: 2,
+                ..
+            })) => {}
+            other => panic!("{scheme}: {other:?}"),
+        }
+    }
+}
+
+/// Layer 0 keys of a capture, read with a minimal safetensors parser (kvq-ir has no I/O deps).
+fn read_layer0_k(path: &std::path::Path) -> Tensor3 {
+    let bytes = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header = std::str::from_utf8(&bytes[8..8 + n]).unwrap();
+    // "k":{"dtype":"F16","shape":[L,H,T,D],"data_offsets":[a,b]}
+    let at = header.find("\"k\"").unwrap();
+    let field = |name: &str| -> Vec<usize> {
+        let s = &header[at..];
+        let i = s.find(name).unwrap() + name.len();
+        let j = s[i..].find(']').unwrap();
+        s[i..i + j]
+            .trim_start_matches([':', '[', ' '])
+            .split(',')
+            .map(|x| x.trim().parse().unwrap())
+            .collect()
+    };
+    let shape = field("\"shape\"");
+    let offsets = field("\"data_offsets\"");
+    let start = 8 + n + offsets[0];
+    let per_layer = shape[1] * shape[2] * shape[3];
+    let data = bytes[start..start + 2 * per_layer]
+        .chunks_exact(2)
+        .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
+        .collect();
+    Tensor3::new([shape[1], shape[2], shape[3]], data).unwrap()
+}
