@@ -1,0 +1,127 @@
+//! Native code for the host CPU: "threads and blocks become loops".
+//!
+//! [`compile`] lowers a kernel to an x86-64 object for the running CPU (its name and features,
+//! position-independent, `default<O3>`), links it into a shared library with the system C
+//! compiler and loads it. The exported entry
+//! `void kvq_<name>(const uint64_t *args, uint32_t block_begin, uint32_t block_end,
+//! uint32_t grid_size)` runs blocks `block_begin..block_end`; within a block each
+//! barrier-separated region of the kernel is a loop over the block's threads, which gives the
+//! GPU's semantics because no value crosses a barrier (the verifier's rule): what does goes
+//! through per-thread locals or shared memory.
+//!
+//! [`HostKernel::launch`] checks every argument against the kernel's parameters (count, kind,
+//! element type, and `&mut` for parameters the kernel may write), then splits the grid into
+//! contiguous block ranges, one per available core, run on scoped threads.
+
+mod args;
+mod link;
+
+pub use args::{BufferMut, BufferRef, HostArg};
+
+use kvq_ir::ir::{Kernel, KernelInfo, Param};
+
+use crate::CodegenError;
+use link::Loaded;
+
+/// A kernel compiled for and loaded into this process.
+pub struct HostKernel {
+    name: String,
+    params: Vec<Param>,
+    /// Stack bytes one launch thread needs: shared arrays and all threads' locals are allocas.
+    stack: usize,
+    loaded: Loaded,
+}
+
+impl std::fmt::Debug for HostKernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostKernel")
+            .field("name", &self.name)
+            .field("params", &self.params)
+            .field("stack", &self.stack)
+            .field("library", &self.loaded.dir)
+            .finish()
+    }
+}
+
+/// Compiles `kernel` to native code and loads it.
+pub fn compile(kernel: &Kernel, info: &KernelInfo) -> Result<HostKernel, CodegenError> {
+    let object = crate::llvm::host_object(kernel, info)?;
+    let symbol = crate::llvm::host_symbol(kernel);
+    let loaded = link::load(&kernel.name, &object, &symbol)?;
+    let locals: usize = kernel
+        .locals
+        .iter()
+        .map(|l| l.elem.size() * l.len as usize * kernel.block_size as usize)
+        .sum();
+    let frame = info.shared_bytes as usize + locals;
+    Ok(HostKernel {
+        name: kernel.name.clone(),
+        params: kernel.params.clone(),
+        stack: (frame + (1 << 20)).max(2 << 20),
+        loaded,
+    })
+}
+
+impl HostKernel {
+    /// The kernel's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Runs the kernel over `grid_size` blocks.
+    ///
+    /// Every argument is checked against its parameter first; a mismatch is an error and runs
+    /// nothing. Buffers are not bounds-checked: like the GPU, the kernel's own index arithmetic
+    /// must stay within the buffers it is given (kvq's generated kernels are written for the
+    /// shapes they are launched with).
+    pub fn launch(&self, args: &mut [HostArg<'_>], grid_size: u32) -> Result<(), CodegenError> {
+        args::check(&self.name, &self.params, args)?;
+        let words: Vec<u64> = args.iter_mut().map(HostArg::word).collect();
+        if grid_size == 0 {
+            return Ok(());
+        }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let workers = u32::try_from(cores).unwrap_or(u32::MAX).min(grid_size);
+        let chunk = grid_size.div_ceil(workers);
+        let entry = self.loaded.entry;
+        let words = words.as_slice();
+        std::thread::scope(|scope| {
+            for w in 0..workers {
+                let begin = w * chunk;
+                let end = begin.saturating_add(chunk).min(grid_size);
+                if begin >= end {
+                    break;
+                }
+                let worker = move || {
+                    // SAFETY: `entry` is the loaded kernel's entry (its library lives in `self`).
+                    // `words` holds one word per parameter, checked above against the kernel's
+                    // parameters: every buffer address comes from a live slice of the checked
+                    // element type, borrowed (`&mut` where the kernel writes) for this whole
+                    // call, since `args` is borrowed until the scope has joined every thread.
+                    //
+                    // CONCURRENCY: several workers receive the same buffer addresses at once,
+                    // each for a disjoint range of blocks. This is sound only because kvq
+                    // kernels have GPU semantics: each element a launch writes is written by
+                    // exactly one block and not read by another block, so workers never touch
+                    // the same bytes where one of them writes (shared arrays and locals are
+                    // per-worker stack memory). The one exception kvq makes is a status flag
+                    // that any block may set to a nonzero code: racing stores of whole aligned
+                    // elements from LLVM-generated code (LLVM's memory model gives racing
+                    // accesses unspecified values, not undefined behaviour), read only after the
+                    // scope joins, as on a GPU. A kernel breaking the rule otherwise would race
+                    // here just as it would on a GPU.
+                    unsafe { entry(words.as_ptr(), begin, end, grid_size) }
+                };
+                std::thread::Builder::new()
+                    .name(format!("kvq-{}", self.name))
+                    .stack_size(self.stack)
+                    .spawn_scoped(scope, worker)
+                    .map_err(|source| CodegenError::Thread {
+                        kernel: self.name.clone(),
+                        source,
+                    })?;
+            }
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,245 @@
+//! Memory: buffer parameters, shared arrays and locals; loads, stores and vectors.
+//!
+//! - Element indices are U32, zero-extended to i64 for address arithmetic. Loads and stores of
+//!   `N > 1` lanes are `<N x T>` accesses aligned to the element size only.
+//! - Bool is `i1` in registers and a byte (0 or 1) in memory.
+//! - Shared arrays: `addrspace(3)` globals on NVPTX (left undefined at block start: kvq kernels
+//!   write them before reading), allocas on the host, zeroed at the start of every block as the
+//!   interpreter does. Locals: allocas, zeroed likewise; on the host one alloca holds every
+//!   thread's copy (`block_size * len` elements, thread `tid` at `[tid * len, ..)`), so a local
+//!   survives the barriers that end a thread loop.
+
+use inkwell::builder::Builder;
+use inkwell::context::Context;
+use inkwell::module::{Linkage, Module};
+use inkwell::types::{BasicType, BasicTypeEnum};
+use inkwell::values::{BasicValue, BasicValueEnum, InstructionOpcode, IntValue, PointerValue};
+use inkwell::{AddressSpace, IntPredicate};
+use kvq_ir::ir::{Kernel, Memory, Param, ScalarType, Special, Value};
+
+use super::lower::{Fail, Lower, R};
+use super::memory_type;
+
+/// The shared arrays and locals of `kernel`, allocated at the builder's position (the entry).
+#[allow(clippy::type_complexity)]
+pub(super) fn allocate<'ctx>(
+    ctx: &'ctx Context,
+    module: &Module<'ctx>,
+    b: &Builder<'ctx>,
+    kernel: &Kernel,
+    ptx: bool,
+) -> R<(Vec<PointerValue<'ctx>>, Vec<PointerValue<'ctx>>)> {
+    let mut shared = Vec::with_capacity(kernel.shared.len());
+    for (i, s) in kernel.shared.iter().enumerate() {
+        let ty = memory_type(ctx, s.elem).array_type(s.len);
+        let ptr = if ptx {
+            let g = module.add_global(ty, Some(AddressSpace::from(3)), &format!("shared{i}"));
+            g.set_linkage(Linkage::Internal);
+            g.set_initializer(&ty.get_undef());
+            g.set_alignment(16);
+            g.as_pointer_value()
+        } else {
+            aligned_alloca(b, ty.into(), &s.name)?
+        };
+        shared.push(ptr);
+    }
+    let mut locals = Vec::with_capacity(kernel.locals.len());
+    for l in &kernel.locals {
+        let copies = if ptx { 1 } else { kernel.block_size };
+        let ty = memory_type(ctx, l.elem).array_type(l.len.saturating_mul(copies));
+        locals.push(aligned_alloca(b, ty.into(), &l.name)?);
+    }
+    Ok((shared, locals))
+}
+
+impl<'ctx> Lower<'_, 'ctx> {
+    /// Zeroes the locals, and on the host the shared arrays, as the interpreter starts every
+    /// block. (PTX shared memory is left undefined: kvq kernels write it before reading it.)
+    pub(super) fn zero_memory(&self) -> R<()> {
+        let kernel = self.kernel;
+        let shared = kernel.shared.iter().map(|s| (s.elem, u64::from(s.len)));
+        let copies = if self.ptx {
+            1
+        } else {
+            u64::from(kernel.block_size)
+        };
+        let locals = kernel
+            .locals
+            .iter()
+            .map(|l| (l.elem, u64::from(l.len) * copies));
+        let ptrs = self.shared.iter().chain(&self.locals);
+        let sizes: Vec<_> = shared.chain(locals).collect();
+        let skip = if self.ptx { self.shared.len() } else { 0 };
+        for (&ptr, (elem, len)) in ptrs.zip(sizes).skip(skip) {
+            let bytes = self
+                .ctx
+                .i64_type()
+                .const_int(len * elem.size() as u64, false);
+            let zero = self.ctx.i8_type().const_zero();
+            self.b.build_memset(ptr, 16, zero, bytes)?;
+        }
+        Ok(())
+    }
+
+    /// `base[index]` as a pointer, with the element type of `mem`.
+    pub(super) fn element(
+        &self,
+        mem: Memory,
+        index: IntValue<'ctx>,
+    ) -> R<(PointerValue<'ctx>, ScalarType)> {
+        let (base, elem) = self.memory(mem)?;
+        let index = self
+            .b
+            .build_int_z_extend(index, self.ctx.i64_type(), "idx")?;
+        Ok((self.gep(base, elem, index)?, elem))
+    }
+
+    /// The base pointer and element type of a buffer parameter or shared array.
+    pub(super) fn memory(&self, mem: Memory) -> R<(PointerValue<'ctx>, ScalarType)> {
+        match mem {
+            Memory::Param(i) => match self.kernel.params.get(i as usize) {
+                Some(Param::Buffer { elem, .. }) => {
+                    Ok((self.params[i as usize].into_pointer_value(), *elem))
+                }
+                _ => Err(Fail::Llvm(format!("parameter {i} is not a buffer"))),
+            },
+            Memory::Shared(i) => {
+                let elem = self.kernel.shared[i as usize].elem;
+                Ok((self.shared[i as usize], elem))
+            }
+        }
+    }
+
+    pub(super) fn gep(
+        &self,
+        base: PointerValue<'ctx>,
+        elem: ScalarType,
+        index: IntValue<'ctx>,
+    ) -> R<PointerValue<'ctx>> {
+        let ty = memory_type(self.ctx, elem);
+        // SAFETY: kvq kernels index within their buffers, shared arrays and locals (the kernel's
+        // contract, as on the GPU); LLVM's GEP itself never dereferences.
+        Ok(unsafe { self.b.build_in_bounds_gep(ty, base, &[index], "elem")? })
+    }
+
+    /// Element `index` of local `local` for the current thread.
+    pub(super) fn local(
+        &self,
+        local: u32,
+        index: IntValue<'ctx>,
+    ) -> R<(PointerValue<'ctx>, ScalarType)> {
+        let l = &self.kernel.locals[local as usize];
+        let i64_type = self.ctx.i64_type();
+        let mut index = self.b.build_int_z_extend(index, i64_type, "idx")?;
+        if !self.ptx {
+            let tid = self.special(Special::ThreadId)?;
+            let tid = self.b.build_int_z_extend(tid, i64_type, "tid")?;
+            let len = i64_type.const_int(u64::from(l.len), false);
+            let first = self.b.build_int_mul(tid, len, "first")?;
+            index = self.b.build_int_add(first, index, "idx")?;
+        }
+        Ok((
+            self.gep(self.locals[local as usize], l.elem, index)?,
+            l.elem,
+        ))
+    }
+
+    /// Loads `lanes` elements at `ptr`.
+    pub(super) fn load(
+        &self,
+        ptr: PointerValue<'ctx>,
+        elem: ScalarType,
+        lanes: u8,
+    ) -> R<BasicValueEnum<'ctx>> {
+        let scalar = memory_type(self.ctx, elem);
+        let ty = if lanes > 1 {
+            vector_type(scalar, lanes)
+        } else {
+            scalar
+        };
+        let value = self.b.build_load(ty, ptr, "load")?;
+        if let Some(inst) = value.as_instruction_value() {
+            inst.set_alignment(elem.size() as u32)
+                .map_err(|e| Fail::Llvm(e.to_string()))?;
+        }
+        if elem != ScalarType::Bool {
+            return Ok(value);
+        }
+        let nonzero = if lanes > 1 {
+            let v = value.into_vector_value();
+            let zero = v.get_type().const_zero();
+            self.b
+                .build_int_compare(IntPredicate::NE, v, zero, "bool")?
+                .into()
+        } else {
+            let v = value.into_int_value();
+            let zero = v.get_type().const_zero();
+            self.b
+                .build_int_compare(IntPredicate::NE, v, zero, "bool")?
+                .into()
+        };
+        Ok(nonzero)
+    }
+
+    /// Stores a scalar or vector at `ptr`.
+    pub(super) fn store(
+        &self,
+        ptr: PointerValue<'ctx>,
+        elem: ScalarType,
+        value: BasicValueEnum<'ctx>,
+    ) -> R<()> {
+        let value = if elem == ScalarType::Bool {
+            let byte = memory_type(self.ctx, elem);
+            let ty = match value {
+                BasicValueEnum::VectorValue(v) => vector_type(byte, v.get_type().get_size() as u8),
+                _ => byte,
+            };
+            self.b
+                .build_cast(InstructionOpcode::ZExt, value, ty, "byte")?
+        } else {
+            value
+        };
+        let inst = self.b.build_store(ptr, value)?;
+        inst.set_alignment(elem.size() as u32)
+            .map_err(|e| Fail::Llvm(e.to_string()))
+    }
+
+    pub(super) fn vector(&self, items: &[Value]) -> R<BasicValueEnum<'ctx>> {
+        let first = items
+            .first()
+            .ok_or_else(|| Fail::Llvm("empty vector".into()))?;
+        let elem = super::ops::scalar_type(self.ctx, self.ty(*first)?.elem());
+        let mut acc = vector_type(elem, items.len() as u8)
+            .into_vector_type()
+            .get_poison();
+        for (lane, &item) in items.iter().enumerate() {
+            let lane = self.ctx.i32_type().const_int(lane as u64, false);
+            acc = self
+                .b
+                .build_insert_element(acc, self.val(item)?, lane, "vec")?;
+        }
+        Ok(acc.as_basic_value_enum())
+    }
+}
+
+/// `<lanes x elem>`.
+pub(super) fn vector_type(elem: BasicTypeEnum<'_>, lanes: u8) -> BasicTypeEnum<'_> {
+    match elem {
+        BasicTypeEnum::FloatType(t) => t.vec_type(u32::from(lanes)).into(),
+        BasicTypeEnum::IntType(t) => t.vec_type(u32::from(lanes)).into(),
+        other => other,
+    }
+}
+
+fn aligned_alloca<'ctx>(
+    b: &Builder<'ctx>,
+    ty: BasicTypeEnum<'ctx>,
+    name: &str,
+) -> R<PointerValue<'ctx>> {
+    let ptr = b.build_alloca(ty, name)?;
+    if let Some(inst) = ptr.as_instruction_value() {
+        inst.set_alignment(16)
+            .map_err(|e| Fail::Llvm(e.to_string()))?;
+    }
+    Ok(ptr)
+}

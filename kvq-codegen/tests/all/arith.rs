@@ -1,0 +1,225 @@
+//! Arithmetic and comparisons: host code == interpreter, bit for bit, plus hand-computed values.
+
+use half::{bf16, f16};
+use kvq_ir::ir::interp::Buffer;
+use kvq_ir::ir::{BinaryOp, Builder, CmpOp, Kernel, ScalarType, UnaryOp, Value};
+use ScalarType::{BF16, F16, F32, F64, U32, U8};
+
+use crate::common::{bits, elementwise, lcg, run_elementwise, special_f32};
+
+/// The six comparisons of `a` and `b` as bits 0..6 of a byte.
+fn compare_bits(b: &mut Builder, x: Value, y: Value) -> Value {
+    let ops = [
+        CmpOp::Eq,
+        CmpOp::Ne,
+        CmpOp::Lt,
+        CmpOp::Le,
+        CmpOp::Gt,
+        CmpOp::Ge,
+    ];
+    let mut acc = b.u8(0);
+    for (k, op) in ops.into_iter().enumerate() {
+        let c = b.cmp(op, x, y);
+        let c = b.convert(U8, c);
+        let k = b.u8(k as u8);
+        let c = b.binary(BinaryOp::Shl, c, k);
+        acc = b.binary(BinaryOp::Or, acc, c);
+    }
+    acc
+}
+
+const FLOAT_OUTPUTS: usize = 11;
+
+/// Every float operation on `a[i]`, `b[i]` of type `t`: add, sub, mul, div, min, max, neg,
+/// roundeven, floor (type `t`), is_finite (u8), the comparisons (u8).
+fn float_ops(t: ScalarType, a: Buffer, b: Buffer) -> Vec<Buffer> {
+    let (kernel, outputs) = float_kernel(t);
+    let out = run_elementwise(&kernel, vec![a, b], &outputs);
+    assert_eq!(out.len(), FLOAT_OUTPUTS);
+    out
+}
+
+/// The kernel of [`float_ops`] and its output types.
+pub fn float_kernel(t: ScalarType) -> (Kernel, Vec<ScalarType>) {
+    let mut outputs = vec![t; 9];
+    outputs.extend([U8, U8]);
+    let kernel = elementwise(
+        &format!("float_ops_{}", t.name()),
+        &[t, t],
+        &outputs,
+        |b, xs| {
+            let (x, y) = (xs[0], xs[1]);
+            let mut out = vec![
+                b.add(x, y),
+                b.sub(x, y),
+                b.mul(x, y),
+                b.div(x, y),
+                b.min(x, y),
+                b.max(x, y),
+            ];
+            for op in [UnaryOp::Neg, UnaryOp::RoundEven, UnaryOp::Floor] {
+                out.push(b.unary(op, x));
+            }
+            let finite = b.unary(UnaryOp::IsFinite, x);
+            out.push(b.convert(U8, finite));
+            out.push(compare_bits(b, x, y));
+            out
+        },
+    );
+    (kernel, outputs)
+}
+
+fn rotated<T: Clone>(v: &[T], by: usize) -> Vec<T> {
+    let mut r = v.to_vec();
+    r.rotate_left(by);
+    r
+}
+
+#[test]
+fn f32_arithmetic_matches_interpreter() {
+    let mut a = special_f32();
+    a.push(f32::NAN);
+    let b = rotated(&a, 1);
+    let out = float_ops(F32, Buffer::F32(a.clone()), Buffer::F32(b.clone()));
+    let f = |k: usize| out[k].as_f32().expect("f32").to_vec();
+    // min(+0, -0) keeps a = +0 (-0 < +0 is false); max(-0, 0.5)...
+    assert_eq!((a[0], b[0]), (0.0, -0.0));
+    assert_eq!(f(4)[0].to_bits(), 0.0f32.to_bits());
+    assert_eq!(f(5)[0].to_bits(), 0.0f32.to_bits());
+    // roundeven ties: 0.5 -> 0, -0.5 -> -0, 1.5 -> 2, 2.5 -> 2, -2.5 -> -2, 3.5 -> 4.
+    let round: Vec<u32> = f(7)[2..8].iter().map(|x| x.to_bits()).collect();
+    let want: Vec<u32> = [0.0f32, -0.0, 2.0, 2.0, -2.0, 4.0]
+        .iter()
+        .map(|x| x.to_bits())
+        .collect();
+    assert_eq!(round, want);
+    // 0.1 / 1e-40 and friends are correctly rounded: compare a few with Rust directly.
+    for k in 0..a.len() {
+        assert_eq!(f(0)[k].to_bits(), (a[k] + b[k]).to_bits(), "add {k}");
+        assert_eq!(f(3)[k].to_bits(), (a[k] / b[k]).to_bits(), "div {k}");
+    }
+}
+
+#[test]
+fn f64_arithmetic_matches_interpreter() {
+    let mut a: Vec<f64> = special_f32().into_iter().map(f64::from).collect();
+    a.extend([1e300, -1e-310, 0.1, 1.0 / 3.0, f64::NAN]);
+    let b = rotated(&a, 3);
+    let out = float_ops(F64, Buffer::F64(a.clone()), Buffer::F64(b.clone()));
+    let f = |k: usize| out[k].as_f64().expect("f64").to_vec();
+    for k in 0..a.len() {
+        assert_eq!(f(1)[k].to_bits(), (a[k] - b[k]).to_bits(), "sub {k}");
+        assert_eq!(f(2)[k].to_bits(), (a[k] * b[k]).to_bits(), "mul {k}");
+    }
+}
+
+#[test]
+fn f16_arithmetic_rounds_ties_to_even() {
+    let mut a: Vec<f16> = special_f32().into_iter().map(f16::from_f32).collect();
+    let mut b = rotated(&a, 5);
+    // 1 + 2^-11 is a tie between 1 and 1 + 2^-10: even is 1. (1 + 2^-10) + 2^-11 rounds up.
+    a.extend([f16::from_f32(1.0), f16::from_f32(1.0 + 1.0 / 1024.0)]);
+    b.extend([f16::from_f32(1.0 / 2048.0), f16::from_f32(1.0 / 2048.0)]);
+    let n = a.len();
+    let out = float_ops(F16, Buffer::F16(a), Buffer::F16(b));
+    let sum = out[0].as_f16().expect("f16");
+    assert_eq!(sum[n - 2].to_bits(), 0x3C00);
+    assert_eq!(sum[n - 1].to_bits(), 0x3C02);
+}
+
+#[test]
+fn bf16_arithmetic_rounds_ties_to_even() {
+    let mut a: Vec<bf16> = special_f32().into_iter().map(bf16::from_f32).collect();
+    let mut b = rotated(&a, 2);
+    a.extend([bf16::from_f32(1.0), bf16::from_f32(1.0 + 1.0 / 128.0)]);
+    b.extend([bf16::from_f32(1.0 / 256.0), bf16::from_f32(1.0 / 256.0)]);
+    let n = a.len();
+    let out = float_ops(BF16, Buffer::BF16(a.clone()), Buffer::BF16(b));
+    let sum = out[0].as_bf16().expect("bf16");
+    assert_eq!(sum[n - 2].to_bits(), 0x3F80);
+    assert_eq!(sum[n - 1].to_bits(), 0x3F82);
+    // Neg is a sign flip.
+    let neg = out[6].as_bf16().expect("bf16");
+    for (x, y) in a.iter().zip(neg) {
+        assert_eq!(x.to_bits() ^ 0x8000, y.to_bits());
+    }
+}
+
+/// Every integer operation on `a[i]`, `b[i]` of type `t`.
+fn int_ops(t: ScalarType, a: Buffer, b: Buffer) -> Vec<Buffer> {
+    let (kernel, outputs) = int_kernel(t);
+    run_elementwise(&kernel, vec![a, b], &outputs)
+}
+
+/// The kernel of [`int_ops`] and its output types.
+pub fn int_kernel(t: ScalarType) -> (Kernel, Vec<ScalarType>) {
+    let mut outputs = vec![t; 13];
+    outputs.push(U8);
+    let width = if t == U8 { 8 } else { 32 };
+    let kernel = elementwise(
+        &format!("int_ops_{}", t.name()),
+        &[t, t],
+        &outputs,
+        |bl, xs| {
+            let (x, y) = (xs[0], xs[1]);
+            let (one, mask) = if t == U8 {
+                (bl.u8(1), bl.u8(width - 1))
+            } else {
+                (bl.u32(1), bl.u32(u32::from(width) - 1))
+            };
+            let nonzero = bl.binary(BinaryOp::Or, y, one);
+            let shift = bl.binary(BinaryOp::And, y, mask);
+            let lt = bl.cmp(CmpOp::Lt, x, y);
+            let flag = bl.cmp(CmpOp::Ne, x, y);
+            let both = bl.binary(BinaryOp::And, lt, flag);
+            let either = bl.binary(BinaryOp::Or, lt, flag);
+            let neither = bl.unary(UnaryOp::Not, either);
+            let pick = bl.select(both, x, y);
+            let pick2 = bl.select(neither, y, pick);
+            vec![
+                bl.add(x, y),
+                bl.sub(x, y),
+                bl.mul(x, y),
+                bl.div(x, nonzero),
+                bl.rem(x, nonzero),
+                bl.min(x, y),
+                bl.max(x, y),
+                bl.binary(BinaryOp::And, x, y),
+                bl.binary(BinaryOp::Or, x, y),
+                bl.binary(BinaryOp::Shl, x, shift),
+                bl.binary(BinaryOp::Shr, x, shift),
+                bl.unary(UnaryOp::Not, x),
+                pick2,
+                compare_bits(bl, x, y),
+            ]
+        },
+    );
+    (kernel, outputs)
+}
+
+#[test]
+fn u32_arithmetic_wraps() {
+    let mut a = lcg(11, 60);
+    a.extend([0, u32::MAX, 5, 7]);
+    let mut b = lcg(12, 60);
+    b.extend([u32::MAX, 3, 5, 9]);
+    let out = int_ops(U32, Buffer::U32(a.clone()), Buffer::U32(b.clone()));
+    let add = out[0].as_u32().expect("u32");
+    let mul = out[2].as_u32().expect("u32");
+    for k in 0..a.len() {
+        assert_eq!(add[k], a[k].wrapping_add(b[k]));
+        assert_eq!(mul[k], a[k].wrapping_mul(b[k]));
+    }
+}
+
+#[test]
+fn u8_arithmetic_wraps() {
+    let a: Vec<u8> = lcg(13, 70).into_iter().map(|x| x as u8).collect();
+    let b: Vec<u8> = lcg(14, 70).into_iter().map(|x| (x >> 8) as u8).collect();
+    let out = int_ops(U8, Buffer::U8(a.clone()), Buffer::U8(b.clone()));
+    let sub = out[1].as_u8().expect("u8");
+    for k in 0..a.len() {
+        assert_eq!(sub[k], a[k].wrapping_sub(b[k]));
+    }
+    assert_eq!(bits(&out[13]).len(), a.len());
+}
