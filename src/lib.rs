@@ -17,6 +17,7 @@
 //! assert_eq!(CalibQuant::SCHEME.calibrate.unwrap().get(), 3.0);
 //! ```
 
+pub mod backend;
 pub mod eval;
 
 pub use kvq_ir::metrics;

@@ -112,6 +112,14 @@ pub enum CodegenError {
         #[source]
         source: libloading::Error,
     },
+    /// ptxas rejected the PTX or could not run.
+    #[error("kernel `{kernel}`: ptxas: {message}")]
+    Ptxas {
+        /// The kernel's name.
+        kernel: String,
+        /// ptxas's output, or why it could not run.
+        message: String,
+    },
     /// A worker thread for a launch could not be started.
     #[error("kernel `{kernel}`: cannot start a launch thread")]
     Thread {

@@ -8,8 +8,10 @@
 //! - [`llvm_ir`]: the optimized LLVM IR text for either target, for dumps and debugging.
 //!
 //! Only the private `llvm` module names inkwell; nothing in this crate's public API does, so
-//! inkwell's `'ctx` lifetime never leaks into callers. Setting `KVQ_DUMP=dir` writes the LLVM
-//! IR and the PTX of every kernel compiled into `dir`.
+//! inkwell's `'ctx` lifetime never leaks into callers. Setting `KVQ_DUMP=dir` writes the kvq IR
+//! text, the LLVM IR and the PTX of every kernel compiled into `dir`. Compiled kernels are kept
+//! in an on-disk [`cache`] keyed by (IR, target, options, LLVM version); [`ptxas`] validates PTX
+//! and reports registers and spills.
 //!
 //! # Bit-exactness
 //! SPEC.md requires every backend to produce the interpreter's codes and parameters bit for bit.
@@ -35,10 +37,12 @@
 //! runs blocks concurrently on the premise that each element written is written by one block
 //! (see [`host::HostKernel::launch`]).
 
+pub mod cache;
 mod error;
 pub mod host;
 mod llvm;
 pub mod ptx;
+pub mod ptxas;
 
 pub use error::{ArgKind, CodegenError};
 
@@ -92,6 +96,11 @@ pub struct Ptx {
 /// The optimized LLVM IR of `kernel` for `target`, as text (for dumps and tests).
 pub fn llvm_ir(kernel: &Kernel, info: &KernelInfo, target: Target) -> Result<String, CodegenError> {
     llvm::ir_text(kernel, info, target)
+}
+
+/// The version of the LLVM kvq-codegen is linked with.
+pub fn llvm_version() -> String {
+    llvm::llvm_version()
 }
 
 /// Writes `text` to `$KVQ_DUMP/<kernel>.<ext>` when `KVQ_DUMP` is set. Dumping is a debugging

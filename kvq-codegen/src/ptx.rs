@@ -8,11 +8,50 @@
 
 use kvq_ir::ir::{Kernel, KernelInfo};
 
+use crate::cache::{CacheKey, CompileCache, Lookup};
 use crate::{Arch, CodegenError, Ptx};
 
-/// PTX text of `kernel` for `arch`.
+/// PTX text of `kernel` for `arch`, through the compile cache the environment names
+/// ([`CompileCache::from_env`]).
 pub fn emit(kernel: &Kernel, info: &KernelInfo, arch: Arch) -> Result<Ptx, CodegenError> {
-    let text = crate::llvm::ptx_text(kernel, info, arch)?;
+    emit_with(kernel, info, arch, CompileCache::from_env().as_ref())
+}
+
+/// PTX text of `kernel` for `arch`, looked up in and stored to `cache` when given. A corrupt
+/// cache entry is rebuilt; a cache that cannot be written is skipped with a warning.
+pub fn emit_with(
+    kernel: &Kernel,
+    info: &KernelInfo,
+    arch: Arch,
+    cache: Option<&CompileCache>,
+) -> Result<Ptx, CodegenError> {
+    let ir = kvq_ir::ir::print(kernel);
+    crate::dump(kernel, "kvqir", ir.as_bytes());
+    let key = CacheKey::new(
+        &ir,
+        arch.name(),
+        &crate::llvm::ptx_options(),
+        &crate::llvm::llvm_version(),
+    );
+    let cached = cache.and_then(|c| match c.lookup(&key, "ptx") {
+        Lookup::Hit(path) => std::fs::read_to_string(path).ok(),
+        Lookup::Miss | Lookup::Corrupt => None,
+    });
+    let text = match cached {
+        Some(text) => text,
+        None => {
+            let text = crate::llvm::ptx_text(kernel, info, arch)?;
+            if let Some(c) = cache {
+                if let Err(e) = c.store(&key, "ptx", text.as_bytes()) {
+                    eprintln!(
+                        "kvq-codegen: cannot write the compile cache {}: {e}",
+                        c.dir().display()
+                    );
+                }
+            }
+            text
+        }
+    };
     crate::dump(kernel, &format!("{}.ptx", arch.name()), text.as_bytes());
     Ok(Ptx {
         arch,

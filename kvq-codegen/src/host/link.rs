@@ -17,20 +17,40 @@ use crate::CodegenError;
 /// The exported entry of a host kernel (see `crate::llvm`).
 pub(super) type Entry = unsafe extern "C" fn(*const u64, u32, u32, u32);
 
-/// A loaded library, its entry, and the files to remove afterwards.
+/// A loaded library, its entry, and the temporary files to remove afterwards.
 pub(super) struct Loaded {
     /// `Some` until dropped; taken first so the library is closed before its file is removed.
     library: Option<Library>,
     pub(super) entry: Entry,
-    pub(super) dir: PathBuf,
+    /// The library file.
+    pub(super) path: PathBuf,
+    /// A temporary directory to remove on drop (`None` for a library kept in the cache).
+    temp_dir: Option<PathBuf>,
 }
 
 impl Drop for Loaded {
     fn drop(&mut self) {
         drop(self.library.take());
-        // Best effort: a leftover temporary file is not worth a panic in drop.
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if let Some(dir) = &self.temp_dir {
+            // Best effort: a leftover temporary file is not worth a panic in drop.
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
+}
+
+/// Links `object` into a shared library in a fresh temporary directory and returns its bytes.
+pub(super) fn link_bytes(kernel: &str, object: &[u8]) -> Result<Vec<u8>, CodegenError> {
+    let dir = unique_dir();
+    std::fs::create_dir_all(&dir).map_err(io_error(kernel, &dir))?;
+    let result = link(kernel, object, &dir)
+        .and_then(|lib| std::fs::read(&lib).map_err(io_error(kernel, &lib)));
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+/// Loads `symbol` from the library at `path`, which stays where it is (a cache entry).
+pub(super) fn open_kept(kernel: &str, path: &Path, symbol: &str) -> Result<Loaded, CodegenError> {
+    open(kernel, path, symbol, None)
 }
 
 fn unique_dir() -> PathBuf {
@@ -65,6 +85,12 @@ fn link_and_open(
     symbol: &str,
     dir: &Path,
 ) -> Result<Loaded, CodegenError> {
+    let lib = link(kernel, object, dir)?;
+    open(kernel, &lib, symbol, Some(dir.to_path_buf()))
+}
+
+/// Links `object` into `dir/kernel.so` and returns that path.
+fn link(kernel: &str, object: &[u8], dir: &Path) -> Result<PathBuf, CodegenError> {
     let obj = dir.join("kernel.o");
     let lib = dir.join("kernel.so");
     std::fs::write(&obj, object).map_err(io_error(kernel, &obj))?;
@@ -87,13 +113,24 @@ fn link_and_open(
         return Err(link_error(format!("{}: {}", output.status, stderr.trim())));
     }
     std::fs::remove_file(&obj).map_err(io_error(kernel, &obj))?;
+    Ok(lib)
+}
+
+/// Opens the library at `lib` and finds `symbol`; `temp_dir` is removed when it is dropped.
+fn open(
+    kernel: &str,
+    lib: &Path,
+    symbol: &str,
+    temp_dir: Option<PathBuf>,
+) -> Result<Loaded, CodegenError> {
     let load_error = |source| CodegenError::Load {
         kernel: kernel.to_string(),
         source,
     };
-    // SAFETY: the library was just linked from an object this crate generated; it has no
+    // SAFETY: the library was linked from an object this crate generated (just now, or into the
+    // compile cache, whose checksum the caller verified); it has no
     // initialization routines beyond the C runtime's, which are safe to run at any time.
-    let library = unsafe { Library::new(&lib) }.map_err(load_error)?;
+    let library = unsafe { Library::new(lib) }.map_err(load_error)?;
     // SAFETY: `symbol` is the kernel entry this crate defined with exactly the `Entry` signature
     // (see `crate::llvm::host_kernel`). The copied function pointer is only called while
     // `library` stays loaded: both live in the returned `Loaded`, which unloads it on drop.
@@ -105,6 +142,7 @@ fn link_and_open(
     Ok(Loaded {
         library: Some(library),
         entry,
-        dir: dir.to_path_buf(),
+        path: lib.to_path_buf(),
+        temp_dir,
     })
 }

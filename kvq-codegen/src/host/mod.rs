@@ -20,6 +20,7 @@ pub use args::{BufferMut, BufferRef, HostArg};
 
 use kvq_ir::ir::{Kernel, KernelInfo, Param};
 
+use crate::cache::{CacheKey, CompileCache, Lookup};
 use crate::CodegenError;
 use link::Loaded;
 
@@ -38,16 +39,65 @@ impl std::fmt::Debug for HostKernel {
             .field("name", &self.name)
             .field("params", &self.params)
             .field("stack", &self.stack)
-            .field("library", &self.loaded.dir)
+            .field("library", &self.loaded.path)
             .finish()
     }
 }
 
-/// Compiles `kernel` to native code and loads it.
+/// Compiles `kernel` to native code and loads it, through the compile cache the environment
+/// names ([`CompileCache::from_env`]).
 pub fn compile(kernel: &Kernel, info: &KernelInfo) -> Result<HostKernel, CodegenError> {
-    let object = crate::llvm::host_object(kernel, info)?;
+    compile_with(kernel, info, CompileCache::from_env().as_ref())
+}
+
+/// Compiles `kernel` to native code and loads it; with a `cache`, a valid entry is loaded
+/// without compiling, and a fresh build is stored there (a corrupt entry is rebuilt; a cache
+/// that cannot be written is skipped with a warning).
+pub fn compile_with(
+    kernel: &Kernel,
+    info: &KernelInfo,
+    cache: Option<&CompileCache>,
+) -> Result<HostKernel, CodegenError> {
     let symbol = crate::llvm::host_symbol(kernel);
-    let loaded = link::load(&kernel.name, &object, &symbol)?;
+    let ir = kvq_ir::ir::print(kernel);
+    crate::dump(kernel, "kvqir", ir.as_bytes());
+    let loaded = match cache {
+        None => link::load(
+            &kernel.name,
+            &crate::llvm::host_object(kernel, info)?,
+            &symbol,
+        )?,
+        Some(cache) => {
+            let target = crate::llvm::host_target_id();
+            let key = CacheKey::new(
+                &ir,
+                &target,
+                crate::llvm::HOST_OPTIONS,
+                &crate::llvm::llvm_version(),
+            );
+            match cache.lookup(&key, "so") {
+                Lookup::Hit(path) => link::open_kept(&kernel.name, &path, &symbol)?,
+                Lookup::Miss | Lookup::Corrupt => {
+                    let bytes =
+                        link::link_bytes(&kernel.name, &crate::llvm::host_object(kernel, info)?)?;
+                    match cache.store(&key, "so", &bytes) {
+                        Ok(path) => link::open_kept(&kernel.name, &path, &symbol)?,
+                        Err(e) => {
+                            eprintln!(
+                                "kvq-codegen: cannot write the compile cache {}: {e}",
+                                cache.dir().display()
+                            );
+                            link::load(
+                                &kernel.name,
+                                &crate::llvm::host_object(kernel, info)?,
+                                &symbol,
+                            )?
+                        }
+                    }
+                }
+            }
+        }
+    };
     let locals: usize = kernel
         .locals
         .iter()
@@ -68,13 +118,27 @@ impl HostKernel {
         &self.name
     }
 
+    /// The shared library the kernel runs from (a compile-cache entry, or a temporary file
+    /// removed when the kernel is dropped).
+    pub fn library_path(&self) -> &std::path::Path {
+        &self.loaded.path
+    }
+
     /// Runs the kernel over `grid_size` blocks.
     ///
-    /// Every argument is checked against its parameter first; a mismatch is an error and runs
-    /// nothing. Buffers are not bounds-checked: like the GPU, the kernel's own index arithmetic
-    /// must stay within the buffers it is given (kvq's generated kernels are written for the
-    /// shapes they are launched with).
-    pub fn launch(&self, args: &mut [HostArg<'_>], grid_size: u32) -> Result<(), CodegenError> {
+    /// Every argument is checked against its parameter first (count, kind, element type,
+    /// writability); a mismatch is an error and runs nothing.
+    ///
+    /// # Safety
+    /// As on a GPU, buffers are not bounds-checked: every buffer must hold at least the elements
+    /// the kernel addresses when run over `grid_size` blocks with these scalar arguments. For
+    /// kvq's lowered kernels that is what `kvq_ir::lower::io` allocates from the kernel's
+    /// `Launch` rule and the span's shape.
+    pub unsafe fn launch(
+        &self,
+        args: &mut [HostArg<'_>],
+        grid_size: u32,
+    ) -> Result<(), CodegenError> {
         args::check(&self.name, &self.params, args)?;
         let words: Vec<u64> = args.iter_mut().map(HostArg::word).collect();
         if grid_size == 0 {

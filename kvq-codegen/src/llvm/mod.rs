@@ -38,6 +38,14 @@ use kvq_ir::ir::{Access, Kernel, KernelInfo, Param, ScalarType};
 use crate::{Arch, CodegenError, Target};
 use lower::{Fail, Lower};
 
+/// The code generation options of PTX, for cache keys.
+pub(crate) fn ptx_options() -> String {
+    format!("default<O3> {}", target::PTX_FEATURES)
+}
+
+/// The code generation options of host code, for cache keys.
+pub(crate) const HOST_OPTIONS: &str = "default<O3> pic";
+
 /// LLVM's number for the `ptx_kernel` calling convention.
 const PTX_KERNEL_CC: u32 = 71;
 
@@ -74,6 +82,26 @@ pub(crate) fn ir_text(
     let ctx = Context::create();
     let (module, _machine) = build(&ctx, kernel, info, target)?;
     Ok(module.print_to_string().to_string())
+}
+
+/// What determines host code besides the kernel: triple, CPU and its features (a cache key part).
+pub(crate) fn host_target_id() -> String {
+    format!(
+        "{} {} {}",
+        TargetMachine::get_default_triple()
+            .as_str()
+            .to_string_lossy(),
+        TargetMachine::get_host_cpu_name().to_string(),
+        TargetMachine::get_host_cpu_features().to_string()
+    )
+}
+
+/// The version of the LLVM linked in, `major.minor.patch`.
+pub(crate) fn llvm_version() -> String {
+    let (mut major, mut minor, mut patch) = (0u32, 0u32, 0u32);
+    // SAFETY: LLVMGetVersion only writes the three integers through the given pointers.
+    unsafe { llvm_sys::core::LLVMGetVersion(&mut major, &mut minor, &mut patch) };
+    format!("{major}.{minor}.{patch}")
 }
 
 /// The exported symbol of a host kernel.

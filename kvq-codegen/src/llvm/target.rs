@@ -21,7 +21,7 @@ use inkwell::OptimizationLevel;
 use crate::{CodegenError, Target};
 
 /// The PTX ISA version requested from the NVPTX backend.
-const PTX_FEATURES: &str = "+ptx78";
+pub(crate) const PTX_FEATURES: &str = "+ptx78";
 
 fn init() {
     static INIT: Once = Once::new();

@@ -92,9 +92,8 @@ pub fn run_host(kernel: &Kernel, mut args: Vec<Arg>, grid: u32) -> Vec<Arg> {
         .zip(args.iter_mut())
         .map(|(p, a)| host_arg(p, a))
         .collect();
-    compiled
-        .launch(&mut host_args, grid)
-        .unwrap_or_else(|e| panic!("{e}"));
+    // SAFETY: every buffer is as long as the kernel indexes for this grid.
+    unsafe { compiled.launch(&mut host_args, grid) }.unwrap_or_else(|e| panic!("{e}"));
     drop(host_args);
     args
 }

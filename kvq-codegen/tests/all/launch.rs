@@ -1,5 +1,7 @@
 //! Launch argument checks: typed errors, never a panic, nothing run.
 
+use kvq_codegen::cache::CompileCache;
+
 use half::f16;
 use kvq_codegen::host::{self, BufferMut, BufferRef, HostArg};
 use kvq_codegen::{ArgKind, CodegenError};
@@ -21,7 +23,8 @@ fn good_arguments_run() {
         HostArg::from(0.5f32),
         HostArg::from(100u32),
     ];
-    compiled.launch(&mut args, 4).expect("runs");
+    // SAFETY: every buffer is as long as the kernel indexes for this grid.
+    unsafe { compiled.launch(&mut args, 4) }.expect("runs");
     assert!(dst.iter().zip(&src).all(|(d, s)| *d == s * 0.5));
     // A grid of zero blocks runs nothing.
     let mut dst = vec![9.0f32; 100];
@@ -31,7 +34,8 @@ fn good_arguments_run() {
         HostArg::F32(2.0),
         HostArg::U32(100),
     ];
-    compiled.launch(&mut args, 0).expect("runs");
+    // SAFETY: every buffer is as long as the kernel indexes for this grid.
+    unsafe { compiled.launch(&mut args, 0) }.expect("runs");
     assert!(dst.iter().all(|&d| d == 9.0));
 }
 
@@ -43,11 +47,12 @@ fn bad_arguments_give_typed_errors() {
     let mut dst = [0.0f32; 8];
     let mut halves = [f16::ZERO; 8];
 
-    let err = compiled
+    let err = // SAFETY: every buffer is as long as the kernel indexes for this grid.
+    unsafe { compiled
         .launch(
             &mut [HostArg::from(&src[..]), HostArg::from(&mut dst[..])],
             1,
-        )
+        ) }
         .unwrap_err();
     assert!(
         matches!(
@@ -62,7 +67,8 @@ fn bad_arguments_give_typed_errors() {
     );
 
     // The output passed read-only.
-    let err = compiled
+    let err = // SAFETY: every buffer is as long as the kernel indexes for this grid.
+    unsafe { compiled
         .launch(
             &mut [
                 HostArg::from(&src[..]),
@@ -71,7 +77,7 @@ fn bad_arguments_give_typed_errors() {
                 HostArg::U32(8),
             ],
             1,
-        )
+        ) }
         .unwrap_err();
     let want = CodegenError::ArgMismatch {
         kernel: "scale".into(),
@@ -92,7 +98,8 @@ fn bad_arguments_give_typed_errors() {
     );
 
     // The wrong element type.
-    let err = compiled
+    let err = // SAFETY: every buffer is as long as the kernel indexes for this grid.
+    unsafe { compiled
         .launch(
             &mut [
                 HostArg::from(&mut halves[..]),
@@ -101,7 +108,7 @@ fn bad_arguments_give_typed_errors() {
                 HostArg::U32(8),
             ],
             1,
-        )
+        ) }
         .unwrap_err();
     assert!(
         matches!(
@@ -123,7 +130,8 @@ fn bad_arguments_give_typed_errors() {
     );
 
     // Scalars swapped; a scalar for a buffer.
-    let err = compiled
+    let err = // SAFETY: every buffer is as long as the kernel indexes for this grid.
+    unsafe { compiled
         .launch(
             &mut [
                 HostArg::from(&src[..]),
@@ -132,7 +140,7 @@ fn bad_arguments_give_typed_errors() {
                 HostArg::F32(1.0),
             ],
             1,
-        )
+        ) }
         .unwrap_err();
     assert!(
         matches!(
@@ -146,7 +154,8 @@ fn bad_arguments_give_typed_errors() {
         ),
         "{err}"
     );
-    let err = compiled
+    let err = // SAFETY: every buffer is as long as the kernel indexes for this grid.
+    unsafe { compiled
         .launch(
             &mut [
                 HostArg::U32(0),
@@ -155,7 +164,7 @@ fn bad_arguments_give_typed_errors() {
                 HostArg::U32(8),
             ],
             1,
-        )
+        ) }
         .unwrap_err();
     assert!(
         matches!(
@@ -172,18 +181,51 @@ fn bad_arguments_give_typed_errors() {
 }
 
 #[test]
-fn compiled_library_is_removed_on_drop() {
+fn uncached_library_is_removed_on_drop() {
     let kernel = scale_kernel();
-    let compiled = host::compile(&kernel, &info(&kernel)).expect("compiles");
-    let text = format!("{compiled:?}");
-    let dir = text
-        .split("library: \"")
-        .nth(1)
-        .and_then(|s| s.split('"').next())
-        .expect("the debug form names the library directory")
-        .to_string();
-    assert!(std::path::Path::new(&dir).join("kernel.so").exists());
-    assert!(!std::path::Path::new(&dir).join("kernel.o").exists());
+    let compiled = host::compile_with(&kernel, &info(&kernel), None).expect("compiles");
+    let lib = compiled.library_path().to_path_buf();
+    assert!(lib.exists());
+    assert!(!lib.with_file_name("kernel.o").exists());
     drop(compiled);
-    assert!(!std::path::Path::new(&dir).exists());
+    assert!(!lib.exists());
+}
+
+#[test]
+fn cache_hit_loads_the_stored_library_and_corrupt_entries_are_rebuilt() {
+    let dir = std::env::temp_dir().join(format!("kvq-host-cache-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let cache = CompileCache::new(&dir);
+    let kernel = scale_kernel();
+    let info = info(&kernel);
+    let cold = host::compile_with(&kernel, &info, Some(&cache)).expect("compiles");
+    let path = cold.library_path().to_path_buf();
+    assert!(path.starts_with(&dir), "{}", path.display());
+    drop(cold);
+    assert!(path.exists(), "a cached library outlives its kernel");
+    let stored = std::fs::read(&path).unwrap();
+    let warm = host::compile_with(&kernel, &info, Some(&cache)).expect("loads");
+    assert_eq!(warm.library_path(), path);
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        stored,
+        "a hit does not rewrite the entry"
+    );
+    drop(warm);
+    // Corrupt the entry: it is detected by its checksum, never loaded, and rebuilt.
+    std::fs::write(&path, b"not a shared object").unwrap();
+    let rebuilt = host::compile_with(&kernel, &info, Some(&cache)).expect("rebuilds");
+    assert_eq!(std::fs::read(rebuilt.library_path()).unwrap(), stored);
+    let src = vec![2.0f32; 10];
+    let mut dst = vec![0.0f32; 10];
+    let mut args = [
+        HostArg::ReadOnly(BufferRef::F32(&src)),
+        HostArg::Buffer(BufferMut::F32(&mut dst)),
+        HostArg::F32(0.5),
+        HostArg::U32(10),
+    ];
+    // SAFETY: both buffers hold the 10 elements the kernel addresses.
+    unsafe { rebuilt.launch(&mut args, 1) }.expect("runs");
+    assert!(dst.iter().all(|&d| d == 1.0));
+    let _ = std::fs::remove_dir_all(&dir);
 }

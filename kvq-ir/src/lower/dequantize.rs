@@ -11,7 +11,11 @@ pub fn lower(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
     let per_byte = scheme.bits.codes_per_byte() as u32;
     let row_bytes = d * scheme.bits.width() / 8;
     let bsz = s.block_size;
-    let name = format!("kvq_dequantize_{}_d{}", scheme_tag(scheme), d);
+    let name = format!(
+        "kvq_dequantize_{}_d{d}_{}",
+        scheme_tag(scheme),
+        shape.input.name()
+    );
     let mut b = Builder::new(&name, bsz);
     let p = param_type(scheme.params);
     let codes = b.buffer("codes", ScalarType::U8, Access::Read);

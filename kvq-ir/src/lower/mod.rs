@@ -40,6 +40,15 @@ pub enum InputType {
 }
 
 impl InputType {
+    /// Its name in kernel names (`f16`, `bf16`, `f32`).
+    pub fn name(self) -> &'static str {
+        match self {
+            InputType::F16 => "f16",
+            InputType::BF16 => "bf16",
+            InputType::F32 => "f32",
+        }
+    }
+
     /// The IR element type.
     pub fn scalar(self) -> ScalarType {
         match self {

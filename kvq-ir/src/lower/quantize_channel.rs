@@ -133,7 +133,12 @@ impl Plan {
 fn lower_all(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
     let p = Plan::new(scheme, shape, s);
     let bsz = s.block_size;
-    let name = format!("kvq_quantize_{}_d{}", scheme_tag(scheme), shape.head_dim);
+    let name = format!(
+        "kvq_quantize_{}_d{}_{}",
+        scheme_tag(scheme),
+        shape.head_dim,
+        shape.input.name()
+    );
     let mut b = Builder::new(&name, bsz);
     let [x, codes, zero_m, scale_m, status] = quantize_params(&mut b, scheme, shape);
     let part_min = b.shared("part_min", ScalarType::F32, bsz * p.w);
@@ -253,7 +258,12 @@ fn lower_all(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
 fn lower_groups(scheme: &Scheme, shape: ShapeClass, s: &Schedule, n: u32) -> Lowered {
     let p = Plan::new(scheme, shape, s);
     let bsz = s.block_size;
-    let name = format!("kvq_quantize_{}_d{}", scheme_tag(scheme), shape.head_dim);
+    let name = format!(
+        "kvq_quantize_{}_d{}_{}",
+        scheme_tag(scheme),
+        shape.head_dim,
+        shape.input.name()
+    );
     let mut b = Builder::new(&name, bsz);
     let [x, codes, zero_m, scale_m, status] = quantize_params(&mut b, scheme, shape);
     let min = b.local("min", ScalarType::F32, p.w);

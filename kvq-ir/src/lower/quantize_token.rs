@@ -33,7 +33,11 @@ pub fn lower(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
     let groups_per_row = d / n;
     let row_bytes = d * scheme.bits.width() / 8;
     let bsz = s.block_size;
-    let name = format!("kvq_quantize_{}_d{}", scheme_tag(scheme), d);
+    let name = format!(
+        "kvq_quantize_{}_d{d}_{}",
+        scheme_tag(scheme),
+        shape.input.name()
+    );
     let mut b = Builder::new(&name, bsz);
     let [x, codes, zero_m, scale_m, status] = quantize_params(&mut b, scheme, shape);
 

@@ -1,0 +1,163 @@
+//! Quantizing and dequantizing a span on a chosen backend: the reference implementation, the
+//! IR interpreter, or generated host code. All three give the same codes and parameters bit for
+//! bit (SPEC.md); the choice trades speed for independence.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use kvq_codegen::host::{BufferMut, HostArg, HostKernel};
+use kvq_codegen::CodegenError;
+use kvq_ir::ir::interp::{self, Arg, Buffer};
+use kvq_ir::ir::{verify, Kernel, VerifyError};
+use kvq_ir::lower::io::{dequantize_with, quantize_with, ExecError};
+use kvq_ir::lower::{self, InputType, LowerError, Schedule, ShapeClass};
+use kvq_ir::reference::{self, PackedSpan, QuantError};
+use kvq_ir::{Scheme, Tensor3};
+use thiserror::Error;
+
+/// Where a quantizer runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum Backend {
+    /// The plain Rust reference of SPEC.md.
+    Reference,
+    /// The lowered kernel, run by the IR interpreter.
+    Interp,
+    /// The lowered kernel, compiled by LLVM to native code for this CPU.
+    Host,
+}
+
+/// Why a backend could not quantize or dequantize.
+#[derive(Debug, Error)]
+pub enum BackendError {
+    /// The input or span is not acceptable (the same error on every backend).
+    #[error(transparent)]
+    Quant(#[from] QuantError),
+    /// The scheme cannot be lowered for this shape.
+    #[error(transparent)]
+    Lower(#[from] LowerError),
+    /// The lowered kernel is invalid (a kvq bug).
+    #[error(transparent)]
+    Verify(#[from] VerifyError),
+    /// The interpreter failed.
+    #[error("interpreter: {0}")]
+    Interp(#[from] interp::InterpError),
+    /// Code generation, loading or launch failed.
+    #[error(transparent)]
+    Codegen(#[from] CodegenError),
+    /// The span is too large for one launch.
+    #[error("span too large for one launch: {0}")]
+    TooLarge(String),
+}
+
+impl<E: Into<BackendError> + std::error::Error + 'static> From<ExecError<E>> for BackendError {
+    fn from(e: ExecError<E>) -> Self {
+        match e {
+            ExecError::Quant(q) => BackendError::Quant(q),
+            ExecError::Backend(b) => b.into(),
+            e @ ExecError::TooLarge { .. } => BackendError::TooLarge(e.to_string()),
+        }
+    }
+}
+
+/// Compiled host kernels of this process, by kernel name (names encode scheme and shape).
+type HostCache = Mutex<HashMap<String, Arc<HostKernel>>>;
+
+fn host_cache() -> &'static HostCache {
+    static CACHE: std::sync::OnceLock<HostCache> = std::sync::OnceLock::new();
+    CACHE.get_or_init(Default::default)
+}
+
+/// The host kernel of `kernel`, compiled once per process (and through the on-disk cache).
+pub fn host_kernel(kernel: &Kernel) -> Result<Arc<HostKernel>, BackendError> {
+    let key = kvq_ir::ir::print(kernel);
+    if let Some(k) = host_cache().lock().ok().and_then(|c| c.get(&key).cloned()) {
+        return Ok(k);
+    }
+    let info = verify(kernel)?;
+    let compiled = Arc::new(kvq_codegen::host::compile(kernel, &info)?);
+    if let Ok(mut c) = host_cache().lock() {
+        c.insert(key, compiled.clone());
+    }
+    Ok(compiled)
+}
+
+/// Runs `kernel` as generated host code over the interpreter's argument buffers.
+fn run_host(kernel: &Kernel, args: &mut [Arg], grid: u32) -> Result<(), BackendError> {
+    let compiled = host_kernel(kernel)?;
+    let mut host_args: Vec<HostArg<'_>> = args
+        .iter_mut()
+        .map(|a| match a {
+            Arg::Buffer(Buffer::U8(v)) => HostArg::Buffer(BufferMut::U8(v)),
+            Arg::Buffer(Buffer::U32(v)) => HostArg::Buffer(BufferMut::U32(v)),
+            Arg::Buffer(Buffer::F16(v)) => HostArg::Buffer(BufferMut::F16(v)),
+            Arg::Buffer(Buffer::BF16(v)) => HostArg::Buffer(BufferMut::BF16(v)),
+            Arg::Buffer(Buffer::F32(v)) => HostArg::Buffer(BufferMut::F32(v)),
+            Arg::Buffer(Buffer::F64(v)) => HostArg::Buffer(BufferMut::F64(v)),
+            Arg::U32(x) => HostArg::U32(*x),
+            Arg::F32(x) => HostArg::F32(*x),
+        })
+        .collect();
+    // SAFETY: `args` were allocated by `kvq_ir::lower::io` for this lowered kernel and span
+    // shape, and `grid` comes from the same kernel's launch rule: every index the kernel forms
+    // is within its buffer.
+    unsafe { compiled.launch(&mut host_args, grid)? };
+    Ok(())
+}
+
+fn run_interp(kernel: &Kernel, args: &mut [Arg], grid: u32) -> Result<(), BackendError> {
+    verify(kernel)?;
+    interp::run(kernel, args, grid)?;
+    Ok(())
+}
+
+/// The schedule a backend uses by default.
+pub fn default_schedule(backend: Backend, scheme: &Scheme, shape: ShapeClass) -> Schedule {
+    match backend {
+        Backend::Host => Schedule::host_default(scheme, shape),
+        _ => Schedule::gpu_default(scheme, shape),
+    }
+}
+
+/// Quantizes `x` (values of the `input` type) under `scheme` on `backend`.
+pub fn quantize(
+    x: &Tensor3,
+    input: InputType,
+    scheme: &Scheme,
+    backend: Backend,
+) -> Result<PackedSpan, BackendError> {
+    let shape = ShapeClass {
+        head_dim: x.shape().dim as u32,
+        input,
+    };
+    let run = match backend {
+        Backend::Reference => return Ok(reference::quantize(x, scheme)?),
+        Backend::Interp => run_interp,
+        Backend::Host => run_host,
+    };
+    reference::quantize::check_shape(scheme, x.shape())?;
+    let lowered = lower::quantize(scheme, shape, &default_schedule(backend, scheme, shape))?;
+    Ok(quantize_with(&lowered, scheme, x, input, run)?)
+}
+
+/// Dequantizes `span` on `backend`.
+pub fn dequantize(
+    span: &PackedSpan,
+    input: InputType,
+    backend: Backend,
+) -> Result<Tensor3, BackendError> {
+    let shape = ShapeClass {
+        head_dim: span.shape.dim as u32,
+        input,
+    };
+    let run = match backend {
+        Backend::Reference => return Ok(span.dequantize()?),
+        Backend::Interp => run_interp,
+        Backend::Host => run_host,
+    };
+    let lowered = lower::dequantize(
+        &span.scheme,
+        shape,
+        &default_schedule(backend, &span.scheme, shape),
+    )?;
+    Ok(dequantize_with(&lowered, span, run)?)
+}

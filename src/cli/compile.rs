@@ -1,0 +1,212 @@
+//! `kvq compile`: a scheme pair's quantize and dequantize kernels for one target, plus a manifest.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use kvq::Scheme;
+use kvq_codegen::{ptxas, Arch, Target};
+use kvq_ir::ir::{verify, Access, Param};
+use kvq_ir::lower::{self, InputType, Launch, Lowered, Schedule, ShapeClass};
+use serde_json::{json, Value};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum TargetArg {
+    #[value(name = "sm_80")]
+    Sm80,
+    #[value(name = "sm_90")]
+    Sm90,
+    Host,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Emit {
+    /// PTX assembly (GPU targets).
+    Ptx,
+    /// kvq's kernel IR text.
+    Ir,
+    /// Optimized LLVM IR.
+    Llvm,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Input {
+    F16,
+    Bf16,
+    F32,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Key scheme.
+    #[arg(long)]
+    key: String,
+    /// Value scheme.
+    #[arg(long)]
+    value: String,
+    /// What to compile for.
+    #[arg(long, value_enum)]
+    target: TargetArg,
+    /// What to write (default: ptx for GPU targets, llvm for the host).
+    #[arg(long, value_enum)]
+    emit: Option<Emit>,
+    /// Channels per head the kernels are specialised for.
+    #[arg(long, default_value_t = 128)]
+    head_dim: u32,
+    /// Element type of the K/V the kernels read.
+    #[arg(long, value_enum, default_value = "f16")]
+    input: Input,
+    /// Output directory.
+    #[arg(short = 'o', long)]
+    output: PathBuf,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let key = Scheme::parse(&args.key).context("--key")?;
+    let value = Scheme::parse(&args.value).context("--value")?;
+    let target = match args.target {
+        TargetArg::Sm80 => Target::Ptx(Arch::Sm80),
+        TargetArg::Sm90 => Target::Ptx(Arch::Sm90),
+        TargetArg::Host => Target::Host,
+    };
+    let emit = args.emit.unwrap_or(match target {
+        Target::Host => Emit::Llvm,
+        Target::Ptx(_) => Emit::Ptx,
+    });
+    if target == Target::Host && emit == Emit::Ptx {
+        bail!("--emit ptx needs a GPU target (sm_80 or sm_90)");
+    }
+    let input = match args.input {
+        Input::F16 => InputType::F16,
+        Input::Bf16 => InputType::BF16,
+        Input::F32 => InputType::F32,
+    };
+    let shape = ShapeClass {
+        head_dim: args.head_dim,
+        input,
+    };
+    std::fs::create_dir_all(&args.output)
+        .with_context(|| format!("creating {}", args.output.display()))?;
+    let ptxas = ptxas::find();
+    if ptxas.is_none() && matches!(target, Target::Ptx(_)) {
+        eprintln!("note: ptxas not found (run scripts/setup.sh or set KVQ_PTXAS); register/spill report skipped");
+    }
+    let mut kernels = Vec::new();
+    for (role, scheme) in [("key", key), ("value", value)] {
+        let schedule = match target {
+            Target::Host => Schedule::host_default(&scheme, shape),
+            Target::Ptx(_) => Schedule::gpu_default(&scheme, shape),
+        };
+        let quantize =
+            lower::quantize(&scheme, shape, &schedule).with_context(|| format!("{role} scheme"))?;
+        let dequantize = lower::dequantize(&scheme, shape, &schedule)
+            .with_context(|| format!("{role} scheme"))?;
+        for (kind, lowered) in [("quantize", quantize), ("dequantize", dequantize)] {
+            let entry = write_kernel(&args, target, emit, &lowered, ptxas.as_deref())?;
+            kernels.push(json!({
+                "role": format!("{role}_{kind}"),
+                "scheme": scheme.to_string(),
+                "schedule": {"block_size": schedule.block_size, "channels": schedule.channels, "vector": schedule.vector},
+                "launch": launch_json(lowered.launch),
+                "entry": entry,
+            }));
+        }
+    }
+    let manifest = json!({
+        "kvq": env!("CARGO_PKG_VERSION"),
+        "target": target_name(target),
+        "emit": format!("{emit:?}").to_lowercase(),
+        "head_dim": args.head_dim,
+        "input": input.name(),
+        "kernels": kernels,
+    });
+    let path = args.output.join("manifest.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&manifest)? + "\n")?;
+    println!(
+        "wrote {} kernels and {}",
+        kernels_len(&manifest),
+        path.display()
+    );
+    Ok(())
+}
+
+fn kernels_len(manifest: &Value) -> usize {
+    manifest["kernels"].as_array().map_or(0, Vec::len)
+}
+
+fn target_name(target: Target) -> &'static str {
+    match target {
+        Target::Host => "host",
+        Target::Ptx(arch) => arch.name(),
+    }
+}
+
+fn launch_json(launch: Launch) -> Value {
+    match launch {
+        Launch::BlockPerColumn { columns } => {
+            json!({"kind": "block_per_column", "blocks": "heads * columns", "columns": columns})
+        }
+        Launch::ThreadPerGroup { columns, group } => json!({
+            "kind": "thread_per_group",
+            "blocks": "ceil(heads * columns * ceil(tokens / group) / block_size)",
+            "columns": columns,
+            "group": group
+        }),
+        Launch::ThreadPerRow => {
+            json!({"kind": "thread_per_row", "blocks": "ceil(heads * tokens / block_size)"})
+        }
+    }
+}
+
+/// Writes one kernel in the requested form and returns its manifest entry.
+fn write_kernel(
+    args: &Args,
+    target: Target,
+    emit: Emit,
+    lowered: &Lowered,
+    ptxas_path: Option<&std::path::Path>,
+) -> Result<Value> {
+    let kernel = &lowered.kernel;
+    let info = verify(kernel)?;
+    let (ext, text) = match emit {
+        Emit::Ir => ("kvqir", kvq_ir::ir::print(kernel)),
+        Emit::Llvm => ("ll", kvq_codegen::llvm_ir(kernel, &info, target)?),
+        Emit::Ptx => {
+            let Target::Ptx(arch) = target else {
+                bail!("--emit ptx needs a GPU target")
+            };
+            ("ptx", kvq_codegen::ptx::emit(kernel, &info, arch)?.text)
+        }
+    };
+    let file = format!("{}.{ext}", kernel.name);
+    std::fs::write(args.output.join(&file), &text)?;
+    let mut report = Value::Null;
+    if let (Target::Ptx(arch), Some(ptxas_path)) = (target, ptxas_path) {
+        let ptx = if emit == Emit::Ptx {
+            text
+        } else {
+            kvq_codegen::ptx::emit(kernel, &info, arch)?.text
+        };
+        let r = ptxas::assemble(ptxas_path, &ptx, arch, &kernel.name)?;
+        println!("{}: ptxas {}: {r}", kernel.name, arch.name());
+        report = json!({"registers": r.registers, "spill_stores": r.spill_stores, "spill_loads": r.spill_loads, "stack_frame": r.stack_frame, "shared": r.shared});
+    }
+    let params: Vec<Value> = kernel
+        .params
+        .iter()
+        .map(|p| match p {
+            Param::Buffer { name, elem, access } => json!({
+                "name": name, "kind": "buffer", "elem": elem.name(),
+                "access": match access { Access::Read => "read", Access::Write => "write", Access::ReadWrite => "read_write" },
+            }),
+            Param::Scalar { name, ty } => json!({"name": name, "kind": "scalar", "type": ty.name()}),
+        })
+        .collect();
+    Ok(json!({
+        "name": kernel.name,
+        "file": file,
+        "block_size": kernel.block_size,
+        "shared_bytes": info.shared_bytes,
+        "params": params,
+        "ptxas": report,
+    }))
+}

@@ -1,0 +1,105 @@
+//! `kvq quantize`: one layer's K or V to packed codes and parameters, written as safetensors.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use kvq::backend::{self, Backend};
+use kvq::reference::quantize::param_shape;
+use kvq::Scheme;
+use kvq_ir::lower::InputType;
+use kvq_runtime::KvFile;
+use safetensors::tensor::{Dtype, TensorView};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Which {
+    K,
+    V,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Safetensors capture (q, k, v).
+    #[arg(long)]
+    kv: PathBuf,
+    /// Which tensor to quantize.
+    #[arg(long, value_enum)]
+    tensor: Which,
+    /// Layer index within the file.
+    #[arg(long)]
+    layer: usize,
+    /// The scheme, e.g. "bits = 1, axis = channel, group = all, rule = quantile(0.2)".
+    #[arg(long)]
+    scheme: String,
+    /// Which implementation quantizes (all give the same bits).
+    #[arg(long, value_enum, default_value = "reference")]
+    backend: Backend,
+    /// Output safetensors file: `codes` (u8), `zero` and `scale` (f32 values of the stored parameters).
+    #[arg(short = 'o', long)]
+    output: PathBuf,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let scheme = Scheme::parse(&args.scheme).context("--scheme")?;
+    let file = KvFile::load(&args.kv)?;
+    let Some(layer) = file.layers.get(args.layer) else {
+        bail!(
+            "--layer {} is out of range: the file has {} layers",
+            args.layer,
+            file.layers.len()
+        );
+    };
+    let x = match args.tensor {
+        Which::K => &layer.k,
+        Which::V => &layer.v,
+    };
+    let span = backend::quantize(x, InputType::F32, &scheme, args.backend)
+        .with_context(|| format!("layer {}", args.layer))?;
+    let shape = span.shape;
+    let row = shape.dim * scheme.bits.width() as usize / 8;
+    let pshape = param_shape(&scheme, shape).to_vec();
+    let f32_bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let (zero, scale) = (f32_bytes(&span.zero), f32_bytes(&span.scale));
+    let tensors = [
+        (
+            "codes",
+            TensorView::new(Dtype::U8, vec![shape.heads, shape.tokens, row], &span.codes)?,
+        ),
+        ("zero", TensorView::new(Dtype::F32, pshape.clone(), &zero)?),
+        ("scale", TensorView::new(Dtype::F32, pshape, &scale)?),
+    ];
+    let metadata = HashMap::from([
+        ("scheme".to_string(), scheme.to_string()),
+        (
+            "backend".to_string(),
+            format!("{:?}", args.backend).to_lowercase(),
+        ),
+        (
+            "source".to_string(),
+            format!(
+                "{} {:?} layer {}",
+                args.kv.display(),
+                args.tensor,
+                args.layer
+            ),
+        ),
+        (
+            "layout".to_string(),
+            "SPEC.md section 3: codes [kv_heads, tokens, head_dim*b/8]; zero/scale as f32"
+                .to_string(),
+        ),
+    ]);
+    safetensors::serialize_to_file(tensors, &Some(metadata), &args.output)
+        .with_context(|| format!("writing {}", args.output.display()))?;
+    println!(
+        "{}: {} x {} x {} -> {} code bytes, {} parameter pairs, {:.4} bits per element",
+        args.output.display(),
+        shape.heads,
+        shape.tokens,
+        shape.dim,
+        span.codes.len(),
+        span.zero.len(),
+        span.bits_per_element()
+    );
+    Ok(())
+}
