@@ -1,4 +1,6 @@
-//! Shared by the benchmarks: ratios against the baseline timed in the same run.
+//! Shared by the benchmarks: ratios against the baseline timed in the same run. Each bench
+//! binary uses part of it.
+#![allow(dead_code)]
 
 use std::path::PathBuf;
 
@@ -28,6 +30,23 @@ pub fn print_ratios(group: &str, baseline: &str, others: &[&str]) {
             Some(t) => println!(
                 "{group}: {id} takes {:.2}x the time of {baseline}",
                 t / base
+            ),
+            None => println!("{group}: no estimate for {id}"),
+        }
+    }
+}
+
+/// Prints each benchmark's bandwidth (same bytes per iteration) as a fraction of `baseline`'s.
+pub fn print_bandwidth_fractions(group: &str, baseline: &str, others: &[&str]) {
+    let Some(base) = mean_ns(group, baseline) else {
+        eprintln!("{group}: no estimate for {baseline}; run the whole group");
+        return;
+    };
+    for id in others {
+        match mean_ns(group, id) {
+            Some(t) => println!(
+                "{group}: {id} runs at {:.1}% of {baseline}'s bandwidth",
+                100.0 * base / t
             ),
             None => println!("{group}: no estimate for {id}"),
         }

@@ -1,7 +1,10 @@
 //! kvq's integration tests, one binary (see STYLE.md: link once).
 
 mod attention;
+mod backends;
 mod cli;
+mod compile_cli;
 mod fixtures;
 mod properties;
 mod reference_figures;
+mod snapshots;

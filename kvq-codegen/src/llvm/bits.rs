@@ -10,6 +10,7 @@
 //!   key K with `#{i : key(x_i) <= K} >= rank + 1` in exactly 32 halving steps of `[0, 2^32)`,
 //!   each a counting pass over the elements; the answer is the f32 whose key is K.
 
+use inkwell::types::VectorType;
 use inkwell::values::{FloatValue, IntValue};
 use inkwell::IntPredicate;
 use kvq_ir::ir::{Memory, ScalarType};
@@ -34,13 +35,29 @@ impl<'ctx> Lower<'_, 'ctx> {
         order: BitOrder,
     ) -> R<IntValue<'ctx>> {
         let i8_type = self.ctx.i8_type();
-        let mut byte = i8_type.const_zero();
-        for (j, &code) in codes.iter().enumerate() {
-            let s = i8_type.const_int(u64::from(shift(j as u32, bits, order)), false);
-            let placed = self.b.build_left_shift(code, s, "placed")?;
-            byte = self.b.build_or(byte, placed, "packed")?;
+        if codes.len() == 1 {
+            let s = i8_type.const_int(u64::from(shift(0, bits, order)), false);
+            return Ok(self.b.build_left_shift(codes[0], s, "placed")?);
         }
-        Ok(byte)
+        // As one vector: lanes shifted into place, then OR-reduced. Written this way the
+        // vectorizers keep the codes of a row in SIMD registers instead of scalarizing them.
+        let n = codes.len() as u32;
+        let vector_type = i8_type.vec_type(n);
+        let mut lanes = vector_type.get_undef();
+        for (j, &code) in codes.iter().enumerate() {
+            let at = self.ctx.i32_type().const_int(j as u64, false);
+            lanes = self.b.build_insert_element(lanes, code, at, "lane")?;
+        }
+        let shifts: Vec<IntValue<'ctx>> = (0..n)
+            .map(|j| i8_type.const_int(u64::from(shift(j, bits, order)), false))
+            .collect();
+        let placed = self
+            .b
+            .build_left_shift(lanes, VectorType::const_vector(&shifts), "placed")?;
+        let name = format!("llvm.vector.reduce.or.v{n}i8");
+        Ok(self
+            .call(&name, Some(i8_type.into()), &[placed.into()])?
+            .into_int_value())
     }
 
     pub(super) fn unpack_bits(

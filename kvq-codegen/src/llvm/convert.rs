@@ -4,8 +4,9 @@
 //!   to f32 *to odd* first, which makes the final rounding the one correct rounding (and keeps
 //!   f64-to-f16 off libcalls), exactly as the interpreter computes it.
 //! - Integer to float: `uitofp` (round to nearest even); Bool gives 0.0 or 1.0.
-//! - Float to integer: `llvm.fptoui.sat` (truncation toward zero; saturating, NaN to 0, as
-//!   Rust's `as`), from f32 (F16/BF16 widened exactly) or f64.
+//! - Float to integer: `fptosi` to a wider integer (truncation toward zero), then `trunc`, from
+//!   f32 (F16/BF16 widened exactly) or f64. The IR requires the operand in range, as the
+//!   interpreter enforces; kvq's kernels clamp before converting.
 //! - Integer to integer: `zext` / `trunc`; Bool to integer is 0 or 1.
 //! - BF16 is an `i16` of bits: to f32 is `bits << 16`; from f32 rounds to nearest even on the
 //!   bits (a NaN keeps its top payload bits and becomes quiet, as the `half` crate does). From
@@ -54,11 +55,20 @@ impl<'ctx> Lower<'_, 'ctx> {
                 })
             }
             (true, false) if to != ScalarType::Bool => {
+                // The IR requires the operand in range (kvq kernels clamp before converting),
+                // so a signed conversion to a wider integer is exact; unlike `fptoui` (poison
+                // below zero) it keeps selects around it branch-free and vectorizes on x86.
                 let x = self.widen(a, from)?;
-                let bits = if to == ScalarType::U8 { 8 } else { 32 };
-                let width = x.get_type().get_bit_width();
-                let name = format!("llvm.fptoui.sat.i{bits}.f{width}");
-                self.call(&name, Some(target), &[x.into()])
+                let wide_type = if to == ScalarType::U8 {
+                    self.ctx.i32_type()
+                } else {
+                    self.ctx.i64_type()
+                };
+                let wide = b.build_float_to_signed_int(x, wide_type, "int")?;
+                Ok(
+                    b.build_int_truncate(wide, target.into_int_type(), "narrow")?
+                        .into(),
+                )
             }
             (false, true) => {
                 let x = a.into_int_value();

@@ -94,15 +94,16 @@ impl Schedule {
                 _ => 128,
             },
             channels,
-            vector: vector_for(channels, scheme, shape),
+            vector: vector_for(channels, scheme, shape, 8),
         }
     }
 
-    /// A schedule that suits a CPU backend (threads become loops): one thread per block, wide
-    /// columns so a thread streams whole cache lines.
+    /// A schedule that suits a CPU backend (threads become loops): one thread per block, columns
+    /// of 32 channels (one cache line of f16) loaded 16 at a time, few enough accumulators to
+    /// stay in vector registers.
     pub fn host_default(scheme: &Scheme, shape: ShapeClass) -> Schedule {
         let per_byte = scheme.bits.codes_per_byte() as u32;
-        let channels = 32u32.max(per_byte).min(shape.head_dim);
+        let channels = per_byte.max(32).min(shape.head_dim);
         let channels = if shape.head_dim % channels == 0 {
             channels
         } else {
@@ -111,7 +112,7 @@ impl Schedule {
         Schedule {
             block_size: 1,
             channels,
-            vector: vector_for(channels, scheme, shape),
+            vector: vector_for(channels, scheme, shape, 16),
         }
     }
 
@@ -153,13 +154,15 @@ impl Schedule {
     }
 }
 
-fn vector_for(channels: u32, scheme: &Scheme, shape: ShapeClass) -> u8 {
+/// The widest vector of at most `max` lanes that divides the run a thread loads.
+fn vector_for(channels: u32, scheme: &Scheme, shape: ShapeClass, max: u8) -> u8 {
     let span = match scheme.axis {
         Axis::Channel => channels,
         Axis::Token => token_group(scheme, shape),
     };
-    [8u8, 4, 2, 1]
+    [16u8, 8, 4, 2, 1]
         .into_iter()
+        .filter(|&v| v <= max)
         .find(|&v| span % v as u32 == 0)
         .unwrap_or(1)
 }

@@ -117,6 +117,25 @@ pub fn lower(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
     }
 }
 
+/// `op` folded over `values` as a balanced tree: element i meets element i + len/2, so the first
+/// levels are lane-wise operations on whole loaded vectors (which vectorizes). For Min and Max
+/// the order only decides the sign of a zero extreme, which `range_from_extremes` normalises.
+fn tree(b: &mut Builder, values: &[Value], op: BinaryOp) -> Value {
+    let mut level = values.to_vec();
+    while level.len() > 1 {
+        let half = level.len().div_ceil(2);
+        let (low, high) = level.split_at(half);
+        let mut next: Vec<Value> = low
+            .iter()
+            .zip(high)
+            .map(|(&a, &c)| b.binary(op, a, c))
+            .collect();
+        next.extend_from_slice(&low[high.len()..]);
+        level = next;
+    }
+    level[0]
+}
+
 /// [lo, hi] of the group of `n` channels starting at `c_start` of the row at `row`.
 fn group_range(
     b: &mut Builder,
@@ -136,12 +155,8 @@ fn group_range(
             quantile_range(b, p.get(), x, base, stride, count)
         }
         rule => {
-            let mut mn = members[0];
-            let mut mx = members[0];
-            for &v in &members[1..] {
-                mn = b.min(mn, v);
-                mx = b.max(mx, v);
-            }
+            let mn = tree(b, members, BinaryOp::Min);
+            let mx = tree(b, members, BinaryOp::Max);
             range_from_extremes(b, rule, mn, mx)
         }
     }

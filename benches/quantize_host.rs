@@ -1,0 +1,127 @@
+//! Generated host-code quantize throughput on an `[8, 16384, 128]` f16 span, against a plain
+//! multi-threaded copy of the same bytes and the reference implementation, timed in the same run.
+//! Prints each kernel's bandwidth as a fraction of the copy's.
+
+mod common;
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use half::f16;
+use kvq::reference::quantize::{param_shape, row_bytes};
+use kvq_codegen::host::{BufferMut, BufferRef, HostArg};
+use kvq_ir::ir::verify;
+use kvq_ir::lower::{self, InputType, Schedule, ShapeClass};
+use kvq_ir::{ParamType, Scheme, Tensor3};
+
+const GROUP: &str = "host_quantize_8x16384x128_f16";
+const SHAPE: [usize; 3] = [8, 16384, 128];
+const SCHEMES: [(&str, &str); 4] = [
+    (
+        "calibquant_k_shrink_1bit",
+        "bits = 1, axis = channel, group = all, rule = shrink(0.5)",
+    ),
+    (
+        "minmax_2bit_channel_g32",
+        "bits = 2, axis = channel, group = 32, rule = minmax",
+    ),
+    (
+        "minmax_2bit_token_g32",
+        "bits = 2, axis = token, group = 32, rule = minmax",
+    ),
+    (
+        "minmax_4bit_token",
+        "bits = 4, axis = token, group = all, rule = minmax",
+    ),
+];
+
+/// K-like f16 data: per-channel offsets plus noise.
+fn span() -> Vec<f16> {
+    let n: usize = SHAPE.iter().product();
+    let mut s = 0x2545F4914F6CDD1Du64;
+    (0..n)
+        .map(|i| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            let noise = (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+            f16::from_f32(noise + ((i % SHAPE[2]) as f32 * 0.37).sin())
+        })
+        .collect()
+}
+
+/// A copy of `src` into `dst` on every core, the bandwidth baseline.
+fn parallel_copy(src: &[f16], dst: &mut [f16]) {
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = src.len().div_ceil(workers);
+    std::thread::scope(|s| {
+        for (d, c) in dst.chunks_mut(chunk).zip(src.chunks(chunk)) {
+            s.spawn(move || d.copy_from_slice(c));
+        }
+    });
+}
+
+fn bench(c: &mut Criterion) {
+    let x = span();
+    let bytes = (x.len() * 2) as u64;
+    let mut group = c.benchmark_group(GROUP);
+    group.sample_size(10);
+    group.throughput(Throughput::Bytes(bytes));
+    let mut copy = vec![f16::ZERO; x.len()];
+    group.bench_function("copy", |b| {
+        b.iter(|| parallel_copy(black_box(&x), &mut copy))
+    });
+
+    let tensor = Tensor3::new(SHAPE, x.iter().map(|v| v.to_f32()).collect()).unwrap();
+    let reference_scheme = Scheme::parse(SCHEMES[0].1).unwrap();
+    group.bench_function("reference_calibquant_k", |b| {
+        b.iter(|| kvq::reference::quantize(black_box(&tensor), &reference_scheme).unwrap())
+    });
+
+    let shape3 = tensor.shape();
+    for (id, text) in SCHEMES {
+        let scheme = Scheme::parse(text).unwrap();
+        let class = ShapeClass {
+            head_dim: SHAPE[2] as u32,
+            input: InputType::F16,
+        };
+        let lowered =
+            lower::quantize(&scheme, class, &Schedule::host_default(&scheme, class)).unwrap();
+        let info = verify(&lowered.kernel).unwrap();
+        let kernel = kvq_codegen::host::compile_with(&lowered.kernel, &info, None).unwrap();
+        let grid = lowered
+            .launch
+            .grid(SHAPE[0] as u32, SHAPE[1] as u32, lowered.kernel.block_size)
+            as u32;
+        let mut codes = vec![0u8; SHAPE[0] * SHAPE[1] * row_bytes(&scheme, SHAPE[2])];
+        let n_params: usize = param_shape(&scheme, shape3).iter().product();
+        let (mut zh, mut sh) = (vec![f16::ZERO; n_params], vec![f16::ZERO; n_params]);
+        let (mut zf, mut sf) = (vec![0f32; n_params], vec![0f32; n_params]);
+        let mut status = vec![0u32; 1];
+        group.bench_function(id, |b| {
+            b.iter(|| {
+                let (zero, scale) = match scheme.params {
+                    ParamType::F16 => (BufferMut::F16(&mut zh), BufferMut::F16(&mut sh)),
+                    ParamType::F32 => (BufferMut::F32(&mut zf), BufferMut::F32(&mut sf)),
+                };
+                let mut args = [
+                    HostArg::ReadOnly(BufferRef::F16(&x)),
+                    HostArg::Buffer(BufferMut::U8(&mut codes)),
+                    HostArg::Buffer(zero),
+                    HostArg::Buffer(scale),
+                    HostArg::Buffer(BufferMut::U32(&mut status)),
+                    HostArg::U32(SHAPE[0] as u32),
+                    HostArg::U32(SHAPE[1] as u32),
+                ];
+                // SAFETY: the buffers have the lengths the lowered kernel addresses for this
+                // shape (SPEC.md section 3 layouts), and `grid` is its launch rule's.
+                unsafe { kernel.launch(&mut args, grid) }.unwrap();
+            })
+        });
+    }
+    group.finish();
+    let mut ids = vec!["reference_calibquant_k"];
+    ids.extend(SCHEMES.iter().map(|s| s.0));
+    common::print_bandwidth_fractions(GROUP, "copy", &ids);
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,167 @@
+//! Generated host code against the reference, bit for bit, over random schemes, shapes and data
+//! (odd token counts, groups that don't divide the span, constant channels, extreme magnitudes),
+//! and on the real captures; the interpreter is covered the same way in kvq-ir's tests.
+
+use half::f16;
+use kvq::backend::{self, Backend, BackendError};
+use kvq::reference::{quantize, QuantError};
+use kvq::{
+    Alpha, Axis, BitOrder, Bits, Center, Group, GroupSize, ParamType, Quantile, Rule, Scheme,
+    Tensor3,
+};
+use kvq_ir::lower::InputType;
+use kvq_ir::scheme::catalogue::catalogue;
+use kvq_runtime::KvFile;
+use proptest::prelude::*;
+
+use crate::fixtures::{dinov2, smollm2};
+
+fn bits_of(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+fn check(scheme: &Scheme, x: &Tensor3, input: InputType) -> Result<(), TestCaseError> {
+    let got = backend::quantize(x, input, scheme, Backend::Host);
+    match (got, quantize(x, scheme)) {
+        (Ok(got), Ok(want)) => {
+            prop_assert_eq!(&got.codes, &want.codes, "codes of {}", scheme);
+            prop_assert_eq!(
+                bits_of(&got.zero),
+                bits_of(&want.zero),
+                "zero of {}",
+                scheme
+            );
+            prop_assert_eq!(
+                bits_of(&got.scale),
+                bits_of(&want.scale),
+                "scale of {}",
+                scheme
+            );
+            let back = backend::dequantize(&got, input, Backend::Host)
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(
+                bits_of(back.data()),
+                bits_of(want.dequantize().unwrap().data())
+            );
+        }
+        (Err(BackendError::Quant(got)), Err(want)) => prop_assert_eq!(got, want),
+        (got, want) => prop_assert!(
+            false,
+            "host {:?} vs reference {:?}",
+            got.map(|_| ()),
+            want.map(|_| ())
+        ),
+    }
+    Ok(())
+}
+
+fn scheme_strategy() -> impl Strategy<Value = Scheme> {
+    let bits = prop::sample::select(Bits::ALL.to_vec());
+    let axis = prop_oneof![Just(Axis::Channel), Just(Axis::Token)];
+    let group = prop_oneof![
+        Just(Group::All),
+        prop::sample::select(vec![1u32, 4, 5, 8, 16])
+            .prop_map(|n| Group::Size(GroupSize::new(n).unwrap()))
+    ];
+    let rule = prop_oneof![
+        Just(Rule::MinMax),
+        (0.05f32..=1.0).prop_map(|a| Rule::Shrink {
+            alpha: Alpha::new(a).unwrap(),
+            center: Center::Zero
+        }),
+        (0.05f32..=1.0).prop_map(|a| Rule::Shrink {
+            alpha: Alpha::new(a).unwrap(),
+            center: Center::Mid
+        }),
+        (0.0f64..0.5).prop_map(|p| Rule::Quantile(Quantile::new(p).unwrap())),
+    ];
+    let params = prop_oneof![Just(ParamType::F16), Just(ParamType::F32)];
+    let order = prop_oneof![Just(BitOrder::Msb), Just(BitOrder::Lsb)];
+    (bits, axis, group, rule, params, order).prop_map(|(bits, axis, group, rule, params, order)| {
+        // axis = token needs a group dividing head_dim (32 here).
+        let group = match (axis, group) {
+            (Axis::Token, Group::Size(n)) if 32 % n.get() != 0 => Group::All,
+            (_, g) => g,
+        };
+        Scheme {
+            bits,
+            axis,
+            group,
+            rule,
+            params,
+            order,
+        }
+    })
+}
+
+fn tensor_strategy() -> impl Strategy<Value = Tensor3> {
+    (1usize..4, 1usize..40, -14i32..16)
+        .prop_flat_map(|(h, t, exp)| {
+            (
+                Just([h, t, 32]),
+                prop::collection::vec(-1.0f32..1.0, h * t * 32),
+                prop::collection::vec(prop::bool::weighted(0.1), 32),
+                Just(2f32.powi(exp)),
+            )
+        })
+        .prop_map(|(shape, raw, constant, mag)| {
+            let data = raw
+                .iter()
+                .enumerate()
+                .map(|(i, &x)| {
+                    f16::from_f32(if constant[i % 32] {
+                        -0.5 * mag
+                    } else {
+                        x * mag
+                    })
+                    .to_f32()
+                })
+                .collect();
+            Tensor3::new(shape, data).unwrap()
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn host_code_matches_reference(scheme in scheme_strategy(), x in tensor_strategy(), f32_input in any::<bool>()) {
+        check(&scheme, &x, if f32_input { InputType::F32 } else { InputType::F16 })?;
+    }
+}
+
+#[test]
+fn host_code_matches_reference_on_real_captures() {
+    for path in [dinov2(), smollm2()] {
+        let file = KvFile::load(&path).unwrap();
+        for layer in &file.layers {
+            for (name, scheme) in catalogue() {
+                for x in [&layer.k, &layer.v] {
+                    check(&scheme, x, InputType::F16)
+                        .unwrap_or_else(|e| panic!("{} {name}: {e}", path.display()));
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn host_code_reports_non_finite_input_like_the_reference() {
+    let mut data = vec![0.25f32; 3 * 7 * 32];
+    data[(2 * 7 + 6) * 32 + 31] = f32::NEG_INFINITY;
+    let x = Tensor3::new([3, 7, 32], data).unwrap();
+    for (_, scheme) in catalogue()
+        .into_iter()
+        .filter(|(_, s)| !matches!(s.group, Group::Size(n) if n.get() > 32))
+    {
+        match backend::quantize(&x, InputType::F32, &scheme, Backend::Host) {
+            Err(BackendError::Quant(QuantError::NonFinite {
+                head: 2,
+                token: 6,
+                channel: 31,
+                ..
+            })) => {}
+            other => panic!("{scheme}: {other:?}"),
+        }
+    }
+}

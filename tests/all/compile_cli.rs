@@ -1,0 +1,541 @@
+//! `kvq compile` and `kvq quantize` as a user runs them: what they write, that the three backends
+//! write the same bits (SPEC.md section 3 layout, checked independently), and clean one-line
+//! failures. Every run disables the on-disk compile cache so the tests are hermetic.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use kvq::backend::{self, Backend};
+use kvq::{Axis, BitOrder, Group, ParamType, Scheme, Tensor3};
+use kvq_codegen::ptxas;
+use kvq_ir::lower::{self, InputType, Schedule, ShapeClass};
+use kvq_ir::reference::QuantError;
+use kvq_ir::scheme::catalogue::CATALOGUE;
+use kvq_runtime::KvFile;
+use safetensors::tensor::Dtype;
+use safetensors::SafeTensors;
+use serde_json::Value;
+
+use crate::fixtures::smollm2;
+
+fn catalogue_text(name: &str) -> &'static str {
+    CATALOGUE
+        .iter()
+        .find(|&&(n, _)| n == name)
+        .unwrap_or_else(|| panic!("{name} is not in the catalogue"))
+        .1
+}
+
+fn kvq(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kvq"))
+        .args(args)
+        .env("KVQ_CACHE", "off")
+        .env_remove("KVQ_DUMP")
+        .output()
+        .unwrap()
+}
+
+fn assert_success(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+/// Asserts a clean failure: non-zero exit, nothing on stdout, one `error:` line, no panic.
+fn assert_clean_failure(out: &Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "succeeded: {stderr}");
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(stderr.lines().count(), 1, "not one line: {stderr}");
+    assert!(stderr.starts_with("error: "), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.contains(needle), "expected {needle:?} in {stderr}");
+}
+
+/// A fresh, empty directory for one test.
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir()
+        .join(format!("kvq-compile-cli-{}", std::process::id()))
+        .join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn compile(key: &str, value: &str, extra: &[&str], out: &Path) -> Output {
+    let mut args = vec!["compile", "--key", key, "--value", value];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["-o", out.to_str().unwrap()]);
+    kvq(&args)
+}
+
+fn manifest(dir: &Path) -> Value {
+    let text = std::fs::read_to_string(dir.join("manifest.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn names(values: &Value) -> Vec<&str> {
+    values
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect()
+}
+
+#[test]
+fn compile_for_sm_80_writes_four_kernels_a_manifest_and_ptxas_reports() {
+    let dir = temp_dir("sm_80");
+    let (key, value) = (catalogue_text("calibquant_k"), catalogue_text("kivi2_v"));
+    let stdout = assert_success(&compile(key, value, &["--target", "sm_80"], &dir));
+    let m = manifest(&dir);
+    assert_eq!(m["target"], "sm_80");
+    assert_eq!(m["emit"], "ptx");
+    assert_eq!(m["head_dim"], 128);
+    assert_eq!(m["input"], "f16");
+    let kernels = m["kernels"].as_array().unwrap();
+    let roles: Vec<&str> = kernels
+        .iter()
+        .map(|k| k["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        roles,
+        [
+            "key_quantize",
+            "key_dequantize",
+            "value_quantize",
+            "value_dequantize"
+        ]
+    );
+    let ptxas = ptxas::find();
+    for k in kernels {
+        let role = k["role"].as_str().unwrap();
+        let scheme = if role.starts_with("key") { key } else { value };
+        assert_eq!(
+            Scheme::parse(k["scheme"].as_str().unwrap()).unwrap(),
+            Scheme::parse(scheme).unwrap(),
+            "{role}"
+        );
+        let entry = &k["entry"];
+        let name = entry["name"].as_str().unwrap();
+        assert_eq!(entry["file"], format!("{name}.ptx"));
+        let ptx = std::fs::read_to_string(dir.join(entry["file"].as_str().unwrap())).unwrap();
+        assert!(ptx.contains(&format!(".entry {name}(")), "{role}");
+        assert!(ptx.contains(".target sm_80"), "{role}");
+        assert_eq!(entry["block_size"], k["schedule"]["block_size"], "{role}");
+        let params = &entry["params"];
+        if role.ends_with("_quantize") {
+            assert_eq!(
+                names(params),
+                ["x", "codes", "zero", "scale", "status", "heads", "tokens"],
+                "{role}"
+            );
+            assert_eq!(params[0]["elem"], "f16");
+            assert_eq!(params[0]["access"], "read");
+            assert_eq!(params[1]["elem"], "u8");
+            for i in 1..5 {
+                assert_eq!(params[i]["access"], "write", "{role} {i}");
+            }
+        } else {
+            assert_eq!(
+                names(params),
+                ["codes", "zero", "scale", "out", "heads", "tokens"],
+                "{role}"
+            );
+            assert_eq!(params[3]["elem"], "f32");
+            assert_eq!(params[3]["access"], "write");
+        }
+        for p in params.as_array().unwrap() {
+            let scalar = matches!(p["name"].as_str(), Some("heads" | "tokens"));
+            assert_eq!(
+                p["kind"],
+                if scalar { "scalar" } else { "buffer" },
+                "{role}"
+            );
+            if scalar {
+                assert_eq!(p["type"], "u32", "{role}");
+            }
+        }
+        match &ptxas {
+            Some(_) => {
+                assert_eq!(entry["ptxas"]["spill_stores"], 0, "{role}");
+                assert_eq!(entry["ptxas"]["spill_loads"], 0, "{role}");
+                assert!(entry["ptxas"]["registers"].as_u64().unwrap() > 0);
+                let lines: Vec<&str> = stdout
+                    .lines()
+                    .filter(|l| l.starts_with(&format!("{name}: ptxas sm_80: ")))
+                    .collect();
+                assert_eq!(lines.len(), 1, "{stdout}");
+                assert!(lines[0].contains(" 0 bytes spill stores"), "{}", lines[0]);
+                assert!(lines[0].contains(" 0 bytes spill loads"), "{}", lines[0]);
+            }
+            None => assert!(entry["ptxas"].is_null()),
+        }
+    }
+    let ptxas_lines = stdout.lines().filter(|l| l.contains(": ptxas ")).count();
+    assert_eq!(ptxas_lines, if ptxas.is_some() { 4 } else { 0 }, "{stdout}");
+    let last = stdout.lines().last().unwrap();
+    assert!(
+        last.starts_with("wrote 4 kernels and ") && last.ends_with("manifest.json"),
+        "{last}"
+    );
+}
+
+#[test]
+fn compile_for_the_host_writes_llvm_ir() {
+    let (key, value) = (catalogue_text("kivi2_k_lsb_f32"), catalogue_text("tok8"));
+    for emit in [None, Some("llvm")] {
+        let dir = temp_dir(&format!("host_{emit:?}"));
+        let mut extra = vec!["--target", "host", "--head-dim", "64"];
+        extra.extend(emit.iter().flat_map(|e| ["--emit", e]));
+        let stdout = assert_success(&compile(key, value, &extra, &dir));
+        assert!(!stdout.contains("ptxas"), "{stdout}");
+        let m = manifest(&dir);
+        assert_eq!(m["target"], "host");
+        assert_eq!(m["emit"], "llvm");
+        assert_eq!(m["head_dim"], 64);
+        let kernels = m["kernels"].as_array().unwrap();
+        assert_eq!(kernels.len(), 4);
+        for k in kernels {
+            let entry = &k["entry"];
+            let name = entry["name"].as_str().unwrap();
+            assert_eq!(entry["file"], format!("{name}.ll"));
+            assert!(entry["ptxas"].is_null());
+            let ll = std::fs::read_to_string(dir.join(format!("{name}.ll"))).unwrap();
+            assert!(ll.contains("define "), "{name}");
+            assert!(ll.contains(name), "{name}");
+        }
+        // The host schedule: one thread per block.
+        assert_eq!(kernels[0]["schedule"]["block_size"], 1);
+    }
+}
+
+#[test]
+fn compile_emit_ir_writes_the_kernel_text() {
+    let dir = temp_dir("ir");
+    let (key, value) = (catalogue_text("quantile1"), catalogue_text("tok4"));
+    let extra = ["--target", "sm_90", "--emit", "ir", "--head-dim", "64"];
+    assert_success(&compile(key, value, &extra, &dir));
+    let m = manifest(&dir);
+    assert_eq!(m["emit"], "ir");
+    let kernels = m["kernels"].as_array().unwrap();
+    assert_eq!(kernels.len(), 4);
+    // The same text the library prints for the same lowering.
+    let shape = ShapeClass {
+        head_dim: 64,
+        input: InputType::F16,
+    };
+    let mut expected = Vec::new();
+    for text in [key, value] {
+        let scheme = Scheme::parse(text).unwrap();
+        let schedule = Schedule::gpu_default(&scheme, shape);
+        expected.push(lower::quantize(&scheme, shape, &schedule).unwrap().kernel);
+        expected.push(lower::dequantize(&scheme, shape, &schedule).unwrap().kernel);
+    }
+    for (k, want) in kernels.iter().zip(&expected) {
+        let name = k["entry"]["name"].as_str().unwrap();
+        assert_eq!(name, want.name);
+        assert_eq!(k["entry"]["file"], format!("{name}.kvqir"));
+        let text = std::fs::read_to_string(dir.join(format!("{name}.kvqir"))).unwrap();
+        assert!(text.starts_with(&format!("kernel {name}(")), "{name}");
+        assert_eq!(text, kvq_ir::ir::print(want), "{name}");
+    }
+}
+
+#[test]
+fn compile_failures_are_one_clear_line() {
+    let (key, value) = (catalogue_text("calibquant_k"), catalogue_text("kivi2_v"));
+    let base = temp_dir("failures");
+
+    let dir = base.join("host_ptx");
+    let out = compile(key, value, &["--target", "host", "--emit", "ptx"], &dir);
+    assert_clean_failure(&out, "--emit ptx needs a GPU target");
+    assert!(!dir.exists(), "wrote {} before failing", dir.display());
+
+    let bad = "bits = 3, axis = channel, group = all, rule = minmax";
+    let out = compile(bad, value, &["--target", "sm_80"], &base.join("bad_key"));
+    assert_clean_failure(&out, "--key");
+    assert_clean_failure(&out, "`bits = 3` is not allowed");
+    let unclosed = "bits = 1, axis = channel, rule = quantile(0.7";
+    let out = compile(
+        key,
+        unclosed,
+        &["--target", "sm_80"],
+        &base.join("bad_value"),
+    );
+    assert_clean_failure(&out, "--value");
+
+    // A scheme that parses but does not fit the head dimension: the key's kernels are written
+    // before the value scheme fails, but no manifest.
+    let dir = base.join("bad_shape");
+    let out = compile(key, value, &["--target", "host", "--head-dim", "48"], &dir);
+    assert_clean_failure(&out, "error: value scheme: ");
+    assert_clean_failure(&out, "does not divide head_dim 48");
+    assert!(!dir.join("manifest.json").exists());
+
+    // An output directory that cannot be created: a path under a regular file.
+    let file = base.join("regular_file");
+    std::fs::write(&file, b"not a directory").unwrap();
+    let out = compile(key, value, &["--target", "sm_80"], &file.join("out"));
+    assert_clean_failure(&out, "creating");
+    let out = compile(key, value, &["--target", "host"], &file);
+    assert_clean_failure(&out, "creating");
+}
+
+const BACKENDS: [(Backend, &str); 3] = [
+    (Backend::Reference, "reference"),
+    (Backend::Interp, "interp"),
+    (Backend::Host, "host"),
+];
+
+fn quantize_cli(kv: &Path, layer: &str, scheme: &str, backend: &str, out: &Path) -> Output {
+    kvq(&[
+        "quantize",
+        "--kv",
+        kv.to_str().unwrap(),
+        "--tensor",
+        "k",
+        "--layer",
+        layer,
+        "--scheme",
+        scheme,
+        "--backend",
+        backend,
+        "-o",
+        out.to_str().unwrap(),
+    ])
+}
+
+/// One tensor of a `kvq quantize` output: dtype, shape and bytes.
+fn tensor(st: &SafeTensors<'_>, name: &str) -> (Dtype, Vec<usize>, Vec<u8>) {
+    let t = st.tensor(name).unwrap();
+    (t.dtype(), t.shape().to_vec(), t.data().to_vec())
+}
+
+fn f32s(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect()
+}
+
+/// Code `j` of a packed row, per SPEC.md section 3 (`msb`: element j of a byte at bits
+/// [8 - (j+1)b, 8 - jb); `lsb`: at bits [jb, (j+1)b)).
+fn unpack(row: &[u8], j: usize, bits: usize, order: BitOrder) -> u8 {
+    let per_byte = 8 / bits;
+    let (byte, lane) = (row[j / per_byte], j % per_byte);
+    let shift = match order {
+        BitOrder::Msb => 8 - (lane + 1) * bits,
+        BitOrder::Lsb => lane * bits,
+    };
+    ((byte as u32 >> shift) & ((1u32 << bits) - 1)) as u8
+}
+
+/// Checks one backend's output against SPEC.md sections 2-3, independently of kvq's code: the
+/// layout (`params` is `[kv_heads, rows, cols]`), and every code recomputed from x and its
+/// group's stored parameters.
+fn check_spec(x: &Tensor3, scheme: &Scheme, codes: &[u8], params: [&[f32]; 2], shape: [usize; 3]) {
+    let [zero, scale] = params;
+    let s = x.shape();
+    let [_, rows, cols] = shape;
+    let bits = scheme.bits.width() as usize;
+    let max_code = ((1u32 << bits) - 1) as f32;
+    let row_bytes = s.dim * bits / 8;
+    for h in 0..s.heads {
+        for t in 0..s.tokens {
+            let packed = &codes[(h * s.tokens + t) * row_bytes..][..row_bytes];
+            for c in 0..s.dim {
+                let (row, col) = match (scheme.axis, scheme.group) {
+                    (Axis::Channel, Group::All) => (0, c),
+                    (Axis::Channel, Group::Size(n)) => (t / n.get(), c),
+                    (Axis::Token, Group::All) => (t, 0),
+                    (Axis::Token, Group::Size(n)) => (t, c / n.get()),
+                };
+                assert!(row < rows && col < cols);
+                let p = (h * rows + row) * cols + col;
+                let (z, sc) = (zero[p], scale[p]);
+                let want = if sc == 0.0 {
+                    0
+                } else {
+                    ((x.at(h, t, c) - z) / sc)
+                        .round_ties_even()
+                        .clamp(0.0, max_code) as u8
+                };
+                let got = unpack(packed, c, bits, scheme.order);
+                assert_eq!(got, want, "head {h}, token {t}, channel {c}");
+            }
+        }
+    }
+    if scheme.params == ParamType::F16 {
+        for v in zero.iter().chain(scale) {
+            assert_eq!(half::f16::from_f32(*v).to_f32().to_bits(), v.to_bits());
+        }
+    }
+}
+
+#[test]
+fn quantize_backends_write_identical_spec_layout_files() {
+    let kv = smollm2();
+    let file = KvFile::load(&kv).unwrap();
+    let x = &file.layers[1].k;
+    let s = x.shape();
+    assert_eq!((s.heads, s.tokens, s.dim), (3, 245, 64));
+    let dir = temp_dir("quantize");
+    // A quantile scheme, a token-axis scheme, and an lsb scheme with f32 parameters (and a
+    // short last token group: 245 = 7 * 32 + 21).
+    for (name, param_shape) in [
+        ("quantile1", [3, 1, 64]),
+        ("kivi2_v", [3, 245, 2]),
+        ("kivi2_k_lsb_f32", [3, 8, 64]),
+    ] {
+        let text = catalogue_text(name);
+        let scheme = Scheme::parse(text).unwrap();
+        let reference = kvq::reference::quantize(x, &scheme).unwrap();
+        let code_shape = vec![3, 245, 64 * scheme.bits.width() as usize / 8];
+        let mut outputs = Vec::new();
+        for (_, backend) in BACKENDS {
+            let path = dir.join(format!("{name}_{backend}.safetensors"));
+            let stdout = assert_success(&quantize_cli(&kv, "1", text, backend, &path));
+            assert!(
+                stdout.starts_with(&format!("{}: 3 x 245 x 64 -> ", path.display())),
+                "{stdout}"
+            );
+            let bytes = std::fs::read(&path).unwrap();
+            let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
+            let meta = meta.metadata().clone().unwrap();
+            assert_eq!(meta["backend"], backend);
+            assert_eq!(Scheme::parse(&meta["scheme"]).unwrap(), scheme);
+            let st = SafeTensors::deserialize(&bytes).unwrap();
+            let codes = tensor(&st, "codes");
+            let zero = tensor(&st, "zero");
+            let scale = tensor(&st, "scale");
+            assert_eq!(
+                (codes.0, &codes.1),
+                (Dtype::U8, &code_shape),
+                "{name} {backend}"
+            );
+            for p in [&zero, &scale] {
+                assert_eq!((p.0, p.1.as_slice()), (Dtype::F32, &param_shape[..]));
+            }
+            outputs.push((backend, codes.2, zero.2, scale.2));
+        }
+        let (_, codes, zero, scale) = &outputs[0];
+        for (backend, c, z, sc) in &outputs[1..] {
+            assert!(c == codes, "{name}: {backend} codes differ from reference");
+            assert!(z == zero, "{name}: {backend} zero differs from reference");
+            assert!(
+                sc == scale,
+                "{name}: {backend} scale differs from reference"
+            );
+        }
+        // The file holds what the library's reference computes, bit for bit.
+        assert!(*codes == reference.codes, "{name}");
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&f32s(zero)), bits(&reference.zero), "{name}");
+        assert_eq!(bits(&f32s(scale)), bits(&reference.scale), "{name}");
+        check_spec(x, &scheme, codes, [&f32s(zero), &f32s(scale)], param_shape);
+    }
+}
+
+#[test]
+fn quantize_rejects_a_layer_out_of_range() {
+    let dir = temp_dir("layer99");
+    let scheme = catalogue_text("kivi2_v");
+    for (_, backend) in BACKENDS {
+        let out = dir.join(format!("{backend}.safetensors"));
+        let run = quantize_cli(&smollm2(), "99", scheme, backend, &out);
+        assert_clean_failure(&run, "--layer 99 is out of range: the file has 4 layers");
+        assert!(!out.exists());
+    }
+}
+
+/// Writes a K/V file by hand (as tests/all/cli.rs does): f32 q, k, v of one layer.
+fn write_kv(path: &Path, heads: usize, tokens: usize, dim: usize, k: &[f32]) {
+    let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let other: Vec<f32> = (0..heads * tokens * dim)
+        .map(|i| (i as f32 * 0.37).sin())
+        .collect();
+    let shape = [1, heads, tokens, dim];
+    let mut header = serde_json::Map::new();
+    let mut data = Vec::new();
+    for (name, values) in [("q", &other[..]), ("k", k), ("v", &other[..])] {
+        let start = data.len();
+        data.extend_from_slice(&bytes(values));
+        header.insert(
+            name.into(),
+            serde_json::json!({ "dtype": "F32", "shape": shape, "data_offsets": [start, data.len()] }),
+        );
+    }
+    let header = serde_json::to_vec(&Value::Object(header)).unwrap();
+    let mut file = (header.len() as u64).to_le_bytes().to_vec();
+    file.extend_from_slice(&header);
+    file.extend_from_slice(&data);
+    std::fs::write(path, file).unwrap();
+}
+
+#[test]
+fn quantize_rejects_non_finite_input_naming_its_position() {
+    let dir = temp_dir("non_finite");
+    let (heads, tokens, dim) = (2, 3, 8);
+    let mut k: Vec<f32> = (0..heads * tokens * dim).map(|i| i as f32 * 0.25).collect();
+    k[(tokens + 2) * dim + 5] = f32::NAN; // head 1, token 2, channel 5
+    let kv = dir.join("nan.safetensors");
+    write_kv(&kv, heads, tokens, dim, &k);
+    let scheme = "bits = 2, axis = token, group = 4, rule = minmax";
+    for (_, backend) in BACKENDS {
+        let out = dir.join(format!("{backend}.safetensors"));
+        let run = quantize_cli(&kv, "0", scheme, backend, &out);
+        assert_clean_failure(&run, "non-finite value NaN");
+        assert_clean_failure(&run, "head 1, token 2, channel 5");
+        assert!(!out.exists());
+    }
+}
+
+/// The CLI rejects non-finite values while loading the file; the kernels' own check (`status`)
+/// is reached through the library. Every backend names the first bad element as the reference
+/// does.
+#[test]
+fn backends_report_non_finite_input_like_the_reference() {
+    let (heads, tokens, dim) = (2, 5, 8);
+    let mut data: Vec<f32> = (0..heads * tokens * dim)
+        .map(|i| (i as f32 * 0.61).cos())
+        .collect();
+    data[(tokens + 3) * dim + 6] = f32::INFINITY; // head 1, token 3, channel 6
+    data[(tokens + 4) * dim + 1] = f32::NAN;
+    let x = Tensor3::new([heads, tokens, dim], data).unwrap();
+    for name in ["calibquant_k", "kivi2_k", "tok8"] {
+        let scheme = Scheme::parse(catalogue_text(name)).unwrap();
+        // tok8's group of 64 does not divide 8 channels; use the whole row instead.
+        let scheme = if name == "tok8" {
+            Scheme {
+                group: Group::All,
+                ..scheme
+            }
+        } else {
+            scheme
+        };
+        for (backend, label) in BACKENDS {
+            let err = backend::quantize(&x, InputType::F32, &scheme, backend)
+                .expect_err("non-finite input quantized");
+            match err {
+                backend::BackendError::Quant(QuantError::NonFinite {
+                    head,
+                    token,
+                    channel,
+                    value,
+                }) => {
+                    assert_eq!((head, token, channel), (1, 3, 6), "{name} {label}");
+                    assert_eq!(value, f32::INFINITY, "{name} {label}");
+                }
+                other => panic!("{name} {label}: {other}"),
+            }
+        }
+    }
+}
