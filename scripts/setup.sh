@@ -1,33 +1,34 @@
 #!/usr/bin/env bash
 # Installs what kvq needs on a Debian 12 machine with Rust: LLVM 19 (apt) and ptxas (PyPI wheel,
-# into the project-local .venv). Idempotent; source it to get LLVM_SYS_191_PREFIX and KVQ_PTXAS.
-set -euo pipefail
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# into the project-local .venv). Idempotent. Source it to get LLVM_SYS_191_PREFIX and KVQ_PTXAS;
+# it leaves the calling shell's options as they were.
+kvq_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
-apt_packages=(llvm-19-dev libpolly-19-dev libzstd-dev zlib1g-dev libffi-dev libxml2-dev libz3-dev libncurses-dev python3-venv)
-missing=()
-for p in "${apt_packages[@]}"; do
-    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
-done
-if ((${#missing[@]})); then
-    sudo=""
-    [ "$(id -u)" -eq 0 ] || sudo="sudo"
-    echo "setup: installing ${missing[*]}" >&2
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+kvq_install() (
+    set -euo pipefail
+    apt_packages=(llvm-19-dev libpolly-19-dev libzstd-dev zlib1g-dev libffi-dev libxml2-dev libz3-dev libncurses-dev python3-venv)
+    missing=()
+    for p in "${apt_packages[@]}"; do
+        dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+    done
+    if ((${#missing[@]})); then
+        sudo=""
+        [ "$(id -u)" -eq 0 ] || sudo="sudo"
+        echo "setup: installing ${missing[*]}" >&2
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+    venv="$kvq_root/.venv"
+    if [ ! -x "$venv/bin/python" ]; then
+        python3 -m venv "$venv"
+    fi
+    if ! compgen -G "$venv/lib/python3*/site-packages/nvidia/cuda_nvcc/bin/ptxas" >/dev/null; then
+        echo "setup: installing ptxas (nvidia-cuda-nvcc-cu12==12.9.86) into .venv" >&2
+        "$venv/bin/pip" install -q --disable-pip-version-check "nvidia-cuda-nvcc-cu12==12.9.86"
+    fi
+)
+
+kvq_install || { echo "setup: failed" >&2; return 1 2>/dev/null || exit 1; }
 export LLVM_SYS_191_PREFIX=/usr/lib/llvm-19
-
-venv="$root/.venv"
-ptxas_version="12.9.86"
-if [ ! -x "$venv/bin/python" ]; then
-    python3 -m venv "$venv"
-fi
-find_ptxas() { compgen -G "$venv/lib/python3*/site-packages/nvidia/cuda_nvcc/bin/ptxas" | head -n 1 || true; }
-ptxas="$(find_ptxas)"
-if [ -z "$ptxas" ]; then
-    echo "setup: installing ptxas (nvidia-cuda-nvcc-cu12==$ptxas_version) into .venv" >&2
-    "$venv/bin/pip" install -q --disable-pip-version-check "nvidia-cuda-nvcc-cu12==$ptxas_version"
-    ptxas="$(find_ptxas)"
-fi
-export KVQ_PTXAS="$ptxas"
+KVQ_PTXAS="$(compgen -G "$kvq_root/.venv/lib/python3*/site-packages/nvidia/cuda_nvcc/bin/ptxas" | head -n 1)"
+export KVQ_PTXAS

@@ -90,7 +90,8 @@ pub fn run(args: Args) -> Result<()> {
     if ptxas.is_none() && matches!(target, Target::Ptx(_)) {
         eprintln!("note: ptxas not found (run scripts/setup.sh or set KVQ_PTXAS); register/spill report skipped");
     }
-    let mut kernels = Vec::new();
+    // Lower everything first, so a scheme that does not fit writes nothing.
+    let mut lowered = Vec::new();
     for (role, scheme) in [("key", key), ("value", value)] {
         let schedule = match target {
             Target::Host => Schedule::host_default(&scheme, shape),
@@ -100,16 +101,21 @@ pub fn run(args: Args) -> Result<()> {
             lower::quantize(&scheme, shape, &schedule).with_context(|| format!("{role} scheme"))?;
         let dequantize = lower::dequantize(&scheme, shape, &schedule)
             .with_context(|| format!("{role} scheme"))?;
-        for (kind, lowered) in [("quantize", quantize), ("dequantize", dequantize)] {
-            let entry = write_kernel(&args, target, emit, &lowered, ptxas.as_deref())?;
-            kernels.push(json!({
-                "role": format!("{role}_{kind}"),
-                "scheme": scheme.to_string(),
-                "schedule": {"block_size": schedule.block_size, "channels": schedule.channels, "vector": schedule.vector},
-                "launch": launch_json(lowered.launch),
-                "entry": entry,
-            }));
-        }
+        lowered.push((role, scheme, schedule, "quantize", quantize));
+        lowered.push((role, scheme, schedule, "dequantize", dequantize));
+    }
+    std::fs::create_dir_all(&args.output)
+        .with_context(|| format!("creating {}", args.output.display()))?;
+    let mut kernels = Vec::new();
+    for (role, scheme, schedule, kind, lowered) in &lowered {
+        let entry = write_kernel(&args, target, emit, lowered, ptxas.as_deref())?;
+        kernels.push(json!({
+            "role": format!("{role}_{kind}"),
+            "scheme": scheme.to_string(),
+            "schedule": {"block_size": schedule.block_size, "channels": schedule.channels, "vector": schedule.vector},
+            "launch": launch_json(lowered.launch),
+            "entry": entry,
+        }));
     }
     let manifest = json!({
         "kvq": env!("CARGO_PKG_VERSION"),

@@ -82,12 +82,14 @@ impl Plan {
     }
 
     fn init_locals(&self, b: &mut Builder, min: u32, max: u32, bad: u32) {
-        let inf = b.f32(f32::INFINITY);
-        let ninf = b.f32(f32::NEG_INFINITY);
-        for i in 0..self.w {
-            let idx = b.u32(i);
-            b.write_local(min, idx, inf);
-            b.write_local(max, idx, ninf);
+        if self.quantile().is_none() {
+            let inf = b.f32(f32::INFINITY);
+            let ninf = b.f32(f32::NEG_INFINITY);
+            for i in 0..self.w {
+                let idx = b.u32(i);
+                b.write_local(min, idx, inf);
+                b.write_local(max, idx, ninf);
+            }
         }
         let zero = b.u32(0);
         b.write_local(bad, zero, zero);
@@ -141,12 +143,22 @@ fn lower_all(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
     );
     let mut b = Builder::new(&name, bsz);
     let [x, codes, zero_m, scale_m, status] = quantize_params(&mut b, scheme, shape);
-    let part_min = b.shared("part_min", ScalarType::F32, bsz * p.w);
-    let part_max = b.shared("part_max", ScalarType::F32, bsz * p.w);
+    // Partial extremes per thread (not needed by the quantile rule, which selects exactly).
+    let partials = p.quantile().is_none().then(|| {
+        (
+            b.shared("part_min", ScalarType::F32, bsz * p.w),
+            b.shared("part_max", ScalarType::F32, bsz * p.w),
+        )
+    });
     let zero_s = b.shared("zero", ScalarType::F32, p.w);
     let scale_s = b.shared("scale", ScalarType::F32, p.w);
-    let min = b.local("min", ScalarType::F32, p.w);
-    let max = b.local("max", ScalarType::F32, p.w);
+    let (min, max) = match partials {
+        Some(_) => (
+            b.local("min", ScalarType::F32, p.w),
+            b.local("max", ScalarType::F32, p.w),
+        ),
+        None => (0, 0),
+    };
     let bad = b.local("bad", ScalarType::U32, 1);
     let acc = b.local("acc", ScalarType::F32, 2);
 
@@ -170,7 +182,7 @@ fn lower_all(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
         p.accumulate(b, &values, min, max, bad);
     });
     flag_non_finite(&mut b, bad, status);
-    if p.quantile().is_none() {
+    if let Some((part_min, part_max)) = partials {
         let w = b.u32(p.w);
         let slot = b.mul(tid, w);
         for i in 0..p.w {
@@ -188,8 +200,10 @@ fn lower_all(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
     let (tid, h, c0) = coords(&mut b);
     let w = b.u32(p.w);
     b.for_range(tid, w, bsz, |b, i| {
-        let (lo, hi) = match p.quantile() {
-            Some(q) => {
+        let (lo, hi) = match (p.quantile(), partials) {
+            // `partials` is None exactly when the rule is a quantile.
+            (Some(_), _) | (None, None) => {
+                let q = p.quantile().unwrap_or(0.0);
                 let tokens = b.param(abi::TOKENS);
                 let d = b.u32(shape.head_dim);
                 let ht = b.mul(h, tokens);
@@ -198,7 +212,7 @@ fn lower_all(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
                 let base = b.add(start, ch);
                 quantile_range(b, q, x, base, d, tokens)
             }
-            None => {
+            (None, Some((part_min, part_max))) => {
                 let (lo0, hi0) = (b.load(part_min, i, 1), b.load(part_max, i, 1));
                 let (z0, z1) = (b.u32(0), b.u32(1));
                 b.write_local(acc, z0, lo0);
@@ -266,8 +280,13 @@ fn lower_groups(scheme: &Scheme, shape: ShapeClass, s: &Schedule, n: u32) -> Low
     );
     let mut b = Builder::new(&name, bsz);
     let [x, codes, zero_m, scale_m, status] = quantize_params(&mut b, scheme, shape);
-    let min = b.local("min", ScalarType::F32, p.w);
-    let max = b.local("max", ScalarType::F32, p.w);
+    let (min, max) = match p.quantile() {
+        None => (
+            b.local("min", ScalarType::F32, p.w),
+            b.local("max", ScalarType::F32, p.w),
+        ),
+        Some(_) => (0, 0),
+    };
     let bad = b.local("bad", ScalarType::U32, 1);
 
     let tid = b.special(Special::ThreadId);

@@ -57,9 +57,9 @@ pub fn lower(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
         let param_row = b.mul(item, gv);
         let rbv = b.u32(row_bytes);
         let code_row = b.mul(item, rbv);
-        let load = |b: &mut Builder, c_start: u32| -> Vec<Value> {
+        let load = |b: &mut Builder, c_start: u32, count: u32| -> Vec<Value> {
             let mut out = Vec::new();
-            for j in 0..chunk / s.vector as u32 {
+            for j in 0..count / s.vector as u32 {
                 let off = b.u32(c_start + j * s.vector as u32);
                 let idx = b.add(row, off);
                 out.extend(load_f32(b, x, idx, s.vector, shape.input.scalar()));
@@ -67,9 +67,8 @@ pub fn lower(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
             out
         };
         let mut bad: Option<Value> = None;
-        for c_start in (0..d).step_by(chunk as usize) {
-            let values = load(b, c_start);
-            for &v in &values {
+        let mut note = |b: &mut Builder, values: &[Value]| {
+            for &v in values {
                 let fin = b.unary(UnaryOp::IsFinite, v);
                 let not_fin = b.unary(UnaryOp::Not, fin);
                 bad = Some(match bad {
@@ -77,34 +76,80 @@ pub fn lower(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
                     None => not_fin,
                 });
             }
+        };
+        for c_start in (0..d).step_by(chunk as usize) {
+            // Small chunks are loaded once and kept for the codes (one pass over the data);
+            // wide ones stream vector by vector and are loaded again for the codes, which
+            // bounds the live values (registers) by a few vectors.
+            let kept = (chunk <= KEEP_LOADED).then(|| load(b, c_start, chunk));
             let mut params = Vec::new();
             for g in 0..chunk / n {
-                let members = &values[(g * n) as usize..((g + 1) * n) as usize];
-                let (lo, hi) = group_range(b, scheme, x, row, c_start + g * n, n, members);
+                let g_start = c_start + g * n;
+                let (lo, hi) = match (&kept, scheme.rule) {
+                    (Some(values), rule) => {
+                        let members = &values[(g * n) as usize..((g + 1) * n) as usize];
+                        note(b, members);
+                        match rule {
+                            Rule::Quantile(p) => quantile_of(b, p.get(), x, row, g_start, n),
+                            rule => {
+                                let mn = tree(b, members, BinaryOp::Min);
+                                let mx = tree(b, members, BinaryOp::Max);
+                                range_from_extremes(b, rule, mn, mx)
+                            }
+                        }
+                    }
+                    (None, rule) => {
+                        let mut acc: Option<(Vec<Value>, Vec<Value>)> = None;
+                        for j in (0..n).step_by(s.vector as usize) {
+                            let v = load(b, g_start + j, s.vector as u32);
+                            note(b, &v);
+                            acc = Some(match acc {
+                                None => (v.clone(), v),
+                                Some((mn, mx)) => (
+                                    mn.iter().zip(&v).map(|(&a, &c)| b.min(a, c)).collect(),
+                                    mx.iter().zip(&v).map(|(&a, &c)| b.max(a, c)).collect(),
+                                ),
+                            });
+                        }
+                        match (rule, acc) {
+                            (Rule::Quantile(p), _) => quantile_of(b, p.get(), x, row, g_start, n),
+                            (rule, Some((mn, mx))) => {
+                                let mn = tree(b, &mn, BinaryOp::Min);
+                                let mx = tree(b, &mx, BinaryOp::Max);
+                                range_from_extremes(b, rule, mn, mx)
+                            }
+                            // A group has at least one vector, so `acc` is set; min and max
+                            // are quantile(0) and quantile(1) should it ever not be.
+                            (_, None) => quantile_of(b, 0.0, x, row, g_start, n),
+                        }
+                    }
+                };
                 let (z, sc) = group_params(b, scheme, lo, hi, status);
-                let gi = b.u32((c_start + g * n) / n);
+                let gi = b.u32(g_start / n);
                 let at = b.add(param_row, gi);
                 store_param(b, zero_m, at, z, scheme.params);
                 store_param(b, scale_m, at, sc, scheme.params);
                 params.push((z, sc));
             }
-            let values = if chunk <= KEEP_LOADED {
-                values
-            } else {
-                load(b, c_start)
-            };
-            for k in 0..chunk / per_byte {
-                let lane_codes: Vec<Value> = (0..per_byte)
-                    .map(|l| {
-                        let ch = k * per_byte + l;
-                        let (z, sc) = params[(ch / n) as usize];
-                        code(b, scheme, values[ch as usize], z, sc)
-                    })
-                    .collect();
-                let byte = b.pack_bits(lane_codes, scheme.bits, scheme.order);
-                let off = b.u32(c_start / per_byte + k);
-                let idx = b.add(code_row, off);
-                b.store(codes, idx, byte);
+            let unit = (s.vector as u32).max(per_byte);
+            for u in (0..chunk).step_by(unit as usize) {
+                let values = match &kept {
+                    Some(values) => values[u as usize..(u + unit) as usize].to_vec(),
+                    None => load(b, c_start + u, unit),
+                };
+                for k in 0..unit / per_byte {
+                    let lane_codes: Vec<Value> = (0..per_byte)
+                        .map(|l| {
+                            let ch = u + k * per_byte + l;
+                            let (z, sc) = params[(ch / n) as usize];
+                            code(b, scheme, values[(k * per_byte + l) as usize], z, sc)
+                        })
+                        .collect();
+                    let byte = b.pack_bits(lane_codes, scheme.bits, scheme.order);
+                    let off = b.u32((c_start + u) / per_byte + k);
+                    let idx = b.add(code_row, off);
+                    b.store(codes, idx, byte);
+                }
             }
         }
         if let Some(bad) = bad {
@@ -136,28 +181,19 @@ fn tree(b: &mut Builder, values: &[Value], op: BinaryOp) -> Value {
     level[0]
 }
 
-/// [lo, hi] of the group of `n` channels starting at `c_start` of the row at `row`.
-fn group_range(
+/// [lo, hi] of the quantile rule over the group of `n` channels starting at `c_start` of the
+/// row at `row`.
+fn quantile_of(
     b: &mut Builder,
-    scheme: &Scheme,
+    p: f64,
     x: Memory,
     row: Value,
     c_start: u32,
     n: u32,
-    members: &[Value],
 ) -> (Value, Value) {
-    match scheme.rule {
-        Rule::Quantile(p) => {
-            let off = b.u32(c_start);
-            let base = b.add(row, off);
-            let stride = b.u32(1);
-            let count = b.u32(n);
-            quantile_range(b, p.get(), x, base, stride, count)
-        }
-        rule => {
-            let mn = tree(b, members, BinaryOp::Min);
-            let mx = tree(b, members, BinaryOp::Max);
-            range_from_extremes(b, rule, mn, mx)
-        }
-    }
+    let off = b.u32(c_start);
+    let base = b.add(row, off);
+    let stride = b.u32(1);
+    let count = b.u32(n);
+    quantile_range(b, p, x, base, stride, count)
 }
