@@ -1,8 +1,14 @@
 //! `kvq-runtime`: what runs kvq's kernels and serves a cache.
 //!
-//! Today it reads K/V captures ([`kv_file`]); the visual KV cache and kernel loading come with the
-//! compiler.
+//! It reads K/V captures ([`kv_file`]) and serves the visual KV cache ([`cache`]): full-precision
+//! prefix and suffix around a quantized visual span, with post-scaled decode attention. Kernel
+//! loading comes with the compiler.
 
+pub mod cache;
 pub mod kv_file;
 
+pub use cache::{
+    CacheError, KvPart, LayerMemory, MemoryReport, ModelShape, QueryRef, ReferenceQuantizer, SeqId,
+    SpanQuantizer, VisualKvCache,
+};
 pub use kv_file::{KvFile, KvFileError, LayerKv};

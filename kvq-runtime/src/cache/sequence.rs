@@ -1,0 +1,317 @@
+//! The segments of one (layer, sequence) slot, and the cache operations that write and read them
+//! whole: prefill, append, import and export. Each operation validates everything first and
+//! changes the slot only at its end, so an error leaves the cache unchanged.
+
+use std::ops::Range;
+
+use kvq_ir::reference::PackedSpan;
+use kvq_ir::{Scheme, Tensor3};
+
+use super::segment::{FpSegment, QuantPart};
+use super::{CacheError, KvPart, SeqId, SpanQuantizer, VisualKvCache};
+
+/// One sequence: a slot per layer, `None` until that layer is prefilled or imported.
+#[derive(Debug, Clone)]
+pub(super) struct Sequence {
+    pub(super) layers: Vec<Option<LayerState>>,
+}
+
+impl Sequence {
+    pub(super) fn new(layers: usize) -> Sequence {
+        Sequence {
+            layers: vec![None; layers],
+        }
+    }
+}
+
+/// The segments of one (layer, sequence), in positional order `prefix | span | suffix`.
+/// At least one of them holds a token.
+#[derive(Debug, Clone)]
+pub(super) struct LayerState {
+    /// Full-precision tokens before the visual span (exact size).
+    pub(super) prefix: FpSegment,
+    /// The quantized visual span (keys, values), same token count; `None` for an empty range.
+    pub(super) span: Option<(QuantPart, QuantPart)>,
+    /// Full-precision tokens after the span, growing by doubling on append.
+    pub(super) suffix: FpSegment,
+}
+
+impl LayerState {
+    /// Tokens in all segments.
+    pub(super) fn tokens(&self) -> usize {
+        self.prefix.tokens()
+            + self.span.as_ref().map_or(0, |(k, _)| k.tokens())
+            + self.suffix.tokens()
+    }
+}
+
+impl<Q: SpanQuantizer> VisualKvCache<Q> {
+    /// Stores a prompt's keys and values `k`, `v` = `[kv_heads, tokens, head_dim]` for (`layer`,
+    /// `seq`): tokens before `visual` become the full-precision prefix, `visual` is quantized
+    /// with the key and value schemes, tokens after it become the full-precision suffix.
+    /// `visual` may be empty (no quantized span).
+    ///
+    /// Errors: bad layer or sequence, a slot already prefilled, shapes that disagree with the
+    /// model or with each other, a reversed or out-of-bounds `visual`, a non-finite value (its
+    /// layer, head, token and channel), or a quantizer failure.
+    pub fn prefill(
+        &mut self,
+        layer: usize,
+        seq: SeqId,
+        k: &Tensor3,
+        v: &Tensor3,
+        visual: Range<usize>,
+    ) -> Result<(), CacheError> {
+        self.vacant(layer, seq)?;
+        self.check_kv(layer, k, v)?;
+        let tokens = k.shape().tokens;
+        if visual.start > visual.end || visual.end > tokens {
+            return Err(CacheError::VisualRange {
+                start: visual.start,
+                end: visual.end,
+                tokens,
+            });
+        }
+        let span = if visual.is_empty() {
+            None
+        } else {
+            let keys = self.quantize_part(layer, KvPart::Keys, k, visual.clone())?;
+            let values = self.quantize_part(layer, KvPart::Values, v, visual.clone())?;
+            Some((keys, values))
+        };
+        let state = LayerState {
+            prefix: FpSegment::copy_of(k, v, 0..visual.start),
+            span,
+            suffix: FpSegment::copy_of(k, v, visual.end..tokens),
+        };
+        self.put(layer, seq, state)
+    }
+
+    /// Appends decode tokens `k`, `v` = `[kv_heads, n, head_dim]` to the full-precision suffix
+    /// of (`layer`, `seq`), which must be prefilled. The suffix grows by amortised doubling.
+    pub fn append(
+        &mut self,
+        layer: usize,
+        seq: SeqId,
+        k: &Tensor3,
+        v: &Tensor3,
+    ) -> Result<(), CacheError> {
+        self.state(layer, seq)?;
+        self.check_kv(layer, k, v)?;
+        let tokens = k.shape().tokens;
+        let state = self
+            .sequences
+            .get_mut(&seq)
+            .and_then(|s| s.layers.get_mut(layer))
+            .and_then(Option::as_mut)
+            .ok_or(CacheError::NotPrefilled { layer, seq })?;
+        state.suffix.extend(k, v, 0..tokens);
+        Ok(())
+    }
+
+    /// Stores an exported span (SPEC.md section 3) for (`layer`, `seq`), after an optional
+    /// full-precision prefix `(k, v)`; the suffix starts empty and grows with
+    /// [`append`](Self::append). The spans must use the cache's key and value schemes, have the
+    /// model's kv heads and head_dim, the same non-zero token count, and valid lengths and
+    /// parameters. Export followed by import is lossless.
+    pub fn import_span(
+        &mut self,
+        layer: usize,
+        seq: SeqId,
+        prefix: Option<(&Tensor3, &Tensor3)>,
+        keys: PackedSpan,
+        values: PackedSpan,
+    ) -> Result<(), CacheError> {
+        self.vacant(layer, seq)?;
+        if let Some((k, v)) = prefix {
+            self.check_kv(layer, k, v)?;
+        }
+        if keys.shape.tokens == 0 {
+            return Err(CacheError::Shape {
+                what: "key span tokens (at least)",
+                expected: 1,
+                found: 0,
+            });
+        }
+        let tokens = keys.shape.tokens;
+        let keys = self.checked_part(layer, KvPart::Keys, keys, tokens)?;
+        let values = self.checked_part(layer, KvPart::Values, values, tokens)?;
+        let (heads, dim) = (self.shape.kv_heads, self.shape.head_dim);
+        let state = LayerState {
+            prefix: match prefix {
+                Some((k, v)) => FpSegment::copy_of(k, v, 0..k.shape().tokens),
+                None => FpSegment::empty(heads, dim),
+            },
+            span: Some((keys, values)),
+            suffix: FpSegment::empty(heads, dim),
+        };
+        self.put(layer, seq, state)
+    }
+
+    /// The quantized span of (`layer`, `seq`) as (keys, values) in SPEC.md section 3's format.
+    pub fn export_span(
+        &self,
+        layer: usize,
+        seq: SeqId,
+    ) -> Result<(PackedSpan, PackedSpan), CacheError> {
+        match &self.state(layer, seq)?.span {
+            Some((k, v)) => Ok((k.to_span(), v.to_span())),
+            None => Err(CacheError::NoQuantizedSpan { layer, seq }),
+        }
+    }
+
+    /// Tokens cached for (`layer`, `seq`), 0 before prefill.
+    pub fn tokens(&self, layer: usize, seq: SeqId) -> Result<usize, CacheError> {
+        let s = self.sequence(layer, seq)?;
+        Ok(s.layers
+            .get(layer)
+            .and_then(Option::as_ref)
+            .map_or(0, LayerState::tokens))
+    }
+
+    /// Tokens the suffix of (`layer`, `seq`) holds without reallocating (its growth policy is
+    /// observable here).
+    pub fn suffix_capacity(&self, layer: usize, seq: SeqId) -> Result<usize, CacheError> {
+        Ok(self.state(layer, seq)?.suffix.capacity())
+    }
+
+    /// The prefilled slot of (`layer`, `seq`).
+    pub(super) fn state(&self, layer: usize, seq: SeqId) -> Result<&LayerState, CacheError> {
+        self.sequence(layer, seq)?
+            .layers
+            .get(layer)
+            .and_then(Option::as_ref)
+            .ok_or(CacheError::NotPrefilled { layer, seq })
+    }
+
+    /// Checks that (`layer`, `seq`) exists and is not yet written.
+    fn vacant(&self, layer: usize, seq: SeqId) -> Result<(), CacheError> {
+        match self.sequence(layer, seq)?.layers.get(layer) {
+            Some(None) => Ok(()),
+            Some(Some(_)) => Err(CacheError::AlreadyPrefilled { layer, seq }),
+            None => Err(CacheError::LayerOutOfRange {
+                layer,
+                layers: self.shape.layers,
+            }),
+        }
+    }
+
+    /// Writes a validated slot (checked vacant by the caller).
+    fn put(&mut self, layer: usize, seq: SeqId, state: LayerState) -> Result<(), CacheError> {
+        let slot = self
+            .sequences
+            .get_mut(&seq)
+            .and_then(|s| s.layers.get_mut(layer))
+            .ok_or(CacheError::UnknownSequence { seq })?;
+        *slot = Some(state);
+        Ok(())
+    }
+
+    /// Checks that `k` and `v` are `[kv_heads, n, head_dim]` with the same n, and finite.
+    fn check_kv(&self, layer: usize, k: &Tensor3, v: &Tensor3) -> Result<(), CacheError> {
+        let (ks, vs) = (k.shape(), v.shape());
+        let checks = [
+            ("key heads", self.shape.kv_heads, ks.heads),
+            ("key head_dim", self.shape.head_dim, ks.dim),
+            ("value heads", self.shape.kv_heads, vs.heads),
+            ("value head_dim", self.shape.head_dim, vs.dim),
+            ("value tokens", ks.tokens, vs.tokens),
+        ];
+        for (what, expected, found) in checks {
+            if expected != found {
+                return Err(CacheError::Shape {
+                    what,
+                    expected,
+                    found,
+                });
+            }
+        }
+        for (part, x) in [(KvPart::Keys, k), (KvPart::Values, v)] {
+            if let Some(([head, token, channel], value)) = x.first_non_finite() {
+                return Err(CacheError::NonFinite {
+                    layer,
+                    part,
+                    head,
+                    token,
+                    channel,
+                    value,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Quantizes tokens `range` (non-empty, within `x`) of `x` with the `part` scheme.
+    fn quantize_part(
+        &self,
+        layer: usize,
+        part: KvPart,
+        x: &Tensor3,
+        range: Range<usize>,
+    ) -> Result<QuantPart, CacheError> {
+        let quant = |source| CacheError::Quant {
+            layer,
+            part,
+            source,
+        };
+        let tokens = range.len();
+        let slice = x.slice_tokens(range).map_err(|e| quant(e.into()))?;
+        let span = self
+            .quantizer
+            .quantize(&slice, self.part_scheme(part))
+            .map_err(quant)?;
+        self.checked_part(layer, part, span, tokens)
+    }
+
+    /// Validates a span against the cache (scheme, heads, head_dim, `tokens`) and stores it.
+    fn checked_part(
+        &self,
+        layer: usize,
+        part: KvPart,
+        span: PackedSpan,
+        tokens: usize,
+    ) -> Result<QuantPart, CacheError> {
+        let expected = *self.part_scheme(part);
+        if span.scheme != expected {
+            return Err(CacheError::SchemeMismatch {
+                part,
+                expected,
+                found: span.scheme,
+            });
+        }
+        let (heads_what, dim_what, tokens_what) = match part {
+            KvPart::Keys => ("key span heads", "key span head_dim", "key span tokens"),
+            KvPart::Values => (
+                "value span heads",
+                "value span head_dim",
+                "value span tokens",
+            ),
+        };
+        let checks = [
+            (heads_what, self.shape.kv_heads, span.shape.heads),
+            (dim_what, self.shape.head_dim, span.shape.dim),
+            (tokens_what, tokens, span.shape.tokens),
+        ];
+        for (what, expected, found) in checks {
+            if expected != found {
+                return Err(CacheError::Shape {
+                    what,
+                    expected,
+                    found,
+                });
+            }
+        }
+        QuantPart::from_span(span).map_err(|source| CacheError::Quant {
+            layer,
+            part,
+            source,
+        })
+    }
+
+    fn part_scheme(&self, part: KvPart) -> &Scheme {
+        match part {
+            KvPart::Keys => &self.scheme.key,
+            KvPart::Values => &self.scheme.value,
+        }
+    }
+}
