@@ -539,3 +539,47 @@ fn backends_report_non_finite_input_like_the_reference() {
         }
     }
 }
+
+#[test]
+fn kvq_dump_writes_ir_llvm_and_ptx_of_every_kernel() {
+    let dir = std::env::temp_dir().join(format!("kvq-dump-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out_dir = dir.join("out");
+    let dump = dir.join("dump");
+    let out = Command::new(env!("CARGO_BIN_EXE_kvq"))
+        .args([
+            "compile",
+            "--key",
+            catalogue_text("calibquant_k"),
+            "--value",
+            catalogue_text("kivi2_v"),
+            "--target",
+            "sm_80",
+            "--head-dim",
+            "64",
+            "-o",
+            out_dir.to_str().unwrap(),
+        ])
+        .env("KVQ_DUMP", &dump)
+        .env_remove("KVQ_CACHE")
+        .output()
+        .unwrap();
+    assert_success(&out);
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("manifest.json")).unwrap())
+            .unwrap();
+    for k in manifest["kernels"].as_array().unwrap() {
+        let name = k["entry"]["name"].as_str().unwrap();
+        for ext in ["kvqir", "sm_80.ll", "sm_80.ptx"] {
+            let path = dump.join(format!("{name}.{ext}"));
+            let text = std::fs::read_to_string(&path)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert!(
+                text.contains(name),
+                "{} does not name its kernel",
+                path.display()
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
