@@ -1,0 +1,133 @@
+//! The crate's one error type.
+
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+use crate::signature::Mismatch;
+
+/// Everything that can go wrong loading a bundle or launching one of its kernels.
+#[derive(Debug, Error)]
+pub enum CudaError {
+    /// `libcuda.so` could not be opened: this is not a GPU machine.
+    #[error("no CUDA driver found (libcuda.so); kvq-cuda needs an NVIDIA GPU machine")]
+    NoDriver,
+    /// A bundle file could not be read.
+    #[error("reading {path}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `manifest.json` is not valid JSON or not in the format `kvq compile` writes.
+    #[error("corrupt manifest {path}")]
+    Manifest {
+        /// The manifest file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The manifest describes kernels that are not PTX (e.g. `--emit llvm` or `--target host`).
+    #[error("bundle {path} holds {emit} for target {target}, not PTX")]
+    NotPtx {
+        /// The manifest file.
+        path: PathBuf,
+        /// The manifest's `emit`.
+        emit: String,
+        /// The manifest's `target`.
+        target: String,
+    },
+    /// Two kernels of a bundle share a name.
+    #[error("bundle {path} names kernel {kernel} twice")]
+    DuplicateKernel {
+        /// The manifest file.
+        path: PathBuf,
+        /// The repeated name.
+        kernel: String,
+    },
+    /// No kernel of that name in the bundle.
+    #[error("kernel {kernel} is not in bundle {dir}")]
+    UnknownKernel {
+        /// The requested name.
+        kernel: String,
+        /// The bundle directory.
+        dir: PathBuf,
+    },
+    /// A launch passes the wrong number of arguments.
+    #[error("kernel {kernel}: {got} arguments given, its signature has {expected}")]
+    ArgCount {
+        /// The kernel.
+        kernel: String,
+        /// Parameters in the signature.
+        expected: usize,
+        /// Arguments given.
+        got: usize,
+    },
+    /// One argument does not fit its parameter.
+    #[error("kernel {kernel}: argument {index} ({param}): {mismatch}")]
+    Arg {
+        /// The kernel.
+        kernel: String,
+        /// Position of the argument.
+        index: usize,
+        /// Name of the parameter.
+        param: String,
+        /// What is wrong.
+        mismatch: Mismatch,
+    },
+    /// The launch rule gives a grid the driver cannot launch (or an empty one).
+    #[error(
+        "kernel {kernel}: {blocks} blocks for {heads} heads x {tokens} tokens is out of range"
+    )]
+    Grid {
+        /// The kernel.
+        kernel: String,
+        /// Blocks the rule asks for.
+        blocks: u64,
+        /// Heads.
+        heads: u32,
+        /// Tokens.
+        tokens: u32,
+    },
+    /// A launch's heads/tokens scalar parameter is missing from the kernel's signature.
+    #[error(
+        "kernel {kernel}: no u32 scalar parameter named {name}, so its grid cannot be derived"
+    )]
+    MissingSize {
+        /// The kernel.
+        kernel: String,
+        /// `heads` or `tokens`.
+        name: &'static str,
+    },
+    /// A download asked for a different element type than the buffer holds.
+    #[error("downloading a buffer of {got} as {expected}")]
+    Download {
+        /// The type asked for.
+        expected: crate::signature::Elem,
+        /// The buffer's.
+        got: crate::signature::Elem,
+    },
+    /// A driver call failed outside any kernel (context, allocation, copy).
+    #[error("cuda driver: {op} failed")]
+    Driver {
+        /// What was being done.
+        op: &'static str,
+        /// The driver's error.
+        #[source]
+        source: cudarc::driver::DriverError,
+    },
+    /// A driver call failed for one kernel (module load, launch, timing).
+    #[error("kernel {kernel}: {op} failed")]
+    Kernel {
+        /// The kernel.
+        kernel: String,
+        /// What was being done.
+        op: &'static str,
+        /// The driver's error.
+        #[source]
+        source: cudarc::driver::DriverError,
+    },
+}

@@ -1,0 +1,24 @@
+//! Loads the PTX bundles that `kvq compile --target sm_XX` writes and launches their kernels with
+//! the CUDA driver API (through cudarc, loaded dynamically).
+//!
+//! This crate depends on nothing else of kvq and never links LLVM or CUDA at build time, so its
+//! binary (`kvq-gpu-check`) can be copied to a bare GPU machine. Everything it knows about a kernel
+//! comes from the bundle's `manifest.json`:
+//!
+//! - [`Bundle::load`] reads the manifest and every PTX file it names;
+//! - [`KernelSignature`] is a kernel's parameter list, and [`check`] validates a launch's
+//!   arguments against it (count, kind, element type, access) before the one `unsafe` launch;
+//! - [`LaunchRule::grid`] gives the number of blocks (the formulas of `kvq_ir::lower::Launch`);
+//! - [`CudaRuntime`] owns the context and stream, uploads and downloads buffers and launches.
+//!
+//! Without a driver, [`CudaRuntime::new`] returns [`CudaError::NoDriver`]; it never panics.
+
+mod error;
+mod manifest;
+mod runtime;
+mod signature;
+
+pub use error::CudaError;
+pub use manifest::{Bundle, KernelEntry, LaunchRule, Manifest, Role};
+pub use runtime::{CudaRuntime, DeviceBuffer, DeviceElem, Kernel, LaunchArg};
+pub use signature::{check, Access, ArgDesc, Elem, KernelSignature, Mismatch, ParamSpec};

@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# GPU bit-exactness and timing check of kvq's PTX quantize kernels, in two halves:
+#
+#   scripts/gpu-check.sh prepare   (here, on the build machine: needs Rust, LLVM 19, ptxas)
+#     1. builds kvq-gpu-check (kvq-cuda: no LLVM, ~1 MB) and kvq, both --release;
+#     2. compiles a bundle per catalogue pair with
+#          kvq compile --key K --value V --target sm_90 --head-dim 64 --input f16 -o BUNDLE
+#        (head_dim 64 is the captures'; f16 input is fed straight from the captures);
+#     3. for every quantize kernel x capture x layer, writes the host backend's result with
+#          kvq quantize --kv CAPTURE --tensor k|v --layer L --scheme S --backend host -o EXPECTED
+#        (safetensors: codes u8, zero/scale as f32 values of the stored parameters);
+#     4. writes target/gpu-work/run.sh, which runs kvq-gpu-check over all of it, and prints the
+#        device command.
+#   Everything lands in target/gpu-work/ (under target/, so git ignores it); it is self-contained:
+#     kvq-gpu-check, bundles/<pair>/{manifest.json,*.ptx}, data/*.safetensors (the captures),
+#     expected/<kernel>.<capture>.L<layer>.safetensors, cases.txt, run.sh.
+#
+#   On the GPU machine (no Rust, no LLVM, no network), from the repository root:
+#     bash target/gpu-work/run.sh            # nvidia-smi; ldd --version; kvq-gpu-check ... --out $OUT
+#   kvq-gpu-check compares codes, zero and scale bit for bit (f32 expectations converted to the
+#   kernel's parameter type), checks status == 0, times each kernel (CUDA events, median of
+#   --runs launches) and writes results.md and log.txt to $OUT (default target/gpu-work/out).
+#   It exits non-zero on any mismatch, and with "no CUDA driver found" where there is no GPU.
+#
+#   scripts/gpu-check.sh command   prints the device command again.
+#   scripts/gpu-check.sh local     runs run.sh here (no GPU: expect the NoDriver error, exit 1).
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+work=target/gpu-work
+
+# name | key scheme | value scheme (kvq-ir/src/scheme/catalogue.rs); the two schemes of a pair
+# differ so their kernels get distinct names.
+pairs=(
+    "calibquant|bits = 1, axis = channel, group = all, rule = shrink(0.5)|bits = 1, axis = channel, group = all, rule = shrink(0.3)"
+    "kivi2|bits = 2, axis = channel, group = 32, rule = minmax|bits = 2, axis = token, group = 32, rule = minmax"
+    "quantile1_tok4|bits = 1, axis = channel, group = all, rule = quantile(0.2)|bits = 4, axis = token, group = all, rule = minmax, params = f32"
+    "kivi2lsb_tok8|bits = 2, axis = channel, group = 32, rule = minmax, params = f32, order = lsb|bits = 8, axis = token, group = 64, rule = minmax"
+    "calibmid_kivi2v|bits = 1, axis = channel, group = all, rule = shrink(0.5, center = mid), order = lsb|bits = 2, axis = token, group = 32, rule = minmax"
+)
+# capture file | layers to check (indices within the file)
+captures=(
+    "dinov2s_astronaut_qkv_f16|0 2"
+    "smollm2_zen_qkv_f16|0 3"
+)
+
+print_command() {
+    cat <<MSG
+
+== On the GPU machine ==
+Device tool call (the work dir is under target/, so it must be carried):
+  run(command="bash target/gpu-work/run.sh", carry=["target/gpu-work"], timeout_s=300)
+which runs, from the repository root:
+  nvidia-smi; ldd --version; ./kvq-gpu-check \$(bundles) \$(cases) --runs 50 --out "\$OUT"
+Results: \$OUT/results.md (markdown table) and \$OUT/log.txt; exit status non-zero on any mismatch.
+Note: kvq-gpu-check needs glibc >= $(objdump -T "$work/kvq-gpu-check" 2>/dev/null | grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -n 1 | sed 's/GLIBC_//' || echo '?') and a driver that accepts the PTX ISA version in the bundles.
+MSG
+}
+
+prepare() {
+    # shellcheck source=scripts/setup.sh
+    source scripts/setup.sh
+    cargo build --release -p kvq-cuda --bin kvq-gpu-check
+    cargo build --release --bin kvq
+    rm -rf "$work"
+    mkdir -p "$work/bundles" "$work/expected" "$work/data"
+    cp target/release/kvq-gpu-check "$work/"
+    local kvq=target/release/kvq check="$work/kvq-gpu-check"
+    local bundle_args=() cases=()
+    for c in "${captures[@]}"; do
+        cp "tests/data/${c%%|*}.safetensors" "$work/data/"
+    done
+    for p in "${pairs[@]}"; do
+        IFS='|' read -r name key value <<<"$p"
+        local bundle="$work/bundles/$name"
+        "$kvq" compile --key "$key" --value "$value" --target sm_90 --head-dim 64 --input f16 -o "$bundle"
+        bundle_args+=(--bundle "bundles/$name")
+        # name <TAB> role <TAB> scheme, for each quantize kernel
+        while IFS=$'\t' read -r kernel role scheme; do
+            local tensor=k
+            [ "$role" = value_quantize ] && tensor=v
+            for c in "${captures[@]}"; do
+                local cap="${c%%|*}" layers="${c#*|}"
+                for layer in $layers; do
+                    local expected="expected/$kernel.$cap.L$layer.safetensors"
+                    "$kvq" quantize --kv "$work/data/$cap.safetensors" --tensor "$tensor" --layer "$layer" \
+                        --scheme "$scheme" --backend host -o "$work/$expected"
+                    cases+=("data/$cap.safetensors,$tensor,$layer,$expected,$kernel")
+                done
+            done
+        done < <("$check" --bundle "$bundle" --list)
+    done
+    printf '%s\n' "${cases[@]}" >"$work/cases.txt"
+    {
+        echo '#!/usr/bin/env bash'
+        echo '# Written by scripts/gpu-check.sh prepare. Runs kvq-gpu-check over the prepared cases.'
+        echo 'set -uo pipefail'
+        echo 'out="${OUT:-$(pwd)/target/gpu-work/out}"'
+        echo 'cd "$(dirname "${BASH_SOURCE[0]}")"'
+        echo 'nvidia-smi || echo "nvidia-smi: not available"'
+        echo 'ldd --version | head -n 1'
+        printf './kvq-gpu-check'
+        printf ' %q' "${bundle_args[@]}"
+        for c in "${cases[@]}"; do printf ' --case %q' "$c"; done
+        echo ' --runs "${RUNS:-50}" --out "$out"'
+    } >"$work/run.sh"
+    chmod +x "$work/run.sh"
+    echo "prepared ${#cases[@]} cases in $work ($(du -sh "$work" | cut -f1))"
+    print_command
+}
+
+case "${1:-prepare}" in
+prepare) prepare ;;
+command) print_command ;;
+local) bash "$work/run.sh" ;;
+*)
+    echo "usage: $0 [prepare|command|local]" >&2
+    exit 2
+    ;;
+esac
