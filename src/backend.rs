@@ -135,7 +135,19 @@ pub fn quantize(
         Backend::Host => run_host,
     };
     reference::quantize::check_shape(scheme, x.shape())?;
-    let lowered = lower::quantize(scheme, shape, &default_schedule(backend, scheme, shape))?;
+    // Host kernels use the committed tuning table when it has this scheme and shape bucket for
+    // this machine; everything else uses the default schedule (the output is the same).
+    let schedule = match backend {
+        Backend::Host => crate::tune::schedule_for(
+            crate::tune::default_table(),
+            scheme,
+            shape,
+            x.shape().heads,
+            x.shape().tokens,
+        ),
+        _ => default_schedule(backend, scheme, shape),
+    };
+    let lowered = lower::quantize(scheme, shape, &schedule)?;
     Ok(quantize_with(&lowered, scheme, x, input, run)?)
 }
 

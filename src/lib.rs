@@ -19,6 +19,7 @@
 
 pub mod backend;
 pub mod eval;
+pub mod tune;
 
 pub use kvq_ir::metrics;
 pub use kvq_ir::reference;

@@ -3,6 +3,7 @@
 mod compile;
 mod eval;
 mod quantize;
+mod tune;
 
 use clap::{Parser, Subcommand};
 
@@ -22,6 +23,8 @@ enum Command {
     Compile(compile::Args),
     /// Quantize one layer's K or V of a capture and write codes and parameters (SPEC.md section 3).
     Quantize(quantize::Args),
+    /// Time every host quantize schedule of a scheme and record the fastest in a tuning table.
+    Tune(tune::Args),
 }
 
 /// Runs the parsed command line.
@@ -30,5 +33,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eval(args) => eval::run(args),
         Command::Compile(args) => compile::run(args),
         Command::Quantize(args) => quantize::run(args),
+        Command::Tune(args) => tune::run(args),
     }
 }

@@ -8,3 +8,4 @@ mod fixtures;
 mod properties;
 mod reference_figures;
 mod snapshots;
+mod tune;

@@ -1,0 +1,99 @@
+//! The tuned host quantize schedule against the default one, timed in the same run, on an
+//! `[8, 16384, 128]` f16 span of one scheme. The tuned schedule comes from the committed table
+//! (`tuning/host.json`, or `$KVQ_TUNING`); without an entry for this CPU it is tuned here first.
+//! Prints the tuned kernel's time as a multiple of the default's.
+
+mod common;
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use half::f16;
+use kvq::reference::quantize::{param_shape, row_bytes};
+use kvq::tune;
+use kvq_codegen::host::{BufferMut, BufferRef, HostArg};
+use kvq_ir::ir::verify;
+use kvq_ir::lower::{self, InputType, Schedule, ShapeClass};
+use kvq_ir::{ParamType, Scheme, Shape3};
+
+const GROUP: &str = "tune_quantize_8x16384x128_f16";
+const SHAPE: [usize; 3] = [8, 16384, 128];
+const SCHEME: &str = "bits = 1, axis = channel, group = all, rule = shrink(0.5)";
+
+/// K-like f16 data: per-channel offsets plus noise.
+fn span() -> Vec<f16> {
+    let n: usize = SHAPE.iter().product();
+    let mut s = 0x2545F4914F6CDD1Du64;
+    (0..n)
+        .map(|i| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            let noise = (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+            f16::from_f32(noise + ((i % SHAPE[2]) as f32 * 0.37).sin())
+        })
+        .collect()
+}
+
+fn bench(c: &mut Criterion) {
+    let scheme = Scheme::parse(SCHEME).unwrap();
+    let class = ShapeClass {
+        head_dim: SHAPE[2] as u32,
+        input: InputType::F16,
+    };
+    let default = Schedule::host_default(&scheme, class);
+    let mut tuned = tune::schedule_for(tune::default_table(), &scheme, class, SHAPE[0], SHAPE[1]);
+    if tuned == default {
+        tuned = tune::tune(&scheme, class, SHAPE[0], SHAPE[1], 5)
+            .unwrap()
+            .best;
+    }
+    println!("{GROUP}: default {default:?}, tuned {tuned:?}");
+
+    let x = span();
+    let shape3 = Shape3 {
+        heads: SHAPE[0],
+        tokens: SHAPE[1],
+        dim: SHAPE[2],
+    };
+    let mut group = c.benchmark_group(GROUP);
+    group.sample_size(10);
+    group.throughput(Throughput::Bytes((x.len() * 2) as u64));
+    for (id, schedule) in [("default", default), ("tuned", tuned)] {
+        let lowered = lower::quantize(&scheme, class, &schedule).unwrap();
+        let info = verify(&lowered.kernel).unwrap();
+        let kernel = kvq_codegen::host::compile_with(&lowered.kernel, &info, None).unwrap();
+        let grid = lowered
+            .launch
+            .grid(SHAPE[0] as u32, SHAPE[1] as u32, lowered.kernel.block_size)
+            as u32;
+        let mut codes = vec![0u8; SHAPE[0] * SHAPE[1] * row_bytes(&scheme, SHAPE[2])];
+        let n_params: usize = param_shape(&scheme, shape3).iter().product();
+        let (mut zh, mut sh) = (vec![f16::ZERO; n_params], vec![f16::ZERO; n_params]);
+        let (mut zf, mut sf) = (vec![0f32; n_params], vec![0f32; n_params]);
+        let mut status = vec![0u32; 1];
+        group.bench_function(id, |b| {
+            b.iter(|| {
+                let (zero, scale) = match scheme.params {
+                    ParamType::F16 => (BufferMut::F16(&mut zh), BufferMut::F16(&mut sh)),
+                    ParamType::F32 => (BufferMut::F32(&mut zf), BufferMut::F32(&mut sf)),
+                };
+                let mut args = [
+                    HostArg::ReadOnly(BufferRef::F16(black_box(&x))),
+                    HostArg::Buffer(BufferMut::U8(&mut codes)),
+                    HostArg::Buffer(zero),
+                    HostArg::Buffer(scale),
+                    HostArg::Buffer(BufferMut::U32(&mut status)),
+                    HostArg::U32(SHAPE[0] as u32),
+                    HostArg::U32(SHAPE[1] as u32),
+                ];
+                // SAFETY: the buffers have the lengths the lowered kernel addresses for this
+                // shape (SPEC.md section 3 layouts), and `grid` is its launch rule's.
+                unsafe { kernel.launch(&mut args, grid) }.unwrap();
+            })
+        });
+    }
+    group.finish();
+    common::print_ratios(GROUP, "default", &["tuned"]);
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,267 @@
+//! `kvq::tune`: the search space, the table file (round trip, stale and corrupt files fall back
+//! to the default schedule), and that a tuned schedule never changes the bits a span quantizes
+//! to.
+
+use std::path::PathBuf;
+
+use kvq::backend::{host_kernel, BackendError};
+use kvq::tune::{
+    self, candidate_checksum, candidates, schedule_for, ShapeBucket, TuningKey, TuningTable,
+};
+use kvq::{Scheme, Tensor3};
+use kvq_codegen::host::{BufferMut, HostArg};
+use kvq_ir::ir::interp::{Arg, Buffer};
+use kvq_ir::ir::Kernel;
+use kvq_ir::lower::io::quantize_with;
+use kvq_ir::lower::{self, InputType, Schedule, ShapeClass};
+use kvq_ir::reference::PackedSpan;
+use kvq_ir::scheme::catalogue::catalogue;
+
+const SHAPE: ShapeClass = ShapeClass {
+    head_dim: 128,
+    input: InputType::F16,
+};
+
+fn kivi2_k() -> Scheme {
+    Scheme::parse("bits = 2, axis = channel, group = 32, rule = minmax").unwrap()
+}
+
+fn temp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("kvq-tune-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+/// A candidate other than the default, so a table hit is observable.
+fn other_candidate(scheme: &Scheme, shape: ShapeClass) -> Schedule {
+    let default = Schedule::host_default(scheme, shape);
+    *candidates(scheme, shape)
+        .iter()
+        .find(|&&s| s != default)
+        .expect("more than one candidate")
+}
+
+#[test]
+fn candidates_pass_check_and_include_the_default() {
+    for (name, scheme) in catalogue() {
+        for head_dim in [32, 64, 128] {
+            let shape = ShapeClass {
+                head_dim,
+                input: InputType::F16,
+            };
+            let list = candidates(&scheme, shape);
+            assert!(!list.is_empty(), "{name}");
+            for s in &list {
+                assert_eq!(s.check(&scheme, shape), Ok(()), "{name} {s:?}");
+                assert_eq!(s.block_size, 1);
+            }
+            assert!(list.contains(&Schedule::host_default(&scheme, shape)));
+            assert_eq!(list, candidates(&scheme, shape), "deterministic order");
+        }
+    }
+    // 1-bit channel columns of 8..=128 that divide 128, each with the vectors dividing them.
+    let calib = Scheme::parse("bits = 1, axis = channel, group = all, rule = minmax").unwrap();
+    assert_eq!(candidates(&calib, SHAPE).len(), 2 + 3 + 3 + 3 + 3);
+}
+
+#[test]
+fn checksum_is_stable_and_tracks_the_list() {
+    let list = candidates(&kivi2_k(), SHAPE);
+    let sum = candidate_checksum(&list);
+    assert_eq!(sum, candidate_checksum(&candidates(&kivi2_k(), SHAPE)));
+    assert_eq!(sum, candidate_checksum(&list.clone()));
+    assert_ne!(sum, candidate_checksum(&list[1..]));
+    let mut reversed = list.clone();
+    reversed.reverse();
+    assert_ne!(sum, candidate_checksum(&reversed));
+    let mut changed = list.clone();
+    changed[0].vector = 2;
+    assert_ne!(sum, candidate_checksum(&changed));
+}
+
+#[test]
+fn tokens_bucket_to_powers_of_two() {
+    assert_eq!(ShapeBucket::new(8, 4096).tokens_bucket, 4096);
+    assert_eq!(ShapeBucket::new(8, 4097).tokens_bucket, 8192);
+    assert_eq!(ShapeBucket::new(8, 16000).tokens_bucket, 16384);
+    assert_eq!(ShapeBucket::new(8, 65536).tokens_bucket, 65536);
+    assert_eq!(ShapeBucket::new(3, 1).heads, 3);
+    assert_eq!(
+        TuningKey::quantize(&kivi2_k(), SHAPE, 8, 10000),
+        TuningKey::quantize(&kivi2_k(), SHAPE, 8, 16384)
+    );
+    assert_ne!(
+        TuningKey::quantize(&kivi2_k(), SHAPE, 8, 16384),
+        TuningKey::quantize(&kivi2_k(), SHAPE, 4, 16384)
+    );
+}
+
+#[test]
+fn table_round_trips_and_hits() {
+    let scheme = kivi2_k();
+    let tuned = other_candidate(&scheme, SHAPE);
+    let key = TuningKey::quantize(&scheme, SHAPE, 8, 16384);
+    let mut table = TuningTable::new();
+    table.insert(key.clone(), tuned, 1234.5);
+    let path = temp("round_trip.json");
+    table.save(&path).unwrap();
+    let back = TuningTable::load(&path).unwrap();
+    assert_eq!(back, table);
+    assert_eq!(back.lookup(&key), Some(tuned));
+    assert_eq!(back.median_ns(&key), Some(1234.5));
+    // Any token count of the same bucket hits; another bucket or no table gets the default.
+    assert_eq!(schedule_for(Some(&back), &scheme, SHAPE, 8, 9000), tuned);
+    let default = Schedule::host_default(&scheme, SHAPE);
+    assert_eq!(schedule_for(Some(&back), &scheme, SHAPE, 8, 70000), default);
+    assert_eq!(schedule_for(None, &scheme, SHAPE, 8, 16384), default);
+    // Saving leaves no temporary files beside the table.
+    let dir = path.parent().unwrap();
+    assert!(std::fs::read_dir(dir).unwrap().all(|e| !e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .starts_with(".tmp")));
+}
+
+#[test]
+fn stale_table_falls_back_to_the_default() {
+    let scheme = kivi2_k();
+    let mut key = TuningKey::quantize(&scheme, SHAPE, 8, 16384);
+    key.candidates_checksum = candidate_checksum(&candidates(&scheme, SHAPE)[1..]);
+    let mut table = TuningTable::new();
+    table.insert(key.clone(), other_candidate(&scheme, SHAPE), 1.0);
+    assert_eq!(
+        schedule_for(Some(&table), &scheme, SHAPE, 8, 16384),
+        Schedule::host_default(&scheme, SHAPE)
+    );
+    // A fresh result replaces the stale one.
+    let fresh = TuningKey::quantize(&scheme, SHAPE, 8, 16384);
+    table.insert(fresh.clone(), Schedule::host_default(&scheme, SHAPE), 1.0);
+    assert_eq!(table.len(), 1);
+    assert_eq!(table.lookup(&key), None);
+}
+
+#[test]
+fn invalid_entry_falls_back_to_the_default() {
+    let scheme = kivi2_k();
+    let mut table = TuningTable::new();
+    let bad = Schedule {
+        block_size: 1,
+        channels: 24,
+        vector: 8,
+    };
+    table.insert(TuningKey::quantize(&scheme, SHAPE, 8, 16384), bad, 1.0);
+    assert_eq!(
+        schedule_for(Some(&table), &scheme, SHAPE, 8, 16384),
+        Schedule::host_default(&scheme, SHAPE)
+    );
+}
+
+#[test]
+fn corrupt_files_are_errors_not_panics() {
+    for (name, text) in [
+        ("garbage.json", "{ this is not json"),
+        ("wrong_shape.json", r#"{"version": 1, "entries": 3}"#),
+        ("future.json", r#"{"version": 99, "entries": []}"#),
+        ("no_version.json", r#"{"entries": []}"#),
+    ] {
+        let path = temp(name);
+        std::fs::write(&path, text).unwrap();
+        let err = TuningTable::load(&path).unwrap_err();
+        assert!(err.to_string().contains("corrupt"), "{name}: {err}");
+    }
+    assert!(TuningTable::load(&temp("missing.json")).is_err());
+}
+
+#[test]
+fn corrupt_or_missing_tables_load_as_none() {
+    let path = temp("runtime_garbage.json");
+    std::fs::write(&path, "garbage").unwrap();
+    assert!(tune::load_table_at(&path).is_none());
+    assert!(tune::load_table_at(&temp("does_not_exist.json")).is_none());
+    // Without a table the runtime gets the default schedule.
+    let scheme = kivi2_k();
+    let table = tune::load_table_at(&path);
+    assert_eq!(
+        schedule_for(table.as_ref(), &scheme, SHAPE, 8, 16384),
+        Schedule::host_default(&scheme, SHAPE)
+    );
+    if std::env::var_os("KVQ_TUNING").is_none() {
+        assert!(tune::default_table_path().ends_with("tuning/host.json"));
+    }
+}
+
+/// Runs a lowered kernel as host code over `kvq_ir::lower::io`'s buffers.
+fn run_host(kernel: &Kernel, args: &mut [Arg], grid: u32) -> Result<(), BackendError> {
+    let compiled = host_kernel(kernel)?;
+    let mut host_args: Vec<HostArg<'_>> = args
+        .iter_mut()
+        .map(|a| match a {
+            Arg::Buffer(Buffer::U8(v)) => HostArg::Buffer(BufferMut::U8(v)),
+            Arg::Buffer(Buffer::U32(v)) => HostArg::Buffer(BufferMut::U32(v)),
+            Arg::Buffer(Buffer::F16(v)) => HostArg::Buffer(BufferMut::F16(v)),
+            Arg::Buffer(Buffer::BF16(v)) => HostArg::Buffer(BufferMut::BF16(v)),
+            Arg::Buffer(Buffer::F32(v)) => HostArg::Buffer(BufferMut::F32(v)),
+            Arg::Buffer(Buffer::F64(v)) => HostArg::Buffer(BufferMut::F64(v)),
+            Arg::U32(x) => HostArg::U32(*x),
+            Arg::F32(x) => HostArg::F32(*x),
+        })
+        .collect();
+    // SAFETY: `quantize_with` allocated `args` for this lowered kernel and span shape, and
+    // `grid` is the kernel's launch rule for that shape.
+    unsafe { compiled.launch(&mut host_args, grid)? };
+    Ok(())
+}
+
+fn quantize_host(scheme: &Scheme, schedule: &Schedule, x: &Tensor3) -> PackedSpan {
+    let shape = ShapeClass {
+        head_dim: x.shape().dim as u32,
+        input: InputType::F16,
+    };
+    let lowered = lower::quantize(scheme, shape, schedule).unwrap();
+    quantize_with(&lowered, scheme, x, InputType::F16, run_host).unwrap()
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+#[test]
+fn tuned_schedules_give_the_default_bits() {
+    let dims = [2, 77, 64];
+    let n = dims.iter().product::<usize>();
+    let data = (0..n)
+        .map(|i| ((i * 7919 % 1013) as f32 / 97.0).sin() + (i % 64) as f32 * 0.05)
+        .collect();
+    let x = Tensor3::new(dims, data).unwrap();
+    let shape = ShapeClass {
+        head_dim: 64,
+        input: InputType::F16,
+    };
+    for (name, scheme) in catalogue() {
+        let mut table = TuningTable::new();
+        let tuned = *candidates(&scheme, shape).last().unwrap();
+        table.insert(TuningKey::quantize(&scheme, shape, 2, 77), tuned, 1.0);
+        let chosen = schedule_for(Some(&table), &scheme, shape, 2, 77);
+        assert_eq!(chosen, tuned, "{name}");
+        let want = quantize_host(&scheme, &Schedule::host_default(&scheme, shape), &x);
+        let got = quantize_host(&scheme, &chosen, &x);
+        assert_eq!(got.codes, want.codes, "{name} {chosen:?}");
+        assert_eq!(bits(&got.zero), bits(&want.zero), "{name} {chosen:?}");
+        assert_eq!(bits(&got.scale), bits(&want.scale), "{name} {chosen:?}");
+    }
+}
+
+#[test]
+fn tune_picks_a_candidate_on_a_tiny_shape() {
+    let scheme = kivi2_k();
+    let shape = ShapeClass {
+        head_dim: 32,
+        input: InputType::F16,
+    };
+    let result = tune::tune(&scheme, shape, 1, 64, 1).unwrap();
+    let list = candidates(&scheme, shape);
+    assert!(list.contains(&result.best));
+    assert_eq!(result.timings.iter().map(|t| t.0).collect::<Vec<_>>(), list);
+    assert!(result.timings.iter().all(|t| t.1 > 0.0));
+}
