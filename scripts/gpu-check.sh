@@ -2,7 +2,7 @@
 # GPU bit-exactness and timing check of kvq's PTX quantize kernels, in two halves:
 #
 #   scripts/gpu-check.sh prepare   (here, on the build machine: needs Rust, LLVM 19, ptxas)
-#     1. builds kvq-gpu-check (kvq-cuda: no LLVM, ~1 MB) and kvq, both --release;
+#     1. builds kvq-gpu-check (kvq-runtime with the cuda feature: no LLVM, ~1 MB) and kvq, both --release;
 #     2. compiles a bundle per catalogue pair with
 #          kvq compile --key K --value V --target sm_90 --head-dim 64 --input f16 -o BUNDLE
 #        (head_dim 64 is the captures'; f16 input is fed straight from the captures);
@@ -60,7 +60,7 @@ MSG
 prepare() {
     # shellcheck source=scripts/setup.sh
     source scripts/setup.sh
-    cargo build --release -p kvq-cuda --bin kvq-gpu-check
+    cargo build --release -p kvq-runtime --bin kvq-gpu-check
     cargo build --release --bin kvq
     rm -rf "$work"
     mkdir -p "$work/bundles" "$work/expected" "$work/data"

@@ -1,8 +1,8 @@
 //! Loads the PTX bundles that `kvq compile --target sm_XX` writes and launches their kernels with
 //! the CUDA driver API (through cudarc, loaded dynamically).
 //!
-//! This crate depends on nothing else of kvq and never links LLVM or CUDA at build time, so its
-//! binary (`kvq-gpu-check`) can be copied to a bare GPU machine. Everything it knows about a kernel
+//! This module never links LLVM or CUDA at build time (cudarc opens libcuda.so when it runs),
+//! so the `kvq-gpu-check` binary can be copied to a bare GPU machine. Everything it knows about a kernel
 //! comes from the bundle's `manifest.json`:
 //!
 //! - [`Bundle::load`] reads the manifest and every PTX file it names;

@@ -4,7 +4,7 @@ use std::fmt;
 
 use serde::Deserialize;
 
-use crate::error::CudaError;
+use crate::cuda::error::CudaError;
 
 /// Element type of a buffer or scalar parameter, as the manifest spells it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]

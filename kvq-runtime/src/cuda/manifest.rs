@@ -5,10 +5,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::error::CudaError;
-use crate::signature::{KernelSignature, ParamSpec};
+use crate::cuda::error::CudaError;
+use crate::cuda::signature::{KernelSignature, ParamSpec};
 
-/// The whole manifest. Fields kvq-cuda does not use (`schedule`, `ptxas`, the launch rule's
+/// The whole manifest. Fields the CUDA backend does not use (`schedule`, `ptxas`, the launch rule's
 /// `blocks` text) are ignored.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Manifest {
@@ -199,7 +199,7 @@ fn read(path: &Path) -> Result<String, CudaError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::signature::{Access, Elem};
+    use crate::cuda::signature::{Access, Elem};
 
     /// A manifest in exactly the shape `src/cli/compile.rs` writes (trimmed to two kernels).
     const MANIFEST: &str = r#"{

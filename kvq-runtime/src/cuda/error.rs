@@ -4,13 +4,15 @@ use std::path::PathBuf;
 
 use thiserror::Error;
 
-use crate::signature::Mismatch;
+use crate::cuda::signature::Mismatch;
 
 /// Everything that can go wrong loading a bundle or launching one of its kernels.
 #[derive(Debug, Error)]
 pub enum CudaError {
     /// `libcuda.so` could not be opened: this is not a GPU machine.
-    #[error("no CUDA driver found (libcuda.so); kvq-cuda needs an NVIDIA GPU machine")]
+    #[error(
+        "no CUDA driver found (libcuda.so); kvq-runtime's CUDA backend needs an NVIDIA GPU machine"
+    )]
     NoDriver,
     /// A bundle file could not be read.
     #[error("reading {path}")]
@@ -106,9 +108,9 @@ pub enum CudaError {
     #[error("downloading a buffer of {got} as {expected}")]
     Download {
         /// The type asked for.
-        expected: crate::signature::Elem,
+        expected: crate::cuda::signature::Elem,
         /// The buffer's.
-        got: crate::signature::Elem,
+        got: crate::cuda::signature::Elem,
     },
     /// A driver call failed outside any kernel (context, allocation, copy).
     #[error("cuda driver: {op} failed")]

@@ -10,9 +10,9 @@ use cudarc::driver::{
 use cudarc::nvrtc::Ptx;
 use half::{bf16, f16};
 
-use crate::error::CudaError;
-use crate::manifest::{Bundle, LaunchRule, Role};
-use crate::signature::{check, ArgDesc, Elem, KernelSignature, ParamSpec};
+use crate::cuda::error::CudaError;
+use crate::cuda::manifest::{Bundle, LaunchRule, Role};
+use crate::cuda::signature::{check, ArgDesc, Elem, KernelSignature, ParamSpec};
 
 /// Device memory of one of the element types kernels take.
 #[derive(Debug)]
@@ -374,7 +374,7 @@ mod tests {
                 assert!(!present);
                 assert_eq!(
                     CudaError::NoDriver.to_string(),
-                    "no CUDA driver found (libcuda.so); kvq-cuda needs an NVIDIA GPU machine"
+                    "no CUDA driver found (libcuda.so); kvq-runtime's CUDA backend needs an NVIDIA GPU machine"
                 );
             }
             // On a GPU machine this test only asks that nothing panicked.

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
 use half::{bf16, f16};
-use kvq_cuda::{Bundle, CudaRuntime, DeviceBuffer, Elem, Kernel, LaunchArg, ParamSpec};
+use kvq_runtime::cuda::{Bundle, CudaRuntime, DeviceBuffer, Elem, Kernel, LaunchArg, ParamSpec};
 use safetensors::{Dtype, SafeTensors};
 
 const HELP: &str = "\
