@@ -81,11 +81,9 @@ pub fn host_kernel(kernel: &Kernel) -> Result<Arc<HostKernel>, BackendError> {
     Ok(compiled)
 }
 
-/// Runs `kernel` as generated host code over the interpreter's argument buffers.
-fn run_host(kernel: &Kernel, args: &mut [Arg], grid: u32) -> Result<(), BackendError> {
-    let compiled = host_kernel(kernel)?;
-    let mut host_args: Vec<HostArg<'_>> = args
-        .iter_mut()
+/// Host launch arguments borrowing the interpreter's owned argument buffers.
+pub fn host_args(args: &mut [Arg]) -> Vec<HostArg<'_>> {
+    args.iter_mut()
         .map(|a| match a {
             Arg::Buffer(Buffer::U8(v)) => HostArg::Buffer(BufferMut::U8(v)),
             Arg::Buffer(Buffer::U32(v)) => HostArg::Buffer(BufferMut::U32(v)),
@@ -96,7 +94,14 @@ fn run_host(kernel: &Kernel, args: &mut [Arg], grid: u32) -> Result<(), BackendE
             Arg::U32(x) => HostArg::U32(*x),
             Arg::F32(x) => HostArg::F32(*x),
         })
-        .collect();
+        .collect()
+}
+
+/// Runs a lowered kernel as generated host code over the buffers that `kvq_ir::lower::io`
+/// allocated for it (the function to pass to `quantize_with` / `dequantize_with`).
+pub fn run_host(kernel: &Kernel, args: &mut [Arg], grid: u32) -> Result<(), BackendError> {
+    let compiled = host_kernel(kernel)?;
+    let mut host_args = host_args(args);
     // SAFETY: `args` were allocated by `kvq_ir::lower::io` for this lowered kernel and span
     // shape, and `grid` comes from the same kernel's launch rule: every index the kernel forms
     // is within its buffer.

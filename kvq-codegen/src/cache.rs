@@ -132,8 +132,9 @@ impl CompileCache {
     }
 }
 
-/// Writes `bytes` to a unique temporary file in `dir`, syncs it and renames it to `path`.
-fn write_atomic(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// Writes `bytes` to a unique temporary file in `dir` (on the same file system as `path`),
+/// syncs it and renames it to `path`, so readers see the old file or the whole new one.
+pub fn write_atomic(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
     let tmp = dir.join(format!(".tmp-{}-{n}", std::process::id()));
     let result = (|| {

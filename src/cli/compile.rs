@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use super::Input;
 use anyhow::{bail, Context, Result};
 use kvq::Scheme;
 use kvq_codegen::{ptxas, Arch, Target};
@@ -26,13 +27,6 @@ enum Emit {
     Ir,
     /// Optimized LLVM IR.
     Llvm,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum Input {
-    F16,
-    Bf16,
-    F32,
 }
 
 #[derive(Debug, clap::Args)]
@@ -75,11 +69,7 @@ pub fn run(args: Args) -> Result<()> {
     if target == Target::Host && emit == Emit::Ptx {
         bail!("--emit ptx needs a GPU target (sm_80 or sm_90)");
     }
-    let input = match args.input {
-        Input::F16 => InputType::F16,
-        Input::Bf16 => InputType::BF16,
-        Input::F32 => InputType::F32,
-    };
+    let input = InputType::from(args.input);
     let shape = ShapeClass {
         head_dim: args.head_dim,
         input,

@@ -6,6 +6,25 @@ mod quantize;
 mod tune;
 
 use clap::{Parser, Subcommand};
+use kvq_ir::lower::InputType;
+
+/// The element type of the K/V a kernel reads, as the command line spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Input {
+    F16,
+    Bf16,
+    F32,
+}
+
+impl From<Input> for InputType {
+    fn from(input: Input) -> InputType {
+        match input {
+            Input::F16 => InputType::F16,
+            Input::Bf16 => InputType::BF16,
+            Input::F32 => InputType::F32,
+        }
+    }
+}
 
 /// kvq: low-bit KV-cache schemes for multimodal LLMs.
 #[derive(Debug, Parser)]

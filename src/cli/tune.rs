@@ -4,18 +4,12 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::Input;
 use anyhow::{bail, Context, Result};
 use kvq::tune::{self, TuningKey, TuningTable};
 use kvq::Scheme;
 use kvq_ir::lower::{InputType, Schedule, ShapeClass};
 use kvq_ir::scheme::catalogue::CATALOGUE;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum Input {
-    F16,
-    Bf16,
-    F32,
-}
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -69,11 +63,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     let shape = ShapeClass {
         head_dim: args.head_dim,
-        input: match args.input {
-            Input::F16 => InputType::F16,
-            Input::Bf16 => InputType::BF16,
-            Input::F32 => InputType::F32,
-        },
+        input: InputType::from(args.input),
     };
     let budget = Duration::try_from_secs_f64(args.budget_s).context("--budget-s")?;
     let mut table = if args.table.exists() {

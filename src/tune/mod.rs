@@ -40,12 +40,11 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use kvq_codegen::host::{BufferMut, HostArg, HostKernel};
+use kvq_codegen::host::HostKernel;
 use kvq_ir::ir::interp::{Arg, Buffer};
 use kvq_ir::lower::io::input_buffer;
 use kvq_ir::lower::{self, LowerError, Schedule, ShapeClass};

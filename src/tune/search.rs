@@ -59,19 +59,7 @@ fn param_buffer(scheme: &Scheme, len: usize) -> Buffer {
 
 /// Launches `kernel` over `args` (allocated by [`tune`] for its shape).
 fn launch(kernel: &HostKernel, args: &mut [Arg], grid: u32) -> Result<(), BackendError> {
-    let mut host_args: Vec<HostArg<'_>> = args
-        .iter_mut()
-        .map(|a| match a {
-            Arg::Buffer(Buffer::U8(v)) => HostArg::Buffer(BufferMut::U8(v)),
-            Arg::Buffer(Buffer::U32(v)) => HostArg::Buffer(BufferMut::U32(v)),
-            Arg::Buffer(Buffer::F16(v)) => HostArg::Buffer(BufferMut::F16(v)),
-            Arg::Buffer(Buffer::BF16(v)) => HostArg::Buffer(BufferMut::BF16(v)),
-            Arg::Buffer(Buffer::F32(v)) => HostArg::Buffer(BufferMut::F32(v)),
-            Arg::Buffer(Buffer::F64(v)) => HostArg::Buffer(BufferMut::F64(v)),
-            Arg::U32(x) => HostArg::U32(*x),
-            Arg::F32(x) => HostArg::F32(*x),
-        })
-        .collect();
+    let mut host_args = crate::backend::host_args(args);
     // SAFETY: `args` hold the input, codes, parameter and status buffers in the lengths SPEC.md
     // section 3 gives for this scheme and span shape (as `kvq_ir::lower::io` allocates them),
     // and `grid` is the lowered kernel's own launch rule for that shape.

@@ -119,24 +119,12 @@ impl TuningTable {
 /// Writes `bytes` to a unique temporary file beside `path`, syncs it and renames it to `path`
 /// (the pattern of `kvq_codegen::cache`).
 fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
     fs::create_dir_all(&dir)?;
-    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = dir.join(format!(".tmp-tune-{}-{n}", std::process::id()));
-    let result = (|| {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+    kvq_codegen::cache::write_atomic(&dir, path, bytes)
 }
 
 /// The schedule the host quantize kernel of `scheme` should use for a `heads` x `tokens` span:

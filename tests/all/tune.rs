@@ -4,14 +4,11 @@
 
 use std::path::PathBuf;
 
-use kvq::backend::{host_kernel, BackendError};
+use kvq::backend::run_host;
 use kvq::tune::{
     self, candidate_checksum, candidates, schedule_for, ShapeBucket, TuningKey, TuningTable,
 };
 use kvq::{Scheme, Tensor3};
-use kvq_codegen::host::{BufferMut, HostArg};
-use kvq_ir::ir::interp::{Arg, Buffer};
-use kvq_ir::ir::Kernel;
 use kvq_ir::lower::io::quantize_with;
 use kvq_ir::lower::{self, InputType, Schedule, ShapeClass};
 use kvq_ir::reference::PackedSpan;
@@ -189,28 +186,6 @@ fn corrupt_or_missing_tables_load_as_none() {
     if std::env::var_os("KVQ_TUNING").is_none() {
         assert!(tune::default_table_path().ends_with("tuning/host.json"));
     }
-}
-
-/// Runs a lowered kernel as host code over `kvq_ir::lower::io`'s buffers.
-fn run_host(kernel: &Kernel, args: &mut [Arg], grid: u32) -> Result<(), BackendError> {
-    let compiled = host_kernel(kernel)?;
-    let mut host_args: Vec<HostArg<'_>> = args
-        .iter_mut()
-        .map(|a| match a {
-            Arg::Buffer(Buffer::U8(v)) => HostArg::Buffer(BufferMut::U8(v)),
-            Arg::Buffer(Buffer::U32(v)) => HostArg::Buffer(BufferMut::U32(v)),
-            Arg::Buffer(Buffer::F16(v)) => HostArg::Buffer(BufferMut::F16(v)),
-            Arg::Buffer(Buffer::BF16(v)) => HostArg::Buffer(BufferMut::BF16(v)),
-            Arg::Buffer(Buffer::F32(v)) => HostArg::Buffer(BufferMut::F32(v)),
-            Arg::Buffer(Buffer::F64(v)) => HostArg::Buffer(BufferMut::F64(v)),
-            Arg::U32(x) => HostArg::U32(*x),
-            Arg::F32(x) => HostArg::F32(*x),
-        })
-        .collect();
-    // SAFETY: `quantize_with` allocated `args` for this lowered kernel and span shape, and
-    // `grid` is the kernel's launch rule for that shape.
-    unsafe { compiled.launch(&mut host_args, grid)? };
-    Ok(())
 }
 
 fn quantize_host(scheme: &Scheme, schedule: &Schedule, x: &Tensor3) -> PackedSpan {
