@@ -77,49 +77,64 @@ fn bench(c: &mut Criterion) {
     });
 
     let shape3 = tensor.shape();
+    let mut ids = vec!["reference_calibquant_k".to_string()];
     for (id, text) in SCHEMES {
         let scheme = Scheme::parse(text).unwrap();
         let class = ShapeClass {
             head_dim: SHAPE[2] as u32,
             input: InputType::F16,
         };
-        let lowered =
-            lower::quantize(&scheme, class, &Schedule::host_default(&scheme, class)).unwrap();
-        let info = verify(&lowered.kernel).unwrap();
-        let kernel = kvq_codegen::host::compile_with(&lowered.kernel, &info, None).unwrap();
-        let grid = lowered
-            .launch
-            .grid(SHAPE[0] as u32, SHAPE[1] as u32, lowered.kernel.block_size)
-            as u32;
-        let mut codes = vec![0u8; SHAPE[0] * SHAPE[1] * row_bytes(&scheme, SHAPE[2])];
-        let n_params: usize = param_shape(&scheme, shape3).iter().product();
-        let (mut zh, mut sh) = (vec![f16::ZERO; n_params], vec![f16::ZERO; n_params]);
-        let (mut zf, mut sf) = (vec![0f32; n_params], vec![0f32; n_params]);
-        let mut status = vec![0u32; 1];
-        group.bench_function(id, |b| {
-            b.iter(|| {
-                let (zero, scale) = match scheme.params {
-                    ParamType::F16 => (BufferMut::F16(&mut zh), BufferMut::F16(&mut sh)),
-                    ParamType::F32 => (BufferMut::F32(&mut zf), BufferMut::F32(&mut sf)),
-                };
-                let mut args = [
-                    HostArg::ReadOnly(BufferRef::F16(&x)),
-                    HostArg::Buffer(BufferMut::U8(&mut codes)),
-                    HostArg::Buffer(zero),
-                    HostArg::Buffer(scale),
-                    HostArg::Buffer(BufferMut::U32(&mut status)),
-                    HostArg::U32(SHAPE[0] as u32),
-                    HostArg::U32(SHAPE[1] as u32),
-                ];
-                // SAFETY: the buffers have the lengths the lowered kernel addresses for this
-                // shape (SPEC.md section 3 layouts), and `grid` is its launch rule's.
-                unsafe { kernel.launch(&mut args, grid) }.unwrap();
-            })
-        });
+        let default = Schedule::host_default(&scheme, class);
+        let tuned = kvq::tune::schedule_for(
+            kvq::tune::default_table(),
+            &scheme,
+            class,
+            SHAPE[0],
+            SHAPE[1],
+        );
+        let mut variants = vec![(id.to_string(), default)];
+        if tuned != default {
+            variants.push((format!("{id}_tuned"), tuned));
+        }
+        for (bench_id, schedule) in variants {
+            ids.push(bench_id.clone());
+            let lowered = lower::quantize(&scheme, class, &schedule).unwrap();
+            let info = verify(&lowered.kernel).unwrap();
+            let kernel = kvq_codegen::host::compile_with(&lowered.kernel, &info, None).unwrap();
+            let grid =
+                lowered
+                    .launch
+                    .grid(SHAPE[0] as u32, SHAPE[1] as u32, lowered.kernel.block_size)
+                    as u32;
+            let mut codes = vec![0u8; SHAPE[0] * SHAPE[1] * row_bytes(&scheme, SHAPE[2])];
+            let n_params: usize = param_shape(&scheme, shape3).iter().product();
+            let (mut zh, mut sh) = (vec![f16::ZERO; n_params], vec![f16::ZERO; n_params]);
+            let (mut zf, mut sf) = (vec![0f32; n_params], vec![0f32; n_params]);
+            let mut status = vec![0u32; 1];
+            group.bench_function(bench_id.as_str(), |b| {
+                b.iter(|| {
+                    let (zero, scale) = match scheme.params {
+                        ParamType::F16 => (BufferMut::F16(&mut zh), BufferMut::F16(&mut sh)),
+                        ParamType::F32 => (BufferMut::F32(&mut zf), BufferMut::F32(&mut sf)),
+                    };
+                    let mut args = [
+                        HostArg::ReadOnly(BufferRef::F16(&x)),
+                        HostArg::Buffer(BufferMut::U8(&mut codes)),
+                        HostArg::Buffer(zero),
+                        HostArg::Buffer(scale),
+                        HostArg::Buffer(BufferMut::U32(&mut status)),
+                        HostArg::U32(SHAPE[0] as u32),
+                        HostArg::U32(SHAPE[1] as u32),
+                    ];
+                    // SAFETY: the buffers have the lengths the lowered kernel addresses for this
+                    // shape (SPEC.md section 3 layouts), and `grid` is its launch rule's.
+                    unsafe { kernel.launch(&mut args, grid) }.unwrap();
+                })
+            });
+        }
     }
     group.finish();
-    let mut ids = vec!["reference_calibquant_k"];
-    ids.extend(SCHEMES.iter().map(|s| s.0));
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
     common::print_bandwidth_fractions(GROUP, "copy", &ids);
 }
 
