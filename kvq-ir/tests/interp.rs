@@ -530,6 +530,39 @@ fn float_to_float_conversions_round_to_nearest_even() {
 }
 
 #[test]
+fn bitcast_reinterprets_f32_and_u32_bits() {
+    let mut b = Builder::new("bits", 1);
+    let out = b.buffer("out", U32, Access::Write);
+    let back = b.buffer("back", F32, Access::Write);
+    let values = [-0.0f32, 1.0, -2.5, f32::MAX];
+    for (i, v) in values.iter().enumerate() {
+        let x = b.f32(*v);
+        let bits = b.bitcast(U32, x);
+        let at = b.u32(i as u32);
+        b.store(out, at, bits);
+        let again = b.bitcast(F32, bits);
+        b.store(back, at, again);
+    }
+    let k = b.finish();
+    let mut args = [
+        Arg::Buffer(Buffer::U32(vec![0; 4])),
+        Arg::Buffer(Buffer::F32(vec![0.0; 4])),
+    ];
+    run(&k, &mut args, 1).unwrap();
+    let want: Vec<u32> = values.iter().map(|v| v.to_bits()).collect();
+    assert_eq!(args[0].buffer().unwrap().as_u32().unwrap(), want.as_slice());
+    let got: Vec<u32> = args[1]
+        .buffer()
+        .unwrap()
+        .as_f32()
+        .unwrap()
+        .iter()
+        .map(|v| v.to_bits())
+        .collect();
+    assert_eq!(got, want);
+}
+
+#[test]
 fn integer_conversions() {
     // u32 -> f32 rounds to nearest even; -> f16 too (2049 is a tie between 2048 and 2050).
     let input = vec![16_777_217, 16_777_219, u32::MAX, 7];
@@ -1343,7 +1376,7 @@ mod fuzz {
     fn operands(op: &mut Op) -> Vec<&mut Value> {
         match op {
             Op::Const(_) | Op::ScalarParam(_) | Op::Special(_) | Op::Barrier => vec![],
-            Op::Unary(_, a) | Op::Convert(_, a) | Op::Extract(a, _) => vec![a],
+            Op::Unary(_, a) | Op::Convert(_, a) | Op::Bitcast(_, a) | Op::Extract(a, _) => vec![a],
             Op::Binary(_, a, b) | Op::Cmp(_, a, b) => vec![a, b],
             Op::Select {
                 cond,
@@ -1474,7 +1507,7 @@ mod fuzz {
             Op::Unary(UnaryOp::IsFinite, _) | Op::Cmp(..) => scalar(Bool),
             Op::Unary(_, a) | Op::Binary(_, a, _) => of(*a),
             Op::Select { if_true, .. } => of(*if_true),
-            Op::Convert(t, _) => scalar(*t),
+            Op::Convert(t, _) | Op::Bitcast(t, _) => scalar(*t),
             Op::Load { mem, lanes, .. } => match lanes {
                 1 => scalar(mem_elem(mem)),
                 n => Some(Type::Vector(mem_elem(mem), *n)),

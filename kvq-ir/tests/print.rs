@@ -153,6 +153,7 @@ fn permuted(k: &Kernel, order: &[usize]) -> Kernel {
                 if_false: m(if_false),
             },
             Op::Convert(t, a) => Op::Convert(*t, m(a)),
+            Op::Bitcast(t, a) => Op::Bitcast(*t, m(a)),
             Op::Load { mem, index, lanes } => Op::Load {
                 mem: *mem,
                 index: m(index),

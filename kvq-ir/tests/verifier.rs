@@ -827,6 +827,28 @@ fn inv6_invalid_conversions() {
 }
 
 #[test]
+fn inv6_bitcast_only_between_f32_and_u32() {
+    let mut b = Builder::new("k", 1);
+    let f = b.f32(1.5);
+    let u = b.u32(7);
+    let h = b.u8(1);
+    let _ok = [b.bitcast(U32, f), b.bitcast(F32, u)];
+    let to_u8 = b.bitcast(U8, f);
+    let from_u8 = b.bitcast(F32, h);
+    let same = b.bitcast(F32, f);
+    let k = b.finish();
+    let conv = |from, to| FindingKind::InvalidConversion { from, to };
+    assert_findings(
+        &k,
+        &[
+            (Some(to_u8), conv(sc(F32), U8)),
+            (Some(from_u8), conv(sc(U8), F32)),
+            (Some(same), conv(sc(F32), F32)),
+        ],
+    );
+}
+
+#[test]
 fn inv6_extract_needs_a_vector() {
     let mut b = Builder::new("k", 1);
     let u = b.u32(1);

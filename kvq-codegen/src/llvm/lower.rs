@@ -18,7 +18,7 @@ use inkwell::module::Module;
 use inkwell::types::{BasicType, BasicTypeEnum};
 use inkwell::values::{BasicValueEnum, FunctionValue, IntValue, PointerValue};
 use inkwell::IntPredicate;
-use kvq_ir::ir::{Block, Kernel, KernelInfo, Op, Special, Type, Value};
+use kvq_ir::ir::{Block, Kernel, KernelInfo, Op, ScalarType, Special, Type, Value};
 
 use super::memory::allocate;
 
@@ -229,6 +229,13 @@ impl<'a, 'ctx> Lower<'a, 'ctx> {
                 "select",
             )?),
             Op::Convert(to, a) => Some(self.convert(*to, self.val(*a)?, self.ty(*a)?)?),
+            Op::Bitcast(to, a) => {
+                let target = match to {
+                    ScalarType::U32 => self.ctx.i32_type().as_basic_type_enum(),
+                    _ => self.ctx.f32_type().as_basic_type_enum(),
+                };
+                Some(self.b.build_bit_cast(self.val(*a)?, target, "bits")?)
+            }
             Op::Load { mem, index, lanes } => {
                 let (ptr, elem) = self.element(*mem, self.int(*index)?)?;
                 Some(self.load(ptr, elem, *lanes)?)

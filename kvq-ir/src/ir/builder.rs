@@ -215,6 +215,11 @@ impl Builder {
         self.scalar(Op::Convert(to, a), to)
     }
 
+    /// The bits of `a` reinterpreted as `to` (F32 <-> U32).
+    pub fn bitcast(&mut self, to: ScalarType, a: Value) -> Value {
+        self.scalar(Op::Bitcast(to, a), to)
+    }
+
     /// Loads `lanes` elements.
     pub fn load(&mut self, mem: Memory, index: Value, lanes: u8) -> Value {
         let elem = self.elem_of(mem);

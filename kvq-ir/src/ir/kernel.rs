@@ -282,6 +282,9 @@ pub enum Op {
     /// float rounds to nearest even; float to integer truncates toward zero (the operand must be
     /// in range); integer to integer zero-extends or truncates; Bool to integer gives 0 or 1.
     Convert(ScalarType, Value),
+    /// Reinterprets the bits of a scalar as another scalar type of the same size: F32 to U32
+    /// and back (used to order floats by their bits, e.g. for exact selections).
+    Bitcast(ScalarType, Value),
     /// Loads `lanes` consecutive elements starting at element `index` (a vector when lanes > 1).
     Load {
         /// Where.

@@ -537,6 +537,7 @@ pub(crate) fn op_text(kernel: &Kernel, names: &Names, op: &Op) -> String {
             if_false,
         } => format!("select {}, {}, {}", v(cond), v(if_true), v(if_false)),
         Op::Convert(t, a) => format!("convert.{} {}", t.name(), v(a)),
+        Op::Bitcast(t, a) => format!("bitcast.{} {}", t.name(), v(a)),
         Op::Load { mem, index, lanes } => {
             let elem = memory_elem(kernel, *mem).map_or("?", ScalarType::name);
             let lanes = if *lanes == 1 {

@@ -45,6 +45,7 @@
 //!    Floor/IsFinite on a float, Not on bool or an integer. Cmp: operands of one type; Eq/Ne on
 //!    any scalar, Lt/Le/Gt/Ge on an integer or float. Select: a bool condition, arms of one
 //!    scalar type. Convert: between integer and float types, or from bool to an integer.
+//!    Bitcast: f32 to u32 or u32 to f32.
 //!    Indices (Load/Store index, ReadLocal/WriteLocal index, SelectRank base/stride/count/rank,
 //!    Loop start/end) are u32. Extract: a vector operand and `lane < lanes`. Vector: 2 to 16
 //!    scalars of one type. PackBits: exactly `8 / bits` u8 codes. UnpackBits: a u8 byte and
@@ -966,6 +967,19 @@ impl<'k> Checker<'k> {
                 let tf = self.operand_of(h, *if_false, C::Scalar);
                 self.same(h, (*if_true, tt), (*if_false, tf));
                 tt.map(Some)
+            }
+            Op::Bitcast(to, a) => {
+                if let Some(from) = self.operand(h, *a) {
+                    let ok = matches!(
+                        (from, *to),
+                        (Type::Scalar(ScalarType::F32), ScalarType::U32)
+                            | (Type::Scalar(ScalarType::U32), ScalarType::F32)
+                    );
+                    if !ok {
+                        self.push(Some(h), FindingKind::InvalidConversion { from, to: *to });
+                    }
+                }
+                scalar(*to)
             }
             Op::Convert(to, a) => {
                 if let Some(from) = self.operand(h, *a) {

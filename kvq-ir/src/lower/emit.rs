@@ -1,7 +1,7 @@
 //! Emission helpers shared by the quantize and dequantize lowerings: the spec's formulas
 //! (SPEC.md section 2) written as IR, one f32 operation at a time in the spec's order.
 
-use crate::ir::{Access, Builder, CmpOp, Memory, ScalarType, UnaryOp, Value};
+use crate::ir::{Access, BinaryOp, Builder, CmpOp, Memory, ScalarType, UnaryOp, Value};
 use crate::scheme::{Center, ParamType, Rule, Scheme};
 
 use super::{quantize_abi as abi, ShapeClass};
@@ -245,4 +245,83 @@ pub fn flag_non_finite(b: &mut Builder, bad: u32, status: Memory) {
     let zero = b.u32(0);
     let set = b.cmp(CmpOp::Ne, v, zero);
     flag(b, status, set, STATUS_NON_FINITE);
+}
+
+/// The f32 whose order-preserving key (`bits ^ (sign ? 0xFFFF_FFFF : 0x8000_0000)`, which
+/// compares as the floats do, -0 just below +0) is `key`.
+fn from_order_key(b: &mut Builder, key: Value) -> Value {
+    let shift = b.u32(31);
+    let high = b.binary(BinaryOp::Shr, key, shift);
+    let zero = b.u32(0);
+    let positive = b.cmp(CmpOp::Ne, high, zero);
+    let mask = b.u32(0x7FFF_FFFF);
+    let lowered = b.binary(BinaryOp::And, key, mask);
+    let flipped = b.unary(UnaryOp::Not, key);
+    let bits = b.select(positive, lowered, flipped);
+    b.bitcast(ScalarType::F32, bits)
+}
+
+/// The smallest finite f32 whose [`code`] under (zero, scale) is at least `level`, or +inf when
+/// none is. Since the code is a monotone step function of x (IEEE subtraction, division by a
+/// positive scale, rounding and clamping are all monotone), `code(x) = #{k : x >= t_k}` for the
+/// thresholds t_1..t_L, which turns the per-element division into comparisons with exactly the
+/// same result. Found by a 32-step bisection over the order keys of the finite floats, with the
+/// U32 local `state` (2 elements) holding the bracket.
+pub fn code_threshold(
+    b: &mut Builder,
+    scheme: &Scheme,
+    zero: Value,
+    scale: Value,
+    level: u8,
+    state: u32,
+) -> Value {
+    let (lo_i, hi_i) = (b.u32(0), b.u32(1));
+    let lo_key = b.u32(0x0080_0000); // order key of -f32::MAX
+    let hi_key = b.u32(0xFF7F_FFFF); // order key of f32::MAX
+    b.write_local(state, lo_i, lo_key);
+    b.write_local(state, hi_i, hi_key);
+    let (first, steps) = (b.u32(0), b.u32(32));
+    b.for_range(first, steps, 1, |b, _| {
+        let (lo_i, hi_i) = (b.u32(0), b.u32(1));
+        let lo = b.read_local(state, lo_i);
+        let hi = b.read_local(state, hi_i);
+        let gap = b.sub(hi, lo);
+        let one = b.u32(1);
+        let half = b.binary(BinaryOp::Shr, gap, one);
+        let mid = b.add(lo, half);
+        let x = from_order_key(b, mid);
+        let c = code(b, scheme, x, zero, scale);
+        let lv = b.u8(level);
+        let reached = b.cmp(CmpOp::Ge, c, lv);
+        let new_hi = b.select(reached, mid, hi);
+        let new_lo = b.select(reached, lo, mid);
+        b.write_local(state, hi_i, new_hi);
+        b.write_local(state, lo_i, new_lo);
+    });
+    let hi_i = b.u32(1);
+    let hi = b.read_local(state, hi_i);
+    let t = from_order_key(b, hi);
+    let max = b.f32(f32::MAX);
+    let top = code(b, scheme, max, zero, scale);
+    let lv = b.u8(level);
+    let reachable = b.cmp(CmpOp::Ge, top, lv);
+    let inf = b.f32(f32::INFINITY);
+    b.select(reachable, t, inf)
+}
+
+/// The code of `x` from its group's thresholds (see [`code_threshold`]); a non-finite `x`
+/// (already flagged) codes as 0, as in [`code`].
+pub fn code_from_thresholds(b: &mut Builder, x: Value, zero: Value, thresholds: &[Value]) -> Value {
+    let finite = b.unary(UnaryOp::IsFinite, x);
+    let x = b.select(finite, x, zero);
+    let mut total: Option<Value> = None;
+    for &t in thresholds {
+        let above = b.cmp(CmpOp::Ge, x, t);
+        let one = b.convert(ScalarType::U8, above);
+        total = Some(match total {
+            Some(s) => b.add(s, one),
+            None => one,
+        });
+    }
+    total.unwrap_or_else(|| b.u8(0))
 }

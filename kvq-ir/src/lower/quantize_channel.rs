@@ -4,8 +4,8 @@ use crate::ir::{Builder, CmpOp, Memory, ScalarType, Special, Value};
 use crate::scheme::{Group, Rule, Scheme};
 
 use super::emit::{
-    code, flag_non_finite, group_params, load_f32, note_non_finite, quantile_range,
-    quantize_params, range_from_extremes, store_param,
+    code, code_from_thresholds, code_threshold, flag_non_finite, group_params, load_f32,
+    note_non_finite, quantile_range, quantize_params, range_from_extremes, store_param,
 };
 use super::{quantize_abi as abi, scheme_tag, Launch, Lowered, Schedule, ShapeClass};
 
@@ -95,8 +95,7 @@ impl Plan {
         b.write_local(bad, zero, zero);
     }
 
-    /// Codes one row of `w` channels with per-channel parameters and stores its bytes.
-    #[allow(clippy::too_many_arguments)]
+    /// Codes one row of `w` channels, one [`Coder`] per channel, and stores its bytes.
     fn code_row(
         &self,
         b: &mut Builder,
@@ -104,7 +103,7 @@ impl Plan {
         h: Value,
         t: Value,
         c0: Value,
-        params: &[(Value, Value)],
+        coders: &[Coder],
     ) {
         let values = self.load_row(b, x, h, t, c0);
         let tokens = b.param(abi::TOKENS);
@@ -119,8 +118,14 @@ impl Plan {
             let lane_codes: Vec<Value> = (0..self.per_byte)
                 .map(|l| {
                     let ch = (k * self.per_byte + l) as usize;
-                    let (z, sc) = params[ch];
-                    code(b, &self.scheme, values[ch], z, sc)
+                    match &coders[ch] {
+                        Coder::Divide { zero, scale } => {
+                            code(b, &self.scheme, values[ch], *zero, *scale)
+                        }
+                        Coder::Thresholds { zero, thresholds } => {
+                            code_from_thresholds(b, values[ch], *zero, thresholds)
+                        }
+                    }
                 })
                 .collect();
             let byte = b.pack_bits(lane_codes, self.scheme.bits, self.scheme.order);
@@ -130,6 +135,19 @@ impl Plan {
         }
     }
 }
+
+/// How the code pass computes one channel's codes; both give the same codes.
+#[derive(Debug, Clone)]
+enum Coder {
+    /// `clamp(round((x - zero) / scale), 0, L)`, one division per element.
+    Divide { zero: Value, scale: Value },
+    /// `#{k : x >= t_k}` against the channel's precomputed thresholds.
+    Thresholds { zero: Value, thresholds: Vec<Value> },
+}
+
+/// Codes with at most this many levels use thresholds in the group = all kernel, where a group
+/// is long enough that finding them (32 code evaluations per level) costs little.
+const MAX_THRESHOLD_LEVELS: u8 = 15;
 
 /// group = all: one block per (head, column); threads split the tokens.
 fn lower_all(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
@@ -152,6 +170,9 @@ fn lower_all(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
     });
     let zero_s = b.shared("zero", ScalarType::F32, p.w);
     let scale_s = b.shared("scale", ScalarType::F32, p.w);
+    let levels = scheme.bits.max_code();
+    let thresholds = (levels <= MAX_THRESHOLD_LEVELS)
+        .then(|| b.shared("thresholds", ScalarType::F32, p.w * levels as u32));
     let (min, max) = match partials {
         Some(_) => (
             b.local("min", ScalarType::F32, p.w),
@@ -161,6 +182,7 @@ fn lower_all(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
     };
     let bad = b.local("bad", ScalarType::U32, 1);
     let acc = b.local("acc", ScalarType::F32, 2);
+    let bisect = b.local("bisect", ScalarType::U32, 2);
 
     let coords = |b: &mut Builder| {
         let tid = b.special(Special::ThreadId);
@@ -247,20 +269,45 @@ fn lower_all(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
         store_param(b, scale_m, at, sc, scheme.params);
         b.store(zero_s, i, z);
         b.store(scale_s, i, sc);
+        if let Some(thr) = thresholds {
+            let lv = b.u32(levels as u32);
+            let first = b.mul(i, lv);
+            for level in 1..=levels {
+                let t = code_threshold(b, scheme, z, sc, level, bisect);
+                let off = b.u32(level as u32 - 1);
+                let at = b.add(first, off);
+                b.store(thr, at, t);
+            }
+        }
     });
     b.barrier();
 
     // Region 3: codes of this thread's tokens.
     let (tid, h, c0) = coords(&mut b);
-    let params: Vec<(Value, Value)> = (0..p.w)
+    let coders: Vec<Coder> = (0..p.w)
         .map(|i| {
             let idx = b.u32(i);
-            (b.load(zero_s, idx, 1), b.load(scale_s, idx, 1))
+            let zero = b.load(zero_s, idx, 1);
+            match thresholds {
+                Some(thr) => Coder::Thresholds {
+                    zero,
+                    thresholds: (0..levels as u32)
+                        .map(|k| {
+                            let at = b.u32(i * levels as u32 + k);
+                            b.load(thr, at, 1)
+                        })
+                        .collect(),
+                },
+                None => Coder::Divide {
+                    zero,
+                    scale: b.load(scale_s, idx, 1),
+                },
+            }
         })
         .collect();
     let tokens = b.param(abi::TOKENS);
     b.for_range(tid, tokens, bsz, |b, t| {
-        p.code_row(b, [x, codes], h, t, c0, &params);
+        p.code_row(b, [x, codes], h, t, c0, &coders);
     });
     Lowered {
         kernel: b.finish(),
@@ -328,7 +375,7 @@ fn lower_groups(scheme: &Scheme, shape: ShapeClass, s: &Schedule, n: u32) -> Low
         let hgg = b.add(hg, g);
         let param_row = b.mul(hgg, d);
         let param_base = b.add(param_row, c0);
-        let params: Vec<(Value, Value)> = (0..p.w)
+        let coders: Vec<Coder> = (0..p.w)
             .map(|i| {
                 let iv = b.u32(i);
                 let (lo, hi) = match p.quantile() {
@@ -350,11 +397,11 @@ fn lower_groups(scheme: &Scheme, shape: ShapeClass, s: &Schedule, n: u32) -> Low
                 let at = b.add(param_base, iv);
                 store_param(b, zero_m, at, z, scheme.params);
                 store_param(b, scale_m, at, sc, scheme.params);
-                (z, sc)
+                Coder::Divide { zero: z, scale: sc }
             })
             .collect();
         b.for_range(t0, t1, 1, |b, t| {
-            p.code_row(b, [x, codes], h, t, c0, &params);
+            p.code_row(b, [x, codes], h, t, c0, &coders);
         });
     });
     Lowered {

@@ -168,6 +168,11 @@ impl Machine<'_, '_> {
                 }
                 Some(if cond { x.clone() } else { y.clone() })
             }
+            Op::Bitcast(to, a) => Some(match (self.get(h, *a)?, to) {
+                (Val::F32(x), ScalarType::U32) => Val::U32(x.to_bits()),
+                (Val::U32(x), ScalarType::F32) => Val::F32(f32::from_bits(*x)),
+                _ => return Err(self.wrong(h, *a)),
+            }),
             Op::Convert(to, a) => {
                 Some(value::convert(*to, self.get(h, *a)?).map_err(|f| match f {
                     Fault::Range(value) => InterpError::ConvertOutOfRange {
