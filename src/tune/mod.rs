@@ -3,8 +3,8 @@
 //! [`schedule_for`].
 //!
 //! Results are keyed, as cubecl's autotune keys them, by a bucketed shape and the checksum of the
-//! candidate set ([`TuningKey`]): a change to the search space makes old entries stale rather
-//! than silently wrong, and a stale, corrupt or invalid entry always falls back to
+//! candidate set ([`TuningKey`]), plus a checksum of the default schedule's kernel text: a change
+//! to the search space or to the lowering makes old entries stale rather than silently wrong, and a stale, corrupt or invalid entry always falls back to
 //! [`Schedule::host_default`]. A tuned schedule never changes results: [`tune`] rejects any
 //! candidate whose codes and parameters differ, bit for bit, from the default schedule's.
 //!
@@ -14,7 +14,7 @@
 //!
 //! ```json
 //! {
-//!   "version": 1,
+//!   "version": 2,
 //!   "entries": [
 //!     {
 //!       "key": {
@@ -25,7 +25,8 @@
 //!         "input": "f16",
 //!         "heads": 8,                    // exact
 //!         "tokens_bucket": 16384,        // next power of two >= tokens
-//!         "candidates_checksum": "fnv1a64:…"
+//!         "candidates_checksum": "fnv1a64:…",
+//!         "lowering": "fnv1a64:…"        // of the default schedule's kernel IR text
 //!       },
 //!       "scheme": "bits = 1, axis = channel, …",  // informational
 //!       "schedule": { "block_size": 1, "channels": 32, "vector": 16 },
@@ -57,7 +58,7 @@ use thiserror::Error;
 use crate::backend::{host_kernel, BackendError};
 
 /// The table format this module reads and writes.
-pub const TABLE_VERSION: u32 = 1;
+pub const TABLE_VERSION: u32 = 2;
 
 /// Vector widths the host search tries.
 const VECTORS: [u8; 3] = [4, 8, 16];
@@ -247,6 +248,31 @@ pub struct TuningKey {
     pub bucket: ShapeBucket,
     /// [`candidate_checksum`] of the search space the result was chosen from.
     pub candidates_checksum: String,
+    /// [`lowering_checksum`] of the kernels the result was measured on.
+    pub lowering: String,
+}
+
+/// A stable hash of the IR text of `scheme`'s quantize kernel under the default host schedule,
+/// so that a change to the lowering makes tuning results stale. Memoised per process.
+pub fn lowering_checksum(scheme: &Scheme, shape: ShapeClass) -> String {
+    type Memo = std::sync::Mutex<std::collections::HashMap<(Scheme, ShapeClass), String>>;
+    static MEMO: OnceLock<Memo> = OnceLock::new();
+    let memo = MEMO.get_or_init(Default::default);
+    if let Some(hit) = memo
+        .lock()
+        .ok()
+        .and_then(|m| m.get(&(*scheme, shape)).cloned())
+    {
+        return hit;
+    }
+    let text = lower::quantize(scheme, shape, &Schedule::host_default(scheme, shape))
+        .map(|l| kvq_ir::ir::print(&l.kernel))
+        .unwrap_or_default();
+    let sum = fnv1a64(&text);
+    if let Ok(mut m) = memo.lock() {
+        m.insert((*scheme, shape), sum.clone());
+    }
+    sum
 }
 
 impl TuningKey {
@@ -261,13 +287,15 @@ impl TuningKey {
             input: shape.input.name().to_string(),
             bucket: ShapeBucket::new(heads, tokens),
             candidates_checksum: candidate_checksum(&candidates(scheme, shape)),
+            lowering: lowering_checksum(scheme, shape),
         }
     }
 
-    /// Equal but for the candidate checksum.
+    /// Equal but for the candidate and lowering checksums.
     fn same_but_checksum(&self, other: &TuningKey) -> bool {
         TuningKey {
             candidates_checksum: other.candidates_checksum.clone(),
+            lowering: other.lowering.clone(),
             ..self.clone()
         } == *other
     }

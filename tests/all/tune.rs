@@ -121,6 +121,23 @@ fn table_round_trips_and_hits() {
 }
 
 #[test]
+fn a_changed_lowering_makes_entries_stale() {
+    let scheme = kivi2_k();
+    let fresh = TuningKey::quantize(&scheme, SHAPE, 8, 16384);
+    assert_eq!(fresh.lowering, tune::lowering_checksum(&scheme, SHAPE));
+    let other = Scheme::parse("bits = 2, axis = channel, group = 16, rule = minmax").unwrap();
+    assert_ne!(fresh.lowering, tune::lowering_checksum(&other, SHAPE));
+    let mut old = fresh.clone();
+    old.lowering = "fnv1a64:0000000000000000".to_string();
+    let mut table = TuningTable::new();
+    table.insert(old, other_candidate(&scheme, SHAPE), 1.0);
+    assert_eq!(
+        schedule_for(Some(&table), &scheme, SHAPE, 8, 16384),
+        Schedule::host_default(&scheme, SHAPE)
+    );
+}
+
+#[test]
 fn stale_table_falls_back_to_the_default() {
     let scheme = kivi2_k();
     let mut key = TuningKey::quantize(&scheme, SHAPE, 8, 16384);
