@@ -39,9 +39,31 @@ impl<'ctx> Lower<'_, 'ctx> {
             let s = i8_type.const_int(u64::from(shift(0, bits, order)), false);
             return Ok(self.b.build_left_shift(codes[0], s, "placed")?);
         }
+        let n = codes.len() as u32;
+        if bits == Bits::B1 && n == 8 {
+            // Eight 1-bit codes (each 0 or 1, as the IR requires): the vector of their low bits
+            // is the byte in lsb order (a mask move on x86); msb order is its bit reversal.
+            let mut lanes = i8_type.vec_type(8).get_undef();
+            for (j, &code) in codes.iter().enumerate() {
+                let at = self.ctx.i32_type().const_int(j as u64, false);
+                lanes = self.b.build_insert_element(lanes, code, at, "lane")?;
+            }
+            let mask =
+                self.b
+                    .build_int_truncate(lanes, self.ctx.bool_type().vec_type(8), "mask")?;
+            let byte = self
+                .b
+                .build_bit_cast(mask, i8_type, "byte")?
+                .into_int_value();
+            return Ok(match order {
+                BitOrder::Lsb => byte,
+                BitOrder::Msb => self
+                    .call("llvm.bitreverse.i8", Some(i8_type.into()), &[byte.into()])?
+                    .into_int_value(),
+            });
+        }
         // As one vector: lanes shifted into place, then OR-reduced. Written this way the
         // vectorizers keep the codes of a row in SIMD registers instead of scalarizing them.
-        let n = codes.len() as u32;
         let vector_type = i8_type.vec_type(n);
         let mut lanes = vector_type.get_undef();
         for (j, &code) in codes.iter().enumerate() {
