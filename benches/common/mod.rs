@@ -19,36 +19,37 @@ pub fn mean_ns(group: &str, id: &str) -> Option<f64> {
     value["mean"]["point_estimate"].as_f64()
 }
 
-/// Prints each benchmark's time as a multiple of `baseline`'s, all of one group and one run.
-pub fn print_ratios(group: &str, baseline: &str, others: &[&str]) {
+/// Calls `report(id, baseline_ns, id_ns)` for each of `others` that has an estimate, all of one
+/// group and one run; says so when an estimate is missing.
+fn against_baseline(group: &str, baseline: &str, others: &[&str], report: impl Fn(&str, f64, f64)) {
     let Some(base) = mean_ns(group, baseline) else {
         eprintln!("{group}: no estimate for {baseline}; run the whole group");
         return;
     };
     for id in others {
         match mean_ns(group, id) {
-            Some(t) => println!(
-                "{group}: {id} takes {:.2}x the time of {baseline}",
-                t / base
-            ),
+            Some(t) => report(id, base, t),
             None => println!("{group}: no estimate for {id}"),
         }
     }
 }
 
+/// Prints each benchmark's time as a multiple of `baseline`'s, all of one group and one run.
+pub fn print_ratios(group: &str, baseline: &str, others: &[&str]) {
+    against_baseline(group, baseline, others, |id, base, t| {
+        println!(
+            "{group}: {id} takes {:.2}x the time of {baseline}",
+            t / base
+        )
+    });
+}
+
 /// Prints each benchmark's bandwidth (same bytes per iteration) as a fraction of `baseline`'s.
 pub fn print_bandwidth_fractions(group: &str, baseline: &str, others: &[&str]) {
-    let Some(base) = mean_ns(group, baseline) else {
-        eprintln!("{group}: no estimate for {baseline}; run the whole group");
-        return;
-    };
-    for id in others {
-        match mean_ns(group, id) {
-            Some(t) => println!(
-                "{group}: {id} runs at {:.1}% of {baseline}'s bandwidth",
-                100.0 * base / t
-            ),
-            None => println!("{group}: no estimate for {id}"),
-        }
-    }
+    against_baseline(group, baseline, others, |id, base, t| {
+        println!(
+            "{group}: {id} runs at {:.1}% of {baseline}'s bandwidth",
+            100.0 * base / t
+        )
+    });
 }

@@ -5,10 +5,7 @@
 use half::f16;
 use kvq::backend::{self, Backend, BackendError};
 use kvq::reference::{quantize, QuantError};
-use kvq::{
-    Alpha, Axis, BitOrder, Bits, Center, Group, GroupSize, ParamType, Quantile, Rule, Scheme,
-    Tensor3,
-};
+use kvq::{Axis, Group, Scheme, Tensor3};
 use kvq_ir::lower::InputType;
 use kvq_ir::scheme::catalogue::catalogue;
 use kvq_runtime::KvFile;
@@ -56,41 +53,14 @@ fn check(scheme: &Scheme, x: &Tensor3, input: InputType) -> Result<(), TestCaseE
 }
 
 fn scheme_strategy() -> impl Strategy<Value = Scheme> {
-    let bits = prop::sample::select(Bits::ALL.to_vec());
-    let axis = prop_oneof![Just(Axis::Channel), Just(Axis::Token)];
-    let group = prop_oneof![
-        Just(Group::All),
-        prop::sample::select(vec![1u32, 4, 5, 8, 16])
-            .prop_map(|n| Group::Size(GroupSize::new(n).unwrap()))
-    ];
-    let rule = prop_oneof![
-        Just(Rule::MinMax),
-        (0.05f32..=1.0).prop_map(|a| Rule::Shrink {
-            alpha: Alpha::new(a).unwrap(),
-            center: Center::Zero
-        }),
-        (0.05f32..=1.0).prop_map(|a| Rule::Shrink {
-            alpha: Alpha::new(a).unwrap(),
-            center: Center::Mid
-        }),
-        (0.0f64..0.5).prop_map(|p| Rule::Quantile(Quantile::new(p).unwrap())),
-    ];
-    let params = prop_oneof![Just(ParamType::F16), Just(ParamType::F32)];
-    let order = prop_oneof![Just(BitOrder::Msb), Just(BitOrder::Lsb)];
-    (bits, axis, group, rule, params, order).prop_map(|(bits, axis, group, rule, params, order)| {
+    crate::strategies::scheme_strategy(vec![1, 4, 5, 8, 16]).prop_map(|mut scheme| {
         // axis = token needs a group dividing head_dim (32 here).
-        let group = match (axis, group) {
-            (Axis::Token, Group::Size(n)) if 32 % n.get() != 0 => Group::All,
-            (_, g) => g,
-        };
-        Scheme {
-            bits,
-            axis,
-            group,
-            rule,
-            params,
-            order,
+        if let (Axis::Token, Group::Size(n)) = (scheme.axis, scheme.group) {
+            if 32 % n.get() != 0 {
+                scheme.group = Group::All;
+            }
         }
+        scheme
     })
 }
 

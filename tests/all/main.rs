@@ -8,4 +8,5 @@ mod fixtures;
 mod properties;
 mod reference_figures;
 mod snapshots;
+mod strategies;
 mod tune;

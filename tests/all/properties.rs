@@ -4,43 +4,11 @@
 use kvq::reference::pack::{pack_row, unpack_row};
 use kvq::reference::quantize::{groups, param_shape};
 use kvq::reference::{quantize, QuantError};
-use kvq::{
-    Alpha, Axis, BitOrder, Bits, Center, Group, GroupSize, ParamType, Quantile, Rule, Scheme,
-    Tensor3,
-};
+use kvq::{Axis, BitOrder, Bits, Group, GroupSize, ParamType, Quantile, Rule, Scheme, Tensor3};
 use proptest::prelude::*;
 
 fn scheme_strategy() -> impl Strategy<Value = Scheme> {
-    let bits = prop::sample::select(Bits::ALL.to_vec());
-    let axis = prop_oneof![Just(Axis::Channel), Just(Axis::Token)];
-    let group = prop_oneof![
-        Just(Group::All),
-        (1u32..12).prop_map(|n| Group::Size(GroupSize::new(n).unwrap()))
-    ];
-    let rule = prop_oneof![
-        Just(Rule::MinMax),
-        (0.05f32..=1.0).prop_map(|a| Rule::Shrink {
-            alpha: Alpha::new(a).unwrap(),
-            center: Center::Zero
-        }),
-        (0.05f32..=1.0).prop_map(|a| Rule::Shrink {
-            alpha: Alpha::new(a).unwrap(),
-            center: Center::Mid
-        }),
-        (0.0f64..0.5).prop_map(|p| Rule::Quantile(Quantile::new(p).unwrap())),
-    ];
-    let params = prop_oneof![Just(ParamType::F16), Just(ParamType::F32)];
-    let order = prop_oneof![Just(BitOrder::Msb), Just(BitOrder::Lsb)];
-    (bits, axis, group, rule, params, order).prop_map(|(bits, axis, group, rule, params, order)| {
-        Scheme {
-            bits,
-            axis,
-            group,
-            rule,
-            params,
-            order,
-        }
-    })
+    crate::strategies::scheme_strategy((1..12).collect())
 }
 
 /// A tensor with odd token counts, some constant channels and rows, and values of one magnitude.

@@ -1,22 +1,17 @@
 //! Dequantize kernel: one thread per (head, token) row writes `zero + scale * code` as f32.
 
-use crate::ir::{Access, Builder, CmpOp, ScalarType, Special, Value};
+use crate::ir::{Access, Builder, ScalarType, Value};
 use crate::scheme::{Axis, Group, Scheme};
 
-use super::emit::param_type;
-use super::{dequantize_abi as abi, scheme_tag, Launch, Lowered, Schedule, ShapeClass};
+use super::emit::{for_each_row, param_type};
+use super::{dequantize_abi as abi, kernel_name, Launch, Lowered, Schedule, ShapeClass};
 
 pub fn lower(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
     let d = shape.head_dim;
     let per_byte = scheme.bits.codes_per_byte() as u32;
     let row_bytes = d * scheme.bits.width() / 8;
     let bsz = s.block_size;
-    let name = format!(
-        "kvq_dequantize_{}_d{d}_{}",
-        scheme_tag(scheme),
-        shape.input.name()
-    );
-    let mut b = Builder::new(&name, bsz);
+    let mut b = Builder::new(&kernel_name("dequantize", scheme, shape), bsz);
     let p = param_type(scheme.params);
     let codes = b.buffer("codes", ScalarType::U8, Access::Read);
     let zero_m = b.buffer("zero", p, Access::Read);
@@ -25,16 +20,7 @@ pub fn lower(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
     b.scalar_param("heads", ScalarType::U32);
     b.scalar_param("tokens", ScalarType::U32);
 
-    let tid = b.special(Special::ThreadId);
-    let blk = b.special(Special::BlockId);
-    let bs = b.u32(bsz);
-    let first = b.mul(blk, bs);
-    let item = b.add(first, tid);
-    let heads = b.param(abi::HEADS);
-    let tokens = b.param(abi::TOKENS);
-    let total = b.mul(heads, tokens);
-    let in_range = b.cmp(CmpOp::Lt, item, total);
-    b.if_then(in_range, |b| {
+    for_each_row(&mut b, bsz, [abi::HEADS, abi::TOKENS], |b, item, tokens| {
         // Index of the first parameter of this row, and how a channel offsets it.
         let (param_base, channel_param): (Value, Box<dyn Fn(u32) -> u32>) =
             match (scheme.axis, scheme.group) {

@@ -325,3 +325,28 @@ pub fn code_from_thresholds(b: &mut Builder, x: Value, zero: Value, thresholds: 
     }
     total.unwrap_or_else(|| b.u8(0))
 }
+
+/// The flat thread index `block_id * block_size + thread_id`.
+pub fn global_item(b: &mut Builder, block_size: u32) -> Value {
+    let tid = b.special(crate::ir::Special::ThreadId);
+    let blk = b.special(crate::ir::Special::BlockId);
+    let bs = b.u32(block_size);
+    let first = b.mul(blk, bs);
+    b.add(first, tid)
+}
+
+/// One thread per (head, token) row: runs `body(b, row, tokens)` for the threads whose flat
+/// index is below `heads * tokens` (scalar parameters `heads` and `tokens` of the kernel).
+pub fn for_each_row(
+    b: &mut Builder,
+    block_size: u32,
+    [heads, tokens]: [u32; 2],
+    body: impl FnOnce(&mut Builder, Value, Value),
+) {
+    let item = global_item(b, block_size);
+    let heads = b.param(heads);
+    let tokens = b.param(tokens);
+    let total = b.mul(heads, tokens);
+    let in_range = b.cmp(CmpOp::Lt, item, total);
+    b.if_then(in_range, |b| body(b, item, tokens));
+}

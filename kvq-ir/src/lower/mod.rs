@@ -309,6 +309,16 @@ pub fn scheme_tag(scheme: &Scheme) -> String {
     )
 }
 
+/// The entry-point name of a kernel: `kvq_<kind>_<scheme tag>_d<head_dim>_<input>`.
+fn kernel_name(kind: &str, scheme: &Scheme, shape: ShapeClass) -> String {
+    format!(
+        "kvq_{kind}_{}_d{}_{}",
+        scheme_tag(scheme),
+        shape.head_dim,
+        shape.input.name()
+    )
+}
+
 /// The quantize kernel of `scheme` for `shape` under `schedule`.
 pub fn quantize(
     scheme: &Scheme,

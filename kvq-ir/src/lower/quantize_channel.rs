@@ -4,10 +4,10 @@ use crate::ir::{Builder, CmpOp, Memory, ScalarType, Special, Value};
 use crate::scheme::{Group, Rule, Scheme};
 
 use super::emit::{
-    code, code_from_thresholds, code_threshold, flag_non_finite, group_params, load_f32,
-    note_non_finite, quantile_range, quantize_params, range_from_extremes, store_param,
+    code, code_from_thresholds, code_threshold, flag_non_finite, global_item, group_params,
+    load_f32, note_non_finite, quantile_range, quantize_params, range_from_extremes, store_param,
 };
-use super::{quantize_abi as abi, scheme_tag, Launch, Lowered, Schedule, ShapeClass};
+use super::{kernel_name, quantize_abi as abi, Launch, Lowered, Schedule, ShapeClass};
 
 pub fn lower(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
     match scheme.group {
@@ -153,13 +153,7 @@ const MAX_THRESHOLD_LEVELS: u8 = 15;
 fn lower_all(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
     let p = Plan::new(scheme, shape, s);
     let bsz = s.block_size;
-    let name = format!(
-        "kvq_quantize_{}_d{}_{}",
-        scheme_tag(scheme),
-        shape.head_dim,
-        shape.input.name()
-    );
-    let mut b = Builder::new(&name, bsz);
+    let mut b = Builder::new(&kernel_name("quantize", scheme, shape), bsz);
     let [x, codes, zero_m, scale_m, status] = quantize_params(&mut b, scheme, shape);
     // Partial extremes per thread (not needed by the quantile rule, which selects exactly).
     let partials = p.quantile().is_none().then(|| {
@@ -319,13 +313,7 @@ fn lower_all(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
 fn lower_groups(scheme: &Scheme, shape: ShapeClass, s: &Schedule, n: u32) -> Lowered {
     let p = Plan::new(scheme, shape, s);
     let bsz = s.block_size;
-    let name = format!(
-        "kvq_quantize_{}_d{}_{}",
-        scheme_tag(scheme),
-        shape.head_dim,
-        shape.input.name()
-    );
-    let mut b = Builder::new(&name, bsz);
+    let mut b = Builder::new(&kernel_name("quantize", scheme, shape), bsz);
     let [x, codes, zero_m, scale_m, status] = quantize_params(&mut b, scheme, shape);
     let (min, max) = match p.quantile() {
         None => (
@@ -336,11 +324,7 @@ fn lower_groups(scheme: &Scheme, shape: ShapeClass, s: &Schedule, n: u32) -> Low
     };
     let bad = b.local("bad", ScalarType::U32, 1);
 
-    let tid = b.special(Special::ThreadId);
-    let blk = b.special(Special::BlockId);
-    let bs = b.u32(bsz);
-    let first = b.mul(blk, bs);
-    let item = b.add(first, tid);
+    let item = global_item(&mut b, bsz);
     let heads = b.param(abi::HEADS);
     let tokens = b.param(abi::TOKENS);
     let nv = b.u32(n);

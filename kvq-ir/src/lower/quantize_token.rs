@@ -1,14 +1,14 @@
 //! Quantize kernel for axis = token: a group is one (head, token) over a run of channels. One
 //! thread handles one row, in chunks that hold whole groups and whole code bytes.
 
-use crate::ir::{BinaryOp, Builder, CmpOp, Memory, Special, UnaryOp, Value};
+use crate::ir::{BinaryOp, Builder, Memory, UnaryOp, Value};
 use crate::scheme::{Group, Rule, Scheme};
 
 use super::emit::{
-    code, flag, group_params, load_f32, quantile_range, quantize_params, range_from_extremes,
-    store_param, STATUS_NON_FINITE,
+    code, flag, for_each_row, group_params, load_f32, quantile_range, quantize_params,
+    range_from_extremes, store_param, STATUS_NON_FINITE,
 };
-use super::{quantize_abi as abi, scheme_tag, Launch, Lowered, Schedule, ShapeClass};
+use super::{kernel_name, quantize_abi as abi, Launch, Lowered, Schedule, ShapeClass};
 
 /// Rows whose chunk is at most this many channels keep the loaded values for the codes;
 /// wider chunks load them again (from cache) to bound register pressure.
@@ -33,24 +33,10 @@ pub fn lower(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
     let groups_per_row = d / n;
     let row_bytes = d * scheme.bits.width() / 8;
     let bsz = s.block_size;
-    let name = format!(
-        "kvq_quantize_{}_d{d}_{}",
-        scheme_tag(scheme),
-        shape.input.name()
-    );
-    let mut b = Builder::new(&name, bsz);
+    let mut b = Builder::new(&kernel_name("quantize", scheme, shape), bsz);
     let [x, codes, zero_m, scale_m, status] = quantize_params(&mut b, scheme, shape);
 
-    let tid = b.special(Special::ThreadId);
-    let blk = b.special(Special::BlockId);
-    let bs = b.u32(bsz);
-    let first = b.mul(blk, bs);
-    let item = b.add(first, tid);
-    let heads = b.param(abi::HEADS);
-    let tokens = b.param(abi::TOKENS);
-    let total = b.mul(heads, tokens);
-    let in_range = b.cmp(CmpOp::Lt, item, total);
-    b.if_then(in_range, |b| {
+    for_each_row(&mut b, bsz, [abi::HEADS, abi::TOKENS], |b, item, _| {
         let dv = b.u32(d);
         let row = b.mul(item, dv);
         let gv = b.u32(groups_per_row);
