@@ -6,11 +6,8 @@ mod common;
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use half::f16;
-use kvq::reference::quantize::{param_shape, row_bytes};
-use kvq_codegen::host::{BufferMut, BufferRef, HostArg};
-use kvq_ir::ir::verify;
-use kvq_ir::lower::{self, InputType, Schedule, ShapeClass};
-use kvq_ir::{ParamType, Scheme, Tensor3};
+use kvq_ir::lower::{InputType, Schedule, ShapeClass};
+use kvq_ir::{Scheme, Tensor3};
 
 const GROUP: &str = "host_quantize_8x16384x128_f16";
 const SHAPE: [usize; 3] = [8, 16384, 128];
@@ -76,7 +73,6 @@ fn bench(c: &mut Criterion) {
         b.iter(|| kvq::reference::quantize(black_box(&tensor), &reference_scheme).unwrap())
     });
 
-    let shape3 = tensor.shape();
     let mut ids = vec!["reference_calibquant_k".to_string()];
     for (id, text) in SCHEMES {
         let scheme = Scheme::parse(text).unwrap();
@@ -98,38 +94,9 @@ fn bench(c: &mut Criterion) {
         }
         for (bench_id, schedule) in variants {
             ids.push(bench_id.clone());
-            let lowered = lower::quantize(&scheme, class, &schedule).unwrap();
-            let info = verify(&lowered.kernel).unwrap();
-            let kernel = kvq_codegen::host::compile_with(&lowered.kernel, &info, None).unwrap();
-            let grid =
-                lowered
-                    .launch
-                    .grid(SHAPE[0] as u32, SHAPE[1] as u32, lowered.kernel.block_size)
-                    as u32;
-            let mut codes = vec![0u8; SHAPE[0] * SHAPE[1] * row_bytes(&scheme, SHAPE[2])];
-            let n_params: usize = param_shape(&scheme, shape3).iter().product();
-            let (mut zh, mut sh) = (vec![f16::ZERO; n_params], vec![f16::ZERO; n_params]);
-            let (mut zf, mut sf) = (vec![0f32; n_params], vec![0f32; n_params]);
-            let mut status = vec![0u32; 1];
+            let mut quantizer = common::HostQuantizer::new(&scheme, &schedule, SHAPE);
             group.bench_function(bench_id.as_str(), |b| {
-                b.iter(|| {
-                    let (zero, scale) = match scheme.params {
-                        ParamType::F16 => (BufferMut::F16(&mut zh), BufferMut::F16(&mut sh)),
-                        ParamType::F32 => (BufferMut::F32(&mut zf), BufferMut::F32(&mut sf)),
-                    };
-                    let mut args = [
-                        HostArg::ReadOnly(BufferRef::F16(&x)),
-                        HostArg::Buffer(BufferMut::U8(&mut codes)),
-                        HostArg::Buffer(zero),
-                        HostArg::Buffer(scale),
-                        HostArg::Buffer(BufferMut::U32(&mut status)),
-                        HostArg::U32(SHAPE[0] as u32),
-                        HostArg::U32(SHAPE[1] as u32),
-                    ];
-                    // SAFETY: the buffers have the lengths the lowered kernel addresses for this
-                    // shape (SPEC.md section 3 layouts), and `grid` is its launch rule's.
-                    unsafe { kernel.launch(&mut args, grid) }.unwrap();
-                })
+                b.iter(|| quantizer.run(black_box(&x)))
             });
         }
     }

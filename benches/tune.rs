@@ -7,12 +7,9 @@ mod common;
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use half::f16;
-use kvq::reference::quantize::{param_shape, row_bytes};
 use kvq::tune;
-use kvq_codegen::host::{BufferMut, BufferRef, HostArg};
-use kvq_ir::ir::verify;
-use kvq_ir::lower::{self, InputType, Schedule, ShapeClass};
-use kvq_ir::{ParamType, Scheme, Shape3};
+use kvq_ir::lower::{InputType, Schedule, ShapeClass};
+use kvq_ir::Scheme;
 
 const GROUP: &str = "tune_quantize_8x16384x128_f16";
 const SHAPE: [usize; 3] = [8, 16384, 128];
@@ -49,47 +46,12 @@ fn bench(c: &mut Criterion) {
     println!("{GROUP}: default {default:?}, tuned {tuned:?}");
 
     let x = span();
-    let shape3 = Shape3 {
-        heads: SHAPE[0],
-        tokens: SHAPE[1],
-        dim: SHAPE[2],
-    };
     let mut group = c.benchmark_group(GROUP);
     group.sample_size(10);
     group.throughput(Throughput::Bytes((x.len() * 2) as u64));
     for (id, schedule) in [("default", default), ("tuned", tuned)] {
-        let lowered = lower::quantize(&scheme, class, &schedule).unwrap();
-        let info = verify(&lowered.kernel).unwrap();
-        let kernel = kvq_codegen::host::compile_with(&lowered.kernel, &info, None).unwrap();
-        let grid = lowered
-            .launch
-            .grid(SHAPE[0] as u32, SHAPE[1] as u32, lowered.kernel.block_size)
-            as u32;
-        let mut codes = vec![0u8; SHAPE[0] * SHAPE[1] * row_bytes(&scheme, SHAPE[2])];
-        let n_params: usize = param_shape(&scheme, shape3).iter().product();
-        let (mut zh, mut sh) = (vec![f16::ZERO; n_params], vec![f16::ZERO; n_params]);
-        let (mut zf, mut sf) = (vec![0f32; n_params], vec![0f32; n_params]);
-        let mut status = vec![0u32; 1];
-        group.bench_function(id, |b| {
-            b.iter(|| {
-                let (zero, scale) = match scheme.params {
-                    ParamType::F16 => (BufferMut::F16(&mut zh), BufferMut::F16(&mut sh)),
-                    ParamType::F32 => (BufferMut::F32(&mut zf), BufferMut::F32(&mut sf)),
-                };
-                let mut args = [
-                    HostArg::ReadOnly(BufferRef::F16(black_box(&x))),
-                    HostArg::Buffer(BufferMut::U8(&mut codes)),
-                    HostArg::Buffer(zero),
-                    HostArg::Buffer(scale),
-                    HostArg::Buffer(BufferMut::U32(&mut status)),
-                    HostArg::U32(SHAPE[0] as u32),
-                    HostArg::U32(SHAPE[1] as u32),
-                ];
-                // SAFETY: the buffers have the lengths the lowered kernel addresses for this
-                // shape (SPEC.md section 3 layouts), and `grid` is its launch rule's.
-                unsafe { kernel.launch(&mut args, grid) }.unwrap();
-            })
-        });
+        let mut quantizer = common::HostQuantizer::new(&scheme, &schedule, SHAPE);
+        group.bench_function(id, |b| b.iter(|| quantizer.run(black_box(&x))));
     }
     group.finish();
     common::print_ratios(GROUP, "default", &["tuned"]);

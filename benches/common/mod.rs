@@ -53,3 +53,80 @@ pub fn print_bandwidth_fractions(group: &str, baseline: &str, others: &[&str]) {
         )
     });
 }
+
+/// A compiled host quantize kernel with its output buffers allocated once, so that a benchmark
+/// times the launch alone.
+pub struct HostQuantizer {
+    kernel: kvq_codegen::host::HostKernel,
+    grid: u32,
+    params: kvq_ir::ParamType,
+    shape: [usize; 3],
+    codes: Vec<u8>,
+    half_params: [Vec<half::f16>; 2],
+    f32_params: [Vec<f32>; 2],
+    status: Vec<u32>,
+}
+
+impl HostQuantizer {
+    /// Lowers, verifies and compiles (without the cache) `scheme`'s quantize kernel under
+    /// `schedule` for f16 spans of `shape` = [heads, tokens, head_dim].
+    pub fn new(
+        scheme: &kvq_ir::Scheme,
+        schedule: &kvq_ir::lower::Schedule,
+        shape: [usize; 3],
+    ) -> Self {
+        use kvq::reference::quantize::{param_shape, row_bytes};
+        let class = kvq_ir::lower::ShapeClass {
+            head_dim: shape[2] as u32,
+            input: kvq_ir::lower::InputType::F16,
+        };
+        let lowered = kvq_ir::lower::quantize(scheme, class, schedule).unwrap();
+        let info = kvq_ir::ir::verify(&lowered.kernel).unwrap();
+        let kernel = kvq_codegen::host::compile_with(&lowered.kernel, &info, None).unwrap();
+        let grid = lowered
+            .launch
+            .grid(shape[0] as u32, shape[1] as u32, lowered.kernel.block_size)
+            as u32;
+        let shape3 = kvq_ir::Shape3 {
+            heads: shape[0],
+            tokens: shape[1],
+            dim: shape[2],
+        };
+        let n: usize = param_shape(scheme, shape3).iter().product();
+        HostQuantizer {
+            kernel,
+            grid,
+            params: scheme.params,
+            shape,
+            codes: vec![0; shape[0] * shape[1] * row_bytes(scheme, shape[2])],
+            half_params: [vec![half::f16::ZERO; n], vec![half::f16::ZERO; n]],
+            f32_params: [vec![0.0; n], vec![0.0; n]],
+            status: vec![0],
+        }
+    }
+
+    /// Quantizes the f16 span `x` (of the shape given to [`HostQuantizer::new`]).
+    pub fn run(&mut self, x: &[half::f16]) {
+        use kvq_codegen::host::{BufferMut, BufferRef, HostArg};
+        assert_eq!(x.len(), self.shape.iter().product::<usize>());
+        let [hz, hs] = &mut self.half_params;
+        let [fz, fs] = &mut self.f32_params;
+        let (zero, scale) = match self.params {
+            kvq_ir::ParamType::F16 => (BufferMut::F16(hz), BufferMut::F16(hs)),
+            kvq_ir::ParamType::F32 => (BufferMut::F32(fz), BufferMut::F32(fs)),
+        };
+        let mut args = [
+            HostArg::ReadOnly(BufferRef::F16(x)),
+            HostArg::Buffer(BufferMut::U8(&mut self.codes)),
+            HostArg::Buffer(zero),
+            HostArg::Buffer(scale),
+            HostArg::Buffer(BufferMut::U32(&mut self.status)),
+            HostArg::U32(self.shape[0] as u32),
+            HostArg::U32(self.shape[1] as u32),
+        ];
+        // SAFETY: `new` allocated every buffer with the length the lowered kernel addresses for
+        // this shape (SPEC.md section 3 layouts), `x` was checked to hold the span, and `grid` is
+        // the kernel's own launch rule for the shape.
+        unsafe { self.kernel.launch(&mut args, self.grid) }.unwrap();
+    }
+}
