@@ -21,6 +21,7 @@
 
 mod bits;
 mod convert;
+mod exp;
 mod lower;
 mod memory;
 mod ops;

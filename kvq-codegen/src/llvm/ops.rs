@@ -7,6 +7,7 @@
 //!   nearest even, as the interpreter does.
 //! - `Min(a, b) = b < a ? b : a`, `Max(a, b) = b > a ? b : a` (ordered float compares, unsigned
 //!   integer compares), selecting the original operand.
+//! - `Exp` (approximate): see [`super::exp`].
 //! - `RoundEven`/`Floor`: `llvm.roundeven`/`llvm.floor`; `IsFinite`: `|x| < inf`; `Neg`: a sign
 //!   flip (`fneg`, or an xor of the BF16 bits).
 //! - Comparisons: ordered float predicates except `Ne`, which is unordered (`a != b` is true
@@ -94,6 +95,10 @@ impl<'ctx> Lower<'_, 'ctx> {
         }
         let x = self.widen(a, elem)?;
         let r = match op {
+            UnaryOp::Exp if x.get_type() == self.ctx.f32_type() => {
+                self.exp_f32(x)?.into_float_value()
+            }
+            UnaryOp::Exp => return Err(unsupported(format!("exp on {}", elem.name()))),
             UnaryOp::RoundEven | UnaryOp::Floor => {
                 let name = if op == UnaryOp::Floor {
                     "floor"

@@ -202,6 +202,9 @@ pub enum UnaryOp {
     Not,
     /// Float: true when neither NaN nor infinite.
     IsFinite,
+    /// Float: `e^x`, **approximate** (relative error below 2^-20 on F32; backends may differ in
+    /// the last bits, so it must not feed stored codes). Used by softmax.
+    Exp,
 }
 
 /// Two-operand operations on equal types.

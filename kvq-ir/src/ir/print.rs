@@ -39,7 +39,7 @@
 //! ```
 //! Operations: `const.T c` (floats as Rust's `{:?}`, which reads back exactly; bits in hex
 //! only for a NaN other than the canonical one), `param NAME`, `thread_id`, `block_id`,
-//! `grid_size`, `neg`/`round_even`/`floor`/`not`/`is_finite a`, `add`/`sub`/`mul`/`div`/`rem`/
+//! `grid_size`, `neg`/`round_even`/`floor`/`not`/`is_finite`/`exp a`, `add`/`sub`/`mul`/`div`/`rem`/
 //! `min`/`max`/`and`/`or`/`shl`/`shr a, b`, `cmp.eq`/`ne`/`lt`/`le`/`gt`/`ge a, b`,
 //! `select c, a, b`, `convert.T a`, `load.T[xN] MEM[i]`, `store MEM[i], v`, `extract v, LANE`,
 //! `vector a, b, ...`, `read_local L[i]`, `write_local L[i], v`, `pack_bits.bB.ORDER c0, c1, ...`,
@@ -470,6 +470,7 @@ fn unary_name(op: UnaryOp) -> &'static str {
         UnaryOp::Floor => "floor",
         UnaryOp::Not => "not",
         UnaryOp::IsFinite => "is_finite",
+        UnaryOp::Exp => "exp",
     }
 }
 

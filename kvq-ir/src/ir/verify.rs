@@ -920,9 +920,11 @@ impl<'k> Checker<'k> {
             Op::Special(_) => scalar(ScalarType::U32),
             Op::Unary(op, a) => {
                 let class = match op {
-                    UnaryOp::Neg | UnaryOp::RoundEven | UnaryOp::Floor | UnaryOp::IsFinite => {
-                        C::Float
-                    }
+                    UnaryOp::Neg
+                    | UnaryOp::RoundEven
+                    | UnaryOp::Floor
+                    | UnaryOp::IsFinite
+                    | UnaryOp::Exp => C::Float,
                     UnaryOp::Not => C::BoolOrInt,
                 };
                 let ta = self.operand_of(h, *a, class);

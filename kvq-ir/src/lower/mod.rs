@@ -15,6 +15,7 @@
 //! kernel writes 1 to `status[0]` when it meets a non-finite input and 2 when a group's parameters
 //! do not fit their type; the caller then reports the precise error (the reference finds it).
 
+pub mod attention;
 mod dequantize;
 mod emit;
 pub mod io;

@@ -18,6 +18,7 @@
 //!   which is the correctly rounded result (f32 has more than twice their precision).
 //!   `Min(a, b)` is `if b < a { b } else { a }`, `Max(a, b)` is `if b > a { b } else { a }`, for
 //!   integers too. `Neg` flips the sign, `RoundEven` is `round_ties_even`, `Floor` is `floor`,
+//!   `Exp` is `exp`,
 //!   `IsFinite` is `is_finite`. Comparisons are IEEE: NaN is unordered, so only `Ne` holds for it.
 //! - Integers (U8, U32) wrap on `Add`, `Sub`, `Mul`; `Div` and `Rem` by zero are
 //!   [`InterpError::DivisionByZero`]; `Shl` and `Shr` by the bit width or more are

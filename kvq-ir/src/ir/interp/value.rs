@@ -122,6 +122,7 @@ pub(super) fn unary(op: UnaryOp, a: &Val) -> Result<Val, Fault> {
         },
         UnaryOp::RoundEven => float(f32::round_ties_even, f64::round_ties_even),
         UnaryOp::Floor => float(f32::floor, f64::floor),
+        UnaryOp::Exp => float(f32::exp, f64::exp),
         UnaryOp::Not => match *a {
             Val::Bool(b) => Ok(Val::Bool(!b)),
             Val::U8(x) => Ok(Val::U8(!x)),

@@ -1,0 +1,324 @@
+//! The query and key side of a work item: the scaled query, per-row post-scaling (or the byte
+//! tables), and the logit of one token.
+
+use crate::ir::{Builder, Memory, ScalarType, Value};
+use crate::lower::emit::param_type;
+use crate::scheme::{Axis, Group, Scheme};
+
+/// Locals and loop-invariant values of one work item, shared by the key and value code.
+pub(super) struct Item {
+    /// head_dim, group, tile.
+    pub d: u32,
+    pub g: u32,
+    pub tile: u32,
+    /// Kv head and kv heads (U32).
+    pub h: Value,
+    pub kv_heads: Value,
+    /// Span tokens, fp tokens of the sequence (U32).
+    pub span_len: Value,
+    pub fp_len: Value,
+    /// Offsets of the sequence's data (U32).
+    pub fp_base: Value,
+    pub k_codes: Value,
+    pub k_params: Value,
+    pub v_codes: Value,
+    pub v_params: Value,
+    /// Locals: the scaled query `[g, d]`, post-scaled query `[g, d]`, bias `[g]`, byte tables
+    /// `[g, row bytes, 256]` (when used), one token's codes as f32 `[d]`, logits `[g, tile]`,
+    /// a scalar accumulator.
+    pub q: u32,
+    pub qs: u32,
+    pub bias: u32,
+    pub lut: Option<u32>,
+    pub codes: u32,
+    pub logits: u32,
+    pub sum: u32,
+}
+
+/// True when the keys use byte tables: axis = channel, group = all, at most 4 bits.
+pub(super) fn uses_tables(key: &Scheme) -> bool {
+    key.axis == Axis::Channel && key.group == Group::All && key.bits.width() <= 4
+}
+
+/// `sum_{i < n} term(b, i)` through the scalar accumulator local `sum`.
+pub(super) fn sum_over(
+    b: &mut Builder,
+    sum: u32,
+    n: u32,
+    term: impl FnOnce(&mut Builder, Value) -> Value,
+) -> Value {
+    let zero = b.u32(0);
+    let fz = b.f32(0.0);
+    b.write_local(sum, zero, fz);
+    let end = b.u32(n);
+    b.for_range(zero, end, 1, |b, i| {
+        let x = term(b, i);
+        let z = b.u32(0);
+        let acc = b.read_local(sum, z);
+        let acc = b.add(acc, x);
+        b.write_local(sum, z, acc);
+    });
+    b.read_local(sum, zero)
+}
+
+/// `index = a * k + c` with constants `k`, `c`.
+pub(super) fn affine(b: &mut Builder, a: Value, k: u32, c: Value) -> Value {
+    let kv = b.u32(k);
+    let m = b.mul(a, kv);
+    b.add(m, c)
+}
+
+/// Loads a parameter as f32.
+pub(super) fn param_f32(b: &mut Builder, mem: Memory, index: Value, s: &Scheme) -> Value {
+    let x = b.load(mem, index, 1);
+    if param_type(s.params) == ScalarType::F32 {
+        x
+    } else {
+        b.convert(ScalarType::F32, x)
+    }
+}
+
+/// Unpacks the code row starting at byte `at` of `mem` into the `codes` local as f32.
+pub(super) fn unpack_row(b: &mut Builder, it: &Item, s: &Scheme, mem: Memory, at: Value) {
+    let per_byte = s.bits.codes_per_byte() as u32;
+    let row_bytes = it.d / per_byte;
+    let lanes = [16u8, 8, 4, 2, 1]
+        .into_iter()
+        .find(|&l| row_bytes % l as u32 == 0)
+        .unwrap_or(1);
+    let zero = b.u32(0);
+    let end = b.u32(row_bytes);
+    b.for_range(zero, end, lanes as u32, |b, j| {
+        let idx = b.add(at, j);
+        let v = b.load(mem, idx, lanes);
+        for l in 0..lanes {
+            let byte = if lanes == 1 { v } else { b.extract(v, l) };
+            for k in 0..per_byte {
+                let code = b.unpack_bits(byte, k as u8, s.bits, s.order);
+                let cf = b.convert(ScalarType::F32, code);
+                let off = b.u32(l as u32 * per_byte + k);
+                let base = b.u32(per_byte);
+                let c = b.mul(j, base);
+                let c = b.add(c, off);
+                b.write_local(it.codes, c, cf);
+            }
+        }
+    });
+}
+
+/// `q[gi, c] = Q[seq, h * g + gi, c] / sqrt(d)`.
+pub(super) fn load_query(b: &mut Builder, it: &Item, q_mem: Memory, seq: Value) {
+    let (d, g) = (it.d, it.g);
+    let inv = b.f32(1.0 / (d as f32).sqrt());
+    let heads = b.mul(seq, it.kv_heads);
+    let head0 = b.add(heads, it.h);
+    let head0 = times(b, head0, g);
+    let zero = b.u32(0);
+    let n = b.u32(g * d);
+    b.for_range(zero, n, 1, |b, i| {
+        let base = b.u32(d);
+        let row = b.mul(head0, base);
+        let at = b.add(row, i);
+        let x = b.load(q_mem, at, 1);
+        let x = b.mul(x, inv);
+        b.write_local(it.q, i, x);
+    });
+}
+
+/// `a * k` with a constant `k`.
+pub(super) fn times(b: &mut Builder, a: Value, k: u32) -> Value {
+    let kv = b.u32(k);
+    b.mul(a, kv)
+}
+
+/// Post-scaling for the key parameter row whose first element is `param` (axis = channel):
+/// `qs = q * scale`, `bias = q . zero`; with byte tables, also
+/// `T[gi, j, v] = sum_l qs[gi, j * per_byte + l] * code_l(v)`.
+pub(super) fn key_row(
+    b: &mut Builder,
+    it: &Item,
+    key: &Scheme,
+    [zero_m, scale_m]: [Memory; 2],
+    param: Value,
+) {
+    let (d, g) = (it.d, it.g);
+    let zero = b.u32(0);
+    let gn = b.u32(g);
+    b.for_range(zero, gn, 1, |b, gi| {
+        let row = times(b, gi, d);
+        let bias = sum_over(b, it.sum, d, |b, c| {
+            let at = b.add(param, c);
+            let z = param_f32(b, zero_m, at, key);
+            let s = param_f32(b, scale_m, at, key);
+            let qi = b.add(row, c);
+            let q = b.read_local(it.q, qi);
+            let qs = b.mul(q, s);
+            b.write_local(it.qs, qi, qs);
+            b.mul(q, z)
+        });
+        b.write_local(it.bias, gi, bias);
+    });
+    let Some(lut) = it.lut else { return };
+    let per_byte = key.bits.codes_per_byte() as u32;
+    let row_bytes = d / per_byte;
+    let cells = b.u32(g * row_bytes);
+    b.for_range(zero, cells, 1, |b, cell| {
+        // cell = gi * row_bytes + j; its channels start at gi * d + j * per_byte.
+        let first = times(b, cell, per_byte);
+        let qs: Vec<Value> = (0..per_byte)
+            .map(|l| {
+                let off = b.u32(l);
+                let at = b.add(first, off);
+                b.read_local(it.qs, at)
+            })
+            .collect();
+        let z = b.u32(0);
+        let n = b.u32(256);
+        b.for_range(z, n, 1, |b, v| {
+            let byte = b.convert(ScalarType::U8, v);
+            let mut total = b.f32(0.0);
+            for (l, &q) in qs.iter().enumerate() {
+                let code = b.unpack_bits(byte, l as u8, key.bits, key.order);
+                let cf = b.convert(ScalarType::F32, code);
+                let term = b.mul(q, cf);
+                total = b.add(total, term);
+            }
+            let at = affine(b, cell, 256, v);
+            b.write_local(lut, at, total);
+        });
+    });
+}
+
+/// Computes the raw logit of span token `t` for every query head of the item into
+/// `logits[gi * tile + slot]`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn span_logits(
+    b: &mut Builder,
+    it: &Item,
+    key: &Scheme,
+    [codes_m, zero_m, scale_m]: [Memory; 3],
+    t: Value,
+    slot: Value,
+) {
+    let (d, g) = (it.d, it.g);
+    let per_byte = key.bits.codes_per_byte() as u32;
+    let row_bytes = d / per_byte;
+    let hs = b.mul(it.h, it.span_len);
+    let tok_row = b.add(hs, t);
+    let at = affine(b, tok_row, row_bytes, it.k_codes);
+    let zero = b.u32(0);
+    let gn = b.u32(g);
+    if let Some(lut) = it.lut {
+        let lanes = [16u8, 8, 4, 2, 1]
+            .into_iter()
+            .find(|&l| row_bytes % l as u32 == 0)
+            .unwrap_or(1);
+        let mut bytes = Vec::new();
+        for j in (0..row_bytes).step_by(lanes as usize) {
+            let off = b.u32(j);
+            let idx = b.add(at, off);
+            let v = b.load(codes_m, idx, lanes);
+            for l in 0..lanes {
+                let byte = if lanes == 1 { v } else { b.extract(v, l) };
+                bytes.push(b.convert(ScalarType::U32, byte));
+            }
+        }
+        b.for_range(zero, gn, 1, |b, gi| {
+            let mut s = b.read_local(it.bias, gi);
+            let cell0 = times(b, gi, row_bytes);
+            for (j, &byte) in bytes.iter().enumerate() {
+                let jv = b.u32(j as u32);
+                let cell = b.add(cell0, jv);
+                let idx = affine(b, cell, 256, byte);
+                let x = b.read_local(lut, idx);
+                s = b.add(s, x);
+            }
+            store_logit(b, it, gi, slot, s);
+        });
+        return;
+    }
+    unpack_row(b, it, key, codes_m, at);
+    match key.axis {
+        Axis::Channel => b.for_range(zero, gn, 1, |b, gi| {
+            let row = times(b, gi, d);
+            let dot = sum_over(b, it.sum, d, |b, c| {
+                let qi = b.add(row, c);
+                let q = b.read_local(it.qs, qi);
+                let k = b.read_local(it.codes, c);
+                b.mul(q, k)
+            });
+            let bias = b.read_local(it.bias, gi);
+            let s = b.add(dot, bias);
+            store_logit(b, it, gi, slot, s);
+        }),
+        Axis::Token => {
+            let width = match key.group {
+                Group::All => d,
+                Group::Size(n) => n.get() as u32,
+            };
+            let groups = d / width;
+            let pbase = affine(b, tok_row, groups, it.k_params);
+            b.for_range(zero, gn, 1, |b, gi| {
+                let row = times(b, gi, d);
+                let mut s = b.f32(0.0);
+                for j in 0..groups {
+                    let jv = b.u32(j);
+                    let pat = b.add(pbase, jv);
+                    let z = param_f32(b, zero_m, pat, key);
+                    let sc = param_f32(b, scale_m, pat, key);
+                    let first = b.u32(j * width);
+                    let first = b.add(row, first);
+                    let (dot, qsum) = dot_and_sum(b, it, first, j * width, width);
+                    let a = b.mul(sc, dot);
+                    let zq = b.mul(z, qsum);
+                    let part = b.add(a, zq);
+                    s = b.add(s, part);
+                }
+                store_logit(b, it, gi, slot, s);
+            });
+        }
+    }
+}
+
+/// `(sum_i q[first + i] * codes[c0 + i], sum_i q[first + i])` over `n` channels.
+fn dot_and_sum(b: &mut Builder, it: &Item, first: Value, c0: u32, n: u32) -> (Value, Value) {
+    let c0 = b.u32(c0);
+    let dot = sum_over(b, it.sum, n, |b, i| {
+        let qi = b.add(first, i);
+        let q = b.read_local(it.q, qi);
+        let ci = b.add(c0, i);
+        let k = b.read_local(it.codes, ci);
+        b.mul(q, k)
+    });
+    let qsum = sum_over(b, it.sum, n, |b, i| {
+        let qi = b.add(first, i);
+        b.read_local(it.q, qi)
+    });
+    (dot, qsum)
+}
+
+/// Logits of full-precision token `t` (index within the sequence's fp block).
+pub(super) fn fp_logits(b: &mut Builder, it: &Item, fp_k: Memory, t: Value, slot: Value) {
+    let d = it.d;
+    let hf = b.mul(it.h, it.fp_len);
+    let tok = b.add(hf, t);
+    let at = affine(b, tok, d, it.fp_base);
+    let zero = b.u32(0);
+    let gn = b.u32(it.g);
+    b.for_range(zero, gn, 1, |b, gi| {
+        let row = times(b, gi, d);
+        let s = sum_over(b, it.sum, d, |b, c| {
+            let qi = b.add(row, c);
+            let q = b.read_local(it.q, qi);
+            let ki = b.add(at, c);
+            let k = b.load(fp_k, ki, 1);
+            b.mul(q, k)
+        });
+        store_logit(b, it, gi, slot, s);
+    });
+}
+
+fn store_logit(b: &mut Builder, it: &Item, gi: Value, slot: Value, s: Value) {
+    let at = affine(b, gi, it.tile, slot);
+    b.write_local(it.logits, at, s);
+}

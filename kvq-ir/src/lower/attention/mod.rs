@@ -1,0 +1,279 @@
+//! Fused decode attention (SPEC.md section 4) as generated kernels, for a batch of sequences
+//! `[fp tokens | quantized span]` (the fp tokens are the prefix and suffix together: softmax does
+//! not depend on order, and calibration touches only the span).
+//!
+//! The work is split over tokens so that long spans fill the machine: each sequence's span and
+//! fp tokens are cut into **chunks** of [`AttentionSchedule::chunk`] tokens, and one thread runs
+//! one (chunk, kv head) **work item** for all `group` query heads of that kv head, so codes are
+//! read once per kv head, never copied per query head. Three kernels, launched in this order:
+//!
+//! | kernel | grid | does |
+//! | --- | --- | --- |
+//! | `stats` (only with calibration) | work items | the minimum and maximum raw span logit of each (item, query head) |
+//! | `partial` | work items | logits of its chunk in tiles of [`AttentionSchedule::tile`] tokens (calibrated with the span's extremes from `stats`), an online softmax, and `P V`: a running max `m`, sum `l` and accumulator per query head |
+//! | `combine` | (sequence, query head) | merges its chunks: `o = sum_i e^(m_i - M) acc_i / sum_i e^(m_i - M) l_i` |
+//!
+//! Arithmetic (all f32):
+//! - The query is multiplied by `1/sqrt(head_dim)` once.
+//! - Keys with axis = channel are post-scaled: `q' = q scale` and `bias = q . zero` per parameter
+//!   row, `s_t = q' . code_t + bias`. With `group = all` and at most 4 bits, `q'` is folded into
+//!   one 256-entry table per (query head, code byte): `s_t = bias + sum_j T_j[byte_tj]`, head_dim
+//!   `* bits / 8` table reads per token instead of head_dim multiply-adds.
+//! - Keys with axis = token: `s_t = sum_j scale_tj (q_j . code_tj) + zero_tj sum(q_j)` over the
+//!   channel groups `j`, with `sum(q_j)` computed once.
+//! - Values with axis = channel are post-scaled: the raw `sum_t p_t code_tc` and `sum_t p_t` are
+//!   accumulated per parameter row and folded in as `scale_c * that + zero_c * sum_t p_t`.
+//! - Values with axis = token are dequantized by row (`zero + scale code`).
+//! - `Exp` is approximate (a few ulp), so results match the reference to float tolerance, not
+//!   bit for bit.
+
+mod batch;
+mod combine;
+mod keys;
+mod partial;
+mod run;
+mod values;
+
+pub use batch::{plan, BatchPlan, SeqExtent};
+pub use run::{AttentionArgs, SeqData};
+
+use crate::ir::Kernel;
+use crate::reference::quantize::check_shape;
+use crate::scheme::{Axis, CacheScheme, Group, Scheme};
+use crate::tensor::Shape3;
+
+use super::{scheme_tag, LowerError};
+
+/// What attention kernels are specialised for: the head dimension and the number of query heads
+/// per kv head. The batch, kv heads and token counts stay runtime values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AttentionShape {
+    /// Channels per head.
+    pub head_dim: u32,
+    /// Query heads per kv head (GQA group).
+    pub group: u32,
+}
+
+/// The knobs of the attention kernels a tuner searches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AttentionSchedule {
+    /// Threads per block.
+    pub block_size: u32,
+    /// Tokens per work item: a multiple of `tile`.
+    pub chunk: u32,
+    /// Tokens per softmax tile: divides every `group = N` of an axis = channel scheme.
+    pub tile: u32,
+}
+
+impl AttentionSchedule {
+    /// Host code: one thread per block, long chunks (few, large work items per core).
+    pub fn host_default(scheme: &CacheScheme) -> AttentionSchedule {
+        AttentionSchedule {
+            block_size: 1,
+            chunk: 2048,
+            tile: default_tile(scheme, 64),
+        }
+    }
+
+    /// GPU: many short chunks so that one sequence fills the device.
+    pub fn gpu_default(scheme: &CacheScheme) -> AttentionSchedule {
+        AttentionSchedule {
+            block_size: 64,
+            chunk: 256,
+            tile: default_tile(scheme, 16),
+        }
+    }
+
+    /// Checks the schedule against the scheme.
+    pub fn check(&self, scheme: &CacheScheme) -> Result<(), LowerError> {
+        let bad = |why: String| Err(LowerError::Schedule(why));
+        if !(1..=1024).contains(&self.block_size) {
+            return bad(format!("block size {} outside 1..=1024", self.block_size));
+        }
+        if !(1..=256).contains(&self.tile) {
+            return bad(format!("tile {} outside 1..=256", self.tile));
+        }
+        if self.chunk == 0 || self.chunk % self.tile != 0 || self.chunk > 1 << 20 {
+            return bad(format!(
+                "chunk {} must be a multiple of the tile {} up to 2^20",
+                self.chunk, self.tile
+            ));
+        }
+        for s in [&scheme.key, &scheme.value] {
+            if let Some(n) = channel_group(s) {
+                if n % self.tile != 0 {
+                    return bad(format!(
+                        "tile {} does not divide the token group {n} of {s}",
+                        self.tile
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Tokens per parameter row of an axis = channel scheme with `group = N`.
+fn channel_group(s: &Scheme) -> Option<u32> {
+    match (s.axis, s.group) {
+        (Axis::Channel, Group::Size(n)) => Some(n.get() as u32),
+        _ => None,
+    }
+}
+
+/// The largest power of two up to `max` dividing every channel-axis group size.
+fn default_tile(scheme: &CacheScheme, max: u32) -> u32 {
+    let mut tile = max;
+    for s in [&scheme.key, &scheme.value] {
+        if let Some(n) = channel_group(s) {
+            while n % tile != 0 {
+                tile /= 2;
+            }
+        }
+    }
+    tile
+}
+
+/// The kernels of one cache scheme, shape and schedule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttentionKernels {
+    /// The span-logit extremes, present when the scheme calibrates.
+    pub stats: Option<Kernel>,
+    /// Per (chunk, kv head) softmax partials.
+    pub partial: Kernel,
+    /// The merge into outputs.
+    pub combine: Kernel,
+}
+
+/// Fields of one sequence's row of the `seqs` table (u32 each).
+pub mod seq_field {
+    /// Full-precision tokens (prefix and suffix).
+    pub const FP_LEN: u32 = 0;
+    /// Element offset of the sequence's `[kv_heads, fp_len, head_dim]` block in `fp_k`/`fp_v`.
+    pub const FP_BASE: u32 = 1;
+    /// Quantized span tokens (0: none).
+    pub const SPAN_LEN: u32 = 2;
+    /// Byte offset of the key span's codes (SPEC.md section 3 layout).
+    pub const K_CODES: u32 = 3;
+    /// Element offset of the key span's parameters.
+    pub const K_PARAMS: u32 = 4;
+    /// Byte offset of the value span's codes.
+    pub const V_CODES: u32 = 5;
+    /// Element offset of the value span's parameters.
+    pub const V_PARAMS: u32 = 6;
+    /// Index of the sequence's first work chunk; its span chunks come first, then fp chunks.
+    pub const CHUNK_BASE: u32 = 7;
+    /// Span chunks.
+    pub const SPAN_CHUNKS: u32 = 8;
+    /// All chunks.
+    pub const CHUNKS: u32 = 9;
+    /// Fields per sequence.
+    pub const COUNT: u32 = 10;
+}
+
+/// Parameter indices of the `partial` kernel, in ABI order.
+pub mod partial_abi {
+    /// Queries `[batch, q_heads, head_dim]` f32.
+    pub const Q: u32 = 0;
+    /// The `[batch, seq_field::COUNT]` table (u32).
+    pub const SEQS: u32 = 1;
+    /// The sequence of each chunk (u32).
+    pub const WORK_SEQ: u32 = 2;
+    /// Full-precision keys (f32).
+    pub const FP_K: u32 = 3;
+    /// Full-precision values (f32).
+    pub const FP_V: u32 = 4;
+    /// Key codes (u8).
+    pub const K_CODES: u32 = 5;
+    /// Key zero points (scheme's parameter type).
+    pub const K_ZERO: u32 = 6;
+    /// Key scales.
+    pub const K_SCALE: u32 = 7;
+    /// Value codes (u8).
+    pub const V_CODES: u32 = 8;
+    /// Value zero points.
+    pub const V_ZERO: u32 = 9;
+    /// Value scales.
+    pub const V_SCALE: u32 = 10;
+    /// `stats` output: `[chunks, kv_heads, group, 2]` (min, max) f32; read only with calibration.
+    pub const STATS: u32 = 11;
+    /// Output `[chunks, kv_heads, group, 2]` (m, l) f32.
+    pub const PART_ML: u32 = 12;
+    /// Output `[chunks, kv_heads, group, head_dim]` f32.
+    pub const PART_ACC: u32 = 13;
+    /// Scalar: kv heads.
+    pub const KV_HEADS: u32 = 14;
+    /// Scalar: chunks in the batch.
+    pub const CHUNKS: u32 = 15;
+}
+
+/// Parameter indices of the `stats` kernel: those of `partial` up to [`partial_abi::STATS`]
+/// (written here), then `KV_HEADS` and `CHUNKS`.
+pub mod stats_abi {
+    /// Scalar: kv heads.
+    pub const KV_HEADS: u32 = 12;
+    /// Scalar: chunks in the batch.
+    pub const CHUNKS: u32 = 13;
+}
+
+/// Parameter indices of the `combine` kernel.
+pub mod combine_abi {
+    /// The `seqs` table.
+    pub const SEQS: u32 = 0;
+    /// `partial`'s (m, l).
+    pub const PART_ML: u32 = 1;
+    /// `partial`'s accumulators.
+    pub const PART_ACC: u32 = 2;
+    /// Output `[batch, q_heads, head_dim]` f32.
+    pub const OUT: u32 = 3;
+    /// Scalar: kv heads.
+    pub const KV_HEADS: u32 = 4;
+    /// Scalar: sequences.
+    pub const BATCH: u32 = 5;
+}
+
+/// The attention kernels of `scheme` for `shape` under `schedule`.
+pub fn attention(
+    scheme: &CacheScheme,
+    shape: AttentionShape,
+    schedule: &AttentionSchedule,
+) -> Result<AttentionKernels, LowerError> {
+    if shape.head_dim == 0 || shape.group == 0 || shape.group > 64 {
+        return Err(LowerError::Schedule(format!(
+            "head_dim {} and group {} must be positive (group at most 64)",
+            shape.head_dim, shape.group
+        )));
+    }
+    let probe = Shape3 {
+        heads: 1,
+        tokens: 1,
+        dim: shape.head_dim as usize,
+    };
+    check_shape(&scheme.key, probe)?;
+    check_shape(&scheme.value, probe)?;
+    schedule.check(scheme)?;
+    let name = |kind: &str| {
+        let calib = scheme
+            .calibrate
+            .map_or(String::new(), |d| format!("_cal{:08x}", d.get().to_bits()));
+        format!(
+            "kvq_attend_{kind}_k{}_v{}{calib}_d{}_g{}",
+            scheme_tag(&scheme.key),
+            scheme_tag(&scheme.value),
+            shape.head_dim,
+            shape.group
+        )
+    };
+    Ok(AttentionKernels {
+        stats: scheme
+            .calibrate
+            .map(|_| partial::lower_stats(&name("stats"), scheme, shape, schedule)),
+        partial: partial::lower(&name("partial"), scheme, shape, schedule),
+        combine: combine::lower(&name("combine"), shape, schedule),
+    })
+}
+
+/// Blocks for `items` threads of `block_size`.
+pub fn grid(items: u64, block_size: u32) -> u64 {
+    items.div_ceil(u64::from(block_size))
+}

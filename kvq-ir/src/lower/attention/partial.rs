@@ -1,0 +1,476 @@
+//! The `partial` and `stats` kernels: one thread per (chunk, kv head) work item.
+
+use crate::ir::{Access, Builder, CmpOp, Kernel, Memory, ScalarType, Value};
+use crate::lower::emit::{global_item, param_type};
+use crate::scheme::{Axis, CacheScheme, Group, Scheme};
+
+use super::keys::{affine, fp_logits, key_row, load_query, span_logits, times, uses_tables, Item};
+use super::values::{flush, fp_values, init, softmax_tile, span_values, State};
+use super::{partial_abi as abi, seq_field as f, AttentionSchedule, AttentionShape};
+
+/// The buffers of both kernels, in ABI order.
+struct Buffers {
+    q: Memory,
+    seqs: Memory,
+    work_seq: Memory,
+    fp_k: Memory,
+    fp_v: Memory,
+    k: [Memory; 3],
+    v: [Memory; 3],
+    stats: Memory,
+}
+
+fn buffers(b: &mut Builder, scheme: &CacheScheme, stats_access: Access) -> Buffers {
+    let kp = param_type(scheme.key.params);
+    let vp = param_type(scheme.value.params);
+    let bufs = Buffers {
+        q: b.buffer("q", ScalarType::F32, Access::Read),
+        seqs: b.buffer("seqs", ScalarType::U32, Access::Read),
+        work_seq: b.buffer("work_seq", ScalarType::U32, Access::Read),
+        fp_k: b.buffer("fp_k", ScalarType::F32, Access::Read),
+        fp_v: b.buffer("fp_v", ScalarType::F32, Access::Read),
+        k: [
+            b.buffer("k_codes", ScalarType::U8, Access::Read),
+            b.buffer("k_zero", kp, Access::Read),
+            b.buffer("k_scale", kp, Access::Read),
+        ],
+        v: [
+            b.buffer("v_codes", ScalarType::U8, Access::Read),
+            b.buffer("v_zero", vp, Access::Read),
+            b.buffer("v_scale", vp, Access::Read),
+        ],
+        stats: b.buffer("stats", ScalarType::F32, stats_access),
+    };
+    debug_assert_eq!(bufs.stats, Memory::Param(abi::STATS));
+    bufs
+}
+
+/// Declares the locals, decodes the work item and runs `body(b, item, chunk in sequence,
+/// sequence's field row)` for the threads that have one.
+fn work_item(
+    b: &mut Builder,
+    scheme: &CacheScheme,
+    shape: AttentionShape,
+    s: &AttentionSchedule,
+    bufs: &Buffers,
+    [kv_heads, chunks]: [u32; 2],
+    body: impl FnOnce(&mut Builder, &Item, Value, Value),
+) {
+    let (d, g) = (shape.head_dim, shape.group);
+    let row_bytes = d * scheme.key.bits.width() / 8;
+    let locals = [
+        b.local("q", ScalarType::F32, g * d),
+        b.local("qs", ScalarType::F32, g * d),
+        b.local("bias", ScalarType::F32, g),
+        b.local("codes", ScalarType::F32, d),
+        b.local("logits", ScalarType::F32, g * s.tile),
+        b.local("sum", ScalarType::F32, 1),
+    ];
+    let lut =
+        uses_tables(&scheme.key).then(|| b.local("lut", ScalarType::F32, g * row_bytes * 256));
+    let item = global_item(b, s.block_size);
+    let kv_heads = b.param(kv_heads);
+    let chunks = b.param(chunks);
+    let items = b.mul(chunks, kv_heads);
+    let live = b.cmp(CmpOp::Lt, item, items);
+    b.if_then(live, |b| {
+        let w = b.div(item, kv_heads);
+        let h = b.rem(item, kv_heads);
+        let seq = b.load(bufs.work_seq, w, 1);
+        let row = times(b, seq, f::COUNT);
+        let field = |b: &mut Builder, k: u32| {
+            let kv = b.u32(k);
+            let at = b.add(row, kv);
+            b.load(bufs.seqs, at, 1)
+        };
+        let it = Item {
+            d,
+            g,
+            tile: s.tile,
+            h,
+            kv_heads,
+            span_len: field(b, f::SPAN_LEN),
+            fp_len: field(b, f::FP_LEN),
+            fp_base: field(b, f::FP_BASE),
+            k_codes: field(b, f::K_CODES),
+            k_params: field(b, f::K_PARAMS),
+            v_codes: field(b, f::V_CODES),
+            v_params: field(b, f::V_PARAMS),
+            q: locals[0],
+            qs: locals[1],
+            bias: locals[2],
+            lut,
+            codes: locals[3],
+            logits: locals[4],
+            sum: locals[5],
+        };
+        let base = field(b, f::CHUNK_BASE);
+        let ci = b.sub(w, base);
+        load_query(b, &it, bufs.q, seq);
+        body(b, &it, ci, row);
+    });
+}
+
+/// Tokens per key parameter row for axis = channel (`None` for group = all).
+fn row_tokens(s: &Scheme) -> Option<u32> {
+    match (s.axis, s.group) {
+        (Axis::Channel, Group::Size(n)) => Some(n.get() as u32),
+        _ => None,
+    }
+}
+
+/// First element of the axis = channel parameter row holding span token `t`.
+fn channel_row_param(b: &mut Builder, it: &Item, s: &Scheme, first: Value, t: Value) -> Value {
+    let rows_per_head = match row_tokens(s) {
+        Some(n) => {
+            let n1 = b.u32(n - 1);
+            let padded = b.add(it.span_len, n1);
+            let nv = b.u32(n);
+            let rows = b.div(padded, nv);
+            let r = b.div(t, nv);
+            let hr = b.mul(it.h, rows);
+            b.add(hr, r)
+        }
+        None => it.h,
+    };
+    affine(b, rows_per_head, it.d, first)
+}
+
+/// Runs `tile(b, t0, n)` for the tiles of span chunk `ci`, setting up key post-scaling for
+/// each key parameter row first.
+fn span_tiles(
+    b: &mut Builder,
+    it: &Item,
+    key: &Scheme,
+    bufs: &Buffers,
+    s: &AttentionSchedule,
+    ci: Value,
+    tile: impl FnOnce(&mut Builder, Value, Value, Value),
+) {
+    let start = times(b, ci, s.chunk);
+    let cn = b.u32(s.chunk);
+    let end = b.add(start, cn);
+    let end = b.min(end, it.span_len);
+    let kz = [bufs.k[1], bufs.k[2]];
+    if key.axis == Axis::Channel && row_tokens(key).is_none() {
+        let p = channel_row_param(b, it, key, it.k_params, start);
+        key_row(b, it, key, kz, p);
+    }
+    b.for_range(start, end, s.tile, |b, t0| {
+        if let Some(n) = row_tokens(key).filter(|_| key.axis == Axis::Channel) {
+            let nv = b.u32(n);
+            let off = b.rem(t0, nv);
+            let z = b.u32(0);
+            let row_start = b.cmp(CmpOp::Eq, off, z);
+            let first = b.cmp(CmpOp::Eq, t0, start);
+            let setup = b.binary(crate::ir::BinaryOp::Or, row_start, first);
+            b.if_then(setup, |b| {
+                let p = channel_row_param(b, it, key, it.k_params, t0);
+                key_row(b, it, key, kz, p);
+            });
+        }
+        let tl = b.u32(s.tile);
+        let stop = b.add(t0, tl);
+        let stop = b.min(stop, end);
+        let n = b.sub(stop, t0);
+        b.for_range(t0, stop, 1, |b, t| {
+            let slot = b.sub(t, t0);
+            span_logits(b, it, key, bufs.k, t, slot);
+        });
+        tile(b, t0, n, end);
+    });
+}
+
+/// The `partial` kernel.
+pub(super) fn lower(
+    name: &str,
+    scheme: &CacheScheme,
+    shape: AttentionShape,
+    s: &AttentionSchedule,
+) -> Kernel {
+    let mut b = Builder::new(name, s.block_size);
+    let bufs = buffers(&mut b, scheme, Access::Read);
+    let part_ml = b.buffer("part_ml", ScalarType::F32, Access::Write);
+    let part_acc = b.buffer("part_acc", ScalarType::F32, Access::Write);
+    let kv_heads = b.scalar_param("kv_heads", ScalarType::U32);
+    let chunks = b.scalar_param("chunks", ScalarType::U32);
+    debug_assert_eq!((kv_heads, chunks), (abi::KV_HEADS, abi::CHUNKS));
+    let (d, g) = (shape.head_dim, shape.group);
+    let st = State {
+        m: b.local("m", ScalarType::F32, g),
+        l: b.local("l", ScalarType::F32, g),
+        acc: b.local("acc", ScalarType::F32, g * d),
+        cacc: (scheme.value.axis == Axis::Channel).then(|| {
+            (
+                b.local("cacc", ScalarType::F32, g * d),
+                b.local("psum", ScalarType::F32, g),
+            )
+        }),
+        row: b.local("row", ScalarType::F32, d),
+    };
+    let calib = [
+        b.local("cal_min", ScalarType::F32, g),
+        b.local("cal_factor", ScalarType::F32, g),
+    ];
+    let (key, value) = (&scheme.key, &scheme.value);
+    work_item(
+        &mut b,
+        scheme,
+        shape,
+        s,
+        &bufs,
+        [kv_heads, chunks],
+        |b, it, ci, row| {
+            init(b, it, &st);
+            let at = b.u32(f::SPAN_CHUNKS);
+            let at = b.add(row, at);
+            let span_chunks = b.load(bufs.seqs, at, 1);
+            let is_span = b.cmp(CmpOp::Lt, ci, span_chunks);
+            b.if_else(
+                is_span,
+                |b| {
+                    if let Some(dcal) = scheme.calibrate {
+                        calibration(b, it, &bufs, row, calib, dcal.get());
+                    }
+                    span_tiles(b, it, key, &bufs, s, ci, |b, t0, n, end| {
+                        if scheme.calibrate.is_some() {
+                            apply_calibration(b, it, calib, n);
+                        }
+                        softmax_tile(b, it, &st, n);
+                        let stop = b.add(t0, n);
+                        b.for_range(t0, stop, 1, |b, t| {
+                            let slot = b.sub(t, t0);
+                            span_values(b, it, &st, value, bufs.v, t, slot);
+                        });
+                        if st.cacc.is_some() {
+                            // Flush at the end of a value parameter row or of the chunk.
+                            let last = b.cmp(CmpOp::Eq, stop, end);
+                            let done = match row_tokens(value) {
+                                Some(nrow) => {
+                                    let nv = b.u32(nrow);
+                                    let off = b.rem(stop, nv);
+                                    let z = b.u32(0);
+                                    let row_end = b.cmp(CmpOp::Eq, off, z);
+                                    b.binary(crate::ir::BinaryOp::Or, row_end, last)
+                                }
+                                None => last,
+                            };
+                            b.if_then(done, |b| {
+                                let p = channel_row_param(b, it, value, it.v_params, t0);
+                                flush(b, it, &st, value, [bufs.v[1], bufs.v[2]], p);
+                            });
+                        }
+                    });
+                },
+                |b| {
+                    let fci = b.sub(ci, span_chunks);
+                    let start = times(b, fci, s.chunk);
+                    let cn = b.u32(s.chunk);
+                    let end = b.add(start, cn);
+                    let end = b.min(end, it.fp_len);
+                    b.for_range(start, end, s.tile, |b, t0| {
+                        let tl = b.u32(s.tile);
+                        let stop = b.add(t0, tl);
+                        let stop = b.min(stop, end);
+                        let n = b.sub(stop, t0);
+                        b.for_range(t0, stop, 1, |b, t| {
+                            let slot = b.sub(t, t0);
+                            fp_logits(b, it, bufs.fp_k, t, slot);
+                        });
+                        softmax_tile(b, it, &st, n);
+                        b.for_range(t0, stop, 1, |b, t| {
+                            let slot = b.sub(t, t0);
+                            fp_values(b, it, &st, bufs.fp_v, t, slot);
+                        });
+                    });
+                },
+            );
+            // Outputs of item (w, h): index (w * kv_heads + h) * g + gi.
+            let item = global_item(b, s.block_size);
+            let first = times(b, item, g);
+            let z = b.u32(0);
+            let gn = b.u32(g);
+            b.for_range(z, gn, 1, |b, gi| {
+                let slot = b.add(first, gi);
+                let mi = times(b, slot, 2);
+                let m = b.read_local(st.m, gi);
+                b.store(part_ml, mi, m);
+                let one = b.u32(1);
+                let li = b.add(mi, one);
+                let l = b.read_local(st.l, gi);
+                b.store(part_ml, li, l);
+                let out = times(b, slot, d);
+                let row = times(b, gi, d);
+                let z = b.u32(0);
+                let dn = b.u32(d);
+                b.for_range(z, dn, 1, |b, c| {
+                    let src = b.add(row, c);
+                    let x = b.read_local(st.acc, src);
+                    let dst = b.add(out, c);
+                    b.store(part_acc, dst, x);
+                });
+            });
+        },
+    );
+    b.finish()
+}
+
+/// Reads the span's logit extremes per query head from `stats` (over the sequence's span
+/// chunks) and stores the calibration's `m` and factor (1 when the spread is at most `dcal`).
+fn calibration(
+    b: &mut Builder,
+    it: &Item,
+    bufs: &Buffers,
+    row: Value,
+    [cmin, cfac]: [u32; 2],
+    dcal: f32,
+) {
+    let g = it.g;
+    let at = b.u32(f::CHUNK_BASE);
+    let at = b.add(row, at);
+    let first = b.load(bufs.seqs, at, 1);
+    let at = b.u32(f::SPAN_CHUNKS);
+    let at = b.add(row, at);
+    let n = b.load(bufs.seqs, at, 1);
+    let end = b.add(first, n);
+    let z = b.u32(0);
+    let gn = b.u32(g);
+    b.for_range(z, gn, 1, |b, gi| {
+        let inf = b.f32(f32::INFINITY);
+        let ninf = b.f32(f32::NEG_INFINITY);
+        let z = b.u32(0);
+        b.write_local(cmin, gi, inf);
+        b.write_local(it.sum, z, ninf);
+        b.for_range(first, end, 1, |b, w| {
+            let wh = b.mul(w, it.kv_heads);
+            let wh = b.add(wh, it.h);
+            let slot = affine(b, wh, g, gi);
+            let i = times(b, slot, 2);
+            let lo = b.load(bufs.stats, i, 1);
+            let one = b.u32(1);
+            let j = b.add(i, one);
+            let hi = b.load(bufs.stats, j, 1);
+            let cur = b.read_local(cmin, gi);
+            let cur = b.min(cur, lo);
+            b.write_local(cmin, gi, cur);
+            let z = b.u32(0);
+            let top = b.read_local(it.sum, z);
+            let top = b.max(top, hi);
+            b.write_local(it.sum, z, top);
+        });
+        let lo = b.read_local(cmin, gi);
+        let hi = b.read_local(it.sum, z);
+        let spread = b.sub(hi, lo);
+        let dv = b.f32(dcal);
+        let wide = b.cmp(CmpOp::Gt, spread, dv);
+        let num = b.sub(spread, dv);
+        let factor = b.div(num, spread);
+        let one = b.f32(1.0);
+        let factor = b.select(wide, factor, one);
+        b.write_local(cfac, gi, factor);
+    });
+}
+
+/// `s := m + (s - m) * factor` on the tile's logits where the factor is below 1.
+fn apply_calibration(b: &mut Builder, it: &Item, [cmin, cfac]: [u32; 2], n: Value) {
+    let z = b.u32(0);
+    let gn = b.u32(it.g);
+    b.for_range(z, gn, 1, |b, gi| {
+        let m = b.read_local(cmin, gi);
+        let fct = b.read_local(cfac, gi);
+        let one = b.f32(1.0);
+        let squeeze = b.cmp(CmpOp::Lt, fct, one);
+        b.if_then(squeeze, |b| {
+            let base = times(b, gi, it.tile);
+            let z = b.u32(0);
+            b.for_range(z, n, 1, |b, i| {
+                let at = b.add(base, i);
+                let s = b.read_local(it.logits, at);
+                let x = b.sub(s, m);
+                let x = b.mul(x, fct);
+                let x = b.add(m, x);
+                b.write_local(it.logits, at, x);
+            });
+        });
+    });
+}
+
+/// The `stats` kernel: the raw span-logit minimum and maximum of each (item, query head);
+/// fp items write nothing.
+pub(super) fn lower_stats(
+    name: &str,
+    scheme: &CacheScheme,
+    shape: AttentionShape,
+    s: &AttentionSchedule,
+) -> Kernel {
+    let mut b = Builder::new(name, s.block_size);
+    let bufs = buffers(&mut b, scheme, Access::Write);
+    let kv_heads = b.scalar_param("kv_heads", ScalarType::U32);
+    let chunks = b.scalar_param("chunks", ScalarType::U32);
+    debug_assert_eq!(
+        (kv_heads, chunks),
+        (super::stats_abi::KV_HEADS, super::stats_abi::CHUNKS)
+    );
+    let g = shape.group;
+    let ext = [
+        b.local("lo", ScalarType::F32, g),
+        b.local("hi", ScalarType::F32, g),
+    ];
+    work_item(
+        &mut b,
+        scheme,
+        shape,
+        s,
+        &bufs,
+        [kv_heads, chunks],
+        |b, it, ci, row| {
+            let at = b.u32(f::SPAN_CHUNKS);
+            let at = b.add(row, at);
+            let span_chunks = b.load(bufs.seqs, at, 1);
+            let is_span = b.cmp(CmpOp::Lt, ci, span_chunks);
+            b.if_then(is_span, |b| {
+                let z = b.u32(0);
+                let gn = b.u32(g);
+                b.for_range(z, gn, 1, |b, gi| {
+                    let inf = b.f32(f32::INFINITY);
+                    let ninf = b.f32(f32::NEG_INFINITY);
+                    b.write_local(ext[0], gi, inf);
+                    b.write_local(ext[1], gi, ninf);
+                });
+                span_tiles(b, it, &scheme.key, &bufs, s, ci, |b, _, n, _| {
+                    let z = b.u32(0);
+                    let gn = b.u32(g);
+                    b.for_range(z, gn, 1, |b, gi| {
+                        let base = times(b, gi, it.tile);
+                        let z = b.u32(0);
+                        b.for_range(z, n, 1, |b, i| {
+                            let at = b.add(base, i);
+                            let x = b.read_local(it.logits, at);
+                            let lo = b.read_local(ext[0], gi);
+                            let lo = b.min(lo, x);
+                            b.write_local(ext[0], gi, lo);
+                            let hi = b.read_local(ext[1], gi);
+                            let hi = b.max(hi, x);
+                            b.write_local(ext[1], gi, hi);
+                        });
+                    });
+                });
+                let item = global_item(b, s.block_size);
+                let first = times(b, item, g);
+                let z = b.u32(0);
+                let gn = b.u32(g);
+                b.for_range(z, gn, 1, |b, gi| {
+                    let slot = b.add(first, gi);
+                    let i = times(b, slot, 2);
+                    let lo = b.read_local(ext[0], gi);
+                    b.store(bufs.stats, i, lo);
+                    let one = b.u32(1);
+                    let j = b.add(i, one);
+                    let hi = b.read_local(ext[1], gi);
+                    b.store(bufs.stats, j, hi);
+                });
+            });
+        },
+    );
+    b.finish()
+}

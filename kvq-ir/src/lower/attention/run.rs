@@ -1,0 +1,267 @@
+//! The arguments of an attention launch on host memory, independent of the backend that runs
+//! the kernels (the interpreter here, generated host code in `kvq-codegen`).
+
+use half::f16;
+
+use crate::ir::interp::{Arg, Buffer};
+use crate::ir::Kernel;
+use crate::reference::PackedSpan;
+use crate::scheme::{CacheScheme, ParamType};
+use crate::tensor::Tensor3;
+
+use super::{
+    grid, plan, AttentionKernels, AttentionSchedule, AttentionShape, BatchPlan, SeqExtent,
+};
+use crate::lower::LowerError;
+
+/// One sequence of a batch: its query `[q_heads, head_dim]`, its full-precision tokens
+/// `(k, v)` = `[kv_heads, n, head_dim]` each (prefix and suffix together, if any), and its
+/// quantized span `(keys, values)`, if any.
+#[derive(Debug, Clone, Copy)]
+pub struct SeqData<'a> {
+    /// The query.
+    pub q: &'a [f32],
+    /// Full-precision keys and values.
+    pub fp: Option<(&'a Tensor3, &'a Tensor3)>,
+    /// The quantized span.
+    pub span: Option<(&'a PackedSpan, &'a PackedSpan)>,
+}
+
+/// The argument lists of the three kernels for one batch, built once and launched any number
+/// of times (the buffers they write are overwritten by each launch).
+#[derive(Debug)]
+pub struct AttentionArgs {
+    /// The batch plan.
+    pub plan: BatchPlan,
+    /// Arguments of `stats` (empty without calibration), `partial` and `combine`.
+    pub stats: Vec<Arg>,
+    /// See [`AttentionArgs::stats`].
+    pub partial: Vec<Arg>,
+    /// See [`AttentionArgs::stats`].
+    pub combine: Vec<Arg>,
+    /// Sequences, kv heads, head dim, q heads.
+    batch: usize,
+    q_heads: usize,
+    head_dim: usize,
+    /// Blocks of the work-item kernels and of `combine`.
+    item_blocks: u32,
+    combine_blocks: u32,
+}
+
+fn params(p: ParamType, xs: Vec<f32>) -> Buffer {
+    match p {
+        ParamType::F16 => Buffer::F16(xs.into_iter().map(f16::from_f32).collect()),
+        ParamType::F32 => Buffer::F32(xs),
+    }
+}
+
+fn shape_error(why: String) -> LowerError {
+    LowerError::Schedule(why)
+}
+
+impl AttentionArgs {
+    /// Concatenates the batch's data in plan order. Shapes are checked; spans must use
+    /// `scheme`'s key and value schemes.
+    pub fn new(
+        scheme: &CacheScheme,
+        shape: AttentionShape,
+        schedule: &AttentionSchedule,
+        kv_heads: usize,
+        seqs: &[SeqData<'_>],
+    ) -> Result<AttentionArgs, LowerError> {
+        let (d, g) = (shape.head_dim as usize, shape.group as usize);
+        let q_heads = kv_heads * g;
+        let mut extents = Vec::with_capacity(seqs.len());
+        for (i, s) in seqs.iter().enumerate() {
+            if s.q.len() != q_heads * d {
+                return Err(shape_error(format!(
+                    "sequence {i}: query of {} values, expected {}",
+                    s.q.len(),
+                    q_heads * d
+                )));
+            }
+            let fp_tokens = match s.fp {
+                Some((k, v)) => {
+                    let want = [kv_heads, k.shape().tokens, d];
+                    if k.shape().dims() != want || v.shape().dims() != want {
+                        return Err(shape_error(format!(
+                            "sequence {i}: fp shapes differ from {want:?}"
+                        )));
+                    }
+                    k.shape().tokens
+                }
+                None => 0,
+            };
+            let span_tokens = match s.span {
+                Some((k, v)) => {
+                    let ok = k.scheme == scheme.key
+                        && v.scheme == scheme.value
+                        && k.shape == v.shape
+                        && k.shape.heads == kv_heads
+                        && k.shape.dim == d;
+                    if !ok {
+                        return Err(shape_error(format!("sequence {i}: span does not fit")));
+                    }
+                    k.shape.tokens
+                }
+                None => 0,
+            };
+            extents.push(SeqExtent {
+                fp_tokens,
+                span_tokens,
+            });
+        }
+        let plan = plan(scheme, kv_heads, d, &extents, schedule)?;
+        let mut q = Vec::with_capacity(seqs.len() * q_heads * d);
+        let (mut fk, mut fv) = (
+            Vec::with_capacity(plan.fp_elems),
+            Vec::with_capacity(plan.fp_elems),
+        );
+        let (mut kc, mut kz, mut ks) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut vc, mut vz, mut vs) = (Vec::new(), Vec::new(), Vec::new());
+        for s in seqs {
+            q.extend_from_slice(s.q);
+            if let Some((k, v)) = s.fp {
+                fk.extend_from_slice(k.data());
+                fv.extend_from_slice(v.data());
+            }
+            if let Some((k, v)) = s.span {
+                kc.extend_from_slice(&k.codes);
+                kz.extend_from_slice(&k.zero);
+                ks.extend_from_slice(&k.scale);
+                vc.extend_from_slice(&v.codes);
+                vz.extend_from_slice(&v.zero);
+                vs.extend_from_slice(&v.scale);
+            }
+        }
+        // Empty buffers get one element so every backend can address them.
+        let nonempty = |mut v: Vec<f32>| {
+            if v.is_empty() {
+                v.push(0.0);
+            }
+            v
+        };
+        let nonempty_u8 = |mut v: Vec<u8>| {
+            if v.is_empty() {
+                v.push(0);
+            }
+            v
+        };
+        let chunks = plan.chunks();
+        let slots = chunks * kv_heads * g;
+        let too_big = || shape_error("the batch needs more than 2^32 - 1 blocks".to_string());
+        let item_blocks = u32::try_from(grid((chunks * kv_heads) as u64, schedule.block_size))
+            .map_err(|_| too_big())?;
+        let combine_blocks =
+            u32::try_from(grid((seqs.len() * q_heads) as u64, schedule.block_size))
+                .map_err(|_| too_big())?;
+        let mut partial = vec![
+            Arg::Buffer(Buffer::F32(q)),
+            Arg::Buffer(Buffer::U32(plan.seqs.clone())),
+            Arg::Buffer(Buffer::U32(plan.work_seq.clone())),
+            Arg::Buffer(Buffer::F32(nonempty(fk))),
+            Arg::Buffer(Buffer::F32(nonempty(fv))),
+            Arg::Buffer(Buffer::U8(nonempty_u8(kc))),
+            Arg::Buffer(params(scheme.key.params, nonempty(kz))),
+            Arg::Buffer(params(scheme.key.params, nonempty(ks))),
+            Arg::Buffer(Buffer::U8(nonempty_u8(vc))),
+            Arg::Buffer(params(scheme.value.params, nonempty(vz))),
+            Arg::Buffer(params(scheme.value.params, nonempty(vs))),
+            Arg::Buffer(Buffer::F32(vec![0.0; slots * 2])),
+            Arg::Buffer(Buffer::F32(vec![0.0; slots * 2])),
+            Arg::Buffer(Buffer::F32(vec![0.0; slots * d])),
+            Arg::U32(kv_heads as u32),
+            Arg::U32(chunks as u32),
+        ];
+        let stats = if scheme.calibrate.is_some() {
+            // Inputs are moved in from `partial` for each launch; only `stats` is its own.
+            let mut s: Vec<Arg> = (0..11)
+                .map(|_| Arg::Buffer(Buffer::U8(Vec::new())))
+                .collect();
+            s.push(Arg::Buffer(Buffer::F32(vec![0.0; slots * 2])));
+            s.push(Arg::U32(kv_heads as u32));
+            s.push(Arg::U32(chunks as u32));
+            s
+        } else {
+            Vec::new()
+        };
+        let combine = vec![
+            Arg::Buffer(Buffer::U32(plan.seqs.clone())),
+            Arg::Buffer(Buffer::F32(vec![0.0; slots * 2])),
+            Arg::Buffer(Buffer::F32(vec![0.0; slots * d])),
+            Arg::Buffer(Buffer::F32(vec![0.0; seqs.len() * q_heads * d])),
+            Arg::U32(kv_heads as u32),
+            Arg::U32(seqs.len() as u32),
+        ];
+        partial.shrink_to_fit();
+        Ok(AttentionArgs {
+            plan,
+            stats,
+            partial,
+            combine,
+            batch: seqs.len(),
+            q_heads,
+            head_dim: d,
+            item_blocks,
+            combine_blocks,
+        })
+    }
+
+    /// Runs the kernels with `run(kernel, args, blocks)`, moving buffers between the launches
+    /// (a host backend shares them; a device backend would keep them resident).
+    pub fn launch<E>(
+        &mut self,
+        kernels: &AttentionKernels,
+        mut run: impl FnMut(&Kernel, &mut [Arg], u32) -> Result<(), E>,
+    ) -> Result<(), E> {
+        use super::{combine_abi as c, partial_abi as p};
+        if let Some(stats) = &kernels.stats {
+            for i in 0..p::STATS {
+                swap(&mut self.partial, i, &mut self.stats, i);
+            }
+            let r = run(stats, &mut self.stats, self.item_blocks);
+            for i in 0..p::STATS {
+                swap(&mut self.partial, i, &mut self.stats, i);
+            }
+            r?;
+            swap(&mut self.partial, p::STATS, &mut self.stats, p::STATS);
+        }
+        run(&kernels.partial, &mut self.partial, self.item_blocks)?;
+        swap(&mut self.partial, p::PART_ML, &mut self.combine, c::PART_ML);
+        swap(
+            &mut self.partial,
+            p::PART_ACC,
+            &mut self.combine,
+            c::PART_ACC,
+        );
+        let result = run(&kernels.combine, &mut self.combine, self.combine_blocks);
+        swap(&mut self.partial, p::PART_ML, &mut self.combine, c::PART_ML);
+        swap(
+            &mut self.partial,
+            p::PART_ACC,
+            &mut self.combine,
+            c::PART_ACC,
+        );
+        if kernels.stats.is_some() {
+            swap(&mut self.partial, p::STATS, &mut self.stats, p::STATS);
+        }
+        result
+    }
+
+    /// The outputs of the last launch, one `[q_heads, head_dim]` vector per sequence.
+    pub fn outputs(&self) -> Vec<Vec<f32>> {
+        let Some(Arg::Buffer(Buffer::F32(out))) =
+            self.combine.get(super::combine_abi::OUT as usize)
+        else {
+            return Vec::new();
+        };
+        out.chunks(self.q_heads * self.head_dim)
+            .take(self.batch)
+            .map(<[f32]>::to_vec)
+            .collect()
+    }
+}
+
+fn swap(a: &mut [Arg], i: u32, b: &mut [Arg], j: u32) {
+    std::mem::swap(&mut a[i as usize], &mut b[j as usize]);
+}

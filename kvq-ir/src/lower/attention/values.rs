@@ -1,0 +1,252 @@
+//! The softmax and value side of a work item: online softmax over tiles of logits, and the
+//! `P V` accumulation from full-precision values or codes.
+
+use crate::ir::{Builder, CmpOp, Memory, UnaryOp, Value};
+use crate::scheme::{Axis, Group, Scheme};
+
+use super::keys::{affine, param_f32, times, unpack_row, Item};
+
+/// Online softmax state locals: running max `[g]`, sum `[g]`, accumulator `[g, d]`; for
+/// axis = channel values also the raw code sums `[g, d]` and weight sums `[g]` of the current
+/// parameter row; for axis = token a dequantized row `[d]`.
+pub(super) struct State {
+    pub m: u32,
+    pub l: u32,
+    pub acc: u32,
+    pub cacc: Option<(u32, u32)>,
+    pub row: u32,
+}
+
+/// Fills `local[0..n]` with `x`.
+fn fill(b: &mut Builder, local: u32, n: u32, x: Value) {
+    let zero = b.u32(0);
+    let end = b.u32(n);
+    b.for_range(zero, end, 1, |b, i| b.write_local(local, i, x));
+}
+
+/// Multiplies `local[first..first + n]` by `x`.
+fn scale_run(b: &mut Builder, local: u32, first: Value, n: u32, x: Value) {
+    let zero = b.u32(0);
+    let end = b.u32(n);
+    b.for_range(zero, end, 1, |b, i| {
+        let at = b.add(first, i);
+        let v = b.read_local(local, at);
+        let v = b.mul(v, x);
+        b.write_local(local, at, v);
+    });
+}
+
+/// `m = -inf`, `l = 0`, accumulators 0.
+pub(super) fn init(b: &mut Builder, it: &Item, st: &State) {
+    let (d, g) = (it.d, it.g);
+    let ninf = b.f32(f32::NEG_INFINITY);
+    let fz = b.f32(0.0);
+    fill(b, st.m, g, ninf);
+    fill(b, st.l, g, fz);
+    fill(b, st.acc, g * d, fz);
+    if let Some((cacc, psum)) = st.cacc {
+        fill(b, cacc, g * d, fz);
+        fill(b, psum, g, fz);
+    }
+}
+
+/// One tile of `n` logits per query head: raises the running max (rescaling the state when it
+/// grows), turns the logits into weights `e^(s - m)` and adds them to `l`.
+pub(super) fn softmax_tile(b: &mut Builder, it: &Item, st: &State, n: Value) {
+    let (d, g, tile) = (it.d, it.g, it.tile);
+    let zero = b.u32(0);
+    let gn = b.u32(g);
+    b.for_range(zero, gn, 1, |b, gi| {
+        let base = times(b, gi, tile);
+        let z = b.u32(0);
+        let ninf = b.f32(f32::NEG_INFINITY);
+        b.write_local(it.sum, z, ninf);
+        b.for_range(z, n, 1, |b, i| {
+            let at = b.add(base, i);
+            let s = b.read_local(it.logits, at);
+            let z = b.u32(0);
+            let m = b.read_local(it.sum, z);
+            let m = b.max(m, s);
+            b.write_local(it.sum, z, m);
+        });
+        let tile_max = b.read_local(it.sum, z);
+        let old = b.read_local(st.m, gi);
+        let new = b.max(old, tile_max);
+        let grows = b.cmp(CmpOp::Gt, new, old);
+        b.if_then(grows, |b| {
+            let diff = b.sub(old, new);
+            let corr = b.unary(UnaryOp::Exp, diff);
+            let l = b.read_local(st.l, gi);
+            let l = b.mul(l, corr);
+            b.write_local(st.l, gi, l);
+            let row = times(b, gi, d);
+            scale_run(b, st.acc, row, d, corr);
+            if let Some((cacc, psum)) = st.cacc {
+                scale_run(b, cacc, row, d, corr);
+                scale_run(b, psum, gi, 1, corr);
+            }
+            b.write_local(st.m, gi, new);
+        });
+        let z = b.u32(0);
+        let fz = b.f32(0.0);
+        b.write_local(it.sum, z, fz);
+        b.for_range(z, n, 1, |b, i| {
+            let at = b.add(base, i);
+            let s = b.read_local(it.logits, at);
+            let x = b.sub(s, new);
+            let p = b.unary(UnaryOp::Exp, x);
+            b.write_local(it.logits, at, p);
+            let z = b.u32(0);
+            let acc = b.read_local(it.sum, z);
+            let acc = b.add(acc, p);
+            b.write_local(it.sum, z, acc);
+        });
+        let total = b.read_local(it.sum, z);
+        let l = b.read_local(st.l, gi);
+        let l = b.add(l, total);
+        b.write_local(st.l, gi, l);
+    });
+}
+
+/// `dst[row + c] += w * src(c)` for every query head's weight `w = logits[gi, slot]`.
+fn add_weighted(
+    b: &mut Builder,
+    it: &Item,
+    dst: u32,
+    slot: Value,
+    weight_sum: Option<u32>,
+    src: impl Fn(&mut Builder, Value) -> Value + Copy,
+) {
+    let (d, g, tile) = (it.d, it.g, it.tile);
+    let zero = b.u32(0);
+    let gn = b.u32(g);
+    b.for_range(zero, gn, 1, |b, gi| {
+        let at = affine(b, gi, tile, slot);
+        let p = b.read_local(it.logits, at);
+        if let Some(ps) = weight_sum {
+            let s = b.read_local(ps, gi);
+            let s = b.add(s, p);
+            b.write_local(ps, gi, s);
+        }
+        let row = times(b, gi, d);
+        let z = b.u32(0);
+        let dn = b.u32(d);
+        b.for_range(z, dn, 1, |b, c| {
+            let x = src(b, c);
+            let px = b.mul(p, x);
+            let at = b.add(row, c);
+            let a = b.read_local(dst, at);
+            let a = b.add(a, px);
+            b.write_local(dst, at, a);
+        });
+    });
+}
+
+/// Adds span token `t` (weights in `logits[.., slot]`) to the state.
+pub(super) fn span_values(
+    b: &mut Builder,
+    it: &Item,
+    st: &State,
+    value: &Scheme,
+    [codes_m, zero_m, scale_m]: [Memory; 3],
+    t: Value,
+    slot: Value,
+) {
+    let d = it.d;
+    let row_bytes = d / value.bits.codes_per_byte() as u32;
+    let hs = b.mul(it.h, it.span_len);
+    let tok_row = b.add(hs, t);
+    let at = affine(b, tok_row, row_bytes, it.v_codes);
+    unpack_row(b, it, value, codes_m, at);
+    let codes = it.codes;
+    match (value.axis, st.cacc) {
+        (Axis::Channel, Some((cacc, psum))) => {
+            add_weighted(b, it, cacc, slot, Some(psum), move |b, c| {
+                b.read_local(codes, c)
+            });
+        }
+        _ => {
+            let width = match value.group {
+                Group::All => d,
+                Group::Size(n) => n.get() as u32,
+            };
+            let groups = d / width;
+            let pbase = affine(b, tok_row, groups, it.v_params);
+            for j in 0..groups {
+                let jv = b.u32(j);
+                let pat = b.add(pbase, jv);
+                let z = param_f32(b, zero_m, pat, value);
+                let sc = param_f32(b, scale_m, pat, value);
+                let first = b.u32(j * width);
+                let zero = b.u32(0);
+                let wn = b.u32(width);
+                b.for_range(zero, wn, 1, |b, i| {
+                    let c = b.add(first, i);
+                    let code = b.read_local(codes, c);
+                    let x = b.mul(sc, code);
+                    let x = b.add(z, x);
+                    b.write_local(st.row, c, x);
+                });
+            }
+            let row = st.row;
+            add_weighted(b, it, st.acc, slot, None, move |b, c| b.read_local(row, c));
+        }
+    }
+}
+
+/// Folds the raw code sums of axis = channel values into the accumulator with the parameter
+/// row starting at element `param`: `acc += scale * cacc + zero * psum`; then clears them.
+pub(super) fn flush(
+    b: &mut Builder,
+    it: &Item,
+    st: &State,
+    value: &Scheme,
+    [zero_m, scale_m]: [Memory; 2],
+    param: Value,
+) {
+    let Some((cacc, psum)) = st.cacc else { return };
+    let (d, g) = (it.d, it.g);
+    let zero = b.u32(0);
+    let gn = b.u32(g);
+    b.for_range(zero, gn, 1, |b, gi| {
+        let ps = b.read_local(psum, gi);
+        let row = times(b, gi, d);
+        let z = b.u32(0);
+        let dn = b.u32(d);
+        b.for_range(z, dn, 1, |b, c| {
+            let pat = b.add(param, c);
+            let zc = param_f32(b, zero_m, pat, value);
+            let sc = param_f32(b, scale_m, pat, value);
+            let at = b.add(row, c);
+            let raw = b.read_local(cacc, at);
+            let x = b.mul(sc, raw);
+            let y = b.mul(zc, ps);
+            let x = b.add(x, y);
+            let a = b.read_local(st.acc, at);
+            let a = b.add(a, x);
+            b.write_local(st.acc, at, a);
+            let fz = b.f32(0.0);
+            b.write_local(cacc, at, fz);
+        });
+        let fz = b.f32(0.0);
+        b.write_local(psum, gi, fz);
+    });
+}
+
+/// Adds full-precision token `t` to the state.
+pub(super) fn fp_values(
+    b: &mut Builder,
+    it: &Item,
+    st: &State,
+    fp_v: Memory,
+    t: Value,
+    slot: Value,
+) {
+    let hf = b.mul(it.h, it.fp_len);
+    let tok = b.add(hf, t);
+    let at = affine(b, tok, it.d, it.fp_base);
+    add_weighted(b, it, st.acc, slot, None, move |b, c| {
+        let i = b.add(at, c);
+        b.load(fp_v, i, 1)
+    });
+}

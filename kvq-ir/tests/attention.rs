@@ -1,0 +1,211 @@
+//! The generated attention kernels, run by the interpreter, match the reference decode attention
+//! (f64, dequantized) for every catalogue scheme as key and as value, with and without
+//! calibration, on a batch of sequences with different fp and span lengths, over several
+//! schedules (chunks and tiles that cut spans and parameter rows, several threads per block).
+
+use kvq_ir::ir::{interp, verify};
+use kvq_ir::lower::attention::{
+    attention, AttentionArgs, AttentionSchedule, AttentionShape, SeqData,
+};
+use kvq_ir::reference::{decode_attention, quantize, PackedSpan, Segment};
+use kvq_ir::scheme::catalogue::catalogue;
+use kvq_ir::{CacheScheme, Calibration, Tensor3};
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> f32 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+    fn tensor(&mut self, heads: usize, tokens: usize, dim: usize, a: f32) -> Tensor3 {
+        let data = (0..heads * tokens * dim).map(|_| a * self.next()).collect();
+        Tensor3::new([heads, tokens, dim], data).unwrap()
+    }
+}
+
+const KV: usize = 2;
+const G: usize = 3;
+const D: usize = 64;
+
+struct Seq {
+    q: Vec<f32>,
+    fp: Option<(Tensor3, Tensor3)>,
+    span: Option<(Tensor3, Tensor3)>,
+}
+
+fn batch(rng: &mut Rng) -> Vec<Seq> {
+    [(5, 35), (17, 20), (9, 0), (0, 30), (13, 37)]
+        .into_iter()
+        .map(|(fp, span)| Seq {
+            q: rng.tensor(KV * G, 1, D, 2.0).data().to_vec(),
+            fp: (fp > 0).then(|| (rng.tensor(KV, fp, D, 2.0), rng.tensor(KV, fp, D, 1.0))),
+            span: (span > 0).then(|| (rng.tensor(KV, span, D, 2.0), rng.tensor(KV, span, D, 1.0))),
+        })
+        .collect()
+}
+
+/// Max over query heads of max |got - want| / max |want|.
+fn deviation(got: &[f32], want: &[f32]) -> f64 {
+    got.chunks(D)
+        .zip(want.chunks(D))
+        .map(|(g, w)| {
+            let scale = w.iter().fold(0.0f64, |m, &x| m.max(f64::from(x).abs()));
+            let diff = g.iter().zip(w).fold(0.0f64, |m, (&a, &b)| {
+                m.max((f64::from(a) - f64::from(b)).abs())
+            });
+            diff / scale
+        })
+        .fold(0.0, f64::max)
+}
+
+fn run(
+    kernel: &kvq_ir::ir::Kernel,
+    args: &mut [interp::Arg],
+    grid: u32,
+) -> Result<(), interp::InterpError> {
+    verify(kernel).unwrap_or_else(|e| panic!("{e}"));
+    interp::run(kernel, args, grid)
+}
+
+/// Runs one scheme pair and schedule through the interpreter; returns the worst deviation.
+fn check(scheme: &CacheScheme, schedule: &AttentionSchedule, seqs: &[Seq]) -> f64 {
+    let spans: Vec<Option<(PackedSpan, PackedSpan)>> = seqs
+        .iter()
+        .map(|s| {
+            s.span.as_ref().map(|(k, v)| {
+                (
+                    quantize(k, &scheme.key).unwrap(),
+                    quantize(v, &scheme.value).unwrap(),
+                )
+            })
+        })
+        .collect();
+    let data: Vec<SeqData<'_>> = seqs
+        .iter()
+        .zip(&spans)
+        .map(|(s, span)| SeqData {
+            q: &s.q,
+            fp: s.fp.as_ref().map(|(k, v)| (k, v)),
+            span: span.as_ref().map(|(k, v)| (k, v)),
+        })
+        .collect();
+    let shape = AttentionShape {
+        head_dim: D as u32,
+        group: G as u32,
+    };
+    let kernels = attention(scheme, shape, schedule).unwrap();
+    let mut args = AttentionArgs::new(scheme, shape, schedule, KV, &data).unwrap();
+    args.launch(&kernels, run).unwrap();
+    let mut worst = 0.0f64;
+    for (i, (got, s)) in args.outputs().iter().zip(&data).enumerate() {
+        let mut segments = Vec::new();
+        if let Some((k, v)) = s.fp {
+            segments.push(Segment::Full { k, v });
+        }
+        if let Some((k, v)) = s.span {
+            segments.push(Segment::Quantized { k, v });
+        }
+        let want = decode_attention(s.q, KV * G, &segments, scheme.calibrate).unwrap();
+        let dev = deviation(got, &want);
+        assert!(
+            dev <= 1e-4,
+            "sequence {i}, {scheme}, {schedule:?}: deviation {dev:e}"
+        );
+        worst = worst.max(dev);
+    }
+    worst
+}
+
+#[test]
+fn every_catalogue_scheme_as_key_and_value_matches_the_reference() {
+    let mut rng = Rng(11);
+    let seqs = batch(&mut rng);
+    let schemes: Vec<_> = catalogue().into_iter().map(|(_, s)| s).collect();
+    let schedules = [
+        AttentionSchedule {
+            block_size: 1,
+            chunk: 16,
+            tile: 8,
+        },
+        AttentionSchedule {
+            block_size: 4,
+            chunk: 64,
+            tile: 32,
+        },
+    ];
+    let mut worst = 0.0f64;
+    for (i, &key) in schemes.iter().enumerate() {
+        let value = schemes[(i * 4 + 3) % schemes.len()];
+        let calibrate = if i % 2 == 0 {
+            Calibration::new(3.0)
+        } else {
+            None
+        };
+        for (key, value) in [(key, value), (value, key)] {
+            let scheme = CacheScheme {
+                key,
+                value,
+                calibrate,
+            };
+            worst = worst.max(check(&scheme, &schedules[i % 2], &seqs));
+        }
+    }
+    println!("max relative deviation: {worst:e}");
+}
+
+#[test]
+fn calibquant_with_calibration_over_many_chunks() {
+    let mut rng = Rng(5);
+    let seqs = batch(&mut rng);
+    let s = catalogue();
+    let scheme = CacheScheme {
+        key: s[0].1,
+        value: s[1].1,
+        calibrate: Calibration::new(3.0),
+    };
+    for chunk in [8, 24, 4096] {
+        let schedule = AttentionSchedule {
+            block_size: 2,
+            chunk,
+            tile: 8,
+        };
+        check(&scheme, &schedule, &seqs);
+    }
+}
+
+#[test]
+fn schedules_that_cut_parameter_rows_are_rejected() {
+    let s = catalogue();
+    let scheme = CacheScheme {
+        key: s[4].1,
+        value: s[5].1,
+        calibrate: None,
+    };
+    let shape = AttentionShape {
+        head_dim: 64,
+        group: 2,
+    };
+    for bad in [
+        AttentionSchedule {
+            block_size: 1,
+            chunk: 64,
+            tile: 48,
+        },
+        AttentionSchedule {
+            block_size: 1,
+            chunk: 20,
+            tile: 8,
+        },
+        AttentionSchedule {
+            block_size: 0,
+            chunk: 64,
+            tile: 8,
+        },
+    ] {
+        assert!(attention(&scheme, shape, &bad).is_err(), "{bad:?}");
+    }
+}
