@@ -17,10 +17,12 @@
 //! assert_eq!(CalibQuant::SCHEME.calibrate.unwrap().get(), 3.0);
 //! ```
 
+pub mod attention;
 pub mod backend;
 pub mod eval;
 pub mod tune;
 
+pub use kvq_ir::lower;
 pub use kvq_ir::metrics;
 pub use kvq_ir::reference;
 pub use kvq_ir::{

@@ -1,0 +1,214 @@
+//! Generated fused decode attention on the host CPU against the reference decode attention
+//! (f64, dequantized): every catalogue scheme as key and as value, with and without calibration,
+//! on a random batch and on the real DINOv2 and SmolLM2 captures.
+
+use kvq::attention::{HostAttention, SeqData};
+use kvq::lower::attention::{AttentionSchedule, AttentionShape};
+use kvq::reference::{decode_attention, quantize, PackedSpan, Segment};
+use kvq::{CacheScheme, Calibration, Scheme, Tensor3};
+use kvq_ir::scheme::catalogue::catalogue;
+use kvq_runtime::KvFile;
+
+use crate::fixtures::{dinov2, smollm2};
+
+const TOL: f64 = 1e-4;
+
+/// Max over query heads of max |got - want| / max |want|.
+fn deviation(got: &[f32], want: &[f32], dim: usize) -> f64 {
+    got.chunks(dim)
+        .zip(want.chunks(dim))
+        .map(|(g, w)| {
+            let scale = w.iter().fold(0.0f64, |m, &x| m.max(f64::from(x).abs()));
+            let diff = g.iter().zip(w).fold(0.0f64, |m, (&a, &b)| {
+                m.max((f64::from(a) - f64::from(b)).abs())
+            });
+            diff / scale
+        })
+        .fold(0.0, f64::max)
+}
+
+/// One sequence: query, fp tokens, unquantized span.
+struct Seq {
+    q: Vec<f32>,
+    fp: Option<(Tensor3, Tensor3)>,
+    span: (Tensor3, Tensor3),
+}
+
+/// Runs the batch on the host and checks each output against the reference.
+fn check(scheme: &CacheScheme, g: usize, schedule: Option<AttentionSchedule>, seqs: &[Seq]) -> f64 {
+    let s0 = seqs[0].span.0.shape();
+    let (kv, d) = (s0.heads, s0.dim);
+    let spans: Vec<(PackedSpan, PackedSpan)> = seqs
+        .iter()
+        .map(|s| {
+            (
+                quantize(&s.span.0, &scheme.key).unwrap(),
+                quantize(&s.span.1, &scheme.value).unwrap(),
+            )
+        })
+        .collect();
+    let data: Vec<SeqData<'_>> = seqs
+        .iter()
+        .zip(&spans)
+        .map(|(s, (k, v))| SeqData {
+            q: &s.q,
+            fp: s.fp.as_ref().map(|(k, v)| (k, v)),
+            span: Some((k, v)),
+        })
+        .collect();
+    let shape = AttentionShape {
+        head_dim: d as u32,
+        group: g as u32,
+    };
+    let attn = HostAttention::new(scheme, shape, schedule).unwrap();
+    let got = attn.attend(kv, &data).unwrap();
+    let mut worst = 0.0f64;
+    for (i, (out, s)) in got.iter().zip(&data).enumerate() {
+        let mut segments = Vec::new();
+        if let Some((k, v)) = s.fp {
+            segments.push(Segment::Full { k, v });
+        }
+        let (k, v) = s.span.unwrap();
+        segments.push(Segment::Quantized { k, v });
+        let want = decode_attention(s.q, kv * g, &segments, scheme.calibrate).unwrap();
+        let dev = deviation(out, &want, d);
+        assert!(dev <= TOL, "sequence {i}, {scheme}: deviation {dev:e}");
+        worst = worst.max(dev);
+    }
+    worst
+}
+
+struct Rng(u64);
+
+impl Rng {
+    fn tensor(&mut self, heads: usize, tokens: usize, dim: usize, a: f32) -> Tensor3 {
+        let data = (0..heads * tokens * dim)
+            .map(|_| {
+                self.0 = self
+                    .0
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                a * (((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0)
+            })
+            .collect();
+        Tensor3::new([heads, tokens, dim], data).unwrap()
+    }
+}
+
+#[test]
+fn every_catalogue_scheme_as_key_and_as_value_on_a_random_batch() {
+    let (kv, g, d) = (2, 4, 64);
+    let mut rng = Rng(3);
+    let seqs: Vec<Seq> = [(7, 300), (0, 97), (70, 1000)]
+        .into_iter()
+        .map(|(fp, span)| Seq {
+            q: rng.tensor(kv * g, 1, d, 2.0).data().to_vec(),
+            fp: (fp > 0).then(|| (rng.tensor(kv, fp, d, 2.0), rng.tensor(kv, fp, d, 1.0))),
+            span: (rng.tensor(kv, span, d, 2.0), rng.tensor(kv, span, d, 1.0)),
+        })
+        .collect();
+    let cat: Vec<Scheme> = catalogue().into_iter().map(|(_, s)| s).collect();
+    let small = AttentionSchedule {
+        block_size: 1,
+        chunk: 128,
+        tile: 32,
+    };
+    let mut worst = 0.0f64;
+    for &s in &cat {
+        let as_key = CacheScheme {
+            key: s,
+            value: cat[1],
+            calibrate: Calibration::new(3.0),
+        };
+        let as_value = CacheScheme {
+            key: cat[0],
+            value: s,
+            calibrate: None,
+        };
+        worst = worst.max(check(&as_key, g, None, &seqs));
+        worst = worst.max(check(&as_value, g, Some(small), &seqs));
+    }
+    println!("max relative deviation (host, random): {worst:e}");
+}
+
+/// `[heads, tokens, dim]` rows `range` of `x`.
+fn rows(x: &Tensor3, range: std::ops::Range<usize>) -> Tensor3 {
+    let s = x.shape();
+    let mut data = Vec::new();
+    for h in 0..s.heads {
+        for t in range.clone() {
+            data.extend_from_slice(x.row(h, t));
+        }
+    }
+    Tensor3::new([s.heads, range.len(), s.dim], data).unwrap()
+}
+
+/// Decode query of the last token, `[q_heads * dim]`.
+fn last_query(q: &Tensor3) -> Vec<f32> {
+    let s = q.shape();
+    (0..s.heads)
+        .flat_map(|h| q.row(h, s.tokens - 1).to_vec())
+        .collect()
+}
+
+#[test]
+fn real_captures_with_calibquant_and_kivi() {
+    let calibquant = CacheScheme::parse(
+        "key(bits = 1, axis = channel, group = all, rule = shrink(0.5)), \
+         value(bits = 1, axis = channel, group = all, rule = shrink(0.3)), calibrate = 3.0",
+    )
+    .unwrap();
+    let kivi = CacheScheme::parse(
+        "key(bits = 2, axis = channel, group = 32, rule = minmax), \
+         value(bits = 2, axis = token, group = 32, rule = minmax)",
+    )
+    .unwrap();
+    let mut worst = 0.0f64;
+    // DINOv2: the CLS token full precision, the 256 patch tokens quantized.
+    let file = KvFile::load(&dinov2()).unwrap();
+    for layer in &file.layers {
+        let n = layer.k.shape().tokens;
+        let g = layer.q.shape().heads / layer.k.shape().heads;
+        let seq = Seq {
+            q: last_query(&layer.q),
+            fp: Some((rows(&layer.k, 0..1), rows(&layer.v, 0..1))),
+            span: (rows(&layer.k, 1..n), rows(&layer.v, 1..n)),
+        };
+        for scheme in [&calibquant, &kivi] {
+            worst = worst.max(check(scheme, g, None, std::slice::from_ref(&seq)));
+        }
+    }
+    // SmolLM2: a text prefix and suffix around a quantized middle.
+    let file = KvFile::load(&smollm2()).unwrap();
+    for layer in &file.layers {
+        let n = layer.k.shape().tokens;
+        let g = layer.q.shape().heads / layer.k.shape().heads;
+        let (a, b) = (5, n - 40);
+        let fp_k = cat(&rows(&layer.k, 0..a), &rows(&layer.k, b..n));
+        let fp_v = cat(&rows(&layer.v, 0..a), &rows(&layer.v, b..n));
+        let seq = Seq {
+            q: last_query(&layer.q),
+            fp: Some((fp_k, fp_v)),
+            span: (rows(&layer.k, a..b), rows(&layer.v, a..b)),
+        };
+        for scheme in [&calibquant, &kivi] {
+            worst = worst.max(check(scheme, g, None, std::slice::from_ref(&seq)));
+        }
+    }
+    println!("max relative deviation (host, captures): {worst:e}");
+}
+
+/// Tokens of `a` then `b`, per head.
+fn cat(a: &Tensor3, b: &Tensor3) -> Tensor3 {
+    let (sa, sb) = (a.shape(), b.shape());
+    let mut data = Vec::new();
+    for h in 0..sa.heads {
+        for t in 0..sa.tokens {
+            data.extend_from_slice(a.row(h, t));
+        }
+        for t in 0..sb.tokens {
+            data.extend_from_slice(b.row(h, t));
+        }
+    }
+    Tensor3::new([sa.heads, sa.tokens + sb.tokens, sa.dim], data).unwrap()
+}
