@@ -1,6 +1,6 @@
 //! `Exp` on F32 (SPEC-free, approximate; see [`kvq_ir::ir::UnaryOp::Exp`]).
 //!
-//! - NVPTX: `ex2.approx.ftz.f32(x * log2(e))`, the SFU instruction.
+//! - NVPTX: `ex2.approx.f32(x * log2(e))`, the SFU instruction.
 //! - Host: an inline Cephes-style `expf` (range reduction `x = n ln2 + r`, a degree-6
 //!   polynomial in `r`, the exponent `n` put in the bits), pure arithmetic so that loops around
 //!   it vectorize; below -87.33654 it gives 0 (so `exp(-inf) = 0`), above 88.72283 `+inf`.
@@ -30,7 +30,7 @@ impl<'ctx> Lower<'_, 'ctx> {
         let b = &self.b;
         if self.ptx {
             let y = b.build_float_mul(x, c(std::f32::consts::LOG2_E), "exp.y")?;
-            return self.call("llvm.nvvm.ex2.approx.ftz.f", Some(f32t.into()), &[y.into()]);
+            return self.call("llvm.nvvm.ex2.approx.f", Some(f32t.into()), &[y.into()]);
         }
         let lo = c(-87.336_54);
         let hi = c(88.722_83);
