@@ -178,3 +178,18 @@ pub fn dequantize(
     )?;
     Ok(dequantize_with(&lowered, span, run)?)
 }
+
+/// A [`kvq_runtime::SpanQuantizer`] running the generated host quantize kernels (inputs taken
+/// as f32), for [`kvq_runtime::VisualKvCache`]. SPEC.md requires the same codes and parameters
+/// as the reference, which the tests check.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HostSpanQuantizer;
+
+impl kvq_runtime::SpanQuantizer for HostSpanQuantizer {
+    fn quantize(&self, x: &Tensor3, scheme: &Scheme) -> Result<PackedSpan, QuantError> {
+        quantize(x, InputType::F32, scheme, Backend::Host).map_err(|e| match e {
+            BackendError::Quant(q) => q,
+            other => QuantError::Backend(other.to_string()),
+        })
+    }
+}

@@ -130,3 +130,17 @@ impl HostQuantizer {
         unsafe { self.kernel.launch(&mut args, self.grid) }.unwrap();
     }
 }
+
+/// Prints how many times faster `subject` ran than each of `baselines`, all of one group and run.
+pub fn print_speedups(group: &str, baselines: &[&str], subject: &str) {
+    let Some(t) = mean_ns(group, subject) else {
+        eprintln!("{group}: no estimate for {subject}; run the whole group");
+        return;
+    };
+    for base in baselines {
+        match mean_ns(group, base) {
+            Some(b) => println!("{group}: {subject} is {:.2}x faster than {base}", b / t),
+            None => println!("{group}: no estimate for {base}"),
+        }
+    }
+}

@@ -1,6 +1,7 @@
 //! Subcommands of `kvq`.
 
 mod compile;
+mod demo;
 mod eval;
 mod quantize;
 mod tune;
@@ -36,6 +37,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// The main job: CalibQuant's kernels compiled, a cache of real DINOv2 K/V plus a long
+    /// synthetic span, decode attention on the CPU against full precision.
+    Demo(demo::Args),
     /// Quantize each layer's K and V of a capture and report the error metrics of SPEC.md section 5.
     Eval(eval::Args),
     /// Compile a scheme pair's kernels for a GPU architecture or the host, with a manifest.
@@ -49,6 +53,7 @@ enum Command {
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Demo(args) => demo::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Compile(args) => compile::run(args),
         Command::Quantize(args) => quantize::run(args),

@@ -212,3 +212,37 @@ fn cat(a: &Tensor3, b: &Tensor3) -> Tensor3 {
     }
     Tensor3::new([sa.heads, sa.tokens + sb.tokens, sa.dim], data).unwrap()
 }
+
+#[test]
+fn host_span_quantizer_fills_a_cache_with_the_reference_codes() {
+    use kvq::backend::HostSpanQuantizer;
+    use kvq_runtime::{ModelShape, ReferenceQuantizer, VisualKvCache};
+    let file = KvFile::load(&dinov2()).unwrap();
+    let layer = &file.layers[2];
+    let s = layer.k.shape();
+    let shape = ModelShape {
+        layers: 1,
+        kv_heads: s.heads,
+        q_heads: layer.q.shape().heads,
+        head_dim: s.dim,
+    };
+    for (_, key) in catalogue() {
+        let scheme = CacheScheme {
+            key,
+            value: catalogue()[1].1,
+            calibrate: None,
+        };
+        let mut host = VisualKvCache::new(shape, scheme, HostSpanQuantizer).unwrap();
+        let mut reference = VisualKvCache::new(shape, scheme, ReferenceQuantizer).unwrap();
+        let (a, b) = (host.add_sequence(), reference.add_sequence());
+        host.prefill(0, a, &layer.k, &layer.v, 1..s.tokens).unwrap();
+        reference
+            .prefill(0, b, &layer.k, &layer.v, 1..s.tokens)
+            .unwrap();
+        assert_eq!(
+            host.export_span(0, a).unwrap(),
+            reference.export_span(0, b).unwrap(),
+            "{key}"
+        );
+    }
+}

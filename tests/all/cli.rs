@@ -242,3 +242,64 @@ fn small_f16_and_bf16_files_evaluate_and_metadata_sets_causality() {
     let bad = write_safetensors("bad_meta.safetensors", &t, Some("yes"));
     assert_clean_failure(&eval(&bad, &[]), "metadata `causal`");
 }
+
+/// The number after `label` on the line that contains it.
+fn number_after(text: &str, label: &str) -> f64 {
+    let rest = &text[text
+        .find(label)
+        .unwrap_or_else(|| panic!("no {label:?} in {text}"))
+        + label.len()..];
+    let num: String = rest
+        .trim_start()
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | '-'))
+        .collect();
+    num.parse()
+        .unwrap_or_else(|_| panic!("no number after {label:?} in {text}"))
+}
+
+#[test]
+fn demo_runs_the_generated_attention_on_dinov2_plus_a_synthetic_span() {
+    let kv = dinov2();
+    let out = kvq(&[
+        "demo",
+        "--kv",
+        kv.to_str().unwrap(),
+        "--synthetic-tokens",
+        "700",
+        "--steps",
+        "2",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("declared with #[kv_quant]"), "{text}");
+    assert!(text.contains("attention partial"), "{text}");
+    assert!(
+        text.contains("quantized span of 956 tokens (256 real, 700 synthetic)"),
+        "{text}"
+    );
+    // 1-bit codes plus f16 parameters against f16 K/V: about 16x on the span (the full-precision
+    // token and the appended ones keep the whole cache a little lower).
+    let smaller = number_after(&text, "in f16:");
+    assert!((10.0..16.0).contains(&smaller), "{text}");
+    // The generated kernels agree with the cache's own attention, and the 1-bit error against
+    // full precision is that of `kvq eval` on this capture (attn_out_rel about 0.66), not noise.
+    let agree = number_after(&text, "relative L2 at most");
+    assert!(agree < 1e-3, "{text}");
+    let err = number_after(&text, "layer-steps):");
+    assert!((0.2..1.0).contains(&err), "{text}");
+}
+
+#[test]
+fn demo_fails_cleanly_on_a_missing_capture() {
+    let out = kvq(&["demo", "--kv", "/nonexistent/kv.safetensors"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.starts_with("error: "), "{stderr}");
+    assert!(stderr.contains("/nonexistent/kv.safetensors"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

@@ -12,14 +12,15 @@ use inkwell::FloatPredicate;
 
 use super::lower::{Lower, R};
 
-/// The polynomial of Cephes `expf`, highest degree first (`p(r) r^2 + r + 1`).
+/// The polynomial of Cephes `expf`, highest degree first (`p(r) r^2 + r + 1`); its last
+/// coefficient, 5.0000001201e-1, rounds to 0.5 in f32.
 const POLY: [f32; 6] = [
     1.987_569_1e-4,
     1.398_199_9e-3,
     8.333_452e-3,
     4.166_579_6e-2,
     1.666_666_5e-1,
-    5.000_000_1e-1,
+    0.5,
 ];
 
 impl<'ctx> Lower<'_, 'ctx> {

@@ -45,7 +45,7 @@ pub(crate) fn ptx_options() -> String {
 }
 
 /// The code generation options of host code, for cache keys.
-pub(crate) const HOST_OPTIONS: &str = "default<O3> pic";
+pub(crate) const HOST_OPTIONS: &str = "default<O3> pic +prefer-no-gather";
 
 /// LLVM's number for the `ptx_kernel` calling convention.
 const PTX_KERNEL_CC: u32 = 71;

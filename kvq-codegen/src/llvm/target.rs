@@ -54,8 +54,13 @@ pub(super) fn machine(kernel: &str, target: Target) -> Result<TargetMachine, Cod
             }
             (
                 triple,
-                TargetMachine::get_host_cpu_name().to_string(),
-                TargetMachine::get_host_cpu_features().to_string(),
+                TargetMachine::get_host_cpu_name()
+                    .to_string_lossy()
+                    .into_owned(),
+                format!(
+                    "{},{HOST_EXTRA_FEATURES}",
+                    TargetMachine::get_host_cpu_features().to_string_lossy()
+                ),
                 RelocMode::PIC,
             )
         }
@@ -72,6 +77,11 @@ pub(super) fn machine(kernel: &str, target: Target) -> Result<TargetMachine, Cod
         )
         .ok_or_else(|| llvm_err(format!("no target machine for {cpu} ({target:?})")))
 }
+
+/// Added to the host CPU's features: no vectorization through gathers. Table lookups (attention's
+/// byte tables) run faster as scalar loads than as the gathers the vectorizer would otherwise
+/// build across tokens.
+pub(crate) const HOST_EXTRA_FEATURES: &str = "+prefer-no-gather";
 
 /// Sets `module`'s triple and data layout from `machine`.
 pub(super) fn configure(module: &Module<'_>, machine: &TargetMachine) {

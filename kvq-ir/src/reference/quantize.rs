@@ -62,6 +62,9 @@ pub enum QuantError {
     /// The parts of a packed span disagree with its shape.
     #[error("malformed packed span: {0}")]
     Malformed(String),
+    /// The backend running a quantize kernel failed (compile, load or launch).
+    #[error("quantizer backend: {0}")]
+    Backend(String),
     /// A tensor-level problem.
     #[error(transparent)]
     Tensor(#[from] TensorError),

@@ -1,8 +1,9 @@
 //! The query and key side of a work item: the scaled query, per-row post-scaling (or the byte
 //! tables), and the logit of one token.
 
-use crate::ir::{Builder, Memory, ScalarType, Value};
+use crate::ir::{BinaryOp, Builder, Memory, ScalarType, Value};
 use crate::lower::emit::param_type;
+use crate::reference::pack::bit_shift;
 use crate::scheme::{Axis, Group, Scheme};
 
 /// Locals and loop-invariant values of one work item, shared by the key and value code.
@@ -21,6 +22,8 @@ pub(super) struct Item {
     pub fp_base: Value,
     pub k_codes: Value,
     pub k_params: Value,
+    /// Code bytes per value row.
+    pub value_row_bytes: u32,
     pub v_codes: Value,
     pub v_params: Value,
     /// Locals: the scaled query `[g, d]`, post-scaled query `[g, d]`, bias `[g]`, byte tables
@@ -172,21 +175,39 @@ pub(super) fn key_row(
                 b.read_local(it.qs, at)
             })
             .collect();
-        let z = b.u32(0);
-        let n = b.u32(256);
-        b.for_range(z, n, 1, |b, v| {
-            let byte = b.convert(ScalarType::U8, v);
-            let mut total = b.f32(0.0);
-            for (l, &q) in qs.iter().enumerate() {
-                let code = b.unpack_bits(byte, l as u8, key.bits, key.order);
+        // By doubling: T[0] = 0; bytes below 2^(bits (p + 1)) add code position p's term to
+        // the entry of their lower positions, one multiply-add per entry.
+        let base = times(b, cell, 256);
+        let fz = b.f32(0.0);
+        b.write_local(lut, base, fz);
+        for (p, lane) in lanes_by_position(key).into_iter().enumerate() {
+            let shift = key.bits.width() * p as u32;
+            let lo = b.u32(1 << shift);
+            let hi = b.u32(1 << (shift + key.bits.width()));
+            let q = qs[lane];
+            b.for_range(lo, hi, 1, |b, v| {
+                let sv = b.u32(shift);
+                let code = b.binary(BinaryOp::Shr, v, sv);
+                let mask = b.u32((1 << shift) - 1);
+                let rest = b.binary(BinaryOp::And, v, mask);
                 let cf = b.convert(ScalarType::F32, code);
                 let term = b.mul(q, cf);
-                total = b.add(total, term);
-            }
-            let at = affine(b, cell, 256, v);
-            b.write_local(lut, at, total);
-        });
+                let from = b.add(base, rest);
+                let prev = b.read_local(lut, from);
+                let x = b.add(prev, term);
+                let at = b.add(base, v);
+                b.write_local(lut, at, x);
+            });
+        }
     });
+}
+
+/// The lane whose code sits at each bit position of a byte, lowest position first.
+pub(super) fn lanes_by_position(s: &Scheme) -> Vec<usize> {
+    let per_byte = s.bits.codes_per_byte();
+    let mut lanes: Vec<usize> = (0..per_byte).collect();
+    lanes.sort_by_key(|&l| bit_shift(l, s.bits, s.order));
+    lanes
 }
 
 /// Computes the raw logit of span token `t` for every query head of the item into
@@ -209,30 +230,17 @@ pub(super) fn span_logits(
     let zero = b.u32(0);
     let gn = b.u32(g);
     if let Some(lut) = it.lut {
-        let lanes = [16u8, 8, 4, 2, 1]
-            .into_iter()
-            .find(|&l| row_bytes % l as u32 == 0)
-            .unwrap_or(1);
-        let mut bytes = Vec::new();
-        for j in (0..row_bytes).step_by(lanes as usize) {
-            let off = b.u32(j);
-            let idx = b.add(at, off);
-            let v = b.load(codes_m, idx, lanes);
-            for l in 0..lanes {
-                let byte = if lanes == 1 { v } else { b.extract(v, l) };
-                bytes.push(b.convert(ScalarType::U32, byte));
-            }
-        }
-        b.for_range(zero, gn, 1, |b, gi| {
-            let mut s = b.read_local(it.bias, gi);
+        let bytes = super::values::load_bytes(b, codes_m, at, row_bytes);
+        for_heads(b, g, |b, gi| {
             let cell0 = times(b, gi, row_bytes);
+            let mut terms = vec![b.read_local(it.bias, gi)];
             for (j, &byte) in bytes.iter().enumerate() {
                 let jv = b.u32(j as u32);
                 let cell = b.add(cell0, jv);
                 let idx = affine(b, cell, 256, byte);
-                let x = b.read_local(lut, idx);
-                s = b.add(s, x);
+                terms.push(b.read_local(lut, idx));
             }
+            let s = tree_sum(b, terms);
             store_logit(b, it, gi, slot, s);
         });
         return;
@@ -321,4 +329,36 @@ pub(super) fn fp_logits(b: &mut Builder, it: &Item, fp_k: Memory, t: Value, slot
 fn store_logit(b: &mut Builder, it: &Item, gi: Value, slot: Value, s: Value) {
     let at = affine(b, gi, it.tile, slot);
     b.write_local(it.logits, at, s);
+}
+
+/// Runs `body` for each query head `gi` of the group: unrolled (constant `gi`) for groups of up
+/// to 8 heads, so that their independent work interleaves; a loop otherwise.
+pub(super) fn for_heads(b: &mut Builder, g: u32, mut body: impl FnMut(&mut Builder, Value)) {
+    if g <= 8 {
+        for gi in 0..g {
+            let gv = b.u32(gi);
+            body(b, gv);
+        }
+    } else {
+        let zero = b.u32(0);
+        let gn = b.u32(g);
+        b.for_range(zero, gn, 1, |b, gi| body(b, gi));
+    }
+}
+
+/// The sum of `xs` as a balanced tree (short dependency chains).
+pub(super) fn tree_sum(b: &mut Builder, mut xs: Vec<Value>) -> Value {
+    while xs.len() > 1 {
+        xs = xs
+            .chunks(2)
+            .map(|p| {
+                if p.len() == 2 {
+                    b.add(p[0], p[1])
+                } else {
+                    p[0]
+                }
+            })
+            .collect();
+    }
+    xs.pop().unwrap_or_else(|| b.f32(0.0))
 }

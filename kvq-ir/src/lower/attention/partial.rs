@@ -94,6 +94,7 @@ fn work_item(
             fp_base: field(b, f::FP_BASE),
             k_codes: field(b, f::K_CODES),
             k_params: field(b, f::K_PARAMS),
+            value_row_bytes: d * scheme.value.bits.width() / 8,
             v_codes: field(b, f::V_CODES),
             v_params: field(b, f::V_PARAMS),
             q: locals[0],
@@ -206,6 +207,10 @@ pub(super) fn lower(
                 b.local("psum", ScalarType::F32, g),
             )
         }),
+        hist: uses_tables(&scheme.value).then(|| {
+            let cells = d * scheme.value.bits.width() / 8;
+            b.local("hist", ScalarType::F32, g * cells * 256)
+        }),
         row: b.local("row", ScalarType::F32, d),
     };
     let calib = [
@@ -230,7 +235,7 @@ pub(super) fn lower(
                 is_span,
                 |b| {
                     if let Some(dcal) = scheme.calibrate {
-                        calibration(b, it, &bufs, row, calib, dcal.get());
+                        calibration(b, it, &bufs, row, calib, dcal.get(), st.m);
                     }
                     span_tiles(b, it, key, &bufs, s, ci, |b, t0, n, end| {
                         if scheme.calibrate.is_some() {
@@ -317,6 +322,8 @@ pub(super) fn lower(
 
 /// Reads the span's logit extremes per query head from `stats` (over the sequence's span
 /// chunks) and stores the calibration's `m` and factor (1 when the spread is at most `dcal`).
+/// The running max starts at the span's calibrated maximum, which bounds every calibrated
+/// logit (computed by the same operations), so the softmax state never needs rescaling.
 fn calibration(
     b: &mut Builder,
     it: &Item,
@@ -324,6 +331,7 @@ fn calibration(
     row: Value,
     [cmin, cfac]: [u32; 2],
     dcal: f32,
+    running_max: u32,
 ) {
     let g = it.g;
     let at = b.u32(f::CHUNK_BASE);
@@ -368,6 +376,11 @@ fn calibration(
         let one = b.f32(1.0);
         let factor = b.select(wide, factor, one);
         b.write_local(cfac, gi, factor);
+        let x = b.sub(hi, lo);
+        let x = b.mul(x, factor);
+        let top = b.add(lo, x);
+        let top = b.select(wide, top, hi);
+        b.write_local(running_max, gi, top);
     });
 }
 

@@ -4,16 +4,20 @@
 use crate::ir::{Builder, CmpOp, Memory, UnaryOp, Value};
 use crate::scheme::{Axis, Group, Scheme};
 
-use super::keys::{affine, param_f32, times, unpack_row, Item};
+use super::keys::{affine, for_heads, lanes_by_position, param_f32, times, unpack_row, Item};
 
 /// Online softmax state locals: running max `[g]`, sum `[g]`, accumulator `[g, d]`; for
 /// axis = channel values also the raw code sums `[g, d]` and weight sums `[g]` of the current
-/// parameter row; for axis = token a dequantized row `[d]`.
+/// parameter row; for axis = token a dequantized row `[d]`. Values that use byte tables
+/// ([`uses_tables`]) accumulate weights into histograms `[g, row bytes, 256]` instead: per
+/// token, the weight is added to the bucket of each code byte, and a flush folds the buckets
+/// into the raw code sums.
 pub(super) struct State {
     pub m: u32,
     pub l: u32,
     pub acc: u32,
     pub cacc: Option<(u32, u32)>,
+    pub hist: Option<u32>,
     pub row: u32,
 }
 
@@ -48,6 +52,14 @@ pub(super) fn init(b: &mut Builder, it: &Item, st: &State) {
         fill(b, cacc, g * d, fz);
         fill(b, psum, g, fz);
     }
+    if let Some(hist) = st.hist {
+        fill(b, hist, g * hist_cells(it) * 256, fz);
+    }
+}
+
+/// Histogram cells (code bytes) per query head.
+fn hist_cells(it: &Item) -> u32 {
+    it.value_row_bytes
 }
 
 /// One tile of `n` logits per query head: raises the running max (rescaling the state when it
@@ -85,17 +97,28 @@ pub(super) fn softmax_tile(b: &mut Builder, it: &Item, st: &State, n: Value) {
                 scale_run(b, cacc, row, d, corr);
                 scale_run(b, psum, gi, 1, corr);
             }
+            if let Some(hist) = st.hist {
+                let n = it.value_row_bytes * 256;
+                let first = times(b, gi, n);
+                scale_run(b, hist, first, n, corr);
+            }
             b.write_local(st.m, gi, new);
         });
+        // Weights first (independent iterations, which vectorize), then their sum.
+        let m = b.read_local(st.m, gi);
         let z = b.u32(0);
+        b.for_range(z, n, 1, |b, i| {
+            let at = b.add(base, i);
+            let s = b.read_local(it.logits, at);
+            let x = b.sub(s, m);
+            let p = b.unary(UnaryOp::Exp, x);
+            b.write_local(it.logits, at, p);
+        });
         let fz = b.f32(0.0);
         b.write_local(it.sum, z, fz);
         b.for_range(z, n, 1, |b, i| {
             let at = b.add(base, i);
-            let s = b.read_local(it.logits, at);
-            let x = b.sub(s, new);
-            let p = b.unary(UnaryOp::Exp, x);
-            b.write_local(it.logits, at, p);
+            let p = b.read_local(it.logits, at);
             let z = b.u32(0);
             let acc = b.read_local(it.sum, z);
             let acc = b.add(acc, p);
@@ -157,6 +180,26 @@ pub(super) fn span_values(
     let hs = b.mul(it.h, it.span_len);
     let tok_row = b.add(hs, t);
     let at = affine(b, tok_row, row_bytes, it.v_codes);
+    if let (Some(hist), Some((_, psum))) = (st.hist, st.cacc) {
+        let bytes = load_bytes(b, codes_m, at, row_bytes);
+        for_heads(b, it.g, |b, gi| {
+            let w = affine(b, gi, it.tile, slot);
+            let p = b.read_local(it.logits, w);
+            let s = b.read_local(psum, gi);
+            let s = b.add(s, p);
+            b.write_local(psum, gi, s);
+            let cell0 = times(b, gi, row_bytes);
+            for (j, &byte) in bytes.iter().enumerate() {
+                let jv = b.u32(j as u32);
+                let cell = b.add(cell0, jv);
+                let idx = affine(b, cell, 256, byte);
+                let x = b.read_local(hist, idx);
+                let x = b.add(x, p);
+                b.write_local(hist, idx, x);
+            }
+        });
+        return;
+    }
     unpack_row(b, it, value, codes_m, at);
     let codes = it.codes;
     match (value.axis, st.cacc) {
@@ -206,6 +249,9 @@ pub(super) fn flush(
 ) {
     let Some((cacc, psum)) = st.cacc else { return };
     let (d, g) = (it.d, it.g);
+    if let Some(hist) = st.hist {
+        fold_histograms(b, it, value, hist, cacc);
+    }
     let zero = b.u32(0);
     let gn = b.u32(g);
     b.for_range(zero, gn, 1, |b, gi| {
@@ -249,4 +295,76 @@ pub(super) fn fp_values(
         let i = b.add(at, c);
         b.load(fp_v, i, 1)
     });
+}
+
+/// Adds each histogram's code sums to `cacc` and clears it: for each code position from the
+/// highest, `cacc[lane] += sum_c c * (weight of bytes whose code there is c)`, folding those
+/// buckets onto the lower positions' (two passes over 256 buckets per code byte).
+fn fold_histograms(b: &mut Builder, it: &Item, value: &Scheme, hist: u32, cacc: u32) {
+    let bits = value.bits.width();
+    let levels = (1u32 << bits) - 1;
+    let per_byte = value.bits.codes_per_byte() as u32;
+    let zero = b.u32(0);
+    let cells = b.u32(it.g * it.value_row_bytes);
+    b.for_range(zero, cells, 1, |b, cell| {
+        let base = times(b, cell, 256);
+        // cell = gi * row_bytes + j: channel j * per_byte + lane of query head gi, i.e.
+        // gi * d + j * per_byte + lane = cell * per_byte + lane.
+        let first = times(b, cell, per_byte);
+        let lanes = lanes_by_position(value);
+        for p in (0..per_byte).rev() {
+            let width = 1u32 << (bits * p);
+            let z = b.u32(0);
+            let fz = b.f32(0.0);
+            b.write_local(it.sum, z, fz);
+            for c in 1..=levels {
+                let off = b.u32(c * width);
+                let hi_base = b.add(base, off);
+                let cf = b.f32(c as f32);
+                let wv = b.u32(width);
+                b.for_range(z, wv, 1, |b, v| {
+                    let from = b.add(hi_base, v);
+                    let x = b.read_local(hist, from);
+                    let fz = b.f32(0.0);
+                    b.write_local(hist, from, fz);
+                    let to = b.add(base, v);
+                    let y = b.read_local(hist, to);
+                    let y = b.add(y, x);
+                    b.write_local(hist, to, y);
+                    let z = b.u32(0);
+                    let s = b.read_local(it.sum, z);
+                    let cx = b.mul(cf, x);
+                    let s = b.add(s, cx);
+                    b.write_local(it.sum, z, s);
+                });
+            }
+            let lane = b.u32(lanes[p as usize] as u32);
+            let at = b.add(first, lane);
+            let s = b.read_local(it.sum, z);
+            let cur = b.read_local(cacc, at);
+            let cur = b.add(cur, s);
+            b.write_local(cacc, at, cur);
+        }
+        let fz = b.f32(0.0);
+        b.write_local(hist, base, fz);
+    });
+}
+
+/// Loads `n` bytes at `at` (widest vector loads that divide `n`) as U32 values.
+pub(super) fn load_bytes(b: &mut Builder, mem: Memory, at: Value, n: u32) -> Vec<Value> {
+    let lanes = [16u8, 8, 4, 2, 1]
+        .into_iter()
+        .find(|&l| n % l as u32 == 0)
+        .unwrap_or(1);
+    let mut bytes = Vec::new();
+    for j in (0..n).step_by(lanes as usize) {
+        let off = b.u32(j);
+        let idx = b.add(at, off);
+        let v = b.load(mem, idx, lanes);
+        for l in 0..lanes {
+            let byte = if lanes == 1 { v } else { b.extract(v, l) };
+            bytes.push(b.convert(crate::ir::ScalarType::U32, byte));
+        }
+    }
+    bytes
 }

@@ -1,0 +1,336 @@
+//! `kvq demo`: the main job. Declares CalibQuant with `#[kv_quant]`, compiles its kernels (PTX
+//! with a ptxas summary, and host code), fills a visual KV cache from the vendored DINOv2 K/V
+//! extended by a long synthetic span, and decodes on the CPU with the generated attention
+//! kernels: memory saved, error against full precision, speed against an f32 attention.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use kvq::attention::{HostAttention, SeqData};
+use kvq::backend::HostSpanQuantizer;
+use kvq::lower::attention::{attention, AttentionSchedule, AttentionShape};
+use kvq::lower::{InputType, Schedule, ShapeClass};
+use kvq::{kv_quant, KvQuant, Tensor3};
+use kvq_codegen::{ptx, ptxas, Arch};
+use kvq_runtime::{KvFile, ModelShape, QueryRef, VisualKvCache};
+
+/// The scheme of arXiv 2502.14882: 1-bit per-channel codes, keys shrunk by 0.5 and values by
+/// 0.3 around the mean, logits of the visual span calibrated with d = 3.
+#[kv_quant(
+    key(bits = 1, axis = channel, group = all, rule = shrink(0.5)),
+    value(bits = 1, axis = channel, group = all, rule = shrink(0.3)),
+    calibrate = 3.0,
+)]
+pub struct CalibQuant;
+
+/// Options of `kvq demo`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The capture whose K/V fill the cache (DINOv2 visual tokens by default).
+    #[arg(
+        long,
+        default_value = "tests/data/dinov2s_astronaut_qkv_f16.safetensors"
+    )]
+    kv: PathBuf,
+    /// Synthetic visual tokens appended to the real ones (resampled real tokens plus noise).
+    #[arg(long, default_value_t = 16384)]
+    synthetic_tokens: usize,
+    /// Decode steps (a real token appended per step in full precision, attention at every layer).
+    #[arg(long, default_value_t = 8)]
+    steps: usize,
+}
+
+/// A progress bar on stderr (hidden when stderr is not a terminal).
+fn bar(len: usize, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len as u64).with_message(what.to_string());
+    pb.set_style(
+        ProgressStyle::with_template("{msg:>24} [{bar:30}] {pos}/{len} {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    pb
+}
+
+/// Deterministic noise in [-0.5, 0.5).
+struct Noise(u64);
+
+impl Noise {
+    fn next(&mut self) -> f32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+    }
+}
+
+/// `[heads, 1 + patches + extra, dim]`: the real tokens, then `extra` synthetic ones, each a real
+/// patch token (cycling) plus noise of a tenth of the tensor's spread.
+fn extend(x: &Tensor3, extra: usize, noise: &mut Noise) -> Tensor3 {
+    let s = x.shape();
+    let spread = x.data().iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let mut data = Vec::with_capacity(s.heads * (s.tokens + extra) * s.dim);
+    for h in 0..s.heads {
+        for t in 0..s.tokens {
+            data.extend_from_slice(x.row(h, t));
+        }
+        for i in 0..extra {
+            let src = x.row(h, 1 + i % (s.tokens - 1));
+            data.extend(src.iter().map(|&v| v + 0.1 * spread * noise.next()));
+        }
+    }
+    Tensor3::new([s.heads, s.tokens + extra, s.dim], data).unwrap_or_else(|_| x.clone())
+}
+
+/// Tokens `range` of `x`.
+fn rows(x: &Tensor3, range: std::ops::Range<usize>) -> Result<Tensor3> {
+    let s = x.shape();
+    let mut data = Vec::with_capacity(s.heads * range.len() * s.dim);
+    for h in 0..s.heads {
+        for t in range.clone() {
+            data.extend_from_slice(x.row(h, t));
+        }
+    }
+    Ok(Tensor3::new([s.heads, range.len(), s.dim], data)?)
+}
+
+/// Full-precision decode attention in f32 over `k`, `v` = `[kv_heads, tokens, dim]`, threads
+/// over kv heads: the baseline the generated kernels are timed against.
+pub fn f32_attention(q: &[f32], q_heads: usize, k: &Tensor3, v: &Tensor3) -> Vec<f32> {
+    let s = k.shape();
+    let (g, dim) = (q_heads / s.heads, s.dim);
+    let inv = 1.0 / (dim as f32).sqrt();
+    let mut out = vec![0.0f32; q_heads * dim];
+    std::thread::scope(|scope| {
+        for (h, o) in out.chunks_mut(g * dim).enumerate() {
+            scope.spawn(move || {
+                for (gi, o) in o.chunks_mut(dim).enumerate() {
+                    let qh = &q[(h * g + gi) * dim..(h * g + gi + 1) * dim];
+                    let logits: Vec<f32> = (0..s.tokens)
+                        .map(|t| qh.iter().zip(k.row(h, t)).map(|(a, b)| a * b).sum::<f32>() * inv)
+                        .collect();
+                    let m = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let w: Vec<f32> = logits.iter().map(|x| (x - m).exp()).collect();
+                    let total: f32 = w.iter().sum();
+                    for (t, &p) in w.iter().enumerate() {
+                        for (a, &x) in o.iter_mut().zip(v.row(h, t)) {
+                            *a += p / total * x;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    out
+}
+
+fn rel_l2(got: &[f32], want: &[f32]) -> f64 {
+    let num: f64 = got
+        .iter()
+        .zip(want)
+        .map(|(&a, &b)| f64::from(a - b).powi(2))
+        .sum();
+    let den: f64 = want.iter().map(|&b| f64::from(b).powi(2)).sum();
+    (num / den).sqrt()
+}
+
+/// Emits PTX (sm_90) for the scheme's quantize and attention kernels and prints ptxas's
+/// registers and spills for each.
+fn ptx_summary(shape: ModelShape) -> Result<()> {
+    let scheme = CalibQuant::SCHEME;
+    let class = ShapeClass {
+        head_dim: shape.head_dim as u32,
+        input: InputType::F16,
+    };
+    let mut kernels = Vec::new();
+    for (role, s) in [
+        ("quantize keys", &scheme.key),
+        ("quantize values", &scheme.value),
+    ] {
+        let k = kvq::lower::quantize(s, class, &Schedule::gpu_default(s, class))?.kernel;
+        kernels.push((role, k));
+    }
+    let attn = attention(
+        &scheme,
+        AttentionShape {
+            head_dim: shape.head_dim as u32,
+            group: shape.group() as u32,
+        },
+        &AttentionSchedule::gpu_default(&scheme),
+    )?;
+    kernels.extend(attn.stats.map(|k| ("attention stats", k)));
+    kernels.extend([
+        ("attention partial", attn.partial),
+        ("attention combine", attn.combine),
+    ]);
+    let assembler = ptxas::find();
+    println!("PTX for sm_90 ({} kernels):", kernels.len());
+    for (role, k) in &kernels {
+        let info = kvq_ir::ir::verify(k)?;
+        let p = ptx::emit(k, &info, Arch::Sm90)?;
+        match &assembler {
+            Some(path) => {
+                let r = ptxas::assemble(path, &p.text, Arch::Sm90, &k.name)?;
+                println!(
+                    "  {role:<18} {:>3} registers, {:>3} B spilled, {:>6} B stack",
+                    r.registers,
+                    r.spill_stores + r.spill_loads,
+                    r.stack_frame
+                );
+            }
+            None => println!(
+                "  {role:<18} {} bytes of PTX (ptxas not found: run scripts/setup.sh)",
+                p.text.len()
+            ),
+        }
+    }
+    Ok(())
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let scheme = CalibQuant::SCHEME;
+    println!("scheme CalibQuant (declared with #[kv_quant]): {scheme}");
+    let file = KvFile::load(&args.kv).with_context(|| format!("loading {}", args.kv.display()))?;
+    let Some(first) = file.layers.first() else {
+        bail!("{} has no layer", args.kv.display());
+    };
+    let (kv_heads, tokens, dim) = {
+        let s = first.k.shape();
+        (s.heads, s.tokens, s.dim)
+    };
+    if tokens < 2 {
+        bail!("the capture needs a leading token and at least one visual token");
+    }
+    let shape = ModelShape {
+        layers: file.layers.len(),
+        kv_heads,
+        q_heads: first.q.shape().heads,
+        head_dim: dim,
+    };
+    ptx_summary(shape)?;
+
+    let t = Instant::now();
+    let attn = HostAttention::new(
+        &scheme,
+        AttentionShape {
+            head_dim: dim as u32,
+            group: shape.group() as u32,
+        },
+        None,
+    )?;
+    println!(
+        "host kernels compiled (or loaded from the compile cache) in {:.2?}",
+        t.elapsed()
+    );
+
+    // Prefill: token 0 (CLS) full precision, the real patches and the synthetic ones quantized.
+    let mut cache = VisualKvCache::new(shape, scheme, HostSpanQuantizer)?;
+    let seq = cache.add_sequence();
+    let mut noise = Noise(0x9E3779B97F4A7C15);
+    let pb = bar(file.layers.len(), "quantizing spans");
+    let mut full = Vec::new();
+    for (l, layer) in file.layers.iter().enumerate() {
+        let k = extend(&layer.k, args.synthetic_tokens, &mut noise);
+        let v = extend(&layer.v, args.synthetic_tokens, &mut noise);
+        let n = k.shape().tokens;
+        cache.prefill(l, seq, &k, &v, 1..n)?;
+        full.push((k, v));
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    let span = tokens - 1 + args.synthetic_tokens;
+    println!(
+        "cache: {} layers x {kv_heads} kv heads x d {dim}; 1 full-precision token, a quantized span of {span} tokens ({} real, {} synthetic)",
+        shape.layers,
+        tokens - 1,
+        args.synthetic_tokens
+    );
+
+    // Decode: each step appends one (real) token and attends at every layer.
+    let pb = bar(args.steps * shape.layers, "decoding");
+    let (mut t_kvq, mut t_f32) = (Duration::ZERO, Duration::ZERO);
+    let (mut err, mut agree) = (0.0f64, 0.0f64);
+    for step in 0..args.steps {
+        for (l, layer) in file.layers.iter().enumerate() {
+            let src = 1 + (step * 7) % (tokens - 1);
+            let nk = rows(&layer.k, src..src + 1)?;
+            let nv = rows(&layer.v, src..src + 1)?;
+            cache.append(l, seq, &nk, &nv)?;
+            let (k, v) = &mut full[l];
+            *k = cat(k, &nk)?;
+            *v = cat(v, &nv)?;
+            let qs = layer.q.shape();
+            let q: Vec<f32> = (0..qs.heads)
+                .flat_map(|h| layer.q.row(h, (src + 3) % qs.tokens).to_vec())
+                .collect();
+            let (pk, pv) = cache.export_span(l, seq)?;
+            let fp_k = cat(
+                &rows(k, 0..1)?,
+                &rows(k, k.shape().tokens - step - 1..k.shape().tokens)?,
+            )?;
+            let fp_v = cat(
+                &rows(v, 0..1)?,
+                &rows(v, v.shape().tokens - step - 1..v.shape().tokens)?,
+            )?;
+            let data = [SeqData {
+                q: &q,
+                fp: Some((&fp_k, &fp_v)),
+                span: Some((&pk, &pv)),
+            }];
+            let mut launch = attn.prepare(kv_heads, &data)?;
+            let t = Instant::now();
+            attn.run(&mut launch)?;
+            t_kvq += t.elapsed();
+            let got = launch.outputs().concat();
+            let t = Instant::now();
+            let want = f32_attention(&q, shape.q_heads, k, v);
+            t_f32 += t.elapsed();
+            let cached = cache.attend(l, &[QueryRef { seq, q: &q }])?.concat();
+            err += rel_l2(&got, &want);
+            agree = agree.max(rel_l2(&got, &cached));
+            pb.inc(1);
+        }
+    }
+    pb.finish_and_clear();
+    let n = (args.steps * shape.layers).max(1) as f64;
+    let mem = cache.memory().total;
+    println!(
+        "memory: {} bytes allocated vs {} in f16: {:.2}x smaller (span codes {} B, parameters {} B)",
+        mem.allocated_bytes(),
+        mem.f16_equivalent_bytes,
+        mem.f16_equivalent_bytes as f64 / mem.allocated_bytes().max(1) as f64,
+        mem.span_code_bytes,
+        mem.span_param_bytes
+    );
+    println!(
+        "attention error against full precision (relative L2, mean of {n} layer-steps): {:.4}",
+        err / n
+    );
+    println!("generated attention vs the cache's own attend: relative L2 at most {agree:.1e}");
+    println!(
+        "speed: generated 1-bit attention {:.3} ms per layer-step, f32 attention {:.3} ms: {:.2}x",
+        t_kvq.as_secs_f64() * 1e3 / n,
+        t_f32.as_secs_f64() * 1e3 / n,
+        t_f32.as_secs_f64() / t_kvq.as_secs_f64().max(1e-12)
+    );
+    Ok(())
+}
+
+/// Tokens of `a` then `b`, per head.
+fn cat(a: &Tensor3, b: &Tensor3) -> Result<Tensor3> {
+    let (sa, sb) = (a.shape(), b.shape());
+    let mut data = Vec::with_capacity(a.data().len() + b.data().len());
+    for h in 0..sa.heads {
+        for t in 0..sa.tokens {
+            data.extend_from_slice(a.row(h, t));
+        }
+        for t in 0..sb.tokens {
+            data.extend_from_slice(b.row(h, t));
+        }
+    }
+    Ok(Tensor3::new(
+        [sa.heads, sa.tokens + sb.tokens, sa.dim],
+        data,
+    )?)
+}
