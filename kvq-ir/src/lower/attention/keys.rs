@@ -8,10 +8,11 @@ use crate::scheme::{Axis, Group, Scheme};
 
 /// Locals and loop-invariant values of one work item, shared by the key and value code.
 pub(super) struct Item {
-    /// head_dim, group, tile.
+    /// head_dim, group.
     pub d: u32,
     pub g: u32,
-    pub tile: u32,
+    /// The work item's flat index (chunk * kv heads + kv head).
+    pub item: Value,
     /// Kv head and kv heads (U32).
     pub h: Value,
     pub kv_heads: Value,
@@ -27,7 +28,7 @@ pub(super) struct Item {
     pub v_codes: Value,
     pub v_params: Value,
     /// Locals: the scaled query `[g, d]`, post-scaled query `[g, d]`, bias `[g]`, byte tables
-    /// `[g, row bytes, 256]` (when used), one token's codes as f32 `[d]`, logits `[g, tile]`,
+    /// `[row bytes, 256, g]` (when used), one token's codes as f32 `[d]`, logits `[tile, g]`,
     /// a scalar accumulator.
     pub q: u32,
     pub qs: u32,
@@ -177,9 +178,14 @@ pub(super) fn key_row(
             .collect();
         // By doubling: T[0] = 0; bytes below 2^(bits (p + 1)) add code position p's term to
         // the entry of their lower positions, one multiply-add per entry.
-        let base = times(b, cell, 256);
+        let rb = b.u32(row_bytes);
+        let gi = b.div(cell, rb);
+        let j = b.rem(cell, rb);
+        let entry = |b: &mut Builder, v: Value| table_at(b, g, j, v, gi);
+        let z = b.u32(0);
+        let first_entry = entry(b, z);
         let fz = b.f32(0.0);
-        b.write_local(lut, base, fz);
+        b.write_local(lut, first_entry, fz);
         for (p, lane) in lanes_by_position(key).into_iter().enumerate() {
             let shift = key.bits.width() * p as u32;
             let lo = b.u32(1 << shift);
@@ -192,10 +198,10 @@ pub(super) fn key_row(
                 let rest = b.binary(BinaryOp::And, v, mask);
                 let cf = b.convert(ScalarType::F32, code);
                 let term = b.mul(q, cf);
-                let from = b.add(base, rest);
+                let from = entry(b, rest);
                 let prev = b.read_local(lut, from);
                 let x = b.add(prev, term);
-                let at = b.add(base, v);
+                let at = entry(b, v);
                 b.write_local(lut, at, x);
             });
         }
@@ -210,8 +216,8 @@ pub(super) fn lanes_by_position(s: &Scheme) -> Vec<usize> {
     lanes
 }
 
-/// Computes the raw logit of span token `t` for every query head of the item into
-/// `logits[gi * tile + slot]`.
+/// Computes the raw logit of span token `t` for every query head of the item into the
+/// `logits` local at [`logit_at`]`(slot, gi)`.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn span_logits(
     b: &mut Builder,
@@ -232,12 +238,10 @@ pub(super) fn span_logits(
     if let Some(lut) = it.lut {
         let bytes = super::values::load_bytes(b, codes_m, at, row_bytes);
         for_heads(b, g, |b, gi| {
-            let cell0 = times(b, gi, row_bytes);
             let mut terms = vec![b.read_local(it.bias, gi)];
             for (j, &byte) in bytes.iter().enumerate() {
                 let jv = b.u32(j as u32);
-                let cell = b.add(cell0, jv);
-                let idx = affine(b, cell, 256, byte);
+                let idx = table_at(b, g, jv, byte, gi);
                 terms.push(b.read_local(lut, idx));
             }
             let s = tree_sum(b, terms);
@@ -327,8 +331,21 @@ pub(super) fn fp_logits(b: &mut Builder, it: &Item, fp_k: Memory, t: Value, slot
 }
 
 fn store_logit(b: &mut Builder, it: &Item, gi: Value, slot: Value, s: Value) {
-    let at = affine(b, gi, it.tile, slot);
+    let at = logit_at(b, it, slot, gi);
     b.write_local(it.logits, at, s);
+}
+
+/// Index of query head `gi`'s logit (or weight) of tile slot `slot` in the `logits` local,
+/// laid out `[tile, g]` so that the heads of a token are adjacent (they vectorize together).
+pub(super) fn logit_at(b: &mut Builder, it: &Item, slot: Value, gi: Value) -> Value {
+    affine(b, slot, it.g, gi)
+}
+
+/// Index of entry `v` of code byte `j` for query head `gi` in a byte table or histogram, laid
+/// out `[row bytes, 256, g]`: one token's reads or updates for all heads are adjacent.
+pub(super) fn table_at(b: &mut Builder, g: u32, j: Value, v: Value, gi: Value) -> Value {
+    let jv = affine(b, j, 256, v);
+    affine(b, jv, g, gi)
 }
 
 /// Runs `body` for each query head `gi` of the group: unrolled (constant `gi`) for groups of up

@@ -9,8 +9,8 @@
 //!
 //! | kernel | grid | does |
 //! | --- | --- | --- |
-//! | `stats` (only with calibration) | work items | the minimum and maximum raw span logit of each (item, query head) |
-//! | `partial` | work items | logits of its chunk in tiles of [`AttentionSchedule::tile`] tokens (calibrated with the span's extremes from `stats`), an online softmax, and `P V`: a running max `m`, sum `l` and accumulator per query head |
+//! | `stats` (only with calibration) | work items | the raw span logits of each (item, query head), saved, and their minimum and maximum |
+//! | `partial` | work items | logits of its chunk in tiles of [`AttentionSchedule::tile`] tokens (with calibration: those `stats` saved, calibrated with the span's extremes), an online softmax, and `P V`: a running max `m`, sum `l` and accumulator per query head |
 //! | `combine` | (sequence, query head) | merges its chunks: `o = sum_i e^(m_i - M) acc_i / sum_i e^(m_i - M) l_i` |
 //!
 //! Arithmetic (all f32):
@@ -197,23 +197,27 @@ pub mod partial_abi {
     pub const V_SCALE: u32 = 10;
     /// `stats` output: `[chunks, kv_heads, group, 2]` (min, max) f32; read only with calibration.
     pub const STATS: u32 = 11;
+    /// `stats` output: the raw span logits `[chunks, kv_heads, chunk, group]` f32, so that
+    /// `partial` does not compute them again; read only with calibration.
+    pub const SPAN_LOGITS: u32 = 12;
     /// Output `[chunks, kv_heads, group, 2]` (m, l) f32.
-    pub const PART_ML: u32 = 12;
+    pub const PART_ML: u32 = 13;
     /// Output `[chunks, kv_heads, group, head_dim]` f32.
-    pub const PART_ACC: u32 = 13;
+    pub const PART_ACC: u32 = 14;
     /// Scalar: kv heads.
-    pub const KV_HEADS: u32 = 14;
+    pub const KV_HEADS: u32 = 15;
     /// Scalar: chunks in the batch.
-    pub const CHUNKS: u32 = 15;
+    pub const CHUNKS: u32 = 16;
 }
 
-/// Parameter indices of the `stats` kernel: those of `partial` up to [`partial_abi::STATS`]
-/// (written here), then `KV_HEADS` and `CHUNKS`.
+/// Parameter indices of the `stats` kernel: those of `partial` up to
+/// [`partial_abi::SPAN_LOGITS`] (`STATS` and `SPAN_LOGITS` written here), then `KV_HEADS` and
+/// `CHUNKS`.
 pub mod stats_abi {
     /// Scalar: kv heads.
-    pub const KV_HEADS: u32 = 12;
+    pub const KV_HEADS: u32 = 13;
     /// Scalar: chunks in the batch.
-    pub const CHUNKS: u32 = 13;
+    pub const CHUNKS: u32 = 14;
 }
 
 /// Parameter indices of the `combine` kernel.

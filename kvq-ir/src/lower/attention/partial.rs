@@ -4,7 +4,10 @@ use crate::ir::{Access, Builder, CmpOp, Kernel, Memory, ScalarType, Value};
 use crate::lower::emit::{global_item, param_type};
 use crate::scheme::{Axis, CacheScheme, Group, Scheme};
 
-use super::keys::{affine, fp_logits, key_row, load_query, span_logits, times, uses_tables, Item};
+use super::keys::{
+    affine, for_heads, fp_logits, key_row, load_query, logit_at, span_logits, times, uses_tables,
+    Item,
+};
 use super::values::{flush, fp_values, init, softmax_tile, span_values, State};
 use super::{partial_abi as abi, seq_field as f, AttentionSchedule, AttentionShape};
 
@@ -18,6 +21,18 @@ struct Buffers {
     k: [Memory; 3],
     v: [Memory; 3],
     stats: Memory,
+    logits: Memory,
+}
+
+/// Where a span tile's raw key logits come from.
+#[derive(Clone, Copy)]
+enum Logits {
+    /// Computed from the codes.
+    Compute,
+    /// Computed, and saved to this buffer for `partial` (the `stats` kernel).
+    ComputeAndSave(Memory),
+    /// Loaded from what `stats` saved (`partial` with calibration).
+    Load(Memory),
 }
 
 fn buffers(b: &mut Builder, scheme: &CacheScheme, stats_access: Access) -> Buffers {
@@ -40,8 +55,10 @@ fn buffers(b: &mut Builder, scheme: &CacheScheme, stats_access: Access) -> Buffe
             b.buffer("v_scale", vp, Access::Read),
         ],
         stats: b.buffer("stats", ScalarType::F32, stats_access),
+        logits: b.buffer("span_logits", ScalarType::F32, stats_access),
     };
     debug_assert_eq!(bufs.stats, Memory::Param(abi::STATS));
+    debug_assert_eq!(bufs.logits, Memory::Param(abi::SPAN_LOGITS));
     bufs
 }
 
@@ -86,7 +103,7 @@ fn work_item(
         let it = Item {
             d,
             g,
-            tile: s.tile,
+            item,
             h,
             kv_heads,
             span_len: field(b, f::SPAN_LEN),
@@ -146,6 +163,7 @@ fn span_tiles(
     bufs: &Buffers,
     s: &AttentionSchedule,
     ci: Value,
+    source: Logits,
     tile: impl FnOnce(&mut Builder, Value, Value, Value),
 ) {
     let start = times(b, ci, s.chunk);
@@ -153,12 +171,19 @@ fn span_tiles(
     let end = b.add(start, cn);
     let end = b.min(end, it.span_len);
     let kz = [bufs.k[1], bufs.k[2]];
-    if key.axis == Axis::Channel && row_tokens(key).is_none() {
+    let compute = !matches!(source, Logits::Load(_));
+    // Saved logit of (token t of the chunk, head gi): (item * chunk + t - start) * g + gi.
+    let saved_at = |b: &mut Builder, t: Value, gi: Value| {
+        let rel = b.sub(t, start);
+        let row = affine(b, it.item, s.chunk, rel);
+        affine(b, row, it.g, gi)
+    };
+    if compute && key.axis == Axis::Channel && row_tokens(key).is_none() {
         let p = channel_row_param(b, it, key, it.k_params, start);
         key_row(b, it, key, kz, p);
     }
     b.for_range(start, end, s.tile, |b, t0| {
-        if let Some(n) = row_tokens(key).filter(|_| key.axis == Axis::Channel) {
+        if let Some(n) = row_tokens(key).filter(|_| compute && key.axis == Axis::Channel) {
             let nv = b.u32(n);
             let off = b.rem(t0, nv);
             let z = b.u32(0);
@@ -176,7 +201,22 @@ fn span_tiles(
         let n = b.sub(stop, t0);
         b.for_range(t0, stop, 1, |b, t| {
             let slot = b.sub(t, t0);
-            span_logits(b, it, key, bufs.k, t, slot);
+            if compute {
+                span_logits(b, it, key, bufs.k, t, slot);
+            }
+            if let Logits::ComputeAndSave(mem) | Logits::Load(mem) = source {
+                for_heads(b, it.g, |b, gi| {
+                    let at = logit_at(b, it, slot, gi);
+                    let saved = saved_at(b, t, gi);
+                    if compute {
+                        let x = b.read_local(it.logits, at);
+                        b.store(mem, saved, x);
+                    } else {
+                        let x = b.load(mem, saved, 1);
+                        b.write_local(it.logits, at, x);
+                    }
+                });
+            }
         });
         tile(b, t0, n, end);
     });
@@ -212,6 +252,7 @@ pub(super) fn lower(
             b.local("hist", ScalarType::F32, g * cells * 256)
         }),
         row: b.local("row", ScalarType::F32, d),
+        wsum: b.local("wsum", ScalarType::F32, g),
     };
     let calib = [
         b.local("cal_min", ScalarType::F32, g),
@@ -237,7 +278,11 @@ pub(super) fn lower(
                     if let Some(dcal) = scheme.calibrate {
                         calibration(b, it, &bufs, row, calib, dcal.get(), st.m);
                     }
-                    span_tiles(b, it, key, &bufs, s, ci, |b, t0, n, end| {
+                    let source = match scheme.calibrate {
+                        Some(_) => Logits::Load(bufs.logits),
+                        None => Logits::Compute,
+                    };
+                    span_tiles(b, it, key, &bufs, s, ci, source, |b, t0, n, end| {
                         if scheme.calibrate.is_some() {
                             apply_calibration(b, it, calib, n);
                         }
@@ -394,10 +439,9 @@ fn apply_calibration(b: &mut Builder, it: &Item, [cmin, cfac]: [u32; 2], n: Valu
         let one = b.f32(1.0);
         let squeeze = b.cmp(CmpOp::Lt, fct, one);
         b.if_then(squeeze, |b| {
-            let base = times(b, gi, it.tile);
             let z = b.u32(0);
             b.for_range(z, n, 1, |b, i| {
-                let at = b.add(base, i);
+                let at = logit_at(b, it, i, gi);
                 let s = b.read_local(it.logits, at);
                 let x = b.sub(s, m);
                 let x = b.mul(x, fct);
@@ -450,14 +494,14 @@ pub(super) fn lower_stats(
                     b.write_local(ext[0], gi, inf);
                     b.write_local(ext[1], gi, ninf);
                 });
-                span_tiles(b, it, &scheme.key, &bufs, s, ci, |b, _, n, _| {
+                let save = Logits::ComputeAndSave(bufs.logits);
+                span_tiles(b, it, &scheme.key, &bufs, s, ci, save, |b, _, n, _| {
                     let z = b.u32(0);
                     let gn = b.u32(g);
                     b.for_range(z, gn, 1, |b, gi| {
-                        let base = times(b, gi, it.tile);
                         let z = b.u32(0);
                         b.for_range(z, n, 1, |b, i| {
-                            let at = b.add(base, i);
+                            let at = logit_at(b, it, i, gi);
                             let x = b.read_local(it.logits, at);
                             let lo = b.read_local(ext[0], gi);
                             let lo = b.min(lo, x);

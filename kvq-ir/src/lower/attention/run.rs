@@ -149,6 +149,13 @@ impl AttentionArgs {
         };
         let chunks = plan.chunks();
         let slots = chunks * kv_heads * g;
+        let saved_logits = if scheme.calibrate.is_some() {
+            let n = slots * schedule.chunk as usize;
+            u32::try_from(n).map_err(|_| shape_error("the batch exceeds 32-bit offsets".into()))?;
+            n
+        } else {
+            1
+        };
         let too_big = || shape_error("the batch needs more than 2^32 - 1 blocks".to_string());
         let item_blocks = u32::try_from(grid((chunks * kv_heads) as u64, schedule.block_size))
             .map_err(|_| too_big())?;
@@ -168,17 +175,17 @@ impl AttentionArgs {
             Arg::Buffer(params(scheme.value.params, nonempty(vz))),
             Arg::Buffer(params(scheme.value.params, nonempty(vs))),
             Arg::Buffer(Buffer::F32(vec![0.0; slots * 2])),
+            Arg::Buffer(Buffer::F32(vec![0.0; saved_logits])),
             Arg::Buffer(Buffer::F32(vec![0.0; slots * 2])),
             Arg::Buffer(Buffer::F32(vec![0.0; slots * d])),
             Arg::U32(kv_heads as u32),
             Arg::U32(chunks as u32),
         ];
         let stats = if scheme.calibrate.is_some() {
-            // Inputs are moved in from `partial` for each launch; only `stats` is its own.
-            let mut s: Vec<Arg> = (0..11)
+            // Every buffer is moved in from `partial` for each launch.
+            let mut s: Vec<Arg> = (0..=super::partial_abi::SPAN_LOGITS)
                 .map(|_| Arg::Buffer(Buffer::U8(Vec::new())))
                 .collect();
-            s.push(Arg::Buffer(Buffer::F32(vec![0.0; slots * 2])));
             s.push(Arg::U32(kv_heads as u32));
             s.push(Arg::U32(chunks as u32));
             s
@@ -216,15 +223,14 @@ impl AttentionArgs {
     ) -> Result<(), E> {
         use super::{combine_abi as c, partial_abi as p};
         if let Some(stats) = &kernels.stats {
-            for i in 0..p::STATS {
+            for i in 0..=p::SPAN_LOGITS {
                 swap(&mut self.partial, i, &mut self.stats, i);
             }
             let r = run(stats, &mut self.stats, self.item_blocks);
-            for i in 0..p::STATS {
+            for i in 0..=p::SPAN_LOGITS {
                 swap(&mut self.partial, i, &mut self.stats, i);
             }
             r?;
-            swap(&mut self.partial, p::STATS, &mut self.stats, p::STATS);
         }
         run(&kernels.partial, &mut self.partial, self.item_blocks)?;
         swap(&mut self.partial, p::PART_ML, &mut self.combine, c::PART_ML);
@@ -242,9 +248,6 @@ impl AttentionArgs {
             &mut self.combine,
             c::PART_ACC,
         );
-        if kernels.stats.is_some() {
-            swap(&mut self.partial, p::STATS, &mut self.stats, p::STATS);
-        }
         result
     }
 

@@ -4,12 +4,14 @@
 use crate::ir::{Builder, CmpOp, Memory, UnaryOp, Value};
 use crate::scheme::{Axis, Group, Scheme};
 
-use super::keys::{affine, for_heads, lanes_by_position, param_f32, times, unpack_row, Item};
+use super::keys::{
+    affine, for_heads, lanes_by_position, logit_at, param_f32, table_at, times, unpack_row, Item,
+};
 
 /// Online softmax state locals: running max `[g]`, sum `[g]`, accumulator `[g, d]`; for
 /// axis = channel values also the raw code sums `[g, d]` and weight sums `[g]` of the current
 /// parameter row; for axis = token a dequantized row `[d]`. Values that use byte tables
-/// ([`uses_tables`]) accumulate weights into histograms `[g, row bytes, 256]` instead: per
+/// ([`uses_tables`]) accumulate weights into histograms `[row bytes, 256, g]` instead: per
 /// token, the weight is added to the bucket of each code byte, and a flush folds the buckets
 /// into the raw code sums.
 pub(super) struct State {
@@ -19,6 +21,8 @@ pub(super) struct State {
     pub cacc: Option<(u32, u32)>,
     pub hist: Option<u32>,
     pub row: u32,
+    /// One tile's weight sum per head `[g]`.
+    pub wsum: u32,
 }
 
 /// Fills `local[0..n]` with `x`.
@@ -65,16 +69,15 @@ fn hist_cells(it: &Item) -> u32 {
 /// One tile of `n` logits per query head: raises the running max (rescaling the state when it
 /// grows), turns the logits into weights `e^(s - m)` and adds them to `l`.
 pub(super) fn softmax_tile(b: &mut Builder, it: &Item, st: &State, n: Value) {
-    let (d, g, tile) = (it.d, it.g, it.tile);
+    let (d, g) = (it.d, it.g);
     let zero = b.u32(0);
     let gn = b.u32(g);
     b.for_range(zero, gn, 1, |b, gi| {
-        let base = times(b, gi, tile);
         let z = b.u32(0);
         let ninf = b.f32(f32::NEG_INFINITY);
         b.write_local(it.sum, z, ninf);
         b.for_range(z, n, 1, |b, i| {
-            let at = b.add(base, i);
+            let at = logit_at(b, it, i, gi);
             let s = b.read_local(it.logits, at);
             let z = b.u32(0);
             let m = b.read_local(it.sum, z);
@@ -98,35 +101,74 @@ pub(super) fn softmax_tile(b: &mut Builder, it: &Item, st: &State, n: Value) {
                 scale_run(b, psum, gi, 1, corr);
             }
             if let Some(hist) = st.hist {
-                let n = it.value_row_bytes * 256;
-                let first = times(b, gi, n);
-                scale_run(b, hist, first, n, corr);
+                // This head's entries: every g-th from gi.
+                let z = b.u32(0);
+                let n = b.u32(it.value_row_bytes * 256);
+                b.for_range(z, n, 1, |b, e| {
+                    let at = affine(b, e, g, gi);
+                    let v = b.read_local(hist, at);
+                    let v = b.mul(v, corr);
+                    b.write_local(hist, at, v);
+                });
             }
             b.write_local(st.m, gi, new);
         });
-        // Weights first (independent iterations, which vectorize), then their sum.
-        let m = b.read_local(st.m, gi);
-        let z = b.u32(0);
-        b.for_range(z, n, 1, |b, i| {
-            let at = b.add(base, i);
-            let s = b.read_local(it.logits, at);
-            let x = b.sub(s, m);
-            let p = b.unary(UnaryOp::Exp, x);
-            b.write_local(it.logits, at, p);
+    });
+    weights(b, it, st, n);
+}
+
+/// Turns the tile's logits into weights `e^(s - m)` against each head's running max and adds
+/// their sums to `l`. For groups of up to 8 heads the heads of a token are done together (their
+/// logits are adjacent, so the exponentials vectorize across heads).
+fn weights(b: &mut Builder, it: &Item, st: &State, n: Value) {
+    let g = it.g;
+    let zero = b.u32(0);
+    let fz = b.f32(0.0);
+    if g <= 8 {
+        let maxes: Vec<Value> = (0..g)
+            .map(|gi| {
+                let gv = b.u32(gi);
+                b.write_local(st.wsum, gv, fz);
+                b.read_local(st.m, gv)
+            })
+            .collect();
+        b.for_range(zero, n, 1, |b, i| {
+            for (gi, &m) in maxes.iter().enumerate() {
+                let gv = b.u32(gi as u32);
+                let at = logit_at(b, it, i, gv);
+                let s = b.read_local(it.logits, at);
+                let x = b.sub(s, m);
+                let p = b.unary(UnaryOp::Exp, x);
+                b.write_local(it.logits, at, p);
+                let w = b.read_local(st.wsum, gv);
+                let w = b.add(w, p);
+                b.write_local(st.wsum, gv, w);
+            }
         });
-        let fz = b.f32(0.0);
-        b.write_local(it.sum, z, fz);
-        b.for_range(z, n, 1, |b, i| {
-            let at = b.add(base, i);
-            let p = b.read_local(it.logits, at);
+    } else {
+        let gn = b.u32(g);
+        b.for_range(zero, gn, 1, |b, gi| {
+            let m = b.read_local(st.m, gi);
+            let fz = b.f32(0.0);
+            b.write_local(st.wsum, gi, fz);
             let z = b.u32(0);
-            let acc = b.read_local(it.sum, z);
-            let acc = b.add(acc, p);
-            b.write_local(it.sum, z, acc);
+            b.for_range(z, n, 1, |b, i| {
+                let at = logit_at(b, it, i, gi);
+                let s = b.read_local(it.logits, at);
+                let x = b.sub(s, m);
+                let p = b.unary(UnaryOp::Exp, x);
+                b.write_local(it.logits, at, p);
+                let w = b.read_local(st.wsum, gi);
+                let w = b.add(w, p);
+                b.write_local(st.wsum, gi, w);
+            });
         });
-        let total = b.read_local(it.sum, z);
+    }
+    let gn = b.u32(g);
+    b.for_range(zero, gn, 1, |b, gi| {
+        let w = b.read_local(st.wsum, gi);
         let l = b.read_local(st.l, gi);
-        let l = b.add(l, total);
+        let l = b.add(l, w);
         b.write_local(st.l, gi, l);
     });
 }
@@ -140,11 +182,11 @@ fn add_weighted(
     weight_sum: Option<u32>,
     src: impl Fn(&mut Builder, Value) -> Value + Copy,
 ) {
-    let (d, g, tile) = (it.d, it.g, it.tile);
+    let (d, g) = (it.d, it.g);
     let zero = b.u32(0);
     let gn = b.u32(g);
     b.for_range(zero, gn, 1, |b, gi| {
-        let at = affine(b, gi, tile, slot);
+        let at = logit_at(b, it, slot, gi);
         let p = b.read_local(it.logits, at);
         if let Some(ps) = weight_sum {
             let s = b.read_local(ps, gi);
@@ -183,16 +225,14 @@ pub(super) fn span_values(
     if let (Some(hist), Some((_, psum))) = (st.hist, st.cacc) {
         let bytes = load_bytes(b, codes_m, at, row_bytes);
         for_heads(b, it.g, |b, gi| {
-            let w = affine(b, gi, it.tile, slot);
+            let w = logit_at(b, it, slot, gi);
             let p = b.read_local(it.logits, w);
             let s = b.read_local(psum, gi);
             let s = b.add(s, p);
             b.write_local(psum, gi, s);
-            let cell0 = times(b, gi, row_bytes);
             for (j, &byte) in bytes.iter().enumerate() {
                 let jv = b.u32(j as u32);
-                let cell = b.add(cell0, jv);
-                let idx = affine(b, cell, 256, byte);
+                let idx = table_at(b, it.g, jv, byte, gi);
                 let x = b.read_local(hist, idx);
                 let x = b.add(x, p);
                 b.write_local(hist, idx, x);
@@ -307,9 +347,12 @@ fn fold_histograms(b: &mut Builder, it: &Item, value: &Scheme, hist: u32, cacc: 
     let zero = b.u32(0);
     let cells = b.u32(it.g * it.value_row_bytes);
     b.for_range(zero, cells, 1, |b, cell| {
-        let base = times(b, cell, 256);
         // cell = gi * row_bytes + j: channel j * per_byte + lane of query head gi, i.e.
         // gi * d + j * per_byte + lane = cell * per_byte + lane.
+        let rb = b.u32(it.value_row_bytes);
+        let gi = b.div(cell, rb);
+        let j = b.rem(cell, rb);
+        let entry = |b: &mut Builder, v: Value| table_at(b, it.g, j, v, gi);
         let first = times(b, cell, per_byte);
         let lanes = lanes_by_position(value);
         for p in (0..per_byte).rev() {
@@ -319,15 +362,15 @@ fn fold_histograms(b: &mut Builder, it: &Item, value: &Scheme, hist: u32, cacc: 
             b.write_local(it.sum, z, fz);
             for c in 1..=levels {
                 let off = b.u32(c * width);
-                let hi_base = b.add(base, off);
                 let cf = b.f32(c as f32);
                 let wv = b.u32(width);
                 b.for_range(z, wv, 1, |b, v| {
-                    let from = b.add(hi_base, v);
+                    let hv = b.add(off, v);
+                    let from = entry(b, hv);
                     let x = b.read_local(hist, from);
                     let fz = b.f32(0.0);
                     b.write_local(hist, from, fz);
-                    let to = b.add(base, v);
+                    let to = entry(b, v);
                     let y = b.read_local(hist, to);
                     let y = b.add(y, x);
                     b.write_local(hist, to, y);
@@ -345,6 +388,8 @@ fn fold_histograms(b: &mut Builder, it: &Item, value: &Scheme, hist: u32, cacc: 
             let cur = b.add(cur, s);
             b.write_local(cacc, at, cur);
         }
+        let z = b.u32(0);
+        let base = entry(b, z);
         let fz = b.f32(0.0);
         b.write_local(hist, base, fz);
     });
