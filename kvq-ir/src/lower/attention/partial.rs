@@ -156,6 +156,7 @@ fn channel_row_param(b: &mut Builder, it: &Item, s: &Scheme, first: Value, t: Va
 
 /// Runs `tile(b, t0, n)` for the tiles of span chunk `ci`, setting up key post-scaling for
 /// each key parameter row first.
+#[allow(clippy::too_many_arguments)]
 fn span_tiles(
     b: &mut Builder,
     it: &Item,
