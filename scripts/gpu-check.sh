@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# GPU bit-exactness and timing check of kvq's PTX quantize kernels, in two halves:
+# GPU checks of kvq's PTX kernels: quantize kernels bit for bit, decode attention within 1e-4,
+# timings, and a PyTorch SDPA baseline; in two halves:
 #
 #   scripts/gpu-check.sh prepare   (here, on the build machine: needs Rust, LLVM 19, ptxas)
 #     1. builds kvq-gpu-check (kvq-runtime with the cuda feature: no LLVM, ~1 MB) and kvq, both --release;
@@ -9,10 +10,18 @@
 #     3. for every quantize kernel x capture x layer, writes the host backend's result with
 #          kvq quantize --kv CAPTURE --tensor k|v --layer L --scheme S --backend host -o EXPECTED
 #        (safetensors: codes u8, zero/scale as f32 values of the stored parameters);
-#     4. writes target/gpu-work/run.sh, which runs kvq-gpu-check over all of it, and prints the
-#        device command.
-#   Everything lands in target/gpu-work/ (under target/, so git ignores it); it is self-contained:
-#     kvq-gpu-check, bundles/<pair>/{manifest.json,*.ptx}, data/*.safetensors (the captures),
+#     4. compiles attention bundles (head_dim 128, 4 query heads per kv head: --group 4) and
+#        writes decode-attention cases with `kvq attention-case`: a small batch per pair for
+#        correctness, and the benchmark shapes (8 kv heads, 32 query heads, 4k/16k/64k span + 64
+#        text tokens, batch 1 and 4) for the 1-bit CalibQuant pair. Batch-4 cases share one K/V
+#        among their four sequences (--share-kv, distinct queries) so that everything fits the
+#        64 MiB a device call may carry; their timings read that K/V four times, mostly from L2;
+#     5. writes target/gpu-work/run.sh, which runs kvq-gpu-check over all of it and then
+#        sdpa_baseline.py (torch's scaled_dot_product_attention in bf16 on the unquantized
+#        cache, same shapes), and prints the device command.
+#   Everything lands in target/gpu-work/ (under target/, so git ignores it); with the working
+#   tree's tests/data (the captures) it is self-contained:
+#     kvq-gpu-check, bundles/<pair>/{manifest.json,*.ptx}, attention/*.safetensors,
 #     expected/<kernel>.<capture>.L<layer>.safetensors, cases.txt, run.sh.
 #
 #   On the GPU machine (no Rust, no LLVM, no network), from the repository root:
@@ -51,8 +60,10 @@ print_command() {
 Device tool call (the work dir is under target/, so it must be carried):
   run(command="bash target/gpu-work/run.sh", carry=["target/gpu-work"], timeout_s=300)
 which runs, from the repository root:
-  nvidia-smi; ldd --version; ./kvq-gpu-check \$(bundles) \$(cases) --runs 50 --out "\$OUT"
-Results: \$OUT/results.md (markdown table) and \$OUT/log.txt; exit status non-zero on any mismatch.
+  nvidia-smi; ldd --version; ./kvq-gpu-check \$(bundles) \$(cases) \$(attention cases) --runs 50 --out "\$OUT"
+  python3 sdpa_baseline.py     # torch SDPA bf16 on the unquantized cache, same shapes
+Results: \$OUT/results.md (markdown tables), \$OUT/sdpa.md and \$OUT/log.txt; exit status non-zero on
+any mismatch.
 Note: kvq-gpu-check needs glibc >= $(objdump -T "$work/kvq-gpu-check" 2>/dev/null | grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -n 1 | sed 's/GLIBC_//' || echo '?') and a driver that accepts the PTX ISA version in the bundles.
 MSG
 }
@@ -63,13 +74,10 @@ prepare() {
     cargo build --release -p kvq-runtime --bin kvq-gpu-check
     cargo build --release --bin kvq
     rm -rf "$work"
-    mkdir -p "$work/bundles" "$work/expected" "$work/data"
+    mkdir -p "$work/bundles" "$work/expected"
     cp target/release/kvq-gpu-check "$work/"
     local kvq=target/release/kvq check="$work/kvq-gpu-check"
     local bundle_args=() cases=()
-    for c in "${captures[@]}"; do
-        cp "tests/data/${c%%|*}.safetensors" "$work/data/"
-    done
     for p in "${pairs[@]}"; do
         IFS='|' read -r name key value <<<"$p"
         local bundle="$work/bundles/$name"
@@ -83,29 +91,60 @@ prepare() {
                 local cap="${c%%|*}" layers="${c#*|}"
                 for layer in $layers; do
                     local expected="expected/$kernel.$cap.L$layer.safetensors"
-                    "$kvq" quantize --kv "$work/data/$cap.safetensors" --tensor "$tensor" --layer "$layer" \
+                    "$kvq" quantize --kv "tests/data/$cap.safetensors" --tensor "$tensor" --layer "$layer" \
                         --scheme "$scheme" --backend host -o "$work/$expected"
-                    cases+=("data/$cap.safetensors,$tensor,$layer,$expected,$kernel")
+                    # The captures travel with the working tree: ../../tests/data from the work dir.
+                    cases+=("../../tests/data/$cap.safetensors,$tensor,$layer,$expected,$kernel")
                 done
             done
         done < <("$check" --bundle "$bundle" --list)
     done
+    # Decode attention: correctness on a small batch per pair, timing on the benchmark shapes.
+    local attention=()
+    mkdir -p "$work/attention"
+    for p in "${pairs[@]}"; do
+        IFS='|' read -r name key value <<<"$p"
+        local calib=()
+        [ "$name" = calibquant ] && calib=(--calibrate 3)
+        "$kvq" compile --key "$key" --value "$value" --target sm_90 --head-dim 128 --input f16 \
+            --group 4 "${calib[@]}" -o "$work/bundles/${name}_attn" >/dev/null
+        bundle_args+=(--bundle "bundles/${name}_attn")
+        "$kvq" attention-case --key "$key" --value "$value" "${calib[@]}" --kv-heads 2 --group 4 \
+            --span-tokens 1000 --fp-tokens 37 --batch 3 -o "$work/attention/$name.check.safetensors"
+        attention+=("attention/$name.check.safetensors")
+    done
+    IFS='|' read -r _ key value <<<"${pairs[0]}"
+    for shape in "4096 1" "4096 4" "16384 1" "16384 4" "65536 1" "65536 4"; do
+        read -r span batch <<<"$shape"
+        local share=()
+        [ "$batch" -gt 1 ] && share=(--share-kv)
+        "$kvq" attention-case --key "$key" --value "$value" --calibrate 3 --kv-heads 8 --group 4 \
+            --span-tokens "$span" --fp-tokens 64 --batch "$batch" "${share[@]}" \
+            -o "$work/attention/calibquant.$span.b$batch.safetensors"
+        attention+=("attention/calibquant.$span.b$batch.safetensors")
+    done
+    cp scripts/sdpa_baseline.py "$work/"
     printf '%s\n' "${cases[@]}" >"$work/cases.txt"
     {
         echo '#!/usr/bin/env bash'
         echo '# Written by scripts/gpu-check.sh prepare. Runs kvq-gpu-check over the prepared cases.'
         echo 'set -uo pipefail'
         echo 'out="${OUT:-$(pwd)/target/gpu-work/out}"'
+        echo 'mkdir -p "$out"'
         echo 'cd "$(dirname "${BASH_SOURCE[0]}")"'
         echo 'nvidia-smi || echo "nvidia-smi: not available"'
         echo 'ldd --version | head -n 1'
         printf './kvq-gpu-check'
         printf ' %q' "${bundle_args[@]}"
         for c in "${cases[@]}"; do printf ' --case %q' "$c"; done
+        for a in "${attention[@]}"; do printf ' --attention %q' "$a"; done
         echo ' --runs "${RUNS:-50}" --out "$out"'
+        echo 'status=$?'
+        echo 'python3 sdpa_baseline.py "${RUNS:-50}" | tee "$out/sdpa.md"'
+        echo 'exit $status'
     } >"$work/run.sh"
     chmod +x "$work/run.sh"
-    echo "prepared ${#cases[@]} cases in $work ($(du -sh "$work" | cut -f1))"
+    echo "prepared ${#cases[@]} quantize and ${#attention[@]} attention cases in $work ($(du -sh "$work" | cut -f1))"
     print_command
 }
 

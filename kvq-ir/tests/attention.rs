@@ -130,11 +130,13 @@ fn every_catalogue_scheme_as_key_and_value_matches_the_reference() {
             block_size: 1,
             chunk: 16,
             tile: 8,
+            tables: true,
         },
         AttentionSchedule {
             block_size: 4,
             chunk: 64,
             tile: 32,
+            tables: false,
         },
     ];
     let mut worst = 0.0f64;
@@ -167,11 +169,12 @@ fn calibquant_with_calibration_over_many_chunks() {
         value: s[1].1,
         calibrate: Calibration::new(3.0),
     };
-    for chunk in [8, 24, 4096] {
+    for (chunk, tables) in [(8, true), (24, false), (4096, true), (4096, false)] {
         let schedule = AttentionSchedule {
             block_size: 2,
             chunk,
             tile: 8,
+            tables,
         };
         check(&scheme, &schedule, &seqs);
     }
@@ -194,16 +197,19 @@ fn schedules_that_cut_parameter_rows_are_rejected() {
             block_size: 1,
             chunk: 64,
             tile: 48,
+            tables: true,
         },
         AttentionSchedule {
             block_size: 1,
             chunk: 20,
             tile: 8,
+            tables: true,
         },
         AttentionSchedule {
             block_size: 0,
             chunk: 64,
             tile: 8,
+            tables: true,
         },
     ] {
         assert!(attention(&scheme, shape, &bad).is_err(), "{bad:?}");

@@ -1,4 +1,5 @@
-//! `kvq compile`: a scheme pair's quantize and dequantize kernels for one target, plus a manifest.
+//! `kvq compile`: a scheme pair's quantize and dequantize kernels for one target, plus a manifest;
+//! with `--group`, also the fused decode-attention kernels.
 
 use std::path::PathBuf;
 
@@ -6,8 +7,10 @@ use super::Input;
 use anyhow::{bail, Context, Result};
 use kvq::Scheme;
 use kvq_codegen::{ptxas, Arch, Target};
-use kvq_ir::ir::{verify, Access, Param};
-use kvq_ir::lower::{self, InputType, Launch, Lowered, Schedule, ShapeClass};
+use kvq_ir::ir::{verify, Access, Kernel, Param};
+use kvq_ir::lower::attention::{attention, AttentionSchedule, AttentionShape};
+use kvq_ir::lower::{self, InputType, Launch, Schedule, ShapeClass};
+use kvq_ir::{CacheScheme, Calibration};
 use serde_json::{json, Value};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -49,6 +52,12 @@ pub struct Args {
     /// Element type of the K/V the kernels read.
     #[arg(long, value_enum, default_value = "f16")]
     input: Input,
+    /// Also compile the decode-attention kernels, for this many query heads per kv head.
+    #[arg(long)]
+    group: Option<u32>,
+    /// Calibration `d` of the span's logits for the attention kernels (SPEC.md section 4).
+    #[arg(long, requires = "group")]
+    calibrate: Option<f32>,
     /// Output directory.
     #[arg(short = 'o', long)]
     output: PathBuf,
@@ -94,16 +103,63 @@ pub fn run(args: Args) -> Result<()> {
         lowered.push((role, scheme, schedule, "quantize", quantize));
         lowered.push((role, scheme, schedule, "dequantize", dequantize));
     }
+    let attention_kernels = match args.group {
+        None => Vec::new(),
+        Some(group) => {
+            let calibrate = match args.calibrate {
+                None => None,
+                Some(d) => Some(Calibration::new(d).context("--calibrate must be positive")?),
+            };
+            let pair = CacheScheme {
+                key,
+                value,
+                calibrate,
+            };
+            let schedule = match target {
+                Target::Host => AttentionSchedule::host_default(&pair),
+                Target::Ptx(_) => AttentionSchedule::gpu_default(&pair),
+            };
+            let shape = AttentionShape {
+                head_dim: args.head_dim,
+                group,
+            };
+            let k = attention(&pair, shape, &schedule).context("attention kernels")?;
+            let items = json!({"kind": "attention_items", "blocks": "ceil(chunks * kv_heads / block_size)"});
+            let heads = json!({"kind": "attention_heads", "blocks": "ceil(batch * kv_heads * group / block_size)", "group": group});
+            let sched = json!({"block_size": schedule.block_size, "chunk": schedule.chunk, "tile": schedule.tile});
+            let mut out = Vec::new();
+            if let Some(stats) = k.stats {
+                out.push(("attention_stats", stats, items.clone()));
+            }
+            out.push(("attention_partial", k.partial, items));
+            out.push(("attention_combine", k.combine, heads));
+            out.into_iter()
+                .map(|(role, kernel, launch)| {
+                    (role, pair.to_string(), sched.clone(), launch, kernel)
+                })
+                .collect()
+        }
+    };
     std::fs::create_dir_all(&args.output)
         .with_context(|| format!("creating {}", args.output.display()))?;
     let mut kernels = Vec::new();
     for (role, scheme, schedule, kind, lowered) in &lowered {
-        let entry = write_kernel(&args, target, emit, lowered, ptxas.as_deref())?;
+        let entry = write_kernel(&args, target, emit, &lowered.kernel, ptxas.as_deref())?;
         kernels.push(json!({
             "role": format!("{role}_{kind}"),
             "scheme": scheme.to_string(),
             "schedule": {"block_size": schedule.block_size, "channels": schedule.channels, "vector": schedule.vector},
             "launch": launch_json(lowered.launch),
+            "entry": entry,
+        }));
+    }
+    for (role, scheme, schedule, launch, kernel) in &attention_kernels {
+        let entry = write_kernel(&args, target, emit, kernel, ptxas.as_deref())?;
+        kernels.push(json!({
+            "role": role,
+            "scheme": scheme,
+            "schedule": schedule,
+            "launch": launch,
             "entry": entry,
         }));
     }
@@ -158,10 +214,9 @@ fn write_kernel(
     args: &Args,
     target: Target,
     emit: Emit,
-    lowered: &Lowered,
+    kernel: &Kernel,
     ptxas_path: Option<&std::path::Path>,
 ) -> Result<Value> {
-    let kernel = &lowered.kernel;
     let info = verify(kernel)?;
     let (ext, text) = match emit {
         Emit::Ir => ("kvqir", kvq_ir::ir::print(kernel)),

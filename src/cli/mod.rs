@@ -1,5 +1,6 @@
 //! Subcommands of `kvq`.
 
+mod attention_case;
 mod compile;
 mod demo;
 mod eval;
@@ -37,6 +38,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Write a decode-attention case (inputs and host results) for `kvq-gpu-check`.
+    AttentionCase(attention_case::Args),
     /// The main job: CalibQuant's kernels compiled, a cache of real DINOv2 K/V plus a long
     /// synthetic span, decode attention on the CPU against full precision.
     Demo(demo::Args),
@@ -53,6 +56,7 @@ enum Command {
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::AttentionCase(args) => attention_case::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Compile(args) => compile::run(args),

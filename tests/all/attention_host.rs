@@ -112,6 +112,7 @@ fn every_catalogue_scheme_as_key_and_as_value_on_a_random_batch() {
         block_size: 1,
         chunk: 128,
         tile: 32,
+        tables: true,
     };
     let mut worst = 0.0f64;
     for &s in &cat {

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use kvq::backend::{self, Backend};
-use kvq::{Axis, BitOrder, Group, ParamType, Scheme, Tensor3};
+use kvq::{Axis, BitOrder, CacheScheme, Group, ParamType, Scheme, Tensor3};
 use kvq_codegen::ptxas;
 use kvq_ir::lower::{self, InputType, Schedule, ShapeClass};
 use kvq_ir::reference::QuantError;
@@ -582,4 +582,52 @@ fn kvq_dump_writes_ir_llvm_and_ptx_of_every_kernel() {
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn compile_with_group_adds_the_attention_kernels() {
+    let dir = temp_dir("attention");
+    let (key, value) = (
+        catalogue_text("calibquant_k"),
+        catalogue_text("calibquant_v"),
+    );
+    let extra = ["--target", "sm_90", "--group", "4", "--calibrate", "3"];
+    let stdout = assert_success(&compile(key, value, &extra, &dir));
+    let m = manifest(&dir);
+    let kernels = m["kernels"].as_array().unwrap();
+    let roles: Vec<(&str, &str)> = kernels
+        .iter()
+        .map(|k| {
+            (
+                k["role"].as_str().unwrap(),
+                k["launch"]["kind"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        roles[4..],
+        [
+            ("attention_stats", "attention_items"),
+            ("attention_partial", "attention_items"),
+            ("attention_combine", "attention_heads"),
+        ]
+    );
+    assert_eq!(kernels[6]["launch"]["group"], 4);
+    let pair = CacheScheme::parse(kernels[5]["scheme"].as_str().unwrap()).unwrap();
+    assert_eq!(pair.calibrate.map(|d| d.get()), Some(3.0));
+    // The kernels the CUDA runtime will load: bundle parsing accepts the new roles and rules.
+    let bundle = kvq_runtime::cuda::Bundle::load(&dir).unwrap();
+    assert_eq!(bundle.manifest.kernels.len(), 7);
+    assert!(stdout.contains("wrote 7 kernels"), "{stdout}");
+    // Without --group: the four quantize/dequantize kernels only; --calibrate needs --group.
+    let plain = temp_dir("attention_plain");
+    assert_success(&compile(key, value, &["--target", "sm_90"], &plain));
+    assert_eq!(manifest(&plain)["kernels"].as_array().unwrap().len(), 4);
+    let out = compile(
+        key,
+        value,
+        &["--target", "sm_90", "--calibrate", "3"],
+        &temp_dir("bad"),
+    );
+    assert!(!out.status.success());
 }

@@ -1,6 +1,7 @@
 //! kvq's integration tests, one binary (see STYLE.md: link once).
 
 mod attention;
+mod attention_case;
 mod attention_host;
 mod backends;
 mod cli;

@@ -81,27 +81,23 @@ pub enum CudaError {
         mismatch: Mismatch,
     },
     /// The launch rule gives a grid the driver cannot launch (or an empty one).
-    #[error(
-        "kernel {kernel}: {blocks} blocks for {heads} heads x {tokens} tokens is out of range"
-    )]
+    #[error("kernel {kernel}: {blocks} blocks for sizes {sizes:?} is out of range")]
     Grid {
         /// The kernel.
         kernel: String,
         /// Blocks the rule asks for.
         blocks: u64,
-        /// Heads.
-        heads: u32,
-        /// Tokens.
-        tokens: u32,
+        /// The size scalars the rule read (name, value), e.g. heads and tokens.
+        sizes: [(&'static str, u32); 2],
     },
-    /// A launch's heads/tokens scalar parameter is missing from the kernel's signature.
+    /// A size scalar parameter the launch rule reads is missing from the kernel's signature.
     #[error(
         "kernel {kernel}: no u32 scalar parameter named {name}, so its grid cannot be derived"
     )]
     MissingSize {
         /// The kernel.
         kernel: String,
-        /// `heads` or `tokens`.
+        /// Its name (`heads`, `tokens`, `chunks`, `kv_heads`, `batch`).
         name: &'static str,
     },
     /// A download asked for a different element type than the buffer holds.

@@ -26,7 +26,7 @@ pub struct Manifest {
     pub kernels: Vec<KernelEntry>,
 }
 
-/// Which of a scheme pair's four kernels an entry is.
+/// Which kernel of a scheme pair an entry is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
@@ -38,6 +38,12 @@ pub enum Role {
     ValueQuantize,
     /// Dequantizes V.
     ValueDequantize,
+    /// Decode attention: the span-logit extremes (schemes that calibrate).
+    AttentionStats,
+    /// Decode attention: per-chunk softmax partials.
+    AttentionPartial,
+    /// Decode attention: the merge into outputs.
+    AttentionCombine,
 }
 
 impl Role {
@@ -53,6 +59,9 @@ impl Role {
             Role::KeyDequantize => "key_dequantize",
             Role::ValueQuantize => "value_quantize",
             Role::ValueDequantize => "value_dequantize",
+            Role::AttentionStats => "attention_stats",
+            Role::AttentionPartial => "attention_partial",
+            Role::AttentionCombine => "attention_combine",
         }
     }
 }
@@ -75,13 +84,32 @@ pub enum LaunchRule {
     },
     /// `ceil(heads * tokens / block_size)` blocks.
     ThreadPerRow,
+    /// `ceil(chunks * kv_heads / block_size)` blocks: a thread per attention work item.
+    AttentionItems,
+    /// `ceil(batch * kv_heads * group / block_size)` blocks: a thread per (sequence, query head).
+    AttentionHeads {
+        /// Query heads per kv head.
+        group: u32,
+    },
 }
 
 impl LaunchRule {
-    /// Number of blocks for `heads` x `tokens` with `block_size` threads per block.
+    /// The names of the two u32 scalar parameters the grid depends on, in [`Self::grid`]'s order.
+    pub fn sizes(&self) -> [&'static str; 2] {
+        match self {
+            LaunchRule::AttentionItems => ["chunks", "kv_heads"],
+            LaunchRule::AttentionHeads { .. } => ["batch", "kv_heads"],
+            _ => ["heads", "tokens"],
+        }
+    }
+
+    /// Number of blocks for the two sizes of [`Self::sizes`] (heads x tokens for the quantize
+    /// kernels) with `block_size` threads per block.
     pub fn grid(&self, heads: u32, tokens: u32, block_size: u32) -> u64 {
         let (h, t, b) = (heads as u64, tokens as u64, block_size.max(1) as u64);
         match *self {
+            LaunchRule::AttentionItems => (h * t).div_ceil(b),
+            LaunchRule::AttentionHeads { group } => (h * t * group as u64).div_ceil(b),
             LaunchRule::BlockPerColumn { columns } => h * columns as u64,
             LaunchRule::ThreadPerGroup { columns, group } => {
                 (h * columns as u64 * t.div_ceil(group.max(1) as u64)).div_ceil(b)
@@ -391,6 +419,28 @@ mod tests {
             Bundle::load(&dir.0).unwrap_err(),
             CudaError::NotPtx { .. }
         ));
+    }
+
+    #[test]
+    fn attention_rules_read_their_own_sizes() {
+        // Same numbers as kvq_ir::lower::attention::grid over chunks * kv_heads work items and
+        // batch * kv_heads * group (sequence, query head) pairs.
+        let items = LaunchRule::AttentionItems;
+        assert_eq!(items.sizes(), ["chunks", "kv_heads"]);
+        assert_eq!(items.grid(65, 8, 64), 9); // 520 items
+        let heads = LaunchRule::AttentionHeads { group: 4 };
+        assert_eq!(heads.sizes(), ["batch", "kv_heads"]);
+        assert_eq!(heads.grid(3, 8, 64), 2); // 96 (sequence, query head) pairs
+        assert_eq!(LaunchRule::ThreadPerRow.sizes(), ["heads", "tokens"]);
+        let parsed: LaunchRule =
+            serde_json::from_str(r#"{"kind": "attention_heads", "group": 4, "blocks": "..."}"#)
+                .unwrap();
+        assert_eq!(parsed, heads);
+        let role: Role = serde_json::from_str(r#""attention_partial""#).unwrap();
+        assert_eq!(
+            (role.name(), role.is_quantize()),
+            ("attention_partial", false)
+        );
     }
 
     #[test]

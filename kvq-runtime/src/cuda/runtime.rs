@@ -147,11 +147,11 @@ pub struct Kernel {
 }
 
 impl Kernel {
-    /// The launch configuration for the `heads` and `tokens` scalars among `args`.
+    /// The launch configuration for the size scalars among `args` that the launch rule reads.
     fn config(&self, args: &[LaunchArg<'_>]) -> Result<LaunchConfig, CudaError> {
-        let heads = self.size_arg(args, "heads")?;
-        let tokens = self.size_arg(args, "tokens")?;
-        let blocks = self.launch.grid(heads, tokens, self.block_size);
+        let [a, b] = self.launch.sizes();
+        let sizes = [(a, self.size_arg(args, a)?), (b, self.size_arg(args, b)?)];
+        let blocks = self.launch.grid(sizes[0].1, sizes[1].1, self.block_size);
         let grid = u32::try_from(blocks)
             .ok()
             .filter(|&b| b > 0 && b < (1 << 31));
@@ -159,8 +159,7 @@ impl Kernel {
             return Err(CudaError::Grid {
                 kernel: self.signature.name.clone(),
                 blocks,
-                heads,
-                tokens,
+                sizes,
             });
         };
         Ok(LaunchConfig {
@@ -292,7 +291,8 @@ impl CudaRuntime {
     }
 
     /// Checks `args` against the kernel's signature, derives the grid from its launch rule and
-    /// the `heads`/`tokens` arguments, and queues the launch.
+    /// the size arguments it names (`heads`/`tokens`, or the attention kernels' `chunks`,
+    /// `batch` and `kv_heads`), and queues the launch.
     pub fn launch(&self, kernel: &Kernel, args: &mut [LaunchArg<'_>]) -> Result<(), CudaError> {
         let descs: Vec<ArgDesc> = args.iter().map(LaunchArg::desc).collect();
         check(&kernel.signature, &descs)?;
@@ -323,7 +323,8 @@ impl CudaRuntime {
         // stores to are passed mutably (so no other borrow of them is alive). The grid comes
         // from the entry's launch rule with the same heads/tokens the kernel receives, so the
         // kernel's own bounds guards keep it inside buffers sized for that shape; the caller
-        // sizes buffers for heads x tokens (see `kvq-gpu-check`).
+        // sizes buffers for the launch: heads x tokens for the quantize kernels, the batch plan
+        // (`kvq_ir::lower::attention::plan`) for the attention kernels (see `kvq-gpu-check`).
         unsafe { builder.launch(cfg) }.map_err(|source| CudaError::Kernel {
             kernel: kernel.signature.name.clone(),
             op: "launching",

@@ -63,6 +63,10 @@ pub struct AttentionSchedule {
     pub chunk: u32,
     /// Tokens per softmax tile: divides every `group = N` of an axis = channel scheme.
     pub tile: u32,
+    /// Byte tables for keys and histograms for values where the scheme allows them (axis =
+    /// channel, group = all, at most 4 bits): fast on a CPU, but `g * head_dim * bits / 8 * 256`
+    /// floats of per-thread memory each, too much for a GPU thread.
+    pub tables: bool,
 }
 
 impl AttentionSchedule {
@@ -70,8 +74,9 @@ impl AttentionSchedule {
     pub fn host_default(scheme: &CacheScheme) -> AttentionSchedule {
         AttentionSchedule {
             block_size: 1,
-            chunk: 2048,
+            chunk: 4096,
             tile: default_tile(scheme, 64),
+            tables: true,
         }
     }
 
@@ -81,6 +86,7 @@ impl AttentionSchedule {
             block_size: 64,
             chunk: 256,
             tile: default_tile(scheme, 16),
+            tables: false,
         }
     }
 

@@ -83,8 +83,8 @@ fn work_item(
         b.local("logits", ScalarType::F32, g * s.tile),
         b.local("sum", ScalarType::F32, 1),
     ];
-    let lut =
-        uses_tables(&scheme.key).then(|| b.local("lut", ScalarType::F32, g * row_bytes * 256));
+    let lut = (s.tables && uses_tables(&scheme.key))
+        .then(|| b.local("lut", ScalarType::F32, g * row_bytes * 256));
     let item = global_item(b, s.block_size);
     let kv_heads = b.param(kv_heads);
     let chunks = b.param(chunks);
@@ -248,7 +248,7 @@ pub(super) fn lower(
                 b.local("psum", ScalarType::F32, g),
             )
         }),
-        hist: uses_tables(&scheme.value).then(|| {
+        hist: (s.tables && uses_tables(&scheme.value)).then(|| {
             let cells = d * scheme.value.bits.width() / 8;
             b.local("hist", ScalarType::F32, g * cells * 256)
         }),

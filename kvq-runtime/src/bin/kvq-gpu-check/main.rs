@@ -5,6 +5,8 @@
 //! sm_90` and writes the host backend's results with `kvq quantize --backend host`; this binary
 //! needs neither LLVM nor kvq, only the driver. See `--help` for the arguments.
 
+mod attention;
+
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -19,6 +21,7 @@ kvq-gpu-check: run kvq quantize kernels on the GPU and compare with the host bac
 USAGE:
     kvq-gpu-check --bundle DIR [--bundle DIR ...] --case SPEC [--case SPEC ...] --out DIR
                   [--runs N] [--device N]
+    kvq-gpu-check --bundle DIR [--bundle DIR ...] --attention CASE [--attention CASE ...] --out DIR
     kvq-gpu-check --bundle DIR [--bundle DIR ...] --list
 
 OPTIONS:
@@ -27,6 +30,9 @@ OPTIONS:
                      CAPTURE:  f16 k/v [layers, heads, tokens, head_dim] (tests/data/*.safetensors)
                      EXPECTED: `kvq quantize --backend host` output (codes u8, zero/scale f32)
                      KERNEL:   a quantize entry name from one of the bundles' manifests
+    --attention F  a decode-attention case written by `kvq attention-case` (inputs by kernel
+                   parameter name, sizes, host outputs); its kernels run in order and the output
+                   must match within 1e-4 relative per query head; repeatable
     --out DIR      writes results.md (the table) and log.txt there
     --runs N       timed launches per kernel, the median is reported (default 50)
     --device N     CUDA device index (default 0)
@@ -40,6 +46,7 @@ Exits non-zero on any mismatch or error, and with a clear message when there is 
 struct Options {
     bundles: Vec<PathBuf>,
     cases: Vec<CaseSpec>,
+    attention: Vec<PathBuf>,
     out: Option<PathBuf>,
     runs: usize,
     device: usize,
@@ -83,6 +90,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Options>>
     let mut opts = Options {
         bundles: Vec::new(),
         cases: Vec::new(),
+        attention: Vec::new(),
         out: None,
         runs: 50,
         device: 0,
@@ -95,6 +103,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Options>>
             "--help" | "-h" => return Ok(None),
             "--bundle" => opts.bundles.push(value()?.into()),
             "--case" => opts.cases.push(CaseSpec::parse(&value()?)?),
+            "--attention" => opts.attention.push(value()?.into()),
             "--out" => opts.out = Some(value()?.into()),
             "--runs" => opts.runs = value()?.parse().context("--runs")?,
             "--device" => opts.device = value()?.parse().context("--device")?,
@@ -104,7 +113,10 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Options>>
     }
     ensure!(!opts.bundles.is_empty(), "at least one --bundle is needed");
     if !opts.list {
-        ensure!(!opts.cases.is_empty(), "at least one --case is needed");
+        ensure!(
+            !opts.cases.is_empty() || !opts.attention.is_empty(),
+            "at least one --case or --attention is needed"
+        );
         ensure!(opts.out.is_some(), "--out is needed");
         ensure!(opts.runs > 0, "--runs must be at least 1");
     }
@@ -475,6 +487,11 @@ fn run(args: Vec<String>) -> Result<()> {
         .iter()
         .map(|s| load_case(s, &bundles).with_context(|| format!("case {}", s.kernel)))
         .collect::<Result<Vec<_>>>()?;
+    let attention_cases = opts
+        .attention
+        .iter()
+        .map(|p| attention::load(p))
+        .collect::<Result<Vec<_>>>()?;
     let out = opts.out.as_deref().unwrap_or(Path::new("."));
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
 
@@ -523,7 +540,24 @@ fn run(args: Vec<String>) -> Result<()> {
             }
         }
     }
-    let table = format!("device: {device}\n\n{}", table(&rows));
+    let mut attention_rows = Vec::new();
+    for case in &attention_cases {
+        let _ = writeln!(log, "attention case {}", case.path.display());
+        match attention::run(&rt, &bundles, case, opts.runs, &mut log) {
+            Ok(row) => {
+                failures += usize::from(row.deviation > attention::TOLERANCE);
+                attention_rows.push(row);
+            }
+            Err(e) => {
+                failures += 1;
+                let _ = writeln!(log, "  ERROR: {e:#}");
+            }
+        }
+    }
+    let mut table = format!("device: {device}\n\n{}", table(&rows));
+    if !attention_rows.is_empty() {
+        table += &format!("\n{}", attention::table(&attention_rows));
+    }
     print!("{table}");
     eprint!("{log}");
     std::fs::write(out.join("results.md"), &table)?;
@@ -531,7 +565,7 @@ fn run(args: Vec<String>) -> Result<()> {
     ensure!(
         failures == 0,
         "{failures} of {} cases failed or mismatched (see {})",
-        cases.len(),
+        cases.len() + attention_cases.len(),
         out.join("log.txt").display()
     );
     Ok(())

@@ -1,0 +1,320 @@
+//! Decode-attention cases: `kvq attention-case` writes the kernels' input buffers (by parameter
+//! name), the launch sizes and the host backend's outputs; here they run on the GPU and the
+//! outputs are compared within float tolerance (the kernels' `exp` is approximate, so results
+//! are not bit-exact across backends).
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, ensure, Context, Result};
+use half::f16;
+use kvq_runtime::cuda::{Bundle, CudaRuntime, DeviceBuffer, Elem, Kernel, LaunchArg, ParamSpec};
+use safetensors::{Dtype, SafeTensors};
+
+/// Largest accepted deviation: over (sequence, query head), max |got - expected| / max |expected|.
+pub const TOLERANCE: f64 = 1e-4;
+
+/// One host buffer of a case.
+#[derive(Debug)]
+enum HostData {
+    U8(Vec<u8>),
+    U32(Vec<u32>),
+    F16(Vec<f16>),
+    F32(Vec<f32>),
+}
+
+/// A case file, loaded.
+#[derive(Debug)]
+pub struct AttentionCase {
+    pub path: PathBuf,
+    inputs: HashMap<String, HostData>,
+    expected: Vec<f32>,
+    /// Entry names, in launch order (stats when present, partial, combine).
+    pub kernels: Vec<String>,
+    sizes: HashMap<String, u32>,
+    pub description: String,
+    head_dim: usize,
+    group: usize,
+    chunk: usize,
+}
+
+fn le<const N: usize, T>(bytes: &[u8], f: impl Fn([u8; N]) -> T) -> Vec<T> {
+    bytes
+        .chunks_exact(N)
+        .map(|c| f(c.try_into().unwrap_or([0; N])))
+        .collect()
+}
+
+/// Reads a case file written by `kvq attention-case`.
+pub fn load(path: &Path) -> Result<AttentionCase> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let (_, header) = SafeTensors::read_metadata(&bytes)
+        .with_context(|| format!("parsing {}", path.display()))?;
+    let meta = header
+        .metadata()
+        .clone()
+        .with_context(|| format!("{}: no metadata", path.display()))?;
+    let st = SafeTensors::deserialize(&bytes)?;
+    let get = |k: &str| -> Result<&String> {
+        meta.get(k)
+            .with_context(|| format!("{}: metadata {k} missing", path.display()))
+    };
+    let num = |k: &str| -> Result<u32> {
+        get(k)?
+            .parse()
+            .with_context(|| format!("{}: metadata {k}", path.display()))
+    };
+    let mut inputs = HashMap::new();
+    let mut expected = None;
+    for (name, t) in st.tensors() {
+        let data = t.data();
+        let host = match t.dtype() {
+            Dtype::U8 => HostData::U8(data.to_vec()),
+            Dtype::U32 => HostData::U32(le(data, u32::from_le_bytes)),
+            Dtype::F16 => HostData::F16(le(data, |b: [u8; 2]| f16::from_le_bytes(b))),
+            Dtype::F32 => HostData::F32(le(data, f32::from_le_bytes)),
+            other => bail!("{}: tensor {name} has dtype {other:?}", path.display()),
+        };
+        if name == "expected" {
+            let HostData::F32(v) = host else {
+                bail!("{}: expected is not f32", path.display());
+            };
+            expected = Some(v);
+        } else {
+            inputs.insert(name, host);
+        }
+    }
+    let mut sizes = HashMap::new();
+    for k in ["kv_heads", "chunks", "batch"] {
+        sizes.insert(k.to_string(), num(k)?);
+    }
+    let case = AttentionCase {
+        path: path.to_path_buf(),
+        inputs,
+        expected: expected.with_context(|| format!("{}: no expected tensor", path.display()))?,
+        kernels: get("kernels")?.split(',').map(String::from).collect(),
+        description: format!(
+            "{} x ({} span + {} fp) tok, {} kv x g{}",
+            num("batch")?,
+            num("span_tokens")?,
+            num("fp_tokens")?,
+            num("kv_heads")?,
+            num("group")?
+        ),
+        head_dim: num("head_dim")? as usize,
+        group: num("group")? as usize,
+        chunk: num("chunk")? as usize,
+        sizes,
+    };
+    let q_heads = case.sizes["kv_heads"] as usize * case.group;
+    ensure!(
+        case.expected.len() == case.sizes["batch"] as usize * q_heads * case.head_dim,
+        "{}: expected has {} values",
+        path.display(),
+        case.expected.len()
+    );
+    Ok(case)
+}
+
+/// Elements of an output buffer the kernels write, from the case's sizes.
+fn output_len(case: &AttentionCase, name: &str) -> Result<usize> {
+    let (kv, chunks, batch) = (
+        case.sizes["kv_heads"] as usize,
+        case.sizes["chunks"] as usize,
+        case.sizes["batch"] as usize,
+    );
+    let slots = chunks * kv * case.group;
+    Ok(match name {
+        "stats" | "part_ml" => slots * 2,
+        "span_logits" => slots * case.chunk,
+        "part_acc" => slots * case.head_dim,
+        "out" => batch * kv * case.group * case.head_dim,
+        other => bail!("no size rule for output {other}"),
+    })
+}
+
+fn upload(rt: &CudaRuntime, data: &HostData) -> Result<DeviceBuffer> {
+    Ok(match data {
+        HostData::U8(v) => rt.upload(v)?,
+        HostData::U32(v) => rt.upload(v)?,
+        HostData::F16(v) => rt.upload(v)?,
+        HostData::F32(v) => rt.upload(v)?,
+    })
+}
+
+/// Launches `kernel` with its buffers taken from `buffers` by parameter name and its scalars from
+/// `sizes`; returns the kernel's time in ms.
+fn launch_named(
+    rt: &CudaRuntime,
+    kernel: &Kernel,
+    buffers: &mut HashMap<String, DeviceBuffer>,
+    sizes: &HashMap<String, u32>,
+) -> Result<f32> {
+    let params = &kernel.signature.params;
+    let mut taken = Vec::new();
+    for p in params {
+        if let ParamSpec::Buffer { name, .. } = p {
+            let b = buffers
+                .remove(name)
+                .with_context(|| format!("kernel {}: no buffer {name}", kernel.signature.name))?;
+            taken.push((name.clone(), b));
+        }
+    }
+    let result = {
+        let mut slots = taken.iter_mut();
+        let mut args = Vec::with_capacity(params.len());
+        for p in params {
+            match p {
+                ParamSpec::Buffer { access, .. } => {
+                    let (_, b) = slots.next().context("buffer count")?;
+                    args.push(if access.writes() {
+                        LaunchArg::BufferMut(b)
+                    } else {
+                        LaunchArg::Buffer(b)
+                    });
+                }
+                ParamSpec::Scalar {
+                    name,
+                    ty: Elem::U32,
+                } => {
+                    let v = sizes.get(name).with_context(|| format!("no size {name}"))?;
+                    args.push(LaunchArg::U32(*v));
+                }
+                ParamSpec::Scalar { name, ty } => bail!("scalar {name} of type {ty} unsupported"),
+            }
+        }
+        rt.launch_timed(kernel, &mut args)
+    };
+    for (name, b) in taken {
+        buffers.insert(name, b);
+    }
+    Ok(result?)
+}
+
+/// Max over (sequence, query head) of max |got - want| / max |want|.
+pub fn deviation(got: &[f32], want: &[f32], dim: usize) -> f64 {
+    got.chunks(dim)
+        .zip(want.chunks(dim))
+        .map(|(g, w)| {
+            let scale = w.iter().fold(0.0f64, |m, &x| m.max(f64::from(x).abs()));
+            let diff = g.iter().zip(w).fold(0.0f64, |m, (&a, &b)| {
+                m.max((f64::from(a) - f64::from(b)).abs())
+            });
+            if scale > 0.0 {
+                diff / scale
+            } else {
+                diff
+            }
+        })
+        .fold(0.0, f64::max)
+        .max(if got.len() == want.len() {
+            0.0
+        } else {
+            f64::INFINITY
+        })
+}
+
+/// A result row.
+pub struct AttentionRow {
+    pub case: String,
+    pub deviation: f64,
+    pub micros: f32,
+}
+
+/// Runs a case: uploads, launches the kernels once and compares, then times `runs` launches
+/// of the sequence (the sum of the kernels' event-timed durations, median).
+pub fn run(
+    rt: &CudaRuntime,
+    bundles: &[Bundle],
+    case: &AttentionCase,
+    runs: usize,
+    log: &mut String,
+) -> Result<AttentionRow> {
+    let mut kernels = Vec::new();
+    for name in &case.kernels {
+        let bundle = bundles
+            .iter()
+            .find(|b| b.kernel(name).is_ok())
+            .with_context(|| format!("kernel {name} is in none of the bundles"))?;
+        kernels.push(rt.load(bundle, name)?);
+    }
+    let mut buffers = HashMap::new();
+    for (name, data) in &case.inputs {
+        buffers.insert(name.clone(), upload(rt, data)?);
+    }
+    for k in &kernels {
+        for p in &k.signature.params {
+            if let ParamSpec::Buffer { name, access, .. } = p {
+                if access.writes() && !buffers.contains_key(name) {
+                    buffers.insert(name.clone(), rt.zeros::<f32>(output_len(case, name)?)?);
+                }
+            }
+        }
+    }
+    let sequence = |buffers: &mut HashMap<String, DeviceBuffer>| -> Result<f32> {
+        let mut total = 0.0;
+        for k in &kernels {
+            total += launch_named(rt, k, buffers, &case.sizes)?;
+        }
+        Ok(total)
+    };
+    sequence(&mut buffers)?;
+    rt.synchronize()?;
+    let out = buffers.get("out").context("no out buffer")?;
+    let got = rt.download::<f32>(out)?;
+    let dev = deviation(&got, &case.expected, case.head_dim);
+    let mut times = Vec::with_capacity(runs);
+    for i in 0..runs + 3 {
+        let ms = sequence(&mut buffers)?;
+        if i >= 3 {
+            times.push(ms);
+        }
+    }
+    times.sort_by(f32::total_cmp);
+    let micros = times.get(times.len() / 2).copied().unwrap_or(0.0) * 1000.0;
+    let _ = writeln!(
+        log,
+        "  attention {}: deviation {dev:.2e} (tolerance {TOLERANCE:e}); median {micros:.1} µs",
+        case.description
+    );
+    Ok(AttentionRow {
+        case: case.description.clone(),
+        deviation: dev,
+        micros,
+    })
+}
+
+/// The markdown table of attention rows.
+pub fn table(rows: &[AttentionRow]) -> String {
+    let mut s = String::from(
+        "| attention case | max deviation | within 1e-4 | time µs (stats+partial+combine) |\n| --- | ---: | --- | ---: |\n",
+    );
+    for r in rows {
+        let _ = writeln!(
+            s,
+            "| {} | {:.2e} | {} | {:.1} |",
+            r.case,
+            r.deviation,
+            if r.deviation <= TOLERANCE {
+                "yes"
+            } else {
+                "no"
+            },
+            r.micros
+        );
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deviation_is_relative_per_head() {
+        assert_eq!(deviation(&[1.0, 2.0], &[1.0, 2.0], 2), 0.0);
+        assert!((deviation(&[1.0, 2.2], &[1.0, 2.0], 2) - 0.1).abs() < 1e-6);
+        assert_eq!(deviation(&[1.0], &[1.0, 2.0], 2), f64::INFINITY);
+    }
+}

@@ -1,0 +1,245 @@
+//! `kvq attention-case`: a decode-attention case for `kvq-gpu-check`. A synthetic batch (K/V-like
+//! data, spans quantized by the host backend) is laid out exactly as the attention kernels read
+//! it under the GPU schedule, every input buffer is written under its kernel parameter's name,
+//! and the host backend's outputs are written as `expected`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use anyhow::{ensure, Context, Result};
+use kvq::attention::{HostAttention, SeqData};
+use kvq::backend::{quantize, Backend};
+use kvq::lower::attention::{attention, AttentionArgs, AttentionSchedule, AttentionShape};
+use kvq::lower::InputType;
+use kvq::{CacheScheme, Calibration, Scheme, Tensor3};
+use kvq_ir::ir::interp::{Arg, Buffer};
+use kvq_ir::ir::{Access, Param};
+use safetensors::tensor::{Dtype, TensorView};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Key scheme.
+    #[arg(long)]
+    key: String,
+    /// Value scheme.
+    #[arg(long)]
+    value: String,
+    /// Calibration `d` of the span's logits.
+    #[arg(long)]
+    calibrate: Option<f32>,
+    /// Channels per head.
+    #[arg(long, default_value_t = 128)]
+    head_dim: u32,
+    /// Query heads per kv head.
+    #[arg(long, default_value_t = 4)]
+    group: u32,
+    /// Key/value heads.
+    #[arg(long, default_value_t = 8)]
+    kv_heads: usize,
+    /// Quantized span tokens per sequence.
+    #[arg(long, default_value_t = 4096)]
+    span_tokens: usize,
+    /// Full-precision tokens per sequence (prefix and suffix).
+    #[arg(long, default_value_t = 64)]
+    fp_tokens: usize,
+    /// Sequences.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// All sequences attend over one K/V (stored once; their queries differ), to keep large
+    /// batches small on disk. The kernels read that K/V once per sequence.
+    #[arg(long)]
+    share_kv: bool,
+    /// Output file (safetensors).
+    #[arg(short = 'o', long)]
+    output: PathBuf,
+}
+
+/// K/V-like data `[heads, tokens, dim]`: per-channel offsets plus noise, from `seed`.
+fn synthetic(heads: usize, tokens: usize, dim: usize, seed: u64, offset: f32) -> Result<Tensor3> {
+    let mut s = seed | 1;
+    let data = (0..heads * tokens * dim)
+        .map(|i| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            let noise = (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+            offset * ((i % dim) as f32 * 0.37).sin() + noise
+        })
+        .collect();
+    Ok(Tensor3::new([heads, tokens, dim], data)?)
+}
+
+fn bytes_of(buffer: &Buffer) -> (Dtype, Vec<u8>) {
+    match buffer {
+        Buffer::U8(v) => (Dtype::U8, v.clone()),
+        Buffer::U32(v) => (Dtype::U32, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        Buffer::F16(v) => (Dtype::F16, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        Buffer::BF16(v) => (
+            Dtype::BF16,
+            v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        ),
+        Buffer::F32(v) => (Dtype::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        Buffer::F64(v) => (Dtype::F64, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+    }
+}
+
+/// The per-sequence data buffers, which `--share-kv` stores once.
+const SHARED: [&str; 8] = [
+    "fp_k", "fp_v", "k_codes", "k_zero", "k_scale", "v_codes", "v_zero", "v_scale",
+];
+
+/// The `seqs` table (little-endian u32 rows) with every sequence's data offsets set to the first
+/// sequence's: with `--share-kv` the sequences are identical, so only the first copy is kept.
+fn shared_seqs(bytes: &[u8]) -> Vec<u8> {
+    use kvq::lower::attention::seq_field as f;
+    let mut rows: Vec<u32> = le_u32(bytes);
+    let n = f::COUNT as usize;
+    let first: Vec<u32> = rows[..n].to_vec();
+    for row in rows.chunks_mut(n) {
+        for field in [f::FP_BASE, f::K_CODES, f::K_PARAMS, f::V_CODES, f::V_PARAMS] {
+            row[field as usize] = first[field as usize];
+        }
+    }
+    rows.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn le_u32(bytes: &[u8]) -> Vec<u32> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let key = Scheme::parse(&args.key).context("--key")?;
+    let value = Scheme::parse(&args.value).context("--value")?;
+    let calibrate = match args.calibrate {
+        None => None,
+        Some(d) => Some(Calibration::new(d).context("--calibrate must be positive")?),
+    };
+    ensure!(
+        args.batch > 0 && args.kv_heads > 0,
+        "--batch and --kv-heads must be positive"
+    );
+    ensure!(
+        args.span_tokens + args.fp_tokens > 0,
+        "a sequence needs at least one token"
+    );
+    let scheme = CacheScheme {
+        key,
+        value,
+        calibrate,
+    };
+    let shape = AttentionShape {
+        head_dim: args.head_dim,
+        group: args.group,
+    };
+    let (kv, d) = (args.kv_heads, args.head_dim as usize);
+    let q_heads = kv * args.group as usize;
+    let mut seqs = Vec::new();
+    for i in 0..args.batch as u64 {
+        let q = synthetic(q_heads, 1, d, 100 + i, 0.7)?.data().to_vec();
+        let i = if args.share_kv { 0 } else { i };
+        let fp = match args.fp_tokens {
+            0 => None,
+            n => Some((
+                synthetic(kv, n, d, 200 + i, 1.0)?,
+                synthetic(kv, n, d, 300 + i, 0.3)?,
+            )),
+        };
+        let span = match args.span_tokens {
+            0 => None,
+            n => {
+                let k = synthetic(kv, n, d, 400 + i, 1.0)?;
+                let v = synthetic(kv, n, d, 500 + i, 0.3)?;
+                Some((
+                    quantize(&k, InputType::F32, &key, Backend::Host)?,
+                    quantize(&v, InputType::F32, &value, Backend::Host)?,
+                ))
+            }
+        };
+        seqs.push((q, fp, span));
+    }
+    let data: Vec<SeqData<'_>> = seqs
+        .iter()
+        .map(|(q, fp, span)| SeqData {
+            q,
+            fp: fp.as_ref().map(|(k, v)| (k, v)),
+            span: span.as_ref().map(|(k, v)| (k, v)),
+        })
+        .collect();
+    let expected = HostAttention::new(&scheme, shape, None)?
+        .attend(kv, &data)?
+        .concat();
+    // The layout the GPU kernels read: the plan depends on the schedule's chunk.
+    let gpu = AttentionSchedule::gpu_default(&scheme);
+    let kernels = attention(&scheme, shape, &gpu)?;
+    let launch = AttentionArgs::new(&scheme, shape, &gpu, kv, &data)?;
+    let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    // Inputs only: kvq-gpu-check allocates what any of the kernels writes from the sizes in the
+    // metadata.
+    let written: Vec<&str> = kernels
+        .stats
+        .iter()
+        .chain([&kernels.partial, &kernels.combine])
+        .flat_map(|k| &k.params)
+        .filter_map(|p| match p {
+            Param::Buffer { name, access, .. } if *access != Access::Read => Some(name.as_str()),
+            _ => None,
+        })
+        .collect();
+    for (param, arg) in kernels.partial.params.iter().zip(&launch.partial) {
+        if let (Param::Buffer { name, .. }, Arg::Buffer(b)) = (param, arg) {
+            if !written.contains(&name.as_str()) {
+                let (dtype, mut bytes) = bytes_of(b);
+                if args.share_kv && SHARED.contains(&name.as_str()) {
+                    bytes.truncate(bytes.len() / args.batch);
+                } else if args.share_kv && name == "seqs" {
+                    bytes = shared_seqs(&bytes);
+                }
+                let len = bytes.len() / dtype.size();
+                tensors.push((name.clone(), dtype, vec![len], bytes));
+            }
+        }
+    }
+    tensors.push((
+        "expected".to_string(),
+        Dtype::F32,
+        vec![expected.len()],
+        expected.iter().flat_map(|x| x.to_le_bytes()).collect(),
+    ));
+    let mut meta = HashMap::new();
+    meta.insert("scheme".to_string(), scheme.to_string());
+    meta.insert("kv_heads".to_string(), kv.to_string());
+    meta.insert("chunks".to_string(), launch.plan.chunks().to_string());
+    meta.insert("batch".to_string(), args.batch.to_string());
+    meta.insert("group".to_string(), args.group.to_string());
+    meta.insert("head_dim".to_string(), args.head_dim.to_string());
+    meta.insert("chunk".to_string(), gpu.chunk.to_string());
+    meta.insert("span_tokens".to_string(), args.span_tokens.to_string());
+    meta.insert("fp_tokens".to_string(), args.fp_tokens.to_string());
+    let names: Vec<String> = kernels
+        .stats
+        .iter()
+        .chain([&kernels.partial, &kernels.combine])
+        .map(|k| k.name.clone())
+        .collect();
+    meta.insert("kernels".to_string(), names.join(","));
+    let views = tensors
+        .iter()
+        .map(|(n, dt, shape, bytes)| Ok((n.clone(), TensorView::new(*dt, shape.clone(), bytes)?)))
+        .collect::<Result<Vec<_>>>()?;
+    safetensors::serialize_to_file(views, &Some(meta), &args.output)
+        .with_context(|| format!("writing {}", args.output.display()))?;
+    println!(
+        "wrote {} ({} sequences x {} span + {} fp tokens, {} kv heads, group {}, {} chunks)",
+        args.output.display(),
+        args.batch,
+        args.span_tokens,
+        args.fp_tokens,
+        kv,
+        args.group,
+        launch.plan.chunks()
+    );
+    Ok(())
+}
