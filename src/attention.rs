@@ -20,13 +20,16 @@
 
 use std::sync::Arc;
 
-use kvq_codegen::host::HostKernel;
+use kvq_codegen::host::{HostArg, HostKernel};
 use kvq_ir::ir::interp::Arg;
 use kvq_ir::ir::Kernel;
 use kvq_ir::lower::attention::{
-    attention, AttentionArgs, AttentionKernels, AttentionSchedule, AttentionShape,
+    attention, grid, plan, AttentionArgs, AttentionKernels, AttentionSchedule, AttentionShape,
+    SeqExtent,
 };
-use kvq_ir::CacheScheme;
+use kvq_ir::lower::LowerError;
+use kvq_ir::{CacheScheme, ParamType};
+use kvq_runtime::{ParamView, SeqView};
 
 pub use kvq_ir::lower::attention::SeqData;
 
@@ -103,15 +106,24 @@ impl HostAttention {
         )?)
     }
 
+    /// The compiled kernel of one of [`Self::kernels`].
+    fn host(&self, kernel: &Kernel) -> Result<Arc<HostKernel>, BackendError> {
+        self.compiled
+            .iter()
+            .find(|(name, _)| *name == kernel.name)
+            .map(|(_, k)| k.clone())
+            .ok_or_else(|| {
+                BackendError::Lower(LowerError::Schedule(format!(
+                    "{} is not one of this scheme's attention kernels",
+                    kernel.name
+                )))
+            })
+    }
+
     /// Launches the kernels over `args`; results are in [`AttentionArgs::outputs`].
     pub fn run(&self, args: &mut AttentionArgs) -> Result<(), BackendError> {
         args.launch(&self.kernels, |kernel: &Kernel, a: &mut [Arg], grid| {
-            let compiled = self
-                .compiled
-                .iter()
-                .find(|(name, _)| *name == kernel.name)
-                .map(|(_, k)| k.clone())
-                .ok_or_else(|| BackendError::TooLarge(format!("kernel {} missing", kernel.name)))?;
+            let compiled = self.host(kernel)?;
             let mut host = host_args(a);
             // SAFETY: `args` were laid out by `AttentionArgs::new` for these kernels, whose
             // indices stay within the planned buffers (the plan checks 32-bit offsets).
@@ -129,5 +141,135 @@ impl HostAttention {
         let mut args = self.prepare(kv_heads, seqs)?;
         self.run(&mut args)?;
         Ok(args.outputs())
+    }
+}
+
+/// The cache's decode attention through these kernels
+/// ([`kvq_runtime::VisualKvCache::attend_with`]): each sequence is launched on the cache's own
+/// storage, its span's codes and parameters passed as they are (no copy), so a batch takes one
+/// launch of each kernel per sequence.
+impl kvq_runtime::AttentionKernel for HostAttention {
+    fn attend(&self, batch: &[SeqView<'_>]) -> Result<Vec<Vec<f32>>, String> {
+        batch
+            .iter()
+            .map(|s| self.attend_view(s).map_err(|e| e.to_string()))
+            .collect()
+    }
+}
+
+/// Read-only launch arguments of a quantized part's parameters.
+fn param_args<'a>(p: &ParamView<'a>) -> [HostArg<'a>; 2] {
+    match *p {
+        ParamView::F16 { zero, scale } => [zero.into(), scale.into()],
+        ParamView::F32 { zero, scale } => [zero.into(), scale.into()],
+    }
+}
+
+impl HostAttention {
+    /// Attention for one sequence given as views of a cache's storage.
+    fn attend_view(&self, s: &SeqView<'_>) -> Result<Vec<f32>, BackendError> {
+        let (d, g) = (self.shape.head_dim as usize, self.shape.group as usize);
+        let q_heads = s.q.len() / d;
+        let kv = q_heads / g;
+        let span_tokens = s.span.map_or(0, |(k, _)| k.tokens);
+        let extent = SeqExtent {
+            fp_tokens: s.fp_tokens,
+            span_tokens,
+        };
+        let plan = plan(&self.scheme, kv, d, &[extent], &self.schedule)?;
+        let chunks = plan.chunks();
+        let slots = chunks * kv * g;
+        let saved = if self.scheme.calibrate.is_some() {
+            slots * self.schedule.chunk as usize
+        } else {
+            1
+        };
+        let (mut stats, mut saved_logits) = (vec![0.0f32; slots * 2], vec![0.0f32; saved]);
+        let (mut ml, mut acc) = (vec![0.0f32; slots * 2], vec![0.0f32; slots * d]);
+        let mut out = vec![0.0f32; q_heads * d];
+        // Kernels never read a part that is absent; they still get a valid address.
+        let (one_f, one_u8, one_h) = ([0.0f32], [0u8], [half::f16::ZERO]);
+        let absent = |p: ParamType| match p {
+            ParamType::F16 => ParamView::F16 {
+                zero: &one_h,
+                scale: &one_h,
+            },
+            ParamType::F32 => ParamView::F32 {
+                zero: &one_f,
+                scale: &one_f,
+            },
+        };
+        let (fp_k, fp_v) = match s.fp_tokens {
+            0 => (&one_f[..], &one_f[..]),
+            _ => (s.fp_k, s.fp_v),
+        };
+        let (kc, kp, vc, vp) = match &s.span {
+            Some((k, v)) => (k.codes, k.params, v.codes, v.params),
+            None => (
+                &one_u8[..],
+                absent(self.scheme.key.params),
+                &one_u8[..],
+                absent(self.scheme.value.params),
+            ),
+        };
+        let (kv32, chunks32) = (kv as u32, chunks as u32);
+        let item_blocks = grid((chunks * kv) as u64, self.schedule.block_size) as u32;
+        let inputs = || {
+            let [kz, ks] = param_args(&kp);
+            let [vz, vs] = param_args(&vp);
+            let a: Vec<HostArg<'_>> = vec![
+                s.q.into(),
+                plan.seqs[..].into(),
+                plan.work_seq[..].into(),
+                fp_k.into(),
+                fp_v.into(),
+                kc.into(),
+                kz,
+                ks,
+                vc.into(),
+                vz,
+                vs,
+            ];
+            a
+        };
+        if let Some(k) = &self.kernels.stats {
+            let mut a = inputs();
+            a.extend([
+                HostArg::from(&mut stats[..]),
+                HostArg::from(&mut saved_logits[..]),
+                HostArg::U32(kv32),
+                HostArg::U32(chunks32),
+            ]);
+            // SAFETY: the arguments follow the stats ABI with buffers sized by `plan` for this
+            // one sequence, the layout the kernel's indices assume.
+            unsafe { self.host(k)?.launch(&mut a, item_blocks)? };
+        }
+        let mut a = inputs();
+        a.extend([
+            HostArg::from(&stats[..]),
+            HostArg::from(&saved_logits[..]),
+            HostArg::from(&mut ml[..]),
+            HostArg::from(&mut acc[..]),
+            HostArg::U32(kv32),
+            HostArg::U32(chunks32),
+        ]);
+        // SAFETY: as above, for the partial ABI.
+        unsafe {
+            self.host(&self.kernels.partial)?
+                .launch(&mut a, item_blocks)?
+        };
+        drop(a);
+        let mut a: Vec<HostArg<'_>> = vec![
+            plan.seqs[..].into(),
+            ml[..].into(),
+            acc[..].into(),
+            (&mut out[..]).into(),
+            HostArg::U32(kv32),
+            HostArg::U32(1),
+        ];
+        let blocks = grid(q_heads as u64, self.schedule.block_size) as u32;
+        // SAFETY: as above, for the combine ABI (one sequence, `q_heads` outputs of `d`).
+        unsafe { self.host(&self.kernels.combine)?.launch(&mut a, blocks)? };
+        Ok(out)
     }
 }

@@ -11,7 +11,7 @@ pub mod cuda;
 pub mod kv_file;
 
 pub use cache::{
-    CacheError, KvPart, LayerMemory, MemoryReport, ModelShape, QueryRef, ReferenceQuantizer, SeqId,
-    SpanQuantizer, VisualKvCache,
+    AttentionKernel, CacheError, KvPart, LayerMemory, MemoryReport, ModelShape, ParamView,
+    PartView, QueryRef, ReferenceQuantizer, SeqId, SeqView, SpanQuantizer, VisualKvCache,
 };
 pub use kv_file::{KvFile, KvFileError, LayerKv};

@@ -247,3 +247,123 @@ fn host_span_quantizer_fills_a_cache_with_the_reference_codes() {
         );
     }
 }
+
+#[test]
+fn the_cache_attends_through_the_generated_kernels() {
+    use kvq::backend::HostSpanQuantizer;
+    use kvq_runtime::{CacheError, ModelShape, QueryRef, VisualKvCache};
+    let shape = ModelShape {
+        layers: 2,
+        kv_heads: 2,
+        q_heads: 6,
+        head_dim: 64,
+    };
+    let schemes: Vec<Scheme> = catalogue().into_iter().map(|(_, s)| s).collect();
+    let mut rng = Rng(17);
+    // (prompt tokens, visual range, appended tokens): a prefix and suffix, a span at the start
+    // with decode tokens, a text-only prompt.
+    let layout: [(usize, std::ops::Range<usize>, usize); 3] =
+        [(300, 5..280, 0), (120, 0..100, 3), (40, 0..0, 2)];
+    let data: Vec<_> = layout
+        .iter()
+        .map(|(n, _, extra)| {
+            let k = rng.tensor(2, *n, 64, 2.0);
+            let v = rng.tensor(2, *n, 64, 1.0);
+            let appended: Vec<_> = (0..*extra)
+                .map(|_| (rng.tensor(2, 1, 64, 2.0), rng.tensor(2, 1, 64, 1.0)))
+                .collect();
+            let q = rng.tensor(6, 1, 64, 2.0).data().to_vec();
+            (k, v, appended, q)
+        })
+        .collect();
+    for (i, &key) in schemes.iter().enumerate() {
+        let scheme = CacheScheme {
+            key,
+            value: schemes[(i + 5) % schemes.len()],
+            calibrate: if i % 2 == 0 {
+                Calibration::new(3.0)
+            } else {
+                None
+            },
+        };
+        let attn = HostAttention::new(
+            &scheme,
+            AttentionShape {
+                head_dim: 64,
+                group: 3,
+            },
+            None,
+        )
+        .unwrap();
+        let mut cache = VisualKvCache::new(shape, scheme, HostSpanQuantizer).unwrap();
+        let seqs: Vec<_> = layout
+            .iter()
+            .zip(&data)
+            .map(|((_, visual, _), (k, v, appended, _))| {
+                let seq = cache.add_sequence();
+                cache.prefill(1, seq, k, v, visual.clone()).unwrap();
+                for (ak, av) in appended {
+                    cache.append(1, seq, ak, av).unwrap();
+                }
+                seq
+            })
+            .collect();
+        let queries: Vec<QueryRef<'_>> = seqs
+            .iter()
+            .zip(&data)
+            .map(|(&seq, d)| QueryRef { seq, q: &d.3 })
+            .collect();
+        let generated = cache.attend_with(1, &queries, &attn).unwrap();
+        let hand_written = cache.attend(1, &queries).unwrap();
+        for (((g, h), ((_, visual, _), (k, v, appended, q))), seq) in generated
+            .iter()
+            .zip(&hand_written)
+            .zip(layout.iter().zip(&data))
+            .zip(&seqs)
+        {
+            // The reference over the same segments: prefix, quantized span, suffix + appended.
+            let n = k.shape().tokens;
+            let some_rows =
+                |x: &Tensor3, r: std::ops::Range<usize>| (!r.is_empty()).then(|| rows(x, r));
+            let prefix = some_rows(k, 0..visual.start).zip(some_rows(v, 0..visual.start));
+            let mut suffix = some_rows(k, visual.end..n).zip(some_rows(v, visual.end..n));
+            for (ak, av) in appended {
+                suffix = Some(match suffix {
+                    Some((sk, sv)) => (cat(&sk, ak), cat(&sv, av)),
+                    None => (ak.clone(), av.clone()),
+                });
+            }
+            let span = cache.export_span(1, *seq).ok();
+            let mut segments = Vec::new();
+            if let Some((k, v)) = &prefix {
+                segments.push(Segment::Full { k, v });
+            }
+            if let Some((k, v)) = &span {
+                segments.push(Segment::Quantized { k, v });
+            }
+            if let Some((k, v)) = &suffix {
+                segments.push(Segment::Full { k, v });
+            }
+            let want = decode_attention(q, 6, &segments, scheme.calibrate).unwrap();
+            let dev = deviation(g, &want, 64);
+            assert!(
+                dev <= TOL,
+                "{scheme}: generated deviates {dev:e} from the reference"
+            );
+            assert!(deviation(h, &want, 64) <= TOL, "{scheme}: hand-written");
+        }
+        // The same checks as `attend`, before any kernel runs.
+        let bad = [QueryRef {
+            seq: seqs[0],
+            q: &data[0].3[..10],
+        }];
+        assert!(matches!(
+            cache.attend_with(1, &bad, &attn),
+            Err(CacheError::Shape { .. })
+        ));
+        assert!(matches!(
+            cache.attend_with(0, &queries, &attn),
+            Err(CacheError::NotPrefilled { .. })
+        ));
+    }
+}

@@ -10,15 +10,13 @@ use super::sequence::LayerState;
 use super::{CacheError, ModelShape, QueryRef, SpanQuantizer, VisualKvCache};
 
 impl<Q: SpanQuantizer> VisualKvCache<Q> {
-    /// Decode attention at `layer` for a batch: each query `[q_heads, head_dim]` attends over
-    /// every cached token of its sequence; returns one `[q_heads, head_dim]` output per query,
-    /// in batch order. Every query is checked (sequence, prefilled layer, length, finiteness)
-    /// before any is computed.
-    pub fn attend(
+    /// The slot of each query's sequence at `layer`, after checking every query (sequence,
+    /// prefilled layer, length, finiteness).
+    pub(super) fn checked_queries(
         &self,
         layer: usize,
         queries: &[QueryRef<'_>],
-    ) -> Result<Vec<Vec<f32>>, CacheError> {
+    ) -> Result<Vec<&LayerState>, CacheError> {
         self.check_layer(layer)?;
         let (q_heads, dim) = (self.shape.q_heads, self.shape.head_dim);
         let mut states = Vec::with_capacity(queries.len());
@@ -40,6 +38,19 @@ impl<Q: SpanQuantizer> VisualKvCache<Q> {
                 });
             }
         }
+        Ok(states)
+    }
+
+    /// Decode attention at `layer` for a batch: each query `[q_heads, head_dim]` attends over
+    /// every cached token of its sequence; returns one `[q_heads, head_dim]` output per query,
+    /// in batch order. Every query is checked (sequence, prefilled layer, length, finiteness)
+    /// before any is computed.
+    pub fn attend(
+        &self,
+        layer: usize,
+        queries: &[QueryRef<'_>],
+    ) -> Result<Vec<Vec<f32>>, CacheError> {
+        let states = self.checked_queries(layer, queries)?;
         let mut scratch = Scratch::new(self.shape);
         Ok(states
             .into_iter()

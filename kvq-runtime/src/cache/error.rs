@@ -143,4 +143,7 @@ pub enum CacheError {
         #[source]
         source: QuantError,
     },
+    /// An external attention kernel ([`AttentionKernel`](super::AttentionKernel)) failed.
+    #[error("attention kernel: {0}")]
+    Kernel(String),
 }

@@ -61,6 +61,7 @@
 
 mod attend;
 mod error;
+mod kernel;
 mod memory;
 mod segment;
 mod sequence;
@@ -73,6 +74,7 @@ use kvq_ir::reference::{PackedSpan, QuantError};
 use kvq_ir::{CacheScheme, Scheme, Shape3, Tensor3};
 
 pub use error::CacheError;
+pub use kernel::{AttentionKernel, ParamView, PartView, SeqView};
 pub use memory::{LayerMemory, MemoryReport};
 
 use sequence::Sequence;

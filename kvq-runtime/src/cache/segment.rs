@@ -251,6 +251,19 @@ impl QuantPart {
         }
     }
 
+    /// The part as borrowed slices, for an external attention kernel.
+    pub(super) fn view(&self) -> super::PartView<'_> {
+        super::PartView {
+            scheme: self.scheme,
+            tokens: self.shape.tokens,
+            codes: &self.codes,
+            params: match &self.params {
+                Params::F16 { zero, scale } => super::ParamView::F16 { zero, scale },
+                Params::F32 { zero, scale } => super::ParamView::F32 { zero, scale },
+            },
+        }
+    }
+
     /// Bytes of the packed codes.
     pub(super) fn code_bytes(&self) -> usize {
         self.codes.len()
