@@ -55,14 +55,20 @@ impl std::fmt::Debug for HostAttention {
 }
 
 impl HostAttention {
-    /// Lowers and compiles the kernels (through the compile cache); `schedule` defaults to
-    /// [`AttentionSchedule::host_default`].
+    /// Lowers and compiles the kernels (through the compile cache); `schedule` defaults to the
+    /// committed attention tuning table's entry for this scheme, shape class and machine, else
+    /// [`AttentionSchedule::host_default`] ([`crate::tune::attention`]).
     pub fn new(
         scheme: &CacheScheme,
         shape: AttentionShape,
         schedule: Option<AttentionSchedule>,
     ) -> Result<HostAttention, BackendError> {
-        let schedule = schedule.unwrap_or_else(|| AttentionSchedule::host_default(scheme));
+        let schedule = schedule.unwrap_or_else(|| {
+            crate::tune::attention::default_attention_table().map_or_else(
+                || AttentionSchedule::host_default(scheme),
+                |t| t.schedule_for(scheme, shape),
+            )
+        });
         let kernels = attention(scheme, shape, &schedule)?;
         let mut compiled = Vec::new();
         for k in kernels

@@ -6,6 +6,7 @@ mod demo;
 mod eval;
 mod quantize;
 mod tune;
+mod tune_attention;
 
 use clap::{Parser, Subcommand};
 use kvq_ir::lower::InputType;
@@ -51,6 +52,8 @@ enum Command {
     Quantize(quantize::Args),
     /// Time every host quantize schedule of a scheme and record the fastest in a tuning table.
     Tune(tune::Args),
+    /// Time every host decode-attention schedule of a scheme pair and record the fastest.
+    TuneAttention(tune_attention::Args),
 }
 
 /// Runs the parsed command line.
@@ -62,5 +65,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Compile(args) => compile::run(args),
         Command::Quantize(args) => quantize::run(args),
         Command::Tune(args) => tune::run(args),
+        Command::TuneAttention(args) => tune_attention::run(args),
     }
 }

@@ -118,7 +118,7 @@ impl TuningTable {
 
 /// Writes `bytes` to a unique temporary file beside `path`, syncs it and renames it to `path`
 /// (the pattern of `kvq_codegen::cache`).
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(super) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),

@@ -257,3 +257,111 @@ fn tune_picks_a_candidate_on_a_tiny_shape() {
     assert_eq!(result.timings.iter().map(|t| t.0).collect::<Vec<_>>(), list);
     assert!(result.timings.iter().all(|t| t.1 > 0.0));
 }
+
+mod attention {
+    //! The attention tuning table: candidates, round trip, stale / invalid / corrupt fallbacks,
+    //! and the committed table's entry being what `HostAttention` uses.
+
+    use kvq::attention::HostAttention;
+    use kvq::lower::attention::{AttentionSchedule, AttentionShape};
+    use kvq::tune::attention::{
+        attention_candidates, default_attention_table, AttentionKey, AttentionTable,
+    };
+    use kvq::CacheScheme;
+
+    use super::temp;
+
+    const SHAPE: AttentionShape = AttentionShape {
+        head_dim: 128,
+        group: 4,
+    };
+
+    fn calibquant() -> CacheScheme {
+        CacheScheme::parse(
+            "key(bits = 1, axis = channel, group = all, rule = shrink(0.5)), \
+             value(bits = 1, axis = channel, group = all, rule = shrink(0.3)), calibrate = 3.0",
+        )
+        .unwrap()
+    }
+
+    fn other(scheme: &CacheScheme) -> AttentionSchedule {
+        let default = AttentionSchedule::host_default(scheme);
+        *attention_candidates(scheme)
+            .iter()
+            .find(|&&s| s != default)
+            .unwrap()
+    }
+
+    #[test]
+    fn candidates_check_and_include_the_default() {
+        let kivi = CacheScheme::parse(
+            "key(bits = 2, axis = channel, group = 32, rule = minmax), \
+             value(bits = 2, axis = token, group = 32, rule = minmax)",
+        )
+        .unwrap();
+        for scheme in [calibquant(), kivi] {
+            let c = attention_candidates(&scheme);
+            assert!(c.len() > 4);
+            assert!(c.contains(&AttentionSchedule::host_default(&scheme)));
+            assert!(c.iter().all(|s| s.check(&scheme).is_ok()));
+        }
+    }
+
+    #[test]
+    fn table_round_trips_and_falls_back_when_stale_invalid_or_corrupt() {
+        let scheme = calibquant();
+        let default = AttentionSchedule::host_default(&scheme);
+        let mut table = AttentionTable::default();
+        table.insert(
+            &scheme,
+            AttentionKey::new(&scheme, SHAPE),
+            other(&scheme),
+            5.0,
+        );
+        let path = temp("attention.json");
+        table.save(&path).unwrap();
+        let loaded = AttentionTable::load(&path).unwrap();
+        assert_eq!(loaded, table);
+        assert_eq!(loaded.schedule_for(&scheme, SHAPE), other(&scheme));
+        // Another shape class has no entry.
+        let g2 = AttentionShape { group: 2, ..SHAPE };
+        assert_eq!(loaded.schedule_for(&scheme, g2), default);
+        // Stale: the lowering changed since the entry was written.
+        let mut stale = AttentionKey::new(&scheme, SHAPE);
+        stale.lowering = "fnv1a64:0000000000000000".into();
+        let mut t = AttentionTable::default();
+        t.insert(&scheme, stale, other(&scheme), 5.0);
+        assert_eq!(t.schedule_for(&scheme, SHAPE), default);
+        // Invalid: a tile that does not divide the chunk.
+        let mut t = AttentionTable::default();
+        let bad = AttentionSchedule {
+            chunk: 100,
+            ..default
+        };
+        t.insert(&scheme, AttentionKey::new(&scheme, SHAPE), bad, 5.0);
+        assert_eq!(t.schedule_for(&scheme, SHAPE), default);
+        // Corrupt files are errors, not panics.
+        for text in [
+            "{ nope",
+            r#"{"version": 7, "entries": []}"#,
+            r#"{"version": 1}"#,
+        ] {
+            let p = temp("attention_bad.json");
+            std::fs::write(&p, text).unwrap();
+            assert!(AttentionTable::load(&p).is_err(), "{text}");
+        }
+    }
+
+    #[test]
+    fn host_attention_uses_the_committed_entry() {
+        // The committed table holds CalibQuant at d128 g4 for the machine that tuned it; on
+        // another machine (another target key) the default applies.
+        let scheme = calibquant();
+        let attn = HostAttention::new(&scheme, SHAPE, None).unwrap();
+        let expected = default_attention_table()
+            .map_or(AttentionSchedule::host_default(&scheme), |t| {
+                t.schedule_for(&scheme, SHAPE)
+            });
+        assert_eq!(attn.schedule(), expected);
+    }
+}

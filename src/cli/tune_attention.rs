@@ -1,0 +1,111 @@
+//! `kvq tune-attention`: time every host decode-attention schedule (chunk, tile) of a scheme
+//! pair on synthetic data and record the fastest in the attention tuning table.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use kvq::lower::attention::{AttentionSchedule, AttentionShape};
+use kvq::tune::attention::{tune_attention, AttentionKey, AttentionTable};
+use kvq::{CacheScheme, Calibration, Scheme};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Key scheme.
+    #[arg(long)]
+    key: String,
+    /// Value scheme.
+    #[arg(long)]
+    value: String,
+    /// Calibration `d` of the span's logits.
+    #[arg(long)]
+    calibrate: Option<f32>,
+    /// Channels per head.
+    #[arg(long, default_value_t = 128)]
+    head_dim: u32,
+    /// Query heads per kv head.
+    #[arg(long, default_value_t = 4)]
+    group: u32,
+    /// Key/value heads of the synthetic sequence.
+    #[arg(long, default_value_t = 8)]
+    kv_heads: usize,
+    /// Span tokens of the synthetic sequence.
+    #[arg(long, default_value_t = 16384)]
+    tokens: usize,
+    /// Timed runs per candidate (the median is kept), after one checked run.
+    #[arg(long, default_value_t = 5)]
+    repeats: usize,
+    /// The table to update (created if missing).
+    #[arg(long, default_value = "tuning/host-attention.json")]
+    table: PathBuf,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let key = Scheme::parse(&args.key).context("--key")?;
+    let value = Scheme::parse(&args.value).context("--value")?;
+    let calibrate = match args.calibrate {
+        None => None,
+        Some(d) => Some(Calibration::new(d).context("--calibrate must be positive")?),
+    };
+    if args.repeats == 0 || args.tokens == 0 || args.kv_heads == 0 {
+        bail!("--repeats, --tokens and --kv-heads must be positive");
+    }
+    let scheme = CacheScheme {
+        key,
+        value,
+        calibrate,
+    };
+    let shape = AttentionShape {
+        head_dim: args.head_dim,
+        group: args.group,
+    };
+    let mut table = if args.table.exists() {
+        AttentionTable::load(&args.table).unwrap_or_else(|e| {
+            eprintln!("warning: {e}; starting a new table");
+            AttentionTable::default()
+        })
+    } else {
+        AttentionTable::default()
+    };
+    let result = tune_attention(&scheme, shape, args.kv_heads, args.tokens, args.repeats)?;
+    let default = AttentionSchedule::host_default(&scheme);
+    let default_ns = result
+        .timings
+        .iter()
+        .find(|(s, _)| *s == default)
+        .map_or(f64::NAN, |t| t.1);
+    println!(
+        "{scheme}\n  {} kv heads x g{} x d{}, {} span + 64 fp tokens; median of {}",
+        args.kv_heads, args.group, args.head_dim, args.tokens, args.repeats
+    );
+    println!(
+        "  {:<14} {:>10} {:>11}",
+        "chunk/tile", "median ms", "vs default"
+    );
+    let mut best_ns = f64::NAN;
+    for (s, ns) in &result.timings {
+        let mark = match (*s == result.best, *s == default) {
+            (true, true) => " <- best, default",
+            (true, false) => " <- best",
+            (false, true) => " <- default",
+            _ => "",
+        };
+        if *s == result.best {
+            best_ns = *ns;
+        }
+        println!(
+            "  {:<14} {:>10.3} {:>10.3}x{mark}",
+            format!("{}/{}", s.chunk, s.tile),
+            ns / 1e6,
+            ns / default_ns
+        );
+    }
+    table.insert(
+        &scheme,
+        AttentionKey::new(&scheme, shape),
+        result.best,
+        best_ns,
+    );
+    table.save(&args.table)?;
+    println!("wrote {} ({} entries)", args.table.display(), table.len());
+    Ok(())
+}

@@ -1,0 +1,353 @@
+//! Autotuning the host decode-attention kernels: time every [`AttentionSchedule`] candidate
+//! (chunk and tile sizes) on a synthetic batch, keep the fastest whose outputs agree with the
+//! default schedule's, and record it in a table (`tuning/host-attention.json`) that
+//! [`HostAttention::new`](crate::attention::HostAttention::new) consults.
+//!
+//! Entries are keyed like the quantize table's: the cache scheme's hash, the target, the shape
+//! class (head_dim, group), a checksum of the candidate set and one of the default schedule's
+//! partial kernel; a stale or corrupt table falls back to [`AttentionSchedule::host_default`]
+//! with a warning.
+//!
+//! ```json
+//! { "version": 1, "entries": [ { "key": { "scheme_hash": "fnv1a64:…", "target": "host-…",
+//!   "head_dim": 128, "group": 4, "candidates_checksum": "fnv1a64:…", "lowering": "fnv1a64:…" },
+//!   "scheme": "key(…), value(…), calibrate = 3.0",
+//!   "schedule": { "block_size": 1, "chunk": 4096, "tile": 64, "tables": true },
+//!   "median_ns": 1234567.0 } ] }
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use kvq_ir::lower::attention::{attention, AttentionSchedule, AttentionShape, SeqData};
+use kvq_ir::reference::quantize;
+use kvq_ir::{CacheScheme, Tensor3};
+use serde::{Deserialize, Serialize};
+
+use super::{fnv1a64, host_target, table::write_atomic, TuneError};
+use crate::attention::HostAttention;
+
+/// The attention table format this module reads and writes.
+pub const ATTENTION_TABLE_VERSION: u32 = 1;
+
+/// Chunk and tile sizes the search tries (with byte tables, one thread per block).
+const CHUNKS: [u32; 5] = [1024, 2048, 4096, 8192, 16384];
+const TILES: [u32; 4] = [16, 32, 64, 128];
+
+/// What an entry is for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct AttentionKey {
+    /// Hash of the cache scheme's canonical text.
+    pub scheme_hash: String,
+    /// [`host_target`].
+    pub target: String,
+    /// Channels per head.
+    pub head_dim: u32,
+    /// Query heads per kv head.
+    pub group: u32,
+    /// Checksum of [`attention_candidates`].
+    pub candidates_checksum: String,
+    /// Checksum of the default schedule's partial kernel text.
+    pub lowering: String,
+}
+
+impl AttentionKey {
+    /// The key of `scheme` and `shape` on this machine, now.
+    pub fn new(scheme: &CacheScheme, shape: AttentionShape) -> AttentionKey {
+        let candidates = attention_candidates(scheme);
+        let text: String = candidates
+            .iter()
+            .map(|s| format!("b{}c{}t{}{};", s.block_size, s.chunk, s.tile, s.tables))
+            .collect();
+        let lowering = attention(scheme, shape, &AttentionSchedule::host_default(scheme))
+            .map(|k| kvq_ir::ir::print(&k.partial))
+            .unwrap_or_default();
+        AttentionKey {
+            scheme_hash: fnv1a64(&scheme.to_string()),
+            target: host_target(),
+            head_dim: shape.head_dim,
+            group: shape.group,
+            candidates_checksum: fnv1a64(&text),
+            lowering: fnv1a64(&lowering),
+        }
+    }
+
+    fn same_but_checksums(&self, other: &AttentionKey) -> bool {
+        (&self.scheme_hash, &self.target, self.head_dim, self.group)
+            == (
+                &other.scheme_hash,
+                &other.target,
+                other.head_dim,
+                other.group,
+            )
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct ScheduleJson {
+    block_size: u32,
+    chunk: u32,
+    tile: u32,
+    tables: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct EntryJson {
+    key: AttentionKey,
+    scheme: String,
+    schedule: ScheduleJson,
+    median_ns: f64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct FileJson {
+    version: u32,
+    entries: Vec<EntryJson>,
+}
+
+/// Tuned attention schedules.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AttentionTable {
+    entries: BTreeMap<AttentionKey, (AttentionSchedule, f64, String)>,
+}
+
+impl AttentionTable {
+    /// Reads a table; an unreadable, unparsable or other-version file is an error.
+    pub fn load(path: &Path) -> Result<AttentionTable, TuneError> {
+        let text = std::fs::read_to_string(path).map_err(|source| TuneError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let corrupt = |source| TuneError::Corrupt {
+            path: path.to_path_buf(),
+            source,
+        };
+        let value: serde_json::Value = serde_json::from_str(&text).map_err(corrupt)?;
+        let version = value.get("version").and_then(|v| v.as_u64());
+        if version != Some(u64::from(ATTENTION_TABLE_VERSION)) {
+            return Err(TuneError::Version {
+                path: path.to_path_buf(),
+                found: version.map_or(0, |v| u32::try_from(v).unwrap_or(u32::MAX)),
+            });
+        }
+        let file: FileJson = serde_json::from_value(value).map_err(corrupt)?;
+        let entries = file
+            .entries
+            .into_iter()
+            .map(|e| {
+                let s = e.schedule;
+                let schedule = AttentionSchedule {
+                    block_size: s.block_size,
+                    chunk: s.chunk,
+                    tile: s.tile,
+                    tables: s.tables,
+                };
+                (e.key, (schedule, e.median_ns, e.scheme))
+            })
+            .collect();
+        Ok(AttentionTable { entries })
+    }
+
+    /// Writes the table atomically, entries sorted by key.
+    pub fn save(&self, path: &Path) -> Result<(), TuneError> {
+        let file = FileJson {
+            version: ATTENTION_TABLE_VERSION,
+            entries: self
+                .entries
+                .iter()
+                .map(|(key, (s, ns, scheme))| EntryJson {
+                    key: key.clone(),
+                    scheme: scheme.clone(),
+                    schedule: ScheduleJson {
+                        block_size: s.block_size,
+                        chunk: s.chunk,
+                        tile: s.tile,
+                        tables: s.tables,
+                    },
+                    median_ns: *ns,
+                })
+                .collect(),
+        };
+        let mut text =
+            serde_json::to_string_pretty(&file).map_err(|source| TuneError::Corrupt {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        text.push('\n');
+        write_atomic(path, text.as_bytes()).map_err(|source| TuneError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    /// Records `schedule` for `scheme` (replacing entries of older candidate sets or lowerings).
+    pub fn insert(
+        &mut self,
+        scheme: &CacheScheme,
+        key: AttentionKey,
+        schedule: AttentionSchedule,
+        ns: f64,
+    ) {
+        self.entries.retain(|k, _| !k.same_but_checksums(&key));
+        self.entries.insert(key, (schedule, ns, scheme.to_string()));
+    }
+
+    /// Entries.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The schedule for `scheme` and `shape`: the tuned one when the table holds it under the
+    /// current checksums and it passes [`AttentionSchedule::check`], else the default (with a
+    /// warning on stderr when only a stale or invalid entry is there).
+    pub fn schedule_for(&self, scheme: &CacheScheme, shape: AttentionShape) -> AttentionSchedule {
+        let default = AttentionSchedule::host_default(scheme);
+        let key = AttentionKey::new(scheme, shape);
+        match self.entries.get(&key) {
+            Some((s, _, _)) if s.check(scheme).is_ok() => *s,
+            Some((s, _, _)) => {
+                eprintln!("warning: attention tuning entry {s:?} for `{scheme}`: invalid, using the default schedule");
+                default
+            }
+            None => {
+                if self.entries.keys().any(|k| k.same_but_checksums(&key)) {
+                    eprintln!("warning: attention tuning table for `{scheme}`: stale (candidates or lowering changed), using the default schedule");
+                }
+                default
+            }
+        }
+    }
+}
+
+/// The table the runtime reads: `$KVQ_ATTENTION_TUNING`, else `tuning/host-attention.json` in
+/// the kvq package.
+pub fn default_attention_table_path() -> PathBuf {
+    std::env::var_os("KVQ_ATTENTION_TUNING")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("tuning/host-attention.json"))
+}
+
+/// [`default_attention_table_path`], loaded once per process: `None` when missing, and `None`
+/// with a warning when corrupt.
+pub fn default_attention_table() -> Option<&'static AttentionTable> {
+    static TABLE: OnceLock<Option<AttentionTable>> = OnceLock::new();
+    TABLE
+        .get_or_init(|| {
+            let path = default_attention_table_path();
+            if !path.exists() {
+                return None;
+            }
+            AttentionTable::load(&path)
+                .map_err(|e| eprintln!("warning: {e}, using the default attention schedule"))
+                .ok()
+        })
+        .as_ref()
+}
+
+/// The candidate schedules for `scheme`: chunks x tiles that [`AttentionSchedule::check`]
+/// accepts, with byte tables, one thread per block; the default always included.
+pub fn attention_candidates(scheme: &CacheScheme) -> Vec<AttentionSchedule> {
+    let default = AttentionSchedule::host_default(scheme);
+    let mut out: Vec<AttentionSchedule> = CHUNKS
+        .iter()
+        .flat_map(|&chunk| {
+            TILES.iter().map(move |&tile| AttentionSchedule {
+                block_size: 1,
+                chunk,
+                tile,
+                tables: true,
+            })
+        })
+        .chain(std::iter::once(default))
+        .filter(|s| s.check(scheme).is_ok())
+        .collect();
+    out.sort_by_key(|s| (s.chunk, s.tile));
+    out.dedup();
+    out
+}
+
+/// The timings of one attention tuning run.
+#[derive(Debug, Clone)]
+pub struct AttentionTuning {
+    /// (schedule, median ns), in candidate order.
+    pub timings: Vec<(AttentionSchedule, f64)>,
+    /// The fastest schedule whose outputs agree with the default's within 1e-4.
+    pub best: AttentionSchedule,
+}
+
+/// Times every candidate on one synthetic sequence of `kv_heads` x (`tokens` span + 64 fp
+/// tokens) and returns the fastest agreeing with the default schedule's outputs.
+pub fn tune_attention(
+    scheme: &CacheScheme,
+    shape: AttentionShape,
+    kv_heads: usize,
+    tokens: usize,
+    repeats: usize,
+) -> Result<AttentionTuning, crate::backend::BackendError> {
+    let d = shape.head_dim as usize;
+    let data = |seed: u64, n: usize, heads: usize| {
+        let mut s = seed | 1;
+        let v = (0..heads * n * d)
+            .map(|i| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                ((i % d) as f32 * 0.37).sin() + ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5)
+            })
+            .collect();
+        Tensor3::new([heads, n, d], v)
+    };
+    let err = |e: kvq_ir::TensorError| crate::backend::BackendError::Quant(e.into());
+    let (k, v) = (
+        data(1, tokens, kv_heads).map_err(err)?,
+        data(2, tokens, kv_heads).map_err(err)?,
+    );
+    let (fk, fv) = (
+        data(3, 64, kv_heads).map_err(err)?,
+        data(4, 64, kv_heads).map_err(err)?,
+    );
+    let q = data(5, 1, kv_heads * shape.group as usize).map_err(err)?;
+    let (pk, pv) = (quantize(&k, &scheme.key)?, quantize(&v, &scheme.value)?);
+    let seq = [SeqData {
+        q: q.data(),
+        fp: Some((&fk, &fv)),
+        span: Some((&pk, &pv)),
+    }];
+    let default = AttentionSchedule::host_default(scheme);
+    let reference = HostAttention::new(scheme, shape, Some(default))?.attend(kv_heads, &seq)?;
+    let mut timings = Vec::new();
+    let mut best: Option<(AttentionSchedule, f64)> = None;
+    for s in attention_candidates(scheme) {
+        let attn = HostAttention::new(scheme, shape, Some(s))?;
+        let mut args = attn.prepare(kv_heads, &seq)?;
+        attn.run(&mut args)?;
+        let agrees = args
+            .outputs()
+            .iter()
+            .zip(&reference)
+            .all(|(a, b)| super::attention_deviation(a, b, d) <= 1e-4);
+        let mut times: Vec<f64> = (0..repeats.max(1))
+            .map(|_| {
+                let t = Instant::now();
+                attn.run(&mut args).map(|()| t.elapsed().as_nanos() as f64)
+            })
+            .collect::<Result<_, _>>()?;
+        times.sort_by(f64::total_cmp);
+        let median = times[times.len() / 2];
+        timings.push((s, median));
+        if agrees && best.is_none_or(|(_, t)| median < t) {
+            best = Some((s, median));
+        }
+    }
+    Ok(AttentionTuning {
+        timings,
+        best: best.map_or(default, |(s, _)| s),
+    })
+}
