@@ -29,20 +29,9 @@ const G: usize = 4;
 const DIM: usize = 128;
 const TEXT: usize = 64;
 
-/// Key/value-like data `[KV, tokens, DIM]`: per-channel offsets and scales plus noise.
+/// Key/value-like data `[KV, tokens, DIM]` ([`kvq::attention::synthetic_kv`]).
 fn tensor(tokens: usize, seed: u64, offset: f32) -> Tensor3 {
-    let mut s = seed | 1;
-    let data = (0..KV * tokens * DIM)
-        .map(|i| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            let noise = (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
-            let c = (i % DIM) as f32;
-            offset * (c * 0.37).sin() + noise * (1.0 + (c * 0.11).cos())
-        })
-        .collect();
-    Tensor3::new([KV, tokens, DIM], data).unwrap()
+    kvq::attention::synthetic_kv(KV, tokens, DIM, seed, offset).unwrap()
 }
 
 /// `x` with its rows in f16, flattened.
@@ -209,15 +198,9 @@ fn bench(c: &mut Criterion) {
                 continue; // filtered out on the command line
             }
             let out = args.outputs().concat();
-            let num: f64 = out
-                .iter()
-                .zip(&reference)
-                .map(|(&a, &b)| f64::from(a - b).powi(2))
-                .sum();
-            let den: f64 = reference.iter().map(|&b| f64::from(b).powi(2)).sum();
             println!(
                 "{group}: 1-bit output vs f32 attention: relative L2 error {:.3}",
-                (num / den).sqrt()
+                kvq::metrics::rel_error(&out, &reference)
             );
             common::print_speedups(&group, &["candle_f32", "f16_loop"], "kvq_calibquant_1bit");
         }

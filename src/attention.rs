@@ -28,7 +28,7 @@ use kvq_ir::lower::attention::{
     SeqExtent,
 };
 use kvq_ir::lower::LowerError;
-use kvq_ir::{CacheScheme, ParamType};
+use kvq_ir::{CacheScheme, ParamType, Tensor3, TensorError};
 use kvq_runtime::{ParamView, SeqView};
 
 pub use kvq_ir::lower::attention::SeqData;
@@ -278,4 +278,27 @@ impl HostAttention {
         unsafe { self.host(&self.kernels.combine)?.launch(&mut a, blocks)? };
         Ok(out)
     }
+}
+
+/// K/V-like synthetic data `[heads, tokens, dim]` for benchmarks, tuning and GPU cases: a
+/// per-channel offset `offset * sin(0.37 c)` plus uniform noise in [-0.5, 0.5) from a xorshift
+/// generator seeded with `seed` (deterministic). Errors on a zero size.
+pub fn synthetic_kv(
+    heads: usize,
+    tokens: usize,
+    dim: usize,
+    seed: u64,
+    offset: f32,
+) -> Result<Tensor3, TensorError> {
+    let mut s = seed | 1;
+    let data = (0..heads * tokens * dim)
+        .map(|i| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            let noise = (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+            offset * ((i % dim.max(1)) as f32 * 0.37).sin() + noise
+        })
+        .collect();
+    Tensor3::new([heads, tokens, dim], data)
 }

@@ -42,6 +42,29 @@ pub struct LayerMetrics {
     pub attn_out_rel: f64,
 }
 
+/// How far two attention outputs differ: over rows of `dim` values (one per query head), the
+/// largest `max |got - want| / max |want|` (infinite when the lengths differ; a zero row counts
+/// its absolute difference). The tolerance measure of the attention tests and checks.
+pub fn max_head_deviation(got: &[f32], want: &[f32], dim: usize) -> f64 {
+    if got.len() != want.len() {
+        return f64::INFINITY;
+    }
+    got.chunks(dim.max(1))
+        .zip(want.chunks(dim.max(1)))
+        .map(|(g, w)| {
+            let scale = w.iter().fold(0.0f64, |m, &x| m.max(f64::from(x).abs()));
+            let diff = g.iter().zip(w).fold(0.0f64, |m, (&a, &b)| {
+                m.max((f64::from(a) - f64::from(b)).abs())
+            });
+            if scale > 0.0 {
+                diff / scale
+            } else {
+                diff
+            }
+        })
+        .fold(0.0, f64::max)
+}
+
 /// ||a - b|| / ||b|| over flat data, in f64 (0 when both are zero).
 pub fn rel_error(approx: &[f32], exact: &[f32]) -> f64 {
     rel_error_f64(

@@ -141,6 +141,23 @@ impl Tensor3 {
         }
         Tensor3::new([self.shape.heads, range.len(), self.shape.dim], data)
     }
+
+    /// The tokens of `self` followed by those of `other`, per head (same heads and dim).
+    pub fn concat_tokens(&self, other: &Tensor3) -> Result<Tensor3, TensorError> {
+        let (a, b) = (self.shape, other.shape);
+        if (a.heads, a.dim) != (b.heads, b.dim) {
+            return Err(TensorError::Mismatch {
+                what: format!("concatenating {:?} and {:?} tokens", a.dims(), b.dims()),
+            });
+        }
+        let mut data = Vec::with_capacity(self.data.len() + other.data.len());
+        for h in 0..a.heads {
+            let (sa, sb) = (a.tokens * a.dim, b.tokens * b.dim);
+            data.extend_from_slice(&self.data[h * sa..(h + 1) * sa]);
+            data.extend_from_slice(&other.data[h * sb..(h + 1) * sb]);
+        }
+        Tensor3::new([a.heads, a.tokens + b.tokens, a.dim], data)
+    }
 }
 
 #[cfg(test)]

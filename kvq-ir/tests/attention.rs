@@ -7,6 +7,7 @@ use kvq_ir::ir::{interp, verify};
 use kvq_ir::lower::attention::{
     attention, AttentionArgs, AttentionSchedule, AttentionShape, SeqData,
 };
+use kvq_ir::metrics::max_head_deviation;
 use kvq_ir::reference::{decode_attention, quantize, PackedSpan, Segment};
 use kvq_ir::scheme::catalogue::catalogue;
 use kvq_ir::{CacheScheme, Calibration, Tensor3};
@@ -46,20 +47,6 @@ fn batch(rng: &mut Rng) -> Vec<Seq> {
             span: (span > 0).then(|| (rng.tensor(KV, span, D, 2.0), rng.tensor(KV, span, D, 1.0))),
         })
         .collect()
-}
-
-/// Max over query heads of max |got - want| / max |want|.
-fn deviation(got: &[f32], want: &[f32]) -> f64 {
-    got.chunks(D)
-        .zip(want.chunks(D))
-        .map(|(g, w)| {
-            let scale = w.iter().fold(0.0f64, |m, &x| m.max(f64::from(x).abs()));
-            let diff = g.iter().zip(w).fold(0.0f64, |m, (&a, &b)| {
-                m.max((f64::from(a) - f64::from(b)).abs())
-            });
-            diff / scale
-        })
-        .fold(0.0, f64::max)
 }
 
 fn run(
@@ -110,7 +97,7 @@ fn check(scheme: &CacheScheme, schedule: &AttentionSchedule, seqs: &[Seq]) -> f6
             segments.push(Segment::Quantized { k, v });
         }
         let want = decode_attention(s.q, KV * G, &segments, scheme.calibrate).unwrap();
-        let dev = deviation(got, &want);
+        let dev = max_head_deviation(got, &want, D);
         assert!(
             dev <= 1e-4,
             "sequence {i}, {scheme}, {schedule:?}: deviation {dev:e}"

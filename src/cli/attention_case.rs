@@ -9,30 +9,17 @@ use std::path::PathBuf;
 use anyhow::{ensure, Context, Result};
 use kvq::attention::{HostAttention, SeqData};
 use kvq::backend::{quantize, Backend};
-use kvq::lower::attention::{attention, AttentionArgs, AttentionSchedule, AttentionShape};
+use kvq::lower::attention::{attention, AttentionArgs, AttentionSchedule};
 use kvq::lower::InputType;
-use kvq::{CacheScheme, Calibration, Scheme, Tensor3};
+use kvq::Tensor3;
 use kvq_ir::ir::interp::{Arg, Buffer};
 use kvq_ir::ir::{Access, Param};
 use safetensors::tensor::{Dtype, TensorView};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Key scheme.
-    #[arg(long)]
-    key: String,
-    /// Value scheme.
-    #[arg(long)]
-    value: String,
-    /// Calibration `d` of the span's logits.
-    #[arg(long)]
-    calibrate: Option<f32>,
-    /// Channels per head.
-    #[arg(long, default_value_t = 128)]
-    head_dim: u32,
-    /// Query heads per kv head.
-    #[arg(long, default_value_t = 4)]
-    group: u32,
+    #[command(flatten)]
+    pair: super::pair::PairArgs,
     /// Key/value heads.
     #[arg(long, default_value_t = 8)]
     kv_heads: usize,
@@ -54,19 +41,10 @@ pub struct Args {
     output: PathBuf,
 }
 
-/// K/V-like data `[heads, tokens, dim]`: per-channel offsets plus noise, from `seed`.
 fn synthetic(heads: usize, tokens: usize, dim: usize, seed: u64, offset: f32) -> Result<Tensor3> {
-    let mut s = seed | 1;
-    let data = (0..heads * tokens * dim)
-        .map(|i| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            let noise = (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
-            offset * ((i % dim) as f32 * 0.37).sin() + noise
-        })
-        .collect();
-    Ok(Tensor3::new([heads, tokens, dim], data)?)
+    Ok(kvq::attention::synthetic_kv(
+        heads, tokens, dim, seed, offset,
+    )?)
 }
 
 fn bytes_of(buffer: &Buffer) -> (Dtype, Vec<u8>) {
@@ -111,12 +89,8 @@ fn le_u32(bytes: &[u8]) -> Vec<u32> {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let key = Scheme::parse(&args.key).context("--key")?;
-    let value = Scheme::parse(&args.value).context("--value")?;
-    let calibrate = match args.calibrate {
-        None => None,
-        Some(d) => Some(Calibration::new(d).context("--calibrate must be positive")?),
-    };
+    let scheme = args.pair.scheme()?;
+    let shape = args.pair.shape();
     ensure!(
         args.batch > 0 && args.kv_heads > 0,
         "--batch and --kv-heads must be positive"
@@ -125,17 +99,8 @@ pub fn run(args: Args) -> Result<()> {
         args.span_tokens + args.fp_tokens > 0,
         "a sequence needs at least one token"
     );
-    let scheme = CacheScheme {
-        key,
-        value,
-        calibrate,
-    };
-    let shape = AttentionShape {
-        head_dim: args.head_dim,
-        group: args.group,
-    };
-    let (kv, d) = (args.kv_heads, args.head_dim as usize);
-    let q_heads = kv * args.group as usize;
+    let (kv, d) = (args.kv_heads, shape.head_dim as usize);
+    let q_heads = kv * shape.group as usize;
     let mut seqs = Vec::new();
     for i in 0..args.batch as u64 {
         let q = synthetic(q_heads, 1, d, 100 + i, 0.7)?.data().to_vec();
@@ -153,8 +118,8 @@ pub fn run(args: Args) -> Result<()> {
                 let k = synthetic(kv, n, d, 400 + i, 1.0)?;
                 let v = synthetic(kv, n, d, 500 + i, 0.3)?;
                 Some((
-                    quantize(&k, InputType::F32, &key, Backend::Host)?,
-                    quantize(&v, InputType::F32, &value, Backend::Host)?,
+                    quantize(&k, InputType::F32, &scheme.key, Backend::Host)?,
+                    quantize(&v, InputType::F32, &scheme.value, Backend::Host)?,
                 ))
             }
         };
@@ -213,8 +178,8 @@ pub fn run(args: Args) -> Result<()> {
     meta.insert("kv_heads".to_string(), kv.to_string());
     meta.insert("chunks".to_string(), launch.plan.chunks().to_string());
     meta.insert("batch".to_string(), args.batch.to_string());
-    meta.insert("group".to_string(), args.group.to_string());
-    meta.insert("head_dim".to_string(), args.head_dim.to_string());
+    meta.insert("group".to_string(), shape.group.to_string());
+    meta.insert("head_dim".to_string(), shape.head_dim.to_string());
     meta.insert("chunk".to_string(), gpu.chunk.to_string());
     meta.insert("span_tokens".to_string(), args.span_tokens.to_string());
     meta.insert("fp_tokens".to_string(), args.fp_tokens.to_string());
@@ -238,7 +203,7 @@ pub fn run(args: Args) -> Result<()> {
         args.span_tokens,
         args.fp_tokens,
         kv,
-        args.group,
+        shape.group,
         launch.plan.chunks()
     );
     Ok(())

@@ -13,6 +13,7 @@ use kvq::attention::HostAttention;
 use kvq::backend::HostSpanQuantizer;
 use kvq::lower::attention::{attention, AttentionSchedule, AttentionShape};
 use kvq::lower::{InputType, Schedule, ShapeClass};
+use kvq::metrics::rel_error;
 use kvq::{kv_quant, KvQuant, Tensor3};
 use kvq_codegen::{ptx, ptxas, Arch};
 use kvq_runtime::{KvFile, ModelShape, QueryRef, VisualKvCache};
@@ -84,18 +85,6 @@ fn extend(x: &Tensor3, extra: usize, noise: &mut Noise) -> Tensor3 {
     Tensor3::new([s.heads, s.tokens + extra, s.dim], data).unwrap_or_else(|_| x.clone())
 }
 
-/// Tokens `range` of `x`.
-fn rows(x: &Tensor3, range: std::ops::Range<usize>) -> Result<Tensor3> {
-    let s = x.shape();
-    let mut data = Vec::with_capacity(s.heads * range.len() * s.dim);
-    for h in 0..s.heads {
-        for t in range.clone() {
-            data.extend_from_slice(x.row(h, t));
-        }
-    }
-    Ok(Tensor3::new([s.heads, range.len(), s.dim], data)?)
-}
-
 /// Full-precision decode attention in f32 over `k`, `v` = `[kv_heads, tokens, dim]`, threads
 /// over kv heads: the baseline the generated kernels are timed against.
 pub fn f32_attention(q: &[f32], q_heads: usize, k: &Tensor3, v: &Tensor3) -> Vec<f32> {
@@ -124,16 +113,6 @@ pub fn f32_attention(q: &[f32], q_heads: usize, k: &Tensor3, v: &Tensor3) -> Vec
         }
     });
     out
-}
-
-fn rel_l2(got: &[f32], want: &[f32]) -> f64 {
-    let num: f64 = got
-        .iter()
-        .zip(want)
-        .map(|(&a, &b)| f64::from(a - b).powi(2))
-        .sum();
-    let den: f64 = want.iter().map(|&b| f64::from(b).powi(2)).sum();
-    (num / den).sqrt()
 }
 
 /// Emits PTX (sm_90) for the scheme's quantize and attention kernels and prints ptxas's
@@ -255,12 +234,12 @@ pub fn run(args: Args) -> Result<()> {
     for step in 0..args.steps {
         for (l, layer) in file.layers.iter().enumerate() {
             let src = 1 + (step * 7) % (tokens - 1);
-            let nk = rows(&layer.k, src..src + 1)?;
-            let nv = rows(&layer.v, src..src + 1)?;
+            let nk = layer.k.slice_tokens(src..src + 1)?;
+            let nv = layer.v.slice_tokens(src..src + 1)?;
             cache.append(l, seq, &nk, &nv)?;
             let (k, v) = &mut full[l];
-            *k = cat(k, &nk)?;
-            *v = cat(v, &nv)?;
+            *k = k.concat_tokens(&nk)?;
+            *v = v.concat_tokens(&nv)?;
             let qs = layer.q.shape();
             let q: Vec<f32> = (0..qs.heads)
                 .flat_map(|h| layer.q.row(h, (src + 3) % qs.tokens).to_vec())
@@ -273,8 +252,8 @@ pub fn run(args: Args) -> Result<()> {
             let want = f32_attention(&q, shape.q_heads, k, v);
             t_f32 += t.elapsed();
             let cached = cache.attend(l, &query)?.concat();
-            err += rel_l2(&got, &want);
-            agree = agree.max(rel_l2(&got, &cached));
+            err += rel_error(&got, &want);
+            agree = agree.max(rel_error(&got, &cached));
             pb.inc(1);
         }
     }
@@ -303,22 +282,4 @@ pub fn run(args: Args) -> Result<()> {
         t_f32.as_secs_f64() / t_kvq.as_secs_f64().max(1e-12)
     );
     Ok(())
-}
-
-/// Tokens of `a` then `b`, per head.
-fn cat(a: &Tensor3, b: &Tensor3) -> Result<Tensor3> {
-    let (sa, sb) = (a.shape(), b.shape());
-    let mut data = Vec::with_capacity(a.data().len() + b.data().len());
-    for h in 0..sa.heads {
-        for t in 0..sa.tokens {
-            data.extend_from_slice(a.row(h, t));
-        }
-        for t in 0..sb.tokens {
-            data.extend_from_slice(b.row(h, t));
-        }
-    }
-    Ok(Tensor3::new(
-        [sa.heads, sa.tokens + sb.tokens, sa.dim],
-        data,
-    )?)
 }

@@ -4,6 +4,7 @@ mod attention_case;
 mod compile;
 mod demo;
 mod eval;
+mod pair;
 mod quantize;
 mod tune;
 mod tune_attention;

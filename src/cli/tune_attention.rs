@@ -3,28 +3,14 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
-use kvq::lower::attention::{AttentionSchedule, AttentionShape};
+use anyhow::{bail, Result};
+use kvq::lower::attention::AttentionSchedule;
 use kvq::tune::attention::{tune_attention, AttentionKey, AttentionTable};
-use kvq::{CacheScheme, Calibration, Scheme};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Key scheme.
-    #[arg(long)]
-    key: String,
-    /// Value scheme.
-    #[arg(long)]
-    value: String,
-    /// Calibration `d` of the span's logits.
-    #[arg(long)]
-    calibrate: Option<f32>,
-    /// Channels per head.
-    #[arg(long, default_value_t = 128)]
-    head_dim: u32,
-    /// Query heads per kv head.
-    #[arg(long, default_value_t = 4)]
-    group: u32,
+    #[command(flatten)]
+    pair: super::pair::PairArgs,
     /// Key/value heads of the synthetic sequence.
     #[arg(long, default_value_t = 8)]
     kv_heads: usize,
@@ -40,24 +26,11 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let key = Scheme::parse(&args.key).context("--key")?;
-    let value = Scheme::parse(&args.value).context("--value")?;
-    let calibrate = match args.calibrate {
-        None => None,
-        Some(d) => Some(Calibration::new(d).context("--calibrate must be positive")?),
-    };
+    let scheme = args.pair.scheme()?;
+    let shape = args.pair.shape();
     if args.repeats == 0 || args.tokens == 0 || args.kv_heads == 0 {
         bail!("--repeats, --tokens and --kv-heads must be positive");
     }
-    let scheme = CacheScheme {
-        key,
-        value,
-        calibrate,
-    };
-    let shape = AttentionShape {
-        head_dim: args.head_dim,
-        group: args.group,
-    };
     let mut table = if args.table.exists() {
         AttentionTable::load(&args.table).unwrap_or_else(|e| {
             eprintln!("warning: {e}; starting a new table");
@@ -75,7 +48,7 @@ pub fn run(args: Args) -> Result<()> {
         .map_or(f64::NAN, |t| t.1);
     println!(
         "{scheme}\n  {} kv heads x g{} x d{}, {} span + 64 fp tokens; median of {}",
-        args.kv_heads, args.group, args.head_dim, args.tokens, args.repeats
+        args.kv_heads, shape.group, shape.head_dim, args.tokens, args.repeats
     );
     println!(
         "  {:<14} {:>10} {:>11}",

@@ -23,10 +23,11 @@ use std::time::Instant;
 
 use kvq_ir::lower::attention::{attention, AttentionSchedule, AttentionShape, SeqData};
 use kvq_ir::reference::quantize;
-use kvq_ir::{CacheScheme, Tensor3};
+use kvq_ir::CacheScheme;
 use serde::{Deserialize, Serialize};
 
-use super::{fnv1a64, host_target, table::write_atomic, TuneError};
+use super::table::{read_table, write_table};
+use super::{fnv1a64, host_target, TuneError};
 use crate::attention::HostAttention;
 
 /// The attention table format this module reads and writes.
@@ -116,23 +117,7 @@ pub struct AttentionTable {
 impl AttentionTable {
     /// Reads a table; an unreadable, unparsable or other-version file is an error.
     pub fn load(path: &Path) -> Result<AttentionTable, TuneError> {
-        let text = std::fs::read_to_string(path).map_err(|source| TuneError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let corrupt = |source| TuneError::Corrupt {
-            path: path.to_path_buf(),
-            source,
-        };
-        let value: serde_json::Value = serde_json::from_str(&text).map_err(corrupt)?;
-        let version = value.get("version").and_then(|v| v.as_u64());
-        if version != Some(u64::from(ATTENTION_TABLE_VERSION)) {
-            return Err(TuneError::Version {
-                path: path.to_path_buf(),
-                found: version.map_or(0, |v| u32::try_from(v).unwrap_or(u32::MAX)),
-            });
-        }
-        let file: FileJson = serde_json::from_value(value).map_err(corrupt)?;
+        let file: FileJson = read_table(path, ATTENTION_TABLE_VERSION)?;
         let entries = file
             .entries
             .into_iter()
@@ -170,16 +155,7 @@ impl AttentionTable {
                 })
                 .collect(),
         };
-        let mut text =
-            serde_json::to_string_pretty(&file).map_err(|source| TuneError::Corrupt {
-                path: path.to_path_buf(),
-                source,
-            })?;
-        text.push('\n');
-        write_atomic(path, text.as_bytes()).map_err(|source| TuneError::Io {
-            path: path.to_path_buf(),
-            source,
-        })
+        write_table(path, &file)
     }
 
     /// Records `schedule` for `scheme` (replacing entries of older candidate sets or lowerings).
@@ -292,18 +268,8 @@ pub fn tune_attention(
     repeats: usize,
 ) -> Result<AttentionTuning, crate::backend::BackendError> {
     let d = shape.head_dim as usize;
-    let data = |seed: u64, n: usize, heads: usize| {
-        let mut s = seed | 1;
-        let v = (0..heads * n * d)
-            .map(|i| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                ((i % d) as f32 * 0.37).sin() + ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5)
-            })
-            .collect();
-        Tensor3::new([heads, n, d], v)
-    };
+    let data =
+        |seed: u64, n: usize, heads: usize| crate::attention::synthetic_kv(heads, n, d, seed, 1.0);
     let err = |e: kvq_ir::TensorError| crate::backend::BackendError::Quant(e.into());
     let (k, v) = (
         data(1, tokens, kv_heads).map_err(err)?,
@@ -332,7 +298,7 @@ pub fn tune_attention(
             .outputs()
             .iter()
             .zip(&reference)
-            .all(|(a, b)| super::attention_deviation(a, b, d) <= 1e-4);
+            .all(|(a, b)| kvq_ir::metrics::max_head_deviation(a, b, d) <= 1e-4);
         let mut times: Vec<f64> = (0..repeats.max(1))
             .map(|_| {
                 let t = Instant::now();

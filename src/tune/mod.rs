@@ -350,28 +350,3 @@ mod table;
 
 pub use search::*;
 pub use table::*;
-
-/// Max over rows of `dim` of max |a - b| / max |b|: how far two attention outputs differ.
-fn attention_deviation(a: &[f32], b: &[f32], dim: usize) -> f64 {
-    a.chunks(dim)
-        .zip(b.chunks(dim))
-        .map(|(x, y)| {
-            let scale = y.iter().fold(0.0f64, |m, &v| m.max(f64::from(v).abs()));
-            let diff = x.iter().zip(y).fold(0.0f64, |m, (&p, &q)| {
-                m.max((f64::from(p) - f64::from(q)).abs())
-            });
-            if scale > 0.0 {
-                diff / scale
-            } else {
-                diff
-            }
-        })
-        .fold(
-            if a.len() == b.len() {
-                0.0
-            } else {
-                f64::INFINITY
-            },
-            f64::max,
-        )
-}

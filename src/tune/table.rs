@@ -17,23 +17,7 @@ impl TuningTable {
     /// Reads a table; unparseable JSON and unknown versions are [`TuneError::Corrupt`] and
     /// [`TuneError::Version`].
     pub fn load(path: &Path) -> Result<TuningTable, TuneError> {
-        let text = fs::read_to_string(path).map_err(|source| TuneError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let corrupt = |source| TuneError::Corrupt {
-            path: path.to_path_buf(),
-            source,
-        };
-        let value: serde_json::Value = serde_json::from_str(&text).map_err(corrupt)?;
-        let version = value.get("version").and_then(|v| v.as_u64());
-        if version != Some(TABLE_VERSION as u64) {
-            return Err(TuneError::Version {
-                path: path.to_path_buf(),
-                found: version.map_or(0, |v| u32::try_from(v).unwrap_or(u32::MAX)),
-            });
-        }
-        let file: TableFile = serde_json::from_value(value).map_err(corrupt)?;
+        let file: TableFile = read_table(path, TABLE_VERSION)?;
         let entries = file
             .entries
             .into_iter()
@@ -57,16 +41,7 @@ impl TuningTable {
                 })
                 .collect(),
         };
-        let mut text =
-            serde_json::to_string_pretty(&file).map_err(|source| TuneError::Corrupt {
-                path: path.to_path_buf(),
-                source,
-            })?;
-        text.push('\n');
-        write_atomic(path, text.as_bytes()).map_err(|source| TuneError::Io {
-            path: path.to_path_buf(),
-            source,
-        })
+        write_table(path, &file)
     }
 
     /// The schedule stored under exactly `key`.
@@ -118,7 +93,7 @@ impl TuningTable {
 
 /// Writes `bytes` to a unique temporary file beside `path`, syncs it and renames it to `path`
 /// (the pattern of `kvq_codegen::cache`).
-pub(super) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
@@ -194,4 +169,42 @@ pub fn load_table_at(path: &Path) -> Option<TuningTable> {
 pub fn default_table() -> Option<&'static TuningTable> {
     static TABLE: OnceLock<Option<TuningTable>> = OnceLock::new();
     TABLE.get_or_init(load_default_table).as_ref()
+}
+
+/// Reads a table file: JSON whose `version` is `version`, deserialized as `T`. An unreadable,
+/// unparsable or other-version file is an error.
+pub(super) fn read_table<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    version: u32,
+) -> Result<T, TuneError> {
+    let text = fs::read_to_string(path).map_err(|source| TuneError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let corrupt = |source| TuneError::Corrupt {
+        path: path.to_path_buf(),
+        source,
+    };
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(corrupt)?;
+    let found = value.get("version").and_then(|v| v.as_u64());
+    if found != Some(u64::from(version)) {
+        return Err(TuneError::Version {
+            path: path.to_path_buf(),
+            found: found.map_or(0, |v| u32::try_from(v).unwrap_or(u32::MAX)),
+        });
+    }
+    serde_json::from_value(value).map_err(corrupt)
+}
+
+/// Writes `file` as pretty JSON (with a final newline), atomically.
+pub(super) fn write_table<T: Serialize>(path: &Path, file: &T) -> Result<(), TuneError> {
+    let mut text = serde_json::to_string_pretty(file).map_err(|source| TuneError::Corrupt {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    text.push('\n');
+    write_atomic(path, text.as_bytes()).map_err(|source| TuneError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }

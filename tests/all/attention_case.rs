@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::process::Command;
 
 use kvq::lower::attention::{attention, grid, AttentionSchedule, AttentionShape};
+use kvq::metrics::max_head_deviation;
 use kvq::CacheScheme;
 use kvq_ir::ir::interp::{self, Arg, Buffer};
 use kvq_ir::ir::{Kernel, Param};
@@ -150,20 +151,6 @@ fn replay(path: &std::path::Path) -> (Vec<f32>, Vec<f32>) {
     (out, expected)
 }
 
-fn deviation(got: &[f32], want: &[f32], dim: usize) -> f64 {
-    assert_eq!(got.len(), want.len());
-    got.chunks(dim)
-        .zip(want.chunks(dim))
-        .map(|(g, w)| {
-            let scale = w.iter().fold(0.0f64, |m, &x| m.max(f64::from(x).abs()));
-            let diff = g.iter().zip(w).fold(0.0f64, |m, (&a, &b)| {
-                m.max((f64::from(a) - f64::from(b)).abs())
-            });
-            diff / scale
-        })
-        .fold(0.0, f64::max)
-}
-
 #[test]
 fn attention_cases_replay_to_their_expected_outputs() {
     for (name, extra) in [
@@ -175,7 +162,7 @@ fn attention_cases_replay_to_their_expected_outputs() {
     ] {
         let path = write_case(name, &extra);
         let (out, expected) = replay(&path);
-        let dev = deviation(&out, &expected, 64);
+        let dev = max_head_deviation(&out, &expected, 64);
         assert!(dev <= 1e-4, "{name}: deviation {dev:e}");
         // Not a vacuous comparison: the outputs are attention outputs, not zeros.
         assert!(expected.iter().any(|&x| x.abs() > 1e-3), "{name}");

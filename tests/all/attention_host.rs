@@ -4,6 +4,7 @@
 
 use kvq::attention::{HostAttention, SeqData};
 use kvq::lower::attention::{AttentionSchedule, AttentionShape};
+use kvq::metrics::max_head_deviation as deviation;
 use kvq::reference::{decode_attention, quantize, PackedSpan, Segment};
 use kvq::{CacheScheme, Calibration, Scheme, Tensor3};
 use kvq_ir::scheme::catalogue::catalogue;
@@ -12,20 +13,6 @@ use kvq_runtime::KvFile;
 use crate::fixtures::{dinov2, smollm2};
 
 const TOL: f64 = 1e-4;
-
-/// Max over query heads of max |got - want| / max |want|.
-fn deviation(got: &[f32], want: &[f32], dim: usize) -> f64 {
-    got.chunks(dim)
-        .zip(want.chunks(dim))
-        .map(|(g, w)| {
-            let scale = w.iter().fold(0.0f64, |m, &x| m.max(f64::from(x).abs()));
-            let diff = g.iter().zip(w).fold(0.0f64, |m, (&a, &b)| {
-                m.max((f64::from(a) - f64::from(b)).abs())
-            });
-            diff / scale
-        })
-        .fold(0.0, f64::max)
-}
 
 /// One sequence: query, fp tokens, unquantized span.
 struct Seq {
@@ -134,14 +121,7 @@ fn every_catalogue_scheme_as_key_and_as_value_on_a_random_batch() {
 
 /// `[heads, tokens, dim]` rows `range` of `x`.
 fn rows(x: &Tensor3, range: std::ops::Range<usize>) -> Tensor3 {
-    let s = x.shape();
-    let mut data = Vec::new();
-    for h in 0..s.heads {
-        for t in range.clone() {
-            data.extend_from_slice(x.row(h, t));
-        }
-    }
-    Tensor3::new([s.heads, range.len(), s.dim], data).unwrap()
+    x.slice_tokens(range).unwrap()
 }
 
 /// Decode query of the last token, `[q_heads * dim]`.
@@ -201,17 +181,7 @@ fn real_captures_with_calibquant_and_kivi() {
 
 /// Tokens of `a` then `b`, per head.
 fn cat(a: &Tensor3, b: &Tensor3) -> Tensor3 {
-    let (sa, sb) = (a.shape(), b.shape());
-    let mut data = Vec::new();
-    for h in 0..sa.heads {
-        for t in 0..sa.tokens {
-            data.extend_from_slice(a.row(h, t));
-        }
-        for t in 0..sb.tokens {
-            data.extend_from_slice(b.row(h, t));
-        }
-    }
-    Tensor3::new([sa.heads, sa.tokens + sb.tokens, sa.dim], data).unwrap()
+    a.concat_tokens(b).unwrap()
 }
 
 #[test]

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
 use half::f16;
+use kvq_ir::metrics::max_head_deviation;
 use kvq_runtime::cuda::{Bundle, CudaRuntime, DeviceBuffer, Elem, Kernel, LaunchArg, ParamSpec};
 use safetensors::{Dtype, SafeTensors};
 
@@ -192,29 +193,6 @@ fn launch_named(
     Ok(result?)
 }
 
-/// Max over (sequence, query head) of max |got - want| / max |want|.
-pub fn deviation(got: &[f32], want: &[f32], dim: usize) -> f64 {
-    got.chunks(dim)
-        .zip(want.chunks(dim))
-        .map(|(g, w)| {
-            let scale = w.iter().fold(0.0f64, |m, &x| m.max(f64::from(x).abs()));
-            let diff = g.iter().zip(w).fold(0.0f64, |m, (&a, &b)| {
-                m.max((f64::from(a) - f64::from(b)).abs())
-            });
-            if scale > 0.0 {
-                diff / scale
-            } else {
-                diff
-            }
-        })
-        .fold(0.0, f64::max)
-        .max(if got.len() == want.len() {
-            0.0
-        } else {
-            f64::INFINITY
-        })
-}
-
 /// A result row.
 pub struct AttentionRow {
     pub case: String,
@@ -263,7 +241,7 @@ pub fn run(
     rt.synchronize()?;
     let out = buffers.get("out").context("no out buffer")?;
     let got = rt.download::<f32>(out)?;
-    let dev = deviation(&got, &case.expected, case.head_dim);
+    let dev = max_head_deviation(&got, &case.expected, case.head_dim);
     let mut times = Vec::with_capacity(runs);
     for i in 0..runs + 3 {
         let ms = sequence(&mut buffers)?;
@@ -313,8 +291,8 @@ mod tests {
 
     #[test]
     fn deviation_is_relative_per_head() {
-        assert_eq!(deviation(&[1.0, 2.0], &[1.0, 2.0], 2), 0.0);
-        assert!((deviation(&[1.0, 2.2], &[1.0, 2.0], 2) - 0.1).abs() < 1e-6);
-        assert_eq!(deviation(&[1.0], &[1.0, 2.0], 2), f64::INFINITY);
+        assert_eq!(max_head_deviation(&[1.0, 2.0], &[1.0, 2.0], 2), 0.0);
+        assert!((max_head_deviation(&[1.0, 2.2], &[1.0, 2.0], 2) - 0.1).abs() < 1e-6);
+        assert_eq!(max_head_deviation(&[1.0], &[1.0, 2.0], 2), f64::INFINITY);
     }
 }
