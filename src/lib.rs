@@ -20,6 +20,7 @@
 pub mod attention;
 pub mod backend;
 pub mod eval;
+pub mod model;
 pub mod tune;
 
 pub use kvq_ir::lower;

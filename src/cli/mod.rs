@@ -4,6 +4,7 @@ mod attention_case;
 mod compile;
 mod demo;
 mod eval;
+mod eval_model;
 mod pair;
 mod quantize;
 mod tune;
@@ -45,6 +46,8 @@ enum Command {
     /// The main job: CalibQuant's kernels compiled, a cache of real DINOv2 K/V plus a long
     /// synthetic span, decode attention on the CPU against full precision.
     Demo(demo::Args),
+    /// SmolLM2-135M with a quantized span in its cache, against the full-precision cache.
+    EvalModel(eval_model::Args),
     /// Quantize each layer's K and V of a capture and report the error metrics of SPEC.md section 5.
     Eval(eval::Args),
     /// Compile a scheme pair's kernels for a GPU architecture or the host, with a manifest.
@@ -63,6 +66,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::AttentionCase(args) => attention_case::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::EvalModel(args) => eval_model::run(args),
         Command::Compile(args) => compile::run(args),
         Command::Quantize(args) => quantize::run(args),
         Command::Tune(args) => tune::run(args),

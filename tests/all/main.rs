@@ -7,6 +7,7 @@ mod backends;
 mod cli;
 mod compile_cli;
 mod fixtures;
+mod model;
 mod properties;
 mod reference_figures;
 mod snapshots;

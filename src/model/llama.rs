@@ -1,0 +1,384 @@
+//! The Llama forward pass of SmolLM2 on candle-core tensors (f32, CPU): a full-precision causal
+//! prefill that returns every layer's keys and values, and decode steps whose attention is
+//! kvq's [`VisualKvCache`].
+
+use std::path::Path;
+
+use candle_core::quantized::gguf_file;
+use candle_core::{DType, Device, Tensor, D};
+use kvq_runtime::{CacheError, QueryRef, SeqId, SpanQuantizer, VisualKvCache};
+use thiserror::Error;
+
+use super::Tokenizer;
+use crate::Tensor3;
+
+/// Why loading or running the model failed.
+#[derive(Debug, Error)]
+pub enum ModelError {
+    /// The file could not be read.
+    #[error("model file {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The GGUF is malformed or lacks a tensor or key.
+    #[error("model file {path}: {what}")]
+    Format {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        what: String,
+    },
+    /// A tensor operation failed.
+    #[error("model: {0}")]
+    Tensor(String),
+    /// The cache refused an operation.
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    /// A token id outside the vocabulary, or an empty prompt.
+    #[error("token input: {0}")]
+    Input(String),
+}
+
+fn t_err(e: candle_core::Error) -> ModelError {
+    ModelError::Tensor(e.to_string())
+}
+
+/// The model's hyperparameters, from the GGUF metadata.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Config {
+    /// Decoder layers.
+    pub layers: usize,
+    /// Hidden size.
+    pub hidden: usize,
+    /// Query heads.
+    pub q_heads: usize,
+    /// Key/value heads.
+    pub kv_heads: usize,
+    /// Channels per head.
+    pub head_dim: usize,
+    /// Vocabulary size.
+    pub vocab: usize,
+    /// RoPE base.
+    pub rope_base: f32,
+    /// RMSNorm epsilon.
+    pub eps: f64,
+}
+
+/// What [`Model::prefill`] returns: every layer's (keys, values) `[kv_heads, tokens,
+/// head_dim]` (keys after the rotary embedding) and the last position's logits.
+pub type Prefill = (Vec<(Tensor3, Tensor3)>, Vec<f32>);
+
+struct Layer {
+    attn_norm: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    o: Tensor,
+    ffn_norm: Tensor,
+    gate: Tensor,
+    up: Tensor,
+    down: Tensor,
+}
+
+/// SmolLM2 with f32 weights.
+pub struct Model {
+    /// Hyperparameters.
+    pub config: Config,
+    /// The GGUF's tokenizer.
+    pub tokenizer: Tokenizer,
+    embed: Tensor,
+    layers: Vec<Layer>,
+    norm: Tensor,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl Model {
+    /// Reads a Llama-architecture GGUF and dequantizes its weights to f32.
+    pub fn load(path: &Path) -> Result<Model, ModelError> {
+        let name = path.display().to_string();
+        let io = |source| ModelError::Io {
+            path: name.clone(),
+            source,
+        };
+        let fmt = |what: String| ModelError::Format {
+            path: name.clone(),
+            what,
+        };
+        let mut file = std::fs::File::open(path).map_err(io)?;
+        let content = gguf_file::Content::read(&mut file).map_err(|e| fmt(e.to_string()))?;
+        let md = |key: &str| {
+            content
+                .metadata
+                .get(key)
+                .ok_or_else(|| fmt(format!("missing metadata {key}")))
+        };
+        let int = |key: &str| -> Result<usize, ModelError> {
+            md(key)?
+                .to_u32()
+                .map(|v| v as usize)
+                .map_err(|e| fmt(format!("{key}: {e}")))
+        };
+        let float = |key: &str| -> Result<f32, ModelError> {
+            md(key)?.to_f32().map_err(|e| fmt(format!("{key}: {e}")))
+        };
+        let strings = |key: &str| -> Result<Vec<String>, ModelError> {
+            md(key)?
+                .to_vec()
+                .map_err(|e| fmt(format!("{key}: {e}")))?
+                .iter()
+                .map(|v| {
+                    v.to_string()
+                        .cloned()
+                        .map_err(|e| fmt(format!("{key}: {e}")))
+                })
+                .collect()
+        };
+        let hidden = int("llama.embedding_length")?;
+        let q_heads = int("llama.attention.head_count")?;
+        let tokens = strings("tokenizer.ggml.tokens")?;
+        let config = Config {
+            layers: int("llama.block_count")?,
+            hidden,
+            q_heads,
+            kv_heads: int("llama.attention.head_count_kv")?,
+            head_dim: hidden / q_heads.max(1),
+            vocab: tokens.len(),
+            rope_base: float("llama.rope.freq_base")?,
+            eps: f64::from(float("llama.attention.layer_norm_rms_epsilon")?),
+        };
+        let special: Vec<u32> = md("tokenizer.ggml.token_type")?
+            .to_vec()
+            .map_err(|e| fmt(format!("token types: {e}")))?
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| matches!(t.to_i32(), Ok(3 | 4)))
+            .map(|(i, _)| i as u32)
+            .collect();
+        let tokenizer = Tokenizer::new(tokens, &strings("tokenizer.ggml.merges")?, &special);
+        let dev = Device::Cpu;
+        let mut tensor = |n: &str| -> Result<Tensor, ModelError> {
+            content
+                .tensor(&mut file, n, &dev)
+                .and_then(|q| q.dequantize(&dev))
+                .map_err(|e| fmt(format!("tensor {n}: {e}")))
+        };
+        let embed = tensor("token_embd.weight")?;
+        let mut layers = Vec::with_capacity(config.layers);
+        for i in 0..config.layers {
+            let mut w = |n: &str| tensor(&format!("blk.{i}.{n}.weight"));
+            layers.push(Layer {
+                attn_norm: w("attn_norm")?,
+                q: w("attn_q")?,
+                k: w("attn_k")?,
+                v: w("attn_v")?,
+                o: w("attn_output")?,
+                ffn_norm: w("ffn_norm")?,
+                gate: w("ffn_gate")?,
+                up: w("ffn_up")?,
+                down: w("ffn_down")?,
+            });
+        }
+        let norm = tensor("output_norm.weight")?;
+        Ok(Model {
+            config,
+            tokenizer,
+            embed,
+            layers,
+            norm,
+        })
+    }
+
+    fn embed_tokens(&self, tokens: &[u32]) -> Result<Tensor, ModelError> {
+        if tokens.is_empty() {
+            return Err(ModelError::Input("no tokens".into()));
+        }
+        if let Some(t) = tokens.iter().find(|&&t| t as usize >= self.config.vocab) {
+            return Err(ModelError::Input(format!(
+                "token id {t} outside the vocabulary of {}",
+                self.config.vocab
+            )));
+        }
+        let ids = Tensor::new(tokens, &Device::Cpu).map_err(t_err)?;
+        self.embed.index_select(&ids, 0).map_err(t_err)
+    }
+
+    fn rms_norm(&self, x: &Tensor, w: &Tensor) -> Result<Tensor, ModelError> {
+        (|| {
+            let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+            let inv = (ms + self.config.eps)?.sqrt()?.recip()?;
+            x.broadcast_mul(&inv)?.broadcast_mul(w)
+        })()
+        .map_err(t_err)
+    }
+
+    /// Rotary embedding on interleaved pairs of `x` = `[tokens, heads * head_dim]` for positions
+    /// `first..first + tokens`.
+    fn rope(&self, x: &Tensor, first: usize) -> Result<Tensor, ModelError> {
+        let (t, width) = x.dims2().map_err(t_err)?;
+        let d = self.config.head_dim;
+        let mut data = x
+            .flatten_all()
+            .and_then(|x| x.to_vec1::<f32>())
+            .map_err(t_err)?;
+        for (i, row) in data.chunks_mut(width).enumerate() {
+            let pos = (first + i) as f32;
+            for head in row.chunks_mut(d) {
+                for (j, pair) in head.chunks_mut(2).enumerate() {
+                    let freq = self.config.rope_base.powf(-2.0 * j as f32 / d as f32);
+                    let (sin, cos) = (pos * freq).sin_cos();
+                    let (a, b) = (pair[0], pair[1]);
+                    pair[0] = a * cos - b * sin;
+                    pair[1] = a * sin + b * cos;
+                }
+            }
+        }
+        Tensor::from_vec(data, (t, width), &Device::Cpu).map_err(t_err)
+    }
+
+    fn mlp(&self, layer: &Layer, x: &Tensor) -> Result<Tensor, ModelError> {
+        let h = self.rms_norm(x, &layer.ffn_norm)?;
+        (|| {
+            let g = h.matmul(&layer.gate.t()?)?.silu()?;
+            let u = h.matmul(&layer.up.t()?)?;
+            (g * u)?.matmul(&layer.down.t()?)
+        })()
+        .map_err(t_err)
+    }
+
+    /// `[tokens, width]` as `[heads, tokens, head_dim]`.
+    fn heads(&self, x: &Tensor, heads: usize) -> Result<Tensor, ModelError> {
+        let (t, _) = x.dims2().map_err(t_err)?;
+        x.reshape((t, heads, self.config.head_dim))
+            .and_then(|x| x.transpose(0, 1))
+            .and_then(|x| x.contiguous())
+            .map_err(t_err)
+    }
+
+    /// The full-precision causal forward over `tokens` (positions 0..): every layer's keys
+    /// (after the rotary embedding) and values `[kv_heads, tokens, head_dim]`, and the logits of
+    /// the last position.
+    pub fn prefill(&self, tokens: &[u32]) -> Result<Prefill, ModelError> {
+        let c = self.config;
+        let t = tokens.len();
+        let g = c.q_heads / c.kv_heads;
+        let mut x = self.embed_tokens(tokens)?;
+        let mask: Vec<f32> = (0..t * t)
+            .map(|i| {
+                if i % t > i / t {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let mask = Tensor::from_vec(mask, (t, t), &Device::Cpu).map_err(t_err)?;
+        let scale = 1.0 / (c.head_dim as f64).sqrt();
+        let mut kv = Vec::with_capacity(c.layers);
+        for layer in &self.layers {
+            let h = self.rms_norm(&x, &layer.attn_norm)?;
+            let proj = |w: &Tensor| h.matmul(&w.t()?);
+            let q = self.rope(&proj(&layer.q).map_err(t_err)?, 0)?;
+            let k = self.rope(&proj(&layer.k).map_err(t_err)?, 0)?;
+            let v = proj(&layer.v).map_err(t_err)?;
+            let (q, k, v) = (
+                self.heads(&q, c.q_heads)?,
+                self.heads(&k, c.kv_heads)?,
+                self.heads(&v, c.kv_heads)?,
+            );
+            kv.push((to_tensor3(&k)?, to_tensor3(&v)?));
+            let attn = (|| {
+                // Each kv head serves `g` consecutive query heads.
+                let kr = k
+                    .unsqueeze(1)?
+                    .expand((c.kv_heads, g, t, c.head_dim))?
+                    .reshape((c.q_heads, t, c.head_dim))?;
+                let vr = v
+                    .unsqueeze(1)?
+                    .expand((c.kv_heads, g, t, c.head_dim))?
+                    .reshape((c.q_heads, t, c.head_dim))?;
+                let s = (q.matmul(&kr.t()?)? * scale)?.broadcast_add(&mask)?;
+                let m = s.max_keepdim(D::Minus1)?;
+                let e = s.broadcast_sub(&m)?.exp()?;
+                let p = e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?;
+                p.matmul(&vr)?
+                    .transpose(0, 1)?
+                    .reshape((t, c.q_heads * c.head_dim))
+            })()
+            .map_err(t_err)?;
+            let o = attn.matmul(&layer.o.t().map_err(t_err)?).map_err(t_err)?;
+            x = (x + o).map_err(t_err)?;
+            x = (&x + self.mlp(layer, &x)?).map_err(t_err)?;
+        }
+        let last = x.narrow(0, t - 1, 1).map_err(t_err)?;
+        Ok((kv, self.logits(&last)?))
+    }
+
+    fn logits(&self, x: &Tensor) -> Result<Vec<f32>, ModelError> {
+        let h = self.rms_norm(x, &self.norm)?;
+        h.matmul(&self.embed.t().map_err(t_err)?)
+            .and_then(|l| l.flatten_all())
+            .and_then(|l| l.to_vec1::<f32>())
+            .map_err(t_err)
+    }
+
+    /// One decode step of `token` at position `pos` for `seq`: its keys and values are appended
+    /// to the cache at every layer and its attention is the cache's; returns the logits.
+    pub fn decode<Q: SpanQuantizer>(
+        &self,
+        cache: &mut VisualKvCache<Q>,
+        seq: SeqId,
+        token: u32,
+        pos: usize,
+    ) -> Result<Vec<f32>, ModelError> {
+        let c = self.config;
+        let mut x = self.embed_tokens(&[token])?;
+        for (l, layer) in self.layers.iter().enumerate() {
+            let h = self.rms_norm(&x, &layer.attn_norm)?;
+            let proj = |w: &Tensor| h.matmul(&w.t()?);
+            let q = self.rope(&proj(&layer.q).map_err(t_err)?, pos)?;
+            let k = self.rope(&proj(&layer.k).map_err(t_err)?, pos)?;
+            let v = proj(&layer.v).map_err(t_err)?;
+            let as3 = |x: &Tensor| -> Result<Tensor3, ModelError> {
+                let data = x
+                    .flatten_all()
+                    .and_then(|x| x.to_vec1::<f32>())
+                    .map_err(t_err)?;
+                Tensor3::new([c.kv_heads, 1, c.head_dim], data)
+                    .map_err(|e| ModelError::Tensor(e.to_string()))
+            };
+            cache.append(l, seq, &as3(&k)?, &as3(&v)?)?;
+            let qv = q
+                .flatten_all()
+                .and_then(|q| q.to_vec1::<f32>())
+                .map_err(t_err)?;
+            let out = cache.attend(l, &[QueryRef { seq, q: &qv }])?.concat();
+            let attn =
+                Tensor::from_vec(out, (1, c.q_heads * c.head_dim), &Device::Cpu).map_err(t_err)?;
+            let o = attn.matmul(&layer.o.t().map_err(t_err)?).map_err(t_err)?;
+            x = (x + o).map_err(t_err)?;
+            x = (&x + self.mlp(layer, &x)?).map_err(t_err)?;
+        }
+        self.logits(&x)
+    }
+}
+
+fn to_tensor3(x: &Tensor) -> Result<Tensor3, ModelError> {
+    let dims: [usize; 3] = x.dims3().map(|(a, b, c)| [a, b, c]).map_err(t_err)?;
+    let data = x
+        .to_dtype(DType::F32)
+        .and_then(|x| x.flatten_all())
+        .and_then(|x| x.to_vec1::<f32>())
+        .map_err(t_err)?;
+    Tensor3::new(dims, data).map_err(|e| ModelError::Tensor(e.to_string()))
+}
