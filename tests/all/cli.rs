@@ -303,3 +303,82 @@ fn demo_fails_cleanly_on_a_missing_capture() {
     assert!(stderr.contains("/nonexistent/kv.safetensors"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+mod eval_model {
+    use super::{assert_clean_failure, kvq, KEY, VALUE};
+
+    fn eval_model(extra: &[&str]) -> std::process::Output {
+        let prompt = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/prompts/harbour.txt");
+        let mut args = vec![
+            "eval-model",
+            "--key",
+            KEY,
+            "--value",
+            VALUE,
+            "--prompt-file",
+            prompt,
+        ];
+        args.extend_from_slice(extra);
+        kvq(&args)
+    }
+
+    #[test]
+    fn bad_inputs_fail_cleanly() {
+        for (extra, needle) in [
+            (vec!["--span", "10..5"], "is empty"),
+            (vec!["--span", "ten..20"], "--span start"),
+            (
+                vec!["--span", "10..20", "--model", "/nonexistent.gguf"],
+                "/nonexistent.gguf",
+            ),
+        ] {
+            assert_clean_failure(&eval_model(&extra), needle);
+        }
+        let out = kvq(&[
+            "eval-model",
+            "--key",
+            KEY,
+            "--value",
+            VALUE,
+            "--span",
+            "1..2",
+            "--prompt-file",
+            "/nonexistent.txt",
+        ]);
+        assert_clean_failure(&out, "/nonexistent.txt");
+    }
+
+    #[test]
+    fn reports_agreement_kl_perplexity_and_bytes() {
+        if kvq::model::default_model_path().is_none() {
+            eprintln!("SKIPPED: the SmolLM2 GGUF is not installed (run scripts/setup.sh)");
+            return;
+        }
+        let run = |extra: &[&str]| -> serde_json::Value {
+            let mut args = vec!["--span", "120..420", "--positions", "12", "--json"];
+            args.extend_from_slice(extra);
+            let out = eval_model(&args);
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            serde_json::from_slice(&out.stdout).unwrap()
+        };
+        let plain = run(&[]);
+        let calibrated = run(&["--calibrate", "3"]);
+        for r in [&plain, &calibrated] {
+            let top1 = r["top1_agreement"].as_f64().unwrap();
+            assert!((0.0..=1.0).contains(&top1), "{r}");
+            assert!(r["mean_kl"].as_f64().unwrap() >= 0.0, "{r}");
+            assert_eq!(r["positions"], 12);
+            // 300 tokens x 30 layers x 3 kv heads x 64 channels, K and V, in f16.
+            assert_eq!(r["span_f16_bytes"], 2 * 30 * 3 * 300 * 64 * 2);
+            let ratio = r["span_f16_bytes"].as_f64().unwrap() / r["span_bytes"].as_f64().unwrap();
+            assert!((14.0..16.0).contains(&ratio), "{r}");
+        }
+        // The full-precision side does not depend on the scheme; the quantized side does.
+        assert_eq!(plain["perplexity_fp"], calibrated["perplexity_fp"]);
+        assert_ne!(plain["mean_kl"], calibrated["mean_kl"]);
+    }
+}
