@@ -243,7 +243,7 @@ mod tests {
 
     #[test]
     fn bpe_merges_by_rank_and_round_trips() {
-        let tokens: Vec<String> = ["a", "b", "c", "ab", "abc", "Ġ", "Ġa"]
+        let tokens: Vec<String> = ["a", "b", "c", "ab", "abc", "Ġ", "Ġa", "<x>"]
             .iter()
             .map(|s| s.to_string())
             .collect();
@@ -251,11 +251,12 @@ mod tests {
             .iter()
             .map(|s| s.to_string())
             .collect();
-        let t = Tokenizer::new(tokens, &merges, &[2]);
+        let t = Tokenizer::new(tokens, &merges, &[7]);
         assert_eq!(t.encode("abc"), [4]);
-        // The special token `c` is kept whole even where a merge could take it.
-        assert_eq!(t.encode("cab"), [2, 3]);
         assert_eq!(t.encode("ab a"), [3, 6]);
+        // A special token in the text is kept whole, and splits the text around it.
+        assert_eq!(t.encode("a<x>abc"), [0, 7, 4]);
         assert_eq!(t.decode(&[3, 6]), "ab a");
+        assert_eq!(t.decode(&[0, 7, 4]), "a<x>abc");
     }
 }
