@@ -27,6 +27,9 @@ pub(super) struct Item {
     pub value_row_bytes: u32,
     pub v_codes: Value,
     pub v_params: Value,
+    /// The sequence's first chunk and its number of span chunks (U32).
+    pub chunk_base: Value,
+    pub span_chunks: Value,
     /// Locals: the scaled query `[g, d]`, post-scaled query `[g, d]`, bias `[g]`, byte tables
     /// `[row bytes, 256, g]` (when used), one token's codes as f32 `[d]`, logits `[tile, g]`,
     /// a scalar accumulator.

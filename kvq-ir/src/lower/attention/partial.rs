@@ -63,7 +63,7 @@ fn buffers(b: &mut Builder, scheme: &CacheScheme, stats_access: Access) -> Buffe
 }
 
 /// Declares the locals, decodes the work item and runs `body(b, item, chunk in sequence,
-/// sequence's field row)` for the threads that have one.
+/// whether that chunk is a span chunk)` for the threads that have one.
 fn work_item(
     b: &mut Builder,
     scheme: &CacheScheme,
@@ -114,6 +114,8 @@ fn work_item(
             value_row_bytes: d * scheme.value.bits.width() / 8,
             v_codes: field(b, f::V_CODES),
             v_params: field(b, f::V_PARAMS),
+            chunk_base: field(b, f::CHUNK_BASE),
+            span_chunks: field(b, f::SPAN_CHUNKS),
             q: locals[0],
             qs: locals[1],
             bias: locals[2],
@@ -122,10 +124,10 @@ fn work_item(
             logits: locals[4],
             sum: locals[5],
         };
-        let base = field(b, f::CHUNK_BASE);
-        let ci = b.sub(w, base);
+        let ci = b.sub(w, it.chunk_base);
+        let is_span = b.cmp(CmpOp::Lt, ci, it.span_chunks);
         load_query(b, &it, bufs.q, seq);
-        body(b, &it, ci, row);
+        body(b, &it, ci, is_span);
     });
 }
 
@@ -267,17 +269,13 @@ pub(super) fn lower(
         s,
         &bufs,
         [kv_heads, chunks],
-        |b, it, ci, row| {
+        |b, it, ci, is_span| {
             init(b, it, &st);
-            let at = b.u32(f::SPAN_CHUNKS);
-            let at = b.add(row, at);
-            let span_chunks = b.load(bufs.seqs, at, 1);
-            let is_span = b.cmp(CmpOp::Lt, ci, span_chunks);
             b.if_else(
                 is_span,
                 |b| {
                     if let Some(dcal) = scheme.calibrate {
-                        calibration(b, it, &bufs, row, calib, dcal.get(), st.m);
+                        calibration(b, it, &bufs, calib, dcal.get(), st.m);
                     }
                     let source = match scheme.calibrate {
                         Some(_) => Logits::Load(bufs.logits),
@@ -314,7 +312,7 @@ pub(super) fn lower(
                     });
                 },
                 |b| {
-                    let fci = b.sub(ci, span_chunks);
+                    let fci = b.sub(ci, it.span_chunks);
                     let start = times(b, fci, s.chunk);
                     let cn = b.u32(s.chunk);
                     let end = b.add(start, cn);
@@ -374,19 +372,13 @@ fn calibration(
     b: &mut Builder,
     it: &Item,
     bufs: &Buffers,
-    row: Value,
     [cmin, cfac]: [u32; 2],
     dcal: f32,
     running_max: u32,
 ) {
     let g = it.g;
-    let at = b.u32(f::CHUNK_BASE);
-    let at = b.add(row, at);
-    let first = b.load(bufs.seqs, at, 1);
-    let at = b.u32(f::SPAN_CHUNKS);
-    let at = b.add(row, at);
-    let n = b.load(bufs.seqs, at, 1);
-    let end = b.add(first, n);
+    let first = it.chunk_base;
+    let end = b.add(first, it.span_chunks);
     let z = b.u32(0);
     let gn = b.u32(g);
     b.for_range(z, gn, 1, |b, gi| {
@@ -481,11 +473,7 @@ pub(super) fn lower_stats(
         s,
         &bufs,
         [kv_heads, chunks],
-        |b, it, ci, row| {
-            let at = b.u32(f::SPAN_CHUNKS);
-            let at = b.add(row, at);
-            let span_chunks = b.load(bufs.seqs, at, 1);
-            let is_span = b.cmp(CmpOp::Lt, ci, span_chunks);
+        |b, it, ci, is_span| {
             b.if_then(is_span, |b| {
                 let z = b.u32(0);
                 let gn = b.u32(g);
