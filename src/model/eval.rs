@@ -7,8 +7,8 @@ use std::ops::Range;
 use kvq_runtime::{ModelShape, SpanQuantizer, VisualKvCache};
 use serde::Serialize;
 
-use super::{Model, ModelError};
-use crate::CacheScheme;
+use super::{Lane, Model, ModelError};
+use crate::{Axis, BitOrder, Bits, CacheScheme, Group, ParamType, Rule, Scheme, Tensor3};
 
 /// The comparison of one scheme against the full-precision cache on one prompt.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -47,10 +47,29 @@ fn argmax(x: &[f32]) -> usize {
         .0
 }
 
-/// Runs `tokens` with `span` quantized under `scheme` and in full precision: a full-precision
-/// prefill of `tokens[..span.end]`, both caches filled from it (the quantized one quantizes the
-/// span once), then `positions` decode steps teacher-forced with `tokens[span.end..]`.
-pub fn evaluate<Q: SpanQuantizer + Clone>(
+/// What one evaluated cache keeps of the span.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum SpanTreatment {
+    /// The span quantized once under a cache scheme.
+    Quantized(CacheScheme),
+    /// The span left out of attention altogether (the baseline any quantizer must beat).
+    Dropped,
+}
+
+/// The scheme of the caches that quantize nothing (the full-precision reference and a dropped
+/// span): a cache needs one, but with an empty span it never runs.
+const UNUSED: Scheme = Scheme {
+    bits: Bits::B8,
+    axis: Axis::Token,
+    group: Group::All,
+    rule: Rule::MinMax,
+    params: ParamType::F32,
+    order: BitOrder::Msb,
+};
+
+/// Runs `tokens` with `span` quantized under `scheme` and in full precision (see
+/// [`evaluate_many`]).
+pub fn evaluate<Q: SpanQuantizer + Clone + Send>(
     model: &Model,
     scheme: CacheScheme,
     quantizer: Q,
@@ -58,6 +77,23 @@ pub fn evaluate<Q: SpanQuantizer + Clone>(
     span: Range<usize>,
     positions: usize,
 ) -> Result<ModelEval, ModelError> {
+    let treatments = [SpanTreatment::Quantized(scheme)];
+    let mut r = evaluate_many(model, &treatments, quantizer, tokens, span, positions)?;
+    Ok(r.remove(0))
+}
+
+/// Runs `tokens` once per treatment of `span` and once in full precision: a full-precision
+/// prefill of `tokens[..span.end]` fills every cache (each quantizes the span once, or leaves
+/// it out), then `positions` decode steps teacher-forced with `tokens[span.end..]` run in all
+/// caches together ([`Model::decode_lanes`]). Returns one comparison per treatment, in order.
+pub fn evaluate_many<Q: SpanQuantizer + Clone + Send>(
+    model: &Model,
+    treatments: &[SpanTreatment],
+    quantizer: Q,
+    tokens: &[u32],
+    span: Range<usize>,
+    positions: usize,
+) -> Result<Vec<ModelEval>, ModelError> {
     if span.start >= span.end || span.end + positions + 1 > tokens.len() || positions == 0 {
         return Err(ModelError::Input(format!(
             "span {span:?} and {positions} positions need a span of at least one token and \
@@ -74,38 +110,86 @@ pub fn evaluate<Q: SpanQuantizer + Clone>(
         head_dim: c.head_dim,
     };
     let (kv, _) = model.prefill(&tokens[..span.end])?;
-    let mut quant = VisualKvCache::new(shape, scheme, quantizer.clone())?;
-    let mut full = VisualKvCache::new(shape, scheme, quantizer)?;
-    let (sq, sf) = (quant.add_sequence(), full.add_sequence());
-    for (l, (k, v)) in kv.iter().enumerate() {
-        quant.prefill(l, sq, k, v, span.clone())?;
-        full.prefill(l, sf, k, v, 0..0)?;
+    let plain = CacheScheme {
+        key: UNUSED,
+        value: UNUSED,
+        calibrate: None,
+    };
+    // Cache 0 is the full-precision reference; cache i + 1 runs treatment i.
+    let mut caches = Vec::with_capacity(treatments.len() + 1);
+    for t in std::iter::once(None).chain(treatments.iter().map(Some)) {
+        let scheme = match t {
+            Some(SpanTreatment::Quantized(s)) => *s,
+            _ => plain,
+        };
+        let mut cache = VisualKvCache::new(shape, scheme, quantizer.clone())?;
+        let seq = cache.add_sequence();
+        for (l, (k, v)) in kv.iter().enumerate() {
+            match t {
+                None => cache.prefill(l, seq, k, v, 0..0)?,
+                Some(SpanTreatment::Quantized(_)) => cache.prefill(l, seq, k, v, span.clone())?,
+                Some(SpanTreatment::Dropped) => {
+                    // The prefill holds tokens[..span.end]: what precedes the span is kept.
+                    let kept = |x: &Tensor3| {
+                        x.slice_tokens(0..span.start).map_err(|_| {
+                            ModelError::Input(format!(
+                                "dropping span {span:?} leaves no prompt tokens before it"
+                            ))
+                        })
+                    };
+                    cache.prefill(l, seq, &kept(k)?, &kept(v)?, 0..0)?
+                }
+            }
+        }
+        caches.push((cache, seq));
     }
-    let (mut agree, mut kl, mut nll_q, mut nll_f) = (0usize, 0.0f64, 0.0f64, 0.0f64);
+    let mut sums = vec![Sums::default(); treatments.len()];
+    let mut nll_full = 0.0f64;
     for p in span.end..span.end + positions {
-        let lq = model.decode(&mut quant, sq, tokens[p], p)?;
-        let lf = model.decode(&mut full, sf, tokens[p], p)?;
-        agree += usize::from(argmax(&lq) == argmax(&lf));
-        let (a, b) = (log_softmax(&lf), log_softmax(&lq));
-        kl += a
-            .iter()
-            .zip(&b)
-            .map(|(x, y)| x.exp() * (x - y))
-            .sum::<f64>();
+        let mut lanes: Vec<Lane<'_, Q>> = caches
+            .iter_mut()
+            .map(|(cache, seq)| Lane { cache, seq: *seq })
+            .collect();
+        let logits = model.decode_lanes(&mut lanes, tokens[p], p)?;
         let next = tokens[p + 1] as usize;
-        nll_q -= b[next];
-        nll_f -= a[next];
+        let full = log_softmax(&logits[0]);
+        let top_full = argmax(&logits[0]);
+        nll_full -= full[next];
+        for (sum, l) in sums.iter_mut().zip(&logits[1..]) {
+            let lq = log_softmax(l);
+            sum.agree += usize::from(argmax(l) == top_full);
+            sum.kl += full
+                .iter()
+                .zip(&lq)
+                .map(|(x, y)| x.exp() * (x - y))
+                .sum::<f64>();
+            sum.nll -= lq[next];
+        }
     }
     let n = positions as f64;
-    let mem = quant.memory().total;
-    let span_tokens = span.len();
-    Ok(ModelEval {
-        positions,
-        top1_agreement: agree as f64 / n,
-        mean_kl: kl / n,
-        perplexity: (nll_q / n).exp(),
-        perplexity_fp: (nll_f / n).exp(),
-        span_bytes: mem.span_code_bytes + mem.span_param_bytes,
-        span_f16_bytes: 2 * c.layers * c.kv_heads * span_tokens * c.head_dim * 2,
-    })
+    let span_f16_bytes = 2 * c.layers * c.kv_heads * span.len() * c.head_dim * 2;
+    Ok(sums
+        .iter()
+        .zip(&caches[1..])
+        .map(|(sum, (cache, _))| {
+            let mem = cache.memory().total;
+            ModelEval {
+                positions,
+                top1_agreement: sum.agree as f64 / n,
+                mean_kl: sum.kl / n,
+                perplexity: (sum.nll / n).exp(),
+                perplexity_fp: (nll_full / n).exp(),
+                span_bytes: mem.span_code_bytes + mem.span_param_bytes,
+                span_f16_bytes,
+            }
+        })
+        .collect())
+}
+
+/// Running sums of one treatment's comparison.
+#[derive(Debug, Clone, Default)]
+struct Sums {
+    agree: usize,
+    kl: f64,
+    nll: f64,
 }

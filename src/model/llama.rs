@@ -7,6 +7,7 @@ use std::path::Path;
 use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Tensor, D};
 use kvq_runtime::{CacheError, QueryRef, SeqId, SpanQuantizer, VisualKvCache};
+use rayon::prelude::*;
 use thiserror::Error;
 
 use super::Tokenizer;
@@ -72,6 +73,8 @@ pub struct Config {
 /// head_dim]` (keys after the rotary embedding) and the last position's logits.
 pub type Prefill = (Vec<(Tensor3, Tensor3)>, Vec<f32>);
 
+/// One decoder layer; the projection matrices are stored transposed (`[in, out]`, contiguous),
+/// the layout the matrix products read fastest.
 struct Layer {
     attn_norm: Tensor,
     q: Tensor,
@@ -91,6 +94,8 @@ pub struct Model {
     /// The GGUF's tokenizer.
     pub tokenizer: Tokenizer,
     embed: Tensor,
+    /// The output projection (tied to the embeddings), `[hidden, vocab]`.
+    embed_t: Tensor,
     layers: Vec<Layer>,
     norm: Tensor,
 }
@@ -177,22 +182,24 @@ impl Model {
         let mut layers = Vec::with_capacity(config.layers);
         for i in 0..config.layers {
             let mut w = |n: &str| tensor(&format!("blk.{i}.{n}.weight"));
+            let mut wt = |n: &str| transposed(w(n)?);
             layers.push(Layer {
+                q: wt("attn_q")?,
+                k: wt("attn_k")?,
+                v: wt("attn_v")?,
+                o: wt("attn_output")?,
+                gate: wt("ffn_gate")?,
+                up: wt("ffn_up")?,
+                down: wt("ffn_down")?,
                 attn_norm: w("attn_norm")?,
-                q: w("attn_q")?,
-                k: w("attn_k")?,
-                v: w("attn_v")?,
-                o: w("attn_output")?,
                 ffn_norm: w("ffn_norm")?,
-                gate: w("ffn_gate")?,
-                up: w("ffn_up")?,
-                down: w("ffn_down")?,
             });
         }
         let norm = tensor("output_norm.weight")?;
         Ok(Model {
             config,
             tokenizer,
+            embed_t: transposed(embed.clone())?,
             embed,
             layers,
             norm,
@@ -222,9 +229,9 @@ impl Model {
         .map_err(t_err)
     }
 
-    /// Rotary embedding on interleaved pairs of `x` = `[tokens, heads * head_dim]` for positions
-    /// `first..first + tokens`.
-    fn rope(&self, x: &Tensor, first: usize) -> Result<Tensor, ModelError> {
+    /// Rotary embedding on interleaved pairs of `x` = `[rows, heads * head_dim]`, row `i` at
+    /// position `position(i)`.
+    fn rope(&self, x: &Tensor, position: impl Fn(usize) -> usize) -> Result<Tensor, ModelError> {
         let (t, width) = x.dims2().map_err(t_err)?;
         let d = self.config.head_dim;
         let mut data = x
@@ -232,7 +239,7 @@ impl Model {
             .and_then(|x| x.to_vec1::<f32>())
             .map_err(t_err)?;
         for (i, row) in data.chunks_mut(width).enumerate() {
-            let pos = (first + i) as f32;
+            let pos = position(i) as f32;
             for head in row.chunks_mut(d) {
                 for (j, pair) in head.chunks_mut(2).enumerate() {
                     let freq = self.config.rope_base.powf(-2.0 * j as f32 / d as f32);
@@ -249,9 +256,9 @@ impl Model {
     fn mlp(&self, layer: &Layer, x: &Tensor) -> Result<Tensor, ModelError> {
         let h = self.rms_norm(x, &layer.ffn_norm)?;
         (|| {
-            let g = h.matmul(&layer.gate.t()?)?.silu()?;
-            let u = h.matmul(&layer.up.t()?)?;
-            (g * u)?.matmul(&layer.down.t()?)
+            let g = h.matmul(&layer.gate)?.silu()?;
+            let u = h.matmul(&layer.up)?;
+            (g * u)?.matmul(&layer.down)
         })()
         .map_err(t_err)
     }
@@ -287,9 +294,9 @@ impl Model {
         let mut kv = Vec::with_capacity(c.layers);
         for layer in &self.layers {
             let h = self.rms_norm(&x, &layer.attn_norm)?;
-            let proj = |w: &Tensor| h.matmul(&w.t()?);
-            let q = self.rope(&proj(&layer.q).map_err(t_err)?, 0)?;
-            let k = self.rope(&proj(&layer.k).map_err(t_err)?, 0)?;
+            let proj = |w: &Tensor| h.matmul(w);
+            let q = self.rope(&proj(&layer.q).map_err(t_err)?, |i| i)?;
+            let k = self.rope(&proj(&layer.k).map_err(t_err)?, |i| i)?;
             let v = proj(&layer.v).map_err(t_err)?;
             let (q, k, v) = (
                 self.heads(&q, c.q_heads)?,
@@ -316,7 +323,7 @@ impl Model {
                     .reshape((t, c.q_heads * c.head_dim))
             })()
             .map_err(t_err)?;
-            let o = attn.matmul(&layer.o.t().map_err(t_err)?).map_err(t_err)?;
+            let o = attn.matmul(&layer.o).map_err(t_err)?;
             x = (x + o).map_err(t_err)?;
             x = (&x + self.mlp(layer, &x)?).map_err(t_err)?;
         }
@@ -326,7 +333,7 @@ impl Model {
 
     fn logits(&self, x: &Tensor) -> Result<Vec<f32>, ModelError> {
         let h = self.rms_norm(x, &self.norm)?;
-        h.matmul(&self.embed.t().map_err(t_err)?)
+        h.matmul(&self.embed_t)
             .and_then(|l| l.flatten_all())
             .and_then(|l| l.to_vec1::<f32>())
             .map_err(t_err)
@@ -334,43 +341,86 @@ impl Model {
 
     /// One decode step of `token` at position `pos` for `seq`: its keys and values are appended
     /// to the cache at every layer and its attention is the cache's; returns the logits.
-    pub fn decode<Q: SpanQuantizer>(
+    pub fn decode<Q: SpanQuantizer + Send>(
         &self,
         cache: &mut VisualKvCache<Q>,
         seq: SeqId,
         token: u32,
         pos: usize,
     ) -> Result<Vec<f32>, ModelError> {
+        let mut lanes = [Lane { cache, seq }];
+        Ok(self.decode_lanes(&mut lanes, token, pos)?.remove(0))
+    }
+
+    /// One decode step of the same `token` at position `pos` in several caches at once (the
+    /// projections run as one matrix product over the lanes, so the weights are read once);
+    /// each lane's attention is its own cache's. Returns each lane's logits.
+    pub fn decode_lanes<Q: SpanQuantizer + Send>(
+        &self,
+        lanes: &mut [Lane<'_, Q>],
+        token: u32,
+        pos: usize,
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
         let c = self.config;
-        let mut x = self.embed_tokens(&[token])?;
+        let n = lanes.len();
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let (kv_width, q_width) = (c.kv_heads * c.head_dim, c.q_heads * c.head_dim);
+        let mut x = self
+            .embed_tokens(&[token])?
+            .broadcast_as((n, c.hidden))
+            .and_then(|x| x.contiguous())
+            .map_err(t_err)?;
         for (l, layer) in self.layers.iter().enumerate() {
             let h = self.rms_norm(&x, &layer.attn_norm)?;
-            let proj = |w: &Tensor| h.matmul(&w.t()?);
-            let q = self.rope(&proj(&layer.q).map_err(t_err)?, pos)?;
-            let k = self.rope(&proj(&layer.k).map_err(t_err)?, pos)?;
-            let v = proj(&layer.v).map_err(t_err)?;
-            let as3 = |x: &Tensor| -> Result<Tensor3, ModelError> {
-                let data = x
-                    .flatten_all()
+            let proj = |w: &Tensor| h.matmul(w);
+            let rows = |x: Tensor| -> Result<Vec<f32>, ModelError> {
+                x.flatten_all()
                     .and_then(|x| x.to_vec1::<f32>())
-                    .map_err(t_err)?;
-                Tensor3::new([c.kv_heads, 1, c.head_dim], data)
-                    .map_err(|e| ModelError::Tensor(e.to_string()))
+                    .map_err(t_err)
             };
-            cache.append(l, seq, &as3(&k)?, &as3(&v)?)?;
-            let qv = q
-                .flatten_all()
-                .and_then(|q| q.to_vec1::<f32>())
-                .map_err(t_err)?;
-            let out = cache.attend(l, &[QueryRef { seq, q: &qv }])?.concat();
-            let attn =
-                Tensor::from_vec(out, (1, c.q_heads * c.head_dim), &Device::Cpu).map_err(t_err)?;
-            let o = attn.matmul(&layer.o.t().map_err(t_err)?).map_err(t_err)?;
+            let q = rows(self.rope(&proj(&layer.q).map_err(t_err)?, |_| pos)?)?;
+            let k = rows(self.rope(&proj(&layer.k).map_err(t_err)?, |_| pos)?)?;
+            let v = rows(proj(&layer.v).map_err(t_err)?)?;
+            // Each lane appends to and attends over its own cache, lanes in parallel.
+            let per_lane = lanes
+                .par_iter_mut()
+                .enumerate()
+                .map(|(i, lane)| -> Result<Vec<f32>, ModelError> {
+                    let as3 = |x: &[f32]| {
+                        Tensor3::new([c.kv_heads, 1, c.head_dim], x.to_vec())
+                            .map_err(|e| ModelError::Tensor(e.to_string()))
+                    };
+                    let row = i * kv_width..(i + 1) * kv_width;
+                    lane.cache
+                        .append(l, lane.seq, &as3(&k[row.clone()])?, &as3(&v[row])?)?;
+                    let q = &q[i * q_width..(i + 1) * q_width];
+                    let seq = lane.seq;
+                    Ok(lane.cache.attend(l, &[QueryRef { seq, q }])?.concat())
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let out = per_lane.concat();
+            let attn = Tensor::from_vec(out, (n, q_width), &Device::Cpu).map_err(t_err)?;
+            let o = attn.matmul(&layer.o).map_err(t_err)?;
             x = (x + o).map_err(t_err)?;
             x = (&x + self.mlp(layer, &x)?).map_err(t_err)?;
         }
-        self.logits(&x)
+        let logits = self.logits(&x)?;
+        Ok(logits.chunks(c.vocab).map(<[f32]>::to_vec).collect())
     }
+}
+
+/// One cache and sequence that a [`Model::decode_lanes`] step runs in.
+pub struct Lane<'a, Q: SpanQuantizer> {
+    /// The cache.
+    pub cache: &'a mut VisualKvCache<Q>,
+    /// The sequence within it.
+    pub seq: SeqId,
+}
+
+fn transposed(w: Tensor) -> Result<Tensor, ModelError> {
+    w.t().and_then(|w| w.contiguous()).map_err(t_err)
 }
 
 fn to_tensor3(x: &Tensor) -> Result<Tensor3, ModelError> {
@@ -381,4 +431,10 @@ fn to_tensor3(x: &Tensor) -> Result<Tensor3, ModelError> {
         .and_then(|x| x.to_vec1::<f32>())
         .map_err(t_err)?;
     Tensor3::new(dims, data).map_err(|e| ModelError::Tensor(e.to_string()))
+}
+
+impl<Q: SpanQuantizer> std::fmt::Debug for Lane<'_, Q> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lane").field("seq", &self.seq).finish()
+    }
 }

@@ -11,8 +11,8 @@ mod eval;
 mod llama;
 mod tokenizer;
 
-pub use eval::{evaluate, ModelEval};
-pub use llama::{Config, Model, ModelError, Prefill};
+pub use eval::{evaluate, evaluate_many, ModelEval, SpanTreatment};
+pub use llama::{Config, Lane, Model, ModelError, Prefill};
 pub use tokenizer::Tokenizer;
 
 use std::path::PathBuf;
