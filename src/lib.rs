@@ -21,6 +21,8 @@ pub mod attention;
 pub mod backend;
 pub mod eval;
 pub mod model;
+pub mod report;
+pub mod study;
 pub mod tune;
 
 pub use kvq_ir::lower;

@@ -1,28 +1,32 @@
 //! `kvq eval-model`: SmolLM2-135M with a quantized span in its cache, against the
-//! full-precision cache on the same prompt (`kvq::model::evaluate`).
+//! full-precision cache on the same prompt(s) (`kvq::model::evaluate_many`), with the span
+//! dropped from attention as the baseline.
 
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use kvq::backend::HostSpanQuantizer;
-use kvq::model::{default_model_path, evaluate, Model};
+use kvq::model::{Model, SpanTreatment};
+use kvq::study::{load_study, run_study, Entry, EntryResult, StudyPrompt};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(flatten)]
     pair: super::pair::PairArgs,
+    /// A study manifest (e.g. docs/prompts/study.json): several prompts, each with its span and
+    /// positions; the figures are means over them.
+    #[arg(long, conflicts_with_all = ["span", "prompt_file"])]
+    prompts: Option<PathBuf>,
     /// The quantized span, in prompt tokens: START..END.
-    #[arg(long)]
-    span: String,
+    #[arg(long, required_unless_present = "prompts")]
+    span: Option<String>,
     /// The prompt (text; special tokens such as <|im_start|> are kept whole).
-    #[arg(long)]
-    prompt_file: PathBuf,
-    /// Teacher-forced positions after the span to compare.
+    #[arg(long, required_unless_present = "prompts")]
+    prompt_file: Option<PathBuf>,
+    /// Teacher-forced positions after the span to compare (with --prompt-file).
     #[arg(long, default_value_t = 100)]
     positions: usize,
-    /// The GGUF (default: $KVQ_SMOLLM2, else the one scripts/setup.sh installs into .venv).
-    #[arg(long)]
-    model: Option<PathBuf>,
+    #[command(flatten)]
+    model: super::model_args::ModelArgs,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -42,54 +46,83 @@ fn parse_span(text: &str) -> Result<std::ops::Range<usize>> {
     Ok(a..b)
 }
 
+fn prompts(args: &Args) -> Result<Vec<StudyPrompt>> {
+    if let Some(manifest) = &args.prompts {
+        return Ok(load_study(manifest)?);
+    }
+    let (Some(file), Some(span)) = (&args.prompt_file, &args.span) else {
+        bail!("give --prompt-file and --span, or --prompts");
+    };
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    Ok(vec![StudyPrompt {
+        name: file
+            .file_stem()
+            .map_or_else(String::new, |s| s.to_string_lossy().into_owned()),
+        text,
+        span: parse_span(span)?,
+        positions: args.positions,
+    }])
+}
+
 pub fn run(args: Args) -> Result<()> {
     let scheme = args.pair.scheme()?;
-    let span = parse_span(&args.span)?;
-    let path = match args.model.or_else(default_model_path) {
-        Some(p) => p,
-        None => bail!("the SmolLM2 GGUF is not installed: run scripts/setup.sh, or pass --model"),
-    };
-    let text = std::fs::read_to_string(&args.prompt_file)
-        .with_context(|| format!("reading {}", args.prompt_file.display()))?;
-    let model = Model::load(&path)?;
-    let tokens = model.tokenizer.encode(&text);
-    let r = evaluate(
-        &model,
-        scheme,
-        HostSpanQuantizer,
-        &tokens,
-        span.clone(),
-        args.positions,
-    )?;
+    let prompts = prompts(&args)?;
+    let model = Model::load(&args.model.path()?)?;
+    let entries = [
+        Entry {
+            name: scheme.to_string(),
+            family: "",
+            treatment: SpanTreatment::Quantized(scheme),
+        },
+        Entry {
+            name: "span dropped".into(),
+            family: "",
+            treatment: SpanTreatment::Dropped,
+        },
+    ];
+    let results = run_study(&model, &prompts, &entries, |_| {})?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        println!("{}", serde_json::to_string_pretty(&results)?);
         return Ok(());
     }
+    let [quantized, dropped] = &results[..] else {
+        bail!("expected two results");
+    };
     println!("{scheme}");
+    for (i, p) in prompts.iter().enumerate() {
+        let (q, d) = (&quantized.prompts[i], &dropped.prompts[i]);
+        println!(
+            "{:<12} span {}..{}, {} positions: top-1 {:5.1}% (span dropped {:5.1}%), \
+             KL {:.4}, perplexity {:.3} (fp {:.3})",
+            p.name,
+            p.span.start,
+            p.span.end,
+            q.positions,
+            100.0 * q.top1_agreement,
+            100.0 * d.top1_agreement,
+            q.mean_kl,
+            q.perplexity,
+            q.perplexity_fp
+        );
+    }
+    summary("quantized", quantized);
+    summary("span dropped", dropped);
     println!(
-        "prompt {} tokens, span {}..{} quantized, {} teacher-forced positions after it",
-        tokens.len(),
-        span.start,
-        span.end,
-        r.positions
-    );
-    println!(
-        "  top-1 agreement with full precision  {:.1}%",
-        100.0 * r.top1_agreement
-    );
-    println!(
-        "  mean KL(full || quantized)           {:.4} nats",
-        r.mean_kl
-    );
-    println!(
-        "  perplexity of the continuation       {:.3} (full precision {:.3})",
-        r.perplexity, r.perplexity_fp
-    );
-    println!(
-        "  span K/V bytes                       {} vs {} in f16 ({:.1}x smaller)",
-        r.span_bytes,
-        r.span_f16_bytes,
-        r.span_f16_bytes as f64 / r.span_bytes.max(1) as f64
+        "span K/V: {:.3} bits per element ({:.1}x smaller than f16)",
+        quantized.bits_per_element,
+        16.0 / quantized.bits_per_element.max(f64::MIN_POSITIVE)
     );
     Ok(())
+}
+
+fn summary(what: &str, r: &EntryResult) {
+    println!(
+        "mean over {} prompt(s), {what:<12}: top-1 agreement {:5.1}%, KL {:.4} nats, \
+         perplexity / fp {:.3}",
+        r.prompts.len(),
+        100.0 * r.mean_top1,
+        r.mean_kl,
+        r.mean_perplexity_ratio
+    );
 }

@@ -5,8 +5,10 @@ mod compile;
 mod demo;
 mod eval;
 mod eval_model;
+mod model_args;
 mod pair;
 mod quantize;
+mod report;
 mod tune;
 mod tune_attention;
 
@@ -52,6 +54,8 @@ enum Command {
     Eval(eval::Args),
     /// Compile a scheme pair's kernels for a GPU architecture or the host, with a manifest.
     Compile(compile::Args),
+    /// The ablation on SmolLM2 (multi-prompt study) and on K/V captures, as an HTML report.
+    Report(report::Args),
     /// Quantize one layer's K or V of a capture and write codes and parameters (SPEC.md section 3).
     Quantize(quantize::Args),
     /// Time every host quantize schedule of a scheme and record the fastest in a tuning table.
@@ -69,6 +73,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::EvalModel(args) => eval_model::run(args),
         Command::Compile(args) => compile::run(args),
         Command::Quantize(args) => quantize::run(args),
+        Command::Report(args) => report::run(args),
         Command::Tune(args) => tune::run(args),
         Command::TuneAttention(args) => tune_attention::run(args),
     }

@@ -363,7 +363,11 @@ mod eval_model {
                 "{}",
                 String::from_utf8_lossy(&out.stderr)
             );
-            serde_json::from_slice(&out.stdout).unwrap()
+            // [the scheme, the span dropped], each with one prompt's figures.
+            let all: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(all[1]["treatment"], "dropped");
+            assert_eq!(all[1]["bits_per_element"], 0.0);
+            all[0]["prompts"][0].clone()
         };
         let plain = run(&[]);
         let calibrated = run(&["--calibrate", "3"]);

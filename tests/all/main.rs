@@ -10,6 +10,7 @@ mod fixtures;
 mod model;
 mod properties;
 mod reference_figures;
+mod report;
 mod snapshots;
 mod strategies;
 mod tune;

@@ -1,0 +1,90 @@
+//! `kvq report`: the ablation on SmolLM2 over the study's prompts and on the K/V captures,
+//! written as `index.html` (charts) and `results.json` under `--out`, and printed as a table.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use kvq::model::Model;
+use kvq::report::{capture_rows, html, PromptInfo, Report};
+use kvq::study::{ablation, load_study, run_study};
+use kvq_runtime::KvFile;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The study manifest.
+    #[arg(long, default_value = "docs/prompts/study.json")]
+    prompts: PathBuf,
+    /// K/V captures for the error metrics (safetensors, as `kvq eval --kv` reads).
+    #[arg(
+        long,
+        num_args = 1..,
+        default_values = [
+            "tests/data/dinov2s_astronaut_qkv_f16.safetensors",
+            "tests/data/smollm2_zen_qkv_f16.safetensors",
+        ]
+    )]
+    captures: Vec<PathBuf>,
+    /// At most this many positions per prompt (default: the manifest's).
+    #[arg(long)]
+    max_positions: Option<usize>,
+    /// Output folder.
+    #[arg(long, default_value = "docs/report")]
+    out: PathBuf,
+    #[command(flatten)]
+    model: super::model_args::ModelArgs,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let entries = ablation();
+    let mut prompts = load_study(&args.prompts)?;
+    if let Some(cap) = args.max_positions {
+        for p in &mut prompts {
+            p.positions = p.positions.min(cap.max(1));
+        }
+    }
+    let mut captures = Vec::new();
+    for path in &args.captures {
+        let file = KvFile::load(path)?;
+        let name = path
+            .file_stem()
+            .map_or_else(String::new, |s| s.to_string_lossy().into_owned());
+        captures.extend(capture_rows(&name, &file, &entries)?);
+    }
+    let model = Model::load(&args.model.path()?)?;
+    eprintln!(
+        "{} entries on {} prompts (each prompt: one prefill, then all entries' caches decode \
+         together)",
+        entries.len(),
+        prompts.len()
+    );
+    let results = run_study(&model, &prompts, &entries, |i| {
+        eprintln!("  prompt {} ({}) done", i + 1, prompts[i].name);
+    })?;
+    let report = Report {
+        prompts: prompts.iter().map(PromptInfo::from).collect(),
+        model: results,
+        captures,
+    };
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let page = args.out.join("index.html");
+    std::fs::write(&page, html(&report, &entries))
+        .with_context(|| format!("writing {}", page.display()))?;
+    let json = args.out.join("results.json");
+    std::fs::write(&json, serde_json::to_string_pretty(&report)? + "\n")
+        .with_context(|| format!("writing {}", json.display()))?;
+    println!("| entry | bits/elt | mean top-1 | mean KL | ppl ratio |");
+    println!("| --- | ---: | ---: | ---: | ---: |");
+    for r in &report.model {
+        println!(
+            "| {} | {:.3} | {:.1}% | {:.4} | {:.3} |",
+            r.name,
+            r.bits_per_element,
+            100.0 * r.mean_top1,
+            r.mean_kl,
+            r.mean_perplexity_ratio
+        );
+    }
+    println!("wrote {} and {}", page.display(), json.display());
+    Ok(())
+}

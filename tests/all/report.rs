@@ -1,0 +1,190 @@
+//! `kvq report` and `kvq eval-model --prompts`: the study manifest's errors, the report's files,
+//! its capture metrics against the independent `reference.json`, and its model figures' shape.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+use crate::fixtures::{data, dinov2};
+
+fn kvq(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kvq"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn scratch(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("kvq-report-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn prompt(name: &str) -> String {
+    format!("{}/docs/prompts/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn failure(out: &Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "succeeded: {stderr}");
+    assert!(stderr.starts_with("error: "), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.contains(needle), "expected {needle:?} in {stderr}");
+}
+
+#[test]
+fn bad_manifests_fail_cleanly() {
+    let harbour = prompt("harbour.txt");
+    for (name, text, needle) in [
+        ("broken.json", "{\"prompts\": [".to_string(), "broken.json"),
+        ("empty.json", "{\"prompts\": []}".to_string(), "no prompts"),
+        (
+            "reversed.json",
+            format!(
+                r#"{{"prompts": [{{"file": "{harbour}", "span": [50, 10], "positions": 5}}]}}"#
+            ),
+            "non-empty span",
+        ),
+        (
+            "missing.json",
+            r#"{"prompts": [{"file": "nowhere.txt", "span": [1, 2], "positions": 5}]}"#.into(),
+            "nowhere.txt",
+        ),
+    ] {
+        let manifest = scratch(name, &text);
+        let m = manifest.to_str().unwrap();
+        failure(
+            &kvq(&["report", "--prompts", m, "--out", "/tmp/unused"]),
+            needle,
+        );
+        failure(
+            &kvq(&[
+                "eval-model",
+                "--key",
+                "bits = 1, axis = channel, group = all, rule = minmax",
+                "--value",
+                "bits = 1, axis = channel, group = all, rule = minmax",
+                "--prompts",
+                m,
+            ]),
+            needle,
+        );
+    }
+}
+
+/// The reference.json entry of `capture` with exactly these key and value schemes.
+fn reference_mean(reference: &Value, capture: &str, key: &str, value: &str) -> Option<Value> {
+    let canon = |s: &str| kvq::Scheme::parse(s).unwrap();
+    reference.as_array().unwrap().iter().find_map(|e| {
+        let same = e["file"].as_str()?.starts_with(capture)
+            && canon(e["key"].as_str()?) == canon(key)
+            && canon(e["value"].as_str()?) == canon(value);
+        same.then(|| e["mean"].clone())
+    })
+}
+
+#[test]
+fn report_writes_charts_and_figures() {
+    if kvq::model::default_model_path().is_none() {
+        eprintln!("SKIPPED: the SmolLM2 GGUF is not installed (run scripts/setup.sh)");
+        return;
+    }
+    let manifest = scratch(
+        "one.json",
+        &format!(
+            r#"{{"prompts": [{{"file": "{}", "span": [120, 550], "positions": 300}}]}}"#,
+            prompt("harbour.txt")
+        ),
+    );
+    let out_dir = manifest.parent().unwrap().join("report");
+    let out = kvq(&[
+        "report",
+        "--prompts",
+        manifest.to_str().unwrap(),
+        "--max-positions",
+        "4",
+        "--captures",
+        dinov2().to_str().unwrap(),
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("results.json")).unwrap())
+            .unwrap();
+    let entries = kvq::study::ablation();
+    let model = r["model"].as_array().unwrap();
+    assert_eq!(model.len(), entries.len());
+    for (e, m) in entries.iter().zip(model) {
+        assert_eq!(m["name"], e.name.as_str());
+        let p = &m["prompts"][0];
+        assert_eq!(p["positions"], 4);
+        let top1 = m["mean_top1"].as_f64().unwrap();
+        assert!(
+            (0.0..=1.0).contains(&top1) && m["mean_kl"].as_f64().unwrap() >= 0.0,
+            "{m}"
+        );
+        // 1-bit codes plus f16 parameters per channel: just over 1 bit; dropped: nothing.
+        let bits = m["bits_per_element"].as_f64().unwrap();
+        match m["treatment"].as_str().unwrap() {
+            "dropped" => assert_eq!(bits, 0.0),
+            t if t.contains("bits = 1, axis = channel") && t.matches("bits = 1").count() == 2 => {
+                assert!((1.0..1.2).contains(&bits), "{m}")
+            }
+            _ => assert!(bits > 1.0, "{m}"),
+        }
+    }
+    // The capture metrics of every pair that reference.json has (computed outside kvq).
+    let reference: Value =
+        serde_json::from_str(&std::fs::read_to_string(data("reference.json")).unwrap()).unwrap();
+    let mut checked = 0;
+    for row in r["captures"].as_array().unwrap() {
+        let name = row["name"].as_str().unwrap();
+        let treatment = model.iter().find(|m| m["name"] == name).unwrap()["treatment"]
+            .as_str()
+            .unwrap();
+        let (key, value) = split_pair(treatment);
+        if let Some(mean) = reference_mean(&reference, "dinov2", &key, &value) {
+            for (metric, tol) in [("k_rel", 1e-5), ("v_rel", 1e-5), ("attn_out_rel", 1e-4)] {
+                let (ours, want) = (
+                    row[metric].as_f64().unwrap(),
+                    mean[metric].as_f64().unwrap(),
+                );
+                assert!(
+                    (ours - want).abs() <= tol * want.max(1.0),
+                    "{name} {metric}: {ours} vs {want}"
+                );
+            }
+            checked += 1;
+        }
+    }
+    // CalibQuant, shrink mid, quantile(0.2/0.25), KIVI-like, 4-bit, minmax.
+    assert_eq!(checked, 6);
+    let page = std::fs::read_to_string(out_dir.join("index.html")).unwrap();
+    assert!(page.matches("<svg").count() >= 4, "charts missing");
+    for e in &entries {
+        assert!(
+            page.contains(&e.name.replace('<', "&lt;")),
+            "{} missing",
+            e.name
+        );
+    }
+}
+
+/// `key(...), value(...)[, calibrate = d]` as the key and value scheme texts.
+fn split_pair(text: &str) -> (String, String) {
+    let key = text.strip_prefix("key(").unwrap();
+    let (key, rest) = key.split_once("), value(").unwrap();
+    let value = match rest.split_once("), calibrate") {
+        Some((v, _)) => v,
+        None => rest.strip_suffix(')').unwrap(),
+    };
+    (key.to_string(), value.to_string())
+}
