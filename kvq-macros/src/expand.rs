@@ -112,6 +112,7 @@ fn rule(r: &Rule) -> TokenStream {
             );
             quote!(::kvq::__private::Rule::Quantile(#p))
         }
+        Rule::Mse => quote!(::kvq::__private::Rule::Mse),
     }
 }
 

@@ -140,6 +140,7 @@ catalogue_tests!(
     kivi2_k_lsb_f32,
     tok4,
     tok8,
+    mse1,
 );
 
 #[test]

@@ -24,6 +24,8 @@ pub fn scheme_strategy(sizes: Vec<u32>) -> impl Strategy<Value = Scheme> {
             center: Center::Mid
         }),
         (0.0f64..0.5).prop_map(|p| Rule::Quantile(Quantile::new(p).unwrap())),
+        // The parser takes mse with bits = 1 only; built directly, every width lowers.
+        Just(Rule::Mse),
     ];
     let params = prop_oneof![Just(ParamType::F16), Just(ParamType::F32)];
     let order = prop_oneof![Just(BitOrder::Msb), Just(BitOrder::Lsb)];

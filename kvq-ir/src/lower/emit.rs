@@ -77,7 +77,9 @@ fn positive_zero(b: &mut Builder, x: Value) -> Value {
 /// [lo, hi] of a min/max-based rule from the group's minimum and maximum.
 pub fn range_from_extremes(b: &mut Builder, rule: Rule, min: Value, max: Value) -> (Value, Value) {
     let (lo, hi) = match rule {
-        Rule::MinMax | Rule::Quantile(_) => (min, max),
+        // The quantile and mse rules read the whole group (`quantile_range`, `mse_range`);
+        // their extremes are the minmax range.
+        Rule::MinMax | Rule::Quantile(_) | Rule::Mse => (min, max),
         Rule::Shrink {
             alpha,
             center: Center::Zero,
@@ -147,6 +149,126 @@ pub fn quantile_range(
 ) -> (Value, Value) {
     let lo = quantile(b, mem, base, stride, count, p);
     let hi = quantile(b, mem, base, stride, count, 1.0 - p);
+    (positive_zero(b, lo), positive_zero(b, hi))
+}
+
+/// Whether `rule` reads the whole group itself (quantile, mse) rather than its extremes.
+pub fn reads_group(rule: Rule) -> bool {
+    matches!(rule, Rule::Quantile(_) | Rule::Mse)
+}
+
+/// The F32 local [`group_range`] needs for `rule` (mse's sums), declared when it needs one.
+pub fn group_range_local(b: &mut Builder, rule: Rule) -> Option<u32> {
+    (rule == Rule::Mse).then(|| b.local("mse", ScalarType::F32, MSE_LOCALS))
+}
+
+/// [lo, hi] of a rule that reads the whole group, over the `count` elements `mem[base + i *
+/// stride]` (stored as `input`); `local` is [`group_range_local`]'s. Rules that need only the
+/// extremes get the minmax range (quantile(0)); their kernels use [`range_from_extremes`].
+pub fn group_range(
+    b: &mut Builder,
+    rule: Rule,
+    mem: Memory,
+    input: ScalarType,
+    at: [Value; 3],
+    local: Option<u32>,
+) -> (Value, Value) {
+    let [base, stride, count] = at;
+    match (rule, local) {
+        (Rule::Mse, Some(acc)) => mse_range(b, mem, input, at, acc),
+        (Rule::Quantile(p), _) => quantile_range(b, p.get(), mem, base, stride, count),
+        _ => quantile_range(b, 0.0, mem, base, stride, count),
+    }
+}
+
+/// Slots of the F32 local that [`mse_range`] works in.
+pub const MSE_LOCALS: u32 = 7;
+
+/// The `mse` rule's [lo, hi] over the `count` elements `mem[base + i * stride]` (stored as
+/// `input`), in index order, exactly as `reference::range::mse_range` computes it; `acc` is an
+/// F32 local of [`MSE_LOCALS`] slots (sums s0, n0, s1, n1, then t, lo, hi).
+pub fn mse_range(
+    b: &mut Builder,
+    mem: Memory,
+    input: ScalarType,
+    [base, stride, count]: [Value; 3],
+    acc: u32,
+) -> (Value, Value) {
+    fn element(b: &mut Builder, mem: Memory, input: ScalarType, at: [Value; 3]) -> Value {
+        let [base, stride, i] = at;
+        let off = b.mul(i, stride);
+        let idx = b.add(base, off);
+        load_f32(b, mem, idx, 1, input)[0]
+    }
+    fn bump(b: &mut Builder, acc: u32, slot: u32, v: Value) {
+        let k = b.u32(slot);
+        let s = b.read_local(acc, k);
+        let s = b.add(s, v);
+        b.write_local(acc, k, s);
+    }
+    fn set(b: &mut Builder, acc: u32, slot: u32, v: Value) {
+        let k = b.u32(slot);
+        b.write_local(acc, k, v);
+    }
+    fn get(b: &mut Builder, acc: u32, slot: u32) -> Value {
+        let k = b.u32(slot);
+        b.read_local(acc, k)
+    }
+    const T: u32 = 4;
+    const LO: u32 = 5;
+    const HI: u32 = 6;
+    let zero_f = b.f32(0.0);
+    set(b, acc, 0, zero_f);
+    let first = b.u32(0);
+    b.for_range(first, count, 1, |b, i| {
+        let x = element(b, mem, input, [base, stride, i]);
+        bump(b, acc, 0, x);
+    });
+    let n = b.convert(ScalarType::F32, count);
+    let sum = get(b, acc, 0);
+    let mean = b.div(sum, n);
+    set(b, acc, T, mean);
+    set(b, acc, LO, mean);
+    set(b, acc, HI, mean);
+    for _ in 0..crate::scheme::MSE_ITERATIONS {
+        for slot in 0..4 {
+            let z = b.f32(0.0);
+            set(b, acc, slot, z);
+        }
+        let first = b.u32(0);
+        b.for_range(first, count, 1, |b, i| {
+            let x = element(b, mem, input, [base, stride, i]);
+            let t = get(b, acc, T);
+            let upper = b.cmp(CmpOp::Ge, x, t);
+            let (z, one) = (b.f32(0.0), b.f32(1.0));
+            let below = b.select(upper, z, x);
+            bump(b, acc, 0, below);
+            let counted = b.select(upper, z, one);
+            bump(b, acc, 1, counted);
+            let above = b.select(upper, x, z);
+            bump(b, acc, 2, above);
+            let counted = b.select(upper, one, z);
+            bump(b, acc, 3, counted);
+        });
+        let t = get(b, acc, T);
+        let z = b.f32(0.0);
+        let level = |b: &mut Builder, sum: u32, count: u32| {
+            let (s, c) = (get(b, acc, sum), get(b, acc, count));
+            let some = b.cmp(CmpOp::Gt, c, z);
+            let mean = b.div(s, c);
+            b.select(some, mean, t)
+        };
+        let lo = level(b, 0, 1);
+        let hi = level(b, 2, 3);
+        set(b, acc, LO, lo);
+        set(b, acc, HI, hi);
+        let two = b.f32(2.0);
+        let both = b.add(lo, hi);
+        let t = b.div(both, two);
+        set(b, acc, T, t);
+    }
+    let lo = get(b, acc, LO);
+    let hi = get(b, acc, HI);
     (positive_zero(b, lo), positive_zero(b, hi))
 }
 

@@ -293,6 +293,7 @@ pub fn scheme_tag(scheme: &Scheme) -> String {
             alpha.get().to_bits()
         ),
         Rule::Quantile(p) => format!("q{:016x}", p.get().to_bits()),
+        Rule::Mse => "mse".to_string(),
     };
     let params = if scheme.params == ParamType::F16 {
         "h"

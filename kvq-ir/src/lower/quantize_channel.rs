@@ -1,11 +1,12 @@
 //! Quantize kernels for axis = channel: a group is one (head, channel) over a run of tokens.
 
 use crate::ir::{Builder, CmpOp, Memory, ScalarType, Special, Value};
-use crate::scheme::{Group, Rule, Scheme};
+use crate::scheme::{Group, Scheme};
 
 use super::emit::{
     code, code_from_thresholds, code_threshold, flag_non_finite, global_item, group_params,
-    load_f32, note_non_finite, quantile_range, quantize_params, range_from_extremes, store_param,
+    group_range, group_range_local, load_f32, note_non_finite, quantize_params,
+    range_from_extremes, reads_group, store_param,
 };
 use super::{kernel_name, quantize_abi as abi, Launch, Lowered, Schedule, ShapeClass};
 
@@ -40,11 +41,9 @@ impl Plan {
         }
     }
 
-    fn quantile(&self) -> Option<f64> {
-        match self.scheme.rule {
-            Rule::Quantile(p) => Some(p.get()),
-            _ => None,
-        }
+    /// Whether the rule reads the whole group (no extremes to track).
+    fn reads_group(&self) -> bool {
+        reads_group(self.scheme.rule)
     }
 
     /// Loads the `w` channels of (head, token) starting at channel `c0`, as f32.
@@ -66,7 +65,7 @@ impl Plan {
 
     /// Folds one row of values into the min/max locals and the non-finite flag.
     fn accumulate(&self, b: &mut Builder, values: &[Value], min: u32, max: u32, bad: u32) {
-        let track_extremes = self.quantile().is_none();
+        let track_extremes = !self.reads_group();
         for (i, &x) in values.iter().enumerate() {
             note_non_finite(b, bad, x);
             if track_extremes {
@@ -82,7 +81,7 @@ impl Plan {
     }
 
     fn init_locals(&self, b: &mut Builder, min: u32, max: u32, bad: u32) {
-        if self.quantile().is_none() {
+        if !self.reads_group() {
             let inf = b.f32(f32::INFINITY);
             let ninf = b.f32(f32::NEG_INFINITY);
             for i in 0..self.w {
@@ -155,8 +154,8 @@ fn lower_all(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
     let bsz = s.block_size;
     let mut b = Builder::new(&kernel_name("quantize", scheme, shape), bsz);
     let [x, codes, zero_m, scale_m, status] = quantize_params(&mut b, scheme, shape);
-    // Partial extremes per thread (not needed by the quantile rule, which selects exactly).
-    let partials = p.quantile().is_none().then(|| {
+    // Partial extremes per thread (not needed by rules that read the whole group).
+    let partials = (!p.reads_group()).then(|| {
         (
             b.shared("part_min", ScalarType::F32, bsz * p.w),
             b.shared("part_max", ScalarType::F32, bsz * p.w),
@@ -176,6 +175,7 @@ fn lower_all(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
     };
     let bad = b.local("bad", ScalarType::U32, 1);
     let acc = b.local("acc", ScalarType::F32, 2);
+    let range_local = group_range_local(&mut b, scheme.rule);
     let bisect = b.local("bisect", ScalarType::U32, 2);
 
     let coords = |b: &mut Builder| {
@@ -216,19 +216,19 @@ fn lower_all(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
     let (tid, h, c0) = coords(&mut b);
     let w = b.u32(p.w);
     b.for_range(tid, w, bsz, |b, i| {
-        let (lo, hi) = match (p.quantile(), partials) {
-            // `partials` is None exactly when the rule is a quantile.
-            (Some(_), _) | (None, None) => {
-                let q = p.quantile().unwrap_or(0.0);
+        let (lo, hi) = match partials {
+            // `partials` is None exactly when the rule reads the whole group.
+            None => {
                 let tokens = b.param(abi::TOKENS);
                 let d = b.u32(shape.head_dim);
                 let ht = b.mul(h, tokens);
                 let start = b.mul(ht, d);
                 let ch = b.add(c0, i);
                 let base = b.add(start, ch);
-                quantile_range(b, q, x, base, d, tokens)
+                let input = shape.input.scalar();
+                group_range(b, scheme.rule, x, input, [base, d, tokens], range_local)
             }
-            (None, Some((part_min, part_max))) => {
+            Some((part_min, part_max)) => {
                 let (lo0, hi0) = (b.load(part_min, i, 1), b.load(part_max, i, 1));
                 let (z0, z1) = (b.u32(0), b.u32(1));
                 b.write_local(acc, z0, lo0);
@@ -315,14 +315,16 @@ fn lower_groups(scheme: &Scheme, shape: ShapeClass, s: &Schedule, n: u32) -> Low
     let bsz = s.block_size;
     let mut b = Builder::new(&kernel_name("quantize", scheme, shape), bsz);
     let [x, codes, zero_m, scale_m, status] = quantize_params(&mut b, scheme, shape);
-    let (min, max) = match p.quantile() {
-        None => (
+    let (min, max) = if p.reads_group() {
+        (0, 0)
+    } else {
+        (
             b.local("min", ScalarType::F32, p.w),
             b.local("max", ScalarType::F32, p.w),
-        ),
-        Some(_) => (0, 0),
+        )
     };
     let bad = b.local("bad", ScalarType::U32, 1);
+    let range_local = group_range_local(&mut b, scheme.rule);
 
     let item = global_item(&mut b, bsz);
     let heads = b.param(abi::HEADS);
@@ -362,16 +364,17 @@ fn lower_groups(scheme: &Scheme, shape: ShapeClass, s: &Schedule, n: u32) -> Low
         let coders: Vec<Coder> = (0..p.w)
             .map(|i| {
                 let iv = b.u32(i);
-                let (lo, hi) = match p.quantile() {
-                    Some(q) => {
+                let (lo, hi) = match p.reads_group() {
+                    true => {
                         let ht = b.mul(h, tokens);
                         let row = b.add(ht, t0);
                         let start = b.mul(row, d);
                         let ch = b.add(c0, iv);
                         let base = b.add(start, ch);
-                        quantile_range(b, q, x, base, d, count)
+                        let input = shape.input.scalar();
+                        group_range(b, scheme.rule, x, input, [base, d, count], range_local)
                     }
-                    None => {
+                    false => {
                         let mn = b.read_local(min, iv);
                         let mx = b.read_local(max, iv);
                         range_from_extremes(b, scheme.rule, mn, mx)

@@ -1,12 +1,12 @@
 //! Quantize kernel for axis = token: a group is one (head, token) over a run of channels. One
 //! thread handles one row, in chunks that hold whole groups and whole code bytes.
 
-use crate::ir::{BinaryOp, Builder, Memory, UnaryOp, Value};
+use crate::ir::{BinaryOp, Builder, Memory, ScalarType, UnaryOp, Value};
 use crate::scheme::{Group, Rule, Scheme};
 
 use super::emit::{
-    code, flag, for_each_row, group_params, load_f32, quantile_range, quantize_params,
-    range_from_extremes, store_param, STATUS_NON_FINITE,
+    code, flag, for_each_row, group_params, group_range, group_range_local, load_f32,
+    quantize_params, range_from_extremes, reads_group, store_param, STATUS_NON_FINITE,
 };
 use super::{kernel_name, quantize_abi as abi, Launch, Lowered, Schedule, ShapeClass};
 
@@ -35,6 +35,8 @@ pub fn lower(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
     let bsz = s.block_size;
     let mut b = Builder::new(&kernel_name("quantize", scheme, shape), bsz);
     let [x, codes, zero_m, scale_m, status] = quantize_params(&mut b, scheme, shape);
+    let range_local = group_range_local(&mut b, scheme.rule);
+    let input = shape.input.scalar();
 
     for_each_row(&mut b, bsz, [abi::HEADS, abi::TOKENS], |b, item, _| {
         let dv = b.u32(d);
@@ -76,7 +78,9 @@ pub fn lower(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
                         let members = &values[(g * n) as usize..((g + 1) * n) as usize];
                         note(b, members);
                         match rule {
-                            Rule::Quantile(p) => quantile_of(b, p.get(), x, row, g_start, n),
+                            rule if reads_group(rule) => {
+                                whole(b, rule, (x, input), row, [g_start, n], range_local)
+                            }
                             rule => {
                                 let mn = tree(b, members, BinaryOp::Min);
                                 let mx = tree(b, members, BinaryOp::Max);
@@ -98,7 +102,9 @@ pub fn lower(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
                             });
                         }
                         match (rule, acc) {
-                            (Rule::Quantile(p), _) => quantile_of(b, p.get(), x, row, g_start, n),
+                            (rule, _) if reads_group(rule) => {
+                                whole(b, rule, (x, input), row, [g_start, n], range_local)
+                            }
                             (rule, Some((mn, mx))) => {
                                 let mn = tree(b, &mn, BinaryOp::Min);
                                 let mx = tree(b, &mx, BinaryOp::Max);
@@ -106,7 +112,9 @@ pub fn lower(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
                             }
                             // A group has at least one vector, so `acc` is set; min and max
                             // are quantile(0) and quantile(1) should it ever not be.
-                            (_, None) => quantile_of(b, 0.0, x, row, g_start, n),
+                            (_, None) => {
+                                whole(b, Rule::MinMax, (x, input), row, [g_start, n], None)
+                            }
                         }
                     }
                 };
@@ -167,19 +175,18 @@ fn tree(b: &mut Builder, values: &[Value], op: BinaryOp) -> Value {
     level[0]
 }
 
-/// [lo, hi] of the quantile rule over the group of `n` channels starting at `c_start` of the
-/// row at `row`.
-fn quantile_of(
+/// [lo, hi] of a rule that reads the whole group (channels `c_start..c_start + n` of `row`).
+fn whole(
     b: &mut Builder,
-    p: f64,
-    x: Memory,
+    rule: Rule,
+    (x, input): (Memory, ScalarType),
     row: Value,
-    c_start: u32,
-    n: u32,
+    [c_start, n]: [u32; 2],
+    local: Option<u32>,
 ) -> (Value, Value) {
     let off = b.u32(c_start);
     let base = b.add(row, off);
     let stride = b.u32(1);
     let count = b.u32(n);
-    quantile_range(b, p, x, base, stride, count)
+    group_range(b, rule, x, input, [base, stride, count], local)
 }

@@ -1,6 +1,6 @@
 //! The range rules and the parameter formula of SPEC.md section 2, one f32 operation at a time.
 
-use crate::scheme::{Center, ParamType, Rule};
+use crate::scheme::{Center, ParamType, Rule, MSE_ITERATIONS};
 
 /// The range [lo, hi] that `rule` picks for a group's values (finite, non-empty).
 ///
@@ -31,8 +31,32 @@ pub fn group_range(rule: Rule, values: &mut [f32]) -> (f32, f32) {
             let p = p.get();
             (quantile_sorted(values, p), quantile_sorted(values, 1.0 - p))
         }
+        Rule::Mse => mse_range(values),
     };
     (lo + 0.0, hi + 0.0)
+}
+
+/// The `mse` rule's two levels: t = mean; then [`MSE_ITERATIONS`] rounds of lo = mean of the
+/// values below t, hi = mean of the rest (a side with no value takes t), t = (lo + hi) / 2.
+/// Every sum runs in group order over all values, adding the value or +0.0, and counts are f32.
+pub fn mse_range(values: &[f32]) -> (f32, f32) {
+    let n = values.len() as f32;
+    let mut t = values.iter().fold(0.0f32, |s, &x| s + x) / n;
+    let (mut lo, mut hi) = (t, t);
+    for _ in 0..MSE_ITERATIONS {
+        let (mut s0, mut n0, mut s1, mut n1) = (0.0f32, 0.0f32, 0.0f32, 0.0f32);
+        for &x in values {
+            let upper = x >= t;
+            s0 += if upper { 0.0 } else { x };
+            n0 += if upper { 0.0 } else { 1.0 };
+            s1 += if upper { x } else { 0.0 };
+            n1 += if upper { 1.0 } else { 0.0 };
+        }
+        lo = if n0 > 0.0 { s0 / n0 } else { t };
+        hi = if n1 > 0.0 { s1 / n1 } else { t };
+        t = (lo + hi) / 2.0;
+    }
+    (lo, hi)
 }
 
 /// Smallest and largest value (first occurrence wins among equal values).
@@ -123,6 +147,40 @@ mod tests {
         assert_eq!(lo, 1.8f64 as f32);
         assert_eq!(hi, 5.2f64 as f32);
         assert_eq!(quantile_sorted(&[7.0], 0.3), 7.0);
+    }
+
+    #[test]
+    fn mse_is_two_means() {
+        // Two clusters: Lloyd's iteration lands on their means from the split at the mean.
+        let mut v = [0.9, 1.1, 1.0, 5.0, 5.2, 4.8, 5.0];
+        let (lo, hi) = group_range(Rule::Mse, &mut v);
+        assert!(
+            (lo - 1.0).abs() < 1e-6 && (hi - 5.0).abs() < 1e-6,
+            "{lo} {hi}"
+        );
+        // An outlier does not own a level when the bulk is wider than it is far: like the
+        // minimiser of the squared error (f64 brute force over all splits), Lloyd's fixed point
+        // splits the bulk (its split may differ from the optimum's by a few elements).
+        let mut v: Vec<f32> = (0..200).map(|i| (i as f32 / 199.0) * 2.0 - 1.0).collect();
+        v.push(2.5);
+        let (lo, hi) = group_range(Rule::Mse, &mut v.clone());
+        let mut sorted: Vec<f64> = v.iter().map(|&x| x as f64).collect();
+        sorted.sort_by(f64::total_cmp);
+        let sse = |a: &[f64]| {
+            let m = a.iter().sum::<f64>() / a.len() as f64;
+            a.iter().map(|x| (x - m) * (x - m)).sum::<f64>()
+        };
+        let best = (1..sorted.len())
+            .min_by(|&i, &j| {
+                (sse(&sorted[..i]) + sse(&sorted[i..]))
+                    .total_cmp(&(sse(&sorted[..j]) + sse(&sorted[j..])))
+            })
+            .unwrap();
+        let mean = |a: &[f64]| a.iter().sum::<f64>() / a.len() as f64;
+        assert!((lo as f64 - mean(&sorted[..best])).abs() < 1e-2, "{lo}");
+        assert!((hi as f64 - mean(&sorted[best..])).abs() < 1e-2, "{hi}");
+        // A constant group has one level.
+        assert_eq!(group_range(Rule::Mse, &mut [3.0; 5]), (3.0, 3.0));
     }
 
     #[test]

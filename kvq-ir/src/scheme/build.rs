@@ -22,6 +22,7 @@ pub fn build_scheme<S: Clone>(entries: &[Entry<S>], whole: S) -> Result<Scheme, 
     let mut rule = None;
     let mut params = None;
     let mut order = None;
+    let mut rule_span = None;
     let mut seen: Vec<&str> = Vec::new();
     let mut unknown = false;
 
@@ -57,7 +58,10 @@ pub fn build_scheme<S: Clone>(entries: &[Entry<S>], whole: S) -> Result<Scheme, 
             "bits" => parse_bits(value).map(|v| bits = Some(v)),
             "axis" => parse_axis(value).map(|v| axis = Some(v)),
             "group" => parse_group(value).map(|v| group = Some(v)),
-            "rule" => parse_rule(value).map(|v| rule = Some(v)),
+            "rule" => {
+                rule_span = Some(value.span());
+                parse_rule(value).map(|v| rule = Some(v))
+            }
             "params" => parse_params(value).map(|v| params = Some(v)),
             "order" => parse_order(value).map(|v| order = Some(v)),
             _ => {
@@ -85,7 +89,7 @@ pub fn build_scheme<S: Clone>(entries: &[Entry<S>], whole: S) -> Result<Scheme, 
         (
             "rule",
             seen.contains(&"rule"),
-            "minmax | shrink(a) | shrink(a, center = mid) | quantile(p)",
+            "minmax | shrink(a) | shrink(a, center = mid) | quantile(p) | mse",
         ),
     ];
     // After an unknown key (most often a typo of a required one) a "missing" error would only
@@ -97,6 +101,18 @@ pub fn build_scheme<S: Clone>(entries: &[Entry<S>], whole: S) -> Result<Scheme, 
                 SchemeErrorKind::Missing {
                     what: format!("`{key}`"),
                     hint: format!("add {key} = {values}"),
+                },
+            ));
+        }
+    }
+    if let (Some(Rule::Mse), Some(bits), Some(span)) = (rule, bits, rule_span) {
+        if bits != Bits::B1 {
+            errors.push(SchemeError::new(
+                span,
+                SchemeErrorKind::InvalidValue {
+                    key: "rule",
+                    found: format!("mse` with `bits = {bits}"),
+                    allowed: "mse is the two-level rule: it needs bits = 1",
                 },
             ));
         }
@@ -401,6 +417,7 @@ fn parse_calibration<S: Clone>(value: &Value<S>) -> Result<Calibration, Errors<S
 fn parse_rule<S: Clone>(value: &Value<S>) -> Result<Rule, Errors<S>> {
     match value {
         Value::Word { text, .. } if text == "minmax" => Ok(Rule::MinMax),
+        Value::Word { text, .. } if text == "mse" => Ok(Rule::Mse),
         Value::Word { text, span } if text == "shrink" || text == "quantile" => one(
             span.clone(),
             SchemeErrorKind::Missing {

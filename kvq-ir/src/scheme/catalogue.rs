@@ -3,7 +3,7 @@
 use super::Scheme;
 
 /// (name, scheme text) of every catalogue entry.
-pub const CATALOGUE: [(&str, &str); 9] = [
+pub const CATALOGUE: [(&str, &str); 10] = [
     (
         "calibquant_k",
         "bits = 1, axis = channel, group = all, rule = shrink(0.5)",
@@ -37,6 +37,7 @@ pub const CATALOGUE: [(&str, &str); 9] = [
         "bits = 4, axis = token, group = all, rule = minmax, params = f32",
     ),
     ("tok8", "bits = 8, axis = token, group = 64, rule = minmax"),
+    ("mse1", "bits = 1, axis = channel, group = all, rule = mse"),
 ];
 
 /// The catalogue's schemes, parsed.

@@ -7,7 +7,7 @@ pub const SCHEME_KEYS: &str = "bits, axis, group, rule, params, order";
 /// The entries a cache scheme takes, for hints.
 pub const CACHE_ENTRIES: &str = "key(...), value(...), calibrate = d";
 /// The allowed rules, for hints.
-pub const RULES: &str = "minmax, shrink(a), shrink(a, center = mid), quantile(p)";
+pub const RULES: &str = "minmax, shrink(a), shrink(a, center = mid), quantile(p), mse (bits = 1)";
 
 /// What is wrong with a scheme, independent of where it is written.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -19,7 +19,7 @@ mod types;
 pub use error::{ParseError, SchemeError, SchemeErrorKind};
 pub use types::{
     Alpha, Axis, BitOrder, Bits, CacheScheme, Calibration, Center, Group, GroupSize, ParamType,
-    Quantile, Rule, Scheme,
+    Quantile, Rule, Scheme, MSE_ITERATIONS,
 };
 
 impl Scheme {
@@ -111,11 +111,26 @@ mod tests {
     }
 
     #[test]
+    fn mse_needs_one_bit() {
+        let s = Scheme::parse("bits=1, axis=channel, group=all, rule=mse").unwrap();
+        assert_eq!(s.rule, Rule::Mse);
+        let e = Scheme::parse("bits=2, axis=channel, group=all, rule=mse").unwrap_err();
+        assert_eq!(e.errors.len(), 1);
+        assert!(matches!(
+            e.errors[0].kind,
+            SchemeErrorKind::InvalidValue { key: "rule", .. }
+        ));
+        // The error points at the rule's value.
+        assert_eq!(e.errors[0].span, 38..41);
+    }
+
+    #[test]
     fn display_round_trips() {
         for text in [
             "bits=1, axis=channel, group=all, rule=shrink(0.3)",
             "bits=2, axis=token, group=32, rule=quantile(0.05), params=f32, order=lsb",
             "bits=8, axis=channel, group=7, rule=shrink(1, center=mid)",
+            "bits=1, axis=token, group=16, rule=mse",
         ] {
             let s = Scheme::parse(text).unwrap();
             assert_eq!(Scheme::parse(&s.to_string()).unwrap(), s, "{s}");
@@ -168,7 +183,7 @@ mod tests {
         }
         for bad in [
             "group = 0, rule = minmax",
-            "group = all, rule = mse",
+            "group = all, rule = median",
             "group = all, rule = minmax, params = f64",
             "group = all, rule = minmax, order = big",
         ] {

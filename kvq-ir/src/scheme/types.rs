@@ -154,7 +154,13 @@ pub enum Rule {
     },
     /// lo = Q(p), hi = Q(1 - p), numpy's linear-interpolation quantile.
     Quantile(Quantile),
+    /// The two levels of least squared error: Lloyd's iteration (1-D 2-means) from a split at
+    /// the mean, [`MSE_ITERATIONS`] rounds (bits = 1 only; kvq's extension of SPEC.md).
+    Mse,
 }
+
+/// Rounds of Lloyd's iteration in [`Rule::Mse`].
+pub const MSE_ITERATIONS: usize = 8;
 
 /// Storage type of each group's (zero, scale).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -269,6 +275,7 @@ impl fmt::Display for Rule {
                 center: Center::Mid,
             } => write!(f, "shrink({:?}, center = mid)", alpha.get()),
             Rule::Quantile(p) => write!(f, "quantile({:?})", p.get()),
+            Rule::Mse => f.write_str("mse"),
         }
     }
 }
