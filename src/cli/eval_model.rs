@@ -72,12 +72,12 @@ pub fn run(args: Args) -> Result<()> {
     let entries = [
         Entry {
             name: scheme.to_string(),
-            family: "",
+            family: String::new(),
             treatment: SpanTreatment::Quantized(scheme),
         },
         Entry {
             name: "span dropped".into(),
-            family: "",
+            family: String::new(),
             treatment: SpanTreatment::Dropped,
         },
     ];

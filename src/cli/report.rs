@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use kvq::model::Model;
 use kvq::report::{capture_rows, html, PromptInfo, Report};
-use kvq::study::{ablation, load_study, run_study};
+use kvq::study::{ablation, load_entries, load_study, run_study};
 use kvq_runtime::KvFile;
 
 #[derive(Debug, clap::Args)]
@@ -24,6 +24,11 @@ pub struct Args {
         ]
     )]
     captures: Vec<PathBuf>,
+    /// The ablation's entries from a file (`{"entries": [{"name", "family", "cache":
+    /// "key(...), value(...)[, calibrate = d]"} or {"name", "dropped": true}]}`) instead of the
+    /// default ablation.
+    #[arg(long)]
+    entries: Option<PathBuf>,
     /// At most this many positions per prompt (default: the manifest's).
     #[arg(long)]
     max_positions: Option<usize>,
@@ -35,7 +40,10 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let entries = ablation();
+    let entries = match &args.entries {
+        Some(path) => load_entries(path)?,
+        None => ablation(),
+    };
     let mut prompts = load_study(&args.prompts)?;
     if let Some(cap) = args.max_positions {
         for p in &mut prompts {

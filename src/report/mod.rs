@@ -84,7 +84,7 @@ pub fn capture_rows(
         rows.push(CaptureRow {
             capture: capture.to_string(),
             name: e.name.clone(),
-            family: e.family.to_string(),
+            family: e.family.clone(),
             bits_per_element: (r.bits_per_element.key + r.bits_per_element.value) / 2.0,
             k_rel: r.mean.k_rel,
             v_rel: r.mean.v_rel,
@@ -104,7 +104,7 @@ fn family_of<'a>(entries: &'a [Entry], name: &str) -> &'a str {
     entries
         .iter()
         .find(|e| e.name == name)
-        .map_or("", |e| e.family)
+        .map_or("", |e| e.family.as_str())
 }
 
 /// The report as one self-contained HTML page.

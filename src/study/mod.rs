@@ -12,7 +12,7 @@ use thiserror::Error;
 use crate::backend::HostSpanQuantizer;
 use crate::model::{evaluate_many, Model, ModelError, ModelEval, SpanTreatment};
 
-pub use ablation::{ablation, Entry, CALIBRATE_D};
+pub use ablation::{ablation, load_entries, Entry, CALIBRATE_D};
 
 /// Why a study could not be read or run.
 #[derive(Debug, Error)]
