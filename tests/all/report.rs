@@ -75,6 +75,46 @@ fn bad_manifests_fail_cleanly() {
     }
 }
 
+#[test]
+fn bad_entry_files_fail_cleanly() {
+    let manifest = prompt("study.json");
+    for (name, text, needle) in [
+        ("e_empty.json", r#"{"entries": []}"#, "no entries"),
+        (
+            "e_scheme.json",
+            r#"{"entries": [{"name": "x", "cache": "key(bits = 3, axis = channel, group = all, rule = mse), value(bits = 1, axis = channel, group = all, rule = mse)"}]}"#,
+            "bits = 3",
+        ),
+        (
+            "e_both.json",
+            r#"{"entries": [{"name": "y", "dropped": true, "cache": "key(bits = 1, axis = channel, group = all, rule = mse), value(bits = 1, axis = channel, group = all, rule = mse)"}]}"#,
+            "either",
+        ),
+        (
+            "e_neither.json",
+            r#"{"entries": [{"name": "z"}]}"#,
+            "either",
+        ),
+        (
+            "e_typo.json",
+            r#"{"entries": [{"name": "z", "drop": true}]}"#,
+            "drop",
+        ),
+    ] {
+        let entries = scratch(name, text);
+        let out = kvq(&[
+            "report",
+            "--entries",
+            entries.to_str().unwrap(),
+            "--prompts",
+            &manifest,
+            "--out",
+            "/tmp/unused",
+        ]);
+        failure(&out, needle);
+    }
+}
+
 /// The reference.json entry of `capture` with exactly these key and value schemes.
 fn reference_mean(reference: &Value, capture: &str, key: &str, value: &str) -> Option<Value> {
     let canon = |s: &str| kvq::Scheme::parse(s).unwrap();
