@@ -81,7 +81,7 @@ pub fn run(args: Args) -> Result<()> {
             treatment: SpanTreatment::Dropped,
         },
     ];
-    let results = run_study(&model, &prompts, &entries, |_| {})?;
+    let results = run_study(&model, &prompts, &entries, args.model.attention(), |_| {})?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&results)?);
         return Ok(());

@@ -65,7 +65,7 @@ pub fn run(args: Args) -> Result<()> {
         entries.len(),
         prompts.len()
     );
-    let results = run_study(&model, &prompts, &entries, |i| {
+    let results = run_study(&model, &prompts, &entries, args.model.attention(), |i| {
         eprintln!("  prompt {} ({}) done", i + 1, prompts[i].name);
     })?;
     let report = Report {

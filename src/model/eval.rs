@@ -8,6 +8,8 @@ use kvq_runtime::{ModelShape, SpanQuantizer, VisualKvCache};
 use serde::Serialize;
 
 use super::{Lane, Model, ModelError};
+use crate::attention::HostAttention;
+use crate::lower::attention::AttentionShape;
 use crate::{Axis, BitOrder, Bits, CacheScheme, Group, ParamType, Rule, Scheme, Tensor3};
 
 /// The comparison of one scheme against the full-precision cache on one prompt.
@@ -47,6 +49,17 @@ fn argmax(x: &[f32]) -> usize {
         .0
 }
 
+/// Which attention the decode steps run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AttentionPath {
+    /// The cache's own attention (`VisualKvCache::attend`, hand-written, dequantizing).
+    #[default]
+    HandWritten,
+    /// kvq's generated decode-attention kernels on the host (`HostAttention` through
+    /// `VisualKvCache::attend_with`: post-scaled keys and values straight from the codes).
+    Generated,
+}
+
 /// What one evaluated cache keeps of the span.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum SpanTreatment {
@@ -78,14 +91,16 @@ pub fn evaluate<Q: SpanQuantizer + Clone + Send>(
     positions: usize,
 ) -> Result<ModelEval, ModelError> {
     let treatments = [SpanTreatment::Quantized(scheme)];
-    let mut r = evaluate_many(model, &treatments, quantizer, tokens, span, positions)?;
+    let path = AttentionPath::HandWritten;
+    let mut r = evaluate_many(model, &treatments, quantizer, tokens, span, positions, path)?;
     Ok(r.remove(0))
 }
 
 /// Runs `tokens` once per treatment of `span` and once in full precision: a full-precision
 /// prefill of `tokens[..span.end]` fills every cache (each quantizes the span once, or leaves
 /// it out), then `positions` decode steps teacher-forced with `tokens[span.end..]` run in all
-/// caches together ([`Model::decode_lanes`]). Returns one comparison per treatment, in order.
+/// caches together ([`Model::decode_lanes`]), their attention on `path`. Returns one
+/// comparison per treatment, in order.
 pub fn evaluate_many<Q: SpanQuantizer + Clone + Send>(
     model: &Model,
     treatments: &[SpanTreatment],
@@ -93,6 +108,7 @@ pub fn evaluate_many<Q: SpanQuantizer + Clone + Send>(
     tokens: &[u32],
     span: Range<usize>,
     positions: usize,
+    path: AttentionPath,
 ) -> Result<Vec<ModelEval>, ModelError> {
     if span.start >= span.end || span.end + positions + 1 > tokens.len() || positions == 0 {
         return Err(ModelError::Input(format!(
@@ -115,13 +131,22 @@ pub fn evaluate_many<Q: SpanQuantizer + Clone + Send>(
         value: UNUSED,
         calibrate: None,
     };
+    let attention = AttentionShape {
+        head_dim: c.head_dim as u32,
+        group: (c.q_heads / c.kv_heads.max(1)) as u32,
+    };
     // Cache 0 is the full-precision reference; cache i + 1 runs treatment i.
     let mut caches = Vec::with_capacity(treatments.len() + 1);
+    let mut kernels = Vec::with_capacity(treatments.len() + 1);
     for t in std::iter::once(None).chain(treatments.iter().map(Some)) {
         let scheme = match t {
             Some(SpanTreatment::Quantized(s)) => *s,
             _ => plain,
         };
+        kernels.push(match path {
+            AttentionPath::HandWritten => None,
+            AttentionPath::Generated => Some(HostAttention::new(&scheme, attention, None)?),
+        });
         let mut cache = VisualKvCache::new(shape, scheme, quantizer.clone())?;
         let seq = cache.add_sequence();
         for (l, (k, v)) in kv.iter().enumerate() {
@@ -148,7 +173,12 @@ pub fn evaluate_many<Q: SpanQuantizer + Clone + Send>(
     for p in span.end..span.end + positions {
         let mut lanes: Vec<Lane<'_, Q>> = caches
             .iter_mut()
-            .map(|(cache, seq)| Lane { cache, seq: *seq })
+            .zip(&kernels)
+            .map(|((cache, seq), kernel)| Lane {
+                cache,
+                seq: *seq,
+                kernel: kernel.as_ref(),
+            })
             .collect();
         let logits = model.decode_lanes(&mut lanes, tokens[p], p)?;
         let next = tokens[p + 1] as usize;

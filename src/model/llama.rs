@@ -11,6 +11,7 @@ use rayon::prelude::*;
 use thiserror::Error;
 
 use super::Tokenizer;
+use crate::attention::HostAttention;
 use crate::Tensor3;
 
 /// Why loading or running the model failed.
@@ -39,6 +40,9 @@ pub enum ModelError {
     /// The cache refused an operation.
     #[error(transparent)]
     Cache(#[from] CacheError),
+    /// The generated attention kernels could not be built or run.
+    #[error("generated attention: {0}")]
+    Attention(#[from] crate::backend::BackendError),
     /// A token id outside the vocabulary, or an empty prompt.
     #[error("token input: {0}")]
     Input(String),
@@ -348,13 +352,18 @@ impl Model {
         token: u32,
         pos: usize,
     ) -> Result<Vec<f32>, ModelError> {
-        let mut lanes = [Lane { cache, seq }];
+        let mut lanes = [Lane {
+            cache,
+            seq,
+            kernel: None,
+        }];
         Ok(self.decode_lanes(&mut lanes, token, pos)?.remove(0))
     }
 
     /// One decode step of the same `token` at position `pos` in several caches at once (the
     /// projections run as one matrix product over the lanes, so the weights are read once);
-    /// each lane's attention is its own cache's. Returns each lane's logits.
+    /// each lane's attention is its own cache's, hand-written or through its generated kernels.
+    /// Returns each lane's logits.
     pub fn decode_lanes<Q: SpanQuantizer + Send>(
         &self,
         lanes: &mut [Lane<'_, Q>],
@@ -396,8 +405,12 @@ impl Model {
                     lane.cache
                         .append(l, lane.seq, &as3(&k[row.clone()])?, &as3(&v[row])?)?;
                     let q = &q[i * q_width..(i + 1) * q_width];
-                    let seq = lane.seq;
-                    Ok(lane.cache.attend(l, &[QueryRef { seq, q }])?.concat())
+                    let query = [QueryRef { seq: lane.seq, q }];
+                    let out = match lane.kernel {
+                        Some(kernel) => lane.cache.attend_with(l, &query, kernel)?,
+                        None => lane.cache.attend(l, &query)?,
+                    };
+                    Ok(out.concat())
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             let out = per_lane.concat();
@@ -417,6 +430,9 @@ pub struct Lane<'a, Q: SpanQuantizer> {
     pub cache: &'a mut VisualKvCache<Q>,
     /// The sequence within it.
     pub seq: SeqId,
+    /// The generated attention kernels of the cache's scheme, or `None` for the cache's own
+    /// (hand-written) attention.
+    pub kernel: Option<&'a HostAttention>,
 }
 
 fn transposed(w: Tensor) -> Result<Tensor, ModelError> {

@@ -11,7 +11,7 @@ mod eval;
 mod llama;
 mod tokenizer;
 
-pub use eval::{evaluate, evaluate_many, ModelEval, SpanTreatment};
+pub use eval::{evaluate, evaluate_many, AttentionPath, ModelEval, SpanTreatment};
 pub use llama::{Config, Lane, Model, ModelError, Prefill};
 pub use tokenizer::Tokenizer;
 

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::backend::HostSpanQuantizer;
-use crate::model::{evaluate_many, Model, ModelError, ModelEval, SpanTreatment};
+use crate::model::{evaluate_many, AttentionPath, Model, ModelError, ModelEval, SpanTreatment};
 
 pub use ablation::{ablation, load_entries, Entry, CALIBRATE_D};
 
@@ -135,12 +135,13 @@ pub struct EntryResult {
     pub prompts: Vec<ModelEval>,
 }
 
-/// Runs every entry on every prompt (all entries of a prompt in one batched pass); `progress`
-/// is called after each prompt with its index.
+/// Runs every entry on every prompt (all entries of a prompt in one batched pass), attention
+/// on `path`; `progress` is called after each prompt with its index.
 pub fn run_study(
     model: &Model,
     prompts: &[StudyPrompt],
     entries: &[Entry],
+    path: AttentionPath,
     mut progress: impl FnMut(usize),
 ) -> Result<Vec<EntryResult>, StudyError> {
     let treatments: Vec<SpanTreatment> = entries.iter().map(|e| e.treatment).collect();
@@ -154,6 +155,7 @@ pub fn run_study(
             &tokens,
             p.span.clone(),
             p.positions,
+            path,
         )
         .map_err(|source| StudyError::Model {
             prompt: p.name.clone(),

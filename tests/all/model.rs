@@ -208,10 +208,12 @@ fn lanes_decode_as_separate_decodes_do() {
         kvq::model::Lane {
             cache: &mut a,
             seq: sa,
+            kernel: None,
         },
         kvq::model::Lane {
             cache: &mut b,
             seq: sb,
+            kernel: None,
         },
     ];
     let together = m.decode_lanes(&mut lanes, token, pos).unwrap();
@@ -233,7 +235,7 @@ fn lanes_decode_as_separate_decodes_do() {
 
 #[test]
 fn study_figures_order_as_precision_does() {
-    use kvq::model::{evaluate_many, SpanTreatment};
+    use kvq::model::{evaluate_many, AttentionPath, SpanTreatment};
     let Some(m) = model() else { return };
     let text = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -261,6 +263,8 @@ fn study_figures_order_as_precision_does() {
             &tokens,
             120..550,
             24,
+            // Through kvq's generated kernels, the empty-span caches included.
+            AttentionPath::Generated,
         )
         .unwrap()
     };
@@ -278,4 +282,71 @@ fn study_figures_order_as_precision_does() {
     assert_eq!(r[2].span_bytes, 0);
     // The same run gives the same figures.
     assert_eq!(run(), r);
+}
+
+#[test]
+fn generated_attention_decodes_as_the_hand_written_one() {
+    use kvq::attention::HostAttention;
+    use kvq::lower::attention::AttentionShape;
+    let Some(m) = model() else { return };
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/prompts/harbour.txt"
+    ))
+    .unwrap();
+    let tokens = m.tokenizer.encode(&text);
+    let (span, steps) = (120..550, 6);
+    let (kv, _) = m.prefill(&tokens[..span.end]).unwrap();
+    let c = m.config;
+    let shape_class = AttentionShape {
+        head_dim: c.head_dim as u32,
+        group: (c.q_heads / c.kv_heads) as u32,
+    };
+    for scheme in [
+        calibquant(),
+        CacheScheme::parse(
+            "key(bits = 1, axis = channel, group = all, rule = mse), \
+             value(bits = 2, axis = token, group = 32, rule = minmax)",
+        )
+        .unwrap(),
+    ] {
+        let kernel = HostAttention::new(&scheme, shape_class, None).unwrap();
+        let fill = || {
+            let mut cache =
+                VisualKvCache::new(shape(m), scheme, kvq::backend::HostSpanQuantizer).unwrap();
+            let seq = cache.add_sequence();
+            for (l, (k, v)) in kv.iter().enumerate() {
+                cache.prefill(l, seq, k, v, span.clone()).unwrap();
+            }
+            (cache, seq)
+        };
+        let ((mut a, sa), (mut b, sb)) = (fill(), fill());
+        for p in span.end..span.end + steps {
+            let mut lanes = [
+                kvq::model::Lane {
+                    cache: &mut a,
+                    seq: sa,
+                    kernel: None,
+                },
+                kvq::model::Lane {
+                    cache: &mut b,
+                    seq: sb,
+                    kernel: Some(&kernel),
+                },
+            ];
+            let out = m.decode_lanes(&mut lanes, tokens[p], p).unwrap();
+            let scale = out[0].iter().fold(0.0f32, |s, v| s.max(v.abs()));
+            let err = out[0]
+                .iter()
+                .zip(&out[1])
+                .fold(0.0f32, |e, (x, y)| e.max((x - y).abs()));
+            // Attention agrees within 1e-4 per layer; through 30 layers the logits stay within
+            // 1e-3 of the largest.
+            assert!(
+                err <= 1e-3 * scale,
+                "{scheme}, position {p}: {err} vs {scale}"
+            );
+            assert_eq!(argmax(&out[0]), argmax(&out[1]), "{scheme}, position {p}");
+        }
+    }
 }
