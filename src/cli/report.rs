@@ -35,6 +35,9 @@ pub struct Args {
     /// Output folder.
     #[arg(long, default_value = "docs/report")]
     out: PathBuf,
+    /// Only write index.html again from the folder's results.json (no model run).
+    #[arg(long)]
+    render_only: bool,
     #[command(flatten)]
     model: super::model_args::ModelArgs,
 }
@@ -44,6 +47,18 @@ pub fn run(args: Args) -> Result<()> {
         Some(path) => load_entries(path)?,
         None => ablation(),
     };
+    let page = args.out.join("index.html");
+    let json = args.out.join("results.json");
+    if args.render_only {
+        let text = std::fs::read_to_string(&json)
+            .with_context(|| format!("reading {}", json.display()))?;
+        let report: Report = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not a kvq report", json.display()))?;
+        std::fs::write(&page, html(&report, &entries))
+            .with_context(|| format!("writing {}", page.display()))?;
+        println!("wrote {}", page.display());
+        return Ok(());
+    }
     let mut prompts = load_study(&args.prompts)?;
     if let Some(cap) = args.max_positions {
         for p in &mut prompts {
@@ -75,10 +90,8 @@ pub fn run(args: Args) -> Result<()> {
     };
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
-    let page = args.out.join("index.html");
     std::fs::write(&page, html(&report, &entries))
         .with_context(|| format!("writing {}", page.display()))?;
-    let json = args.out.join("results.json");
     std::fs::write(&json, serde_json::to_string_pretty(&report)? + "\n")
         .with_context(|| format!("writing {}", json.display()))?;
     println!("| entry | bits/elt | mean top-1 | mean KL | ppl ratio |");

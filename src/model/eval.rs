@@ -5,7 +5,7 @@
 use std::ops::Range;
 
 use kvq_runtime::{ModelShape, SpanQuantizer, VisualKvCache};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{Lane, Model, ModelError};
 use crate::attention::HostAttention;
@@ -13,7 +13,7 @@ use crate::lower::attention::AttentionShape;
 use crate::{Axis, BitOrder, Bits, CacheScheme, Group, ParamType, Rule, Scheme, Tensor3};
 
 /// The comparison of one scheme against the full-precision cache on one prompt.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelEval {
     /// Teacher-forced positions compared (each predicts the prompt's next token).
     pub positions: usize,

@@ -7,7 +7,7 @@ pub mod plot;
 use std::fmt::Write;
 
 use kvq_runtime::KvFile;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::eval::{evaluate, EvalError};
 use crate::model::SpanTreatment;
@@ -15,7 +15,7 @@ use crate::study::{Entry, EntryResult, StudyPrompt};
 use plot::Point;
 
 /// A study prompt as the report describes it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PromptInfo {
     /// The prompt's name.
     pub name: String,
@@ -36,7 +36,7 @@ impl From<&StudyPrompt> for PromptInfo {
 }
 
 /// One scheme pair's metrics on one capture (means over its layers).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CaptureRow {
     /// The capture's name.
     pub capture: String,
@@ -55,7 +55,7 @@ pub struct CaptureRow {
 }
 
 /// Everything the report shows.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
     /// The study's prompts.
     pub prompts: Vec<PromptInfo>,

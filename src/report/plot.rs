@@ -15,8 +15,9 @@ pub struct Point {
     pub y: f64,
 }
 
-const PALETTE: [&str; 8] = [
+const PALETTE: [&str; 12] = [
     "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#7f7f7f",
+    "#bcbd22", "#17becf", "#393b79", "#637939",
 ];
 
 fn colour(families: &[String], family: &str) -> &'static str {
@@ -51,7 +52,13 @@ pub fn bars(
     line: Option<(&str, f64)>,
 ) -> String {
     let fams = families(points);
-    let (left, width, row) = (330.0, 420.0, 18.0);
+    // Room for the longest label (about 6 px a character at 11 px).
+    let longest = points
+        .iter()
+        .map(|p| p.label.chars().count())
+        .max()
+        .unwrap_or(0);
+    let (left, width, row) = ((longest as f64 * 6.2 + 16.0).max(120.0), 420.0, 18.0);
     let height = 40.0 + row * points.len() as f64 + 30.0;
     let sx = |v: f64| left + width * (v / max).clamp(0.0, 1.0);
     let mut s = String::new();

@@ -116,7 +116,7 @@ pub fn load_study(path: &Path) -> Result<Vec<StudyPrompt>, StudyError> {
 }
 
 /// One entry's figures over a study.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EntryResult {
     /// The entry's name.
     pub name: String,

@@ -321,7 +321,7 @@ fn generated_attention_decodes_as_the_hand_written_one() {
             (cache, seq)
         };
         let ((mut a, sa), (mut b, sb)) = (fill(), fill());
-        for p in span.end..span.end + steps {
+        for (p, &token) in tokens.iter().enumerate().skip(span.end).take(steps) {
             let mut lanes = [
                 kvq::model::Lane {
                     cache: &mut a,
@@ -334,7 +334,7 @@ fn generated_attention_decodes_as_the_hand_written_one() {
                     kernel: Some(&kernel),
                 },
             ];
-            let out = m.decode_lanes(&mut lanes, tokens[p], p).unwrap();
+            let out = m.decode_lanes(&mut lanes, token, p).unwrap();
             let scale = out[0].iter().fold(0.0f32, |s, v| s.max(v.abs()));
             let err = out[0]
                 .iter()
