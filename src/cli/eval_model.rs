@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use kvq::model::{Model, SpanTreatment};
-use kvq::study::{load_study, run_study, Entry, EntryResult, StudyPrompt};
+use kvq::study::{load_study, run_study, stem, Entry, EntryResult, StudyPrompt};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -56,9 +56,7 @@ fn prompts(args: &Args) -> Result<Vec<StudyPrompt>> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     Ok(vec![StudyPrompt {
-        name: file
-            .file_stem()
-            .map_or_else(String::new, |s| s.to_string_lossy().into_owned()),
+        name: stem(file),
         text,
         span: parse_span(span)?,
         positions: args.positions,

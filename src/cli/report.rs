@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use kvq::model::Model;
 use kvq::report::{capture_rows, html, PromptInfo, Report};
-use kvq::study::{ablation, load_entries, load_study, run_study};
+use kvq::study::{ablation, load_entries, load_study, run_study, stem};
 use kvq_runtime::KvFile;
 
 #[derive(Debug, clap::Args)]
@@ -68,10 +68,7 @@ pub fn run(args: Args) -> Result<()> {
     let mut captures = Vec::new();
     for path in &args.captures {
         let file = KvFile::load(path)?;
-        let name = path
-            .file_stem()
-            .map_or_else(String::new, |s| s.to_string_lossy().into_owned());
-        captures.extend(capture_rows(&name, &file, &entries)?);
+        captures.extend(capture_rows(&stem(path), &file, &entries)?);
     }
     let model = Model::load(&args.model.path()?)?;
     eprintln!(

@@ -4,12 +4,11 @@
 
 use std::ops::Range;
 
-use kvq_runtime::{ModelShape, SpanQuantizer, VisualKvCache};
+use kvq_runtime::{SpanQuantizer, VisualKvCache};
 use serde::{Deserialize, Serialize};
 
 use super::{Lane, Model, ModelError};
 use crate::attention::HostAttention;
-use crate::lower::attention::AttentionShape;
 use crate::{Axis, BitOrder, Bits, CacheScheme, Group, ParamType, Rule, Scheme, Tensor3};
 
 /// The comparison of one scheme against the full-precision cache on one prompt.
@@ -119,22 +118,14 @@ pub fn evaluate_many<Q: SpanQuantizer + Clone + Send>(
         )));
     }
     let c = model.config;
-    let shape = ModelShape {
-        layers: c.layers,
-        kv_heads: c.kv_heads,
-        q_heads: c.q_heads,
-        head_dim: c.head_dim,
-    };
+    let shape = c.cache_shape();
     let (kv, _) = model.prefill(&tokens[..span.end])?;
     let plain = CacheScheme {
         key: UNUSED,
         value: UNUSED,
         calibrate: None,
     };
-    let attention = AttentionShape {
-        head_dim: c.head_dim as u32,
-        group: (c.q_heads / c.kv_heads.max(1)) as u32,
-    };
+    let attention = c.attention_shape();
     // Cache 0 is the full-precision reference; cache i + 1 runs treatment i.
     let mut caches = Vec::with_capacity(treatments.len() + 1);
     let mut kernels = Vec::with_capacity(treatments.len() + 1);

@@ -6,7 +6,8 @@ use std::path::Path;
 
 use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Tensor, D};
-use kvq_runtime::{CacheError, QueryRef, SeqId, SpanQuantizer, VisualKvCache};
+use kvq_ir::lower::attention::AttentionShape;
+use kvq_runtime::{CacheError, ModelShape, QueryRef, SeqId, SpanQuantizer, VisualKvCache};
 use rayon::prelude::*;
 use thiserror::Error;
 
@@ -71,6 +72,26 @@ pub struct Config {
     pub rope_base: f32,
     /// RMSNorm epsilon.
     pub eps: f64,
+}
+
+impl Config {
+    /// The shape of a [`VisualKvCache`] for this model.
+    pub fn cache_shape(&self) -> ModelShape {
+        ModelShape {
+            layers: self.layers,
+            kv_heads: self.kv_heads,
+            q_heads: self.q_heads,
+            head_dim: self.head_dim,
+        }
+    }
+
+    /// The shape class of this model's generated decode attention.
+    pub fn attention_shape(&self) -> AttentionShape {
+        AttentionShape {
+            head_dim: self.head_dim as u32,
+            group: (self.q_heads / self.kv_heads.max(1)) as u32,
+        }
+    }
 }
 
 /// What [`Model::prefill`] returns: every layer's (keys, values) `[kv_heads, tokens,

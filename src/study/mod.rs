@@ -45,6 +45,13 @@ pub enum StudyError {
     },
 }
 
+/// A file's name without folder and extension (`harbour` for `docs/prompts/harbour.txt`), the
+/// name prompts and captures go by in the study's output.
+pub fn stem(path: &Path) -> String {
+    path.file_stem()
+        .map_or_else(String::new, |s| s.to_string_lossy().into_owned())
+}
+
 /// One prompt of a study: its text, the span quantized, and the positions compared after it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StudyPrompt {
@@ -103,10 +110,7 @@ pub fn load_study(path: &Path) -> Result<Vec<StudyPrompt>, StudyError> {
                 )));
             }
             Ok(StudyPrompt {
-                name: p
-                    .file
-                    .file_stem()
-                    .map_or_else(String::new, |s| s.to_string_lossy().into_owned()),
+                name: stem(&p.file),
                 text: read(&dir.join(&p.file))?,
                 span: start..end,
                 positions: p.positions,
