@@ -4,11 +4,16 @@
 //!
 //! Each entry is two files: the payload `<key>.<ext>` and `<key>.<ext>.sha256`, the payload's
 //! SHA-256. Both are written to a temporary name and renamed into place (payload first), so a
-//! reader never sees a half-written entry as valid. A payload whose checksum is missing or wrong
-//! is treated as corrupt: it is deleted and reported as a miss, so the caller rebuilds it.
+//! reader sees either a whole file or none. A payload whose checksum is missing or wrong (a
+//! writer between its two renames, a damaged file) is reported as corrupt and is **never
+//! deleted** by a reader: the caller rebuilds and stores the entry again, and that store's
+//! renames replace both files. So concurrent processes can share a cache: a reader may rebuild
+//! an entry another process is writing, but never loads a payload whose bytes it has not checked,
+//! and never removes a file another process just wrote.
 //!
-//! Location: `KVQ_CACHE_DIR`, else `$XDG_CACHE_HOME/kvq`, else `$HOME/.cache/kvq`; `KVQ_CACHE=off`
-//! (or `KVQ_DUMP`, so that every kernel is compiled and dumped) disables caching.
+//! Location: `KVQ_CACHE_DIR` (made absolute against the working directory; empty means unset),
+//! else `$XDG_CACHE_HOME/kvq`, else `$HOME/.cache/kvq`; `KVQ_CACHE=off` (or `KVQ_DUMP`, so that
+//! every kernel is compiled and dumped) disables caching.
 
 use std::fs;
 use std::io::Write;
@@ -55,7 +60,7 @@ pub enum Lookup {
     Hit(PathBuf),
     /// No entry.
     Miss,
-    /// An entry that failed its checksum; it has been removed.
+    /// An entry that failed its checksum (left in place; storing the key again replaces it).
     Corrupt,
 }
 
@@ -68,9 +73,13 @@ pub struct CompileCache {
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 impl CompileCache {
-    /// A cache in `dir` (created on first write).
+    /// A cache in `dir` (created on first write), made absolute against the working directory
+    /// so that a library path handed to `dlopen` always names a file, never a search.
     pub fn new(dir: impl Into<PathBuf>) -> CompileCache {
-        CompileCache { dir: dir.into() }
+        let dir = dir.into();
+        CompileCache {
+            dir: std::path::absolute(&dir).unwrap_or(dir),
+        }
     }
 
     /// The cache the environment asks for, or `None` when `KVQ_CACHE=off`, when `KVQ_DUMP` is
@@ -81,10 +90,11 @@ impl CompileCache {
         {
             return None;
         }
-        let dir = std::env::var_os("KVQ_CACHE_DIR")
+        let set = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+        let dir = set("KVQ_CACHE_DIR")
             .map(PathBuf::from)
-            .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("kvq")))
-            .or_else(|| std::env::var_os("HOME").map(|d| PathBuf::from(d).join(".cache/kvq")))?;
+            .or_else(|| set("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("kvq")))
+            .or_else(|| set("HOME").map(|d| PathBuf::from(d).join(".cache/kvq")))?;
         Some(CompileCache::new(dir))
     }
 
@@ -101,7 +111,8 @@ impl CompileCache {
         self.dir.join(format!("{}.{ext}.sha256", key.as_str()))
     }
 
-    /// Looks `key` up; a corrupt entry is deleted.
+    /// Looks `key` up. Nothing is deleted: a corrupt entry is reported, and the caller's
+    /// [`CompileCache::store`] of a rebuild replaces it.
     pub fn lookup(&self, key: &CacheKey, ext: &str) -> Lookup {
         let (payload, sum) = (self.payload(key, ext), self.checksum(key, ext));
         let Ok(bytes) = fs::read(&payload) else {
@@ -112,8 +123,6 @@ impl CompileCache {
         if valid {
             Lookup::Hit(payload)
         } else {
-            let _ = fs::remove_file(&payload);
-            let _ = fs::remove_file(&sum);
             Lookup::Corrupt
         }
     }
@@ -186,19 +195,89 @@ mod tests {
     }
 
     #[test]
-    fn corrupt_entries_are_removed_never_loaded() {
+    fn corrupt_entries_are_reported_then_replaced() {
         let cache = temp_cache("corrupt");
         let key = CacheKey::new("ir", "host", "", "19");
         let path = cache.store(&key, "so", b"good bytes").unwrap();
         fs::write(&path, b"bad bytes!").unwrap();
         assert_eq!(cache.lookup(&key, "so"), Lookup::Corrupt);
-        assert!(!path.exists());
-        assert_eq!(cache.lookup(&key, "so"), Lookup::Miss);
-        // A payload without its checksum (a writer died between the two renames) is corrupt too.
-        let path = cache.store(&key, "so", b"good bytes").unwrap();
+        // The reader leaves it for the rebuild's store to replace.
+        assert!(path.exists());
+        cache.store(&key, "so", b"good bytes").unwrap();
+        assert_eq!(cache.lookup(&key, "so"), Lookup::Hit(path.clone()));
+        // A payload without its checksum (a writer between its two renames) is corrupt too.
         fs::remove_file(cache.checksum(&key, "so")).unwrap();
         assert_eq!(cache.lookup(&key, "so"), Lookup::Corrupt);
-        assert!(!path.exists());
+    }
+
+    #[test]
+    fn relative_and_empty_locations_become_absolute() {
+        let cache = CompileCache::new("relative/kvq");
+        assert!(cache.dir().is_absolute(), "{}", cache.dir().display());
+        assert!(cache.dir().ends_with("relative/kvq"));
+    }
+
+    /// The environment variable that makes [`concurrent_worker`] run (in child processes).
+    const WORKER_DIR: &str = "KVQ_CACHE_TEST_WORKER_DIR";
+    const WORKER_ROUNDS: usize = 150;
+
+    /// One of several processes sharing a cache: looks the key up, stores it on a miss, and
+    /// checks that every hit holds the whole payload. Run by [`processes_share_a_cache`].
+    #[test]
+    #[ignore = "a child process of processes_share_a_cache"]
+    fn concurrent_worker() {
+        let dir = std::env::var(WORKER_DIR).expect("run by processes_share_a_cache");
+        let cache = CompileCache::new(dir);
+        let key = CacheKey::new("ir", "host", "", "19");
+        let payload = vec![0x5a_u8; 256 * 1024];
+        let mut hits = 0;
+        for _ in 0..WORKER_ROUNDS {
+            match cache.lookup(&key, "so") {
+                Lookup::Hit(path) => {
+                    hits += 1;
+                    assert_eq!(fs::read(path).unwrap(), payload, "a hit with other bytes");
+                }
+                Lookup::Miss | Lookup::Corrupt => {
+                    cache.store(&key, "so", &payload).unwrap();
+                }
+            }
+        }
+        println!("hits {hits}");
+    }
+
+    #[test]
+    fn processes_share_a_cache() {
+        let cache = temp_cache("processes");
+        let exe = std::env::current_exe().unwrap();
+        let children: Vec<_> = (0..4)
+            .map(|_| {
+                std::process::Command::new(&exe)
+                    .args(["--exact", "cache::tests::concurrent_worker", "--ignored"])
+                    .args(["--nocapture", "--test-threads", "1"])
+                    .env(WORKER_DIR, cache.dir())
+                    .stdout(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let mut hits = 0;
+        for child in children {
+            let out = child.wait_with_output().unwrap();
+            assert!(out.status.success(), "a worker failed");
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            // The harness prints the report on its own "test ... " line.
+            let n: usize = text
+                .split("hits ")
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("no worker report in {text:?}"));
+            hits += n;
+        }
+        assert!(hits > 0, "the workers never hit");
+        // Nobody deletes: once every writer is done, the entry is whole and valid.
+        let key = CacheKey::new("ir", "host", "", "19");
+        assert!(matches!(cache.lookup(&key, "so"), Lookup::Hit(_)));
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! - [`tensor`]: the small owned tensor type these work on.
 
 pub mod ir;
+pub mod limits;
 pub mod lower;
 pub mod metrics;
 pub mod reference;

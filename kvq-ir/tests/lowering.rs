@@ -244,3 +244,50 @@ fn read_layer0_k(path: &std::path::Path) -> Tensor3 {
         .collect();
     Tensor3::new([shape[1], shape[2], shape[3]], data).unwrap()
 }
+
+/// `Schedule::check` accepts exactly the schedules whose kernels fit a block's shared memory,
+/// as the verifier counts it; head_dim 0 or out of range is an error, never a panic.
+#[test]
+fn schedule_check_knows_shared_memory_and_shape_limits() {
+    let shape = ShapeClass {
+        head_dim: 128,
+        input: InputType::F16,
+    };
+    let mut rejected = 0;
+    for (_, scheme) in catalogue() {
+        for block_size in [1, 32, 64, 128, 256, 512, 1024] {
+            for channels in [8, 16, 32, 64, 128] {
+                let s = Schedule {
+                    block_size,
+                    channels,
+                    vector: 8,
+                };
+                let checked = s.check(&scheme, shape);
+                match lower::quantize(&scheme, shape, &s) {
+                    Ok(l) => {
+                        let info = verify(&l.kernel).unwrap_or_else(|e| panic!("{e}"));
+                        assert!(checked.is_ok());
+                        assert!(u64::from(info.shared_bytes) <= verify::MAX_SHARED_BYTES);
+                    }
+                    Err(e) => {
+                        assert!(checked.is_err(), "{e}");
+                        rejected += u32::from(e.to_string().contains("shared memory"));
+                    }
+                }
+            }
+        }
+    }
+    assert!(rejected > 0, "no schedule hit the shared-memory limit");
+    for head_dim in [0, 4, 12, 2048, u32::MAX] {
+        let shape = ShapeClass {
+            head_dim,
+            input: InputType::F16,
+        };
+        for (_, scheme) in catalogue() {
+            let s = Schedule::host_default(&scheme, shape);
+            assert!(lower::quantize(&scheme, shape, &s).is_err(), "{head_dim}");
+            let s = Schedule::gpu_default(&scheme, shape);
+            assert!(lower::dequantize(&scheme, shape, &s).is_err(), "{head_dim}");
+        }
+    }
+}

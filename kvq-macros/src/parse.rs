@@ -3,7 +3,7 @@
 //! This only recognises shapes (word, number, call, `name = value`); what they mean is decided by
 //! `kvq_ir::scheme::build`, shared with the command line.
 
-use kvq_ir::scheme::syntax::{Entry, Value};
+use kvq_ir::scheme::syntax::{Entry, Value, MAX_NESTING};
 use kvq_ir::scheme::{SchemeError, SchemeErrorKind};
 use proc_macro2::{Delimiter, Span, TokenStream, TokenTree};
 use syn::ext::IdentExt;
@@ -44,11 +44,16 @@ const ENTRY: &str = "an entry: `name = value` or `name(...)`";
 /// Reads a comma-separated list `entry, entry, ...` (a trailing comma is allowed), reporting
 /// every syntax error rather than the first.
 pub fn entries(tokens: TokenStream) -> Result<Vec<Entry<Place>>, Errors> {
+    entries_at(tokens, 0)
+}
+
+/// [`entries`] inside `depth` calls.
+fn entries_at(tokens: TokenStream, depth: usize) -> Result<Vec<Entry<Place>>, Errors> {
     let mut entries = Vec::new();
     let mut errors = Vec::new();
     let mut chunk = Vec::new();
     let mut read = |chunk: &mut Vec<TokenTree>, errors: &mut Errors| {
-        match entry(chunk) {
+        match entry(chunk, depth) {
             Ok(e) => entries.push(e),
             Err(mut e) => errors.append(&mut e),
         }
@@ -77,7 +82,7 @@ pub fn entries(tokens: TokenStream) -> Result<Vec<Entry<Place>>, Errors> {
 }
 
 /// `name = value` or a bare value; `tokens` is not empty.
-fn entry(tokens: &[TokenTree]) -> Result<Entry<Place>, Errors> {
+fn entry(tokens: &[TokenTree], depth: usize) -> Result<Entry<Place>, Errors> {
     if let [TokenTree::Ident(name), TokenTree::Punct(eq), rest @ ..] = tokens {
         if eq.as_char() == '=' {
             let value = if rest.is_empty() {
@@ -87,7 +92,7 @@ fn entry(tokens: &[TokenTree]) -> Result<Entry<Place>, Errors> {
                     span: Place::range(name.span(), eq.span()),
                 }
             } else {
-                value(rest)?
+                value(rest, depth)?
             };
             return Ok(Entry::Named {
                 name: name.unraw().to_string(),
@@ -96,20 +101,27 @@ fn entry(tokens: &[TokenTree]) -> Result<Entry<Place>, Errors> {
             });
         }
     }
-    Ok(Entry::Positional(value(tokens)?))
+    Ok(Entry::Positional(value(tokens, depth)?))
 }
 
 /// One value; `tokens` is not empty. Tokens after a complete value are a syntax error.
-fn value(tokens: &[TokenTree]) -> Result<Value<Place>, Errors> {
+fn value(tokens: &[TokenTree], depth: usize) -> Result<Value<Place>, Errors> {
     let whole = Place::range(tokens[0].span(), tokens[tokens.len() - 1].span());
     let (value, used) = match tokens {
         [TokenTree::Ident(name), TokenTree::Group(args), ..]
             if args.delimiter() == Delimiter::Parenthesis =>
         {
+            if depth >= MAX_NESTING {
+                return Err(vec![syntax(
+                    Place::token(name.span()),
+                    &format!("`{name}(` nested deeper than {MAX_NESTING} calls"),
+                    "at most 16 nested calls",
+                )]);
+            }
             let value = Value::Call {
                 name: name.unraw().to_string(),
                 name_span: Place::token(name.span()),
-                args: entries(args.stream())?,
+                args: entries_at(args.stream(), depth + 1)?,
                 span: Place::range(name.span(), args.span_close()),
             };
             (value, 2)
@@ -331,6 +343,21 @@ mod tests {
             read(quote!(x = -y)),
             vec![named("x", found("an expression"))]
         );
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error() {
+        let mut nested: TokenStream = quote!(0.5);
+        for _ in 0..MAX_NESTING + 1 {
+            nested = quote!(f(#nested));
+        }
+        let errors = entries(quote!(rule = #nested)).unwrap_err();
+        assert!(errors[0].kind.to_string().contains("nested deeper than 16"));
+        let mut ok: TokenStream = quote!(0.5);
+        for _ in 0..MAX_NESTING {
+            ok = quote!(f(#ok));
+        }
+        assert!(entries(quote!(rule = #ok)).is_ok());
     }
 
     #[test]

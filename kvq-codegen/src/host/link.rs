@@ -56,7 +56,9 @@ pub(super) fn open_kept(kernel: &str, path: &Path, symbol: &str) -> Result<Loade
 fn unique_dir() -> PathBuf {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    std::env::temp_dir().join(format!("kvq-codegen-{}-{n}", std::process::id()))
+    let dir = std::env::temp_dir().join(format!("kvq-codegen-{}-{n}", std::process::id()));
+    // dlopen searches the library path for a name without a slash: keep every path absolute.
+    std::path::absolute(&dir).unwrap_or(dir)
 }
 
 /// Links `object` into a shared library and loads `symbol` from it.

@@ -75,26 +75,22 @@ pub fn compile_with(
                 crate::llvm::HOST_OPTIONS,
                 &crate::llvm::llvm_version(),
             );
-            match cache.lookup(&key, "so") {
-                Lookup::Hit(path) => link::open_kept(&kernel.name, &path, &symbol)?,
-                Lookup::Miss | Lookup::Corrupt => {
-                    let bytes =
-                        link::link_bytes(&kernel.name, &crate::llvm::host_object(kernel, info)?)?;
-                    match cache.store(&key, "so", &bytes) {
-                        Ok(path) => link::open_kept(&kernel.name, &path, &symbol)?,
-                        Err(e) => {
-                            eprintln!(
-                                "kvq-codegen: cannot write the compile cache {}: {e}",
-                                cache.dir().display()
-                            );
-                            link::load(
-                                &kernel.name,
-                                &crate::llvm::host_object(kernel, info)?,
-                                &symbol,
-                            )?
-                        }
-                    }
-                }
+            let cached = match cache.lookup(&key, "so") {
+                // An entry that passes its checksum but does not load (a damaged or foreign
+                // file) is a miss: rebuilt and stored again.
+                Lookup::Hit(path) => link::open_kept(&kernel.name, &path, &symbol)
+                    .inspect_err(|e| {
+                        eprintln!(
+                            "kvq-codegen: cached {} does not load ({e}); rebuilding",
+                            path.display()
+                        )
+                    })
+                    .ok(),
+                Lookup::Miss | Lookup::Corrupt => None,
+            };
+            match cached {
+                Some(loaded) => loaded,
+                None => build_into(kernel, info, &symbol, cache, &key)?,
             }
         }
     };
@@ -110,6 +106,29 @@ pub fn compile_with(
         stack: (frame + (1 << 20)).max(2 << 20),
         loaded,
     })
+}
+
+/// Builds `kernel`, stores it in `cache` under `key` and loads the stored file; a cache that
+/// cannot be written is skipped with a warning (the build is loaded from a temporary file).
+fn build_into(
+    kernel: &Kernel,
+    info: &KernelInfo,
+    symbol: &str,
+    cache: &CompileCache,
+    key: &CacheKey,
+) -> Result<link::Loaded, CodegenError> {
+    let object = crate::llvm::host_object(kernel, info)?;
+    let bytes = link::link_bytes(&kernel.name, &object)?;
+    match cache.store(key, "so", &bytes) {
+        Ok(path) => link::open_kept(&kernel.name, &path, symbol),
+        Err(e) => {
+            eprintln!(
+                "kvq-codegen: cannot write the compile cache {}: {e}",
+                cache.dir().display()
+            );
+            link::load(&kernel.name, &object, symbol)
+        }
+    }
 }
 
 impl HostKernel {

@@ -227,5 +227,46 @@ fn cache_hit_loads_the_stored_library_and_corrupt_entries_are_rebuilt() {
     // SAFETY: both buffers hold the 10 elements the kernel addresses.
     unsafe { rebuilt.launch(&mut args, 1) }.expect("runs");
     assert!(dst.iter().all(|&d| d == 1.0));
+    drop(rebuilt);
+    // An entry whose checksum matches but which is no shared object (a foreign or damaged file
+    // stored with its own sum) fails to load: that is a miss too, rebuilt and stored again.
+    let garbage = b"\x7fELF but not really".to_vec();
+    std::fs::write(&path, &garbage).unwrap();
+    let sum = sha2_hex(&garbage);
+    std::fs::write(path.with_extension("so.sha256"), sum).unwrap();
+    let reloaded = host::compile_with(&kernel, &info, Some(&cache)).expect("rebuilds");
+    assert_eq!(std::fs::read(reloaded.library_path()).unwrap(), stored);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The SHA-256 of `bytes` in hex, as the cache's checksum files hold it (computed by `sha256sum`,
+/// independently of the cache's own code).
+fn sha2_hex(bytes: &[u8]) -> String {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("sha256sum runs");
+    child.stdin.take().unwrap().write_all(bytes).unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8(out.stdout).unwrap()[..64].to_string()
+}
+
+#[test]
+fn a_relative_cache_directory_still_loads() {
+    // Integration tests run in the package directory; the cache lies in the workspace target.
+    let rel = format!("../target/kvq-relative-cache-{}", std::process::id());
+    let _ = std::fs::remove_dir_all(&rel);
+    let cache = CompileCache::new(&rel);
+    let kernel = scale_kernel();
+    let info = info(&kernel);
+    let cold = host::compile_with(&kernel, &info, Some(&cache)).expect("compiles");
+    assert!(cold.library_path().is_absolute());
+    drop(cold);
+    let warm = host::compile_with(&kernel, &info, Some(&cache)).expect("loads");
+    assert!(warm.library_path().is_absolute());
+    drop(warm);
+    let _ = std::fs::remove_dir_all(&rel);
 }

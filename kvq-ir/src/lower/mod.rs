@@ -105,7 +105,7 @@ impl Schedule {
     pub fn host_default(scheme: &Scheme, shape: ShapeClass) -> Schedule {
         let per_byte = scheme.bits.codes_per_byte() as u32;
         let channels = per_byte.max(32).min(shape.head_dim);
-        let channels = if shape.head_dim % channels == 0 {
+        let channels = if shape.head_dim.checked_rem(channels) == Some(0) {
             channels
         } else {
             per_byte
@@ -149,6 +149,16 @@ impl Schedule {
                 "vector width {} does not divide the group of {} channels",
                 self.vector,
                 token_group(scheme, shape)
+            ));
+        }
+        let shared = quantize_channel::shared_bytes(scheme, self);
+        if shared > crate::ir::verify::MAX_SHARED_BYTES {
+            return bad(format!(
+                "block size {} with {} channels needs {shared} bytes of shared memory, more than \
+                 the {} a block may use",
+                self.block_size,
+                self.channels,
+                crate::ir::verify::MAX_SHARED_BYTES
             ));
         }
         Ok(())
@@ -228,6 +238,9 @@ pub enum LowerError {
     /// The scheme does not fit the shape (head_dim).
     #[error(transparent)]
     Shape(#[from] QuantError),
+    /// A size outside what kvq supports.
+    #[error(transparent)]
+    Limit(#[from] crate::limits::LimitError),
 }
 
 /// Parameter indices of a quantize kernel, in ABI order.
@@ -265,6 +278,7 @@ pub mod dequantize_abi {
 }
 
 fn check(scheme: &Scheme, shape: ShapeClass, schedule: &Schedule) -> Result<(), LowerError> {
+    crate::limits::check_head_dim(u64::from(shape.head_dim))?;
     let probe = Shape3 {
         heads: 1,
         tokens: 1,

@@ -148,6 +148,28 @@ enum Coder {
 /// is long enough that finding them (32 code evaluations per level) costs little.
 const MAX_THRESHOLD_LEVELS: u8 = 15;
 
+/// Bytes of shared memory the quantize kernel of `scheme` under `s` declares: the group = all
+/// kernel's arrays below (per-thread partial extremes unless the rule reads the whole group,
+/// each column's zero and scale, thresholds for narrow codes); the other kernels declare none.
+pub fn shared_bytes(scheme: &Scheme, s: &Schedule) -> u64 {
+    if scheme.axis != crate::scheme::Axis::Channel || scheme.group != Group::All {
+        return 0;
+    }
+    let (bsz, w) = (u64::from(s.block_size), u64::from(s.channels));
+    let partials = if reads_group(scheme.rule) {
+        0
+    } else {
+        2 * bsz * w
+    };
+    let levels = scheme.bits.max_code();
+    let thresholds = if levels <= MAX_THRESHOLD_LEVELS {
+        w * u64::from(levels)
+    } else {
+        0
+    };
+    4 * (partials + 2 * w + thresholds)
+}
+
 /// group = all: one block per (head, column); threads split the tokens.
 fn lower_all(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
     let p = Plan::new(scheme, shape, s);

@@ -91,23 +91,27 @@ impl SchemeErrorKind {
 impl fmt::Display for SchemeErrorKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            SchemeErrorKind::UnknownKey { found, .. } => write!(f, "unknown key `{found}`"),
-            SchemeErrorKind::DuplicateKey { key } => write!(f, "duplicate key `{key}`"),
+            SchemeErrorKind::UnknownKey { found, .. } => {
+                write!(f, "unknown key `{}`", echo(found))
+            }
+            SchemeErrorKind::DuplicateKey { key } => write!(f, "duplicate key `{}`", echo(key)),
             SchemeErrorKind::Missing { what, .. } => write!(f, "missing {what}"),
             SchemeErrorKind::InvalidValue { key, found, .. } => {
-                write!(f, "`{key} = {found}` is not allowed")
+                write!(f, "`{key} = {}` is not allowed", echo(found))
             }
-            SchemeErrorKind::BadArgument { call, .. } => write!(f, "`{call}` is not allowed"),
+            SchemeErrorKind::BadArgument { call, .. } => {
+                write!(f, "`{}` is not allowed", echo(call))
+            }
             SchemeErrorKind::WrongKind {
                 key,
                 expected,
                 found,
-            } => write!(f, "{key} expects {expected}, found {found}"),
+            } => write!(f, "{key} expects {expected}, found {}", echo(found)),
             SchemeErrorKind::Misplaced { found, expected } => {
-                write!(f, "unexpected {found}, expected {expected}")
+                write!(f, "unexpected {}, expected {expected}", echo(found))
             }
             SchemeErrorKind::Syntax { found, expected } => {
-                write!(f, "unexpected {found}, expected {expected}")
+                write!(f, "unexpected {}, expected {expected}", echo(found))
             }
         }
     }
@@ -144,17 +148,38 @@ pub struct ParseError {
     pub errors: Vec<SchemeError<std::ops::Range<usize>>>,
 }
 
-/// One line: `invalid scheme "<text>": <message> at column N (<hint>); <next error> ...`.
+/// The longest scheme text an error message repeats whole; longer text is cut to its start.
+const ECHO_CHARS: usize = 80;
+/// The most errors one message lists.
+const ECHO_ERRORS: usize = 5;
+
+/// `text` as an error message repeats it: whole when short, else its first [`ECHO_CHARS`]
+/// characters and how long it is.
+pub fn echo(text: &str) -> String {
+    let chars = text.chars().count();
+    if chars <= ECHO_CHARS {
+        text.to_string()
+    } else {
+        let start: String = text.chars().take(ECHO_CHARS).collect();
+        format!("{start}... ({chars} characters)")
+    }
+}
+
+/// One line: `invalid scheme "<text>": <message> at column N (<hint>); <next error> ...`, the
+/// text cut by [`echo`].
 impl fmt::Display for ParseError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid scheme \"{}\": ", self.source)?;
-        for (i, e) in self.errors.iter().enumerate() {
+        write!(f, "invalid scheme \"{}\": ", echo(&self.source))?;
+        for (i, e) in self.errors.iter().take(ECHO_ERRORS).enumerate() {
             if i > 0 {
                 f.write_str("; ")?;
             }
             let start = e.span.start.min(self.source.len());
-            let column = self.source[..start].chars().count() + 1;
+            let column = self.source.get(..start).map_or(0, |s| s.chars().count()) + 1;
             write!(f, "{} at column {column} ({})", e.kind, e.kind.hint())?;
+        }
+        if self.errors.len() > ECHO_ERRORS {
+            write!(f, "; and {} more errors", self.errors.len() - ECHO_ERRORS)?;
         }
         Ok(())
     }

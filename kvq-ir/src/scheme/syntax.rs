@@ -14,6 +14,10 @@
 //!        | IDENT "(" list? ")"      call, e.g. shrink(0.5, center = mid)
 //! ```
 
+/// The deepest nesting of calls (`f(g(...))`) a front end reads; deeper text is a syntax
+/// error, so that no reader recurses without bound.
+pub const MAX_NESTING: usize = 16;
+
 /// One entry of a comma-separated list.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Entry<S> {

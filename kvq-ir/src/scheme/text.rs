@@ -4,7 +4,7 @@
 use std::ops::Range;
 
 use super::error::{SchemeError, SchemeErrorKind};
-use super::syntax::{Entry, Value};
+use super::syntax::{Entry, Value, MAX_NESTING};
 
 type Span = Range<usize>;
 
@@ -78,6 +78,8 @@ struct Parser {
     tokens: Vec<(Token, Span)>,
     pos: usize,
     end: usize,
+    /// Calls entered and not yet closed.
+    depth: usize,
 }
 
 impl Parser {
@@ -147,8 +149,19 @@ impl Parser {
                 if self.peek() != Some(&Token::Open) {
                     return Ok(Value::Word { text, span });
                 }
+                if self.depth >= MAX_NESTING {
+                    return Err(SchemeError::new(
+                        span,
+                        SchemeErrorKind::Syntax {
+                            found: format!("`{text}(` nested deeper than {MAX_NESTING} calls"),
+                            expected: "at most 16 nested calls",
+                        },
+                    ));
+                }
                 self.pos += 1;
+                self.depth += 1;
                 let args = self.list(true)?;
+                self.depth -= 1;
                 let close = self.span();
                 self.pos += 1;
                 Ok(Value::Call {
@@ -173,6 +186,7 @@ pub fn parse_entries(text: &str) -> Result<Vec<Entry<Span>>, SchemeError<Span>> 
         tokens: lex(text),
         pos: 0,
         end: text.len(),
+        depth: 0,
     };
     parser.list(false)
 }
@@ -205,6 +219,25 @@ mod tests {
             } => assert_eq!(text, "-1e-3"),
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_stack_overflow() {
+        let depth = 15_000;
+        let text = format!("rule = {}0.5{}", "f(".repeat(depth), ")".repeat(depth));
+        let err = parse_entries(&text).unwrap_err();
+        assert!(
+            err.to_string().contains("nested deeper than 16 calls"),
+            "{err}"
+        );
+        // The 17th `f(` is where reading stops: 7 bytes of `rule = `, 2 bytes a call.
+        assert_eq!(err.span, 7 + 2 * MAX_NESTING..7 + 2 * MAX_NESTING + 1);
+        let ok = format!(
+            "rule = {}0.5{}",
+            "f(".repeat(MAX_NESTING),
+            ")".repeat(MAX_NESTING)
+        );
+        assert!(parse_entries(&ok).is_ok());
     }
 
     #[test]

@@ -248,12 +248,13 @@ pub fn attention(
     shape: AttentionShape,
     schedule: &AttentionSchedule,
 ) -> Result<AttentionKernels, LowerError> {
-    if shape.head_dim == 0 || shape.group == 0 || shape.group > 64 {
-        return Err(LowerError::Schedule(format!(
-            "head_dim {} and group {} must be positive (group at most 64)",
-            shape.head_dim, shape.group
-        )));
-    }
+    crate::limits::check_head_dim(u64::from(shape.head_dim))?;
+    crate::limits::check_range(
+        "group",
+        u64::from(shape.group),
+        1,
+        crate::limits::MAX_GROUP as u64,
+    )?;
     let probe = Shape3 {
         heads: 1,
         tokens: 1,
