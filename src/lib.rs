@@ -21,6 +21,7 @@ pub mod attention;
 pub mod backend;
 pub mod eval;
 pub mod model;
+pub mod output;
 pub mod report;
 pub mod study;
 pub mod tune;

@@ -21,13 +21,12 @@ pub enum KvFileError {
         source: std::io::Error,
     },
     /// Not a valid safetensors file.
-    #[error("{path} is not a valid safetensors file: {source}")]
+    #[error("{path} is not a valid safetensors file: {reason}")]
     Format {
         /// The file.
         path: PathBuf,
-        /// The parser's error.
-        #[source]
-        source: safetensors::SafeTensorError,
+        /// What the parser found wrong, in words ([`safetensors_reason`]).
+        reason: String,
     },
     /// A required tensor is absent.
     #[error("tensor `{name}` is missing (a K/V file holds q, k and v)")]
@@ -113,9 +112,9 @@ impl KvFile {
             source,
         })?;
         Self::from_bytes(&bytes).map_err(|e| match e {
-            KvFileError::Format { source, .. } => KvFileError::Format {
+            KvFileError::Format { reason, .. } => KvFileError::Format {
                 path: path.to_path_buf(),
-                source,
+                reason,
             },
             other => other,
         })
@@ -123,9 +122,9 @@ impl KvFile {
 
     /// Parses a safetensors buffer.
     pub fn from_bytes(bytes: &[u8]) -> Result<KvFile, KvFileError> {
-        let format = |source| KvFileError::Format {
+        let format = |e| KvFileError::Format {
             path: PathBuf::from("<buffer>"),
-            source,
+            reason: safetensors_reason(&e),
         };
         let (_, metadata) = SafeTensors::read_metadata(bytes).map_err(format)?;
         let causal = match metadata.metadata().as_ref().and_then(|m| m.get("causal")) {
@@ -218,4 +217,27 @@ fn read_f32(
         }
     };
     Ok((shape, data))
+}
+
+/// The safetensors parser's error in words (its own `Display` prints the variant's name).
+pub fn safetensors_reason(e: &safetensors::SafeTensorError) -> String {
+    use safetensors::SafeTensorError as E;
+    match e {
+        E::InvalidHeader => "the header is not valid UTF-8".to_string(),
+        E::InvalidHeaderStart => "the header does not start with `{`".to_string(),
+        E::InvalidHeaderDeserialization => "the header is not the expected JSON".to_string(),
+        E::HeaderTooLarge => "the header is larger than 100 MB".to_string(),
+        E::HeaderTooSmall => "the file is shorter than its 8-byte header length".to_string(),
+        E::InvalidHeaderLength => "the header length runs past the end of the file".to_string(),
+        E::TensorNotFound(name) => format!("no tensor `{name}`"),
+        E::TensorInvalidInfo => "a tensor's shape and byte range disagree".to_string(),
+        E::InvalidOffset(name) => format!("tensor `{name}` has invalid data offsets"),
+        E::IoError(io) => io.to_string(),
+        E::JsonError(json) => format!("header JSON: {json}"),
+        E::InvalidTensorView(dtype, shape, len) => {
+            format!("{len} bytes do not hold a {dtype:?} tensor of shape {shape:?}")
+        }
+        E::MetadataIncompleteBuffer => "the tensors' data is cut short".to_string(),
+        E::ValidationOverflow => "a tensor's size overflows".to_string(),
+    }
 }

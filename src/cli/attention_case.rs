@@ -3,10 +3,10 @@
 //! it under the GPU schedule, every input buffer is written under its kernel parameter's name,
 //! and the host backend's outputs are written as `expected`.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{ensure, Result};
 use kvq::attention::{HostAttention, SeqData};
 use kvq::backend::{quantize, Backend};
 use kvq::lower::attention::{attention, AttentionArgs, AttentionSchedule};
@@ -21,16 +21,16 @@ pub struct Args {
     #[command(flatten)]
     pair: super::pair::PairArgs,
     /// Key/value heads.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = super::sizes::heads)]
     kv_heads: usize,
     /// Quantized span tokens per sequence.
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, default_value_t = 4096, value_parser = super::sizes::tokens)]
     span_tokens: usize,
     /// Full-precision tokens per sequence (prefix and suffix).
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = super::sizes::tokens)]
     fp_tokens: usize,
     /// Sequences.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = super::sizes::batch)]
     batch: usize,
     /// All sequences attend over one K/V (stored once; their queries differ), to keep large
     /// batches small on disk. The kernels read that K/V once per sequence.
@@ -91,14 +91,15 @@ fn le_u32(bytes: &[u8]) -> Vec<u32> {
 pub fn run(args: Args) -> Result<()> {
     let scheme = args.pair.scheme()?;
     let shape = args.pair.shape();
-    ensure!(
-        args.batch > 0 && args.kv_heads > 0,
-        "--batch and --kv-heads must be positive"
-    );
-    ensure!(
-        args.span_tokens + args.fp_tokens > 0,
-        "a sequence needs at least one token"
-    );
+    let tokens = args.span_tokens.saturating_add(args.fp_tokens);
+    ensure!(tokens > 0, "a sequence needs at least one token");
+    // Every sequence's K/V lie in one buffer the kernels index: batch x tokens as one tensor.
+    let all_tokens = tokens.saturating_mul(args.batch);
+    let d = u64::from(shape.head_dim);
+    kvq_ir::limits::check_tensor(args.kv_heads as u64, all_tokens as u64, d)?;
+    if args.output.is_dir() {
+        anyhow::bail!("-o {}: is a directory, not a file", args.output.display());
+    }
     let (kv, d) = (args.kv_heads, shape.head_dim as usize);
     let q_heads = kv * shape.group as usize;
     let mut seqs = Vec::new();
@@ -173,7 +174,7 @@ pub fn run(args: Args) -> Result<()> {
         vec![expected.len()],
         expected.iter().flat_map(|x| x.to_le_bytes()).collect(),
     ));
-    let mut meta = HashMap::new();
+    let mut meta = BTreeMap::new();
     meta.insert("scheme".to_string(), scheme.to_string());
     meta.insert("kv_heads".to_string(), kv.to_string());
     meta.insert("chunks".to_string(), launch.plan.chunks().to_string());
@@ -192,10 +193,15 @@ pub fn run(args: Args) -> Result<()> {
     meta.insert("kernels".to_string(), names.join(","));
     let views = tensors
         .iter()
-        .map(|(n, dt, shape, bytes)| Ok((n.clone(), TensorView::new(*dt, shape.clone(), bytes)?)))
+        .map(|(n, dt, shape, bytes)| {
+            TensorView::new(*dt, shape.clone(), bytes)
+                .map(|v| (n.clone(), v))
+                .map_err(|e| anyhow::anyhow!(kvq_runtime::kv_file::safetensors_reason(&e)))
+        })
         .collect::<Result<Vec<_>>>()?;
-    safetensors::serialize_to_file(views, &Some(meta), &args.output)
-        .with_context(|| format!("writing {}", args.output.display()))?;
+    let bytes = kvq::output::safetensors_bytes(views, meta)
+        .map_err(|e| anyhow::anyhow!("encoding {}: {e}", args.output.display()))?;
+    kvq::output::write_file(&args.output, &bytes)?;
     println!(
         "wrote {} ({} sequences x {} span + {} fp tokens, {} kv heads, group {}, {} chunks)",
         args.output.display(),

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use super::Input;
 use anyhow::{bail, Context, Result};
+use kvq::output::StagedDir;
 use kvq::Scheme;
 use kvq_codegen::{ptxas, Arch, Target};
 use kvq_ir::ir::{verify, Access, Kernel, Param};
@@ -47,13 +48,13 @@ pub struct Args {
     #[arg(long, value_enum)]
     emit: Option<Emit>,
     /// Channels per head the kernels are specialised for.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, value_parser = super::sizes::head_dim)]
     head_dim: u32,
     /// Element type of the K/V the kernels read.
     #[arg(long, value_enum, default_value = "f16")]
     input: Input,
     /// Also compile the decode-attention kernels, for this many query heads per kv head.
-    #[arg(long)]
+    #[arg(long, value_parser = super::sizes::group)]
     group: Option<u32>,
     /// Calibration `d` of the span's logits for the attention kernels (SPEC.md section 4).
     #[arg(long, requires = "group")]
@@ -83,8 +84,6 @@ pub fn run(args: Args) -> Result<()> {
         head_dim: args.head_dim,
         input,
     };
-    std::fs::create_dir_all(&args.output)
-        .with_context(|| format!("creating {}", args.output.display()))?;
     let ptxas = ptxas::find();
     if ptxas.is_none() && matches!(target, Target::Ptx(_)) {
         eprintln!("note: ptxas not found (run scripts/setup.sh or set KVQ_PTXAS); register/spill report skipped");
@@ -140,11 +139,11 @@ pub fn run(args: Args) -> Result<()> {
                 .collect()
         }
     };
-    std::fs::create_dir_all(&args.output)
-        .with_context(|| format!("creating {}", args.output.display()))?;
+    // Every file is staged beside the output folder and moved in only when all are written.
+    let mut out = StagedDir::new(&args.output)?;
     let mut kernels = Vec::new();
     for (role, scheme, schedule, kind, lowered) in &lowered {
-        let entry = write_kernel(&args, target, emit, &lowered.kernel, ptxas.as_deref())?;
+        let entry = write_kernel(&mut out, target, emit, &lowered.kernel, ptxas.as_deref())?;
         kernels.push(json!({
             "role": format!("{role}_{kind}"),
             "scheme": scheme.to_string(),
@@ -154,7 +153,7 @@ pub fn run(args: Args) -> Result<()> {
         }));
     }
     for (role, scheme, schedule, launch, kernel) in &attention_kernels {
-        let entry = write_kernel(&args, target, emit, kernel, ptxas.as_deref())?;
+        let entry = write_kernel(&mut out, target, emit, kernel, ptxas.as_deref())?;
         kernels.push(json!({
             "role": role,
             "scheme": scheme,
@@ -172,7 +171,11 @@ pub fn run(args: Args) -> Result<()> {
         "kernels": kernels,
     });
     let path = args.output.join("manifest.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&manifest)? + "\n")?;
+    out.write(
+        "manifest.json",
+        (serde_json::to_string_pretty(&manifest)? + "\n").as_bytes(),
+    )?;
+    out.commit()?;
     println!(
         "wrote {} kernels and {}",
         kernels_len(&manifest),
@@ -211,7 +214,7 @@ fn launch_json(launch: Launch) -> Value {
 
 /// Writes one kernel in the requested form and returns its manifest entry.
 fn write_kernel(
-    args: &Args,
+    out: &mut StagedDir,
     target: Target,
     emit: Emit,
     kernel: &Kernel,
@@ -229,7 +232,7 @@ fn write_kernel(
         }
     };
     let file = format!("{}.{ext}", kernel.name);
-    std::fs::write(args.output.join(&file), &text)?;
+    out.write(&file, text.as_bytes())?;
     let mut report = Value::Null;
     if let (Target::Ptx(arch), Some(ptxas_path)) = (target, ptxas_path) {
         let ptx = if emit == Emit::Ptx {

@@ -27,6 +27,9 @@ use kvq_runtime::{KvFile, ModelShape, QueryRef, VisualKvCache};
 )]
 pub struct CalibQuant;
 
+/// The most memory the demo's full-precision copy of the K/V may take.
+const DEMO_MEMORY_BYTES: u64 = 8 << 30;
+
 /// Options of `kvq demo`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -37,10 +40,10 @@ pub struct Args {
     )]
     kv: PathBuf,
     /// Synthetic visual tokens appended to the real ones (resampled real tokens plus noise).
-    #[arg(long, default_value_t = 16384)]
+    #[arg(long, default_value_t = 16384, value_parser = super::sizes::tokens)]
     synthetic_tokens: usize,
     /// Decode steps (a real token appended per step in full precision, attention at every layer).
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = super::sizes::count)]
     steps: usize,
 }
 
@@ -170,7 +173,6 @@ fn ptx_summary(shape: ModelShape) -> Result<()> {
 
 pub fn run(args: Args) -> Result<()> {
     let scheme = CalibQuant::SCHEME;
-    println!("scheme CalibQuant (declared with #[kv_quant]): {scheme}");
     let file = KvFile::load(&args.kv).with_context(|| format!("loading {}", args.kv.display()))?;
     let Some(first) = file.layers.first() else {
         bail!("{} has no layer", args.kv.display());
@@ -182,6 +184,20 @@ pub fn run(args: Args) -> Result<()> {
     if tokens < 2 {
         bail!("the capture needs a leading token and at least one visual token");
     }
+    let all = tokens.saturating_add(args.synthetic_tokens);
+    let elements = kvq_ir::limits::check_tensor(kv_heads as u64, all as u64, dim as u64)?;
+    // The demo keeps every layer's K and V in f32 beside the cache, for the f32 baseline.
+    let bytes = (elements as u64).saturating_mul(8 * file.layers.len() as u64);
+    if bytes > DEMO_MEMORY_BYTES {
+        bail!(
+            "--synthetic-tokens {}: the f32 baseline would hold {:.1} GiB of K/V, more than the \
+             demo's {} GiB; use fewer tokens",
+            args.synthetic_tokens,
+            bytes as f64 / (1u64 << 30) as f64,
+            DEMO_MEMORY_BYTES >> 30
+        );
+    }
+    println!("scheme CalibQuant (declared with #[kv_quant]): {scheme}");
     let shape = ModelShape {
         layers: file.layers.len(),
         kv_heads,

@@ -23,7 +23,7 @@ pub struct Args {
     #[arg(long, required_unless_present = "prompts")]
     prompt_file: Option<PathBuf>,
     /// Teacher-forced positions after the span to compare (with --prompt-file).
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, value_parser = super::sizes::positive_tokens)]
     positions: usize,
     #[command(flatten)]
     model: super::model_args::ModelArgs,
@@ -42,6 +42,10 @@ fn parse_span(text: &str) -> Result<std::ops::Range<usize>> {
     );
     if a >= b {
         bail!("--span {text:?} is empty");
+    }
+    let max = kvq_ir::limits::MAX_TOKENS;
+    if b > max {
+        bail!("--span {text:?} ends past {max} tokens, the most a prompt may have");
     }
     Ok(a..b)
 }

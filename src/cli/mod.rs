@@ -9,6 +9,7 @@ mod model_args;
 mod pair;
 mod quantize;
 mod report;
+mod sizes;
 mod tune;
 mod tune_attention;
 

@@ -18,10 +18,10 @@ pub struct PairArgs {
     #[arg(long)]
     calibrate: Option<f32>,
     /// Channels per head.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, value_parser = super::sizes::head_dim)]
     head_dim: u32,
     /// Query heads per kv head.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = super::sizes::group)]
     group: u32,
 }
 

@@ -1,10 +1,11 @@
 //! `kvq quantize`: one layer's K or V to packed codes and parameters, written as safetensors.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use kvq::backend::{self, Backend};
+use kvq::output;
 use kvq::reference::quantize::param_shape;
 use kvq::Scheme;
 use kvq_ir::lower::InputType;
@@ -41,6 +42,9 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let scheme = Scheme::parse(&args.scheme).context("--scheme")?;
+    if args.output.is_dir() {
+        bail!("-o {}: is a directory, not a file", args.output.display());
+    }
     let file = KvFile::load(&args.kv)?;
     let Some(layer) = file.layers.get(args.layer) else {
         bail!(
@@ -60,15 +64,19 @@ pub fn run(args: Args) -> Result<()> {
     let pshape = param_shape(&scheme, shape).to_vec();
     let f32_bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
     let (zero, scale) = (f32_bytes(&span.zero), f32_bytes(&span.scale));
-    let tensors = [
+    let view = |dtype, shape, data| {
+        TensorView::new(dtype, shape, data)
+            .map_err(|e| anyhow::anyhow!(kvq_runtime::kv_file::safetensors_reason(&e)))
+    };
+    let tensors = vec![
         (
-            "codes",
-            TensorView::new(Dtype::U8, vec![shape.heads, shape.tokens, row], &span.codes)?,
+            "codes".to_string(),
+            view(Dtype::U8, vec![shape.heads, shape.tokens, row], &span.codes)?,
         ),
-        ("zero", TensorView::new(Dtype::F32, pshape.clone(), &zero)?),
-        ("scale", TensorView::new(Dtype::F32, pshape, &scale)?),
+        ("zero".to_string(), view(Dtype::F32, pshape.clone(), &zero)?),
+        ("scale".to_string(), view(Dtype::F32, pshape, &scale)?),
     ];
-    let metadata = HashMap::from([
+    let metadata = BTreeMap::from([
         ("scheme".to_string(), scheme.to_string()),
         (
             "backend".to_string(),
@@ -89,8 +97,9 @@ pub fn run(args: Args) -> Result<()> {
                 .to_string(),
         ),
     ]);
-    safetensors::serialize_to_file(tensors, &Some(metadata), &args.output)
-        .with_context(|| format!("writing {}", args.output.display()))?;
+    let bytes = output::safetensors_bytes(tensors, metadata)
+        .map_err(|e| anyhow::anyhow!("encoding {}: {e}", args.output.display()))?;
+    output::write_file(&args.output, &bytes)?;
     println!(
         "{}: {} x {} x {} -> {} code bytes, {} parameter pairs, {:.4} bits per element",
         args.output.display(),

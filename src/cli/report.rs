@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use kvq::model::Model;
+use kvq::output;
 use kvq::report::{capture_rows, html, PromptInfo, Report};
 use kvq::study::{ablation, load_entries, load_study, run_study, stem};
 use kvq_runtime::KvFile;
@@ -30,7 +31,7 @@ pub struct Args {
     #[arg(long)]
     entries: Option<PathBuf>,
     /// At most this many positions per prompt (default: the manifest's).
-    #[arg(long)]
+    #[arg(long, value_parser = super::sizes::positive_tokens)]
     max_positions: Option<usize>,
     /// Output folder.
     #[arg(long, default_value = "docs/report")]
@@ -54,8 +55,7 @@ pub fn run(args: Args) -> Result<()> {
             .with_context(|| format!("reading {}", json.display()))?;
         let report: Report = serde_json::from_str(&text)
             .with_context(|| format!("{}: not a kvq report", json.display()))?;
-        std::fs::write(&page, html(&report, &entries))
-            .with_context(|| format!("writing {}", page.display()))?;
+        output::write_file(&page, html(&report, &entries).as_bytes())?;
         println!("wrote {}", page.display());
         return Ok(());
     }
@@ -87,10 +87,11 @@ pub fn run(args: Args) -> Result<()> {
     };
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
-    std::fs::write(&page, html(&report, &entries))
-        .with_context(|| format!("writing {}", page.display()))?;
-    std::fs::write(&json, serde_json::to_string_pretty(&report)? + "\n")
-        .with_context(|| format!("writing {}", json.display()))?;
+    output::write_file(
+        &json,
+        (serde_json::to_string_pretty(&report)? + "\n").as_bytes(),
+    )?;
+    output::write_file(&page, html(&report, &entries).as_bytes())?;
     println!("| entry | bits/elt | mean top-1 | mean KL | ppl ratio |");
     println!("| --- | ---: | ---: | ---: | ---: |");
     for r in &report.model {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::Input;
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use kvq::tune::{self, TuningKey, TuningTable};
 use kvq::Scheme;
 use kvq_ir::lower::{InputType, Schedule, ShapeClass};
@@ -20,16 +20,16 @@ pub struct Args {
     #[arg(long, conflicts_with = "scheme")]
     catalogue: bool,
     /// Channels per head.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, value_parser = super::sizes::head_dim)]
     head_dim: u32,
     /// Heads of the synthetic span.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = super::sizes::heads)]
     heads: usize,
     /// Tokens of the synthetic span.
-    #[arg(long, default_value_t = 16384)]
+    #[arg(long, default_value_t = 16384, value_parser = super::sizes::positive_tokens)]
     tokens: usize,
     /// Timed runs per candidate (the median is kept), after one warm-up.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = super::sizes::count)]
     repeats: usize,
     /// Seconds of timed rounds per scheme at most: slow schemes get fewer rounds (at least one).
     #[arg(long, default_value_t = 60.0)]
@@ -58,9 +58,7 @@ pub fn run(args: Args) -> Result<()> {
             .map(|t| Ok((t.clone(), Scheme::parse(t).context("--scheme")?)))
             .collect::<Result<_>>()?
     };
-    if args.repeats == 0 {
-        bail!("--repeats must be at least 1");
-    }
+    kvq_ir::limits::check_tensor(args.heads as u64, args.tokens as u64, args.head_dim.into())?;
     let shape = ShapeClass {
         head_dim: args.head_dim,
         input: InputType::from(args.input),

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
+use anyhow::{Context, Result};
 use kvq::lower::attention::AttentionSchedule;
 use kvq::tune::attention::{tune_attention, AttentionKey, AttentionTable};
 
@@ -12,13 +12,13 @@ pub struct Args {
     #[command(flatten)]
     pair: super::pair::PairArgs,
     /// Key/value heads of the synthetic sequence.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = super::sizes::heads)]
     kv_heads: usize,
     /// Span tokens of the synthetic sequence.
-    #[arg(long, default_value_t = 16384)]
+    #[arg(long, default_value_t = 16384, value_parser = super::sizes::positive_tokens)]
     tokens: usize,
     /// Timed runs per candidate (the median is kept), after one checked run.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = super::sizes::count)]
     repeats: usize,
     /// The table to update (created if missing).
     #[arg(long, default_value = "tuning/host-attention.json")]
@@ -28,9 +28,9 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     let scheme = args.pair.scheme()?;
     let shape = args.pair.shape();
-    if args.repeats == 0 || args.tokens == 0 || args.kv_heads == 0 {
-        bail!("--repeats, --tokens and --kv-heads must be positive");
-    }
+    // The span plus the 64 full-precision tokens tune_attention adds, every sequence's K/V.
+    let tokens = args.tokens.checked_add(64).context("--tokens")?;
+    kvq_ir::limits::check_tensor(args.kv_heads as u64, tokens as u64, shape.head_dim.into())?;
     let mut table = if args.table.exists() {
         AttentionTable::load(&args.table).unwrap_or_else(|e| {
             eprintln!("warning: {e}; starting a new table");

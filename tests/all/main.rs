@@ -11,6 +11,7 @@ mod model;
 mod properties;
 mod reference_figures;
 mod report;
+mod robustness;
 mod snapshots;
 mod strategies;
 mod tune;

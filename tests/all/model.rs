@@ -38,7 +38,9 @@ fn argmax(x: &[f32]) -> u32 {
 /// The harbour prompt's tokens (docs/prompts/harbour.txt).
 fn harbour(m: &Model) -> Vec<u32> {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/prompts/harbour.txt");
-    m.tokenizer.encode(&std::fs::read_to_string(path).unwrap())
+    m.tokenizer
+        .encode(&std::fs::read_to_string(path).unwrap())
+        .unwrap()
 }
 
 /// Largest |x - y| over the largest |y|.
@@ -92,6 +94,33 @@ fn calibquant() -> CacheScheme {
     .unwrap()
 }
 
+/// kvq's tokenizer gives SmolLM2's ids token for token on every text of
+/// tests/data/smollm2_tokens.json (recorded from Hugging Face's tokenizer stack by
+/// scripts/smollm2_tokenizer_reference.py), and decodes them back to the text.
+#[test]
+fn tokenizer_matches_the_reference_token_for_token() {
+    let Some(m) = model() else { return };
+    let fixture: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(data("smollm2_tokens.json")).unwrap())
+            .unwrap();
+    let texts = fixture["texts"].as_array().unwrap();
+    assert!(texts.len() >= 30, "the corpus lost texts");
+    let mut prompts = 0;
+    for t in texts {
+        let (name, text) = (t["name"].as_str().unwrap(), t["text"].as_str().unwrap());
+        let want = ids(&t["ids"]);
+        assert_eq!(m.tokenizer.encode(text).unwrap(), want, "{name}");
+        assert_eq!(m.tokenizer.decode(&want).unwrap(), text, "{name}");
+        prompts += usize::from(name.starts_with("docs/prompts/"));
+    }
+    assert_eq!(prompts, 7, "every prompt of docs/prompts is in the corpus");
+    // A paragraph break before text: two newline tokens, as the model was trained.
+    assert_eq!(
+        m.tokenizer.encode("Hello\n\nWorld").unwrap(),
+        [19556, 198, 198, 11265]
+    );
+}
+
 #[test]
 fn full_precision_reproduces_the_numpy_forward() {
     let Some(m) = model() else { return };
@@ -102,7 +131,7 @@ fn full_precision_reproduces_the_numpy_forward() {
     // The tokenizer gives the fixture's prompt ids for its text.
     let text =
         "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n";
-    assert_eq!(m.tokenizer.encode(text), prompt);
+    assert_eq!(m.tokenizer.encode(text).unwrap(), prompt);
     let (_, logits) = m.prefill(&prompt).unwrap();
     for pair in fixture["first_top5"].as_array().unwrap() {
         let (id, want) = (
@@ -119,7 +148,7 @@ fn full_precision_reproduces_the_numpy_forward() {
     let out = greedy(m, &prompt, 12, calibquant(), 0..0);
     assert_eq!(out, ids(&fixture["continuation_ids"]));
     assert_eq!(
-        m.tokenizer.decode(&out[..7]),
+        m.tokenizer.decode(&out[..7]).unwrap(),
         "The capital of France is Paris."
     );
 }
@@ -184,7 +213,7 @@ fn a_quantized_span_changes_the_continuation_deterministically() {
     let text = "<|im_start|>user\nDescribe a quiet harbour town at dawn: the boats, the gulls, the \
                 light on the water, the smell of the market and the people who work there.<|im_end|>\n\
                 <|im_start|>assistant\n";
-    let prompt = m.tokenizer.encode(text);
+    let prompt = m.tokenizer.encode(text).unwrap();
     let span = 6..prompt.len() - 8;
     let a = greedy(m, &prompt, 8, calibquant(), span.clone());
     let b = greedy(m, &prompt, 8, calibquant(), span);
@@ -196,7 +225,8 @@ fn lanes_decode_as_separate_decodes_do() {
     let Some(m) = model() else { return };
     let prompt = m
         .tokenizer
-        .encode("The harbour town wakes slowly. Before the sun clears the hills, the first boats");
+        .encode("The harbour town wakes slowly. Before the sun clears the hills, the first boats")
+        .unwrap();
     let (kv, _) = m.prefill(&prompt).unwrap();
     // Lane 0 keeps everything in full precision, lane 1 quantizes tokens 2..10.
     let fill = |span: std::ops::Range<usize>| {

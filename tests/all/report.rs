@@ -229,3 +229,42 @@ fn split_pair(text: &str) -> (String, String) {
     };
     (key.to_string(), value.to_string())
 }
+
+/// `--render-only` on figures a chart cannot place (±1e308, which overflow any axis range) writes
+/// a page whose SVG coordinates are all numbers, and rewrites index.html atomically.
+#[test]
+fn render_only_keeps_extreme_values_out_of_the_coordinates() {
+    let committed = format!("{}/docs/report/results.json", env!("CARGO_MANIFEST_DIR"));
+    let mut report: Value =
+        serde_json::from_str(&std::fs::read_to_string(committed).unwrap()).unwrap();
+    let model = report["model"].as_array_mut().unwrap();
+    model[0]["mean_top1"] = Value::from(1e308);
+    model[1]["mean_kl"] = Value::from(-1e308);
+    model[2]["bits_per_element"] = Value::from(1e308);
+    let captures = report["captures"].as_array_mut().unwrap();
+    captures[0]["k_rel"] = Value::from(1e308);
+    captures[1]["attn_out_rel"] = Value::from(-1e308);
+    let dir = std::env::temp_dir().join(format!("kvq-render-extreme-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("results.json"), report.to_string()).unwrap();
+    let out = kvq(&["report", "--render-only", "--out", dir.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let page = std::fs::read_to_string(dir.join("index.html")).unwrap();
+    assert!(page.matches("<svg").count() >= 4, "charts missing");
+    for attr in [
+        "x", "y", "cx", "cy", "x1", "x2", "y1", "y2", "width", "height",
+    ] {
+        for value in page.split(&format!(" {attr}=\"")).skip(1) {
+            let v = value.split('"').next().unwrap();
+            let n: f64 = v.parse().unwrap_or_else(|_| panic!("{attr}=\"{v}\""));
+            assert!(n.is_finite() && n.abs() < 1e6, "{attr}=\"{v}\"");
+        }
+    }
+    let names: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
+    assert_eq!(names.len(), 2, "no temporary file is left");
+    let _ = std::fs::remove_dir_all(&dir);
+}

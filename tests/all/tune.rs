@@ -171,6 +171,28 @@ fn invalid_entry_falls_back_to_the_default() {
     );
 }
 
+/// A block of 512 or 1024 threads over 32 channels needs more shared memory than a block has:
+/// every launch of it would fail, so the table's entry is refused and the default used.
+#[test]
+fn an_entry_over_the_shared_memory_limit_falls_back_to_the_default() {
+    let scheme =
+        Scheme::parse("bits = 1, axis = channel, group = all, rule = shrink(0.5)").unwrap();
+    for block_size in [512, 1024] {
+        let mut table = TuningTable::new();
+        let big = Schedule {
+            block_size,
+            channels: 32,
+            vector: 16,
+        };
+        assert!(big.check(&scheme, SHAPE).is_err());
+        table.insert(TuningKey::quantize(&scheme, SHAPE, 8, 16384), big, 1.0);
+        assert_eq!(
+            schedule_for(Some(&table), &scheme, SHAPE, 8, 16384),
+            Schedule::host_default(&scheme, SHAPE)
+        );
+    }
+}
+
 #[test]
 fn corrupt_files_are_errors_not_panics() {
     for (name, text) in [
