@@ -115,7 +115,7 @@ impl StagedDir {
             .unwrap_or_else(|| "out".to_string());
         let staging = parent(dest).join(format!(".{name}.staging-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&staging);
-        std::fs::create_dir_all(&staging).map_err(|e| fail(&staging, e))?;
+        std::fs::create_dir_all(&staging).map_err(|e| fail(dest, e))?;
         Ok(StagedDir {
             dest: dest.to_path_buf(),
             staging,

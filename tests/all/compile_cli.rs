@@ -272,21 +272,22 @@ fn compile_failures_are_one_clear_line() {
     );
     assert_clean_failure(&out, "--value");
 
-    // A scheme that parses but does not fit the head dimension: the key's kernels are written
-    // before the value scheme fails, but no manifest.
+    // A scheme that parses but does not fit the head dimension: nothing is written.
     let dir = base.join("bad_shape");
     let out = compile(key, value, &["--target", "host", "--head-dim", "48"], &dir);
     assert_clean_failure(&out, "error: value scheme: ");
     assert_clean_failure(&out, "does not divide head_dim 48");
-    assert!(!dir.join("manifest.json").exists());
+    assert!(!dir.exists(), "wrote {} before failing", dir.display());
 
     // An output directory that cannot be created: a path under a regular file.
     let file = base.join("regular_file");
     std::fs::write(&file, b"not a directory").unwrap();
     let out = compile(key, value, &["--target", "sm_80"], &file.join("out"));
-    assert_clean_failure(&out, "creating");
+    assert_clean_failure(&out, "cannot write");
+    assert_clean_failure(&out, "regular_file/out");
     let out = compile(key, value, &["--target", "host"], &file);
-    assert_clean_failure(&out, "creating");
+    assert_clean_failure(&out, "is not a directory");
+    assert_eq!(std::fs::read(&file).unwrap(), b"not a directory");
 }
 
 const BACKENDS: [(Backend, &str); 3] = [

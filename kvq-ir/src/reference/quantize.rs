@@ -231,9 +231,20 @@ pub fn quantize(x: &Tensor3, scheme: &Scheme) -> Result<PackedSpan, QuantError> 
 impl PackedSpan {
     /// Checks that codes and parameters have the lengths the scheme and shape require.
     pub fn validate(&self) -> Result<(), QuantError> {
+        let Shape3 { heads, tokens, dim } = self.shape;
+        // Bounded first, so that no size below can overflow.
+        let elements = (heads as u64)
+            .checked_mul(tokens as u64)
+            .and_then(|n| n.checked_mul(dim as u64));
+        if dim == 0 || elements.is_none_or(|n| n > crate::limits::MAX_ELEMENTS) {
+            return Err(QuantError::Malformed(format!(
+                "{heads} heads x {tokens} tokens x {dim} channels: a span needs 1 or more channels \
+                 and at most {} elements",
+                crate::limits::MAX_ELEMENTS
+            )));
+        }
         check_shape(&self.scheme, self.shape)?;
-        let want_codes =
-            self.shape.heads * self.shape.tokens * row_bytes(&self.scheme, self.shape.dim);
+        let want_codes = heads * tokens * row_bytes(&self.scheme, dim);
         let want_params: usize = param_shape(&self.scheme, self.shape).iter().product();
         if self.codes.len() != want_codes {
             return Err(QuantError::Malformed(format!(
