@@ -20,6 +20,7 @@
 pub mod attention;
 pub mod backend;
 pub mod eval;
+pub mod fuzzing;
 pub mod model;
 pub mod output;
 pub mod report;

@@ -2,6 +2,7 @@
 //! prefill that returns every layer's keys and values, and decode steps whose attention is
 //! kvq's [`VisualKvCache`].
 
+use std::io::Seek;
 use std::path::Path;
 
 use candle_core::quantized::gguf_file;
@@ -206,6 +207,10 @@ impl Model {
             what,
         };
         let mut file = std::fs::File::open(path).map_err(io)?;
+        let len = file.metadata().map_err(io)?.len();
+        // candle allocates what the header claims: bound every length by the file first.
+        super::gguf_check::check_header(&file, len).map_err(fmt)?;
+        file.seek(std::io::SeekFrom::Start(0)).map_err(io)?;
         let content = gguf_file::Content::read(&mut file).map_err(|e| fmt(e.to_string()))?;
         let md = |key: &str| {
             content
@@ -259,6 +264,10 @@ impl Model {
                 .map_err(|e| fmt(e.to_string()))?;
         let dev = Device::Cpu;
         let mut tensor = |n: &str| -> Result<Tensor, ModelError> {
+            if let Some(info) = content.tensor_infos.get(n) {
+                super::gguf_check::check_tensor_data(n, info, content.tensor_data_offset, len)
+                    .map_err(fmt)?;
+            }
             content
                 .tensor(&mut file, n, &dev)
                 .and_then(|q| q.dequantize(&dev))

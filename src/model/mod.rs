@@ -8,6 +8,7 @@
 //! attention, SwiGLU, tied output embeddings.
 
 mod eval;
+mod gguf_check;
 mod llama;
 mod tokenizer;
 

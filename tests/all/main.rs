@@ -7,6 +7,7 @@ mod backends;
 mod cli;
 mod compile_cli;
 mod fixtures;
+mod fuzz_corpora;
 mod model;
 mod properties;
 mod reference_figures;

@@ -148,6 +148,18 @@ impl QuantPart {
     /// Validates `span` (lengths, finite parameters representable in the scheme's parameter
     /// type) and stores it. Shape and scheme agreement with the cache are the caller's.
     pub(super) fn from_span(span: PackedSpan) -> Result<QuantPart, QuantError> {
+        // Every length the span implies (codes, parameters) is at most its element count; one
+        // that does not fit in a usize cannot be checked, let alone stored.
+        let Shape3 { heads, tokens, dim } = span.shape;
+        if heads
+            .checked_mul(tokens)
+            .and_then(|n| n.checked_mul(dim))
+            .is_none()
+        {
+            return Err(QuantError::Malformed(format!(
+                "a span of {heads} heads x {tokens} tokens x {dim} channels is too large"
+            )));
+        }
         span.validate()?;
         let exact = |x: f32| match span.scheme.params {
             ParamType::F16 => f16::from_f32(x).to_f32().to_bits() == x.to_bits(),

@@ -9,9 +9,6 @@ use crate::scheme::{BitOrder, Bits};
 /// Runs `kernel` (whose arguments are checked) on `grid_size` blocks.
 pub(super) fn run(kernel: &Kernel, args: &mut [Arg], grid_size: u32) -> Result<(), InterpError> {
     let regions = regions(kernel)?;
-    if let Some(s) = kernel.shared.iter().find(|s| s.elem == ScalarType::Bool) {
-        return Err(malformed(None, Malformed::Elem(s.elem)));
-    }
     let shared_elems = kernel.shared.iter().map(|s| u64::from(s.len)).sum();
     check_size("shared arrays", shared_elems)?;
     // Every thread's locals, one after the other; each local at its offset in a thread's run.
@@ -38,12 +35,15 @@ pub(super) fn run(kernel: &Kernel, args: &mut [Arg], grid_size: u32) -> Result<(
     };
     for block in 0..grid_size {
         machine.block = block;
+        // A Bool shared array is held as bytes 0 and 1, as generated code stores it.
         machine.shared = kernel
             .shared
             .iter()
-            .map(|s| Buffer::zeros(s.elem, s.len as usize))
-            .collect::<Option<_>>()
-            .ok_or(malformed(None, Malformed::Elem(ScalarType::Bool)))?;
+            .map(|s| match s.elem {
+                ScalarType::Bool => Buffer::U8(vec![0; s.len as usize]),
+                elem => Buffer::zeros(elem, s.len as usize).unwrap_or(Buffer::U8(Vec::new())),
+            })
+            .collect();
         let mut locals: Vec<Val> = match per_thread {
             0 => Vec::new(),
             _ => (0..kernel.block_size)

@@ -36,6 +36,18 @@ impl Machine<'_, '_> {
         }
     }
 
+    /// True when `mem` is a shared array of Bool, held as bytes 0 and 1.
+    fn bool_shared(&self, mem: Memory) -> bool {
+        match mem {
+            Memory::Shared(i) => self
+                .kernel
+                .shared
+                .get(i as usize)
+                .is_some_and(|s| s.elem == ScalarType::Bool),
+            Memory::Param(_) => false,
+        }
+    }
+
     pub(super) fn load(
         &mut self,
         h: Value,
@@ -47,6 +59,7 @@ impl Machine<'_, '_> {
             return Err(malformed(Some(h), Malformed::Lanes(lanes)));
         }
         let index = self.u32_operand(h, index)?;
+        let as_bool = self.bool_shared(mem);
         let buffer = self.memory(h, mem, false)?;
         let out_of_bounds = InterpError::OutOfBounds {
             inst: h,
@@ -59,6 +72,13 @@ impl Machine<'_, '_> {
             .map(|k| (index as usize).checked_add(k).and_then(|j| buffer.get(j)))
             .collect::<Option<Vec<Val>>>()
             .ok_or(out_of_bounds)?;
+        if as_bool {
+            for e in &mut elems {
+                if let Val::U8(x) = *e {
+                    *e = Val::Bool(x != 0);
+                }
+            }
+        }
         if lanes == 1 {
             if let Some(x) = elems.pop() {
                 return Ok(x);
@@ -77,14 +97,28 @@ impl Machine<'_, '_> {
         let index = self.u32_operand(h, index)?;
         let x = self.get(h, value)?.clone();
         let wrong = self.wrong(h, value);
+        let as_bool = self.bool_shared(mem);
         let buffer = self.memory(h, mem, true)?;
         let lanes = match x {
             Val::Vec(lanes) => lanes,
             scalar => vec![scalar],
         };
-        if lanes.iter().any(|l| l.scalar_ty() != Some(buffer.elem())) {
+        let lanes = if as_bool {
+            // Bool shared arrays hold bytes 0 and 1.
+            let byte = |l: &Val| match l {
+                Val::Bool(b) => Some(Val::U8(u8::from(*b))),
+                _ => None,
+            };
+            lanes
+                .iter()
+                .map(byte)
+                .collect::<Option<Vec<_>>>()
+                .ok_or(wrong)?
+        } else if lanes.iter().any(|l| l.scalar_ty() != Some(buffer.elem())) {
             return Err(wrong);
-        }
+        } else {
+            lanes
+        };
         if u64::from(index) + lanes.len() as u64 > buffer.len() as u64 {
             return Err(InterpError::OutOfBounds {
                 inst: h,
@@ -176,5 +210,38 @@ impl Machine<'_, '_> {
         xs.get(rank as usize)
             .map(|&x| Val::F32(x))
             .ok_or(out_of_bounds)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::ir::interp::{run, Arg, Buffer};
+    use crate::ir::{verify, Access, Builder, ScalarType};
+
+    /// A Bool shared array (which the verifier accepts and generated code stores as bytes)
+    /// holds what is stored, scalar and vector; found by the `ir_verifier` fuzz target, which
+    /// saw the interpreter call such a kernel malformed.
+    #[test]
+    fn bool_shared_arrays_hold_bools() {
+        let mut b = Builder::new("bools", 1);
+        let out = b.buffer("out", ScalarType::U8, Access::Write);
+        let flags = b.shared("flags", ScalarType::Bool, 4);
+        let (yes, no) = (b.bool(true), b.bool(false));
+        let (i0, i1, i2) = (b.u32(0), b.u32(1), b.u32(2));
+        b.store(flags, i1, yes);
+        let pair = b.vector(vec![no, yes]);
+        b.store(flags, i2, pair);
+        let all = b.load(flags, i0, 4);
+        for lane in 0..4u8 {
+            let x = b.extract(all, lane);
+            let byte = b.convert(ScalarType::U8, x);
+            let at = b.u32(u32::from(lane));
+            b.store(out, at, byte);
+        }
+        let kernel = b.finish();
+        verify(&kernel).expect("a valid kernel");
+        let mut args = [Arg::Buffer(Buffer::U8(vec![9; 4]))];
+        run(&kernel, &mut args, 2).expect("runs");
+        assert_eq!(args[0], Arg::Buffer(Buffer::U8(vec![0, 1, 0, 1])));
     }
 }

@@ -30,7 +30,8 @@
 //!   Bool, except Bool itself, and Bool to float are malformed.
 //! - `Load` of `lanes` elements reads `index..index + lanes`, all in bounds, as a vector when
 //!   `lanes > 1`; `Store` writes a scalar or a vector of the memory's element type. A buffer
-//!   parameter must allow the access (its [`Access`](crate::ir::Access)). Out-of-bounds
+//!   parameter must allow the access (its [`Access`](crate::ir::Access)). A Bool shared array
+//!   holds bytes 0 and 1, as generated code stores it. Out-of-bounds
 //!   accesses are [`InterpError::OutOfBounds`] (locals: [`InterpError::LocalOutOfBounds`]).
 //! - `PackBits`: the byte is the OR of `code_j << shift_j`, `shift_j = 8 - (j + 1) * b` for
 //!   `msb`, `j * b` for `lsb` (SPEC.md section 3); a code above `2^b - 1` is
