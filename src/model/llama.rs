@@ -194,6 +194,51 @@ impl std::fmt::Debug for Model {
     }
 }
 
+/// Checks that every weight the forward pass reads is in the file with the shape `config` implies
+/// (`[out, in]` as candle reports GGUF's dimensions), before any is read.
+fn check_shapes(content: &gguf_file::Content, config: &Config) -> Result<(), String> {
+    let dims = |name: &str| -> Result<Vec<usize>, String> {
+        content
+            .tensor_infos
+            .get(name)
+            .map(|info| info.shape.dims().to_vec())
+            .ok_or_else(|| format!("missing tensor {name}"))
+    };
+    let (h, q, kv) = (
+        config.hidden,
+        config.q_heads * config.head_dim,
+        config.kv_heads * config.head_dim,
+    );
+    let ffn = dims("blk.0.ffn_gate.weight")?.first().copied().unwrap_or(0);
+    let mut want: Vec<(String, Vec<usize>)> = vec![
+        ("token_embd.weight".into(), vec![config.vocab, h]),
+        ("output_norm.weight".into(), vec![h]),
+    ];
+    for i in 0..config.layers {
+        let w = |n: &str, shape: Vec<usize>| (format!("blk.{i}.{n}.weight"), shape);
+        want.extend([
+            w("attn_q", vec![q, h]),
+            w("attn_k", vec![kv, h]),
+            w("attn_v", vec![kv, h]),
+            w("attn_output", vec![h, q]),
+            w("ffn_gate", vec![ffn, h]),
+            w("ffn_up", vec![ffn, h]),
+            w("ffn_down", vec![h, ffn]),
+            w("attn_norm", vec![h]),
+            w("ffn_norm", vec![h]),
+        ]);
+    }
+    for (name, shape) in want {
+        let got = dims(&name)?;
+        if got != shape || got.contains(&0) {
+            return Err(format!(
+                "tensor {name} has shape {got:?}, expected {shape:?}"
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl Model {
     /// Reads a Llama-architecture GGUF and dequantizes its weights to f32.
     pub fn load(path: &Path) -> Result<Model, ModelError> {
@@ -263,6 +308,7 @@ impl Model {
             Tokenizer::from_gguf(tokens, &strings("tokenizer.ggml.merges")?, &token_types)
                 .map_err(|e| fmt(e.to_string()))?;
         let dev = Device::Cpu;
+        check_shapes(&content, &config).map_err(fmt)?;
         let mut tensor = |n: &str| -> Result<Tensor, ModelError> {
             if let Some(info) = content.tensor_infos.get(n) {
                 super::gguf_check::check_tensor_data(n, info, content.tensor_data_offset, len)
