@@ -369,25 +369,26 @@ fn bad_model_metadata_is_an_error_not_a_panic() {
     assert!(!String::from_utf8_lossy(&out.stderr).contains("not installed"));
 }
 
+/// `kvq quantize` of the DINOv2 capture's layer-0 keys with `backend` into `out`.
+fn quantize_command(out: &Path, backend: &str) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_kvq"));
+    c.args([
+        "quantize",
+        "--kv",
+        dinov2().to_str().unwrap(),
+        "--tensor",
+        "k",
+    ])
+    .args(["--layer", "0", "--scheme", KEY, "--backend", backend])
+    .args(["-o", out.to_str().unwrap()]);
+    c
+}
+
 fn quantize(out: &Path, backend: &str, env: &[(&str, &str)]) -> Output {
-    kvq_env(
-        &[
-            "quantize",
-            "--kv",
-            dinov2().to_str().unwrap(),
-            "--tensor",
-            "k",
-            "--layer",
-            "0",
-            "--scheme",
-            KEY,
-            "--backend",
-            backend,
-            "-o",
-            out.to_str().unwrap(),
-        ],
-        env,
-    )
+    quantize_command(out, backend)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap()
 }
 
 #[test]
@@ -439,23 +440,8 @@ fn empty_or_relative_cache_dir_still_compiles_host_code() {
     };
     for cache in ["", "relative-kvq-cache"] {
         let path = dir.join("host.safetensors");
-        let out = Command::new(env!("CARGO_BIN_EXE_kvq"))
+        let out = quantize_command(&path, "host")
             .current_dir(&dir)
-            .args([
-                "quantize",
-                "--kv",
-                dinov2().to_str().unwrap(),
-                "--tensor",
-                "k",
-                "--layer",
-                "0",
-                "--scheme",
-                KEY,
-                "--backend",
-                "host",
-                "-o",
-                path.to_str().unwrap(),
-            ])
             .env("KVQ_CACHE_DIR", cache)
             .output()
             .unwrap();
