@@ -71,13 +71,17 @@ fn deeply_nested_scheme_text_is_an_error() {
     let cache = format!("key({}), value({VALUE})", nested(15_000));
     let json = serde_json::json!({"entries": [{"name": "deep", "family": "x", "cache": cache}]});
     std::fs::write(&entries, json.to_string()).unwrap();
-    let out = kvq(&[
-        "report",
-        "--entries",
-        entries.to_str().unwrap(),
-        "--out",
-        dir.join("out").to_str().unwrap(),
-    ]);
+    let out_dir = dir.join("out");
+    let report = || {
+        kvq(&[
+            "report",
+            "--entries",
+            entries.to_str().unwrap(),
+            "--out",
+            out_dir.to_str().unwrap(),
+        ])
+    };
+    let out = report();
     fails(&out, "nested deeper than 16 calls");
     // A 1 MB entry file of junk gives a short line, not a 2 MB one.
     std::fs::write(
@@ -88,13 +92,7 @@ fn deeply_nested_scheme_text_is_an_error() {
         ),
     )
     .unwrap();
-    let out = kvq(&[
-        "report",
-        "--entries",
-        entries.to_str().unwrap(),
-        "--out",
-        dir.join("out").to_str().unwrap(),
-    ]);
+    let out = report();
     fails(&out, "entries");
 }
 
