@@ -82,6 +82,18 @@ pub enum CodegenError {
         /// What was given.
         found: ArgKind,
     },
+    /// A buffer argument is not aligned as the kernel's aligned vector accesses need.
+    #[error(
+        "kernel `{kernel}` argument {index}: the buffer must start at a multiple of {align} bytes"
+    )]
+    Misaligned {
+        /// The kernel's name.
+        kernel: String,
+        /// The argument's position.
+        index: usize,
+        /// The alignment it needs, in bytes.
+        align: u32,
+    },
     /// A file of the build could not be written or removed.
     #[error("kernel `{kernel}`: cannot write {}", path.display())]
     Io {

@@ -1325,9 +1325,20 @@ mod fuzz {
                 if_false
             }),
             (any_type(), h()).prop_map(|(t, a)| Op::Convert(t, a)),
-            (any_mem(), h(), select(vec![0u8, 1, 2, 3, 4, 8, 16, 17]))
-                .prop_map(|(mem, index, lanes)| Op::Load { mem, index, lanes }),
-            (any_mem(), h(), h()).prop_map(|(mem, index, value)| Op::Store { mem, index, value }),
+            (any_mem(), h(), select(vec![0u8, 1, 2, 3, 4, 8, 16, 17])).prop_map(
+                |(mem, index, lanes)| Op::Load {
+                    mem,
+                    index,
+                    lanes,
+                    aligned: false,
+                }
+            ),
+            (any_mem(), h(), h()).prop_map(|(mem, index, value)| Op::Store {
+                mem,
+                index,
+                value,
+                aligned: false,
+            }),
             (h(), 0u8..18).prop_map(|(v, l)| Op::Extract(v, l)),
             prop::collection::vec(h(), 0..18).prop_map(Op::Vector),
             (0u32..3, h()).prop_map(|(local, index)| Op::ReadLocal { local, index }),
@@ -1375,7 +1386,9 @@ mod fuzz {
     /// Every operand handle of `op`, for rewriting.
     fn operands(op: &mut Op) -> Vec<&mut Value> {
         match op {
-            Op::Const(_) | Op::ScalarParam(_) | Op::Special(_) | Op::Barrier => vec![],
+            Op::Const(_) | Op::ScalarParam(_) | Op::Special(_) | Op::Barrier | Op::Warp(_) => {
+                vec![]
+            }
             Op::Unary(_, a) | Op::Convert(_, a) | Op::Bitcast(_, a) | Op::Extract(a, _) => vec![a],
             Op::Binary(_, a, b) | Op::Cmp(_, a, b) => vec![a, b],
             Op::Select {
@@ -1507,7 +1520,8 @@ mod fuzz {
             Op::Unary(UnaryOp::IsFinite, _) | Op::Cmp(..) => scalar(Bool),
             Op::Unary(_, a) | Op::Binary(_, a, _) => of(*a),
             Op::Select { if_true, .. } => of(*if_true),
-            Op::Convert(t, _) | Op::Bitcast(t, _) => scalar(*t),
+            Op::Convert(t, _) => scalar(*t),
+            Op::Bitcast(t, _) => Some(*t),
             Op::Load { mem, lanes, .. } => match lanes {
                 1 => scalar(mem_elem(mem)),
                 n => Some(Type::Vector(mem_elem(mem), *n)),
@@ -1520,7 +1534,11 @@ mod fuzz {
             Op::ReadLocal { local, .. } => scalar(if *local == 1 { F32 } else { U32 }),
             Op::PackBits { .. } | Op::UnpackBits { .. } => scalar(U8),
             Op::SelectRank { .. } => scalar(F32),
-            Op::Store { .. } | Op::WriteLocal { .. } | Op::If { .. } | Op::Barrier => None,
+            Op::Store { .. }
+            | Op::WriteLocal { .. }
+            | Op::If { .. }
+            | Op::Barrier
+            | Op::Warp(_) => None,
         }
     }
 
@@ -1549,4 +1567,78 @@ mod fuzz {
             }
         }
     }
+}
+
+#[test]
+fn cooperative_operations_check_what_they_rely_on() {
+    use kvq_ir::ir::{ReduceOp, WarpOp};
+    // An aligned load at an index that is not a multiple of its lanes.
+    let mut b = Builder::new("misaligned", 1);
+    let x = b.buffer("x", F32, Access::Read);
+    let n = b.scalar_param("n", U32);
+    let n = b.param(n);
+    let load = b.load_aligned(x, n, 4);
+    let kernel = b.finish();
+    let mut args = [Arg::Buffer(Buffer::F32(vec![0.0; 16])), Arg::U32(6)];
+    assert_eq!(
+        run(&kernel, &mut args, 1),
+        Err(InterpError::Misaligned {
+            inst: load,
+            index: 6,
+            lanes: 4
+        })
+    );
+    args[1] = Arg::U32(8);
+    assert_eq!(run(&kernel, &mut args, 1), Ok(()));
+
+    // A warp collective in a block that is not whole warps, and inside an if.
+    let mut b = Builder::new("partial", 48);
+    let acc = b.local("acc", U32, 1);
+    b.warp(WarpOp::Reduce {
+        op: ReduceOp::Sum,
+        local: acc,
+    });
+    assert_eq!(
+        malformed(&b.finish(), &mut []).1,
+        Malformed::PartialWarp(48)
+    );
+    let mut b = Builder::new("in_if", 32);
+    let acc = b.local("acc", U32, 1);
+    let t = b.bool(true);
+    b.if_then(t, |b| {
+        b.warp(WarpOp::Reduce {
+            op: ReduceOp::Max,
+            local: acc,
+        })
+    });
+    assert_eq!(malformed(&b.finish(), &mut []).1, Malformed::NestedBarrier);
+
+    // A reduction of bytes, a shuffle mask past the warp, a loop holding a barrier whose bound
+    // is the thread id.
+    let mut b = Builder::new("bytes", 32);
+    let acc = b.local("acc", U8, 1);
+    b.warp(WarpOp::Reduce {
+        op: ReduceOp::Sum,
+        local: acc,
+    });
+    assert_eq!(malformed(&b.finish(), &mut []).1, Malformed::WarpLocal(0));
+    let mut b = Builder::new("mask", 32);
+    let acc = b.local("acc", U32, 1);
+    b.warp(WarpOp::ShuffleXor {
+        src: acc,
+        dst: acc,
+        mask: 40,
+    });
+    assert_eq!(
+        malformed(&b.finish(), &mut []).1,
+        Malformed::ShuffleMask(40)
+    );
+    let mut b = Builder::new("thread_loop", 32);
+    let z = b.u32(0);
+    let tid = b.special(Special::ThreadId);
+    b.for_range(z, tid, 1, |b, _| b.barrier());
+    assert_eq!(
+        malformed(&b.finish(), &mut []).1,
+        Malformed::NotUniform(tid)
+    );
 }

@@ -139,7 +139,9 @@ fn permuted(k: &Kernel, order: &[usize]) -> Kernel {
     for &old in order {
         let inst = &k.insts[Value::from_index(old as u32)];
         let op = match &inst.op {
-            Op::Const(_) | Op::ScalarParam(_) | Op::Special(_) | Op::Barrier => inst.op.clone(),
+            Op::Const(_) | Op::ScalarParam(_) | Op::Special(_) | Op::Barrier | Op::Warp(_) => {
+                inst.op.clone()
+            }
             Op::Unary(u, a) => Op::Unary(*u, m(a)),
             Op::Binary(o, a, b) => Op::Binary(*o, m(a), m(b)),
             Op::Cmp(o, a, b) => Op::Cmp(*o, m(a), m(b)),
@@ -154,15 +156,27 @@ fn permuted(k: &Kernel, order: &[usize]) -> Kernel {
             },
             Op::Convert(t, a) => Op::Convert(*t, m(a)),
             Op::Bitcast(t, a) => Op::Bitcast(*t, m(a)),
-            Op::Load { mem, index, lanes } => Op::Load {
+            Op::Load {
+                mem,
+                index,
+                lanes,
+                aligned,
+            } => Op::Load {
                 mem: *mem,
                 index: m(index),
                 lanes: *lanes,
+                aligned: *aligned,
             },
-            Op::Store { mem, index, value } => Op::Store {
+            Op::Store {
+                mem,
+                index,
+                value,
+                aligned,
+            } => Op::Store {
                 mem: *mem,
                 index: m(index),
                 value: m(value),
+                aligned: *aligned,
             },
             Op::Extract(a, l) => Op::Extract(m(a), *l),
             Op::Vector(vs) => Op::Vector(vs.iter().map(m).collect()),
@@ -376,6 +390,7 @@ fn broken_kernels_print_without_panicking() {
             mem: kvq_ir::ir::Memory::Shared(4),
             index: a,
             lanes: 2,
+            aligned: false,
         },
         ty: None,
     });

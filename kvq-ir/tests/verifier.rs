@@ -4,8 +4,8 @@
 use kvq_ir::ir::print::print;
 use kvq_ir::ir::verify::{FindingKind, Item, TypeClass};
 use kvq_ir::ir::{
-    verify, Access, BinaryOp, Builder, CmpOp, Const, Inst, Kernel, Memory, Op, ScalarType, Special,
-    Type, UnaryOp, Value,
+    verify, Access, BinaryOp, Builder, CmpOp, Const, Inst, Kernel, Memory, Op, ReduceOp,
+    ScalarType, Special, Type, UnaryOp, Value, WarpOp,
 };
 use kvq_ir::{BitOrder, Bits};
 use ScalarType::*;
@@ -827,23 +827,40 @@ fn inv6_invalid_conversions() {
 }
 
 #[test]
-fn inv6_bitcast_only_between_f32_and_u32() {
+fn inv14_bitcast_between_f32_and_u32_and_bytes_and_words() {
     let mut b = Builder::new("k", 1);
     let f = b.f32(1.5);
     let u = b.u32(7);
     let h = b.u8(1);
-    let _ok = [b.bitcast(U32, f), b.bitcast(F32, u)];
+    let bytes16 = b.vector(vec![h; 16]);
+    let bytes4 = b.vector(vec![h; 4]);
+    let words2 = b.vector(vec![u; 2]);
+    let _ok = [
+        b.bitcast(U32, f),
+        b.bitcast(F32, u),
+        b.bitcast_to(Type::Vector(U32, 4), bytes16),
+        b.bitcast_to(Type::Vector(U8, 8), words2),
+        b.bitcast(U32, bytes4),
+        b.bitcast_to(Type::Vector(U8, 4), u),
+    ];
     let to_u8 = b.bitcast(U8, f);
     let from_u8 = b.bitcast(F32, h);
     let same = b.bitcast(F32, f);
+    let sizes_differ = b.bitcast_to(Type::Vector(U32, 2), bytes16);
+    let f32_bytes = b.bitcast_to(Type::Vector(U8, 4), f);
     let k = b.finish();
-    let conv = |from, to| FindingKind::InvalidConversion { from, to };
+    let cast = |from, to| FindingKind::InvalidBitcast { from, to };
     assert_findings(
         &k,
         &[
-            (Some(to_u8), conv(sc(F32), U8)),
-            (Some(from_u8), conv(sc(U8), F32)),
-            (Some(same), conv(sc(F32), F32)),
+            (Some(to_u8), cast(sc(F32), sc(U8))),
+            (Some(from_u8), cast(sc(U8), sc(F32))),
+            (Some(same), cast(sc(F32), sc(F32))),
+            (
+                Some(sizes_differ),
+                cast(Type::Vector(U8, 16), Type::Vector(U32, 2)),
+            ),
+            (Some(f32_bytes), cast(sc(F32), Type::Vector(U8, 4))),
         ],
     );
 }
@@ -1288,41 +1305,97 @@ fn inv9_scalar_params_are_u32_or_f32() {
 // 10. Barriers.
 
 #[test]
-fn inv10_barrier_only_at_top_level() {
-    let mut b = Builder::new("k", 1);
+fn inv10_sync_points_only_where_every_thread_arrives() {
+    let mut b = Builder::new("k", 32);
     let z = b.u32(0);
     let t = b.bool(true);
-    b.for_range(z, z, 1, |b, _| b.barrier());
+    let tid = b.special(Special::ThreadId);
+    let acc = b.local("acc", F32, 1);
+    // A barrier in a loop with uniform bounds is fine; in an If, or in a loop whose bound
+    // depends on the thread, it is not.
+    b.for_range(z, tid, 1, |b, _| {
+        b.warp(WarpOp::Reduce {
+            op: ReduceOp::Sum,
+            local: acc,
+        })
+    });
+    let n = b.u32(4);
+    b.for_range(z, n, 1, |b, _| b.barrier());
     b.if_else(t, |_| {}, |b| b.barrier());
     let k = b.finish();
-    let lp = k.body.0[2];
-    let iff = k.body.0[3];
-    let Op::Loop { body, .. } = &k.insts[lp].op else {
-        unreachable!()
-    };
+    let thread_loop = k.body.0[3];
+    let iff = k.body.0[6];
     let Op::If { otherwise, .. } = &k.insts[iff].op else {
         unreachable!()
     };
     assert_findings(
         &k,
         &[
-            (Some(body.0[0]), FindingKind::BarrierNotTopLevel),
-            (Some(otherwise.0[0]), FindingKind::BarrierNotTopLevel),
+            (
+                Some(thread_loop),
+                FindingKind::SyncLoopNotUniform { operand: tid },
+            ),
+            (Some(otherwise.0[0]), FindingKind::SyncInsideIf),
         ],
     );
-    // Nested barriers do not split regions: a valid kernel would have one.
+}
+
+#[test]
+fn inv10_uniform_loops_hold_barriers_and_regions() {
+    // grid-stride style: a loop over the block's tiles with barriers inside, bounds from a
+    // parameter and the block id; its counter and uniform values cross every barrier.
+    let mut b = Builder::new("k", 32);
+    let out = b.buffer("out", F32, Access::Write);
+    let n = b.scalar_param("n", U32);
+    let n = b.param(n);
+    let bid = b.special(Special::BlockId);
+    let start = b.mul(bid, n);
+    let end = b.add(start, n);
+    let tid = b.special(Special::ThreadId);
+    let s = b.shared("s", F32, 32);
+    b.for_range(start, end, 1, |b, i| {
+        let t2 = b.special(Special::ThreadId);
+        let x = b.convert(F32, i);
+        b.store(s, t2, x);
+        b.barrier();
+        let t3 = b.special(Special::ThreadId);
+        let y = b.load(s, t3, 1);
+        let at = b.add(i, t3);
+        b.store(out, at, y);
+        b.barrier();
+    });
+    // The thread id (not uniform) crosses the loop: rejected.
+    let bad = b.add(tid, n);
+    let k = b.finish();
+    let info_or = verify(&k);
+    let errors = info_or.unwrap_err().errors;
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(
+        errors[0].kind,
+        FindingKind::CrossesBarrier {
+            operand: tid,
+            defined_in: 0,
+            used_in: 4,
+        }
+    );
+    assert_eq!(errors[0].at, Some(bad));
 }
 
 #[test]
 fn inv10_value_crosses_a_barrier() {
     let mut b = Builder::new("k", 1);
-    let z = b.u32(0);
+    let z = b.special(Special::ThreadId);
     b.barrier();
-    let one = b.u32(1);
+    let one = b.special(Special::ThreadId);
     let s = b.add(z, one);
     b.barrier();
     let mut in_loop = None;
     b.for_range(one, one, 1, |b, i| in_loop = Some(b.add(i, z)));
+    // Uniform values (constants, parameters, block coordinates) may cross.
+    let c = b.u32(3);
+    b.barrier();
+    let bid = b.special(Special::BlockId);
+    b.add(c, bid);
     let k = b.finish();
     assert_findings(
         &k,
@@ -1506,6 +1579,177 @@ fn inv11_names_are_unique_within_their_kind() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// 12. Warp collectives.
+
+#[test]
+fn inv12_warp_collectives_take_whole_warps_and_matching_locals() {
+    let mut b = Builder::new("k", 48);
+    let f = b.local("f", F32, 2);
+    let g = b.local("g", F32, 2);
+    let short = b.local("short", F32, 1);
+    let bytes = b.local("bytes", U8, 2);
+    let lane = b.local("lane", U32, 1);
+    let wide = b.local("wide", F64, 1);
+    b.warp(WarpOp::ShuffleXor {
+        src: f,
+        dst: g,
+        mask: 1,
+    });
+    b.warp(WarpOp::ShuffleIdx {
+        src: f,
+        dst: g,
+        lane,
+    });
+    b.warp(WarpOp::Reduce {
+        op: ReduceOp::Max,
+        local: f,
+    });
+    b.warp(WarpOp::ShuffleXor {
+        src: f,
+        dst: short,
+        mask: 32,
+    });
+    b.warp(WarpOp::ShuffleIdx {
+        src: bytes,
+        dst: bytes,
+        lane: f,
+    });
+    b.warp(WarpOp::Reduce {
+        op: ReduceOp::Sum,
+        local: bytes,
+    });
+    b.warp(WarpOp::Reduce {
+        op: ReduceOp::Min,
+        local: wide,
+    });
+    b.warp(WarpOp::Reduce {
+        op: ReduceOp::Min,
+        local: 9,
+    });
+    let k = b.finish();
+    let at = |i: usize| Some(k.body.0[i]);
+    assert_findings(
+        &k,
+        &[
+            (None, FindingKind::PartialWarp { block_size: 48 }),
+            (at(3), FindingKind::WarpLocalsDiffer { src: f, dst: short }),
+            (at(3), FindingKind::ShuffleMaskTooLarge { mask: 32 }),
+            (
+                at(4),
+                FindingKind::BadWarpLocal {
+                    local: f,
+                    elem: F32,
+                },
+            ),
+            (
+                at(5),
+                FindingKind::BadWarpLocal {
+                    local: bytes,
+                    elem: U8,
+                },
+            ),
+            (
+                at(6),
+                FindingKind::BadWarpLocal {
+                    local: wide,
+                    elem: F64,
+                },
+            ),
+            (at(7), FindingKind::LocalOutOfRange { local: 9, count: 6 }),
+        ],
+    );
+    let text = verify(&k).unwrap_err().to_string();
+    assert!(
+        text.contains("block_size 48 is not a multiple of 32"),
+        "{text}"
+    );
+    assert!(text.contains("`warp.shuffle_xor short <- f, 32`"), "{text}");
+}
+
+#[test]
+fn inv12_no_value_crosses_a_collective_unless_uniform() {
+    let mut b = Builder::new("k", 32);
+    let acc = b.local("acc", U32, 1);
+    let tid = b.special(Special::ThreadId);
+    let four = b.u32(4);
+    let z = b.u32(0);
+    b.write_local(acc, z, tid);
+    b.warp(WarpOp::Reduce {
+        op: ReduceOp::Sum,
+        local: acc,
+    });
+    let crosses = b.add(tid, four);
+    let k = b.finish();
+    assert_findings(
+        &k,
+        &[(
+            Some(crosses),
+            FindingKind::CrossesBarrier {
+                operand: tid,
+                defined_in: 0,
+                used_in: 1,
+            },
+        )],
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 13. Alignment.
+
+#[test]
+fn inv13_aligned_accesses_need_a_proven_multiple() {
+    let (mut b, d) = base("k");
+    let tid = b.special(Special::ThreadId);
+    let n = b.param(d.n);
+    let eight = b.u32(8);
+    let three = b.u32(3);
+    let by8 = b.mul(tid, eight);
+    let shifted = b.binary(BinaryOp::Shl, tid, three);
+    let sum = b.add(by8, shifted);
+    let _ok = [
+        b.load_aligned(d.x, by8, 8),
+        b.load_aligned(d.x, shifted, 8),
+        b.load_aligned(d.x, sum, 4),
+    ];
+    let mut in_loop = None;
+    b.for_range(eight, n, 16, |b, i| {
+        in_loop = Some(b.load_aligned(d.x, i, 8));
+    });
+    let unknown = b.load_aligned(d.x, n, 2);
+    let odd = b.add(by8, three);
+    let off = b.load_aligned(d.x, odd, 8);
+    let one = b.f32(1.0);
+    let v = b.vector(vec![one; 4]);
+    b.store_aligned(d.out, by8, v);
+    b.store_aligned(d.out, odd, v);
+    let k = b.finish();
+    let bad_store = *k.body.0.last().unwrap();
+    assert_findings(
+        &k,
+        &[
+            (
+                Some(unknown),
+                FindingKind::UnalignedIndex { index: n, lanes: 2 },
+            ),
+            (
+                Some(off),
+                FindingKind::UnalignedIndex {
+                    index: odd,
+                    lanes: 8,
+                },
+            ),
+            (
+                Some(bad_store),
+                FindingKind::UnalignedIndex {
+                    index: odd,
+                    lanes: 4,
+                },
+            ),
+        ],
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
 // All findings at once, and their text.
 
 #[test]
@@ -1682,11 +1926,13 @@ fn random_kernels_never_panic() {
                     },
                     index: v(&mut rng),
                     lanes: rng.below(20) as u8,
+                    aligned: rng.below(2) == 0,
                 },
                 5 => Op::Store {
                     mem: Memory::Param(rng.below(6) as u32),
                     index: v(&mut rng),
                     value: v(&mut rng),
+                    aligned: rng.below(2) == 0,
                 },
                 6 => Op::Extract(v(&mut rng), rng.below(20) as u8),
                 7 => Op::Vector((0..rng.below(20)).map(|_| v(&mut rng)).collect()),
@@ -1711,7 +1957,23 @@ fn random_kernels_never_panic() {
                     then: rng.block(n),
                     otherwise: rng.block(n),
                 },
-                12 => Op::Barrier,
+                12 if rng.below(2) == 0 => Op::Barrier,
+                12 => Op::Warp(match rng.below(3) {
+                    0 => WarpOp::ShuffleXor {
+                        src: rng.below(4) as u32,
+                        dst: rng.below(4) as u32,
+                        mask: rng.below(40) as u32,
+                    },
+                    1 => WarpOp::ShuffleIdx {
+                        src: rng.below(4) as u32,
+                        dst: rng.below(4) as u32,
+                        lane: rng.below(4) as u32,
+                    },
+                    _ => WarpOp::Reduce {
+                        op: ReduceOp::Sum,
+                        local: rng.below(4) as u32,
+                    },
+                }),
                 _ => Op::Convert(scalar_types[rng.below(7) as usize], v(&mut rng)),
             };
             let ty = match rng.below(4) {

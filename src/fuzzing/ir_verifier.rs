@@ -22,7 +22,7 @@ use half::{bf16, f16};
 use kvq_ir::ir::interp::{self, Arg, Buffer, InterpError, Malformed};
 use kvq_ir::ir::{
     print, verify, Access, BinaryOp, Block, Builder, CmpOp, Const, Handle, Inst, Kernel, Local,
-    Memory, Op, Param, ScalarType, SharedArray, Special, Type, UnaryOp, Value,
+    Memory, Op, Param, ReduceOp, ScalarType, SharedArray, Special, Type, UnaryOp, Value, WarpOp,
 };
 use kvq_ir::{BitOrder, Bits};
 
@@ -159,15 +159,16 @@ impl From<RawConst> for Const {
     }
 }
 
-const UNARY: [UnaryOp; 6] = [
+const UNARY: [UnaryOp; 7] = [
     UnaryOp::Neg,
     UnaryOp::RoundEven,
     UnaryOp::Floor,
     UnaryOp::Not,
     UnaryOp::IsFinite,
     UnaryOp::Exp,
+    UnaryOp::PopCount,
 ];
-const BINARY: [BinaryOp; 11] = [
+const BINARY: [BinaryOp; 12] = [
     BinaryOp::Add,
     BinaryOp::Sub,
     BinaryOp::Mul,
@@ -179,6 +180,7 @@ const BINARY: [BinaryOp; 11] = [
     BinaryOp::Or,
     BinaryOp::Shl,
     BinaryOp::Shr,
+    BinaryOp::Xor,
 ];
 const CMP: [CmpOp; 6] = [
     CmpOp::Eq,
@@ -190,7 +192,14 @@ const CMP: [CmpOp; 6] = [
 ];
 const BITS: [Bits; 4] = [Bits::B1, Bits::B2, Bits::B4, Bits::B8];
 const ORDERS: [BitOrder; 2] = [BitOrder::Msb, BitOrder::Lsb];
-const SPECIALS: [Special; 3] = [Special::ThreadId, Special::BlockId, Special::GridSize];
+const SPECIALS: [Special; 5] = [
+    Special::ThreadId,
+    Special::BlockId,
+    Special::GridSize,
+    Special::LaneId,
+    Special::WarpId,
+];
+const REDUCE: [ReduceOp; 3] = [ReduceOp::Sum, ReduceOp::Min, ReduceOp::Max];
 
 #[derive(Arbitrary, Debug, Clone)]
 enum RawOp {
@@ -202,9 +211,9 @@ enum RawOp {
     Cmp(u8, H, H),
     Select(H, H, H),
     Convert(RawScalar, H),
-    Bitcast(RawScalar, H),
-    Load(RawMemory, H, u8),
-    Store(RawMemory, H, H),
+    Bitcast(RawType, H),
+    Load(RawMemory, H, u8, bool),
+    Store(RawMemory, H, H, bool),
     Extract(H, u8),
     Vector(Vec<H>),
     ReadLocal(u8, H),
@@ -215,6 +224,7 @@ enum RawOp {
     Loop(H, H, u8, Vec<H>),
     If(H, Vec<H>, Vec<H>),
     Barrier,
+    Warp(u8, u8, u8, u8),
 }
 
 impl RawOp {
@@ -225,7 +235,7 @@ impl RawOp {
         match self {
             RawOp::Const(c) => Op::Const((*c).into()),
             RawOp::ScalarParam(i) => Op::ScalarParam(u32::from(*i % 8)),
-            RawOp::Special(i) => Op::Special(SPECIALS[usize::from(*i) % 3]),
+            RawOp::Special(i) => Op::Special(SPECIALS[usize::from(*i) % SPECIALS.len()]),
             RawOp::Unary(o, a) => Op::Unary(UNARY[usize::from(*o) % UNARY.len()], v(a)),
             RawOp::Binary(o, a, b) => {
                 Op::Binary(BINARY[usize::from(*o) % BINARY.len()], v(a), v(b))
@@ -238,15 +248,17 @@ impl RawOp {
             },
             RawOp::Convert(t, a) => Op::Convert((*t).into(), v(a)),
             RawOp::Bitcast(t, a) => Op::Bitcast((*t).into(), v(a)),
-            RawOp::Load(m, i, lanes) => Op::Load {
+            RawOp::Load(m, i, lanes, aligned) => Op::Load {
                 mem: (*m).into(),
                 index: v(i),
                 lanes: *lanes,
+                aligned: *aligned,
             },
-            RawOp::Store(m, i, x) => Op::Store {
+            RawOp::Store(m, i, x, aligned) => Op::Store {
                 mem: (*m).into(),
                 index: v(i),
                 value: v(x),
+                aligned: *aligned,
             },
             RawOp::Extract(a, lane) => Op::Extract(v(a), *lane),
             RawOp::Vector(xs) => Op::Vector(xs.iter().map(v).collect()),
@@ -289,6 +301,25 @@ impl RawOp {
                 otherwise: block(otherwise),
             },
             RawOp::Barrier => Op::Barrier,
+            RawOp::Warp(kind, a, b, c) => {
+                let (a, b, c) = (u32::from(*a % 8), u32::from(*b % 8), u32::from(*c));
+                Op::Warp(match kind % 3 {
+                    0 => WarpOp::ShuffleXor {
+                        src: a,
+                        dst: b,
+                        mask: c % 40,
+                    },
+                    1 => WarpOp::ShuffleIdx {
+                        src: a,
+                        dst: b,
+                        lane: c % 8,
+                    },
+                    _ => WarpOp::Reduce {
+                        op: REDUCE[usize::from(*kind / 3) % 3],
+                        local: a,
+                    },
+                })
+            }
         }
     }
 }

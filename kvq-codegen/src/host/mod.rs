@@ -4,10 +4,10 @@
 //! position-independent, `default<O3>`), links it into a shared library with the system C
 //! compiler and loads it. The exported entry
 //! `void kvq_<name>(const uint64_t *args, uint32_t block_begin, uint32_t block_end,
-//! uint32_t grid_size)` runs blocks `block_begin..block_end`; within a block each
-//! barrier-separated region of the kernel is a loop over the block's threads, which gives the
-//! GPU's semantics because no value crosses a barrier (the verifier's rule): what does goes
-//! through per-thread locals or shared memory.
+//! uint32_t grid_size)` runs blocks `block_begin..block_end`; within a block each region
+//! between sync points (barriers, warp collectives) is a loop over the block's threads, which
+//! gives the GPU's semantics because only uniform values cross a sync point (the verifier's
+//! rule): what else does goes through per-thread locals or shared memory.
 //!
 //! [`HostKernel::launch`] checks every argument against the kernel's parameters (count, kind,
 //! element type, and `&mut` for parameters the kernel may write), then splits the grid into
@@ -28,6 +28,8 @@ use link::Loaded;
 pub struct HostKernel {
     name: String,
     params: Vec<Param>,
+    /// The base alignment each buffer argument needs, in bytes (aligned vector accesses).
+    align: Vec<u32>,
     /// Stack bytes one launch thread needs: shared arrays and all threads' locals are allocas.
     stack: usize,
     loaded: Loaded,
@@ -103,6 +105,7 @@ pub fn compile_with(
     Ok(HostKernel {
         name: kernel.name.clone(),
         params: kernel.params.clone(),
+        align: kvq_ir::ir::sync::buffer_alignment(kernel),
         stack: (frame + (1 << 20)).max(2 << 20),
         loaded,
     })
@@ -146,7 +149,8 @@ impl HostKernel {
     /// Runs the kernel over `grid_size` blocks.
     ///
     /// Every argument is checked against its parameter first (count, kind, element type,
-    /// writability); a mismatch is an error and runs nothing.
+    /// writability, and the base alignment that aligned vector accesses need: 16 bytes at
+    /// most); a mismatch is an error and runs nothing.
     ///
     /// # Safety
     /// As on a GPU, buffers are not bounds-checked: every buffer must hold at least the elements
@@ -160,6 +164,15 @@ impl HostKernel {
     ) -> Result<(), CodegenError> {
         args::check(&self.name, &self.params, args)?;
         let words: Vec<u64> = args.iter_mut().map(HostArg::word).collect();
+        for (index, (&word, &align)) in words.iter().zip(&self.align).enumerate() {
+            if word % u64::from(align.max(1)) != 0 {
+                return Err(CodegenError::Misaligned {
+                    kernel: self.name.clone(),
+                    index,
+                    align,
+                });
+            }
+        }
         if grid_size == 0 {
             return Ok(());
         }

@@ -176,7 +176,7 @@ impl<'ctx> Lower<'_, 'ctx> {
         let offset = b.build_int_mul(i_v, stride, "offset")?;
         let index = b.build_int_add(base, offset, "index")?;
         let index = b.build_int_z_extend(index, self.ctx.i64_type(), "index")?;
-        let x = self.load(self.gep(memory, elem, index)?, elem, 1)?;
+        let x = self.load(self.gep(memory, elem, index)?, elem, 1, elem.size() as u32)?;
         let x = self.to_f32(x, elem)?;
         let bits = b.build_bit_cast(x, i32_type, "bits")?.into_int_value();
         let key = self.bits_to_key(bits)?;

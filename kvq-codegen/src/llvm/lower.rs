@@ -6,21 +6,25 @@
 //!   its uses (the verifier guarantees uses follow definitions in enclosing blocks).
 //! - `Loop { start, end, step }` is `i = start; while i < end { body; i += step }`, leaving when
 //!   `i + step` wraps around (Rust's `(start..end).step_by(step)`); `If` is a branch.
-//! - Host: blocks `begin..end` are a loop; inside, each barrier-separated region of the
-//!   top-level block is a loop over the block's threads, with `ThreadId`/`BlockId`/`GridSize`
-//!   the loop counters and the grid argument. NVPTX: the special registers, and barriers are
-//!   `llvm.nvvm.barrier0`.
+//! - Host: blocks `begin..end` are a loop; inside, the top-level block is split at its sync
+//!   points (see `kvq_ir::ir::sync`): each run of instructions between them is a loop over the
+//!   block's threads (`ThreadId` its counter), a warp collective is a loop over warps and lanes
+//!   on the threads' locals ([`super::warp`]), and a block-uniform loop is a loop at block level
+//!   whose body is split the same way. `BlockId`/`GridSize` are the block loop's counter and the
+//!   grid argument. A uniform value used in a later region is recomputed there from its
+//!   operands. NVPTX: the body as written, the special registers, barriers are
+//!   `llvm.nvvm.barrier0` and collectives are `shfl.sync`.
 
 use inkwell::basic_block::BasicBlock;
 use inkwell::builder::{Builder, BuilderError};
 use inkwell::context::Context;
 use inkwell::module::Module;
 use inkwell::types::{BasicType, BasicTypeEnum};
-use inkwell::values::{BasicValueEnum, FunctionValue, IntValue, PointerValue};
+use inkwell::values::{BasicValue, BasicValueEnum, FunctionValue, IntValue, PointerValue};
 use inkwell::IntPredicate;
-use kvq_ir::ir::{Block, Kernel, KernelInfo, Op, ScalarType, Special, Type, Value};
+use kvq_ir::ir::{Block, Kernel, KernelInfo, Op, Special, Type, Value, WARP_SIZE};
 
-use super::memory::allocate;
+use super::memory::{access_align, allocate};
 
 /// Why lowering stopped; mapped to [`crate::CodegenError`] with the kernel's name.
 #[derive(Debug)]
@@ -45,7 +49,7 @@ pub(super) struct Lower<'a, 'ctx> {
     pub(super) module: &'a Module<'ctx>,
     pub(super) b: Builder<'ctx>,
     pub(super) kernel: &'a Kernel,
-    info: &'a KernelInfo,
+    pub(super) info: &'a KernelInfo,
     /// True for NVPTX, false for the host.
     pub(super) ptx: bool,
     func: FunctionValue<'ctx>,
@@ -53,8 +57,10 @@ pub(super) struct Lower<'a, 'ctx> {
     pub(super) params: Vec<BasicValueEnum<'ctx>>,
     pub(super) shared: Vec<PointerValue<'ctx>>,
     pub(super) locals: Vec<PointerValue<'ctx>>,
+    /// Host only: induction variables of block-uniform loops, by instruction index.
+    pub(super) block_vals: Vec<Option<BasicValueEnum<'ctx>>>,
     /// Host only: the current thread, block and the grid size.
-    tid: Option<IntValue<'ctx>>,
+    pub(super) tid: Option<IntValue<'ctx>>,
     bid: Option<IntValue<'ctx>>,
     grid: Option<IntValue<'ctx>>,
 }
@@ -82,6 +88,7 @@ impl<'a, 'ctx> Lower<'a, 'ctx> {
             ptx,
             func,
             vals: vec![None; kernel.insts.len()],
+            block_vals: vec![None; kernel.insts.len()],
             params,
             shared,
             locals,
@@ -100,32 +107,69 @@ impl<'a, 'ctx> Lower<'a, 'ctx> {
         Ok(())
     }
 
-    /// The host body: blocks `begin..end`, each region a loop over the block's threads.
+    /// The host body: blocks `begin..end`, each split at its sync points.
     pub(super) fn emit_host(mut self, [begin, end, grid]: [IntValue<'ctx>; 3]) -> R<()> {
         self.grid = Some(grid);
         let kernel = self.kernel;
-        let regions: Vec<&[Value]> = kernel
-            .body
-            .0
-            .split(|&v| matches!(kernel.insts[v].op, Op::Barrier))
-            .collect();
-        let threads = self
-            .ctx
-            .i32_type()
-            .const_int(u64::from(kernel.block_size), false);
-        let zero = self.ctx.i32_type().const_zero();
         self.counted_loop(begin, end, 1, "block", |this, bid| {
             this.bid = Some(bid);
             this.zero_memory()?;
-            for region in &regions {
-                this.counted_loop(zero, threads, 1, "thread", |this, tid| {
-                    this.tid = Some(tid);
-                    region.iter().try_for_each(|&v| this.inst(v))
-                })?;
-            }
-            Ok(())
+            this.host_sync_block(&kernel.body.0)
         })?;
         self.b.build_return(None)?;
+        Ok(())
+    }
+
+    /// Host: `insts`, reached by every thread of the block together, as thread loops between
+    /// its sync points.
+    fn host_sync_block(&mut self, insts: &[Value]) -> R<()> {
+        let kernel = self.kernel;
+        let mut start = 0;
+        for (i, &v) in insts.iter().enumerate() {
+            let op = &kernel.insts[v].op;
+            let sync_loop = matches!(op, Op::Loop { .. }) && self.info.sync.holds_sync(v);
+            if !(sync_loop || kvq_ir::ir::sync::is_sync_point(op)) {
+                continue;
+            }
+            self.host_threads(&insts[start..i])?;
+            start = i + 1;
+            match op {
+                Op::Warp(w) => self.host_warp(*w)?,
+                Op::Loop {
+                    start: first,
+                    end,
+                    step,
+                    body,
+                } => {
+                    let (first, end) = (self.int(*first)?, self.int(*end)?);
+                    self.counted_loop(first, end, *step, "sync_loop", |this, i| {
+                        this.block_vals[v.index()] = Some(i.into());
+                        this.host_sync_block(&body.0)
+                    })?;
+                    self.block_vals[v.index()] = None;
+                }
+                _ => {}
+            }
+        }
+        self.host_threads(&insts[start..])
+    }
+
+    /// Host: `region` as a loop over the block's threads. Its values do not outlive the loop.
+    fn host_threads(&mut self, region: &[Value]) -> R<()> {
+        if region.is_empty() {
+            return Ok(());
+        }
+        let threads = self
+            .ctx
+            .i32_type()
+            .const_int(u64::from(self.kernel.block_size), false);
+        let zero = self.ctx.i32_type().const_zero();
+        self.counted_loop(zero, threads, 1, "thread", |this, tid| {
+            this.tid = Some(tid);
+            region.iter().try_for_each(|&v| this.inst(v))
+        })?;
+        self.tid = None;
+        self.vals.iter_mut().for_each(|v| *v = None);
         Ok(())
     }
 
@@ -174,6 +218,30 @@ impl<'a, 'ctx> Lower<'a, 'ctx> {
             .ok_or_else(|| Fail::Llvm("builder is not positioned".into()))
     }
 
+    /// An alloca of `ty` at the start of the entry block (so that a loop does not grow the
+    /// stack), aligned to 16 bytes.
+    pub(super) fn entry_alloca(
+        &self,
+        ty: BasicTypeEnum<'ctx>,
+        name: &str,
+    ) -> R<PointerValue<'ctx>> {
+        let entry = self
+            .func
+            .get_first_basic_block()
+            .ok_or_else(|| Fail::Llvm("function without an entry block".into()))?;
+        let b = self.ctx.create_builder();
+        match entry.get_first_instruction() {
+            Some(first) => b.position_before(&first),
+            None => b.position_at_end(entry),
+        }
+        let ptr = b.build_alloca(ty, name)?;
+        if let Some(inst) = ptr.as_instruction_value() {
+            inst.set_alignment(16)
+                .map_err(|e| Fail::Llvm(e.to_string()))?;
+        }
+        Ok(ptr)
+    }
+
     pub(super) fn append(&self, name: &str) -> BasicBlock<'ctx> {
         self.ctx.append_basic_block(self.func, name)
     }
@@ -182,13 +250,18 @@ impl<'a, 'ctx> Lower<'a, 'ctx> {
         block.0.iter().try_for_each(|&v| self.inst(v))
     }
 
-    /// The lowered value of `v`.
+    /// The lowered value of `v`: its definition, or on the host a block-uniform loop's counter
+    /// or a uniform value of an earlier region, recomputed here.
     pub(super) fn val(&self, v: Value) -> R<BasicValueEnum<'ctx>> {
-        self.vals
-            .get(v.index())
-            .copied()
-            .flatten()
-            .ok_or_else(|| Fail::Llvm(format!("value {v:?} used before its definition")))
+        let own = self.vals.get(v.index()).copied().flatten();
+        let block = || self.block_vals.get(v.index()).copied().flatten();
+        match own.or_else(block) {
+            Some(x) => Ok(x),
+            None if !self.ptx && self.info.sync.is_uniform(v) => self.remat(v),
+            None => Err(Fail::Llvm(format!(
+                "value {v:?} used before its definition"
+            ))),
+        }
     }
 
     /// The IR type of `v` (from the verifier).
@@ -201,59 +274,52 @@ impl<'a, 'ctx> Lower<'a, 'ctx> {
             .ok_or_else(|| Fail::Llvm(format!("value {v:?} has no type")))
     }
 
-    fn int(&self, v: Value) -> R<IntValue<'ctx>> {
+    pub(super) fn int(&self, v: Value) -> R<IntValue<'ctx>> {
         Ok(self.val(v)?.into_int_value())
     }
 
     fn inst(&mut self, v: Value) -> R<()> {
         let kernel = self.kernel;
         let result: Option<BasicValueEnum<'ctx>> = match &kernel.insts[v].op {
-            Op::Const(c) => Some(self.constant(*c)?),
-            Op::ScalarParam(i) => Some(self.params[*i as usize]),
-            Op::Special(s) => Some(self.special(*s)?.into()),
-            Op::Unary(op, a) => Some(self.unary(*op, self.val(*a)?, self.ty(*a)?)?),
-            Op::Binary(op, a, b) => {
-                Some(self.binary(*op, self.val(*a)?, self.val(*b)?, self.ty(*a)?)?)
+            op @ (Op::Const(_)
+            | Op::ScalarParam(_)
+            | Op::Special(_)
+            | Op::Unary(..)
+            | Op::Binary(..)
+            | Op::Cmp(..)
+            | Op::Select { .. }
+            | Op::Convert(..)
+            | Op::Bitcast(..)
+            | Op::Extract(..)
+            | Op::Vector(_)) => Some(self.pure(op, &|x| self.val(x))?),
+            Op::Load {
+                mem,
+                index,
+                lanes,
+                aligned,
+            } => {
+                let (ptr, elem) = self.element(*mem, self.int(*index)?)?;
+                let align = access_align(elem, u32::from(*lanes), *aligned);
+                Some(self.load(ptr, elem, *lanes, align)?)
             }
-            Op::Cmp(op, a, b) => {
-                Some(self.compare(*op, self.val(*a)?, self.val(*b)?, self.ty(*a)?)?)
-            }
-            Op::Select {
-                cond,
-                if_true,
-                if_false,
-            } => Some(self.b.build_select(
-                self.int(*cond)?,
-                self.val(*if_true)?,
-                self.val(*if_false)?,
-                "select",
-            )?),
-            Op::Convert(to, a) => Some(self.convert(*to, self.val(*a)?, self.ty(*a)?)?),
-            Op::Bitcast(to, a) => {
-                let target = match to {
-                    ScalarType::U32 => self.ctx.i32_type().as_basic_type_enum(),
-                    _ => self.ctx.f32_type().as_basic_type_enum(),
+            Op::Store {
+                mem,
+                index,
+                value,
+                aligned,
+            } => {
+                let (ptr, elem) = self.element(*mem, self.int(*index)?)?;
+                let lanes = match self.ty(*value)? {
+                    Type::Vector(_, n) => u32::from(n),
+                    Type::Scalar(_) => 1,
                 };
-                Some(self.b.build_bit_cast(self.val(*a)?, target, "bits")?)
-            }
-            Op::Load { mem, index, lanes } => {
-                let (ptr, elem) = self.element(*mem, self.int(*index)?)?;
-                Some(self.load(ptr, elem, *lanes)?)
-            }
-            Op::Store { mem, index, value } => {
-                let (ptr, elem) = self.element(*mem, self.int(*index)?)?;
-                self.store(ptr, elem, self.val(*value)?)?;
+                let align = access_align(elem, lanes, *aligned);
+                self.store(ptr, elem, self.val(*value)?, align)?;
                 None
             }
-            Op::Extract(vector, lane) => {
-                let lane = self.ctx.i32_type().const_int(u64::from(*lane), false);
-                let vector = self.val(*vector)?.into_vector_value();
-                Some(self.b.build_extract_element(vector, lane, "lane")?)
-            }
-            Op::Vector(items) => Some(self.vector(items)?),
             Op::ReadLocal { local, index } => {
                 let (ptr, elem) = self.local(*local, self.int(*index)?)?;
-                Some(self.load(ptr, elem, 1)?)
+                Some(self.load(ptr, elem, 1, elem.size() as u32)?)
             }
             Op::WriteLocal {
                 local,
@@ -261,7 +327,7 @@ impl<'a, 'ctx> Lower<'a, 'ctx> {
                 value,
             } => {
                 let (ptr, elem) = self.local(*local, self.int(*index)?)?;
-                self.store(ptr, elem, self.val(*value)?)?;
+                self.store(ptr, elem, self.val(*value)?, elem.size() as u32)?;
                 None
             }
             Op::PackBits { codes, bits, order } => {
@@ -325,9 +391,16 @@ impl<'a, 'ctx> Lower<'a, 'ctx> {
                 None
             }
             Op::Barrier => {
-                // On the host, barriers split the top-level block into regions (emit_host).
+                // On the host, barriers split the block into regions (host_sync_block).
                 if self.ptx {
                     self.call("llvm.nvvm.barrier0", None, &[])?;
+                }
+                None
+            }
+            Op::Warp(w) => {
+                // On the host, collectives run between thread loops (host_sync_block).
+                if self.ptx {
+                    self.ptx_warp(*w)?;
                 }
                 None
             }
@@ -339,19 +412,33 @@ impl<'a, 'ctx> Lower<'a, 'ctx> {
     }
 
     pub(super) fn special(&self, s: Special) -> R<IntValue<'ctx>> {
+        let i32_type = self.ctx.i32_type();
+        let warp = i32_type.const_int(u64::from(WARP_SIZE), false);
+        match s {
+            Special::LaneId => {
+                let tid = self.special(Special::ThreadId)?;
+                return Ok(self.b.build_int_unsigned_rem(tid, warp, "lane")?);
+            }
+            Special::WarpId => {
+                let tid = self.special(Special::ThreadId)?;
+                return Ok(self.b.build_int_unsigned_div(tid, warp, "warp")?);
+            }
+            _ => {}
+        }
         if self.ptx {
             let name = match s {
-                Special::ThreadId => "llvm.nvvm.read.ptx.sreg.tid.x",
                 Special::BlockId => "llvm.nvvm.read.ptx.sreg.ctaid.x",
                 Special::GridSize => "llvm.nvvm.read.ptx.sreg.nctaid.x",
+                _ => "llvm.nvvm.read.ptx.sreg.tid.x",
             };
-            let ty = self.ctx.i32_type().into();
-            return Ok(self.call(name, Some(ty), &[])?.into_int_value());
+            return Ok(self
+                .call(name, Some(i32_type.into()), &[])?
+                .into_int_value());
         }
         let v = match s {
-            Special::ThreadId => self.tid,
             Special::BlockId => self.bid,
             Special::GridSize => self.grid,
+            _ => self.tid,
         };
         v.ok_or_else(|| Fail::Llvm(format!("{s:?} used outside the block/thread loops")))
     }

@@ -1,7 +1,10 @@
 //! Memory: buffer parameters, shared arrays and locals; loads, stores and vectors.
 //!
 //! - Element indices are U32, zero-extended to i64 for address arithmetic. Loads and stores of
-//!   `N > 1` lanes are `<N x T>` accesses aligned to the element size only.
+//!   `N > 1` lanes are `<N x T>` accesses aligned to the element size, or, when the IR marks
+//!   them aligned (the verifier proved the index a multiple of `N`), to `min(N * size, 16)`
+//!   bytes: buffer bases are 16-byte aligned by the runtime's contract (the host launcher
+//!   checks it), shared arrays and locals by their declarations here.
 //! - Bool is `i1` in registers and a byte (0 or 1) in memory.
 //! - Shared arrays: `addrspace(3)` globals on NVPTX (left undefined at block start: kvq kernels
 //!   write them before reading), allocas on the host, zeroed at the start of every block as the
@@ -15,7 +18,7 @@ use inkwell::module::{Linkage, Module};
 use inkwell::types::{BasicType, BasicTypeEnum};
 use inkwell::values::{BasicValue, BasicValueEnum, InstructionOpcode, IntValue, PointerValue};
 use inkwell::{AddressSpace, IntPredicate};
-use kvq_ir::ir::{Kernel, Memory, Param, ScalarType, Special, Value};
+use kvq_ir::ir::{Kernel, Memory, Param, ScalarType, Special};
 
 use super::lower::{Fail, Lower, R};
 use super::memory_type;
@@ -144,12 +147,13 @@ impl<'ctx> Lower<'_, 'ctx> {
         ))
     }
 
-    /// Loads `lanes` elements at `ptr`.
+    /// Loads `lanes` elements at `ptr`, aligned to `align` bytes.
     pub(super) fn load(
         &self,
         ptr: PointerValue<'ctx>,
         elem: ScalarType,
         lanes: u8,
+        align: u32,
     ) -> R<BasicValueEnum<'ctx>> {
         let scalar = memory_type(self.ctx, elem);
         let ty = if lanes > 1 {
@@ -159,7 +163,7 @@ impl<'ctx> Lower<'_, 'ctx> {
         };
         let value = self.b.build_load(ty, ptr, "load")?;
         if let Some(inst) = value.as_instruction_value() {
-            inst.set_alignment(elem.size() as u32)
+            inst.set_alignment(align)
                 .map_err(|e| Fail::Llvm(e.to_string()))?;
         }
         if elem != ScalarType::Bool {
@@ -181,12 +185,13 @@ impl<'ctx> Lower<'_, 'ctx> {
         Ok(nonzero)
     }
 
-    /// Stores a scalar or vector at `ptr`.
+    /// Stores a scalar or vector at `ptr`, aligned to `align` bytes.
     pub(super) fn store(
         &self,
         ptr: PointerValue<'ctx>,
         elem: ScalarType,
         value: BasicValueEnum<'ctx>,
+        align: u32,
     ) -> R<()> {
         let value = if elem == ScalarType::Bool {
             let byte = memory_type(self.ctx, elem);
@@ -200,25 +205,8 @@ impl<'ctx> Lower<'_, 'ctx> {
             value
         };
         let inst = self.b.build_store(ptr, value)?;
-        inst.set_alignment(elem.size() as u32)
+        inst.set_alignment(align)
             .map_err(|e| Fail::Llvm(e.to_string()))
-    }
-
-    pub(super) fn vector(&self, items: &[Value]) -> R<BasicValueEnum<'ctx>> {
-        let first = items
-            .first()
-            .ok_or_else(|| Fail::Llvm("empty vector".into()))?;
-        let elem = super::ops::scalar_type(self.ctx, self.ty(*first)?.elem());
-        let mut acc = vector_type(elem, items.len() as u8)
-            .into_vector_type()
-            .get_poison();
-        for (lane, &item) in items.iter().enumerate() {
-            let lane = self.ctx.i32_type().const_int(lane as u64, false);
-            acc = self
-                .b
-                .build_insert_element(acc, self.val(item)?, lane, "vec")?;
-        }
-        Ok(acc.as_basic_value_enum())
     }
 }
 
@@ -242,4 +230,14 @@ fn aligned_alloca<'ctx>(
             .map_err(|e| Fail::Llvm(e.to_string()))?;
     }
     Ok(ptr)
+}
+
+/// The alignment in bytes of an access to `lanes` elements of `elem`: `min(lanes * size, 16)`
+/// when the IR marks it aligned, else the element size.
+pub(super) fn access_align(elem: ScalarType, lanes: u32, aligned: bool) -> u32 {
+    let size = elem.size() as u32;
+    match aligned {
+        true => lanes.saturating_mul(size).clamp(size, 16),
+        false => size,
+    }
 }

@@ -25,7 +25,9 @@ mod exp;
 mod lower;
 mod memory;
 mod ops;
+mod pure;
 mod target;
+mod warp;
 
 use inkwell::attributes::{Attribute, AttributeLoc};
 use inkwell::context::Context;

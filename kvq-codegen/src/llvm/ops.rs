@@ -81,6 +81,12 @@ impl<'ctx> Lower<'_, 'ctx> {
         if op == UnaryOp::Not {
             return Ok(self.b.build_not(a.into_int_value(), "not")?.into());
         }
+        if op == UnaryOp::PopCount {
+            let x = a.into_int_value();
+            let name = format!("llvm.ctpop.i{}", x.get_type().get_bit_width());
+            let ty = x.get_type().as_basic_type_enum();
+            return self.call(&name, Some(ty), &[a]);
+        }
         if !elem.is_float() {
             return Err(unsupported(format!("{op:?} on {}", elem.name())));
         }
@@ -121,7 +127,9 @@ impl<'ctx> Lower<'_, 'ctx> {
                     .build_float_compare(FloatPredicate::OLT, abs, inf, "finite")?;
                 return Ok(finite.into());
             }
-            UnaryOp::Not | UnaryOp::Neg => unreachable!("handled above"),
+            UnaryOp::Not | UnaryOp::Neg | UnaryOp::PopCount => {
+                return Err(Fail::Llvm(format!("{op:?} reached the float path")))
+            }
         };
         self.narrow(r, elem)
     }
@@ -216,6 +224,7 @@ impl<'ctx> Lower<'_, 'ctx> {
             BinaryOp::Rem => bld.build_int_unsigned_rem(x, y, "rem")?,
             BinaryOp::And => bld.build_and(x, y, "and")?,
             BinaryOp::Or => bld.build_or(x, y, "or")?,
+            BinaryOp::Xor => bld.build_xor(x, y, "xor")?,
             BinaryOp::Shl => bld.build_left_shift(x, y, "shl")?,
             BinaryOp::Shr => bld.build_right_shift(x, y, false, "shr")?,
             BinaryOp::Min | BinaryOp::Max => {

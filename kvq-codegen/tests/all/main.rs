@@ -8,3 +8,4 @@ mod launch;
 mod lowered;
 mod memory;
 mod ptx;
+mod warp;

@@ -51,6 +51,10 @@ fn kernels() -> Vec<Kernel> {
     all.push(crate::memory::rank_kernel(F32, 128));
     all.push(crate::memory::reduce_kernel());
     all.push(crate::control::loops_kernel());
+    all.push(crate::warp::reduce_kernel());
+    all.push(crate::warp::shuffle_kernel());
+    all.push(crate::warp::tiles_kernel());
+    all.push(crate::warp::bytes_kernel());
     all
 }
 
@@ -151,6 +155,40 @@ fn ptx_is_ieee_and_assembles_without_spills() {
             let ptx = ptx::emit(&kernel, &info, arch).unwrap_or_else(|e| panic!("{e}"));
             check_ptx(&kernel, &ptx);
         }
+    }
+}
+
+#[test]
+fn cooperative_kernels_use_warp_shuffles_and_128_bit_accesses() {
+    let expect = [
+        (crate::warp::reduce_kernel(), vec!["shfl.sync.bfly.b32"]),
+        (
+            crate::warp::shuffle_kernel(),
+            vec!["shfl.sync.bfly.b32", "shfl.sync.idx.b32"],
+        ),
+        (crate::warp::tiles_kernel(), vec!["bar.sync"]),
+        (
+            crate::warp::bytes_kernel(),
+            vec!["ld.global.nc.v4.u32", "st.global.v4.u32", "popc.b32"],
+        ),
+    ];
+    for (kernel, wanted) in expect {
+        let info = info(&kernel);
+        let ptx = ptx::emit(&kernel, &info, Arch::Sm90).unwrap_or_else(|e| panic!("{e}"));
+        for w in wanted {
+            assert!(
+                ptx.text.contains(w),
+                "{}: no `{w}` in\n{}",
+                kernel.name,
+                ptx.text
+            );
+        }
+        assert!(
+            !ptx.text.contains(".local"),
+            "{}: local memory in\n{}",
+            kernel.name,
+            ptx.text
+        );
     }
 }
 

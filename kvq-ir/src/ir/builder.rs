@@ -3,7 +3,7 @@
 
 use super::kernel::{
     Access, BinaryOp, Block, CmpOp, Const, Inst, Kernel, Local, Memory, Op, Param, ScalarType,
-    SharedArray, Special, Type, UnaryOp, Value,
+    SharedArray, Special, Type, UnaryOp, Value, WarpOp,
 };
 use crate::scheme::{BitOrder, Bits};
 
@@ -215,25 +215,62 @@ impl Builder {
         self.scalar(Op::Convert(to, a), to)
     }
 
-    /// The bits of `a` reinterpreted as `to` (F32 <-> U32).
+    /// The bits of `a` reinterpreted as the scalar `to` (F32 <-> U32).
     pub fn bitcast(&mut self, to: ScalarType, a: Value) -> Value {
-        self.scalar(Op::Bitcast(to, a), to)
+        self.bitcast_to(Type::Scalar(to), a)
+    }
+
+    /// The bits of `a` reinterpreted as `to` (also `u8x16` <-> `u32x4` and the like).
+    pub fn bitcast_to(&mut self, to: Type, a: Value) -> Value {
+        self.push(Op::Bitcast(to, a), Some(to))
     }
 
     /// Loads `lanes` elements.
     pub fn load(&mut self, mem: Memory, index: Value, lanes: u8) -> Value {
+        self.load_with(mem, index, lanes, false)
+    }
+
+    /// Loads `lanes` elements at an index that is a multiple of `lanes` (see [`Op::Load`]).
+    pub fn load_aligned(&mut self, mem: Memory, index: Value, lanes: u8) -> Value {
+        self.load_with(mem, index, lanes, true)
+    }
+
+    fn load_with(&mut self, mem: Memory, index: Value, lanes: u8, aligned: bool) -> Value {
         let elem = self.elem_of(mem);
         let ty = if lanes == 1 {
             Type::Scalar(elem)
         } else {
             Type::Vector(elem, lanes)
         };
-        self.push(Op::Load { mem, index, lanes }, Some(ty))
+        let op = Op::Load {
+            mem,
+            index,
+            lanes,
+            aligned,
+        };
+        self.push(op, Some(ty))
     }
 
     /// Stores a scalar or vector.
     pub fn store(&mut self, mem: Memory, index: Value, value: Value) {
-        self.push(Op::Store { mem, index, value }, None);
+        let op = Op::Store {
+            mem,
+            index,
+            value,
+            aligned: false,
+        };
+        self.push(op, None);
+    }
+
+    /// Stores a vector at an index that is a multiple of its lanes (see [`Op::Load`]).
+    pub fn store_aligned(&mut self, mem: Memory, index: Value, value: Value) {
+        let op = Op::Store {
+            mem,
+            index,
+            value,
+            aligned: true,
+        };
+        self.push(op, None);
     }
 
     /// Lane `lane` of a vector.
@@ -372,6 +409,11 @@ impl Builder {
     /// A block-wide barrier.
     pub fn barrier(&mut self) {
         self.push(Op::Barrier, None);
+    }
+
+    /// A warp collective on locals.
+    pub fn warp(&mut self, op: WarpOp) {
+        self.push(Op::Warp(op), None);
     }
 
     /// The kernel, with everything built so far as its body.

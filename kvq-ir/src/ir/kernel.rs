@@ -187,7 +187,14 @@ pub enum Special {
     BlockId,
     /// Number of blocks in the grid (chosen at launch).
     GridSize,
+    /// Index of the thread within its warp: `thread_id % 32`.
+    LaneId,
+    /// Index of the thread's warp within its block: `thread_id / 32`.
+    WarpId,
 }
+
+/// The number of threads in a warp.
+pub const WARP_SIZE: u32 = 32;
 
 /// One-operand operations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -205,6 +212,8 @@ pub enum UnaryOp {
     /// Float: `e^x`, **approximate** (relative error below 2^-20 on F32; backends may differ in
     /// the last bits, so it must not feed stored codes). Used by softmax.
     Exp,
+    /// Integer: the number of bits set (same type as the operand).
+    PopCount,
 }
 
 /// Two-operand operations on equal types.
@@ -233,6 +242,73 @@ pub enum BinaryOp {
     Shl,
     /// Integer logical shift right (shift amount below the bit width).
     Shr,
+    /// Bool / integer bitwise exclusive or.
+    Xor,
+}
+
+/// A warp-wide reduction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ReduceOp {
+    /// [`BinaryOp::Add`].
+    Sum,
+    /// [`BinaryOp::Min`].
+    Min,
+    /// [`BinaryOp::Max`].
+    Max,
+}
+
+impl ReduceOp {
+    /// The binary operation each step of the reduction applies.
+    pub fn binary(self) -> BinaryOp {
+        match self {
+            ReduceOp::Sum => BinaryOp::Add,
+            ReduceOp::Min => BinaryOp::Min,
+            ReduceOp::Max => BinaryOp::Max,
+        }
+    }
+}
+
+/// The distances of the steps of a warp reduction, in order.
+pub const REDUCE_STEPS: [u32; 5] = [16, 8, 4, 2, 1];
+
+/// A collective operation of all 32 lanes of every warp of a block, on per-thread locals.
+///
+/// Like a barrier it is a synchronisation point: it is placed only where every thread of the
+/// block reaches it (the top-level block or the body of a block-uniform loop), the block size
+/// is a multiple of [`WARP_SIZE`], and its operands are locals, not values, so that no value
+/// crosses it (a CPU backend runs the threads before it, then the collective, then the threads
+/// after it). Locals hold U8, U32 or F32 elements; `Reduce` takes U32 or F32. Every element of
+/// the local takes part independently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WarpOp {
+    /// Lane `l` receives `src` of lane `l ^ mask` into `dst` (`mask < 32`).
+    ShuffleXor {
+        /// The local read.
+        src: u32,
+        /// The local written (same element type and length as `src`).
+        dst: u32,
+        /// The lane mask.
+        mask: u32,
+    },
+    /// Lane `l` receives `src` of lane `lane[0] % 32` (its own U32 local `lane`) into `dst`.
+    ShuffleIdx {
+        /// The local read.
+        src: u32,
+        /// The local written (same element type and length as `src`).
+        dst: u32,
+        /// A U32 local holding, in element 0, the lane each thread reads from.
+        lane: u32,
+    },
+    /// Every lane's `local` becomes the reduction of the 32 lanes' values, in a **fixed order**:
+    /// for `s` in [`REDUCE_STEPS`] (16, 8, 4, 2, 1), every lane `l` takes
+    /// `op(v[l & !s], v[l | s])` (the lower lane's value first). Every lane ends with the same
+    /// bits, and every backend computes the same tree, so a float sum is reproducible.
+    Reduce {
+        /// The operation.
+        op: ReduceOp,
+        /// The local, read and written.
+        local: u32,
+    },
 }
 
 /// Comparisons, giving Bool. Floats compare as IEEE (ordered) values.
@@ -285,9 +361,10 @@ pub enum Op {
     /// float rounds to nearest even; float to integer truncates toward zero (the operand must be
     /// in range); integer to integer zero-extends or truncates; Bool to integer gives 0 or 1.
     Convert(ScalarType, Value),
-    /// Reinterprets the bits of a scalar as another scalar type of the same size: F32 to U32
-    /// and back (used to order floats by their bits, e.g. for exact selections).
-    Bitcast(ScalarType, Value),
+    /// Reinterprets bits as another type of the same size, little-endian: F32 to U32 and back
+    /// (used to order floats by their bits), and bytes to words: `u8x4` <-> `u32`, `u8x8` <->
+    /// `u32x2`, `u8x16` <-> `u32x4` (byte `i` is bits `8 * (i % 4)..` of word `i / 4`).
+    Bitcast(Type, Value),
     /// Loads `lanes` consecutive elements starting at element `index` (a vector when lanes > 1).
     Load {
         /// Where.
@@ -296,6 +373,10 @@ pub enum Op {
         index: Value,
         /// 1, 2, 4, 8 or 16.
         lanes: u8,
+        /// An aligned access: the verifier proves `index` a multiple of `lanes`, and buffer
+        /// bases are 16-byte aligned (the runtime's contract), so backends emit one access of
+        /// `min(lanes * size, 16)`-byte alignment (`ld.global.nc.v4.u32` on NVPTX).
+        aligned: bool,
     },
     /// Stores a scalar or a vector at element `index` (no result).
     Store {
@@ -305,6 +386,8 @@ pub enum Op {
         index: Value,
         /// What; its element type is the memory's.
         value: Value,
+        /// As for [`Op::Load`]: the index is a proven multiple of the value's lanes.
+        aligned: bool,
     },
     /// Lane `lane` of a vector.
     Extract(Value, u8),
@@ -384,6 +467,8 @@ pub enum Op {
     },
     /// Waits until every thread of the block reaches it; orders shared-memory accesses.
     Barrier,
+    /// A warp collective on locals (no result); a synchronisation point like a barrier.
+    Warp(WarpOp),
 }
 
 /// An instruction: an operation and the type of its result (`None` when it has none).
@@ -414,6 +499,7 @@ pub struct Kernel {
     pub locals: Vec<Local>,
     /// Every instruction; each is placed in exactly one block.
     pub insts: Arena<Inst>,
-    /// The top-level block. Barriers may appear only here.
+    /// The top-level block. Barriers and warp collectives appear only here or in the bodies
+    /// of block-uniform loops.
     pub body: Block,
 }

@@ -11,10 +11,16 @@
 //!   block-[`SharedArray`]s or in buffer parameters.
 //! - **Control flow is structured**: [`Op::Loop`] (a counted loop whose own value is the
 //!   induction variable) and [`Op::If`] hold nested blocks. There are no jumps.
-//! - **Barriers** ([`Op::Barrier`]) appear only in the top-level block and split it into
-//!   *regions*. A value defined in one region is not used in another: what crosses a barrier goes
-//!   through locals (per thread) or shared memory (per block). This lets a CPU backend run a block
-//!   as one loop over threads per region ("threads become loops") with the GPU's semantics.
+//! - **Synchronisation points** ([`Op::Barrier`], and the warp collectives [`Op::Warp`]) appear
+//!   where every thread of a block reaches them: the top-level block, or the body of a loop whose
+//!   bounds are *uniform* (the same for every thread of the block; see [`sync`]). They split the
+//!   program into *regions*. A value defined in one region is used in another only when it is
+//!   uniform; anything else that crosses goes through locals (per thread) or shared memory (per
+//!   block). This lets a CPU backend run a block as one loop over threads per region ("threads
+//!   become loops"), with collectives between those loops, and keep the GPU's semantics.
+//! - **Warps** are the groups of 32 consecutive threads of a block (`lane_id`, `warp_id`).
+//!   Shuffles and reductions run over all 32 lanes; a reduction's order is fixed
+//!   ([`WarpOp::Reduce`]), so that a float sum has the same bits on every backend.
 //! - **Arithmetic** on floats is IEEE, each operation correctly rounded, never contracted into a
 //!   fused multiply-add, never approximated (division is true division). Integers are unsigned
 //!   and wrap. Conversions round to nearest even. These rules make every backend give the same
@@ -31,13 +37,15 @@ pub mod builder;
 pub mod interp;
 pub mod kernel;
 pub mod print;
+pub mod sync;
 pub mod verify;
 
 pub use arena::{Arena, Handle};
 pub use builder::Builder;
 pub use kernel::{
-    Access, BinaryOp, Block, CmpOp, Const, Inst, Kernel, Local, Memory, Op, Param, ScalarType,
-    SharedArray, Special, Type, UnaryOp, Value,
+    Access, BinaryOp, Block, CmpOp, Const, Inst, Kernel, Local, Memory, Op, Param, ReduceOp,
+    ScalarType, SharedArray, Special, Type, UnaryOp, Value, WarpOp, REDUCE_STEPS, WARP_SIZE,
 };
 pub use print::print;
+pub use sync::SyncFacts;
 pub use verify::{verify, FindingKind, KernelInfo, VerifyError, VerifyFinding};

@@ -39,19 +39,21 @@
 //! ```
 //! Operations: `const.T c` (floats as Rust's `{:?}`, which reads back exactly; bits in hex
 //! only for a NaN other than the canonical one), `param NAME`, `thread_id`, `block_id`,
-//! `grid_size`, `neg`/`round_even`/`floor`/`not`/`is_finite`/`exp a`, `add`/`sub`/`mul`/`div`/`rem`/
-//! `min`/`max`/`and`/`or`/`shl`/`shr a, b`, `cmp.eq`/`ne`/`lt`/`le`/`gt`/`ge a, b`,
-//! `select c, a, b`, `convert.T a`, `load.T[xN] MEM[i]`, `store MEM[i], v`, `extract v, LANE`,
+//! `grid_size`, `lane_id`, `warp_id`, `neg`/`round_even`/`floor`/`not`/`is_finite`/`exp`/`popcount a`,
+//! `add`/`sub`/`mul`/`div`/`rem`/`min`/`max`/`and`/`or`/`xor`/`shl`/`shr a, b`, `cmp.eq`/`ne`/`lt`/`le`/`gt`/`ge a, b`,
+//! `select c, a, b`, `convert.T a`, `bitcast.T a`, `load[.aligned].T[xN] MEM[i]`, `store[.aligned] MEM[i], v`, `extract v, LANE`,
 //! `vector a, b, ...`, `read_local L[i]`, `write_local L[i], v`, `pack_bits.bB.ORDER c0, c1, ...`,
 //! `unpack_bits.bB.ORDER byte, LANE`, `select_rank MEM[base, stride s, count n], rank r`,
-//! `loop start..end step S { ... }`, `if c { ... } else { ... }`, `barrier`.
+//! `loop start..end step S { ... }`, `if c { ... } else { ... }`, `barrier`,
+//! `warp.shuffle_xor DST <- SRC, MASK`, `warp.shuffle_idx DST <- SRC, lane L`,
+//! `warp.reduce_sum`/`reduce_min`/`reduce_max L`.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use super::kernel::{
-    Access, BinaryOp, CmpOp, Const, Inst, Kernel, Memory, Op, Param, ScalarType, Special, Type,
-    UnaryOp, Value,
+    Access, BinaryOp, CmpOp, Const, Inst, Kernel, Memory, Op, Param, ReduceOp, ScalarType, Special,
+    Type, UnaryOp, Value, WarpOp,
 };
 use crate::scheme::BitOrder;
 
@@ -107,12 +109,12 @@ pub fn type_text(ty: Type) -> String {
     }
 }
 
-/// True when `op` defines a value (everything but Store, WriteLocal, If and Barrier). A Loop
+/// True when `op` defines a value (everything but Store, WriteLocal, If, Barrier and Warp). A Loop
 /// defines its induction variable, visible only in its body.
 pub(crate) fn has_result(op: &Op) -> bool {
     !matches!(
         op,
-        Op::Store { .. } | Op::WriteLocal { .. } | Op::If { .. } | Op::Barrier
+        Op::Store { .. } | Op::WriteLocal { .. } | Op::If { .. } | Op::Barrier | Op::Warp(_)
     )
 }
 
@@ -471,6 +473,7 @@ fn unary_name(op: UnaryOp) -> &'static str {
         UnaryOp::Not => "not",
         UnaryOp::IsFinite => "is_finite",
         UnaryOp::Exp => "exp",
+        UnaryOp::PopCount => "popcount",
     }
 }
 
@@ -488,6 +491,7 @@ fn binary_name(op: BinaryOp) -> &'static str {
         BinaryOp::Or => "or",
         BinaryOp::Shl => "shl",
         BinaryOp::Shr => "shr",
+        BinaryOp::Xor => "xor",
     }
 }
 
@@ -527,6 +531,8 @@ pub(crate) fn op_text(kernel: &Kernel, names: &Names, op: &Op) -> String {
             Special::ThreadId => "thread_id",
             Special::BlockId => "block_id",
             Special::GridSize => "grid_size",
+            Special::LaneId => "lane_id",
+            Special::WarpId => "warp_id",
         }
         .to_string(),
         Op::Unary(u, a) => format!("{} {}", unary_name(*u), v(a)),
@@ -538,8 +544,13 @@ pub(crate) fn op_text(kernel: &Kernel, names: &Names, op: &Op) -> String {
             if_false,
         } => format!("select {}, {}, {}", v(cond), v(if_true), v(if_false)),
         Op::Convert(t, a) => format!("convert.{} {}", t.name(), v(a)),
-        Op::Bitcast(t, a) => format!("bitcast.{} {}", t.name(), v(a)),
-        Op::Load { mem, index, lanes } => {
+        Op::Bitcast(t, a) => format!("bitcast.{} {}", type_text(*t), v(a)),
+        Op::Load {
+            mem,
+            index,
+            lanes,
+            aligned,
+        } => {
             let elem = memory_elem(kernel, *mem).map_or("?", ScalarType::name);
             let lanes = if *lanes == 1 {
                 String::new()
@@ -547,13 +558,20 @@ pub(crate) fn op_text(kernel: &Kernel, names: &Names, op: &Op) -> String {
                 format!("x{lanes}")
             };
             format!(
-                "load.{elem}{lanes} {}[{}]",
+                "load{}.{elem}{lanes} {}[{}]",
+                aligned_text(*aligned),
                 memory_name(kernel, *mem),
                 v(index)
             )
         }
-        Op::Store { mem, index, value } => format!(
-            "store {}[{}], {}",
+        Op::Store {
+            mem,
+            index,
+            value,
+            aligned,
+        } => format!(
+            "store{} {}[{}], {}",
+            aligned_text(*aligned),
             memory_name(kernel, *mem),
             v(index),
             v(value)
@@ -612,5 +630,39 @@ pub(crate) fn op_text(kernel: &Kernel, names: &Names, op: &Op) -> String {
         } => format!("loop {}..{} step {step}", v(start), v(end)),
         Op::If { cond, .. } => format!("if {}", v(cond)),
         Op::Barrier => "barrier".to_string(),
+        Op::Warp(w) => warp_text(kernel, *w),
+    }
+}
+
+fn aligned_text(aligned: bool) -> &'static str {
+    if aligned {
+        ".aligned"
+    } else {
+        ""
+    }
+}
+
+fn warp_text(kernel: &Kernel, w: WarpOp) -> String {
+    let l = |i: u32| local_name(kernel, i);
+    match w {
+        WarpOp::ShuffleXor { src, dst, mask } => {
+            format!("warp.shuffle_xor {} <- {}, {mask}", l(dst), l(src))
+        }
+        WarpOp::ShuffleIdx { src, dst, lane } => {
+            format!(
+                "warp.shuffle_idx {} <- {}, lane {}",
+                l(dst),
+                l(src),
+                l(lane)
+            )
+        }
+        WarpOp::Reduce { op, local } => {
+            let name = match op {
+                ReduceOp::Sum => "sum",
+                ReduceOp::Min => "min",
+                ReduceOp::Max => "max",
+            };
+            format!("warp.reduce_{name} {}", l(local))
+        }
     }
 }

@@ -45,7 +45,7 @@
 //!    Floor/IsFinite on a float, Not on bool or an integer. Cmp: operands of one type; Eq/Ne on
 //!    any scalar, Lt/Le/Gt/Ge on an integer or float. Select: a bool condition, arms of one
 //!    scalar type. Convert: between integer and float types, or from bool to an integer.
-//!    Bitcast: f32 to u32 or u32 to f32.
+//!    Bitcast: see invariant 14.
 //!    Indices (Load/Store index, ReadLocal/WriteLocal index, SelectRank base/stride/count/rank,
 //!    Loop start/end) are u32. Extract: a vector operand and `lane < lanes`. Vector: 2 to 16
 //!    scalars of one type. PackBits: exactly `8 / bits` u8 codes. UnpackBits: a u8 byte and
@@ -70,10 +70,14 @@
 //! 9. **Scalar parameters.** `ScalarParam(i)` names an existing parameter that is a scalar;
 //!    every scalar parameter is u32 or f32. [`FindingKind::ParamOutOfRange`],
 //!    [`FindingKind::NotAScalarParam`], [`FindingKind::BadScalarParamType`].
-//! 10. **Barriers.** A Barrier is placed only in the top-level block. The top-level block's
-//!     barriers split it into regions; a value defined in one region is not used in another
-//!     (values defined in nested blocks belong to the region of the top-level instruction that
-//!     holds them). [`FindingKind::BarrierNotTopLevel`], [`FindingKind::CrossesBarrier`].
+//! 10. **Synchronisation** (see [`super::sync`]). A sync point (a Barrier or a warp collective)
+//!     is placed where every thread of the block reaches it: in the top-level block or in the
+//!     body of a *sync loop*, a Loop holding a sync point, whose `start` and `end` are uniform
+//!     values; never inside an If. Sync points, and the start and end of every sync loop's body,
+//!     split the program into regions; a value defined in one region is used in another only
+//!     when it is uniform (values of nested blocks belong to the region that holds them).
+//!     [`FindingKind::SyncInsideIf`], [`FindingKind::SyncLoopNotUniform`],
+//!     [`FindingKind::CrossesBarrier`].
 //! 11. **Kernel shape.** A Loop's step is above 0; `block_size` is in 1..=1024; shared arrays
 //!     have `len > 0` and take at most 48 KiB together (`sum(len * elem.size())`); the kernel's
 //!     name and the names of its parameters, shared arrays and locals are C identifiers
@@ -84,17 +88,30 @@
 //!     [`FindingKind::EmptyShared`], [`FindingKind::SharedMemoryTooLarge`],
 //!     [`FindingKind::InvalidName`], [`FindingKind::DuplicateName`].
 //!
+//! 12. **Warp collectives.** A kernel with a warp collective has a `block_size` that is a
+//!     multiple of 32. Its locals exist; shuffles read and write locals of one element type
+//!     (u8, u32 or f32) and length, with a xor mask below 32 and a u32 lane local; reductions
+//!     take a u32 or f32 local. [`FindingKind::PartialWarp`], [`FindingKind::LocalOutOfRange`],
+//!     [`FindingKind::BadWarpLocal`], [`FindingKind::WarpLocalsDiffer`],
+//!     [`FindingKind::ShuffleMaskTooLarge`].
+//! 13. **Alignment.** An aligned Load or Store has an index proven a multiple of its lanes
+//!     ([`super::sync::SyncFacts::is_multiple`]: constants, products, sums, shifts, and loop
+//!     values whose start and step are multiples). [`FindingKind::UnalignedIndex`].
+//! 14. **Bit casts.** A Bitcast is between f32 and u32, or between `u8x4`/`u8x8`/`u8x16` and
+//!     `u32`/`u32x2`/`u32x4` of the same size. [`FindingKind::InvalidBitcast`].
+//!
 //! For a kernel with no finding, [`verify`] returns the [`KernelInfo`] backends need.
 
 use std::fmt;
 
 use super::kernel::{
     Access, BinaryOp, CmpOp, Const, Inst, Kernel, Local, Memory, Op, Param, ScalarType, Type,
-    UnaryOp, Value,
+    UnaryOp, Value, WarpOp, WARP_SIZE,
 };
 use super::print::{
     has_result, local_name, param_name, type_text, walk, BlockKind, Entry, Names, Visit,
 };
+use super::sync::SyncFacts;
 
 /// The largest `block_size`.
 pub const MAX_BLOCK_SIZE: u32 = 1024;
@@ -112,8 +129,10 @@ pub struct KernelInfo {
     pub types: Vec<Option<Type>>,
     /// Bytes of shared memory per block.
     pub shared_bytes: u32,
-    /// Number of barrier-separated regions of the top-level block (barriers + 1).
+    /// Number of regions: sync points and sync-loop body boundaries, plus 1.
     pub regions: u32,
+    /// The kernel's synchronisation structure, uniform values and index alignments.
+    pub sync: SyncFacts,
     _sealed: (),
 }
 
@@ -437,9 +456,14 @@ pub enum FindingKind {
         ty: ScalarType,
     },
 
-    // 10. Barriers.
-    /// A Barrier inside a Loop or If.
-    BarrierNotTopLevel,
+    // 10. Synchronisation.
+    /// A Barrier or warp collective inside an If.
+    SyncInsideIf,
+    /// A Loop holding a sync point whose start or end is not uniform.
+    SyncLoopNotUniform {
+        /// The bound that is not uniform.
+        operand: Value,
+    },
     /// An operand defined in another barrier region.
     CrossesBarrier {
         /// The operand.
@@ -486,6 +510,50 @@ pub enum FindingKind {
         /// The item declared later.
         second: Item,
     },
+
+    // 12. Warp collectives.
+    /// A kernel with a warp collective whose block size is not a multiple of 32.
+    PartialWarp {
+        /// The block size.
+        block_size: u32,
+    },
+    /// A warp collective on a local of an element type it does not take.
+    BadWarpLocal {
+        /// The local.
+        local: u32,
+        /// Its element type.
+        elem: ScalarType,
+    },
+    /// A shuffle between locals of different element types or lengths.
+    WarpLocalsDiffer {
+        /// The source.
+        src: u32,
+        /// The destination.
+        dst: u32,
+    },
+    /// A xor shuffle with a mask of 32 or more.
+    ShuffleMaskTooLarge {
+        /// The mask.
+        mask: u32,
+    },
+
+    // 13. Alignment.
+    /// An aligned access whose index is not a proven multiple of its lanes.
+    UnalignedIndex {
+        /// The index.
+        index: Value,
+        /// The lanes it must be a multiple of.
+        lanes: u32,
+    },
+
+    // 14. Bit casts.
+    /// A Bitcast between types it does not reinterpret.
+    InvalidBitcast {
+        /// The operand's type.
+        from: Type,
+        /// The target type.
+        to: Type,
+    },
 }
 
 /// Checks `kernel` against every invariant of the module documentation; on success describes
@@ -493,8 +561,11 @@ pub enum FindingKind {
 pub fn verify(kernel: &Kernel) -> Result<KernelInfo, VerifyError> {
     let names = Names::new(kernel);
     let len = kernel.insts.len();
+    let facts = SyncFacts::of(kernel);
     let mut checker = Checker {
         kernel,
+        facts: &facts,
+        open_ifs: 0,
         names: &names,
         found: Vec::new(),
         state: vec![Def::NotYet; len],
@@ -516,6 +587,7 @@ pub fn verify(kernel: &Kernel) -> Result<KernelInfo, VerifyError> {
             types: kernel.insts.iter().map(|(_, i)| i.ty).collect(),
             shared_bytes: u32::try_from(shared_bytes).unwrap_or(u32::MAX),
             regions,
+            sync: facts,
             _sealed: (),
         });
     }
@@ -566,6 +638,9 @@ enum Need {
 
 struct Checker<'k> {
     kernel: &'k Kernel,
+    facts: &'k SyncFacts,
+    /// Number of If blocks enclosing the current position.
+    open_ifs: u32,
     names: &'k Names,
     found: Vec<(Option<Value>, FindingKind)>,
     /// By arena index.
@@ -600,6 +675,12 @@ impl<'k> Visit<'k> for Checker<'k> {
 
     fn enter(&mut self, owner: Value, kind: BlockKind, _depth: usize) {
         let mut scope = Vec::new();
+        if kind == BlockKind::LoopBody && self.facts.holds_sync(owner) {
+            self.region = self.region.saturating_add(1);
+        }
+        if kind != BlockKind::LoopBody {
+            self.open_ifs = self.open_ifs.saturating_add(1);
+        }
         if kind == BlockKind::LoopBody {
             self.define(owner);
             scope.push(owner);
@@ -607,7 +688,13 @@ impl<'k> Visit<'k> for Checker<'k> {
         self.scopes.push(scope);
     }
 
-    fn leave(&mut self, _owner: Value, _kind: BlockKind, _depth: usize) {
+    fn leave(&mut self, owner: Value, kind: BlockKind, _depth: usize) {
+        if kind == BlockKind::LoopBody && self.facts.holds_sync(owner) {
+            self.region = self.region.saturating_add(1);
+        }
+        if kind != BlockKind::LoopBody {
+            self.open_ifs = self.open_ifs.saturating_sub(1);
+        }
         if let Some(scope) = self.scopes.pop() {
             for v in scope {
                 if let Some(s) = self.state.get_mut(v.index()) {
@@ -648,6 +735,15 @@ impl<'k> Checker<'k> {
             self.push(
                 None,
                 FindingKind::BadBlockSize {
+                    block_size: k.block_size,
+                },
+            );
+        }
+        let has_warp_op = k.insts.iter().any(|(_, i)| matches!(i.op, Op::Warp(_)));
+        if has_warp_op && k.block_size % WARP_SIZE != 0 {
+            self.push(
+                None,
+                FindingKind::PartialWarp {
                     block_size: k.block_size,
                 },
             );
@@ -742,7 +838,7 @@ impl<'k> Checker<'k> {
         match state {
             Def::Live => {
                 let defined_in = self.region_of.get(v.index()).copied().unwrap_or(0);
-                if defined_in != self.region {
+                if defined_in != self.region && !self.facts.is_uniform(v) {
                     self.push(
                         Some(at),
                         FindingKind::CrossesBarrier {
@@ -891,6 +987,61 @@ impl<'k> Checker<'k> {
         }
     }
 
+    /// A sync point must not be inside an If (invariant 10).
+    fn sync_point(&mut self, h: Value) {
+        if self.open_ifs > 0 {
+            self.push(Some(h), FindingKind::SyncInsideIf);
+        }
+    }
+
+    /// An aligned access's index must be a proven multiple of its lanes (invariant 13).
+    fn aligned(&mut self, h: Value, index: Value, lanes: u32) {
+        if !self.facts.is_multiple(index, lanes) {
+            self.push(Some(h), FindingKind::UnalignedIndex { index, lanes });
+        }
+    }
+
+    /// The locals of a warp collective (invariant 12).
+    fn warp(&mut self, h: Value, w: WarpOp) {
+        use ScalarType as S;
+        let elem_of = |this: &mut Self, local: u32, ok: &[ScalarType]| {
+            let l = this.local(h, local)?;
+            if !ok.contains(&l.elem) {
+                let elem = l.elem;
+                this.push(Some(h), FindingKind::BadWarpLocal { local, elem });
+            }
+            Some((l.elem, l.len))
+        };
+        let shuffle = [S::U8, S::U32, S::F32];
+        match w {
+            WarpOp::ShuffleXor { src, dst, mask } => {
+                let a = elem_of(self, src, &shuffle);
+                let b = elem_of(self, dst, &shuffle);
+                if let (Some(a), Some(b)) = (a, b) {
+                    if a != b {
+                        self.push(Some(h), FindingKind::WarpLocalsDiffer { src, dst });
+                    }
+                }
+                if mask >= WARP_SIZE {
+                    self.push(Some(h), FindingKind::ShuffleMaskTooLarge { mask });
+                }
+            }
+            WarpOp::ShuffleIdx { src, dst, lane } => {
+                let a = elem_of(self, src, &shuffle);
+                let b = elem_of(self, dst, &shuffle);
+                if let (Some(a), Some(b)) = (a, b) {
+                    if a != b {
+                        self.push(Some(h), FindingKind::WarpLocalsDiffer { src, dst });
+                    }
+                }
+                elem_of(self, lane, &[S::U32]);
+            }
+            WarpOp::Reduce { local, .. } => {
+                elem_of(self, local, &[S::U32, S::F32]);
+            }
+        }
+    }
+
     /// Checks one instruction, reached for the first time at `depth`, and defines its value.
     fn check_inst(&mut self, h: Value, inst: &Inst, depth: usize) {
         use TypeClass as C;
@@ -926,6 +1077,7 @@ impl<'k> Checker<'k> {
                     | UnaryOp::IsFinite
                     | UnaryOp::Exp => C::Float,
                     UnaryOp::Not => C::BoolOrInt,
+                    UnaryOp::PopCount => C::Int,
                 };
                 let ta = self.operand_of(h, *a, class);
                 match op {
@@ -942,7 +1094,7 @@ impl<'k> Checker<'k> {
                     | BinaryOp::Min
                     | BinaryOp::Max => C::Numeric,
                     BinaryOp::Rem | BinaryOp::Shl | BinaryOp::Shr => C::Int,
-                    BinaryOp::And | BinaryOp::Or => C::BoolOrInt,
+                    BinaryOp::And | BinaryOp::Or | BinaryOp::Xor => C::BoolOrInt,
                 };
                 let ta = self.operand_of(h, *a, class);
                 let tb = self.operand_of(h, *b, class);
@@ -972,16 +1124,11 @@ impl<'k> Checker<'k> {
             }
             Op::Bitcast(to, a) => {
                 if let Some(from) = self.operand(h, *a) {
-                    let ok = matches!(
-                        (from, *to),
-                        (Type::Scalar(ScalarType::F32), ScalarType::U32)
-                            | (Type::Scalar(ScalarType::U32), ScalarType::F32)
-                    );
-                    if !ok {
-                        self.push(Some(h), FindingKind::InvalidConversion { from, to: *to });
+                    if !bitcast_ok(from, *to) {
+                        self.push(Some(h), FindingKind::InvalidBitcast { from, to: *to });
                     }
                 }
-                scalar(*to)
+                Some(Some(*to))
             }
             Op::Convert(to, a) => {
                 if let Some(from) = self.operand(h, *a) {
@@ -998,8 +1145,16 @@ impl<'k> Checker<'k> {
                 }
                 scalar(*to)
             }
-            Op::Load { mem, index, lanes } => {
+            Op::Load {
+                mem,
+                index,
+                lanes,
+                aligned,
+            } => {
                 self.operand_of(h, *index, C::U32);
+                if *aligned {
+                    self.aligned(h, *index, u32::from(*lanes));
+                }
                 let memory = self.memory(h, *mem, Need::Read);
                 if !matches!(lanes, 1 | 2 | 4 | 8 | 16) {
                     self.push(Some(h), FindingKind::BadLoadLanes { lanes: *lanes });
@@ -1015,9 +1170,21 @@ impl<'k> Checker<'k> {
                     })
                 })
             }
-            Op::Store { mem, index, value } => {
+            Op::Store {
+                mem,
+                index,
+                value,
+                aligned,
+            } => {
                 self.operand_of(h, *index, C::U32);
                 let tv = self.operand(h, *value);
+                if let (true, Some(ty)) = (*aligned, tv) {
+                    let lanes = match ty {
+                        Type::Scalar(_) => 1,
+                        Type::Vector(_, n) => u32::from(n),
+                    };
+                    self.aligned(h, *index, lanes);
+                }
                 let memory = self.memory(h, *mem, Need::Write);
                 if let (Some(ty), Some((elem, len))) = (tv, memory) {
                     if ty.elem() != elem {
@@ -1144,6 +1311,14 @@ impl<'k> Checker<'k> {
             } => {
                 self.operand_of(h, *start, C::U32);
                 self.operand_of(h, *end, C::U32);
+                if self.facts.holds_sync(h) {
+                    for bound in [*start, *end] {
+                        if !self.facts.is_uniform(bound) {
+                            let operand = bound;
+                            self.push(Some(h), FindingKind::SyncLoopNotUniform { operand });
+                        }
+                    }
+                }
                 if *step == 0 {
                     self.push(Some(h), FindingKind::LoopStepZero);
                 }
@@ -1154,9 +1329,12 @@ impl<'k> Checker<'k> {
                 Some(None)
             }
             Op::Barrier => {
-                if depth > 1 {
-                    self.push(Some(h), FindingKind::BarrierNotTopLevel);
-                }
+                self.sync_point(h);
+                Some(None)
+            }
+            Op::Warp(w) => {
+                self.sync_point(h);
+                self.warp(h, *w);
                 Some(None)
             }
         };
@@ -1171,8 +1349,9 @@ impl<'k> Checker<'k> {
                 );
             }
         }
+        let _ = depth;
         match inst.op {
-            Op::Barrier if depth == 1 => self.region = self.region.saturating_add(1),
+            Op::Barrier | Op::Warp(_) => self.region = self.region.saturating_add(1),
             // A Loop's value is defined when its body is entered.
             Op::Loop { .. } => {}
             ref op if has_result(op) => {
@@ -1337,7 +1516,36 @@ fn describe(kernel: &Kernel, names: &Names, kind: &FindingKind) -> String {
             param(p),
             ty.name()
         ),
-        F::BarrierNotTopLevel => "barrier is not in the top-level block".into(),
+        F::SyncInsideIf => {
+            "barrier or warp collective inside an if: not every thread may reach it".into()
+        }
+        F::SyncLoopNotUniform { operand } => format!(
+            "loop holds a barrier or warp collective but its bound {} is not uniform",
+            v(operand)
+        ),
+        F::PartialWarp { block_size } => format!(
+            "block_size {block_size} is not a multiple of {WARP_SIZE}, but the kernel has a warp collective"
+        ),
+        F::BadWarpLocal { local, elem } => format!(
+            "{} of {} cannot take part in this warp collective",
+            item_text(kernel, Item::Local(*local)),
+            elem.name()
+        ),
+        F::WarpLocalsDiffer { src, dst } => format!(
+            "shuffle from {} to {} of different element types or lengths",
+            item_text(kernel, Item::Local(*src)),
+            item_text(kernel, Item::Local(*dst))
+        ),
+        F::ShuffleMaskTooLarge { mask } => format!("shuffle mask {mask} is not below 32"),
+        F::UnalignedIndex { index, lanes } => format!(
+            "aligned access at index {} that is not a proven multiple of {lanes}",
+            v(index)
+        ),
+        F::InvalidBitcast { from, to } => format!(
+            "cannot reinterpret {} as {}",
+            type_text(*from),
+            type_text(*to)
+        ),
         F::CrossesBarrier {
             operand,
             defined_in,
@@ -1372,4 +1580,23 @@ fn describe(kernel: &Kernel, names: &Names, kind: &FindingKind) -> String {
             item_label(*first)
         ),
     }
+}
+
+/// Whether a Bitcast from `from` to `to` is allowed (invariant 14).
+fn bitcast_ok(from: Type, to: Type) -> bool {
+    use ScalarType as S;
+    let words = |t: Type| match t {
+        Type::Scalar(S::U32) => Some(1),
+        Type::Vector(S::U32, n @ (2 | 4)) => Some(u32::from(n)),
+        _ => None,
+    };
+    let bytes = |t: Type| match t {
+        Type::Vector(S::U8, n @ (4 | 8 | 16)) => Some(u32::from(n) / 4),
+        _ => None,
+    };
+    matches!(
+        (from, to),
+        (Type::Scalar(S::F32), Type::Scalar(S::U32)) | (Type::Scalar(S::U32), Type::Scalar(S::F32))
+    ) || matches!((bytes(from), words(to)), (Some(a), Some(b)) if a == b)
+        || matches!((words(from), bytes(to)), (Some(a), Some(b)) if a == b)
 }

@@ -130,6 +130,16 @@ pub enum InterpError {
         /// How many elements they would hold.
         elems: u64,
     },
+    /// An aligned access at an index that is not a multiple of its lanes.
+    #[error("aligned access at {inst:?}: index {index} is not a multiple of {lanes}")]
+    Misaligned {
+        /// The Load or Store.
+        inst: Value,
+        /// The index.
+        index: u32,
+        /// Its lanes.
+        lanes: u32,
+    },
     /// A kernel that breaks the IR's rules.
     #[error("malformed kernel{}: {problem}", .inst.map_or(String::new(), |i| format!(" at {i:?}")))]
     Malformed {
@@ -217,9 +227,22 @@ pub enum Malformed {
     /// A loop with step 0.
     #[error("a loop with step 0")]
     ZeroStep,
-    /// A barrier inside a loop or an if.
-    #[error("a barrier inside a loop or an if")]
+    /// A barrier or warp collective where threads run one by one: inside an if, or inside a
+    /// loop that does not hold it as a block-uniform loop.
+    #[error("a barrier or warp collective inside an if or a per-thread loop")]
     NestedBarrier,
+    /// A warp collective in a block whose size is not a multiple of 32.
+    #[error("a warp collective in a block of {0} threads, not a multiple of 32")]
+    PartialWarp(u32),
+    /// A warp collective on a local it cannot take (missing, of another type or length).
+    #[error("warp collective on local {0}, which it cannot take")]
+    WarpLocal(u32),
+    /// A xor shuffle with a mask of 32 or more.
+    #[error("shuffle mask {0} is not below 32")]
+    ShuffleMask(u32),
+    /// A block-uniform loop bound that is not uniform.
+    #[error("the bound {0:?} of a block-uniform loop is not uniform")]
+    NotUniform(Value),
     /// Loops and ifs nested deeper than [`MAX_NESTING`].
     #[error("nesting deeper than {MAX_NESTING}")]
     TooDeep,

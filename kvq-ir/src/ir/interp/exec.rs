@@ -3,12 +3,13 @@
 
 use super::value::{self, Fault, Val};
 use super::{Arg, Buffer, InterpError, Malformed, MAX_BLOCK_ELEMS, MAX_NESTING};
-use crate::ir::kernel::{Kernel, Op, Param, ScalarType, Special, Type, Value};
+use crate::ir::kernel::{Kernel, Op, Param, ScalarType, Special, Type, Value, WARP_SIZE};
+use crate::ir::sync::{is_sync_point, SyncFacts};
 use crate::scheme::{BitOrder, Bits};
 
 /// Runs `kernel` (whose arguments are checked) on `grid_size` blocks.
 pub(super) fn run(kernel: &Kernel, args: &mut [Arg], grid_size: u32) -> Result<(), InterpError> {
-    let regions = regions(kernel)?;
+    let facts = SyncFacts::of(kernel);
     let shared_elems = kernel.shared.iter().map(|s| u64::from(s.len)).sum();
     check_size("shared arrays", shared_elems)?;
     // Every thread's locals, one after the other; each local at its offset in a thread's run.
@@ -26,12 +27,15 @@ pub(super) fn run(kernel: &Kernel, args: &mut [Arg], grid_size: u32) -> Result<(
 
     let mut machine = Machine {
         kernel,
+        facts: &facts,
         args,
         grid_size,
         block: 0,
         shared: Vec::new(),
         values: vec![None; kernel.insts.len()],
+        block_values: vec![None; kernel.insts.len()],
         offsets,
+        per_thread,
     };
     for block in 0..grid_size {
         machine.block = block;
@@ -50,35 +54,10 @@ pub(super) fn run(kernel: &Kernel, args: &mut [Arg], grid_size: u32) -> Result<(
                 .flat_map(|_| template.iter().cloned())
                 .collect(),
         };
-        for region in &regions {
-            for tid in 0..kernel.block_size {
-                let first = tid as usize * per_thread;
-                let mut thread = Thread {
-                    tid,
-                    locals: locals.get_mut(first..first + per_thread).unwrap_or(&mut []),
-                };
-                machine.run_block(&mut thread, region, 0)?;
-            }
-        }
+        machine.block_values.iter_mut().for_each(|v| *v = None);
+        machine.run_sync(&kernel.body.0, &mut locals, 0)?;
     }
     Ok(())
-}
-
-/// The top-level body split at its barriers.
-fn regions(kernel: &Kernel) -> Result<Vec<Vec<Value>>, InterpError> {
-    let mut regions = vec![Vec::new()];
-    for &h in &kernel.body.0 {
-        let inst = kernel
-            .insts
-            .try_get(h)
-            .ok_or(malformed(Some(h), Malformed::UnknownInst))?;
-        if inst.op == Op::Barrier {
-            regions.push(Vec::new());
-        } else if let Some(region) = regions.last_mut() {
-            region.push(h);
-        }
-    }
-    Ok(regions)
 }
 
 fn check_size(what: &'static str, elems: u64) -> Result<(), InterpError> {
@@ -101,6 +80,7 @@ pub(super) struct Thread<'l> {
 
 pub(super) struct Machine<'k, 'a> {
     pub(super) kernel: &'k Kernel,
+    facts: &'k SyncFacts,
     pub(super) args: &'a mut [Arg],
     grid_size: u32,
     block: u32,
@@ -109,11 +89,108 @@ pub(super) struct Machine<'k, 'a> {
     /// The current thread's values, by instruction index: `Some` from the definition to the
     /// end of the block holding it.
     values: Vec<Option<Val>>,
+    /// The current block's uniform values (see [`crate::ir::sync`]), by instruction index:
+    /// every thread computes the same bits, so they outlive the region that defines them.
+    block_values: Vec<Option<Val>>,
     /// Where each local starts in a thread's locals.
     pub(super) offsets: Vec<usize>,
+    /// Number of local elements of one thread.
+    per_thread: usize,
 }
 
 impl Machine<'_, '_> {
+    /// Runs `insts`, a block where every thread of the block arrives together (the top-level
+    /// block or a block-uniform loop's body): the instructions between sync points for thread
+    /// 0, 1, ..., then each sync point (a barrier, a warp collective, a block-uniform loop) for
+    /// the whole block.
+    fn run_sync(
+        &mut self,
+        insts: &[Value],
+        locals: &mut [Val],
+        depth: u32,
+    ) -> Result<(), InterpError> {
+        let mut start = 0;
+        for (i, &h) in insts.iter().enumerate() {
+            let inst = self
+                .kernel
+                .insts
+                .try_get(h)
+                .ok_or(malformed(Some(h), Malformed::UnknownInst))?;
+            let sync_loop = matches!(inst.op, Op::Loop { .. }) && self.facts.holds_sync(h);
+            if !(sync_loop || is_sync_point(&inst.op)) {
+                continue;
+            }
+            self.run_threads(insts.get(start..i).unwrap_or(&[]), locals, depth)?;
+            start = i + 1;
+            match &inst.op {
+                Op::Warp(w) => self.warp(h, *w, locals)?,
+                Op::Loop {
+                    start: first,
+                    end,
+                    step,
+                    body,
+                } => {
+                    if depth >= MAX_NESTING {
+                        return Err(malformed(Some(h), Malformed::TooDeep));
+                    }
+                    if *step == 0 {
+                        return Err(malformed(Some(h), Malformed::ZeroStep));
+                    }
+                    let bound = |this: &Self, v: Value| match this.facts.is_uniform(v) {
+                        true => this.u32_operand(h, v),
+                        false => Err(malformed(Some(h), Malformed::NotUniform(v))),
+                    };
+                    let (mut i, end) = (bound(self, *first)?, bound(self, *end)?);
+                    while i < end {
+                        self.set(h, Some(Val::U32(i)));
+                        self.run_sync(&body.0, locals, depth + 1)?;
+                        match i.checked_add(*step) {
+                            Some(next) => i = next,
+                            None => break,
+                        }
+                    }
+                    self.set(h, None);
+                    if let Some(slot) = self.block_values.get_mut(h.index()) {
+                        *slot = None;
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.run_threads(insts.get(start..).unwrap_or(&[]), locals, depth)
+    }
+
+    /// Runs `region` for thread 0, 1, ... of the block.
+    fn run_threads(
+        &mut self,
+        region: &[Value],
+        locals: &mut [Val],
+        depth: u32,
+    ) -> Result<(), InterpError> {
+        if region.is_empty() {
+            return Ok(());
+        }
+        let per_thread = self.per_thread;
+        for tid in 0..self.kernel.block_size {
+            let first = tid as usize * per_thread;
+            let mut thread = Thread {
+                tid,
+                locals: locals.get_mut(first..first + per_thread).unwrap_or(&mut []),
+            };
+            self.run_block(&mut thread, region, depth)?;
+        }
+        Ok(())
+    }
+
+    /// Runs a warp collective over every warp of the block (see [`crate::ir::WarpOp`]).
+    fn warp(
+        &mut self,
+        h: Value,
+        w: crate::ir::WarpOp,
+        locals: &mut [Val],
+    ) -> Result<(), InterpError> {
+        super::warp::run(self.kernel, &self.offsets, self.per_thread, h, w, locals)
+    }
     /// Runs `insts` in order, then forgets their values (the values of nested blocks are
     /// forgotten when those end).
     fn run_block(
@@ -144,6 +221,8 @@ impl Machine<'_, '_> {
                 Special::ThreadId => t.tid,
                 Special::BlockId => self.block,
                 Special::GridSize => self.grid_size,
+                Special::LaneId => t.tid % WARP_SIZE,
+                Special::WarpId => t.tid / WARP_SIZE,
             })),
             Op::Unary(op, a) => {
                 Some(value::unary(*op, self.get(h, *a)?).map_err(|f| self.fault(h, f, &[*a]))?)
@@ -168,11 +247,10 @@ impl Machine<'_, '_> {
                 }
                 Some(if cond { x.clone() } else { y.clone() })
             }
-            Op::Bitcast(to, a) => Some(match (self.get(h, *a)?, to) {
-                (Val::F32(x), ScalarType::U32) => Val::U32(x.to_bits()),
-                (Val::U32(x), ScalarType::F32) => Val::F32(f32::from_bits(*x)),
-                _ => return Err(self.wrong(h, *a)),
-            }),
+            Op::Bitcast(to, a) => match value::bitcast(*to, self.get(h, *a)?) {
+                Some(x) => Some(x),
+                None => return Err(self.wrong(h, *a)),
+            },
             Op::Convert(to, a) => {
                 Some(value::convert(*to, self.get(h, *a)?).map_err(|f| match f {
                     Fault::Range(value) => InterpError::ConvertOutOfRange {
@@ -183,8 +261,30 @@ impl Machine<'_, '_> {
                     f => self.fault(h, f, &[*a]),
                 })?)
             }
-            Op::Load { mem, index, lanes } => Some(self.load(h, *mem, *index, *lanes)?),
-            Op::Store { mem, index, value } => {
+            Op::Load {
+                mem,
+                index,
+                lanes,
+                aligned,
+            } => {
+                if *aligned {
+                    self.check_aligned(h, *index, u32::from(*lanes))?;
+                }
+                Some(self.load(h, *mem, *index, *lanes)?)
+            }
+            Op::Store {
+                mem,
+                index,
+                value,
+                aligned,
+            } => {
+                if *aligned {
+                    let lanes = match self.get(h, *value)? {
+                        Val::Vec(items) => items.len() as u32,
+                        _ => 1,
+                    };
+                    self.check_aligned(h, *index, lanes)?;
+                }
                 self.store(h, *mem, *index, *value)?;
                 None
             }
@@ -310,7 +410,7 @@ impl Machine<'_, '_> {
                 self.run_block(t, &taken.0, depth + 1)?;
                 None
             }
-            Op::Barrier => return Err(bad(Malformed::NestedBarrier)),
+            Op::Barrier | Op::Warp(_) => return Err(bad(Malformed::NestedBarrier)),
         };
         let computed = result.as_ref().map(Val::ty);
         if inst.ty != computed {
@@ -324,17 +424,40 @@ impl Machine<'_, '_> {
     }
 
     fn set(&mut self, h: Value, x: Option<Val>) {
+        if let (Some(x), true) = (&x, self.facts.is_uniform(h)) {
+            if let Some(slot) = self.block_values.get_mut(h.index()) {
+                *slot = Some(x.clone());
+            }
+        }
         if let Some(slot) = self.values.get_mut(h.index()) {
             *slot = x;
         }
     }
 
-    /// The value of operand `v` of instruction `h`.
+    /// The value of operand `v` of instruction `h`: the thread's own, or a uniform value of the
+    /// block defined in an earlier region.
     pub(super) fn get(&self, h: Value, v: Value) -> Result<&Val, InterpError> {
         self.values
             .get(v.index())
             .and_then(Option::as_ref)
+            .or_else(|| match self.facts.is_uniform(v) {
+                true => self.block_values.get(v.index()).and_then(Option::as_ref),
+                false => None,
+            })
             .ok_or(malformed(Some(h), Malformed::Undefined(v)))
+    }
+
+    /// An aligned access's index must be a multiple of its lanes.
+    fn check_aligned(&self, h: Value, index: Value, lanes: u32) -> Result<(), InterpError> {
+        let i = self.u32_operand(h, index)?;
+        match i % lanes.max(1) {
+            0 => Ok(()),
+            _ => Err(InterpError::Misaligned {
+                inst: h,
+                index: i,
+                lanes,
+            }),
+        }
     }
 
     /// The error for operand `v` of `h` having a type `h` does not take.

@@ -5,12 +5,17 @@
 //! # Execution
 //! [`run`] executes blocks `0..grid_size` one after the other. For each block, every shared array
 //! and every thread's copy of every local starts at zero; the top-level body is split at its
-//! barriers ([`Op::Barrier`](crate::ir::Op::Barrier)) into regions, and each region runs for
-//! thread 0, then thread 1, ..., then `block_size - 1` before the next region starts. Since a
-//! barrier orders all shared-memory accesses of a block, this gives the GPU's results for every
-//! kernel without data races (for a racy kernel it gives one of the possible results). Values
-//! live for one thread's run of one region, and for one iteration of a loop body or one run of
-//! an `If` branch: using a value outside its scope is reported as [`Malformed::Undefined`].
+//! sync points (barriers, warp collectives, and loops holding them: see [`crate::ir::sync`])
+//! into regions, and each region runs for thread 0, then thread 1, ..., then `block_size - 1`
+//! before the next sync point. A barrier then does nothing more; a warp collective runs for every
+//! warp on the threads' locals (`WarpOp`'s definitions, the reduction in its fixed tree order);
+//! a loop holding a sync point runs once for the block, its bounds being uniform values, and its
+//! body is split the same way. Since a barrier orders all shared-memory accesses of a block,
+//! this gives the GPU's results for every kernel without data races (for a racy kernel it gives
+//! one of the possible results). Values live for one thread's run of one region, and for one
+//! iteration of a loop body or one run of an `If` branch, except uniform values, which every
+//! thread computes alike and which stay visible to the later regions of their scope: using a
+//! value outside its scope is reported as [`Malformed::Undefined`].
 //!
 //! # Semantics
 //! - Floats: `Add`, `Sub`, `Mul`, `Div` are Rust's `+ - * /` on f32 and f64 (correctly rounded,
@@ -27,11 +32,14 @@
 //!   f64 to f16 and bf16); integer to float rounds to nearest even; float to integer truncates
 //!   toward zero and must then fit ([`InterpError::ConvertOutOfRange`] otherwise, NaN included);
 //!   integer to integer zero-extends or truncates; Bool to integer gives 0 or 1. Anything to
-//!   Bool, except Bool itself, and Bool to float are malformed.
+//!   Bool, except Bool itself, and Bool to float are malformed. `Bitcast` reinterprets the
+//!   little-endian bytes (`f32::to_bits`, `u32::from_le_bytes`). `PopCount` is `count_ones`,
+//!   `Xor` is `^`; `LaneId` and `WarpId` are `thread_id % 32` and `thread_id / 32`.
 //! - `Load` of `lanes` elements reads `index..index + lanes`, all in bounds, as a vector when
 //!   `lanes > 1`; `Store` writes a scalar or a vector of the memory's element type. A buffer
 //!   parameter must allow the access (its [`Access`](crate::ir::Access)). A Bool shared array
-//!   holds bytes 0 and 1, as generated code stores it. Out-of-bounds
+//!   holds bytes 0 and 1, as generated code stores it. An aligned access at an index that is not
+//!   a multiple of its lanes is [`InterpError::Misaligned`]. Out-of-bounds
 //!   accesses are [`InterpError::OutOfBounds`] (locals: [`InterpError::LocalOutOfBounds`]).
 //! - `PackBits`: the byte is the OR of `code_j << shift_j`, `shift_j = 8 - (j + 1) * b` for
 //!   `msb`, `j * b` for `lsb` (SPEC.md section 3); a code above `2^b - 1` is
@@ -57,6 +65,7 @@ mod error;
 mod exec;
 mod memory;
 mod value;
+mod warp;
 
 use half::{bf16, f16};
 

@@ -133,6 +133,11 @@ pub(super) fn unary(op: UnaryOp, a: &Val) -> Result<Val, Fault> {
             Some(x) => Ok(Val::Bool(x.is_finite())),
             None => Err(Fault::Operand(0)),
         },
+        UnaryOp::PopCount => match *a {
+            Val::U8(x) => Ok(Val::U8(x.count_ones() as u8)),
+            Val::U32(x) => Ok(Val::U32(x.count_ones())),
+            _ => Err(Fault::Operand(0)),
+        },
     }
 }
 
@@ -199,6 +204,7 @@ fn int_binary(op: BinaryOp, x: u32, y: u32, width: u32) -> Result<u32, Fault> {
         }
         BinaryOp::And => x & y,
         BinaryOp::Or => x | y,
+        BinaryOp::Xor => x ^ y,
         BinaryOp::Shl | BinaryOp::Shr if y >= width => {
             return Err(Fault::Shift { shift: y, width })
         }
@@ -214,6 +220,7 @@ pub(super) fn binary(op: BinaryOp, a: &Val, b: &Val) -> Result<Val, Fault> {
         (Val::Bool(x), Val::Bool(y)) => match op {
             BinaryOp::And => Ok(Val::Bool(*x & *y)),
             BinaryOp::Or => Ok(Val::Bool(*x | *y)),
+            BinaryOp::Xor => Ok(Val::Bool(*x ^ *y)),
             _ => Err(wrong(0)),
         },
         // u8 arithmetic is u32 arithmetic truncated to 8 bits, which wraps the same way.
@@ -328,5 +335,49 @@ pub(super) fn code_shift(j: u32, bits: u32, msb: bool) -> u32 {
         8 - (j + 1) * bits
     } else {
         j * bits
+    }
+}
+
+/// The bits of `a` as type `to`, little-endian (see [`Op::Bitcast`](crate::ir::Op::Bitcast));
+/// `None` when the pair is not one the IR allows.
+pub(super) fn bitcast(to: Type, a: &Val) -> Option<Val> {
+    let bytes: Vec<u8> = match a {
+        Val::F32(x) => x.to_le_bytes().to_vec(),
+        Val::U32(x) => x.to_le_bytes().to_vec(),
+        Val::Vec(items) => {
+            let mut out = Vec::with_capacity(items.len() * 4);
+            for item in items {
+                match item {
+                    Val::U8(b) => out.push(*b),
+                    Val::U32(w) => out.extend_from_slice(&w.to_le_bytes()),
+                    _ => return None,
+                }
+            }
+            out
+        }
+        _ => return None,
+    };
+    let words = |bytes: &[u8]| -> Vec<u32> {
+        bytes
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    };
+    let from = a.ty();
+    let same_size = |n: usize| bytes.len() == n;
+    match to {
+        Type::Scalar(ScalarType::U32) if same_size(4) && from != Type::Scalar(ScalarType::U32) => {
+            words(&bytes).first().copied().map(Val::U32)
+        }
+        Type::Scalar(ScalarType::F32) if from == Type::Scalar(ScalarType::U32) => {
+            words(&bytes).first().map(|w| Val::F32(f32::from_bits(*w)))
+        }
+        Type::Vector(ScalarType::U32, n) if same_size(usize::from(n) * 4) => {
+            Some(Val::Vec(words(&bytes).into_iter().map(Val::U32).collect()))
+        }
+        Type::Vector(ScalarType::U8, n) if same_size(usize::from(n)) => {
+            Some(Val::Vec(bytes.into_iter().map(Val::U8).collect()))
+        }
+        _ => None,
     }
 }

@@ -1,0 +1,356 @@
+//! Cooperative kernels: lane and warp coordinates, warp shuffles and reductions, block-uniform
+//! loops holding barriers, aligned vector accesses, xor, population count and byte/word bit
+//! casts. Each kernel runs through the interpreter and the host backend (bit-identical, see
+//! `agree`) and its result is checked against plain Rust written from the IR's definitions.
+
+use kvq_ir::ir::interp::{Arg, Buffer};
+use kvq_ir::ir::{
+    Access, BinaryOp, Builder, Kernel, ReduceOp, ScalarType, Special, Type, UnaryOp, WarpOp,
+};
+use ScalarType::{F32, U32, U8};
+
+use crate::common::{agree, buf, global_id, lcg, special_f32};
+
+/// The reduction of 32 lanes in the IR's documented order, written as halving: after the
+/// step of distance `s`, lane `l < s` holds `op(v[l], v[l + s])` (the lower lane first).
+fn tree<T: Copy>(mut v: Vec<T>, op: impl Fn(T, T) -> T) -> T {
+    let mut s = 16;
+    while s >= 1 {
+        v = (0..s).map(|l| op(v[l], v[l + s])).collect();
+        s /= 2;
+    }
+    v[0]
+}
+
+fn min_ir(a: f32, b: f32) -> f32 {
+    if b < a {
+        b
+    } else {
+        a
+    }
+}
+
+fn max_ir(a: f32, b: f32) -> f32 {
+    if b > a {
+        b
+    } else {
+        a
+    }
+}
+
+/// `out[g * 3 + k]` = warp reduction `k` (sum, min, max) of `x[g]` over the thread's warp, as
+/// every lane sees it; `lanes[g]` = `lane_id * 1000 + warp_id`.
+pub fn reduce_kernel() -> Kernel {
+    let mut b = Builder::new("warp_reduce", 64);
+    let x = b.buffer("x", F32, Access::Read);
+    let out = b.buffer("out", F32, Access::Write);
+    let ids = b.buffer("ids", U32, Access::Write);
+    let acc = b.local("acc", F32, 3);
+    let g = global_id(&mut b, 64);
+    let v = b.load(x, g, 1);
+    for k in 0..3 {
+        let k = b.u32(k);
+        b.write_local(acc, k, v);
+    }
+    let lane = b.special(Special::LaneId);
+    let warp = b.special(Special::WarpId);
+    let thousand = b.u32(1000);
+    let lane_k = b.mul(lane, thousand);
+    let id = b.add(lane_k, warp);
+    b.store(ids, g, id);
+    // Three reductions on one local: each element separately.
+    for (k, op) in [ReduceOp::Sum, ReduceOp::Min, ReduceOp::Max]
+        .into_iter()
+        .enumerate()
+    {
+        let tmp = b.local(&format!("t{k}"), F32, 1);
+        let z = b.u32(0);
+        let kk = b.u32(k as u32);
+        let e = b.read_local(acc, kk);
+        b.write_local(tmp, z, e);
+        b.warp(WarpOp::Reduce { op, local: tmp });
+        let z = b.u32(0);
+        let r = b.read_local(tmp, z);
+        let tid = b.special(Special::ThreadId);
+        let bid = b.special(Special::BlockId);
+        let bs = b.u32(64);
+        let first = b.mul(bid, bs);
+        let g = b.add(first, tid);
+        let three = b.u32(3);
+        let at = b.mul(g, three);
+        let kk = b.u32(k as u32);
+        let at = b.add(at, kk);
+        b.store(out, at, r);
+    }
+    b.finish()
+}
+
+#[test]
+fn warp_reductions_follow_the_documented_tree_on_every_backend() {
+    let kernel = reduce_kernel();
+    let grid = 3;
+    let n = 64 * grid as usize;
+    // Values whose sum depends on the order (wide magnitudes), signed zeros and NaN.
+    let mut x: Vec<f32> = lcg(7, n)
+        .iter()
+        .map(|&r| (r as f32 / 4e9 - 0.5) * 10f32.powi((r % 13) as i32 - 6))
+        .collect();
+    let specials = special_f32();
+    x[64..64 + specials.len().min(32)].copy_from_slice(&specials[..specials.len().min(32)]);
+    x[128] = -0.0;
+    x[129..160].fill(0.0);
+    let args = vec![
+        Arg::Buffer(Buffer::F32(x.clone())),
+        Arg::Buffer(Buffer::F32(vec![0.0; n * 3])),
+        Arg::Buffer(Buffer::U32(vec![0; n])),
+    ];
+    let got = agree(&kernel, args, grid);
+    let (Buffer::F32(out), Buffer::U32(ids)) = (buf(&got, 1), buf(&got, 2)) else {
+        panic!("types")
+    };
+    for g in 0..n {
+        let warp = &x[g / 32 * 32..g / 32 * 32 + 32];
+        let want = [
+            tree(warp.to_vec(), |a, b| a + b),
+            tree(warp.to_vec(), min_ir),
+            tree(warp.to_vec(), max_ir),
+        ];
+        for k in 0..3 {
+            assert_eq!(
+                out[g * 3 + k].to_bits(),
+                want[k].to_bits(),
+                "thread {g} reduction {k}"
+            );
+        }
+        assert_eq!(ids[g], (g % 32) as u32 * 1000 + (g % 64 / 32) as u32);
+    }
+    // The order matters for these sums: a sequential sum differs somewhere.
+    let sequential = |w: &[f32]| w.iter().fold(0.0f32, |s, &v| s + v);
+    assert!((0..n / 32).any(|w| {
+        let warp = &x[w * 32..w * 32 + 32];
+        sequential(warp).to_bits() != tree(warp.to_vec(), |a, b| a + b).to_bits()
+    }));
+}
+
+/// `out[g]` = `x` of lane `lane ^ 5` (xor) and of lane `(lane * 7 + 3) % 64` (idx, taken
+/// modulo 32) of the thread's warp; u8 and u32 locals.
+pub fn shuffle_kernel() -> Kernel {
+    let mut b = Builder::new("warp_shuffle", 64);
+    let x = b.buffer("x", U32, Access::Read);
+    let xor_out = b.buffer("xor_out", U32, Access::Write);
+    let idx_out = b.buffer("idx_out", U8, Access::Write);
+    let src = b.local("src", U32, 2);
+    let dst = b.local("dst", U32, 2);
+    let bytes = b.local("bytes", U8, 1);
+    let from = b.local("from", U32, 1);
+    let g = global_id(&mut b, 64);
+    let v = b.load(x, g, 1);
+    let (z, one) = (b.u32(0), b.u32(1));
+    b.write_local(src, z, v);
+    let nv = b.unary(UnaryOp::Not, v);
+    b.write_local(src, one, nv);
+    let byte = b.convert(U8, v);
+    b.write_local(bytes, z, byte);
+    let lane = b.special(Special::LaneId);
+    let (seven, three) = (b.u32(7), b.u32(3));
+    let l7 = b.mul(lane, seven);
+    let want = b.add(l7, three);
+    let sixty_four = b.u32(64);
+    let want = b.rem(want, sixty_four);
+    b.write_local(from, z, want);
+    b.warp(WarpOp::ShuffleXor { src, dst, mask: 5 });
+    b.warp(WarpOp::ShuffleIdx {
+        src: bytes,
+        dst: bytes,
+        lane: from,
+    });
+    let g = global_id(&mut b, 64);
+    let (z, one) = (b.u32(0), b.u32(1));
+    let a = b.read_local(dst, z);
+    let na = b.read_local(dst, one);
+    let back = b.unary(UnaryOp::Not, na);
+    let same = b.binary(BinaryOp::Xor, a, back);
+    let r = b.add(a, same);
+    b.store(xor_out, g, r);
+    let got = b.read_local(bytes, z);
+    b.store(idx_out, g, got);
+    b.finish()
+}
+
+#[test]
+fn warp_shuffles_move_values_between_lanes_on_every_backend() {
+    let kernel = shuffle_kernel();
+    let n = 128;
+    let x = lcg(11, n);
+    let args = vec![
+        Arg::Buffer(Buffer::U32(x.clone())),
+        Arg::Buffer(Buffer::U32(vec![0; n])),
+        Arg::Buffer(Buffer::U8(vec![0; n])),
+    ];
+    let got = agree(&kernel, args, 2);
+    let (Buffer::U32(xor_out), Buffer::U8(idx_out)) = (buf(&got, 1), buf(&got, 2)) else {
+        panic!("types")
+    };
+    for g in 0..n {
+        let base = g / 32 * 32;
+        let lane = g % 32;
+        assert_eq!(xor_out[g], x[base + (lane ^ 5)], "xor, thread {g}");
+        let source = (lane * 7 + 3) % 64 % 32;
+        assert_eq!(idx_out[g], x[base + source] as u8, "idx, thread {g}");
+    }
+}
+
+/// A block-uniform loop over tiles of `n` elements with barriers inside: each tile is staged in
+/// shared memory, reversed within the tile, and accumulated per thread; the tile count comes
+/// from a parameter, the tile start from the block id and the loop counter.
+pub fn tiles_kernel() -> Kernel {
+    let mut b = Builder::new("uniform_tiles", 32);
+    let x = b.buffer("x", F32, Access::Read);
+    let out = b.buffer("out", F32, Access::Write);
+    let tiles = b.scalar_param("tiles", U32);
+    let tile = b.shared("tile", F32, 32);
+    let acc = b.local("acc", F32, 1);
+    let tiles = b.param(tiles);
+    let bid = b.special(Special::BlockId);
+    let size = b.u32(32);
+    let per_block = b.mul(tiles, size);
+    let base = b.mul(bid, per_block);
+    let z = b.u32(0);
+    b.for_range(z, tiles, 1, |b, t| {
+        let tid = b.special(Special::ThreadId);
+        let at = b.mul(t, size);
+        let at = b.add(base, at);
+        let at = b.add(at, tid);
+        let v = b.load(x, at, 1);
+        b.store(tile, tid, v);
+        b.barrier();
+        let tid = b.special(Special::ThreadId);
+        let last = b.u32(31);
+        let mirror = b.sub(last, tid);
+        let w = b.load(tile, mirror, 1);
+        let z = b.u32(0);
+        let a = b.read_local(acc, z);
+        let a = b.add(a, w);
+        b.write_local(acc, z, a);
+        b.barrier();
+    });
+    let tid = b.special(Special::ThreadId);
+    let first = b.mul(bid, size);
+    let at = b.add(first, tid);
+    let z = b.u32(0);
+    let a = b.read_local(acc, z);
+    b.store(out, at, a);
+    b.finish()
+}
+
+#[test]
+fn block_uniform_loops_hold_barriers_on_every_backend() {
+    let kernel = tiles_kernel();
+    let (tiles, grid) = (5usize, 3u32);
+    let n = tiles * 32 * grid as usize;
+    let x: Vec<f32> = lcg(3, n).iter().map(|&r| r as f32 / 1e6).collect();
+    let args = vec![
+        Arg::Buffer(Buffer::F32(x.clone())),
+        Arg::Buffer(Buffer::F32(vec![0.0; 32 * grid as usize])),
+        Arg::U32(tiles as u32),
+    ];
+    let got = agree(&kernel, args, grid);
+    let Buffer::F32(out) = buf(&got, 1) else {
+        panic!("type")
+    };
+    for block in 0..grid as usize {
+        for tid in 0..32 {
+            let mut acc = 0.0f32;
+            for t in 0..tiles {
+                acc += x[block * tiles * 32 + t * 32 + (31 - tid)];
+            }
+            assert_eq!(out[block * 32 + tid].to_bits(), acc.to_bits());
+        }
+    }
+}
+
+/// Aligned 16-byte loads of bytes, bitcast to words, popcount and xor per word; aligned vector
+/// stores of the words.
+pub fn bytes_kernel() -> Kernel {
+    let mut b = Builder::new("aligned_bytes", 32);
+    let codes = b.buffer("codes", U8, Access::Read);
+    let words = b.buffer("words", U32, Access::Write);
+    let counts = b.buffer("counts", U32, Access::Write);
+    let g = global_id(&mut b, 32);
+    let sixteen = b.u32(16);
+    let at = b.mul(g, sixteen);
+    let v = b.load_aligned(codes, at, 16);
+    let w = b.bitcast_to(Type::Vector(U32, 4), v);
+    let four = b.u32(4);
+    let wat = b.mul(g, four);
+    b.store_aligned(words, wat, w);
+    let mut total = b.u32(0);
+    let key = b.u32(0x9e37_79b9);
+    for lane in 0..4 {
+        let word = b.extract(w, lane);
+        let mixed = b.binary(BinaryOp::Xor, word, key);
+        let c = b.unary(UnaryOp::PopCount, mixed);
+        total = b.add(total, c);
+    }
+    let byte = b.extract(v, 5);
+    let byte_count = b.unary(UnaryOp::PopCount, byte);
+    let byte_count = b.convert(U32, byte_count);
+    let shift = b.u32(8);
+    let hi = b.binary(BinaryOp::Shl, byte_count, shift);
+    let total = b.add(total, hi);
+    b.store(counts, g, total);
+    b.finish()
+}
+
+#[test]
+fn aligned_byte_vectors_bitcast_to_little_endian_words_on_every_backend() {
+    let kernel = bytes_kernel();
+    let n = 64;
+    let codes: Vec<u8> = lcg(5, n * 16).iter().map(|&r| r as u8).collect();
+    let args = vec![
+        Arg::Buffer(Buffer::U8(codes.clone())),
+        Arg::Buffer(Buffer::U32(vec![0; n * 4])),
+        Arg::Buffer(Buffer::U32(vec![0; n])),
+    ];
+    let got = agree(&kernel, args, 2);
+    let (Buffer::U32(words), Buffer::U32(counts)) = (buf(&got, 1), buf(&got, 2)) else {
+        panic!("types")
+    };
+    for g in 0..n {
+        let mut total = 0;
+        for lane in 0..4 {
+            let at = g * 16 + lane * 4;
+            let word = u32::from_le_bytes([codes[at], codes[at + 1], codes[at + 2], codes[at + 3]]);
+            assert_eq!(words[g * 4 + lane], word);
+            total += (word ^ 0x9e37_79b9).count_ones();
+        }
+        total += codes[g * 16 + 5].count_ones() << 8;
+        assert_eq!(counts[g], total, "thread {g}");
+    }
+}
+
+#[test]
+fn the_host_launcher_refuses_a_misaligned_buffer() {
+    let kernel = bytes_kernel();
+    let info = crate::common::info(&kernel);
+    let compiled = kvq_codegen::host::compile(&kernel, &info).unwrap();
+    let storage = vec![0u8; 33 * 16];
+    // A view that does not start at a multiple of 16 bytes.
+    let off = usize::from(storage.as_ptr() as usize % 16 == 0);
+    let codes = &storage[off..off + 32 * 16];
+    let mut words = vec![0u32; 32 * 4];
+    let mut counts = vec![0u32; 32];
+    let mut args = [
+        codes.into(),
+        words.as_mut_slice().into(),
+        counts.as_mut_slice().into(),
+    ];
+    // SAFETY: every buffer holds what one block of 32 threads indexes.
+    let err = unsafe { compiled.launch(&mut args, 1) }.unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("argument 0: the buffer must start at a multiple of 16 bytes"),
+        "{text}"
+    );
+    assert!(words.iter().all(|&w| w == 0), "nothing ran");
+}

@@ -1,0 +1,124 @@
+//! Warp collectives: every warp of the block at once, on the threads' locals.
+
+use super::exec::malformed;
+use super::value::{self, Val};
+use super::{InterpError, Malformed};
+use crate::ir::kernel::{Kernel, ScalarType, Value, WarpOp, REDUCE_STEPS, WARP_SIZE};
+
+/// Where a local lives in each thread's run of locals.
+#[derive(Clone, Copy)]
+struct Slot {
+    offset: usize,
+    len: usize,
+    elem: ScalarType,
+}
+
+/// Runs collective `w` (instruction `h`) for every warp; `locals` holds every thread's locals,
+/// `per_thread` elements each, local `l` at `offsets[l]`.
+pub(super) fn run(
+    kernel: &Kernel,
+    offsets: &[usize],
+    per_thread: usize,
+    h: Value,
+    w: WarpOp,
+    locals: &mut [Val],
+) -> Result<(), InterpError> {
+    let bad = |problem| malformed(Some(h), problem);
+    if kernel.block_size % WARP_SIZE != 0 {
+        return Err(bad(Malformed::PartialWarp(kernel.block_size)));
+    }
+    let slot = |local: u32, ok: &[ScalarType]| -> Result<Slot, InterpError> {
+        match (
+            kernel.locals.get(local as usize),
+            offsets.get(local as usize),
+        ) {
+            (Some(l), Some(&offset)) if ok.contains(&l.elem) => Ok(Slot {
+                offset,
+                len: l.len as usize,
+                elem: l.elem,
+            }),
+            _ => Err(bad(Malformed::WarpLocal(local))),
+        }
+    };
+    let shuffle_types = [ScalarType::U8, ScalarType::U32, ScalarType::F32];
+    let pair = |src: u32, dst: u32| -> Result<(Slot, Slot), InterpError> {
+        let (a, b) = (slot(src, &shuffle_types)?, slot(dst, &shuffle_types)?);
+        match (a.elem, a.len) == (b.elem, b.len) {
+            true => Ok((a, b)),
+            false => Err(bad(Malformed::WarpLocal(dst))),
+        }
+    };
+    let at = |thread: usize, slot: Slot, e: usize| thread * per_thread + slot.offset + e;
+    let warps = (kernel.block_size / WARP_SIZE) as usize;
+    let lanes = WARP_SIZE as usize;
+    let get = |locals: &[Val], i: usize| locals.get(i).cloned().ok_or(bad(Malformed::UnknownInst));
+    match w {
+        WarpOp::ShuffleXor { src, dst, mask }
+        | WarpOp::ShuffleIdx {
+            src,
+            dst,
+            lane: mask,
+        } => {
+            let (from, to) = pair(src, dst)?;
+            let lane_slot = match w {
+                WarpOp::ShuffleIdx { .. } => Some(slot(mask, &[ScalarType::U32])?),
+                _ if mask >= WARP_SIZE => return Err(bad(Malformed::ShuffleMask(mask))),
+                _ => None,
+            };
+            for warp in 0..warps {
+                let first = warp * lanes;
+                // Every source lane is read before any destination is written (src may be dst).
+                let mut sources = Vec::with_capacity(lanes);
+                for l in 0..lanes {
+                    let source = match lane_slot {
+                        Some(ls) => match get(locals, at(first + l, ls, 0))? {
+                            Val::U32(x) => (x % WARP_SIZE) as usize,
+                            _ => return Err(bad(Malformed::WarpLocal(mask))),
+                        },
+                        None => l ^ mask as usize,
+                    };
+                    sources.push(source);
+                }
+                for e in 0..from.len {
+                    let column: Vec<Val> = (0..lanes)
+                        .map(|l| get(locals, at(first + l, from, e)))
+                        .collect::<Result<_, _>>()?;
+                    for (l, &source) in sources.iter().enumerate() {
+                        if let (Some(x), Some(slot)) =
+                            (column.get(source), locals.get_mut(at(first + l, to, e)))
+                        {
+                            *slot = x.clone();
+                        }
+                    }
+                }
+            }
+        }
+        WarpOp::Reduce { op, local } => {
+            let s = slot(local, &[ScalarType::U32, ScalarType::F32])?;
+            for warp in 0..warps {
+                let first = warp * lanes;
+                for e in 0..s.len {
+                    let mut v: Vec<Val> = (0..lanes)
+                        .map(|l| get(locals, at(first + l, s, e)))
+                        .collect::<Result<_, _>>()?;
+                    for step in REDUCE_STEPS {
+                        let step = step as usize;
+                        v = (0..lanes)
+                            .map(|l| {
+                                let (lo, hi) = (&v[l & !step], &v[l | step]);
+                                value::binary(op.binary(), lo, hi)
+                                    .map_err(|_| bad(Malformed::WarpLocal(local)))
+                            })
+                            .collect::<Result<_, _>>()?;
+                    }
+                    for (l, x) in v.into_iter().enumerate() {
+                        if let Some(slot) = locals.get_mut(at(first + l, s, e)) {
+                            *slot = x;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,228 @@
+//! Facts about a kernel's structure that the verifier checks and every backend relies on:
+//! where the synchronisation points are (barriers and warp collectives), which loops hold them,
+//! which values every thread of a block agrees on, and what an index is known to be a multiple
+//! of.
+//!
+//! - A **sync point** is a [`Op::Barrier`] or a [`Op::Warp`] collective.
+//! - A **sync loop** is a [`Op::Loop`] whose body holds a sync point (at any depth). The
+//!   verifier requires it to be block-uniform; backends run it once per block, not per thread.
+//! - A value is **uniform** when every thread of a block computes the same bits for it from the
+//!   block's coordinates alone: a constant, a scalar parameter, `block_id`, `grid_size`, the
+//!   induction variable of a sync loop, or a pure operation (unary, binary, comparison, select,
+//!   conversion, bitcast, extract, vector) of uniform values. A uniform value may be used across
+//!   sync points: backends that run threads as loops recompute it where it is used.
+//! - The **alignment** of a u32 value is the largest `k <= 32` for which it is a proven multiple
+//!   of `2^k` (wrapping arithmetic keeps it: `2^k` divides `2^32`).
+//!
+//! All three are computed in one walk in program order, never recursing, so any kernel (however
+//! malformed) gives an answer; for a kernel the verifier accepts they are exact facts.
+
+use super::kernel::{BinaryOp, Const, Kernel, Op, Special, Value};
+use super::print::{walk, BlockKind, Entry, Visit};
+
+/// Whether `op` is a synchronisation point.
+pub fn is_sync_point(op: &Op) -> bool {
+    matches!(op, Op::Barrier | Op::Warp(_))
+}
+
+/// The synchronisation structure of a kernel, by arena index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncFacts {
+    /// True for a Loop or If whose blocks hold a sync point at any depth.
+    pub holds_sync: Vec<bool>,
+    /// True for a uniform value (see the module documentation).
+    pub uniform: Vec<bool>,
+    /// The proven power-of-two exponent dividing each u32 value (0 when nothing is known).
+    pub align_log2: Vec<u32>,
+}
+
+impl SyncFacts {
+    /// Computes the facts of `kernel`.
+    pub fn of(kernel: &Kernel) -> SyncFacts {
+        let n = kernel.insts.len();
+        let mut facts = Facts {
+            kernel,
+            holds_sync: vec![false; n],
+            uniform: vec![false; n],
+            align_log2: vec![0; n],
+            owners: Vec::new(),
+        };
+        walk(kernel, &mut facts);
+        // Uniformity of a Loop's value depends on whether it holds a sync point, known only
+        // after its body was walked; a second pass settles the values computed from it.
+        facts.uniform = vec![false; n];
+        walk(kernel, &mut Uniform(&mut facts));
+        SyncFacts {
+            holds_sync: facts.holds_sync,
+            uniform: facts.uniform,
+            align_log2: facts.align_log2,
+        }
+    }
+
+    /// Whether `v` is a Loop or If holding a sync point.
+    pub fn holds_sync(&self, v: Value) -> bool {
+        self.holds_sync.get(v.index()).copied().unwrap_or(false)
+    }
+
+    /// Whether `v` is uniform.
+    pub fn is_uniform(&self, v: Value) -> bool {
+        self.uniform.get(v.index()).copied().unwrap_or(false)
+    }
+
+    /// Whether `v` is a proven multiple of `n` (a power of two).
+    pub fn is_multiple(&self, v: Value, n: u32) -> bool {
+        let k = self.align_log2.get(v.index()).copied().unwrap_or(0);
+        n.is_power_of_two() && n.trailing_zeros() <= k
+    }
+}
+
+struct Facts<'k> {
+    kernel: &'k Kernel,
+    holds_sync: Vec<bool>,
+    uniform: Vec<bool>,
+    align_log2: Vec<u32>,
+    /// The Loops and Ifs whose blocks are open, outermost first.
+    owners: Vec<Value>,
+}
+
+impl<'k> Visit<'k> for Facts<'k> {
+    fn inst(&mut self, e: Entry<'k>) {
+        let Some(inst) = e.inst else { return };
+        if !e.first {
+            return;
+        }
+        if is_sync_point(&inst.op) {
+            for &o in &self.owners {
+                if let Some(slot) = self.holds_sync.get_mut(o.index()) {
+                    *slot = true;
+                }
+            }
+        }
+        let a = |v: &Value| self.align_log2.get(v.index()).copied().unwrap_or(0);
+        let align = match &inst.op {
+            Op::Const(Const::U32(c)) => c.trailing_zeros(),
+            Op::Binary(op, x, y) => match op {
+                BinaryOp::Mul => (a(x) + a(y)).min(32),
+                BinaryOp::Shl => match self.kernel.insts.try_get(*y).map(|i| &i.op) {
+                    Some(Op::Const(Const::U32(s))) => a(x).saturating_add(*s).min(32),
+                    _ => a(x),
+                },
+                BinaryOp::And => a(x).max(a(y)),
+                BinaryOp::Add
+                | BinaryOp::Sub
+                | BinaryOp::Min
+                | BinaryOp::Max
+                | BinaryOp::Or
+                | BinaryOp::Xor => a(x).min(a(y)),
+                BinaryOp::Div | BinaryOp::Rem | BinaryOp::Shr => 0,
+            },
+            Op::Select {
+                if_true, if_false, ..
+            } => a(if_true).min(a(if_false)),
+            Op::Loop { start, step, .. } => a(start).min(step.trailing_zeros()),
+            _ => 0,
+        };
+        if let Some(slot) = self.align_log2.get_mut(e.handle.index()) {
+            *slot = align;
+        }
+    }
+
+    fn enter(&mut self, owner: Value, kind: BlockKind, _depth: usize) {
+        if kind != BlockKind::Else {
+            self.owners.push(owner);
+        }
+    }
+
+    fn leave(&mut self, _owner: Value, kind: BlockKind, _depth: usize) {
+        if kind != BlockKind::Then {
+            self.owners.pop();
+        }
+    }
+}
+
+/// The second pass: uniformity, in program order.
+struct Uniform<'f, 'k>(&'f mut Facts<'k>);
+
+impl<'k> Visit<'k> for Uniform<'_, 'k> {
+    fn inst(&mut self, e: Entry<'k>) {
+        let Some(inst) = e.inst else { return };
+        if !e.first {
+            return;
+        }
+        let f = &*self.0;
+        let u = |v: &Value| f.uniform.get(v.index()).copied().unwrap_or(false);
+        let uniform = match &inst.op {
+            Op::Const(_) | Op::ScalarParam(_) => true,
+            Op::Special(s) => matches!(s, Special::BlockId | Special::GridSize),
+            Op::Loop { .. } => f.holds_sync.get(e.handle.index()).copied() == Some(true),
+            Op::Unary(_, x) | Op::Convert(_, x) | Op::Bitcast(_, x) | Op::Extract(x, _) => u(x),
+            Op::Binary(_, x, y) | Op::Cmp(_, x, y) => u(x) && u(y),
+            Op::Select {
+                cond,
+                if_true,
+                if_false,
+            } => u(cond) && u(if_true) && u(if_false),
+            Op::Vector(items) => items.iter().all(u),
+            _ => false,
+        };
+        if let Some(slot) = self.0.uniform.get_mut(e.handle.index()) {
+            *slot = uniform;
+        }
+    }
+}
+
+/// The operands of a pure operation that a backend recomputes to rematerialise a uniform value
+/// (empty for constants, parameters, coordinates and Loops).
+pub fn pure_operands(op: &Op) -> Vec<Value> {
+    match op {
+        Op::Unary(_, x) | Op::Convert(_, x) | Op::Bitcast(_, x) | Op::Extract(x, _) => vec![*x],
+        Op::Binary(_, x, y) | Op::Cmp(_, x, y) => vec![*x, *y],
+        Op::Select {
+            cond,
+            if_true,
+            if_false,
+        } => vec![*cond, *if_true, *if_false],
+        Op::Vector(items) => items.clone(),
+        _ => Vec::new(),
+    }
+}
+
+/// The base alignment in bytes each parameter needs (1 when none): the largest
+/// `min(lanes * size, 16)` of the aligned Loads and Stores of that buffer. Launchers check it.
+pub fn buffer_alignment(kernel: &Kernel) -> Vec<u32> {
+    let mut align = vec![1u32; kernel.params.len()];
+    for (_, inst) in kernel.insts.iter() {
+        let (mem, lanes) = match &inst.op {
+            Op::Load {
+                mem,
+                lanes,
+                aligned: true,
+                ..
+            } => (*mem, u32::from(*lanes)),
+            Op::Store {
+                mem,
+                value,
+                aligned: true,
+                ..
+            } => {
+                let lanes = match kernel.insts.try_get(*value).and_then(|i| i.ty) {
+                    Some(super::kernel::Type::Vector(_, n)) => u32::from(n),
+                    _ => 1,
+                };
+                (*mem, lanes)
+            }
+            _ => continue,
+        };
+        let super::kernel::Memory::Param(i) = mem else {
+            continue;
+        };
+        let size = match kernel.params.get(i as usize) {
+            Some(super::kernel::Param::Buffer { elem, .. }) => elem.size() as u32,
+            _ => continue,
+        };
+        if let Some(slot) = align.get_mut(i as usize) {
+            *slot = (*slot).max(lanes.saturating_mul(size).clamp(1, 16));
+        }
+    }
+    align
+}
