@@ -71,6 +71,17 @@ pub fn check_head_dim(dim: u64) -> Result<(), LimitError> {
     Ok(())
 }
 
+/// Checks that a `[heads, tokens, dim]` tensor has at most [`MAX_ELEMENTS`] elements, so that
+/// every element index a kernel computes in u32 arithmetic is exact (no wrap); returns the
+/// count.
+pub fn check_addressable(heads: u64, tokens: u64, dim: u64) -> Result<u64, LimitError> {
+    heads
+        .checked_mul(tokens)
+        .and_then(|x| x.checked_mul(dim))
+        .filter(|&n| n <= MAX_ELEMENTS)
+        .ok_or(LimitError::TooManyElements { heads, tokens, dim })
+}
+
 /// Checks a `[heads, tokens, dim]` tensor's sizes (each in range, the head_dim as
 /// [`check_head_dim`]) and returns its element count, at most [`MAX_ELEMENTS`].
 pub fn check_tensor(heads: u64, tokens: u64, dim: u64) -> Result<usize, LimitError> {
@@ -100,6 +111,13 @@ mod tests {
         assert!(check_head_dim(1 << 31).is_err());
         assert!(check_tensor(4096, 1 << 24, 1024).is_err());
         assert!(check_tensor(1, u64::MAX, 128).is_err());
+        // 2^32 elements: the first count a u32 index cannot address.
+        assert!(check_addressable(8, 1 << 22, 128).is_err());
+        assert_eq!(
+            check_addressable(8, (1 << 22) - 1, 128),
+            Ok(8 * ((1 << 22) - 1) * 128)
+        );
+        assert!(check_addressable(u64::MAX, 2, 1).is_err());
         assert!(check_tensor(0, 1, 128).is_err());
         // 2^32 elements exactly: one past what 32-bit indices address.
         assert!(matches!(

@@ -23,6 +23,9 @@ pub enum ExecError<E: std::error::Error + 'static> {
     /// The backend failed.
     #[error("backend: {0}")]
     Backend(#[source] E),
+    /// The span has more elements than the kernel's u32 indices address.
+    #[error(transparent)]
+    Limit(#[from] crate::limits::LimitError),
     /// The span needs more blocks than a launch allows.
     #[error("span of {heads} heads x {tokens} tokens needs {blocks} blocks, more than 2^32 - 1")]
     TooLarge {
@@ -60,7 +63,10 @@ fn param_values(buffer: &Buffer) -> Option<Vec<f32>> {
     }
 }
 
+/// The grid of a quantize or dequantize launch over `shape`, after checking that every element
+/// index the kernel computes (u32) stays below 2^32, so that no index arithmetic wraps.
 fn grid<E: std::error::Error>(lowered: &Lowered, shape: Shape3) -> Result<u32, ExecError<E>> {
+    crate::limits::check_addressable(shape.heads as u64, shape.tokens as u64, shape.dim as u64)?;
     let blocks = lowered.launch.grid(
         shape.heads as u32,
         shape.tokens as u32,
@@ -83,6 +89,7 @@ pub fn quantize_with<E: std::error::Error + 'static>(
 ) -> Result<PackedSpan, ExecError<E>> {
     let shape = x.shape();
     crate::reference::quantize::check_shape(scheme, shape)?;
+    let blocks = grid(lowered, shape)?;
     let n_params: usize = param_shape(scheme, shape).iter().product();
     let mut args = vec![
         Arg::Buffer(input_buffer(x, input)),
@@ -98,7 +105,6 @@ pub fn quantize_with<E: std::error::Error + 'static>(
         Arg::U32(shape.heads as u32),
         Arg::U32(shape.tokens as u32),
     ];
-    let blocks = grid(lowered, shape)?;
     run(&lowered.kernel, &mut args, blocks).map_err(ExecError::Backend)?;
     let malformed = || QuantError::Malformed("kernel arguments changed kind".to_string());
     let [_, Arg::Buffer(Buffer::U8(codes)), Arg::Buffer(zero), Arg::Buffer(scale), Arg::Buffer(Buffer::U32(status)), ..] =
@@ -145,6 +151,7 @@ pub fn dequantize_with<E: std::error::Error + 'static>(
 ) -> Result<Tensor3, ExecError<E>> {
     span.validate()?;
     let shape = span.shape;
+    let blocks = grid(lowered, shape)?;
     let params = |v: &[f32]| match span.scheme.params {
         ParamType::F16 => Buffer::F16(v.iter().map(|&x| f16::from_f32(x)).collect()),
         ParamType::F32 => Buffer::F32(v.to_vec()),
@@ -157,7 +164,6 @@ pub fn dequantize_with<E: std::error::Error + 'static>(
         Arg::U32(shape.heads as u32),
         Arg::U32(shape.tokens as u32),
     ];
-    let blocks = grid(lowered, shape)?;
     run(&lowered.kernel, &mut args, blocks).map_err(ExecError::Backend)?;
     match args.swap_remove(3) {
         Arg::Buffer(Buffer::F32(out)) => {

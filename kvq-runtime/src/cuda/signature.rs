@@ -150,6 +150,8 @@ pub enum Mismatch {
     NotWritable(Access),
     /// An empty buffer (the driver cannot pass a null allocation usefully).
     Empty,
+    /// A buffer longer than the kernel's u32 element indices address.
+    TooLong(usize),
 }
 
 impl fmt::Display for Mismatch {
@@ -170,12 +172,17 @@ impl fmt::Display for Mismatch {
                 write!(f, "read-only buffer given for a {access:?} parameter")
             }
             Mismatch::Empty => write!(f, "empty buffer"),
+            Mismatch::TooLong(len) => write!(
+                f,
+                "buffer of {len} elements, more than the 2^32 - 1 its u32 indices address"
+            ),
         }
     }
 }
 
-/// Checks `args` against `signature`: count, buffer or scalar, element type, and that every
-/// buffer the kernel stores to is passed mutably. Reports the first mismatch.
+/// Checks `args` against `signature`: count, buffer or scalar, element type, that every
+/// buffer the kernel stores to is passed mutably, and that no buffer is longer than the
+/// kernel's u32 element indices address. Reports the first mismatch.
 pub fn check(signature: &KernelSignature, args: &[ArgDesc]) -> Result<(), CudaError> {
     if args.len() != signature.params.len() {
         return Err(CudaError::ArgCount {
@@ -216,6 +223,8 @@ fn mismatch(param: &ParamSpec, arg: ArgDesc) -> Option<Mismatch> {
                 Some(Mismatch::NotWritable(*access))
             } else if len == 0 {
                 Some(Mismatch::Empty)
+            } else if len as u64 > kvq_ir::limits::MAX_ELEMENTS {
+                Some(Mismatch::TooLong(len))
             } else {
                 None
             }
@@ -402,5 +411,23 @@ mod tests {
             writable: true,
         };
         assert_eq!(mismatch_at(&args), (1, Mismatch::Empty));
+    }
+
+    #[test]
+    fn buffer_longer_than_u32_indices_address() {
+        let mut args = good_args();
+        let len = (1usize << 32) + 8;
+        args[0] = ArgDesc::Buffer {
+            elem: Elem::F16,
+            len,
+            writable: false,
+        };
+        assert_eq!(mismatch_at(&args), (0, Mismatch::TooLong(len)));
+        args[0] = ArgDesc::Buffer {
+            elem: Elem::F16,
+            len: u32::MAX as usize,
+            writable: false,
+        };
+        assert!(check(&quantize_signature(), &args).is_ok());
     }
 }
