@@ -54,7 +54,9 @@ impl<E: Into<BackendError> + std::error::Error + 'static> From<ExecError<E>> for
         match e {
             ExecError::Quant(q) => BackendError::Quant(q),
             ExecError::Backend(b) => b.into(),
-            e @ ExecError::TooLarge { .. } => BackendError::TooLarge(e.to_string()),
+            e @ (ExecError::TooLarge { .. } | ExecError::Limit(_)) => {
+                BackendError::TooLarge(e.to_string())
+            }
         }
     }
 }

@@ -1486,24 +1486,45 @@ fn inv11_empty_shared_array() {
 }
 
 #[test]
-fn inv11_shared_memory_at_most_48_kib() {
+fn inv11_shared_memory_static_up_to_48_kib_then_dynamic_up_to_163_kib() {
     let mut b = Builder::new("k", 1);
     b.shared("a", F32, 8 * 1024);
     b.shared("b", F64, 2 * 1024);
     let k = b.finish();
-    assert_eq!(verify(&k).unwrap().shared_bytes, 48 * 1024);
+    let info = verify(&k).unwrap();
+    assert_eq!(info.shared_bytes, 48 * 1024);
+    assert_eq!(info.dynamic_shared_bytes, 0);
+    // One byte more: dynamic shared memory, each array at a multiple of 16 bytes.
     let mut b = Builder::new("k", 1);
-    b.shared("a", F32, 8 * 1024);
-    b.shared("b", F64, 2 * 1024);
     b.shared("c", U8, 1);
+    b.shared("a", F32, 8 * 1024);
+    b.shared("b", F64, 2 * 1024);
     let k = b.finish();
+    let info = verify(&k).unwrap();
+    assert_eq!(info.shared_bytes, 48 * 1024 + 1);
+    assert_eq!(info.dynamic_shared_bytes, 16 + 48 * 1024);
+    assert_eq!(
+        kvq_ir::ir::kernel::shared_layout(&k.shared),
+        (vec![0, 16, 16 + 32 * 1024], 16 + 48 * 1024)
+    );
+    // 163 KiB laid out is the most.
+    let mut b = Builder::new("k", 1);
+    b.shared("a", U8, 1);
+    b.shared("b", F32, 163 * 256 - 4);
+    assert_eq!(
+        verify(&b.finish()).unwrap().dynamic_shared_bytes,
+        163 * 1024
+    );
+    let mut b = Builder::new("k", 1);
+    b.shared("a", U8, 1);
+    b.shared("b", F32, 163 * 256 - 3);
     assert_findings(
-        &k,
+        &b.finish(),
         &[(
             None,
             FindingKind::SharedMemoryTooLarge {
-                bytes: 48 * 1024 + 1,
-                limit: 48 * 1024,
+                bytes: 163 * 1024 + 4,
+                limit: 163 * 1024,
             },
         )],
     );
@@ -1518,8 +1539,9 @@ fn inv11_shared_memory_at_most_48_kib() {
         [(
             None,
             FindingKind::SharedMemoryTooLarge {
-                bytes: 4 * 8 * u64::from(u32::MAX),
-                limit: 48 * 1024,
+                // Each array of 8 * (2^32 - 1) bytes ends 8 bytes short of a 16-byte boundary.
+                bytes: 4 * 8 * u64::from(u32::MAX) + 3 * 8,
+                limit: 163 * 1024,
             },
         )]
     );

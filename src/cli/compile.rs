@@ -260,6 +260,7 @@ fn write_kernel(
         "file": file,
         "block_size": kernel.block_size,
         "shared_bytes": info.shared_bytes,
+        "dynamic_shared_bytes": info.dynamic_shared_bytes,
         "params": params,
         "ptxas": report,
     }))

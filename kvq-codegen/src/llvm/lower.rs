@@ -78,7 +78,8 @@ impl<'a, 'ctx> Lower<'a, 'ctx> {
     ) -> R<Self> {
         let b = ctx.create_builder();
         b.position_at_end(ctx.append_basic_block(func, "entry"));
-        let (shared, locals) = allocate(ctx, module, &b, kernel, ptx)?;
+        let dynamic = info.dynamic_shared_bytes > 0;
+        let (shared, locals) = allocate(ctx, module, &b, kernel, ptx, dynamic)?;
         Ok(Lower {
             ctx,
             module,

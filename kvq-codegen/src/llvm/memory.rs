@@ -7,7 +7,8 @@
 //!   checks it), shared arrays and locals by their declarations here.
 //! - Bool is `i1` in registers and a byte (0 or 1) in memory.
 //! - Shared arrays: `addrspace(3)` globals on NVPTX (left undefined at block start: kvq kernels
-//!   write them before reading), allocas on the host, zeroed at the start of every block as the
+//!   write them before reading), or offsets into the `extern` dynamic shared memory when they
+//!   exceed 48 KiB (the launch passes `KernelInfo::dynamic_shared_bytes`); allocas on the host, zeroed at the start of every block as the
 //!   interpreter does. Locals: allocas, zeroed likewise; on the host one alloca holds every
 //!   thread's copy (`block_size * len` elements, thread `tid` at `[tid * len, ..)`), so a local
 //!   survives the barriers that end a thread loop.
@@ -18,12 +19,15 @@ use inkwell::module::{Linkage, Module};
 use inkwell::types::{BasicType, BasicTypeEnum};
 use inkwell::values::{BasicValue, BasicValueEnum, InstructionOpcode, IntValue, PointerValue};
 use inkwell::{AddressSpace, IntPredicate};
+use kvq_ir::ir::kernel::shared_layout;
 use kvq_ir::ir::{Kernel, Memory, Param, ScalarType, Special};
 
 use super::lower::{Fail, Lower, R};
 use super::memory_type;
 
 /// The shared arrays and locals of `kernel`, allocated at the builder's position (the entry).
+/// With `dynamic` (the kernel's shared arrays exceed static shared memory), NVPTX places them
+/// at their [`shared_layout`] offsets in the block's dynamic shared memory instead.
 #[allow(clippy::type_complexity)]
 pub(super) fn allocate<'ctx>(
     ctx: &'ctx Context,
@@ -31,11 +35,25 @@ pub(super) fn allocate<'ctx>(
     b: &Builder<'ctx>,
     kernel: &Kernel,
     ptx: bool,
+    dynamic: bool,
 ) -> R<(Vec<PointerValue<'ctx>>, Vec<PointerValue<'ctx>>)> {
     let mut shared = Vec::with_capacity(kernel.shared.len());
+    let (offsets, _) = shared_layout(&kernel.shared);
+    let dynamic_base = (ptx && dynamic).then(|| {
+        let ty = ctx.i8_type().array_type(0);
+        let g = module.add_global(ty, Some(AddressSpace::from(3)), "kvq_dynamic_shared");
+        g.set_linkage(Linkage::External);
+        g.set_alignment(16);
+        g.as_pointer_value()
+    });
     for (i, s) in kernel.shared.iter().enumerate() {
         let ty = memory_type(ctx, s.elem).array_type(s.len);
-        let ptr = if ptx {
+        let ptr = if let Some(base) = dynamic_base {
+            let offset = ctx.i64_type().const_int(offsets[i], false);
+            // SAFETY: an offset inside the dynamic allocation the launch sizes to the layout's
+            // total (KernelInfo::dynamic_shared_bytes); GEP itself never dereferences.
+            unsafe { b.build_in_bounds_gep(ctx.i8_type(), base, &[offset], &s.name)? }
+        } else if ptx {
             let g = module.add_global(ty, Some(AddressSpace::from(3)), &format!("shared{i}"));
             g.set_linkage(Linkage::Internal);
             g.set_initializer(&ty.get_undef());

@@ -55,6 +55,7 @@ fn kernels() -> Vec<Kernel> {
     all.push(crate::warp::shuffle_kernel());
     all.push(crate::warp::tiles_kernel());
     all.push(crate::warp::bytes_kernel());
+    all.push(crate::warp::big_shared_kernel());
     all
 }
 
@@ -170,6 +171,10 @@ fn cooperative_kernels_use_warp_shuffles_and_128_bit_accesses() {
         (
             crate::warp::bytes_kernel(),
             vec!["ld.global.nc.v4.u32", "st.global.v4.u32", "popc.b32"],
+        ),
+        (
+            crate::warp::big_shared_kernel(),
+            vec![".extern .shared .align 16 .b8 kvq_dynamic_shared[]"],
         ),
     ];
     for (kernel, wanted) in expect {

@@ -354,3 +354,61 @@ fn the_host_launcher_refuses_a_misaligned_buffer() {
     );
     assert!(words.iter().all(|&w| w == 0), "nothing ran");
 }
+
+/// 64 KiB of shared memory (dynamic: above the 48 KiB of static shared memory) in two arrays:
+/// every thread fills a slice, then reads another thread's slice back after a barrier.
+pub fn big_shared_kernel() -> Kernel {
+    let mut b = Builder::new("big_shared", 256);
+    let out = b.buffer("out", U32, Access::Write);
+    let flag = b.shared("flag", U8, 4);
+    let table = b.shared("table", U32, 16 * 1024);
+    let tid = b.special(Special::ThreadId);
+    let per = b.u32(64);
+    let first = b.mul(tid, per);
+    let end = b.add(first, per);
+    let bid = b.special(Special::BlockId);
+    b.for_range(first, end, 1, |b, i| {
+        let v = b.binary(BinaryOp::Xor, i, bid);
+        b.store(table, i, v);
+    });
+    let z = b.u32(0);
+    let one = b.u8(1);
+    b.store(flag, z, one);
+    b.barrier();
+    let tid = b.special(Special::ThreadId);
+    let bid = b.special(Special::BlockId);
+    let mask = b.u32(255);
+    let other = b.binary(BinaryOp::Xor, tid, mask);
+    let per = b.u32(64);
+    let at = b.mul(other, per);
+    let seven = b.u32(7);
+    let at = b.add(at, seven);
+    let v = b.load(table, at, 1);
+    let z = b.u32(0);
+    let f = b.load(flag, z, 1);
+    let f = b.convert(U32, f);
+    let v = b.add(v, f);
+    let bs = b.u32(256);
+    let g = b.mul(bid, bs);
+    let g = b.add(g, tid);
+    b.store(out, g, v);
+    b.finish()
+}
+
+#[test]
+fn shared_memory_above_48_kib_is_dynamic_on_every_backend() {
+    let kernel = big_shared_kernel();
+    let info = crate::common::info(&kernel);
+    assert_eq!(info.dynamic_shared_bytes, 16 + 64 * 1024);
+    let args = vec![Arg::Buffer(Buffer::U32(vec![0; 512]))];
+    let got = agree(&kernel, args, 2);
+    let Buffer::U32(out) = buf(&got, 0) else {
+        panic!("type")
+    };
+    for block in 0..2u32 {
+        for tid in 0..256u32 {
+            let i = (tid ^ 255) * 64 + 7;
+            assert_eq!(out[(block * 256 + tid) as usize], (i ^ block) + 1);
+        }
+    }
+}

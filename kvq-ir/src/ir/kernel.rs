@@ -480,6 +480,20 @@ pub struct Inst {
     pub ty: Option<Type>,
 }
 
+/// Where the shared arrays of a kernel lie in one block's shared memory, when a backend places
+/// them in one allocation: each at a multiple of 16 bytes, in declaration order. Returns the
+/// byte offsets and the total.
+pub fn shared_layout(shared: &[SharedArray]) -> (Vec<u64>, u64) {
+    let mut offsets = Vec::with_capacity(shared.len());
+    let mut end: u64 = 0;
+    for s in shared {
+        let start = end.saturating_add(15) / 16 * 16;
+        offsets.push(start);
+        end = start.saturating_add(u64::from(s.len).saturating_mul(s.elem.size() as u64));
+    }
+    (offsets, end)
+}
+
 /// A value: the handle of the instruction that defines it.
 pub type Value = Handle<Inst>;
 

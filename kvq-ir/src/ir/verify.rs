@@ -79,7 +79,8 @@
 //!     [`FindingKind::SyncInsideIf`], [`FindingKind::SyncLoopNotUniform`],
 //!     [`FindingKind::CrossesBarrier`].
 //! 11. **Kernel shape.** A Loop's step is above 0; `block_size` is in 1..=1024; shared arrays
-//!     have `len > 0` and take at most 48 KiB together (`sum(len * elem.size())`); the kernel's
+//!     have `len > 0` and take at most 48 KiB together (`sum(len * elem.size())`), or else at most
+//!     163 KiB laid out at 16-byte boundaries, in dynamic shared memory; the kernel's
 //!     name and the names of its parameters, shared arrays and locals are C identifiers
 //!     (`[A-Za-z_][A-Za-z0-9_]*`); no two parameters, no two shared arrays and no two locals
 //!     share a name (a parameter and a shared array may: the text form writes shared arrays as
@@ -116,8 +117,14 @@ use super::sync::SyncFacts;
 /// The largest `block_size`.
 pub const MAX_BLOCK_SIZE: u32 = 1024;
 
-/// The most shared memory a block may use, in bytes (48 KiB).
+/// The most *static* shared memory a block may use, in bytes (48 KiB): above it, backends place
+/// the shared arrays in dynamic shared memory, whose size the launch passes.
 pub const MAX_SHARED_BYTES: u64 = 48 * 1024;
+
+/// The most shared memory a block may use at all, in bytes, laid out by
+/// [`shared_layout`](super::kernel::shared_layout): 163 KiB, the per-block opt-in maximum of
+/// sm_80 (sm_90 allows 227 KiB), so that every kernel runs on both.
+pub const MAX_DYNAMIC_SHARED_BYTES: u64 = 163 * 1024;
 
 /// Facts about a verified kernel that backends need. Only [`verify`] makes one, so a backend
 /// that takes a `&KernelInfo` cannot see an unverified kernel.
@@ -127,8 +134,12 @@ pub const MAX_SHARED_BYTES: u64 = 48 * 1024;
 pub struct KernelInfo {
     /// Result type of every instruction, indexed by `Value::index()`.
     pub types: Vec<Option<Type>>,
-    /// Bytes of shared memory per block.
+    /// Bytes of shared memory per block (the arrays' sizes summed).
     pub shared_bytes: u32,
+    /// Bytes of dynamic shared memory a launch passes: 0 when the arrays fit in static shared
+    /// memory ([`MAX_SHARED_BYTES`]), else their [`shared_layout`](super::kernel::shared_layout)
+    /// total.
+    pub dynamic_shared_bytes: u32,
     /// Number of regions: sync points and sync-loop body boundaries, plus 1.
     pub regions: u32,
     /// The kernel's synchronisation structure, uniform values and index alignments.
@@ -487,7 +498,7 @@ pub enum FindingKind {
         /// The array.
         shared: u32,
     },
-    /// Shared arrays larger than 48 KiB together.
+    /// Shared arrays larger than 163 KiB together (laid out).
     SharedMemoryTooLarge {
         /// Their bytes.
         bytes: u64,
@@ -586,6 +597,13 @@ pub fn verify(kernel: &Kernel) -> Result<KernelInfo, VerifyError> {
         return Ok(KernelInfo {
             types: kernel.insts.iter().map(|(_, i)| i.ty).collect(),
             shared_bytes: u32::try_from(shared_bytes).unwrap_or(u32::MAX),
+            dynamic_shared_bytes: match shared_bytes > MAX_SHARED_BYTES {
+                true => {
+                    let (_, total) = super::kernel::shared_layout(&kernel.shared);
+                    u32::try_from(total).unwrap_or(u32::MAX)
+                }
+                false => 0,
+            },
             regions,
             sync: facts,
             _sealed: (),
@@ -771,12 +789,13 @@ impl<'k> Checker<'k> {
             }
             shared_bytes = shared_bytes.saturating_add(u64::from(s.len) * s.elem.size() as u64);
         }
-        if shared_bytes > MAX_SHARED_BYTES {
+        let (_, laid_out) = super::kernel::shared_layout(&k.shared);
+        if shared_bytes > MAX_SHARED_BYTES && laid_out > MAX_DYNAMIC_SHARED_BYTES {
             self.push(
                 None,
                 FindingKind::SharedMemoryTooLarge {
-                    bytes: shared_bytes,
-                    limit: MAX_SHARED_BYTES,
+                    bytes: laid_out,
+                    limit: MAX_DYNAMIC_SHARED_BYTES,
                 },
             );
         }

@@ -141,9 +141,12 @@ pub struct Entry {
     pub file: String,
     /// Threads per block.
     pub block_size: u32,
-    /// Static shared memory per block (declared in the PTX; not passed at launch).
+    /// Shared memory per block (the arrays' sizes summed).
     #[serde(default)]
     pub shared_bytes: u32,
+    /// Dynamic shared memory a launch passes (0 when the arrays are static, at most 48 KiB).
+    #[serde(default)]
+    pub dynamic_shared_bytes: u32,
     /// Parameters in ABI order.
     pub params: Vec<ParamSpec>,
 }

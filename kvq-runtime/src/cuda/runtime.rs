@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::sys::CUevent_flags;
+use cudarc::driver::sys::{CUevent_flags, CUfunction_attribute};
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg,
     ValidAsZeroBits,
@@ -143,6 +143,8 @@ pub struct Kernel {
     pub launch: LaunchRule,
     /// Threads per block.
     pub block_size: u32,
+    /// Dynamic shared memory each block receives, in bytes.
+    pub dynamic_shared_bytes: u32,
     func: CudaFunction,
 }
 
@@ -165,8 +167,9 @@ impl Kernel {
         Ok(LaunchConfig {
             grid_dim: (grid, 1, 1),
             block_dim: (self.block_size, 1, 1),
-            // Shared arrays are declared statically in the PTX.
-            shared_mem_bytes: 0,
+            // Static shared arrays are declared in the PTX; above 48 KiB they live in dynamic
+            // shared memory of the manifest's size (the function attribute is set at load).
+            shared_mem_bytes: self.dynamic_shared_bytes,
         })
     }
 
@@ -233,11 +236,19 @@ impl CudaRuntime {
         let func = module
             .load_function(name)
             .map_err(err("finding the entry in the module"))?;
+        let dynamic = entry.entry.dynamic_shared_bytes;
+        if dynamic > 0 {
+            let bytes = i32::try_from(dynamic).unwrap_or(i32::MAX);
+            let attribute = CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+            func.set_attribute(attribute, bytes)
+                .map_err(err("allowing its dynamic shared memory"))?;
+        }
         Ok(Kernel {
             signature: entry.signature(),
             role: entry.role,
             launch: entry.launch,
             block_size: entry.entry.block_size,
+            dynamic_shared_bytes: dynamic,
             func,
         })
     }
