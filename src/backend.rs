@@ -125,6 +125,49 @@ pub fn default_schedule(backend: Backend, scheme: &Scheme, shape: ShapeClass) ->
     }
 }
 
+/// Which schedule's kernels a kernel backend (interpreter or host code) runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum ScheduleKind {
+    /// The host's schedule (tuned where the table has one): threads become loops.
+    Host,
+    /// The GPU schedule ([`Schedule::gpu_default`], the same for sm_80 and sm_90): the kernels
+    /// `kvq compile --target sm_80|sm_90` emits as PTX, run here to check their output.
+    Gpu,
+}
+
+/// Quantizes `x` with the kernels of `schedule` run by `backend` (the interpreter or host
+/// code; the reference has no schedule).
+pub fn quantize_scheduled(
+    x: &Tensor3,
+    input: InputType,
+    scheme: &Scheme,
+    backend: Backend,
+    schedule: ScheduleKind,
+) -> Result<PackedSpan, BackendError> {
+    let run = match backend {
+        Backend::Reference => return Ok(reference::quantize(x, scheme)?),
+        Backend::Interp => run_interp,
+        Backend::Host => run_host,
+    };
+    reference::quantize::check_shape(scheme, x.shape())?;
+    let shape = ShapeClass {
+        head_dim: x.shape().dim as u32,
+        input,
+    };
+    let schedule = match schedule {
+        ScheduleKind::Gpu => Schedule::gpu_default(scheme, shape),
+        ScheduleKind::Host => crate::tune::schedule_for(
+            crate::tune::default_table(),
+            scheme,
+            shape,
+            x.shape().heads,
+            x.shape().tokens,
+        ),
+    };
+    let lowered = lower::quantize(scheme, shape, &schedule)?;
+    Ok(quantize_with(&lowered, scheme, x, input, run)?)
+}
+
 /// Quantizes `x` (values of the `input` type) under `scheme` on `backend`.
 pub fn quantize(
     x: &Tensor3,

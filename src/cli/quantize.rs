@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use kvq::backend::{self, Backend};
+use kvq::backend::{self, Backend, ScheduleKind};
 use kvq::output;
 use kvq::reference::quantize::param_shape;
 use kvq::Scheme;
@@ -16,6 +16,15 @@ use safetensors::tensor::{Dtype, TensorView};
 enum Which {
     K,
     V,
+}
+
+/// A GPU architecture whose schedule `--schedule gpu` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum GpuTarget {
+    #[value(name = "sm_80")]
+    Sm80,
+    #[value(name = "sm_90")]
+    Sm90,
 }
 
 #[derive(Debug, clap::Args)]
@@ -35,6 +44,14 @@ pub struct Args {
     /// Which implementation quantizes (all give the same bits).
     #[arg(long, value_enum, default_value = "reference")]
     backend: Backend,
+    /// With `--backend interp|host`: run the kernels of this schedule (default: interp runs
+    /// the GPU schedule, host its own), so that the GPU kernels' output can be checked here.
+    #[arg(long, value_enum)]
+    schedule: Option<ScheduleKind>,
+    /// With `--schedule gpu`: the GPU architecture whose schedule runs (sm_80 and sm_90 share
+    /// their quantize schedules today).
+    #[arg(long, value_enum, requires = "schedule")]
+    target: Option<GpuTarget>,
     /// Output safetensors file: `codes` (u8), `zero` and `scale` (f32 values of the stored parameters).
     #[arg(short = 'o', long)]
     output: PathBuf,
@@ -57,8 +74,19 @@ pub fn run(args: Args) -> Result<()> {
         Which::K => &layer.k,
         Which::V => &layer.v,
     };
-    let span = backend::quantize(x, InputType::F32, &scheme, args.backend)
-        .with_context(|| format!("layer {}", args.layer))?;
+    if args.target.is_some() && args.schedule != Some(ScheduleKind::Gpu) {
+        bail!("--target selects a GPU schedule: use it with --schedule gpu");
+    }
+    if args.schedule.is_some() && args.backend == Backend::Reference {
+        bail!("--schedule needs --backend interp or host (the reference has no schedule)");
+    }
+    let span = match args.schedule {
+        Some(schedule) => {
+            backend::quantize_scheduled(x, InputType::F32, &scheme, args.backend, schedule)
+        }
+        None => backend::quantize(x, InputType::F32, &scheme, args.backend),
+    }
+    .with_context(|| format!("layer {}", args.layer))?;
     let shape = span.shape;
     let row = shape.dim * scheme.bits.width() as usize / 8;
     let pshape = param_shape(&scheme, shape).to_vec();
@@ -81,6 +109,15 @@ pub fn run(args: Args) -> Result<()> {
         (
             "backend".to_string(),
             format!("{:?}", args.backend).to_lowercase(),
+        ),
+        (
+            "schedule".to_string(),
+            match (args.schedule, args.target) {
+                (Some(ScheduleKind::Gpu), Some(GpuTarget::Sm80)) => "gpu sm_80".to_string(),
+                (Some(ScheduleKind::Gpu), Some(GpuTarget::Sm90)) => "gpu sm_90".to_string(),
+                (Some(s), _) => format!("{s:?}").to_lowercase(),
+                (None, _) => "default".to_string(),
+            },
         ),
         (
             "source".to_string(),

@@ -151,6 +151,7 @@ pub fn candidates(scheme: &Scheme, shape: ShapeClass) -> Vec<Schedule> {
                 block_size: 1,
                 channels,
                 vector,
+                cooperative: false,
             })
         })
         .chain(std::iter::once(default))
@@ -307,6 +308,9 @@ struct StoredSchedule {
     block_size: u32,
     channels: u32,
     vector: u8,
+    /// Lanes over channels (GPU layouts; host tables hold none).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    cooperative: bool,
 }
 
 impl From<Schedule> for StoredSchedule {
@@ -315,6 +319,7 @@ impl From<Schedule> for StoredSchedule {
             block_size: s.block_size,
             channels: s.channels,
             vector: s.vector,
+            cooperative: s.cooperative,
         }
     }
 }
@@ -325,6 +330,7 @@ impl From<StoredSchedule> for Schedule {
             block_size: s.block_size,
             channels: s.channels,
             vector: s.vector,
+            cooperative: s.cooperative,
         }
     }
 }

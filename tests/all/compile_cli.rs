@@ -445,6 +445,89 @@ fn quantize_backends_write_identical_spec_layout_files() {
     }
 }
 
+/// `--schedule gpu` runs the GPU kernels (the cooperative lanes-over-channels layout for the
+/// token-axis scheme, the per-column kernel for the channel-axis one) through the interpreter
+/// and host code: the files equal the reference's bit for bit.
+#[test]
+fn quantize_runs_the_gpu_schedule_on_this_machine() {
+    let kv = smollm2();
+    let dir = temp_dir("quantize_gpu");
+    for name in ["kivi2_v", "quantile1"] {
+        let text = catalogue_text(name);
+        let reference = dir.join(format!("{name}_reference.safetensors"));
+        assert_success(&quantize_cli(&kv, "1", text, "reference", &reference));
+        let want = std::fs::read(&reference).unwrap();
+        let want = SafeTensors::deserialize(&want).unwrap();
+        for (backend, target) in [("host", "sm_90"), ("interp", "sm_80")] {
+            let path = dir.join(format!("{name}_{backend}_gpu.safetensors"));
+            let out = kvq(&[
+                "quantize",
+                "--kv",
+                kv.to_str().unwrap(),
+                "--tensor",
+                "k",
+                "--layer",
+                "1",
+                "--scheme",
+                text,
+                "--backend",
+                backend,
+                "--schedule",
+                "gpu",
+                "--target",
+                target,
+                "-o",
+                path.to_str().unwrap(),
+            ]);
+            assert_success(&out);
+            let bytes = std::fs::read(&path).unwrap();
+            let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
+            let meta = meta.metadata().clone().unwrap();
+            assert_eq!(meta["schedule"], format!("gpu {target}"));
+            let got = SafeTensors::deserialize(&bytes).unwrap();
+            for t in ["codes", "zero", "scale"] {
+                assert!(
+                    tensor(&got, t) == tensor(&want, t),
+                    "{name} {backend}: {t} differs from the reference"
+                );
+            }
+        }
+    }
+    // A target without the GPU schedule, and a schedule for the reference: one-line errors.
+    let path = dir.join("bad.safetensors");
+    let base = [
+        "quantize",
+        "--kv",
+        kv.to_str().unwrap(),
+        "--tensor",
+        "k",
+        "--layer",
+        "1",
+        "--scheme",
+        catalogue_text("kivi2_v"),
+        "-o",
+        path.to_str().unwrap(),
+    ];
+    for extra in [
+        &[
+            "--backend",
+            "host",
+            "--schedule",
+            "host",
+            "--target",
+            "sm_90",
+        ][..],
+        &["--backend", "reference", "--schedule", "gpu"][..],
+    ] {
+        let args: Vec<&str> = base.iter().copied().chain(extra.iter().copied()).collect();
+        let out = kvq(&args);
+        assert_eq!(out.status.code(), Some(1), "{extra:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(!path.exists());
+    }
+}
+
 #[test]
 fn quantize_rejects_a_layer_out_of_range() {
     let dir = temp_dir("layer99");

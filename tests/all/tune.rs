@@ -163,6 +163,7 @@ fn invalid_entry_falls_back_to_the_default() {
         block_size: 1,
         channels: 24,
         vector: 8,
+        cooperative: false,
     };
     table.insert(TuningKey::quantize(&scheme, SHAPE, 8, 16384), bad, 1.0);
     assert_eq!(
@@ -183,6 +184,7 @@ fn an_entry_over_the_shared_memory_limit_falls_back_to_the_default() {
             block_size,
             channels: 32,
             vector: 16,
+            cooperative: false,
         };
         assert!(big.check(&scheme, SHAPE).is_err());
         table.insert(TuningKey::quantize(&scheme, SHAPE, 8, 16384), big, 1.0);

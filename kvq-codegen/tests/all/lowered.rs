@@ -103,3 +103,47 @@ fn catalogue_kernels_emit_clean_ptx() {
         }
     }
 }
+
+/// The cooperative (lanes over channels) kernels of the GPU schedule: token-axis quantize with a
+/// min/max rule and every dequantize split rows across a warp's lanes. At head_dim 128 they hold
+/// a lane's few channels, not a row, so ptxas gives them few registers, no stack and no spills
+/// (the one-thread-per-row token kernel needed about 250).
+#[test]
+fn cooperative_gpu_kernels_split_rows_across_lanes() {
+    let shape = ShapeClass {
+        head_dim: 128,
+        input: InputType::F16,
+    };
+    let ptxas = kvq_codegen::ptxas::find();
+    for (name, scheme) in catalogue() {
+        let schedule = Schedule::gpu_default(&scheme, shape);
+        assert!(schedule.cooperative && schedule.block_size % 32 == 0);
+        let q = lower::quantize(&scheme, shape, &schedule).expect("lowers");
+        let dq = lower::dequantize(&scheme, shape, &schedule).expect("lowers");
+        let token_min_max = scheme.axis == kvq_ir::Axis::Token
+            && !matches!(scheme.rule, kvq_ir::Rule::Quantile(_) | kvq_ir::Rule::Mse);
+        assert_eq!(
+            q.kernel.name.contains("quantize_lanes"),
+            token_min_max,
+            "{name}: {}",
+            q.kernel.name
+        );
+        assert!(dq.kernel.name.contains("dequantize_lanes"), "{name}");
+        let mut lanes = vec![dq];
+        if token_min_max {
+            lanes.push(q);
+        }
+        for lowered in lanes {
+            let kernel = &lowered.kernel;
+            let Some(ptxas) = &ptxas else { continue };
+            let ptx = ptx::emit(kernel, &info(kernel), Arch::Sm90).expect("ptx");
+            let report = kvq_codegen::ptxas::assemble(ptxas, &ptx.text, Arch::Sm90, &kernel.name)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(
+                report.registers <= 64 && report.stack_frame == 0 && report.spill_stores == 0,
+                "{name} {}: {report}",
+                kernel.name
+            );
+        }
+    }
+}

@@ -9,6 +9,8 @@
 //! | axis = channel, group = N | [`quantize`] | one thread per (head, column, token group): statistics, parameters, codes |
 //! | axis = token | [`quantize`] | one thread per (head, token) row: every channel group of the row |
 //! | any | [`dequantize`] | one thread per (head, token) row |
+//! | axis = token, min/max rules (cooperative schedule) | [`quantize`] | lanes over channels: a row split across a warp's lanes, group extremes by shuffles ([`lanes`]) |
+//! | any (cooperative schedule) | [`dequantize`] | lanes over channels, aligned f32 vector stores ([`lanes`]) |
 //!
 //! Statistics and codes read the data twice (a range needs the whole group before the first code);
 //! the quantile rule selects exact order statistics with [`crate::ir::Op::SelectRank`]. Every
@@ -19,6 +21,7 @@ pub mod attention;
 mod dequantize;
 mod emit;
 pub mod io;
+pub mod lanes;
 mod quantize_channel;
 mod quantize_token;
 
@@ -82,6 +85,10 @@ pub struct Schedule {
     /// Elements per load (1, 2, 4, 8 or 16), dividing `channels` (and the group size for
     /// axis = token).
     pub vector: u8,
+    /// GPU layout: lanes over channels ([`lanes`]) where a lane plan exists (quantize with
+    /// axis = token and a min/max rule; dequantize of every scheme), the kernels above
+    /// elsewhere. `block_size` is then a multiple of 32.
+    pub cooperative: bool,
 }
 
 impl Schedule {
@@ -96,6 +103,7 @@ impl Schedule {
             },
             channels,
             vector: vector_for(channels, scheme, shape, 8),
+            cooperative: true,
         }
     }
 
@@ -114,6 +122,7 @@ impl Schedule {
             block_size: 1,
             channels,
             vector: vector_for(channels, scheme, shape, 16),
+            cooperative: false,
         }
     }
 
@@ -123,6 +132,12 @@ impl Schedule {
         let per_byte = scheme.bits.codes_per_byte() as u32;
         if !(1..=1024).contains(&self.block_size) {
             return bad(format!("block size {} outside 1..=1024", self.block_size));
+        }
+        if self.cooperative && self.block_size % crate::ir::WARP_SIZE != 0 {
+            return bad(format!(
+                "block size {} of a cooperative schedule is not a multiple of 32",
+                self.block_size
+            ));
         }
         if !matches!(self.vector, 1 | 2 | 4 | 8 | 16) {
             return bad(format!(
@@ -342,18 +357,34 @@ pub fn quantize(
     schedule: &Schedule,
 ) -> Result<Lowered, LowerError> {
     check(scheme, shape, schedule)?;
+    if schedule.cooperative {
+        if let Ok(plan) = lanes::plan(scheme, shape.head_dim, true) {
+            return Ok(lanes::quantize_token(
+                scheme,
+                shape,
+                schedule.block_size,
+                plan,
+            ));
+        }
+    }
     Ok(match scheme.axis {
         Axis::Channel => quantize_channel::lower(scheme, shape, schedule),
         Axis::Token => quantize_token::lower(scheme, shape, schedule),
     })
 }
 
-/// The dequantize kernel of `scheme` for `shape` under `schedule` (one thread per row).
+/// The dequantize kernel of `scheme` for `shape` under `schedule` (one thread per row, or
+/// lanes over channels for a cooperative schedule).
 pub fn dequantize(
     scheme: &Scheme,
     shape: ShapeClass,
     schedule: &Schedule,
 ) -> Result<Lowered, LowerError> {
     check(scheme, shape, schedule)?;
+    if schedule.cooperative {
+        if let Ok(plan) = lanes::plan(scheme, shape.head_dim, false) {
+            return Ok(lanes::dequantize(scheme, shape, schedule.block_size, plan));
+        }
+    }
     Ok(dequantize::lower(scheme, shape, schedule))
 }

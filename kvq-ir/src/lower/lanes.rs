@@ -1,0 +1,338 @@
+//! Cooperative GPU layouts ("lanes over channels"): each row of a span is split across the
+//! consecutive lanes of one warp, `v` channels per lane, so that a warp reads and writes whole
+//! contiguous rows with aligned vector accesses, and per-row statistics are warp shuffles
+//! instead of one thread's loop over the row.
+//!
+//! | kernel | lanes | statistics |
+//! | --- | --- | --- |
+//! | quantize, axis = token, min/max rules | `head_dim / v` per row | min and max of each group by xor shuffles over its `n / v` lanes |
+//! | dequantize, every scheme | `head_dim / v` per row | none: each lane decodes its `v` channels and stores them as aligned f32 vectors |
+//!
+//! Both launch one thread per (head, token, lane) ([`Launch::ThreadPerGroup`] with `group = 1`,
+//! `columns = head_dim / v`); a row's lanes are consecutive threads of one warp because
+//! `head_dim / v` divides 32. Threads past the span still take part in the shuffles, with
+//! neutral values, and store nothing. Codes and parameters are those of the per-thread kernels:
+//! the same operations in the same order per element, and group extremes whose only
+//! order-dependence (the sign of a zero extreme) `range_from_extremes` removes.
+
+use crate::ir::{Builder, CmpOp, ScalarType, Value, WarpOp};
+use crate::scheme::{Axis, Group, Rule, Scheme};
+
+use super::emit::{
+    code, flag_non_finite, global_item, group_params, note_non_finite, param_type, quantize_params,
+    range_from_extremes, reads_group, store_param,
+};
+use super::{dequantize_abi, kernel_name, quantize_abi as abi, Launch, Lowered, ShapeClass};
+
+/// The lane plan of a cooperative kernel: channels per lane and lanes per row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LanePlan {
+    /// Channels per lane (a power of two, at most 16).
+    pub v: u32,
+    /// Lanes per row (`head_dim / v`, a power of two dividing 32).
+    pub lanes: u32,
+}
+
+/// Channels of one token-axis group (or of the whole row for group = all).
+fn group_channels(scheme: &Scheme, head_dim: u32) -> u32 {
+    match scheme.group {
+        Group::All => head_dim,
+        Group::Size(n) => n.get() as u32,
+    }
+}
+
+/// The plan for `scheme` at `head_dim`, or why there is none. Quantize needs a token-axis scheme
+/// with a min/max rule and groups of whole lanes; both need whole code bytes per lane.
+pub fn plan(scheme: &Scheme, head_dim: u32, quantize: bool) -> Result<LanePlan, String> {
+    let per_byte = scheme.bits.codes_per_byte() as u32;
+    if quantize {
+        if scheme.axis != Axis::Token {
+            return Err("lanes over channels quantize axis = token only".into());
+        }
+        if reads_group(scheme.rule) {
+            return Err(format!(
+                "lanes over channels need a min/max rule, not {}",
+                rule_name(scheme.rule)
+            ));
+        }
+    }
+    let n = group_channels(scheme, head_dim);
+    let mut v = (head_dim / 32)
+        .max(per_byte)
+        .max(if quantize { 1 } else { 4 });
+    v = v.next_power_of_two();
+    let lanes = head_dim / v.max(1);
+    let fits = v <= 16
+        && head_dim % v == 0
+        && lanes.is_power_of_two()
+        && lanes <= 32
+        && (!quantize || (n % v == 0 && (n / v).is_power_of_two()));
+    match fits {
+        true => Ok(LanePlan { v, lanes }),
+        false => Err(format!(
+            "head_dim {head_dim} does not split into whole warps of {v}-channel lanes"
+        )),
+    }
+}
+
+fn rule_name(rule: Rule) -> &'static str {
+    match rule {
+        Rule::Quantile(_) => "quantile",
+        Rule::Mse => "mse",
+        _ => "this rule",
+    }
+}
+
+/// The flat item's (row, lane of the row) and whether it lies in the span.
+fn coordinates(b: &mut Builder, block_size: u32, p: LanePlan) -> (Value, Value, Value) {
+    let item = global_item(b, block_size);
+    let heads = b.param(abi::HEADS);
+    let tokens = b.param(abi::TOKENS);
+    let rows = b.mul(heads, tokens);
+    let lanes = b.u32(p.lanes);
+    let total = b.mul(rows, lanes);
+    let in_span = b.cmp(CmpOp::Lt, item, total);
+    let row = b.div(item, lanes);
+    let lane = b.rem(item, lanes);
+    (row, lane, in_span)
+}
+
+/// Quantize, axis = token, min/max rules: see the module documentation.
+pub fn quantize_token(scheme: &Scheme, shape: ShapeClass, block_size: u32, p: LanePlan) -> Lowered {
+    let d = shape.head_dim;
+    let n = group_channels(scheme, d);
+    let per_byte = scheme.bits.codes_per_byte() as u32;
+    let mut b = Builder::new(&kernel_name("quantize_lanes", scheme, shape), block_size);
+    let [x, codes, zero_m, scale_m, status] = quantize_params(&mut b, scheme, shape);
+    let vals = b.local("vals", ScalarType::F32, p.v);
+    let ext = b.local("ext", ScalarType::F32, 2);
+    let other = b.local("other", ScalarType::F32, 2);
+    let bad = b.local("bad", ScalarType::U32, 1);
+
+    // Region 1: each lane loads its channels (one aligned vector) and their extremes.
+    let (row, lane, in_span) = coordinates(&mut b, block_size, p);
+    let (z0, z1) = (b.u32(0), b.u32(1));
+    let inf = b.f32(f32::INFINITY);
+    let ninf = b.f32(f32::NEG_INFINITY);
+    b.write_local(ext, z0, inf);
+    b.write_local(ext, z1, ninf);
+    b.if_then(in_span, |b| {
+        let dv = b.u32(d);
+        let vv = b.u32(p.v);
+        let row_start = b.mul(row, dv);
+        let c0 = b.mul(lane, vv);
+        let at = b.add(row_start, c0);
+        let values = load_aligned_f32(b, x, at, p.v, shape.input.scalar());
+        let (mut mn, mut mx) = (inf, ninf);
+        for (i, &value) in values.iter().enumerate() {
+            note_non_finite(b, bad, value);
+            let iv = b.u32(i as u32);
+            b.write_local(vals, iv, value);
+            mn = b.min(mn, value);
+            mx = b.max(mx, value);
+        }
+        let (z0, z1) = (b.u32(0), b.u32(1));
+        b.write_local(ext, z0, mn);
+        b.write_local(ext, z1, mx);
+        flag_non_finite(b, bad, status);
+    });
+    // The group's extremes: a butterfly over its lanes (distances below n / v), each step a
+    // shuffle and a region that folds the partner's extremes in.
+    let mut dist = 1;
+    while dist < n / p.v {
+        b.warp(WarpOp::ShuffleXor {
+            src: ext,
+            dst: other,
+            mask: dist,
+        });
+        let (z0, z1) = (b.u32(0), b.u32(1));
+        let (a, c) = (b.read_local(ext, z0), b.read_local(other, z0));
+        let m = b.min(a, c);
+        b.write_local(ext, z0, m);
+        let (a, c) = (b.read_local(ext, z1), b.read_local(other, z1));
+        let m = b.max(a, c);
+        b.write_local(ext, z1, m);
+        dist *= 2;
+    }
+    // Last region: parameters (the group's first lane stores them) and codes.
+    let (row, lane, in_span) = coordinates(&mut b, block_size, p);
+    b.if_then(in_span, |b| {
+        let (z0, z1) = (b.u32(0), b.u32(1));
+        let mn = b.read_local(ext, z0);
+        let mx = b.read_local(ext, z1);
+        let (lo, hi) = range_from_extremes(b, scheme.rule, mn, mx);
+        let (zero, scale) = group_params(b, scheme, lo, hi, status);
+        let lanes_per_group = b.u32(n / p.v);
+        let in_group = b.rem(lane, lanes_per_group);
+        let first = b.cmp(CmpOp::Eq, in_group, z0);
+        b.if_then(first, |b| {
+            let groups = b.u32(d / n);
+            let param_row = b.mul(row, groups);
+            let g = b.div(lane, lanes_per_group);
+            let at = b.add(param_row, g);
+            store_param(b, zero_m, at, zero, scheme.params);
+            store_param(b, scale_m, at, scale, scheme.params);
+        });
+        let row_bytes = b.u32(d * scheme.bits.width() / 8);
+        let code_row = b.mul(row, row_bytes);
+        let bytes_per_lane = b.u32(p.v / per_byte);
+        let lane_bytes = b.mul(lane, bytes_per_lane);
+        let base = b.add(code_row, lane_bytes);
+        for k in 0..p.v / per_byte {
+            let lane_codes: Vec<Value> = (0..per_byte)
+                .map(|l| {
+                    let i = b.u32(k * per_byte + l);
+                    let value = b.read_local(vals, i);
+                    code(b, scheme, value, zero, scale)
+                })
+                .collect();
+            let byte = b.pack_bits(lane_codes, scheme.bits, scheme.order);
+            let off = b.u32(k);
+            let at = b.add(base, off);
+            b.store(codes, at, byte);
+        }
+    });
+    Lowered {
+        kernel: b.finish(),
+        launch: Launch::ThreadPerGroup {
+            columns: p.lanes,
+            group: 1,
+        },
+    }
+}
+
+/// `lanes` elements at the aligned `index`, each converted to f32 (exactly).
+fn load_aligned_f32(
+    b: &mut Builder,
+    x: crate::ir::Memory,
+    index: Value,
+    lanes: u32,
+    input: ScalarType,
+) -> Vec<Value> {
+    let v = b.load_aligned(x, index, lanes as u8);
+    let scalars: Vec<Value> = match lanes {
+        1 => vec![v],
+        _ => (0..lanes as u8).map(|l| b.extract(v, l)).collect(),
+    };
+    match input {
+        ScalarType::F32 => scalars,
+        _ => scalars
+            .into_iter()
+            .map(|s| b.convert(ScalarType::F32, s))
+            .collect(),
+    }
+}
+
+/// Dequantize, every scheme: each lane decodes `v` channels of its row and stores them as
+/// aligned f32 vectors of at most 4 (16 bytes).
+pub fn dequantize(scheme: &Scheme, shape: ShapeClass, block_size: u32, p: LanePlan) -> Lowered {
+    let d = shape.head_dim;
+    let per_byte = scheme.bits.codes_per_byte() as u32;
+    let mut b = Builder::new(&kernel_name("dequantize_lanes", scheme, shape), block_size);
+    let pt = param_type(scheme.params);
+    let codes = b.buffer("codes", ScalarType::U8, crate::ir::Access::Read);
+    let zero_m = b.buffer("zero", pt, crate::ir::Access::Read);
+    let scale_m = b.buffer("scale", pt, crate::ir::Access::Read);
+    let out = b.buffer("out", ScalarType::F32, crate::ir::Access::Write);
+    b.scalar_param("heads", ScalarType::U32);
+    b.scalar_param("tokens", ScalarType::U32);
+    let item = global_item(&mut b, block_size);
+    let heads = b.param(dequantize_abi::HEADS);
+    let tokens = b.param(dequantize_abi::TOKENS);
+    let rows = b.mul(heads, tokens);
+    let lanes = b.u32(p.lanes);
+    let total = b.mul(rows, lanes);
+    let in_span = b.cmp(CmpOp::Lt, item, total);
+    b.if_then(in_span, |b| {
+        let row = b.div(item, lanes);
+        let lane = b.rem(item, lanes);
+        let vv = b.u32(p.v);
+        let c0 = b.mul(lane, vv);
+        // The parameter row and the channel offset of parameter `c` (channel c0 + c).
+        let param_at = |b: &mut Builder, c: u32| -> Value {
+            let cv = b.u32(c);
+            let ch = b.add(c0, cv);
+            let dv = b.u32(d);
+            match (scheme.axis, scheme.group) {
+                (Axis::Channel, Group::All) => {
+                    let h = b.div(row, tokens);
+                    let hd = b.mul(h, dv);
+                    b.add(hd, ch)
+                }
+                (Axis::Channel, Group::Size(n)) => {
+                    let h = b.div(row, tokens);
+                    let t = b.rem(row, tokens);
+                    let nv = b.u32(n.get() as u32);
+                    let n1 = b.u32(n.get() as u32 - 1);
+                    let padded = b.add(tokens, n1);
+                    let groups = b.div(padded, nv);
+                    let hg = b.mul(h, groups);
+                    let g = b.div(t, nv);
+                    let pr = b.add(hg, g);
+                    let prd = b.mul(pr, dv);
+                    b.add(prd, ch)
+                }
+                (Axis::Token, group) => {
+                    let n = match group {
+                        Group::All => d,
+                        Group::Size(n) => n.get() as u32,
+                    };
+                    let gv = b.u32(d / n);
+                    let pr = b.mul(row, gv);
+                    let nv = b.u32(n);
+                    let g = b.div(ch, nv);
+                    b.add(pr, g)
+                }
+            }
+        };
+        let row_bytes = b.u32(d * scheme.bits.width() / 8);
+        let code_row = b.mul(row, row_bytes);
+        let bytes_per_lane = b.u32(p.v / per_byte);
+        let lane_bytes = b.mul(lane, bytes_per_lane);
+        let code_base = b.add(code_row, lane_bytes);
+        let dv = b.u32(d);
+        let out_row = b.mul(row, dv);
+        let out_base = b.add(out_row, c0);
+        let width = p.v.min(4);
+        let mut pending = Vec::new();
+        for k in 0..p.v / per_byte {
+            let off = b.u32(k);
+            let at = b.add(code_base, off);
+            let byte = b.load(codes, at, 1);
+            for l in 0..per_byte {
+                let c = k * per_byte + l;
+                let q = b.unpack_bits(byte, l as u8, scheme.bits, scheme.order);
+                let pat = param_at(b, c);
+                let z = b.load(zero_m, pat, 1);
+                let sc = b.load(scale_m, pat, 1);
+                let (z, sc) = match pt {
+                    ScalarType::F32 => (z, sc),
+                    _ => (
+                        b.convert(ScalarType::F32, z),
+                        b.convert(ScalarType::F32, sc),
+                    ),
+                };
+                let qf = b.convert(ScalarType::F32, q);
+                let prod = b.mul(sc, qf);
+                pending.push(b.add(z, prod));
+                if pending.len() == width as usize {
+                    let off = b.u32(c + 1 - width);
+                    let at = b.add(out_base, off);
+                    let value = match width {
+                        1 => pending[0],
+                        _ => b.vector(std::mem::take(&mut pending)),
+                    };
+                    pending.clear();
+                    b.store_aligned(out, at, value);
+                }
+            }
+        }
+    });
+    Lowered {
+        kernel: b.finish(),
+        launch: Launch::ThreadPerGroup {
+            columns: p.lanes,
+            group: 1,
+        },
+    }
+}
