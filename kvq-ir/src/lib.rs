@@ -7,7 +7,10 @@
 //!   normative spec (SPEC.md sections 2-4), written to be obviously correct rather than fast.
 //! - [`metrics`]: the error metrics of SPEC.md section 5, computed in f64.
 //! - [`tensor`]: the small owned tensor type these work on.
+//! - [`gpu_model`]: a GPU cost model (occupancy, a warp-level analysis of interpreter traces,
+//!   predicted times) that runs without a GPU.
 
+pub mod gpu_model;
 pub mod ir;
 pub mod limits;
 pub mod lower;

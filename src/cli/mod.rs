@@ -7,6 +7,8 @@ mod eval;
 mod eval_model;
 mod model_args;
 mod pair;
+mod profile;
+mod profile_report;
 mod quantize;
 mod report;
 mod sizes;
@@ -55,6 +57,9 @@ enum Command {
     Eval(eval::Args),
     /// Compile a scheme pair's kernels for a GPU architecture or the host, with a manifest.
     Compile(compile::Args),
+    /// A scheme pair's GPU kernels through the GPU cost model, without a GPU: occupancy,
+    /// coalescing, bank conflicts, predicted time against a bandwidth bound.
+    Profile(profile::Args),
     /// The ablation on SmolLM2 (multi-prompt study) and on K/V captures, as an HTML report.
     Report(report::Args),
     /// Quantize one layer's K or V of a capture and write codes and parameters (SPEC.md section 3).
@@ -73,6 +78,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eval(args) => eval::run(args),
         Command::EvalModel(args) => eval_model::run(args),
         Command::Compile(args) => compile::run(args),
+        Command::Profile(args) => profile::run(args),
         Command::Quantize(args) => quantize::run(args),
         Command::Report(args) => report::run(args),
         Command::Tune(args) => tune::run(args),

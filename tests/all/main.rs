@@ -9,6 +9,7 @@ mod compile_cli;
 mod fixtures;
 mod fuzz_corpora;
 mod model;
+mod profile_cli;
 mod properties;
 mod reference_figures;
 mod report;

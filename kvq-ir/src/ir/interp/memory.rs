@@ -1,6 +1,7 @@
 //! Memory: buffer parameters, shared arrays and locals, with their bounds and access checks.
 
 use super::exec::{malformed, Machine, Thread};
+use super::trace::{self, MemAccess};
 use super::value::Val;
 use super::{Arg, Buffer, InterpError, Malformed};
 use crate::ir::kernel::{Access, Memory, Param, ScalarType, Value};
@@ -61,6 +62,8 @@ impl Machine<'_, '_> {
         let index = self.u32_operand(h, index)?;
         let as_bool = self.bool_shared(mem);
         let buffer = self.memory(h, mem, false)?;
+        let access = MemAccess::run(mem, index, u32::from(lanes), buffer.elem(), false);
+        trace::record(h, access);
         let out_of_bounds = InterpError::OutOfBounds {
             inst: h,
             mem,
@@ -128,6 +131,8 @@ impl Machine<'_, '_> {
                 len: buffer.len(),
             });
         }
+        let access = MemAccess::run(mem, index, lanes.len() as u32, buffer.elem(), true);
+        trace::record(h, access);
         for (k, lane) in lanes.iter().enumerate() {
             buffer.set(index as usize + k, lane);
         }
@@ -192,6 +197,13 @@ impl Machine<'_, '_> {
         if last >= buffer.len() as u64 {
             return Err(out_of_bounds);
         }
+        let gather = MemAccess {
+            lanes: 1,
+            repeat: count,
+            stride,
+            ..MemAccess::run(mem, base, 1, buffer.elem(), false)
+        };
+        trace::record(h, gather);
         // With stride 0 all `count` elements are `mem[base]` (and count may be 2^32 - 1): one
         // copy of it has the same order statistics.
         let (n, rank) = if stride == 0 { (1, 0) } else { (count, rank) };

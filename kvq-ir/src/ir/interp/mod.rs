@@ -52,6 +52,10 @@
 //!   overflows. `If` runs one branch. `ThreadId`, `BlockId`, `GridSize` are the coordinates
 //!   above; `ScalarParam(i)` is argument `i`.
 //!
+//! # Tracing
+//! [`run_traced`] runs chosen blocks only and records, per thread and per instruction, the
+//! global- and shared-memory accesses and how often each body ran (module `trace`).
+//!
 //! # Errors, not panics
 //! [`run`] does not need [`verify()`](crate::ir::verify()): it checks what it relies on as it
 //! goes, and any kernel, however malformed, gives a result or an [`InterpError`] (a dangling
@@ -64,6 +68,7 @@
 mod error;
 mod exec;
 mod memory;
+mod trace;
 mod value;
 mod warp;
 
@@ -71,6 +76,7 @@ use half::{bf16, f16};
 
 use crate::ir::kernel::{Kernel, Param, ScalarType};
 pub use error::{InterpError, Malformed, ParamKind};
+pub use trace::{run_traced, BlockTrace, MemAccess, ThreadTrace, Trace};
 pub use value::Val;
 
 /// Deepest nesting of loops and ifs the interpreter runs.

@@ -1,0 +1,164 @@
+//! The predicted time of a kernel, and the bandwidth bounds it is compared with.
+
+use super::occupancy::Occupancy;
+use super::params::GpuParams;
+use super::warp::{TraceStats, SECTOR_BYTES};
+
+/// Which term of [`predict`] is the largest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bound {
+    /// DRAM bandwidth.
+    Dram,
+    /// Latency: too few loads in flight (Little's law).
+    Latency,
+    /// Instruction issue.
+    Issue,
+}
+
+impl Bound {
+    /// Its name in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Bound::Dram => "DRAM bandwidth",
+            Bound::Latency => "latency (Little's law)",
+            Bound::Issue => "instruction issue",
+        }
+    }
+}
+
+/// A predicted (modelled, not measured) launch of a kernel.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Prediction {
+    /// Grid blocks per sampled block.
+    pub scale: f64,
+    /// Predicted DRAM bytes (loads and stores) of the grid.
+    pub dram_bytes: f64,
+    /// Predicted L2 sector bytes of the grid (loads and stores).
+    pub l2_bytes: f64,
+    /// Predicted global-load warp requests of the grid.
+    pub load_requests: f64,
+    /// Predicted warp instructions of the grid.
+    pub warp_insts: f64,
+    /// Warps resident at once on the device.
+    pub resident_warps: f64,
+    /// SMs with at least one block.
+    pub active_sms: f64,
+    /// `dram_bytes / bandwidth`, seconds.
+    pub dram_s: f64,
+    /// Predicted load requests of the grid that miss the caches.
+    pub dram_requests: f64,
+    /// `max(dram_requests / (resident_warps * in_flight), the most misses of one sampled warp
+    /// / in_flight) * latency`, seconds.
+    pub latency_s: f64,
+    /// `warp_insts / (active_sms * min(schedulers, warps per active SM) * issue * clock)`.
+    pub issue_s: f64,
+    /// The launch constant, seconds.
+    pub launch_s: f64,
+    /// `max(dram_s, latency_s, issue_s) + launch_s`.
+    pub total_s: f64,
+    /// The largest term.
+    pub bound: Bound,
+}
+
+/// Predicts a launch of `grid` blocks from the sampled `stats`, scaled by `grid / sampled
+/// blocks`; `buffer_bytes[p]` is the size of buffer parameter `p` (missing: unbounded):
+/// - DRAM: per buffer, distinct sectors per block scaled to the grid, at most the buffer's size
+///   (L2 keeps what several blocks share), loads and stores apart, summed;
+/// - latency: Little's law on the load requests that miss (first touch of a sector in the
+///   block), with `requests_in_flight_per_warp` in flight per resident warp, resident warps =
+///   `min(grid, SMs * blocks_per_sm) * warps_per_block`; and no less than the most misses of
+///   one warp, one after the other: a one-block kernel pays the latency per miss;
+/// - issue: warp instructions over the active SMs' schedulers (a scheduler needs a warp).
+pub fn predict(
+    gpu: &GpuParams,
+    grid: u32,
+    occ: &Occupancy,
+    stats: &TraceStats,
+    buffer_bytes: &[u64],
+) -> Prediction {
+    let scale = match stats.blocks {
+        0 => 0.0,
+        n => f64::from(grid) / f64::from(n),
+    };
+    let (l, s) = (&stats.loads, &stats.stores);
+    let sector = SECTOR_BYTES as f64;
+    let dram_bytes: f64 = stats
+        .dram_sectors_by_param
+        .iter()
+        .flat_map(|(&p, sectors)| {
+            let cap = buffer_bytes.get(p as usize).map_or(f64::INFINITY, |&b| {
+                (b.div_ceil(SECTOR_BYTES) * SECTOR_BYTES) as f64
+            });
+            sectors.map(|n| (n as f64 * sector * scale).min(cap))
+        })
+        .sum();
+    let l2_bytes = (l.sectors + s.sectors) as f64 * sector * scale;
+    let load_requests = l.requests as f64 * scale;
+    let dram_requests = l.dram_requests as f64 * scale;
+    let warp_insts = stats.warp_insts as f64 * scale;
+    let sms = f64::from(gpu.sms.value);
+    let resident_blocks = f64::from(grid).min(sms * f64::from(occ.blocks_per_sm));
+    let resident_warps = resident_blocks * f64::from(occ.warps_per_block);
+    let active_sms = f64::from(grid).min(sms);
+    let dram_s = dram_bytes / gpu.dram_bytes_per_s.value;
+    let per_warp = gpu.requests_in_flight_per_warp.value;
+    let in_flight = resident_warps * per_warp;
+    let latency_s = match in_flight > 0.0 {
+        true => {
+            let chain = stats.max_warp_dram_requests as f64 / per_warp;
+            (dram_requests / in_flight).max(chain) * gpu.dram_latency_s.value
+        }
+        false => 0.0,
+    };
+    let schedulers = f64::from(gpu.arch.schedulers_per_sm.value);
+    let per_sm = match active_sms > 0.0 {
+        true => schedulers.min(resident_warps / active_sms),
+        false => 0.0,
+    };
+    let issue_rate = active_sms * per_sm * gpu.issue_per_scheduler.value * gpu.clock_hz.value;
+    let issue_s = match issue_rate > 0.0 {
+        true => warp_insts / issue_rate,
+        false => 0.0,
+    };
+    let (mut top, mut bound) = (dram_s, Bound::Dram);
+    for (t, b) in [(latency_s, Bound::Latency), (issue_s, Bound::Issue)] {
+        if t > top {
+            (top, bound) = (t, b);
+        }
+    }
+    let launch_s = gpu.launch_s.value;
+    Prediction {
+        scale,
+        dram_bytes,
+        l2_bytes,
+        load_requests,
+        dram_requests,
+        warp_insts,
+        resident_warps,
+        active_sms,
+        dram_s,
+        latency_s,
+        issue_s,
+        launch_s,
+        total_s: top + launch_s,
+        bound,
+    }
+}
+
+/// A bandwidth bound: `bytes / DRAM bandwidth + launch`, seconds (the same launch constant as
+/// [`predict`], so that the ratio compares like with like).
+pub fn bandwidth_bound_s(gpu: &GpuParams, bytes: u64) -> f64 {
+    bytes as f64 / gpu.dram_bytes_per_s.value + gpu.launch_s.value
+}
+
+/// Bytes PyTorch SDPA reads in bf16 for one decode step: K and V, each `batch * kv_heads *
+/// tokens * head_dim * 2` bytes (the query and output, `1 / tokens` of that, are left out).
+/// `None` on overflow.
+pub fn sdpa_bf16_bytes(batch: u64, kv_heads: u64, tokens: u64, head_dim: u64) -> Option<u64> {
+    batch
+        .checked_mul(kv_heads)?
+        .checked_mul(tokens)?
+        .checked_mul(head_dim)?
+        .checked_mul(2)?
+        .checked_mul(2)
+}

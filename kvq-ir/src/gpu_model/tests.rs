@@ -1,0 +1,429 @@
+//! The model against answers computed by hand from the CUDA rules and the kernels' index
+//! arithmetic (never against the model's own output).
+
+use super::*;
+use crate::ir::interp::{run_traced, Arg, Buffer, Trace};
+use crate::ir::{Access, Builder, Kernel, ScalarType, Special};
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-9 * b.abs().max(1e-12)
+}
+
+/// `out[i] = in[i * stride]`, `i = block * bs + thread`: 7 non-constant instructions per thread
+/// (block id, mul, thread id, add, mul, load, store).
+fn copy(bs: u32, stride: u32) -> Kernel {
+    let mut b = Builder::new("copy", bs);
+    let input = b.buffer("in", ScalarType::F32, Access::Read);
+    let out = b.buffer("out", ScalarType::F32, Access::Write);
+    let block = b.special(Special::BlockId);
+    let n = b.u32(bs);
+    let base = b.mul(block, n);
+    let t = b.special(Special::ThreadId);
+    let i = b.add(base, t);
+    let s = b.u32(stride);
+    let j = b.mul(i, s);
+    let x = b.load(input, j, 1);
+    b.store(out, i, x);
+    b.finish()
+}
+
+fn trace(kernel: &Kernel, in_len: usize, out_len: usize, grid: u32) -> (Trace, Vec<Arg>) {
+    let input: Vec<f32> = (0..in_len).map(|i| i as f32).collect();
+    let mut args = vec![
+        Arg::Buffer(Buffer::F32(input)),
+        Arg::Buffer(Buffer::F32(vec![0.0; out_len])),
+    ];
+    let t = run_traced(kernel, &mut args, grid, &sample_blocks(grid)).expect("runs");
+    (t, args)
+}
+
+#[test]
+fn coalesced_copy_is_fully_efficient_and_bandwidth_bound_on_a100() {
+    let (bs, grid) = (128, 16384);
+    let n = (bs * grid) as usize;
+    let (t, args) = trace(&copy(bs, 1), n, n, grid);
+    assert_eq!(
+        t.blocks.iter().map(|b| b.block).collect::<Vec<_>>(),
+        [0, 8192, 16383]
+    );
+    // Only the sampled blocks ran, and they copied their elements.
+    let out = args[1].buffer().and_then(Buffer::as_f32).expect("f32");
+    assert_eq!(out[8192 * 128 + 5], (8192 * 128 + 5) as f32);
+    assert_eq!(out[128], 0.0);
+    let s = analyze(&t);
+    // 3 blocks x 4 warps, one 128-byte aligned request each: 4 sectors, 128 useful bytes.
+    assert_eq!((s.blocks, s.warps), (3, 12));
+    assert_eq!(
+        (s.loads.requests, s.loads.sectors, s.loads.useful_bytes),
+        (12, 48, 1536)
+    );
+    assert_eq!(s.loads.efficiency(), Some(1.0));
+    assert_eq!(s.stores.efficiency(), Some(1.0));
+    assert_eq!((s.loads.dram_sectors, s.stores.dram_sectors), (48, 48));
+    assert_eq!(s.warp_insts, 12 * 7);
+    // sm_80, 128 threads, no register count, no shared: warps 64 / 4 = 16 blocks; blocks 32;
+    // shared (0 + 1024) -> 164 KiB / 1 KiB = 164 blocks. 16 blocks x 4 warps = 64: 100%.
+    let block = BlockResources {
+        threads: bs,
+        regs_per_thread: None,
+        shared_bytes: 0,
+    };
+    let occ = occupancy(&SM80, block).expect("fits");
+    assert_eq!((occ.blocks_per_sm, occ.warps_per_sm), (16, 64));
+    assert_eq!((s.loads.dram_requests, s.max_warp_dram_requests), (12, 1));
+    let p = predict(&A100, grid, &occ, &s, &[n as u64 * 4, n as u64 * 4]);
+    // DRAM: 2^21 elements x (4 read + 4 written) = 2^24 bytes over 2.039 TB/s.
+    assert!(close(p.dram_bytes, 16_777_216.0));
+    assert!(close(p.dram_s, 16_777_216.0 / 2.039e12));
+    // Latency: 16384 x 4 requests over min(16384, 108 x 16) x 4 = 6912 warps, x 700 ns.
+    assert!(close(p.latency_s, 65536.0 / 6912.0 * 700e-9));
+    // Issue: 16384 x 4 warps x 7 over 108 SMs x 4 schedulers x 1.41 GHz.
+    assert!(close(p.issue_s, 458_752.0 / (108.0 * 4.0 * 1.41e9)));
+    assert_eq!(p.bound, Bound::Dram);
+    assert!(close(p.total_s, 16_777_216.0 / 2.039e12 + 2e-6));
+}
+
+/// On H100 a copy whose lanes move 16 bytes each (aligned `f32x4`) keeps 512 bytes per warp
+/// request in flight: bandwidth bound. (A scalar f32 copy keeps 128: 8448 resident warps x 128 B
+/// over 700 ns is 1.5 TB/s, under the 3.35 TB/s of DRAM, so the model calls it latency bound.)
+#[test]
+fn vector_copy_is_fully_efficient_and_bandwidth_bound_on_h100() {
+    let (bs, grid) = (128u32, 16384u32);
+    let mut b = Builder::new("copy4", bs);
+    let input = b.buffer("in", ScalarType::F32, Access::Read);
+    let out = b.buffer("out", ScalarType::F32, Access::Write);
+    let block = b.special(Special::BlockId);
+    let n = b.u32(bs);
+    let base = b.mul(block, n);
+    let t = b.special(Special::ThreadId);
+    let i = b.add(base, t);
+    let four = b.u32(4);
+    let j = b.mul(i, four);
+    let x = b.load_aligned(input, j, 4);
+    b.store_aligned(out, j, x);
+    let n = (bs * grid * 4) as usize;
+    let (t, _) = trace(&b.finish(), n, n, grid);
+    let s = analyze(&t);
+    // 12 sampled warps, one 512-byte request each: 16 sectors.
+    assert_eq!((s.loads.requests, s.loads.sectors), (12, 12 * 16));
+    assert_eq!(s.loads.efficiency(), Some(1.0));
+    assert_eq!(s.stores.efficiency(), Some(1.0));
+    let block = BlockResources {
+        threads: bs,
+        regs_per_thread: Some(16),
+        shared_bytes: 0,
+    };
+    // sm_90, 128 threads, 16 registers: 16 blocks of 4 warps, 100%.
+    let occ = occupancy(&SM90, block).expect("fits");
+    assert_eq!((occ.blocks_per_sm, occ.warps_per_sm), (16, 64));
+    let bytes = n as u64 * 4;
+    let p = predict(&H100, grid, &occ, &s, &[bytes, bytes]);
+    // DRAM: 2^23 elements x 8 bytes over 3.35 TB/s = 20.0 us; latency: 65536 requests over
+    // 132 x 64 = 8448 warps, x 700 ns = 5.4 us.
+    assert!(close(p.dram_s, 2.0 * bytes as f64 / 3.35e12));
+    assert!(close(p.latency_s, 65536.0 / 8448.0 * 700e-9));
+    assert_eq!(p.bound, Bound::Dram);
+}
+
+#[test]
+fn stride_of_one_sector_per_lane_is_one_eighth_efficient() {
+    // Lane i reads f32 element 8i: 32 bytes apart, each 4-byte element in its own sector.
+    let (bs, grid) = (64, 4);
+    let (t, _) = trace(
+        &copy(bs, 8),
+        (bs * grid * 8) as usize,
+        (bs * grid) as usize,
+        grid,
+    );
+    let s = analyze(&t);
+    // Blocks 0, 2, 3 x 2 warps: 6 requests of 32 sectors, 128 useful bytes.
+    assert_eq!(
+        (s.loads.requests, s.loads.sectors, s.loads.useful_bytes),
+        (6, 192, 768)
+    );
+    assert_eq!(s.loads.efficiency(), Some(0.125));
+    assert_eq!(s.stores.efficiency(), Some(1.0));
+}
+
+#[test]
+fn one_block_kernel_is_latency_bound() {
+    // One warp; for i in (0..2048).step_by(32): out[i + t] = in[i + t]: 64 dependent requests.
+    let mut b = Builder::new("one_block", 32);
+    let input = b.buffer("in", ScalarType::F32, Access::Read);
+    let out = b.buffer("out", ScalarType::F32, Access::Write);
+    let t = b.special(Special::ThreadId);
+    let (start, end) = (b.u32(0), b.u32(2048));
+    b.for_range(start, end, 32, |b, i| {
+        let j = b.add(i, t);
+        let x = b.load(input, j, 1);
+        b.store(out, j, x);
+    });
+    let (tr, _) = trace(&b.finish(), 2048, 2048, 1);
+    let s = analyze(&tr);
+    assert_eq!((s.blocks, s.warps, s.loads.requests), (1, 1, 64));
+    // Top: thread id + loop = 2; body: add, load, store + 2 loop = 5, 64 times.
+    assert_eq!(s.warp_insts, 2 + 64 * 5);
+    let block = BlockResources {
+        threads: 32,
+        regs_per_thread: Some(16),
+        shared_bytes: 0,
+    };
+    let occ = occupancy(&SM90, block).expect("fits");
+    assert_eq!((s.loads.dram_requests, s.max_warp_dram_requests), (64, 64));
+    let p = predict(&H100, 1, &occ, &s, &[]);
+    assert!(close(p.resident_warps, 1.0));
+    assert!(close(p.latency_s, 64.0 * 700e-9));
+    assert!(close(p.dram_s, 64.0 * 256.0 / 3.35e12));
+    // One warp issues at most one instruction per clock.
+    assert!(close(p.issue_s, 322.0 / 1.98e9));
+    assert_eq!(p.bound, Bound::Latency);
+}
+
+#[test]
+fn data_shared_by_blocks_and_reloads_are_not_dram_traffic_twice() {
+    // out[block * 32 + t] = in[t] + in[t]: every block reads the same 128 bytes, twice.
+    let mut b = Builder::new("shared_input", 32);
+    let input = b.buffer("in", ScalarType::F32, Access::Read);
+    let out = b.buffer("out", ScalarType::F32, Access::Write);
+    let block = b.special(Special::BlockId);
+    let n = b.u32(32);
+    let base = b.mul(block, n);
+    let t = b.special(Special::ThreadId);
+    let i = b.add(base, t);
+    let x = b.load(input, t, 1);
+    let y = b.load(input, t, 1);
+    let sum = b.add(x, y);
+    b.store(out, i, sum);
+    let (tr, _) = trace(&b.finish(), 32, 4 * 32, 4);
+    let s = analyze(&tr);
+    // Blocks 0, 2, 3: 2 requests each, the second a hit.
+    assert_eq!((s.loads.requests, s.loads.dram_requests), (6, 3));
+    let occ = occupancy(
+        &SM90,
+        BlockResources {
+            threads: 32,
+            regs_per_thread: None,
+            shared_bytes: 0,
+        },
+    )
+    .expect("fits");
+    let p = predict(&H100, 4, &occ, &s, &[128, 512]);
+    // Loads: 4 blocks x 4 sectors x 32 B = 512, capped at the 128-byte input; stores 512.
+    assert!(close(p.dram_bytes, 128.0 + 512.0));
+    // 4 misses over 4 resident warps, or 1 per warp: one latency.
+    assert!(close(p.latency_s, 700e-9));
+}
+
+#[test]
+fn shared_bank_conflicts_and_broadcasts() {
+    let mut b = Builder::new("banks", 32);
+    let sh = b.shared("sh", ScalarType::F32, 32 * 32);
+    let t = b.special(Special::ThreadId);
+    let n = b.u32(32);
+    let column = b.mul(t, n);
+    let one = b.f32(1.0);
+    b.store(sh, column, one); // 32 words, all in bank 0: 32 wavefronts
+    let zero = b.u32(0);
+    let _ = b.load(sh, zero, 1); // one word for all: broadcast, 1 wavefront
+    let _ = b.load(sh, t, 1); // 32 banks: 1 wavefront
+    let kernel = b.finish();
+    let t = run_traced(&kernel, &mut [], 1, &[0]).expect("runs");
+    let s = analyze(&t).shared;
+    assert_eq!((s.requests, s.wavefronts, s.ideal_wavefronts), (3, 34, 3));
+}
+
+#[test]
+fn occupancy_by_hand() {
+    let r = |threads, regs, shared_bytes| BlockResources {
+        threads,
+        regs_per_thread: Some(regs),
+        shared_bytes,
+    };
+    // sm_90, 128 threads, 64 regs: 64 x 32 = 2048 regs per warp (a multiple of 256);
+    // 65536 / 2048 = 32 warps -> 32 / 4 = 8 blocks (warps allow 16, blocks 32). 32 / 64 = 50%.
+    let o = occupancy(&SM90, r(128, 64, 0)).expect("fits");
+    assert_eq!(
+        (o.blocks_per_sm, o.warps_per_sm, o.limiter),
+        (8, 32, Limiter::Registers)
+    );
+    assert_eq!(o.fraction, 0.5);
+    // sm_90, 256 threads, 40 regs: 1280 per warp; 65536 / 1280 = 51 -> 48 (granularity 4);
+    // 48 / 8 = 6 blocks = 48 warps = 75%.
+    let o = occupancy(&SM90, r(256, 40, 0)).expect("fits");
+    assert_eq!((o.blocks_per_sm, o.warps_per_sm), (6, 48));
+    assert_eq!(o.fraction, 0.75);
+    // sm_80, 256 threads, 32 regs, 48 KiB shared: 49152 + 1024 = 50176 bytes per block;
+    // 167936 / 50176 = 3 blocks = 24 warps = 37.5% (registers would allow 8).
+    let o = occupancy(&SM80, r(256, 32, 48 * 1024)).expect("fits");
+    assert_eq!((o.blocks_per_sm, o.limiter), (3, Limiter::Shared));
+    assert_eq!(o.fraction, 0.375);
+    // sm_90, 1024 threads, 33 regs: 1056 -> 1280 per warp; 48 warps -> 1 block of 32 = 50%.
+    let o = occupancy(&SM90, r(1024, 33, 0)).expect("fits");
+    assert_eq!((o.blocks_per_sm, o.warps_per_sm), (1, 32));
+    // sm_80, 32 threads, 16 regs: warps allow 64 blocks, blocks 32: 32 warps = 50%.
+    let o = occupancy(&SM80, r(32, 16, 0)).expect("fits");
+    assert_eq!((o.blocks_per_sm, o.limiter), (32, Limiter::Blocks));
+    // Refused: too many registers, no threads, too much shared memory, 255 regs x 1024.
+    assert!(occupancy(&SM90, r(128, 256, 0)).is_err());
+    assert!(occupancy(&SM90, r(0, 32, 0)).is_err());
+    assert!(occupancy(&SM80, r(128, 32, 200 * 1024)).is_err());
+    assert!(occupancy(&SM90, r(1024, 255, 0)).is_err());
+}
+
+#[test]
+fn sdpa_bytes_and_samples() {
+    // K and V of 1 x 8 heads x 16384 tokens x 128 channels in bf16: 2 x 2^24 x 2 bytes.
+    assert_eq!(sdpa_bf16_bytes(1, 8, 16384, 128), Some(67_108_864));
+    assert_eq!(sdpa_bf16_bytes(u64::MAX, 2, 1, 1), None);
+    assert_eq!(sample_blocks(1), [0]);
+    assert_eq!(sample_blocks(2), [0, 1]);
+    assert_eq!(sample_blocks(128), [0, 64, 127]);
+    assert!(sample_blocks(0).is_empty());
+    for g in GPUS {
+        assert!(g.table().iter().all(|(_, _, source)| !source.is_empty()));
+    }
+}
+
+#[test]
+fn trace_names_each_thread_across_a_barrier() {
+    // sh[t] = in[t]; barrier; out[t] = sh[31 - t].
+    let mut b = Builder::new("reverse", 32);
+    let input = b.buffer("in", ScalarType::F32, Access::Read);
+    let out = b.buffer("out", ScalarType::F32, Access::Write);
+    let sh = b.shared("sh", ScalarType::F32, 32);
+    let t = b.special(Special::ThreadId);
+    let x = b.load(input, t, 1);
+    b.store(sh, t, x);
+    b.barrier();
+    let t = b.special(Special::ThreadId);
+    let last = b.u32(31);
+    let r = b.sub(last, t);
+    let y = b.load(sh, r, 1);
+    b.store(out, t, y);
+    let (tr, args) = trace(&b.finish(), 32, 32, 1);
+    let out = args[1].buffer().and_then(Buffer::as_f32).expect("f32");
+    assert_eq!(out[5], 26.0);
+    let thread = &tr.blocks[0].threads[5];
+    let got: Vec<(u32, bool)> = thread
+        .accesses
+        .values()
+        .flatten()
+        .map(|a| (a.index, a.store))
+        .collect();
+    // In instruction order: load in[5], store sh[5], load sh[26], store out[5].
+    assert_eq!(got, [(5, false), (5, true), (26, false), (5, true)]);
+    // One body (the top level, both regions), run once by every thread: thread id, load, store,
+    // thread id, sub, load, store (constants and the barrier are not counted).
+    assert_eq!(thread.body_runs, [1]);
+    assert_eq!(tr.body_insts, [7]);
+}
+
+#[test]
+fn traced_lowered_kernels_store_what_run_stores() {
+    use crate::lower::{self, InputType, Schedule, ShapeClass};
+    use crate::reference::quantize::{param_shape, row_bytes};
+    use crate::scheme::catalogue::CATALOGUE;
+    use crate::Shape3;
+    let class = ShapeClass {
+        head_dim: 32,
+        input: InputType::F32,
+    };
+    let span = Shape3 {
+        heads: 2,
+        tokens: 40,
+        dim: 32,
+    };
+    let mut checked = 0;
+    for (name, text) in CATALOGUE {
+        let scheme = crate::Scheme::parse(text).expect("catalogue schemes parse");
+        let schedule = Schedule::gpu_default(&scheme, class);
+        let Ok(l) = lower::quantize(&scheme, class, &schedule) else {
+            continue;
+        };
+        let n_params: usize = param_shape(&scheme, span).iter().product();
+        let x: Vec<f32> = (0..span.len())
+            .map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0)
+            .collect();
+        let args = vec![
+            Arg::Buffer(Buffer::F32(x)),
+            Arg::Buffer(Buffer::U8(vec![
+                0;
+                span.heads
+                    * span.tokens
+                    * row_bytes(&scheme, 32)
+            ])),
+            Arg::Buffer(Buffer::zeros(scheme_param(&scheme), n_params).expect("buffer")),
+            Arg::Buffer(Buffer::zeros(scheme_param(&scheme), n_params).expect("buffer")),
+            Arg::Buffer(Buffer::U32(vec![0])),
+            Arg::U32(2),
+            Arg::U32(40),
+        ];
+        let grid = l.launch.grid(2, 40, l.kernel.block_size) as u32;
+        let (mut plain, mut traced) = (args.clone(), args);
+        crate::ir::interp::run(&l.kernel, &mut plain, grid).expect("runs");
+        let all: Vec<u32> = (0..grid).collect();
+        let t = run_traced(&l.kernel, &mut traced, grid, &all).expect("runs traced");
+        assert_eq!(plain, traced, "{name}");
+        assert_eq!(t.blocks.len(), grid as usize, "{name}");
+        checked += 1;
+    }
+    assert!(checked >= 3, "only {checked} catalogue schemes lowered");
+}
+
+fn scheme_param(s: &crate::Scheme) -> ScalarType {
+    match s.params {
+        crate::ParamType::F16 => ScalarType::F16,
+        crate::ParamType::F32 => ScalarType::F32,
+    }
+}
+
+#[test]
+fn trace_names_each_thread_in_a_loop_with_a_barrier() {
+    // for k in 0..2 (block-uniform): sh[t] = in[64k + t]; barrier; out[64k + t] = sh[63 - t];
+    // barrier.
+    let mut b = Builder::new("reverse_twice", 64);
+    let input = b.buffer("in", ScalarType::F32, Access::Read);
+    let out = b.buffer("out", ScalarType::F32, Access::Write);
+    let sh = b.shared("sh", ScalarType::F32, 64);
+    let (start, end) = (b.u32(0), b.u32(128));
+    b.for_range(start, end, 64, |b, k| {
+        let t = b.special(Special::ThreadId);
+        let i = b.add(k, t);
+        let x = b.load(input, i, 1);
+        b.store(sh, t, x);
+        b.barrier();
+        let t = b.special(Special::ThreadId);
+        let i = b.add(k, t);
+        let last = b.u32(63);
+        let r = b.sub(last, t);
+        let y = b.load(sh, r, 1);
+        b.store(out, i, y);
+        b.barrier();
+    });
+    let kernel = b.finish();
+    crate::ir::verify(&kernel).expect("a valid kernel");
+    let (tr, args) = trace(&kernel, 128, 128, 1);
+    let out = args[1].buffer().and_then(Buffer::as_f32).expect("f32");
+    assert_eq!((out[5], out[69]), (58.0, 122.0));
+    let thread = &tr.blocks[0].threads[5];
+    let got: Vec<(u32, bool)> = thread
+        .accesses
+        .values()
+        .flatten()
+        .map(|a| (a.index, a.store))
+        .collect();
+    // By instruction: load in[5], in[69]; store sh[5] twice; load sh[58] twice; store out[5],
+    // out[69].
+    let want = [
+        (5, false),
+        (69, false),
+        (5, true),
+        (5, true),
+        (58, false),
+        (58, false),
+        (5, true),
+        (69, true),
+    ];
+    assert_eq!(got, want);
+    assert_eq!(thread.body_runs, [1, 2]);
+}

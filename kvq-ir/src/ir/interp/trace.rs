@@ -1,0 +1,407 @@
+//! An opt-in trace of the global- and shared-memory accesses of chosen blocks, for the GPU cost
+//! model ([`crate::gpu_model`]).
+//!
+//! [`run_traced`] runs only the chosen blocks. It runs a copy of the kernel in which `BlockId`
+//! and `GridSize` are constants and marker reads (one-element `SelectRank`s of two extra
+//! buffers) say which thread runs and which body (region, loop body, `If` branch) starts: the
+//! hook in `memory.rs` sees them, so the machine itself is unchanged. The hook costs
+//! [`run`](super::run) one relaxed atomic load per memory access when no
+//! trace is being taken. Instruction handles of the original kernel are kept (the marker
+//! instructions are appended to the arena), so a trace names the kernel's own instructions.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::{check_args, Arg, Buffer, InterpError, Malformed, MAX_BLOCK_ELEMS, MAX_NESTING};
+use crate::ir::kernel::{
+    Access as ParamAccess, Const, Inst, Kernel, Memory, Op, Param, ScalarType, Special, Type, Value,
+};
+
+/// One memory access of one thread: `repeat` requests of `lanes` consecutive elements, request
+/// `j` starting at element `index + j * stride` (a `Load` or `Store` is one request; a
+/// `SelectRank` gathers `count` single elements).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemAccess {
+    /// The memory: a buffer parameter or a shared array.
+    pub mem: Memory,
+    /// First element index.
+    pub index: u32,
+    /// Consecutive elements per request.
+    pub lanes: u32,
+    /// Number of requests.
+    pub repeat: u32,
+    /// Elements between the starts of consecutive requests.
+    pub stride: u32,
+    /// Bytes per element.
+    pub elem_bytes: u32,
+    /// A store (else a load).
+    pub store: bool,
+}
+
+/// What one thread of a traced block did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ThreadTrace {
+    /// By instruction index (of the traced kernel's arena), that instruction's accesses in order.
+    pub accesses: BTreeMap<usize, Vec<MemAccess>>,
+    /// How many times each body ([`Trace::body_insts`]) ran.
+    pub body_runs: Vec<u64>,
+}
+
+/// One traced block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockTrace {
+    /// The block id.
+    pub block: u32,
+    /// Its threads, by thread id.
+    pub threads: Vec<ThreadTrace>,
+}
+
+/// The trace of [`run_traced`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trace {
+    /// Per body (each region, loop body and `If` branch), the instructions one run of it issues:
+    /// its instructions other than constants (immediates), plus 2 per loop iteration (increment
+    /// and compare-and-branch). A proxy for the machine instruction count.
+    pub body_insts: Vec<u64>,
+    /// The traced blocks, in increasing block id.
+    pub blocks: Vec<BlockTrace>,
+}
+
+impl ThreadTrace {
+    /// Instructions this thread issued (see [`Trace::body_insts`]).
+    pub fn insts(&self, body_insts: &[u64]) -> u64 {
+        self.body_runs
+            .iter()
+            .zip(body_insts)
+            .fold(0u64, |sum, (runs, n)| {
+                sum.saturating_add(runs.saturating_mul(*n))
+            })
+    }
+}
+
+impl MemAccess {
+    /// One request of `lanes` consecutive elements of `elem` (a `Load` or `Store`).
+    pub(super) fn run(mem: Memory, index: u32, lanes: u32, elem: ScalarType, store: bool) -> Self {
+        MemAccess {
+            mem,
+            index,
+            lanes,
+            repeat: 1,
+            stride: 0,
+            elem_bytes: elem.size() as u32,
+            store,
+        }
+    }
+}
+
+/// Number of tracers running, on any thread: the hook's fast path when zero.
+static ACTIVE: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static RECORDER: RefCell<Option<Recorder>> = const { RefCell::new(None) };
+}
+
+struct Recorder {
+    /// The marker buffers: thread ids, body ids.
+    markers: [u32; 2],
+    current: Option<usize>,
+    threads: Vec<ThreadTrace>,
+}
+
+/// The hook `memory.rs` calls on every load, store and gather; does nothing unless tracing.
+#[inline]
+pub(super) fn record(h: Value, access: MemAccess) {
+    if ACTIVE.load(Ordering::Relaxed) != 0 {
+        record_slow(h, access);
+    }
+}
+
+#[cold]
+fn record_slow(h: Value, access: MemAccess) {
+    RECORDER.with(|r| {
+        let mut r = r.borrow_mut();
+        let Some(rec) = r.as_mut() else { return };
+        if access.mem == Memory::Param(rec.markers[0]) {
+            rec.current = Some(access.index as usize);
+            return;
+        }
+        if access.mem == Memory::Param(rec.markers[1]) {
+            let thread = rec.current.and_then(|c| rec.threads.get_mut(c));
+            if let Some(runs) = thread.and_then(|t| t.body_runs.get_mut(access.index as usize)) {
+                *runs += 1;
+            }
+            return;
+        }
+        if let Some(t) = rec.current.and_then(|c| rec.threads.get_mut(c)) {
+            t.accesses.entry(h.index()).or_default().push(access);
+        }
+    });
+}
+
+/// Installs a recorder on this thread for its lifetime (removed even on an early return).
+struct Installed;
+
+impl Installed {
+    fn new(rec: Recorder) -> Installed {
+        RECORDER.with(|r| *r.borrow_mut() = Some(rec));
+        ACTIVE.fetch_add(1, Ordering::Relaxed);
+        Installed
+    }
+
+    fn take(self) -> Option<Recorder> {
+        RECORDER.with(|r| r.borrow_mut().take())
+    }
+}
+
+impl Drop for Installed {
+    fn drop(&mut self) {
+        RECORDER.with(|r| *r.borrow_mut() = None);
+        ACTIVE.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Runs blocks `blocks` (ids at or past `grid_size` are skipped, repeats once) of `kernel` as
+/// part of a grid of `grid_size`, and traces their memory accesses. Only those blocks' stores
+/// land in `args`.
+pub fn run_traced(
+    kernel: &Kernel,
+    args: &mut [Arg],
+    grid_size: u32,
+    blocks: &[u32],
+) -> Result<Trace, InterpError> {
+    check_args(kernel, args)?;
+    let mut blocks: Vec<u32> = blocks.iter().copied().filter(|&b| b < grid_size).collect();
+    blocks.sort_unstable();
+    blocks.dedup();
+    let mut ins = instrument(kernel)?;
+    for &h in &ins.grid_sizes {
+        set_const(&mut ins.kernel, h, grid_size);
+    }
+    let bodies = ins.body_insts.len();
+    let marker_len = u64::from(kernel.block_size).max(bodies as u64);
+    if marker_len > MAX_BLOCK_ELEMS {
+        return Err(InterpError::TooLarge {
+            what: "trace markers",
+            elems: marker_len,
+        });
+    }
+    // The arguments move into the traced run and back, however it ends.
+    let mut all: Vec<Arg> = args
+        .iter_mut()
+        .map(|a| std::mem::replace(a, Arg::U32(0)))
+        .collect();
+    for _ in 0..2 {
+        all.push(Arg::Buffer(Buffer::F32(vec![0.0; marker_len as usize])));
+    }
+    let result = trace_blocks(&mut ins, &mut all, &blocks);
+    for (slot, arg) in args.iter_mut().zip(all) {
+        *slot = arg;
+    }
+    Ok(Trace {
+        body_insts: ins.body_insts,
+        blocks: result?,
+    })
+}
+
+fn trace_blocks(
+    ins: &mut Instrumented,
+    args: &mut [Arg],
+    blocks: &[u32],
+) -> Result<Vec<BlockTrace>, InterpError> {
+    let mut out = Vec::with_capacity(blocks.len());
+    for &block in blocks {
+        for &h in &ins.block_ids {
+            set_const(&mut ins.kernel, h, block);
+        }
+        let thread = ThreadTrace {
+            accesses: BTreeMap::new(),
+            body_runs: vec![0; ins.body_insts.len()],
+        };
+        let installed = Installed::new(Recorder {
+            markers: ins.markers,
+            current: None,
+            threads: vec![thread; ins.kernel.block_size as usize],
+        });
+        super::run(&ins.kernel, args, 1)?;
+        let threads = installed.take().map(|r| r.threads).unwrap_or_default();
+        out.push(BlockTrace { block, threads });
+    }
+    Ok(out)
+}
+
+fn set_const(kernel: &mut Kernel, h: Value, x: u32) {
+    if let Some(inst) = kernel.insts.get_mut(h) {
+        inst.op = Op::Const(Const::U32(x));
+    }
+}
+
+/// The kernel with markers, and where its block ids and grid sizes are.
+struct Instrumented {
+    kernel: Kernel,
+    markers: [u32; 2],
+    body_insts: Vec<u64>,
+    block_ids: Vec<Value>,
+    grid_sizes: Vec<Value>,
+}
+
+/// The kernel with two extra F32 buffer parameters, the markers, read by one-element
+/// `SelectRank`s: `thread[thread_id]` (which thread runs) at the start of every body and after
+/// every loop, `If`, barrier and warp collective (where the machine may switch threads), and
+/// `body[id]` (one more run of body `id`) at the start of every body.
+fn instrument(kernel: &Kernel) -> Result<Instrumented, InterpError> {
+    let mut k = kernel.clone();
+    let first = k.params.len() as u32;
+    for name in ["__kvq_trace_thread", "__kvq_trace_body"] {
+        k.params.push(Param::Buffer {
+            name: name.to_string(),
+            elem: ScalarType::F32,
+            access: ParamAccess::Read,
+        });
+    }
+    let (mut block_ids, mut grid_sizes) = (Vec::new(), Vec::new());
+    for (h, inst) in k.insts.iter() {
+        match inst.op {
+            Op::Special(Special::BlockId) => block_ids.push(h),
+            Op::Special(Special::GridSize) => grid_sizes.push(h),
+            _ => {}
+        }
+    }
+    let top = std::mem::take(&mut k.body.0);
+    let mut w = Walker {
+        kernel: &mut k,
+        markers: [first, first + 1],
+        body_insts: Vec::new(),
+        seen: HashSet::new(),
+    };
+    let top = w.body(top, 0, 0)?;
+    let body_insts = w.body_insts;
+    k.body.0 = top;
+    Ok(Instrumented {
+        kernel: k,
+        markers: [first, first + 1],
+        body_insts,
+        block_ids,
+        grid_sizes,
+    })
+}
+
+fn nested(op: &mut Op, which: u8) -> Option<&mut crate::ir::Block> {
+    match (op, which) {
+        (Op::Loop { body, .. }, 0) | (Op::If { then: body, .. }, 0) => Some(body),
+        (Op::If { otherwise, .. }, 1) => Some(otherwise),
+        _ => None,
+    }
+}
+
+struct Walker<'k> {
+    kernel: &'k mut Kernel,
+    markers: [u32; 2],
+    body_insts: Vec<u64>,
+    /// Instructions already walked: a malformed kernel may place one twice.
+    seen: HashSet<usize>,
+}
+
+impl Walker<'_> {
+    /// Numbers the body `insts` (and those nested in it, which it instruments in place) and
+    /// returns it with markers; `extra` instructions are added per run.
+    fn body(
+        &mut self,
+        insts: Vec<Value>,
+        depth: u32,
+        extra: u64,
+    ) -> Result<Vec<Value>, InterpError> {
+        if depth > MAX_NESTING {
+            return Err(InterpError::Malformed {
+                inst: insts.first().copied(),
+                problem: Malformed::TooDeep,
+            });
+        }
+        let id = self.body_insts.len() as u32;
+        self.body_insts.push(0);
+        let mut out = self.marker(Some(id));
+        let mut count = extra;
+        for h in insts {
+            out.push(h);
+            let Some(inst) = self.kernel.insts.try_get(h) else {
+                continue;
+            };
+            count += u64::from(!matches!(inst.op, Op::Const(_) | Op::Barrier));
+            let is_loop = matches!(inst.op, Op::Loop { .. });
+            let switch = !matches!(
+                inst.op,
+                Op::Const(_)
+                    | Op::ScalarParam(_)
+                    | Op::Special(_)
+                    | Op::Unary(..)
+                    | Op::Binary(..)
+                    | Op::Cmp(..)
+                    | Op::Select { .. }
+                    | Op::Convert(..)
+                    | Op::Bitcast(..)
+                    | Op::Load { .. }
+                    | Op::Store { .. }
+                    | Op::Extract(..)
+                    | Op::Vector(..)
+                    | Op::ReadLocal { .. }
+                    | Op::WriteLocal { .. }
+                    | Op::PackBits { .. }
+                    | Op::UnpackBits { .. }
+                    | Op::SelectRank { .. }
+            );
+            if self.seen.insert(h.index()) {
+                for which in [0u8, 1] {
+                    let taken = self.nested_mut(h, which).map(|b| std::mem::take(&mut b.0));
+                    let Some(taken) = taken else { continue };
+                    let new = self.body(taken, depth + 1, if is_loop { 2 } else { 0 })?;
+                    if let Some(b) = self.nested_mut(h, which) {
+                        b.0 = new;
+                    }
+                }
+            }
+            // Loops, ifs, barriers, collectives (and any op added later): the machine may
+            // switch threads there, so the running thread is marked again.
+            if switch {
+                out.extend(self.marker(None));
+            }
+        }
+        if let Some(slot) = self.body_insts.get_mut(id as usize) {
+            *slot = count;
+        }
+        Ok(out)
+    }
+
+    fn nested_mut(&mut self, h: Value, which: u8) -> Option<&mut crate::ir::Block> {
+        self.kernel
+            .insts
+            .get_mut(h)
+            .and_then(|i| nested(&mut i.op, which))
+    }
+
+    /// `thread[thread_id]`, then `body[id]` if given, as new instructions.
+    fn marker(&mut self, id: Option<u32>) -> Vec<Value> {
+        let insts = &mut self.kernel.insts;
+        let u32t = Some(Type::Scalar(ScalarType::U32));
+        let mut push = |op, ty| insts.append(Inst { op, ty });
+        let zero = push(Op::Const(Const::U32(0)), u32t);
+        let one = push(Op::Const(Const::U32(1)), u32t);
+        let tid = push(Op::Special(Special::ThreadId), u32t);
+        let mut out = vec![zero, one, tid];
+        let gather = |base| Op::SelectRank {
+            mem: Memory::Param(self.markers[usize::from(base != tid)]),
+            base,
+            stride: zero,
+            count: one,
+            rank: zero,
+        };
+        let f32t = Some(Type::Scalar(ScalarType::F32));
+        let op = gather(tid);
+        out.push(push(op, f32t));
+        if let Some(id) = id {
+            let body = push(Op::Const(Const::U32(id)), u32t);
+            let op = gather(body);
+            out.extend([body, push(op, f32t)]);
+        }
+        out
+    }
+}

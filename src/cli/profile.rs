@@ -1,0 +1,331 @@
+//! `kvq profile`: a scheme pair's GPU kernels through the GPU cost model of
+//! `kvq_ir::gpu_model`, without a GPU: ptxas resources, occupancy, a warp-level trace analysis of
+//! sampled blocks, and a predicted time beside a bandwidth bound. Every time is predicted.
+
+use anyhow::{bail, Context, Result};
+use half::{bf16, f16};
+use kvq::Scheme;
+use kvq_codegen::{ptx, ptxas, Arch};
+use kvq_ir::gpu_model::{self, BlockResources, GpuParams};
+use kvq_ir::ir::interp::{run_traced, Arg, Buffer};
+use kvq_ir::ir::{verify, Kernel};
+use kvq_ir::lower::{self, InputType, Lowered, Schedule, ShapeClass};
+use kvq_ir::reference::quantize::{param_shape, row_bytes};
+use kvq_ir::scheme::ParamType;
+use kvq_ir::Shape3;
+
+use super::profile_report::{self, KernelReport};
+use super::Input;
+
+/// The most bytes of argument buffers the interpreter run may allocate.
+const MAX_SIM_BYTES: u64 = 4 << 30;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum TargetArg {
+    #[value(name = "sm_80")]
+    Sm80,
+    #[value(name = "sm_90")]
+    Sm90,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum GpuArg {
+    H100,
+    H200,
+    A100,
+}
+
+/// Options of `kvq profile`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Key scheme.
+    #[arg(long)]
+    key: String,
+    /// Value scheme.
+    #[arg(long)]
+    value: String,
+    /// GPU architecture.
+    #[arg(long, value_enum)]
+    target: TargetArg,
+    /// GPU whose parameters the model uses (default: a100 for sm_80, h100 for sm_90).
+    #[arg(long, value_enum)]
+    gpu: Option<GpuArg>,
+    /// Tokens of the span.
+    #[arg(long, default_value_t = 16384, value_parser = super::sizes::positive_tokens)]
+    tokens: usize,
+    /// Sequences.
+    #[arg(long, default_value_t = 1, value_parser = super::sizes::batch)]
+    batch: usize,
+    /// Key/value heads.
+    #[arg(long, default_value_t = 8, value_parser = super::sizes::heads)]
+    kv_heads: usize,
+    /// Query heads per kv head (recorded with the shape; the SDPA bound leaves the query out).
+    #[arg(long, default_value_t = 4, value_parser = super::sizes::group)]
+    group: u32,
+    /// Channels per head.
+    #[arg(long, default_value_t = 128, value_parser = super::sizes::head_dim)]
+    head_dim: u32,
+    /// Element type of the K/V the kernels read.
+    #[arg(long, value_enum, default_value = "f16")]
+    input: Input,
+    /// Write deterministic JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The shape profiled: `batch * kv_heads` heads of `tokens` x `head_dim`.
+#[derive(Debug, Clone, Copy)]
+pub struct ProfileShape {
+    pub batch: usize,
+    pub kv_heads: usize,
+    pub tokens: usize,
+    pub head_dim: u32,
+    pub group: u32,
+    pub input: InputType,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let key = Scheme::parse(&args.key).context("--key")?;
+    let value = Scheme::parse(&args.value).context("--value")?;
+    let (arch, arch_name) = match args.target {
+        TargetArg::Sm80 => (Arch::Sm80, "sm_80"),
+        TargetArg::Sm90 => (Arch::Sm90, "sm_90"),
+    };
+    let gpu = match args.gpu {
+        None => GpuParams::default_for(arch_name),
+        Some(GpuArg::H100) => Some(gpu_model::H100),
+        Some(GpuArg::H200) => Some(gpu_model::H200),
+        Some(GpuArg::A100) => Some(gpu_model::A100),
+    }
+    .context("no GPU for the target")?;
+    if gpu.arch.name != arch_name {
+        bail!(
+            "--gpu {} is {}, not --target {arch_name}",
+            gpu.name,
+            gpu.arch.name
+        );
+    }
+    let shape = ProfileShape {
+        batch: args.batch,
+        kv_heads: args.kv_heads,
+        tokens: args.tokens,
+        head_dim: args.head_dim,
+        group: args.group,
+        input: args.input.into(),
+    };
+    let span = span_shape(&shape)?;
+    let class = ShapeClass {
+        head_dim: shape.head_dim,
+        input: shape.input,
+    };
+    let assembler = ptxas::find();
+    let mut reports = Vec::new();
+    for (role, scheme) in [("key", key), ("value", value)] {
+        let schedule = Schedule::gpu_default(&scheme, class);
+        let q =
+            lower::quantize(&scheme, class, &schedule).with_context(|| format!("{role} scheme"))?;
+        let d = lower::dequantize(&scheme, class, &schedule)
+            .with_context(|| format!("{role} scheme"))?;
+        for (kind, lowered) in [("quantize", q), ("dequantize", d)] {
+            let ctx = Ctx {
+                gpu: &gpu,
+                arch,
+                assembler: assembler.as_deref(),
+                span,
+            };
+            let r = profile_kernel(
+                &ctx,
+                &format!("{role} {kind}"),
+                &scheme,
+                shape.input,
+                &lowered,
+            )
+            .with_context(|| format!("{role} {kind}"))?;
+            reports.push(r);
+        }
+    }
+    let sdpa_bytes = gpu_model::sdpa_bf16_bytes(
+        shape.batch as u64,
+        shape.kv_heads as u64,
+        shape.tokens as u64,
+        u64::from(shape.head_dim),
+    )
+    .context("the shape's SDPA byte count overflows")?;
+    let report = profile_report::Report {
+        gpu: &gpu,
+        shape,
+        ptxas: assembler.is_some(),
+        kernels: reports,
+        sdpa_bytes,
+    };
+    let note = "note: ptxas not found (run scripts/setup.sh or set KVQ_PTXAS): registers, stack \
+                and occupancy's register limit are unknown; shared memory is the IR's";
+    if args.json {
+        if assembler.is_none() {
+            eprintln!("{note}");
+        }
+        println!("{}", serde_json::to_string_pretty(&report.json())?);
+    } else {
+        if assembler.is_none() {
+            println!("{note}");
+        }
+        print!("{}", report.text());
+    }
+    Ok(())
+}
+
+/// The span shape, refused when the kernels cannot address it or it is too large to simulate.
+fn span_shape(s: &ProfileShape) -> Result<Shape3> {
+    let heads = (s.batch as u64) * (s.kv_heads as u64);
+    let elems = kvq_ir::limits::check_addressable(heads, s.tokens as u64, u64::from(s.head_dim))
+        .with_context(|| format!("batch {} x {} kv heads", s.batch, s.kv_heads))?;
+    // The largest launch: the input and a f32 output, both whole (only sampled blocks run).
+    let bytes = elems * (s.input.scalar().size() as u64 + 4);
+    if bytes > MAX_SIM_BYTES {
+        bail!(
+            "simulating {elems} elements needs about {bytes} bytes of host memory, more than the {MAX_SIM_BYTES} allowed"
+        );
+    }
+    Ok(Shape3 {
+        heads: heads as usize,
+        tokens: s.tokens,
+        dim: s.head_dim as usize,
+    })
+}
+
+struct Ctx<'a> {
+    gpu: &'a GpuParams,
+    arch: Arch,
+    assembler: Option<&'a std::path::Path>,
+    span: Shape3,
+}
+
+fn profile_kernel(
+    ctx: &Ctx,
+    role: &str,
+    scheme: &Scheme,
+    input: InputType,
+    lowered: &Lowered,
+) -> Result<KernelReport> {
+    let kernel = &lowered.kernel;
+    let info = verify(kernel)?;
+    let ptxas = match ctx.assembler {
+        Some(path) => {
+            let text = ptx::emit(kernel, &info, ctx.arch)?.text;
+            Some(ptxas::assemble(path, &text, ctx.arch, &kernel.name)?)
+        }
+        None => None,
+    };
+    let shared_bytes = match ptxas {
+        Some(r) => r.shared,
+        None => ir_shared_bytes(kernel)?,
+    };
+    let block = BlockResources {
+        threads: kernel.block_size,
+        regs_per_thread: ptxas.map(|r| r.registers),
+        shared_bytes,
+    };
+    let occupancy = gpu_model::occupancy(&ctx.gpu.arch, block)?;
+    let span = ctx.span;
+    let grid = lowered
+        .launch
+        .grid(span.heads as u32, span.tokens as u32, kernel.block_size);
+    let grid = u32::try_from(grid).map_err(|_| anyhow::anyhow!("{grid} blocks exceed 2^32 - 1"))?;
+    let sample = gpu_model::sample_blocks(grid);
+    let (mut args, bound_bytes) = if role.ends_with("dequantize") {
+        dequantize_args(scheme, span)?
+    } else {
+        quantize_args(scheme, span, input)?
+    };
+    let buffer_bytes: Vec<u64> = args
+        .iter()
+        .map(|a| a.buffer().map_or(0, |b| (b.len() * b.elem().size()) as u64))
+        .collect();
+    let trace = run_traced(kernel, &mut args, grid, &sample)?;
+    let stats = gpu_model::analyze(&trace);
+    let prediction = gpu_model::predict(ctx.gpu, grid, &occupancy, &stats, &buffer_bytes);
+    Ok(KernelReport {
+        role: role.to_string(),
+        name: kernel.name.clone(),
+        grid,
+        block: kernel.block_size,
+        ptxas,
+        shared_bytes,
+        occupancy,
+        sample,
+        stats,
+        prediction,
+        bound_bytes,
+        bound_s: gpu_model::bandwidth_bound_s(ctx.gpu, bound_bytes),
+    })
+}
+
+fn ir_shared_bytes(kernel: &Kernel) -> Result<u32> {
+    let bytes: u64 = kernel
+        .shared
+        .iter()
+        .map(|s| u64::from(s.len) * s.elem.size() as u64)
+        .sum();
+    u32::try_from(bytes).context("shared memory exceeds 2^32 - 1 bytes")
+}
+
+/// Deterministic values in [-1, 1], element `i` of the input.
+fn synthetic(i: usize) -> f32 {
+    let h = (i as u64).wrapping_mul(2_654_435_761) % 2001;
+    h as f32 / 1000.0 - 1.0
+}
+
+fn params(p: ParamType, len: usize, x: f32) -> Buffer {
+    match p {
+        ParamType::F16 => Buffer::F16(vec![f16::from_f32(x); len]),
+        ParamType::F32 => Buffer::F32(vec![x; len]),
+    }
+}
+
+/// Sizes of a span's packed codes and parameters, bytes: (codes, zero + scale, parameters each).
+fn packed_sizes(scheme: &Scheme, span: Shape3) -> (usize, usize, usize) {
+    let codes = span.heads * span.tokens * row_bytes(scheme, span.dim);
+    let n_params: usize = param_shape(scheme, span).iter().product();
+    let size = scheme.params.bits() as usize / 8;
+    (codes, 2 * n_params * size, n_params)
+}
+
+/// Arguments of a quantize launch (`quantize_abi` order), and its copy bound in bytes: input
+/// read, codes and parameters written.
+fn quantize_args(scheme: &Scheme, span: Shape3, input: InputType) -> Result<(Vec<Arg>, u64)> {
+    let n = span.len();
+    let x = match input {
+        InputType::F16 => Buffer::F16((0..n).map(|i| f16::from_f32(synthetic(i))).collect()),
+        InputType::BF16 => Buffer::BF16((0..n).map(|i| bf16::from_f32(synthetic(i))).collect()),
+        InputType::F32 => Buffer::F32((0..n).map(synthetic).collect()),
+    };
+    let (codes, param_bytes, n_params) = packed_sizes(scheme, span);
+    let bound = (n * input.scalar().size() + codes + param_bytes) as u64;
+    let args = vec![
+        Arg::Buffer(x),
+        Arg::Buffer(Buffer::U8(vec![0; codes])),
+        Arg::Buffer(params(scheme.params, n_params, 0.0)),
+        Arg::Buffer(params(scheme.params, n_params, 0.0)),
+        Arg::Buffer(Buffer::U32(vec![0])),
+        Arg::U32(span.heads as u32),
+        Arg::U32(span.tokens as u32),
+    ];
+    Ok((args, bound))
+}
+
+/// Arguments of a dequantize launch (`dequantize_abi` order), and its copy bound in bytes:
+/// codes and parameters read, f32 output written.
+fn dequantize_args(scheme: &Scheme, span: Shape3) -> Result<(Vec<Arg>, u64)> {
+    let n = span.len();
+    let (codes, param_bytes, n_params) = packed_sizes(scheme, span);
+    let bound = (codes + param_bytes + n * 4) as u64;
+    let args = vec![
+        Arg::Buffer(Buffer::U8((0..codes).map(|i| (i % 251) as u8).collect())),
+        Arg::Buffer(params(scheme.params, n_params, -1.0)),
+        Arg::Buffer(params(scheme.params, n_params, 0.01)),
+        Arg::Buffer(Buffer::F32(vec![0.0; n])),
+        Arg::U32(span.heads as u32),
+        Arg::U32(span.tokens as u32),
+    ];
+    Ok((args, bound))
+}

@@ -1,0 +1,256 @@
+//! The text and JSON of `kvq profile`. Every modelled figure is labelled predicted.
+
+use std::fmt::Write;
+
+use kvq_codegen::ptxas::PtxasReport;
+use kvq_ir::gpu_model::{GlobalStats, GpuParams, Occupancy, Prediction, TraceStats};
+use serde_json::{json, Value};
+
+use super::profile::ProfileShape;
+
+/// What the model says about one kernel.
+pub struct KernelReport {
+    pub role: String,
+    pub name: String,
+    pub grid: u32,
+    pub block: u32,
+    pub ptxas: Option<PtxasReport>,
+    pub shared_bytes: u32,
+    pub occupancy: Occupancy,
+    pub sample: Vec<u32>,
+    pub stats: TraceStats,
+    pub prediction: Prediction,
+    /// Bytes of the copy bound (data read plus data written, once).
+    pub bound_bytes: u64,
+    pub bound_s: f64,
+}
+
+/// The whole profile.
+pub struct Report<'a> {
+    pub gpu: &'a GpuParams,
+    pub shape: ProfileShape,
+    pub ptxas: bool,
+    pub kernels: Vec<KernelReport>,
+    pub sdpa_bytes: u64,
+}
+
+/// Microseconds, rounded to 1 ns so that the JSON is short and stable.
+fn us(s: f64) -> f64 {
+    (s * 1e9).round() / 1e3
+}
+
+fn pct(x: Option<f64>) -> String {
+    x.map_or("n/a".to_string(), |x| format!("{:.1}%", x * 100.0))
+}
+
+fn per_warp(total: u64, warps: u64) -> f64 {
+    match warps {
+        0 => 0.0,
+        w => total as f64 / w as f64,
+    }
+}
+
+fn global_json(g: &GlobalStats) -> Value {
+    json!({
+        "requests": g.requests,
+        "sectors": g.sectors,
+        "useful_bytes": g.useful_bytes,
+        "efficiency": g.efficiency(),
+        "dram_sectors": g.dram_sectors,
+    })
+}
+
+impl Report<'_> {
+    fn sdpa_s(&self) -> f64 {
+        kvq_ir::gpu_model::bandwidth_bound_s(self.gpu, self.sdpa_bytes)
+    }
+
+    /// The text report.
+    pub fn text(&self) -> String {
+        let (g, s) = (self.gpu, &self.shape);
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "kvq profile: {} on {} ({}, {} SMs, {:.3} TB/s); all times are predicted by a model, not measured",
+            g.arch.name,
+            g.name,
+            g.product,
+            g.sms.value,
+            g.dram_bytes_per_s.value / 1e12
+        );
+        let _ = writeln!(
+            out,
+            "shape: batch {} x {} kv heads x {} tokens x head_dim {}, input {}",
+            s.batch,
+            s.kv_heads,
+            s.tokens,
+            s.head_dim,
+            s.input.name()
+        );
+        for k in &self.kernels {
+            kernel_text(&mut out, k);
+        }
+        let _ = writeln!(
+            out,
+            "PyTorch SDPA bf16 decode (reads K and V, {} bytes; q/out left out): predicted bound {:.3} us",
+            self.sdpa_bytes,
+            us(self.sdpa_s())
+        );
+        let _ = writeln!(
+            out,
+            "model: predicted = max(DRAM bytes / bandwidth, max(load misses / (resident warps x {0}), one warp's misses / {0}) x {1} ns latency, warp instructions / issue rate) + {2} us launch; parameters and sources: --json",
+            g.requests_in_flight_per_warp.value,
+            g.dram_latency_s.value * 1e9,
+            g.launch_s.value * 1e6
+        );
+        out
+    }
+
+    /// The JSON report (keys sorted, so deterministic).
+    pub fn json(&self) -> Value {
+        let s = &self.shape;
+        let params: Vec<Value> = self
+            .gpu
+            .table()
+            .into_iter()
+            .map(|(name, value, source)| json!({"name": name, "value": value, "source": source}))
+            .collect();
+        json!({
+            "note": "every predicted_* figure comes from kvq_ir::gpu_model, not a measurement",
+            "target": self.gpu.arch.name,
+            "gpu": self.gpu.name,
+            "product": self.gpu.product,
+            "ptxas": self.ptxas,
+            "shape": {
+                "batch": s.batch,
+                "kv_heads": s.kv_heads,
+                "tokens": s.tokens,
+                "head_dim": s.head_dim,
+                "group": s.group,
+                "input": s.input.name(),
+            },
+            "kernels": self.kernels.iter().map(kernel_json).collect::<Vec<_>>(),
+            "sdpa_bf16": {
+                "bytes": self.sdpa_bytes,
+                "predicted_bound_us": us(self.sdpa_s()),
+            },
+            "params": params,
+        })
+    }
+}
+
+fn kernel_text(out: &mut String, k: &KernelReport) {
+    let (st, p, o) = (&k.stats, &k.prediction, &k.occupancy);
+    let _ = writeln!(out, "\n{} ({})", k.role, k.name);
+    let _ = writeln!(out, "  launch        grid {} x block {}", k.grid, k.block);
+    let _ = match k.ptxas {
+        Some(r) => writeln!(
+            out,
+            "  ptxas         {} registers, {} B stack (local), {} B spilled, {} B shared",
+            r.registers,
+            r.stack_frame,
+            r.spill_stores + r.spill_loads,
+            r.shared
+        ),
+        None => writeln!(
+            out,
+            "  ptxas         not run; {} B shared (IR)",
+            k.shared_bytes
+        ),
+    };
+    let _ = writeln!(
+        out,
+        "  occupancy     {} theoretical ({} blocks, {} warps per SM; limited by {})",
+        pct(Some(o.fraction)),
+        o.blocks_per_sm,
+        o.warps_per_sm,
+        o.limiter.name()
+    );
+    let _ = writeln!(
+        out,
+        "  sample        {} of {} blocks {:?}, scaled x{:.2}",
+        k.sample.len(),
+        k.grid,
+        k.sample,
+        p.scale
+    );
+    for (what, g) in [("global loads ", &st.loads), ("global stores", &st.stores)] {
+        let _ = writeln!(
+            out,
+            "  {what} {} warp requests, {} sectors, coalescing {}",
+            g.requests,
+            g.sectors,
+            pct(g.efficiency())
+        );
+    }
+    let _ = writeln!(
+        out,
+        "  shared        {} warp requests, bank conflicts x{} (wavefronts / ideal)",
+        st.shared.requests,
+        st.shared
+            .conflict_factor()
+            .map_or("n/a".to_string(), |f| format!("{f:.2}"))
+    );
+    let _ = writeln!(
+        out,
+        "  instructions  {:.1} per warp (IR instructions, sampled mean)",
+        per_warp(st.warp_insts, st.warps)
+    );
+    let _ = writeln!(
+        out,
+        "  predicted     DRAM {:.3} us ({} B), latency {:.3} us, issue {:.3} us, launch {:.3} us",
+        us(p.dram_s),
+        p.dram_bytes.round(),
+        us(p.latency_s),
+        us(p.issue_s),
+        us(p.launch_s)
+    );
+    let _ = writeln!(
+        out,
+        "  predicted     {:.3} us, bound by {}; copy bound {:.3} us ({} B); ratio {:.2}",
+        us(p.total_s),
+        p.bound.name(),
+        us(k.bound_s),
+        k.bound_bytes,
+        p.total_s / k.bound_s
+    );
+}
+
+fn kernel_json(k: &KernelReport) -> Value {
+    let (st, p, o) = (&k.stats, &k.prediction, &k.occupancy);
+    let r = k.ptxas;
+    json!({
+        "role": k.role,
+        "name": k.name,
+        "grid": k.grid,
+        "block": k.block,
+        "registers": r.map(|r| r.registers),
+        "stack_bytes": r.map(|r| r.stack_frame),
+        "spill_bytes": r.map(|r| r.spill_stores + r.spill_loads),
+        "shared_bytes": k.shared_bytes,
+        "occupancy": o.fraction,
+        "blocks_per_sm": o.blocks_per_sm,
+        "warps_per_sm": o.warps_per_sm,
+        "occupancy_limiter": o.limiter.name(),
+        "sample_blocks": k.sample,
+        "global_loads": global_json(&st.loads),
+        "global_stores": global_json(&st.stores),
+        "shared": {
+            "requests": st.shared.requests,
+            "wavefronts": st.shared.wavefronts,
+            "ideal_wavefronts": st.shared.ideal_wavefronts,
+            "conflict_factor": st.shared.conflict_factor(),
+        },
+        "warp_insts_per_warp": per_warp(st.warp_insts, st.warps),
+        "predicted_dram_bytes": p.dram_bytes.round(),
+        "predicted_dram_us": us(p.dram_s),
+        "predicted_latency_us": us(p.latency_s),
+        "predicted_issue_us": us(p.issue_s),
+        "launch_us": us(p.launch_s),
+        "predicted_us": us(p.total_s),
+        "predicted_bound": p.bound.name(),
+        "copy_bound_bytes": k.bound_bytes,
+        "predicted_copy_bound_us": us(k.bound_s),
+        "predicted_ratio": p.total_s / k.bound_s,
+    })
+}

@@ -1,0 +1,181 @@
+//! `kvq profile` as a user runs it: the JSON's structure and hand-checkable facts, labels, and
+//! clean one-line failures.
+
+use std::process::{Command, Output};
+
+use kvq::Scheme;
+use kvq_ir::lower::{self, InputType, Schedule, ShapeClass};
+use serde_json::Value;
+
+const KEY: &str = "bits = 1, axis = channel, group = all, rule = shrink(0.5)";
+const VALUE: &str = "bits = 2, axis = token, group = 32, rule = minmax";
+
+fn profile(extra: &[&str]) -> Output {
+    profile_with(extra, None)
+}
+
+/// `kvq profile`, with `KVQ_PTXAS` set to `ptxas` when given.
+fn profile_with(extra: &[&str], ptxas: Option<&str>) -> Output {
+    let mut args = vec!["profile", "--key", KEY, "--value", VALUE];
+    args.extend_from_slice(extra);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kvq"));
+    cmd.args(args).env("KVQ_CACHE", "off");
+    if let Some(p) = ptxas {
+        cmd.env("KVQ_PTXAS", p);
+    }
+    cmd.output().unwrap()
+}
+
+/// A clean failure: exit status 1, nothing on stdout, one `error:` line, no panic.
+fn assert_clean_failure(out: &Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(out.stdout.is_empty());
+    assert_eq!(stderr.lines().count(), 1, "not one line: {stderr}");
+    assert!(stderr.starts_with("error: "), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.contains(needle), "expected {needle:?} in {stderr}");
+}
+
+const SHAPE: [&str; 6] = ["--kv-heads", "2", "--tokens", "1024", "--head-dim", "64"];
+
+#[test]
+fn json_has_every_kernel_with_checkable_facts() {
+    let mut args = vec!["--target", "sm_90", "--json"];
+    args.extend_from_slice(&SHAPE);
+    let out = profile(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(j["target"], "sm_90");
+    assert_eq!(j["gpu"], "h100");
+    // K and V of 2 heads x 1024 tokens x 64 channels in bf16: 2 x 131072 x 2 bytes.
+    assert_eq!(j["sdpa_bf16"]["bytes"], 524_288);
+    let kernels = j["kernels"].as_array().expect("kernels");
+    let roles: Vec<&str> = kernels
+        .iter()
+        .map(|k| k["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        roles,
+        [
+            "key quantize",
+            "key dequantize",
+            "value quantize",
+            "value dequantize"
+        ]
+    );
+    // By hand: the key (axis = channel, group = all) takes one block per (head, column of 8
+    // channels): 2 heads x 64 / 8 = 16. Every grid is its kernel's Launch rule for the shape.
+    let grids: Vec<u64> = kernels
+        .iter()
+        .map(|k| k["grid"].as_u64().unwrap())
+        .collect();
+    assert_eq!(grids[0], 16);
+    let class = ShapeClass {
+        head_dim: 64,
+        input: InputType::F16,
+    };
+    for (n, text) in [KEY, KEY, VALUE, VALUE].into_iter().enumerate() {
+        let s = Scheme::parse(text).unwrap();
+        let schedule = Schedule::gpu_default(&s, class);
+        let l = match n % 2 {
+            0 => lower::quantize(&s, class, &schedule),
+            _ => lower::dequantize(&s, class, &schedule),
+        }
+        .unwrap();
+        assert_eq!(l.launch.grid(2, 1024, l.kernel.block_size), grids[n]);
+        assert_eq!(kernels[n]["block"], l.kernel.block_size);
+    }
+    for k in kernels {
+        let g = k["grid"].as_u64().unwrap();
+        let sample: Vec<u64> = k["sample_blocks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b.as_u64().unwrap())
+            .collect();
+        assert_eq!(sample, [0, g / 2, g - 1]);
+        for which in ["global_loads", "global_stores"] {
+            let e = k[which]["efficiency"].as_f64().expect("efficiency");
+            assert!(e > 0.0 && e <= 1.0, "{which} {e}");
+        }
+        let occupancy = k["occupancy"].as_f64().unwrap();
+        assert!(occupancy > 0.0 && occupancy <= 1.0);
+        let total = k["predicted_us"].as_f64().unwrap();
+        for term in [
+            "predicted_dram_us",
+            "predicted_latency_us",
+            "predicted_issue_us",
+        ] {
+            assert!(k[term].as_f64().unwrap() <= total, "{term}");
+        }
+        assert!(k["predicted_copy_bound_us"].as_f64().unwrap() > 0.0);
+        assert!(k["predicted_ratio"].as_f64().unwrap() > 0.0);
+    }
+    // Deterministic: the same bytes again.
+    assert_eq!(profile(&args).stdout, out.stdout);
+}
+
+#[test]
+fn text_labels_every_time_predicted() {
+    let mut args = vec!["--target", "sm_80"];
+    args.extend_from_slice(&SHAPE);
+    let out = profile(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("sm_80 on a100"));
+    for line in text.lines().filter(|l| l.contains(" us")) {
+        assert!(line.contains("predicted"), "unlabelled: {line}");
+    }
+}
+
+#[test]
+fn without_ptxas_the_model_still_reports() {
+    let mut args = vec!["--target", "sm_90", "--json"];
+    args.extend_from_slice(&SHAPE);
+    let out = profile_with(&args, Some("/nonexistent/ptxas"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ptxas not found"));
+    let j: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(j["ptxas"], false);
+    for k in j["kernels"].as_array().unwrap() {
+        assert!(k["registers"].is_null());
+        assert!(k["occupancy"].as_f64().unwrap() > 0.0);
+        assert!(k["predicted_us"].as_f64().unwrap() > 0.0);
+    }
+}
+
+#[test]
+fn bad_options_are_one_line_errors() {
+    assert_clean_failure(&profile(&["--target", "sm_70"]), "sm_70");
+    assert_clean_failure(
+        &profile(&["--target", "sm_90", "--gpu", "a100"]),
+        "--gpu a100 is sm_80",
+    );
+    let huge = ["--target", "sm_90", "--batch", "4096", "--kv-heads", "4096"];
+    assert_clean_failure(&profile(&huge), "exceed the 4294967295 elements");
+    // 2^30 f32 elements: addressable, but input and output would take 4 GiB each.
+    let big = [
+        "--target",
+        "sm_90",
+        "--kv-heads",
+        "4096",
+        "--tokens",
+        "2048",
+        "--input",
+        "f32",
+    ];
+    assert_clean_failure(&profile(&big), "bytes of host memory");
+}
