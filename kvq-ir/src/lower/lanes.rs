@@ -42,7 +42,8 @@ fn group_channels(scheme: &Scheme, head_dim: u32) -> u32 {
 }
 
 /// The plan for `scheme` at `head_dim`, or why there is none. Quantize needs a token-axis scheme
-/// with a min/max rule and groups of whole lanes; both need whole code bytes per lane.
+/// with a min/max rule, groups of whole lanes and whole code bytes per lane; dequantize gives
+/// each lane at least 4 channels (one 16-byte store) and may share a code byte between lanes.
 pub fn plan(scheme: &Scheme, head_dim: u32, quantize: bool) -> Result<LanePlan, String> {
     let per_byte = scheme.bits.codes_per_byte() as u32;
     if quantize {
@@ -57,9 +58,10 @@ pub fn plan(scheme: &Scheme, head_dim: u32, quantize: bool) -> Result<LanePlan, 
         }
     }
     let n = group_channels(scheme, head_dim);
-    let mut v = (head_dim / 32)
-        .max(per_byte)
-        .max(if quantize { 1 } else { 4 });
+    let mut v = match quantize {
+        true => (head_dim / 32).max(per_byte),
+        false => (head_dim / 32).max(4),
+    };
     v = v.next_power_of_two();
     let lanes = head_dim / v.max(1);
     let fits = v <= 16
@@ -224,10 +226,11 @@ fn load_aligned_f32(
 }
 
 /// Dequantize, every scheme: each lane decodes `v` channels of its row and stores them as
-/// aligned f32 vectors of at most 4 (16 bytes).
+/// aligned f32 vectors of 4 (16 bytes), so that a warp's store request covers contiguous bytes.
+/// When lanes share a code byte (1-bit codes, 4 channels a lane) a lane extracts its codes by
+/// shifts ([`lane_code`]).
 pub fn dequantize(scheme: &Scheme, shape: ShapeClass, block_size: u32, p: LanePlan) -> Lowered {
     let d = shape.head_dim;
-    let per_byte = scheme.bits.codes_per_byte() as u32;
     let mut b = Builder::new(&kernel_name("dequantize_lanes", scheme, shape), block_size);
     let pt = param_type(scheme.params);
     let codes = b.buffer("codes", ScalarType::U8, crate::ir::Access::Read);
@@ -287,44 +290,34 @@ pub fn dequantize(scheme: &Scheme, shape: ShapeClass, block_size: u32, p: LanePl
         };
         let row_bytes = b.u32(d * scheme.bits.width() / 8);
         let code_row = b.mul(row, row_bytes);
-        let bytes_per_lane = b.u32(p.v / per_byte);
-        let lane_bytes = b.mul(lane, bytes_per_lane);
-        let code_base = b.add(code_row, lane_bytes);
         let dv = b.u32(d);
         let out_row = b.mul(row, dv);
         let out_base = b.add(out_row, c0);
         let width = p.v.min(4);
         let mut pending = Vec::new();
-        for k in 0..p.v / per_byte {
-            let off = b.u32(k);
-            let at = b.add(code_base, off);
-            let byte = b.load(codes, at, 1);
-            for l in 0..per_byte {
-                let c = k * per_byte + l;
-                let q = b.unpack_bits(byte, l as u8, scheme.bits, scheme.order);
-                let pat = param_at(b, c);
-                let z = b.load(zero_m, pat, 1);
-                let sc = b.load(scale_m, pat, 1);
-                let (z, sc) = match pt {
-                    ScalarType::F32 => (z, sc),
-                    _ => (
-                        b.convert(ScalarType::F32, z),
-                        b.convert(ScalarType::F32, sc),
-                    ),
+        for c in 0..p.v {
+            let q = lane_code(b, scheme, codes, code_row, c0, c);
+            let pat = param_at(b, c);
+            let z = b.load(zero_m, pat, 1);
+            let sc = b.load(scale_m, pat, 1);
+            let (z, sc) = match pt {
+                ScalarType::F32 => (z, sc),
+                _ => (
+                    b.convert(ScalarType::F32, z),
+                    b.convert(ScalarType::F32, sc),
+                ),
+            };
+            let qf = b.convert(ScalarType::F32, q);
+            let prod = b.mul(sc, qf);
+            pending.push(b.add(z, prod));
+            if pending.len() == width as usize {
+                let off = b.u32(c + 1 - width);
+                let at = b.add(out_base, off);
+                let value = match width {
+                    1 => pending[0],
+                    _ => b.vector(std::mem::take(&mut pending)),
                 };
-                let qf = b.convert(ScalarType::F32, q);
-                let prod = b.mul(sc, qf);
-                pending.push(b.add(z, prod));
-                if pending.len() == width as usize {
-                    let off = b.u32(c + 1 - width);
-                    let at = b.add(out_base, off);
-                    let value = match width {
-                        1 => pending[0],
-                        _ => b.vector(std::mem::take(&mut pending)),
-                    };
-                    pending.clear();
-                    b.store_aligned(out, at, value);
-                }
+                b.store_aligned(out, at, value);
             }
         }
     });
@@ -335,4 +328,44 @@ pub fn dequantize(scheme: &Scheme, shape: ShapeClass, block_size: u32, p: LanePl
             group: 1,
         },
     }
+}
+
+/// The code of channel `c0 + c` of the row whose codes start at byte `code_row`: when lanes hold
+/// whole code bytes (`per_byte` divides 4, hence `c0`), [`crate::ir::Op::UnpackBits`] at a
+/// constant position; else `(byte >> shift) & (2^b - 1)` with SPEC.md section 3's shift
+/// (`msb`: `8 - (j + 1) b`, `lsb`: `j b`, `j` the channel's position in its byte).
+fn lane_code(
+    b: &mut Builder,
+    scheme: &Scheme,
+    codes: crate::ir::Memory,
+    code_row: Value,
+    c0: Value,
+    c: u32,
+) -> Value {
+    let bits = scheme.bits.width();
+    let per_byte = scheme.bits.codes_per_byte() as u32;
+    let cv = b.u32(c);
+    let ch = b.add(c0, cv);
+    let pb = b.u32(per_byte);
+    let in_row = b.div(ch, pb);
+    let at = b.add(code_row, in_row);
+    let byte = b.load(codes, at, 1);
+    if 4 % per_byte == 0 {
+        return b.unpack_bits(byte, (c % per_byte) as u8, scheme.bits, scheme.order);
+    }
+    let j = b.rem(ch, pb);
+    let bits_v = b.u32(bits);
+    let jb = b.mul(j, bits_v);
+    let shift = match scheme.order {
+        crate::scheme::BitOrder::Lsb => jb,
+        crate::scheme::BitOrder::Msb => {
+            let top = b.u32(8 - bits);
+            b.sub(top, jb)
+        }
+    };
+    let wide = b.convert(ScalarType::U32, byte);
+    let shifted = b.binary(crate::ir::BinaryOp::Shr, wide, shift);
+    let mask = b.u32((1 << bits) - 1);
+    let code = b.binary(crate::ir::BinaryOp::And, shifted, mask);
+    b.convert(ScalarType::U8, code)
 }
