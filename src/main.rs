@@ -11,6 +11,7 @@ use clap::Parser;
 const MAX_ERROR_CHARS: usize = 2000;
 
 fn main() -> ExitCode {
+    restore_sigpipe();
     let parsed = match cli::Cli::try_parse() {
         Ok(parsed) => parsed,
         Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
@@ -31,6 +32,17 @@ fn main() -> ExitCode {
             eprintln!("error: {}", cut(&one_line(&e)));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Rust ignores SIGPIPE, so printing to a closed pipe (`kvq profile | head`) would panic in
+/// `println!`; with the default action the process ends quietly, as other command-line tools do.
+fn restore_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: called first in `main`, before any thread exists; `signal` with SIG_DFL installs no
+    // handler code, it only restores the default disposition of one signal.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 
