@@ -28,12 +28,20 @@ impl<'ctx> Lower<'_, 'ctx> {
 
     fn read_local_elem(&self, local: u32, e: u32) -> R<BasicValueEnum<'ctx>> {
         let index = self.ctx.i32_type().const_int(u64::from(e), false);
-        let (ptr, elem) = self.local(local, index)?;
-        self.load(ptr, elem, 1, elem.size() as u32)
+        self.read_local_at(local, index)
     }
 
     fn write_local_elem(&self, local: u32, e: u32, x: BasicValueEnum<'ctx>) -> R<()> {
         let index = self.ctx.i32_type().const_int(u64::from(e), false);
+        self.write_local_at(local, index, x)
+    }
+
+    fn read_local_at(&self, local: u32, index: IntValue<'ctx>) -> R<BasicValueEnum<'ctx>> {
+        let (ptr, elem) = self.local(local, index)?;
+        self.load(ptr, elem, 1, elem.size() as u32)
+    }
+
+    fn write_local_at(&self, local: u32, index: IntValue<'ctx>, x: BasicValueEnum<'ctx>) -> R<()> {
         let (ptr, elem) = self.local(local, index)?;
         self.store(ptr, elem, x, elem.size() as u32)
     }
@@ -132,13 +140,15 @@ impl<'ctx> Lower<'_, 'ctx> {
         let b = self.entry_alloca(scratch_ty.into(), "warp_b")?;
         let warps = i32_type.const_int(u64::from(self.kernel.block_size / WARP_SIZE), false);
         let zero = i32_type.const_zero();
+        let elems = i32_type.const_int(u64::from(len), false);
         self.counted_loop(zero, warps, 1, "warp", |this, warp| {
             let size = i32_type.const_int(u64::from(WARP_SIZE), false);
             let first = this.b.build_int_mul(warp, size, "first")?;
-            for e in 0..len {
+            // A loop over the elements, not unrolled code: host compile time stays small.
+            this.counted_loop(zero, elems, 1, "elem", |this, e| {
                 // Gather: a[lane] = local[e] of thread first + lane.
                 this.lanes(first, |this, lane| {
-                    let x = this.read_local_elem(local, e)?;
+                    let x = this.read_local_at(local, e)?;
                     this.scratch_store(a, elem, lane, x)
                 })?;
                 match w {
@@ -146,7 +156,7 @@ impl<'ctx> Lower<'_, 'ctx> {
                         let mask = i32_type.const_int(u64::from(mask), false);
                         let from = this.b.build_xor(lane, mask, "from")?;
                         let x = this.scratch_load(a, elem, from)?;
-                        this.write_local_elem(dst, e, x)
+                        this.write_local_at(dst, e, x)
                     })?,
                     WarpOp::ShuffleIdx { dst, lane: l, .. } => {
                         this.lanes(first, |this, lane| {
@@ -158,7 +168,7 @@ impl<'ctx> Lower<'_, 'ctx> {
                                 "from",
                             )?;
                             let x = this.scratch_load(a, elem, from)?;
-                            this.write_local_elem(dst, e, x)
+                            this.write_local_at(dst, e, x)
                         })?
                     }
                     WarpOp::Reduce { op, .. } => {
@@ -180,12 +190,12 @@ impl<'ctx> Lower<'_, 'ctx> {
                         }
                         this.lanes(first, |this, lane| {
                             let x = this.scratch_load(a, elem, lane)?;
-                            this.write_local_elem(local, e, x)
+                            this.write_local_at(local, e, x)
                         })?;
                     }
                 }
-            }
-            Ok(())
+                Ok(())
+            })
         })?;
         self.tid = None;
         Ok(())

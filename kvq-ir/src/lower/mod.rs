@@ -97,7 +97,10 @@ impl Schedule {
         let per_byte = scheme.bits.codes_per_byte() as u32;
         let channels = per_byte.max(8).min(shape.head_dim);
         Schedule {
+            // group = all with a min/max rule: 32 warps per column, their extremes combined by
+            // warp reductions (the rules that read the whole group keep 256 threads).
             block_size: match (scheme.axis, scheme.group) {
+                (Axis::Channel, Group::All) if !emit::reads_group(scheme.rule) => 1024,
                 (Axis::Channel, Group::All) => 256,
                 _ => 128,
             },

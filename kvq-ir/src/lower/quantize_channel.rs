@@ -1,6 +1,6 @@
 //! Quantize kernels for axis = channel: a group is one (head, channel) over a run of tokens.
 
-use crate::ir::{Builder, CmpOp, Memory, ScalarType, Special, Value};
+use crate::ir::{Builder, CmpOp, Memory, ReduceOp, ScalarType, Special, Value, WarpOp, WARP_SIZE};
 use crate::scheme::{Group, Scheme};
 
 use super::emit::{
@@ -158,6 +158,8 @@ pub fn shared_bytes(scheme: &Scheme, s: &Schedule) -> u64 {
     let (bsz, w) = (u64::from(s.block_size), u64::from(s.channels));
     let partials = if reads_group(scheme.rule) {
         0
+    } else if warp_reduced(scheme, s) {
+        2 * (bsz / u64::from(WARP_SIZE)) * w
     } else {
         2 * bsz * w
     };
@@ -170,17 +172,37 @@ pub fn shared_bytes(scheme: &Scheme, s: &Schedule) -> u64 {
     4 * (partials + 2 * w + thresholds)
 }
 
+/// Whether the group = all kernel of a cooperative schedule combines the threads' extremes by
+/// warp reductions (min/max rules; a block of whole warps) instead of one partial per thread.
+fn warp_reduced(scheme: &Scheme, s: &Schedule) -> bool {
+    s.cooperative && !reads_group(scheme.rule) && s.block_size % WARP_SIZE == 0
+}
+
 /// group = all: one block per (head, column); threads split the tokens.
+///
+/// Cooperative schedules with a min/max rule combine the threads' extremes by two warp
+/// reductions (each warp's, then the warps' partials from shared memory), so that every thread
+/// ends with the column's extremes; min and max are order-free here (the sign of a zero extreme
+/// is normalised, non-finite input is flagged), so the codes are the per-thread kernel's.
 fn lower_all(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
     let p = Plan::new(scheme, shape, s);
     let bsz = s.block_size;
-    let mut b = Builder::new(&kernel_name("quantize", scheme, shape), bsz);
+    let warp_reduce = warp_reduced(scheme, s);
+    let name = match warp_reduce {
+        true => kernel_name("quantize_warps", scheme, shape),
+        false => kernel_name("quantize", scheme, shape),
+    };
+    let mut b = Builder::new(&name, bsz);
     let [x, codes, zero_m, scale_m, status] = quantize_params(&mut b, scheme, shape);
-    // Partial extremes per thread (not needed by rules that read the whole group).
+    // Partial extremes per thread, or per warp (not needed by rules that read the whole group).
+    let slots = match warp_reduce {
+        true => bsz / WARP_SIZE,
+        false => bsz,
+    };
     let partials = (!p.reads_group()).then(|| {
         (
-            b.shared("part_min", ScalarType::F32, bsz * p.w),
-            b.shared("part_max", ScalarType::F32, bsz * p.w),
+            b.shared("part_min", ScalarType::F32, slots * p.w),
+            b.shared("part_max", ScalarType::F32, slots * p.w),
         )
     });
     let zero_s = b.shared("zero", ScalarType::F32, p.w);
@@ -220,7 +242,9 @@ fn lower_all(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
         p.accumulate(b, &values, min, max, bad);
     });
     flag_non_finite(&mut b, bad, status);
-    if let Some((part_min, part_max)) = partials {
+    if let (Some((part_min, part_max)), true) = (partials, warp_reduce) {
+        warp_extremes(&mut b, &p, [min, max], [part_min, part_max], bsz);
+    } else if let Some((part_min, part_max)) = partials {
         let w = b.u32(p.w);
         let slot = b.mul(tid, w);
         for i in 0..p.w {
@@ -249,6 +273,12 @@ fn lower_all(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
                 let base = b.add(start, ch);
                 let input = shape.input.scalar();
                 group_range(b, scheme.rule, x, input, [base, d, tokens], range_local)
+            }
+            // Every thread holds the column's extremes after the warp reductions.
+            Some(_) if warp_reduce => {
+                let mn = b.read_local(min, i);
+                let mx = b.read_local(max, i);
+                range_from_extremes(b, scheme.rule, mn, mx)
             }
             Some((part_min, part_max)) => {
                 let (lo0, hi0) = (b.load(part_min, i, 1), b.load(part_max, i, 1));
@@ -420,4 +450,62 @@ fn lower_groups(scheme: &Scheme, shape: ShapeClass, s: &Schedule, n: u32) -> Low
             group: n,
         },
     }
+}
+
+/// The column's extremes in every thread's `min`/`max` locals: each warp reduces its lanes'
+/// extremes, its lane 0 writes them to `part_*[warp * w + i]`, and after a barrier every warp
+/// reduces the warps' partials (lanes past the last warp contribute +inf / -inf).
+fn warp_extremes(b: &mut Builder, p: &Plan, [min, max]: [u32; 2], parts: [Memory; 2], bsz: u32) {
+    b.warp(WarpOp::Reduce {
+        op: ReduceOp::Min,
+        local: min,
+    });
+    b.warp(WarpOp::Reduce {
+        op: ReduceOp::Max,
+        local: max,
+    });
+    let lane = b.special(Special::LaneId);
+    let zero = b.u32(0);
+    let first = b.cmp(CmpOp::Eq, lane, zero);
+    b.if_then(first, |b| {
+        let warp = b.special(Special::WarpId);
+        let w = b.u32(p.w);
+        let slot = b.mul(warp, w);
+        for i in 0..p.w {
+            let idx = b.u32(i);
+            let at = b.add(slot, idx);
+            for (local, part) in [min, max].into_iter().zip(parts) {
+                let v = b.read_local(local, idx);
+                b.store(part, at, v);
+            }
+        }
+    });
+    b.barrier();
+    let lane = b.special(Special::LaneId);
+    let warps = b.u32(bsz / WARP_SIZE);
+    let has = b.cmp(CmpOp::Lt, lane, warps);
+    let inf = b.f32(f32::INFINITY);
+    let ninf = b.f32(f32::NEG_INFINITY);
+    let w = b.u32(p.w);
+    let slot = b.mul(lane, w);
+    for i in 0..p.w {
+        let idx = b.u32(i);
+        for (local, part, neutral) in [(min, parts[0], inf), (max, parts[1], ninf)] {
+            b.write_local(local, idx, neutral);
+            b.if_then(has, |b| {
+                let idx = b.u32(i);
+                let at = b.add(slot, idx);
+                let v = b.load(part, at, 1);
+                b.write_local(local, idx, v);
+            });
+        }
+    }
+    b.warp(WarpOp::Reduce {
+        op: ReduceOp::Min,
+        local: min,
+    });
+    b.warp(WarpOp::Reduce {
+        op: ReduceOp::Max,
+        local: max,
+    });
 }
