@@ -16,7 +16,10 @@
 #        text tokens, batch 1 and 4) for the 1-bit CalibQuant pair. Batch-4 cases share one K/V
 #        among their four sequences (--share-kv, distinct queries) so that everything fits the
 #        64 MiB a device call may carry; their timings read that K/V four times, mostly from L2;
-#     5. writes target/gpu-work/run.sh, which runs kvq-gpu-check over all of it and then
+#     5. writes `kvq profile --json` predictions (h100 and h200) for every pair at every
+#        quantize case's shape into predicted/, so that run.sh prints measured beside predicted
+#        times (scripts/measured_vs_predicted.py) and the cost model can be corrected;
+#     6. writes target/gpu-work/run.sh, which runs kvq-gpu-check over all of it and then
 #        sdpa_baseline.py (torch's scaled_dot_product_attention in bf16 on the unquantized
 #        cache, same shapes), and prints the device command.
 #   Everything lands in target/gpu-work/ (under target/, so git ignores it); with the working
@@ -62,8 +65,8 @@ Device tool call (the work dir is under target/, so it must be carried):
 which runs, from the repository root:
   nvidia-smi; ldd --version; ./kvq-gpu-check \$(bundles) \$(cases) \$(attention cases) --runs 50 --out "\$OUT"
   python3 sdpa_baseline.py     # torch SDPA bf16 on the unquantized cache, same shapes
-Results: \$OUT/results.md (markdown tables), \$OUT/sdpa.md and \$OUT/log.txt; exit status non-zero on
-any mismatch.
+Results: \$OUT/results.md (markdown tables), \$OUT/predicted.md (measured beside kvq profile's
+predicted times), \$OUT/sdpa.md and \$OUT/log.txt; exit status non-zero on any mismatch.
 Note: kvq-gpu-check needs glibc >= $(objdump -T "$work/kvq-gpu-check" 2>/dev/null | grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -n 1 | sed 's/GLIBC_//' || echo '?') and a driver that accepts the PTX ISA version in the bundles.
 MSG
 }
@@ -74,7 +77,7 @@ prepare() {
     cargo build --release -p kvq-runtime --bin kvq-gpu-check
     cargo build --release --bin kvq
     rm -rf "$work"
-    mkdir -p "$work/bundles" "$work/expected"
+    mkdir -p "$work/bundles" "$work/expected" "$work/predicted"
     cp target/release/kvq-gpu-check "$work/"
     local kvq=target/release/kvq check="$work/kvq-gpu-check"
     local bundle_args=() cases=()
@@ -91,8 +94,18 @@ prepare() {
                 local cap="${c%%|*}" layers="${c#*|}"
                 for layer in $layers; do
                     local expected="expected/$kernel.$cap.L$layer.safetensors"
-                    "$kvq" quantize --kv "tests/data/$cap.safetensors" --tensor "$tensor" --layer "$layer" \
-                        --scheme "$scheme" --backend host -o "$work/$expected"
+                    local said heads tokens
+                    said=$("$kvq" quantize --kv "tests/data/$cap.safetensors" --tensor "$tensor" --layer "$layer" \
+                        --scheme "$scheme" --backend host -o "$work/$expected")
+                    echo "$said"
+                    # "PATH: H x T x D -> ...": the shape the kernel is timed at.
+                    read -r heads tokens < <(sed -E 's/.*: ([0-9]+) x ([0-9]+) x [0-9]+ -> .*/\1 \2/' <<<"$said")
+                    for gpu in h100 h200; do
+                        local predicted="$work/predicted/$name.${heads}x${tokens}.$gpu.json"
+                        [ -f "$predicted" ] || "$kvq" profile --key "$key" --value "$value" --target sm_90 \
+                            --gpu "$gpu" --kv-heads "$heads" --tokens "$tokens" --head-dim 64 --input f16 \
+                            --json >"$predicted"
+                    done
                     # The captures travel with the working tree: ../../tests/data from the work dir.
                     cases+=("../../tests/data/$cap.safetensors,$tensor,$layer,$expected,$kernel")
                 done
@@ -123,7 +136,7 @@ prepare() {
             -o "$work/attention/calibquant.$span.b$batch.safetensors"
         attention+=("attention/calibquant.$span.b$batch.safetensors")
     done
-    cp scripts/sdpa_baseline.py "$work/"
+    cp scripts/sdpa_baseline.py scripts/measured_vs_predicted.py "$work/"
     printf '%s\n' "${cases[@]}" >"$work/cases.txt"
     {
         echo '#!/usr/bin/env bash'
@@ -140,6 +153,7 @@ prepare() {
         for a in "${attention[@]}"; do printf ' --attention %q' "$a"; done
         echo ' --runs "${RUNS:-50}" --out "$out"'
         echo 'status=$?'
+        echo 'python3 measured_vs_predicted.py "$out/results.md" predicted | tee "$out/predicted.md"'
         echo 'python3 sdpa_baseline.py "${RUNS:-50}" | tee "$out/sdpa.md"'
         echo 'exit $status'
     } >"$work/run.sh"
