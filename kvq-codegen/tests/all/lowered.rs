@@ -104,10 +104,11 @@ fn catalogue_kernels_emit_clean_ptx() {
     }
 }
 
-/// The cooperative (lanes over channels) kernels of the GPU schedule: token-axis quantize with a
-/// min/max rule and every dequantize split rows across a warp's lanes. At head_dim 128 they hold
-/// a lane's few channels, not a row, so ptxas gives them few registers, no stack and no spills
-/// (the one-thread-per-row token kernel needed about 250).
+/// The cooperative kernels of the GPU schedule: token-axis quantize with a min/max rule and every
+/// dequantize split rows across a warp's lanes (at head_dim 128 they hold a lane's few channels,
+/// not a row: the one-thread-per-row token kernel needed about 250 registers); channel-axis
+/// group = all quantize with a min/max rule reduces extremes by warp shuffles. ptxas gives them
+/// at most 64 registers (1024-thread blocks need it), no stack (local memory) and no spills.
 #[test]
 fn cooperative_gpu_kernels_split_rows_across_lanes() {
     let shape = ShapeClass {
@@ -129,8 +130,16 @@ fn cooperative_gpu_kernels_split_rows_across_lanes() {
             q.kernel.name
         );
         assert!(dq.kernel.name.contains("dequantize_lanes"), "{name}");
+        let channel_min_max = scheme.axis == kvq_ir::Axis::Channel
+            && scheme.group == kvq_ir::Group::All
+            && !matches!(scheme.rule, kvq_ir::Rule::Quantile(_) | kvq_ir::Rule::Mse);
+        assert_eq!(
+            q.kernel.name.contains("quantize_warps"),
+            channel_min_max,
+            "{name}"
+        );
         let mut lanes = vec![dq];
-        if token_min_max {
+        if token_min_max || channel_min_max {
             lanes.push(q);
         }
         for lowered in lanes {

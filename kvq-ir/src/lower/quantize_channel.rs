@@ -276,8 +276,8 @@ fn lower_all(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
             }
             // Every thread holds the column's extremes after the warp reductions.
             Some(_) if warp_reduce => {
-                let mn = b.read_local(min, i);
-                let mx = b.read_local(max, i);
+                let mn = read_at(b, min, i, p.w);
+                let mx = read_at(b, max, i, p.w);
                 range_from_extremes(b, scheme.rule, mn, mx)
             }
             Some((part_min, part_max)) => {
@@ -508,4 +508,18 @@ fn warp_extremes(b: &mut Builder, p: &Plan, [min, max]: [u32; 2], parts: [Memory
         op: ReduceOp::Max,
         local: max,
     });
+}
+
+/// Element `i` (< `len`) of a local, read at constant indices and picked by selects, so that a
+/// GPU keeps the local in registers (a dynamic index would put it in local memory).
+fn read_at(b: &mut Builder, local: u32, i: Value, len: u32) -> Value {
+    let z = b.u32(0);
+    let mut picked = b.read_local(local, z);
+    for k in 1..len {
+        let kv = b.u32(k);
+        let x = b.read_local(local, kv);
+        let hit = b.cmp(CmpOp::Eq, i, kv);
+        picked = b.select(hit, x, picked);
+    }
+    picked
 }
