@@ -22,6 +22,7 @@ use inkwell::module::Module;
 use inkwell::types::{BasicType, BasicTypeEnum};
 use inkwell::values::{BasicValue, BasicValueEnum, FunctionValue, IntValue, PointerValue};
 use inkwell::IntPredicate;
+use kvq_ir::ir::sync::{segments, Segment};
 use kvq_ir::ir::{Block, Kernel, KernelInfo, Op, Special, Type, Value, WARP_SIZE};
 
 use super::memory::{access_align, allocate};
@@ -125,16 +126,15 @@ impl<'a, 'ctx> Lower<'a, 'ctx> {
     /// its sync points.
     fn host_sync_block(&mut self, insts: &[Value]) -> R<()> {
         let kernel = self.kernel;
-        let mut start = 0;
-        for (i, &v) in insts.iter().enumerate() {
-            let op = &kernel.insts[v].op;
-            let sync_loop = matches!(op, Op::Loop { .. }) && self.info.sync.holds_sync(v);
-            if !(sync_loop || kvq_ir::ir::sync::is_sync_point(op)) {
-                continue;
-            }
-            self.host_threads(&insts[start..i])?;
-            start = i + 1;
-            match op {
+        for segment in segments(kernel, &self.info.sync, insts) {
+            let v = match segment {
+                Segment::Threads(region) => {
+                    self.host_threads(region)?;
+                    continue;
+                }
+                Segment::Sync(v) => v,
+            };
+            match &kernel.insts[v].op {
                 Op::Warp(w) => self.host_warp(*w)?,
                 Op::Loop {
                     start: first,
@@ -152,7 +152,7 @@ impl<'a, 'ctx> Lower<'a, 'ctx> {
                 _ => {}
             }
         }
-        self.host_threads(&insts[start..])
+        Ok(())
     }
 
     /// Host: `region` as a loop over the block's threads. Its values do not outlive the loop.

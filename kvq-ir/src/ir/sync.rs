@@ -25,6 +25,40 @@ pub fn is_sync_point(op: &Op) -> bool {
     matches!(op, Op::Barrier | Op::Warp(_))
 }
 
+/// A piece of a block that every thread of the block reaches together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Segment<'k> {
+    /// Instructions between sync points: run for each thread in turn ("threads become loops").
+    Threads(&'k [Value]),
+    /// A sync point or a sync loop: run once for the block.
+    Sync(Value),
+}
+
+/// `insts` split at its sync points and sync loops (empty thread runs left out), as the
+/// interpreter and host code run them. A handle out of range counts as an ordinary instruction
+/// (the caller reports it).
+pub fn segments<'k>(kernel: &Kernel, facts: &SyncFacts, insts: &'k [Value]) -> Vec<Segment<'k>> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    for (i, &h) in insts.iter().enumerate() {
+        let Some(inst) = kernel.insts.try_get(h) else {
+            continue;
+        };
+        let sync_loop = matches!(inst.op, Op::Loop { .. }) && facts.holds_sync(h);
+        if sync_loop || is_sync_point(&inst.op) {
+            if start < i {
+                out.push(Segment::Threads(&insts[start..i]));
+            }
+            out.push(Segment::Sync(h));
+            start = i + 1;
+        }
+    }
+    if start < insts.len() {
+        out.push(Segment::Threads(&insts[start..]));
+    }
+    out
+}
+
 /// The synchronisation structure of a kernel, by arena index.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyncFacts {

@@ -456,14 +456,7 @@ fn lower_groups(scheme: &Scheme, shape: ShapeClass, s: &Schedule, n: u32) -> Low
 /// extremes, its lane 0 writes them to `part_*[warp * w + i]`, and after a barrier every warp
 /// reduces the warps' partials (lanes past the last warp contribute +inf / -inf).
 fn warp_extremes(b: &mut Builder, p: &Plan, [min, max]: [u32; 2], parts: [Memory; 2], bsz: u32) {
-    b.warp(WarpOp::Reduce {
-        op: ReduceOp::Min,
-        local: min,
-    });
-    b.warp(WarpOp::Reduce {
-        op: ReduceOp::Max,
-        local: max,
-    });
+    reduce_extremes(b, [min, max]);
     let lane = b.special(Special::LaneId);
     let zero = b.u32(0);
     let first = b.cmp(CmpOp::Eq, lane, zero);
@@ -500,14 +493,7 @@ fn warp_extremes(b: &mut Builder, p: &Plan, [min, max]: [u32; 2], parts: [Memory
             });
         }
     }
-    b.warp(WarpOp::Reduce {
-        op: ReduceOp::Min,
-        local: min,
-    });
-    b.warp(WarpOp::Reduce {
-        op: ReduceOp::Max,
-        local: max,
-    });
+    reduce_extremes(b, [min, max]);
 }
 
 /// Element `i` (< `len`) of a local, read at constant indices and picked by selects, so that a
@@ -522,4 +508,11 @@ fn read_at(b: &mut Builder, local: u32, i: Value, len: u32) -> Value {
         picked = b.select(hit, x, picked);
     }
     picked
+}
+
+/// Every lane's `min` and `max` locals become their warp's minimum and maximum.
+fn reduce_extremes(b: &mut Builder, [min, max]: [u32; 2]) {
+    for (op, local) in [(ReduceOp::Min, min), (ReduceOp::Max, max)] {
+        b.warp(WarpOp::Reduce { op, local });
+    }
 }

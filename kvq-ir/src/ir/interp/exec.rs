@@ -4,7 +4,7 @@
 use super::value::{self, Fault, Val};
 use super::{Arg, Buffer, InterpError, Malformed, MAX_BLOCK_ELEMS, MAX_NESTING};
 use crate::ir::kernel::{Kernel, Op, Param, ScalarType, Special, Type, Value, WARP_SIZE};
-use crate::ir::sync::{is_sync_point, SyncFacts};
+use crate::ir::sync::{segments, Segment, SyncFacts};
 use crate::scheme::{BitOrder, Bits};
 
 /// Runs `kernel` (whose arguments are checked) on `grid_size` blocks.
@@ -109,19 +109,19 @@ impl Machine<'_, '_> {
         locals: &mut [Val],
         depth: u32,
     ) -> Result<(), InterpError> {
-        let mut start = 0;
-        for (i, &h) in insts.iter().enumerate() {
+        for segment in segments(self.kernel, self.facts, insts) {
+            let h = match segment {
+                Segment::Threads(region) => {
+                    self.run_threads(region, locals, depth)?;
+                    continue;
+                }
+                Segment::Sync(h) => h,
+            };
             let inst = self
                 .kernel
                 .insts
                 .try_get(h)
                 .ok_or(malformed(Some(h), Malformed::UnknownInst))?;
-            let sync_loop = matches!(inst.op, Op::Loop { .. }) && self.facts.holds_sync(h);
-            if !(sync_loop || is_sync_point(&inst.op)) {
-                continue;
-            }
-            self.run_threads(insts.get(start..i).unwrap_or(&[]), locals, depth)?;
-            start = i + 1;
             match &inst.op {
                 Op::Warp(w) => self.warp(h, *w, locals)?,
                 Op::Loop {
@@ -157,7 +157,7 @@ impl Machine<'_, '_> {
                 _ => {}
             }
         }
-        self.run_threads(insts.get(start..).unwrap_or(&[]), locals, depth)
+        Ok(())
     }
 
     /// Runs `region` for thread 0, 1, ... of the block.
