@@ -8,6 +8,7 @@ mod eval_model;
 mod model_args;
 mod pair;
 mod profile;
+mod profile_attention;
 mod profile_report;
 mod quantize;
 mod report;

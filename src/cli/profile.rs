@@ -68,6 +68,17 @@ pub struct Args {
     /// Element type of the K/V the kernels read.
     #[arg(long, value_enum, default_value = "f16")]
     input: Input,
+    /// Also profile the pair's decode-attention kernels on a synthetic batch (`--batch`
+    /// sequences of `--tokens` span tokens plus `--fp-tokens`, `--group` query heads per kv
+    /// head); the interpreter runs their sampled blocks, which takes seconds.
+    #[arg(long)]
+    attention: bool,
+    /// With `--attention`: calibration `d` of the span's logits.
+    #[arg(long, requires = "attention")]
+    calibrate: Option<f32>,
+    /// With `--attention`: full-precision tokens per sequence beside the span.
+    #[arg(long, default_value_t = 64, requires = "attention", value_parser = super::sizes::tokens)]
+    fp_tokens: usize,
     /// Write deterministic JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -144,6 +155,23 @@ pub fn run(args: Args) -> Result<()> {
             reports.push(r);
         }
     }
+    if args.attention {
+        let ctx = Ctx {
+            gpu: &gpu,
+            arch,
+            assembler: assembler.as_deref(),
+            span,
+        };
+        let attention = super::profile_attention::profile_attention(
+            &ctx,
+            [key, value],
+            args.calibrate,
+            &shape,
+            args.fp_tokens,
+        )
+        .context("attention")?;
+        reports.extend(attention);
+    }
     let sdpa_bytes = gpu_model::sdpa_bf16_bytes(
         shape.batch as u64,
         shape.kv_heads as u64,
@@ -193,7 +221,8 @@ fn span_shape(s: &ProfileShape) -> Result<Shape3> {
     })
 }
 
-struct Ctx<'a> {
+/// What every kernel's profile needs: the GPU, the target, ptxas and the span's shape.
+pub struct Ctx<'a> {
     gpu: &'a GpuParams,
     arch: Arch,
     assembler: Option<&'a std::path::Path>,
@@ -208,6 +237,29 @@ fn profile_kernel(
     lowered: &Lowered,
 ) -> Result<KernelReport> {
     let kernel = &lowered.kernel;
+    let span = ctx.span;
+    let grid = lowered
+        .launch
+        .grid(span.heads as u32, span.tokens as u32, kernel.block_size);
+    let grid = u32::try_from(grid).map_err(|_| anyhow::anyhow!("{grid} blocks exceed 2^32 - 1"))?;
+    let (mut args, bound_bytes) = if role.ends_with("dequantize") {
+        dequantize_args(scheme, span)?
+    } else {
+        quantize_args(scheme, span, input)?
+    };
+    profile_traced(ctx, role, kernel, &mut args, grid, bound_bytes)
+}
+
+/// The profile of `kernel` launched with `args` over `grid` blocks: ptxas, occupancy, the trace
+/// of the sampled blocks and the prediction, beside the copy bound of `bound_bytes`.
+pub fn profile_traced(
+    ctx: &Ctx,
+    role: &str,
+    kernel: &Kernel,
+    args: &mut [Arg],
+    grid: u32,
+    bound_bytes: u64,
+) -> Result<KernelReport> {
     let info = verify(kernel)?;
     let ptxas = match ctx.assembler {
         Some(path) => {
@@ -226,22 +278,12 @@ fn profile_kernel(
         shared_bytes,
     };
     let occupancy = gpu_model::occupancy(&ctx.gpu.arch, block)?;
-    let span = ctx.span;
-    let grid = lowered
-        .launch
-        .grid(span.heads as u32, span.tokens as u32, kernel.block_size);
-    let grid = u32::try_from(grid).map_err(|_| anyhow::anyhow!("{grid} blocks exceed 2^32 - 1"))?;
     let sample = gpu_model::sample_blocks(grid);
-    let (mut args, bound_bytes) = if role.ends_with("dequantize") {
-        dequantize_args(scheme, span)?
-    } else {
-        quantize_args(scheme, span, input)?
-    };
     let buffer_bytes: Vec<u64> = args
         .iter()
         .map(|a| a.buffer().map_or(0, |b| (b.len() * b.elem().size()) as u64))
         .collect();
-    let trace = run_traced(kernel, &mut args, grid, &sample)?;
+    let trace = run_traced(kernel, args, grid, &sample)?;
     let stats = gpu_model::analyze(&trace);
     let prediction = gpu_model::predict(ctx.gpu, grid, &occupancy, &stats, &buffer_bytes);
     Ok(KernelReport {

@@ -65,6 +65,17 @@ impl Report<'_> {
         kvq_ir::gpu_model::bandwidth_bound_s(self.gpu, self.sdpa_bytes)
     }
 
+    /// The predicted time of the decode-attention kernels together, when they were profiled.
+    fn attention_s(&self) -> Option<f64> {
+        let times: Vec<f64> = self
+            .kernels
+            .iter()
+            .filter(|k| k.role.starts_with("attention"))
+            .map(|k| k.prediction.total_s)
+            .collect();
+        (!times.is_empty()).then(|| times.iter().sum())
+    }
+
     /// The text report.
     pub fn text(&self) -> String {
         let (g, s) = (self.gpu, &self.shape);
@@ -96,6 +107,14 @@ impl Report<'_> {
             self.sdpa_bytes,
             us(self.sdpa_s())
         );
+        if let Some(t) = self.attention_s() {
+            let _ = writeln!(
+                out,
+                "kvq decode attention (all its kernels): predicted {:.3} us; SDPA bf16 bound / kvq predicted = {:.2}",
+                us(t),
+                self.sdpa_s() / t
+            );
+        }
         let _ = writeln!(
             out,
             "model: predicted = max(DRAM bytes / bandwidth, max(load misses / (resident warps x {0}), one warp's misses / {0}) x {1} ns latency, warp instructions / issue rate) + {2} us launch; parameters and sources: --json",
@@ -134,6 +153,10 @@ impl Report<'_> {
                 "bytes": self.sdpa_bytes,
                 "predicted_bound_us": us(self.sdpa_s()),
             },
+            "attention": self.attention_s().map(|t| json!({
+                "predicted_us": us(t),
+                "predicted_sdpa_bound_over_kvq": self.sdpa_s() / t,
+            })),
             "params": params,
         })
     }

@@ -179,3 +179,51 @@ fn bad_options_are_one_line_errors() {
     ];
     assert_clean_failure(&profile(&big), "bytes of host memory");
 }
+
+/// `--attention` adds the decode-attention kernels (logit statistics when calibrated, partials,
+/// combine) of a synthetic batch; the combine runs one thread per (sequence, query head), so one
+/// block of 64 for 1 x 2 x 4 query heads, and the statistics read the chunks the partials read.
+#[test]
+fn attention_kernels_are_profiled_on_request() {
+    for calibrate in [Some("3"), None] {
+        let mut args = vec!["--target", "sm_90", "--json", "--attention"];
+        args.extend_from_slice(&["--kv-heads", "2", "--tokens", "600", "--fp-tokens", "40"]);
+        if let Some(d) = calibrate {
+            args.extend_from_slice(&["--calibrate", d]);
+        }
+        let out = profile(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let j: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        let kernels = j["kernels"].as_array().expect("kernels");
+        let by_role = |role: &str| kernels.iter().find(|k| k["role"] == role);
+        let partial = by_role("attention partial").expect("partial");
+        let combine = by_role("attention combine").expect("combine");
+        assert_eq!(combine["grid"], 1);
+        match by_role("attention stats") {
+            Some(stats) => {
+                assert!(calibrate.is_some());
+                assert_eq!(stats["grid"], partial["grid"]);
+            }
+            None => assert!(calibrate.is_none()),
+        }
+        let total: f64 = kernels
+            .iter()
+            .filter(|k| k["role"].as_str().unwrap().starts_with("attention"))
+            .map(|k| k["predicted_us"].as_f64().unwrap())
+            .sum();
+        let reported = j["attention"]["predicted_us"].as_f64().unwrap();
+        assert!(
+            (reported - total).abs() <= 0.01 * total,
+            "{reported} vs {total}"
+        );
+    }
+    // Attention options without --attention are refused.
+    let out = profile(&["--target", "sm_90", "--calibrate", "3"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+}
