@@ -18,7 +18,7 @@ use super::profile_report::{self, KernelReport};
 use super::Input;
 
 /// The most bytes of argument buffers the interpreter run may allocate.
-const MAX_SIM_BYTES: u64 = 4 << 30;
+pub const MAX_SIM_BYTES: u64 = 4 << 30;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum TargetArg {

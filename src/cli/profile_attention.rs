@@ -11,7 +11,7 @@ use kvq_ir::ir::interp::Arg;
 use kvq_ir::ir::Kernel;
 use kvq_ir::lower::InputType;
 
-use super::profile::{profile_traced, Ctx, ProfileShape};
+use super::profile::{profile_traced, Ctx, ProfileShape, MAX_SIM_BYTES};
 use super::profile_report::KernelReport;
 
 /// Deterministic values in [-scale, scale] for a `[heads, tokens, dim]` tensor.
@@ -50,6 +50,20 @@ pub fn profile_attention(
     let schedule = AttentionSchedule::gpu_default(&scheme);
     let kernels = attention(&scheme, ashape, &schedule).context("attention kernels")?;
     let (kv, d) = (shape.kv_heads, shape.head_dim as usize);
+    // The batch's K and V as f32 (span and full-precision tokens), checked before allocating.
+    let fits = [shape.batch, kv, d, 2 * 4]
+        .iter()
+        .try_fold(shape.tokens as u64 + fp_tokens as u64, |acc, &n| {
+            acc.checked_mul(n as u64)
+        })
+        .is_some_and(|bytes| bytes <= MAX_SIM_BYTES);
+    if !fits {
+        anyhow::bail!(
+            "the synthetic batch ({} x {kv} kv heads x {} + {fp_tokens} tokens x {d}) needs more than the {MAX_SIM_BYTES} bytes of host memory allowed",
+            shape.batch,
+            shape.tokens
+        );
+    }
     let q_heads = kv * shape.group as usize;
     let mut seqs = Vec::with_capacity(shape.batch);
     for i in 0..shape.batch as u64 {

@@ -221,6 +221,19 @@ fn attention_kernels_are_profiled_on_request() {
             "{reported} vs {total}"
         );
     }
+    // A batch too large to simulate is a one-line error before anything is allocated.
+    let out = profile(&[
+        "--target",
+        "sm_90",
+        "--attention",
+        "--kv-heads",
+        "8",
+        "--tokens",
+        "64",
+        "--fp-tokens",
+        "16000000",
+    ]);
+    assert_clean_failure(&out, "synthetic batch");
     // Attention options without --attention are refused.
     let out = profile(&["--target", "sm_90", "--calibrate", "3"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
