@@ -196,8 +196,14 @@ fn catalogue_on_real_captures_matches_reference() {
 
 #[test]
 fn non_finite_input_is_reported_like_the_reference() {
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        non_finite_value_is_reported(bad);
+    }
+}
+
+fn non_finite_value_is_reported(bad: f32) {
     let mut data = vec![0.5f32; 2 * 5 * 64];
-    data[(5 + 3) * 64 + 2] = f32::NAN;
+    data[(5 + 3) * 64 + 2] = bad;
     let x = Tensor3::new([2, 5, 64], data).unwrap();
     for (_, scheme) in catalogue() {
         let shape = ShapeClass {

@@ -19,8 +19,8 @@ use crate::ir::{Builder, CmpOp, ScalarType, Value, WarpOp};
 use crate::scheme::{Axis, Group, Rule, Scheme};
 
 use super::emit::{
-    code, flag_non_finite, global_item, group_params, note_non_finite, param_type, quantize_params,
-    range_from_extremes, reads_group, store_param,
+    code, flag, global_item, group_params, param_type, quantize_params, range_from_extremes,
+    reads_group, store_param, STATUS_NON_FINITE,
 };
 use super::{dequantize_abi, kernel_name, quantize_abi as abi, Launch, Lowered, ShapeClass};
 
@@ -109,7 +109,6 @@ pub fn quantize_token(scheme: &Scheme, shape: ShapeClass, block_size: u32, p: La
     let vals = b.local("vals", ScalarType::F32, p.v);
     let ext = b.local("ext", ScalarType::F32, 2);
     let other = b.local("other", ScalarType::F32, 2);
-    let bad = b.local("bad", ScalarType::U32, 1);
 
     // Region 1: each lane loads its channels (one aligned vector) and their extremes.
     let (row, lane, in_span) = coordinates(&mut b, block_size, p);
@@ -126,17 +125,23 @@ pub fn quantize_token(scheme: &Scheme, shape: ShapeClass, block_size: u32, p: La
         let at = b.add(row_start, c0);
         let values = load_aligned_f32(b, x, at, p.v, shape.input.scalar());
         let (mut mn, mut mx) = (inf, ninf);
+        // `sum(x * 0)` is NaN exactly when some x is infinite or NaN (0 * inf is NaN), so one
+        // comparison flags the lane's values.
+        let zero = b.f32(0.0);
+        let mut probe = zero;
         for (i, &value) in values.iter().enumerate() {
-            note_non_finite(b, bad, value);
             let iv = b.u32(i as u32);
             b.write_local(vals, iv, value);
             mn = b.min(mn, value);
             mx = b.max(mx, value);
+            let z = b.mul(value, zero);
+            probe = b.add(probe, z);
         }
         let (z0, z1) = (b.u32(0), b.u32(1));
         b.write_local(ext, z0, mn);
         b.write_local(ext, z1, mx);
-        flag_non_finite(b, bad, status);
+        let not_finite = b.cmp(CmpOp::Ne, probe, probe);
+        flag(b, status, not_finite, STATUS_NON_FINITE);
     });
     // The group's extremes: a butterfly over its lanes (distances below n / v), each step a
     // shuffle and a region that folds the partner's extremes in.
