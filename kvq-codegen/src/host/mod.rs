@@ -74,7 +74,7 @@ pub fn compile_with(
             let key = CacheKey::new(
                 &ir,
                 &target,
-                crate::llvm::HOST_OPTIONS,
+                &crate::llvm::host_options(),
                 &crate::llvm::llvm_version(),
             );
             let cached = match cache.lookup(&key, "so") {

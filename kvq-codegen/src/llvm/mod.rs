@@ -4,7 +4,8 @@
 //! # Shape of the generated code
 //! - **PTX**: one function named like the kernel, calling convention `ptx_kernel`, buffer
 //!   parameters `ptr addrspace(1) noalias` (plus `readonly`/`writeonly` from their access),
-//!   scalars by value, and `!nvvm.annotations` `reqntidx = block_size`. Shared arrays are
+//!   scalars by value, and `!nvvm.annotations` `reqntidx = block_size` (and `minctasm = 1` for
+//!   blocks of 512 threads or more). Shared arrays are
 //!   `addrspace(3)` globals; locals are allocas; `ThreadId`/`BlockId`/`GridSize` read
 //!   `%tid.x`/`%ctaid.x`/`%nctaid.x`; a barrier is `llvm.nvvm.barrier0`.
 //! - **Host** ("threads and blocks become loops"): an internal, always-inlined
@@ -43,11 +44,17 @@ use lower::{Fail, Lower};
 
 /// The code generation options of PTX, for cache keys.
 pub(crate) fn ptx_options() -> String {
-    format!("default<O3> {}", target::PTX_FEATURES)
+    format!("default<O3> {} {SOURCES}", target::PTX_FEATURES)
 }
 
 /// The code generation options of host code, for cache keys.
-pub(crate) const HOST_OPTIONS: &str = "default<O3> pic +prefer-no-gather";
+pub(crate) fn host_options() -> String {
+    format!("default<O3> pic +prefer-no-gather {SOURCES}")
+}
+
+/// A fingerprint of kvq-codegen's sources (`build.rs`), so that cached code from another
+/// version of the lowering is never taken for this one's.
+const SOURCES: &str = env!("KVQ_CODEGEN_SOURCES");
 
 /// LLVM's number for the `ptx_kernel` calling convention.
 const PTX_KERNEL_CC: u32 = 71;
@@ -213,17 +220,28 @@ fn ptx_kernel<'ctx>(
     Lower::new(ctx, module, kernel, info, func, params, true)?.emit_ptx()?;
 
     let i32_type = ctx.i32_type();
-    let annotation = ctx.metadata_node(&[
-        func.as_global_value().as_pointer_value().into(),
-        ctx.metadata_string("reqntidx").into(),
-        i32_type
-            .const_int(u64::from(kernel.block_size), false)
-            .into(),
-    ]);
-    module
-        .add_global_metadata("nvvm.annotations", &annotation)
-        .map_err(|e| Fail::Llvm(e.to_string()))
+    let mut annotations = vec![("reqntidx", kernel.block_size)];
+    if kernel.block_size >= MIN_ONE_BLOCK_THREADS {
+        annotations.push(("minctasm", 1));
+    }
+    for (key, value) in annotations {
+        let annotation = ctx.metadata_node(&[
+            func.as_global_value().as_pointer_value().into(),
+            ctx.metadata_string(key).into(),
+            i32_type.const_int(u64::from(value), false).into(),
+        ]);
+        module
+            .add_global_metadata("nvvm.annotations", &annotation)
+            .map_err(|e| Fail::Llvm(e.to_string()))?;
+    }
+    Ok(())
 }
+
+/// Blocks of at least this many threads declare `.minnctapersm 1`: without it ptxas budgets
+/// registers for two resident blocks (64 per thread at 512 threads) and spills long-lived
+/// values that one block per SM holds in registers (it only raises the ceiling: a kernel that
+/// needs fewer registers keeps them).
+const MIN_ONE_BLOCK_THREADS: u32 = 512;
 
 fn host_kernel<'ctx>(
     ctx: &'ctx Context,
