@@ -117,7 +117,7 @@ impl Report<'_> {
         }
         let _ = writeln!(
             out,
-            "model: predicted = max(DRAM bytes / bandwidth, max(load misses / (resident warps x {0}), one warp's misses / {0}) x {1} ns latency, warp instructions / issue rate) + {2} us launch; parameters and sources: --json",
+            "model: predicted = max(DRAM bytes / bandwidth, L2 sector bytes / L2 bandwidth, max(load misses / (resident warps x {0}), one warp's misses / {0}) x {1} ns latency, warp instructions / issue rate) + {2} us launch; parameters and sources: --json",
             g.requests_in_flight_per_warp.value,
             g.dram_latency_s.value * 1e9,
             g.launch_s.value * 1e6
@@ -221,9 +221,11 @@ fn kernel_text(out: &mut String, k: &KernelReport) {
     );
     let _ = writeln!(
         out,
-        "  predicted     DRAM {:.3} us ({} B), latency {:.3} us, issue {:.3} us, launch {:.3} us",
+        "  predicted     DRAM {:.3} us ({} B), L2 {:.3} us ({} B), latency {:.3} us, issue {:.3} us, launch {:.3} us",
         us(p.dram_s),
         p.dram_bytes.round(),
+        us(p.l2_s),
+        p.l2_bytes.round(),
         us(p.latency_s),
         us(p.issue_s),
         us(p.launch_s)
@@ -267,6 +269,8 @@ fn kernel_json(k: &KernelReport) -> Value {
         "warp_insts_per_warp": per_warp(st.warp_insts, st.warps),
         "predicted_dram_bytes": p.dram_bytes.round(),
         "predicted_dram_us": us(p.dram_s),
+        "predicted_l2_bytes": p.l2_bytes.round(),
+        "predicted_l2_us": us(p.l2_s),
         "predicted_latency_us": us(p.latency_s),
         "predicted_issue_us": us(p.issue_s),
         "launch_us": us(p.launch_s),

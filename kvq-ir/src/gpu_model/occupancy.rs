@@ -53,6 +53,9 @@ pub struct Occupancy {
     pub fraction: f64,
     /// The binding limit.
     pub limiter: Limiter,
+    /// Shared memory each resident block holds, bytes (allocation units and the reserved part
+    /// included).
+    pub shared_per_block: u32,
 }
 
 /// A block that cannot be resident at all.
@@ -162,5 +165,6 @@ pub fn occupancy(arch: &ArchLimits, block: BlockResources) -> Result<Occupancy, 
         warps_per_sm,
         fraction: f64::from(warps_per_sm) / f64::from(max_warps),
         limiter,
+        shared_per_block: per_block.min(u64::from(u32::MAX)) as u32,
     })
 }

@@ -32,6 +32,8 @@ pub struct ArchLimits {
     pub max_blocks_per_sm: Sourced<u32>,
     /// Shared memory per SM, bytes (the largest carve-out).
     pub shared_per_sm: Sourced<u32>,
+    /// The combined L1 data cache and shared memory of an SM, bytes.
+    pub l1_and_shared_per_sm: Sourced<u32>,
     /// Most shared memory one block may use (opt-in), bytes.
     pub max_shared_per_block: Sourced<u32>,
     /// Shared memory is allocated per block in units of this many bytes.
@@ -56,6 +58,10 @@ pub const SM80: ArchLimits = ArchLimits {
     max_warps_per_sm: s(64, CC_TABLE),
     max_blocks_per_sm: s(32, CC_TABLE),
     shared_per_sm: s(164 * 1024, CC_TABLE),
+    l1_and_shared_per_sm: s(
+        192 * 1024,
+        "NVIDIA A100 Tensor Core GPU Architecture whitepaper: 192 KB combined L1/shared per SM",
+    ),
     max_shared_per_block: s(163 * 1024, CC_TABLE),
     shared_alloc_unit: s(128, CALC),
     reserved_shared_per_block: s(
@@ -75,6 +81,10 @@ pub const SM90: ArchLimits = ArchLimits {
     max_warps_per_sm: s(64, CC_TABLE),
     max_blocks_per_sm: s(32, CC_TABLE),
     shared_per_sm: s(228 * 1024, CC_TABLE),
+    l1_and_shared_per_sm: s(
+        256 * 1024,
+        "NVIDIA H100 Tensor Core GPU Architecture whitepaper: 256 KB combined L1/shared per SM",
+    ),
     max_shared_per_block: s(227 * 1024, CC_TABLE),
     shared_alloc_unit: s(128, CALC),
     reserved_shared_per_block: s(
@@ -99,6 +109,9 @@ pub struct GpuParams {
     pub dram_bytes_per_s: Sourced<f64>,
     /// L2 cache, bytes.
     pub l2_bytes: Sourced<u64>,
+    /// Bandwidth from L2 to the SMs, bytes per second (every sector a warp request touches
+    /// crosses it, cached or not).
+    pub l2_bytes_per_s: Sourced<f64>,
     /// SM clock (boost), Hz.
     pub clock_hz: Sourced<f64>,
     /// Warp instructions one scheduler issues per cycle.
@@ -119,6 +132,9 @@ const LATENCY: &str = "assumption: ~700 ns, the class of global-memory (DRAM) lo
                        and the Hopper follow-ups: several hundred cycles at ~1.4-2 GHz)";
 const IN_FLIGHT: &str = "assumption: 1 (a warp waits for each load before the next; loop \
                          unrolling that overlaps loads would raise it)";
+const L2_GH100: &str = "assumption: 5.5 TB/s, about what Chips and Cheese measured on H100 PCIe \
+                        (114 SMs) in 'Nvidia's H100: Funny L2, and Tons of Bandwidth' (2023), \
+                        taken for the GH100 SXM parts too (more SMs and clock would raise it)";
 const LAUNCH: &str = "assumption: 2 us per kernel (launch and drain), the same for the bound";
 
 /// NVIDIA H100 SXM5 80 GB.
@@ -135,6 +151,7 @@ pub const H100: GpuParams = GpuParams {
         50 << 20,
         "NVIDIA H100 Tensor Core GPU Architecture whitepaper: 50 MB L2",
     ),
+    l2_bytes_per_s: s(5.5e12, L2_GH100),
     clock_hz: s(1.98e9, "NVIDIA H100 whitepaper: 1.98 GHz boost (SXM5)"),
     issue_per_scheduler: s(1.0, ISSUE),
     dram_latency_s: s(700e-9, LATENCY),
@@ -153,6 +170,7 @@ pub const H200: GpuParams = GpuParams {
     ),
     dram_bytes_per_s: s(4.8e12, "NVIDIA H200 datasheet: 4.8 TB/s HBM3e"),
     l2_bytes: s(50 << 20, "NVIDIA H200 datasheet (GH100: 50 MB L2)"),
+    l2_bytes_per_s: s(5.5e12, L2_GH100),
     clock_hz: s(
         1.98e9,
         "assumption: H100 SXM5 boost clock (1.98 GHz, H100 whitepaper); same GH100 chip",
@@ -179,6 +197,12 @@ pub const A100: GpuParams = GpuParams {
     l2_bytes: s(
         40 << 20,
         "NVIDIA A100 Tensor Core GPU Architecture whitepaper: 40 MB L2",
+    ),
+    l2_bytes_per_s: s(
+        4.9e12,
+        "assumption: 2.3x V100's (NVIDIA A100 whitepaper: 'A100 L2 cache read bandwidth is 2.3x \
+         V100'), V100's measured at ~2.15 TB/s by Jia et al., 'Dissecting the NVIDIA Volta GPU \
+         Architecture via Microbenchmarking' (2018)",
     ),
     clock_hz: s(1.41e9, "NVIDIA A100 whitepaper: 1410 MHz boost"),
     issue_per_scheduler: s(1.0, ISSUE),
@@ -222,6 +246,11 @@ impl GpuParams {
                 self.l2_bytes.source,
             ),
             (
+                "l2_bytes_per_s",
+                format!("{:e}", self.l2_bytes_per_s.value),
+                self.l2_bytes_per_s.source,
+            ),
+            (
                 "clock_hz",
                 format!("{:e}", self.clock_hz.value),
                 self.clock_hz.source,
@@ -254,6 +283,7 @@ impl GpuParams {
             u("max_warps_per_sm", a.max_warps_per_sm),
             u("max_blocks_per_sm", a.max_blocks_per_sm),
             u("shared_per_sm", a.shared_per_sm),
+            u("l1_and_shared_per_sm", a.l1_and_shared_per_sm),
             u("max_shared_per_block", a.max_shared_per_block),
             u("shared_alloc_unit", a.shared_alloc_unit),
             u("reserved_shared_per_block", a.reserved_shared_per_block),

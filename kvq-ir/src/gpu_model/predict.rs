@@ -9,6 +9,8 @@ use super::warp::{TraceStats, SECTOR_BYTES};
 pub enum Bound {
     /// DRAM bandwidth.
     Dram,
+    /// L2-to-SM bandwidth (data read again from the cache).
+    L2,
     /// Latency: too few loads in flight (Little's law).
     Latency,
     /// Instruction issue.
@@ -20,6 +22,7 @@ impl Bound {
     pub fn name(self) -> &'static str {
         match self {
             Bound::Dram => "DRAM bandwidth",
+            Bound::L2 => "L2 bandwidth",
             Bound::Latency => "latency (Little's law)",
             Bound::Issue => "instruction issue",
         }
@@ -45,6 +48,8 @@ pub struct Prediction {
     pub active_sms: f64,
     /// `dram_bytes / bandwidth`, seconds.
     pub dram_s: f64,
+    /// `l2_bytes / L2 bandwidth`, seconds.
+    pub l2_s: f64,
     /// Predicted load requests of the grid that miss the caches.
     pub dram_requests: f64,
     /// `max(dram_requests / (resident_warps * in_flight), the most misses of one sampled warp
@@ -54,7 +59,7 @@ pub struct Prediction {
     pub issue_s: f64,
     /// The launch constant, seconds.
     pub launch_s: f64,
-    /// `max(dram_s, latency_s, issue_s) + launch_s`.
+    /// `max(dram_s, l2_s, latency_s, issue_s) + launch_s`.
     pub total_s: f64,
     /// The largest term.
     pub bound: Bound,
@@ -64,6 +69,10 @@ pub struct Prediction {
 /// blocks`; `buffer_bytes[p]` is the size of buffer parameter `p` (missing: unbounded):
 /// - DRAM: per buffer, distinct sectors per block scaled to the grid, at most the buffer's size
 ///   (L2 keeps what several blocks share), loads and stores apart, summed;
+/// - L2: over the L2-to-SM bandwidth, every sector of every store request, and per block and
+///   buffer the load sectors: the distinct ones when they fit in the block's share of the SM's
+///   L1 (what the L1 and shared memory hold less the resident blocks' shared memory, split
+///   among them; the rest is served by L1), else every request's;
 /// - latency: Little's law on the load requests that miss (first touch of a sector in the
 ///   block), with `requests_in_flight_per_warp` in flight per resident warp, resident warps =
 ///   `min(grid, SMs * blocks_per_sm) * warps_per_block`; and no less than the most misses of
@@ -92,7 +101,21 @@ pub fn predict(
             sectors.map(|n| (n as f64 * sector * scale).min(cap))
         })
         .sum();
-    let l2_bytes = (l.sectors + s.sectors) as f64 * sector * scale;
+    let l1_total = f64::from(gpu.arch.l1_and_shared_per_sm.value);
+    let blocks = f64::from(occ.blocks_per_sm.max(1));
+    let l1_share = (l1_total - blocks * f64::from(occ.shared_per_block)).max(0.0) / blocks;
+    let load_sectors: u64 = stats
+        .block_load_sectors
+        .iter()
+        .flat_map(|per_param| per_param.values())
+        .map(
+            |&[distinct, all]| match distinct as f64 * sector <= l1_share {
+                true => distinct,
+                false => all,
+            },
+        )
+        .sum();
+    let l2_bytes = (load_sectors + s.sectors) as f64 * sector * scale;
     let load_requests = l.requests as f64 * scale;
     let dram_requests = l.dram_requests as f64 * scale;
     let warp_insts = stats.warp_insts as f64 * scale;
@@ -101,6 +124,7 @@ pub fn predict(
     let resident_warps = resident_blocks * f64::from(occ.warps_per_block);
     let active_sms = f64::from(grid).min(sms);
     let dram_s = dram_bytes / gpu.dram_bytes_per_s.value;
+    let l2_s = l2_bytes / gpu.l2_bytes_per_s.value;
     let per_warp = gpu.requests_in_flight_per_warp.value;
     let in_flight = resident_warps * per_warp;
     let latency_s = match in_flight > 0.0 {
@@ -121,7 +145,12 @@ pub fn predict(
         false => 0.0,
     };
     let (mut top, mut bound) = (dram_s, Bound::Dram);
-    for (t, b) in [(latency_s, Bound::Latency), (issue_s, Bound::Issue)] {
+    let terms = [
+        (l2_s, Bound::L2),
+        (latency_s, Bound::Latency),
+        (issue_s, Bound::Issue),
+    ];
+    for (t, b) in terms {
         if t > top {
             (top, bound) = (t, b);
         }
@@ -137,6 +166,7 @@ pub fn predict(
         resident_warps,
         active_sms,
         dram_s,
+        l2_s,
         latency_s,
         issue_s,
         launch_s,

@@ -427,3 +427,152 @@ fn trace_names_each_thread_in_a_loop_with_a_barrier() {
     assert_eq!(got, want);
     assert_eq!(thread.body_runs, [1, 2]);
 }
+
+/// `passes` times over a block's `rows` x 32 f32 elements (one 128-byte row per warp request),
+/// then one store per thread: the L2 term counts the re-reads only when the block's footprint
+/// exceeds its share of L1.
+fn reread(rows: u32, passes: u32) -> Kernel {
+    let mut b = Builder::new("reread", 32);
+    let input = b.buffer("in", ScalarType::F32, Access::Read);
+    let out = b.buffer("out", ScalarType::F32, Access::Write);
+    let acc = b.local("acc", ScalarType::F32, 1);
+    let zero = b.u32(0);
+    let z = b.f32(0.0);
+    b.write_local(acc, zero, z);
+    let (first, last) = (b.u32(0), b.u32(passes));
+    b.for_range(first, last, 1, |b, _| {
+        let (first, last) = (b.u32(0), b.u32(rows));
+        b.for_range(first, last, 1, |b, r| {
+            let block = b.special(Special::BlockId);
+            let per_block = b.u32(rows * 32);
+            let base = b.mul(block, per_block);
+            let w = b.u32(32);
+            let row = b.mul(r, w);
+            let start = b.add(base, row);
+            let t = b.special(Special::ThreadId);
+            let i = b.add(start, t);
+            let x = b.load(input, i, 1);
+            let zero = b.u32(0);
+            let a = b.read_local(acc, zero);
+            let a = b.add(a, x);
+            b.write_local(acc, zero, a);
+        });
+    });
+    let block = b.special(Special::BlockId);
+    let n = b.u32(32);
+    let base = b.mul(block, n);
+    let t = b.special(Special::ThreadId);
+    let i = b.add(base, t);
+    let zero = b.u32(0);
+    let a = b.read_local(acc, zero);
+    b.store(out, i, a);
+    b.finish()
+}
+
+#[test]
+fn rereads_cost_l2_bandwidth_only_past_the_l1_share() {
+    let one_warp = BlockResources {
+        threads: 32,
+        regs_per_thread: Some(32),
+        shared_bytes: 0,
+    };
+    let occ = occupancy(&SM90, one_warp).expect("fits");
+    // 32 blocks per SM (the block limit) share 256 KB of L1: 8 KB each, minus the 1 KB of
+    // reserved shared memory each holds: 7 KB.
+    assert_eq!((occ.blocks_per_sm, occ.shared_per_block), (32, 1024));
+    let grid = 4u32;
+    for (rows, passes, fits) in [(32u32, 3u32, true), (256, 3, false)] {
+        let (t, _) = trace(
+            &reread(rows, passes),
+            (grid * rows * 32) as usize,
+            128,
+            grid,
+        );
+        let s = analyze(&t);
+        // Each of the 3 sampled blocks: `rows` 128-byte rows (4 sectors each), `passes` times.
+        let distinct = 3 * u64::from(rows) * 4;
+        let block = &s.block_load_sectors;
+        assert_eq!(block.len(), 3);
+        assert_eq!(
+            block[0].get(&0),
+            Some(&[rows as u64 * 4, rows as u64 * 4 * 3])
+        );
+        let p = predict(&H100, grid, &occ, &s, &[]);
+        // 32 rows x 128 B = 4 KB fits in 7 KB: read once; 256 rows (32 KB) do not.
+        let loads = match fits {
+            true => distinct,
+            false => distinct * u64::from(passes),
+        };
+        let scale = 4.0 / 3.0;
+        let stores = 3.0 * 4.0;
+        assert!(close(p.l2_bytes, (loads as f64 + stores) * 32.0 * scale));
+        assert!(close(p.l2_s, p.l2_bytes / 5.5e12));
+    }
+}
+
+#[test]
+fn unaligned_vector_loads_are_one_request_per_element() {
+    // Every thread loads 4 consecutive f32 at 4 * thread, aligned or not.
+    for aligned in [true, false] {
+        let mut b = Builder::new("vec", 32);
+        let input = b.buffer("in", ScalarType::F32, Access::Read);
+        let out = b.buffer("out", ScalarType::F32, Access::Write);
+        let t = b.special(Special::ThreadId);
+        let four = b.u32(4);
+        let i = b.mul(t, four);
+        let v = match aligned {
+            true => b.load_aligned(input, i, 4),
+            false => b.load(input, i, 4),
+        };
+        let x = b.extract(v, 0);
+        b.store(out, t, x);
+        let (tr, _) = trace(&b.finish(), 128, 32, 1);
+        let s = analyze(&tr);
+        // 512 contiguous bytes: one request of 16 sectors, or 4 requests (lane l's element k
+        // at 16 l + 4 k bytes) of 16 sectors each.
+        let want = match aligned {
+            true => (1, 16),
+            false => (4, 64),
+        };
+        assert_eq!(
+            (s.loads.requests, s.loads.sectors),
+            want,
+            "aligned {aligned}"
+        );
+    }
+}
+
+#[test]
+fn warp_reductions_count_their_shuffle_steps() {
+    // One Reduce of a 3-element local: 3 x 5 steps x (shuffle + add) = 30 instructions, and
+    // one ShuffleXor of it: 3; plus block id, mul, thread id, add... counted as in `copy`.
+    let mut b = Builder::new("reduce", 32);
+    let out = b.buffer("out", ScalarType::F32, Access::Write);
+    let v = b.local("v", ScalarType::F32, 3);
+    let w = b.local("w", ScalarType::F32, 3);
+    let one = b.f32(1.0);
+    for k in 0..3 {
+        let idx = b.u32(k);
+        b.write_local(v, idx, one);
+    }
+    b.warp(crate::ir::WarpOp::Reduce {
+        op: crate::ir::ReduceOp::Sum,
+        local: v,
+    });
+    b.warp(crate::ir::WarpOp::ShuffleXor {
+        src: v,
+        dst: w,
+        mask: 1,
+    });
+    let t = b.special(Special::ThreadId);
+    let zero = b.u32(0);
+    let x = b.read_local(w, zero);
+    b.store(out, t, x);
+    let kernel = b.finish();
+    let mut args = vec![Arg::Buffer(Buffer::F32(vec![0.0; 32]))];
+    let tr = run_traced(&kernel, &mut args, 1, &[0]).expect("runs");
+    let s = analyze(&tr);
+    // 3 writes + 30 + 3 + thread id, read, store = 39 per warp; the sum is 32 in every lane.
+    assert_eq!(s.warp_insts, 39);
+    assert_eq!(args[0], Arg::Buffer(Buffer::F32(vec![32.0; 32])));
+}

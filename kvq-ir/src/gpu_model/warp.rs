@@ -79,6 +79,9 @@ pub struct TraceStats {
     pub max_warp_dram_requests: u64,
     /// Per buffer parameter, distinct sectors per block summed over blocks: loads, stores.
     pub dram_sectors_by_param: BTreeMap<u32, [u64; 2]>,
+    /// Per sampled block, per buffer parameter: the distinct sectors its loads touch and the
+    /// sectors of all its load requests (what L1 saves depends on whether the distinct ones fit).
+    pub block_load_sectors: Vec<BTreeMap<u32, [u64; 2]>>,
 }
 
 /// Analyses `trace` (buffer bases 256-byte aligned, each shared array starting at bank 0).
@@ -89,6 +92,7 @@ pub fn analyze(trace: &Trace) -> TraceStats {
     };
     for block in &trace.blocks {
         let mut dram: [BTreeSet<(u32, u64)>; 2] = [BTreeSet::new(), BTreeSet::new()];
+        let mut requested: BTreeMap<u32, u64> = BTreeMap::new();
         for warp in block.threads.chunks(32) {
             stats.warps += 1;
             for (b, &n) in trace.body_insts.iter().enumerate() {
@@ -113,7 +117,7 @@ pub fn analyze(trace: &Trace) -> TraceStats {
                 for k in 0..runs {
                     let active: Vec<MemAccess> =
                         seqs.iter().filter_map(|s| s.get(k)).copied().collect();
-                    request(&active, &mut stats, &mut dram);
+                    request(&active, &mut stats, &mut dram, &mut requested);
                 }
             }
             let misses = stats.loads.dram_requests - misses_before;
@@ -131,6 +135,14 @@ pub fn analyze(trace: &Trace) -> TraceStats {
                 }
             }
         }
+        let mut per_param: BTreeMap<u32, [u64; 2]> = BTreeMap::new();
+        for &(p, _) in &dram[0] {
+            per_param.entry(p).or_default()[0] += 1;
+        }
+        for (p, n) in requested {
+            per_param.entry(p).or_default()[1] += n;
+        }
+        stats.block_load_sectors.push(per_param);
         stats.loads.dram_sectors += dram[0].len() as u64;
         stats.stores.dram_sectors += dram[1].len() as u64;
     }
@@ -138,7 +150,12 @@ pub fn analyze(trace: &Trace) -> TraceStats {
 }
 
 /// One execution of an instruction by the `active` lanes (all of the same memory and kind).
-fn request(active: &[MemAccess], stats: &mut TraceStats, dram: &mut [BTreeSet<(u32, u64)>; 2]) {
+fn request(
+    active: &[MemAccess],
+    stats: &mut TraceStats,
+    dram: &mut [BTreeSet<(u32, u64)>; 2],
+    requested: &mut BTreeMap<u32, u64>,
+) {
     let Some(first) = active.first() else { return };
     let repeat = active.iter().map(|a| a.repeat).max().unwrap_or(0);
     // Requests of a stride-0 gather are all alike: one is analysed and counted `repeat` times.
@@ -173,6 +190,9 @@ fn request(active: &[MemAccess], stats: &mut TraceStats, dram: &mut [BTreeSet<(u
                     .collect();
                 g.requests += times;
                 g.sectors += times * sectors.len() as u64;
+                if !first.store {
+                    *requested.entry(p).or_default() += times * sectors.len() as u64;
+                }
                 g.useful_bytes += times * union_len(ranges);
                 let set = &mut dram[usize::from(first.store)];
                 let mut new = false;

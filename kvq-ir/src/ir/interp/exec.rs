@@ -270,7 +270,7 @@ impl Machine<'_, '_> {
                 if *aligned {
                     self.check_aligned(h, *index, u32::from(*lanes))?;
                 }
-                Some(self.load(h, *mem, *index, *lanes)?)
+                Some(self.load(h, *mem, *index, *lanes, *aligned)?)
             }
             Op::Store {
                 mem,
@@ -285,7 +285,7 @@ impl Machine<'_, '_> {
                     };
                     self.check_aligned(h, *index, lanes)?;
                 }
-                self.store(h, *mem, *index, *value)?;
+                self.store(h, *mem, *index, *value, *aligned)?;
                 None
             }
             Op::Extract(v, lane) => match self.get(h, *v)? {

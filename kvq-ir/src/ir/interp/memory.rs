@@ -55,6 +55,7 @@ impl Machine<'_, '_> {
         mem: Memory,
         index: Value,
         lanes: u8,
+        aligned: bool,
     ) -> Result<Val, InterpError> {
         if !matches!(lanes, 1 | 2 | 4 | 8 | 16) {
             return Err(malformed(Some(h), Malformed::Lanes(lanes)));
@@ -62,7 +63,7 @@ impl Machine<'_, '_> {
         let index = self.u32_operand(h, index)?;
         let as_bool = self.bool_shared(mem);
         let buffer = self.memory(h, mem, false)?;
-        let access = MemAccess::run(mem, index, u32::from(lanes), buffer.elem(), false);
+        let access = MemAccess::vector(mem, index, u32::from(lanes), buffer.elem(), false, aligned);
         trace::record(h, access);
         let out_of_bounds = InterpError::OutOfBounds {
             inst: h,
@@ -96,6 +97,7 @@ impl Machine<'_, '_> {
         mem: Memory,
         index: Value,
         value: Value,
+        aligned: bool,
     ) -> Result<(), InterpError> {
         let index = self.u32_operand(h, index)?;
         let x = self.get(h, value)?.clone();
@@ -131,7 +133,8 @@ impl Machine<'_, '_> {
                 len: buffer.len(),
             });
         }
-        let access = MemAccess::run(mem, index, lanes.len() as u32, buffer.elem(), true);
+        let n = lanes.len() as u32;
+        let access = MemAccess::vector(mem, index, n, buffer.elem(), true, aligned);
         trace::record(h, access);
         for (k, lane) in lanes.iter().enumerate() {
             buffer.set(index as usize + k, lane);

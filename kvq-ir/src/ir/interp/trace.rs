@@ -15,7 +15,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::{check_args, Arg, Buffer, InterpError, Malformed, MAX_BLOCK_ELEMS, MAX_NESTING};
 use crate::ir::kernel::{
-    Access as ParamAccess, Const, Inst, Kernel, Memory, Op, Param, ScalarType, Special, Type, Value,
+    Access as ParamAccess, Const, Inst, Kernel, Memory, Op, Param, ScalarType, Special, Type,
+    Value, WarpOp, REDUCE_STEPS,
 };
 
 /// One memory access of one thread: `repeat` requests of `lanes` consecutive elements, request
@@ -61,8 +62,10 @@ pub struct BlockTrace {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Trace {
     /// Per body (each region, loop body and `If` branch), the instructions one run of it issues:
-    /// its instructions other than constants (immediates), plus 2 per loop iteration (increment
-    /// and compare-and-branch). A proxy for the machine instruction count.
+    /// its instructions other than constants (immediates) and barriers, plus 2 per loop
+    /// iteration (increment and compare-and-branch); a warp collective counts as what it expands
+    /// to, per element of its local: a shuffle 1, a reduction 10 (5 steps of a shuffle and an
+    /// operation). A proxy for the machine instruction count.
     pub body_insts: Vec<u64>,
     /// The traced blocks, in increasing block id.
     pub blocks: Vec<BlockTrace>,
@@ -91,6 +94,28 @@ impl MemAccess {
             stride: 0,
             elem_bytes: elem.size() as u32,
             store,
+        }
+    }
+
+    /// A `Load` or `Store` of `lanes` elements: one request when aligned (a GPU moves them with
+    /// one vector instruction), else `lanes` one-element requests (without a proven alignment
+    /// the NVPTX backend splits the access into scalar ones).
+    pub(super) fn vector(
+        mem: Memory,
+        index: u32,
+        lanes: u32,
+        elem: ScalarType,
+        store: bool,
+        aligned: bool,
+    ) -> Self {
+        match aligned || lanes == 1 {
+            true => MemAccess::run(mem, index, lanes, elem, store),
+            false => MemAccess {
+                lanes: 1,
+                repeat: lanes,
+                stride: 1,
+                ..MemAccess::run(mem, index, 1, elem, store)
+            },
         }
     }
 }
@@ -303,6 +328,22 @@ struct Walker<'k> {
 }
 
 impl Walker<'_> {
+    /// Instructions `op` stands for (see [`Trace::body_insts`]).
+    fn weight(&self, op: &Op) -> u64 {
+        let len = |local: u32| {
+            self.kernel
+                .locals
+                .get(local as usize)
+                .map_or(1, |l| u64::from(l.len))
+        };
+        match op {
+            Op::Const(_) | Op::Barrier => 0,
+            Op::Warp(WarpOp::Reduce { local, .. }) => 2 * REDUCE_STEPS.len() as u64 * len(*local),
+            Op::Warp(WarpOp::ShuffleXor { src, .. } | WarpOp::ShuffleIdx { src, .. }) => len(*src),
+            _ => 1,
+        }
+    }
+
     /// Numbers the body `insts` (and those nested in it, which it instruments in place) and
     /// returns it with markers; `extra` instructions are added per run.
     fn body(
@@ -326,7 +367,7 @@ impl Walker<'_> {
             let Some(inst) = self.kernel.insts.try_get(h) else {
                 continue;
             };
-            count += u64::from(!matches!(inst.op, Op::Const(_) | Op::Barrier));
+            count += self.weight(&inst.op);
             let is_loop = matches!(inst.op, Op::Loop { .. });
             let switch = !matches!(
                 inst.op,
