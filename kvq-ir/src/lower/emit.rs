@@ -42,6 +42,24 @@ pub fn load_f32(
     input: ScalarType,
 ) -> Vec<Value> {
     let v = b.load(mem, index, lanes);
+    to_f32_scalars(b, v, lanes, input)
+}
+
+/// [`load_f32`] with an aligned load: `index` must be a proven multiple of `lanes` (the
+/// verifier checks it), so that a GPU reads the elements with one vector instruction.
+pub fn load_f32_aligned(
+    b: &mut Builder,
+    mem: Memory,
+    index: Value,
+    lanes: u8,
+    input: ScalarType,
+) -> Vec<Value> {
+    let v = b.load_aligned(mem, index, lanes);
+    to_f32_scalars(b, v, lanes, input)
+}
+
+/// The `lanes` elements of `v` (a scalar when `lanes` is 1), each converted to f32.
+fn to_f32_scalars(b: &mut Builder, v: Value, lanes: u8, input: ScalarType) -> Vec<Value> {
     let scalars: Vec<Value> = if lanes == 1 {
         vec![v]
     } else {
@@ -69,7 +87,7 @@ pub fn round_param(b: &mut Builder, x: Value, params: ParamType) -> Value {
 }
 
 /// `x + 0.0`: turns -0.0 into +0.0 and leaves every other value unchanged.
-fn positive_zero(b: &mut Builder, x: Value) -> Value {
+pub fn positive_zero(b: &mut Builder, x: Value) -> Value {
     let z = b.f32(0.0);
     b.add(x, z)
 }
@@ -105,17 +123,22 @@ pub fn range_from_extremes(b: &mut Builder, rule: Rule, min: Value, max: Value) 
     (positive_zero(b, lo), positive_zero(b, hi))
 }
 
-/// numpy's linear quantile at level `p` of the `count` elements `mem[base + i * stride]`:
-/// h = (n - 1) p, k = floor(h), Q = v[k] + (v[k+1] - v[k]) (h - k) in f64, rounded to f32;
-/// Q = v[n-1] when k = n - 1.
-pub fn quantile(
-    b: &mut Builder,
-    mem: Memory,
-    base: Value,
-    stride: Value,
-    count: Value,
-    p: f64,
-) -> Value {
+/// Where numpy's linear quantile at level `p` of `count` sorted elements falls: h = (n - 1) p,
+/// k = floor(h); the ranks k and k + 1 (k again when k = n - 1) and the fraction h - k.
+#[derive(Debug, Clone, Copy)]
+pub struct QuantileRank {
+    /// Rank k (0-based).
+    pub k: Value,
+    /// Rank k + 1, or k when k is the last rank.
+    pub k1: Value,
+    /// Whether k = n - 1.
+    pub is_last: Value,
+    /// h - k, in f64.
+    pub frac: Value,
+}
+
+/// The [`QuantileRank`] of level `p` over `count` elements.
+pub fn quantile_rank(b: &mut Builder, count: Value, p: f64) -> QuantileRank {
     let one = b.u32(1);
     let last = b.sub(count, one);
     let n1 = b.convert(ScalarType::F64, last);
@@ -127,15 +150,39 @@ pub fn quantile(
     let is_last = b.cmp(CmpOp::Ge, ku, last);
     let next = b.add(ku, one);
     let k1 = b.select(is_last, ku, next);
-    let vk = b.select_rank(mem, base, stride, count, ku);
-    let vk1 = b.select_rank(mem, base, stride, count, k1);
+    QuantileRank {
+        k: ku,
+        k1,
+        is_last,
+        frac,
+    }
+}
+
+/// Q = v[k] + (v[k+1] - v[k]) (h - k) in f64, rounded to f32; Q = v[k] when k = n - 1.
+pub fn quantile_interpolate(b: &mut Builder, rank: QuantileRank, vk: Value, vk1: Value) -> Value {
     let a = b.convert(ScalarType::F64, vk);
     let c = b.convert(ScalarType::F64, vk1);
     let diff = b.sub(c, a);
-    let step = b.mul(diff, frac);
+    let step = b.mul(diff, rank.frac);
     let q = b.add(a, step);
     let q32 = b.convert(ScalarType::F32, q);
-    b.select(is_last, vk, q32)
+    b.select(rank.is_last, vk, q32)
+}
+
+/// numpy's linear quantile at level `p` of the `count` elements `mem[base + i * stride]`
+/// ([`quantile_rank`], [`quantile_interpolate`]).
+pub fn quantile(
+    b: &mut Builder,
+    mem: Memory,
+    base: Value,
+    stride: Value,
+    count: Value,
+    p: f64,
+) -> Value {
+    let rank = quantile_rank(b, count, p);
+    let vk = b.select_rank(mem, base, stride, count, rank.k);
+    let vk1 = b.select_rank(mem, base, stride, count, rank.k1);
+    quantile_interpolate(b, rank, vk, vk1)
 }
 
 /// [lo, hi] of the quantile rule over a strided run of elements.
@@ -371,7 +418,7 @@ pub fn flag_non_finite(b: &mut Builder, bad: u32, status: Memory) {
 
 /// The f32 whose order-preserving key (`bits ^ (sign ? 0xFFFF_FFFF : 0x8000_0000)`, which
 /// compares as the floats do, -0 just below +0) is `key`.
-fn from_order_key(b: &mut Builder, key: Value) -> Value {
+pub fn from_order_key(b: &mut Builder, key: Value) -> Value {
     let shift = b.u32(31);
     let high = b.binary(BinaryOp::Shr, key, shift);
     let zero = b.u32(0);

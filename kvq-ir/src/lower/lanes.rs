@@ -19,8 +19,8 @@ use crate::ir::{Builder, CmpOp, ScalarType, Value, WarpOp};
 use crate::scheme::{Axis, Group, Rule, Scheme};
 
 use super::emit::{
-    code, flag, global_item, group_params, param_type, quantize_params, range_from_extremes,
-    reads_group, store_param, STATUS_NON_FINITE,
+    code, flag, global_item, group_params, load_f32_aligned, param_type, quantize_params,
+    range_from_extremes, reads_group, store_param, STATUS_NON_FINITE,
 };
 use super::{dequantize_abi, kernel_name, quantize_abi as abi, Launch, Lowered, ShapeClass};
 
@@ -123,7 +123,7 @@ pub fn quantize_token(scheme: &Scheme, shape: ShapeClass, block_size: u32, p: La
         let row_start = b.mul(row, dv);
         let c0 = b.mul(lane, vv);
         let at = b.add(row_start, c0);
-        let values = load_aligned_f32(b, x, at, p.v, shape.input.scalar());
+        let values = load_f32_aligned(b, x, at, p.v as u8, shape.input.scalar());
         let (mut mn, mut mx) = (inf, ninf);
         // `sum(x * 0)` is NaN exactly when some x is infinite or NaN (0 * inf is NaN), so one
         // comparison flags the lane's values.
@@ -205,28 +205,6 @@ pub fn quantize_token(scheme: &Scheme, shape: ShapeClass, block_size: u32, p: La
             columns: p.lanes,
             group: 1,
         },
-    }
-}
-
-/// `lanes` elements at the aligned `index`, each converted to f32 (exactly).
-fn load_aligned_f32(
-    b: &mut Builder,
-    x: crate::ir::Memory,
-    index: Value,
-    lanes: u32,
-    input: ScalarType,
-) -> Vec<Value> {
-    let v = b.load_aligned(x, index, lanes as u8);
-    let scalars: Vec<Value> = match lanes {
-        1 => vec![v],
-        _ => (0..lanes as u8).map(|l| b.extract(v, l)).collect(),
-    };
-    match input {
-        ScalarType::F32 => scalars,
-        _ => scalars
-            .into_iter()
-            .map(|s| b.convert(ScalarType::F32, s))
-            .collect(),
     }
 }
 

@@ -18,6 +18,7 @@
 //! do not fit their type; the caller then reports the precise error (the reference finds it).
 
 pub mod attention;
+mod block_select;
 mod dequantize;
 mod emit;
 pub mod io;
@@ -29,7 +30,7 @@ use thiserror::Error;
 
 use crate::ir::{Kernel, ScalarType};
 use crate::reference::quantize::{check_shape, QuantError};
-use crate::scheme::{Axis, Group, Scheme};
+use crate::scheme::{Axis, Group, Rule, Scheme};
 use crate::tensor::Shape3;
 
 /// Element type of the unquantized input.
@@ -97,11 +98,14 @@ impl Schedule {
         let per_byte = scheme.bits.codes_per_byte() as u32;
         let channels = per_byte.max(8).min(shape.head_dim);
         Schedule {
-            // group = all with a min/max rule: 32 warps per column, their extremes combined by
-            // warp reductions (the rules that read the whole group keep 256 threads).
-            block_size: match (scheme.axis, scheme.group) {
-                (Axis::Channel, Group::All) if !emit::reads_group(scheme.rule) => 1024,
-                (Axis::Channel, Group::All) => 256,
+            // group = all: 32 warps per column, their extremes combined by warp reductions;
+            // the quantile rule's order statistics are selected by 16 warps (the search's
+            // counters need more than the 64 registers a thread of 1024 may have); mse's sums
+            // run in index order, one thread per channel, with 256 threads.
+            block_size: match (scheme.axis, scheme.group, scheme.rule) {
+                (Axis::Channel, Group::All, Rule::Quantile(_)) => 512,
+                (Axis::Channel, Group::All, Rule::Mse) => 256,
+                (Axis::Channel, Group::All, _) => 1024,
                 _ => 128,
             },
             channels,

@@ -1,11 +1,12 @@
 //! Quantize kernels for axis = channel: a group is one (head, channel) over a run of tokens.
 
 use crate::ir::{Builder, CmpOp, Memory, ReduceOp, ScalarType, Special, Value, WarpOp, WARP_SIZE};
-use crate::scheme::{Group, Scheme};
+use crate::scheme::{Group, Rule, Scheme};
 
+use super::block_select::{self, select_quantiles};
 use super::emit::{
     code, code_from_thresholds, code_threshold, flag_non_finite, global_item, group_params,
-    group_range, group_range_local, load_f32, note_non_finite, quantize_params,
+    group_range, group_range_local, load_f32, load_f32_aligned, note_non_finite, quantize_params,
     range_from_extremes, reads_group, store_param,
 };
 use super::{kernel_name, quantize_abi as abi, Launch, Lowered, Schedule, ShapeClass};
@@ -26,6 +27,9 @@ struct Plan {
     columns: u32,
     row_bytes: u32,
     per_byte: u32,
+    /// Whether rows are read with aligned vector loads (cooperative schedules: every index is a
+    /// multiple of the vector width, and the runtime aligns the input).
+    aligned: bool,
 }
 
 impl Plan {
@@ -38,6 +42,7 @@ impl Plan {
             columns: shape.head_dim / s.channels,
             row_bytes: shape.head_dim * scheme.bits.width() / 8,
             per_byte: scheme.bits.codes_per_byte() as u32,
+            aligned: s.cooperative,
         }
     }
 
@@ -58,7 +63,11 @@ impl Plan {
         for j in 0..self.w / self.v as u32 {
             let off = b.u32(j * self.v as u32);
             let idx = b.add(base, off);
-            out.extend(load_f32(b, x, idx, self.v, self.shape.input.scalar()));
+            let input = self.shape.input.scalar();
+            out.extend(match self.aligned {
+                true => load_f32_aligned(b, x, idx, self.v, input),
+                false => load_f32(b, x, idx, self.v, input),
+            });
         }
         out
     }
@@ -169,7 +178,20 @@ pub fn shared_bytes(scheme: &Scheme, s: &Schedule) -> u64 {
     } else {
         0
     };
-    4 * (partials + 2 * w + thresholds)
+    let selection = match block_selected(scheme, s) {
+        Some(_) => block_select::shared_bytes(s.block_size, s.channels),
+        None => 0,
+    };
+    4 * (partials + 2 * w + thresholds) + selection
+}
+
+/// The quantile rule's level when the group = all kernel of a cooperative schedule selects its
+/// order statistics with the whole block ([`block_select`]) instead of one thread per channel.
+fn block_selected(scheme: &Scheme, s: &Schedule) -> Option<f64> {
+    match scheme.rule {
+        Rule::Quantile(p) if s.cooperative && s.block_size % WARP_SIZE == 0 => Some(p.get()),
+        _ => None,
+    }
 }
 
 /// Whether the group = all kernel of a cooperative schedule combines the threads' extremes by
@@ -188,9 +210,11 @@ fn lower_all(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
     let p = Plan::new(scheme, shape, s);
     let bsz = s.block_size;
     let warp_reduce = warp_reduced(scheme, s);
-    let name = match warp_reduce {
-        true => kernel_name("quantize_warps", scheme, shape),
-        false => kernel_name("quantize", scheme, shape),
+    let selected = block_selected(scheme, s);
+    let name = match (warp_reduce, selected) {
+        (true, _) => kernel_name("quantize_warps", scheme, shape),
+        (false, Some(_)) => kernel_name("quantize_select", scheme, shape),
+        (false, None) => kernel_name("quantize", scheme, shape),
     };
     let mut b = Builder::new(&name, bsz);
     let [x, codes, zero_m, scale_m, status] = quantize_params(&mut b, scheme, shape);
@@ -258,13 +282,21 @@ fn lower_all(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
     }
     b.barrier();
 
+    // The quantile rule's ranges, selected by the whole block (every thread ends with them).
+    let ranges = selected.map(|level| {
+        let (_, h, c0) = coords(&mut b);
+        let load_row = |b: &mut Builder, t: Value| p.load_row(b, x, h, t, c0);
+        select_quantiles(&mut b, shape.input, [p.w, bsz], level, &load_row)
+    });
+
     // Region 2: the range and parameters of each channel of the column.
     let (tid, h, c0) = coords(&mut b);
     let w = b.u32(p.w);
     b.for_range(tid, w, bsz, |b, i| {
-        let (lo, hi) = match partials {
+        let (lo, hi) = match (partials, ranges) {
+            (None, Some([q_lo, q_hi])) => (read_at(b, q_lo, i, p.w), read_at(b, q_hi, i, p.w)),
             // `partials` is None exactly when the rule reads the whole group.
-            None => {
+            (None, None) => {
                 let tokens = b.param(abi::TOKENS);
                 let d = b.u32(shape.head_dim);
                 let ht = b.mul(h, tokens);
@@ -275,12 +307,12 @@ fn lower_all(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
                 group_range(b, scheme.rule, x, input, [base, d, tokens], range_local)
             }
             // Every thread holds the column's extremes after the warp reductions.
-            Some(_) if warp_reduce => {
+            (Some(_), _) if warp_reduce => {
                 let mn = read_at(b, min, i, p.w);
                 let mx = read_at(b, max, i, p.w);
                 range_from_extremes(b, scheme.rule, mn, mx)
             }
-            Some((part_min, part_max)) => {
+            (Some((part_min, part_max)), _) => {
                 let (lo0, hi0) = (b.load(part_min, i, 1), b.load(part_max, i, 1));
                 let (z0, z1) = (b.u32(0), b.u32(1));
                 b.write_local(acc, z0, lo0);

@@ -1,0 +1,342 @@
+//! The quantile rule's order statistics for a group = all column, selected by the whole block
+//! (cooperative GPU schedules), with exactly the result of [`crate::ir::Op::SelectRank`].
+//!
+//! Each element's order key is `bits ^ (sign ? 0xFFFF_FFFF : 0x8000_0000)` of its f32 value
+//! (f32's total order, -0 below +0). f16 and bf16 values converted to f32 have their low 13 and
+//! 16 key bits all equal (zeros for positive values, ones for negative ones), so shifting them
+//! out keeps the keys distinct and in order: the search runs over the `32 - z` bits left.
+//!
+//! For each channel of the column and each side (level p and 1 - p), a bisection finds the
+//! smallest key K with `#{key <= K} >= k + 1`, the rank-k element: every step, every thread
+//! counts its tokens' keys at or below the step's pivot, warps sum their lanes' counts
+//! ([`crate::ir::WarpOp::Reduce`]), lane 0 of each warp writes its warp's sums to shared memory,
+//! and every warp sums those, so that every thread takes the same step. One more pass counts
+//! the keys at or below K and finds the smallest key above it: the rank-(k + 1) element is K
+//! again when at least k + 2 keys are at or below K, else that smallest key above. The
+//! interpolation is [`quantile_interpolate`]'s. Integer sums and minima do not depend on the
+//! order they are taken in, so the ranges are the reference's bit for bit.
+
+use crate::ir::{
+    BinaryOp, Builder, CmpOp, Memory, ReduceOp, ScalarType, Special, Value, WarpOp, WARP_SIZE,
+};
+
+use super::emit::{
+    from_order_key, positive_zero, quantile_interpolate, quantile_rank, QuantileRank,
+};
+use super::quantize_abi as abi;
+use super::InputType;
+
+/// The two levels of the quantile rule: the range's low and high ends.
+const SIDES: u32 = 2;
+
+/// Key bits that every value of the input type leaves constant (see the module documentation).
+fn dropped_bits(input: InputType) -> u32 {
+    match input {
+        InputType::F16 => 13,
+        InputType::BF16 => 16,
+        InputType::F32 => 0,
+    }
+}
+
+/// Elements of a warp's row of partials: one per (side, channel), and one of padding so that
+/// the lanes reading a column of them (lane l, row l) fall in different banks.
+fn partial_row(channels: u32) -> u32 {
+    SIDES * channels + 1
+}
+
+/// Shared memory [`select_quantiles`] declares, in bytes.
+pub fn shared_bytes(block_size: u32, channels: u32) -> u64 {
+    2 * 4 * u64::from(block_size / WARP_SIZE) * u64::from(partial_row(channels))
+}
+
+/// What the selection works with.
+struct Select {
+    /// Channels of the column.
+    w: u32,
+    /// Threads of the block.
+    bsz: u32,
+    /// Key bits shifted out.
+    z: u32,
+    /// Levels of the two sides.
+    levels: [f64; 2],
+    /// U32 local of `2w` elements (index `side * w + channel`): each bracket's midpoint (the
+    /// rank-k key once the search ends).
+    mid: u32,
+    /// Per side, U32 locals of `w` elements: counts and minima.
+    count: [u32; 2],
+    least: [u32; 2],
+    /// Per warp, a row of partial counts and minima ([`partial_row`]).
+    part_count: Memory,
+    part_least: Memory,
+}
+
+impl Select {
+    /// The rank-k of side `side` for the group's `tokens` elements.
+    fn rank(&self, b: &mut Builder, side: u32) -> QuantileRank {
+        let tokens = b.param(abi::TOKENS);
+        quantile_rank(b, tokens, self.levels[side as usize])
+    }
+
+    /// The shifted order key of `x` (f32).
+    fn key(&self, b: &mut Builder, x: Value) -> Value {
+        let bits = b.bitcast(ScalarType::U32, x);
+        let s31 = b.u32(31);
+        let sign = b.binary(BinaryOp::Shr, bits, s31);
+        let zero = b.u32(0);
+        let negative = b.cmp(CmpOp::Ne, sign, zero);
+        let all = b.u32(u32::MAX);
+        let top = b.u32(0x8000_0000);
+        let mask = b.select(negative, all, top);
+        let key = b.binary(BinaryOp::Xor, bits, mask);
+        match self.z {
+            0 => key,
+            z => {
+                let zv = b.u32(z);
+                b.binary(BinaryOp::Shr, key, zv)
+            }
+        }
+    }
+
+    /// The f32 whose shifted order key is `k`.
+    fn value(&self, b: &mut Builder, k: Value) -> Value {
+        if self.z == 0 {
+            return from_order_key(b, k);
+        }
+        let zv = b.u32(self.z);
+        let full = b.binary(BinaryOp::Shl, k, zv);
+        let top = b.u32(0x8000_0000);
+        let high = b.binary(BinaryOp::And, full, top);
+        let zero = b.u32(0);
+        let positive = b.cmp(CmpOp::Ne, high, zero);
+        let low = b.u32((1u32 << self.z) - 1);
+        let ones = b.binary(BinaryOp::Or, full, low);
+        let key = b.select(positive, full, ones);
+        from_order_key(b, key)
+    }
+
+    /// Element `j % w` of side `j / w`'s local of the pair `locals`.
+    fn get_pair(&self, b: &mut Builder, locals: [u32; 2], j: u32) -> Value {
+        self.get(b, locals[(j / self.w) as usize], j % self.w)
+    }
+
+    fn set_pair(&self, b: &mut Builder, locals: [u32; 2], j: u32, v: Value) {
+        self.set(b, locals[(j / self.w) as usize], j % self.w, v);
+    }
+
+    fn get(&self, b: &mut Builder, local: u32, j: u32) -> Value {
+        let idx = b.u32(j);
+        b.read_local(local, idx)
+    }
+
+    fn set(&self, b: &mut Builder, local: u32, j: u32, v: Value) {
+        let idx = b.u32(j);
+        b.write_local(local, idx, v);
+    }
+
+    /// Runs `each(b, key, j)` for every element of this thread's tokens, `j` over the pairs
+    /// (side, channel) of `sides`, each element's key computed once.
+    fn pass(
+        &self,
+        b: &mut Builder,
+        load_row: &dyn Fn(&mut Builder, Value) -> Vec<Value>,
+        sides: std::ops::Range<u32>,
+        each: &dyn Fn(&mut Builder, Value, u32),
+    ) {
+        let tid = b.special(Special::ThreadId);
+        let tokens = b.param(abi::TOKENS);
+        b.for_range(tid, tokens, self.bsz, |b, t| {
+            let values = load_row(b, t);
+            for (i, &x) in values.iter().enumerate() {
+                let key = self.key(b, x);
+                for side in sides.clone() {
+                    each(b, key, side * self.w + i as u32);
+                }
+            }
+        });
+    }
+
+    /// Block-wide sums of `count` (pairs of both sides) or, with `least_of`, sums of `count`
+    /// and minima of `least` for the pairs of those sides: a warp reduction, each warp's lane 0
+    /// to shared memory, a barrier, every warp reduces the warps' partials, a barrier (the
+    /// partials may be written again after it).
+    fn block_reduce(&self, b: &mut Builder, least_of: Option<std::ops::Range<u32>>) {
+        let sides: Vec<u32> = least_of.clone().unwrap_or(0..SIDES).collect();
+        let stride = partial_row(self.w);
+        // (local, side, partials, reduction, neutral element)
+        let mut all = Vec::new();
+        for &side in &sides {
+            all.push((self.count, side, self.part_count, ReduceOp::Sum, 0));
+            if least_of.is_some() {
+                let least = (self.least, side, self.part_least, ReduceOp::Min, u32::MAX);
+                all.push(least);
+            }
+        }
+        for &(locals, side, _, op, _) in &all {
+            let local = locals[side as usize];
+            b.warp(WarpOp::Reduce { op, local });
+        }
+        let lane = b.special(Special::LaneId);
+        let zero = b.u32(0);
+        let first = b.cmp(CmpOp::Eq, lane, zero);
+        b.if_then(first, |b| {
+            let warp = b.special(Special::WarpId);
+            let nv = b.u32(stride);
+            let slot = b.mul(warp, nv);
+            for &(locals, side, part, _, _) in &all {
+                for i in 0..self.w {
+                    let v = self.get(b, locals[side as usize], i);
+                    let off = b.u32(side * self.w + i);
+                    let at = b.add(slot, off);
+                    b.store(part, at, v);
+                }
+            }
+        });
+        b.barrier();
+        let lane = b.special(Special::LaneId);
+        let warps = b.u32(self.bsz / WARP_SIZE);
+        let has = b.cmp(CmpOp::Lt, lane, warps);
+        let nv = b.u32(stride);
+        let slot = b.mul(lane, nv);
+        for &(locals, side, part, _, neutral) in &all {
+            let local = locals[side as usize];
+            for i in 0..self.w {
+                let neutral = b.u32(neutral);
+                self.set(b, local, i, neutral);
+                b.if_then(has, |b| {
+                    let off = b.u32(side * self.w + i);
+                    let at = b.add(slot, off);
+                    let v = b.load(part, at, 1);
+                    self.set(b, local, i, v);
+                });
+            }
+        }
+        for &(locals, side, _, op, _) in &all {
+            let local = locals[side as usize];
+            b.warp(WarpOp::Reduce { op, local });
+        }
+        b.barrier();
+    }
+}
+
+/// Selects the quantile rule's range of each of the `w` channels of a column (level `p`, input
+/// type `input`, `load_row(b, t)` giving token `t`'s `w` values as f32) with the whole block of
+/// `bsz` threads (a multiple of 32). Returns two F32 locals of `w` elements, the ranges' low and
+/// high ends, the same in every thread. Contains barriers: call it where every thread of the
+/// block runs it.
+pub fn select_quantiles(
+    b: &mut Builder,
+    input: InputType,
+    [w, bsz]: [u32; 2],
+    p: f64,
+    load_row: &dyn Fn(&mut Builder, Value) -> Vec<Value>,
+) -> [u32; 2] {
+    let n = SIDES * w;
+    let warps = bsz / WARP_SIZE;
+    let s = Select {
+        w,
+        bsz,
+        z: dropped_bits(input),
+        levels: [p, 1.0 - p],
+        mid: b.local("sel_mid", ScalarType::U32, n),
+        count: [
+            b.local("sel_count_lo", ScalarType::U32, w),
+            b.local("sel_count_hi", ScalarType::U32, w),
+        ],
+        least: [
+            b.local("sel_least_lo", ScalarType::U32, w),
+            b.local("sel_least_hi", ScalarType::U32, w),
+        ],
+        part_count: b.shared("sel_part_count", ScalarType::U32, warps * partial_row(w)),
+        part_least: b.shared("sel_part_least", ScalarType::U32, warps * partial_row(w)),
+    };
+    let out = [
+        b.local("q_lo", ScalarType::F32, w),
+        b.local("q_hi", ScalarType::F32, w),
+    ];
+    let bits = 32 - s.z;
+    // The bracket of every search is [lo, lo + 2 half) with half = 2^(bits - 1 - step); only its
+    // midpoint lo + half - 1 is kept: a step moves it down by half / 2 when enough keys are at
+    // or below it (the upper half is dropped), else up by max(half / 2, 1) (the lower half).
+    for j in 0..n {
+        let first_mid = b.u32((1u32 << (bits - 1)) - 1);
+        s.set(b, s.mid, j, first_mid);
+    }
+    let (first, steps) = (b.u32(0), b.u32(bits));
+    b.for_range(first, steps, 1, |b, step| {
+        let mids: Vec<Value> = (0..n).map(|j| s.get(b, s.mid, j)).collect();
+        for j in 0..n {
+            let zero = b.u32(0);
+            s.set_pair(b, s.count, j, zero);
+        }
+        s.pass(b, load_row, 0..SIDES, &|b, key, j| {
+            let le = b.cmp(CmpOp::Le, key, mids[j as usize]);
+            let one = b.convert(ScalarType::U32, le);
+            let c = s.get_pair(b, s.count, j);
+            let c = b.add(c, one);
+            s.set_pair(b, s.count, j, c);
+        });
+        s.block_reduce(b, None);
+        let top = b.u32(bits - 1);
+        let shift = b.sub(top, step);
+        let one = b.u32(1);
+        let half = b.binary(BinaryOp::Shl, one, shift);
+        let down = b.binary(BinaryOp::Shr, half, one);
+        let up = b.max(down, one);
+        for side in 0..SIDES {
+            let rank = s.rank(b, side);
+            let wanted = b.add(rank.k, one);
+            for i in 0..w {
+                let j = side * w + i;
+                let mid = s.get(b, s.mid, j);
+                let c = s.get_pair(b, s.count, j);
+                let enough = b.cmp(CmpOp::Ge, c, wanted);
+                let lower = b.sub(mid, down);
+                let higher = b.add(mid, up);
+                let next = b.select(enough, lower, higher);
+                s.set(b, s.mid, j, next);
+            }
+        }
+    });
+    // Per side: the keys at or below each rank-k key, and the smallest key above it.
+    for side in 0..SIDES {
+        let found: Vec<Value> = (0..n).map(|j| s.get(b, s.mid, j)).collect();
+        for i in 0..w {
+            let j = side * w + i;
+            let (zero, max) = (b.u32(0), b.u32(u32::MAX));
+            s.set_pair(b, s.count, j, zero);
+            s.set_pair(b, s.least, j, max);
+        }
+        s.pass(b, load_row, side..side + 1, &|b, key, j| {
+            let le = b.cmp(CmpOp::Le, key, found[j as usize]);
+            let one = b.convert(ScalarType::U32, le);
+            let c = s.get_pair(b, s.count, j);
+            let c = b.add(c, one);
+            s.set_pair(b, s.count, j, c);
+            let max = b.u32(u32::MAX);
+            let above = b.select(le, max, key);
+            let m = s.get_pair(b, s.least, j);
+            let m = b.min(m, above);
+            s.set_pair(b, s.least, j, m);
+        });
+        s.block_reduce(b, Some(side..side + 1));
+        let rank = s.rank(b, side);
+        let two = b.u32(2);
+        let wanted = b.add(rank.k, two);
+        for i in 0..w {
+            let j = side * w + i;
+            let k_key = s.get(b, s.mid, j);
+            let vk = s.value(b, k_key);
+            let c = s.get_pair(b, s.count, j);
+            let repeated = b.cmp(CmpOp::Ge, c, wanted);
+            let next = s.get_pair(b, s.least, j);
+            let k1_key = b.select(repeated, k_key, next);
+            let k1_key = b.select(rank.is_last, k_key, k1_key);
+            let vk1 = s.value(b, k1_key);
+            let q = quantile_interpolate(b, rank, vk, vk1);
+            let q = positive_zero(b, q);
+            let idx = b.u32(i);
+            b.write_local(out[side as usize], idx, q);
+        }
+    }
+    out
+}
