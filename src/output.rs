@@ -123,11 +123,14 @@ impl StagedDir {
         })
     }
 
-    /// Writes `name` (a plain file name) into the staging folder.
+    /// Writes `name` (a plain file name) into the staging folder; writing a name again
+    /// replaces its bytes (one file is moved in, not two).
     pub fn write(&mut self, name: &str, bytes: &[u8]) -> Result<(), OutputError> {
         let path = self.staging.join(name);
         std::fs::write(&path, bytes).map_err(|e| fail(&self.dest.join(name), e))?;
-        self.files.push(name.to_string());
+        if !self.files.iter().any(|f| f == name) {
+            self.files.push(name.to_string());
+        }
         Ok(())
     }
 

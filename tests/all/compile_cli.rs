@@ -217,6 +217,53 @@ fn compile_for_the_host_writes_llvm_ir() {
     }
 }
 
+/// A pair whose key and value share a scheme shares its kernels: each file is written once and
+/// the manifest names it for both roles (this once failed half-way through moving the folder).
+#[test]
+fn compile_with_one_scheme_for_keys_and_values_writes_each_kernel_once() {
+    let scheme = catalogue_text("quantile1");
+    let dir = temp_dir("same_scheme");
+    let stdout = assert_success(&compile(
+        scheme,
+        scheme,
+        &["--target", "sm_90", "--emit", "ir"],
+        &dir,
+    ));
+    assert!(stdout.contains("wrote 4 kernels"), "{stdout}");
+    let m = manifest(&dir);
+    let kernels = m["kernels"].as_array().unwrap();
+    let files: Vec<&str> = kernels
+        .iter()
+        .map(|k| k["entry"]["file"].as_str().unwrap())
+        .collect();
+    assert_eq!(files.len(), 4);
+    assert_eq!((files[0], files[1]), (files[2], files[3]), "{files:?}");
+    let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    on_disk.sort();
+    let mut want = vec![
+        files[0].to_string(),
+        files[1].to_string(),
+        "manifest.json".to_string(),
+    ];
+    want.sort();
+    assert_eq!(on_disk, want);
+    let parent = dir.parent().unwrap();
+    let leftovers = std::fs::read_dir(parent)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .contains("same_scheme.staging")
+        })
+        .count();
+    assert_eq!(leftovers, 0);
+}
+
 #[test]
 fn compile_emit_ir_writes_the_kernel_text() {
     let dir = temp_dir("ir");
