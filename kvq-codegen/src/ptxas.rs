@@ -1,6 +1,7 @@
 //! ptxas, NVIDIA's PTX assembler, used to validate emitted PTX and read its resource usage
-//! (registers, spills) without a GPU. It comes from the `nvidia-cuda-nvcc-cu12` wheel that
-//! `scripts/setup.sh` installs into the project's `.venv`.
+//! (registers, spills) without a GPU, and nvdisasm, which lists the machine code (SASS) ptxas
+//! made, for its instruction count. They come from the `nvidia-cuda-nvcc-cu12` and
+//! `nvidia-cuda-nvdisasm` wheels that `scripts/setup.sh` installs into the project's `.venv`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -34,21 +35,38 @@ impl std::fmt::Display for PtxasReport {
 
 /// The ptxas to use: `KVQ_PTXAS`, else the project's `.venv`, else `ptxas` on PATH.
 pub fn find() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("KVQ_PTXAS").map(PathBuf::from) {
+    find_tool("KVQ_PTXAS", &["nvidia/cuda_nvcc/bin/ptxas"], "ptxas")
+}
+
+/// The nvdisasm to use: `KVQ_NVDISASM`, else the project's `.venv`, else `nvdisasm` on PATH.
+pub fn find_nvdisasm() -> Option<PathBuf> {
+    let wheels = [
+        "nvidia/cu13/bin/nvdisasm",
+        "nvidia/cuda_nvdisasm/bin/nvdisasm",
+    ];
+    find_tool("KVQ_NVDISASM", &wheels, "nvdisasm")
+}
+
+/// `$var` if set (and a file), else the first of `wheel_paths` under the `.venv`'s
+/// site-packages, else `name` if it runs from PATH.
+fn find_tool(var: &str, wheel_paths: &[&str], name: &str) -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os(var).map(PathBuf::from) {
         return p.is_file().then_some(p);
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let venv_lib = root.join(".venv/lib");
     if let Ok(entries) = std::fs::read_dir(&venv_lib) {
         for e in entries.flatten() {
-            let p = e.path().join("site-packages/nvidia/cuda_nvcc/bin/ptxas");
-            if p.is_file() {
-                return Some(p);
+            for wheel in wheel_paths {
+                let p = e.path().join("site-packages").join(wheel);
+                if p.is_file() {
+                    return Some(p);
+                }
             }
         }
     }
-    let on_path = Command::new("ptxas").arg("--version").output().is_ok();
-    on_path.then(|| PathBuf::from("ptxas"))
+    let on_path = Command::new(name).arg("--version").output().is_ok();
+    on_path.then(|| PathBuf::from(name))
 }
 
 /// Assembles `ptx` for `arch` with `ptxas -v` and reports the resources of `entry`.
@@ -58,6 +76,60 @@ pub fn assemble(
     arch: Arch,
     entry: &str,
 ) -> Result<PtxasReport, CodegenError> {
+    assemble_then(ptxas, ptx, arch, entry, |_| Ok(())).map(|(report, ())| report)
+}
+
+/// [`assemble`], and the number of machine instructions ptxas made of the kernel's body
+/// (`nvdisasm -c` on the cubin): the static count of its instruction lines, `NOP` padding and
+/// the internal subroutines after it (the slow path of IEEE division, which only operands near
+/// the ends of the exponent range take) left out.
+pub fn assemble_counting(
+    ptxas: &Path,
+    nvdisasm: &Path,
+    ptx: &str,
+    arch: Arch,
+    entry: &str,
+) -> Result<(PtxasReport, u32), CodegenError> {
+    assemble_then(ptxas, ptx, arch, entry, |cubin| {
+        let out = Command::new(nvdisasm)
+            .arg("-c")
+            .arg(cubin)
+            .output()
+            .map_err(|e| ptxas_error(entry, format!("cannot run {}: {e}", nvdisasm.display())))?;
+        if !out.status.success() {
+            let text = String::from_utf8_lossy(&out.stderr).trim().to_string();
+            return Err(ptxas_error(entry, format!("nvdisasm failed: {text}")));
+        }
+        Ok(count_sass(&String::from_utf8_lossy(&out.stdout)))
+    })
+}
+
+/// Instruction lines of `nvdisasm -c` output (`/*0a30*/  OPCODE ...;`) before the first
+/// internal subroutine (`$__internal...:`), `NOP`s left out.
+fn count_sass(listing: &str) -> u32 {
+    let count = listing
+        .lines()
+        .take_while(|l| !(l.starts_with("$__internal") && l.trim_end().ends_with(':')))
+        .filter_map(|l| {
+            let l = l.trim_start().strip_prefix("/*")?;
+            let (offset, rest) = l.split_once("*/")?;
+            let is_offset = !offset.is_empty() && offset.chars().all(|c| c.is_ascii_hexdigit());
+            let opcode = rest.split_whitespace().find(|w| !w.starts_with('@'))?;
+            (is_offset && opcode != "NOP" && opcode != "NOP;").then_some(())
+        })
+        .count();
+    u32::try_from(count).unwrap_or(u32::MAX)
+}
+
+/// Assembles `ptx` into a temporary cubin, reads `entry`'s resources and runs `then` on the
+/// cubin before the temporary folder is removed.
+fn assemble_then<T>(
+    ptxas: &Path,
+    ptx: &str,
+    arch: Arch,
+    entry: &str,
+    then: impl FnOnce(&Path) -> Result<T, CodegenError>,
+) -> Result<(PtxasReport, T), CodegenError> {
     let dir = std::env::temp_dir().join(format!("kvq-ptxas-{}-{}", std::process::id(), unique()));
     std::fs::create_dir_all(&dir).map_err(|e| ptxas_error(entry, e.to_string()))?;
     let input = dir.join("kernel.ptx");
@@ -77,8 +149,9 @@ pub fn assemble(
         if !out.status.success() {
             return Err(ptxas_error(entry, text.trim().to_string()));
         }
-        parse_report(&text, entry)
-            .ok_or_else(|| ptxas_error(entry, format!("no resource report in: {text}")))
+        let report = parse_report(&text, entry)
+            .ok_or_else(|| ptxas_error(entry, format!("no resource report in: {text}")))?;
+        Ok((report, then(&output)?))
     })();
     let _ = std::fs::remove_dir_all(&dir);
     result
@@ -151,5 +224,25 @@ mod tests {
             }
         );
         assert!(parse_report(text, "other").is_none());
+    }
+
+    #[test]
+    fn counts_sass_instruction_lines_without_nops() {
+        let listing = "\t.headerflags\t@\"EF_CUDA_SM90\"\n\
+            //------ .text.k ------\n\
+            k:\n\
+            .text.k:\n\
+            \x20       /*0000*/                   LDC R1, c[0x0][0x28] ;\n\
+            \x20       /*0010*/               @P0 BRA `(.L_x_1) ;\n\
+            .L_x_1:\n\
+            \x20       /*0020*/                   EXIT ;\n\
+            \x20       /*0030*/                   BRA `(.L_x_2);\n\
+            \x20       /*0040*/                   NOP;\n\
+            \x20       /*0050*/                   NOP;\n\
+            \x20       .weak           $__internal_0_$__cuda_sm3x_div_rn_noftz_f32_slowpath\n\
+            $__internal_0_$__cuda_sm3x_div_rn_noftz_f32_slowpath:\n\
+            \x20       /*0060*/                   SHF.R.U32.HI R4, RZ, 0x17, R3 ;\n\
+            \x20       /*0070*/                   RET.REL.NODEC R4 `(k) ;\n";
+        assert_eq!(count_sass(listing), 4);
     }
 }

@@ -130,6 +130,7 @@ pub fn run(args: Args) -> Result<()> {
         input: shape.input,
     };
     let assembler = ptxas::find();
+    let disassembler = ptxas::find_nvdisasm();
     let mut reports = Vec::new();
     for (role, scheme) in [("key", key), ("value", value)] {
         let schedule = Schedule::gpu_default(&scheme, class);
@@ -142,6 +143,7 @@ pub fn run(args: Args) -> Result<()> {
                 gpu: &gpu,
                 arch,
                 assembler: assembler.as_deref(),
+                disassembler: disassembler.as_deref(),
                 span,
             };
             let r = profile_kernel(
@@ -160,6 +162,7 @@ pub fn run(args: Args) -> Result<()> {
             gpu: &gpu,
             arch,
             assembler: assembler.as_deref(),
+            disassembler: disassembler.as_deref(),
             span,
         };
         let attention = super::profile_attention::profile_attention(
@@ -183,19 +186,31 @@ pub fn run(args: Args) -> Result<()> {
         gpu: &gpu,
         shape,
         ptxas: assembler.is_some(),
+        nvdisasm: assembler.is_some() && disassembler.is_some(),
         kernels: reports,
         sdpa_bytes,
     };
-    let note = "note: ptxas not found (run scripts/setup.sh or set KVQ_PTXAS): registers, stack \
-                and occupancy's register limit are unknown; shared memory is the IR's";
+    let mut notes = Vec::new();
+    if assembler.is_none() {
+        notes.push(
+            "note: ptxas not found (run scripts/setup.sh or set KVQ_PTXAS): registers, stack and \
+             occupancy's register limit are unknown; shared memory is the IR's",
+        );
+    }
+    if disassembler.is_none() {
+        notes.push(
+            "note: nvdisasm not found (run scripts/setup.sh or set KVQ_NVDISASM): instructions \
+             are IR instructions, not weighed by the machine code ptxas makes of them",
+        );
+    }
     if args.json {
-        if assembler.is_none() {
-            eprintln!("{note}");
+        for n in &notes {
+            eprintln!("{n}");
         }
         println!("{}", serde_json::to_string_pretty(&report.json())?);
     } else {
-        if assembler.is_none() {
-            println!("{note}");
+        for n in &notes {
+            println!("{n}");
         }
         print!("{}", report.text());
     }
@@ -226,6 +241,8 @@ pub struct Ctx<'a> {
     gpu: &'a GpuParams,
     arch: Arch,
     assembler: Option<&'a std::path::Path>,
+    /// nvdisasm, to weigh IR instructions by the machine instructions ptxas made of them.
+    disassembler: Option<&'a std::path::Path>,
     span: Shape3,
 }
 
@@ -261,12 +278,20 @@ pub fn profile_traced(
     bound_bytes: u64,
 ) -> Result<KernelReport> {
     let info = verify(kernel)?;
-    let ptxas = match ctx.assembler {
-        Some(path) => {
+    let (ptxas, sass_static) = match (ctx.assembler, ctx.disassembler) {
+        (Some(path), Some(nvdisasm)) => {
             let text = ptx::emit(kernel, &info, ctx.arch)?.text;
-            Some(ptxas::assemble(path, &text, ctx.arch, &kernel.name)?)
+            let (r, n) = ptxas::assemble_counting(path, nvdisasm, &text, ctx.arch, &kernel.name)?;
+            (Some(r), Some(n))
         }
-        None => None,
+        (Some(path), None) => {
+            let text = ptx::emit(kernel, &info, ctx.arch)?.text;
+            (
+                Some(ptxas::assemble(path, &text, ctx.arch, &kernel.name)?),
+                None,
+            )
+        }
+        (None, _) => (None, None),
     };
     let shared_bytes = match ptxas {
         Some(r) => r.shared,
@@ -284,7 +309,15 @@ pub fn profile_traced(
         .map(|a| a.buffer().map_or(0, |b| (b.len() * b.elem().size()) as u64))
         .collect();
     let trace = run_traced(kernel, args, grid, &sample)?;
-    let stats = gpu_model::analyze(&trace);
+    let mut stats = gpu_model::analyze(&trace);
+    let ir_static: u64 = trace.body_insts.iter().sum();
+    let ir_warp_insts = stats.warp_insts;
+    let sass_per_ir = sass_static
+        .filter(|_| ir_static > 0)
+        .map(|n| f64::from(n) / ir_static as f64);
+    if let Some(r) = sass_per_ir {
+        stats.warp_insts = (ir_warp_insts as f64 * r).round() as u64;
+    }
     let prediction = gpu_model::predict(ctx.gpu, grid, &occupancy, &stats, &buffer_bytes);
     Ok(KernelReport {
         role: role.to_string(),
@@ -296,6 +329,8 @@ pub fn profile_traced(
         occupancy,
         sample,
         stats,
+        ir_warp_insts,
+        sass_per_ir,
         prediction,
         bound_bytes,
         bound_s: gpu_model::bandwidth_bound_s(ctx.gpu, bound_bytes),

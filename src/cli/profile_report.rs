@@ -18,7 +18,13 @@ pub struct KernelReport {
     pub shared_bytes: u32,
     pub occupancy: Occupancy,
     pub sample: Vec<u32>,
+    /// `stats.warp_insts` is weighed by `sass_per_ir` when known.
     pub stats: TraceStats,
+    /// The sample's warp instructions in IR instructions (unweighed).
+    pub ir_warp_insts: u64,
+    /// Machine instructions per IR instruction, both counted statically over the whole kernel
+    /// (nvdisasm on ptxas's cubin; the IR as the trace counts it).
+    pub sass_per_ir: Option<f64>,
     pub prediction: Prediction,
     /// Bytes of the copy bound (data read plus data written, once).
     pub bound_bytes: u64,
@@ -30,6 +36,8 @@ pub struct Report<'a> {
     pub gpu: &'a GpuParams,
     pub shape: ProfileShape,
     pub ptxas: bool,
+    /// Whether instructions are weighed by the machine code (nvdisasm found).
+    pub nvdisasm: bool,
     pub kernels: Vec<KernelReport>,
     pub sdpa_bytes: u64,
 }
@@ -140,6 +148,7 @@ impl Report<'_> {
             "gpu": self.gpu.name,
             "product": self.gpu.product,
             "ptxas": self.ptxas,
+            "nvdisasm": self.nvdisasm,
             "shape": {
                 "batch": s.batch,
                 "kv_heads": s.kv_heads,
@@ -214,11 +223,20 @@ fn kernel_text(out: &mut String, k: &KernelReport) {
             .conflict_factor()
             .map_or("n/a".to_string(), |f| format!("{f:.2}"))
     );
-    let _ = writeln!(
-        out,
-        "  instructions  {:.1} per warp (IR instructions, sampled mean)",
-        per_warp(st.warp_insts, st.warps)
-    );
+    let _ = match k.sass_per_ir {
+        Some(r) => writeln!(
+            out,
+            "  instructions  {:.1} per warp: {:.1} IR instructions (sampled mean) x {:.2} machine instructions per IR instruction (static, nvdisasm)",
+            per_warp(st.warp_insts, st.warps),
+            per_warp(k.ir_warp_insts, st.warps),
+            r
+        ),
+        None => writeln!(
+            out,
+            "  instructions  {:.1} per warp (IR instructions, sampled mean)",
+            per_warp(st.warp_insts, st.warps)
+        ),
+    };
     let _ = writeln!(
         out,
         "  predicted     DRAM {:.3} us ({} B), L2 {:.3} us ({} B), latency {:.3} us, issue {:.3} us, launch {:.3} us",
@@ -267,6 +285,8 @@ fn kernel_json(k: &KernelReport) -> Value {
             "conflict_factor": st.shared.conflict_factor(),
         },
         "warp_insts_per_warp": per_warp(st.warp_insts, st.warps),
+        "ir_insts_per_warp": per_warp(k.ir_warp_insts, st.warps),
+        "sass_per_ir": k.sass_per_ir.map(|r| (r * 1e4).round() / 1e4),
         "predicted_dram_bytes": p.dram_bytes.round(),
         "predicted_dram_us": us(p.dram_s),
         "predicted_l2_bytes": p.l2_bytes.round(),

@@ -137,6 +137,55 @@ fn text_labels_every_time_predicted() {
     }
 }
 
+/// With ptxas and nvdisasm (scripts/setup.sh installs both), every kernel's IR instructions are
+/// weighed by the machine instructions ptxas made of them; without nvdisasm they are not.
+#[test]
+fn instructions_are_weighed_by_the_machine_code_when_nvdisasm_is_found() {
+    let mut args = vec!["--target", "sm_90", "--json"];
+    args.extend_from_slice(&SHAPE);
+    let out = profile(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    if j["ptxas"] != true || j["nvdisasm"] != true {
+        eprintln!("ptxas or nvdisasm not found: the weighing is not checked here");
+        return;
+    }
+    for k in j["kernels"].as_array().unwrap() {
+        let r = k["sass_per_ir"].as_f64().expect("a ratio");
+        // Every IR instruction becomes at least a fraction of one machine instruction and no
+        // kvq kernel expands ten-fold (a division is about 10).
+        assert!(r > 0.25 && r < 10.0, "{}: {r}", k["name"]);
+        let (ir, weighed) = (
+            k["ir_insts_per_warp"].as_f64().unwrap(),
+            k["warp_insts_per_warp"].as_f64().unwrap(),
+        );
+        assert!(
+            (weighed - ir * r).abs() <= 1e-3 * ir * r + 1.0,
+            "{weighed} vs {ir} x {r}"
+        );
+    }
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kvq"));
+    let mut plain = vec!["profile", "--key", KEY, "--value", VALUE];
+    plain.extend_from_slice(&args);
+    let out = cmd
+        .args(plain)
+        .env("KVQ_CACHE", "off")
+        .env("KVQ_NVDISASM", "/nonexistent/nvdisasm")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nvdisasm not found"));
+    let j: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(j["nvdisasm"], false);
+    for k in j["kernels"].as_array().unwrap() {
+        assert!(k["sass_per_ir"].is_null());
+        assert_eq!(k["warp_insts_per_warp"], k["ir_insts_per_warp"]);
+    }
+}
+
 #[test]
 fn without_ptxas_the_model_still_reports() {
     let mut args = vec!["--target", "sm_90", "--json"];
