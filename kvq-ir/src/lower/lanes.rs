@@ -5,7 +5,7 @@
 //!
 //! | kernel | lanes | statistics |
 //! | --- | --- | --- |
-//! | quantize, axis = token, min/max rules | `head_dim / v` per row | min and max of each group by xor shuffles over its `n / v` lanes |
+//! | quantize, axis = token, min/max rules | `head_dim / v` per row, `v` up to 16 (several rows a warp) | min and max of each group by xor shuffles over its `n / v` lanes; a lane's code bytes stored as whole words |
 //! | dequantize, every scheme | `head_dim / v` per row | none: each lane decodes its `v` channels and stores them as aligned f32 vectors |
 //!
 //! Both launch one thread per (head, token, lane) ([`Launch::ThreadPerGroup`] with `group = 1`,
@@ -15,7 +15,7 @@
 //! the same operations in the same order per element, and group extremes whose only
 //! order-dependence (the sign of a zero extreme) `range_from_extremes` removes.
 
-use crate::ir::{Builder, CmpOp, ScalarType, Value, WarpOp};
+use crate::ir::{BinaryOp, Builder, CmpOp, ScalarType, Type, Value, WarpOp};
 use crate::scheme::{Axis, Group, Rule, Scheme};
 
 use super::emit::{
@@ -32,6 +32,11 @@ pub struct LanePlan {
     /// Lanes per row (`head_dim / v`, a power of two dividing 32).
     pub lanes: u32,
 }
+
+/// Channels per lane that quantize aims for: a row's extremes, parameters and index arithmetic
+/// cost the same per lane however many channels it holds, so fewer, fuller lanes (several rows
+/// per warp) spend fewer instructions per element.
+const QUANTIZE_CHANNELS: u32 = 16;
 
 /// Channels of one token-axis group (or of the whole row for group = all).
 fn group_channels(scheme: &Scheme, head_dim: u32) -> u32 {
@@ -59,7 +64,7 @@ pub fn plan(scheme: &Scheme, head_dim: u32, quantize: bool) -> Result<LanePlan, 
     }
     let n = group_channels(scheme, head_dim);
     let mut v = match quantize {
-        true => (head_dim / 32).max(per_byte),
+        true => (head_dim / 32).max(per_byte).max(QUANTIZE_CHANNELS.min(n)),
         false => (head_dim / 32).max(4),
     };
     v = v.next_power_of_two();
@@ -185,18 +190,30 @@ pub fn quantize_token(scheme: &Scheme, shape: ShapeClass, block_size: u32, p: La
         let bytes_per_lane = b.u32(p.v / per_byte);
         let lane_bytes = b.mul(lane, bytes_per_lane);
         let base = b.add(code_row, lane_bytes);
-        for k in 0..p.v / per_byte {
-            let lane_codes: Vec<Value> = (0..per_byte)
-                .map(|l| {
-                    let i = b.u32(k * per_byte + l);
-                    let value = b.read_local(vals, i);
-                    code(b, scheme, value, zero, scale)
-                })
-                .collect();
-            let byte = b.pack_bits(lane_codes, scheme.bits, scheme.order);
-            let off = b.u32(k);
-            let at = b.add(base, off);
-            b.store(codes, at, byte);
+        let bytes: Vec<Value> = (0..p.v / per_byte)
+            .map(|k| {
+                let lane_codes: Vec<Value> = (0..per_byte)
+                    .map(|l| {
+                        let i = b.u32(k * per_byte + l);
+                        let value = b.read_local(vals, i);
+                        code(b, scheme, value, zero, scale)
+                    })
+                    .collect();
+                b.pack_bits(lane_codes, scheme.bits, scheme.order)
+            })
+            .collect();
+        // A lane's code bytes are contiguous and start at a multiple of their count (rows of
+        // code bytes and lanes are both multiples of it): one aligned vector store.
+        match bytes.len() {
+            1 => b.store(codes, base, bytes[0]),
+            4 | 8 | 16 => {
+                let vector = bytes_as_words(b, &bytes);
+                b.store_aligned(codes, base, vector);
+            }
+            _ => {
+                let vector = b.vector(bytes);
+                b.store_aligned(codes, base, vector);
+            }
         }
     });
     Lowered {
@@ -206,6 +223,30 @@ pub fn quantize_token(scheme: &Scheme, shape: ShapeClass, block_size: u32, p: La
             group: 1,
         },
     }
+}
+
+/// `bytes` (4, 8 or 16 U8 values) as a U8 vector made of little-endian u32 words (byte `4k + j`
+/// at bits `8j` of word `k`), bit cast: the same bytes, which a GPU then stores as whole words
+/// (NVPTX would split a vector built of bytes into one store per word).
+fn bytes_as_words(b: &mut Builder, bytes: &[Value]) -> Value {
+    let words: Vec<Value> = bytes
+        .chunks(4)
+        .map(|four| {
+            let mut word = b.convert(ScalarType::U32, four[0]);
+            for (j, &byte) in four.iter().enumerate().skip(1) {
+                let wide = b.convert(ScalarType::U32, byte);
+                let shift = b.u32(8 * j as u32);
+                let placed = b.binary(BinaryOp::Shl, wide, shift);
+                word = b.binary(BinaryOp::Or, word, placed);
+            }
+            word
+        })
+        .collect();
+    let packed = match words.as_slice() {
+        [word] => *word,
+        _ => b.vector(words),
+    };
+    b.bitcast_to(Type::Vector(ScalarType::U8, bytes.len() as u8), packed)
 }
 
 /// Dequantize, every scheme: each lane decodes `v` channels of its row and stores them as
