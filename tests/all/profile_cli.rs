@@ -16,14 +16,34 @@ fn profile(extra: &[&str]) -> Output {
 
 /// `kvq profile`, with `KVQ_PTXAS` set to `ptxas` when given.
 fn profile_with(extra: &[&str], ptxas: Option<&str>) -> Output {
+    let env: Vec<(&str, &str)> = ptxas.iter().map(|&p| ("KVQ_PTXAS", p)).collect();
+    profile_env(extra, &env)
+}
+
+/// `kvq profile` with the environment variables `env` set.
+fn profile_env(extra: &[&str], env: &[(&str, &str)]) -> Output {
     let mut args = vec!["profile", "--key", KEY, "--value", VALUE];
     args.extend_from_slice(extra);
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_kvq"));
     cmd.args(args).env("KVQ_CACHE", "off");
-    if let Some(p) = ptxas {
-        cmd.env("KVQ_PTXAS", p);
+    for (k, v) in env {
+        cmd.env(k, v);
     }
     cmd.output().unwrap()
+}
+
+/// The JSON of a successful `kvq profile --target sm_90 --json` at [`SHAPE`].
+fn sm90_json(env: &[(&str, &str)]) -> (Output, Value) {
+    let mut args = vec!["--target", "sm_90", "--json"];
+    args.extend_from_slice(&SHAPE);
+    let out = profile_env(&args, env);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    (out, j)
 }
 
 /// A clean failure: exit status 1, nothing on stdout, one `error:` line, no panic.
@@ -41,15 +61,7 @@ const SHAPE: [&str; 6] = ["--kv-heads", "2", "--tokens", "1024", "--head-dim", "
 
 #[test]
 fn json_has_every_kernel_with_checkable_facts() {
-    let mut args = vec!["--target", "sm_90", "--json"];
-    args.extend_from_slice(&SHAPE);
-    let out = profile(&args);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let j: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let (out, j) = sm90_json(&[]);
     assert_eq!(j["target"], "sm_90");
     assert_eq!(j["gpu"], "h100");
     // K and V of 2 heads x 1024 tokens x 64 channels in bf16: 2 x 131072 x 2 bytes.
@@ -108,6 +120,7 @@ fn json_has_every_kernel_with_checkable_facts() {
         let total = k["predicted_us"].as_f64().unwrap();
         for term in [
             "predicted_dram_us",
+            "predicted_l2_us",
             "predicted_latency_us",
             "predicted_issue_us",
         ] {
@@ -117,7 +130,7 @@ fn json_has_every_kernel_with_checkable_facts() {
         assert!(k["predicted_ratio"].as_f64().unwrap() > 0.0);
     }
     // Deterministic: the same bytes again.
-    assert_eq!(profile(&args).stdout, out.stdout);
+    assert_eq!(sm90_json(&[]).0.stdout, out.stdout);
 }
 
 #[test]
@@ -141,15 +154,7 @@ fn text_labels_every_time_predicted() {
 /// weighed by the machine instructions ptxas made of them; without nvdisasm they are not.
 #[test]
 fn instructions_are_weighed_by_the_machine_code_when_nvdisasm_is_found() {
-    let mut args = vec!["--target", "sm_90", "--json"];
-    args.extend_from_slice(&SHAPE);
-    let out = profile(&args);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let j: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let (_, j) = sm90_json(&[]);
     if j["ptxas"] != true || j["nvdisasm"] != true {
         eprintln!("ptxas or nvdisasm not found: the weighing is not checked here");
         return;
@@ -159,26 +164,15 @@ fn instructions_are_weighed_by_the_machine_code_when_nvdisasm_is_found() {
         // Every IR instruction becomes at least a fraction of one machine instruction and no
         // kvq kernel expands ten-fold (a division is about 10).
         assert!(r > 0.25 && r < 10.0, "{}: {r}", k["name"]);
-        let (ir, weighed) = (
-            k["ir_insts_per_warp"].as_f64().unwrap(),
-            k["warp_insts_per_warp"].as_f64().unwrap(),
-        );
+        let ir = k["ir_insts_per_warp"].as_f64().unwrap();
+        let weighed = k["warp_insts_per_warp"].as_f64().unwrap();
         assert!(
             (weighed - ir * r).abs() <= 1e-3 * ir * r + 1.0,
             "{weighed} vs {ir} x {r}"
         );
     }
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kvq"));
-    let mut plain = vec!["profile", "--key", KEY, "--value", VALUE];
-    plain.extend_from_slice(&args);
-    let out = cmd
-        .args(plain)
-        .env("KVQ_CACHE", "off")
-        .env("KVQ_NVDISASM", "/nonexistent/nvdisasm")
-        .output()
-        .unwrap();
+    let (out, j) = sm90_json(&[("KVQ_NVDISASM", "/nonexistent/nvdisasm")]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("nvdisasm not found"));
-    let j: Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(j["nvdisasm"], false);
     for k in j["kernels"].as_array().unwrap() {
         assert!(k["sass_per_ir"].is_null());
