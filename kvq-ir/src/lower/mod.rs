@@ -11,6 +11,7 @@
 //! | any | [`dequantize`] | one thread per (head, token) row |
 //! | axis = token, min/max rules (cooperative schedule) | [`quantize`] | lanes over channels: a row split across a warp's lanes, group extremes by shuffles ([`lanes`]) |
 //! | any (cooperative schedule) | [`dequantize`] | lanes over channels, aligned f32 vector stores ([`lanes`]) |
+//! | axis = channel, group = all, quantile rule (cooperative schedule) | [`quantize`] | one block per (head, column); the whole block selects the order statistics (`block_select`) |
 //!
 //! Statistics and codes read the data twice (a range needs the whole group before the first code);
 //! the quantile rule selects exact order statistics with [`crate::ir::Op::SelectRank`]. Every
