@@ -194,32 +194,71 @@ fn catalogue_on_real_captures_matches_reference() {
     }
 }
 
+/// Every input type: the kernels' non-finite probe (a running sum for f16, a sum of `x * 0`
+/// otherwise) flags NaN and both infinities, at the position the reference names.
 #[test]
 fn non_finite_input_is_reported_like_the_reference() {
-    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
-        non_finite_value_is_reported(bad);
+    for input in [InputType::F16, InputType::BF16, InputType::F32] {
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            non_finite_value_is_reported(bad, input);
+        }
     }
 }
 
-fn non_finite_value_is_reported(bad: f32) {
+fn non_finite_value_is_reported(bad: f32, input: InputType) {
     let mut data = vec![0.5f32; 2 * 5 * 64];
     data[(5 + 3) * 64 + 2] = bad;
     let x = Tensor3::new([2, 5, 64], data).unwrap();
     for (_, scheme) in catalogue() {
         let shape = ShapeClass {
             head_dim: 64,
-            input: InputType::F16,
+            input,
         };
-        let lowered =
-            lower::quantize(&scheme, shape, &Schedule::gpu_default(&scheme, shape)).unwrap();
-        match quantize_with(&lowered, &scheme, &x, InputType::F16, RUN) {
-            Err(ExecError::Quant(QuantError::NonFinite {
-                head: 1,
-                token: 3,
-                channel: 2,
-                ..
-            })) => {}
-            other => panic!("{scheme}: {other:?}"),
+        for schedule in [
+            Schedule::gpu_default(&scheme, shape),
+            Schedule::host_default(&scheme, shape),
+        ] {
+            let lowered = lower::quantize(&scheme, shape, &schedule).unwrap();
+            match quantize_with(&lowered, &scheme, &x, input, RUN) {
+                Err(ExecError::Quant(QuantError::NonFinite {
+                    head: 1,
+                    token: 3,
+                    channel: 2,
+                    ..
+                })) => {}
+                other => panic!("{scheme} {input:?} {schedule:?}: {other:?}"),
+            }
+        }
+    }
+}
+
+/// The f16 probe is a plain sum: a whole span of the largest finite f16 values of both signs,
+/// summed in f32, stays finite (nothing is flagged) and codes as the reference does.
+#[test]
+fn largest_f16_values_are_not_flagged() {
+    let (heads, tokens, dim) = (2, 300, 64);
+    let data = (0..heads * tokens * dim)
+        .map(|i| match i % 7 {
+            0 | 3 => -65504.0,
+            5 => 0.0,
+            _ => 65504.0,
+        })
+        .collect();
+    let x = Tensor3::new([heads, tokens, dim], data).unwrap();
+    let shape = ShapeClass {
+        head_dim: dim as u32,
+        input: InputType::F16,
+    };
+    for (_, scheme) in catalogue() {
+        let scheme = Scheme {
+            params: ParamType::F32,
+            ..scheme
+        };
+        for schedule in [
+            Schedule::gpu_default(&scheme, shape),
+            Schedule::host_default(&scheme, shape),
+        ] {
+            check(&scheme, &schedule, &x).unwrap_or_else(|e| panic!("{scheme} {schedule:?}: {e}"));
         }
     }
 }

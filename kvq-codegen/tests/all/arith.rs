@@ -223,3 +223,48 @@ fn u8_arithmetic_wraps() {
     }
     assert_eq!(bits(&out[13]).len(), a.len());
 }
+
+/// `Min(c, x)` and `Max(c, x)` with a constant `c` keep the IR's rule,
+/// `if x < c { x } else { c }`, for every `x` (NaN, both zeros and infinities included), on the
+/// host and in the interpreter; with a constant that is neither NaN nor a zero the select is
+/// `minnum`/`maxnum`, which LLVM turns into one `min.f32`/`max.f32` on NVPTX (the quantize
+/// kernels' clamp is written this way round for that).
+#[test]
+fn f32_min_max_of_a_constant_keep_the_ir_rule() {
+    let consts = [3.0f32, -0.5, f32::INFINITY, f32::NEG_INFINITY, 0.0, -0.0];
+    let outputs = vec![F32; 2 * consts.len()];
+    let kernel = elementwise("min_max_const", &[F32], &outputs, |b, xs| {
+        let mut out = Vec::new();
+        for c in consts {
+            let cv = b.f32(c);
+            out.push(b.min(cv, xs[0]));
+            out.push(b.max(cv, xs[0]));
+        }
+        out
+    });
+    let mut x = special_f32();
+    x.extend([f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 3.0, -0.5]);
+    let out = run_elementwise(&kernel, vec![Buffer::F32(x.clone())], &outputs);
+    for (k, &c) in consts.iter().enumerate() {
+        let (mins, maxs) = (
+            out[2 * k].as_f32().unwrap(),
+            out[2 * k + 1].as_f32().unwrap(),
+        );
+        for (i, &xi) in x.iter().enumerate() {
+            let min = if xi < c { xi } else { c };
+            let max = if xi > c { xi } else { c };
+            assert_eq!(mins[i].to_bits(), min.to_bits(), "min({c}, {xi})");
+            assert_eq!(maxs[i].to_bits(), max.to_bits(), "max({c}, {xi})");
+        }
+    }
+    let info = crate::common::info(&kernel);
+    let ptx = kvq_codegen::ptx::emit(&kernel, &info, kvq_codegen::Arch::Sm90).expect("ptx");
+    // 3.0 and -0.5 (0f40400000, 0fBF000000): one min.f32 and one max.f32 each, no selects.
+    for c in ["0f40400000", "0fBF000000"] {
+        for op in ["min.f32", "max.f32"] {
+            let found = ptx.text.lines().any(|l| l.contains(op) && l.contains(c));
+            assert!(found, "no {op} with {c}:\n{}", ptx.text);
+        }
+    }
+    assert!(!ptx.text.contains("selp.f32"), "{}", ptx.text);
+}

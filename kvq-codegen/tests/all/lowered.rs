@@ -104,8 +104,8 @@ fn catalogue_kernels_emit_clean_ptx() {
     }
 }
 
-/// The cooperative kernels of the GPU schedule: token-axis quantize with a min/max rule and every
-/// dequantize split rows across a warp's lanes (at head_dim 128 they hold a lane's few channels,
+/// The cooperative kernels of the GPU schedule: quantize with a min/max rule on the token axis or
+/// with token groups on the channel axis, and every dequantize, split rows across a warp's lanes (at head_dim 128 they hold a lane's few channels,
 /// not a row: the one-thread-per-row token kernel needed about 250 registers); channel-axis
 /// group = all quantize with a min/max rule reduces extremes by warp shuffles, and with the
 /// quantile rule selects its order statistics with the whole block. ptxas fits a block in one
@@ -122,11 +122,12 @@ fn cooperative_gpu_kernels_split_rows_across_lanes() {
         assert!(schedule.cooperative && schedule.block_size % 32 == 0);
         let q = lower::quantize(&scheme, shape, &schedule).expect("lowers");
         let dq = lower::dequantize(&scheme, shape, &schedule).expect("lowers");
-        let token_min_max = scheme.axis == kvq_ir::Axis::Token
-            && !matches!(scheme.rule, kvq_ir::Rule::Quantile(_) | kvq_ir::Rule::Mse);
+        let min_max = !matches!(scheme.rule, kvq_ir::Rule::Quantile(_) | kvq_ir::Rule::Mse);
+        let lanes =
+            min_max && (scheme.axis == kvq_ir::Axis::Token || scheme.group != kvq_ir::Group::All);
         assert_eq!(
             q.kernel.name.contains("quantize_lanes"),
-            token_min_max,
+            lanes,
             "{name}: {}",
             q.kernel.name
         );
@@ -147,11 +148,11 @@ fn cooperative_gpu_kernels_split_rows_across_lanes() {
             channel_quantile,
             "{name}"
         );
-        let mut lanes = vec![dq];
-        if token_min_max || channel_min_max || channel_quantile {
-            lanes.push(q);
+        let mut checked = vec![dq];
+        if lanes || channel_min_max || channel_quantile {
+            checked.push(q);
         }
-        for lowered in lanes {
+        for lowered in checked {
             let kernel = &lowered.kernel;
             let Some(ptxas) = &ptxas else { continue };
             let ptx = ptx::emit(kernel, &info(kernel), Arch::Sm90).expect("ptx");

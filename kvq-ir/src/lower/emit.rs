@@ -365,26 +365,48 @@ pub fn flag(b: &mut Builder, status: Memory, cond: Value, code: u32) {
 }
 
 /// The code of `x` under (zero, scale): `clamp(round_half_even((x - zero) / scale), 0, L)`, or 0
-/// when the scale is 0. A non-finite `x` (already flagged) codes as 0.
+/// when the scale is 0. Codes of finite `x` (with finite parameters) follow SPEC.md exactly; a
+/// non-finite `x` or parameter is already flagged (nothing is stored), and the operand order
+/// only makes sure it cannot trap: `min(L, q)` is `if q < L { q } else { L }`, so a NaN
+/// quotient (0 / 0 on a flat group, or non-finite input) becomes `L` before the conversion.
 pub fn code(b: &mut Builder, scheme: &Scheme, x: Value, zero: Value, scale: Value) -> Value {
-    let zero_f = b.f32(0.0);
-    let one = b.f32(1.0);
-    let levels = b.f32(scheme.bits.max_code() as f32);
-    let finite = b.unary(UnaryOp::IsFinite, x);
-    let x = b.select(finite, x, zero);
-    let flat = b.cmp(CmpOp::Eq, scale, zero_f);
-    let divisor = b.select(flat, one, scale);
-    let d = b.sub(x, zero);
-    let q = b.div(d, divisor);
-    // NaN only arises from inputs already flagged (non-finite data or parameters); code it 0.
-    let is_number = b.cmp(CmpOp::Eq, q, q);
-    let q = b.select(is_number, q, zero_f);
-    let r = b.unary(UnaryOp::RoundEven, q);
-    let upper = b.min(r, levels);
-    let clamped = b.max(upper, zero_f);
-    let c = b.convert(ScalarType::U8, clamped);
-    let zero_code = b.u8(0);
-    b.select(flat, zero_code, c)
+    let coding = Coding::new(b, zero, scale);
+    coding.code(b, scheme, x)
+}
+
+/// A group's parameters as [`code`] uses them, with the test for a flat group made once, so that
+/// a kernel coding many elements of a group pays for it once.
+#[derive(Debug, Clone, Copy)]
+pub struct Coding {
+    zero: Value,
+    scale: Value,
+    flat: Value,
+}
+
+impl Coding {
+    /// The coding of a group with these parameters.
+    pub fn new(b: &mut Builder, zero: Value, scale: Value) -> Coding {
+        let zero_f = b.f32(0.0);
+        let flat = b.cmp(CmpOp::Eq, scale, zero_f);
+        Coding { zero, scale, flat }
+    }
+
+    /// The code of `x`: see [`code`].
+    pub fn code(&self, b: &mut Builder, scheme: &Scheme, x: Value) -> Value {
+        let levels = b.f32(scheme.bits.max_code() as f32);
+        let below = b.f32(-0.5);
+        let d = b.sub(x, self.zero);
+        let q = b.div(d, self.scale);
+        // clamp(round(q), 0, L) = round(clamp(q, -0.5, L)) (L is a whole number; q <= -0.5
+        // rounds to -0, code 0), with the constants first so that a GPU clamps with two
+        // min/max instructions.
+        let upper = b.min(levels, q);
+        let clamped = b.max(below, upper);
+        let r = b.unary(UnaryOp::RoundEven, clamped);
+        let c = b.convert(ScalarType::U8, r);
+        let zero_code = b.u8(0);
+        b.select(self.flat, zero_code, c)
+    }
 }
 
 /// Stores a parameter (an f32 value exactly representable in the parameter type).
@@ -396,7 +418,32 @@ pub fn store_param(b: &mut Builder, mem: Memory, index: Value, v: Value, params:
     b.store(mem, index, v);
 }
 
-/// Folds `!is_finite(x)` into the U32 local `bad[0]`.
+/// Folds `x` into a running probe of non-finite input (start it at 0): `probe + x` for f16
+/// input, whose finite values (at most 65504 in magnitude) cannot sum to infinity in f32 within
+/// any span an index can address, and `probe + x * 0` otherwise (`0 * inf` and `0 * NaN` are
+/// NaN, every other product is a zero). The probe ends non-finite exactly when some `x` was.
+/// One instruction per element on a GPU (the lanes-over-channels kernels); see
+/// [`note_non_finite`] for the host's kernels.
+pub fn probe_finite(b: &mut Builder, probe: Value, x: Value, input: ScalarType) -> Value {
+    match input {
+        ScalarType::F16 => b.add(probe, x),
+        _ => {
+            let zero = b.f32(0.0);
+            let z = b.mul(x, zero);
+            b.add(probe, z)
+        }
+    }
+}
+
+/// Flags `STATUS_NON_FINITE` when a probe ([`probe_finite`]) is not finite.
+pub fn flag_probe(b: &mut Builder, probe: Value, status: Memory) {
+    let finite = b.unary(UnaryOp::IsFinite, probe);
+    let bad = b.unary(UnaryOp::Not, finite);
+    flag(b, status, bad, STATUS_NON_FINITE);
+}
+
+/// Folds `!is_finite(x)` into the U32 local `bad[0]`: an OR of flags, which a CPU vectorises
+/// (a running float sum like [`probe_finite`] is one dependent chain there).
 pub fn note_non_finite(b: &mut Builder, bad: u32, x: Value) {
     let finite = b.unary(UnaryOp::IsFinite, x);
     let not_finite = b.unary(UnaryOp::Not, finite);

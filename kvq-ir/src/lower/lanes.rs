@@ -19,8 +19,8 @@ use crate::ir::{BinaryOp, Builder, CmpOp, ScalarType, Type, Value, WarpOp};
 use crate::scheme::{Axis, Group, Rule, Scheme};
 
 use super::emit::{
-    code, flag, global_item, group_params, load_f32_aligned, param_type, quantize_params,
-    range_from_extremes, reads_group, store_param, STATUS_NON_FINITE,
+    flag_probe, global_item, group_params, load_f32_aligned, param_type, probe_finite,
+    quantize_params, range_from_extremes, reads_group, store_param, Coding,
 };
 use super::{dequantize_abi, kernel_name, quantize_abi as abi, Launch, Lowered, ShapeClass};
 
@@ -130,23 +130,18 @@ pub fn quantize_token(scheme: &Scheme, shape: ShapeClass, block_size: u32, p: La
         let at = b.add(row_start, c0);
         let values = load_f32_aligned(b, x, at, p.v as u8, shape.input.scalar());
         let (mut mn, mut mx) = (inf, ninf);
-        // `sum(x * 0)` is NaN exactly when some x is infinite or NaN (0 * inf is NaN), so one
-        // comparison flags the lane's values.
-        let zero = b.f32(0.0);
-        let mut probe = zero;
+        let mut probe = b.f32(0.0);
         for (i, &value) in values.iter().enumerate() {
             let iv = b.u32(i as u32);
             b.write_local(vals, iv, value);
             mn = b.min(mn, value);
             mx = b.max(mx, value);
-            let z = b.mul(value, zero);
-            probe = b.add(probe, z);
+            probe = probe_finite(b, probe, value, shape.input.scalar());
         }
         let (z0, z1) = (b.u32(0), b.u32(1));
         b.write_local(ext, z0, mn);
         b.write_local(ext, z1, mx);
-        let not_finite = b.cmp(CmpOp::Ne, probe, probe);
-        flag(b, status, not_finite, STATUS_NON_FINITE);
+        flag_probe(b, probe, status);
     });
     // The group's extremes: a butterfly over its lanes (distances below n / v), each step a
     // shuffle and a region that folds the partner's extremes in.
@@ -174,6 +169,7 @@ pub fn quantize_token(scheme: &Scheme, shape: ShapeClass, block_size: u32, p: La
         let mx = b.read_local(ext, z1);
         let (lo, hi) = range_from_extremes(b, scheme.rule, mn, mx);
         let (zero, scale) = group_params(b, scheme, lo, hi, status);
+        let coding = Coding::new(b, zero, scale);
         let lanes_per_group = b.u32(n / p.v);
         let in_group = b.rem(lane, lanes_per_group);
         let first = b.cmp(CmpOp::Eq, in_group, z0);
@@ -196,7 +192,7 @@ pub fn quantize_token(scheme: &Scheme, shape: ShapeClass, block_size: u32, p: La
                     .map(|l| {
                         let i = b.u32(k * per_byte + l);
                         let value = b.read_local(vals, i);
-                        code(b, scheme, value, zero, scale)
+                        coding.code(b, scheme, value)
                     })
                     .collect();
                 b.pack_bits(lane_codes, scheme.bits, scheme.order)
@@ -228,7 +224,7 @@ pub fn quantize_token(scheme: &Scheme, shape: ShapeClass, block_size: u32, p: La
 /// `bytes` (4, 8 or 16 U8 values) as a U8 vector made of little-endian u32 words (byte `4k + j`
 /// at bits `8j` of word `k`), bit cast: the same bytes, which a GPU then stores as whole words
 /// (NVPTX would split a vector built of bytes into one store per word).
-fn bytes_as_words(b: &mut Builder, bytes: &[Value]) -> Value {
+pub(super) fn bytes_as_words(b: &mut Builder, bytes: &[Value]) -> Value {
     let words: Vec<Value> = bytes
         .chunks(4)
         .map(|four| {

@@ -10,6 +10,7 @@
 //! | axis = token | [`quantize`] | one thread per (head, token) row: every channel group of the row |
 //! | any | [`dequantize`] | one thread per (head, token) row |
 //! | axis = token, min/max rules (cooperative schedule) | [`quantize`] | lanes over channels: a row split across a warp's lanes, group extremes by shuffles ([`lanes`]) |
+//! | axis = channel, group = N, min/max rules (cooperative schedule) | [`quantize`] | one warp per (head, token group): lanes over channels, whole rows per step, extremes by shuffles over the lanes of the same channels ([`lanes_channel`]) |
 //! | any (cooperative schedule) | [`dequantize`] | lanes over channels, aligned f32 vector stores ([`lanes`]) |
 //! | axis = channel, group = all, quantile rule (cooperative schedule) | [`quantize`] | one block per (head, column); the whole block selects the order statistics (`block_select`) |
 //!
@@ -24,6 +25,7 @@ mod dequantize;
 mod emit;
 pub mod io;
 pub mod lanes;
+pub mod lanes_channel;
 mod quantize_channel;
 mod quantize_token;
 
@@ -87,9 +89,10 @@ pub struct Schedule {
     /// Elements per load (1, 2, 4, 8 or 16), dividing `channels` (and the group size for
     /// axis = token).
     pub vector: u8,
-    /// GPU layout: lanes over channels ([`lanes`]) where a lane plan exists (quantize with
-    /// axis = token and a min/max rule; dequantize of every scheme), the kernels above
-    /// elsewhere. `block_size` is then a multiple of 32.
+    /// GPU layout: lanes over channels where a lane plan exists (quantize with a min/max rule
+    /// and axis = token ([`lanes`]) or axis = channel with token groups ([`lanes_channel`]);
+    /// dequantize of every scheme), the kernels above elsewhere. `block_size` is then a
+    /// multiple of 32.
     pub cooperative: bool,
 }
 
@@ -368,6 +371,14 @@ pub fn quantize(
     if schedule.cooperative {
         if let Ok(plan) = lanes::plan(scheme, shape.head_dim, true) {
             return Ok(lanes::quantize_token(
+                scheme,
+                shape,
+                schedule.block_size,
+                plan,
+            ));
+        }
+        if let Ok(plan) = lanes_channel::plan(scheme, shape.head_dim) {
+            return Ok(lanes_channel::quantize(
                 scheme,
                 shape,
                 schedule.block_size,
