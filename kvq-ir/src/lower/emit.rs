@@ -542,6 +542,15 @@ pub fn code_from_thresholds(b: &mut Builder, x: Value, zero: Value, thresholds: 
     total.unwrap_or_else(|| b.u8(0))
 }
 
+/// Token groups of `n` in the span: `ceil(tokens / n)` of the `tokens` parameter.
+pub fn token_groups(b: &mut Builder, n: u32) -> Value {
+    let tokens = b.param(super::quantize_abi::TOKENS);
+    let nv = b.u32(n);
+    let n_minus_1 = b.u32(n - 1);
+    let padded = b.add(tokens, n_minus_1);
+    b.div(padded, nv)
+}
+
 /// The flat thread index `block_id * block_size + thread_id`.
 pub fn global_item(b: &mut Builder, block_size: u32) -> Value {
     let tid = b.special(crate::ir::Special::ThreadId);

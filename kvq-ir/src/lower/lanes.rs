@@ -15,7 +15,7 @@
 //! the same operations in the same order per element, and group extremes whose only
 //! order-dependence (the sign of a zero extreme) `range_from_extremes` removes.
 
-use crate::ir::{BinaryOp, Builder, CmpOp, ScalarType, Type, Value, WarpOp};
+use crate::ir::{BinaryOp, Builder, CmpOp, Memory, ScalarType, Type, Value, WarpOp};
 use crate::scheme::{Axis, Group, Rule, Scheme};
 
 use super::emit::{
@@ -198,19 +198,7 @@ pub fn quantize_token(scheme: &Scheme, shape: ShapeClass, block_size: u32, p: La
                 b.pack_bits(lane_codes, scheme.bits, scheme.order)
             })
             .collect();
-        // A lane's code bytes are contiguous and start at a multiple of their count (rows of
-        // code bytes and lanes are both multiples of it): one aligned vector store.
-        match bytes.len() {
-            1 => b.store(codes, base, bytes[0]),
-            4 | 8 | 16 => {
-                let vector = bytes_as_words(b, &bytes);
-                b.store_aligned(codes, base, vector);
-            }
-            _ => {
-                let vector = b.vector(bytes);
-                b.store_aligned(codes, base, vector);
-            }
-        }
+        store_lane_bytes(b, codes, base, bytes);
     });
     Lowered {
         kernel: b.finish(),
@@ -221,10 +209,27 @@ pub fn quantize_token(scheme: &Scheme, shape: ShapeClass, block_size: u32, p: La
     }
 }
 
+/// Stores a lane's code bytes at `base`: contiguous, and starting at a multiple of their count
+/// (rows of code bytes and lanes are both multiples of it), so one aligned store, of whole
+/// words where the count allows.
+pub(super) fn store_lane_bytes(b: &mut Builder, codes: Memory, base: Value, bytes: Vec<Value>) {
+    match bytes.len() {
+        1 => b.store(codes, base, bytes[0]),
+        4 | 8 | 16 => {
+            let vector = bytes_as_words(b, &bytes);
+            b.store_aligned(codes, base, vector);
+        }
+        _ => {
+            let vector = b.vector(bytes);
+            b.store_aligned(codes, base, vector);
+        }
+    }
+}
+
 /// `bytes` (4, 8 or 16 U8 values) as a U8 vector made of little-endian u32 words (byte `4k + j`
 /// at bits `8j` of word `k`), bit cast: the same bytes, which a GPU then stores as whole words
 /// (NVPTX would split a vector built of bytes into one store per word).
-pub(super) fn bytes_as_words(b: &mut Builder, bytes: &[Value]) -> Value {
+fn bytes_as_words(b: &mut Builder, bytes: &[Value]) -> Value {
     let words: Vec<Value> = bytes
         .chunks(4)
         .map(|four| {

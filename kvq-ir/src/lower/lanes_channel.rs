@@ -19,9 +19,9 @@ use crate::scheme::{Axis, Group, Scheme};
 
 use super::emit::{
     flag_probe, global_item, group_params, load_f32_aligned, probe_finite, quantize_params,
-    range_from_extremes, reads_group, store_param, Coding,
+    range_from_extremes, reads_group, store_param, token_groups, Coding,
 };
-use super::lanes::bytes_as_words;
+use super::lanes::store_lane_bytes;
 use super::{kernel_name, quantize_abi as abi, Launch, Lowered, ShapeClass};
 
 /// Channels a lane covers at most: one or two 16-byte loads of the input.
@@ -70,6 +70,9 @@ pub fn plan(scheme: &Scheme, head_dim: u32) -> Result<ChannelPlan, String> {
 /// A lane's place: its (head, group) warp, token offset `r` and channel chunk `c`.
 struct Coords {
     h: Value,
+    /// The warp's group and the span's token groups.
+    g: Value,
+    groups: Value,
     t0: Value,
     r: Value,
     c: Value,
@@ -83,11 +86,8 @@ fn coords(b: &mut Builder, block_size: u32, n: u32, p: ChannelPlan) -> Coords {
     let warp = b.div(item, ws);
     let lane = b.rem(item, ws);
     let heads = b.param(abi::HEADS);
-    let tokens = b.param(abi::TOKENS);
     let nv = b.u32(n);
-    let n_minus_1 = b.u32(n - 1);
-    let padded = b.add(tokens, n_minus_1);
-    let groups = b.div(padded, nv);
+    let groups = token_groups(b, n);
     let total = b.mul(heads, groups);
     let warp_valid = b.cmp(CmpOp::Lt, warp, total);
     let h = b.div(warp, groups);
@@ -98,6 +98,8 @@ fn coords(b: &mut Builder, block_size: u32, n: u32, p: ChannelPlan) -> Coords {
     let c = b.rem(lane, lanes);
     Coords {
         h,
+        g,
+        groups,
         t0,
         r,
         c,
@@ -130,16 +132,21 @@ fn for_each_token(
     });
 }
 
-/// Index of the first of the lane's channels of (head, token) `t` in `[heads, tokens, d]`.
-fn element(b: &mut Builder, at: &Coords, t: Value, d: u32, v: u32) -> Value {
-    let tokens = b.param(abi::TOKENS);
-    let ht = b.mul(at.h, tokens);
-    let row = b.add(ht, t);
+/// Index of the first of the lane's channels of row `row` of a `[.., d]` array.
+fn lane_first(b: &mut Builder, at: &Coords, row: Value, d: u32, v: u32) -> Value {
     let dv = b.u32(d);
     let start = b.mul(row, dv);
     let vv = b.u32(v);
     let c0 = b.mul(at.c, vv);
     b.add(start, c0)
+}
+
+/// Index of the first of the lane's channels of (head, token) `t` in `[heads, tokens, d]`.
+fn element(b: &mut Builder, at: &Coords, t: Value, d: u32, v: u32) -> Value {
+    let tokens = b.param(abi::TOKENS);
+    let ht = b.mul(at.h, tokens);
+    let row = b.add(ht, t);
+    lane_first(b, at, row, d, v)
 }
 
 /// Quantize, axis = channel, group = N, min/max rules: see the module documentation.
@@ -181,11 +188,7 @@ pub fn quantize(scheme: &Scheme, shape: ShapeClass, block_size: u32, p: ChannelP
         let ok = b.binary(BinaryOp::And, below_n, in_span);
         let row = b.add(first_row, in_group);
         let row = b.select(ok, row, first_row);
-        let dv = b.u32(d);
-        let start = b.mul(row, dv);
-        let vv = b.u32(v);
-        let c0 = b.mul(at.c, vv);
-        let first = b.add(start, c0);
+        let first = lane_first(&mut b, &at, row, d, v);
         let values = load_f32_aligned(&mut b, x, first, v as u8, input);
         if mins.is_empty() {
             mins.clone_from(&values);
@@ -246,19 +249,9 @@ pub fn quantize(scheme: &Scheme, shape: ShapeClass, block_size: u32, p: ChannelP
         let first_token = b.cmp(CmpOp::Eq, at.r, z);
         b.if_then(first_token, |b| {
             // Parameters [heads, groups, d]: the group's row is (head * groups + group).
-            let nv = b.u32(n);
-            let g = b.div(at.t0, nv);
-            let tokens = b.param(abi::TOKENS);
-            let n_minus_1 = b.u32(n - 1);
-            let padded = b.add(tokens, n_minus_1);
-            let groups = b.div(padded, nv);
-            let hg = b.mul(at.h, groups);
-            let param_row = b.add(hg, g);
-            let dv = b.u32(d);
-            let row_start = b.mul(param_row, dv);
-            let vv = b.u32(v);
-            let c0 = b.mul(at.c, vv);
-            let base = b.add(row_start, c0);
+            let hg = b.mul(at.h, at.groups);
+            let param_row = b.add(hg, at.g);
+            let base = lane_first(b, &at, param_row, d, v);
             for (j, &(zero, scale, _)) in params.iter().enumerate() {
                 let off = b.u32(j as u32);
                 let idx = b.add(base, off);
@@ -282,8 +275,6 @@ pub fn quantize(scheme: &Scheme, shape: ShapeClass, block_size: u32, p: ChannelP
                     b.pack_bits(lane_codes, scheme.bits, scheme.order)
                 })
                 .collect();
-            // The lane's code bytes start at a multiple of their count (rows of code bytes are
-            // `lanes` times it): one aligned store.
             let tokens = b.param(abi::TOKENS);
             let ht = b.mul(at.h, tokens);
             let row = b.add(ht, t);
@@ -292,17 +283,7 @@ pub fn quantize(scheme: &Scheme, shape: ShapeClass, block_size: u32, p: ChannelP
             let bpl = b.u32(bytes_per_lane);
             let lane_start = b.mul(at.c, bpl);
             let base = b.add(row_start, lane_start);
-            match bytes.len() {
-                1 => b.store(codes, base, bytes[0]),
-                4 | 8 | 16 => {
-                    let words = bytes_as_words(b, &bytes);
-                    b.store_aligned(codes, base, words);
-                }
-                _ => {
-                    let vector = b.vector(bytes);
-                    b.store_aligned(codes, base, vector);
-                }
-            }
+            store_lane_bytes(b, codes, base, bytes);
         });
     });
     Lowered {

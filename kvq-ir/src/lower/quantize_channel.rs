@@ -7,7 +7,7 @@ use super::block_select::{self, select_quantiles};
 use super::emit::{
     code, code_from_thresholds, code_threshold, flag_non_finite, global_item, group_params,
     group_range, group_range_local, load_f32, load_f32_aligned, note_non_finite, quantize_params,
-    range_from_extremes, reads_group, store_param,
+    range_from_extremes, reads_group, store_param, token_groups,
 };
 use super::{kernel_name, quantize_abi as abi, Launch, Lowered, Schedule, ShapeClass};
 
@@ -414,9 +414,7 @@ fn lower_groups(scheme: &Scheme, shape: ShapeClass, s: &Schedule, n: u32) -> Low
     let heads = b.param(abi::HEADS);
     let tokens = b.param(abi::TOKENS);
     let nv = b.u32(n);
-    let n_minus_1 = b.u32(n - 1);
-    let padded = b.add(tokens, n_minus_1);
-    let groups = b.div(padded, nv);
+    let groups = token_groups(&mut b, n);
     let cols = b.u32(p.columns);
     let per_head = b.mul(cols, groups);
     let total = b.mul(heads, per_head);
