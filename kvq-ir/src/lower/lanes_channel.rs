@@ -107,6 +107,19 @@ fn coords(b: &mut Builder, block_size: u32, n: u32, p: ChannelPlan) -> Coords {
     }
 }
 
+/// The lane's token at `step` (a multiple of the rows per step) into its group: its offset in
+/// the group, the token, and whether it lies in the group and in the span.
+fn step_token(b: &mut Builder, at: &Coords, n: u32, step: Value) -> (Value, Value, Value) {
+    let in_group = b.add(step, at.r);
+    let nv = b.u32(n);
+    let below_n = b.cmp(CmpOp::Lt, in_group, nv);
+    let t = b.add(at.t0, in_group);
+    let tokens = b.param(abi::TOKENS);
+    let in_span = b.cmp(CmpOp::Lt, t, tokens);
+    let ok = b.binary(BinaryOp::And, below_n, in_span);
+    (in_group, t, ok)
+}
+
 /// Runs `body(t)` for each token `t` of the lane's group in the span: step `i` takes group
 /// token `i * rows + r`.
 fn for_each_token(
@@ -119,14 +132,8 @@ fn for_each_token(
     let (zero, steps) = (b.u32(0), b.u32(n.div_ceil(p.rows)));
     b.for_range(zero, steps, 1, |b, i| {
         let rows = b.u32(p.rows);
-        let ir = b.mul(i, rows);
-        let in_group = b.add(ir, at.r);
-        let nv = b.u32(n);
-        let below_n = b.cmp(CmpOp::Lt, in_group, nv);
-        let t = b.add(at.t0, in_group);
-        let tokens = b.param(abi::TOKENS);
-        let in_span = b.cmp(CmpOp::Lt, t, tokens);
-        let ok = b.binary(BinaryOp::And, below_n, in_span);
+        let step = b.mul(i, rows);
+        let (_, t, ok) = step_token(b, at, n, step);
         let ok = b.binary(BinaryOp::And, ok, at.warp_valid);
         b.if_then(ok, |b| body(b, t));
     });
@@ -180,12 +187,7 @@ pub fn quantize(scheme: &Scheme, shape: ShapeClass, block_size: u32, p: ChannelP
     let mut probe_v = b.f32(0.0);
     for i in 0..n.div_ceil(p.rows) {
         let step = b.u32(i * p.rows);
-        let in_group = b.add(step, at.r);
-        let nv = b.u32(n);
-        let below_n = b.cmp(CmpOp::Lt, in_group, nv);
-        let t = b.add(at.t0, in_group);
-        let in_span = b.cmp(CmpOp::Lt, t, tokens);
-        let ok = b.binary(BinaryOp::And, below_n, in_span);
+        let (in_group, _, ok) = step_token(&mut b, &at, n, step);
         let row = b.add(first_row, in_group);
         let row = b.select(ok, row, first_row);
         let first = lane_first(&mut b, &at, row, d, v);
