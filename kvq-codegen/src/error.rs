@@ -94,6 +94,18 @@ pub enum CodegenError {
         /// The alignment it needs, in bytes.
         align: u32,
     },
+    /// A grid that is not made of whole clusters of the kernel.
+    #[error(
+        "kernel `{kernel}`: a grid of {grid_size} blocks is not whole clusters of {cluster_size}"
+    )]
+    ClusterGrid {
+        /// The kernel's name.
+        kernel: String,
+        /// The grid.
+        grid_size: u32,
+        /// The kernel's cluster size.
+        cluster_size: u32,
+    },
     /// A file of the build could not be written or removed.
     #[error("kernel `{kernel}`: cannot write {}", path.display())]
     Io {

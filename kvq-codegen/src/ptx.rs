@@ -2,8 +2,10 @@
 //!
 //! The entry is named like the kernel and takes its parameters in ABI order (buffers as
 //! `.u64` global pointers, scalars by value); launch it with `block_size` threads per block
-//! (`.reqntid` enforces it) and any number of blocks. No dynamic shared memory is used: shared
-//! arrays are static `.shared` variables. Float arithmetic is `add.rn`/`mul.rn`/`div.rn.f32`
+//! (`.reqntid` enforces it) and any number of blocks (a multiple of the cluster size for a
+//! kernel with clusters, which `.reqnctapercluster` declares; sm_90 only). Shared arrays are
+//! static `.shared` variables, or dynamic shared memory of `KernelInfo::dynamic_shared_bytes`
+//! when they exceed 48 KiB. Float arithmetic is `add.rn`/`mul.rn`/`div.rn.f32`
 //! (never `fma`, `div.approx` or `div.full`), see the crate documentation.
 
 use kvq_ir::ir::{Kernel, KernelInfo};

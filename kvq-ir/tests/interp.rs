@@ -1294,6 +1294,8 @@ mod fuzz {
             BinaryOp::Rem,
             BinaryOp::Min,
             BinaryOp::Max,
+            BinaryOp::Minimum,
+            BinaryOp::Maximum,
             BinaryOp::And,
             BinaryOp::Or,
             BinaryOp::Shl,
@@ -1380,15 +1382,27 @@ mod fuzz {
                 otherwise: Default::default()
             }),
             Just(Op::Barrier),
+            Just(Op::ClusterBarrier),
+            (0u32..3, h(), h()).prop_map(|(shared, rank, index)| Op::LoadRemote {
+                shared,
+                rank,
+                index
+            }),
         ]
     }
 
     /// Every operand handle of `op`, for rewriting.
     fn operands(op: &mut Op) -> Vec<&mut Value> {
         match op {
-            Op::Const(_) | Op::ScalarParam(_) | Op::Special(_) | Op::Barrier | Op::Warp(_) => {
+            Op::Const(_)
+            | Op::ScalarParam(_)
+            | Op::Special(_)
+            | Op::Barrier
+            | Op::Warp(_)
+            | Op::ClusterBarrier => {
                 vec![]
             }
+            Op::LoadRemote { rank, index, .. } => vec![rank, index],
             Op::Unary(_, a) | Op::Convert(_, a) | Op::Bitcast(_, a) | Op::Extract(a, _) => vec![a],
             Op::Binary(_, a, b) | Op::Cmp(_, a, b) => vec![a, b],
             Op::Select {
@@ -1534,11 +1548,13 @@ mod fuzz {
             Op::ReadLocal { local, .. } => scalar(if *local == 1 { F32 } else { U32 }),
             Op::PackBits { .. } | Op::UnpackBits { .. } => scalar(U8),
             Op::SelectRank { .. } => scalar(F32),
+            Op::LoadRemote { shared, .. } => scalar(mem_elem(&Memory::Shared(*shared))),
             Op::Store { .. }
             | Op::WriteLocal { .. }
             | Op::If { .. }
             | Op::Barrier
-            | Op::Warp(_) => None,
+            | Op::Warp(_)
+            | Op::ClusterBarrier => None,
         }
     }
 
@@ -1551,9 +1567,11 @@ mod fuzz {
                 0..MAX_INSTS,
             ),
             block_size in prop::sample::select(vec![0u32, 1, 2, 3, 3]),
-            grid in prop::sample::select(vec![0u32, 1, 1, 2]),
+            grid in prop::sample::select(vec![0u32, 1, 1, 2, 4]),
+            cluster in prop::sample::select(vec![1u32, 1, 1, 2, 3, 0, 9]),
         ) {
-            let kernel = kernel(ops, block_size);
+            let mut kernel = kernel(ops, block_size);
+            kernel.cluster_size = cluster;
             let mut args = args();
             let result = run(&kernel, &mut args, grid);
             if let Err(e) = &result {
@@ -1641,4 +1659,93 @@ fn cooperative_operations_check_what_they_rely_on() {
         malformed(&b.finish(), &mut []).1,
         Malformed::NotUniform(tid)
     );
+}
+
+/// A cluster kernel: block `b` reads the id stored by the block of rank `(b % 2) ^ 1` of its
+/// cluster from that block's shared memory; a grid of part of a cluster is an error.
+#[test]
+fn cluster_blocks_read_each_others_shared_memory() {
+    use kvq_ir::ir::BinaryOp;
+    let mut b = Builder::new("swap", 32);
+    b.cluster(2);
+    let out = b.buffer("out", U32, Access::Write);
+    let mine = b.shared("mine", U32, 1);
+    let z = b.u32(0);
+    let blk = b.special(kvq_ir::ir::Special::BlockId);
+    b.store(mine, z, blk);
+    b.cluster_barrier();
+    let n = b.u32(2);
+    let blk = b.special(kvq_ir::ir::Special::BlockId);
+    let rank = b.rem(blk, n);
+    let one = b.u32(1);
+    let other = b.binary(BinaryOp::Xor, rank, one);
+    let z = b.u32(0);
+    let got = b.load_remote(mine, other, z);
+    b.store(out, blk, got);
+    b.cluster_barrier();
+    let kernel = b.finish();
+    kvq_ir::ir::verify(&kernel).expect("valid");
+    let mut args = [Arg::Buffer(Buffer::U32(vec![99; 6]))];
+    run(&kernel, &mut args, 6).expect("runs");
+    let want: Vec<u32> = (0..6u32).map(|b| b ^ 1).collect();
+    assert_eq!(args[0], Arg::Buffer(Buffer::U32(want)));
+    assert_eq!(
+        run(&kernel, &mut args, 5),
+        Err(InterpError::ClusterGrid {
+            cluster_size: 2,
+            grid_size: 5
+        })
+    );
+}
+
+/// The trace of a cluster kernel runs whole clusters: asking for block 5 of a grid of 8 in
+/// clusters of 4 traces blocks 4..8, each with its own threads' accesses (thread 0 of block `b`
+/// stores at `b`), and only their stores land.
+#[test]
+fn traces_run_whole_clusters() {
+    use kvq_ir::ir::interp::run_traced;
+    let mut b = Builder::new("ring", 32);
+    b.cluster(4);
+    let out = b.buffer("out", U32, Access::Write);
+    let mine = b.shared("mine", U32, 1);
+    let z = b.u32(0);
+    let blk = b.special(kvq_ir::ir::Special::BlockId);
+    b.store(mine, z, blk);
+    b.cluster_barrier();
+    let tid = b.special(kvq_ir::ir::Special::ThreadId);
+    let z = b.u32(0);
+    let first = b.cmp(kvq_ir::ir::CmpOp::Eq, tid, z);
+    b.if_then(first, |b| {
+        let blk = b.special(kvq_ir::ir::Special::BlockId);
+        let n = b.u32(4);
+        let rank = b.rem(blk, n);
+        let z = b.u32(0);
+        let v = b.load_remote(mine, rank, z);
+        b.store(out, blk, v);
+    });
+    b.cluster_barrier();
+    let kernel = b.finish();
+    kvq_ir::ir::verify(&kernel).expect("valid");
+    let mut args = [Arg::Buffer(Buffer::U32(vec![99; 8]))];
+    let trace = run_traced(&kernel, &mut args, 8, &[5]).expect("traces");
+    let blocks: Vec<u32> = trace.blocks.iter().map(|t| t.block).collect();
+    assert_eq!(blocks, [4, 5, 6, 7]);
+    for t in &trace.blocks {
+        assert_eq!(t.threads.len(), 32);
+        let stores: Vec<_> = t.threads[0]
+            .accesses
+            .values()
+            .flatten()
+            .filter(|a| a.store && a.mem == kvq_ir::ir::Memory::Param(0))
+            .map(|a| a.index)
+            .collect();
+        assert_eq!(stores, [t.block]);
+        assert!(t.threads[1]
+            .accesses
+            .values()
+            .flatten()
+            .all(|a| a.mem != kvq_ir::ir::Memory::Param(0)));
+    }
+    let want = vec![99, 99, 99, 99, 4, 5, 6, 7];
+    assert_eq!(args[0], Arg::Buffer(Buffer::U32(want)));
 }

@@ -139,9 +139,21 @@ fn permuted(k: &Kernel, order: &[usize]) -> Kernel {
     for &old in order {
         let inst = &k.insts[Value::from_index(old as u32)];
         let op = match &inst.op {
-            Op::Const(_) | Op::ScalarParam(_) | Op::Special(_) | Op::Barrier | Op::Warp(_) => {
-                inst.op.clone()
-            }
+            Op::Const(_)
+            | Op::ScalarParam(_)
+            | Op::Special(_)
+            | Op::Barrier
+            | Op::Warp(_)
+            | Op::ClusterBarrier => inst.op.clone(),
+            Op::LoadRemote {
+                shared,
+                rank,
+                index,
+            } => Op::LoadRemote {
+                shared: *shared,
+                rank: m(rank),
+                index: m(index),
+            },
             Op::Unary(u, a) => Op::Unary(*u, m(a)),
             Op::Binary(o, a, b) => Op::Binary(*o, m(a), m(b)),
             Op::Cmp(o, a, b) => Op::Cmp(*o, m(a), m(b)),

@@ -2050,3 +2050,79 @@ fn deep_nesting_does_not_overflow_the_stack() {
     assert_eq!(text.lines().count(), 1 + 1 + 2 * 2_000);
     assert!(text.ends_with("\n    }\n"));
 }
+
+/// A cluster kernel: each block stores its id in shared memory and, after a cluster barrier,
+/// reads the id of the block of rank `rank ^ 1`; a second cluster barrier ends it.
+fn cluster_swap(cluster: u32) -> (Kernel, Value) {
+    let mut b = Builder::new("swap", 32);
+    b.cluster(cluster);
+    let out = b.buffer("out", U32, Access::Write);
+    let mine = b.shared("mine", U32, 1);
+    let z = b.u32(0);
+    let blk = b.special(Special::BlockId);
+    b.store(mine, z, blk);
+    b.cluster_barrier();
+    let n = b.u32(cluster);
+    let blk = b.special(Special::BlockId);
+    let rank = b.rem(blk, n);
+    let one = b.u32(1);
+    let other = b.binary(BinaryOp::Xor, rank, one);
+    let z = b.u32(0);
+    let got = b.load_remote(mine, other, z);
+    b.store(out, blk, got);
+    b.cluster_barrier();
+    (b.finish(), got)
+}
+
+#[test]
+fn inv15_clusters() {
+    let (k, _) = cluster_swap(2);
+    assert_valid(&k);
+    assert!(print(&k).contains("block_size 32 cluster_size 2"));
+    assert!(print(&k).contains("load_remote shared.mine[v"));
+    // Cluster sizes outside 1..=8.
+    for bad in [0, 9] {
+        let (mut k, _) = cluster_swap(2);
+        k.cluster_size = bad;
+        assert_findings(
+            &k,
+            &[(None, FindingKind::BadClusterSize { cluster_size: bad })],
+        );
+    }
+    // A kernel without clusters has no cluster operations.
+    let (mut k, got) = cluster_swap(2);
+    k.cluster_size = 1;
+    let barriers: Vec<Value> = k
+        .body
+        .0
+        .iter()
+        .copied()
+        .filter(|&h| matches!(k.insts[h].op, Op::ClusterBarrier))
+        .collect();
+    assert_findings(
+        &k,
+        &[
+            (Some(barriers[0]), FindingKind::ClusterOpWithoutCluster),
+            (Some(got), FindingKind::ClusterOpWithoutCluster),
+            (Some(barriers[1]), FindingKind::ClusterOpWithoutCluster),
+        ],
+    );
+    // No cluster barrier after the remote load.
+    let (mut k, got) = cluster_swap(2);
+    let last = *k.body.0.last().expect("instructions");
+    set_op(&mut k, last, Op::Barrier);
+    assert_findings(&k, &[(Some(got), FindingKind::RemoteLoadNotFollowed)]);
+    // A cluster barrier inside a loop.
+    let mut b = Builder::new("nested", 32);
+    b.cluster(2);
+    let (z, one) = (b.u32(0), b.u32(1));
+    b.for_range(z, one, 1, |b, _| b.cluster_barrier());
+    let k = b.finish();
+    let Op::Loop { body, .. } = &k.insts[k.body.0[2]].op else {
+        panic!("a loop")
+    };
+    assert_findings(
+        &k,
+        &[(Some(body.0[0]), FindingKind::ClusterBarrierNotTopLevel)],
+    );
+}

@@ -168,7 +168,7 @@ const UNARY: [UnaryOp; 7] = [
     UnaryOp::Exp,
     UnaryOp::PopCount,
 ];
-const BINARY: [BinaryOp; 12] = [
+const BINARY: [BinaryOp; 14] = [
     BinaryOp::Add,
     BinaryOp::Sub,
     BinaryOp::Mul,
@@ -181,6 +181,8 @@ const BINARY: [BinaryOp; 12] = [
     BinaryOp::Shl,
     BinaryOp::Shr,
     BinaryOp::Xor,
+    BinaryOp::Minimum,
+    BinaryOp::Maximum,
 ];
 const CMP: [CmpOp; 6] = [
     CmpOp::Eq,
@@ -225,6 +227,8 @@ enum RawOp {
     If(H, Vec<H>, Vec<H>),
     Barrier,
     Warp(u8, u8, u8, u8),
+    ClusterBarrier,
+    LoadRemote(u8, H, H),
 }
 
 impl RawOp {
@@ -301,6 +305,12 @@ impl RawOp {
                 otherwise: block(otherwise),
             },
             RawOp::Barrier => Op::Barrier,
+            RawOp::ClusterBarrier => Op::ClusterBarrier,
+            RawOp::LoadRemote(shared, rank, index) => Op::LoadRemote {
+                shared: u32::from(*shared % 8),
+                rank: v(rank),
+                index: v(index),
+            },
             RawOp::Warp(kind, a, b, c) => {
                 let (a, b, c) = (u32::from(*a % 8), u32::from(*b % 8), u32::from(*c));
                 Op::Warp(match kind % 3 {
@@ -328,6 +338,7 @@ impl RawOp {
 struct RawKernel {
     name: RawName,
     block_size: H,
+    cluster_size: u8,
     params: Vec<RawParam>,
     shared: Vec<(RawName, RawScalar, u16)>,
     locals: Vec<(RawName, RawScalar, u8)>,
@@ -350,6 +361,7 @@ impl RawKernel {
                 H::Near(n) => u32::from(n % 8),
                 H::Far(n) => n,
             },
+            cluster_size: u32::from(self.cluster_size % 10),
             params: self
                 .params
                 .iter()

@@ -32,6 +32,8 @@ pub struct HostKernel {
     align: Vec<u32>,
     /// Stack bytes one launch thread needs: shared arrays and all threads' locals are allocas.
     stack: usize,
+    /// Blocks per cluster: a worker runs whole clusters.
+    cluster_size: u32,
     loaded: Loaded,
 }
 
@@ -101,12 +103,14 @@ pub fn compile_with(
         .iter()
         .map(|l| l.elem.size() * l.len as usize * kernel.block_size as usize)
         .sum();
-    let frame = info.shared_bytes as usize + locals;
+    // A cluster's blocks keep their shared arrays and locals at once.
+    let frame = (info.shared_bytes as usize + locals) * kernel.cluster_size.max(1) as usize;
     Ok(HostKernel {
         name: kernel.name.clone(),
         params: kernel.params.clone(),
         align: kvq_ir::ir::sync::buffer_alignment(kernel),
         stack: (frame + (1 << 20)).max(2 << 20),
+        cluster_size: kernel.cluster_size.max(1),
         loaded,
     })
 }
@@ -150,7 +154,7 @@ impl HostKernel {
     ///
     /// Every argument is checked against its parameter first (count, kind, element type,
     /// writability, and the base alignment that aligned vector accesses need: 16 bytes at
-    /// most); a mismatch is an error and runs nothing.
+    /// most), and the grid must be whole clusters; a mismatch is an error and runs nothing.
     ///
     /// # Safety
     /// As on a GPU, buffers are not bounds-checked: every buffer must hold at least the elements
@@ -173,12 +177,22 @@ impl HostKernel {
                 });
             }
         }
+        let n = self.cluster_size;
+        if grid_size % n != 0 {
+            return Err(CodegenError::ClusterGrid {
+                kernel: self.name.clone(),
+                grid_size,
+                cluster_size: n,
+            });
+        }
         if grid_size == 0 {
             return Ok(());
         }
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let workers = u32::try_from(cores).unwrap_or(u32::MAX).min(grid_size);
-        let chunk = grid_size.div_ceil(workers);
+        let clusters = grid_size / n;
+        let workers = u32::try_from(cores).unwrap_or(u32::MAX).min(clusters);
+        // Whole clusters per worker (n divides grid_size, so `chunk` does not overflow it).
+        let chunk = clusters.div_ceil(workers) * n;
         let entry = self.loaded.entry;
         let words = words.as_slice();
         std::thread::scope(|scope| {

@@ -12,8 +12,12 @@
 //!   on the threads' locals ([`super::warp`]), and a block-uniform loop is a loop at block level
 //!   whose body is split the same way. `BlockId`/`GridSize` are the block loop's counter and the
 //!   grid argument. A uniform value used in a later region is recomputed there from its
-//!   operands. NVPTX: the body as written, the special registers, barriers are
-//!   `llvm.nvvm.barrier0` and collectives are `shfl.sync`.
+//!   operands. With clusters, a loop over clusters runs each part between cluster barriers for
+//!   the cluster's blocks in turn, each on its own copies of shared arrays and locals; a remote
+//!   load reads the other block's copy. NVPTX: the body as written, the special registers,
+//!   barriers are `llvm.nvvm.barrier0`, collectives are `shfl.sync`, cluster barriers are
+//!   `barrier.cluster.arrive` + `barrier.cluster.wait` (release / acquire) and a remote load is
+//!   a generic load from the address `mapa` gives.
 
 use inkwell::basic_block::BasicBlock;
 use inkwell::builder::{Builder, BuilderError};
@@ -56,8 +60,12 @@ pub(super) struct Lower<'a, 'ctx> {
     func: FunctionValue<'ctx>,
     vals: Vec<Option<BasicValueEnum<'ctx>>>,
     pub(super) params: Vec<BasicValueEnum<'ctx>>,
+    /// The current block's shared arrays and locals (on the host, its cluster copies).
     pub(super) shared: Vec<PointerValue<'ctx>>,
     pub(super) locals: Vec<PointerValue<'ctx>>,
+    /// Where the shared arrays and locals start (on the host, rank 0's copies).
+    pub(super) shared_base: Vec<PointerValue<'ctx>>,
+    pub(super) locals_base: Vec<PointerValue<'ctx>>,
     /// Host only: induction variables of block-uniform loops, by instruction index.
     pub(super) block_vals: Vec<Option<BasicValueEnum<'ctx>>>,
     /// Host only: the current thread, block and the grid size.
@@ -92,6 +100,8 @@ impl<'a, 'ctx> Lower<'a, 'ctx> {
             vals: vec![None; kernel.insts.len()],
             block_vals: vec![None; kernel.insts.len()],
             params,
+            shared_base: shared.clone(),
+            locals_base: locals.clone(),
             shared,
             locals,
             tid: None,
@@ -109,14 +119,40 @@ impl<'a, 'ctx> Lower<'a, 'ctx> {
         Ok(())
     }
 
-    /// The host body: blocks `begin..end`, each split at its sync points.
+    /// The host body: blocks `begin..end`, each split at its sync points. With clusters
+    /// (`begin` and `end` then whole clusters apart), a loop over clusters in which each part
+    /// of the top-level block between cluster barriers runs for the cluster's blocks in rank
+    /// order, each block on its own copies of the shared arrays and locals.
     pub(super) fn emit_host(mut self, [begin, end, grid]: [IntValue<'ctx>; 3]) -> R<()> {
         self.grid = Some(grid);
         let kernel = self.kernel;
-        self.counted_loop(begin, end, 1, "block", |this, bid| {
-            this.bid = Some(bid);
+        let n = kernel.cluster_size;
+        if n <= 1 {
+            self.counted_loop(begin, end, 1, "block", |this, bid| {
+                this.bid = Some(bid);
+                this.zero_memory()?;
+                this.host_sync_block(&kernel.body.0)
+            })?;
+            self.b.build_return(None)?;
+            return Ok(());
+        }
+        let parts: Vec<&[Value]> = kernel
+            .body
+            .0
+            .split(|&v| matches!(kernel.insts[v].op, Op::ClusterBarrier))
+            .collect();
+        self.counted_loop(begin, end, n, "cluster", |this, first| {
             this.zero_memory()?;
-            this.host_sync_block(&kernel.body.0)
+            for part in &parts {
+                let zero = this.ctx.i32_type().const_zero();
+                let ranks = this.ctx.i32_type().const_int(u64::from(n), false);
+                this.counted_loop(zero, ranks, 1, "rank", |this, rank| {
+                    this.bid = Some(this.b.build_int_add(first, rank, "block")?);
+                    this.select_block(rank)?;
+                    this.host_sync_block(part)
+                })?;
+            }
+            Ok(())
         })?;
         self.b.build_return(None)?;
         Ok(())
@@ -404,6 +440,23 @@ impl<'a, 'ctx> Lower<'a, 'ctx> {
                     self.ptx_warp(*w)?;
                 }
                 None
+            }
+            Op::ClusterBarrier => {
+                // On the host, cluster barriers split the top-level block (emit_host).
+                if self.ptx {
+                    self.call("llvm.nvvm.barrier.cluster.arrive", None, &[])?;
+                    self.call("llvm.nvvm.barrier.cluster.wait", None, &[])?;
+                }
+                None
+            }
+            Op::LoadRemote {
+                shared,
+                rank,
+                index,
+            } => {
+                let (ptr, elem) =
+                    self.remote_element(*shared, self.int(*rank)?, self.int(*index)?)?;
+                Some(self.load(ptr, elem, 1, elem.size() as u32)?)
             }
         };
         if result.is_some() {

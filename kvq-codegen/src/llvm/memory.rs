@@ -27,7 +27,9 @@ use super::memory_type;
 
 /// The shared arrays and locals of `kernel`, allocated at the builder's position (the entry).
 /// With `dynamic` (the kernel's shared arrays exceed static shared memory), NVPTX places them
-/// at their [`shared_layout`] offsets in the block's dynamic shared memory instead.
+/// at their [`shared_layout`] offsets in the block's dynamic shared memory instead. On the host
+/// each is allocated once per block of a cluster (`cluster_size` copies, rank `r`'s at
+/// `r * len`), so that the blocks of a cluster keep theirs between cluster barriers.
 #[allow(clippy::type_complexity)]
 pub(super) fn allocate<'ctx>(
     ctx: &'ctx Context,
@@ -60,35 +62,53 @@ pub(super) fn allocate<'ctx>(
             g.set_alignment(16);
             g.as_pointer_value()
         } else {
-            aligned_alloca(b, ty.into(), &s.name)?
+            let all =
+                memory_type(ctx, s.elem).array_type(s.len.saturating_mul(host_copies(kernel)));
+            aligned_alloca(b, all.into(), &s.name)?
         };
         shared.push(ptr);
     }
     let mut locals = Vec::with_capacity(kernel.locals.len());
     for l in &kernel.locals {
-        let copies = if ptx { 1 } else { kernel.block_size };
+        let copies = match ptx {
+            true => 1,
+            false => kernel.block_size.saturating_mul(host_copies(kernel)),
+        };
         let ty = memory_type(ctx, l.elem).array_type(l.len.saturating_mul(copies));
         locals.push(aligned_alloca(b, ty.into(), &l.name)?);
     }
     Ok((shared, locals))
 }
 
+/// Blocks whose shared arrays and locals the host keeps at once: the cluster's.
+fn host_copies(kernel: &Kernel) -> u32 {
+    kernel.cluster_size.max(1)
+}
+
 impl<'ctx> Lower<'_, 'ctx> {
-    /// Zeroes the locals, and on the host the shared arrays, as the interpreter starts every
-    /// block. (PTX shared memory is left undefined: kvq kernels write it before reading it.)
+    /// Zeroes the locals, and on the host the shared arrays (of every block of the cluster), as
+    /// the interpreter starts every block. (PTX shared memory is left undefined: kvq kernels
+    /// write it before reading it.)
     pub(super) fn zero_memory(&self) -> R<()> {
         let kernel = self.kernel;
-        let shared = kernel.shared.iter().map(|s| (s.elem, u64::from(s.len)));
+        let blocks = match self.ptx {
+            true => 1,
+            false => u64::from(host_copies(kernel)),
+        };
+        let shared = kernel
+            .shared
+            .iter()
+            .map(|s| (s.elem, u64::from(s.len) * blocks));
         let copies = if self.ptx {
             1
         } else {
-            u64::from(kernel.block_size)
+            u64::from(kernel.block_size) * blocks
         };
         let locals = kernel
             .locals
             .iter()
             .map(|l| (l.elem, u64::from(l.len) * copies));
-        let ptrs = self.shared.iter().chain(&self.locals);
+        let ptrs = self.shared_base.iter().chain(&self.locals_base);
         let sizes: Vec<_> = shared.chain(locals).collect();
         let skip = if self.ptx { self.shared.len() } else { 0 };
         for (&ptr, (elem, len)) in ptrs.zip(sizes).skip(skip) {
@@ -100,6 +120,61 @@ impl<'ctx> Lower<'_, 'ctx> {
             self.b.build_memset(ptr, 16, zero, bytes)?;
         }
         Ok(())
+    }
+
+    /// Host: points the shared arrays and locals at the copies of the cluster's block `rank`.
+    pub(super) fn select_block(&mut self, rank: IntValue<'ctx>) -> R<()> {
+        let kernel = self.kernel;
+        let i64_type = self.ctx.i64_type();
+        let rank = self.b.build_int_z_extend(rank, i64_type, "rank")?;
+        for (i, s) in kernel.shared.iter().enumerate() {
+            let len = i64_type.const_int(u64::from(s.len), false);
+            let first = self.b.build_int_mul(rank, len, "first")?;
+            self.shared[i] = self.gep(self.shared_base[i], s.elem, first)?;
+        }
+        for (i, l) in kernel.locals.iter().enumerate() {
+            let len = u64::from(l.len) * u64::from(kernel.block_size);
+            let len = i64_type.const_int(len, false);
+            let first = self.b.build_int_mul(rank, len, "first")?;
+            self.locals[i] = self.gep(self.locals_base[i], l.elem, first)?;
+        }
+        Ok(())
+    }
+
+    /// Element `index` of shared array `shared` of the cluster's block `rank`: on the host its
+    /// copy, on NVPTX the address `mapa` gives in distributed shared memory (generic).
+    pub(super) fn remote_element(
+        &self,
+        shared: u32,
+        rank: IntValue<'ctx>,
+        index: IntValue<'ctx>,
+    ) -> R<(PointerValue<'ctx>, ScalarType)> {
+        let s = self
+            .kernel
+            .shared
+            .get(shared as usize)
+            .ok_or_else(|| Fail::Llvm(format!("shared array {shared} does not exist")))?;
+        let i64_type = self.ctx.i64_type();
+        let index = self.b.build_int_z_extend(index, i64_type, "idx")?;
+        let base = self.shared_base[shared as usize];
+        if !self.ptx {
+            let rank = self.b.build_int_z_extend(rank, i64_type, "rank")?;
+            let len = i64_type.const_int(u64::from(s.len), false);
+            let first = self.b.build_int_mul(rank, len, "first")?;
+            let at = self.b.build_int_add(first, index, "idx")?;
+            return Ok((self.gep(base, s.elem, at)?, s.elem));
+        }
+        let own = self.gep(base, s.elem, index)?;
+        let generic = self.ctx.ptr_type(AddressSpace::default());
+        let own = self.b.build_address_space_cast(own, generic, "generic")?;
+        let remote = self
+            .call(
+                "llvm.nvvm.mapa",
+                Some(generic.into()),
+                &[own.into(), rank.into()],
+            )?
+            .into_pointer_value();
+        Ok((remote, s.elem))
     }
 
     /// `base[index]` as a pointer, with the element type of `mem`.

@@ -7,16 +7,19 @@
 //!   scalars by value, and `!nvvm.annotations` `reqntidx = block_size` (and `minctasm = 1` for
 //!   blocks of 512 threads or more). Shared arrays are
 //!   `addrspace(3)` globals; locals are allocas; `ThreadId`/`BlockId`/`GridSize` read
-//!   `%tid.x`/`%ctaid.x`/`%nctaid.x`; a barrier is `llvm.nvvm.barrier0`.
+//!   `%tid.x`/`%ctaid.x`/`%nctaid.x`; a barrier is `llvm.nvvm.barrier0`; a cluster barrier is
+//!   `barrier.cluster.arrive` + `wait`, a remote load `mapa` and a generic load, and a kernel
+//!   with clusters gets `.reqnctapercluster` in its PTX text (sm_90; sm_80 refuses it).
 //! - **Host** ("threads and blocks become loops"): an internal, always-inlined
 //!   `kvq_<name>.body(params.., begin, end, grid)` whose buffer parameters are `noalias`, and the
 //!   exported `void kvq_<name>(const uint64_t *args, uint32_t block_begin, uint32_t block_end,
 //!   uint32_t grid_size)` that unpacks `args[i]` (a buffer's address, or a scalar's bits
 //!   zero-extended) and calls it. The body loops over blocks `begin..end`; for each block it
 //!   runs every barrier-separated region of the top-level block as `for tid in 0..block_size`.
-//!   Shared arrays are allocas (one instance, reused by each block: kvq kernels write shared
-//!   memory before reading it), locals are allocas of `block_size * len` elements where thread
-//!   `tid` owns `[tid * len, (tid + 1) * len)`, so they survive barriers.
+//!   Shared arrays are allocas (one instance per block of a cluster, reused by each cluster),
+//!   locals are allocas of `block_size * len` elements per block of a cluster where thread
+//!   `tid` owns `[tid * len, (tid + 1) * len)`, so they survive barriers; with clusters, each
+//!   part of the top level between cluster barriers runs for the cluster's blocks in turn.
 //!
 //! See [`lower`] for the instruction-level rules and [`ops`] for arithmetic and conversions.
 
@@ -70,7 +73,23 @@ pub(crate) fn ptx_text(
     let buffer = machine
         .write_to_memory_buffer(&module, FileType::Assembly)
         .map_err(|e| llvm_error(kernel, e.to_string()))?;
-    Ok(String::from_utf8_lossy(buffer.as_slice()).into_owned())
+    let text = String::from_utf8_lossy(buffer.as_slice()).into_owned();
+    cluster_directive(kernel, text)
+}
+
+/// The PTX with `.reqnctapercluster n, 1, 1` after the entry's `.reqntid` line when the kernel
+/// runs in clusters of `n` (LLVM 19's NVPTX backend has no annotation for it); a plain launch
+/// then runs the grid in clusters of `n` (PTX ISA, "Cluster Dimension Directives").
+fn cluster_directive(kernel: &Kernel, text: String) -> Result<String, CodegenError> {
+    if kernel.cluster_size <= 1 {
+        return Ok(text);
+    }
+    let Some(at) = text.find("\n.reqntid ") else {
+        return Err(llvm_error(kernel, "PTX without a .reqntid line".into()));
+    };
+    let end = text[at + 1..].find('\n').map_or(text.len(), |e| at + 1 + e);
+    let directive = format!("\n.reqnctapercluster {}, 1, 1", kernel.cluster_size);
+    Ok(format!("{}{directive}{}", &text[..end], &text[end..]))
 }
 
 /// A relocatable x86-64 object file defining `kvq_<name>` (see the module docs).
@@ -143,6 +162,12 @@ fn build<'ctx>(
     info: &KernelInfo,
     target: Target,
 ) -> Result<(Module<'ctx>, TargetMachine), CodegenError> {
+    if kernel.cluster_size > 1 && target == Target::Ptx(Arch::Sm80) {
+        return Err(CodegenError::Unsupported {
+            kernel: kernel.name.clone(),
+            what: "thread-block clusters on sm_80 (they need sm_90)".into(),
+        });
+    }
     let machine = target::machine(&kernel.name, target)?;
     let module = ctx.create_module(&kernel.name);
     target::configure(&module, &machine);

@@ -170,6 +170,17 @@ impl<'ctx> Lower<'_, 'ctx> {
             BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul | BinaryOp::Div => {
                 self.float_arith(op, x, y)?
             }
+            BinaryOp::Minimum | BinaryOp::Maximum => {
+                let name = match (op, elem) {
+                    (BinaryOp::Minimum, ScalarType::F64) => "llvm.minimum.f64",
+                    (BinaryOp::Minimum, _) => "llvm.minimum.f32",
+                    (_, ScalarType::F64) => "llvm.maximum.f64",
+                    _ => "llvm.maximum.f32",
+                };
+                let ty = x.get_type().as_basic_type_enum();
+                self.call(name, Some(ty), &[x.into(), y.into()])?
+                    .into_float_value()
+            }
             _ => return Err(unsupported(format!("{op:?} on {}", elem.name()))),
         };
         self.narrow(r, elem)
@@ -227,6 +238,9 @@ impl<'ctx> Lower<'_, 'ctx> {
             BinaryOp::Xor => bld.build_xor(x, y, "xor")?,
             BinaryOp::Shl => bld.build_left_shift(x, y, "shl")?,
             BinaryOp::Shr => bld.build_right_shift(x, y, false, "shr")?,
+            BinaryOp::Minimum | BinaryOp::Maximum => {
+                return Err(unsupported(format!("{op:?} on an integer")))
+            }
             BinaryOp::Min | BinaryOp::Max => {
                 let pred = if op == BinaryOp::Min {
                     IntPredicate::ULT

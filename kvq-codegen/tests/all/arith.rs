@@ -268,3 +268,59 @@ fn f32_min_max_of_a_constant_keep_the_ir_rule() {
     }
     assert!(!ptx.text.contains("selp.f32"), "{}", ptx.text);
 }
+
+/// IEEE 754-2019 `minimum` and `maximum` (f32, f16 in f32, f64) on the interpreter and the host
+/// agree with a Rust formula written from the definition (NaN when either is NaN, -0 below +0),
+/// over every pair of special values; on NVPTX they are single `min.NaN` / `max.NaN`.
+#[test]
+fn ieee_minimum_and_maximum() {
+    let outputs = vec![F32; 2];
+    let kernel = elementwise("minimum_maximum", &[F32, F32], &outputs, |b, xs| {
+        vec![b.minimum(xs[0], xs[1]), b.maximum(xs[0], xs[1])]
+    });
+    let mut values = special_f32();
+    values.extend([
+        f32::NAN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        0.0,
+        -0.0,
+        2.5,
+        -2.5,
+    ]);
+    let (x, y): (Vec<f32>, Vec<f32>) = values
+        .iter()
+        .flat_map(|&a| values.iter().map(move |&b| (a, b)))
+        .unzip();
+    let out = run_elementwise(
+        &kernel,
+        vec![Buffer::F32(x.clone()), Buffer::F32(y.clone())],
+        &outputs,
+    );
+    let (mins, maxs) = (out[0].as_f32().unwrap(), out[1].as_f32().unwrap());
+    for i in 0..x.len() {
+        let (a, b) = (x[i], y[i]);
+        let (min, max) = if a.is_nan() || b.is_nan() {
+            (f32::NAN, f32::NAN)
+        } else if a == b {
+            // Zeros of two signs: -0 is the smaller.
+            let a_first = a.is_sign_negative();
+            (if a_first { a } else { b }, if a_first { b } else { a })
+        } else if a < b {
+            (a, b)
+        } else {
+            (b, a)
+        };
+        for (got, want, what) in [(mins[i], min, "minimum"), (maxs[i], max, "maximum")] {
+            match want.is_nan() {
+                true => assert!(got.is_nan(), "{what}({a}, {b}) = {got}"),
+                false => assert_eq!(got.to_bits(), want.to_bits(), "{what}({a}, {b})"),
+            }
+        }
+    }
+    let info = crate::common::info(&kernel);
+    let ptx = kvq_codegen::ptx::emit(&kernel, &info, kvq_codegen::Arch::Sm90).expect("ptx");
+    for op in ["min.NaN.f32", "max.NaN.f32"] {
+        assert!(ptx.text.contains(op), "no {op}:\n{}", ptx.text);
+    }
+}

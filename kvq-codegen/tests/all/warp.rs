@@ -412,3 +412,71 @@ fn shared_memory_above_48_kib_is_dynamic_on_every_backend() {
         }
     }
 }
+
+/// Clusters of 4 blocks of 64 threads: each thread stores `block * 1000 + tid` in shared memory
+/// and keeps `3 * tid` in a local; after a cluster barrier it adds the value of thread
+/// `(tid + 1) % 64` of the block of rank `(rank + 1) % 4` (distributed shared memory) to its
+/// local. Interpreter and host agree with that formula; a grid of part of a cluster is refused.
+#[test]
+fn cluster_blocks_share_memory() {
+    let (threads, n) = (64u32, 4u32);
+    let mut b = Builder::new("cluster_ring", threads);
+    b.cluster(n);
+    let out = b.buffer("out", U32, Access::Write);
+    let vals = b.shared("vals", U32, threads);
+    let keep = b.local("keep", U32, 1);
+    let tid = b.special(Special::ThreadId);
+    let blk = b.special(Special::BlockId);
+    let k = b.u32(1000);
+    let scaled = b.mul(blk, k);
+    let v = b.add(scaled, tid);
+    b.store(vals, tid, v);
+    let three = b.u32(3);
+    let t3 = b.mul(tid, three);
+    let z = b.u32(0);
+    b.write_local(keep, z, t3);
+    b.cluster_barrier();
+    let tid = b.special(Special::ThreadId);
+    let blk = b.special(Special::BlockId);
+    let nv = b.u32(n);
+    let rank = b.rem(blk, nv);
+    let one = b.u32(1);
+    let next = b.add(rank, one);
+    let next = b.rem(next, nv);
+    let t1 = b.add(tid, one);
+    let tv = b.u32(threads);
+    let t1 = b.rem(t1, tv);
+    let remote = b.load_remote(vals, next, t1);
+    let z = b.u32(0);
+    let kept = b.read_local(keep, z);
+    let sum = b.add(remote, kept);
+    let at = global_id(&mut b, threads);
+    b.store(out, at, sum);
+    b.cluster_barrier();
+    let kernel = b.finish();
+    let grid = 3 * n;
+    let args = vec![Arg::Buffer(Buffer::U32(vec![7; (grid * threads) as usize]))];
+    let got = agree(&kernel, args, grid);
+    let want: Vec<u32> = (0..grid * threads)
+        .map(|i| {
+            let (block, tid) = (i / threads, i % threads);
+            let first = block - block % n;
+            let other = first + (block % n + 1) % n;
+            other * 1000 + (tid + 1) % threads + 3 * tid
+        })
+        .collect();
+    assert_eq!(buf(&got, 0), &Buffer::U32(want));
+    // Part of a cluster: a typed error before anything runs.
+    let compiled = kvq_codegen::host::compile(&kernel, &crate::common::info(&kernel)).unwrap();
+    let mut data = vec![7u32; (grid * threads) as usize];
+    let mut args = [kvq_codegen::host::HostArg::Buffer(
+        kvq_codegen::host::BufferMut::U32(&mut data),
+    )];
+    // SAFETY: the buffer holds every element the grid addresses.
+    let err = unsafe { compiled.launch(&mut args, grid - 1) }.unwrap_err();
+    assert!(
+        matches!(err, kvq_codegen::CodegenError::ClusterGrid { .. }),
+        "{err}"
+    );
+    assert!(data.iter().all(|&x| x == 7));
+}

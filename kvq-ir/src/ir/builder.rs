@@ -21,6 +21,7 @@ impl Builder {
             kernel: Kernel {
                 name: name.to_string(),
                 block_size,
+                cluster_size: 1,
                 params: Vec::new(),
                 shared: Vec::new(),
                 locals: Vec::new(),
@@ -190,6 +191,16 @@ impl Builder {
     /// `max(a, b)`.
     pub fn max(&mut self, a: Value, b: Value) -> Value {
         self.binary(BinaryOp::Max, a, b)
+    }
+
+    /// IEEE 754-2019 `minimum` of two floats ([`BinaryOp::Minimum`]).
+    pub fn minimum(&mut self, a: Value, b: Value) -> Value {
+        self.binary(BinaryOp::Minimum, a, b)
+    }
+
+    /// IEEE 754-2019 `maximum` of two floats ([`BinaryOp::Maximum`]).
+    pub fn maximum(&mut self, a: Value, b: Value) -> Value {
+        self.binary(BinaryOp::Maximum, a, b)
     }
 
     /// A comparison.
@@ -414,6 +425,38 @@ impl Builder {
     /// A warp collective on locals.
     pub fn warp(&mut self, op: WarpOp) {
         self.push(Op::Warp(op), None);
+    }
+
+    /// Makes the kernel run in clusters of `blocks` blocks ([`Kernel::cluster_size`]).
+    pub fn cluster(&mut self, blocks: u32) {
+        self.kernel.cluster_size = blocks;
+    }
+
+    /// A barrier over the block's cluster.
+    pub fn cluster_barrier(&mut self) {
+        self.push(Op::ClusterBarrier, None);
+    }
+
+    /// Element `index` of shared array `mem` of the cluster's block of rank `rank`.
+    pub fn load_remote(&mut self, mem: Memory, rank: Value, index: Value) -> Value {
+        let shared = match mem {
+            Memory::Shared(i) => i,
+            // Not a shared array: an index the verifier reports as out of range.
+            Memory::Param(_) => u32::MAX,
+        };
+        let ty = self
+            .kernel
+            .shared
+            .get(shared as usize)
+            .map(|s| Type::Scalar(s.elem));
+        self.push(
+            Op::LoadRemote {
+                shared,
+                rank,
+                index,
+            },
+            ty,
+        )
     }
 
     /// The kernel, with everything built so far as its body.

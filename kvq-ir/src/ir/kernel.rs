@@ -196,6 +196,10 @@ pub enum Special {
 /// The number of threads in a warp.
 pub const WARP_SIZE: u32 = 32;
 
+/// The most blocks of a cluster: the portable cluster size of sm_90 (CUDA C++ Programming
+/// Guide, "Thread Block Clusters").
+pub const MAX_CLUSTER_SIZE: u32 = 8;
+
 /// One-operand operations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum UnaryOp {
@@ -234,6 +238,12 @@ pub enum BinaryOp {
     Min,
     /// `if b > a { b } else { a }`.
     Max,
+    /// Float only: IEEE 754-2019 `minimum`: NaN when either operand is NaN, -0 below +0, else
+    /// the smaller (one machine instruction on NVPTX, `min.NaN`; `Min` takes two there).
+    Minimum,
+    /// Float only: IEEE 754-2019 `maximum`: NaN when either operand is NaN, +0 above -0, else
+    /// the larger.
+    Maximum,
     /// Bool / integer bitwise and.
     And,
     /// Bool / integer bitwise or.
@@ -469,6 +479,22 @@ pub enum Op {
     Barrier,
     /// A warp collective on locals (no result); a synchronisation point like a barrier.
     Warp(WarpOp),
+    /// Waits until every thread of every block of the block's cluster reaches it (a barrier
+    /// over the cluster, [`Kernel::cluster_size`] > 1); orders shared-memory accesses across the
+    /// cluster: a block's stores before it are seen by the [`Op::LoadRemote`]s after it. Placed
+    /// only in the top-level block.
+    ClusterBarrier,
+    /// Element `index` (U32) of shared array `shared` of the block of rank `rank` (U32, below
+    /// [`Kernel::cluster_size`]) in this block's cluster: distributed shared memory. A scalar of
+    /// the array's element type.
+    LoadRemote {
+        /// The shared array.
+        shared: u32,
+        /// Rank of the block within the cluster (`block_id % cluster_size` of that block).
+        rank: Value,
+        /// Element index.
+        index: Value,
+    },
 }
 
 /// An instruction: an operation and the type of its result (`None` when it has none).
@@ -505,6 +531,10 @@ pub struct Kernel {
     pub name: String,
     /// Threads per block, fixed at compile time.
     pub block_size: u32,
+    /// Blocks per cluster (1: none; at most [`MAX_CLUSTER_SIZE`]). Blocks `c * n .. (c + 1) * n`
+    /// form cluster `c`: they run at the same time and share [`Op::ClusterBarrier`]s and each
+    /// other's shared memory ([`Op::LoadRemote`]). The grid is a multiple of it.
+    pub cluster_size: u32,
     /// Parameters in ABI order.
     pub params: Vec<Param>,
     /// Block-shared arrays, indexed by [`Memory::Shared`].

@@ -18,6 +18,10 @@
 //!   uniform; anything else that crosses goes through locals (per thread) or shared memory (per
 //!   block). This lets a CPU backend run a block as one loop over threads per region ("threads
 //!   become loops"), with collectives between those loops, and keep the GPU's semantics.
+//! - **Clusters** ([`Kernel::cluster_size`] > 1, sm_90's thread-block clusters): groups of
+//!   consecutive blocks that run together. An [`Op::ClusterBarrier`] (top-level block only) is a
+//!   barrier over the cluster's blocks, and [`Op::LoadRemote`] reads another block's shared
+//!   memory; a CPU backend runs a cluster's blocks one after the other between cluster barriers.
 //! - **Warps** are the groups of 32 consecutive threads of a block (`lane_id`, `warp_id`).
 //!   Shuffles and reductions run over all 32 lanes; a reduction's order is fixed
 //!   ([`WarpOp::Reduce`]), so that a float sum has the same bits on every backend.
@@ -44,7 +48,8 @@ pub use arena::{Arena, Handle};
 pub use builder::Builder;
 pub use kernel::{
     Access, BinaryOp, Block, CmpOp, Const, Inst, Kernel, Local, Memory, Op, Param, ReduceOp,
-    ScalarType, SharedArray, Special, Type, UnaryOp, Value, WarpOp, REDUCE_STEPS, WARP_SIZE,
+    ScalarType, SharedArray, Special, Type, UnaryOp, Value, WarpOp, MAX_CLUSTER_SIZE, REDUCE_STEPS,
+    WARP_SIZE,
 };
 pub use print::print;
 pub use sync::SyncFacts;

@@ -109,12 +109,18 @@ pub fn type_text(ty: Type) -> String {
     }
 }
 
-/// True when `op` defines a value (everything but Store, WriteLocal, If, Barrier and Warp). A Loop
+/// True when `op` defines a value (everything but Store, WriteLocal, If, Barrier, Warp and
+/// ClusterBarrier). A Loop
 /// defines its induction variable, visible only in its body.
 pub(crate) fn has_result(op: &Op) -> bool {
     !matches!(
         op,
-        Op::Store { .. } | Op::WriteLocal { .. } | Op::If { .. } | Op::Barrier | Op::Warp(_)
+        Op::Store { .. }
+            | Op::WriteLocal { .. }
+            | Op::If { .. }
+            | Op::Barrier
+            | Op::Warp(_)
+            | Op::ClusterBarrier
     )
 }
 
@@ -387,9 +393,13 @@ fn header(kernel: &Kernel, out: &mut String) {
             Param::Scalar { name, ty } => format!("{name}: {}", ty.name()),
         })
         .collect();
+    let cluster = match kernel.cluster_size {
+        1 => String::new(),
+        n => format!(" cluster_size {n}"),
+    };
     let _ = writeln!(
         out,
-        "kernel {}({}) block_size {}",
+        "kernel {}({}) block_size {}{cluster}",
         kernel.name,
         params.join(", "),
         kernel.block_size
@@ -487,6 +497,8 @@ fn binary_name(op: BinaryOp) -> &'static str {
         BinaryOp::Rem => "rem",
         BinaryOp::Min => "min",
         BinaryOp::Max => "max",
+        BinaryOp::Minimum => "minimum",
+        BinaryOp::Maximum => "maximum",
         BinaryOp::And => "and",
         BinaryOp::Or => "or",
         BinaryOp::Shl => "shl",
@@ -631,6 +643,17 @@ pub(crate) fn op_text(kernel: &Kernel, names: &Names, op: &Op) -> String {
         Op::If { cond, .. } => format!("if {}", v(cond)),
         Op::Barrier => "barrier".to_string(),
         Op::Warp(w) => warp_text(kernel, *w),
+        Op::ClusterBarrier => "cluster_barrier".to_string(),
+        Op::LoadRemote {
+            shared,
+            rank,
+            index,
+        } => format!(
+            "load_remote {}[{}] of rank {}",
+            memory_name(kernel, Memory::Shared(*shared)),
+            v(index),
+            v(rank)
+        ),
     }
 }
 

@@ -3,7 +3,8 @@
 //! which values every thread of a block agrees on, and what an index is known to be a multiple
 //! of.
 //!
-//! - A **sync point** is a [`Op::Barrier`] or a [`Op::Warp`] collective.
+//! - A **sync point** is a [`Op::Barrier`], a [`Op::Warp`] collective or an
+//!   [`Op::ClusterBarrier`].
 //! - A **sync loop** is a [`Op::Loop`] whose body holds a sync point (at any depth). The
 //!   verifier requires it to be block-uniform; backends run it once per block, not per thread.
 //! - A value is **uniform** when every thread of a block computes the same bits for it from the
@@ -22,7 +23,7 @@ use super::print::{walk, BlockKind, Entry, Visit};
 
 /// Whether `op` is a synchronisation point.
 pub fn is_sync_point(op: &Op) -> bool {
-    matches!(op, Op::Barrier | Op::Warp(_))
+    matches!(op, Op::Barrier | Op::Warp(_) | Op::ClusterBarrier)
 }
 
 /// A piece of a block that every thread of the block reaches together.
@@ -148,7 +149,11 @@ impl<'k> Visit<'k> for Facts<'k> {
                 | BinaryOp::Max
                 | BinaryOp::Or
                 | BinaryOp::Xor => a(x).min(a(y)),
-                BinaryOp::Div | BinaryOp::Rem | BinaryOp::Shr => 0,
+                BinaryOp::Div
+                | BinaryOp::Rem
+                | BinaryOp::Shr
+                | BinaryOp::Minimum
+                | BinaryOp::Maximum => 0,
             },
             Op::Select {
                 if_true, if_false, ..

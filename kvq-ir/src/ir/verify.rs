@@ -101,13 +101,23 @@
 //! 14. **Bit casts.** A Bitcast is between f32 and u32, or between `u8x4`/`u8x8`/`u8x16` and
 //!     `u32`/`u32x2`/`u32x4` of the same size. [`FindingKind::InvalidBitcast`].
 //!
+//! 15. **Clusters.** `cluster_size` is in 1..=[`MAX_CLUSTER_SIZE`]. A ClusterBarrier or
+//!     LoadRemote appears only in a kernel with `cluster_size > 1`; a ClusterBarrier only in the
+//!     top-level block (it is a sync point: invariant 10 applies); a LoadRemote names an
+//!     existing shared array, takes a u32 rank and index, gives a scalar of the array's element
+//!     type, and is followed in program order by a ClusterBarrier (so that no block of the
+//!     cluster leaves, and its shared memory with it, while another still reads it).
+//!     [`FindingKind::BadClusterSize`], [`FindingKind::ClusterOpWithoutCluster`],
+//!     [`FindingKind::ClusterBarrierNotTopLevel`], [`FindingKind::RemoteLoadNotFollowed`],
+//!     [`FindingKind::SharedOutOfRange`], [`FindingKind::BadOperandType`].
+//!
 //! For a kernel with no finding, [`verify`] returns the [`KernelInfo`] backends need.
 
 use std::fmt;
 
 use super::kernel::{
     Access, BinaryOp, CmpOp, Const, Inst, Kernel, Local, Memory, Op, Param, ScalarType, Type,
-    UnaryOp, Value, WarpOp, WARP_SIZE,
+    UnaryOp, Value, WarpOp, MAX_CLUSTER_SIZE, WARP_SIZE,
 };
 use super::print::{
     has_result, local_name, param_name, type_text, walk, BlockKind, Entry, Names, Visit,
@@ -565,6 +575,19 @@ pub enum FindingKind {
         /// The target type.
         to: Type,
     },
+
+    // 15. Clusters.
+    /// `cluster_size` outside 1..=MAX_CLUSTER_SIZE.
+    BadClusterSize {
+        /// The cluster size.
+        cluster_size: u32,
+    },
+    /// A ClusterBarrier or LoadRemote in a kernel without clusters.
+    ClusterOpWithoutCluster,
+    /// A ClusterBarrier outside the top-level block.
+    ClusterBarrierNotTopLevel,
+    /// A LoadRemote with no ClusterBarrier after it.
+    RemoteLoadNotFollowed,
 }
 
 /// Checks `kernel` against every invariant of the module documentation; on success describes
@@ -579,6 +602,7 @@ pub fn verify(kernel: &Kernel) -> Result<KernelInfo, VerifyError> {
         open_ifs: 0,
         names: &names,
         found: Vec::new(),
+        pending_remote: None,
         state: vec![Def::NotYet; len],
         region_of: vec![0; len],
         region: 0,
@@ -586,6 +610,9 @@ pub fn verify(kernel: &Kernel) -> Result<KernelInfo, VerifyError> {
     };
     let shared_bytes = checker.check_declarations();
     let reached = walk(kernel, &mut checker);
+    if let Some(h) = checker.pending_remote {
+        checker.push(Some(h), FindingKind::RemoteLoadNotFollowed);
+    }
     for (h, _) in kernel.insts.iter() {
         if !reached.get(h.index()).copied().unwrap_or(false) {
             checker.push(Some(h), FindingKind::NotPlaced);
@@ -661,6 +688,8 @@ struct Checker<'k> {
     open_ifs: u32,
     names: &'k Names,
     found: Vec<(Option<Value>, FindingKind)>,
+    /// The last LoadRemote not yet followed by a ClusterBarrier.
+    pending_remote: Option<Value>,
     /// By arena index.
     state: Vec<Def>,
     /// By arena index: the barrier region where the value was defined.
@@ -754,6 +783,14 @@ impl<'k> Checker<'k> {
                 None,
                 FindingKind::BadBlockSize {
                     block_size: k.block_size,
+                },
+            );
+        }
+        if !(1..=MAX_CLUSTER_SIZE).contains(&k.cluster_size) {
+            self.push(
+                None,
+                FindingKind::BadClusterSize {
+                    cluster_size: k.cluster_size,
                 },
             );
         }
@@ -1013,6 +1050,14 @@ impl<'k> Checker<'k> {
         }
     }
 
+    /// A cluster operation needs a kernel with clusters (invariant 15; a size of 0 is reported
+    /// once, as a bad cluster size).
+    fn cluster_op(&mut self, h: Value) {
+        if self.kernel.cluster_size == 1 {
+            self.push(Some(h), FindingKind::ClusterOpWithoutCluster);
+        }
+    }
+
     /// An aligned access's index must be a proven multiple of its lanes (invariant 13).
     fn aligned(&mut self, h: Value, index: Value, lanes: u32) {
         if !self.facts.is_multiple(index, lanes) {
@@ -1113,6 +1158,7 @@ impl<'k> Checker<'k> {
                     | BinaryOp::Min
                     | BinaryOp::Max => C::Numeric,
                     BinaryOp::Rem | BinaryOp::Shl | BinaryOp::Shr => C::Int,
+                    BinaryOp::Minimum | BinaryOp::Maximum => C::Float,
                     BinaryOp::And | BinaryOp::Or | BinaryOp::Xor => C::BoolOrInt,
                 };
                 let ta = self.operand_of(h, *a, class);
@@ -1356,6 +1402,31 @@ impl<'k> Checker<'k> {
                 self.warp(h, *w);
                 Some(None)
             }
+            Op::ClusterBarrier => {
+                self.sync_point(h);
+                self.cluster_op(h);
+                // The top-level block's instructions are at depth 1.
+                if depth > 1 {
+                    self.push(Some(h), FindingKind::ClusterBarrierNotTopLevel);
+                }
+                self.pending_remote = None;
+                Some(None)
+            }
+            Op::LoadRemote {
+                shared,
+                rank,
+                index,
+            } => {
+                self.cluster_op(h);
+                self.pending_remote = Some(h);
+                self.operand_of(h, *rank, C::U32);
+                self.operand_of(h, *index, C::U32);
+                let memory = self.memory(h, Memory::Shared(*shared), Need::Read);
+                if let Some((_, len)) = memory {
+                    self.const_bounds(h, *index, 1, len);
+                }
+                memory.map(|(elem, _)| Some(Type::Scalar(elem)))
+            }
         };
         if let Some(expected) = expected {
             if inst.ty != expected {
@@ -1370,7 +1441,9 @@ impl<'k> Checker<'k> {
         }
         let _ = depth;
         match inst.op {
-            Op::Barrier | Op::Warp(_) => self.region = self.region.saturating_add(1),
+            Op::Barrier | Op::Warp(_) | Op::ClusterBarrier => {
+                self.region = self.region.saturating_add(1)
+            }
             // A Loop's value is defined when its body is entered.
             Op::Loop { .. } => {}
             ref op if has_result(op) => {
@@ -1560,6 +1633,14 @@ fn describe(kernel: &Kernel, names: &Names, kind: &FindingKind) -> String {
             "aligned access at index {} that is not a proven multiple of {lanes}",
             v(index)
         ),
+        F::BadClusterSize { cluster_size } => {
+            format!("cluster_size {cluster_size} is not in 1..={MAX_CLUSTER_SIZE}")
+        }
+        F::ClusterOpWithoutCluster => "cluster operation in a kernel without clusters".into(),
+        F::ClusterBarrierNotTopLevel => "cluster barrier outside the top-level block".into(),
+        F::RemoteLoadNotFollowed => {
+            "remote shared load with no cluster barrier after it".into()
+        }
         F::InvalidBitcast { from, to } => format!(
             "cannot reinterpret {} as {}",
             type_text(*from),

@@ -62,6 +62,24 @@ pub enum InterpError {
         /// The memory's length.
         len: usize,
     },
+    /// A grid that is not made of whole clusters, or a cluster size outside 1..=8.
+    #[error("a grid of {grid_size} blocks cannot run in clusters of {cluster_size}")]
+    ClusterGrid {
+        /// The kernel's cluster size.
+        cluster_size: u32,
+        /// The grid.
+        grid_size: u32,
+    },
+    /// A remote shared load from a rank outside the cluster.
+    #[error("{inst:?}: rank {rank} is outside a cluster of {cluster_size} blocks")]
+    RemoteRank {
+        /// The instruction.
+        inst: Value,
+        /// The rank.
+        rank: u32,
+        /// The cluster size.
+        cluster_size: u32,
+    },
     /// A local read or written outside its length.
     #[error("{inst:?}: element {index} of local {local} is out of bounds (length {len})")]
     LocalOutOfBounds {

@@ -3,15 +3,67 @@
 
 use super::value::{self, Fault, Val};
 use super::{Arg, Buffer, InterpError, Malformed, MAX_BLOCK_ELEMS, MAX_NESTING};
+use crate::ir::kernel::MAX_CLUSTER_SIZE;
 use crate::ir::kernel::{Kernel, Op, Param, ScalarType, Special, Type, Value, WARP_SIZE};
 use crate::ir::sync::{segments, Segment, SyncFacts};
 use crate::scheme::{BitOrder, Bits};
 
 /// Runs `kernel` (whose arguments are checked) on `grid_size` blocks.
 pub(super) fn run(kernel: &Kernel, args: &mut [Arg], grid_size: u32) -> Result<(), InterpError> {
+    run_clusters(
+        kernel,
+        args,
+        grid_size,
+        &cluster_starts(kernel, grid_size, 0..grid_size)?,
+    )
+}
+
+/// The first block of each cluster that holds one of `blocks` (each once, increasing), after
+/// checking that the grid is made of whole clusters.
+pub(super) fn cluster_starts(
+    kernel: &Kernel,
+    grid_size: u32,
+    blocks: impl IntoIterator<Item = u32>,
+) -> Result<Vec<u32>, InterpError> {
+    let n = kernel.cluster_size;
+    if !(1..=MAX_CLUSTER_SIZE).contains(&n) || grid_size % n != 0 {
+        return Err(InterpError::ClusterGrid {
+            cluster_size: n,
+            grid_size,
+        });
+    }
+    let mut starts: Vec<u32> = blocks
+        .into_iter()
+        .filter(|&b| b < grid_size)
+        .map(|b| b - b % n)
+        .collect();
+    starts.dedup();
+    starts.sort_unstable();
+    starts.dedup();
+    Ok(starts)
+}
+
+/// What one block of a cluster keeps while another block of the cluster runs.
+#[derive(Default)]
+pub(super) struct Parked {
+    pub(super) shared: Vec<Buffer>,
+    block_values: Vec<Option<Val>>,
+    locals: Vec<Val>,
+}
+
+/// Runs the clusters starting at `starts` (from [`cluster_starts`]) of a grid of `grid_size`:
+/// the top-level body split at its cluster barriers, each part run for the cluster's blocks in
+/// rank order (a block without clusters is a cluster of one).
+pub(super) fn run_clusters(
+    kernel: &Kernel,
+    args: &mut [Arg],
+    grid_size: u32,
+    starts: &[u32],
+) -> Result<(), InterpError> {
     let facts = SyncFacts::of(kernel);
-    let shared_elems = kernel.shared.iter().map(|s| u64::from(s.len)).sum();
-    check_size("shared arrays", shared_elems)?;
+    let n = kernel.cluster_size;
+    let shared_elems: u64 = kernel.shared.iter().map(|s| u64::from(s.len)).sum();
+    check_size("shared arrays", shared_elems.saturating_mul(u64::from(n)))?;
     // Every thread's locals, one after the other; each local at its offset in a thread's run.
     let mut offsets = Vec::with_capacity(kernel.locals.len());
     let mut template = Vec::new();
@@ -19,11 +71,21 @@ pub(super) fn run(kernel: &Kernel, args: &mut [Arg], grid_size: u32) -> Result<(
         offsets.push(template.len());
         let per_thread = template.len() as u64 + u64::from(local.len);
         // Per thread too: a block of 0 threads must not allocate a huge template either.
-        let threads = u64::from(kernel.block_size.max(1));
+        let threads = u64::from(kernel.block_size.max(1)) * u64::from(n);
         check_size("locals", per_thread.saturating_mul(threads))?;
         template.resize(template.len() + local.len as usize, Val::zero(local.elem));
     }
     let per_thread = template.len();
+    let parts: Vec<&[Value]> = kernel
+        .body
+        .0
+        .split(|&h| {
+            matches!(
+                kernel.insts.try_get(h).map(|i| &i.op),
+                Some(Op::ClusterBarrier)
+            )
+        })
+        .collect();
 
     let mut machine = Machine {
         kernel,
@@ -31,31 +93,47 @@ pub(super) fn run(kernel: &Kernel, args: &mut [Arg], grid_size: u32) -> Result<(
         args,
         grid_size,
         block: 0,
+        rank: 0,
         shared: Vec::new(),
+        parked: Vec::new(),
         values: vec![None; kernel.insts.len()],
         block_values: vec![None; kernel.insts.len()],
         offsets,
         per_thread,
     };
-    for block in 0..grid_size {
-        machine.block = block;
+    for &first in starts {
         // A Bool shared array is held as bytes 0 and 1, as generated code stores it.
-        machine.shared = kernel
-            .shared
-            .iter()
-            .map(|s| match s.elem {
-                ScalarType::Bool => Buffer::U8(vec![0; s.len as usize]),
-                elem => Buffer::zeros(elem, s.len as usize).unwrap_or(Buffer::U8(Vec::new())),
+        machine.parked = (0..n)
+            .map(|_| Parked {
+                shared: kernel
+                    .shared
+                    .iter()
+                    .map(|s| match s.elem {
+                        ScalarType::Bool => Buffer::U8(vec![0; s.len as usize]),
+                        elem => {
+                            Buffer::zeros(elem, s.len as usize).unwrap_or(Buffer::U8(Vec::new()))
+                        }
+                    })
+                    .collect(),
+                block_values: vec![None; kernel.insts.len()],
+                locals: match per_thread {
+                    0 => Vec::new(),
+                    _ => (0..kernel.block_size)
+                        .flat_map(|_| template.iter().cloned())
+                        .collect(),
+                },
             })
             .collect();
-        let mut locals: Vec<Val> = match per_thread {
-            0 => Vec::new(),
-            _ => (0..kernel.block_size)
-                .flat_map(|_| template.iter().cloned())
-                .collect(),
-        };
-        machine.block_values.iter_mut().for_each(|v| *v = None);
-        machine.run_sync(&kernel.body.0, &mut locals, 0)?;
+        for part in &parts {
+            for rank in 0..n {
+                machine.block = first + rank;
+                machine.rank = rank;
+                let mut locals = machine.unpark(rank);
+                let result = machine.run_sync(part, &mut locals, 0);
+                machine.park(rank, locals);
+                result?;
+            }
+        }
     }
     Ok(())
 }
@@ -84,8 +162,13 @@ pub(super) struct Machine<'k, 'a> {
     pub(super) args: &'a mut [Arg],
     grid_size: u32,
     block: u32,
+    /// The current block's rank in its cluster.
+    pub(super) rank: u32,
     /// The current block's shared arrays.
     pub(super) shared: Vec<Buffer>,
+    /// By rank, the state of the cluster's blocks; the current block's is in `shared`,
+    /// `block_values` and the locals being run while it runs.
+    pub(super) parked: Vec<Parked>,
     /// The current thread's values, by instruction index: `Some` from the definition to the
     /// end of the block holding it.
     values: Vec<Option<Val>>,
@@ -99,6 +182,25 @@ pub(super) struct Machine<'k, 'a> {
 }
 
 impl Machine<'_, '_> {
+    /// Makes block `rank` of the cluster the current one; returns its locals.
+    fn unpark(&mut self, rank: u32) -> Vec<Val> {
+        let Some(p) = self.parked.get_mut(rank as usize) else {
+            return Vec::new();
+        };
+        std::mem::swap(&mut self.shared, &mut p.shared);
+        std::mem::swap(&mut self.block_values, &mut p.block_values);
+        std::mem::take(&mut p.locals)
+    }
+
+    /// Parks the current block, rank `rank`, with its `locals`.
+    fn park(&mut self, rank: u32, locals: Vec<Val>) {
+        if let Some(p) = self.parked.get_mut(rank as usize) {
+            std::mem::swap(&mut self.shared, &mut p.shared);
+            std::mem::swap(&mut self.block_values, &mut p.block_values);
+            p.locals = locals;
+        }
+    }
+
     /// Runs `insts`, a block where every thread of the block arrives together (the top-level
     /// block or a block-uniform loop's body): the instructions between sync points for thread
     /// 0, 1, ..., then each sync point (a barrier, a warp collective, a block-uniform loop) for
@@ -410,7 +512,17 @@ impl Machine<'_, '_> {
                 self.run_block(t, &taken.0, depth + 1)?;
                 None
             }
-            Op::Barrier | Op::Warp(_) => return Err(bad(Malformed::NestedBarrier)),
+            Op::LoadRemote {
+                shared,
+                rank,
+                index,
+            } => {
+                let (rank, index) = (self.u32_operand(h, *rank)?, self.u32_operand(h, *index)?);
+                Some(self.load_remote(h, *shared, rank, index)?)
+            }
+            Op::Barrier | Op::Warp(_) | Op::ClusterBarrier => {
+                return Err(bad(Malformed::NestedBarrier))
+            }
         };
         let computed = result.as_ref().map(Val::ty);
         if inst.ty != computed {

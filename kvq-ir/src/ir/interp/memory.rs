@@ -142,6 +142,47 @@ impl Machine<'_, '_> {
         Ok(())
     }
 
+    /// Element `index` of shared array `shared` of the cluster's block of rank `rank` (the
+    /// current block's own arrays when it is that block).
+    pub(super) fn load_remote(
+        &mut self,
+        h: Value,
+        shared: u32,
+        rank: u32,
+        index: u32,
+    ) -> Result<Val, InterpError> {
+        let mem = Memory::Shared(shared);
+        let as_bool = self.bool_shared(mem);
+        let current = rank == self.rank;
+        let arrays = match current {
+            true => Some(&self.shared),
+            false => self.parked.get(rank as usize).map(|p| &p.shared),
+        };
+        let Some(arrays) = arrays else {
+            return Err(InterpError::RemoteRank {
+                inst: h,
+                rank,
+                cluster_size: self.kernel.cluster_size,
+            });
+        };
+        let buffer = arrays
+            .get(shared as usize)
+            .ok_or(malformed(Some(h), Malformed::UnknownShared(shared)))?;
+        let x = buffer.get(index as usize).ok_or(InterpError::OutOfBounds {
+            inst: h,
+            mem,
+            index: u64::from(index),
+            lanes: 1,
+            len: buffer.len(),
+        })?;
+        let elem = buffer.elem();
+        trace::record(h, MemAccess::run(mem, index, 1, elem, false));
+        Ok(match (as_bool, x) {
+            (true, Val::U8(b)) => Val::Bool(b != 0),
+            (_, x) => x,
+        })
+    }
+
     /// The position of element `index` of `local` in a thread's locals, and its type.
     pub(super) fn local_slot(
         &self,

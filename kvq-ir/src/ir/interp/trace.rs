@@ -1,10 +1,11 @@
 //! An opt-in trace of the global- and shared-memory accesses of chosen blocks, for the GPU cost
 //! model ([`crate::gpu_model`]).
 //!
-//! [`run_traced`] runs only the chosen blocks. It runs a copy of the kernel in which `BlockId`
-//! and `GridSize` are constants and marker reads (one-element `SelectRank`s of two extra
-//! buffers) say which thread runs and which body (region, loop body, `If` branch) starts: the
-//! hook in `memory.rs` sees them, so the machine itself is unchanged. The hook costs
+//! [`run_traced`] runs only the chosen blocks, each with the other blocks of its cluster. It
+//! runs a copy of the kernel in which marker reads (one-element `SelectRank`s of two extra
+//! buffers) say which thread of which block of the cluster runs and which body (region, loop
+//! body, `If` branch) starts: the hook in `memory.rs` sees them, so the machine itself is
+//! unchanged. The hook costs
 //! [`run`](super::run) one relaxed atomic load per memory access when no
 //! trace is being taken. Instruction handles of the original kernel are kept (the marker
 //! instructions are appended to the arena), so a trace names the kernel's own instructions.
@@ -15,8 +16,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::{check_args, Arg, Buffer, InterpError, Malformed, MAX_BLOCK_ELEMS, MAX_NESTING};
 use crate::ir::kernel::{
-    Access as ParamAccess, Const, Inst, Kernel, Memory, Op, Param, ScalarType, Special, Type,
-    Value, WarpOp, REDUCE_STEPS,
+    Access as ParamAccess, BinaryOp, Const, Inst, Kernel, Memory, Op, Param, ScalarType, Special,
+    Type, Value, WarpOp, REDUCE_STEPS,
 };
 
 /// One memory access of one thread: `repeat` requests of `lanes` consecutive elements, request
@@ -187,8 +188,9 @@ impl Drop for Installed {
 }
 
 /// Runs blocks `blocks` (ids at or past `grid_size` are skipped, repeats once) of `kernel` as
-/// part of a grid of `grid_size`, and traces their memory accesses. Only those blocks' stores
-/// land in `args`.
+/// part of a grid of `grid_size`, each with the other blocks of its cluster (a kernel with
+/// clusters is traced whole clusters at a time: every block of the trace is one that ran), and
+/// traces their memory accesses. Only those blocks' stores land in `args`.
 pub fn run_traced(
     kernel: &Kernel,
     args: &mut [Arg],
@@ -196,15 +198,11 @@ pub fn run_traced(
     blocks: &[u32],
 ) -> Result<Trace, InterpError> {
     check_args(kernel, args)?;
-    let mut blocks: Vec<u32> = blocks.iter().copied().filter(|&b| b < grid_size).collect();
-    blocks.sort_unstable();
-    blocks.dedup();
-    let mut ins = instrument(kernel)?;
-    for &h in &ins.grid_sizes {
-        set_const(&mut ins.kernel, h, grid_size);
-    }
+    let starts = super::exec::cluster_starts(kernel, grid_size, blocks.iter().copied())?;
+    let ins = instrument(kernel)?;
     let bodies = ins.body_insts.len();
-    let marker_len = u64::from(kernel.block_size).max(bodies as u64);
+    let threads = u64::from(kernel.block_size) * u64::from(kernel.cluster_size);
+    let marker_len = threads.max(bodies as u64);
     if marker_len > MAX_BLOCK_ELEMS {
         return Err(InterpError::TooLarge {
             what: "trace markers",
@@ -219,7 +217,7 @@ pub fn run_traced(
     for _ in 0..2 {
         all.push(Arg::Buffer(Buffer::F32(vec![0.0; marker_len as usize])));
     }
-    let result = trace_blocks(&mut ins, &mut all, &blocks);
+    let result = trace_clusters(&ins, &mut all, grid_size, &starts);
     for (slot, arg) in args.iter_mut().zip(all) {
         *slot = arg;
     }
@@ -229,49 +227,48 @@ pub fn run_traced(
     })
 }
 
-fn trace_blocks(
-    ins: &mut Instrumented,
+fn trace_clusters(
+    ins: &Instrumented,
     args: &mut [Arg],
-    blocks: &[u32],
+    grid_size: u32,
+    starts: &[u32],
 ) -> Result<Vec<BlockTrace>, InterpError> {
-    let mut out = Vec::with_capacity(blocks.len());
-    for &block in blocks {
-        for &h in &ins.block_ids {
-            set_const(&mut ins.kernel, h, block);
-        }
+    let kernel = &ins.kernel;
+    let mut out = Vec::new();
+    for &first in starts {
         let thread = ThreadTrace {
             accesses: BTreeMap::new(),
             body_runs: vec![0; ins.body_insts.len()],
         };
+        let threads = kernel.block_size as usize * kernel.cluster_size as usize;
         let installed = Installed::new(Recorder {
             markers: ins.markers,
             current: None,
-            threads: vec![thread; ins.kernel.block_size as usize],
+            threads: vec![thread; threads],
         });
-        super::run(&ins.kernel, args, 1)?;
-        let threads = installed.take().map(|r| r.threads).unwrap_or_default();
-        out.push(BlockTrace { block, threads });
+        super::exec::run_clusters(kernel, args, grid_size, &[first])?;
+        let mut threads = installed.take().map(|r| r.threads).unwrap_or_default();
+        for rank in 0..kernel.cluster_size {
+            let rest = threads.split_off(threads.len().min(kernel.block_size as usize));
+            out.push(BlockTrace {
+                block: first + rank,
+                threads: std::mem::replace(&mut threads, rest),
+            });
+        }
     }
     Ok(out)
 }
 
-fn set_const(kernel: &mut Kernel, h: Value, x: u32) {
-    if let Some(inst) = kernel.insts.get_mut(h) {
-        inst.op = Op::Const(Const::U32(x));
-    }
-}
-
-/// The kernel with markers, and where its block ids and grid sizes are.
+/// The kernel with markers.
 struct Instrumented {
     kernel: Kernel,
     markers: [u32; 2],
     body_insts: Vec<u64>,
-    block_ids: Vec<Value>,
-    grid_sizes: Vec<Value>,
 }
 
 /// The kernel with two extra F32 buffer parameters, the markers, read by one-element
-/// `SelectRank`s: `thread[thread_id]` (which thread runs) at the start of every body and after
+/// `SelectRank`s: `thread[rank * block_size + thread_id]` (which thread of which block of the
+/// cluster runs, `rank = block_id % cluster_size`) at the start of every body and after
 /// every loop, `If`, barrier and warp collective (where the machine may switch threads), and
 /// `body[id]` (one more run of body `id`) at the start of every body.
 fn instrument(kernel: &Kernel) -> Result<Instrumented, InterpError> {
@@ -283,14 +280,6 @@ fn instrument(kernel: &Kernel) -> Result<Instrumented, InterpError> {
             elem: ScalarType::F32,
             access: ParamAccess::Read,
         });
-    }
-    let (mut block_ids, mut grid_sizes) = (Vec::new(), Vec::new());
-    for (h, inst) in k.insts.iter() {
-        match inst.op {
-            Op::Special(Special::BlockId) => block_ids.push(h),
-            Op::Special(Special::GridSize) => grid_sizes.push(h),
-            _ => {}
-        }
     }
     let top = std::mem::take(&mut k.body.0);
     let mut w = Walker {
@@ -306,8 +295,6 @@ fn instrument(kernel: &Kernel) -> Result<Instrumented, InterpError> {
         kernel: k,
         markers: [first, first + 1],
         body_insts,
-        block_ids,
-        grid_sizes,
     })
 }
 
@@ -337,7 +324,7 @@ impl Walker<'_> {
                 .map_or(1, |l| u64::from(l.len))
         };
         match op {
-            Op::Const(_) | Op::Barrier => 0,
+            Op::Const(_) | Op::Barrier | Op::ClusterBarrier => 0,
             Op::Warp(WarpOp::Reduce { local, .. }) => 2 * REDUCE_STEPS.len() as u64 * len(*local),
             Op::Warp(WarpOp::ShuffleXor { src, .. } | WarpOp::ShuffleIdx { src, .. }) => len(*src),
             _ => 1,
@@ -389,6 +376,7 @@ impl Walker<'_> {
                     | Op::PackBits { .. }
                     | Op::UnpackBits { .. }
                     | Op::SelectRank { .. }
+                    | Op::LoadRemote { .. }
             );
             if self.seen.insert(h.index()) {
                 for which in [0u8, 1] {
@@ -419,15 +407,26 @@ impl Walker<'_> {
             .and_then(|i| nested(&mut i.op, which))
     }
 
-    /// `thread[thread_id]`, then `body[id]` if given, as new instructions.
+    /// `thread[rank * block_size + thread_id]`, then `body[id]` if given, as new instructions.
     fn marker(&mut self, id: Option<u32>) -> Vec<Value> {
+        let (cluster, block_size) = (self.kernel.cluster_size, self.kernel.block_size);
         let insts = &mut self.kernel.insts;
         let u32t = Some(Type::Scalar(ScalarType::U32));
         let mut push = |op, ty| insts.append(Inst { op, ty });
         let zero = push(Op::Const(Const::U32(0)), u32t);
         let one = push(Op::Const(Const::U32(1)), u32t);
-        let tid = push(Op::Special(Special::ThreadId), u32t);
+        let mut tid = push(Op::Special(Special::ThreadId), u32t);
         let mut out = vec![zero, one, tid];
+        if cluster > 1 {
+            let bid = push(Op::Special(Special::BlockId), u32t);
+            let n = push(Op::Const(Const::U32(cluster)), u32t);
+            let rank = push(Op::Binary(BinaryOp::Rem, bid, n), u32t);
+            let bs = push(Op::Const(Const::U32(block_size)), u32t);
+            let first = push(Op::Binary(BinaryOp::Mul, rank, bs), u32t);
+            let at = push(Op::Binary(BinaryOp::Add, first, tid), u32t);
+            out.extend([bid, n, rank, bs, first, at]);
+            tid = at;
+        }
         let gather = |base| Op::SelectRank {
             mem: Memory::Param(self.markers[usize::from(base != tid)]),
             base,

@@ -173,11 +173,37 @@ fn float_binary<T: Copy + PartialOrd + std::ops::Add<Output = T>>(
 }
 
 fn f32_binary(op: BinaryOp, x: f32, y: f32) -> Option<f32> {
-    float_binary(op, x, y, |x, y| x - y, |x, y| x * y, |x, y| x / y)
+    match op {
+        // Exact: the result is an operand or NaN.
+        BinaryOp::Minimum | BinaryOp::Maximum => {
+            ieee_2019(op, f64::from(x), f64::from(y)).map(|r| r as f32)
+        }
+        _ => float_binary(op, x, y, |x, y| x - y, |x, y| x * y, |x, y| x / y),
+    }
 }
 
 fn f64_binary(op: BinaryOp, x: f64, y: f64) -> Option<f64> {
-    float_binary(op, x, y, |x, y| x - y, |x, y| x * y, |x, y| x / y)
+    match op {
+        BinaryOp::Minimum | BinaryOp::Maximum => ieee_2019(op, x, y),
+        _ => float_binary(op, x, y, |x, y| x - y, |x, y| x * y, |x, y| x / y),
+    }
+}
+
+/// IEEE 754-2019 `minimum` / `maximum`: NaN if either is NaN, -0 below +0.
+fn ieee_2019(op: BinaryOp, x: f64, y: f64) -> Option<f64> {
+    if x.is_nan() || y.is_nan() {
+        return Some(f64::NAN);
+    }
+    let x_first = match x == y {
+        // Equal: only zeros of two signs differ; the order of the signs decides.
+        true => x.is_sign_negative(),
+        false => x < y,
+    };
+    match op {
+        BinaryOp::Minimum => Some(if x_first { x } else { y }),
+        BinaryOp::Maximum => Some(if x_first { y } else { x }),
+        _ => None,
+    }
 }
 
 /// Integer `op` on `width`-bit values held in u32 (the result is truncated by the caller).
@@ -205,6 +231,7 @@ fn int_binary(op: BinaryOp, x: u32, y: u32, width: u32) -> Result<u32, Fault> {
         BinaryOp::And => x & y,
         BinaryOp::Or => x | y,
         BinaryOp::Xor => x ^ y,
+        BinaryOp::Minimum | BinaryOp::Maximum => return Err(Fault::Operand(0)),
         BinaryOp::Shl | BinaryOp::Shr if y >= width => {
             return Err(Fault::Shift { shift: y, width })
         }
