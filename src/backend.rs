@@ -130,19 +130,22 @@ pub fn default_schedule(backend: Backend, scheme: &Scheme, shape: ShapeClass) ->
 pub enum ScheduleKind {
     /// The host's schedule (tuned where the table has one): threads become loops.
     Host,
-    /// The GPU schedule ([`Schedule::gpu_default`], the same for sm_80 and sm_90): the kernels
-    /// `kvq compile --target sm_80|sm_90` emits as PTX, run here to check their output.
+    /// The GPU schedule ([`Schedule::gpu_default`] for sm_90, without thread-block clusters
+    /// for sm_80): the kernels `kvq compile --target sm_80|sm_90` emits as PTX, run here to
+    /// check their output.
     Gpu,
 }
 
 /// Quantizes `x` with the kernels of `schedule` run by `backend` (the interpreter or host
-/// code; the reference has no schedule).
+/// code; the reference has no schedule); `clusters`: the GPU schedule of a GPU with
+/// thread-block clusters (sm_90), else of one without (sm_80).
 pub fn quantize_scheduled(
     x: &Tensor3,
     input: InputType,
     scheme: &Scheme,
     backend: Backend,
     schedule: ScheduleKind,
+    clusters: bool,
 ) -> Result<PackedSpan, BackendError> {
     let run = match backend {
         Backend::Reference => return Ok(reference::quantize(x, scheme)?),
@@ -155,7 +158,8 @@ pub fn quantize_scheduled(
         input,
     };
     let schedule = match schedule {
-        ScheduleKind::Gpu => Schedule::gpu_default(scheme, shape),
+        ScheduleKind::Gpu if clusters => Schedule::gpu_default(scheme, shape),
+        ScheduleKind::Gpu => Schedule::gpu_default(scheme, shape).without_clusters(scheme, shape),
         ScheduleKind::Host => crate::tune::schedule_for(
             crate::tune::default_table(),
             scheme,

@@ -35,7 +35,18 @@ fn check(scheme: &Scheme, schedule: &Schedule, x: &Tensor3) -> Result<(), TestCa
     };
     let lowered =
         lower::quantize(scheme, shape, schedule).map_err(|e| TestCaseError::fail(e.to_string()))?;
-    let got = quantize_with(&lowered, scheme, x, InputType::F16, RUN);
+    let dq = lower::dequantize(scheme, shape, schedule).unwrap();
+    check_lowered(scheme, &lowered, &dq, x)
+}
+
+/// [`check`] of given quantize and dequantize kernels.
+fn check_lowered(
+    scheme: &Scheme,
+    lowered: &lower::Lowered,
+    dq: &lower::Lowered,
+    x: &Tensor3,
+) -> Result<(), TestCaseError> {
+    let got = quantize_with(lowered, scheme, x, InputType::F16, RUN);
     let want = quantize(x, scheme);
     match (got, want) {
         (Ok(got), Ok(want)) => {
@@ -53,9 +64,8 @@ fn check(scheme: &Scheme, schedule: &Schedule, x: &Tensor3) -> Result<(), TestCa
                 "scale differs for {}",
                 scheme
             );
-            let dq = lower::dequantize(scheme, shape, schedule).unwrap();
             let x_hat =
-                dequantize_with(&dq, &got, RUN).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                dequantize_with(dq, &got, RUN).map_err(|e| TestCaseError::fail(e.to_string()))?;
             let want_hat = want.dequantize().unwrap();
             prop_assert_eq!(
                 bits(x_hat.data()),
@@ -160,12 +170,47 @@ proptest! {
     #[test]
     fn interpreter_matches_reference(scheme in scheme_strategy(), x in tensor_strategy(), (bs, ch, v, cooperative) in schedule_strategy()) {
         let shape = ShapeClass { head_dim: x.shape().dim as u32, input: InputType::F16 };
-        let mut schedule = Schedule { block_size: bs, channels: ch.max(scheme.bits.codes_per_byte() as u32), vector: v, cooperative };
+        let mut schedule = Schedule { block_size: bs, channels: ch.max(scheme.bits.codes_per_byte() as u32), vector: v, cooperative, cluster: 1 };
         if schedule.check(&scheme, shape).is_err() {
             schedule = Schedule::gpu_default(&scheme, shape);
         }
         check(&scheme, &schedule, &x)?;
         check(&scheme, &Schedule::host_default(&scheme, shape), &x)?;
+        // The GPU schedule (sm_90: thread-block clusters where they apply).
+        check(&scheme, &Schedule::gpu_default(&scheme, shape), &x)?;
+    }
+}
+
+/// The cluster kernel with a stage shorter than its blocks' slices (the rows past it are read
+/// again from global memory), and spans shorter than the cluster (blocks with empty slices),
+/// for 1-, 2- and 8-bit codes (thresholds and division): the reference's bits.
+#[test]
+fn cluster_kernel_codes_past_its_stage() {
+    let schemes = [
+        "bits = 1, axis = channel, group = all, rule = shrink(0.5)",
+        "bits = 2, axis = channel, group = all, rule = minmax, order = lsb",
+        "bits = 8, axis = channel, group = all, rule = shrink(0.9, center = mid), params = f32",
+    ];
+    for text in schemes {
+        let scheme = Scheme::parse(text).unwrap();
+        for tokens in [1usize, 3, 13, 40, 131] {
+            let (h, d) = (2usize, 32usize);
+            let data = (0..h * tokens * d)
+                .map(|i| f16::from_f32(((i * 7919 % 1013) as f32 / 1013.0 - 0.4) * 3.0).to_f32())
+                .collect();
+            let x = Tensor3::new([h, tokens, d], data).unwrap();
+            let shape = ShapeClass {
+                head_dim: d as u32,
+                input: InputType::F16,
+            };
+            let mut plan = lower::cluster_channel::plan(&scheme, shape).unwrap();
+            plan.stage = 2;
+            let q = lower::cluster_channel::quantize(&scheme, shape, plan);
+            let schedule = Schedule::gpu_default(&scheme, shape);
+            assert_eq!(schedule.cluster, plan.cluster);
+            let dq = lower::dequantize(&scheme, shape, &schedule).unwrap();
+            check_lowered(&scheme, &q, &dq, &x).unwrap_or_else(|e| panic!("{text} {tokens}: {e}"));
+        }
     }
 }
 
@@ -186,6 +231,7 @@ fn catalogue_on_real_captures_matches_reference() {
             };
             for schedule in [
                 Schedule::gpu_default(&scheme, shape),
+                Schedule::gpu_default(&scheme, shape).without_clusters(&scheme, shape),
                 Schedule::host_default(&scheme, shape),
             ] {
                 check(&scheme, &schedule, &kv).unwrap_or_else(|e| panic!("{file} {name}: {e}"));
@@ -194,8 +240,9 @@ fn catalogue_on_real_captures_matches_reference() {
     }
 }
 
-/// Every input type: the kernels' non-finite probe (a running sum for f16, a sum of `x * 0`
-/// otherwise) flags NaN and both infinities, at the position the reference names.
+/// Every input type: the kernels' non-finite detection (an OR of flags on the host, the IEEE
+/// extremes on a GPU schedule) flags NaN and both infinities, at the position the reference
+/// names.
 #[test]
 fn non_finite_input_is_reported_like_the_reference() {
     for input in [InputType::F16, InputType::BF16, InputType::F32] {
@@ -216,6 +263,7 @@ fn non_finite_value_is_reported(bad: f32, input: InputType) {
         };
         for schedule in [
             Schedule::gpu_default(&scheme, shape),
+            Schedule::gpu_default(&scheme, shape).without_clusters(&scheme, shape),
             Schedule::host_default(&scheme, shape),
         ] {
             let lowered = lower::quantize(&scheme, shape, &schedule).unwrap();
@@ -232,8 +280,8 @@ fn non_finite_value_is_reported(bad: f32, input: InputType) {
     }
 }
 
-/// The f16 probe is a plain sum: a whole span of the largest finite f16 values of both signs,
-/// summed in f32, stays finite (nothing is flagged) and codes as the reference does.
+/// A whole span of the largest finite f16 values of both signs is not flagged as non-finite (the
+/// kernels read non-finite input off their extremes) and codes as the reference does.
 #[test]
 fn largest_f16_values_are_not_flagged() {
     let (heads, tokens, dim) = (2, 300, 64);
@@ -308,6 +356,7 @@ fn schedule_check_knows_shared_memory_and_shape_limits() {
                     channels,
                     vector: 8,
                     cooperative: false,
+                    cluster: 1,
                 };
                 let checked = s.check(&scheme, shape);
                 match lower::quantize(&scheme, shape, &s) {

@@ -93,7 +93,10 @@ pub fn run(args: Args) -> Result<()> {
     for (role, scheme) in [("key", key), ("value", value)] {
         let schedule = match target {
             Target::Host => Schedule::host_default(&scheme, shape),
-            Target::Ptx(_) => Schedule::gpu_default(&scheme, shape),
+            Target::Ptx(Arch::Sm90) => Schedule::gpu_default(&scheme, shape),
+            Target::Ptx(Arch::Sm80) => {
+                Schedule::gpu_default(&scheme, shape).without_clusters(&scheme, shape)
+            }
         };
         let quantize =
             lower::quantize(&scheme, shape, &schedule).with_context(|| format!("{role} scheme"))?;
@@ -209,6 +212,12 @@ fn launch_json(launch: Launch) -> Value {
         Launch::ThreadPerRow => {
             json!({"kind": "thread_per_row", "blocks": "ceil(heads * tokens / block_size)"})
         }
+        Launch::ClusterPerColumn { columns, cluster } => json!({
+            "kind": "cluster_per_column",
+            "blocks": "heads * columns * cluster",
+            "columns": columns,
+            "cluster": cluster
+        }),
     }
 }
 
@@ -241,7 +250,11 @@ fn write_kernel(
             kvq_codegen::ptx::emit(kernel, &info, arch)?.text
         };
         let r = ptxas::assemble(ptxas_path, &ptx, arch, &kernel.name)?;
-        println!("{}: ptxas {}: {r}", kernel.name, arch.name());
+        let dynamic = match info.dynamic_shared_bytes {
+            0 => String::new(),
+            n => format!(", {n} bytes dynamic shared"),
+        };
+        println!("{}: ptxas {}: {r}{dynamic}", kernel.name, arch.name());
         report = json!({"registers": r.registers, "spill_stores": r.spill_stores, "spill_loads": r.spill_loads, "stack_frame": r.stack_frame, "shared": r.shared});
     }
     let params: Vec<Value> = kernel

@@ -133,7 +133,10 @@ pub fn run(args: Args) -> Result<()> {
     let disassembler = ptxas::find_nvdisasm();
     let mut reports = Vec::new();
     for (role, scheme) in [("key", key), ("value", value)] {
-        let schedule = Schedule::gpu_default(&scheme, class);
+        let schedule = match arch {
+            Arch::Sm90 => Schedule::gpu_default(&scheme, class),
+            Arch::Sm80 => Schedule::gpu_default(&scheme, class).without_clusters(&scheme, class),
+        };
         let q =
             lower::quantize(&scheme, class, &schedule).with_context(|| format!("{role} scheme"))?;
         let d = lower::dequantize(&scheme, class, &schedule)
@@ -293,8 +296,9 @@ pub fn profile_traced(
         }
         (None, _) => (None, None),
     };
+    // ptxas reports static shared memory; arrays placed in dynamic shared memory add theirs.
     let shared_bytes = match ptxas {
-        Some(r) => r.shared,
+        Some(r) => r.shared.saturating_add(info.dynamic_shared_bytes),
         None => ir_shared_bytes(kernel)?,
     };
     let block = BlockResources {
@@ -303,12 +307,13 @@ pub fn profile_traced(
         shared_bytes,
     };
     let occupancy = gpu_model::occupancy(&ctx.gpu.arch, block)?;
-    let sample = gpu_model::sample_blocks(grid);
     let buffer_bytes: Vec<u64> = args
         .iter()
         .map(|a| a.buffer().map_or(0, |b| (b.len() * b.elem().size()) as u64))
         .collect();
-    let trace = run_traced(kernel, args, grid, &sample)?;
+    let trace = run_traced(kernel, args, grid, &gpu_model::sample_blocks(grid))?;
+    // The blocks traced: with clusters, the sampled blocks' whole clusters.
+    let sample: Vec<u32> = trace.blocks.iter().map(|b| b.block).collect();
     let mut stats = gpu_model::analyze(&trace);
     let ir_static: u64 = trace.body_insts.iter().sum();
     let ir_warp_insts = stats.warp_insts;

@@ -48,8 +48,8 @@ pub struct Args {
     /// the GPU schedule, host its own), so that the GPU kernels' output can be checked here.
     #[arg(long, value_enum)]
     schedule: Option<ScheduleKind>,
-    /// With `--schedule gpu`: the GPU architecture whose schedule runs (sm_80 and sm_90 share
-    /// their quantize schedules today).
+    /// With `--schedule gpu`: the GPU architecture whose schedule runs (default sm_90; sm_80
+    /// has no thread-block clusters, so its channel-axis group = all kernels differ).
     #[arg(long, value_enum, requires = "schedule")]
     target: Option<GpuTarget>,
     /// Output safetensors file: `codes` (u8), `zero` and `scale` (f32 values of the stored parameters).
@@ -82,7 +82,15 @@ pub fn run(args: Args) -> Result<()> {
     }
     let span = match args.schedule {
         Some(schedule) => {
-            backend::quantize_scheduled(x, InputType::F32, &scheme, args.backend, schedule)
+            let clusters = args.target != Some(GpuTarget::Sm80);
+            backend::quantize_scheduled(
+                x,
+                InputType::F32,
+                &scheme,
+                args.backend,
+                schedule,
+                clusters,
+            )
         }
         None => backend::quantize(x, InputType::F32, &scheme, args.backend),
     }

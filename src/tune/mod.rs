@@ -152,6 +152,7 @@ pub fn candidates(scheme: &Scheme, shape: ShapeClass) -> Vec<Schedule> {
                 channels,
                 vector,
                 cooperative: false,
+                cluster: 1,
             })
         })
         .chain(std::iter::once(default))
@@ -331,6 +332,8 @@ impl From<StoredSchedule> for Schedule {
             channels: s.channels,
             vector: s.vector,
             cooperative: s.cooperative,
+            // Tables hold host schedules, which have no clusters.
+            cluster: 1,
         }
     }
 }

@@ -80,17 +80,19 @@ fn json_has_every_kernel_with_checkable_facts() {
             "value dequantize"
         ]
     );
-    // By hand: the key (axis = channel, group = all) takes one block per (head, column of 8
-    // channels): 2 heads x 64 / 8 = 16. Every grid is its kernel's Launch rule for the shape.
+    // By hand: the key (axis = channel, group = all) takes a cluster of 8 blocks per (head,
+    // column of 16 channels) on sm_90: 2 heads x 64 / 16 x 8 = 64. Every grid is its kernel's
+    // Launch rule for the shape.
     let grids: Vec<u64> = kernels
         .iter()
         .map(|k| k["grid"].as_u64().unwrap())
         .collect();
-    assert_eq!(grids[0], 16);
+    assert_eq!(grids[0], 64);
     let class = ShapeClass {
         head_dim: 64,
         input: InputType::F16,
     };
+    let mut clusters = Vec::new();
     for (n, text) in [KEY, KEY, VALUE, VALUE].into_iter().enumerate() {
         let s = Scheme::parse(text).unwrap();
         let schedule = Schedule::gpu_default(&s, class);
@@ -101,8 +103,9 @@ fn json_has_every_kernel_with_checkable_facts() {
         .unwrap();
         assert_eq!(l.launch.grid(2, 1024, l.kernel.block_size), grids[n]);
         assert_eq!(kernels[n]["block"], l.kernel.block_size);
+        clusters.push(u64::from(l.kernel.cluster_size));
     }
-    for k in kernels {
+    for (k, &c) in kernels.iter().zip(&clusters) {
         let g = k["grid"].as_u64().unwrap();
         let sample: Vec<u64> = k["sample_blocks"]
             .as_array()
@@ -110,7 +113,13 @@ fn json_has_every_kernel_with_checkable_facts() {
             .iter()
             .map(|b| b.as_u64().unwrap())
             .collect();
-        assert_eq!(sample, [0, g / 2, g - 1]);
+        // The first, middle and last blocks, each with its whole cluster.
+        let mut want: Vec<u64> = [0, g / 2, g - 1]
+            .iter()
+            .flat_map(|&b| (b - b % c)..(b - b % c + c))
+            .collect();
+        want.dedup();
+        assert_eq!(sample, want);
         for which in ["global_loads", "global_stores"] {
             let e = k[which]["efficiency"].as_f64().expect("efficiency");
             assert!(e > 0.0 && e <= 1.0, "{which} {e}");

@@ -34,10 +34,14 @@ fn shape(head_dim: u32) -> ShapeClass {
     }
 }
 
-/// The (quantize, dequantize) kernels of `scheme` for f16 input under the GPU schedule.
-fn kernels(scheme: &Scheme, head_dim: u32) -> [Kernel; 2] {
+/// The (quantize, dequantize) kernels of `scheme` for f16 input under the GPU schedule of
+/// `arch` (sm_80 has no thread-block clusters).
+fn kernels(scheme: &Scheme, head_dim: u32, arch: Arch) -> [Kernel; 2] {
     let shape = shape(head_dim);
-    let schedule = Schedule::gpu_default(scheme, shape);
+    let schedule = match arch {
+        Arch::Sm90 => Schedule::gpu_default(scheme, shape),
+        Arch::Sm80 => Schedule::gpu_default(scheme, shape).without_clusters(scheme, shape),
+    };
     let q = lower::quantize(scheme, shape, &schedule).expect("quantize lowers");
     let d = lower::dequantize(scheme, shape, &schedule).expect("dequantize lowers");
     [q.kernel, d.kernel]
@@ -96,13 +100,14 @@ fn assert_ptx_properties(ptx: &str, kernel: &Kernel, arch: Arch, quantize: bool)
 /// IR and PTX snapshots of one catalogue entry, with the PTX property asserts.
 fn check_scheme(name: &str) {
     let scheme = scheme(name);
-    let [quantize, dequantize] = kernels(&scheme, 64);
+    let [quantize, dequantize] = kernels(&scheme, 64, Arch::Sm90);
     insta::assert_snapshot!(format!("ir_{name}"), kvq_ir::ir::print(&quantize));
     insta::assert_snapshot!(
         format!("ir_dequantize_{name}"),
         kvq_ir::ir::print(&dequantize)
     );
     for arch in ARCHS {
+        let [quantize, dequantize] = kernels(&scheme, 64, arch);
         let q = ptx_text(&quantize, arch);
         assert_ptx_properties(&q, &quantize, arch, true);
         insta::assert_snapshot!(format!("ptx_{name}_{}", arch.name()), normalise(&q));
@@ -174,8 +179,8 @@ fn ptxas_accepts_every_kernel_without_spills() {
     let mut table = Vec::new();
     for (_, scheme) in catalogue() {
         for head_dim in [64, 128] {
-            for kernel in kernels(&scheme, head_dim) {
-                for arch in ARCHS {
+            for arch in ARCHS {
+                for kernel in kernels(&scheme, head_dim, arch) {
                     let ptx = ptx_text(&kernel, arch);
                     let r = ptxas::assemble(&ptxas_path, &ptx, arch, &kernel.name)
                         .unwrap_or_else(|e| panic!("{e}"));

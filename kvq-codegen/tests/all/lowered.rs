@@ -80,6 +80,39 @@ fn catalogue_kernels_match_the_reference_on_the_host() {
     }
 }
 
+/// The cluster kernel compiled for the host (a cluster's blocks run one after the other between
+/// cluster barriers, each on its own shared arrays), with a stage shorter than the blocks' slices
+/// and spans shorter than the cluster: the reference's bits.
+#[test]
+fn cluster_kernels_match_the_reference_on_the_host() {
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    for text in [
+        "bits = 1, axis = channel, group = all, rule = shrink(0.5)",
+        "bits = 2, axis = channel, group = all, rule = minmax, order = lsb",
+        "bits = 8, axis = channel, group = all, rule = shrink(0.9, center = mid), params = f32",
+    ] {
+        let scheme = kvq_ir::Scheme::parse(text).expect("scheme");
+        for tokens in [1, 13, 131] {
+            let x = data(2, tokens, 32);
+            let want = quantize(&x, &scheme).expect("reference quantizes");
+            for input in [InputType::F16, InputType::F32] {
+                let shape = ShapeClass {
+                    head_dim: 32,
+                    input,
+                };
+                let mut plan = lower::cluster_channel::plan(&scheme, shape).expect("plan");
+                plan.stage = 2;
+                let q = lower::cluster_channel::quantize(&scheme, shape, plan);
+                let got = quantize_with(&q, &scheme, &x, input, run_host)
+                    .unwrap_or_else(|e| panic!("{text} {tokens}: {e}"));
+                assert_eq!(got.codes, want.codes, "{text} {tokens}: codes");
+                assert_eq!(bits(&got.zero), bits(&want.zero), "{text} {tokens}: zero");
+                assert_eq!(bits(&got.scale), bits(&want.scale), "{text} {tokens}");
+            }
+        }
+    }
+}
+
 #[test]
 fn catalogue_kernels_emit_clean_ptx() {
     for (name, scheme) in catalogue() {
@@ -88,16 +121,35 @@ fn catalogue_kernels_emit_clean_ptx() {
                 head_dim: 128,
                 input,
             };
-            let schedule = Schedule::gpu_default(&scheme, shape);
-            for lowered in [
-                lower::quantize(&scheme, shape, &schedule).expect("lowers"),
-                lower::dequantize(&scheme, shape, &schedule).expect("lowers"),
-            ] {
-                let kernel = &lowered.kernel;
-                for arch in [Arch::Sm80, Arch::Sm90] {
+            for arch in [Arch::Sm80, Arch::Sm90] {
+                let schedule = match arch {
+                    Arch::Sm80 => {
+                        Schedule::gpu_default(&scheme, shape).without_clusters(&scheme, shape)
+                    }
+                    Arch::Sm90 => Schedule::gpu_default(&scheme, shape),
+                };
+                for lowered in [
+                    lower::quantize(&scheme, shape, &schedule).expect("lowers"),
+                    lower::dequantize(&scheme, shape, &schedule).expect("lowers"),
+                ] {
+                    let kernel = &lowered.kernel;
                     let ptx = ptx::emit(kernel, &info(kernel), arch)
                         .unwrap_or_else(|e| panic!("{name}: {e}"));
                     crate::ptx::check_ptx(kernel, &ptx);
+                    let cluster = format!(".reqnctapercluster {}, 1, 1", kernel.cluster_size);
+                    assert_eq!(
+                        ptx.text.contains(&cluster),
+                        kernel.cluster_size > 1,
+                        "{name}"
+                    );
+                    if kernel.cluster_size > 1 {
+                        // Cluster kernels need sm_90: a typed error on sm_80, not bad PTX.
+                        let err = ptx::emit(kernel, &info(kernel), Arch::Sm80).unwrap_err();
+                        assert!(matches!(err, CodegenError::Unsupported { .. }), "{err}");
+                        for needed in ["barrier.cluster.arrive", "barrier.cluster.wait", "mapa"] {
+                            assert!(ptx.text.contains(needed), "{name}: no {needed}");
+                        }
+                    }
                 }
             }
         }
@@ -135,8 +187,16 @@ fn cooperative_gpu_kernels_split_rows_across_lanes() {
         let channel_min_max = scheme.axis == kvq_ir::Axis::Channel
             && scheme.group == kvq_ir::Group::All
             && !matches!(scheme.rule, kvq_ir::Rule::Quantile(_) | kvq_ir::Rule::Mse);
+        // sm_90: clusters of blocks per column; sm_80: warp reductions in a block per column.
         assert_eq!(
-            q.kernel.name.contains("quantize_warps"),
+            q.kernel.name.contains("quantize_cluster"),
+            channel_min_max,
+            "{name}"
+        );
+        let sm80 = schedule.without_clusters(&scheme, shape);
+        let q80 = lower::quantize(&scheme, shape, &sm80).expect("lowers");
+        assert_eq!(
+            q80.kernel.name.contains("quantize_warps"),
             channel_min_max,
             "{name}"
         );
@@ -151,6 +211,9 @@ fn cooperative_gpu_kernels_split_rows_across_lanes() {
         let mut checked = vec![dq];
         if lanes || channel_min_max || channel_quantile {
             checked.push(q);
+        }
+        if channel_min_max {
+            checked.push(q80);
         }
         for lowered in checked {
             let kernel = &lowered.kernel;

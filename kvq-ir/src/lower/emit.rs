@@ -368,19 +368,20 @@ pub fn flag(b: &mut Builder, status: Memory, cond: Value, code: u32) {
 /// when the scale is 0. Codes of finite `x` (with finite parameters) follow SPEC.md exactly; a
 /// non-finite `x` or parameter is already flagged (nothing is stored), and the operand order
 /// only makes sure it cannot trap: `min(L, q)` is `if q < L { q } else { L }`, so a NaN
-/// quotient (0 / 0 on a flat group, or non-finite input) becomes `L` before the conversion.
+/// quotient (non-finite input) becomes `L` before the conversion.
 pub fn code(b: &mut Builder, scheme: &Scheme, x: Value, zero: Value, scale: Value) -> Value {
     let coding = Coding::new(b, zero, scale);
     coding.code(b, scheme, x)
 }
 
-/// A group's parameters as [`code`] uses them, with the test for a flat group made once, so that
-/// a kernel coding many elements of a group pays for it once.
+/// A group's parameters as [`code`] uses them, prepared once per group so that a kernel coding
+/// many elements of a group pays for it once: a flat group (scale 0) divides by +inf instead,
+/// which gives every finite `x` the quotient ±0 and so the code 0 that SPEC.md gives a flat
+/// group, with no test per element.
 #[derive(Debug, Clone, Copy)]
 pub struct Coding {
     zero: Value,
-    scale: Value,
-    flat: Value,
+    divisor: Value,
 }
 
 impl Coding {
@@ -388,7 +389,9 @@ impl Coding {
     pub fn new(b: &mut Builder, zero: Value, scale: Value) -> Coding {
         let zero_f = b.f32(0.0);
         let flat = b.cmp(CmpOp::Eq, scale, zero_f);
-        Coding { zero, scale, flat }
+        let inf = b.f32(f32::INFINITY);
+        let divisor = b.select(flat, inf, scale);
+        Coding { zero, divisor }
     }
 
     /// The code of `x`: see [`code`].
@@ -396,16 +399,14 @@ impl Coding {
         let levels = b.f32(scheme.bits.max_code() as f32);
         let below = b.f32(-0.5);
         let d = b.sub(x, self.zero);
-        let q = b.div(d, self.scale);
+        let q = b.div(d, self.divisor);
         // clamp(round(q), 0, L) = round(clamp(q, -0.5, L)) (L is a whole number; q <= -0.5
         // rounds to -0, code 0), with the constants first so that a GPU clamps with two
         // min/max instructions.
         let upper = b.min(levels, q);
         let clamped = b.max(below, upper);
         let r = b.unary(UnaryOp::RoundEven, clamped);
-        let c = b.convert(ScalarType::U8, r);
-        let zero_code = b.u8(0);
-        b.select(self.flat, zero_code, c)
+        b.convert(ScalarType::U8, r)
     }
 }
 
@@ -422,8 +423,8 @@ pub fn store_param(b: &mut Builder, mem: Memory, index: Value, v: Value, params:
 /// input, whose finite values (at most 65504 in magnitude) cannot sum to infinity in f32 within
 /// any span an index can address, and `probe + x * 0` otherwise (`0 * inf` and `0 * NaN` are
 /// NaN, every other product is a zero). The probe ends non-finite exactly when some `x` was.
-/// One instruction per element on a GPU (the lanes-over-channels kernels); see
-/// [`note_non_finite`] for the host's kernels.
+/// One instruction per element on a GPU (the channel-axis lanes kernel, whose extremes use the
+/// IR's `Min`/`Max`, which drop a NaN); see [`note_non_finite`] for the host's kernels.
 pub fn probe_finite(b: &mut Builder, probe: Value, x: Value, input: ScalarType) -> Value {
     match input {
         ScalarType::F16 => b.add(probe, x),
@@ -442,8 +443,32 @@ pub fn flag_probe(b: &mut Builder, probe: Value, status: Memory) {
     flag(b, status, bad, STATUS_NON_FINITE);
 }
 
+/// Flags `STATUS_NON_FINITE` unless every (min, max) pair of `extremes` has `min > -inf` and
+/// `max < +inf`: IEEE 754-2019 minima and maxima ([`crate::ir::BinaryOp::Minimum`]) of the
+/// inputs, started at +inf / -inf, are NaN when an input is and -inf / +inf when an input is,
+/// while a pair that saw no input keeps its neutral start, so that detecting non-finite input
+/// costs nothing per element.
+pub fn flag_non_finite_extremes(b: &mut Builder, extremes: &[(Value, Value)], status: Memory) {
+    let inf = b.f32(f32::INFINITY);
+    let ninf = b.f32(f32::NEG_INFINITY);
+    let mut all_finite: Option<Value> = None;
+    for &(mn, mx) in extremes {
+        let low = b.cmp(CmpOp::Gt, mn, ninf);
+        let high = b.cmp(CmpOp::Lt, mx, inf);
+        let pair = b.binary(BinaryOp::And, low, high);
+        all_finite = Some(match all_finite {
+            Some(f) => b.binary(BinaryOp::And, f, pair),
+            None => pair,
+        });
+    }
+    if let Some(f) = all_finite {
+        let bad = b.unary(UnaryOp::Not, f);
+        flag(b, status, bad, STATUS_NON_FINITE);
+    }
+}
+
 /// Folds `!is_finite(x)` into the U32 local `bad[0]`: an OR of flags, which a CPU vectorises
-/// (a running float sum like [`probe_finite`] is one dependent chain there).
+/// (the host's kernels; the GPU kernels flag from their extremes, [`flag_non_finite_extremes`]).
 pub fn note_non_finite(b: &mut Builder, bad: u32, x: Value) {
     let finite = b.unary(UnaryOp::IsFinite, x);
     let not_finite = b.unary(UnaryOp::Not, finite);
@@ -525,11 +550,10 @@ pub fn code_threshold(
     b.select(reachable, t, inf)
 }
 
-/// The code of `x` from its group's thresholds (see [`code_threshold`]); a non-finite `x`
-/// (already flagged) codes as 0, as in [`code`].
-pub fn code_from_thresholds(b: &mut Builder, x: Value, zero: Value, thresholds: &[Value]) -> Value {
-    let finite = b.unary(UnaryOp::IsFinite, x);
-    let x = b.select(finite, x, zero);
+/// The code of `x` from its group's thresholds (see [`code_threshold`]). A non-finite `x` gets
+/// some code (NaN 0, +inf the top one): non-finite input is flagged, and nothing is stored
+/// (SPEC.md section 2), so no per-element guard is spent on it.
+pub fn code_from_thresholds(b: &mut Builder, x: Value, thresholds: &[Value]) -> Value {
     let mut total: Option<Value> = None;
     for &t in thresholds {
         let above = b.cmp(CmpOp::Ge, x, t);

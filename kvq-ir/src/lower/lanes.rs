@@ -12,14 +12,16 @@
 //! `columns = head_dim / v`); a row's lanes are consecutive threads of one warp because
 //! `head_dim / v` divides 32. Threads past the span still take part in the shuffles, with
 //! neutral values, and store nothing. Codes and parameters are those of the per-thread kernels:
-//! the same operations in the same order per element, and group extremes whose only
-//! order-dependence (the sign of a zero extreme) `range_from_extremes` removes.
+//! the same operations in the same order per element, and group extremes by IEEE 754-2019
+//! minimum and maximum (one instruction each on a GPU), which differ from the per-thread
+//! kernels' `Min`/`Max` only for NaN (non-finite input is flagged, nothing stored) and in the
+//! sign of a zero extreme, which `range_from_extremes` removes.
 
 use crate::ir::{BinaryOp, Builder, CmpOp, Memory, ScalarType, Type, Value, WarpOp};
 use crate::scheme::{Axis, Group, Rule, Scheme};
 
 use super::emit::{
-    flag_probe, global_item, group_params, load_f32_aligned, param_type, probe_finite,
+    flag_non_finite_extremes, global_item, group_params, load_f32_aligned, param_type,
     quantize_params, range_from_extremes, reads_group, store_param, Coding,
 };
 use super::{dequantize_abi, kernel_name, quantize_abi as abi, Launch, Lowered, ShapeClass};
@@ -130,18 +132,16 @@ pub fn quantize_token(scheme: &Scheme, shape: ShapeClass, block_size: u32, p: La
         let at = b.add(row_start, c0);
         let values = load_f32_aligned(b, x, at, p.v as u8, shape.input.scalar());
         let (mut mn, mut mx) = (inf, ninf);
-        let mut probe = b.f32(0.0);
         for (i, &value) in values.iter().enumerate() {
             let iv = b.u32(i as u32);
             b.write_local(vals, iv, value);
-            mn = b.min(mn, value);
-            mx = b.max(mx, value);
-            probe = probe_finite(b, probe, value, shape.input.scalar());
+            mn = b.minimum(mn, value);
+            mx = b.maximum(mx, value);
         }
         let (z0, z1) = (b.u32(0), b.u32(1));
         b.write_local(ext, z0, mn);
         b.write_local(ext, z1, mx);
-        flag_probe(b, probe, status);
+        flag_non_finite_extremes(b, &[(mn, mx)], status);
     });
     // The group's extremes: a butterfly over its lanes (distances below n / v), each step a
     // shuffle and a region that folds the partner's extremes in.
@@ -154,10 +154,10 @@ pub fn quantize_token(scheme: &Scheme, shape: ShapeClass, block_size: u32, p: La
         });
         let (z0, z1) = (b.u32(0), b.u32(1));
         let (a, c) = (b.read_local(ext, z0), b.read_local(other, z0));
-        let m = b.min(a, c);
+        let m = b.minimum(a, c);
         b.write_local(ext, z0, m);
         let (a, c) = (b.read_local(ext, z1), b.read_local(other, z1));
-        let m = b.max(a, c);
+        let m = b.maximum(a, c);
         b.write_local(ext, z1, m);
         dist *= 2;
     }

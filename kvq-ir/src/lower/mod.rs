@@ -13,6 +13,7 @@
 //! | axis = channel, group = N, min/max rules (cooperative schedule) | [`quantize`] | one warp per (head, token group): lanes over channels, whole rows per step, extremes by shuffles over the lanes of the same channels ([`lanes_channel`]) |
 //! | any (cooperative schedule) | [`dequantize`] | lanes over channels, aligned f32 vector stores ([`lanes`]) |
 //! | axis = channel, group = all, quantile rule (cooperative schedule) | [`quantize`] | one block per (head, column); the whole block selects the order statistics (`block_select`) |
+//! | axis = channel, group = all, min/max rules (schedule with clusters, sm_90) | [`quantize`] | a cluster of blocks per (head, column), each a slice of the span kept in shared memory; the blocks exchange their extremes through distributed shared memory ([`cluster_channel`]) |
 //!
 //! Statistics and codes read the data twice (a range needs the whole group before the first code);
 //! the quantile rule selects exact order statistics with [`crate::ir::Op::SelectRank`]. Every
@@ -21,6 +22,7 @@
 
 pub mod attention;
 mod block_select;
+pub mod cluster_channel;
 mod dequantize;
 mod emit;
 pub mod io;
@@ -94,6 +96,10 @@ pub struct Schedule {
     /// dequantize of every scheme), the kernels above elsewhere. `block_size` is then a
     /// multiple of 32.
     pub cooperative: bool,
+    /// Blocks per thread-block cluster (sm_90) for axis = channel, group = all with a min/max
+    /// rule: the span split across a cluster's blocks ([`cluster_channel`]); 1 (no clusters)
+    /// elsewhere, and for GPUs without clusters ([`Schedule::without_clusters`]).
+    pub cluster: u32,
 }
 
 impl Schedule {
@@ -115,6 +121,42 @@ impl Schedule {
             channels,
             vector: vector_for(channels, scheme, shape, 8),
             cooperative: true,
+            cluster: 1,
+        }
+        .with_clusters(scheme, shape)
+    }
+
+    /// This schedule with the cluster kernel where [`cluster_channel::plan`] has one (clusters
+    /// of [`crate::ir::MAX_CLUSTER_SIZE`] blocks of 256 threads), unchanged elsewhere.
+    fn with_clusters(self, scheme: &Scheme, shape: ShapeClass) -> Schedule {
+        match cluster_channel::plan(scheme, shape) {
+            Ok(plan) => Schedule {
+                block_size: plan.block_size,
+                channels: plan.w,
+                cluster: plan.cluster,
+                ..self
+            },
+            Err(_) => self,
+        }
+    }
+
+    /// This schedule for a GPU without thread-block clusters (sm_80): the cluster kernel's
+    /// schemes get the one-block-per-column kernel of [`Schedule::gpu_default`]'s sizes.
+    pub fn without_clusters(self, scheme: &Scheme, shape: ShapeClass) -> Schedule {
+        match self.cluster {
+            1 => self,
+            _ => {
+                let channels = (scheme.bits.codes_per_byte() as u32)
+                    .max(8)
+                    .min(shape.head_dim);
+                Schedule {
+                    block_size: 1024,
+                    channels,
+                    vector: vector_for(channels, scheme, shape, 8),
+                    cluster: 1,
+                    ..self
+                }
+            }
         }
     }
 
@@ -134,6 +176,7 @@ impl Schedule {
             channels,
             vector: vector_for(channels, scheme, shape, 16),
             cooperative: false,
+            cluster: 1,
         }
     }
 
@@ -176,6 +219,17 @@ impl Schedule {
                 self.vector,
                 token_group(scheme, shape)
             ));
+        }
+        if self.cluster != 1 {
+            return match (self.cooperative, cluster_channel::plan(scheme, shape)) {
+                (true, Ok(plan)) if plan.fits(self) => Ok(()),
+                (_, Err(why)) => bad(why),
+                _ => bad(format!(
+                    "clusters of {} blocks of {} threads over {} channels: the cluster kernel \
+                     takes its own plan's sizes",
+                    self.cluster, self.block_size, self.channels
+                )),
+            };
         }
         let shared = quantize_channel::shared_bytes(scheme, self);
         if shared > crate::ir::verify::MAX_SHARED_BYTES {
@@ -230,6 +284,13 @@ pub enum Launch {
     },
     /// One thread per (head, token) row, rounded up to whole blocks.
     ThreadPerRow,
+    /// `heads * columns * cluster` blocks: a cluster of blocks per (head, column).
+    ClusterPerColumn {
+        /// Columns per head.
+        columns: u32,
+        /// Blocks per cluster.
+        cluster: u32,
+    },
 }
 
 impl Launch {
@@ -242,6 +303,7 @@ impl Launch {
                 (h * columns as u64 * t.div_ceil(group as u64)).div_ceil(b)
             }
             Launch::ThreadPerRow => (h * t).div_ceil(b),
+            Launch::ClusterPerColumn { columns, cluster } => h * columns as u64 * cluster as u64,
         }
     }
 }
@@ -368,6 +430,12 @@ pub fn quantize(
     schedule: &Schedule,
 ) -> Result<Lowered, LowerError> {
     check(scheme, shape, schedule)?;
+    if schedule.cluster != 1 {
+        // `check` accepted it: the cluster kernel's plan.
+        if let Ok(plan) = cluster_channel::plan(scheme, shape) {
+            return Ok(cluster_channel::quantize(scheme, shape, plan));
+        }
+    }
     if schedule.cooperative {
         if let Ok(plan) = lanes::plan(scheme, shape.head_dim, true) {
             return Ok(lanes::quantize_token(

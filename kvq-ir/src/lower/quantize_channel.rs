@@ -130,8 +130,8 @@ impl Plan {
                         Coder::Divide { zero, scale } => {
                             code(b, &self.scheme, values[ch], *zero, *scale)
                         }
-                        Coder::Thresholds { zero, thresholds } => {
-                            code_from_thresholds(b, values[ch], *zero, thresholds)
+                        Coder::Thresholds { thresholds } => {
+                            code_from_thresholds(b, values[ch], thresholds)
                         }
                     }
                 })
@@ -150,7 +150,7 @@ enum Coder {
     /// `clamp(round((x - zero) / scale), 0, L)`, one division per element.
     Divide { zero: Value, scale: Value },
     /// `#{k : x >= t_k}` against the channel's precomputed thresholds.
-    Thresholds { zero: Value, thresholds: Vec<Value> },
+    Thresholds { thresholds: Vec<Value> },
 }
 
 /// Codes with at most this many levels use thresholds in the group = all kernel, where a group
@@ -159,7 +159,7 @@ const MAX_THRESHOLD_LEVELS: u8 = 15;
 
 /// Bytes of shared memory the quantize kernel of `scheme` under `s` declares: the group = all
 /// kernel's arrays below (per-thread partial extremes unless the rule reads the whole group,
-/// each column's zero and scale, thresholds for narrow codes); the other kernels declare none.
+/// thresholds for narrow codes or each column's zero and scale); the other kernels declare none.
 pub fn shared_bytes(scheme: &Scheme, s: &Schedule) -> u64 {
     if scheme.axis != crate::scheme::Axis::Channel || scheme.group != Group::All {
         return 0;
@@ -173,16 +173,17 @@ pub fn shared_bytes(scheme: &Scheme, s: &Schedule) -> u64 {
         2 * bsz * w
     };
     let levels = scheme.bits.max_code();
-    let thresholds = if levels <= MAX_THRESHOLD_LEVELS {
+    // Thresholds, or each column's zero and scale.
+    let coding = if levels <= MAX_THRESHOLD_LEVELS {
         w * u64::from(levels)
     } else {
-        0
+        2 * w
     };
     let selection = match block_selected(scheme, s) {
         Some(_) => block_select::shared_bytes(s.block_size, s.channels),
         None => 0,
     };
-    4 * (partials + 2 * w + thresholds) + selection
+    4 * (partials + coding) + selection
 }
 
 /// The quantile rule's level when the group = all kernel of a cooperative schedule selects its
@@ -229,11 +230,21 @@ fn lower_all(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
             b.shared("part_max", ScalarType::F32, slots * p.w),
         )
     });
-    let zero_s = b.shared("zero", ScalarType::F32, p.w);
-    let scale_s = b.shared("scale", ScalarType::F32, p.w);
     let levels = scheme.bits.max_code();
-    let thresholds = (levels <= MAX_THRESHOLD_LEVELS)
-        .then(|| b.shared("thresholds", ScalarType::F32, p.w * levels as u32));
+    // Per channel of the column: its thresholds, or its zero and scale for codes by division.
+    let (thresholds, divide_s) = match levels <= MAX_THRESHOLD_LEVELS {
+        true => (
+            Some(b.shared("thresholds", ScalarType::F32, p.w * levels as u32)),
+            None,
+        ),
+        false => (
+            None,
+            Some((
+                b.shared("zero", ScalarType::F32, p.w),
+                b.shared("scale", ScalarType::F32, p.w),
+            )),
+        ),
+    };
     let (min, max) = match partials {
         Some(_) => (
             b.local("min", ScalarType::F32, p.w),
@@ -345,8 +356,10 @@ fn lower_all(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
         let at = b.add(hd, ch);
         store_param(b, zero_m, at, z, scheme.params);
         store_param(b, scale_m, at, sc, scheme.params);
-        b.store(zero_s, i, z);
-        b.store(scale_s, i, sc);
+        if let Some((zero_s, scale_s)) = divide_s {
+            b.store(zero_s, i, z);
+            b.store(scale_s, i, sc);
+        }
         if let Some(thr) = thresholds {
             let lv = b.u32(levels as u32);
             let first = b.mul(i, lv);
@@ -365,20 +378,22 @@ fn lower_all(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
     let coders: Vec<Coder> = (0..p.w)
         .map(|i| {
             let idx = b.u32(i);
-            let zero = b.load(zero_s, idx, 1);
-            match thresholds {
-                Some(thr) => Coder::Thresholds {
-                    zero,
-                    thresholds: (0..levels as u32)
-                        .map(|k| {
-                            let at = b.u32(i * levels as u32 + k);
+            match divide_s {
+                Some((zero_s, scale_s)) => Coder::Divide {
+                    zero: b.load(zero_s, idx, 1),
+                    scale: b.load(scale_s, idx, 1),
+                },
+                None => Coder::Thresholds {
+                    thresholds: thresholds
+                        .iter()
+                        .flat_map(|&thr| {
+                            (0..levels as u32).map(move |k| (thr, i * levels as u32 + k))
+                        })
+                        .map(|(thr, k)| {
+                            let at = b.u32(k);
                             b.load(thr, at, 1)
                         })
                         .collect(),
-                },
-                None => Coder::Divide {
-                    zero,
-                    scale: b.load(scale_s, idx, 1),
                 },
             }
         })

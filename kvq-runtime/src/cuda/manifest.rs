@@ -84,6 +84,13 @@ pub enum LaunchRule {
     },
     /// `ceil(heads * tokens / block_size)` blocks.
     ThreadPerRow,
+    /// `heads * columns * cluster` blocks, in clusters of `cluster` (the PTX declares them).
+    ClusterPerColumn {
+        /// Columns per head.
+        columns: u32,
+        /// Blocks per cluster.
+        cluster: u32,
+    },
     /// `ceil(chunks * kv_heads / block_size)` blocks: a thread per attention work item.
     AttentionItems,
     /// `ceil(batch * kv_heads * group / block_size)` blocks: a thread per (sequence, query head).
@@ -115,6 +122,9 @@ impl LaunchRule {
                 (h * columns as u64 * t.div_ceil(group.max(1) as u64)).div_ceil(b)
             }
             LaunchRule::ThreadPerRow => (h * t).div_ceil(b),
+            LaunchRule::ClusterPerColumn { columns, cluster } => {
+                h * columns as u64 * cluster as u64
+            }
         }
     }
 }
@@ -422,6 +432,26 @@ mod tests {
             Bundle::load(&dir.0).unwrap_err(),
             CudaError::NotPtx { .. }
         ));
+    }
+
+    /// `kvq compile`'s cluster rule: heads x columns x cluster blocks, whatever the tokens.
+    #[test]
+    fn cluster_rule_counts_whole_clusters() {
+        let parsed: LaunchRule = serde_json::from_str(
+            r#"{"kind": "cluster_per_column", "blocks": "heads * columns * cluster", "columns": 8, "cluster": 8}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            parsed,
+            LaunchRule::ClusterPerColumn {
+                columns: 8,
+                cluster: 8
+            }
+        );
+        assert_eq!(parsed.sizes(), ["heads", "tokens"]);
+        for tokens in [1, 16384, 65536] {
+            assert_eq!(parsed.grid(8, tokens, 256), 512);
+        }
     }
 
     #[test]

@@ -1,0 +1,442 @@
+//! Quantize for axis = channel, group = all with a min/max rule on GPUs with thread-block
+//! clusters (sm_90): a cluster of [`MAX_CLUSTER_SIZE`] blocks per (head, column of 16
+//! channels), the span split into one slice of `ceil(tokens / cluster)` tokens per block.
+//!
+//! 1. Each thread takes the rows `t0 + tid, t0 + tid + block_size, ..` of its block's slice:
+//!    one aligned 16-element load per row (32 contiguous bytes of f16, a whole sector), which it
+//!    also keeps in shared memory (the first [`ClusterPlan::stage`] rows of the slice; a longer
+//!    slice reads the rest again from global memory when coding), and folds into its running
+//!    minima and maxima (IEEE `minimum` / `maximum`, so that they also carry any non-finite
+//!    input, which the thread flags from them at the end).
+//! 2. A reduce-scatter over each warp's lanes (lane `l` ends with one of the 32 extremes), then
+//!    32 threads folding the warps' partials from shared memory, give the block's extremes.
+//! 3. After a cluster barrier, 16 threads of every block read the cluster's partial extremes
+//!    from each block's shared memory (distributed shared memory), in rank order, and derive the
+//!    range, parameters (stored by rank 0) and code thresholds of their channel; a second
+//!    cluster barrier keeps every block's shared memory alive until all have read it.
+//! 4. Every thread codes its rows from shared memory (or global memory past the staged rows).
+//!
+//! Codes and parameters are the per-thread kernel's: the extremes are IEEE 754-2019 minimum and
+//! maximum (one instruction each on a GPU), which differ from the IR's `Min`/`Max` only for NaN
+//! (non-finite input is flagged and nothing stored) and in the sign of a zero extreme, which
+//! `range_from_extremes` removes; thresholds give the division's codes.
+
+use crate::ir::{
+    BinaryOp, Builder, CmpOp, ScalarType, Special, Value, WarpOp, MAX_CLUSTER_SIZE, WARP_SIZE,
+};
+use crate::scheme::{Axis, Group, Scheme};
+
+use super::emit::{
+    code, code_from_thresholds, code_threshold, flag_non_finite_extremes, group_params,
+    quantize_params, range_from_extremes, reads_group, store_param,
+};
+use super::lanes::store_lane_bytes;
+use super::{kernel_name, quantize_abi as abi, Launch, Lowered, Schedule, ShapeClass};
+
+/// Channels of a column: one 16-element load per row.
+const COLUMN: u32 = 16;
+/// Threads per block.
+const BLOCK: u32 = 256;
+/// Bytes of input a block keeps in shared memory.
+const STAGE_BYTES: u32 = 64 * 1024;
+/// Codes with at most this many levels are coded by thresholds (as the block-per-column kernel).
+const MAX_THRESHOLD_LEVELS: u8 = 15;
+
+/// The cluster kernel's sizes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClusterPlan {
+    /// Threads per block.
+    pub block_size: u32,
+    /// Channels per column.
+    pub w: u32,
+    /// Blocks per cluster.
+    pub cluster: u32,
+    /// Rows of its slice a block keeps in shared memory.
+    pub stage: u32,
+}
+
+impl ClusterPlan {
+    /// Whether `s` asks for this plan's kernel.
+    pub fn fits(&self, s: &Schedule) -> bool {
+        s.block_size == self.block_size && s.channels == self.w && s.cluster == self.cluster
+    }
+}
+
+/// The plan for `scheme` at `shape`, or why there is none: axis = channel, group = all, a
+/// min/max rule, and a head_dim of whole 16-channel columns.
+pub fn plan(scheme: &Scheme, shape: ShapeClass) -> Result<ClusterPlan, String> {
+    if scheme.axis != Axis::Channel || scheme.group != Group::All || reads_group(scheme.rule) {
+        return Err("the cluster kernel needs axis = channel, group = all, a min/max rule".into());
+    }
+    if shape.head_dim % COLUMN != 0 {
+        return Err(format!(
+            "head_dim {} is not whole columns of {COLUMN} channels",
+            shape.head_dim
+        ));
+    }
+    Ok(ClusterPlan {
+        block_size: BLOCK,
+        w: COLUMN,
+        cluster: MAX_CLUSTER_SIZE,
+        stage: STAGE_BYTES / (COLUMN * shape.input.scalar().size() as u32),
+    })
+}
+
+/// A block's place: head, first channel, rank and slice `t0..t1`, of which `t0..ts` is staged.
+struct Coords {
+    h: Value,
+    col: Value,
+    c0: Value,
+    rank: Value,
+    t0: Value,
+    ts: Value,
+    t1: Value,
+}
+
+fn coords(b: &mut Builder, p: ClusterPlan, columns: u32) -> Coords {
+    let blk = b.special(Special::BlockId);
+    let k = b.u32(p.cluster);
+    let rank = b.rem(blk, k);
+    let column = b.div(blk, k);
+    let cols = b.u32(columns);
+    let h = b.div(column, cols);
+    let col = b.rem(column, cols);
+    let w = b.u32(p.w);
+    let c0 = b.mul(col, w);
+    let tokens = b.param(abi::TOKENS);
+    let k1 = b.u32(p.cluster - 1);
+    let padded = b.add(tokens, k1);
+    let per = b.div(padded, k);
+    let start = b.mul(rank, per);
+    let t0 = b.min(start, tokens);
+    let end = b.add(t0, per);
+    let t1 = b.min(end, tokens);
+    let stage = b.u32(p.stage);
+    let staged_end = b.add(t0, stage);
+    let ts = b.min(staged_end, t1);
+    Coords {
+        h,
+        col,
+        c0,
+        rank,
+        t0,
+        ts,
+        t1,
+    }
+}
+
+/// Element index of the column's first channel in row `t` of head `h` of `x`.
+fn x_index(b: &mut Builder, at: &Coords, t: Value, d: u32) -> Value {
+    let tokens = b.param(abi::TOKENS);
+    let ht = b.mul(at.h, tokens);
+    let row = b.add(ht, t);
+    let dv = b.u32(d);
+    let start = b.mul(row, dv);
+    b.add(start, at.c0)
+}
+
+/// Element index of row `t` of the block's slice in the staged rows.
+fn stage_index(b: &mut Builder, at: &Coords, t: Value, w: u32) -> Value {
+    let off = b.sub(t, at.t0);
+    let wv = b.u32(w);
+    b.mul(off, wv)
+}
+
+/// The 16 elements of a vector load, as f32.
+fn widen(b: &mut Builder, raw: Value, w: u32, input: ScalarType) -> Vec<Value> {
+    (0..w as u8)
+        .map(|l| {
+            let x = b.extract(raw, l);
+            match input {
+                ScalarType::F32 => x,
+                _ => b.convert(ScalarType::F32, x),
+            }
+        })
+        .collect()
+}
+
+/// Quantize, axis = channel, group = all, min/max rules, in clusters: see the module
+/// documentation.
+pub fn quantize(scheme: &Scheme, shape: ShapeClass, p: ClusterPlan) -> Lowered {
+    let d = shape.head_dim;
+    let columns = d / p.w;
+    let input = shape.input.scalar();
+    let levels = scheme.bits.max_code();
+    let thresholds = levels <= MAX_THRESHOLD_LEVELS;
+    let mut b = Builder::new(
+        &kernel_name("quantize_cluster", scheme, shape),
+        p.block_size,
+    );
+    b.cluster(p.cluster);
+    let [x, codes, zero_m, scale_m, status] = quantize_params(&mut b, scheme, shape);
+    let stage = b.shared("stage", input, p.stage * p.w);
+    let warps = p.block_size / WARP_SIZE;
+    // Extremes interleaved: element 2c the minimum of channel c, 2c + 1 its maximum.
+    let parts = b.shared("parts", ScalarType::F32, warps * 2 * p.w);
+    let block_ext = b.shared("block_ext", ScalarType::F32, 2 * p.w);
+    // Per channel: its thresholds, or its zero and scale.
+    let per_channel = match thresholds {
+        true => u32::from(levels),
+        false => 2,
+    };
+    let coding_s = b.shared("coding", ScalarType::F32, p.w * per_channel);
+    let ext = b.local("ext", ScalarType::F32, 2 * p.w);
+    let bisect = b.local("bisect", ScalarType::U32, 2);
+
+    // 1. The slice's rows: staged, folded into the thread's extremes.
+    let at = coords(&mut b, p, columns);
+    let (inf, ninf) = (b.f32(f32::INFINITY), b.f32(f32::NEG_INFINITY));
+    for j in 0..p.w {
+        let (lo, hi) = (b.u32(2 * j), b.u32(2 * j + 1));
+        b.write_local(ext, lo, inf);
+        b.write_local(ext, hi, ninf);
+    }
+    let accumulate = |b: &mut Builder, values: &[Value]| {
+        for (j, &v) in values.iter().enumerate() {
+            let (lo, hi) = (b.u32(2 * j as u32), b.u32(2 * j as u32 + 1));
+            let m = b.read_local(ext, lo);
+            let m = b.minimum(m, v);
+            b.write_local(ext, lo, m);
+            let m = b.read_local(ext, hi);
+            let m = b.maximum(m, v);
+            b.write_local(ext, hi, m);
+        }
+    };
+    let tid = b.special(Special::ThreadId);
+    let first = b.add(at.t0, tid);
+    b.for_range(first, at.ts, p.block_size, |b, t| {
+        let idx = x_index(b, &at, t, d);
+        let raw = b.load_aligned(x, idx, p.w as u8);
+        let s = stage_index(b, &at, t, p.w);
+        b.store_aligned(stage, s, raw);
+        let values = widen(b, raw, p.w, input);
+        accumulate(b, &values);
+    });
+    let first = b.add(at.ts, tid);
+    b.for_range(first, at.t1, p.block_size, |b, t| {
+        let idx = x_index(b, &at, t, d);
+        let raw = b.load_aligned(x, idx, p.w as u8);
+        let values = widen(b, raw, p.w, input);
+        accumulate(b, &values);
+    });
+    let extremes: Vec<(Value, Value)> = (0..p.w)
+        .map(|j| {
+            let (lo, hi) = (b.u32(2 * j), b.u32(2 * j + 1));
+            (b.read_local(ext, lo), b.read_local(ext, hi))
+        })
+        .collect();
+    flag_non_finite_extremes(&mut b, &extremes, status);
+
+    // 2. The block's extremes: a reduce-scatter over each warp leaves lane `l` with element `l`
+    // of the warp's extremes; then thread `i < 32` folds element `i` over the warps.
+    reduce_scatter(&mut b, ext, 2 * p.w);
+    let warp = b.special(Special::WarpId);
+    let lane = b.special(Special::LaneId);
+    let wv = b.u32(2 * p.w);
+    let slot = b.mul(warp, wv);
+    let to = b.add(slot, lane);
+    let z = b.u32(0);
+    let mine = b.read_local(ext, z);
+    b.store(parts, to, mine);
+    b.barrier();
+    let tid = b.special(Special::ThreadId);
+    let n = b.u32(2 * p.w);
+    let element_thread = b.cmp(CmpOp::Lt, tid, n);
+    b.if_then(element_thread, |b| {
+        let one = b.u32(1);
+        let parity = b.binary(BinaryOp::And, tid, one);
+        let is_max = b.cmp(CmpOp::Eq, parity, one);
+        let mut acc = b.load(parts, tid, 1);
+        for warp in 1..warps {
+            let off = b.u32(warp * 2 * p.w);
+            let at = b.add(off, tid);
+            let v = b.load(parts, at, 1);
+            acc = extreme(b, is_max, acc, v);
+        }
+        b.store(block_ext, tid, acc);
+    });
+    b.cluster_barrier();
+
+    // 3. The cluster's extremes, range, parameters and thresholds of each channel.
+    let at = coords(&mut b, p, columns);
+    let tid = b.special(Special::ThreadId);
+    let w = b.u32(p.w);
+    let channel_thread = b.cmp(CmpOp::Lt, tid, w);
+    b.if_then(channel_thread, |b| {
+        let two = b.u32(2);
+        let lo_at = b.mul(tid, two);
+        let one = b.u32(1);
+        let hi_at = b.add(lo_at, one);
+        let mut ext: Option<(Value, Value)> = None;
+        for r in 0..p.cluster {
+            let rank = b.u32(r);
+            let lo = b.load_remote(block_ext, rank, lo_at);
+            let hi = b.load_remote(block_ext, rank, hi_at);
+            ext = Some(match ext {
+                None => (lo, hi),
+                Some((mn, mx)) => (b.minimum(mn, lo), b.maximum(mx, hi)),
+            });
+        }
+        let Some((mn, mx)) = ext else { return };
+        let (lo, hi) = range_from_extremes(b, scheme.rule, mn, mx);
+        let (zero, scale) = group_params(b, scheme, lo, hi, status);
+        let z = b.u32(0);
+        let leader = b.cmp(CmpOp::Eq, at.rank, z);
+        b.if_then(leader, |b| {
+            let dv = b.u32(d);
+            let hd = b.mul(at.h, dv);
+            let ch = b.add(at.c0, tid);
+            let to = b.add(hd, ch);
+            store_param(b, zero_m, to, zero, scheme.params);
+            store_param(b, scale_m, to, scale, scheme.params);
+        });
+        let pc = b.u32(per_channel);
+        let first = b.mul(tid, pc);
+        let values: Vec<Value> = match thresholds {
+            true => (1..=levels)
+                .map(|level| code_threshold(b, scheme, zero, scale, level, bisect))
+                .collect(),
+            false => vec![zero, scale],
+        };
+        for (k, v) in values.into_iter().enumerate() {
+            let off = b.u32(k as u32);
+            let to = b.add(first, off);
+            b.store(coding_s, to, v);
+        }
+    });
+    // Also the block's barrier before coding; no block leaves while another reads its arrays.
+    b.cluster_barrier();
+
+    // 4. Codes of the thread's rows.
+    let at = coords(&mut b, p, columns);
+    // Per channel: its thresholds, or [zero, scale].
+    let coders: Vec<Vec<Value>> = (0..p.w)
+        .map(|j| {
+            (0..per_channel)
+                .map(|k| {
+                    let i = b.u32(j * per_channel + k);
+                    b.load(coding_s, i, 1)
+                })
+                .collect()
+        })
+        .collect();
+    let per_byte = scheme.bits.codes_per_byte() as u32;
+    let code_row = |b: &mut Builder, t: Value, values: Vec<Value>| {
+        let bytes: Vec<Value> = values
+            .chunks(per_byte as usize)
+            .zip(coders.chunks(per_byte as usize))
+            .map(|(xs, cs)| {
+                let lane_codes = xs
+                    .iter()
+                    .zip(cs)
+                    .map(|(&v, coding)| match thresholds {
+                        true => code_from_thresholds(b, v, coding),
+                        false => code(b, scheme, v, coding[0], coding[1]),
+                    })
+                    .collect();
+                b.pack_bits(lane_codes, scheme.bits, scheme.order)
+            })
+            .collect();
+        let tokens = b.param(abi::TOKENS);
+        let ht = b.mul(at.h, tokens);
+        let row = b.add(ht, t);
+        let row_bytes = b.u32(d * scheme.bits.width() / 8);
+        let row_start = b.mul(row, row_bytes);
+        let column_bytes = b.u32(p.w / per_byte);
+        let col_byte = b.mul(at.col, column_bytes);
+        let base = b.add(row_start, col_byte);
+        store_lane_bytes(b, codes, base, bytes);
+    };
+    let tid = b.special(Special::ThreadId);
+    let first = b.add(at.t0, tid);
+    b.for_range(first, at.ts, p.block_size, |b, t| {
+        let s = stage_index(b, &at, t, p.w);
+        let raw = b.load_aligned(stage, s, p.w as u8);
+        let values = widen(b, raw, p.w, input);
+        code_row(b, t, values);
+    });
+    let first = b.add(at.ts, tid);
+    b.for_range(first, at.t1, p.block_size, |b, t| {
+        let idx = x_index(b, &at, t, d);
+        let raw = b.load_aligned(x, idx, p.w as u8);
+        let values = widen(b, raw, p.w, input);
+        code_row(b, t, values);
+    });
+    Lowered {
+        kernel: b.finish(),
+        launch: Launch::ClusterPerColumn {
+            columns,
+            cluster: p.cluster,
+        },
+    }
+}
+
+/// `maximum(a, b)` when `is_max`, else `minimum(a, b)`.
+fn extreme(b: &mut Builder, is_max: Value, a: Value, c: Value) -> Value {
+    let lo = b.minimum(a, c);
+    let hi = b.maximum(a, c);
+    b.select(is_max, hi, lo)
+}
+
+/// Reduces the interleaved extremes `ext` (`len` = 32 elements: even ones minima, odd ones
+/// maxima) over a warp's lanes and leaves lane `l` with element `l` in `ext[0]`: at the step of
+/// distance `s` (16, 8, .., 1) a lane keeps the half of its live elements that lane bit `s`
+/// selects (the upper half when set), sends the other half to lane `l ^ s` and folds what it
+/// receives into what it keeps. 62 shuffled values instead of 160 for five whole reductions.
+/// IEEE minimum and maximum are associative and commutative, -0 and NaN included, so the
+/// result does not depend on the tree.
+fn reduce_scatter(b: &mut Builder, ext: u32, len: u32) {
+    debug_assert_eq!(len, WARP_SIZE);
+    let mut live = len;
+    let mut s = WARP_SIZE / 2;
+    while s >= 1 {
+        let half = live / 2;
+        let send = b.local(&format!("send{s}"), ScalarType::F32, half);
+        let recv = b.local(&format!("recv{s}"), ScalarType::F32, half);
+        let lane = b.special(Special::LaneId);
+        let sv = b.u32(s);
+        let bit = b.binary(BinaryOp::And, lane, sv);
+        let z = b.u32(0);
+        let upper = b.cmp(CmpOp::Ne, bit, z);
+        for j in 0..half {
+            let (first, second) = (b.u32(j), b.u32(half + j));
+            let a = b.read_local(ext, first);
+            let c = b.read_local(ext, second);
+            let out = b.select(upper, a, c);
+            let idx = b.u32(j);
+            b.write_local(send, idx, out);
+        }
+        b.warp(WarpOp::ShuffleXor {
+            src: send,
+            dst: recv,
+            mask: s,
+        });
+        let lane = b.special(Special::LaneId);
+        let sv = b.u32(s);
+        let bit = b.binary(BinaryOp::And, lane, sv);
+        let z = b.u32(0);
+        let upper = b.cmp(CmpOp::Ne, bit, z);
+        let one = b.u32(1);
+        let odd_lane = b.binary(BinaryOp::And, lane, one);
+        let lane_max = b.cmp(CmpOp::Eq, odd_lane, one);
+        for j in 0..half {
+            let (first, second) = (b.u32(j), b.u32(half + j));
+            let a = b.read_local(ext, first);
+            let c = b.read_local(ext, second);
+            let kept = b.select(upper, c, a);
+            let idx = b.u32(j);
+            let got = b.read_local(recv, idx);
+            // Element j of the kept half is the original element (base + j) with an even base
+            // while two or more remain: its parity is j's. At the last step the lane's own
+            // parity says which it is.
+            let folded = match half {
+                1 => extreme(b, lane_max, kept, got),
+                _ if j % 2 == 0 => b.minimum(kept, got),
+                _ => b.maximum(kept, got),
+            };
+            b.write_local(ext, idx, folded);
+        }
+        live = half;
+        s /= 2;
+    }
+}
