@@ -26,7 +26,7 @@ use inkwell::module::Module;
 use inkwell::types::{BasicType, BasicTypeEnum};
 use inkwell::values::{BasicValue, BasicValueEnum, FunctionValue, IntValue, PointerValue};
 use inkwell::IntPredicate;
-use kvq_ir::ir::sync::{segments, Segment};
+use kvq_ir::ir::sync::{cluster_parts, segments, Segment};
 use kvq_ir::ir::{Block, Kernel, KernelInfo, Op, Special, Type, Value, WARP_SIZE};
 
 use super::memory::{access_align, allocate};
@@ -136,11 +136,7 @@ impl<'a, 'ctx> Lower<'a, 'ctx> {
             self.b.build_return(None)?;
             return Ok(());
         }
-        let parts: Vec<&[Value]> = kernel
-            .body
-            .0
-            .split(|&v| matches!(kernel.insts[v].op, Op::ClusterBarrier))
-            .collect();
+        let parts = cluster_parts(kernel);
         self.counted_loop(begin, end, n, "cluster", |this, first| {
             this.zero_memory()?;
             for part in &parts {

@@ -60,6 +60,21 @@ pub fn segments<'k>(kernel: &Kernel, facts: &SyncFacts, insts: &'k [Value]) -> V
     out
 }
 
+/// The kernel's top-level block split at its cluster barriers: the parts that the interpreter and
+/// host code run for every block of a cluster in turn (one part without clusters).
+pub fn cluster_parts(kernel: &Kernel) -> Vec<&[Value]> {
+    kernel
+        .body
+        .0
+        .split(|&h| {
+            matches!(
+                kernel.insts.try_get(h).map(|i| &i.op),
+                Some(Op::ClusterBarrier)
+            )
+        })
+        .collect()
+}
+
 /// The synchronisation structure of a kernel, by arena index.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyncFacts {

@@ -371,6 +371,15 @@ pub fn quantize(scheme: &Scheme, shape: ShapeClass, p: ClusterPlan) -> Lowered {
     }
 }
 
+/// Whether bit `s` (a power of two) of the thread's lane id is set.
+fn lane_bit(b: &mut Builder, s: u32) -> Value {
+    let lane = b.special(Special::LaneId);
+    let sv = b.u32(s);
+    let bit = b.binary(BinaryOp::And, lane, sv);
+    let z = b.u32(0);
+    b.cmp(CmpOp::Ne, bit, z)
+}
+
 /// `maximum(a, b)` when `is_max`, else `minimum(a, b)`.
 fn extreme(b: &mut Builder, is_max: Value, a: Value, c: Value) -> Value {
     let lo = b.minimum(a, c);
@@ -393,11 +402,7 @@ fn reduce_scatter(b: &mut Builder, ext: u32, len: u32) {
         let half = live / 2;
         let send = b.local(&format!("send{s}"), ScalarType::F32, half);
         let recv = b.local(&format!("recv{s}"), ScalarType::F32, half);
-        let lane = b.special(Special::LaneId);
-        let sv = b.u32(s);
-        let bit = b.binary(BinaryOp::And, lane, sv);
-        let z = b.u32(0);
-        let upper = b.cmp(CmpOp::Ne, bit, z);
+        let upper = lane_bit(b, s);
         for j in 0..half {
             let (first, second) = (b.u32(j), b.u32(half + j));
             let a = b.read_local(ext, first);
@@ -411,14 +416,8 @@ fn reduce_scatter(b: &mut Builder, ext: u32, len: u32) {
             dst: recv,
             mask: s,
         });
-        let lane = b.special(Special::LaneId);
-        let sv = b.u32(s);
-        let bit = b.binary(BinaryOp::And, lane, sv);
-        let z = b.u32(0);
-        let upper = b.cmp(CmpOp::Ne, bit, z);
-        let one = b.u32(1);
-        let odd_lane = b.binary(BinaryOp::And, lane, one);
-        let lane_max = b.cmp(CmpOp::Eq, odd_lane, one);
+        let upper = lane_bit(b, s);
+        let lane_max = lane_bit(b, 1);
         for j in 0..half {
             let (first, second) = (b.u32(j), b.u32(half + j));
             let a = b.read_local(ext, first);

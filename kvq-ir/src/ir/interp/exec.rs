@@ -5,7 +5,7 @@ use super::value::{self, Fault, Val};
 use super::{Arg, Buffer, InterpError, Malformed, MAX_BLOCK_ELEMS, MAX_NESTING};
 use crate::ir::kernel::MAX_CLUSTER_SIZE;
 use crate::ir::kernel::{Kernel, Op, Param, ScalarType, Special, Type, Value, WARP_SIZE};
-use crate::ir::sync::{segments, Segment, SyncFacts};
+use crate::ir::sync::{cluster_parts, segments, Segment, SyncFacts};
 use crate::scheme::{BitOrder, Bits};
 
 /// Runs `kernel` (whose arguments are checked) on `grid_size` blocks.
@@ -76,16 +76,7 @@ pub(super) fn run_clusters(
         template.resize(template.len() + local.len as usize, Val::zero(local.elem));
     }
     let per_thread = template.len();
-    let parts: Vec<&[Value]> = kernel
-        .body
-        .0
-        .split(|&h| {
-            matches!(
-                kernel.insts.try_get(h).map(|i| &i.op),
-                Some(Op::ClusterBarrier)
-            )
-        })
-        .collect();
+    let parts = cluster_parts(kernel);
 
     let mut machine = Machine {
         kernel,
