@@ -28,7 +28,7 @@ use crate::scheme::{Axis, Group, Scheme};
 
 use super::emit::{
     code, code_from_thresholds, code_threshold, flag_non_finite_extremes, group_params,
-    quantize_params, range_from_extremes, reads_group, store_param,
+    quantize_params, range_from_extremes, reads_group, store_param, MAX_THRESHOLD_LEVELS,
 };
 use super::lanes::store_lane_bytes;
 use super::{kernel_name, quantize_abi as abi, Launch, Lowered, Schedule, ShapeClass};
@@ -39,8 +39,6 @@ const COLUMN: u32 = 16;
 const BLOCK: u32 = 256;
 /// Bytes of input a block keeps in shared memory.
 const STAGE_BYTES: u32 = 64 * 1024;
-/// Codes with at most this many levels are coded by thresholds (as the block-per-column kernel).
-const MAX_THRESHOLD_LEVELS: u8 = 15;
 
 /// The cluster kernel's sizes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -488,6 +488,11 @@ pub fn flag_non_finite(b: &mut Builder, bad: u32, status: Memory) {
     flag(b, status, set, STATUS_NON_FINITE);
 }
 
+/// Codes with at most this many levels use thresholds ([`code_threshold`]) in the group = all
+/// kernels, where a group is long enough that finding them (32 code evaluations per level) costs
+/// little.
+pub const MAX_THRESHOLD_LEVELS: u8 = 15;
+
 /// The f32 whose order-preserving key (`bits ^ (sign ? 0xFFFF_FFFF : 0x8000_0000)`, which
 /// compares as the floats do, -0 just below +0) is `key`.
 pub fn from_order_key(b: &mut Builder, key: Value) -> Value {

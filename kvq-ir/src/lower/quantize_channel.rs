@@ -7,7 +7,7 @@ use super::block_select::{self, select_quantiles};
 use super::emit::{
     code, code_from_thresholds, code_threshold, flag_non_finite, global_item, group_params,
     group_range, group_range_local, load_f32, load_f32_aligned, note_non_finite, quantize_params,
-    range_from_extremes, reads_group, store_param, token_groups,
+    range_from_extremes, reads_group, store_param, token_groups, MAX_THRESHOLD_LEVELS,
 };
 use super::{kernel_name, quantize_abi as abi, Launch, Lowered, Schedule, ShapeClass};
 
@@ -152,10 +152,6 @@ enum Coder {
     /// `#{k : x >= t_k}` against the channel's precomputed thresholds.
     Thresholds { thresholds: Vec<Value> },
 }
-
-/// Codes with at most this many levels use thresholds in the group = all kernel, where a group
-/// is long enough that finding them (32 code evaluations per level) costs little.
-const MAX_THRESHOLD_LEVELS: u8 = 15;
 
 /// Bytes of shared memory the quantize kernel of `scheme` under `s` declares: the group = all
 /// kernel's arrays below (per-thread partial extremes unless the rule reads the whole group,
