@@ -24,8 +24,7 @@ use kvq_codegen::host::{HostArg, HostKernel};
 use kvq_ir::ir::interp::Arg;
 use kvq_ir::ir::Kernel;
 use kvq_ir::lower::attention::{
-    attention, grid, plan, AttentionArgs, AttentionKernels, AttentionSchedule, AttentionShape,
-    SeqExtent,
+    attention, plan, AttentionArgs, AttentionKernels, AttentionSchedule, AttentionShape, SeqExtent,
 };
 use kvq_ir::lower::LowerError;
 use kvq_ir::{CacheScheme, ParamType, Tensor3, TensorError};
@@ -219,7 +218,7 @@ impl HostAttention {
             ),
         };
         let (kv32, chunks32) = (kv as u32, chunks as u32);
-        let item_blocks = grid((chunks * kv) as u64, self.schedule.block_size) as u32;
+        let item_blocks = self.schedule.item_blocks((chunks * kv) as u64) as u32;
         let inputs = || {
             let [kz, ks] = param_args(&kp);
             let [vz, vs] = param_args(&vp);
@@ -273,7 +272,7 @@ impl HostAttention {
             HostArg::U32(kv32),
             HostArg::U32(1),
         ];
-        let blocks = grid(q_heads as u64, self.schedule.block_size) as u32;
+        let blocks = self.schedule.combine_blocks(q_heads as u64) as u32;
         // SAFETY: as above, for the combine ABI (one sequence, `q_heads` outputs of `d`).
         unsafe { self.host(&self.kernels.combine)?.launch(&mut a, blocks)? };
         Ok(out)

@@ -5,7 +5,7 @@
 
 use kvq_ir::ir::{interp, verify};
 use kvq_ir::lower::attention::{
-    attention, AttentionArgs, AttentionSchedule, AttentionShape, SeqData,
+    attention, AttentionArgs, AttentionLayout, AttentionSchedule, AttentionShape, SeqData,
 };
 use kvq_ir::metrics::max_head_deviation;
 use kvq_ir::reference::{decode_attention, quantize, PackedSpan, Segment};
@@ -118,12 +118,14 @@ fn every_catalogue_scheme_as_key_and_value_matches_the_reference() {
             chunk: 16,
             tile: 8,
             tables: true,
+            layout: AttentionLayout::ThreadPerItem,
         },
         AttentionSchedule {
             block_size: 4,
             chunk: 64,
             tile: 32,
             tables: false,
+            layout: AttentionLayout::ThreadPerItem,
         },
     ];
     let mut worst = 0.0f64;
@@ -162,6 +164,7 @@ fn calibquant_with_calibration_over_many_chunks() {
             chunk,
             tile: 8,
             tables,
+            layout: AttentionLayout::ThreadPerItem,
         };
         check(&scheme, &schedule, &seqs);
     }
@@ -185,20 +188,70 @@ fn schedules_that_cut_parameter_rows_are_rejected() {
             chunk: 64,
             tile: 48,
             tables: true,
+            layout: AttentionLayout::ThreadPerItem,
         },
         AttentionSchedule {
             block_size: 1,
             chunk: 20,
             tile: 8,
             tables: true,
+            layout: AttentionLayout::ThreadPerItem,
         },
         AttentionSchedule {
             block_size: 0,
             chunk: 64,
             tile: 8,
             tables: true,
+            layout: AttentionLayout::ThreadPerItem,
         },
     ] {
         assert!(attention(&scheme, shape, &bad).is_err(), "{bad:?}");
     }
+}
+
+/// The block-per-item (GPU) layout on every catalogue pair it supports, with and without
+/// calibration, under chunks shorter than a block's step, equal to it, and of several steps;
+/// plus a long span cut into many chunks.
+#[test]
+fn block_per_item_layout_matches_the_reference() {
+    let mut rng = Rng(23);
+    let mut seqs = batch(&mut rng);
+    seqs.push(Seq {
+        q: rng.tensor(KV * G, 1, D, 2.0).data().to_vec(),
+        fp: Some((rng.tensor(KV, 7, D, 2.0), rng.tensor(KV, 7, D, 1.0))),
+        span: Some((rng.tensor(KV, 300, D, 2.0), rng.tensor(KV, 300, D, 1.0))),
+    });
+    let shape = AttentionShape {
+        head_dim: D as u32,
+        group: G as u32,
+    };
+    let schemes: Vec<_> = catalogue().into_iter().map(|(_, s)| s).collect();
+    let mut pairs = 0;
+    for (i, &key) in schemes.iter().enumerate() {
+        // Each key with the next two schemes as values.
+        for &value in schemes.iter().cycle().skip(i + 1).take(2) {
+            for calibrate in [None, Calibration::new(3.0)] {
+                let scheme = CacheScheme {
+                    key,
+                    value,
+                    calibrate,
+                };
+                if kvq_ir::lower::attention::block_per_item_supports(&scheme, shape).is_err() {
+                    continue;
+                }
+                pairs += 1;
+                for (block_size, chunk) in [(64, 32), (64, 64), (128, 256)] {
+                    let schedule = AttentionSchedule {
+                        block_size,
+                        chunk,
+                        tile: 16,
+                        tables: false,
+                        layout: AttentionLayout::BlockPerItem,
+                    };
+                    check(&scheme, &schedule, &seqs);
+                }
+            }
+        }
+    }
+    assert!(pairs >= 4, "{pairs} pairs");
 }

@@ -138,7 +138,7 @@ pub fn run(args: Args) -> Result<()> {
         .attend(kv, &data)?
         .concat();
     // The layout the GPU kernels read: the plan depends on the schedule's chunk.
-    let gpu = AttentionSchedule::gpu_default(&scheme);
+    let gpu = AttentionSchedule::gpu_default(&scheme, shape);
     let kernels = attention(&scheme, shape, &gpu)?;
     let launch = AttentionArgs::new(&scheme, shape, &gpu, kv, &data)?;
     let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();

@@ -9,7 +9,7 @@ use kvq::output::StagedDir;
 use kvq::Scheme;
 use kvq_codegen::{ptxas, Arch, Target};
 use kvq_ir::ir::{verify, Access, Kernel, Param};
-use kvq_ir::lower::attention::{attention, AttentionSchedule, AttentionShape};
+use kvq_ir::lower::attention::{attention, AttentionLayout, AttentionSchedule, AttentionShape};
 use kvq_ir::lower::{self, InputType, Launch, Schedule, ShapeClass};
 use kvq_ir::{CacheScheme, Calibration};
 use serde_json::{json, Value};
@@ -117,17 +117,31 @@ pub fn run(args: Args) -> Result<()> {
                 value,
                 calibrate,
             };
-            let schedule = match target {
-                Target::Host => AttentionSchedule::host_default(&pair),
-                Target::Ptx(_) => AttentionSchedule::gpu_default(&pair),
-            };
             let shape = AttentionShape {
                 head_dim: args.head_dim,
                 group,
             };
+            let schedule = match target {
+                Target::Host => AttentionSchedule::host_default(&pair),
+                Target::Ptx(_) => AttentionSchedule::gpu_default(&pair, shape),
+            };
             let k = attention(&pair, shape, &schedule).context("attention kernels")?;
-            let items = json!({"kind": "attention_items", "blocks": "ceil(chunks * kv_heads / block_size)"});
-            let heads = json!({"kind": "attention_heads", "blocks": "ceil(batch * kv_heads * group / block_size)", "group": group});
+            let items = match schedule.layout {
+                AttentionLayout::ThreadPerItem => {
+                    json!({"kind": "attention_items", "blocks": "ceil(chunks * kv_heads / block_size)"})
+                }
+                AttentionLayout::BlockPerItem => {
+                    json!({"kind": "attention_blocks", "blocks": "chunks * kv_heads"})
+                }
+            };
+            let heads = match schedule.layout {
+                AttentionLayout::ThreadPerItem => {
+                    json!({"kind": "attention_heads", "blocks": "ceil(batch * kv_heads * group / block_size)", "group": group})
+                }
+                AttentionLayout::BlockPerItem => {
+                    json!({"kind": "attention_head_blocks", "blocks": "batch * kv_heads * group", "group": group})
+                }
+            };
             let sched = json!({"block_size": schedule.block_size, "chunk": schedule.chunk, "tile": schedule.tile});
             let mut out = Vec::new();
             if let Some(stats) = k.stats {

@@ -134,13 +134,14 @@ fn ptx_summary(shape: ModelShape) -> Result<()> {
         let k = kvq::lower::quantize(s, class, &Schedule::gpu_default(s, class))?.kernel;
         kernels.push((role, k));
     }
+    let ashape = AttentionShape {
+        head_dim: shape.head_dim as u32,
+        group: shape.group() as u32,
+    };
     let attn = attention(
         &scheme,
-        AttentionShape {
-            head_dim: shape.head_dim as u32,
-            group: shape.group() as u32,
-        },
-        &AttentionSchedule::gpu_default(&scheme),
+        ashape,
+        &AttentionSchedule::gpu_default(&scheme, ashape),
     )?;
     kernels.extend(attn.stats.map(|k| ("attention stats", k)));
     kernels.extend([

@@ -47,7 +47,7 @@ pub fn profile_attention(
         head_dim: shape.head_dim,
         group: shape.group,
     };
-    let schedule = AttentionSchedule::gpu_default(&scheme);
+    let schedule = AttentionSchedule::gpu_default(&scheme, ashape);
     let kernels = attention(&scheme, ashape, &schedule).context("attention kernels")?;
     let (kv, d) = (shape.kv_heads, shape.head_dim as usize);
     // The batch's K and V as f32 (span and full-precision tokens), checked before allocating.

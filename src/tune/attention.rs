@@ -21,7 +21,9 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Instant;
 
-use kvq_ir::lower::attention::{attention, AttentionSchedule, AttentionShape, SeqData};
+use kvq_ir::lower::attention::{
+    attention, AttentionLayout, AttentionSchedule, AttentionShape, SeqData,
+};
 use kvq_ir::reference::quantize;
 use kvq_ir::CacheScheme;
 use serde::{Deserialize, Serialize};
@@ -128,6 +130,7 @@ impl AttentionTable {
                     chunk: s.chunk,
                     tile: s.tile,
                     tables: s.tables,
+                    layout: AttentionLayout::ThreadPerItem,
                 };
                 (e.key, (schedule, e.median_ns, e.scheme))
             })
@@ -239,6 +242,7 @@ pub fn attention_candidates(scheme: &CacheScheme) -> Vec<AttentionSchedule> {
                 chunk,
                 tile,
                 tables: true,
+                layout: AttentionLayout::ThreadPerItem,
             })
         })
         .chain(std::iter::once(default))

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::process::Command;
 
-use kvq::lower::attention::{attention, grid, AttentionSchedule, AttentionShape};
+use kvq::lower::attention::{attention, AttentionSchedule, AttentionShape};
 use kvq::metrics::max_head_deviation;
 use kvq::CacheScheme;
 use kvq_ir::ir::interp::{self, Arg, Buffer};
@@ -84,7 +84,8 @@ fn replay(path: &std::path::Path) -> (Vec<f32>, Vec<f32>) {
         head_dim: num("head_dim") as u32,
         group: num("group") as u32,
     };
-    let kernels = attention(&scheme, shape, &AttentionSchedule::gpu_default(&scheme)).unwrap();
+    let schedule = AttentionSchedule::gpu_default(&scheme, shape);
+    let kernels = attention(&scheme, shape, &schedule).unwrap();
     let list: Vec<&Kernel> = kernels
         .stats
         .iter()
@@ -131,12 +132,11 @@ fn replay(path: &std::path::Path) -> (Vec<f32>, Vec<f32>) {
                 Param::Scalar { name, .. } => Arg::U32(sizes[name.as_str()] as u32),
             })
             .collect();
-        let items = if k.name.contains("combine") {
-            batch * kv * g
+        let blocks = if k.name.contains("combine") {
+            schedule.combine_blocks((batch * kv * g) as u64)
         } else {
-            chunks * kv
-        };
-        let blocks = grid(items as u64, k.block_size) as u32;
+            schedule.item_blocks((chunks * kv) as u64)
+        } as u32;
         kvq_ir::ir::verify(k).unwrap();
         interp::run(k, &mut args, blocks).unwrap();
         for (p, a) in k.params.iter().zip(args) {

@@ -3,7 +3,7 @@
 //! on a random batch and on the real DINOv2 and SmolLM2 captures.
 
 use kvq::attention::{HostAttention, SeqData};
-use kvq::lower::attention::{AttentionSchedule, AttentionShape};
+use kvq::lower::attention::{AttentionLayout, AttentionSchedule, AttentionShape};
 use kvq::metrics::max_head_deviation as deviation;
 use kvq::reference::{decode_attention, quantize, PackedSpan, Segment};
 use kvq::{CacheScheme, Calibration, Scheme, Tensor3};
@@ -100,6 +100,7 @@ fn every_catalogue_scheme_as_key_and_as_value_on_a_random_batch() {
         chunk: 128,
         tile: 32,
         tables: true,
+        layout: AttentionLayout::ThreadPerItem,
     };
     let mut worst = 0.0f64;
     for &s in &cat {
@@ -117,6 +118,45 @@ fn every_catalogue_scheme_as_key_and_as_value_on_a_random_batch() {
         worst = worst.max(check(&as_value, g, Some(small), &seqs));
     }
     println!("max relative deviation (host, random): {worst:e}");
+}
+
+/// The GPU schedule (block per work item: warps, shuffles and shared memory, run as host code)
+/// on every catalogue pair it supports, with and without calibration: the reference's outputs
+/// within 1e-4.
+#[test]
+fn gpu_schedule_as_host_code_on_a_random_batch() {
+    let (kv, g, d) = (2, 4, 64);
+    let mut rng = Rng(17);
+    let seqs: Vec<Seq> = [(7, 300), (0, 97), (40, 1000)]
+        .into_iter()
+        .map(|(fp, span)| Seq {
+            q: rng.tensor(kv * g, 1, d, 2.0).data().to_vec(),
+            fp: (fp > 0).then(|| (rng.tensor(kv, fp, d, 2.0), rng.tensor(kv, fp, d, 1.0))),
+            span: (rng.tensor(kv, span, d, 2.0), rng.tensor(kv, span, d, 1.0)),
+        })
+        .collect();
+    let shape = AttentionShape {
+        head_dim: d as u32,
+        group: g as u32,
+    };
+    let cat: Vec<Scheme> = catalogue().into_iter().map(|(_, s)| s).collect();
+    let mut pairs = 0;
+    for (i, &key) in cat.iter().enumerate() {
+        for calibrate in [None, Calibration::new(3.0)] {
+            let scheme = CacheScheme {
+                key,
+                value: cat[(i + 1) % cat.len()],
+                calibrate,
+            };
+            let schedule = AttentionSchedule::gpu_default(&scheme, shape);
+            if schedule.layout != AttentionLayout::BlockPerItem {
+                continue;
+            }
+            pairs += 1;
+            check(&scheme, g, Some(schedule), &seqs);
+        }
+    }
+    assert!(pairs >= 4, "{pairs} pairs");
 }
 
 /// `[heads, tokens, dim]` rows `range` of `x`.

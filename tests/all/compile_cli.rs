@@ -738,9 +738,9 @@ fn compile_with_group_adds_the_attention_kernels() {
     assert_eq!(
         roles[4..],
         [
-            ("attention_stats", "attention_items"),
-            ("attention_partial", "attention_items"),
-            ("attention_combine", "attention_heads"),
+            ("attention_stats", "attention_blocks"),
+            ("attention_partial", "attention_blocks"),
+            ("attention_combine", "attention_head_blocks"),
         ]
     );
     assert_eq!(kernels[6]["launch"]["group"], 4);

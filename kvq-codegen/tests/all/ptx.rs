@@ -231,7 +231,7 @@ fn float_arithmetic_uses_rn_intrinsics_on_nvptx_and_plain_ops_on_host() {
 
 #[test]
 fn attention_kernels_assemble_with_sfu_exp() {
-    use kvq_ir::lower::attention::{attention, AttentionSchedule, AttentionShape};
+    use kvq_ir::lower::attention::{attention, AttentionLayout, AttentionSchedule, AttentionShape};
     let shape = AttentionShape {
         head_dim: 128,
         group: 4,
@@ -243,7 +243,9 @@ fn attention_kernels_assemble_with_sfu_exp() {
          value(bits = 2, axis = token, group = 32, rule = minmax)",
     ] {
         let scheme = kvq_ir::CacheScheme::parse(text).unwrap();
-        let kernels = attention(&scheme, shape, &AttentionSchedule::gpu_default(&scheme)).unwrap();
+        let schedule = AttentionSchedule::gpu_default(&scheme, shape);
+        let blocks = schedule.layout == AttentionLayout::BlockPerItem;
+        let kernels = attention(&scheme, shape, &schedule).unwrap();
         for kernel in kernels
             .stats
             .iter()
@@ -251,7 +253,21 @@ fn attention_kernels_assemble_with_sfu_exp() {
         {
             let ptx =
                 ptx::emit(kernel, &info(kernel), Arch::Sm90).unwrap_or_else(|e| panic!("{e}"));
-            check_ptx_spills(kernel, &ptx, false);
+            // The block-per-item kernels: no spills, no local memory; 128-bit code rows and
+            // warp shuffles in stats and partial.
+            check_ptx_spills(kernel, &ptx, blocks);
+            if blocks {
+                assert!(
+                    !ptx.text.contains(".local"),
+                    "{}: local memory",
+                    kernel.name
+                );
+                if !kernel.name.contains("combine") {
+                    for want in ["ld.global.nc.v4.u32", "shfl.sync.bfly"] {
+                        assert!(ptx.text.contains(want), "{}: no {want}", kernel.name);
+                    }
+                }
+            }
             if kernel.name.contains("partial") || kernel.name.contains("combine") {
                 assert!(
                     ptx.text.contains("ex2.approx.f32"),

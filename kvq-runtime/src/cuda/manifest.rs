@@ -93,8 +93,15 @@ pub enum LaunchRule {
     },
     /// `ceil(chunks * kv_heads / block_size)` blocks: a thread per attention work item.
     AttentionItems,
+    /// `chunks * kv_heads` blocks: a block per attention work item.
+    AttentionBlocks,
     /// `ceil(batch * kv_heads * group / block_size)` blocks: a thread per (sequence, query head).
     AttentionHeads {
+        /// Query heads per kv head.
+        group: u32,
+    },
+    /// `batch * kv_heads * group` blocks: a block per (sequence, query head).
+    AttentionHeadBlocks {
         /// Query heads per kv head.
         group: u32,
     },
@@ -104,8 +111,10 @@ impl LaunchRule {
     /// The names of the two u32 scalar parameters the grid depends on, in [`Self::grid`]'s order.
     pub fn sizes(&self) -> [&'static str; 2] {
         match self {
-            LaunchRule::AttentionItems => ["chunks", "kv_heads"],
-            LaunchRule::AttentionHeads { .. } => ["batch", "kv_heads"],
+            LaunchRule::AttentionItems | LaunchRule::AttentionBlocks => ["chunks", "kv_heads"],
+            LaunchRule::AttentionHeads { .. } | LaunchRule::AttentionHeadBlocks { .. } => {
+                ["batch", "kv_heads"]
+            }
             _ => ["heads", "tokens"],
         }
     }
@@ -116,7 +125,9 @@ impl LaunchRule {
         let (h, t, b) = (heads as u64, tokens as u64, block_size.max(1) as u64);
         match *self {
             LaunchRule::AttentionItems => (h * t).div_ceil(b),
+            LaunchRule::AttentionBlocks => h * t,
             LaunchRule::AttentionHeads { group } => (h * t * group as u64).div_ceil(b),
+            LaunchRule::AttentionHeadBlocks { group } => h * t * group as u64,
             LaunchRule::BlockPerColumn { columns } => h * columns as u64,
             LaunchRule::ThreadPerGroup { columns, group } => {
                 (h * columns as u64 * t.div_ceil(group.max(1) as u64)).div_ceil(b)
@@ -456,14 +467,21 @@ mod tests {
 
     #[test]
     fn attention_rules_read_their_own_sizes() {
-        // Same numbers as kvq_ir::lower::attention::grid over chunks * kv_heads work items and
-        // batch * kv_heads * group (sequence, query head) pairs.
+        // The numbers of AttentionSchedule::item_blocks and combine_blocks: chunks * kv_heads
+        // work items and batch * kv_heads * group (sequence, query head) pairs, a thread or a
+        // block each.
         let items = LaunchRule::AttentionItems;
         assert_eq!(items.sizes(), ["chunks", "kv_heads"]);
         assert_eq!(items.grid(65, 8, 64), 9); // 520 items
+        let blocks = LaunchRule::AttentionBlocks;
+        assert_eq!(blocks.sizes(), ["chunks", "kv_heads"]);
+        assert_eq!(blocks.grid(65, 8, 128), 520);
         let heads = LaunchRule::AttentionHeads { group: 4 };
         assert_eq!(heads.sizes(), ["batch", "kv_heads"]);
         assert_eq!(heads.grid(3, 8, 64), 2); // 96 (sequence, query head) pairs
+        let head_blocks = LaunchRule::AttentionHeadBlocks { group: 4 };
+        assert_eq!(head_blocks.sizes(), ["batch", "kv_heads"]);
+        assert_eq!(head_blocks.grid(3, 8, 1024), 96);
         assert_eq!(LaunchRule::ThreadPerRow.sizes(), ["heads", "tokens"]);
         let parsed: LaunchRule =
             serde_json::from_str(r#"{"kind": "attention_heads", "group": 4, "blocks": "..."}"#)

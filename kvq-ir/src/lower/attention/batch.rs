@@ -80,7 +80,7 @@ pub fn plan(
             dim: head_dim,
         };
         let span_chunks = e.span_tokens.div_ceil(chunk);
-        let chunks = span_chunks + e.fp_tokens.div_ceil(chunk);
+        let chunks = span_chunks + e.fp_tokens.div_ceil(schedule.fp_chunk() as usize);
         let row = [
             u(e.fp_tokens)?,
             u(p.fp_elems)?,

@@ -33,6 +33,7 @@ mod keys;
 mod partial;
 mod run;
 mod values;
+mod warp;
 
 pub use batch::{plan, BatchPlan, SeqExtent};
 pub use run::{AttentionArgs, SeqData};
@@ -67,7 +68,22 @@ pub struct AttentionSchedule {
     /// channel, group = all, at most 4 bits): fast on a CPU, but `g * head_dim * bits / 8 * 256`
     /// floats of per-thread memory each, too much for a GPU thread.
     pub tables: bool,
+    /// How `stats` and `partial` map work items onto threads.
+    pub layout: AttentionLayout,
 }
+
+/// How the `stats` and `partial` kernels map work items onto threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AttentionLayout {
+    /// One thread per (chunk, kv head) item (host code; every scheme pair).
+    ThreadPerItem,
+    /// One block of warps per item: lanes over tokens for the logits, over channels for `P V`
+    /// (GPU; axis = channel, group = all keys of at most 4 bits and values, head_dim a
+    /// multiple of 32: see [`block_per_item_supports`]).
+    BlockPerItem,
+}
+
+pub use warp::supports as block_per_item_supports;
 
 impl AttentionSchedule {
     /// Host code: one thread per block, long chunks (few, large work items per core).
@@ -77,17 +93,51 @@ impl AttentionSchedule {
             chunk: 4096,
             tile: default_tile(scheme, 64),
             tables: true,
+            layout: AttentionLayout::ThreadPerItem,
         }
     }
 
-    /// GPU: many short chunks so that one sequence fills the device.
-    pub fn gpu_default(scheme: &CacheScheme) -> AttentionSchedule {
-        AttentionSchedule {
-            block_size: 64,
-            chunk: 256,
-            tile: default_tile(scheme, 16),
-            tables: false,
+    /// GPU: many short chunks so that one sequence fills the device; a block of 4 warps per
+    /// item where [`block_per_item_supports`] the pair at `shape`, else a thread per item.
+    pub fn gpu_default(scheme: &CacheScheme, shape: AttentionShape) -> AttentionSchedule {
+        match block_per_item_supports(scheme, shape) {
+            Ok(()) => AttentionSchedule {
+                block_size: 128,
+                chunk: 256,
+                tile: default_tile(scheme, 16),
+                tables: false,
+                layout: AttentionLayout::BlockPerItem,
+            },
+            Err(_) => AttentionSchedule {
+                block_size: 64,
+                chunk: 256,
+                tile: default_tile(scheme, 16),
+                tables: false,
+                layout: AttentionLayout::ThreadPerItem,
+            },
         }
+    }
+
+    /// Blocks of the `stats` and `partial` kernels for `items` work items.
+    pub fn item_blocks(&self, items: u64) -> u64 {
+        match self.layout {
+            AttentionLayout::ThreadPerItem => items.div_ceil(u64::from(self.block_size)),
+            AttentionLayout::BlockPerItem => items,
+        }
+    }
+
+    /// Tokens of an fp chunk (span chunks have `chunk`): [`warp::FP_CHUNK`] at most with the
+    /// block-per-item layout.
+    pub fn fp_chunk(&self) -> u32 {
+        match self.layout {
+            AttentionLayout::ThreadPerItem => self.chunk,
+            AttentionLayout::BlockPerItem => self.chunk.min(warp::FP_CHUNK),
+        }
+    }
+
+    /// Blocks of the `combine` kernel for `heads` (sequence, query head) pairs.
+    pub fn combine_blocks(&self, heads: u64) -> u64 {
+        self.item_blocks(heads)
     }
 
     /// Checks the schedule against the scheme.
@@ -95,6 +145,12 @@ impl AttentionSchedule {
         let bad = |why: String| Err(LowerError::Schedule(why));
         if !(1..=1024).contains(&self.block_size) {
             return bad(format!("block size {} outside 1..=1024", self.block_size));
+        }
+        if self.layout == AttentionLayout::BlockPerItem && self.block_size % 32 != 0 {
+            return bad(format!(
+                "block size {} is not whole warps (block-per-item layout)",
+                self.block_size
+            ));
         }
         if !(1..=256).contains(&self.tile) {
             return bad(format!("tile {} outside 1..=256", self.tile));
@@ -263,6 +319,9 @@ pub fn attention(
     check_shape(&scheme.key, probe)?;
     check_shape(&scheme.value, probe)?;
     schedule.check(scheme)?;
+    if schedule.layout == AttentionLayout::BlockPerItem {
+        warp::supports(scheme, shape).map_err(LowerError::Schedule)?;
+    }
     let name = |kind: &str| {
         let calib = scheme
             .calibrate
@@ -275,16 +334,30 @@ pub fn attention(
             shape.group
         )
     };
+    let (stats, partial) = match schedule.layout {
+        AttentionLayout::ThreadPerItem => (
+            scheme
+                .calibrate
+                .map(|_| partial::lower_stats(&name("stats"), scheme, shape, schedule)),
+            partial::lower(&name("partial"), scheme, shape, schedule),
+        ),
+        AttentionLayout::BlockPerItem => {
+            let lower = |kind: &str, mode| warp::lower(&name(kind), scheme, shape, schedule, mode);
+            (
+                scheme
+                    .calibrate
+                    .map(|_| lower("stats_blocks", warp::Mode::Stats)),
+                lower("partial_blocks", warp::Mode::Partial),
+            )
+        }
+    };
+    let combine = match schedule.layout {
+        AttentionLayout::ThreadPerItem => combine::lower(&name("combine"), shape, schedule),
+        AttentionLayout::BlockPerItem => combine::lower_blocks(&name("combine_blocks"), shape),
+    };
     Ok(AttentionKernels {
-        stats: scheme
-            .calibrate
-            .map(|_| partial::lower_stats(&name("stats"), scheme, shape, schedule)),
-        partial: partial::lower(&name("partial"), scheme, shape, schedule),
-        combine: combine::lower(&name("combine"), shape, schedule),
+        stats,
+        partial,
+        combine,
     })
-}
-
-/// Blocks for `items` threads of `block_size`.
-pub fn grid(items: u64, block_size: u32) -> u64 {
-    items.div_ceil(u64::from(block_size))
 }

@@ -9,9 +9,7 @@ use crate::reference::PackedSpan;
 use crate::scheme::{CacheScheme, ParamType};
 use crate::tensor::Tensor3;
 
-use super::{
-    grid, plan, AttentionKernels, AttentionSchedule, AttentionShape, BatchPlan, SeqExtent,
-};
+use super::{plan, AttentionKernels, AttentionSchedule, AttentionShape, BatchPlan, SeqExtent};
 use crate::lower::LowerError;
 
 /// One sequence of a batch: its query `[q_heads, head_dim]`, its full-precision tokens
@@ -157,11 +155,10 @@ impl AttentionArgs {
             1
         };
         let too_big = || shape_error("the batch needs more than 2^32 - 1 blocks".to_string());
-        let item_blocks = u32::try_from(grid((chunks * kv_heads) as u64, schedule.block_size))
+        let item_blocks = u32::try_from(schedule.item_blocks((chunks * kv_heads) as u64))
             .map_err(|_| too_big())?;
-        let combine_blocks =
-            u32::try_from(grid((seqs.len() * q_heads) as u64, schedule.block_size))
-                .map_err(|_| too_big())?;
+        let combine_blocks = u32::try_from(schedule.combine_blocks((seqs.len() * q_heads) as u64))
+            .map_err(|_| too_big())?;
         let mut partial = vec![
             Arg::Buffer(Buffer::F32(q)),
             Arg::Buffer(Buffer::U32(plan.seqs.clone())),
