@@ -30,6 +30,10 @@ pub struct LayerReport {
     pub v_rel: f64,
     /// Relative error of the attention output.
     pub attn_out_rel: f64,
+    /// With `--kernels`: the largest relative deviation of a query head's decode attention
+    /// through the generated kernels from the reference ([`crate::eval_kernels`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel_dev: Option<f64>,
 }
 
 /// Plain means over layers.
@@ -41,6 +45,9 @@ pub struct MeanReport {
     pub v_rel: f64,
     /// Mean attn_out_rel.
     pub attn_out_rel: f64,
+    /// Mean kernel_dev, with `--kernels`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel_dev: Option<f64>,
 }
 
 /// Stored bits per element of each tensor.
@@ -84,6 +91,7 @@ pub fn evaluate(
             k_rel,
             v_rel,
             attn_out_rel,
+            kernel_dev: None,
         });
     }
     let n = layers.len() as f64;
@@ -91,6 +99,7 @@ pub fn evaluate(
         k_rel: layers.iter().map(|l| l.k_rel).sum::<f64>() / n,
         v_rel: layers.iter().map(|l| l.v_rel).sum::<f64>() / n,
         attn_out_rel: layers.iter().map(|l| l.attn_out_rel).sum::<f64>() / n,
+        kernel_dev: None,
     };
     let shape = file.layers[0].k.shape();
     let bits_per_element = BitsReport {
@@ -105,6 +114,17 @@ pub fn evaluate(
 }
 
 impl EvalReport {
+    /// The report with each layer's kernel deviation (`devs`, one per layer, in order) and
+    /// their mean.
+    pub fn with_kernel_dev(mut self, devs: &[f64]) -> EvalReport {
+        for (l, &d) in self.layers.iter_mut().zip(devs) {
+            l.kernel_dev = Some(d);
+        }
+        self.mean.kernel_dev =
+            (!devs.is_empty()).then(|| devs.iter().sum::<f64>() / devs.len() as f64);
+        self
+    }
+
     /// Size of an f16 cache over the size of this quantized one.
     pub fn compression_vs_f16(&self) -> f64 {
         32.0 / (self.bits_per_element.key + self.bits_per_element.value)
@@ -114,22 +134,35 @@ impl EvalReport {
 /// The readable table of `kvq eval`.
 impl fmt::Display for EvalReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let dev = |d: Option<f64>| d.map_or(String::new(), |d| format!(" {d:>12.3e}"));
+        let dev_head = match self.mean.kernel_dev {
+            Some(_) => format!(" {:>12}", "kernel_dev"),
+            None => String::new(),
+        };
         writeln!(
             f,
-            "{:>6} {:>10} {:>10} {:>13}",
+            "{:>6} {:>10} {:>10} {:>13}{dev_head}",
             "layer", "k_rel", "v_rel", "attn_out_rel"
         )?;
         for l in &self.layers {
             writeln!(
                 f,
-                "{:>6} {:>10.6} {:>10.6} {:>13.6}",
-                l.layer_index, l.k_rel, l.v_rel, l.attn_out_rel
+                "{:>6} {:>10.6} {:>10.6} {:>13.6}{}",
+                l.layer_index,
+                l.k_rel,
+                l.v_rel,
+                l.attn_out_rel,
+                dev(l.kernel_dev)
             )?;
         }
         writeln!(
             f,
-            "{:>6} {:>10.6} {:>10.6} {:>13.6}",
-            "mean", self.mean.k_rel, self.mean.v_rel, self.mean.attn_out_rel
+            "{:>6} {:>10.6} {:>10.6} {:>13.6}{}",
+            "mean",
+            self.mean.k_rel,
+            self.mean.v_rel,
+            self.mean.attn_out_rel,
+            dev(self.mean.kernel_dev)
         )?;
         write!(
             f,

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use kvq::eval::evaluate;
+use kvq::eval_kernels::{kernel_deviation, KernelSchedule};
 use kvq::Scheme;
 use kvq_runtime::KvFile;
 
@@ -21,6 +22,11 @@ pub struct Args {
     /// Causal attention (also on when the file's metadata says causal = "true").
     #[arg(long)]
     causal: bool,
+    /// Also run each layer's decode attention (the last token's query over the layer's K/V as
+    /// one quantized span) through the generated kernels of this schedule, as host code, and
+    /// report their largest relative deviation from the reference per layer (`kernel_dev`).
+    #[arg(long, value_enum)]
+    kernels: Option<KernelSchedule>,
     /// Print exactly one JSON object instead of the table.
     #[arg(long)]
     json: bool,
@@ -31,7 +37,11 @@ pub fn run(args: Args) -> Result<()> {
     let value = Scheme::parse(&args.value).context("--value")?;
     let file = KvFile::load(&args.kv)?;
     let causal = args.causal || file.causal;
-    let report = evaluate(&file, &key, &value, causal)?;
+    let mut report = evaluate(&file, &key, &value, causal)?;
+    if let Some(schedule) = args.kernels {
+        let devs = kernel_deviation(&file, &key, &value, schedule)?;
+        report = report.with_kernel_dev(&devs);
+    }
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
         return Ok(());

@@ -101,6 +101,42 @@ fn json_output_is_one_object_with_the_documented_fields() {
     assert!((v["mean"]["k_rel"].as_f64().unwrap() - 0.4242249006572174).abs() < 1e-6);
 }
 
+/// `--kernels host|gpu`: each layer's decode attention through the generated kernels, within
+/// 1e-4 of the reference per layer, reported as `kernel_dev` beside the other figures (which do
+/// not change), and its mean.
+#[test]
+fn kernels_flag_adds_the_kernels_deviation_per_layer() {
+    let plain: Value = serde_json::from_slice(&eval(&smollm2(), &["--json"]).stdout).unwrap();
+    assert!(plain["layers"][0].get("kernel_dev").is_none());
+    assert!(plain["mean"].get("kernel_dev").is_none());
+    for kernels in ["host", "gpu"] {
+        let out = eval(&smollm2(), &["--json", "--kernels", kernels]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let layers = v["layers"].as_array().unwrap();
+        let devs: Vec<f64> = layers
+            .iter()
+            .map(|l| l["kernel_dev"].as_f64().unwrap())
+            .collect();
+        assert_eq!(devs.len(), 4);
+        for (l, &d) in devs.iter().enumerate() {
+            assert!((0.0..=1e-4).contains(&d), "{kernels} layer {l}: {d}");
+            assert_eq!(
+                layers[l]["attn_out_rel"],
+                plain["layers"][l]["attn_out_rel"]
+            );
+        }
+        let mean = devs.iter().sum::<f64>() / devs.len() as f64;
+        assert!((v["mean"]["kernel_dev"].as_f64().unwrap() - mean).abs() < 1e-15);
+    }
+    let table = eval(&smollm2(), &["--kernels", "gpu"]);
+    assert!(String::from_utf8_lossy(&table.stdout).contains("kernel_dev"));
+}
+
 #[test]
 fn table_names_layers_and_compression() {
     let out = eval(&smollm2(), &[]);
