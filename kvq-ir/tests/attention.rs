@@ -39,12 +39,16 @@ struct Seq {
 }
 
 fn batch(rng: &mut Rng) -> Vec<Seq> {
+    batch_of(rng, D)
+}
+
+fn batch_of(rng: &mut Rng, d: usize) -> Vec<Seq> {
     [(5, 35), (17, 20), (9, 0), (0, 30), (13, 37)]
         .into_iter()
         .map(|(fp, span)| Seq {
-            q: rng.tensor(KV * G, 1, D, 2.0).data().to_vec(),
-            fp: (fp > 0).then(|| (rng.tensor(KV, fp, D, 2.0), rng.tensor(KV, fp, D, 1.0))),
-            span: (span > 0).then(|| (rng.tensor(KV, span, D, 2.0), rng.tensor(KV, span, D, 1.0))),
+            q: rng.tensor(KV * G, 1, d, 2.0).data().to_vec(),
+            fp: (fp > 0).then(|| (rng.tensor(KV, fp, d, 2.0), rng.tensor(KV, fp, d, 1.0))),
+            span: (span > 0).then(|| (rng.tensor(KV, span, d, 2.0), rng.tensor(KV, span, d, 1.0))),
         })
         .collect()
 }
@@ -60,6 +64,11 @@ fn run(
 
 /// Runs one scheme pair and schedule through the interpreter; returns the worst deviation.
 fn check(scheme: &CacheScheme, schedule: &AttentionSchedule, seqs: &[Seq]) -> f64 {
+    check_d(scheme, schedule, seqs, D)
+}
+
+/// [`check`] at head_dim `d`.
+fn check_d(scheme: &CacheScheme, schedule: &AttentionSchedule, seqs: &[Seq], d: usize) -> f64 {
     let spans: Vec<Option<(PackedSpan, PackedSpan)>> = seqs
         .iter()
         .map(|s| {
@@ -81,7 +90,7 @@ fn check(scheme: &CacheScheme, schedule: &AttentionSchedule, seqs: &[Seq]) -> f6
         })
         .collect();
     let shape = AttentionShape {
-        head_dim: D as u32,
+        head_dim: d as u32,
         group: G as u32,
     };
     let kernels = attention(scheme, shape, schedule).unwrap();
@@ -97,7 +106,7 @@ fn check(scheme: &CacheScheme, schedule: &AttentionSchedule, seqs: &[Seq]) -> f6
             segments.push(Segment::Quantized { k, v });
         }
         let want = decode_attention(s.q, KV * G, &segments, scheme.calibrate).unwrap();
-        let dev = max_head_deviation(got, &want, D);
+        let dev = max_head_deviation(got, &want, d);
         assert!(
             dev <= 1e-4,
             "sequence {i}, {scheme}, {schedule:?}: deviation {dev:e}"
@@ -254,4 +263,39 @@ fn block_per_item_layout_matches_the_reference() {
         }
     }
     assert!(pairs >= 4, "{pairs} pairs");
+}
+
+/// The block-per-item layout at head_dim 128, where 1-bit values go through quad tables (warp
+/// shuffles), for both bit orders, with and without calibration, and one chunk of several
+/// steps of the tile loop.
+#[test]
+fn block_per_item_quad_values_at_head_dim_128() {
+    let mut rng = Rng(29);
+    let d = 128;
+    let mut seqs = batch_of(&mut rng, d);
+    seqs.push(Seq {
+        q: rng.tensor(KV * G, 1, d, 2.0).data().to_vec(),
+        fp: None,
+        span: Some((rng.tensor(KV, 290, d, 2.0), rng.tensor(KV, 290, d, 1.0))),
+    });
+    let cat = catalogue();
+    for (key, value) in [(0, 1), (2, 2)] {
+        for calibrate in [None, Calibration::new(3.0)] {
+            let scheme = CacheScheme {
+                key: cat[key].1,
+                value: cat[value].1,
+                calibrate,
+            };
+            for (block_size, chunk) in [(128, 256), (64, 32)] {
+                let schedule = AttentionSchedule {
+                    block_size,
+                    chunk,
+                    tile: 16,
+                    tables: false,
+                    layout: AttentionLayout::BlockPerItem,
+                };
+                check_d(&scheme, &schedule, &seqs, d);
+            }
+        }
+    }
 }

@@ -3,15 +3,22 @@
 //! not depend on order, and calibration touches only the span).
 //!
 //! The work is split over tokens so that long spans fill the machine: each sequence's span and
-//! fp tokens are cut into **chunks** of [`AttentionSchedule::chunk`] tokens, and one thread runs
-//! one (chunk, kv head) **work item** for all `group` query heads of that kv head, so codes are
-//! read once per kv head, never copied per query head. Three kernels, launched in this order:
+//! fp tokens are cut into **chunks** of [`AttentionSchedule::chunk`] tokens
+//! ([`AttentionSchedule::fp_chunk`] for fp tokens), and a (chunk, kv head) **work item** covers
+//! all `group` query heads of that kv head, so codes are read once per kv head, never copied per
+//! query head. Three kernels, launched in this order:
 //!
 //! | kernel | grid | does |
 //! | --- | --- | --- |
-//! | `stats` (only with calibration) | work items | the raw span logits of each (item, query head), saved, and their minimum and maximum |
-//! | `partial` | work items | logits of its chunk in tiles of [`AttentionSchedule::tile`] tokens (with calibration: those `stats` saved, calibrated with the span's extremes), an online softmax, and `P V`: a running max `m`, sum `l` and accumulator per query head |
+//! | `stats` (only with calibration) | work items | the raw span logits of each (item, query head) and their minimum and maximum |
+//! | `partial` | work items | the logits of its chunk (with calibration: calibrated with the span's extremes), an online softmax, and `P V`: a running max `m`, sum `l` and accumulator per query head |
 //! | `combine` | (sequence, query head) | merges its chunks: `o = sum_i e^(m_i - M) acc_i / sum_i e^(m_i - M) l_i` |
+//!
+//! Two layouts ([`AttentionLayout`]): a thread per work item (host code; the thread's `stats`
+//! saves the logits for `partial`, which works in tiles of [`AttentionSchedule::tile`] tokens), or
+//! a block of warps per work item and per (sequence, query head) (GPUs; module `blocks`: lanes over
+//! tokens for the logits from nibble tables in shared memory, warp reductions for the softmax,
+//! lanes over channels for `P V`; `partial` recomputes the logits instead of reading them).
 //!
 //! Arithmetic (all f32):
 //! - The query is multiplied by `1/sqrt(head_dim)` once.
@@ -28,12 +35,12 @@
 //!   bit for bit.
 
 mod batch;
+mod blocks;
 mod combine;
 mod keys;
 mod partial;
 mod run;
 mod values;
-mod warp;
 
 pub use batch::{plan, BatchPlan, SeqExtent};
 pub use run::{AttentionArgs, SeqData};
@@ -83,7 +90,7 @@ pub enum AttentionLayout {
     BlockPerItem,
 }
 
-pub use warp::supports as block_per_item_supports;
+pub use blocks::supports as block_per_item_supports;
 
 impl AttentionSchedule {
     /// Host code: one thread per block, long chunks (few, large work items per core).
@@ -126,12 +133,12 @@ impl AttentionSchedule {
         }
     }
 
-    /// Tokens of an fp chunk (span chunks have `chunk`): [`warp::FP_CHUNK`] at most with the
+    /// Tokens of an fp chunk (span chunks have `chunk`): at most 16 (`blocks::FP_CHUNK`) with the
     /// block-per-item layout.
     pub fn fp_chunk(&self) -> u32 {
         match self.layout {
             AttentionLayout::ThreadPerItem => self.chunk,
-            AttentionLayout::BlockPerItem => self.chunk.min(warp::FP_CHUNK),
+            AttentionLayout::BlockPerItem => self.chunk.min(blocks::FP_CHUNK),
         }
     }
 
@@ -320,7 +327,7 @@ pub fn attention(
     check_shape(&scheme.value, probe)?;
     schedule.check(scheme)?;
     if schedule.layout == AttentionLayout::BlockPerItem {
-        warp::supports(scheme, shape).map_err(LowerError::Schedule)?;
+        blocks::supports(scheme, shape).map_err(LowerError::Schedule)?;
     }
     let name = |kind: &str| {
         let calib = scheme
@@ -342,12 +349,13 @@ pub fn attention(
             partial::lower(&name("partial"), scheme, shape, schedule),
         ),
         AttentionLayout::BlockPerItem => {
-            let lower = |kind: &str, mode| warp::lower(&name(kind), scheme, shape, schedule, mode);
+            let lower =
+                |kind: &str, mode| blocks::lower(&name(kind), scheme, shape, schedule, mode);
             (
                 scheme
                     .calibrate
-                    .map(|_| lower("stats_blocks", warp::Mode::Stats)),
-                lower("partial_blocks", warp::Mode::Partial),
+                    .map(|_| lower("stats_blocks", blocks::Mode::Stats)),
+                lower("partial_blocks", blocks::Mode::Partial),
             )
         }
     };

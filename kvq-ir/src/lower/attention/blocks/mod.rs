@@ -1,0 +1,380 @@
+//! The GPU layout of the `stats` and `partial` kernels ([`AttentionLayout::BlockPerItem`]): one
+//! block of warps per (chunk, kv head) work item, for pairs whose keys and values are both
+//! axis = channel, group = all (CalibQuant's layout) with keys of at most 4 bits.
+//!
+//! - Setup: the block stages `q / sqrt(d)` of the item's `g` query heads in shared memory; for a
+//!   span item it builds one 16-entry table per (query head, key-code nibble) from the
+//!   post-scaled query `q' = q scale` (`T[h][p][v] = sum of q'_c code_c(v)` over the channels
+//!   of nibble `p`), and every warp sums `bias_h = q . zero` over its lanes.
+//! - Logits, lanes over tokens: in each step of the block-uniform tile loop, lane `l` of warp
+//!   `w` takes one token; a span token's key row is read with aligned vector loads (16 bytes per
+//!   load: one row of 1-bit codes at head_dim 128) and its logit per head is `bias + sum_p
+//!   T[h][p][nibble p]` (table reads whose 32 lanes fall in one 16-entry row: no bank
+//!   conflicts); a full-precision token's logit is its dot product.
+//! - Online softmax per warp and head with warp reductions (max, then the sum of the weights);
+//!   the weights go through shared memory to every lane.
+//! - `P V`, lanes over channels: lane `l` owns channels `l * d/32 ..`, reads its bits of each
+//!   token's value row (or its floats of a full-precision row) and accumulates the raw
+//!   `sum_t p_t code_tc`; the value scales and zeros are applied once, at the end (post-scaling:
+//!   the weights' sum is the softmax's `l`).
+//! - The warps' states are merged through shared memory into the item's `(m, l)` and
+//!   accumulator, stored by threads over (head, channel): coalesced.
+//!
+//! The `stats` kernel runs the same logit code and stores each (item, head)'s raw span-logit
+//! minimum and maximum; `partial` recomputes the logits (reading the key codes again) instead of
+//! saving them. Outputs follow [`super::partial_abi`], so `combine` is unchanged.
+
+use crate::ir::{
+    Access, BinaryOp, Builder, CmpOp, Kernel, Memory, ReduceOp, ScalarType, Special, UnaryOp,
+    Value, WarpOp, WARP_SIZE,
+};
+use crate::lower::emit::param_type;
+use crate::reference::pack::bit_shift;
+use crate::scheme::{Axis, CacheScheme, Group, Scheme};
+
+use super::keys::{affine, param_f32, times};
+use super::{partial_abi as abi, seq_field as f, AttentionSchedule, AttentionShape};
+
+mod logits;
+mod merge;
+mod setup;
+mod values;
+
+use logits::*;
+use merge::*;
+use setup::*;
+use values::*;
+
+/// Full-precision tokens per fp work item: few, so that the block's copy of their rows (16
+/// times the bytes of 1-bit codes at head_dim 128, 32 times at 64) is spread over many blocks.
+pub const FP_CHUNK: u32 = 16;
+
+/// Whether the block-per-item kernels handle `scheme` at `shape`, or why not.
+pub fn supports(scheme: &CacheScheme, shape: AttentionShape) -> Result<(), String> {
+    let channel_all = |s: &Scheme| s.axis == Axis::Channel && s.group == Group::All;
+    if !channel_all(&scheme.key) || !channel_all(&scheme.value) || scheme.key.bits.width() > 4 {
+        return Err(
+            "the block-per-item attention kernels need axis = channel, group = all keys of at \
+             most 4 bits and axis = channel, group = all values"
+                .into(),
+        );
+    }
+    if shape.head_dim % WARP_SIZE != 0 {
+        return Err(format!(
+            "the block-per-item attention kernels need a head_dim that is a multiple of 32, not {}",
+            shape.head_dim
+        ));
+    }
+    Ok(())
+}
+
+/// Which of the two kernels to build.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Mode {
+    Stats,
+    Partial,
+}
+
+/// Fixed sizes of one kernel.
+#[derive(Clone, Copy)]
+struct Dims {
+    d: u32,
+    g: u32,
+    /// Warps per block.
+    warps: u32,
+    /// Channels per lane (`d / 32`).
+    cpl: u32,
+    /// Key code bytes per row, nibbles per row.
+    k_row: u32,
+    nibbles: u32,
+    /// Value code bytes per row.
+    v_row: u32,
+    /// Tokens of a span chunk and of an fp chunk.
+    chunk: u32,
+    fp_chunk: u32,
+    /// Heads per vector access of the tables and weights (`gv`), and heads padded to whole
+    /// vectors (`gp`).
+    gv: u32,
+    gp: u32,
+}
+
+/// Index in the `fields` local of the item's sequence (after the `seqs` row's fields).
+const SEQ: u32 = f::COUNT;
+
+/// The `stats` or `partial` kernel in the block-per-item layout.
+pub(super) fn lower(
+    name: &str,
+    scheme: &CacheScheme,
+    shape: AttentionShape,
+    s: &AttentionSchedule,
+    mode: Mode,
+) -> Kernel {
+    let (key, value) = (&scheme.key, &scheme.value);
+    let gv = shape.group.next_power_of_two().min(4);
+    let dims = Dims {
+        d: shape.head_dim,
+        g: shape.group,
+        warps: s.block_size / WARP_SIZE,
+        cpl: shape.head_dim / WARP_SIZE,
+        k_row: shape.head_dim * key.bits.width() / 8,
+        nibbles: shape.head_dim * key.bits.width() / 4,
+        v_row: shape.head_dim * value.bits.width() / 8,
+        chunk: s.chunk,
+        fp_chunk: s.fp_chunk(),
+        gv,
+        gp: shape.group.div_ceil(gv) * gv,
+    };
+    let Dims { d, g, warps, .. } = dims;
+    let mut b = Builder::new(name, s.block_size);
+    let stats_access = match mode {
+        Mode::Stats => Access::Write,
+        Mode::Partial => Access::Read,
+    };
+    let bufs = Bufs {
+        q: b.buffer("q", ScalarType::F32, Access::Read),
+        seqs: b.buffer("seqs", ScalarType::U32, Access::Read),
+        work_seq: b.buffer("work_seq", ScalarType::U32, Access::Read),
+        fp_k: b.buffer("fp_k", ScalarType::F32, Access::Read),
+        fp_v: b.buffer("fp_v", ScalarType::F32, Access::Read),
+        k: [
+            b.buffer("k_codes", ScalarType::U8, Access::Read),
+            b.buffer("k_zero", param_type(key.params), Access::Read),
+            b.buffer("k_scale", param_type(key.params), Access::Read),
+        ],
+        v: [
+            b.buffer("v_codes", ScalarType::U8, Access::Read),
+            b.buffer("v_zero", param_type(value.params), Access::Read),
+            b.buffer("v_scale", param_type(value.params), Access::Read),
+        ],
+        stats: b.buffer("stats", ScalarType::F32, stats_access),
+    };
+    // Unused here (the logits are recomputed), kept so that both layouts share one ABI.
+    b.buffer("span_logits", ScalarType::F32, stats_access);
+    let outs = match mode {
+        Mode::Partial => Some((
+            b.buffer("part_ml", ScalarType::F32, Access::Write),
+            b.buffer("part_acc", ScalarType::F32, Access::Write),
+        )),
+        Mode::Stats => None,
+    };
+    let kv_heads = b.scalar_param("kv_heads", ScalarType::U32);
+    let chunks = b.scalar_param("chunks", ScalarType::U32);
+    debug_assert_eq!(bufs.stats, Memory::Param(abi::STATS));
+    let sh = Shared {
+        qs: b.shared("qs", ScalarType::F32, g * d),
+        qk: b.shared("qk", ScalarType::F32, g * d),
+        table: b.shared("table", ScalarType::F32, dims.nibbles * 16 * dims.gp),
+        vstage: b.shared("vstage", ScalarType::U8, warps * WARP_SIZE * dims.v_row),
+        fp_k: b.shared("fp_k_rows", ScalarType::F32, dims.fp_chunk * (d + 1)),
+        fp_v: b.shared("fp_v_rows", ScalarType::F32, dims.fp_chunk * d),
+        cal: b.shared("cal", ScalarType::F32, 2 * g),
+        probs: b.shared("probs", ScalarType::F32, warps * WARP_SIZE * dims.gp),
+        ml: b.shared("merge_ml", ScalarType::F32, warps * g * 2),
+        acc: b.shared(
+            "merge_acc",
+            ScalarType::F32,
+            match mode {
+                Mode::Partial => warps * g * d,
+                Mode::Stats => 1,
+            },
+        ),
+    };
+    let lc = Locals {
+        fields: b.local("fields", ScalarType::U32, f::COUNT + 1),
+        s: b.local("s", ScalarType::F32, g),
+        red: b.local("red", ScalarType::F32, g),
+        ext: b.local("ext", ScalarType::F32, 2 * g),
+        bias: b.local("bias", ScalarType::F32, g),
+        m: b.local("m", ScalarType::F32, g),
+        l: b.local("l", ScalarType::F32, g),
+        acc: b.local("acc", ScalarType::F32, g * dims.cpl),
+        entry: b.local("entry", ScalarType::F32, g),
+        got: b.local("got", ScalarType::F32, g),
+        src_lane: b.local("src_lane", ScalarType::U32, 1),
+        nibs: b.local("nibs", ScalarType::U32, dims.cpl),
+    };
+    let kv_heads = b.param(kv_heads);
+    let chunks = b.param(chunks);
+    let at = Item::new(&mut b, kv_heads, chunks);
+    load_fields(&mut b, &at, &bufs, lc.fields);
+
+    // Setup: the scaled query, the key tables and the bias.
+    stage_query(&mut b, key, &dims, &at, &bufs, &sh, &lc, s.block_size);
+    b.barrier();
+    build_tables(&mut b, key, &dims, &at, &sh, &lc, s.block_size);
+    key_bias(&mut b, key, &dims, &at, &bufs, &sh, &lc);
+    if let (Mode::Partial, Some(dcal)) = (mode, scheme.calibrate) {
+        calibration(
+            &mut b,
+            &dims,
+            &at,
+            &bufs,
+            &sh,
+            &lc,
+            dcal.get(),
+            s.block_size,
+        );
+    }
+    init_state(&mut b, &dims, &lc, mode);
+    b.barrier();
+
+    // The tiles: a block-uniform loop, one token per lane per step.
+    let z = b.u32(0);
+    let cn = b.u32(dims.chunk);
+    b.for_range(z, cn, warps * WARP_SIZE, |b, base| {
+        stage_fp_rows(b, &dims, &at, &bufs, &sh, &lc, base, mode, s.block_size);
+        b.barrier();
+        let calibrated = mode == Mode::Partial && scheme.calibrate.is_some();
+        logits(b, &dims, &at, &bufs, &sh, &lc, base, calibrated);
+        match mode {
+            Mode::Stats => fold_extremes(b, &dims, &at, &lc, base),
+            Mode::Partial => {
+                softmax_step(b, &dims, &at, &sh, &lc, base);
+                b.barrier();
+                values_step(b, value, &dims, &at, &sh, &lc, base);
+                b.barrier();
+            }
+        }
+    });
+    match (mode, outs) {
+        (Mode::Partial, Some((part_ml, part_acc))) => merge_and_store(
+            &mut b,
+            value,
+            &dims,
+            &at,
+            &bufs,
+            &sh,
+            &lc,
+            [part_ml, part_acc],
+        ),
+        _ => store_extremes(&mut b, &dims, &at, &bufs, &sh, &lc),
+    }
+    b.finish()
+}
+
+/// The buffers both kernels read (and `stats`, which `stats` writes).
+struct Bufs {
+    q: Memory,
+    seqs: Memory,
+    work_seq: Memory,
+    fp_k: Memory,
+    fp_v: Memory,
+    k: [Memory; 3],
+    v: [Memory; 3],
+    stats: Memory,
+}
+
+/// Shared arrays.
+struct Shared {
+    /// `q / sqrt(d)`, `[g, d]`, and for a span item `q' = q scale / sqrt(d)`.
+    qs: Memory,
+    qk: Memory,
+    /// Key tables `[nibbles, 16, gp]`: the heads of an entry side by side.
+    table: Memory,
+    /// Each warp's tokens' value code rows `[warps, 32, v_row]`.
+    vstage: Memory,
+    /// An fp chunk's key rows `[fp_chunk, d + 1]` (padded: lanes reading one channel of
+    /// different rows fall in different banks) and value rows `[fp_chunk, d]`.
+    fp_k: Memory,
+    fp_v: Memory,
+    /// Calibration `[g]` minima then `[g]` factors.
+    cal: Memory,
+    /// Weights of each warp's tokens `[warps, 32, gp]`.
+    probs: Memory,
+    /// Each warp's `(m, l)` per head, then its accumulators `[warps, g, d]`.
+    ml: Memory,
+    acc: Memory,
+}
+
+/// Per-thread locals.
+struct Locals {
+    /// The item's `seqs` row, then its sequence.
+    fields: u32,
+    /// The lane's token's logits `[g]`, a reduction's operand `[g]`, extremes `[2g]`.
+    s: u32,
+    red: u32,
+    ext: u32,
+    /// `q . zero` per head.
+    bias: u32,
+    /// The warp's softmax state per head, and the lane's accumulators `[g, d / 32]`.
+    m: u32,
+    l: u32,
+    acc: u32,
+    /// Quad tables of 1-bit values ([`span_values_quads`]): the lane's entry per head, an
+    /// entry received per head, the lane it is received from.
+    entry: u32,
+    got: u32,
+    src_lane: u32,
+    /// Per lane channel, the table entry it needs.
+    nibs: u32,
+}
+
+/// The block's work item: uniform values (block id and scalar parameters).
+struct Item {
+    /// Flat item index (chunk * kv heads + kv head), clamped to the last item.
+    item: Value,
+    /// Chunk in the batch, kv head, kv heads.
+    w: Value,
+    h: Value,
+    kv_heads: Value,
+    /// Whether the block has an item (the grid may be rounded up).
+    live: Value,
+}
+
+impl Item {
+    fn new(b: &mut Builder, kv_heads: Value, chunks: Value) -> Item {
+        let blk = b.special(Special::BlockId);
+        let items = b.mul(chunks, kv_heads);
+        let live = b.cmp(CmpOp::Lt, blk, items);
+        let one = b.u32(1);
+        let last = b.sub(items, one);
+        let item = b.min(blk, last);
+        let w = b.div(item, kv_heads);
+        let h = b.rem(item, kv_heads);
+        Item {
+            item,
+            w,
+            h,
+            kv_heads,
+            live,
+        }
+    }
+}
+
+fn load_fields(b: &mut Builder, at: &Item, bufs: &Bufs, fields: u32) {
+    let seq = b.load(bufs.work_seq, at.w, 1);
+    let sv = b.u32(SEQ);
+    b.write_local(fields, sv, seq);
+    let row = times(b, seq, f::COUNT);
+    for k in 0..f::COUNT {
+        let kv = b.u32(k);
+        let i = b.add(row, kv);
+        let x = b.load(bufs.seqs, i, 1);
+        b.write_local(fields, kv, x);
+    }
+}
+
+fn field(b: &mut Builder, lc: &Locals, k: u32) -> Value {
+    let kv = b.u32(k);
+    b.read_local(lc.fields, kv)
+}
+
+/// Whether the item is a span chunk, its first token and its end (within the sequence's span
+/// or its fp tokens: span chunks have `chunk` tokens, fp chunks [`FP_CHUNK`]).
+fn chunk_tokens(b: &mut Builder, dims: &Dims, at: &Item, lc: &Locals) -> [Value; 3] {
+    let base = field(b, lc, f::CHUNK_BASE);
+    let span_chunks = field(b, lc, f::SPAN_CHUNKS);
+    let ci = b.sub(at.w, base);
+    let is_span = b.cmp(CmpOp::Lt, ci, span_chunks);
+    let fci = b.sub(ci, span_chunks);
+    let idx = b.select(is_span, ci, fci);
+    let (span_chunk, fp_chunk) = (b.u32(dims.chunk), b.u32(dims.fp_chunk));
+    let cn = b.select(is_span, span_chunk, fp_chunk);
+    let start = b.mul(idx, cn);
+    let span_len = field(b, lc, f::SPAN_LEN);
+    let fp_len = field(b, lc, f::FP_LEN);
+    let len = b.select(is_span, span_len, fp_len);
+    let end = b.add(start, cn);
+    let end = b.min(end, len);
+    [is_span, start, end]
+}

@@ -1,0 +1,282 @@
+//! One step of the tile loop, `P V` side: lanes over channels; 1-bit values at head_dim 128
+//! through quad tables and warp shuffles.
+
+use super::*;
+
+/// `acc[h][k] += p_h(t) v_t[lane channel k]` over the warp's tile, lanes over channels: raw
+/// codes for a span token, floats for an fp token.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn values_step(
+    b: &mut Builder,
+    value: &Scheme,
+    dims: &Dims,
+    at: &Item,
+    sh: &Shared,
+    lc: &Locals,
+    base: Value,
+) {
+    let (d, g, cpl) = (dims.d, dims.g, dims.cpl);
+    let quads = quad_values(value, dims);
+    if quads {
+        span_values_quads(b, value, dims, at, sh, lc);
+    }
+    let [is_span, start, end] = chunk_tokens(b, dims, at, lc);
+    let warp = b.special(Special::WarpId);
+    let t0 = b.add(start, base);
+    let t0 = affine(b, warp, WARP_SIZE, t0);
+    let z = b.u32(0);
+    let n = b.u32(WARP_SIZE);
+    b.for_range(z, n, 1, |b, j| {
+        let t = b.add(t0, j);
+        let ok = b.cmp(CmpOp::Lt, t, end);
+        let ok = match quads {
+            // The quads did the span tokens.
+            true => {
+                let no = b.bool(false);
+                let is_fp = b.cmp(CmpOp::Eq, is_span, no);
+                b.binary(BinaryOp::And, ok, is_fp)
+            }
+            false => ok,
+        };
+        b.if_then(ok, |b| {
+            let warp = b.special(Special::WarpId);
+            let slot = affine(b, warp, WARP_SIZE, j);
+            let ps = load_probs(b, dims, sh, slot);
+            let accumulate = |b: &mut Builder, vals: &[Value]| {
+                for (h, &p) in ps.iter().enumerate() {
+                    for (k, &v) in vals.iter().enumerate() {
+                        let i = b.u32(h as u32 * cpl + k as u32);
+                        let a = b.read_local(lc.acc, i);
+                        let x = b.mul(p, v);
+                        let a = b.add(a, x);
+                        b.write_local(lc.acc, i, a);
+                    }
+                }
+            };
+            b.if_else(
+                is_span,
+                |b| {
+                    let codes = lane_value_codes(b, value, dims, sh, j);
+                    accumulate(b, &codes);
+                },
+                |b| {
+                    let row = times(b, slot, d);
+                    let lane = b.special(Special::LaneId);
+                    let c0 = affine(b, lane, cpl, row);
+                    let vals: Vec<Value> = (0..cpl)
+                        .map(|k| {
+                            let kv = b.u32(k);
+                            let i = b.add(c0, kv);
+                            b.load(sh.fp_v, i, 1)
+                        })
+                        .collect();
+                    accumulate(b, &vals);
+                },
+            );
+        });
+    });
+    let _ = g;
+}
+
+/// The weights of the `g` heads of the warp's token row `slot`, `gv` heads per load.
+pub(super) fn load_probs(b: &mut Builder, dims: &Dims, sh: &Shared, slot: Value) -> Vec<Value> {
+    let g = dims.g as usize;
+    let mut ps: Vec<Value> = Vec::with_capacity(g);
+    for k in 0..dims.gp / dims.gv {
+        let off = b.u32(k * dims.gv);
+        let pi = affine(b, slot, dims.gp, off);
+        let v = b.load_aligned(sh.probs, pi, dims.gv as u8);
+        for i in 0..dims.gv {
+            if ps.len() < g {
+                ps.push(if dims.gv == 1 {
+                    v
+                } else {
+                    b.extract(v, i as u8)
+                });
+            }
+        }
+    }
+    ps
+}
+
+/// Whether the span's values go through quad tables: 1-bit codes and four channels per lane
+/// (head_dim 128), so that a lane's channels are one nibble of each code row.
+pub(super) fn quad_values(value: &Scheme, dims: &Dims) -> bool {
+    value.bits.width() == 1 && dims.cpl == 4
+}
+
+/// `acc[h][k] += sum_t p_h(t) code_t[lane channel k]` over the warp's tile for 1-bit value
+/// codes, four tokens (a quad) at a time: lane `l` builds entry `v = l % 16` of each head's
+/// quad table, `sum over the quad's tokens i with bit i of v set of p_h(i)`; for each of its
+/// four channels, the lane gathers the channel's four code bits (one per token) into a nibble
+/// and receives that entry of the table from the lane holding it (a warp shuffle per channel
+/// for all heads): 4 shuffles and adds per channel and quad instead of 4 multiply-adds per
+/// token. Collective, so it runs for every item; fp items add zeros (their entries are 0).
+pub(super) fn span_values_quads(
+    b: &mut Builder,
+    value: &Scheme,
+    dims: &Dims,
+    at: &Item,
+    sh: &Shared,
+    lc: &Locals,
+) {
+    let (g, cpl) = (dims.g, dims.cpl);
+    // Bit position of lane channel k within the lane's nibble, and of that nibble in its byte
+    // (even lanes own the first four channels of a byte).
+    let msb = value.order == crate::scheme::BitOrder::Msb;
+    let pos = |k: u32| if msb { 3 - k } else { k };
+    let z = b.u32(0);
+    let quads = b.u32(WARP_SIZE / 4);
+    b.for_range(z, quads, 1, |b, quad| {
+        let [is_span, _, _] = chunk_tokens(b, dims, at, lc);
+        let warp = b.special(Special::WarpId);
+        let lane = b.special(Special::LaneId);
+        let q4 = times(b, quad, 4);
+        let row0 = affine(b, warp, WARP_SIZE, q4);
+        // The lane's table entry: v = lane % 16.
+        let fifteen = b.u32(15);
+        let v = b.binary(BinaryOp::And, lane, fifteen);
+        let fz = b.f32(0.0);
+        let mut entries: Vec<Value> = vec![fz; g as usize];
+        for i in 0..4u32 {
+            let iv = b.u32(i);
+            let slot = b.add(row0, iv);
+            let ps = load_probs(b, dims, sh, slot);
+            let bit = b.u32(1 << i);
+            let set = b.binary(BinaryOp::And, v, bit);
+            let zero = b.u32(0);
+            let set = b.cmp(CmpOp::Ne, set, zero);
+            for (e, p) in entries.iter_mut().zip(ps) {
+                let x = b.select(set, p, fz);
+                *e = b.add(*e, x);
+            }
+        }
+        for (h, e) in entries.into_iter().enumerate() {
+            let e = b.select(is_span, e, fz);
+            let hv = b.u32(h as u32);
+            b.write_local(lc.entry, hv, e);
+        }
+        // x: the lane's nibble of row i at bits 4i..4i+4.
+        let one = b.u32(1);
+        let odd = b.binary(BinaryOp::And, lane, one);
+        let zero = b.u32(0);
+        let is_odd = b.cmp(CmpOp::Ne, odd, zero);
+        let (four, nil) = (b.u32(4), b.u32(0));
+        let shift = match msb {
+            true => b.select(is_odd, nil, four),
+            false => b.select(is_odd, four, nil),
+        };
+        let half = b.binary(BinaryOp::Shr, lane, one);
+        let mut x = b.u32(0);
+        for i in 0..4u32 {
+            let iv = b.u32(i);
+            let slot = b.add(row0, iv);
+            let row = affine(b, slot, dims.v_row, half);
+            let byte = b.load(sh.vstage, row, 1);
+            let byte = b.convert(ScalarType::U32, byte);
+            let n = b.binary(BinaryOp::Shr, byte, shift);
+            let n = b.binary(BinaryOp::And, n, fifteen);
+            let at = b.u32(4 * i);
+            let n = b.binary(BinaryOp::Shl, n, at);
+            x = b.binary(BinaryOp::Or, x, n);
+        }
+        for k in 0..cpl {
+            // Bits 4i + pos(k) of x, gathered into bits 12..16 by one multiply.
+            let pk = b.u32(pos(k));
+            let y = b.binary(BinaryOp::Shr, x, pk);
+            let spread = b.u32(0x1111);
+            let y = b.binary(BinaryOp::And, y, spread);
+            let gather = b.u32(0x1248);
+            let y = b.mul(y, gather);
+            let twelve = b.u32(12);
+            let y = b.binary(BinaryOp::Shr, y, twelve);
+            let nib = b.binary(BinaryOp::And, y, fifteen);
+            let kv = b.u32(k);
+            b.write_local(lc.nibs, kv, nib);
+        }
+        for k in 0..cpl {
+            let kv = b.u32(k);
+            let nib = b.read_local(lc.nibs, kv);
+            let z = b.u32(0);
+            b.write_local(lc.src_lane, z, nib);
+            b.warp(WarpOp::ShuffleIdx {
+                src: lc.entry,
+                dst: lc.got,
+                lane: lc.src_lane,
+            });
+            for h in 0..g {
+                let hv = b.u32(h);
+                let got = b.read_local(lc.got, hv);
+                let i = b.u32(h * cpl + k);
+                let a = b.read_local(lc.acc, i);
+                let a = b.add(a, got);
+                b.write_local(lc.acc, i, a);
+            }
+        }
+    });
+}
+
+/// The codes (as f32) of the lane's `d / 32` channels in row `j` of the warp's staged value
+/// rows.
+pub(super) fn lane_value_codes(
+    b: &mut Builder,
+    value: &Scheme,
+    dims: &Dims,
+    sh: &Shared,
+    j: Value,
+) -> Vec<Value> {
+    let cpl = dims.cpl;
+    let vb = value.bits.width();
+    let per_byte = value.bits.codes_per_byte() as u32;
+    let warp = b.special(Special::WarpId);
+    let slot = affine(b, warp, WARP_SIZE, j);
+    let row = times(b, slot, dims.v_row);
+    let lane = b.special(Special::LaneId);
+    let lane_bits = cpl * vb;
+    if lane_bits >= 8 {
+        // The lane owns whole bytes: `nb` of them from byte `lane * nb`.
+        let nb = lane_bits / 8;
+        let start = affine(b, lane, nb, row);
+        let mut out = Vec::with_capacity(cpl as usize);
+        for i in 0..nb {
+            let off = b.u32(i);
+            let idx = b.add(start, off);
+            let byte = b.load(sh.vstage, idx, 1);
+            for k in 0..per_byte {
+                let code = b.unpack_bits(byte, k as u8, value.bits, value.order);
+                out.push(b.convert(ScalarType::F32, code));
+            }
+        }
+        return out;
+    }
+    // Several lanes share a byte: the lane's codes are at positions `(lane % lanes) * cpl + k`.
+    let lanes = 8 / lane_bits;
+    let lv = b.u32(lanes);
+    let bi = b.div(lane, lv);
+    let idx = b.add(row, bi);
+    let byte = b.load(sh.vstage, idx, 1);
+    let byte = b.convert(ScalarType::U32, byte);
+    let sub = b.rem(lane, lv);
+    let first = times(b, sub, cpl);
+    let mask = b.u32(value.bits.max_code() as u32);
+    (0..cpl)
+        .map(|k| {
+            let kv = b.u32(k);
+            let pos = b.add(first, kv);
+            // bit_shift of position `pos`: msb: 8 - (pos + 1) b; lsb: pos b.
+            let shift = match value.order {
+                crate::scheme::BitOrder::Msb => {
+                    let one = b.u32(1);
+                    let p1 = b.add(pos, one);
+                    let used = times(b, p1, vb);
+                    let eight = b.u32(8);
+                    b.sub(eight, used)
+                }
+                crate::scheme::BitOrder::Lsb => times(b, pos, vb),
+            };
+            let code = b.binary(BinaryOp::Shr, byte, shift);
+            let code = b.binary(BinaryOp::And, code, mask);
+            b.convert(ScalarType::F32, code)
+        })
+        .collect()
+}
