@@ -17,11 +17,16 @@
 #        among their four sequences (--share-kv, distinct queries) so that everything fits the
 #        64 MiB a device call may carry; their timings read that K/V four times, mostly from L2;
 #     5. writes `kvq profile --json` predictions (h100 and h200) for every pair at every
-#        quantize case's shape into predicted/, so that run.sh prints measured beside predicted
-#        times (scripts/measured_vs_predicted.py) and the cost model can be corrected;
-#     6. writes target/gpu-work/run.sh, which runs kvq-gpu-check over all of it and then
-#        sdpa_baseline.py (torch's scaled_dot_product_attention in bf16 on the unquantized
-#        cache, same shapes), and prints the device command.
+#        quantize case's shape, and `kvq profile --attention` ones for the benchmark shapes, into
+#        predicted/, so that run.sh prints measured beside predicted times for every kernel
+#        (scripts/measured_vs_predicted.py) and the cost model can be corrected;
+#     6. writes target/gpu-work/run.sh, which runs kvq-gpu-check once per group (a bundle and its
+#        cases: one process each, so that a crash or a failed module load cannot hide the
+#        others' results; attention times per kernel), then sdpa_baseline.py (torch's
+#        scaled_dot_product_attention in bf16 on the unquantized cache, same shapes, GQA folded
+#        into the query rows, every SDPA backend, 20 calls per timed event pair, and a
+#        streaming-read bandwidth probe), and ends with one PASS or FAIL line; and prints the
+#        device command.
 #   Everything lands in target/gpu-work/ (under target/, so git ignores it); with the working
 #   tree's tests/data (the captures) it is self-contained:
 #     kvq-gpu-check, bundles/<pair>/{manifest.json,*.ptx}, attention/*.safetensors,
@@ -80,12 +85,21 @@ prepare() {
     mkdir -p "$work/bundles" "$work/expected" "$work/predicted"
     cp target/release/kvq-gpu-check "$work/"
     local kvq=target/release/kvq check="$work/kvq-gpu-check"
-    local bundle_args=() cases=()
+    # One kvq-gpu-check process per group (a bundle and its cases), so that one fault cannot
+    # hide the other groups' results: group names, and each group's arguments (quoted).
+    local group_names=() group_args=() cases=()
+    add_group() {
+        local name=$1 args
+        shift
+        args=$(printf ' %q' "$@")
+        group_names+=("$name")
+        group_args+=("$args")
+    }
     for p in "${pairs[@]}"; do
         IFS='|' read -r name key value <<<"$p"
         local bundle="$work/bundles/$name"
         "$kvq" compile --key "$key" --value "$value" --target sm_90 --head-dim 64 --input f16 -o "$bundle"
-        bundle_args+=(--bundle "bundles/$name")
+        local pair_cases=()
         # name <TAB> role <TAB> scheme, for each quantize kernel
         while IFS=$'\t' read -r kernel role scheme; do
             local tensor=k
@@ -108,9 +122,11 @@ prepare() {
                     done
                     # The captures travel with the working tree: ../../tests/data from the work dir.
                     cases+=("../../tests/data/$cap.safetensors,$tensor,$layer,$expected,$kernel")
+                    pair_cases+=(--case "../../tests/data/$cap.safetensors,$tensor,$layer,$expected,$kernel")
                 done
             done
         done < <("$check" --bundle "$bundle" --list)
+        add_group "$name" --bundle "bundles/$name" "${pair_cases[@]}"
     done
     # Decode attention: correctness on a small batch per pair, timing on the benchmark shapes.
     local attention=()
@@ -121,11 +137,12 @@ prepare() {
         [ "$name" = calibquant ] && calib=(--calibrate 3)
         "$kvq" compile --key "$key" --value "$value" --target sm_90 --head-dim 128 --input f16 \
             --group 4 "${calib[@]}" -o "$work/bundles/${name}_attn" >/dev/null
-        bundle_args+=(--bundle "bundles/${name}_attn")
         "$kvq" attention-case --key "$key" --value "$value" "${calib[@]}" --kv-heads 2 --group 4 \
             --span-tokens 1000 --fp-tokens 37 --batch 3 -o "$work/attention/$name.check.safetensors"
         attention+=("attention/$name.check.safetensors")
+        add_group "${name}_attn" --bundle "bundles/${name}_attn" --attention "attention/$name.check.safetensors"
     done
+    local bench=()
     IFS='|' read -r _ key value <<<"${pairs[0]}"
     for shape in "4096 1" "4096 4" "16384 1" "16384 4" "65536 1" "65536 4"; do
         read -r span batch <<<"$shape"
@@ -135,6 +152,12 @@ prepare() {
             --span-tokens "$span" --fp-tokens 64 --batch "$batch" "${share[@]}" \
             -o "$work/attention/calibquant.$span.b$batch.safetensors"
         attention+=("attention/calibquant.$span.b$batch.safetensors")
+        bench+=(--attention "attention/calibquant.$span.b$batch.safetensors")
+        for gpu in h100 h200; do
+            "$kvq" profile --key "$key" --value "$value" --target sm_90 --gpu "$gpu" --attention \
+                --calibrate 3 --kv-heads 8 --group 4 --head-dim 128 --tokens "$span" --batch "$batch" \
+                --fp-tokens 64 --json >"$work/predicted/attention.${span}x${batch}.$gpu.json"
+        done
     done
     cp scripts/sdpa_baseline.py scripts/measured_vs_predicted.py "$work/"
     printf '%s\n' "${cases[@]}" >"$work/cases.txt"
@@ -147,14 +170,34 @@ prepare() {
         echo 'cd "$(dirname "${BASH_SOURCE[0]}")"'
         echo 'nvidia-smi || echo "nvidia-smi: not available"'
         echo 'ldd --version | head -n 1'
-        printf './kvq-gpu-check'
-        printf ' %q' "${bundle_args[@]}"
-        for c in "${cases[@]}"; do printf ' --case %q' "$c"; done
-        for a in "${attention[@]}"; do printf ' --attention %q' "$a"; done
-        echo ' --runs "${RUNS:-50}" --out "$out"'
-        echo 'status=$?'
-        echo 'python3 measured_vs_predicted.py "$out/results.md" predicted | tee "$out/predicted.md"'
+        echo 'failed=()'
+        echo '# One process per group: a crash or a failed module load in one leaves the others.'
+        echo 'check() {'
+        echo '    local name=$1'
+        echo '    shift'
+        echo '    mkdir -p "$out/$name"'
+        echo '    echo "== $name"'
+        echo '    ./kvq-gpu-check "$@" --runs "${RUNS:-50}" --out "$out/$name" || failed+=("$name")'
+        echo '    cat "$out/$name/results.md" 2>/dev/null'
+        echo '}'
+        for i in "${!group_names[@]}"; do
+            echo "check ${group_names[$i]}${group_args[$i]}"
+        done
+        printf 'check calibquant_attn_bench --bundle bundles/calibquant_attn'
+        printf ' %q' "${bench[@]}"
+        echo
+        echo ': >"$out/predicted.md"'
+        echo 'for r in "$out"/*/results.md; do'
+        echo '    python3 measured_vs_predicted.py "$r" predicted | tee -a "$out/predicted.md"'
+        echo 'done'
         echo 'python3 sdpa_baseline.py "${RUNS:-50}" | tee "$out/sdpa.md"'
+        echo 'if [ ${#failed[@]} -eq 0 ]; then'
+        printf '    echo "PASS: all %d groups (results under $out)"\n' "$(( ${#group_names[@]} + 1 ))"
+        echo '    status=0'
+        echo 'else'
+        echo '    echo "FAIL: ${failed[*]} (results under $out)"'
+        echo '    status=1'
+        echo 'fi'
         echo 'exit $status'
     } >"$work/run.sh"
     chmod +x "$work/run.sh"

@@ -59,7 +59,44 @@ def main() -> int:
         )
     if missing:
         print(f"\n{missing} measured kernels had no prediction")
+    attention_rows(lines, predicted_dir, gpu)
     return 0
+
+
+def attention_rows(lines, predicted_dir, gpu):
+    """Attention cases (kvq-gpu-check's per-kernel times) beside `kvq profile --attention`'s
+    predictions for the same span and batch (predicted/attention.<span>x<batch>.<gpu>.json)."""
+    row = re.compile(
+        r"^\| (\d+) x \((\d+) span \+ (\d+) fp\) tok, (\d+) kv x g(\d+) \| \S+ \| (yes|no) \| "
+        r"([0-9.]+) \| (.*) \|$"
+    )
+    out = []
+    for line in lines:
+        m = row.match(line)
+        if not m:
+            continue
+        batch, span, _, _, _, _, total, per_kernel = m.groups()
+        path = os.path.join(predicted_dir, f"attention.{span}x{batch}.{gpu}.json")
+        if not os.path.isfile(path):
+            continue
+        with open(path, encoding="utf-8") as f:
+            report = json.load(f)
+        predicted = {
+            k["role"].split()[-1]: k["predicted_us"]
+            for k in report["kernels"]
+            if k["role"].startswith("attention")
+        }
+        for part in per_kernel.split(", "):
+            role, micros = part.rsplit(" ", 1)
+            p = predicted.get(role)
+            if p:
+                out.append(f"| {role} | {span} x {batch} | {float(micros):.2f} | {p:.2f} | {float(micros) / p:.2f} |")
+        p = report["attention"]["predicted_us"]
+        out.append(f"| all (sum) | {span} x {batch} | {float(total):.2f} | {p:.2f} | {float(total) / p:.2f} |")
+    if out:
+        print("\n| attention kernel | span x batch | measured µs | predicted µs | measured / predicted |")
+        print("| --- | --- | ---: | ---: | ---: |")
+        print("\n".join(out))
 
 
 if __name__ == "__main__":

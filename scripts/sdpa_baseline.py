@@ -2,8 +2,14 @@
 target/gpu-work/run.sh (scripts/gpu-check.sh prepare copies it there).
 
 torch.nn.functional.scaled_dot_product_attention in bf16 on the unquantized cache: one decode
-query per sequence, 32 query heads over 8 kv heads (GQA), head_dim 128, a span of 4k/16k/64k
-tokens plus 64 text tokens, batch 1 and 4. Times are CUDA-event medians; the table is markdown.
+query per sequence, 32 query heads over 8 kv heads, head_dim 128, a span of 4k/16k/64k tokens
+plus 64 text tokens, batch 1 and 4. GQA is folded into the query rows: the 4 query heads of a kv
+head are 4 query rows of that head (q is [batch, 8, 4, 128]), so K and V are read once and never
+repeated per query head. Each timed event pair brackets CALLS calls (launch overhead amortised;
+the time per call is reported), median over the runs. Every SDPA backend torch offers is timed
+on its own (a backend that refuses the shape is reported as such), beside torch's default
+choice. A streaming-read probe (a sum over 1 GiB) gives the bandwidth every time can be put
+against. The tables are markdown.
 """
 
 import sys
@@ -12,21 +18,46 @@ import torch
 import torch.nn.functional as F
 
 KV, QH, D, TEXT = 8, 32, 128, 64
+CALLS = 20
 
 
-def median_ms(fn, runs=50, warmup=5):
+def median_us(fn, runs=50, warmup=3):
     for _ in range(warmup):
         fn()
+    torch.cuda.synchronize()
     times = []
     for _ in range(runs):
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         a.record()
-        fn()
+        for _ in range(CALLS):
+            fn()
         b.record()
         torch.cuda.synchronize()
-        times.append(a.elapsed_time(b))
+        times.append(a.elapsed_time(b) * 1000.0 / CALLS)
     times.sort()
     return times[len(times) // 2]
+
+
+def bandwidth_probe(runs):
+    """Streaming read: the sum of 1 GiB of bf16, in GB/s."""
+    x = torch.ones(1 << 29, device="cuda", dtype=torch.bfloat16)
+    us = median_us(lambda: x.sum(), runs)
+    return x.numel() * x.element_size() / (us * 1e-6) / 1e9
+
+
+def backends():
+    """(name, context factory) for every SDPA backend this torch has, then the default."""
+    out = []
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        for name in ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION", "MATH"):
+            if hasattr(SDPBackend, name):
+                out.append((name.lower(), lambda b=getattr(SDPBackend, name): sdpa_kernel([b])))
+    except ImportError:
+        pass
+    out.append(("default", None))
+    return out
 
 
 def main():
@@ -36,24 +67,31 @@ def main():
         return 1
     torch.manual_seed(0)
     print(f"device: {torch.cuda.get_device_name()} (torch {torch.__version__})\n")
-    print("| span tokens | batch | SDPA bf16 µs | K+V bf16 MB |")
-    print("| ---: | ---: | ---: | ---: |")
+    gbps = bandwidth_probe(runs)
+    print(f"streaming-read probe (sum over 1 GiB of bf16): {gbps:.0f} GB/s measured\n")
+    print("| span tokens | batch | SDPA backend | SDPA bf16 µs | K+V bf16 MB | K+V bytes at the probe's bandwidth µs |")
+    print("| ---: | ---: | --- | ---: | ---: | ---: |")
     for span in (4096, 16384, 65536):
         for batch in (1, 4):
             t = span + TEXT
-            q = torch.randn(batch, QH, 1, D, device="cuda", dtype=torch.bfloat16)
+            q = torch.randn(batch, KV, QH // KV, D, device="cuda", dtype=torch.bfloat16)
             k = torch.randn(batch, KV, t, D, device="cuda", dtype=torch.bfloat16)
             v = torch.randn(batch, KV, t, D, device="cuda", dtype=torch.bfloat16)
-            try:
-                fn = lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
-                fn()
-            except TypeError:
-                # Older torch: repeat K/V per query head outside the timed call.
-                kr, vr = k.repeat_interleave(QH // KV, 1), v.repeat_interleave(QH // KV, 1)
-                fn = lambda: F.scaled_dot_product_attention(q, kr, vr)
-            ms = median_ms(fn, runs)
-            mb = 2 * k.numel() * k.element_size() / 1e6
-            print(f"| {span} | {batch} | {ms * 1000:.1f} | {mb:.1f} |")
+            nbytes = 2 * k.numel() * k.element_size()
+            floor = nbytes / (gbps * 1e9) * 1e6
+            for name, context in backends():
+                fn = lambda: F.scaled_dot_product_attention(q, k, v)
+                try:
+                    if context is None:
+                        fn()
+                        us = f"{median_us(fn, runs):.1f}"
+                    else:
+                        with context():
+                            fn()
+                            us = f"{median_us(fn, runs):.1f}"
+                except RuntimeError as e:
+                    us = f"refused ({str(e).splitlines()[0][:60]})"
+                print(f"| {span} | {batch} | {name} | {us} | {nbytes / 1e6:.1f} | {floor:.1f} |")
             del q, k, v
     return 0
 

@@ -197,11 +197,14 @@ fn launch_named(
 pub struct AttentionRow {
     pub case: String,
     pub deviation: f64,
+    /// Median of the launch sequence's summed kernel times.
     pub micros: f32,
+    /// Each kernel's median time, in launch order.
+    pub kernel_micros: Vec<(String, f32)>,
 }
 
 /// Runs a case: uploads, launches the kernels once and compares, then times `runs` launches
-/// of the sequence (the sum of the kernels' event-timed durations, median).
+/// of the sequence (each kernel event-timed; medians per kernel and of their sum).
 pub fn run(
     rt: &CudaRuntime,
     bundles: &[Bundle],
@@ -230,48 +233,74 @@ pub fn run(
             }
         }
     }
-    let sequence = |buffers: &mut HashMap<String, DeviceBuffer>| -> Result<f32> {
-        let mut total = 0.0;
-        for k in &kernels {
-            total += launch_named(rt, k, buffers, &case.sizes)?;
-        }
-        Ok(total)
+    let sequence = |buffers: &mut HashMap<String, DeviceBuffer>| -> Result<Vec<f32>> {
+        kernels
+            .iter()
+            .map(|k| launch_named(rt, k, buffers, &case.sizes))
+            .collect()
     };
     sequence(&mut buffers)?;
     rt.synchronize()?;
     let out = buffers.get("out").context("no out buffer")?;
     let got = rt.download::<f32>(out)?;
     let dev = max_head_deviation(&got, &case.expected, case.head_dim);
-    let mut times = Vec::with_capacity(runs);
+    let mut totals = Vec::with_capacity(runs);
+    let mut per_kernel: Vec<Vec<f32>> = vec![Vec::with_capacity(runs); kernels.len()];
     for i in 0..runs + 3 {
         let ms = sequence(&mut buffers)?;
         if i >= 3 {
-            times.push(ms);
+            totals.push(ms.iter().sum::<f32>());
+            for (times, t) in per_kernel.iter_mut().zip(ms) {
+                times.push(t);
+            }
         }
     }
-    times.sort_by(f32::total_cmp);
-    let micros = times.get(times.len() / 2).copied().unwrap_or(0.0) * 1000.0;
+    // `--runs` is at least 1 (checked with the options), so no median is of nothing.
+    let micros = crate::median(totals) * 1000.0;
+    let kernel_micros: Vec<(String, f32)> = kernels
+        .iter()
+        .zip(per_kernel)
+        .map(|(k, times)| (k.signature.name.clone(), crate::median(times) * 1000.0))
+        .collect();
     let _ = writeln!(
         log,
-        "  attention {}: deviation {dev:.2e} (tolerance {TOLERANCE:e}); median {micros:.1} µs",
-        case.description
+        "  attention {}: deviation {dev:.2e} (tolerance {TOLERANCE:e}); median {micros:.1} µs ({})",
+        case.description,
+        per_kernel_text(&kernel_micros)
     );
     Ok(AttentionRow {
         case: case.description.clone(),
         deviation: dev,
         micros,
+        kernel_micros,
     })
+}
+
+/// `stats 3.1, partial 10.2, combine 2.0`: each kernel's role (the word after `kvq_attend_`)
+/// and median µs.
+fn per_kernel_text(kernels: &[(String, f32)]) -> String {
+    kernels
+        .iter()
+        .map(|(name, us)| {
+            let role = name
+                .strip_prefix("kvq_attend_")
+                .and_then(|r| r.split('_').next())
+                .unwrap_or(name);
+            format!("{role} {us:.1}")
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The markdown table of attention rows.
 pub fn table(rows: &[AttentionRow]) -> String {
     let mut s = String::from(
-        "| attention case | max deviation | within 1e-4 | time µs (stats+partial+combine) |\n| --- | ---: | --- | ---: |\n",
+        "| attention case | max deviation | within 1e-4 | time µs (sum) | per kernel µs |\n| --- | ---: | --- | ---: | --- |\n",
     );
     for r in rows {
         let _ = writeln!(
             s,
-            "| {} | {:.2e} | {} | {:.1} |",
+            "| {} | {:.2e} | {} | {:.1} | {} |",
             r.case,
             r.deviation,
             if r.deviation <= TOLERANCE {
@@ -279,7 +308,8 @@ pub fn table(rows: &[AttentionRow]) -> String {
             } else {
                 "no"
             },
-            r.micros
+            r.micros,
+            per_kernel_text(&r.kernel_micros)
         );
     }
     s
@@ -288,6 +318,16 @@ pub fn table(rows: &[AttentionRow]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kernel_times_are_named_by_role() {
+        let k = [
+            ("kvq_attend_stats_blocks_kb1".to_string(), 3.06),
+            ("kvq_attend_partial_kb1".to_string(), 10.0),
+            ("other".to_string(), 1.0),
+        ];
+        assert_eq!(per_kernel_text(&k), "stats 3.1, partial 10.0, other 1.0");
+    }
 
     #[test]
     fn deviation_is_relative_per_head() {
