@@ -117,6 +117,18 @@ pub enum CudaError {
         #[source]
         source: cudarc::driver::DriverError,
     },
+    /// The driver refused a kernel's PTX module; `log` is its JIT compiler's error log (lines
+    /// joined with "; ", empty when the driver gave none).
+    #[error("kernel {kernel}: loading the PTX module failed; JIT log: {log}")]
+    ModuleLoad {
+        /// The kernel.
+        kernel: String,
+        /// The JIT's error log.
+        log: String,
+        /// The driver's error.
+        #[source]
+        source: cudarc::driver::DriverError,
+    },
     /// A driver call failed for one kernel (module load, launch, timing).
     #[error("kernel {kernel}: {op} failed")]
     Kernel {

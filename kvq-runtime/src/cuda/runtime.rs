@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::sys::{CUevent_flags, CUfunction_attribute};
+use cudarc::driver::sys::{self, CUevent_flags, CUfunction_attribute, CUjit_option, CUresult};
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg,
     ValidAsZeroBits,
@@ -229,10 +229,14 @@ impl CudaRuntime {
                 source,
             }
         };
-        let module = self
-            .ctx
-            .load_module(Ptx::from_src(ptx))
-            .map_err(err("loading the PTX module"))?;
+        let module =
+            self.ctx
+                .load_module(Ptx::from_src(ptx))
+                .map_err(|source| CudaError::ModuleLoad {
+                    kernel: name.to_string(),
+                    log: jit_error_log(&self.ctx, ptx),
+                    source,
+                })?;
         let func = module
             .load_function(name)
             .map_err(err("finding the entry in the module"))?;
@@ -373,6 +377,52 @@ impl CudaRuntime {
     }
 }
 
+/// Bytes of the JIT error log kept.
+const JIT_LOG_BYTES: usize = 16 * 1024;
+
+/// The JIT compiler's error log for `ptx` (the driver's words on why it refuses the module), from
+/// a second load with an error-log buffer; lines joined with "; ", empty when there is none.
+fn jit_error_log(ctx: &Arc<CudaContext>, ptx: &str) -> String {
+    let Ok(src) = std::ffi::CString::new(ptx) else {
+        return "the PTX text holds a NUL byte".to_string();
+    };
+    if ctx.bind_to_thread().is_err() {
+        return String::new();
+    }
+    let mut log = vec![0u8; JIT_LOG_BYTES];
+    let mut options = [
+        CUjit_option::CU_JIT_ERROR_LOG_BUFFER,
+        CUjit_option::CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES,
+    ];
+    // The size goes by value in its pointer-sized slot, as the driver API specifies.
+    let mut values: [*mut std::ffi::c_void; 2] = [log.as_mut_ptr().cast(), JIT_LOG_BYTES as _];
+    let mut module: sys::CUmodule = std::ptr::null_mut();
+    // SAFETY: `src` is a NUL-terminated PTX image alive for the call; `options` and `values` are
+    // two matching entries, a writable buffer of JIT_LOG_BYTES bytes alive for the call and that
+    // size; the context was bound to this thread above; `module` is a valid out-pointer.
+    let result = unsafe {
+        sys::cuModuleLoadDataEx(
+            &mut module,
+            src.as_ptr().cast(),
+            2,
+            options.as_mut_ptr(),
+            values.as_mut_ptr(),
+        )
+    };
+    if result == CUresult::CUDA_SUCCESS && !module.is_null() {
+        // SAFETY: `module` was loaded just above in this thread's context and nothing else
+        // holds it.
+        unsafe { sys::cuModuleUnload(module) };
+    }
+    let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
+    String::from_utf8_lossy(&log[..end])
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -392,5 +442,20 @@ mod tests {
             // On a GPU machine this test only asks that nothing panicked.
             Ok(_) | Err(_) => assert!(present),
         }
+    }
+
+    #[test]
+    fn a_refused_module_names_the_kernel_and_carries_the_jit_log_on_one_line() {
+        let e = CudaError::ModuleLoad {
+            kernel: "kvq_attend_partial_blocks".into(),
+            log: "ptxas application ptx input, line 12; error   : Unknown symbol 'x'".into(),
+            source: cudarc::driver::DriverError(CUresult::CUDA_ERROR_INVALID_PTX),
+        };
+        let text = e.to_string();
+        assert!(text.starts_with("kernel kvq_attend_partial_blocks: loading the PTX module failed"));
+        assert!(text.ends_with(
+            "JIT log: ptxas application ptx input, line 12; error   : Unknown symbol 'x'"
+        ));
+        assert_eq!(text.lines().count(), 1);
     }
 }
