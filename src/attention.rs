@@ -184,11 +184,7 @@ impl HostAttention {
         let plan = plan(&self.scheme, kv, d, &[extent], &self.schedule)?;
         let chunks = plan.chunks();
         let slots = chunks * kv * g;
-        let saved = if self.scheme.calibrate.is_some() {
-            slots * self.schedule.chunk as usize
-        } else {
-            1
-        };
+        let saved = self.schedule.saved_logits_len(&self.scheme, slots);
         let (mut stats, mut saved_logits) = (vec![0.0f32; slots * 2], vec![0.0f32; saved]);
         let (mut ml, mut acc) = (vec![0.0f32; slots * 2], vec![0.0f32; slots * d]);
         let mut out = vec![0.0f32; q_heads * d];

@@ -142,6 +142,16 @@ impl AttentionSchedule {
         }
     }
 
+    /// Elements of the `span_logits` buffer for `slots` (work item, query head) pairs: a chunk's
+    /// logits each where `stats` saves them for `partial` (the thread layout, with
+    /// calibration), else 1 (the buffer stays in the ABI, unread).
+    pub fn saved_logits_len(&self, scheme: &CacheScheme, slots: usize) -> usize {
+        match (self.layout, scheme.calibrate) {
+            (AttentionLayout::ThreadPerItem, Some(_)) => slots * self.chunk as usize,
+            _ => 1,
+        }
+    }
+
     /// Blocks of the `combine` kernel for `heads` (sequence, query head) pairs.
     pub fn combine_blocks(&self, heads: u64) -> u64 {
         self.item_blocks(heads)

@@ -147,13 +147,9 @@ impl AttentionArgs {
         };
         let chunks = plan.chunks();
         let slots = chunks * kv_heads * g;
-        let saved_logits = if scheme.calibrate.is_some() {
-            let n = slots * schedule.chunk as usize;
-            u32::try_from(n).map_err(|_| shape_error("the batch exceeds 32-bit offsets".into()))?;
-            n
-        } else {
-            1
-        };
+        let saved_logits = schedule.saved_logits_len(scheme, slots);
+        u32::try_from(saved_logits)
+            .map_err(|_| shape_error("the batch exceeds 32-bit offsets".into()))?;
         let too_big = || shape_error("the batch needs more than 2^32 - 1 blocks".to_string());
         let item_blocks = u32::try_from(schedule.item_blocks((chunks * kv_heads) as u64))
             .map_err(|_| too_big())?;
