@@ -85,15 +85,7 @@ impl Rng {
 #[test]
 fn every_catalogue_scheme_as_key_and_as_value_on_a_random_batch() {
     let (kv, g, d) = (2, 4, 64);
-    let mut rng = Rng(3);
-    let seqs: Vec<Seq> = [(7, 300), (0, 97), (70, 1000)]
-        .into_iter()
-        .map(|(fp, span)| Seq {
-            q: rng.tensor(kv * g, 1, d, 2.0).data().to_vec(),
-            fp: (fp > 0).then(|| (rng.tensor(kv, fp, d, 2.0), rng.tensor(kv, fp, d, 1.0))),
-            span: (rng.tensor(kv, span, d, 2.0), rng.tensor(kv, span, d, 1.0)),
-        })
-        .collect();
+    let seqs = random_batch(&mut Rng(3), [kv, g, d], &[(7, 300), (0, 97), (70, 1000)]);
     let cat: Vec<Scheme> = catalogue().into_iter().map(|(_, s)| s).collect();
     let small = AttentionSchedule {
         block_size: 1,
@@ -126,15 +118,7 @@ fn every_catalogue_scheme_as_key_and_as_value_on_a_random_batch() {
 #[test]
 fn gpu_schedule_as_host_code_on_a_random_batch() {
     let (kv, g, d) = (2, 4, 64);
-    let mut rng = Rng(17);
-    let seqs: Vec<Seq> = [(7, 300), (0, 97), (40, 1000)]
-        .into_iter()
-        .map(|(fp, span)| Seq {
-            q: rng.tensor(kv * g, 1, d, 2.0).data().to_vec(),
-            fp: (fp > 0).then(|| (rng.tensor(kv, fp, d, 2.0), rng.tensor(kv, fp, d, 1.0))),
-            span: (rng.tensor(kv, span, d, 2.0), rng.tensor(kv, span, d, 1.0)),
-        })
-        .collect();
+    let seqs = random_batch(&mut Rng(17), [kv, g, d], &[(7, 300), (0, 97), (40, 1000)]);
     let shape = AttentionShape {
         head_dim: d as u32,
         group: g as u32,
@@ -157,6 +141,18 @@ fn gpu_schedule_as_host_code_on_a_random_batch() {
         }
     }
     assert!(pairs >= 4, "{pairs} pairs");
+}
+
+/// Sequences of `(fp tokens, span tokens)` with random queries and K/V, for `[kv heads, group,
+/// head_dim]`.
+fn random_batch(rng: &mut Rng, [kv, g, d]: [usize; 3], lens: &[(usize, usize)]) -> Vec<Seq> {
+    lens.iter()
+        .map(|&(fp, span)| Seq {
+            q: rng.tensor(kv * g, 1, d, 2.0).data().to_vec(),
+            fp: (fp > 0).then(|| (rng.tensor(kv, fp, d, 2.0), rng.tensor(kv, fp, d, 1.0))),
+            span: (rng.tensor(kv, span, d, 2.0), rng.tensor(kv, span, d, 1.0)),
+        })
+        .collect()
 }
 
 /// `[heads, tokens, dim]` rows `range` of `x`.

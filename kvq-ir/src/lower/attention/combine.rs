@@ -3,8 +3,8 @@
 //! with the block-per-item layout).
 
 use crate::ir::{
-    Access, BinaryOp, Builder, CmpOp, Kernel, ReduceOp, ScalarType, Special, UnaryOp, Value,
-    WarpOp, WARP_SIZE,
+    Access, BinaryOp, Builder, CmpOp, Kernel, Memory, ReduceOp, ScalarType, Special, UnaryOp,
+    Value, WarpOp, WARP_SIZE,
 };
 use crate::lower::emit::global_item;
 
@@ -14,13 +14,8 @@ use super::{combine_abi as abi, seq_field as f, AttentionSchedule, AttentionShap
 pub(super) fn lower(name: &str, shape: AttentionShape, s: &AttentionSchedule) -> Kernel {
     let (d, g) = (shape.head_dim, shape.group);
     let mut b = Builder::new(name, s.block_size);
-    let seqs = b.buffer("seqs", ScalarType::U32, Access::Read);
-    let part_ml = b.buffer("part_ml", ScalarType::F32, Access::Read);
-    let part_acc = b.buffer("part_acc", ScalarType::F32, Access::Read);
-    let out = b.buffer("out", ScalarType::F32, Access::Write);
-    let kv_heads = b.scalar_param("kv_heads", ScalarType::U32);
-    let batch = b.scalar_param("batch", ScalarType::U32);
-    debug_assert_eq!((kv_heads, batch), (abi::KV_HEADS, abi::BATCH));
+    let [seqs, part_ml, part_acc, out] = declare(&mut b);
+    let (kv_heads, batch) = (abi::KV_HEADS, abi::BATCH);
     let acc = b.local("acc", ScalarType::F32, d);
     let scalars = b.local("ml", ScalarType::F32, 2);
     let item = global_item(&mut b, s.block_size);
@@ -30,26 +25,8 @@ pub(super) fn lower(name: &str, shape: AttentionShape, s: &AttentionSchedule) ->
     let items = b.mul(batch, q_heads);
     let live = b.cmp(CmpOp::Lt, item, items);
     b.if_then(live, |b| {
-        let seq = b.div(item, q_heads);
-        let hq = b.rem(item, q_heads);
-        let gv = b.u32(g);
-        let h = b.div(hq, gv);
-        let gi = b.rem(hq, gv);
-        let row = times(b, seq, f::COUNT);
-        let at = b.u32(f::CHUNK_BASE);
-        let at = b.add(row, at);
-        let first = b.load(seqs, at, 1);
-        let at = b.u32(f::CHUNKS);
-        let at = b.add(row, at);
-        let n = b.load(seqs, at, 1);
-        let end = b.add(first, n);
-        // slot(w) = (w * kv_heads + h) * g + gi
-        let slot = |b: &mut Builder, w| {
-            let wh = b.mul(w, kv_heads);
-            let wh = b.add(wh, h);
-            let s = times(b, wh, g);
-            b.add(s, gi)
-        };
+        let (first, end) = chunk_range(b, seqs, item, q_heads);
+        let slot = |b: &mut Builder, w| chunk_slot(b, w, item, [kv_heads, q_heads], g);
         let z = b.u32(0);
         let one = b.u32(1);
         let ninf = b.f32(f32::NEG_INFINITY);
@@ -105,6 +82,55 @@ pub(super) fn lower(name: &str, shape: AttentionShape, s: &AttentionSchedule) ->
     b.finish()
 }
 
+/// Declares the `combine` parameters in ABI order ([`super::combine_abi`]): the buffers `[seqs,
+/// part_ml, part_acc, out]`, then the scalars `kv_heads` and `batch`.
+fn declare(b: &mut Builder) -> [Memory; 4] {
+    let bufs = [
+        b.buffer("seqs", ScalarType::U32, Access::Read),
+        b.buffer("part_ml", ScalarType::F32, Access::Read),
+        b.buffer("part_acc", ScalarType::F32, Access::Read),
+        b.buffer("out", ScalarType::F32, Access::Write),
+    ];
+    let kv_heads = b.scalar_param("kv_heads", ScalarType::U32);
+    let batch = b.scalar_param("batch", ScalarType::U32);
+    debug_assert_eq!(bufs[3], Memory::Param(abi::OUT));
+    debug_assert_eq!((kv_heads, batch), (abi::KV_HEADS, abi::BATCH));
+    bufs
+}
+
+/// The chunks `first..end` of the sequence of (sequence, query head) `item`.
+fn chunk_range(b: &mut Builder, seqs: Memory, item: Value, q_heads: Value) -> (Value, Value) {
+    let seq = b.div(item, q_heads);
+    let row = times(b, seq, f::COUNT);
+    let at = b.u32(f::CHUNK_BASE);
+    let at = b.add(row, at);
+    let first = b.load(seqs, at, 1);
+    let at = b.u32(f::CHUNKS);
+    let at = b.add(row, at);
+    let n = b.load(seqs, at, 1);
+    let end = b.add(first, n);
+    (first, end)
+}
+
+/// The partials' slot of chunk `w` for (sequence, query head) `item`: `(w * kv_heads + h) * g +
+/// gi`, with `h` the kv head and `gi` the query head within its group.
+fn chunk_slot(
+    b: &mut Builder,
+    w: Value,
+    item: Value,
+    [kv_heads, q_heads]: [Value; 2],
+    g: u32,
+) -> Value {
+    let hq = b.rem(item, q_heads);
+    let gv = b.u32(g);
+    let h = b.div(hq, gv);
+    let gi = b.rem(hq, gv);
+    let wh = b.mul(w, kv_heads);
+    let wh = b.add(wh, h);
+    let s = times(b, wh, g);
+    b.add(s, gi)
+}
+
 /// Threads of the block-per-head `combine`.
 pub const COMBINE_BLOCK: u32 = 1024;
 
@@ -119,13 +145,8 @@ pub(super) fn lower_blocks(name: &str, shape: AttentionShape) -> Kernel {
     let cpl = d / WARP_SIZE;
     let warps = COMBINE_BLOCK / WARP_SIZE;
     let mut b = Builder::new(name, COMBINE_BLOCK);
-    let seqs = b.buffer("seqs", ScalarType::U32, Access::Read);
-    let part_ml = b.buffer("part_ml", ScalarType::F32, Access::Read);
-    let part_acc = b.buffer("part_acc", ScalarType::F32, Access::Read);
-    let out = b.buffer("out", ScalarType::F32, Access::Write);
-    let kv_heads = b.scalar_param("kv_heads", ScalarType::U32);
-    let batch = b.scalar_param("batch", ScalarType::U32);
-    debug_assert_eq!((kv_heads, batch), (abi::KV_HEADS, abi::BATCH));
+    let [seqs, part_ml, part_acc, out] = declare(&mut b);
+    let (kv_heads, batch) = (abi::KV_HEADS, abi::BATCH);
     let warp_top = b.shared("warp_top", ScalarType::F32, warps);
     let warp_l = b.shared("warp_l", ScalarType::F32, warps);
     let warp_acc = b.shared("warp_acc", ScalarType::F32, warps * d);
@@ -140,29 +161,8 @@ pub(super) fn lower_blocks(name: &str, shape: AttentionShape) -> Kernel {
     let one = b.u32(1);
     let last = b.sub(items, one);
     let item = b.min(blk, last);
-    // Chunk range of the item's sequence and the slot of chunk w: (w * kv_heads + h) * g + gi.
-    let range = |b: &mut Builder| {
-        let seq = b.div(item, q_heads);
-        let row = times(b, seq, f::COUNT);
-        let at = b.u32(f::CHUNK_BASE);
-        let at = b.add(row, at);
-        let first = b.load(seqs, at, 1);
-        let at = b.u32(f::CHUNKS);
-        let at = b.add(row, at);
-        let n = b.load(seqs, at, 1);
-        let end = b.add(first, n);
-        (first, end)
-    };
-    let slot = |b: &mut Builder, w: Value| {
-        let hq = b.rem(item, q_heads);
-        let gv = b.u32(g);
-        let h = b.div(hq, gv);
-        let gi = b.rem(hq, gv);
-        let wh = b.mul(w, kv_heads);
-        let wh = b.add(wh, h);
-        let s = times(b, wh, g);
-        b.add(s, gi)
-    };
+    let range = |b: &mut Builder| chunk_range(b, seqs, item, q_heads);
+    let slot = |b: &mut Builder, w: Value| chunk_slot(b, w, item, [kv_heads, q_heads], g);
     let z = b.u32(0);
     let ninf = b.f32(f32::NEG_INFINITY);
     b.write_local(red, z, ninf);

@@ -37,6 +37,7 @@
 mod batch;
 mod blocks;
 mod combine;
+mod item_params;
 mod keys;
 mod partial;
 mod run;

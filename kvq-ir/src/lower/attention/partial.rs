@@ -1,28 +1,16 @@
 //! The `partial` and `stats` kernels: one thread per (chunk, kv head) work item.
 
-use crate::ir::{Access, Builder, CmpOp, Kernel, Memory, ScalarType, Value};
-use crate::lower::emit::{global_item, param_type};
+use crate::ir::{Builder, CmpOp, Kernel, Memory, ScalarType, Value};
+use crate::lower::emit::global_item;
 use crate::scheme::{Axis, CacheScheme, Group, Scheme};
 
+use super::item_params::{declare_partial, declare_stats, ItemParams};
 use super::keys::{
     affine, for_heads, fp_logits, key_row, load_query, logit_at, span_logits, times, uses_tables,
     Item,
 };
 use super::values::{flush, fp_values, init, softmax_tile, span_values, State};
-use super::{partial_abi as abi, seq_field as f, AttentionSchedule, AttentionShape};
-
-/// The buffers of both kernels, in ABI order.
-struct Buffers {
-    q: Memory,
-    seqs: Memory,
-    work_seq: Memory,
-    fp_k: Memory,
-    fp_v: Memory,
-    k: [Memory; 3],
-    v: [Memory; 3],
-    stats: Memory,
-    logits: Memory,
-}
+use super::{seq_field as f, AttentionSchedule, AttentionShape};
 
 /// Where a span tile's raw key logits come from.
 #[derive(Clone, Copy)]
@@ -35,33 +23,6 @@ enum Logits {
     Load(Memory),
 }
 
-fn buffers(b: &mut Builder, scheme: &CacheScheme, stats_access: Access) -> Buffers {
-    let kp = param_type(scheme.key.params);
-    let vp = param_type(scheme.value.params);
-    let bufs = Buffers {
-        q: b.buffer("q", ScalarType::F32, Access::Read),
-        seqs: b.buffer("seqs", ScalarType::U32, Access::Read),
-        work_seq: b.buffer("work_seq", ScalarType::U32, Access::Read),
-        fp_k: b.buffer("fp_k", ScalarType::F32, Access::Read),
-        fp_v: b.buffer("fp_v", ScalarType::F32, Access::Read),
-        k: [
-            b.buffer("k_codes", ScalarType::U8, Access::Read),
-            b.buffer("k_zero", kp, Access::Read),
-            b.buffer("k_scale", kp, Access::Read),
-        ],
-        v: [
-            b.buffer("v_codes", ScalarType::U8, Access::Read),
-            b.buffer("v_zero", vp, Access::Read),
-            b.buffer("v_scale", vp, Access::Read),
-        ],
-        stats: b.buffer("stats", ScalarType::F32, stats_access),
-        logits: b.buffer("span_logits", ScalarType::F32, stats_access),
-    };
-    debug_assert_eq!(bufs.stats, Memory::Param(abi::STATS));
-    debug_assert_eq!(bufs.logits, Memory::Param(abi::SPAN_LOGITS));
-    bufs
-}
-
 /// Declares the locals, decodes the work item and runs `body(b, item, chunk in sequence,
 /// whether that chunk is a span chunk)` for the threads that have one.
 fn work_item(
@@ -69,7 +30,7 @@ fn work_item(
     scheme: &CacheScheme,
     shape: AttentionShape,
     s: &AttentionSchedule,
-    bufs: &Buffers,
+    bufs: &ItemParams,
     [kv_heads, chunks]: [u32; 2],
     body: impl FnOnce(&mut Builder, &Item, Value, Value),
 ) {
@@ -163,7 +124,7 @@ fn span_tiles(
     b: &mut Builder,
     it: &Item,
     key: &Scheme,
-    bufs: &Buffers,
+    bufs: &ItemParams,
     s: &AttentionSchedule,
     ci: Value,
     source: Logits,
@@ -233,12 +194,8 @@ pub(super) fn lower(
     s: &AttentionSchedule,
 ) -> Kernel {
     let mut b = Builder::new(name, s.block_size);
-    let bufs = buffers(&mut b, scheme, Access::Read);
-    let part_ml = b.buffer("part_ml", ScalarType::F32, Access::Write);
-    let part_acc = b.buffer("part_acc", ScalarType::F32, Access::Write);
-    let kv_heads = b.scalar_param("kv_heads", ScalarType::U32);
-    let chunks = b.scalar_param("chunks", ScalarType::U32);
-    debug_assert_eq!((kv_heads, chunks), (abi::KV_HEADS, abi::CHUNKS));
+    let (bufs, [part_ml, part_acc]) = declare_partial(&mut b, scheme);
+    let (kv_heads, chunks) = (bufs.kv_heads, bufs.chunks);
     let (d, g) = (shape.head_dim, shape.group);
     let st = State {
         m: b.local("m", ScalarType::F32, g),
@@ -371,7 +328,7 @@ pub(super) fn lower(
 fn calibration(
     b: &mut Builder,
     it: &Item,
-    bufs: &Buffers,
+    bufs: &ItemParams,
     [cmin, cfac]: [u32; 2],
     dcal: f32,
     running_max: u32,
@@ -454,13 +411,8 @@ pub(super) fn lower_stats(
     s: &AttentionSchedule,
 ) -> Kernel {
     let mut b = Builder::new(name, s.block_size);
-    let bufs = buffers(&mut b, scheme, Access::Write);
-    let kv_heads = b.scalar_param("kv_heads", ScalarType::U32);
-    let chunks = b.scalar_param("chunks", ScalarType::U32);
-    debug_assert_eq!(
-        (kv_heads, chunks),
-        (super::stats_abi::KV_HEADS, super::stats_abi::CHUNKS)
-    );
+    let bufs = declare_stats(&mut b, scheme);
+    let (kv_heads, chunks) = (bufs.kv_heads, bufs.chunks);
     let g = shape.group;
     let ext = [
         b.local("lo", ScalarType::F32, g),

@@ -12,7 +12,7 @@ pub(super) fn merge_and_store(
     value: &Scheme,
     dims: &Dims,
     at: &Item,
-    bufs: &Bufs,
+    bufs: &ItemParams,
     sh: &Shared,
     lc: &Locals,
     [part_ml, part_acc]: [Memory; 2],
@@ -130,7 +130,7 @@ pub(super) fn store_extremes(
     b: &mut Builder,
     dims: &Dims,
     at: &Item,
-    bufs: &Bufs,
+    bufs: &ItemParams,
     sh: &Shared,
     lc: &Locals,
 ) {

@@ -25,15 +25,16 @@
 //! saving them. Outputs follow [`super::partial_abi`], so `combine` is unchanged.
 
 use crate::ir::{
-    Access, BinaryOp, Builder, CmpOp, Kernel, Memory, ReduceOp, ScalarType, Special, UnaryOp,
-    Value, WarpOp, WARP_SIZE,
+    BinaryOp, Builder, CmpOp, Kernel, Memory, ReduceOp, ScalarType, Special, UnaryOp, Value,
+    WarpOp, WARP_SIZE,
 };
 use crate::lower::emit::param_type;
 use crate::reference::pack::bit_shift;
 use crate::scheme::{Axis, CacheScheme, Group, Scheme};
 
+use super::item_params::{declare_partial, declare_stats, ItemParams};
 use super::keys::{affine, param_f32, times};
-use super::{partial_abi as abi, seq_field as f, AttentionSchedule, AttentionShape};
+use super::{seq_field as f, AttentionSchedule, AttentionShape};
 
 mod logits;
 mod merge;
@@ -126,40 +127,16 @@ pub(super) fn lower(
     };
     let Dims { d, g, warps, .. } = dims;
     let mut b = Builder::new(name, s.block_size);
-    let stats_access = match mode {
-        Mode::Stats => Access::Write,
-        Mode::Partial => Access::Read,
+    // The parameters (shared with the thread layout: one ABI); `span_logits` stays unread here
+    // (the logits are recomputed).
+    let (bufs, outs) = match mode {
+        Mode::Partial => {
+            let (params, outputs) = declare_partial(&mut b, scheme);
+            (params, Some(outputs))
+        }
+        Mode::Stats => (declare_stats(&mut b, scheme), None),
     };
-    let bufs = Bufs {
-        q: b.buffer("q", ScalarType::F32, Access::Read),
-        seqs: b.buffer("seqs", ScalarType::U32, Access::Read),
-        work_seq: b.buffer("work_seq", ScalarType::U32, Access::Read),
-        fp_k: b.buffer("fp_k", ScalarType::F32, Access::Read),
-        fp_v: b.buffer("fp_v", ScalarType::F32, Access::Read),
-        k: [
-            b.buffer("k_codes", ScalarType::U8, Access::Read),
-            b.buffer("k_zero", param_type(key.params), Access::Read),
-            b.buffer("k_scale", param_type(key.params), Access::Read),
-        ],
-        v: [
-            b.buffer("v_codes", ScalarType::U8, Access::Read),
-            b.buffer("v_zero", param_type(value.params), Access::Read),
-            b.buffer("v_scale", param_type(value.params), Access::Read),
-        ],
-        stats: b.buffer("stats", ScalarType::F32, stats_access),
-    };
-    // Unused here (the logits are recomputed), kept so that both layouts share one ABI.
-    b.buffer("span_logits", ScalarType::F32, stats_access);
-    let outs = match mode {
-        Mode::Partial => Some((
-            b.buffer("part_ml", ScalarType::F32, Access::Write),
-            b.buffer("part_acc", ScalarType::F32, Access::Write),
-        )),
-        Mode::Stats => None,
-    };
-    let kv_heads = b.scalar_param("kv_heads", ScalarType::U32);
-    let chunks = b.scalar_param("chunks", ScalarType::U32);
-    debug_assert_eq!(bufs.stats, Memory::Param(abi::STATS));
+    let (kv_heads, chunks) = (bufs.kv_heads, bufs.chunks);
     let sh = Shared {
         qs: b.shared("qs", ScalarType::F32, g * d),
         qk: b.shared("qk", ScalarType::F32, g * d),
@@ -237,7 +214,7 @@ pub(super) fn lower(
         }
     });
     match (mode, outs) {
-        (Mode::Partial, Some((part_ml, part_acc))) => merge_and_store(
+        (Mode::Partial, Some([part_ml, part_acc])) => merge_and_store(
             &mut b,
             value,
             &dims,
@@ -250,18 +227,6 @@ pub(super) fn lower(
         _ => store_extremes(&mut b, &dims, &at, &bufs, &sh, &lc),
     }
     b.finish()
-}
-
-/// The buffers both kernels read (and `stats`, which `stats` writes).
-struct Bufs {
-    q: Memory,
-    seqs: Memory,
-    work_seq: Memory,
-    fp_k: Memory,
-    fp_v: Memory,
-    k: [Memory; 3],
-    v: [Memory; 3],
-    stats: Memory,
 }
 
 /// Shared arrays.
@@ -341,7 +306,7 @@ impl Item {
     }
 }
 
-fn load_fields(b: &mut Builder, at: &Item, bufs: &Bufs, fields: u32) {
+fn load_fields(b: &mut Builder, at: &Item, bufs: &ItemParams, fields: u32) {
     let seq = b.load(bufs.work_seq, at.w, 1);
     let sv = b.u32(SEQ);
     b.write_local(fields, sv, seq);
