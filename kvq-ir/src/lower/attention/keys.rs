@@ -382,3 +382,16 @@ pub(super) fn tree_sum(b: &mut Builder, mut xs: Vec<Value>) -> Value {
     }
     xs.pop().unwrap_or_else(|| b.f32(0.0))
 }
+
+/// SPEC.md section 4's calibration of a span whose logits span `lo..=hi`: `(factor, wide)`,
+/// `factor = (hi - lo - d) / (hi - lo)` where the spread exceeds `d` (`wide`), else 1; a logit
+/// `s` becomes `lo + (s - lo) * factor`.
+pub(super) fn calibration_factor(b: &mut Builder, lo: Value, hi: Value, d: f32) -> (Value, Value) {
+    let spread = b.sub(hi, lo);
+    let dv = b.f32(d);
+    let wide = b.cmp(crate::ir::CmpOp::Gt, spread, dv);
+    let num = b.sub(spread, dv);
+    let factor = b.div(num, spread);
+    let one = b.f32(1.0);
+    (b.select(wide, factor, one), wide)
+}

@@ -6,8 +6,8 @@ use crate::scheme::{Axis, CacheScheme, Group, Scheme};
 
 use super::item_params::{declare_partial, declare_stats, ItemParams};
 use super::keys::{
-    affine, for_heads, fp_logits, key_row, load_query, logit_at, span_logits, times, uses_tables,
-    Item,
+    affine, calibration_factor, for_heads, fp_logits, key_row, load_query, logit_at, span_logits,
+    times, uses_tables, Item,
 };
 use super::values::{flush, fp_values, init, softmax_tile, span_values, State};
 use super::{seq_field as f, AttentionSchedule, AttentionShape};
@@ -363,13 +363,7 @@ fn calibration(
         });
         let lo = b.read_local(cmin, gi);
         let hi = b.read_local(it.sum, z);
-        let spread = b.sub(hi, lo);
-        let dv = b.f32(dcal);
-        let wide = b.cmp(CmpOp::Gt, spread, dv);
-        let num = b.sub(spread, dv);
-        let factor = b.div(num, spread);
-        let one = b.f32(1.0);
-        let factor = b.select(wide, factor, one);
+        let (factor, wide) = calibration_factor(b, lo, hi, dcal);
         b.write_local(cfac, gi, factor);
         let x = b.sub(hi, lo);
         let x = b.mul(x, factor);

@@ -33,7 +33,7 @@ use crate::reference::pack::bit_shift;
 use crate::scheme::{Axis, CacheScheme, Group, Scheme};
 
 use super::item_params::{declare_partial, declare_stats, ItemParams};
-use super::keys::{affine, param_f32, times};
+use super::keys::{affine, calibration_factor, param_f32, times};
 use super::{seq_field as f, AttentionSchedule, AttentionShape};
 
 mod logits;

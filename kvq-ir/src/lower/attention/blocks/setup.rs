@@ -260,13 +260,7 @@ pub(super) fn calibration(
     let go = b.binary(BinaryOp::And, is_span, head);
     b.if_then(go, |b| {
         let (lo, hi) = fold_warp_extremes(b, dims, sh, tid);
-        let spread = b.sub(hi, lo);
-        let dv = b.f32(dcal);
-        let wide = b.cmp(CmpOp::Gt, spread, dv);
-        let num = b.sub(spread, dv);
-        let factor = b.div(num, spread);
-        let one = b.f32(1.0);
-        let factor = b.select(wide, factor, one);
+        let (factor, _) = calibration_factor(b, lo, hi, dcal);
         b.store(sh.cal, tid, lo);
         let fi = b.add(tid, gn);
         b.store(sh.cal, fi, factor);
