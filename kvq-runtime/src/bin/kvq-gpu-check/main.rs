@@ -6,14 +6,18 @@
 //! needs neither LLVM nor kvq, only the driver. See `--help` for the arguments.
 
 mod attention;
+mod synthetic;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
 use half::{bf16, f16};
-use kvq_runtime::cuda::{Bundle, CudaRuntime, DeviceBuffer, Elem, Kernel, LaunchArg, ParamSpec};
+use kvq_runtime::cuda::{
+    Bundle, CudaRuntime, DeviceBuffer, Elem, Kernel, KernelEntry, LaunchArg, ParamSpec,
+};
 use safetensors::{Dtype, SafeTensors};
+use synthetic::SyntheticSpec;
 
 const HELP: &str = "\
 kvq-gpu-check: run kvq quantize kernels on the GPU and compare with the host backend bit for bit
@@ -22,6 +26,7 @@ USAGE:
     kvq-gpu-check --bundle DIR [--bundle DIR ...] --case SPEC [--case SPEC ...] --out DIR
                   [--runs N] [--device N]
     kvq-gpu-check --bundle DIR [--bundle DIR ...] --attention CASE [--attention CASE ...] --out DIR
+    kvq-gpu-check --bundle DIR [--bundle DIR ...] --synthetic SPEC [--synthetic SPEC ...] --out DIR
     kvq-gpu-check --bundle DIR [--bundle DIR ...] --list
 
 OPTIONS:
@@ -30,6 +35,10 @@ OPTIONS:
                      CAPTURE:  f16 k/v [layers, heads, tokens, head_dim] (tests/data/*.safetensors)
                      EXPECTED: `kvq quantize --backend host` output (codes u8, zero/scale f32)
                      KERNEL:   a quantize entry name from one of the bundles' manifests
+    --synthetic SPEC  KERNEL,HEADS,TOKENS,SEED: seeded f16 input of that shape (head_dim from the
+                   bundle) made here, expected codes and parameters from kvq-ir's reference
+                   quantizer (SPEC.md) on this machine's CPU; checked bit for bit and timed like
+                   --case; repeatable
     --attention F  a decode-attention case written by `kvq attention-case` (inputs by kernel
                    parameter name, sizes, host outputs); its kernels run in order and the output
                    must match within 1e-4 relative per query head; repeatable
@@ -46,6 +55,7 @@ Exits non-zero on any mismatch or error, and with a clear message when there is 
 struct Options {
     bundles: Vec<PathBuf>,
     cases: Vec<CaseSpec>,
+    synthetic: Vec<SyntheticSpec>,
     attention: Vec<PathBuf>,
     out: Option<PathBuf>,
     runs: usize,
@@ -90,6 +100,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Options>>
     let mut opts = Options {
         bundles: Vec::new(),
         cases: Vec::new(),
+        synthetic: Vec::new(),
         attention: Vec::new(),
         out: None,
         runs: 50,
@@ -103,6 +114,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Options>>
             "--help" | "-h" => return Ok(None),
             "--bundle" => opts.bundles.push(value()?.into()),
             "--case" => opts.cases.push(CaseSpec::parse(&value()?)?),
+            "--synthetic" => opts.synthetic.push(SyntheticSpec::parse(&value()?)?),
             "--attention" => opts.attention.push(value()?.into()),
             "--out" => opts.out = Some(value()?.into()),
             "--runs" => opts.runs = value()?.parse().context("--runs")?,
@@ -114,8 +126,8 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Options>>
     ensure!(!opts.bundles.is_empty(), "at least one --bundle is needed");
     if !opts.list {
         ensure!(
-            !opts.cases.is_empty() || !opts.attention.is_empty(),
-            "at least one --case or --attention is needed"
+            !opts.cases.is_empty() || !opts.synthetic.is_empty() || !opts.attention.is_empty(),
+            "at least one --case, --synthetic or --attention is needed"
         );
         ensure!(opts.out.is_some(), "--out is needed");
         ensure!(opts.runs > 0, "--runs must be at least 1");
@@ -126,7 +138,9 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Options>>
 /// A case with its host data loaded.
 #[derive(Debug)]
 struct Case {
-    spec: CaseSpec,
+    /// Where the input and the expectation come from, for the log.
+    label: String,
+    kernel: String,
     bundle: usize,
     heads: usize,
     tokens: usize,
@@ -136,25 +150,53 @@ struct Case {
     scale: Vec<f32>,
 }
 
-fn load_case(spec: &CaseSpec, bundles: &[Bundle]) -> Result<Case> {
+/// The bundle holding quantize kernel `kernel` (compiled for f16 input), and its manifest entry.
+fn find_quantize<'a>(kernel: &str, bundles: &'a [Bundle]) -> Result<(usize, &'a KernelEntry)> {
     let bundle = bundles
         .iter()
-        .position(|b| b.kernel(&spec.kernel).is_ok())
-        .with_context(|| format!("kernel {} is in none of the bundles", spec.kernel))?;
-    let (entry, _) = bundles[bundle].kernel(&spec.kernel)?;
+        .position(|b| b.kernel(kernel).is_ok())
+        .with_context(|| format!("kernel {kernel} is in none of the bundles"))?;
+    let (entry, _) = bundles[bundle].kernel(kernel)?;
     ensure!(
         entry.role.is_quantize(),
-        "kernel {} is a {} kernel; only quantize kernels are checked",
-        spec.kernel,
+        "kernel {kernel} is a {} kernel; only quantize kernels are checked",
         entry.role.name()
     );
     let manifest = &bundles[bundle].manifest;
     ensure!(
         manifest.input == "f16",
-        "bundle {} was compiled for {} input; compile with --input f16 to feed the f16 capture",
+        "bundle {} was compiled for {} input; compile with --input f16 to feed f16 input",
         bundles[bundle].dir.display(),
         manifest.input
     );
+    Ok((bundle, entry))
+}
+
+/// A synthetic case: seeded input, the reference quantizer's output as the expectation.
+fn load_synthetic(spec: &SyntheticSpec, bundles: &[Bundle]) -> Result<Case> {
+    let (bundle, entry) = find_quantize(&spec.kernel, bundles)?;
+    let dim = bundles[bundle].manifest.head_dim as usize;
+    let x = synthetic::input(spec.heads, spec.tokens, dim, spec.seed)?;
+    let span = synthetic::expected(&entry.scheme, &x, spec.heads, spec.tokens, dim)?;
+    Ok(Case {
+        label: format!(
+            "synthetic {} x {} x {dim}, seed {}, vs kvq-ir's reference quantizer",
+            spec.heads, spec.tokens, spec.seed
+        ),
+        kernel: spec.kernel.clone(),
+        bundle,
+        heads: spec.heads,
+        tokens: spec.tokens,
+        x,
+        codes: span.codes,
+        zero: span.zero,
+        scale: span.scale,
+    })
+}
+
+fn load_case(spec: &CaseSpec, bundles: &[Bundle]) -> Result<Case> {
+    let (bundle, _) = find_quantize(&spec.kernel, bundles)?;
+    let manifest = &bundles[bundle].manifest;
 
     let bytes = std::fs::read(&spec.capture)
         .with_context(|| format!("reading {}", spec.capture.display()))?;
@@ -213,7 +255,14 @@ fn load_case(spec: &CaseSpec, bundles: &[Bundle]) -> Result<Case> {
         spec.expected.display()
     );
     Ok(Case {
-        spec: spec.clone(),
+        label: format!(
+            "{} {} layer {} vs {}",
+            spec.capture.display(),
+            spec.tensor,
+            spec.layer,
+            spec.expected.display()
+        ),
+        kernel: spec.kernel.clone(),
         bundle,
         heads,
         tokens,
@@ -482,11 +531,16 @@ fn run(args: Vec<String>) -> Result<()> {
         return Ok(());
     }
     // Host data first, so a bad case fails before the GPU is touched.
-    let cases = opts
+    let mut cases = opts
         .cases
         .iter()
         .map(|s| load_case(s, &bundles).with_context(|| format!("case {}", s.kernel)))
         .collect::<Result<Vec<_>>>()?;
+    for s in &opts.synthetic {
+        cases.push(
+            load_synthetic(s, &bundles).with_context(|| format!("synthetic case {}", s.kernel))?,
+        );
+    }
     let attention_cases = opts
         .attention
         .iter()
@@ -510,18 +564,9 @@ fn run(args: Vec<String>) -> Result<()> {
     let mut rows = Vec::new();
     let mut failures = 0;
     for case in &cases {
-        let s = &case.spec;
-        let _ = writeln!(
-            log,
-            "case {}: {} {} layer {} vs {}",
-            s.kernel,
-            s.capture.display(),
-            s.tensor,
-            s.layer,
-            s.expected.display()
-        );
+        let _ = writeln!(log, "case {}: {}", case.kernel, case.label);
         let result = rt
-            .load(&bundles[case.bundle], &s.kernel)
+            .load(&bundles[case.bundle], &case.kernel)
             .map_err(anyhow::Error::from)
             .and_then(|k| run_case(&rt, &k, case, opts.runs, &mut log));
         match result {
