@@ -10,6 +10,7 @@ mod fixtures;
 mod fuzz_corpora;
 mod model;
 mod profile_cli;
+mod profile_measured;
 mod properties;
 mod reference_figures;
 mod report;

@@ -135,7 +135,10 @@ const IN_FLIGHT: &str = "assumption: 1 (a warp waits for each load before the ne
 const L2_GH100: &str = "assumption: 5.5 TB/s, about what Chips and Cheese measured on H100 PCIe \
                         (114 SMs) in 'Nvidia's H100: Funny L2, and Tons of Bandwidth' (2023), \
                         taken for the GH100 SXM parts too (more SMs and clock would raise it)";
-const LAUNCH: &str = "assumption: 2 us per kernel (launch and drain), the same for the bound";
+const LAUNCH: &str = "measured: 6 us per kernel as CUDA events around one launch time it (launch, \
+                      start and drain); the smallest kvq kernels took 7.7-8.7 us so on an NVIDIA \
+                      H200 (docs/gpu/h200-2026-12-04), less ~1-2 us of predicted work; taken for \
+                      every GPU of the table, and for the bandwidth bounds too";
 
 /// NVIDIA H100 SXM5 80 GB.
 pub const H100: GpuParams = GpuParams {
@@ -156,7 +159,7 @@ pub const H100: GpuParams = GpuParams {
     issue_per_scheduler: s(1.0, ISSUE),
     dram_latency_s: s(700e-9, LATENCY),
     requests_in_flight_per_warp: s(1.0, IN_FLIGHT),
-    launch_s: s(2e-6, LAUNCH),
+    launch_s: s(6e-6, LAUNCH),
 };
 
 /// NVIDIA H200 SXM 141 GB.
@@ -178,7 +181,7 @@ pub const H200: GpuParams = GpuParams {
     issue_per_scheduler: s(1.0, ISSUE),
     dram_latency_s: s(700e-9, LATENCY),
     requests_in_flight_per_warp: s(1.0, IN_FLIGHT),
-    launch_s: s(2e-6, LAUNCH),
+    launch_s: s(6e-6, LAUNCH),
 };
 
 /// NVIDIA A100 SXM4 80 GB.
@@ -208,7 +211,7 @@ pub const A100: GpuParams = GpuParams {
     issue_per_scheduler: s(1.0, ISSUE),
     dram_latency_s: s(700e-9, LATENCY),
     requests_in_flight_per_warp: s(1.0, IN_FLIGHT),
-    launch_s: s(2e-6, LAUNCH),
+    launch_s: s(6e-6, LAUNCH),
 };
 
 /// Every GPU of the table.

@@ -59,7 +59,8 @@ pub struct Prediction {
     pub issue_s: f64,
     /// The launch constant, seconds.
     pub launch_s: f64,
-    /// `max(dram_s, l2_s, latency_s, issue_s) + launch_s`.
+    /// `launch_s + max(dram_s, l2_s) + latency_s + issue_s`: see [`predict`] for why the terms
+    /// are added.
     pub total_s: f64,
     /// The largest term.
     pub bound: Bound,
@@ -78,6 +79,16 @@ pub struct Prediction {
 ///   `min(grid, SMs * blocks_per_sm) * warps_per_block`; and no less than the most misses of
 ///   one warp, one after the other: a one-block kernel pays the latency per miss;
 /// - issue: warp instructions over the active SMs' schedulers (a scheduler needs a warp).
+///
+/// The time is `launch + max(DRAM, L2) + latency + issue`: the two bandwidths move the same
+/// bytes, so the slower one counts, but waiting on loads and issuing instructions are added, not
+/// overlapped. That is what kvq's kernels measured on an H200 (docs/gpu/h200-2026-12-04): Nsight
+/// Compute found neither memory nor issue saturated (DRAM throughput 3-19%, issue slots busy
+/// 17-31% in the attention and CalibQuant quantize kernels), the phases of a warp (loads,
+/// arithmetic, reductions, barriers) following one another with too few warps to hide each
+/// other. Taking the largest term alone predicted those kernels 2.3x too fast on average (43
+/// kernel shapes, log-RMS error 0.94); adding them, 1.07x too fast (log-RMS 0.33). A kernel that
+/// overlaps well (a streaming copy at full occupancy) is predicted pessimistically.
 pub fn predict(
     gpu: &GpuParams,
     grid: u32,
@@ -144,6 +155,7 @@ pub fn predict(
         true => warp_insts / issue_rate,
         false => 0.0,
     };
+    let transfer_s = dram_s.max(l2_s);
     let (mut top, mut bound) = (dram_s, Bound::Dram);
     let terms = [
         (l2_s, Bound::L2),
@@ -170,7 +182,7 @@ pub fn predict(
         latency_s,
         issue_s,
         launch_s,
-        total_s: top + launch_s,
+        total_s: launch_s + transfer_s + latency_s + issue_s,
         bound,
     }
 }
