@@ -299,3 +299,49 @@ fn block_per_item_quad_values_at_head_dim_128() {
         }
     }
 }
+
+/// Token-axis values (KIVI's, and 4- and 8-bit rows) on the block-per-item layout: each value
+/// row dequantized per token with its own parameters, at head_dim 64 (two channels a lane) and
+/// 128 (four), with and without calibration, beside the channel-axis keys it takes.
+#[test]
+fn block_per_item_token_axis_values() {
+    let cat = catalogue();
+    let by_name = |n: &str| cat.iter().find(|(name, _)| *name == n).expect(n).1;
+    let values = ["kivi2_v", "tok4", "tok8"];
+    for d in [64usize, 128] {
+        let mut rng = Rng(31 + d as u64);
+        let mut seqs = batch_of(&mut rng, d);
+        seqs.push(Seq {
+            q: rng.tensor(KV * G, 1, d, 2.0).data().to_vec(),
+            fp: Some((rng.tensor(KV, 5, d, 2.0), rng.tensor(KV, 5, d, 1.0))),
+            span: Some((rng.tensor(KV, 150, d, 2.0), rng.tensor(KV, 150, d, 1.0))),
+        });
+        let shape = AttentionShape {
+            head_dim: d as u32,
+            group: G as u32,
+        };
+        for (i, key) in ["calibquant_k", "quantile1", "calibquant_mid_lsb", "mse1"]
+            .into_iter()
+            .enumerate()
+        {
+            for value in values {
+                let calibrate = [None, Calibration::new(3.0)][i % 2];
+                let scheme = CacheScheme {
+                    key: by_name(key),
+                    value: by_name(value),
+                    calibrate,
+                };
+                kvq_ir::lower::attention::block_per_item_supports(&scheme, shape)
+                    .unwrap_or_else(|e| panic!("{key} / {value}: {e}"));
+                let schedule = AttentionSchedule {
+                    block_size: 64,
+                    chunk: 64,
+                    tile: 16,
+                    tables: false,
+                    layout: AttentionLayout::BlockPerItem,
+                };
+                check_d(&scheme, &schedule, &seqs, d);
+            }
+        }
+    }
+}

@@ -4,8 +4,8 @@
 use super::*;
 
 /// Merges the warps' states through shared memory and stores the item's `(m, l)` and
-/// accumulator (post-scaled by the value parameters for a span item), threads over (head,
-/// channel).
+/// accumulator (post-scaled by channel-axis value parameters for a span item), threads over
+/// (head, channel).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn merge_and_store(
     b: &mut Builder,
@@ -88,11 +88,16 @@ pub(super) fn merge_and_store(
             let x = b.mul(fct, aw);
             acc = b.add(acc, x);
         }
-        // Post-scaling, for span items only (an fp item's parameter row may not exist):
-        // scale_c * sum p code + zero_c * sum p.
+        // Post-scaling of channel-axis values, for span items only (an fp item's parameter row
+        // may not exist): scale_c * sum p code + zero_c * sum p. Token-axis values were
+        // dequantized per token.
         let r0 = b.u32(0);
         b.write_local(lc.red, r0, acc);
-        b.if_then(is_span, |b| {
+        let post_scale = match value.axis {
+            Axis::Channel => is_span,
+            Axis::Token => b.bool(false),
+        };
+        b.if_then(post_scale, |b| {
             let params = field(b, lc, f::V_PARAMS);
             let prow = affine(b, at.h, d, params);
             let pi = b.add(prow, c);

@@ -1,6 +1,7 @@
 //! The GPU layout of the `stats` and `partial` kernels ([`AttentionLayout::BlockPerItem`]): one
-//! block of warps per (chunk, kv head) work item, for pairs whose keys and values are both
-//! axis = channel, group = all (CalibQuant's layout) with keys of at most 4 bits.
+//! block of warps per (chunk, kv head) work item, for pairs whose keys are axis = channel,
+//! group = all (CalibQuant's layout) of at most 4 bits, and whose values are either that
+//! layout or axis = token (KIVI's values: a parameter per token and channel group).
 //!
 //! - Setup: the block stages `q / sqrt(d)` of the item's `g` query heads in shared memory; for a
 //!   span item it builds one 16-entry table per (query head, key-code nibble) from the
@@ -15,8 +16,9 @@
 //!   the weights go through shared memory to every lane.
 //! - `P V`, lanes over channels: lane `l` owns channels `l * d/32 ..`, reads its bits of each
 //!   token's value row (or its floats of a full-precision row) and accumulates the raw
-//!   `sum_t p_t code_tc`; the value scales and zeros are applied once, at the end (post-scaling:
-//!   the weights' sum is the softmax's `l`).
+//!   `sum_t p_t code_tc`; channel-axis value scales and zeros are applied once, at the end
+//!   (post-scaling: the weights' sum is the softmax's `l`); token-axis values are dequantized
+//!   per token (the lane's channels share one parameter of the row) before the multiply-add.
 //! - The warps' states are merged through shared memory into the item's `(m, l)` and
 //!   accumulator, stored by threads over (head, channel): coalesced.
 //!
@@ -53,10 +55,11 @@ pub const FP_CHUNK: u32 = 16;
 /// Whether the block-per-item kernels handle `scheme` at `shape`, or why not.
 pub fn supports(scheme: &CacheScheme, shape: AttentionShape) -> Result<(), String> {
     let channel_all = |s: &Scheme| s.axis == Axis::Channel && s.group == Group::All;
-    if !channel_all(&scheme.key) || !channel_all(&scheme.value) || scheme.key.bits.width() > 4 {
+    let values_ok = channel_all(&scheme.value) || scheme.value.axis == Axis::Token;
+    if !channel_all(&scheme.key) || !values_ok || scheme.key.bits.width() > 4 {
         return Err(
             "the block-per-item attention kernels need axis = channel, group = all keys of at \
-             most 4 bits and axis = channel, group = all values"
+             most 4 bits, and values of axis = token or axis = channel, group = all"
                 .into(),
         );
     }
@@ -65,6 +68,17 @@ pub fn supports(scheme: &CacheScheme, shape: AttentionShape) -> Result<(), Strin
             "the block-per-item attention kernels need a head_dim that is a multiple of 32, not {}",
             shape.head_dim
         ));
+    }
+    // A lane's d / 32 channels must share one parameter of a token-axis value row.
+    let cpl = shape.head_dim / WARP_SIZE;
+    if let (Axis::Token, Group::Size(n)) = (scheme.value.axis, scheme.value.group) {
+        if n.get() as u32 % cpl != 0 {
+            return Err(format!(
+                "the block-per-item attention kernels need token-axis value groups that are a \
+                 multiple of head_dim / 32 = {cpl} channels, not {}",
+                n.get()
+            ));
+        }
     }
     Ok(())
 }
@@ -208,7 +222,7 @@ pub(super) fn lower(
             Mode::Partial => {
                 softmax_step(b, &dims, &at, &sh, &lc, base);
                 b.barrier();
-                values_step(b, value, &dims, &at, &sh, &lc, base);
+                values_step(b, value, &dims, &at, &bufs, &sh, &lc, base);
                 b.barrier();
             }
         }

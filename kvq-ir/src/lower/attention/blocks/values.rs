@@ -11,6 +11,7 @@ pub(super) fn values_step(
     value: &Scheme,
     dims: &Dims,
     at: &Item,
+    bufs: &ItemParams,
     sh: &Shared,
     lc: &Locals,
     base: Value,
@@ -57,7 +58,13 @@ pub(super) fn values_step(
                 is_span,
                 |b| {
                     let codes = lane_value_codes(b, value, dims, sh, j);
-                    accumulate(b, &codes);
+                    match value.axis {
+                        Axis::Channel => accumulate(b, &codes),
+                        Axis::Token => {
+                            let vals = dequantize_token_row(b, value, dims, at, bufs, lc, t, codes);
+                            accumulate(b, &vals);
+                        }
+                    }
                 },
                 |b| {
                     let row = times(b, slot, d);
@@ -76,6 +83,50 @@ pub(super) fn values_step(
         });
     });
     let _ = g;
+}
+
+/// The lane's channels of span token `t`'s value row for token-axis values: `zero + scale *
+/// code` with the row's parameter of the lane's channel group (a lane's `d / 32` channels lie
+/// in one group: [`supports`]).
+#[allow(clippy::too_many_arguments)]
+fn dequantize_token_row(
+    b: &mut Builder,
+    value: &Scheme,
+    dims: &Dims,
+    at: &Item,
+    bufs: &ItemParams,
+    lc: &Locals,
+    t: Value,
+    codes: Vec<Value>,
+) -> Vec<Value> {
+    let groups = match value.group {
+        Group::All => 1,
+        Group::Size(n) => dims.d / n.get() as u32,
+    };
+    let span_len = field(b, lc, f::SPAN_LEN);
+    let params = field(b, lc, f::V_PARAMS);
+    let hs = b.mul(at.h, span_len);
+    let row = b.add(hs, t);
+    let first = affine(b, row, groups, params);
+    let pi = match value.group {
+        Group::All => first,
+        Group::Size(n) => {
+            // Group of the lane's first channel: lane * cpl / n = lane / (n / cpl).
+            let lane = b.special(Special::LaneId);
+            let lanes = b.u32(n.get() as u32 / dims.cpl);
+            let gi = b.div(lane, lanes);
+            b.add(first, gi)
+        }
+    };
+    let zero = param_f32(b, bufs.v[1], pi, value);
+    let scale = param_f32(b, bufs.v[2], pi, value);
+    codes
+        .into_iter()
+        .map(|code| {
+            let x = b.mul(scale, code);
+            b.add(zero, x)
+        })
+        .collect()
 }
 
 /// The weights of the `g` heads of the warp's token row `slot`, `gv` heads per load.
@@ -99,10 +150,11 @@ pub(super) fn load_probs(b: &mut Builder, dims: &Dims, sh: &Shared, slot: Value)
     ps
 }
 
-/// Whether the span's values go through quad tables: 1-bit codes and four channels per lane
-/// (head_dim 128), so that a lane's channels are one nibble of each code row.
+/// Whether the span's values go through quad tables: 1-bit channel-axis codes (post-scaled)
+/// and four channels per lane (head_dim 128), so that a lane's channels are one nibble of each
+/// code row.
 pub(super) fn quad_values(value: &Scheme, dims: &Dims) -> bool {
-    value.bits.width() == 1 && dims.cpl == 4
+    value.axis == Axis::Channel && value.bits.width() == 1 && dims.cpl == 4
 }
 
 /// `acc[h][k] += sum_t p_h(t) code_t[lane channel k]` over the warp's tile for 1-bit value
