@@ -354,9 +354,20 @@ impl CudaRuntime {
         kernel: &Kernel,
         args: &mut [LaunchArg<'_>],
     ) -> Result<f32, CudaError> {
+        self.time(&kernel.signature.name, || self.launch(kernel, args))
+    }
+
+    /// Milliseconds the stream spends on what `work` enqueues, by a CUDA event before and one
+    /// after it (so several launches in `work` are timed back to back, their launch overheads
+    /// overlapping the previous kernels as in a decode loop); `label` names the work in errors.
+    pub fn time(
+        &self,
+        label: &str,
+        work: impl FnOnce() -> Result<(), CudaError>,
+    ) -> Result<f32, CudaError> {
         let err = |op| {
             move |source| CudaError::Kernel {
-                kernel: kernel.signature.name.clone(),
+                kernel: label.to_string(),
                 op,
                 source,
             }
@@ -366,7 +377,7 @@ impl CudaRuntime {
             .stream
             .record_event(flags)
             .map_err(err("recording the start event"))?;
-        self.launch(kernel, args)?;
+        work()?;
         let end = self
             .stream
             .record_event(flags)

@@ -145,12 +145,13 @@ fn upload(rt: &CudaRuntime, data: &HostData) -> Result<DeviceBuffer> {
 }
 
 /// Launches `kernel` with its buffers taken from `buffers` by parameter name and its scalars from
-/// `sizes`; returns the kernel's time in ms.
+/// `sizes`; with `timed`, between two events, returning the kernel's time in ms (else 0).
 fn launch_named(
     rt: &CudaRuntime,
     kernel: &Kernel,
     buffers: &mut HashMap<String, DeviceBuffer>,
     sizes: &HashMap<String, u32>,
+    timed: bool,
 ) -> Result<f32> {
     let params = &kernel.signature.params;
     let mut taken = Vec::new();
@@ -185,7 +186,10 @@ fn launch_named(
                 ParamSpec::Scalar { name, ty } => bail!("scalar {name} of type {ty} unsupported"),
             }
         }
-        rt.launch_timed(kernel, &mut args)
+        match timed {
+            true => rt.launch_timed(kernel, &mut args),
+            false => rt.launch(kernel, &mut args).map(|()| 0.0),
+        }
     };
     for (name, b) in taken {
         buffers.insert(name, b);
@@ -201,10 +205,18 @@ pub struct AttentionRow {
     pub micros: f32,
     /// Each kernel's median time, in launch order.
     pub kernel_micros: Vec<(String, f32)>,
+    /// Median time of one launch sequence when [`BACK_TO_BACK`] run between two events (the
+    /// launches overlap the kernels before them, as in a decode loop; SDPA's baseline is timed
+    /// so too).
+    pub back_to_back_micros: f32,
 }
 
+/// Launch sequences per timed event pair in the back-to-back figure.
+pub const BACK_TO_BACK: usize = 20;
+
 /// Runs a case: uploads, launches the kernels once and compares, then times `runs` launches
-/// of the sequence (each kernel event-timed; medians per kernel and of their sum).
+/// of the sequence (each kernel event-timed; medians per kernel and of their sum) and `runs`
+/// times [`BACK_TO_BACK`] sequences between two events (the median per sequence).
 pub fn run(
     rt: &CudaRuntime,
     bundles: &[Bundle],
@@ -233,13 +245,13 @@ pub fn run(
             }
         }
     }
-    let sequence = |buffers: &mut HashMap<String, DeviceBuffer>| -> Result<Vec<f32>> {
+    let sequence = |buffers: &mut HashMap<String, DeviceBuffer>, timed| -> Result<Vec<f32>> {
         kernels
             .iter()
-            .map(|k| launch_named(rt, k, buffers, &case.sizes))
+            .map(|k| launch_named(rt, k, buffers, &case.sizes, timed))
             .collect()
     };
-    sequence(&mut buffers)?;
+    sequence(&mut buffers, true)?;
     rt.synchronize()?;
     let out = buffers.get("out").context("no out buffer")?;
     let got = rt.download::<f32>(out)?;
@@ -247,7 +259,7 @@ pub fn run(
     let mut totals = Vec::with_capacity(runs);
     let mut per_kernel: Vec<Vec<f32>> = vec![Vec::with_capacity(runs); kernels.len()];
     for i in 0..runs + 3 {
-        let ms = sequence(&mut buffers)?;
+        let ms = sequence(&mut buffers, true)?;
         if i >= 3 {
             totals.push(ms.iter().sum::<f32>());
             for (times, t) in per_kernel.iter_mut().zip(ms) {
@@ -255,8 +267,20 @@ pub fn run(
             }
         }
     }
+    // Back to back: BACK_TO_BACK sequences between two events, `runs` times.
+    let mut steady = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let mut launched: Result<()> = Ok(());
+        let ms = rt.time("the attention launch sequence", || {
+            launched = (0..BACK_TO_BACK).try_for_each(|_| sequence(&mut buffers, false).map(drop));
+            Ok(())
+        })?;
+        launched?;
+        steady.push(ms / BACK_TO_BACK as f32);
+    }
     // `--runs` is at least 1 (checked with the options), so no median is of nothing.
     let micros = crate::median(totals) * 1000.0;
+    let back_to_back_micros = crate::median(steady) * 1000.0;
     let kernel_micros: Vec<(String, f32)> = kernels
         .iter()
         .zip(per_kernel)
@@ -264,7 +288,8 @@ pub fn run(
         .collect();
     let _ = writeln!(
         log,
-        "  attention {}: deviation {dev:.2e} (tolerance {TOLERANCE:e}); median {micros:.1} µs ({})",
+        "  attention {}: deviation {dev:.2e} (tolerance {TOLERANCE:e}); median {micros:.1} µs ({}); \
+         back to back {back_to_back_micros:.1} µs",
         case.description,
         per_kernel_text(&kernel_micros)
     );
@@ -273,6 +298,7 @@ pub fn run(
         deviation: dev,
         micros,
         kernel_micros,
+        back_to_back_micros,
     })
 }
 
@@ -295,12 +321,12 @@ fn per_kernel_text(kernels: &[(String, f32)]) -> String {
 /// The markdown table of attention rows.
 pub fn table(rows: &[AttentionRow]) -> String {
     let mut s = String::from(
-        "| attention case | max deviation | within 1e-4 | time µs (sum) | per kernel µs |\n| --- | ---: | --- | ---: | --- |\n",
+        "| attention case | max deviation | within 1e-4 | time µs (sum) | per kernel µs | back to back µs |\n| --- | ---: | --- | ---: | --- | ---: |\n",
     );
     for r in rows {
         let _ = writeln!(
             s,
-            "| {} | {:.2e} | {} | {:.1} | {} |",
+            "| {} | {:.2e} | {} | {:.1} | {} | {:.1} |",
             r.case,
             r.deviation,
             if r.deviation <= TOLERANCE {
@@ -309,7 +335,8 @@ pub fn table(rows: &[AttentionRow]) -> String {
                 "no"
             },
             r.micros,
-            per_kernel_text(&r.kernel_micros)
+            per_kernel_text(&r.kernel_micros),
+            r.back_to_back_micros
         );
     }
     s
