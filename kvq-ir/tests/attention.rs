@@ -10,7 +10,7 @@ use kvq_ir::lower::attention::{
 use kvq_ir::metrics::max_head_deviation;
 use kvq_ir::reference::{decode_attention, quantize, PackedSpan, Segment};
 use kvq_ir::scheme::catalogue::catalogue;
-use kvq_ir::{CacheScheme, Calibration, Tensor3};
+use kvq_ir::{CacheScheme, Calibration, Scheme, Tensor3};
 
 struct Rng(u64);
 
@@ -341,6 +341,58 @@ fn block_per_item_token_axis_values() {
                     layout: AttentionLayout::BlockPerItem,
                 };
                 check_d(&scheme, &schedule, &seqs, d);
+            }
+        }
+    }
+}
+
+/// Keys of group = N (a parameter row per 32 or 64 tokens: KIVI's keys, 2-bit in both orders
+/// with f16 or f32 parameters, and 4- and 8-bit rows) on the block-per-item layout, beside
+/// channel- and token-axis values, calibrated or not, at head_dim 64 and 128; ragged spans end
+/// inside a group.
+#[test]
+fn block_per_item_group_keys() {
+    let cat = catalogue();
+    let by_name = |n: &str| cat.iter().find(|(name, _)| *name == n).expect(n).1;
+    let keys = [
+        by_name("kivi2_k"),
+        by_name("kivi2_k_lsb_f32"),
+        Scheme::parse("bits = 4, axis = channel, group = 64, rule = minmax").unwrap(),
+        Scheme::parse("bits = 8, axis = channel, group = 32, rule = minmax, params = f32").unwrap(),
+    ];
+    let values = [by_name("calibquant_v"), by_name("kivi2_v"), by_name("tok8")];
+    for d in [64usize, 128] {
+        let mut rng = Rng(37 + d as u64);
+        let mut seqs = batch_of(&mut rng, d);
+        seqs.push(Seq {
+            q: rng.tensor(KV * G, 1, d, 2.0).data().to_vec(),
+            fp: Some((rng.tensor(KV, 3, d, 2.0), rng.tensor(KV, 3, d, 1.0))),
+            span: Some((rng.tensor(KV, 170, d, 2.0), rng.tensor(KV, 170, d, 1.0))),
+        });
+        let shape = AttentionShape {
+            head_dim: d as u32,
+            group: G as u32,
+        };
+        for (i, &key) in keys.iter().enumerate() {
+            for (j, &value) in values.iter().enumerate() {
+                let calibrate = [None, Calibration::new(3.0)][(i + j) % 2];
+                let scheme = CacheScheme {
+                    key,
+                    value,
+                    calibrate,
+                };
+                kvq_ir::lower::attention::block_per_item_supports(&scheme, shape)
+                    .unwrap_or_else(|e| panic!("{key} / {value}: {e}"));
+                for (block_size, chunk) in [(64, 64), (128, 256)] {
+                    let schedule = AttentionSchedule {
+                        block_size,
+                        chunk,
+                        tile: 16,
+                        tables: false,
+                        layout: AttentionLayout::BlockPerItem,
+                    };
+                    check_d(&scheme, &schedule, &seqs, d);
+                }
             }
         }
     }

@@ -179,6 +179,16 @@ impl AttentionSchedule {
                 self.chunk, self.tile
             ));
         }
+        if self.layout == AttentionLayout::BlockPerItem
+            && channel_group(&scheme.key).is_some()
+            && self.chunk % 32 != 0
+        {
+            return bad(format!(
+                "chunk {} is not a multiple of 32: the block-per-item layout gives a warp's 32 \
+                 tokens one key parameter row",
+                self.chunk
+            ));
+        }
         for s in [&scheme.key, &scheme.value] {
             if let Some(n) = channel_group(s) {
                 if n % self.tile != 0 {

@@ -101,6 +101,7 @@ pub(super) fn aligned_offset(b: &mut Builder, offset: Value, a: u32) -> Value {
 #[allow(clippy::too_many_arguments)]
 pub(super) fn logits(
     b: &mut Builder,
+    key: &Scheme,
     dims: &Dims,
     at: &Item,
     bufs: &ItemParams,
@@ -133,24 +134,9 @@ pub(super) fn logits(
                         b.read_local(lc.bias, hv)
                     })
                     .collect();
-                for piece in 0..dims.k_row / a {
-                    let off = b.u32(piece * a);
-                    let idx = b.add(row, off);
-                    let v = b.load_aligned(bufs.k[0], idx, a as u8);
-                    for i in 0..a {
-                        let byte = if a == 1 { v } else { b.extract(v, i as u8) };
-                        let byte = b.convert(ScalarType::U32, byte);
-                        let four = b.u32(4);
-                        let hi = b.binary(BinaryOp::Shr, byte, four);
-                        let fifteen = b.u32(15);
-                        let lo = b.binary(BinaryOp::And, byte, fifteen);
-                        let j = piece * a + i;
-                        for (p, nib) in [(2 * j, hi), (2 * j + 1, lo)] {
-                            let row = b.u32(p * 16);
-                            let entry = b.add(row, nib);
-                            add_heads(b, dims, sh.table, entry, &mut s);
-                        }
-                    }
+                match dims.key_group {
+                    Some(_) => add_group_logits(b, key, dims, bufs, sh, row, a, &mut s),
+                    None => add_table_logits(b, dims, bufs, sh, row, a, &mut s),
                 }
                 stage_value_row(b, dims, at, bufs, sh, lc, t);
                 for (h, x) in s.into_iter().enumerate() {
@@ -204,6 +190,38 @@ pub(super) fn logits(
     });
 }
 
+/// `s[h] += sum_p T[h][p][nibble p]` over the key code row at byte `row` (aligned to `a`), from
+/// the key tables (keys of group = all).
+fn add_table_logits(
+    b: &mut Builder,
+    dims: &Dims,
+    bufs: &ItemParams,
+    sh: &Shared,
+    row: Value,
+    a: u32,
+    s: &mut [Value],
+) {
+    for piece in 0..dims.k_row / a {
+        let off = b.u32(piece * a);
+        let idx = b.add(row, off);
+        let v = b.load_aligned(bufs.k[0], idx, a as u8);
+        for i in 0..a {
+            let byte = if a == 1 { v } else { b.extract(v, i as u8) };
+            let byte = b.convert(ScalarType::U32, byte);
+            let four = b.u32(4);
+            let hi = b.binary(BinaryOp::Shr, byte, four);
+            let fifteen = b.u32(15);
+            let lo = b.binary(BinaryOp::And, byte, fifteen);
+            let j = piece * a + i;
+            for (p, nib) in [(2 * j, hi), (2 * j + 1, lo)] {
+                let row = b.u32(p * 16);
+                let entry = b.add(row, nib);
+                add_heads(b, dims, sh.table, entry, None, s);
+            }
+        }
+    }
+}
+
 /// Adds the `g` heads of table entry `entry` (`(nibble position) * 16 + nibble`) to `s`,
 /// `gv` heads per aligned vector load.
 pub(super) fn add_heads(
@@ -211,6 +229,7 @@ pub(super) fn add_heads(
     dims: &Dims,
     table: Memory,
     entry: Value,
+    weight: Option<Value>,
     s: &mut [Value],
 ) {
     let base = times(b, entry, dims.gp);
@@ -225,6 +244,10 @@ pub(super) fn add_heads(
                     v
                 } else {
                     b.extract(v, i as u8)
+                };
+                let x = match weight {
+                    Some(w) => b.mul(x, w),
+                    None => x,
                 };
                 *acc = b.add(*acc, x);
             }

@@ -1,7 +1,8 @@
 //! The GPU layout of the `stats` and `partial` kernels ([`AttentionLayout::BlockPerItem`]): one
 //! block of warps per (chunk, kv head) work item, for pairs whose keys are axis = channel,
-//! group = all (CalibQuant's layout) of at most 4 bits, and whose values are either that
-//! layout or axis = token (KIVI's values: a parameter per token and channel group).
+//! group = all (CalibQuant's layout) of at most 4 bits or axis = channel, group = N with N a
+//! multiple of 32 (KIVI's keys: [`group_keys`]), and whose values are either axis = channel,
+//! group = all or axis = token (KIVI's values: a parameter per token and channel group).
 //!
 //! - Setup: the block stages `q / sqrt(d)` of the item's `g` query heads in shared memory; for a
 //!   span item it builds one 16-entry table per (query head, key-code nibble) from the
@@ -38,11 +39,13 @@ use super::item_params::{declare_partial, declare_stats, ItemParams};
 use super::keys::{affine, calibration_factor, param_f32, times};
 use super::{seq_field as f, AttentionSchedule, AttentionShape};
 
+mod group_keys;
 mod logits;
 mod merge;
 mod setup;
 mod values;
 
+use group_keys::*;
 use logits::*;
 use merge::*;
 use setup::*;
@@ -55,11 +58,18 @@ pub const FP_CHUNK: u32 = 16;
 /// Whether the block-per-item kernels handle `scheme` at `shape`, or why not.
 pub fn supports(scheme: &CacheScheme, shape: AttentionShape) -> Result<(), String> {
     let channel_all = |s: &Scheme| s.axis == Axis::Channel && s.group == Group::All;
+    let key = &scheme.key;
+    let keys_ok = match (key.axis, key.group) {
+        (Axis::Channel, Group::All) => key.bits.width() <= 4,
+        (Axis::Channel, Group::Size(n)) => n.get() % WARP_SIZE as usize == 0,
+        (Axis::Token, _) => false,
+    };
     let values_ok = channel_all(&scheme.value) || scheme.value.axis == Axis::Token;
-    if !channel_all(&scheme.key) || !values_ok || scheme.key.bits.width() > 4 {
+    if !keys_ok || !values_ok {
         return Err(
-            "the block-per-item attention kernels need axis = channel, group = all keys of at \
-             most 4 bits, and values of axis = token or axis = channel, group = all"
+            "the block-per-item attention kernels need axis = channel keys (group = all of at \
+             most 4 bits, or groups of a multiple of 32 tokens), and values of axis = token or \
+             axis = channel, group = all"
                 .into(),
         );
     }
@@ -111,6 +121,9 @@ struct Dims {
     /// vectors (`gp`).
     gv: u32,
     gp: u32,
+    /// Tokens per key parameter row for keys of group = N ([`group_keys`]); `None` for group
+    /// = all (key tables).
+    key_group: Option<u32>,
 }
 
 /// Index in the `fields` local of the item's sequence (after the `seqs` row's fields).
@@ -138,6 +151,10 @@ pub(super) fn lower(
         fp_chunk: s.fp_chunk(),
         gv,
         gp: shape.group.div_ceil(gv) * gv,
+        key_group: match key.group {
+            Group::All => None,
+            Group::Size(n) => Some(n.get() as u32),
+        },
     };
     let Dims { d, g, warps, .. } = dims;
     let mut b = Builder::new(name, s.block_size);
@@ -154,7 +171,22 @@ pub(super) fn lower(
     let sh = Shared {
         qs: b.shared("qs", ScalarType::F32, g * d),
         qk: b.shared("qk", ScalarType::F32, g * d),
-        table: b.shared("table", ScalarType::F32, dims.nibbles * 16 * dims.gp),
+        table: b.shared(
+            "table",
+            ScalarType::F32,
+            match dims.key_group {
+                None => dims.nibbles * 16 * dims.gp,
+                Some(_) => 1,
+            },
+        ),
+        qg: b.shared(
+            "qg",
+            ScalarType::F32,
+            match dims.key_group {
+                Some(_) => warps * d * dims.gp,
+                None => 1,
+            },
+        ),
         vstage: b.shared("vstage", ScalarType::U8, warps * WARP_SIZE * dims.v_row),
         fp_k: b.shared("fp_k_rows", ScalarType::F32, dims.fp_chunk * (d + 1)),
         fp_v: b.shared("fp_v_rows", ScalarType::F32, dims.fp_chunk * d),
@@ -192,8 +224,10 @@ pub(super) fn lower(
     // Setup: the scaled query, the key tables and the bias.
     stage_query(&mut b, key, &dims, &at, &bufs, &sh, &lc, s.block_size);
     b.barrier();
-    build_tables(&mut b, key, &dims, &at, &sh, &lc, s.block_size);
-    key_bias(&mut b, key, &dims, &at, &bufs, &sh, &lc);
+    if dims.key_group.is_none() {
+        build_tables(&mut b, key, &dims, &at, &sh, &lc, s.block_size);
+        key_bias(&mut b, key, &dims, &at, &bufs, &sh, &lc);
+    }
     if let (Mode::Partial, Some(dcal)) = (mode, scheme.calibrate) {
         calibration(
             &mut b,
@@ -214,9 +248,14 @@ pub(super) fn lower(
     let cn = b.u32(dims.chunk);
     b.for_range(z, cn, warps * WARP_SIZE, |b, base| {
         stage_fp_rows(b, &dims, &at, &bufs, &sh, &lc, base, mode, s.block_size);
+        if let Some(n) = dims.key_group {
+            // (The barrier keeps the previous step's logits from reading the new row.)
+            b.barrier();
+            stage_group_query(b, key, n, &dims, &at, &bufs, &sh, &lc, base);
+        }
         b.barrier();
         let calibrated = mode == Mode::Partial && scheme.calibrate.is_some();
-        logits(b, &dims, &at, &bufs, &sh, &lc, base, calibrated);
+        logits(b, key, &dims, &at, &bufs, &sh, &lc, base, calibrated);
         match mode {
             Mode::Stats => fold_extremes(b, &dims, &at, &lc, base),
             Mode::Partial => {
@@ -248,8 +287,10 @@ struct Shared {
     /// `q / sqrt(d)`, `[g, d]`, and for a span item `q' = q scale / sqrt(d)`.
     qs: Memory,
     qk: Memory,
-    /// Key tables `[nibbles, 16, gp]`: the heads of an entry side by side.
+    /// Key tables `[nibbles, 16, gp]`: the heads of an entry side by side (group = all keys).
     table: Memory,
+    /// Each warp's `q'` of its key parameter row `[warps, d, gp]` (group = N keys).
+    qg: Memory,
     /// Each warp's tokens' value code rows `[warps, 32, v_row]`.
     vstage: Memory,
     /// An fp chunk's key rows `[fp_chunk, d + 1]` (padded: lanes reading one channel of

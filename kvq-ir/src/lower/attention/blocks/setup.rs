@@ -3,8 +3,8 @@
 
 use super::*;
 
-/// `qs[h][c] = q[seq, kv_head * g + h, c] / sqrt(d)` and, for a span item, `qk[h][c] =
-/// qs[h][c] scale_c`, threads over (head, channel).
+/// `qs[h][c] = q[seq, kv_head * g + h, c] / sqrt(d)` and, for a span item with keys of group =
+/// all, `qk[h][c] = qs[h][c] scale_c`, threads over (head, channel).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn stage_query(
     b: &mut Builder,
@@ -40,7 +40,12 @@ pub(super) fn stage_query(
             .collect();
         let v = b.vector(qs.clone());
         b.store_aligned(sh.qs, e4, v);
-        b.if_then(is_span, |b| {
+        // (Keys of group = N scale the query per step instead: group_keys.)
+        let scaled = match key.group {
+            Group::All => is_span,
+            Group::Size(_) => b.bool(false),
+        };
+        b.if_then(scaled, |b| {
             let dv = b.u32(d);
             let c = b.rem(e4, dv);
             let pi = b.add(prow, c);
