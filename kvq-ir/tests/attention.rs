@@ -397,3 +397,143 @@ fn block_per_item_group_keys() {
         }
     }
 }
+
+/// Token-axis keys (a parameter per token and channel group: 1-, 2-, 4- and 8-bit rows, groups
+/// of 8, 32, 64 channels or the whole row) on the block-per-item layout, beside channel- and
+/// token-axis values, calibrated or not, at head_dim 64 and 128.
+#[test]
+fn block_per_item_token_axis_keys() {
+    let cat = catalogue();
+    let by_name = |n: &str| cat.iter().find(|(name, _)| *name == n).expect(n).1;
+    let keys = [
+        by_name("kivi2_v"),
+        by_name("tok4"),
+        by_name("tok8"),
+        Scheme::parse("bits = 1, axis = token, group = 8, rule = minmax, order = lsb").unwrap(),
+    ];
+    let values = [by_name("calibquant_v"), by_name("kivi2_v"), by_name("tok4")];
+    for d in [64usize, 128] {
+        let mut rng = Rng(41 + d as u64);
+        let mut seqs = batch_of(&mut rng, d);
+        seqs.push(Seq {
+            q: rng.tensor(KV * G, 1, d, 2.0).data().to_vec(),
+            fp: Some((rng.tensor(KV, 4, d, 2.0), rng.tensor(KV, 4, d, 1.0))),
+            span: Some((rng.tensor(KV, 140, d, 2.0), rng.tensor(KV, 140, d, 1.0))),
+        });
+        let shape = AttentionShape {
+            head_dim: d as u32,
+            group: G as u32,
+        };
+        for (i, &key) in keys.iter().enumerate() {
+            for (j, &value) in values.iter().enumerate() {
+                let calibrate = [None, Calibration::new(3.0)][(i + j) % 2];
+                let scheme = CacheScheme {
+                    key,
+                    value,
+                    calibrate,
+                };
+                kvq_ir::lower::attention::block_per_item_supports(&scheme, shape)
+                    .unwrap_or_else(|e| panic!("{key} / {value}: {e}"));
+                let schedule = AttentionSchedule {
+                    block_size: 64,
+                    chunk: 64,
+                    tile: 16,
+                    tables: false,
+                    layout: AttentionLayout::BlockPerItem,
+                };
+                check_d(&scheme, &schedule, &seqs, d);
+            }
+        }
+    }
+}
+
+/// Values of axis = channel, group = N (a parameter row per 32 or 64 tokens) on the
+/// block-per-item layout, beside keys of every layout, calibrated or not, at head_dim 64 and
+/// 128.
+#[test]
+fn block_per_item_channel_group_values() {
+    let cat = catalogue();
+    let by_name = |n: &str| cat.iter().find(|(name, _)| *name == n).expect(n).1;
+    let keys = [by_name("calibquant_k"), by_name("kivi2_k"), by_name("tok4")];
+    let values = [
+        by_name("kivi2_k"),
+        by_name("kivi2_k_lsb_f32"),
+        Scheme::parse("bits = 4, axis = channel, group = 64, rule = minmax").unwrap(),
+    ];
+    for d in [64usize, 128] {
+        let mut rng = Rng(43 + d as u64);
+        let mut seqs = batch_of(&mut rng, d);
+        seqs.push(Seq {
+            q: rng.tensor(KV * G, 1, d, 2.0).data().to_vec(),
+            fp: Some((rng.tensor(KV, 6, d, 2.0), rng.tensor(KV, 6, d, 1.0))),
+            span: Some((rng.tensor(KV, 160, d, 2.0), rng.tensor(KV, 160, d, 1.0))),
+        });
+        let shape = AttentionShape {
+            head_dim: d as u32,
+            group: G as u32,
+        };
+        for (i, &key) in keys.iter().enumerate() {
+            for (j, &value) in values.iter().enumerate() {
+                let calibrate = [None, Calibration::new(3.0)][(i + j) % 2];
+                let scheme = CacheScheme {
+                    key,
+                    value,
+                    calibrate,
+                };
+                kvq_ir::lower::attention::block_per_item_supports(&scheme, shape)
+                    .unwrap_or_else(|e| panic!("{key} / {value}: {e}"));
+                for (block_size, chunk) in [(64, 64), (128, 256)] {
+                    let schedule = AttentionSchedule {
+                        block_size,
+                        chunk,
+                        tile: 16,
+                        tables: false,
+                        layout: AttentionLayout::BlockPerItem,
+                    };
+                    check_d(&scheme, &schedule, &seqs, d);
+                }
+            }
+        }
+    }
+}
+
+/// Every pair of catalogue schemes (as keys and as values) takes the block-per-item layout at
+/// head_dim 64 and 128, so the GPU default is never the thread layout for them; a head_dim that
+/// is not whole warps is refused with a reason.
+#[test]
+fn every_catalogue_pair_takes_the_block_layout() {
+    let schemes: Vec<_> = catalogue().into_iter().map(|(_, s)| s).collect();
+    for d in [64, 128] {
+        let shape = AttentionShape {
+            head_dim: d,
+            group: 4,
+        };
+        for &key in &schemes {
+            for &value in &schemes {
+                let scheme = CacheScheme {
+                    key,
+                    value,
+                    calibrate: Calibration::new(3.0),
+                };
+                kvq_ir::lower::attention::block_per_item_supports(&scheme, shape)
+                    .unwrap_or_else(|e| panic!("{key} / {value} at {d}: {e}"));
+                let schedule = AttentionSchedule::gpu_default(&scheme, shape);
+                assert_eq!(schedule.layout, AttentionLayout::BlockPerItem);
+                schedule
+                    .check(&scheme)
+                    .expect("the default schedule is valid");
+            }
+        }
+    }
+    let scheme = CacheScheme {
+        key: schemes[0],
+        value: schemes[1],
+        calibrate: None,
+    };
+    let odd = AttentionShape {
+        head_dim: 48,
+        group: 4,
+    };
+    let why = kvq_ir::lower::attention::block_per_item_supports(&scheme, odd).unwrap_err();
+    assert!(why.contains("multiple of 32"), "{why}");
+}

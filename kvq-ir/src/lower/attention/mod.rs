@@ -179,13 +179,12 @@ impl AttentionSchedule {
                 self.chunk, self.tile
             ));
         }
-        if self.layout == AttentionLayout::BlockPerItem
-            && channel_group(&scheme.key).is_some()
-            && self.chunk % 32 != 0
+        let grouped = channel_group(&scheme.key).or(channel_group(&scheme.value));
+        if self.layout == AttentionLayout::BlockPerItem && grouped.is_some() && self.chunk % 32 != 0
         {
             return bad(format!(
                 "chunk {} is not a multiple of 32: the block-per-item layout gives a warp's 32 \
-                 tokens one key parameter row",
+                 tokens one parameter row of group = N keys or values",
                 self.chunk
             ));
         }

@@ -134,9 +134,15 @@ pub(super) fn logits(
                         b.read_local(lc.bias, hv)
                     })
                     .collect();
-                match dims.key_group {
-                    Some(_) => add_group_logits(b, key, dims, bufs, sh, row, a, &mut s),
-                    None => add_table_logits(b, dims, bufs, sh, row, a, &mut s),
+                match dims.keys {
+                    KeyLayout::Tables => add_table_logits(b, dims, bufs, sh, row, a, &mut s),
+                    KeyLayout::ChannelGroups(_) => {
+                        add_group_logits(b, key, dims, bufs, sh, row, a, &mut s)
+                    }
+                    KeyLayout::TokenRows { groups, width } => {
+                        let rows = TokenRows { groups, width };
+                        add_token_logits(b, key, dims, bufs, sh, lc, tr, row, a, rows, &mut s)
+                    }
                 }
                 stage_value_row(b, dims, at, bufs, sh, lc, t);
                 for (h, x) in s.into_iter().enumerate() {

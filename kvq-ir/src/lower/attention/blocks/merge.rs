@@ -88,14 +88,14 @@ pub(super) fn merge_and_store(
             let x = b.mul(fct, aw);
             acc = b.add(acc, x);
         }
-        // Post-scaling of channel-axis values, for span items only (an fp item's parameter row
-        // may not exist): scale_c * sum p code + zero_c * sum p. Token-axis values were
+        // Post-scaling of channel-axis, group = all values, for span items only (an fp item's
+        // parameter row may not exist): scale_c * sum p code + zero_c * sum p. Other values were
         // dequantized per token.
         let r0 = b.u32(0);
         b.write_local(lc.red, r0, acc);
-        let post_scale = match value.axis {
-            Axis::Channel => is_span,
-            Axis::Token => b.bool(false),
+        let post_scale = match (value.axis, value.group) {
+            (Axis::Channel, Group::All) => is_span,
+            _ => b.bool(false),
         };
         b.if_then(post_scale, |b| {
             let params = field(b, lc, f::V_PARAMS);

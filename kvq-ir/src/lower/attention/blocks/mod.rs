@@ -1,8 +1,9 @@
 //! The GPU layout of the `stats` and `partial` kernels ([`AttentionLayout::BlockPerItem`]): one
 //! block of warps per (chunk, kv head) work item, for pairs whose keys are axis = channel,
 //! group = all (CalibQuant's layout) of at most 4 bits or axis = channel, group = N with N a
-//! multiple of 32 (KIVI's keys: [`group_keys`]), and whose values are either axis = channel,
-//! group = all or axis = token (KIVI's values: a parameter per token and channel group).
+//! multiple of 32 (KIVI's keys: [`group_keys`]) or axis = token ([`token_keys`]), and whose
+//! values are axis = channel (group = all, or N a multiple of 32) or axis = token (KIVI's
+//! values: a parameter per token and channel group).
 //!
 //! - Setup: the block stages `q / sqrt(d)` of the item's `g` query heads in shared memory; for a
 //!   span item it builds one 16-entry table per (query head, key-code nibble) from the
@@ -43,12 +44,14 @@ mod group_keys;
 mod logits;
 mod merge;
 mod setup;
+mod token_keys;
 mod values;
 
 use group_keys::*;
 use logits::*;
 use merge::*;
 use setup::*;
+use token_keys::*;
 use values::*;
 
 /// Full-precision tokens per fp work item: few, so that the block's copy of their rows (16
@@ -57,19 +60,21 @@ pub const FP_CHUNK: u32 = 16;
 
 /// Whether the block-per-item kernels handle `scheme` at `shape`, or why not.
 pub fn supports(scheme: &CacheScheme, shape: AttentionShape) -> Result<(), String> {
-    let channel_all = |s: &Scheme| s.axis == Axis::Channel && s.group == Group::All;
     let key = &scheme.key;
     let keys_ok = match (key.axis, key.group) {
         (Axis::Channel, Group::All) => key.bits.width() <= 4,
         (Axis::Channel, Group::Size(n)) => n.get() % WARP_SIZE as usize == 0,
-        (Axis::Token, _) => false,
+        (Axis::Token, _) => true,
     };
-    let values_ok = channel_all(&scheme.value) || scheme.value.axis == Axis::Token;
+    let values_ok = match (scheme.value.axis, scheme.value.group) {
+        (Axis::Channel, Group::All) | (Axis::Token, _) => true,
+        (Axis::Channel, Group::Size(n)) => n.get() % WARP_SIZE as usize == 0,
+    };
     if !keys_ok || !values_ok {
         return Err(
-            "the block-per-item attention kernels need axis = channel keys (group = all of at \
-             most 4 bits, or groups of a multiple of 32 tokens), and values of axis = token or \
-             axis = channel, group = all"
+            "the block-per-item attention kernels need keys and values of axis = token or axis \
+             = channel with group = all (keys of at most 4 bits) or groups of a multiple of 32 \
+             tokens"
                 .into(),
         );
     }
@@ -121,9 +126,20 @@ struct Dims {
     /// vectors (`gp`).
     gv: u32,
     gp: u32,
-    /// Tokens per key parameter row for keys of group = N ([`group_keys`]); `None` for group
-    /// = all (key tables).
-    key_group: Option<u32>,
+    /// How a span token's logits are made from its key codes.
+    keys: KeyLayout,
+}
+
+/// The three ways of the block layout to a span token's logits.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum KeyLayout {
+    /// Axis = channel, group = all: nibble tables of the post-scaled query, built once.
+    Tables,
+    /// Axis = channel, group = N tokens: a post-scaled query per warp and step
+    /// ([`group_keys`]).
+    ChannelGroups(u32),
+    /// Axis = token, `groups` parameters per row of `width` channels each ([`token_keys`]).
+    TokenRows { groups: u32, width: u32 },
 }
 
 /// Index in the `fields` local of the item's sequence (after the `seqs` row's fields).
@@ -151,9 +167,17 @@ pub(super) fn lower(
         fp_chunk: s.fp_chunk(),
         gv,
         gp: shape.group.div_ceil(gv) * gv,
-        key_group: match key.group {
-            Group::All => None,
-            Group::Size(n) => Some(n.get() as u32),
+        keys: match (key.axis, key.group) {
+            (Axis::Channel, Group::All) => KeyLayout::Tables,
+            (Axis::Channel, Group::Size(n)) => KeyLayout::ChannelGroups(n.get() as u32),
+            (Axis::Token, Group::All) => KeyLayout::TokenRows {
+                groups: 1,
+                width: shape.head_dim,
+            },
+            (Axis::Token, Group::Size(n)) => KeyLayout::TokenRows {
+                groups: shape.head_dim / n.get() as u32,
+                width: n.get() as u32,
+            },
         },
     };
     let Dims { d, g, warps, .. } = dims;
@@ -174,17 +198,26 @@ pub(super) fn lower(
         table: b.shared(
             "table",
             ScalarType::F32,
-            match dims.key_group {
-                None => dims.nibbles * 16 * dims.gp,
-                Some(_) => 1,
+            match dims.keys {
+                KeyLayout::Tables => dims.nibbles * 16 * dims.gp,
+                _ => 1,
             },
         ),
         qg: b.shared(
             "qg",
             ScalarType::F32,
-            match dims.key_group {
-                Some(_) => warps * d * dims.gp,
-                None => 1,
+            match dims.keys {
+                KeyLayout::Tables => 1,
+                KeyLayout::ChannelGroups(_) => warps * d * dims.gp,
+                KeyLayout::TokenRows { .. } => d * dims.gp,
+            },
+        ),
+        qsum: b.shared(
+            "qsum",
+            ScalarType::F32,
+            match dims.keys {
+                KeyLayout::TokenRows { groups, .. } => groups * dims.gp,
+                _ => 1,
             },
         ),
         vstage: b.shared("vstage", ScalarType::U8, warps * WARP_SIZE * dims.v_row),
@@ -215,6 +248,7 @@ pub(super) fn lower(
         got: b.local("got", ScalarType::F32, g),
         src_lane: b.local("src_lane", ScalarType::U32, 1),
         nibs: b.local("nibs", ScalarType::U32, dims.cpl),
+        vpar: b.local("vpar", ScalarType::F32, 2 * dims.cpl),
     };
     let kv_heads = b.param(kv_heads);
     let chunks = b.param(chunks);
@@ -224,9 +258,15 @@ pub(super) fn lower(
     // Setup: the scaled query, the key tables and the bias.
     stage_query(&mut b, key, &dims, &at, &bufs, &sh, &lc, s.block_size);
     b.barrier();
-    if dims.key_group.is_none() {
-        build_tables(&mut b, key, &dims, &at, &sh, &lc, s.block_size);
-        key_bias(&mut b, key, &dims, &at, &bufs, &sh, &lc);
+    match dims.keys {
+        KeyLayout::Tables => {
+            build_tables(&mut b, key, &dims, &at, &sh, &lc, s.block_size);
+            key_bias(&mut b, key, &dims, &at, &bufs, &sh, &lc);
+        }
+        KeyLayout::ChannelGroups(_) => {}
+        KeyLayout::TokenRows { groups, width } => {
+            stage_token_query(&mut b, &dims, &sh, &lc, groups, width, s.block_size);
+        }
     }
     if let (Mode::Partial, Some(dcal)) = (mode, scheme.calibrate) {
         calibration(
@@ -248,7 +288,7 @@ pub(super) fn lower(
     let cn = b.u32(dims.chunk);
     b.for_range(z, cn, warps * WARP_SIZE, |b, base| {
         stage_fp_rows(b, &dims, &at, &bufs, &sh, &lc, base, mode, s.block_size);
-        if let Some(n) = dims.key_group {
+        if let KeyLayout::ChannelGroups(n) = dims.keys {
             // (The barrier keeps the previous step's logits from reading the new row.)
             b.barrier();
             stage_group_query(b, key, n, &dims, &at, &bufs, &sh, &lc, base);
@@ -289,8 +329,11 @@ struct Shared {
     qk: Memory,
     /// Key tables `[nibbles, 16, gp]`: the heads of an entry side by side (group = all keys).
     table: Memory,
-    /// Each warp's `q'` of its key parameter row `[warps, d, gp]` (group = N keys).
+    /// Each warp's `q'` of its key parameter row `[warps, d, gp]` (group = N keys), or `qs`
+    /// with the heads side by side `[d, gp]` (token-axis keys).
     qg: Memory,
+    /// Token-axis keys: `qs` summed over each parameter group's channels `[groups, gp]`.
+    qsum: Memory,
     /// Each warp's tokens' value code rows `[warps, 32, v_row]`.
     vstage: Memory,
     /// An fp chunk's key rows `[fp_chunk, d + 1]` (padded: lanes reading one channel of
@@ -327,6 +370,9 @@ struct Locals {
     src_lane: u32,
     /// Per lane channel, the table entry it needs.
     nibs: u32,
+    /// Values of group = N: the zeros, then the scales of the lane's channels in the warp's
+    /// parameter row of the step.
+    vpar: u32,
 }
 
 /// The block's work item: uniform values (block id and scalar parameters).

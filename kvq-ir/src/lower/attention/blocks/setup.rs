@@ -3,8 +3,8 @@
 
 use super::*;
 
-/// `qs[h][c] = q[seq, kv_head * g + h, c] / sqrt(d)` and, for a span item with keys of group =
-/// all, `qk[h][c] = qs[h][c] scale_c`, threads over (head, channel).
+/// `qs[h][c] = q[seq, kv_head * g + h, c] / sqrt(d)` and, for a span item with keys of axis =
+/// channel, group = all, `qk[h][c] = qs[h][c] scale_c`, threads over (head, channel).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn stage_query(
     b: &mut Builder,
@@ -40,10 +40,11 @@ pub(super) fn stage_query(
             .collect();
         let v = b.vector(qs.clone());
         b.store_aligned(sh.qs, e4, v);
-        // (Keys of group = N scale the query per step instead: group_keys.)
-        let scaled = match key.group {
-            Group::All => is_span,
-            Group::Size(_) => b.bool(false),
+        // (Keys of group = N scale the query per step instead: group_keys; token-axis keys
+        // not at all: token_keys.)
+        let scaled = match (key.axis, key.group) {
+            (Axis::Channel, Group::All) => is_span,
+            _ => b.bool(false),
         };
         b.if_then(scaled, |b| {
             let dv = b.u32(d);

@@ -21,6 +21,9 @@ pub(super) fn values_step(
     if quads {
         span_values_quads(b, value, dims, at, sh, lc);
     }
+    if let (Axis::Channel, Group::Size(n)) = (value.axis, value.group) {
+        load_value_row(b, value, n.get() as u32, dims, at, bufs, lc, base);
+    }
     let [is_span, start, end] = chunk_tokens(b, dims, at, lc);
     let warp = b.special(Special::WarpId);
     let t0 = b.add(start, base);
@@ -58,9 +61,13 @@ pub(super) fn values_step(
                 is_span,
                 |b| {
                     let codes = lane_value_codes(b, value, dims, sh, j);
-                    match value.axis {
-                        Axis::Channel => accumulate(b, &codes),
-                        Axis::Token => {
+                    match (value.axis, value.group) {
+                        (Axis::Channel, Group::All) => accumulate(b, &codes),
+                        (Axis::Channel, Group::Size(_)) => {
+                            let vals = dequantize_with_row(b, lc, codes);
+                            accumulate(b, &vals);
+                        }
+                        (Axis::Token, _) => {
                             let vals = dequantize_token_row(b, value, dims, at, bufs, lc, t, codes);
                             accumulate(b, &vals);
                         }
@@ -83,6 +90,68 @@ pub(super) fn values_step(
         });
     });
     let _ = g;
+}
+
+/// Values of axis = channel, group = N (N a multiple of 32, so the warp's 32 tokens of the step
+/// at `base` share one parameter row): the zeros and scales of the lane's channels in that row
+/// into `lc.vpar`, for a span item whose step has tokens.
+#[allow(clippy::too_many_arguments)]
+fn load_value_row(
+    b: &mut Builder,
+    value: &Scheme,
+    n: u32,
+    dims: &Dims,
+    at: &Item,
+    bufs: &ItemParams,
+    lc: &Locals,
+    base: Value,
+) {
+    let (d, cpl) = (dims.d, dims.cpl);
+    let [is_span, start, end] = chunk_tokens(b, dims, at, lc);
+    let warp = b.special(Special::WarpId);
+    let t0 = b.add(start, base);
+    let t0 = affine(b, warp, WARP_SIZE, t0);
+    let inside = b.cmp(CmpOp::Lt, t0, end);
+    let go = b.binary(BinaryOp::And, is_span, inside);
+    b.if_then(go, |b| {
+        // Row (kv head, t0 / n) of `[kv_heads, ceil(span_len / n), d]`.
+        let span_len = field(b, lc, f::SPAN_LEN);
+        let nm1 = b.u32(n - 1);
+        let padded = b.add(span_len, nm1);
+        let nv = b.u32(n);
+        let groups = b.div(padded, nv);
+        let gi = b.div(t0, nv);
+        let hg = b.mul(at.h, groups);
+        let row = b.add(hg, gi);
+        let params = field(b, lc, f::V_PARAMS);
+        let prow = affine(b, row, d, params);
+        let lane = b.special(Special::LaneId);
+        let c0 = times(b, lane, cpl);
+        let pi = b.add(prow, c0);
+        let zeros = params_f32(b, bufs.v[1], pi, cpl, value);
+        let scales = params_f32(b, bufs.v[2], pi, cpl, value);
+        for (k, x) in zeros.into_iter().chain(scales).enumerate() {
+            let kv = b.u32(k as u32);
+            b.write_local(lc.vpar, kv, x);
+        }
+    });
+}
+
+/// `zero_k + scale_k code_k` for the lane's channels, with the row in `lc.vpar`.
+fn dequantize_with_row(b: &mut Builder, lc: &Locals, codes: Vec<Value>) -> Vec<Value> {
+    let cpl = codes.len() as u32;
+    codes
+        .into_iter()
+        .enumerate()
+        .map(|(k, code)| {
+            let zi = b.u32(k as u32);
+            let z = b.read_local(lc.vpar, zi);
+            let si = b.u32(cpl + k as u32);
+            let s = b.read_local(lc.vpar, si);
+            let x = b.mul(s, code);
+            b.add(z, x)
+        })
+        .collect()
 }
 
 /// The lane's channels of span token `t`'s value row for token-axis values: `zero + scale *
@@ -154,7 +223,10 @@ pub(super) fn load_probs(b: &mut Builder, dims: &Dims, sh: &Shared, slot: Value)
 /// and four channels per lane (head_dim 128), so that a lane's channels are one nibble of each
 /// code row.
 pub(super) fn quad_values(value: &Scheme, dims: &Dims) -> bool {
-    value.axis == Axis::Channel && value.bits.width() == 1 && dims.cpl == 4
+    value.axis == Axis::Channel
+        && value.group == Group::All
+        && value.bits.width() == 1
+        && dims.cpl == 4
 }
 
 /// `acc[h][k] += sum_t p_h(t) code_t[lane channel k]` over the warp's tile for 1-bit value
