@@ -300,201 +300,112 @@ fn block_per_item_quad_values_at_head_dim_128() {
     }
 }
 
-/// Token-axis values (KIVI's, and 4- and 8-bit rows) on the block-per-item layout: each value
-/// row dequantized per token with its own parameters, at head_dim 64 (two channels a lane) and
-/// 128 (four), with and without calibration, beside the channel-axis keys it takes.
-#[test]
-fn block_per_item_token_axis_values() {
-    let cat = catalogue();
-    let by_name = |n: &str| cat.iter().find(|(name, _)| *name == n).expect(n).1;
-    let values = ["kivi2_v", "tok4", "tok8"];
+/// The catalogue scheme named `name`.
+fn named(name: &str) -> Scheme {
+    catalogue()
+        .into_iter()
+        .find(|(n, _)| *n == name)
+        .unwrap_or_else(|| panic!("no {name}"))
+        .1
+}
+
+/// Every pair of `keys` x `values` (calibrated for every other pair) on the block-per-item
+/// layout at head_dim 64 and 128, under each `(block size, chunk)` of `schedules`, on the
+/// ragged batch plus a sequence of `span` span and `fp` full-precision tokens.
+fn check_block_pairs(
+    seed: u64,
+    keys: &[Scheme],
+    values: &[Scheme],
+    (span, fp): (usize, usize),
+    schedules: &[(u32, u32)],
+) {
     for d in [64usize, 128] {
-        let mut rng = Rng(31 + d as u64);
+        let mut rng = Rng(seed + d as u64);
         let mut seqs = batch_of(&mut rng, d);
         seqs.push(Seq {
             q: rng.tensor(KV * G, 1, d, 2.0).data().to_vec(),
-            fp: Some((rng.tensor(KV, 5, d, 2.0), rng.tensor(KV, 5, d, 1.0))),
-            span: Some((rng.tensor(KV, 150, d, 2.0), rng.tensor(KV, 150, d, 1.0))),
+            fp: Some((rng.tensor(KV, fp, d, 2.0), rng.tensor(KV, fp, d, 1.0))),
+            span: Some((rng.tensor(KV, span, d, 2.0), rng.tensor(KV, span, d, 1.0))),
         });
         let shape = AttentionShape {
             head_dim: d as u32,
             group: G as u32,
         };
-        for (i, key) in ["calibquant_k", "quantile1", "calibquant_mid_lsb", "mse1"]
-            .into_iter()
-            .enumerate()
-        {
-            for value in values {
-                let calibrate = [None, Calibration::new(3.0)][i % 2];
+        for (i, &key) in keys.iter().enumerate() {
+            for (j, &value) in values.iter().enumerate() {
+                let calibrate = [None, Calibration::new(3.0)][(i + j) % 2];
                 let scheme = CacheScheme {
-                    key: by_name(key),
-                    value: by_name(value),
+                    key,
+                    value,
                     calibrate,
                 };
                 kvq_ir::lower::attention::block_per_item_supports(&scheme, shape)
                     .unwrap_or_else(|e| panic!("{key} / {value}: {e}"));
-                let schedule = AttentionSchedule {
-                    block_size: 64,
-                    chunk: 64,
-                    tile: 16,
-                    tables: false,
-                    layout: AttentionLayout::BlockPerItem,
-                };
-                check_d(&scheme, &schedule, &seqs, d);
+                for &(block_size, chunk) in schedules {
+                    let schedule = AttentionSchedule {
+                        block_size,
+                        chunk,
+                        tile: 16,
+                        tables: false,
+                        layout: AttentionLayout::BlockPerItem,
+                    };
+                    check_d(&scheme, &schedule, &seqs, d);
+                }
             }
         }
     }
+}
+
+/// Token-axis values (KIVI's, and 4- and 8-bit rows) on the block-per-item layout: each value
+/// row dequantized per token with its own parameters, at head_dim 64 (two channels a lane) and
+/// 128 (four), beside the channel-axis keys it takes.
+#[test]
+fn block_per_item_token_axis_values() {
+    let keys = ["calibquant_k", "quantile1", "calibquant_mid_lsb", "mse1"].map(named);
+    let values = ["kivi2_v", "tok4", "tok8"].map(named);
+    check_block_pairs(31, &keys, &values, (150, 5), &[(64, 64)]);
 }
 
 /// Keys of group = N (a parameter row per 32 or 64 tokens: KIVI's keys, 2-bit in both orders
-/// with f16 or f32 parameters, and 4- and 8-bit rows) on the block-per-item layout, beside
-/// channel- and token-axis values, calibrated or not, at head_dim 64 and 128; ragged spans end
-/// inside a group.
+/// with f16 or f32 parameters, and 4- and 8-bit rows), beside channel- and token-axis values;
+/// ragged spans end inside a group.
 #[test]
 fn block_per_item_group_keys() {
-    let cat = catalogue();
-    let by_name = |n: &str| cat.iter().find(|(name, _)| *name == n).expect(n).1;
     let keys = [
-        by_name("kivi2_k"),
-        by_name("kivi2_k_lsb_f32"),
+        named("kivi2_k"),
+        named("kivi2_k_lsb_f32"),
         Scheme::parse("bits = 4, axis = channel, group = 64, rule = minmax").unwrap(),
         Scheme::parse("bits = 8, axis = channel, group = 32, rule = minmax, params = f32").unwrap(),
     ];
-    let values = [by_name("calibquant_v"), by_name("kivi2_v"), by_name("tok8")];
-    for d in [64usize, 128] {
-        let mut rng = Rng(37 + d as u64);
-        let mut seqs = batch_of(&mut rng, d);
-        seqs.push(Seq {
-            q: rng.tensor(KV * G, 1, d, 2.0).data().to_vec(),
-            fp: Some((rng.tensor(KV, 3, d, 2.0), rng.tensor(KV, 3, d, 1.0))),
-            span: Some((rng.tensor(KV, 170, d, 2.0), rng.tensor(KV, 170, d, 1.0))),
-        });
-        let shape = AttentionShape {
-            head_dim: d as u32,
-            group: G as u32,
-        };
-        for (i, &key) in keys.iter().enumerate() {
-            for (j, &value) in values.iter().enumerate() {
-                let calibrate = [None, Calibration::new(3.0)][(i + j) % 2];
-                let scheme = CacheScheme {
-                    key,
-                    value,
-                    calibrate,
-                };
-                kvq_ir::lower::attention::block_per_item_supports(&scheme, shape)
-                    .unwrap_or_else(|e| panic!("{key} / {value}: {e}"));
-                for (block_size, chunk) in [(64, 64), (128, 256)] {
-                    let schedule = AttentionSchedule {
-                        block_size,
-                        chunk,
-                        tile: 16,
-                        tables: false,
-                        layout: AttentionLayout::BlockPerItem,
-                    };
-                    check_d(&scheme, &schedule, &seqs, d);
-                }
-            }
-        }
-    }
+    let values = ["calibquant_v", "kivi2_v", "tok8"].map(named);
+    check_block_pairs(37, &keys, &values, (170, 3), &[(64, 64), (128, 256)]);
 }
 
 /// Token-axis keys (a parameter per token and channel group: 1-, 2-, 4- and 8-bit rows, groups
-/// of 8, 32, 64 channels or the whole row) on the block-per-item layout, beside channel- and
-/// token-axis values, calibrated or not, at head_dim 64 and 128.
+/// of 8, 32, 64 channels or the whole row), beside channel- and token-axis values.
 #[test]
 fn block_per_item_token_axis_keys() {
-    let cat = catalogue();
-    let by_name = |n: &str| cat.iter().find(|(name, _)| *name == n).expect(n).1;
     let keys = [
-        by_name("kivi2_v"),
-        by_name("tok4"),
-        by_name("tok8"),
+        named("kivi2_v"),
+        named("tok4"),
+        named("tok8"),
         Scheme::parse("bits = 1, axis = token, group = 8, rule = minmax, order = lsb").unwrap(),
     ];
-    let values = [by_name("calibquant_v"), by_name("kivi2_v"), by_name("tok4")];
-    for d in [64usize, 128] {
-        let mut rng = Rng(41 + d as u64);
-        let mut seqs = batch_of(&mut rng, d);
-        seqs.push(Seq {
-            q: rng.tensor(KV * G, 1, d, 2.0).data().to_vec(),
-            fp: Some((rng.tensor(KV, 4, d, 2.0), rng.tensor(KV, 4, d, 1.0))),
-            span: Some((rng.tensor(KV, 140, d, 2.0), rng.tensor(KV, 140, d, 1.0))),
-        });
-        let shape = AttentionShape {
-            head_dim: d as u32,
-            group: G as u32,
-        };
-        for (i, &key) in keys.iter().enumerate() {
-            for (j, &value) in values.iter().enumerate() {
-                let calibrate = [None, Calibration::new(3.0)][(i + j) % 2];
-                let scheme = CacheScheme {
-                    key,
-                    value,
-                    calibrate,
-                };
-                kvq_ir::lower::attention::block_per_item_supports(&scheme, shape)
-                    .unwrap_or_else(|e| panic!("{key} / {value}: {e}"));
-                let schedule = AttentionSchedule {
-                    block_size: 64,
-                    chunk: 64,
-                    tile: 16,
-                    tables: false,
-                    layout: AttentionLayout::BlockPerItem,
-                };
-                check_d(&scheme, &schedule, &seqs, d);
-            }
-        }
-    }
+    let values = ["calibquant_v", "kivi2_v", "tok4"].map(named);
+    check_block_pairs(41, &keys, &values, (140, 4), &[(64, 64)]);
 }
 
-/// Values of axis = channel, group = N (a parameter row per 32 or 64 tokens) on the
-/// block-per-item layout, beside keys of every layout, calibrated or not, at head_dim 64 and
-/// 128.
+/// Values of axis = channel, group = N (a parameter row per 32 or 64 tokens), beside keys of
+/// every layout.
 #[test]
 fn block_per_item_channel_group_values() {
-    let cat = catalogue();
-    let by_name = |n: &str| cat.iter().find(|(name, _)| *name == n).expect(n).1;
-    let keys = [by_name("calibquant_k"), by_name("kivi2_k"), by_name("tok4")];
+    let keys = ["calibquant_k", "kivi2_k", "tok4"].map(named);
     let values = [
-        by_name("kivi2_k"),
-        by_name("kivi2_k_lsb_f32"),
+        named("kivi2_k"),
+        named("kivi2_k_lsb_f32"),
         Scheme::parse("bits = 4, axis = channel, group = 64, rule = minmax").unwrap(),
     ];
-    for d in [64usize, 128] {
-        let mut rng = Rng(43 + d as u64);
-        let mut seqs = batch_of(&mut rng, d);
-        seqs.push(Seq {
-            q: rng.tensor(KV * G, 1, d, 2.0).data().to_vec(),
-            fp: Some((rng.tensor(KV, 6, d, 2.0), rng.tensor(KV, 6, d, 1.0))),
-            span: Some((rng.tensor(KV, 160, d, 2.0), rng.tensor(KV, 160, d, 1.0))),
-        });
-        let shape = AttentionShape {
-            head_dim: d as u32,
-            group: G as u32,
-        };
-        for (i, &key) in keys.iter().enumerate() {
-            for (j, &value) in values.iter().enumerate() {
-                let calibrate = [None, Calibration::new(3.0)][(i + j) % 2];
-                let scheme = CacheScheme {
-                    key,
-                    value,
-                    calibrate,
-                };
-                kvq_ir::lower::attention::block_per_item_supports(&scheme, shape)
-                    .unwrap_or_else(|e| panic!("{key} / {value}: {e}"));
-                for (block_size, chunk) in [(64, 64), (128, 256)] {
-                    let schedule = AttentionSchedule {
-                        block_size,
-                        chunk,
-                        tile: 16,
-                        tables: false,
-                        layout: AttentionLayout::BlockPerItem,
-                    };
-                    check_d(&scheme, &schedule, &seqs, d);
-                }
-            }
-        }
-    }
+    check_block_pairs(43, &keys, &values, (160, 6), &[(64, 64), (128, 256)]);
 }
 
 /// Every pair of catalogue schemes (as keys and as values) takes the block-per-item layout at

@@ -33,22 +33,9 @@ pub(super) fn stage_group_query(
     }
     let [go, t0] = warp_row(b, dims, at, lc, base);
     b.if_then(go, |b| {
-        // Row (kv head, t0 / n) of `[kv_heads, ceil(span_len / n), d]`.
-        let span_len = field(b, lc, f::SPAN_LEN);
-        let nm1 = b.u32(n - 1);
-        let padded = b.add(span_len, nm1);
-        let nv = b.u32(n);
-        let groups = b.div(padded, nv);
-        let gi = b.div(t0, nv);
-        let hg = b.mul(at.h, groups);
-        let row = b.add(hg, gi);
-        let params = field(b, lc, f::K_PARAMS);
-        let prow = affine(b, row, d, params);
+        let [zeros, scales] = lane_group_params(b, key, n, dims, at, lc, t0, f::K_PARAMS, bufs.k);
         let lane = b.special(Special::LaneId);
         let c0 = times(b, lane, cpl);
-        let pi = b.add(prow, c0);
-        let zeros = params_f32(b, bufs.k[1], pi, cpl, key);
-        let scales = params_f32(b, bufs.k[2], pi, cpl, key);
         let warp = b.special(Special::WarpId);
         let wrow = times(b, warp, d);
         for h in 0..g {
@@ -85,8 +72,49 @@ pub(super) fn stage_group_query(
     });
 }
 
+/// The zeros and scales (as f32) of the lane's `d / 32` channels in parameter row (kv head,
+/// `t0 / n`) of a `[kv_heads, ceil(span_len / n), d]` parameter array (keys or values of axis
+/// = channel, group = N) whose offset is sequence field `params`; `mems` are the scheme's
+/// (codes, zeros, scales) buffers.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn lane_group_params(
+    b: &mut Builder,
+    scheme: &Scheme,
+    n: u32,
+    dims: &Dims,
+    at: &Item,
+    lc: &Locals,
+    t0: Value,
+    params: u32,
+    mems: [Memory; 3],
+) -> [Vec<Value>; 2] {
+    let span_len = field(b, lc, f::SPAN_LEN);
+    let nm1 = b.u32(n - 1);
+    let padded = b.add(span_len, nm1);
+    let nv = b.u32(n);
+    let groups = b.div(padded, nv);
+    let gi = b.div(t0, nv);
+    let hg = b.mul(at.h, groups);
+    let row = b.add(hg, gi);
+    let params = field(b, lc, params);
+    let prow = affine(b, row, dims.d, params);
+    let lane = b.special(Special::LaneId);
+    let c0 = times(b, lane, dims.cpl);
+    let pi = b.add(prow, c0);
+    [
+        params_f32(b, mems[1], pi, dims.cpl, scheme),
+        params_f32(b, mems[2], pi, dims.cpl, scheme),
+    ]
+}
+
 /// Whether the warp's tile at `base` has tokens of a span item, and its first token.
-fn warp_row(b: &mut Builder, dims: &Dims, at: &Item, lc: &Locals, base: Value) -> [Value; 2] {
+pub(super) fn warp_row(
+    b: &mut Builder,
+    dims: &Dims,
+    at: &Item,
+    lc: &Locals,
+    base: Value,
+) -> [Value; 2] {
     let [is_span, start, end] = chunk_tokens(b, dims, at, lc);
     let warp = b.special(Special::WarpId);
     let t0 = b.add(start, base);
@@ -111,20 +139,13 @@ pub(super) fn add_group_logits(
     let per_byte = key.bits.codes_per_byte() as u32;
     let warp = b.special(Special::WarpId);
     let wrow = times(b, warp, dims.d);
-    for piece in 0..dims.k_row / a {
-        let off = b.u32(piece * a);
-        let idx = b.add(row, off);
-        let v = b.load_aligned(bufs.k[0], idx, a as u8);
-        for i in 0..a {
-            let byte = if a == 1 { v } else { b.extract(v, i as u8) };
-            for k in 0..per_byte {
-                let code = b.unpack_bits(byte, k as u8, key.bits, key.order);
-                let code = b.convert(ScalarType::F32, code);
-                let c = (piece * a + i) * per_byte + k;
-                let cv = b.u32(c);
-                let entry = b.add(wrow, cv);
-                add_heads(b, dims, sh.qg, entry, Some(code), s);
-            }
+    for (j, byte) in key_row_bytes(b, dims, bufs, row, a).into_iter().enumerate() {
+        for k in 0..per_byte {
+            let code = b.unpack_bits(byte, k as u8, key.bits, key.order);
+            let code = b.convert(ScalarType::F32, code);
+            let cv = b.u32(j as u32 * per_byte + k);
+            let entry = b.add(wrow, cv);
+            add_heads(b, dims, sh.qg, entry, Some(code), s);
         }
     }
 }

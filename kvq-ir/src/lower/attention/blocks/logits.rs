@@ -207,25 +207,40 @@ fn add_table_logits(
     a: u32,
     s: &mut [Value],
 ) {
+    for (j, byte) in key_row_bytes(b, dims, bufs, row, a).into_iter().enumerate() {
+        let j = j as u32;
+        let byte = b.convert(ScalarType::U32, byte);
+        let four = b.u32(4);
+        let hi = b.binary(BinaryOp::Shr, byte, four);
+        let fifteen = b.u32(15);
+        let lo = b.binary(BinaryOp::And, byte, fifteen);
+        for (p, nib) in [(2 * j, hi), (2 * j + 1, lo)] {
+            let row = b.u32(p * 16);
+            let entry = b.add(row, nib);
+            add_heads(b, dims, sh.table, entry, None, s);
+        }
+    }
+}
+
+/// The `k_row` bytes of the key code row at byte `row`, read with aligned vector loads of `a`
+/// bytes.
+pub(super) fn key_row_bytes(
+    b: &mut Builder,
+    dims: &Dims,
+    bufs: &ItemParams,
+    row: Value,
+    a: u32,
+) -> Vec<Value> {
+    let mut bytes = Vec::with_capacity(dims.k_row as usize);
     for piece in 0..dims.k_row / a {
         let off = b.u32(piece * a);
         let idx = b.add(row, off);
         let v = b.load_aligned(bufs.k[0], idx, a as u8);
         for i in 0..a {
-            let byte = if a == 1 { v } else { b.extract(v, i as u8) };
-            let byte = b.convert(ScalarType::U32, byte);
-            let four = b.u32(4);
-            let hi = b.binary(BinaryOp::Shr, byte, four);
-            let fifteen = b.u32(15);
-            let lo = b.binary(BinaryOp::And, byte, fifteen);
-            let j = piece * a + i;
-            for (p, nib) in [(2 * j, hi), (2 * j + 1, lo)] {
-                let row = b.u32(p * 16);
-                let entry = b.add(row, nib);
-                add_heads(b, dims, sh.table, entry, None, s);
-            }
+            bytes.push(if a == 1 { v } else { b.extract(v, i as u8) });
         }
     }
+    bytes
 }
 
 /// Adds the `g` heads of table entry `entry` (`(nibble position) * 16 + nibble`) to `s`,

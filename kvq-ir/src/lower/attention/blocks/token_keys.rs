@@ -84,35 +84,29 @@ pub(super) fn add_token_logits(
     let pbase = affine(b, tr, rows.groups, params);
     let zero = b.f32(0.0);
     let mut part = vec![zero; s.len()];
-    for piece in 0..dims.k_row / a {
-        let off = b.u32(piece * a);
-        let idx = b.add(row, off);
-        let v = b.load_aligned(bufs.k[0], idx, a as u8);
-        for i in 0..a {
-            let byte = if a == 1 { v } else { b.extract(v, i as u8) };
-            for k in 0..per_byte {
-                let c = (piece * a + i) * per_byte + k;
-                let code = b.unpack_bits(byte, k as u8, key.bits, key.order);
-                let code = b.convert(ScalarType::F32, code);
-                let cv = b.u32(c);
-                add_heads(b, dims, sh.qg, cv, Some(code), &mut part);
-                if (c + 1) % rows.width == 0 {
-                    // The end of group j: fold it with the token's parameters.
-                    let j = c / rows.width;
-                    let jv = b.u32(j);
-                    let pi = b.add(pbase, jv);
-                    let z = param_f32(b, bufs.k[1], pi, key);
-                    let sc = param_f32(b, bufs.k[2], pi, key);
-                    let mut sums = vec![zero; s.len()];
-                    add_heads(b, dims, sh.qsum, jv, None, &mut sums);
-                    for ((acc, p), q) in s.iter_mut().zip(&part).zip(sums) {
-                        let x = b.mul(sc, *p);
-                        let y = b.mul(z, q);
-                        let x = b.add(x, y);
-                        *acc = b.add(*acc, x);
-                    }
-                    part.fill(zero);
+    for (j, byte) in key_row_bytes(b, dims, bufs, row, a).into_iter().enumerate() {
+        for k in 0..per_byte {
+            let c = j as u32 * per_byte + k;
+            let code = b.unpack_bits(byte, k as u8, key.bits, key.order);
+            let code = b.convert(ScalarType::F32, code);
+            let cv = b.u32(c);
+            add_heads(b, dims, sh.qg, cv, Some(code), &mut part);
+            if (c + 1) % rows.width == 0 {
+                // The end of group j: fold it with the token's parameters.
+                let j = c / rows.width;
+                let jv = b.u32(j);
+                let pi = b.add(pbase, jv);
+                let z = param_f32(b, bufs.k[1], pi, key);
+                let sc = param_f32(b, bufs.k[2], pi, key);
+                let mut sums = vec![zero; s.len()];
+                add_heads(b, dims, sh.qsum, jv, None, &mut sums);
+                for ((acc, p), q) in s.iter_mut().zip(&part).zip(sums) {
+                    let x = b.mul(sc, *p);
+                    let y = b.mul(z, q);
+                    let x = b.add(x, y);
+                    *acc = b.add(*acc, x);
                 }
+                part.fill(zero);
             }
         }
     }

@@ -106,30 +106,9 @@ fn load_value_row(
     lc: &Locals,
     base: Value,
 ) {
-    let (d, cpl) = (dims.d, dims.cpl);
-    let [is_span, start, end] = chunk_tokens(b, dims, at, lc);
-    let warp = b.special(Special::WarpId);
-    let t0 = b.add(start, base);
-    let t0 = affine(b, warp, WARP_SIZE, t0);
-    let inside = b.cmp(CmpOp::Lt, t0, end);
-    let go = b.binary(BinaryOp::And, is_span, inside);
+    let [go, t0] = warp_row(b, dims, at, lc, base);
     b.if_then(go, |b| {
-        // Row (kv head, t0 / n) of `[kv_heads, ceil(span_len / n), d]`.
-        let span_len = field(b, lc, f::SPAN_LEN);
-        let nm1 = b.u32(n - 1);
-        let padded = b.add(span_len, nm1);
-        let nv = b.u32(n);
-        let groups = b.div(padded, nv);
-        let gi = b.div(t0, nv);
-        let hg = b.mul(at.h, groups);
-        let row = b.add(hg, gi);
-        let params = field(b, lc, f::V_PARAMS);
-        let prow = affine(b, row, d, params);
-        let lane = b.special(Special::LaneId);
-        let c0 = times(b, lane, cpl);
-        let pi = b.add(prow, c0);
-        let zeros = params_f32(b, bufs.v[1], pi, cpl, value);
-        let scales = params_f32(b, bufs.v[2], pi, cpl, value);
+        let [zeros, scales] = lane_group_params(b, value, n, dims, at, lc, t0, f::V_PARAMS, bufs.v);
         for (k, x) in zeros.into_iter().chain(scales).enumerate() {
             let kv = b.u32(k as u32);
             b.write_local(lc.vpar, kv, x);
