@@ -2080,6 +2080,22 @@ fn inv15_clusters() {
     assert_valid(&k);
     assert!(print(&k).contains("block_size 32 cluster_size 2"));
     assert!(print(&k).contains("load_remote shared.mine[v"));
+    // Resident blocks asked per SM: within an SM's 2,048 threads, printed; beyond, a finding.
+    let (mut k, _) = cluster_swap(2);
+    k.min_blocks_per_sm = 64;
+    assert_valid(&k);
+    assert!(print(&k).contains("block_size 32 cluster_size 2 min_blocks_per_sm 64"));
+    k.min_blocks_per_sm = 65;
+    assert_findings(
+        &k,
+        &[(
+            None,
+            FindingKind::BadMinBlocks {
+                blocks: 65,
+                block_size: 32,
+            },
+        )],
+    );
     // Cluster sizes outside 1..=8.
     for bad in [0, 9] {
         let (mut k, _) = cluster_swap(2);

@@ -362,6 +362,7 @@ impl RawKernel {
                 H::Far(n) => n,
             },
             cluster_size: u32::from(self.cluster_size % 10),
+            min_blocks_per_sm: u32::from(self.cluster_size % 3),
             params: self
                 .params
                 .iter()

@@ -246,7 +246,9 @@ fn ptx_kernel<'ctx>(
 
     let i32_type = ctx.i32_type();
     let mut annotations = vec![("reqntidx", kernel.block_size)];
-    if kernel.block_size >= MIN_ONE_BLOCK_THREADS {
+    if kernel.min_blocks_per_sm > 0 {
+        annotations.push(("minctasm", kernel.min_blocks_per_sm));
+    } else if kernel.block_size >= MIN_ONE_BLOCK_THREADS {
         annotations.push(("minctasm", 1));
     }
     for (key, value) in annotations {

@@ -241,6 +241,8 @@ fn attention_kernels_assemble_with_sfu_exp() {
          value(bits = 1, axis = channel, group = all, rule = shrink(0.3)), calibrate = 3.0",
         "key(bits = 2, axis = channel, group = 32, rule = minmax), \
          value(bits = 2, axis = token, group = 32, rule = minmax)",
+        "key(bits = 4, axis = token, group = all, rule = minmax, params = f32), \
+         value(bits = 2, axis = channel, group = 32, rule = minmax), calibrate = 3.0",
     ] {
         let scheme = kvq_ir::CacheScheme::parse(text).unwrap();
         let schedule = AttentionSchedule::gpu_default(&scheme, shape);
@@ -266,6 +268,14 @@ fn attention_kernels_assemble_with_sfu_exp() {
                     for want in ["ld.global.nc.v4.u32", "shfl.sync.bfly"] {
                         assert!(ptx.text.contains(want), "{}: no {want}", kernel.name);
                     }
+                }
+                // partial asks for 4 resident blocks of 128 threads (registers within 128).
+                if kernel.name.contains("partial") {
+                    assert!(
+                        ptx.text.contains(".minnctapersm 4"),
+                        "{}: no .minnctapersm",
+                        kernel.name
+                    );
                 }
             }
             if kernel.name.contains("partial") || kernel.name.contains("combine") {

@@ -22,6 +22,7 @@ impl Builder {
                 name: name.to_string(),
                 block_size,
                 cluster_size: 1,
+                min_blocks_per_sm: 0,
                 params: Vec::new(),
                 shared: Vec::new(),
                 locals: Vec::new(),
@@ -425,6 +426,11 @@ impl Builder {
     /// A warp collective on locals.
     pub fn warp(&mut self, op: WarpOp) {
         self.push(Op::Warp(op), None);
+    }
+
+    /// Asks for `blocks` resident blocks per SM ([`Kernel::min_blocks_per_sm`]).
+    pub fn min_blocks_per_sm(&mut self, blocks: u32) {
+        self.kernel.min_blocks_per_sm = blocks;
     }
 
     /// Makes the kernel run in clusters of `blocks` blocks ([`Kernel::cluster_size`]).

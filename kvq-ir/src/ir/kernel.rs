@@ -535,6 +535,10 @@ pub struct Kernel {
     /// form cluster `c`: they run at the same time and share [`Op::ClusterBarrier`]s and each
     /// other's shared memory ([`Op::LoadRemote`]). The grid is a multiple of it.
     pub cluster_size: u32,
+    /// Blocks that should be resident on one SM at once (0: no request). On a GPU the code
+    /// generator declares it (`.minnctapersm`), so that ptxas keeps each thread's registers
+    /// within that share of the register file instead of its own budget.
+    pub min_blocks_per_sm: u32,
     /// Parameters in ABI order.
     pub params: Vec<Param>,
     /// Block-shared arrays, indexed by [`Memory::Shared`].

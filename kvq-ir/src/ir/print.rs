@@ -393,10 +393,13 @@ fn header(kernel: &Kernel, out: &mut String) {
             Param::Scalar { name, ty } => format!("{name}: {}", ty.name()),
         })
         .collect();
-    let cluster = match kernel.cluster_size {
+    let mut cluster = match kernel.cluster_size {
         1 => String::new(),
         n => format!(" cluster_size {n}"),
     };
+    if kernel.min_blocks_per_sm > 0 {
+        cluster += &format!(" min_blocks_per_sm {}", kernel.min_blocks_per_sm);
+    }
     let _ = writeln!(
         out,
         "kernel {}({}) block_size {}{cluster}",

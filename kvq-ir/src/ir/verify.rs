@@ -101,7 +101,8 @@
 //! 14. **Bit casts.** A Bitcast is between f32 and u32, or between `u8x4`/`u8x8`/`u8x16` and
 //!     `u32`/`u32x2`/`u32x4` of the same size. [`FindingKind::InvalidBitcast`].
 //!
-//! 15. **Clusters.** `cluster_size` is in 1..=[`MAX_CLUSTER_SIZE`]. A ClusterBarrier or
+//! 15. **Clusters.** `cluster_size` is in 1..=[`MAX_CLUSTER_SIZE`]; `min_blocks_per_sm` blocks
+//!     hold at most [`MAX_THREADS_PER_SM`] threads together. A ClusterBarrier or
 //!     LoadRemote appears only in a kernel with `cluster_size > 1`; a ClusterBarrier only in the
 //!     top-level block (it is a sync point: invariant 10 applies); a LoadRemote names an
 //!     existing shared array, takes a u32 rank and index, gives a scalar of the array's element
@@ -126,6 +127,9 @@ use super::sync::SyncFacts;
 
 /// The largest `block_size`.
 pub const MAX_BLOCK_SIZE: u32 = 1024;
+
+/// Threads an SM can hold (sm_80 and sm_90: 2,048), the bound of `min_blocks_per_sm`.
+pub const MAX_THREADS_PER_SM: u32 = 2048;
 
 /// The most *static* shared memory a block may use, in bytes (48 KiB): above it, backends place
 /// the shared arrays in dynamic shared memory, whose size the launch passes.
@@ -582,6 +586,13 @@ pub enum FindingKind {
         /// The cluster size.
         cluster_size: u32,
     },
+    /// `min_blocks_per_sm` blocks of `block_size` threads cannot be resident on one SM.
+    BadMinBlocks {
+        /// The requested blocks.
+        blocks: u32,
+        /// Threads per block.
+        block_size: u32,
+    },
     /// A ClusterBarrier or LoadRemote in a kernel without clusters.
     ClusterOpWithoutCluster,
     /// A ClusterBarrier outside the top-level block.
@@ -782,6 +793,16 @@ impl<'k> Checker<'k> {
             self.push(
                 None,
                 FindingKind::BadBlockSize {
+                    block_size: k.block_size,
+                },
+            );
+        }
+        if u64::from(k.min_blocks_per_sm) * u64::from(k.block_size) > u64::from(MAX_THREADS_PER_SM)
+        {
+            self.push(
+                None,
+                FindingKind::BadMinBlocks {
+                    blocks: k.min_blocks_per_sm,
                     block_size: k.block_size,
                 },
             );
@@ -1636,6 +1657,10 @@ fn describe(kernel: &Kernel, names: &Names, kind: &FindingKind) -> String {
         F::BadClusterSize { cluster_size } => {
             format!("cluster_size {cluster_size} is not in 1..={MAX_CLUSTER_SIZE}")
         }
+        F::BadMinBlocks { blocks, block_size } => format!(
+            "min_blocks_per_sm {blocks} x block_size {block_size} is over the \
+             {MAX_THREADS_PER_SM} threads of an SM"
+        ),
         F::ClusterOpWithoutCluster => "cluster operation in a kernel without clusters".into(),
         F::ClusterBarrierNotTopLevel => "cluster barrier outside the top-level block".into(),
         F::RemoteLoadNotFollowed => {

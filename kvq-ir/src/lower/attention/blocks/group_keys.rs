@@ -24,6 +24,7 @@ pub(super) fn stage_group_query(
     sh: &Shared,
     lc: &Locals,
     base: Value,
+    calibrated: bool,
 ) {
     let (d, g, cpl) = (dims.d, dims.g, dims.cpl);
     for h in 0..g {
@@ -67,6 +68,14 @@ pub(super) fn stage_group_query(
         for h in 0..g {
             let hv = b.u32(h);
             let x = b.read_local(lc.red, hv);
+            let x = match calibrated {
+                // The calibration's offset (its factor is in the folded query).
+                true => {
+                    let [_, c] = calibration_map(b, dims, sh, h);
+                    b.add(x, c)
+                }
+                false => x,
+            };
             b.write_local(lc.bias, hv, x);
         }
     });

@@ -97,7 +97,8 @@ pub(super) fn aligned_offset(b: &mut Builder, offset: Value, a: u32) -> Value {
 }
 
 /// The lane's token's logits into `lc.s` (-inf for a lane without a token): for a span token
-/// from the key tables (calibrated when `calibrated`), for an fp token its dot products.
+/// from its key codes (the calibration, if any, is folded into the staged query and bias:
+/// [`fold_calibration`]), for an fp token its dot products.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn logits(
     b: &mut Builder,
@@ -108,7 +109,6 @@ pub(super) fn logits(
     sh: &Shared,
     lc: &Locals,
     base: Value,
-    calibrated: bool,
 ) {
     let (d, g) = (dims.d, dims.g);
     let ninf = b.f32(f32::NEG_INFINITY);
@@ -146,21 +146,6 @@ pub(super) fn logits(
                 }
                 stage_value_row(b, dims, at, bufs, sh, lc, t);
                 for (h, x) in s.into_iter().enumerate() {
-                    let x = match calibrated {
-                        true => {
-                            let hv = b.u32(h as u32);
-                            let m = b.load(sh.cal, hv, 1);
-                            let fi = b.u32(g + h as u32);
-                            let fct = b.load(sh.cal, fi, 1);
-                            let y = b.sub(x, m);
-                            let y = b.mul(y, fct);
-                            let y = b.add(m, y);
-                            let one = b.f32(1.0);
-                            let squeeze = b.cmp(CmpOp::Lt, fct, one);
-                            b.select(squeeze, y, x)
-                        }
-                        false => x,
-                    };
                     let hv = b.u32(h as u32);
                     b.write_local(lc.s, hv, x);
                 }

@@ -58,6 +58,14 @@ use values::*;
 /// times the bytes of 1-bit codes at head_dim 128, 32 times at 64) is spread over many blocks.
 pub const FP_CHUNK: u32 = 16;
 
+/// Threads of `partial` asked to be resident per SM (`min_blocks_per_sm` = this / block size):
+/// ptxas then keeps a thread's registers within 65,536 / 512 = 128. Left to itself it
+/// chose 96 and spilled 4 bytes in the calibrated CalibQuant `partial` (sm_90); at 128 it
+/// spills nothing, and 4 blocks of 4 warps fit an SM (25% occupancy; 168 registers, 3 blocks,
+/// before the calibration was folded into the query). `stats` is left alone: asked the same,
+/// ptxas gave it 86 registers instead of 48.
+const RESIDENT_THREADS: u32 = 512;
+
 /// Whether the block-per-item kernels handle `scheme` at `shape`, or why not.
 pub fn supports(scheme: &CacheScheme, shape: AttentionShape) -> Result<(), String> {
     let key = &scheme.key;
@@ -182,6 +190,9 @@ pub(super) fn lower(
     };
     let Dims { d, g, warps, .. } = dims;
     let mut b = Builder::new(name, s.block_size);
+    if mode == Mode::Partial {
+        b.min_blocks_per_sm((RESIDENT_THREADS / s.block_size).max(1));
+    }
     // The parameters (shared with the thread layout: one ABI); `span_logits` stays unread here
     // (the logits are recomputed).
     let (bufs, outs) = match mode {
@@ -255,30 +266,38 @@ pub(super) fn lower(
     let at = Item::new(&mut b, kv_heads, chunks);
     load_fields(&mut b, &at, &bufs, lc.fields);
 
-    // Setup: the scaled query, the key tables and the bias.
+    // Setup: the query (with the span's calibration folded in), the key tables and the bias.
     stage_query(&mut b, key, &dims, &at, &bufs, &sh, &lc, s.block_size);
     b.barrier();
+    let calibrated = match (mode, scheme.calibrate) {
+        (Mode::Partial, Some(dcal)) => {
+            calibration(
+                &mut b,
+                &dims,
+                &at,
+                &bufs,
+                &sh,
+                &lc,
+                dcal.get(),
+                s.block_size,
+            );
+            b.barrier();
+            fold_calibration(&mut b, key, &dims, &at, &sh, &lc, s.block_size);
+            b.barrier();
+            true
+        }
+        _ => false,
+    };
     match dims.keys {
         KeyLayout::Tables => {
             build_tables(&mut b, key, &dims, &at, &sh, &lc, s.block_size);
-            key_bias(&mut b, key, &dims, &at, &bufs, &sh, &lc);
+            key_bias(&mut b, key, &dims, &at, &bufs, &sh, &lc, calibrated);
         }
         KeyLayout::ChannelGroups(_) => {}
         KeyLayout::TokenRows { groups, width } => {
-            stage_token_query(&mut b, &dims, &sh, &lc, groups, width, s.block_size);
+            stage_token_query(&mut b, &dims, &sh, groups, width, s.block_size);
+            token_bias(&mut b, &dims, &at, &sh, &lc, calibrated);
         }
-    }
-    if let (Mode::Partial, Some(dcal)) = (mode, scheme.calibrate) {
-        calibration(
-            &mut b,
-            &dims,
-            &at,
-            &bufs,
-            &sh,
-            &lc,
-            dcal.get(),
-            s.block_size,
-        );
     }
     init_state(&mut b, &dims, &lc, mode);
     b.barrier();
@@ -291,11 +310,10 @@ pub(super) fn lower(
         if let KeyLayout::ChannelGroups(n) = dims.keys {
             // (The barrier keeps the previous step's logits from reading the new row.)
             b.barrier();
-            stage_group_query(b, key, n, &dims, &at, &bufs, &sh, &lc, base);
+            stage_group_query(b, key, n, &dims, &at, &bufs, &sh, &lc, base, calibrated);
         }
         b.barrier();
-        let calibrated = mode == Mode::Partial && scheme.calibrate.is_some();
-        logits(b, key, &dims, &at, &bufs, &sh, &lc, base, calibrated);
+        logits(b, key, &dims, &at, &bufs, &sh, &lc, base);
         match mode {
             Mode::Stats => fold_extremes(b, &dims, &at, &lc, base),
             Mode::Partial => {

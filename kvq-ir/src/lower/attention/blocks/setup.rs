@@ -166,6 +166,7 @@ pub(super) fn key_bias(
     bufs: &ItemParams,
     sh: &Shared,
     lc: &Locals,
+    calibrated: bool,
 ) {
     let (d, g) = (dims.d, dims.g);
     for h in 0..g {
@@ -205,6 +206,88 @@ pub(super) fn key_bias(
         let x = b.read_local(lc.red, hv);
         b.write_local(lc.bias, hv, x);
     }
+    if calibrated {
+        add_calibration_offset(b, dims, at, sh, lc);
+    }
+}
+
+/// Head `h`'s calibration as an affine map of the raw logit, `a x + c` (SPEC.md section 4:
+/// `m + (x - m) f` when the factor `f < 1`, else `x`), from `cal` (written by [`calibration`]).
+pub(super) fn calibration_map(b: &mut Builder, dims: &Dims, sh: &Shared, h: u32) -> [Value; 2] {
+    let hv = b.u32(h);
+    let m = b.load(sh.cal, hv, 1);
+    let fi = b.u32(dims.g + h);
+    let f = b.load(sh.cal, fi, 1);
+    let one = b.f32(1.0);
+    let squeeze = b.cmp(CmpOp::Lt, f, one);
+    let a = b.select(squeeze, f, one);
+    let mf = b.mul(m, f);
+    let c = b.sub(m, mf);
+    let zero = b.f32(0.0);
+    [a, b.select(squeeze, c, zero)]
+}
+
+/// For a calibrated span item, `qs[h][c] *= a_h` and (keys of axis = channel, group = all)
+/// `qk[h][c] *= a_h`: every logit made from them is then `a_h` times the raw one, before the
+/// bias gets `c_h` ([`add_calibration_offset`]), so the tile loop applies no calibration.
+/// Threads over (head, channel); barriers must surround it.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn fold_calibration(
+    b: &mut Builder,
+    key: &Scheme,
+    dims: &Dims,
+    at: &Item,
+    sh: &Shared,
+    lc: &Locals,
+    block: u32,
+) {
+    let (d, g) = (dims.d, dims.g);
+    let [is_span, _, _] = chunk_tokens(b, dims, at, lc);
+    b.if_then(is_span, |b| {
+        let tid = b.special(Special::ThreadId);
+        let n = b.u32(g * d);
+        b.for_range(tid, n, block, |b, e| {
+            let dv = b.u32(d);
+            let h = b.div(e, dv);
+            // `a` of head h: the map of every head, selected (g is small).
+            let mut a = b.f32(1.0);
+            for hh in 0..g {
+                let [ah, _] = calibration_map(b, dims, sh, hh);
+                let hv = b.u32(hh);
+                let this = b.cmp(CmpOp::Eq, h, hv);
+                a = b.select(this, ah, a);
+            }
+            let x = b.load(sh.qs, e, 1);
+            let x = b.mul(x, a);
+            b.store(sh.qs, e, x);
+            if key.axis == Axis::Channel && key.group == Group::All {
+                let x = b.load(sh.qk, e, 1);
+                let x = b.mul(x, a);
+                b.store(sh.qk, e, x);
+            }
+        });
+    });
+}
+
+/// `bias_h += c_h` for a span item of a calibrated kernel (after the bias is made from the
+/// folded query).
+pub(super) fn add_calibration_offset(
+    b: &mut Builder,
+    dims: &Dims,
+    at: &Item,
+    sh: &Shared,
+    lc: &Locals,
+) {
+    let [is_span, _, _] = chunk_tokens(b, dims, at, lc);
+    b.if_then(is_span, |b| {
+        for h in 0..dims.g {
+            let [_, c] = calibration_map(b, dims, sh, h);
+            let hv = b.u32(h);
+            let x = b.read_local(lc.bias, hv);
+            let x = b.add(x, c);
+            b.write_local(lc.bias, hv, x);
+        }
+    });
 }
 
 /// For a span item, the span's logit extremes per query head from `stats` (every thread folds

@@ -14,13 +14,12 @@ pub(super) struct TokenRows {
 }
 
 /// Setup for token-axis keys: `qg[c][h] = qs[h][c]`, `qsum[j][h]` (a fixed order: channels
-/// ascending), threads over (channel or group, head); the bias is 0. A barrier must follow
-/// before the logits read them.
+/// ascending), threads over (channel or group, head). A barrier must follow before the logits
+/// read them.
 pub(super) fn stage_token_query(
     b: &mut Builder,
     dims: &Dims,
     sh: &Shared,
-    lc: &Locals,
     groups: u32,
     width: u32,
     block: u32,
@@ -55,10 +54,24 @@ pub(super) fn stage_token_query(
         let to = affine(b, j, dims.gp, h);
         b.store(sh.qsum, to, acc);
     });
-    for h in 0..g {
+}
+
+/// The bias of token-axis keys: 0, plus the calibration offset of a calibrated span item.
+pub(super) fn token_bias(
+    b: &mut Builder,
+    dims: &Dims,
+    at: &Item,
+    sh: &Shared,
+    lc: &Locals,
+    calibrated: bool,
+) {
+    for h in 0..dims.g {
         let hv = b.u32(h);
         let z = b.f32(0.0);
         b.write_local(lc.bias, hv, z);
+    }
+    if calibrated {
+        add_calibration_offset(b, dims, at, sh, lc);
     }
 }
 
