@@ -69,6 +69,18 @@ fn check(scheme: &CacheScheme, schedule: &AttentionSchedule, seqs: &[Seq]) -> f6
 
 /// [`check`] at head_dim `d`.
 fn check_d(scheme: &CacheScheme, schedule: &AttentionSchedule, seqs: &[Seq], d: usize) -> f64 {
+    check_dg(scheme, schedule, seqs, d, G)
+}
+
+/// [`check`] at head_dim `d` with `g` query heads per kv head (the sequences' queries have
+/// `KV * g` heads).
+fn check_dg(
+    scheme: &CacheScheme,
+    schedule: &AttentionSchedule,
+    seqs: &[Seq],
+    d: usize,
+    g: usize,
+) -> f64 {
     let spans: Vec<Option<(PackedSpan, PackedSpan)>> = seqs
         .iter()
         .map(|s| {
@@ -91,7 +103,7 @@ fn check_d(scheme: &CacheScheme, schedule: &AttentionSchedule, seqs: &[Seq], d: 
         .collect();
     let shape = AttentionShape {
         head_dim: d as u32,
-        group: G as u32,
+        group: g as u32,
     };
     let kernels = attention(scheme, shape, schedule).unwrap();
     let mut args = AttentionArgs::new(scheme, shape, schedule, KV, &data).unwrap();
@@ -105,7 +117,7 @@ fn check_d(scheme: &CacheScheme, schedule: &AttentionSchedule, seqs: &[Seq], d: 
         if let Some((k, v)) = s.span {
             segments.push(Segment::Quantized { k, v });
         }
-        let want = decode_attention(s.q, KV * G, &segments, scheme.calibrate).unwrap();
+        let want = decode_attention(s.q, KV * g, &segments, scheme.calibrate).unwrap();
         let dev = max_head_deviation(got, &want, d);
         assert!(
             dev <= 1e-4,
@@ -447,4 +459,49 @@ fn every_catalogue_pair_takes_the_block_layout() {
     };
     let why = kvq_ir::lower::attention::block_per_item_supports(&scheme, odd).unwrap_err();
     assert!(why.contains("multiple of 32"), "{why}");
+}
+
+/// GQA groups 1 to 8 on the block-per-item layout (heads padded to whole vectors of the tables
+/// and weights: 1, 2, 4 per load), for CalibQuant with calibration (key tables, quad values at
+/// head_dim 128) and KIVI (group keys, token-axis values), at head_dim 64 and 128.
+#[test]
+fn block_per_item_gqa_groups_1_to_8() {
+    let pairs = [
+        CacheScheme {
+            key: named("calibquant_k"),
+            value: named("calibquant_v"),
+            calibrate: Calibration::new(3.0),
+        },
+        CacheScheme {
+            key: named("kivi2_k"),
+            value: named("kivi2_v"),
+            calibrate: None,
+        },
+    ];
+    for d in [64usize, 128] {
+        for g in [1usize, 2, 5, 8] {
+            let mut rng = Rng(47 + (d * g) as u64);
+            let seqs = vec![
+                Seq {
+                    q: rng.tensor(KV * g, 1, d, 2.0).data().to_vec(),
+                    fp: Some((rng.tensor(KV, 7, d, 2.0), rng.tensor(KV, 7, d, 1.0))),
+                    span: Some((rng.tensor(KV, 130, d, 2.0), rng.tensor(KV, 130, d, 1.0))),
+                },
+                Seq {
+                    q: rng.tensor(KV * g, 1, d, 2.0).data().to_vec(),
+                    fp: None,
+                    span: Some((rng.tensor(KV, 40, d, 2.0), rng.tensor(KV, 40, d, 1.0))),
+                },
+            ];
+            let shape = AttentionShape {
+                head_dim: d as u32,
+                group: g as u32,
+            };
+            for scheme in &pairs {
+                let schedule = AttentionSchedule::gpu_default(scheme, shape);
+                assert_eq!(schedule.layout, AttentionLayout::BlockPerItem);
+                check_dg(scheme, &schedule, &seqs, d, g);
+            }
+        }
+    }
 }
