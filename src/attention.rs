@@ -130,8 +130,9 @@ impl HostAttention {
         args.launch(&self.kernels, |kernel: &Kernel, a: &mut [Arg], grid| {
             let compiled = self.host(kernel)?;
             let mut host = host_args(a);
-            // SAFETY: `args` were laid out by `AttentionArgs::new` for these kernels, whose
-            // indices stay within the planned buffers (the plan checks 32-bit offsets).
+            // SAFETY: `AttentionArgs::launch` checked every buffer against the kernel's stated
+            // length for its plan and the grid against its bound; the `seqs` and `work_seq`
+            // tables are the plan's own (built by `AttentionArgs::new`, not public).
             unsafe { compiled.launch(&mut host, grid)? };
             Ok(())
         })
@@ -171,11 +172,28 @@ fn param_args<'a>(p: &ParamView<'a>) -> [HostArg<'a>; 2] {
 }
 
 impl HostAttention {
-    /// Attention for one sequence given as views of a cache's storage.
+    /// Attention for one sequence given as views of a cache's storage. The views' shapes and
+    /// schemes are checked, and every launch's buffers against the kernels' stated sizes for
+    /// this sequence's plan: a short view is an error, never a read out of bounds.
     fn attend_view(&self, s: &SeqView<'_>) -> Result<Vec<f32>, BackendError> {
         let (d, g) = (self.shape.head_dim as usize, self.shape.group as usize);
+        let bad = |why: String| BackendError::Lower(LowerError::Schedule(why));
+        if s.q.is_empty() || s.q.len() % (d * g) != 0 {
+            return Err(bad(format!(
+                "query of {} values is not a whole number of kv heads x {g} query heads x {d}",
+                s.q.len()
+            )));
+        }
         let q_heads = s.q.len() / d;
         let kv = q_heads / g;
+        if let Some((k, v)) = &s.span {
+            if k.scheme != self.scheme.key || v.scheme != self.scheme.value || k.tokens != v.tokens
+            {
+                return Err(bad(
+                    "the span's schemes or token counts differ from the kernels'".into(),
+                ));
+            }
+        }
         let span_tokens = s.span.map_or(0, |(k, _)| k.tokens);
         let extent = SeqExtent {
             fp_tokens: s.fp_tokens,
@@ -233,6 +251,15 @@ impl HostAttention {
             ];
             a
         };
+        // Checks the sizes, then launches: every launch of this function goes through it.
+        let launch = |kernel: &Kernel, a: &mut [HostArg<'_>], blocks: u32| {
+            let compiled = self.host(kernel)?;
+            compiled.check_sizes(a, blocks, Some(&plan))?;
+            // SAFETY: `check_sizes` matched every buffer to the length the kernel states for
+            // this plan (and the grid to its bound), and `seqs` / `work_seq` are the plan's
+            // own tables.
+            unsafe { compiled.launch(a, blocks) }.map_err(BackendError::from)
+        };
         if let Some(k) = &self.kernels.stats {
             let mut a = inputs();
             a.extend([
@@ -241,9 +268,7 @@ impl HostAttention {
                 HostArg::U32(kv32),
                 HostArg::U32(chunks32),
             ]);
-            // SAFETY: the arguments follow the stats ABI with buffers sized by `plan` for this
-            // one sequence, the layout the kernel's indices assume.
-            unsafe { self.host(k)?.launch(&mut a, item_blocks)? };
+            launch(k, &mut a, item_blocks)?;
         }
         let mut a = inputs();
         a.extend([
@@ -254,11 +279,7 @@ impl HostAttention {
             HostArg::U32(kv32),
             HostArg::U32(chunks32),
         ]);
-        // SAFETY: as above, for the partial ABI.
-        unsafe {
-            self.host(&self.kernels.partial)?
-                .launch(&mut a, item_blocks)?
-        };
+        launch(&self.kernels.partial, &mut a, item_blocks)?;
         drop(a);
         let mut a: Vec<HostArg<'_>> = vec![
             plan.seqs[..].into(),
@@ -269,8 +290,7 @@ impl HostAttention {
             HostArg::U32(1),
         ];
         let blocks = self.schedule.combine_blocks(q_heads as u64) as u32;
-        // SAFETY: as above, for the combine ABI (one sequence, `q_heads` outputs of `d`).
-        unsafe { self.host(&self.kernels.combine)?.launch(&mut a, blocks)? };
+        launch(&self.kernels.combine, &mut a, blocks)?;
         Ok(out)
     }
 }

@@ -44,6 +44,9 @@ pub enum BackendError {
     /// Code generation, loading or launch failed.
     #[error(transparent)]
     Codegen(#[from] CodegenError),
+    /// A buffer is shorter, or a grid larger, than the kernel's stated sizes allow.
+    #[error(transparent)]
+    Size(#[from] kvq_ir::ir::SizeError),
     /// The span is too large for one launch.
     #[error("span too large for one launch: {0}")]
     TooLarge(String),
@@ -99,14 +102,24 @@ pub fn host_args(args: &mut [Arg]) -> Vec<HostArg<'_>> {
         .collect()
 }
 
-/// Runs a lowered kernel as generated host code over the buffers that `kvq_ir::lower::io`
-/// allocated for it (the function to pass to `quantize_with` / `dequantize_with`).
+/// Runs one of kvq's lowered quantize or dequantize kernels as generated host code (the
+/// function to pass to `quantize_with` / `dequantize_with`), through [`launch_host`].
 pub fn run_host(kernel: &Kernel, args: &mut [Arg], grid: u32) -> Result<(), BackendError> {
-    let compiled = host_kernel(kernel)?;
+    launch_host(&*host_kernel(kernel)?, args, grid)
+}
+
+/// Launches a compiled kernel over `args`, each buffer first checked against the length the
+/// kernel's signature states for these scalar arguments and the grid against its bound: a
+/// short buffer is a [`BackendError::Codegen`] size error and runs nothing, and a kernel that
+/// states no sizes (or needs a batch plan: the attention kernels, which
+/// [`crate::attention::HostAttention`] launches) is refused.
+pub fn launch_host(compiled: &HostKernel, args: &mut [Arg], grid: u32) -> Result<(), BackendError> {
     let mut host_args = host_args(args);
-    // SAFETY: `args` were allocated by `kvq_ir::lower::io` for this lowered kernel and span
-    // shape, and `grid` comes from the same kernel's launch rule: every index the kernel forms
-    // is within its buffer.
+    compiled.check_sizes(&host_args, grid, None)?;
+    // SAFETY: `check_sizes` matched every buffer to the length the kernel states for these
+    // scalar arguments and the grid to its bound; kvq's lowerings state lengths that bound
+    // every index the kernel forms (the interpreter enforces them on every access in the
+    // tests), and the launch checks count, kinds, types, access and alignment.
     unsafe { compiled.launch(&mut host_args, grid)? };
     Ok(())
 }

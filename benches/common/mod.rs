@@ -124,9 +124,9 @@ impl HostQuantizer {
             HostArg::U32(self.shape[0] as u32),
             HostArg::U32(self.shape[1] as u32),
         ];
-        // SAFETY: `new` allocated every buffer with the length the lowered kernel addresses for
-        // this shape (SPEC.md section 3 layouts), `x` was checked to hold the span, and `grid` is
-        // the kernel's own launch rule for the shape.
+        self.kernel.check_sizes(&args, self.grid, None).unwrap();
+        // SAFETY: `check_sizes` matched every buffer to the length the lowered kernel states
+        // for this shape, and the grid to its bound.
         unsafe { self.kernel.launch(&mut args, self.grid) }.unwrap();
     }
 }

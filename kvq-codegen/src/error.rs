@@ -38,6 +38,9 @@ impl fmt::Display for ArgKind {
 /// Everything that can go wrong while generating, building, loading or launching a kernel.
 #[derive(Debug, thiserror::Error)]
 pub enum CodegenError {
+    /// A buffer is shorter, or the grid larger, than the kernel's stated sizes allow.
+    #[error(transparent)]
+    Size(#[from] kvq_ir::ir::SizeError),
     /// LLVM rejected something (target machine, IR verification, pass pipeline, emission).
     #[error("llvm failed on kernel `{kernel}`: {message}")]
     Llvm {

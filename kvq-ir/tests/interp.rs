@@ -1434,6 +1434,7 @@ mod fuzz {
             name: name.into(),
             elem,
             access,
+            len: None,
         };
         vec![
             buffer("a", F32, Access::ReadWrite),

@@ -14,6 +14,7 @@ use kvq::lower::InputType;
 use kvq::Tensor3;
 use kvq_ir::ir::interp::{Arg, Buffer};
 use kvq_ir::ir::{Access, Param};
+use kvq_ir::ir::{PlanSize, PlanSizes};
 use safetensors::tensor::{Dtype, TensorView};
 
 #[derive(Debug, clap::Args)]
@@ -154,7 +155,7 @@ pub fn run(args: Args) -> Result<()> {
             _ => None,
         })
         .collect();
-    for (param, arg) in kernels.partial.params.iter().zip(&launch.partial) {
+    for (param, arg) in kernels.partial.params.iter().zip(launch.partial_args()) {
         if let (Param::Buffer { name, .. }, Arg::Buffer(b)) = (param, arg) {
             if !written.contains(&name.as_str()) {
                 let (dtype, mut bytes) = bytes_of(b);
@@ -177,13 +178,25 @@ pub fn run(args: Args) -> Result<()> {
     let mut meta = BTreeMap::new();
     meta.insert("scheme".to_string(), scheme.to_string());
     meta.insert("kv_heads".to_string(), kv.to_string());
-    meta.insert("chunks".to_string(), launch.plan.chunks().to_string());
+    meta.insert("chunks".to_string(), launch.plan().chunks().to_string());
     meta.insert("batch".to_string(), args.batch.to_string());
     meta.insert("group".to_string(), shape.group.to_string());
     meta.insert("head_dim".to_string(), shape.head_dim.to_string());
     meta.insert("chunk".to_string(), gpu.chunk.to_string());
     meta.insert("span_tokens".to_string(), args.span_tokens.to_string());
     meta.insert("fp_tokens".to_string(), args.fp_tokens.to_string());
+    // The plan's sizes the kernels' buffer lengths refer to, as written: with one K/V shared
+    // by the batch, the data buffers hold one sequence's.
+    for size in PlanSize::ALL {
+        let n = launch.plan().plan_size(size);
+        let shared = !matches!(size, PlanSize::Sequences | PlanSize::Chunks);
+        let n = if args.share_kv && shared {
+            n / args.batch as u64
+        } else {
+            n
+        };
+        meta.insert(format!("plan_{}", size.name()), n.to_string());
+    }
     let names: Vec<String> = kernels
         .stats
         .iter()
@@ -210,7 +223,7 @@ pub fn run(args: Args) -> Result<()> {
         args.fp_tokens,
         kv,
         shape.group,
-        launch.plan.chunks()
+        launch.plan().chunks()
     );
     Ok(())
 }

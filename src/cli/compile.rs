@@ -8,11 +8,12 @@ use anyhow::{bail, Context, Result};
 use kvq::output::StagedDir;
 use kvq::Scheme;
 use kvq_codegen::{ptxas, Arch, Target};
-use kvq_ir::ir::{verify, Access, Kernel, Param};
-use kvq_ir::lower::attention::{attention, AttentionLayout, AttentionSchedule, AttentionShape};
-use kvq_ir::lower::{self, InputType, Launch, Schedule, ShapeClass};
+use kvq_ir::ir::{verify, Kernel};
+use kvq_ir::lower::attention::{attention, AttentionSchedule, AttentionShape};
+use kvq_ir::lower::{self, InputType, Schedule, ShapeClass};
 use kvq_ir::{CacheScheme, Calibration};
-use serde_json::{json, Value};
+use kvq_runtime::cuda::{Entry, KernelEntry, Manifest, ParamSpec, PtxasResources, Role};
+use serde_json::json;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum TargetArg {
@@ -90,7 +91,11 @@ pub fn run(args: Args) -> Result<()> {
     }
     // Lower everything first, so a scheme that does not fit writes nothing.
     let mut lowered = Vec::new();
-    for (role, scheme) in [("key", key), ("value", value)] {
+    let roles = [
+        ("key", key, Role::KeyQuantize, Role::KeyDequantize),
+        ("value", value, Role::ValueQuantize, Role::ValueDequantize),
+    ];
+    for (role, scheme, quantize_role, dequantize_role) in roles {
         let schedule = match target {
             Target::Host => Schedule::host_default(&scheme, shape),
             Target::Ptx(Arch::Sm90) => Schedule::gpu_default(&scheme, shape),
@@ -102,8 +107,19 @@ pub fn run(args: Args) -> Result<()> {
             lower::quantize(&scheme, shape, &schedule).with_context(|| format!("{role} scheme"))?;
         let dequantize = lower::dequantize(&scheme, shape, &schedule)
             .with_context(|| format!("{role} scheme"))?;
-        lowered.push((role, scheme, schedule, "quantize", quantize));
-        lowered.push((role, scheme, schedule, "dequantize", dequantize));
+        let schedule = json!({"block_size": schedule.block_size, "channels": schedule.channels, "vector": schedule.vector});
+        lowered.push((
+            quantize_role,
+            scheme.to_string(),
+            schedule.clone(),
+            quantize.kernel,
+        ));
+        lowered.push((
+            dequantize_role,
+            scheme.to_string(),
+            schedule,
+            dequantize.kernel,
+        ));
     }
     let attention_kernels = match args.group {
         None => Vec::new(),
@@ -126,67 +142,39 @@ pub fn run(args: Args) -> Result<()> {
                 Target::Ptx(_) => AttentionSchedule::gpu_default(&pair, shape),
             };
             let k = attention(&pair, shape, &schedule).context("attention kernels")?;
-            let items = match schedule.layout {
-                AttentionLayout::ThreadPerItem => {
-                    json!({"kind": "attention_items", "blocks": "ceil(chunks * kv_heads / block_size)"})
-                }
-                AttentionLayout::BlockPerItem => {
-                    json!({"kind": "attention_blocks", "blocks": "chunks * kv_heads"})
-                }
-            };
-            let heads = match schedule.layout {
-                AttentionLayout::ThreadPerItem => {
-                    json!({"kind": "attention_heads", "blocks": "ceil(batch * kv_heads * group / block_size)", "group": group})
-                }
-                AttentionLayout::BlockPerItem => {
-                    json!({"kind": "attention_head_blocks", "blocks": "batch * kv_heads * group", "group": group})
-                }
-            };
             let sched = json!({"block_size": schedule.block_size, "chunk": schedule.chunk, "tile": schedule.tile});
             let mut out = Vec::new();
             if let Some(stats) = k.stats {
-                out.push(("attention_stats", stats, items.clone()));
+                out.push((Role::AttentionStats, stats));
             }
-            out.push(("attention_partial", k.partial, items));
-            out.push(("attention_combine", k.combine, heads));
+            out.push((Role::AttentionPartial, k.partial));
+            out.push((Role::AttentionCombine, k.combine));
             out.into_iter()
-                .map(|(role, kernel, launch)| {
-                    (role, pair.to_string(), sched.clone(), launch, kernel)
-                })
+                .map(|(role, kernel)| (role, pair.to_string(), sched.clone(), kernel))
                 .collect()
         }
     };
+    lowered.extend(attention_kernels);
     // Every file is staged beside the output folder and moved in only when all are written.
     let mut out = StagedDir::new(&args.output)?;
     let mut kernels = Vec::new();
-    for (role, scheme, schedule, kind, lowered) in &lowered {
-        let entry = write_kernel(&mut out, target, emit, &lowered.kernel, ptxas.as_deref())?;
-        kernels.push(json!({
-            "role": format!("{role}_{kind}"),
-            "scheme": scheme.to_string(),
-            "schedule": {"block_size": schedule.block_size, "channels": schedule.channels, "vector": schedule.vector},
-            "launch": launch_json(lowered.launch),
-            "entry": entry,
-        }));
+    for (role, scheme, schedule, kernel) in lowered {
+        let entry = write_kernel(&mut out, target, emit, &kernel, ptxas.as_deref())?;
+        kernels.push(KernelEntry {
+            role,
+            scheme,
+            schedule,
+            entry,
+        });
     }
-    for (role, scheme, schedule, launch, kernel) in &attention_kernels {
-        let entry = write_kernel(&mut out, target, emit, kernel, ptxas.as_deref())?;
-        kernels.push(json!({
-            "role": role,
-            "scheme": scheme,
-            "schedule": schedule,
-            "launch": launch,
-            "entry": entry,
-        }));
-    }
-    let manifest = json!({
-        "kvq": env!("CARGO_PKG_VERSION"),
-        "target": target_name(target),
-        "emit": format!("{emit:?}").to_lowercase(),
-        "head_dim": args.head_dim,
-        "input": input.name(),
-        "kernels": kernels,
-    });
+    let manifest = Manifest {
+        kvq: env!("CARGO_PKG_VERSION").to_string(),
+        target: target_name(target).to_string(),
+        emit: format!("{emit:?}").to_lowercase(),
+        head_dim: args.head_dim,
+        input: input.name().to_string(),
+        kernels,
+    };
     let path = args.output.join("manifest.json");
     out.write(
         "manifest.json",
@@ -195,43 +183,16 @@ pub fn run(args: Args) -> Result<()> {
     out.commit()?;
     println!(
         "wrote {} kernels and {}",
-        kernels_len(&manifest),
+        manifest.kernels.len(),
         path.display()
     );
     Ok(())
-}
-
-fn kernels_len(manifest: &Value) -> usize {
-    manifest["kernels"].as_array().map_or(0, Vec::len)
 }
 
 fn target_name(target: Target) -> &'static str {
     match target {
         Target::Host => "host",
         Target::Ptx(arch) => arch.name(),
-    }
-}
-
-fn launch_json(launch: Launch) -> Value {
-    match launch {
-        Launch::BlockPerColumn { columns } => {
-            json!({"kind": "block_per_column", "blocks": "heads * columns", "columns": columns})
-        }
-        Launch::ThreadPerGroup { columns, group } => json!({
-            "kind": "thread_per_group",
-            "blocks": "ceil(heads * columns * ceil(tokens / group) / block_size)",
-            "columns": columns,
-            "group": group
-        }),
-        Launch::ThreadPerRow => {
-            json!({"kind": "thread_per_row", "blocks": "ceil(heads * tokens / block_size)"})
-        }
-        Launch::ClusterPerColumn { columns, cluster } => json!({
-            "kind": "cluster_per_column",
-            "blocks": "heads * columns * cluster",
-            "columns": columns,
-            "cluster": cluster
-        }),
     }
 }
 
@@ -242,7 +203,7 @@ fn write_kernel(
     emit: Emit,
     kernel: &Kernel,
     ptxas_path: Option<&std::path::Path>,
-) -> Result<Value> {
+) -> Result<Entry> {
     let info = verify(kernel)?;
     let (ext, text) = match emit {
         Emit::Ir => ("kvqir", kvq_ir::ir::print(kernel)),
@@ -256,7 +217,7 @@ fn write_kernel(
     };
     let file = format!("{}.{ext}", kernel.name);
     out.write(&file, text.as_bytes())?;
-    let mut report = Value::Null;
+    let mut report = None;
     if let (Target::Ptx(arch), Some(ptxas_path)) = (target, ptxas_path) {
         let ptx = if emit == Emit::Ptx {
             text
@@ -269,26 +230,22 @@ fn write_kernel(
             n => format!(", {n} bytes dynamic shared"),
         };
         println!("{}: ptxas {}: {r}{dynamic}", kernel.name, arch.name());
-        report = json!({"registers": r.registers, "spill_stores": r.spill_stores, "spill_loads": r.spill_loads, "stack_frame": r.stack_frame, "shared": r.shared});
+        report = Some(PtxasResources {
+            registers: r.registers,
+            spill_stores: r.spill_stores,
+            spill_loads: r.spill_loads,
+            stack_frame: r.stack_frame,
+            shared: r.shared,
+        });
     }
-    let params: Vec<Value> = kernel
-        .params
-        .iter()
-        .map(|p| match p {
-            Param::Buffer { name, elem, access } => json!({
-                "name": name, "kind": "buffer", "elem": elem.name(),
-                "access": match access { Access::Read => "read", Access::Write => "write", Access::ReadWrite => "read_write" },
-            }),
-            Param::Scalar { name, ty } => json!({"name": name, "kind": "scalar", "type": ty.name()}),
-        })
-        .collect();
-    Ok(json!({
-        "name": kernel.name,
-        "file": file,
-        "block_size": kernel.block_size,
-        "shared_bytes": info.shared_bytes,
-        "dynamic_shared_bytes": info.dynamic_shared_bytes,
-        "params": params,
-        "ptxas": report,
-    }))
+    Ok(Entry {
+        name: kernel.name.clone(),
+        file,
+        block_size: kernel.block_size,
+        shared_bytes: info.shared_bytes,
+        dynamic_shared_bytes: info.dynamic_shared_bytes,
+        params: kernel.params.iter().map(ParamSpec::from_ir).collect(),
+        max_grid: kernel.max_grid.clone(),
+        ptxas: report,
+    })
 }

@@ -9,9 +9,9 @@ use kvq_codegen::{ptx, ptxas, Arch};
 use kvq_ir::gpu_model::{self, BlockResources, GpuParams};
 use kvq_ir::ir::interp::{run_traced, Arg, Buffer};
 use kvq_ir::ir::{verify, Kernel};
+use kvq_ir::lower::args::{param_values, DequantizeArgs, QuantizeArgs};
 use kvq_ir::lower::{self, InputType, Lowered, Schedule, ShapeClass};
 use kvq_ir::reference::quantize::{param_shape, row_bytes};
-use kvq_ir::scheme::ParamType;
 use kvq_ir::Shape3;
 
 use super::profile_report::{self, KernelReport};
@@ -357,13 +357,6 @@ fn synthetic(i: usize) -> f32 {
     h as f32 / 1000.0 - 1.0
 }
 
-fn params(p: ParamType, len: usize, x: f32) -> Buffer {
-    match p {
-        ParamType::F16 => Buffer::F16(vec![f16::from_f32(x); len]),
-        ParamType::F32 => Buffer::F32(vec![x; len]),
-    }
-}
-
 /// Sizes of a span's packed codes and parameters, bytes: (codes, zero + scale, parameters each).
 fn packed_sizes(scheme: &Scheme, span: Shape3) -> (usize, usize, usize) {
     let codes = span.heads * span.tokens * row_bytes(scheme, span.dim);
@@ -381,17 +374,9 @@ fn quantize_args(scheme: &Scheme, span: Shape3, input: InputType) -> Result<(Vec
         InputType::BF16 => Buffer::BF16((0..n).map(|i| bf16::from_f32(synthetic(i))).collect()),
         InputType::F32 => Buffer::F32((0..n).map(synthetic).collect()),
     };
-    let (codes, param_bytes, n_params) = packed_sizes(scheme, span);
+    let (codes, param_bytes, _) = packed_sizes(scheme, span);
     let bound = (n * input.scalar().size() + codes + param_bytes) as u64;
-    let args = vec![
-        Arg::Buffer(x),
-        Arg::Buffer(Buffer::U8(vec![0; codes])),
-        Arg::Buffer(params(scheme.params, n_params, 0.0)),
-        Arg::Buffer(params(scheme.params, n_params, 0.0)),
-        Arg::Buffer(Buffer::U32(vec![0])),
-        Arg::U32(span.heads as u32),
-        Arg::U32(span.tokens as u32),
-    ];
+    let args = QuantizeArgs::new(scheme, x, span)?.into_args();
     Ok((args, bound))
 }
 
@@ -401,13 +386,12 @@ fn dequantize_args(scheme: &Scheme, span: Shape3) -> Result<(Vec<Arg>, u64)> {
     let n = span.len();
     let (codes, param_bytes, n_params) = packed_sizes(scheme, span);
     let bound = (codes + param_bytes + n * 4) as u64;
-    let args = vec![
-        Arg::Buffer(Buffer::U8((0..codes).map(|i| (i % 251) as u8).collect())),
-        Arg::Buffer(params(scheme.params, n_params, -1.0)),
-        Arg::Buffer(params(scheme.params, n_params, 0.01)),
-        Arg::Buffer(Buffer::F32(vec![0.0; n])),
-        Arg::U32(span.heads as u32),
-        Arg::U32(span.tokens as u32),
-    ];
+    let args = DequantizeArgs::new(
+        (0..codes).map(|i| (i % 251) as u8).collect(),
+        param_values(scheme.params, &vec![-1.0; n_params]),
+        param_values(scheme.params, &vec![0.01; n_params]),
+        span,
+    )?
+    .into_args();
     Ok((args, bound))
 }

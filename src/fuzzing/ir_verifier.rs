@@ -363,6 +363,7 @@ impl RawKernel {
             },
             cluster_size: u32::from(self.cluster_size % 10),
             min_blocks_per_sm: u32::from(self.cluster_size % 3),
+            max_grid: None,
             params: self
                 .params
                 .iter()
@@ -371,6 +372,7 @@ impl RawKernel {
                         name: name.text("b"),
                         elem: (*elem).into(),
                         access: (*access).into(),
+                        len: None,
                     },
                     RawParam::Scalar(name, ty) => Param::Scalar {
                         name: name.text("s"),

@@ -1,6 +1,8 @@
 //! The search: every candidate compiled, checked bit for bit against the default, and timed.
 
 use super::*;
+use kvq_ir::lower::args::QuantizeArgs;
+use kvq_ir::lower::quantize_abi as abi;
 
 /// What [`tune`] measured.
 #[derive(Debug, Clone, PartialEq)]
@@ -50,21 +52,9 @@ fn synthetic(shape: Shape3) -> Result<Tensor3, QuantError> {
     Ok(Tensor3::new(shape.dims(), data)?)
 }
 
-fn param_buffer(scheme: &Scheme, len: usize) -> Buffer {
-    match scheme.params {
-        kvq_ir::ParamType::F16 => Buffer::F16(vec![Default::default(); len]),
-        kvq_ir::ParamType::F32 => Buffer::F32(vec![0.0; len]),
-    }
-}
-
-/// Launches `kernel` over `args` (allocated by [`tune`] for its shape).
+/// Launches `kernel` over `args` (allocated by [`tune`] for its shape), sizes checked.
 fn launch(kernel: &HostKernel, args: &mut [Arg], grid: u32) -> Result<(), BackendError> {
-    let mut host_args = crate::backend::host_args(args);
-    // SAFETY: `args` hold the input, codes, parameter and status buffers in the lengths SPEC.md
-    // section 3 gives for this scheme and span shape (as `kvq_ir::lower::io` allocates them),
-    // and `grid` is the lowered kernel's own launch rule for that shape.
-    unsafe { kernel.launch(&mut host_args, grid)? };
-    Ok(())
+    crate::backend::launch_host(kernel, args, grid)
 }
 
 /// The outputs of a launch as bits: codes, zero bits, scale bits, status.
@@ -78,12 +68,7 @@ fn output_bits(args: &[Arg]) -> [Vec<u32>; 4] {
             _ => Vec::new(),
         }
     };
-    [
-        bits(&args[1]),
-        bits(&args[2]),
-        bits(&args[3]),
-        bits(&args[4]),
-    ]
+    [abi::CODES, abi::ZERO, abi::SCALE, abi::STATUS].map(|i| bits(&args[i as usize]))
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -138,15 +123,9 @@ pub fn tune_within(
     let x = synthetic(span)?;
     let n_params: usize = param_shape(scheme, span).iter().product();
     let codes_len = heads * tokens * row_bytes(scheme, span.dim);
-    let mut args = vec![
-        Arg::Buffer(input_buffer(&x, shape.input)),
-        Arg::Buffer(Buffer::U8(vec![0; codes_len])),
-        Arg::Buffer(param_buffer(scheme, n_params)),
-        Arg::Buffer(param_buffer(scheme, n_params)),
-        Arg::Buffer(Buffer::U32(vec![0])),
-        Arg::U32(u32::try_from(heads).map_err(|_| bad_shape())?),
-        Arg::U32(u32::try_from(tokens).map_err(|_| bad_shape())?),
-    ];
+    let mut args = QuantizeArgs::new(scheme, input_buffer(&x, shape.input), span)
+        .map_err(|_| bad_shape())?
+        .into_args();
     let param_size = match scheme.params {
         kvq_ir::ParamType::F16 => 2,
         kvq_ir::ParamType::F32 => 4,
@@ -245,7 +224,7 @@ pub fn tune_within(
 
 /// Zeroes the codes, parameter and status buffers so a launch that skips an element shows.
 fn clear_outputs(args: &mut [Arg]) {
-    for a in &mut args[1..5] {
+    for a in &mut args[abi::CODES as usize..=abi::STATUS as usize] {
         match a {
             Arg::Buffer(Buffer::U8(v)) => v.fill(0),
             Arg::Buffer(Buffer::U32(v)) => v.fill(0),

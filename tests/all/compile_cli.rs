@@ -726,24 +726,21 @@ fn compile_with_group_adds_the_attention_kernels() {
     let stdout = assert_success(&compile(key, value, &extra, &dir));
     let m = manifest(&dir);
     let kernels = m["kernels"].as_array().unwrap();
-    let roles: Vec<(&str, &str)> = kernels
+    let roles: Vec<&str> = kernels
         .iter()
-        .map(|k| {
-            (
-                k["role"].as_str().unwrap(),
-                k["launch"]["kind"].as_str().unwrap(),
-            )
-        })
+        .map(|k| k["role"].as_str().unwrap())
         .collect();
     assert_eq!(
         roles[4..],
-        [
-            ("attention_stats", "attention_blocks"),
-            ("attention_partial", "attention_blocks"),
-            ("attention_combine", "attention_head_blocks"),
-        ]
+        ["attention_stats", "attention_partial", "attention_combine"]
     );
-    assert_eq!(kernels[6]["launch"]["group"], 4);
+    // Each states its grid: a block per (chunk, kv head) and per (sequence, query head).
+    let grid = |i: usize| kernels[i]["entry"]["max_grid"].to_string();
+    assert_eq!(grid(5), r#"{"product":[{"scalar":16},{"scalar":15}]}"#);
+    assert_eq!(
+        grid(6),
+        r#"{"product":[{"scalar":5},{"scalar":4},{"const":4}]}"#
+    );
     let pair = CacheScheme::parse(kernels[5]["scheme"].as_str().unwrap()).unwrap();
     assert_eq!(pair.calibrate.map(|d| d.get()), Some(3.0));
     // The kernels the CUDA runtime will load: bundle parsing accepts the new roles and rules.
@@ -761,4 +758,111 @@ fn compile_with_group_adds_the_attention_kernels() {
         &temp_dir("bad"),
     );
     assert!(!out.status.success());
+}
+
+/// The CUDA launcher's check (`KernelSignature::launch_grid`, which `CudaRuntime::launch` runs
+/// before the driver call), on the signatures of a compiled bundle: exact buffers pass with the
+/// launch rule's grid, a short one is a size error, and the attention kernels need their plan.
+#[test]
+fn cuda_launch_check_refuses_a_short_buffer_from_the_compiled_manifest() {
+    use kvq_ir::ir::{PlanSize, PlanSizes, SizeError};
+    use kvq_runtime::cuda::{ArgDesc, CudaError, Elem};
+    let dir = temp_dir("cuda_sizes");
+    let (key, value) = (
+        catalogue_text("calibquant_k"),
+        catalogue_text("calibquant_v"),
+    );
+    assert_success(&compile(
+        key,
+        value,
+        &["--target", "sm_90", "--group", "4", "--head-dim", "64"],
+        &dir,
+    ));
+    let bundle = kvq_runtime::cuda::Bundle::load(&dir).unwrap();
+    let entry = |role: &str| {
+        bundle
+            .manifest
+            .kernels
+            .iter()
+            .find(|k| k.role.name() == role)
+            .unwrap()
+            .signature()
+    };
+    let buf = |elem, len, writable| ArgDesc::Buffer {
+        elem,
+        len,
+        writable,
+    };
+    // CalibQuant keys: 1 bit, one (zero, scale) per (head, channel); 2 heads x 100 tokens x 64.
+    let quantize = entry("key_quantize");
+    let args = |codes: usize| {
+        vec![
+            buf(Elem::F16, 2 * 100 * 64, false),
+            buf(Elem::U8, codes, true),
+            buf(Elem::F16, 2 * 64, true),
+            buf(Elem::F16, 2 * 64, true),
+            buf(Elem::U32, 1, true),
+            ArgDesc::U32(2),
+            ArgDesc::U32(100),
+        ]
+    };
+    let scheme = Scheme::parse(key).unwrap();
+    let shape = ShapeClass {
+        head_dim: 64,
+        input: InputType::F16,
+    };
+    let lowered = lower::quantize(&scheme, shape, &Schedule::gpu_default(&scheme, shape)).unwrap();
+    let grid = lowered.launch.grid(2, 100, lowered.kernel.block_size);
+    assert_eq!(
+        u64::from(quantize.launch_grid(&args(1600), None).unwrap()),
+        grid
+    );
+    let err = quantize.launch_grid(&args(1599), None).unwrap_err();
+    assert!(
+        matches!(&err, CudaError::Size(SizeError::ShortBuffer { param, needed: 1600, found: 1599, .. }) if param == "codes"),
+        "{err}"
+    );
+    assert_eq!(err.to_string().lines().count(), 1);
+    // `partial` reads the batch through its plan: no plan, no launch.
+    struct Plan([u64; 7]);
+    impl PlanSizes for Plan {
+        fn plan_size(&self, size: PlanSize) -> u64 {
+            self.0[PlanSize::ALL.iter().position(|&s| s == size).unwrap()]
+        }
+    }
+    let partial = entry("attention_partial");
+    let (kv, chunks) = (2u32, 3usize);
+    let slots = chunks * 2 * 4;
+    let span = 100;
+    let args = |k_codes: usize| {
+        vec![
+            buf(Elem::F32, 8 * 64, false),
+            buf(Elem::U32, 10, false),
+            buf(Elem::U32, chunks, false),
+            buf(Elem::F32, 1, false),
+            buf(Elem::F32, 1, false),
+            buf(Elem::U8, k_codes, false),
+            buf(Elem::F16, 2 * 64, false),
+            buf(Elem::F16, 2 * 64, false),
+            buf(Elem::U8, 2 * span * 8, false),
+            buf(Elem::F16, 2 * 64, false),
+            buf(Elem::F16, 2 * 64, false),
+            buf(Elem::F32, slots * 2, false),
+            buf(Elem::F32, 1, false),
+            buf(Elem::F32, slots * 2, true),
+            buf(Elem::F32, slots * 64, true),
+            ArgDesc::U32(kv),
+            ArgDesc::U32(chunks as u32),
+        ]
+    };
+    let plan = Plan([1, 3, 0, 2 * 100 * 8, 128, 2 * 100 * 8, 128]);
+    assert!(matches!(
+        partial.launch_grid(&args(1600), None),
+        Err(CudaError::Size(SizeError::NoPlan))
+    ));
+    assert_eq!(partial.launch_grid(&args(1600), Some(&plan)).unwrap(), 6);
+    assert!(matches!(
+        partial.launch_grid(&args(1599), Some(&plan)),
+        Err(CudaError::Size(SizeError::ShortBuffer { ref param, .. })) if param == "k_codes"
+    ));
 }

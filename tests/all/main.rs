@@ -8,6 +8,7 @@ mod cli;
 mod compile_cli;
 mod fixtures;
 mod fuzz_corpora;
+mod launch_safety;
 mod model;
 mod profile_cli;
 mod profile_measured;

@@ -155,6 +155,23 @@ impl HostArg<'_> {
         }
     }
 
+    /// Its size, for [`kvq_ir::ir::check_launch`].
+    pub fn size(&self) -> kvq_ir::ir::ArgSize {
+        use kvq_ir::ir::ArgSize;
+        match self {
+            HostArg::Buffer(b) => {
+                use BufferMut as Buffer;
+                ArgSize::Buffer(per_buffer!(b, s => s.len() as u64))
+            }
+            HostArg::ReadOnly(b) => {
+                use BufferRef as Buffer;
+                ArgSize::Buffer(per_buffer!(b, s => s.len() as u64))
+            }
+            HostArg::U32(v) => ArgSize::U32(*v),
+            HostArg::F32(_) => ArgSize::Other,
+        }
+    }
+
     /// The word the entry receives: a buffer's address, or a scalar's bits.
     pub(super) fn word(&mut self) -> u64 {
         match self {

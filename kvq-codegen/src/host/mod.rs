@@ -18,7 +18,7 @@ mod link;
 
 pub use args::{BufferMut, BufferRef, HostArg};
 
-use kvq_ir::ir::{Kernel, KernelInfo, Param};
+use kvq_ir::ir::{check_launch, ArgSize, Kernel, KernelInfo, Len, Param, PlanSizes};
 
 use crate::cache::{CacheKey, CompileCache, Lookup};
 use crate::CodegenError;
@@ -28,6 +28,8 @@ use link::Loaded;
 pub struct HostKernel {
     name: String,
     params: Vec<Param>,
+    /// The grid bound the kernel states.
+    max_grid: Option<Len>,
     /// The base alignment each buffer argument needs, in bytes (aligned vector accesses).
     align: Vec<u32>,
     /// Stack bytes one launch thread needs: shared arrays and all threads' locals are allocas.
@@ -108,6 +110,7 @@ pub fn compile_with(
     Ok(HostKernel {
         name: kernel.name.clone(),
         params: kernel.params.clone(),
+        max_grid: kernel.max_grid.clone(),
         align: kvq_ir::ir::sync::buffer_alignment(kernel),
         stack: (frame + (1 << 20)).max(2 << 20),
         cluster_size: kernel.cluster_size.max(1),
@@ -150,6 +153,29 @@ impl HostKernel {
         &self.loaded.path
     }
 
+    /// Checks a launch against the sizes the kernel states ([`kvq_ir::ir::length`]): every
+    /// buffer at least its stated length for these scalar arguments (and `plan`, for the
+    /// attention kernels), the grid within its bound. A size the kernel does not state, or
+    /// one that needs a plan when `plan` is `None`, is an error. Safe callers of
+    /// [`HostKernel::launch`] run this first.
+    pub fn check_sizes(
+        &self,
+        args: &[HostArg<'_>],
+        grid_size: u32,
+        plan: Option<&dyn PlanSizes>,
+    ) -> Result<(), CodegenError> {
+        let sizes: Vec<ArgSize> = args.iter().map(HostArg::size).collect();
+        check_launch(
+            &self.name,
+            &self.params,
+            self.max_grid.as_ref(),
+            &sizes,
+            grid_size,
+            plan,
+        )?;
+        Ok(())
+    }
+
     /// Runs the kernel over `grid_size` blocks.
     ///
     /// Every argument is checked against its parameter first (count, kind, element type,
@@ -159,8 +185,10 @@ impl HostKernel {
     /// # Safety
     /// As on a GPU, buffers are not bounds-checked: every buffer must hold at least the elements
     /// the kernel addresses when run over `grid_size` blocks with these scalar arguments. For
-    /// kvq's lowered kernels that is what `kvq_ir::lower::io` allocates from the kernel's
-    /// `Launch` rule and the span's shape.
+    /// kvq's lowered kernels that is what their stated sizes say, which
+    /// [`HostKernel::check_sizes`] checks (and the interpreter enforces on every access in the
+    /// tests); the attention kernels also need the batch plan's own `seqs` and `work_seq`
+    /// tables.
     pub unsafe fn launch(
         &self,
         args: &mut [HostArg<'_>],

@@ -5,6 +5,7 @@ use super::kernel::{
     Access, BinaryOp, Block, CmpOp, Const, Inst, Kernel, Local, Memory, Op, Param, ScalarType,
     SharedArray, Special, Type, UnaryOp, Value, WarpOp,
 };
+use super::length::Len;
 use crate::scheme::{BitOrder, Bits};
 
 /// Builds a [`Kernel`] in program order.
@@ -24,6 +25,7 @@ impl Builder {
                 cluster_size: 1,
                 min_blocks_per_sm: 0,
                 params: Vec::new(),
+                max_grid: None,
                 shared: Vec::new(),
                 locals: Vec::new(),
                 insts: Default::default(),
@@ -39,8 +41,29 @@ impl Builder {
             name: name.to_string(),
             elem,
             access,
+            len: None,
         });
         Memory::Param(self.kernel.params.len() as u32 - 1)
+    }
+
+    /// Declares a buffer parameter of at least `len` elements per launch.
+    pub fn sized_buffer(
+        &mut self,
+        name: &str,
+        elem: ScalarType,
+        access: Access,
+        len: Len,
+    ) -> Memory {
+        let m = self.buffer(name, elem, access);
+        if let Some(Param::Buffer { len: l, .. }) = self.kernel.params.last_mut() {
+            *l = Some(len);
+        }
+        m
+    }
+
+    /// States the most blocks a launch may have ([`Kernel::max_grid`]).
+    pub fn max_grid(&mut self, len: Len) {
+        self.kernel.max_grid = Some(len);
     }
 
     /// Declares a scalar parameter and returns its ABI index.

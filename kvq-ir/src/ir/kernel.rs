@@ -1,6 +1,7 @@
 //! The kernel data model. See the module documentation of [`crate::ir`] for the execution model.
 
 use super::arena::{Arena, Handle};
+use super::length::Len;
 use crate::scheme::{BitOrder, Bits};
 
 /// A scalar element type.
@@ -100,6 +101,9 @@ pub enum Param {
         elem: ScalarType,
         /// Allowed access.
         access: Access,
+        /// Elements a launch must pass (`None`: not stated; only an unchecked launch runs the
+        /// kernel). The kernel's accesses stay below it, which the interpreter enforces.
+        len: Option<Len>,
     },
     /// A scalar passed by value.
     Scalar {
@@ -541,6 +545,9 @@ pub struct Kernel {
     pub min_blocks_per_sm: u32,
     /// Parameters in ABI order.
     pub params: Vec<Param>,
+    /// The most blocks a launch may have, over the scalar parameters (or the batch plan);
+    /// `None`: not stated (only an unchecked launch runs the kernel).
+    pub max_grid: Option<Len>,
     /// Block-shared arrays, indexed by [`Memory::Shared`].
     pub shared: Vec<SharedArray>,
     /// Per-thread variables, indexed by `local` of [`Op::ReadLocal`] / [`Op::WriteLocal`].

@@ -40,6 +40,7 @@ pub mod arena;
 pub mod builder;
 pub mod interp;
 pub mod kernel;
+pub mod length;
 pub mod print;
 pub mod sync;
 pub mod verify;
@@ -51,6 +52,7 @@ pub use kernel::{
     ScalarType, SharedArray, Special, Type, UnaryOp, Value, WarpOp, MAX_CLUSTER_SIZE, REDUCE_STEPS,
     WARP_SIZE,
 };
+pub use length::{check_launch, ArgSize, Len, PlanSize, PlanSizes, SizeError};
 pub use print::print;
 pub use sync::SyncFacts;
 pub use verify::{verify, FindingKind, KernelInfo, VerifyError, VerifyFinding};

@@ -382,13 +382,21 @@ fn header(kernel: &Kernel, out: &mut String) {
         .params
         .iter()
         .map(|p| match p {
-            Param::Buffer { name, elem, access } => {
+            Param::Buffer {
+                name,
+                elem,
+                access,
+                len,
+            } => {
                 let (mutability, access) = match access {
                     Access::Read => ("", "read"),
                     Access::Write => ("mut ", "write"),
                     Access::ReadWrite => ("mut ", "read_write"),
                 };
-                format!("{name}: &{mutability}[{}] {access}", elem.name())
+                let len = len
+                    .as_ref()
+                    .map_or_else(String::new, |l| format!("; {}", l.text(&kernel.params)));
+                format!("{name}: &{mutability}[{}{len}] {access}", elem.name())
             }
             Param::Scalar { name, ty } => format!("{name}: {}", ty.name()),
         })
@@ -399,6 +407,9 @@ fn header(kernel: &Kernel, out: &mut String) {
     };
     if kernel.min_blocks_per_sm > 0 {
         cluster += &format!(" min_blocks_per_sm {}", kernel.min_blocks_per_sm);
+    }
+    if let Some(grid) = &kernel.max_grid {
+        cluster += &format!(" max_grid {}", grid.text(&kernel.params));
     }
     let _ = writeln!(
         out,

@@ -111,6 +111,9 @@
 //!     [`FindingKind::BadClusterSize`], [`FindingKind::ClusterOpWithoutCluster`],
 //!     [`FindingKind::ClusterBarrierNotTopLevel`], [`FindingKind::RemoteLoadNotFollowed`],
 //!     [`FindingKind::SharedOutOfRange`], [`FindingKind::BadOperandType`].
+//! 16. **Sizes.** A stated buffer length or grid bound ([`super::length::Len`]) refers only to
+//!     u32 scalar parameters and divides only by constants above zero.
+//!     [`FindingKind::BadSize`].
 //!
 //! For a kernel with no finding, [`verify`] returns the [`KernelInfo`] backends need.
 
@@ -124,6 +127,26 @@ use super::print::{
     has_result, local_name, param_name, type_text, walk, BlockKind, Entry, Names, Visit,
 };
 use super::sync::SyncFacts;
+
+/// Whether `len` refers only to u32 scalar parameters and divides only by nonzero constants.
+fn size_is_valid(len: &super::length::Len, params: &[Param]) -> bool {
+    use super::length::Len;
+    let scalar_ok = |i: u32| {
+        matches!(
+            params.get(i as usize),
+            Some(Param::Scalar {
+                ty: ScalarType::U32,
+                ..
+            })
+        )
+    };
+    match len {
+        Len::Const(_) | Len::Plan(_) => true,
+        Len::Scalar(i) => scalar_ok(*i),
+        Len::Product(f) => f.iter().all(|x| size_is_valid(x, params)),
+        Len::CeilDiv(a, b) => *b > 0 && size_is_valid(a, params),
+    }
+}
 
 /// The largest `block_size`.
 pub const MAX_BLOCK_SIZE: u32 = 1024;
@@ -599,6 +622,13 @@ pub enum FindingKind {
     ClusterBarrierNotTopLevel,
     /// A LoadRemote with no ClusterBarrier after it.
     RemoteLoadNotFollowed,
+
+    // 16. Sizes.
+    /// A stated size refers to a parameter that is not a u32 scalar, or divides by zero.
+    BadSize {
+        /// The parameter whose length it is (`None`: the grid bound).
+        param: Option<u32>,
+    },
 }
 
 /// Checks `kernel` against every invariant of the module documentation; on success describes
@@ -806,6 +836,20 @@ impl<'k> Checker<'k> {
                     block_size: k.block_size,
                 },
             );
+        }
+        let sizes = k
+            .params
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| match p {
+                Param::Buffer { len: Some(l), .. } => Some((Some(i as u32), l)),
+                _ => None,
+            })
+            .chain(k.max_grid.as_ref().map(|l| (None, l)));
+        for (param, len) in sizes {
+            if !size_is_valid(len, &k.params) {
+                self.push(None, FindingKind::BadSize { param });
+            }
         }
         if !(1..=MAX_CLUSTER_SIZE).contains(&k.cluster_size) {
             self.push(
@@ -1663,6 +1707,10 @@ fn describe(kernel: &Kernel, names: &Names, kind: &FindingKind) -> String {
         ),
         F::ClusterOpWithoutCluster => "cluster operation in a kernel without clusters".into(),
         F::ClusterBarrierNotTopLevel => "cluster barrier outside the top-level block".into(),
+        F::BadSize { param } => format!(
+            "the stated size of {} refers to a non-u32-scalar parameter or divides by zero",
+            param.map_or_else(|| "the grid".to_string(), |p| param_name(kernel, p))
+        ),
         F::RemoteLoadNotFollowed => {
             "remote shared load with no cluster barrier after it".into()
         }

@@ -7,11 +7,11 @@ use thiserror::Error;
 
 use crate::ir::interp::{Arg, Buffer};
 use crate::ir::Kernel;
-use crate::reference::quantize::{param_shape, row_bytes};
 use crate::reference::{quantize as reference_quantize, PackedSpan, QuantError};
-use crate::scheme::{ParamType, Scheme};
+use crate::scheme::Scheme;
 use crate::tensor::{Shape3, Tensor3};
 
+use super::args::{param_values, DequantizeArgs, QuantizeArgs};
 use super::{InputType, Lowered};
 
 /// Why running a lowered kernel failed.
@@ -48,16 +48,11 @@ pub fn input_buffer(x: &Tensor3, input: InputType) -> Buffer {
     }
 }
 
-fn param_buffer(params: ParamType, len: usize) -> Buffer {
-    match params {
-        ParamType::F16 => Buffer::F16(vec![f16::ZERO; len]),
-        ParamType::F32 => Buffer::F32(vec![0.0; len]),
-    }
-}
-
-fn param_values(buffer: &Buffer) -> Option<Vec<f32>> {
+/// The values of a parameter (or input) buffer as f32.
+fn buffer_values(buffer: &Buffer) -> Option<Vec<f32>> {
     match buffer {
         Buffer::F16(v) => Some(v.iter().map(|x| x.to_f32()).collect()),
+        Buffer::BF16(v) => Some(v.iter().map(|x| x.to_f32()).collect()),
         Buffer::F32(v) => Some(v.clone()),
         _ => None,
     }
@@ -90,37 +85,19 @@ pub fn quantize_with<E: std::error::Error + 'static>(
     let shape = x.shape();
     crate::reference::quantize::check_shape(scheme, shape)?;
     let blocks = grid(lowered, shape)?;
-    let n_params: usize = param_shape(scheme, shape).iter().product();
-    let mut args = vec![
-        Arg::Buffer(input_buffer(x, input)),
-        Arg::Buffer(Buffer::U8(vec![
-            0;
-            shape.heads
-                * shape.tokens
-                * row_bytes(scheme, shape.dim)
-        ])),
-        Arg::Buffer(param_buffer(scheme.params, n_params)),
-        Arg::Buffer(param_buffer(scheme.params, n_params)),
-        Arg::Buffer(Buffer::U32(vec![0])),
-        Arg::U32(shape.heads as u32),
-        Arg::U32(shape.tokens as u32),
-    ];
+    let mut args = QuantizeArgs::new(scheme, input_buffer(x, input), shape)?.into_args();
     run(&lowered.kernel, &mut args, blocks).map_err(ExecError::Backend)?;
     let malformed = || QuantError::Malformed("kernel arguments changed kind".to_string());
-    let [_, Arg::Buffer(Buffer::U8(codes)), Arg::Buffer(zero), Arg::Buffer(scale), Arg::Buffer(Buffer::U32(status)), ..] =
-        args.as_slice()
-    else {
-        return Err(malformed().into());
-    };
-    if status.first().is_some_and(|&s| s != 0) {
+    let out = QuantizeArgs::from_args(args).ok_or_else(malformed)?;
+    if out.status != 0 {
         // The kernel found a non-finite value or an overflow; the reference names it.
-        let exact = Tensor3::new(shape.dims(), input_values(&args[0]).ok_or_else(malformed)?)
+        let exact = Tensor3::new(shape.dims(), buffer_values(&out.x).ok_or_else(malformed)?)
             .map_err(QuantError::from)?;
         return Err(match reference_quantize(&exact, scheme) {
             Err(e) => e.into(),
             Ok(_) => QuantError::Malformed(format!(
                 "kernel flagged status {} on valid input",
-                status[0]
+                out.status
             ))
             .into(),
         });
@@ -128,19 +105,10 @@ pub fn quantize_with<E: std::error::Error + 'static>(
     Ok(PackedSpan {
         scheme: *scheme,
         shape,
-        codes: codes.clone(),
-        zero: param_values(zero).ok_or_else(malformed)?,
-        scale: param_values(scale).ok_or_else(malformed)?,
+        codes: out.codes,
+        zero: buffer_values(&out.zero).ok_or_else(malformed)?,
+        scale: buffer_values(&out.scale).ok_or_else(malformed)?,
     })
-}
-
-fn input_values(arg: &Arg) -> Option<Vec<f32>> {
-    match arg {
-        Arg::Buffer(Buffer::F16(v)) => Some(v.iter().map(|x| x.to_f32()).collect()),
-        Arg::Buffer(Buffer::BF16(v)) => Some(v.iter().map(|x| x.to_f32()).collect()),
-        Arg::Buffer(Buffer::F32(v)) => Some(v.clone()),
-        _ => None,
-    }
 }
 
 /// Dequantizes `span` with a lowered dequantize kernel, launched by `run`.
@@ -152,23 +120,16 @@ pub fn dequantize_with<E: std::error::Error + 'static>(
     span.validate()?;
     let shape = span.shape;
     let blocks = grid(lowered, shape)?;
-    let params = |v: &[f32]| match span.scheme.params {
-        ParamType::F16 => Buffer::F16(v.iter().map(|&x| f16::from_f32(x)).collect()),
-        ParamType::F32 => Buffer::F32(v.to_vec()),
-    };
-    let mut args = vec![
-        Arg::Buffer(Buffer::U8(span.codes.clone())),
-        Arg::Buffer(params(&span.zero)),
-        Arg::Buffer(params(&span.scale)),
-        Arg::Buffer(Buffer::F32(vec![0.0; shape.len()])),
-        Arg::U32(shape.heads as u32),
-        Arg::U32(shape.tokens as u32),
-    ];
+    let p = span.scheme.params;
+    let mut args = DequantizeArgs::new(
+        span.codes.clone(),
+        param_values(p, &span.zero),
+        param_values(p, &span.scale),
+        shape,
+    )?
+    .into_args();
     run(&lowered.kernel, &mut args, blocks).map_err(ExecError::Backend)?;
-    match args.swap_remove(3) {
-        Arg::Buffer(Buffer::F32(out)) => {
-            Ok(Tensor3::new(shape.dims(), out).map_err(QuantError::from)?)
-        }
-        _ => Err(QuantError::Malformed("kernel arguments changed kind".to_string()).into()),
-    }
+    let out = DequantizeArgs::from_args(args)
+        .ok_or_else(|| QuantError::Malformed("kernel arguments changed kind".to_string()))?;
+    Ok(Tensor3::new(shape.dims(), out.out).map_err(QuantError::from)?)
 }

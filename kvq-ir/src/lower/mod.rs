@@ -20,6 +20,7 @@
 //! kernel writes 1 to `status[0]` when it meets a non-finite input and 2 when a group's parameters
 //! do not fit their type; the caller then reports the precise error (the reference finds it).
 
+pub mod args;
 pub mod attention;
 mod block_select;
 pub mod cluster_channel;
@@ -33,7 +34,7 @@ mod quantize_token;
 
 use thiserror::Error;
 
-use crate::ir::{Kernel, ScalarType};
+use crate::ir::{Kernel, Len, Param, ScalarType};
 use crate::reference::quantize::{check_shape, QuantError};
 use crate::scheme::{Axis, Group, Rule, Scheme};
 use crate::tensor::Shape3;
@@ -296,16 +297,82 @@ pub enum Launch {
 impl Launch {
     /// Number of blocks for `heads` x `tokens` with `block_size` threads per block.
     pub fn grid(&self, heads: u32, tokens: u32, block_size: u32) -> u64 {
-        let (h, t, b) = (heads as u64, tokens as u64, block_size as u64);
+        let sizes = [heads, tokens];
+        let scalar = |i: u32| sizes.get(i as usize).copied();
+        // Constants and the two scalars: the product of at most four u32 factors fits u64.
+        self.grid_len(0, 1, block_size)
+            .eval(&scalar, None)
+            .unwrap_or(u64::MAX)
+    }
+
+    /// The grid as a size over the scalar parameters `heads` and `tokens` (ABI indices).
+    pub fn grid_len(&self, heads: u32, tokens: u32, block_size: u32) -> Len {
+        let (h, t, b) = (
+            Len::Scalar(heads),
+            Len::Scalar(tokens),
+            u64::from(block_size),
+        );
         match *self {
-            Launch::BlockPerColumn { columns } => h * columns as u64,
+            Launch::BlockPerColumn { columns } => Len::product([h, Len::Const(columns.into())]),
             Launch::ThreadPerGroup { columns, group } => {
-                (h * columns as u64 * t.div_ceil(group as u64)).div_ceil(b)
+                Len::product([h, Len::Const(columns.into()), t.ceil_div(group.into())]).ceil_div(b)
             }
-            Launch::ThreadPerRow => (h * t).div_ceil(b),
-            Launch::ClusterPerColumn { columns, cluster } => h * columns as u64 * cluster as u64,
+            Launch::ThreadPerRow => Len::product([h, t]).ceil_div(b),
+            Launch::ClusterPerColumn { columns, cluster } => {
+                Len::product([h, Len::Const(u64::from(columns) * u64::from(cluster))])
+            }
         }
     }
+}
+
+/// Elements of a span's zero points (and scales) under `scheme` for head_dim `d`, over the
+/// scalar parameters `heads` and `tokens` (SPEC.md section 3, as `param_shape`).
+fn param_len(scheme: &Scheme, d: u32, heads: u32, tokens: u32) -> Len {
+    let (h, t, d) = (Len::Scalar(heads), Len::Scalar(tokens), u64::from(d));
+    match (scheme.axis, scheme.group) {
+        (Axis::Channel, Group::All) => Len::product([h, Len::Const(d)]),
+        (Axis::Channel, Group::Size(n)) => {
+            Len::product([h, t.ceil_div(n.get() as u64), Len::Const(d)])
+        }
+        (Axis::Token, Group::All) => Len::product([h, t]),
+        (Axis::Token, Group::Size(n)) => Len::product([h, t, Len::Const(d / n.get() as u64)]),
+    }
+}
+
+/// States the sizes of a quantize (`quantize` true) or dequantize kernel's signature: every
+/// buffer's length over `heads` and `tokens`, and the grid of its launch rule. One place for
+/// every quantize and dequantize lowering.
+fn state_sizes(
+    mut lowered: Lowered,
+    scheme: &Scheme,
+    shape: ShapeClass,
+    quantize: bool,
+) -> Lowered {
+    let (heads, tokens) = if quantize {
+        (quantize_abi::HEADS, quantize_abi::TOKENS)
+    } else {
+        (dequantize_abi::HEADS, dequantize_abi::TOKENS)
+    };
+    let d = shape.head_dim;
+    let rows = || Len::product([Len::Scalar(heads), Len::Scalar(tokens)]);
+    let elems = Len::product([rows(), Len::Const(d.into())]);
+    let codes = Len::product([rows(), Len::Const((d * scheme.bits.width() / 8).into())]);
+    let params = param_len(scheme, d, heads, tokens);
+    let lens = if quantize {
+        vec![elems, codes, params.clone(), params, Len::Const(1)]
+    } else {
+        vec![codes, params.clone(), params, elems]
+    };
+    let kernel = &mut lowered.kernel;
+    let buffers = kernel.params.iter_mut().filter_map(|p| match p {
+        Param::Buffer { len, .. } => Some(len),
+        Param::Scalar { .. } => None,
+    });
+    for (len, l) in buffers.zip(lens) {
+        *len = Some(l);
+    }
+    kernel.max_grid = Some(lowered.launch.grid_len(heads, tokens, kernel.block_size));
+    lowered
 }
 
 /// A lowered kernel and how to launch it.
@@ -430,34 +497,30 @@ pub fn quantize(
     schedule: &Schedule,
 ) -> Result<Lowered, LowerError> {
     check(scheme, shape, schedule)?;
+    let lowered = quantize_unsized(scheme, shape, schedule);
+    Ok(state_sizes(lowered, scheme, shape, true))
+}
+
+/// The quantize kernel before [`state_sizes`] (`check` passed).
+fn quantize_unsized(scheme: &Scheme, shape: ShapeClass, schedule: &Schedule) -> Lowered {
     if schedule.cluster != 1 {
         // `check` accepted it: the cluster kernel's plan.
         if let Ok(plan) = cluster_channel::plan(scheme, shape) {
-            return Ok(cluster_channel::quantize(scheme, shape, plan));
+            return cluster_channel::quantize(scheme, shape, plan);
         }
     }
     if schedule.cooperative {
         if let Ok(plan) = lanes::plan(scheme, shape.head_dim, true) {
-            return Ok(lanes::quantize_token(
-                scheme,
-                shape,
-                schedule.block_size,
-                plan,
-            ));
+            return lanes::quantize_token(scheme, shape, schedule.block_size, plan);
         }
         if let Ok(plan) = lanes_channel::plan(scheme, shape.head_dim) {
-            return Ok(lanes_channel::quantize(
-                scheme,
-                shape,
-                schedule.block_size,
-                plan,
-            ));
+            return lanes_channel::quantize(scheme, shape, schedule.block_size, plan);
         }
     }
-    Ok(match scheme.axis {
+    match scheme.axis {
         Axis::Channel => quantize_channel::lower(scheme, shape, schedule),
         Axis::Token => quantize_token::lower(scheme, shape, schedule),
-    })
+    }
 }
 
 /// The dequantize kernel of `scheme` for `shape` under `schedule` (one thread per row, or
@@ -468,10 +531,12 @@ pub fn dequantize(
     schedule: &Schedule,
 ) -> Result<Lowered, LowerError> {
     check(scheme, shape, schedule)?;
-    if schedule.cooperative {
-        if let Ok(plan) = lanes::plan(scheme, shape.head_dim, false) {
-            return Ok(lanes::dequantize(scheme, shape, schedule.block_size, plan));
-        }
-    }
-    Ok(dequantize::lower(scheme, shape, schedule))
+    let lowered = match schedule.cooperative {
+        true => match lanes::plan(scheme, shape.head_dim, false) {
+            Ok(plan) => lanes::dequantize(scheme, shape, schedule.block_size, plan),
+            Err(_) => dequantize::lower(scheme, shape, schedule),
+        },
+        false => dequantize::lower(scheme, shape, schedule),
+    };
+    Ok(state_sizes(lowered, scheme, shape, false))
 }

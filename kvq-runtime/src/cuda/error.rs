@@ -80,26 +80,18 @@ pub enum CudaError {
         /// What is wrong.
         mismatch: Mismatch,
     },
-    /// The launch rule gives a grid the driver cannot launch (or an empty one).
-    #[error("kernel {kernel}: {blocks} blocks for sizes {sizes:?} is out of range")]
+    /// The stated grid is one the driver cannot launch (or an empty one).
+    #[error("kernel {kernel}: a grid of {blocks} blocks is out of range (1..2^31)")]
     Grid {
         /// The kernel.
         kernel: String,
-        /// Blocks the rule asks for.
+        /// Blocks the signature states for these sizes.
         blocks: u64,
-        /// The size scalars the rule read (name, value), e.g. heads and tokens.
-        sizes: [(&'static str, u32); 2],
     },
-    /// A size scalar parameter the launch rule reads is missing from the kernel's signature.
-    #[error(
-        "kernel {kernel}: no u32 scalar parameter named {name}, so its grid cannot be derived"
-    )]
-    MissingSize {
-        /// The kernel.
-        kernel: String,
-        /// Its name (`heads`, `tokens`, `chunks`, `kv_heads`, `batch`).
-        name: &'static str,
-    },
+    /// A buffer is shorter, or the grid larger, than the kernel's stated sizes allow, or the
+    /// kernel states none.
+    #[error(transparent)]
+    Size(#[from] kvq_ir::ir::SizeError),
     /// A download asked for a different element type than the buffer holds.
     #[error("downloading a buffer of {got} as {expected}")]
     Download {

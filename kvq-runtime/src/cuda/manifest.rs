@@ -3,14 +3,14 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use kvq_ir::ir::Len;
+use serde::{Deserialize, Serialize};
 
 use crate::cuda::error::CudaError;
 use crate::cuda::signature::{KernelSignature, ParamSpec};
 
-/// The whole manifest. Fields the CUDA backend does not use (`schedule`, `ptxas`, the launch rule's
-/// `blocks` text) are ignored.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// The whole manifest: `kvq compile` writes it, the CUDA backend reads it (one type).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
     /// Version of the kvq that wrote it.
     pub kvq: String,
@@ -27,7 +27,7 @@ pub struct Manifest {
 }
 
 /// Which kernel of a scheme pair an entry is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Quantizes K.
@@ -66,95 +66,22 @@ impl Role {
     }
 }
 
-/// How many blocks a kernel is launched with (`kvq_ir::lower::Launch`, reimplemented).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum LaunchRule {
-    /// `heads * columns` blocks.
-    BlockPerColumn {
-        /// Columns per head.
-        columns: u32,
-    },
-    /// `ceil(heads * columns * ceil(tokens / group) / block_size)` blocks.
-    ThreadPerGroup {
-        /// Columns per head.
-        columns: u32,
-        /// Tokens per group.
-        group: u32,
-    },
-    /// `ceil(heads * tokens / block_size)` blocks.
-    ThreadPerRow,
-    /// `heads * columns * cluster` blocks, in clusters of `cluster` (the PTX declares them).
-    ClusterPerColumn {
-        /// Columns per head.
-        columns: u32,
-        /// Blocks per cluster.
-        cluster: u32,
-    },
-    /// `ceil(chunks * kv_heads / block_size)` blocks: a thread per attention work item.
-    AttentionItems,
-    /// `chunks * kv_heads` blocks: a block per attention work item.
-    AttentionBlocks,
-    /// `ceil(batch * kv_heads * group / block_size)` blocks: a thread per (sequence, query head).
-    AttentionHeads {
-        /// Query heads per kv head.
-        group: u32,
-    },
-    /// `batch * kv_heads * group` blocks: a block per (sequence, query head).
-    AttentionHeadBlocks {
-        /// Query heads per kv head.
-        group: u32,
-    },
-}
-
-impl LaunchRule {
-    /// The names of the two u32 scalar parameters the grid depends on, in [`Self::grid`]'s order.
-    pub fn sizes(&self) -> [&'static str; 2] {
-        match self {
-            LaunchRule::AttentionItems | LaunchRule::AttentionBlocks => ["chunks", "kv_heads"],
-            LaunchRule::AttentionHeads { .. } | LaunchRule::AttentionHeadBlocks { .. } => {
-                ["batch", "kv_heads"]
-            }
-            _ => ["heads", "tokens"],
-        }
-    }
-
-    /// Number of blocks for the two sizes of [`Self::sizes`] (heads x tokens for the quantize
-    /// kernels) with `block_size` threads per block.
-    pub fn grid(&self, heads: u32, tokens: u32, block_size: u32) -> u64 {
-        let (h, t, b) = (heads as u64, tokens as u64, block_size.max(1) as u64);
-        match *self {
-            LaunchRule::AttentionItems => (h * t).div_ceil(b),
-            LaunchRule::AttentionBlocks => h * t,
-            LaunchRule::AttentionHeads { group } => (h * t * group as u64).div_ceil(b),
-            LaunchRule::AttentionHeadBlocks { group } => h * t * group as u64,
-            LaunchRule::BlockPerColumn { columns } => h * columns as u64,
-            LaunchRule::ThreadPerGroup { columns, group } => {
-                (h * columns as u64 * t.div_ceil(group.max(1) as u64)).div_ceil(b)
-            }
-            LaunchRule::ThreadPerRow => (h * t).div_ceil(b),
-            LaunchRule::ClusterPerColumn { columns, cluster } => {
-                h * columns as u64 * cluster as u64
-            }
-        }
-    }
-}
-
 /// One kernel of the manifest.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KernelEntry {
     /// Which kernel of the pair.
     pub role: Role,
-    /// The scheme's text form.
+    /// The scheme's text form (of the pair, for the attention kernels).
     pub scheme: String,
-    /// Its launch rule.
-    pub launch: LaunchRule,
+    /// The schedule it was lowered with, as its fields (for people; the launch needs none).
+    #[serde(default)]
+    pub schedule: serde_json::Value,
     /// The PTX entry.
     pub entry: Entry,
 }
 
 /// `entry` of a manifest kernel.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
     /// PTX entry name.
     pub name: String,
@@ -170,6 +97,28 @@ pub struct Entry {
     pub dynamic_shared_bytes: u32,
     /// Parameters in ABI order.
     pub params: Vec<ParamSpec>,
+    /// The most blocks a launch may have, over the scalar parameters; a launch uses exactly
+    /// this many (absent in manifests older than the stated sizes).
+    #[serde(default)]
+    pub max_grid: Option<Len>,
+    /// ptxas's resource report, when ptxas ran.
+    #[serde(default)]
+    pub ptxas: Option<PtxasResources>,
+}
+
+/// What ptxas reported for an entry (`ptxas -v`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PtxasResources {
+    /// Registers per thread.
+    pub registers: u32,
+    /// Bytes of spill stores.
+    pub spill_stores: u32,
+    /// Bytes of spill loads.
+    pub spill_loads: u32,
+    /// Bytes of stack frame.
+    pub stack_frame: u32,
+    /// Bytes of static shared memory.
+    pub shared: u32,
 }
 
 impl KernelEntry {
@@ -178,6 +127,7 @@ impl KernelEntry {
         KernelSignature {
             name: self.entry.name.clone(),
             params: self.entry.params.clone(),
+            max_grid: self.entry.max_grid.clone(),
         }
     }
 }
@@ -265,21 +215,21 @@ mod tests {
       "role": "key_quantize",
       "scheme": "bits = 2, axis = channel, group = 32, rule = minmax",
       "schedule": {"block_size": 128, "channels": 1, "vector": 1},
-      "launch": {"kind": "thread_per_group", "blocks": "ceil(heads * columns * ceil(tokens / group) / block_size)", "columns": 64, "group": 32},
       "entry": {
         "name": "kvq_quantize_k",
         "file": "kvq_quantize_k.ptx",
         "block_size": 128,
         "shared_bytes": 0,
         "params": [
-          {"name": "x", "kind": "buffer", "elem": "f16", "access": "read"},
-          {"name": "codes", "kind": "buffer", "elem": "u8", "access": "write"},
-          {"name": "zero", "kind": "buffer", "elem": "f16", "access": "write"},
-          {"name": "scale", "kind": "buffer", "elem": "f16", "access": "write"},
-          {"name": "status", "kind": "buffer", "elem": "u32", "access": "read_write"},
+          {"name": "x", "kind": "buffer", "elem": "f16", "access": "read", "len": {"product": [{"product": [{"scalar": 5}, {"scalar": 6}]}, {"const": 64}]}},
+          {"name": "codes", "kind": "buffer", "elem": "u8", "access": "write", "len": {"product": [{"product": [{"scalar": 5}, {"scalar": 6}]}, {"const": 16}]}},
+          {"name": "zero", "kind": "buffer", "elem": "f16", "access": "write", "len": {"product": [{"scalar": 5}, {"ceil_div": [{"scalar": 6}, 32]}, {"const": 64}]}},
+          {"name": "scale", "kind": "buffer", "elem": "f16", "access": "write", "len": {"product": [{"scalar": 5}, {"ceil_div": [{"scalar": 6}, 32]}, {"const": 64}]}},
+          {"name": "status", "kind": "buffer", "elem": "u32", "access": "read_write", "len": {"const": 1}},
           {"name": "heads", "kind": "scalar", "type": "u32"},
           {"name": "tokens", "kind": "scalar", "type": "u32"}
         ],
+        "max_grid": {"ceil_div": [{"product": [{"scalar": 5}, {"const": 64}, {"ceil_div": [{"scalar": 6}, 32]}]}, 128]},
         "ptxas": null
       }
     },
@@ -287,7 +237,6 @@ mod tests {
       "role": "value_dequantize",
       "scheme": "bits = 2, axis = token, group = 32, rule = minmax",
       "schedule": {"block_size": 256, "channels": 1, "vector": 4},
-      "launch": {"kind": "thread_per_row", "blocks": "ceil(heads * tokens / block_size)"},
       "entry": {
         "name": "kvq_dequantize_v",
         "file": "kvq_dequantize_v.ptx",
@@ -354,14 +303,12 @@ mod tests {
         assert!(ptx.contains("kvq_quantize_k"));
         assert_eq!(entry.role, Role::KeyQuantize);
         assert!(entry.role.is_quantize());
-        assert_eq!(
-            entry.launch,
-            LaunchRule::ThreadPerGroup {
-                columns: 64,
-                group: 32
-            }
-        );
         assert_eq!(entry.entry.block_size, 128);
+        // The grid bound, evaluated for 8 heads x 100 tokens: 8 x 64 x ceil(100 / 32) threads
+        // in blocks of 128.
+        let grid = entry.entry.max_grid.as_ref().unwrap();
+        let sizes = |i: u32| [8, 100].get(i.wrapping_sub(5) as usize).copied();
+        assert_eq!(grid.eval(&sizes, None), Ok(16));
         let sig = entry.signature();
         assert_eq!(sig.params.len(), 7);
         assert_eq!(
@@ -369,7 +316,8 @@ mod tests {
             ParamSpec::Buffer {
                 name: "status".into(),
                 elem: Elem::U32,
-                access: Access::ReadWrite
+                access: Access::ReadWrite,
+                len: Some(kvq_ir::ir::Len::Const(1)),
             }
         );
         assert_eq!(
@@ -380,8 +328,9 @@ mod tests {
             }
         );
         let (entry, _) = bundle.kernel("kvq_dequantize_v").unwrap();
-        assert_eq!(entry.launch, LaunchRule::ThreadPerRow);
         assert!(!entry.role.is_quantize());
+        // Written before the stated sizes: parsed, with nothing stated (no launch accepts it).
+        assert_eq!(entry.entry.max_grid, None);
     }
 
     #[test]
@@ -405,7 +354,7 @@ mod tests {
             "{ not json",
             r#"{"kvq": "0.1.0"}"#,
             &MANIFEST.replace("\"access\": \"read\"", "\"access\": \"sometimes\""),
-            &MANIFEST.replace("thread_per_row", "thread_per_warp"),
+            &MANIFEST.replace("ceil_div", "floor_div"),
             &MANIFEST.replace("\"elem\": \"u8\"", "\"elem\": \"u7\""),
         ]
         .iter()
@@ -445,78 +394,12 @@ mod tests {
         ));
     }
 
-    /// `kvq compile`'s cluster rule: heads x columns x cluster blocks, whatever the tokens.
     #[test]
-    fn cluster_rule_counts_whole_clusters() {
-        let parsed: LaunchRule = serde_json::from_str(
-            r#"{"kind": "cluster_per_column", "blocks": "heads * columns * cluster", "columns": 8, "cluster": 8}"#,
-        )
-        .unwrap();
-        assert_eq!(
-            parsed,
-            LaunchRule::ClusterPerColumn {
-                columns: 8,
-                cluster: 8
-            }
-        );
-        assert_eq!(parsed.sizes(), ["heads", "tokens"]);
-        for tokens in [1, 16384, 65536] {
-            assert_eq!(parsed.grid(8, tokens, 256), 512);
-        }
-    }
-
-    #[test]
-    fn attention_rules_read_their_own_sizes() {
-        // The numbers of AttentionSchedule::item_blocks and combine_blocks: chunks * kv_heads
-        // work items and batch * kv_heads * group (sequence, query head) pairs, a thread or a
-        // block each.
-        let items = LaunchRule::AttentionItems;
-        assert_eq!(items.sizes(), ["chunks", "kv_heads"]);
-        assert_eq!(items.grid(65, 8, 64), 9); // 520 items
-        let blocks = LaunchRule::AttentionBlocks;
-        assert_eq!(blocks.sizes(), ["chunks", "kv_heads"]);
-        assert_eq!(blocks.grid(65, 8, 128), 520);
-        let heads = LaunchRule::AttentionHeads { group: 4 };
-        assert_eq!(heads.sizes(), ["batch", "kv_heads"]);
-        assert_eq!(heads.grid(3, 8, 64), 2); // 96 (sequence, query head) pairs
-        let head_blocks = LaunchRule::AttentionHeadBlocks { group: 4 };
-        assert_eq!(head_blocks.sizes(), ["batch", "kv_heads"]);
-        assert_eq!(head_blocks.grid(3, 8, 1024), 96);
-        assert_eq!(LaunchRule::ThreadPerRow.sizes(), ["heads", "tokens"]);
-        let parsed: LaunchRule =
-            serde_json::from_str(r#"{"kind": "attention_heads", "group": 4, "blocks": "..."}"#)
-                .unwrap();
-        assert_eq!(parsed, heads);
+    fn roles_parse() {
         let role: Role = serde_json::from_str(r#""attention_partial""#).unwrap();
         assert_eq!(
             (role.name(), role.is_quantize()),
             ("attention_partial", false)
         );
-    }
-
-    #[test]
-    fn grid_formulas() {
-        // Same numbers as kvq_ir::lower::Launch::grid.
-        let per_column = LaunchRule::BlockPerColumn { columns: 64 };
-        assert_eq!(per_column.grid(6, 257, 128), 6 * 64);
-        assert_eq!(per_column.grid(3, 1, 256), 3 * 64);
-        let per_group = LaunchRule::ThreadPerGroup {
-            columns: 64,
-            group: 32,
-        };
-        // 6 heads * 64 columns * ceil(257 / 32) = 9 groups -> 3456 threads -> 27 blocks of 128.
-        assert_eq!(per_group.grid(6, 257, 128), 27);
-        // 3 * 64 * ceil(245 / 32) = 8 -> 1536 threads -> 6 blocks of 256.
-        assert_eq!(per_group.grid(3, 245, 256), 6);
-        assert_eq!(per_group.grid(1, 1, 1024), 1);
-        let per_row = LaunchRule::ThreadPerRow;
-        assert_eq!(
-            per_row.grid(6, 257, 128),
-            (6 * 257usize).div_ceil(128) as u64
-        );
-        assert_eq!(per_row.grid(3, 245, 256), 3);
-        assert_eq!(per_row.grid(1, 256, 256), 1);
-        assert_eq!(per_row.grid(1, 257, 256), 2);
-        assert_eq!(per_row.grid(0, 257, 256), 0);
     }
 }

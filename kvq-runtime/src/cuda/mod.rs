@@ -8,7 +8,9 @@
 //! - [`Bundle::load`] reads the manifest and every PTX file it names;
 //! - [`KernelSignature`] is a kernel's parameter list, and [`check`] validates a launch's
 //!   arguments against it (count, kind, element type, access) before the one `unsafe` launch;
-//! - [`LaunchRule::grid`] gives the number of blocks (the formulas of `kvq_ir::lower::Launch`);
+//! - each buffer parameter states its length and each kernel its grid over the scalar
+//!   parameters (`kvq_ir::ir::Len`, written by the lowering): the launch checks every length
+//!   and launches the stated grid;
 //! - [`CudaRuntime`] owns the context and stream, uploads and downloads buffers and launches.
 //!
 //! Without a driver, [`CudaRuntime::new`] returns [`CudaError::NoDriver`]; it never panics.
@@ -19,6 +21,6 @@ mod runtime;
 mod signature;
 
 pub use error::CudaError;
-pub use manifest::{Bundle, KernelEntry, LaunchRule, Manifest, Role};
+pub use manifest::{Bundle, Entry, KernelEntry, Manifest, PtxasResources, Role};
 pub use runtime::{CudaRuntime, DeviceBuffer, DeviceElem, Kernel, LaunchArg};
 pub use signature::{check, Access, ArgDesc, Elem, KernelSignature, Mismatch, ParamSpec};

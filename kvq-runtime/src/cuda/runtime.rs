@@ -11,8 +11,10 @@ use cudarc::nvrtc::Ptx;
 use half::{bf16, f16};
 
 use crate::cuda::error::CudaError;
-use crate::cuda::manifest::{Bundle, LaunchRule, Role};
-use crate::cuda::signature::{check, ArgDesc, Elem, KernelSignature, ParamSpec};
+use kvq_ir::ir::PlanSizes;
+
+use crate::cuda::manifest::{Bundle, Role};
+use crate::cuda::signature::{ArgDesc, Elem, KernelSignature};
 
 /// Device memory of one of the element types kernels take.
 #[derive(Debug)]
@@ -126,7 +128,7 @@ impl LaunchArg<'_> {
                 len: b.len(),
                 writable: true,
             },
-            LaunchArg::U32(_) => ArgDesc::U32,
+            LaunchArg::U32(v) => ArgDesc::U32(*v),
             LaunchArg::F32(_) => ArgDesc::F32,
         }
     }
@@ -135,12 +137,10 @@ impl LaunchArg<'_> {
 /// A kernel loaded into the context, with what the manifest says about launching it.
 #[derive(Debug)]
 pub struct Kernel {
-    /// Name and parameters.
+    /// Name, parameters and grid bound.
     pub signature: KernelSignature,
     /// Which kernel of the pair.
     pub role: Role,
-    /// Grid rule.
-    pub launch: LaunchRule,
     /// Threads per block.
     pub block_size: u32,
     /// Dynamic shared memory each block receives, in bytes.
@@ -149,21 +149,14 @@ pub struct Kernel {
 }
 
 impl Kernel {
-    /// The launch configuration for the size scalars among `args` that the launch rule reads.
-    fn config(&self, args: &[LaunchArg<'_>]) -> Result<LaunchConfig, CudaError> {
-        let [a, b] = self.launch.sizes();
-        let sizes = [(a, self.size_arg(args, a)?), (b, self.size_arg(args, b)?)];
-        let blocks = self.launch.grid(sizes[0].1, sizes[1].1, self.block_size);
-        let grid = u32::try_from(blocks)
-            .ok()
-            .filter(|&b| b > 0 && b < (1 << 31));
-        let Some(grid) = grid else {
-            return Err(CudaError::Grid {
-                kernel: self.signature.name.clone(),
-                blocks,
-                sizes,
-            });
-        };
+    /// The launch configuration after [`KernelSignature::launch_grid`]'s checks.
+    fn config(
+        &self,
+        args: &[LaunchArg<'_>],
+        plan: Option<&dyn PlanSizes>,
+    ) -> Result<LaunchConfig, CudaError> {
+        let descs: Vec<ArgDesc> = args.iter().map(LaunchArg::desc).collect();
+        let grid = self.signature.launch_grid(&descs, plan)?;
         Ok(LaunchConfig {
             grid_dim: (grid, 1, 1),
             block_dim: (self.block_size, 1, 1),
@@ -171,20 +164,6 @@ impl Kernel {
             // shared memory of the manifest's size (the function attribute is set at load).
             shared_mem_bytes: self.dynamic_shared_bytes,
         })
-    }
-
-    fn size_arg(&self, args: &[LaunchArg<'_>], name: &'static str) -> Result<u32, CudaError> {
-        let index =
-            self.signature.params.iter().position(
-                |p| matches!(p, ParamSpec::Scalar { name: n, ty: Elem::U32 } if n == name),
-            );
-        match index.and_then(|i| args.get(i)) {
-            Some(LaunchArg::U32(v)) => Ok(*v),
-            _ => Err(CudaError::MissingSize {
-                kernel: self.signature.name.clone(),
-                name,
-            }),
-        }
     }
 }
 
@@ -247,10 +226,10 @@ impl CudaRuntime {
             func.set_attribute(attribute, bytes)
                 .map_err(err("allowing its dynamic shared memory"))?;
         }
+        let signature = entry.signature();
         Ok(Kernel {
-            signature: entry.signature(),
+            signature,
             role: entry.role,
-            launch: entry.launch,
             block_size: entry.entry.block_size,
             dynamic_shared_bytes: dynamic,
             func,
@@ -305,13 +284,48 @@ impl CudaRuntime {
             })
     }
 
-    /// Checks `args` against the kernel's signature, derives the grid from its launch rule and
-    /// the size arguments it names (`heads`/`tokens`, or the attention kernels' `chunks`,
-    /// `batch` and `kv_heads`), and queues the launch.
+    /// Checks `args` against the kernel's signature and stated sizes, and queues the launch
+    /// over the grid the signature states for these scalars. A short buffer is a
+    /// [`CudaError::Size`] error; a kernel whose sizes need a batch plan (the attention
+    /// kernels) is refused here: see [`CudaRuntime::launch_planned`].
     pub fn launch(&self, kernel: &Kernel, args: &mut [LaunchArg<'_>]) -> Result<(), CudaError> {
-        let descs: Vec<ArgDesc> = args.iter().map(LaunchArg::desc).collect();
-        check(&kernel.signature, &descs)?;
-        let cfg = kernel.config(args)?;
+        let cfg = kernel.config(args, None)?;
+        // SAFETY: `config` matched every argument to the manifest's signature of this PTX entry
+        // (count, buffer vs scalar, element and scalar types, buffers the kernel stores to
+        // passed mutably, so no other borrow of them is alive) and every buffer to the length
+        // the kernel states for these scalars; the grid is the stated one. kvq's kernels keep
+        // their accesses within their stated lengths (the interpreter enforces it in tests).
+        unsafe { self.enqueue(kernel, args, cfg) }
+    }
+
+    /// [`CudaRuntime::launch`] for a kernel whose sizes refer to an attention batch plan:
+    /// every buffer is checked against its length for `plan`.
+    ///
+    /// # Safety
+    /// The `seqs` and `work_seq` buffers must hold `plan`'s own tables (the kernels find each
+    /// sequence's data through them, and the sizes bound the accesses only for those tables);
+    /// they live on the device, so this launcher cannot read them back to check.
+    pub unsafe fn launch_planned(
+        &self,
+        kernel: &Kernel,
+        args: &mut [LaunchArg<'_>],
+        plan: &dyn PlanSizes,
+    ) -> Result<(), CudaError> {
+        let cfg = kernel.config(args, Some(plan))?;
+        // SAFETY: as in `launch`, the sizes checked for `plan`, whose tables the caller passes.
+        unsafe { self.enqueue(kernel, args, cfg) }
+    }
+
+    /// Queues the launch.
+    ///
+    /// # Safety
+    /// `args` were checked by [`Kernel::config`], which gave `cfg`.
+    unsafe fn enqueue(
+        &self,
+        kernel: &Kernel,
+        args: &mut [LaunchArg<'_>],
+        cfg: LaunchConfig,
+    ) -> Result<(), CudaError> {
         let mut builder = self.stream.launch_builder(&kernel.func);
         for arg in args.iter_mut() {
             match arg {
@@ -333,13 +347,7 @@ impl CudaRuntime {
                 LaunchArg::F32(v) => builder.arg(&*v),
             };
         }
-        // SAFETY: `check` matched every argument to the manifest's signature of this PTX entry:
-        // the count, buffer vs scalar, element and scalar types, and that buffers the kernel
-        // stores to are passed mutably (so no other borrow of them is alive). The grid comes
-        // from the entry's launch rule with the same heads/tokens the kernel receives, so the
-        // kernel's own bounds guards keep it inside buffers sized for that shape; the caller
-        // sizes buffers for the launch: heads x tokens for the quantize kernels, the batch plan
-        // (`kvq_ir::lower::attention::plan`) for the attention kernels (see `kvq-gpu-check`).
+        // SAFETY: the caller's contract: `config` checked the arguments and their sizes.
         unsafe { builder.launch(cfg) }.map_err(|source| CudaError::Kernel {
             kernel: kernel.signature.name.clone(),
             op: "launching",

@@ -2,12 +2,13 @@
 
 use std::fmt;
 
-use serde::Deserialize;
+use kvq_ir::ir::{check_launch, ArgSize, Len, PlanSizes, SizeError};
+use serde::{Deserialize, Serialize};
 
 use crate::cuda::error::CudaError;
 
 /// Element type of a buffer or scalar parameter, as the manifest spells it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Elem {
     /// `bool` (never a kernel parameter today; kept so manifests parse).
@@ -27,6 +28,34 @@ pub enum Elem {
 }
 
 impl Elem {
+    /// The manifest's element type of a kvq-ir one.
+    pub fn from_scalar(t: kvq_ir::ir::ScalarType) -> Elem {
+        use kvq_ir::ir::ScalarType;
+        match t {
+            ScalarType::Bool => Elem::Bool,
+            ScalarType::U8 => Elem::U8,
+            ScalarType::U32 => Elem::U32,
+            ScalarType::F16 => Elem::F16,
+            ScalarType::BF16 => Elem::Bf16,
+            ScalarType::F32 => Elem::F32,
+            ScalarType::F64 => Elem::F64,
+        }
+    }
+
+    /// kvq-ir's element type.
+    pub fn scalar(self) -> kvq_ir::ir::ScalarType {
+        use kvq_ir::ir::ScalarType;
+        match self {
+            Elem::Bool => ScalarType::Bool,
+            Elem::U8 => ScalarType::U8,
+            Elem::U32 => ScalarType::U32,
+            Elem::F16 => ScalarType::F16,
+            Elem::Bf16 => ScalarType::BF16,
+            Elem::F32 => ScalarType::F32,
+            Elem::F64 => ScalarType::F64,
+        }
+    }
+
     /// The manifest's name.
     pub fn name(self) -> &'static str {
         match self {
@@ -48,7 +77,7 @@ impl fmt::Display for Elem {
 }
 
 /// How a kernel uses a buffer parameter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Access {
     /// Only loads.
@@ -67,7 +96,7 @@ impl Access {
 }
 
 /// One kernel parameter, exactly as `kvq compile` writes it into `entry.params`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ParamSpec {
     /// A pointer to global memory.
@@ -78,6 +107,10 @@ pub enum ParamSpec {
         elem: Elem,
         /// Loads, stores or both.
         access: Access,
+        /// Elements a launch must pass, over the scalars (or the batch plan); absent in
+        /// manifests older than the stated sizes, whose kernels no launch accepts.
+        #[serde(default)]
+        len: Option<Len>,
     },
     /// A value passed by copy.
     Scalar {
@@ -98,13 +131,69 @@ impl ParamSpec {
     }
 }
 
-/// A kernel's name and parameters in ABI order.
+impl ParamSpec {
+    /// The manifest's form of a kvq-ir parameter.
+    pub fn from_ir(p: &kvq_ir::ir::Param) -> ParamSpec {
+        use kvq_ir::ir::{Access as IrAccess, Param};
+        match p {
+            Param::Buffer {
+                name,
+                elem,
+                access,
+                len,
+            } => ParamSpec::Buffer {
+                name: name.clone(),
+                elem: Elem::from_scalar(*elem),
+                access: match access {
+                    IrAccess::Read => Access::Read,
+                    IrAccess::Write => Access::Write,
+                    IrAccess::ReadWrite => Access::ReadWrite,
+                },
+                len: len.clone(),
+            },
+            Param::Scalar { name, ty } => ParamSpec::Scalar {
+                name: name.clone(),
+                ty: Elem::from_scalar(*ty),
+            },
+        }
+    }
+
+    /// The parameter in kvq-ir's terms, for [`kvq_ir::ir::check_launch`].
+    pub fn to_ir(&self) -> kvq_ir::ir::Param {
+        use kvq_ir::ir::{Access as IrAccess, Param};
+        match self {
+            ParamSpec::Buffer {
+                name,
+                elem,
+                access,
+                len,
+            } => Param::Buffer {
+                name: name.clone(),
+                elem: elem.scalar(),
+                access: match access {
+                    Access::Read => IrAccess::Read,
+                    Access::Write => IrAccess::Write,
+                    Access::ReadWrite => IrAccess::ReadWrite,
+                },
+                len: len.clone(),
+            },
+            ParamSpec::Scalar { name, ty } => Param::Scalar {
+                name: name.clone(),
+                ty: ty.scalar(),
+            },
+        }
+    }
+}
+
+/// A kernel's name, parameters in ABI order, and the most blocks a launch may have.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KernelSignature {
     /// The PTX entry name.
     pub name: String,
     /// Parameters in ABI order.
     pub params: Vec<ParamSpec>,
+    /// The grid bound over the scalar parameters (absent in older manifests).
+    pub max_grid: Option<Len>,
 }
 
 /// What a launch argument is, without the device memory: what [`check`] compares.
@@ -119,10 +208,54 @@ pub enum ArgDesc {
         /// Passed mutably.
         writable: bool,
     },
-    /// A `u32` scalar.
-    U32,
+    /// A `u32` scalar and its value (the sizes refer to it).
+    U32(u32),
     /// An `f32` scalar.
     F32,
+}
+
+impl ArgDesc {
+    /// Its size, for [`kvq_ir::ir::check_launch`].
+    pub fn size(&self) -> ArgSize {
+        match *self {
+            ArgDesc::Buffer { len, .. } => ArgSize::Buffer(len as u64),
+            ArgDesc::U32(v) => ArgSize::U32(v),
+            ArgDesc::F32 => ArgSize::Other,
+        }
+    }
+}
+
+impl KernelSignature {
+    /// Checks a launch of this kernel with arguments `args` (and `plan`, for kernels whose sizes
+    /// refer to one): the argument check of [`check`], then every buffer against its stated
+    /// length and the grid, which is the stated bound for these scalars. Returns the grid.
+    pub fn launch_grid(
+        &self,
+        args: &[ArgDesc],
+        plan: Option<&dyn PlanSizes>,
+    ) -> Result<u32, CudaError> {
+        check(self, args)?;
+        let sizes: Vec<ArgSize> = args.iter().map(ArgDesc::size).collect();
+        let max_grid = self.max_grid.as_ref().ok_or_else(|| SizeError::Unstated {
+            kernel: self.name.clone(),
+            param: "grid".into(),
+        })?;
+        let scalar = |i: u32| match sizes.get(i as usize) {
+            Some(ArgSize::U32(v)) => Some(*v),
+            _ => None,
+        };
+        let blocks = max_grid.eval(&scalar, plan)?;
+        let grid = u32::try_from(blocks)
+            .ok()
+            .filter(|&b| b > 0 && b < (1 << 31))
+            .ok_or_else(|| CudaError::Grid {
+                kernel: self.name.clone(),
+                blocks,
+            })?;
+        let params: Vec<kvq_ir::ir::Param> = self.params.iter().map(ParamSpec::to_ir).collect();
+        check_launch(&self.name, &params, Some(max_grid), &sizes, grid, plan)?;
+        Ok(grid)
+    }
 }
 
 /// Why an argument does not fit its parameter.
@@ -229,9 +362,11 @@ fn mismatch(param: &ParamSpec, arg: ArgDesc) -> Option<Mismatch> {
                 None
             }
         }
-        (ParamSpec::Buffer { .. }, ArgDesc::U32 | ArgDesc::F32) => Some(Mismatch::ExpectedBuffer),
+        (ParamSpec::Buffer { .. }, ArgDesc::U32(_) | ArgDesc::F32) => {
+            Some(Mismatch::ExpectedBuffer)
+        }
         (ParamSpec::Scalar { .. }, ArgDesc::Buffer { .. }) => Some(Mismatch::ExpectedScalar),
-        (ParamSpec::Scalar { ty, .. }, ArgDesc::U32) if *ty != Elem::U32 => {
+        (ParamSpec::Scalar { ty, .. }, ArgDesc::U32(_)) if *ty != Elem::U32 => {
             Some(Mismatch::ScalarType {
                 expected: *ty,
                 got: Elem::U32,
@@ -243,7 +378,7 @@ fn mismatch(param: &ParamSpec, arg: ArgDesc) -> Option<Mismatch> {
                 got: Elem::F32,
             })
         }
-        (ParamSpec::Scalar { .. }, ArgDesc::U32 | ArgDesc::F32) => None,
+        (ParamSpec::Scalar { .. }, ArgDesc::U32(_) | ArgDesc::F32) => None,
     }
 }
 
@@ -256,6 +391,7 @@ mod tests {
             name: name.into(),
             elem,
             access,
+            len: None,
         };
         let scalar = |name: &str| ParamSpec::Scalar {
             name: name.into(),
@@ -272,6 +408,7 @@ mod tests {
                 scalar("heads"),
                 scalar("tokens"),
             ],
+            max_grid: None,
         }
     }
 
@@ -287,8 +424,8 @@ mod tests {
             buf(Elem::F16, true),
             buf(Elem::F16, true),
             buf(Elem::U32, true),
-            ArgDesc::U32,
-            ArgDesc::U32,
+            ArgDesc::U32(2),
+            ArgDesc::U32(4),
         ]
     }
 
@@ -336,7 +473,7 @@ mod tests {
     #[test]
     fn scalar_for_buffer() {
         let mut args = good_args();
-        args[1] = ArgDesc::U32;
+        args[1] = ArgDesc::U32(1);
         assert_eq!(mismatch_at(&args), (1, Mismatch::ExpectedBuffer));
     }
 

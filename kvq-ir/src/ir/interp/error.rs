@@ -18,6 +18,9 @@ pub enum ParamKind {
 /// What a kernel run can report.
 #[derive(Debug, Clone, PartialEq, Error)]
 pub enum InterpError {
+    /// A buffer is shorter, or the grid larger, than the kernel's stated sizes allow.
+    #[error(transparent)]
+    Size(Box<crate::ir::SizeError>),
     /// The number of arguments is not the number of parameters.
     #[error("the kernel takes {expected} arguments, got {got}")]
     ArgCount {
@@ -264,4 +267,10 @@ pub enum Malformed {
     /// Loops and ifs nested deeper than [`MAX_NESTING`].
     #[error("nesting deeper than {MAX_NESTING}")]
     TooDeep,
+}
+
+impl From<crate::ir::SizeError> for InterpError {
+    fn from(e: crate::ir::SizeError) -> Self {
+        InterpError::Size(Box::new(e))
+    }
 }

@@ -172,6 +172,33 @@ impl Buffer {
         }
     }
 
+    /// Splits off the elements from `at` on (all of them past the end: none).
+    pub fn split_off(&mut self, at: usize) -> Buffer {
+        let at = at.min(self.len());
+        match self {
+            Buffer::U8(v) => Buffer::U8(v.split_off(at)),
+            Buffer::U32(v) => Buffer::U32(v.split_off(at)),
+            Buffer::F16(v) => Buffer::F16(v.split_off(at)),
+            Buffer::BF16(v) => Buffer::BF16(v.split_off(at)),
+            Buffer::F32(v) => Buffer::F32(v.split_off(at)),
+            Buffer::F64(v) => Buffer::F64(v.split_off(at)),
+        }
+    }
+
+    /// Appends `tail` (of the same element type; another type is dropped, which
+    /// [`Buffer::split_off`]'s tails never are).
+    pub fn append(&mut self, tail: Buffer) {
+        match (self, tail) {
+            (Buffer::U8(v), Buffer::U8(mut t)) => v.append(&mut t),
+            (Buffer::U32(v), Buffer::U32(mut t)) => v.append(&mut t),
+            (Buffer::F16(v), Buffer::F16(mut t)) => v.append(&mut t),
+            (Buffer::BF16(v), Buffer::BF16(mut t)) => v.append(&mut t),
+            (Buffer::F32(v), Buffer::F32(mut t)) => v.append(&mut t),
+            (Buffer::F64(v), Buffer::F64(mut t)) => v.append(&mut t),
+            _ => {}
+        }
+    }
+
     /// True when there are no elements.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -219,6 +246,15 @@ pub enum Arg {
 }
 
 impl Arg {
+    /// Its size, for [`crate::ir::check_launch`].
+    pub fn size(&self) -> crate::ir::ArgSize {
+        match self {
+            Arg::Buffer(b) => crate::ir::ArgSize::Buffer(b.len() as u64),
+            Arg::U32(v) => crate::ir::ArgSize::U32(*v),
+            Arg::F32(_) => crate::ir::ArgSize::Other,
+        }
+    }
+
     /// The buffer, if this is a buffer argument (to read results back).
     pub fn buffer(&self) -> Option<&Buffer> {
         match self {
@@ -236,9 +272,80 @@ impl From<Buffer> for Arg {
 
 /// Runs `kernel` on `grid_size` blocks with `args` (one per parameter, in ABI order); stores
 /// land in the buffers of `args`. See the module documentation for the semantics.
+///
+/// Sizes the kernel states ([`crate::ir::length`]) that need no batch plan are checked first,
+/// and each such buffer is bounded by its stated length while the kernel runs (the elements
+/// past it are set aside and put back after), so that an access beyond what the signature
+/// promises is an [`InterpError::OutOfBounds`] even where the buffer is longer.
 pub fn run(kernel: &Kernel, args: &mut [Arg], grid_size: u32) -> Result<(), InterpError> {
     check_args(kernel, args)?;
-    exec::run(kernel, args, grid_size)
+    let stated = stated_lengths(kernel, args, grid_size)?;
+    let mut tails = Vec::new();
+    for (i, len) in stated {
+        if let Some(Arg::Buffer(b)) = args.get_mut(i) {
+            tails.push((i, b.split_off(len)));
+        }
+    }
+    let result = exec::run(kernel, args, grid_size);
+    for (i, tail) in tails {
+        if let Some(Arg::Buffer(b)) = args.get_mut(i) {
+            b.append(tail);
+        }
+    }
+    result
+}
+
+/// The stated lengths (buffer index, elements) that need no plan, after checking every size
+/// that needs no plan against `args` and `grid_size`.
+fn stated_lengths(
+    kernel: &Kernel,
+    args: &[Arg],
+    grid_size: u32,
+) -> Result<Vec<(usize, usize)>, InterpError> {
+    let scalar = |i: u32| match args.get(i as usize) {
+        Some(Arg::U32(v)) => Some(*v),
+        _ => None,
+    };
+    let size_error = |e| InterpError::Size(Box::new(e));
+    let mut out = Vec::new();
+    for (i, (p, a)) in kernel.params.iter().zip(args).enumerate() {
+        let (
+            Param::Buffer {
+                name, len: Some(l), ..
+            },
+            Arg::Buffer(b),
+        ) = (p, a)
+        else {
+            continue;
+        };
+        if l.needs_plan() {
+            continue;
+        }
+        let needed = l.eval(&scalar, None).map_err(size_error)?;
+        if needed > b.len() as u64 {
+            return Err(size_error(crate::ir::SizeError::ShortBuffer {
+                kernel: kernel.name.clone(),
+                param: name.clone(),
+                needed,
+                found: b.len() as u64,
+                len: l.text(&kernel.params),
+            }));
+        }
+        // `needed` <= the buffer's length, a usize.
+        out.push((i, needed as usize));
+    }
+    if let Some(g) = kernel.max_grid.as_ref().filter(|g| !g.needs_plan()) {
+        let max = g.eval(&scalar, None).map_err(size_error)?;
+        if u64::from(grid_size) > max {
+            return Err(size_error(crate::ir::SizeError::GridTooLarge {
+                kernel: kernel.name.clone(),
+                grid: grid_size,
+                max,
+                len: g.text(&kernel.params),
+            }));
+        }
+    }
+    Ok(out)
 }
 
 fn check_args(kernel: &Kernel, args: &[Arg]) -> Result<(), InterpError> {

@@ -279,6 +279,7 @@ fn instrument(kernel: &Kernel) -> Result<Instrumented, InterpError> {
             name: name.to_string(),
             elem: ScalarType::F32,
             access: ParamAccess::Read,
+            len: None,
         });
     }
     let top = std::mem::take(&mut k.body.0);

@@ -41,6 +41,7 @@ mod item_params;
 mod keys;
 mod partial;
 mod run;
+mod sizes;
 mod values;
 
 pub use batch::{plan, BatchPlan, SeqExtent};
@@ -383,9 +384,10 @@ pub fn attention(
         AttentionLayout::ThreadPerItem => combine::lower(&name("combine"), shape, schedule),
         AttentionLayout::BlockPerItem => combine::lower_blocks(&name("combine_blocks"), shape),
     };
-    Ok(AttentionKernels {
+    let kernels = AttentionKernels {
         stats,
         partial,
         combine,
-    })
+    };
+    Ok(sizes::state_sizes(kernels, scheme, shape, schedule))
 }

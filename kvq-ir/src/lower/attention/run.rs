@@ -1,12 +1,12 @@
 //! The arguments of an attention launch on host memory, independent of the backend that runs
 //! the kernels (the interpreter here, generated host code in `kvq-codegen`).
 
-use half::f16;
-
 use crate::ir::interp::{Arg, Buffer};
-use crate::ir::Kernel;
+use crate::ir::{check_launch, ArgSize, Kernel, SizeError};
+use crate::lower::args::param_values;
+use crate::reference::quantize::{param_shape, row_bytes};
 use crate::reference::PackedSpan;
-use crate::scheme::{CacheScheme, ParamType};
+use crate::scheme::CacheScheme;
 use crate::tensor::Tensor3;
 
 use super::{plan, AttentionKernels, AttentionSchedule, AttentionShape, BatchPlan, SeqExtent};
@@ -30,13 +30,13 @@ pub struct SeqData<'a> {
 #[derive(Debug)]
 pub struct AttentionArgs {
     /// The batch plan.
-    pub plan: BatchPlan,
+    plan: BatchPlan,
     /// Arguments of `stats` (empty without calibration), `partial` and `combine`.
-    pub stats: Vec<Arg>,
+    stats: Vec<Arg>,
     /// See [`AttentionArgs::stats`].
-    pub partial: Vec<Arg>,
+    partial: Vec<Arg>,
     /// See [`AttentionArgs::stats`].
-    pub combine: Vec<Arg>,
+    combine: Vec<Arg>,
     /// Sequences, kv heads, head dim, q heads.
     batch: usize,
     q_heads: usize,
@@ -46,11 +46,13 @@ pub struct AttentionArgs {
     combine_blocks: u32,
 }
 
-fn params(p: ParamType, xs: Vec<f32>) -> Buffer {
-    match p {
-        ParamType::F16 => Buffer::F16(xs.into_iter().map(f16::from_f32).collect()),
-        ParamType::F32 => Buffer::F32(xs),
-    }
+/// Whether a span's codes and parameters have the lengths its shape and scheme give
+/// (SPEC.md section 3).
+fn span_sizes_fit(span: &PackedSpan) -> bool {
+    let (shape, scheme) = (span.shape, &span.scheme);
+    let codes = shape.heads * shape.tokens * row_bytes(scheme, shape.dim);
+    let params: usize = param_shape(scheme, shape).iter().product();
+    span.codes.len() == codes && span.zero.len() == params && span.scale.len() == params
 }
 
 fn shape_error(why: String) -> LowerError {
@@ -96,7 +98,9 @@ impl AttentionArgs {
                         && v.scheme == scheme.value
                         && k.shape == v.shape
                         && k.shape.heads == kv_heads
-                        && k.shape.dim == d;
+                        && k.shape.dim == d
+                        && span_sizes_fit(k)
+                        && span_sizes_fit(v);
                     if !ok {
                         return Err(shape_error(format!("sequence {i}: span does not fit")));
                     }
@@ -162,11 +166,11 @@ impl AttentionArgs {
             Arg::Buffer(Buffer::F32(nonempty(fk))),
             Arg::Buffer(Buffer::F32(nonempty(fv))),
             Arg::Buffer(Buffer::U8(nonempty_u8(kc))),
-            Arg::Buffer(params(scheme.key.params, nonempty(kz))),
-            Arg::Buffer(params(scheme.key.params, nonempty(ks))),
+            Arg::Buffer(param_values(scheme.key.params, &nonempty(kz))),
+            Arg::Buffer(param_values(scheme.key.params, &nonempty(ks))),
             Arg::Buffer(Buffer::U8(nonempty_u8(vc))),
-            Arg::Buffer(params(scheme.value.params, nonempty(vz))),
-            Arg::Buffer(params(scheme.value.params, nonempty(vs))),
+            Arg::Buffer(param_values(scheme.value.params, &nonempty(vz))),
+            Arg::Buffer(param_values(scheme.value.params, &nonempty(vs))),
             Arg::Buffer(Buffer::F32(vec![0.0; slots * 2])),
             Arg::Buffer(Buffer::F32(vec![0.0; saved_logits])),
             Arg::Buffer(Buffer::F32(vec![0.0; slots * 2])),
@@ -207,14 +211,40 @@ impl AttentionArgs {
         })
     }
 
+    /// The batch plan.
+    pub fn plan(&self) -> &BatchPlan {
+        &self.plan
+    }
+
+    /// The arguments of `partial` (read-only: its inputs, to write them elsewhere).
+    pub fn partial_args(&self) -> &[Arg] {
+        &self.partial
+    }
+
     /// Runs the kernels with `run(kernel, args, blocks)`, moving buffers between the launches
-    /// (a host backend shares them; a device backend would keep them resident).
-    pub fn launch<E>(
+    /// (a host backend shares them; a device backend would keep them resident). Before each
+    /// launch, every buffer's length and the grid are checked against the kernel's stated
+    /// sizes for this plan ([`crate::ir::check_launch`]): `run` gets only launches whose
+    /// accesses stay inside their buffers.
+    pub fn launch<E: From<SizeError>>(
         &mut self,
         kernels: &AttentionKernels,
         mut run: impl FnMut(&Kernel, &mut [Arg], u32) -> Result<(), E>,
     ) -> Result<(), E> {
         use super::{combine_abi as c, partial_abi as p};
+        let plan = &self.plan;
+        let mut run = |kernel: &Kernel, args: &mut [Arg], grid: u32| {
+            let sizes: Vec<ArgSize> = args.iter().map(Arg::size).collect();
+            check_launch(
+                &kernel.name,
+                &kernel.params,
+                kernel.max_grid.as_ref(),
+                &sizes,
+                grid,
+                Some(plan),
+            )?;
+            run(kernel, args, grid)
+        };
         if let Some(stats) = &kernels.stats {
             for i in 0..=p::SPAN_LOGITS {
                 swap(&mut self.partial, i, &mut self.stats, i);
@@ -260,4 +290,78 @@ impl AttentionArgs {
 
 fn swap(a: &mut [Arg], i: u32, b: &mut [Arg], j: u32) {
     std::mem::swap(&mut a[i as usize], &mut b[j as usize]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::SizeError;
+    use crate::lower::attention::attention;
+
+    /// A buffer shortened after planning (what a public `Vec<Arg>` once allowed) stops the
+    /// launch with a size error before any kernel runs.
+    #[test]
+    fn a_short_buffer_stops_the_launch_before_any_kernel_runs() {
+        let scheme = CacheScheme::parse(
+            "key(bits = 1, axis = channel, group = all, rule = minmax), \
+             value(bits = 2, axis = token, group = 32, rule = minmax)",
+        )
+        .unwrap();
+        let shape = AttentionShape {
+            head_dim: 64,
+            group: 2,
+        };
+        let schedule = AttentionSchedule::host_default(&scheme);
+        let kernels = attention(&scheme, shape, &schedule).unwrap();
+        let x = Tensor3::new(
+            [2, 40, 64],
+            (0..2 * 40 * 64).map(|i| (i % 7) as f32).collect(),
+        )
+        .unwrap();
+        let k = crate::reference::quantize(&x, &scheme.key).unwrap();
+        let v = crate::reference::quantize(&x, &scheme.value).unwrap();
+        let q = vec![0.5f32; 4 * 64];
+        let seq = SeqData {
+            q: &q,
+            fp: Some((&x, &x)),
+            span: Some((&k, &v)),
+        };
+        let mut args = AttentionArgs::new(&scheme, shape, &schedule, 2, &[seq]).unwrap();
+        let launched = std::cell::RefCell::new(Vec::new());
+        let run = |k: &Kernel, _: &mut [Arg], _| -> Result<(), SizeError> {
+            launched.borrow_mut().push(k.name.clone());
+            Ok(())
+        };
+        args.launch(&kernels, run).unwrap();
+        assert_eq!(launched.borrow().len(), 2, "partial and combine");
+        for (i, name) in [(0, "q"), (3, "fp_k"), (5, "k_codes"), (10, "v_scale")] {
+            let mut short = AttentionArgs::new(&scheme, shape, &schedule, 2, &[seq]).unwrap();
+            if let Arg::Buffer(Buffer::F32(b)) = &mut short.partial[i] {
+                b.pop();
+            } else if let Arg::Buffer(Buffer::U8(b)) = &mut short.partial[i] {
+                b.pop();
+            } else if let Arg::Buffer(Buffer::F16(b)) = &mut short.partial[i] {
+                b.pop();
+            }
+            launched.borrow_mut().clear();
+            let err = short.launch(&kernels, run).unwrap_err();
+            assert!(
+                matches!(&err, SizeError::ShortBuffer { param, .. } if param == name),
+                "{err}"
+            );
+            assert!(launched.borrow().is_empty(), "{name}: {launched:?}");
+        }
+        // A truncated span is refused when the batch is laid out.
+        let mut cut = k.clone();
+        cut.codes.pop();
+        let seq = SeqData {
+            span: Some((&cut, &v)),
+            ..seq
+        };
+        let err = AttentionArgs::new(&scheme, shape, &schedule, 2, &[seq]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid schedule: sequence 0: span does not fit"
+        );
+    }
 }

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
 use half::f16;
+use kvq_ir::ir::{PlanSize, PlanSizes};
 use kvq_ir::metrics::max_head_deviation;
 use kvq_runtime::cuda::{Bundle, CudaRuntime, DeviceBuffer, Elem, Kernel, LaunchArg, ParamSpec};
 use safetensors::{Dtype, SafeTensors};
@@ -25,6 +26,17 @@ enum HostData {
     F32(Vec<f32>),
 }
 
+/// The batch plan's sizes as the case file states them.
+#[derive(Debug, Default)]
+struct CasePlan(HashMap<PlanSize, u64>);
+
+impl PlanSizes for CasePlan {
+    fn plan_size(&self, size: PlanSize) -> u64 {
+        // Every size is read at load; a missing one would have failed there.
+        self.0.get(&size).copied().unwrap_or(0)
+    }
+}
+
 /// A case file, loaded.
 #[derive(Debug)]
 pub struct AttentionCase {
@@ -34,10 +46,11 @@ pub struct AttentionCase {
     /// Entry names, in launch order (stats when present, partial, combine).
     pub kernels: Vec<String>,
     sizes: HashMap<String, u32>,
+    /// The plan sizes the kernels' buffer lengths refer to.
+    plan: CasePlan,
     pub description: String,
     head_dim: usize,
     group: usize,
-    chunk: usize,
 }
 
 fn le<const N: usize, T>(bytes: &[u8], f: impl Fn([u8; N]) -> T) -> Vec<T> {
@@ -90,7 +103,13 @@ pub fn load(path: &Path) -> Result<AttentionCase> {
     for k in ["kv_heads", "chunks", "batch"] {
         sizes.insert(k.to_string(), num(k)?);
     }
+    let mut plan = CasePlan::default();
+    for size in PlanSize::ALL {
+        plan.0
+            .insert(size, u64::from(num(&format!("plan_{}", size.name()))?));
+    }
     let case = AttentionCase {
+        plan,
         path: path.to_path_buf(),
         inputs,
         expected: expected.with_context(|| format!("{}: no expected tensor", path.display()))?,
@@ -105,7 +124,6 @@ pub fn load(path: &Path) -> Result<AttentionCase> {
         ),
         head_dim: num("head_dim")? as usize,
         group: num("group")? as usize,
-        chunk: num("chunk")? as usize,
         sizes,
     };
     let q_heads = case.sizes["kv_heads"] as usize * case.group;
@@ -118,21 +136,25 @@ pub fn load(path: &Path) -> Result<AttentionCase> {
     Ok(case)
 }
 
-/// Elements of an output buffer the kernels write, from the case's sizes.
-fn output_len(case: &AttentionCase, name: &str) -> Result<usize> {
-    let (kv, chunks, batch) = (
-        case.sizes["kv_heads"] as usize,
-        case.sizes["chunks"] as usize,
-        case.sizes["batch"] as usize,
-    );
-    let slots = chunks * kv * case.group;
-    Ok(match name {
-        "stats" | "part_ml" => slots * 2,
-        "span_logits" => slots * case.chunk,
-        "part_acc" => slots * case.head_dim,
-        "out" => batch * kv * case.group * case.head_dim,
-        other => bail!("no size rule for output {other}"),
-    })
+/// Elements of buffer `name` as `kernel`'s signature states them for the case's sizes and plan.
+fn stated_len(case: &AttentionCase, kernel: &Kernel, name: &str) -> Result<usize> {
+    let params = &kernel.signature.params;
+    let len = params.iter().find_map(|p| match p {
+        ParamSpec::Buffer { name: n, len, .. } if n == name => len.as_ref(),
+        _ => None,
+    });
+    let len = len.with_context(|| {
+        format!(
+            "kernel {}: no stated length of {name}",
+            kernel.signature.name
+        )
+    })?;
+    let scalar = |i: u32| {
+        let name = params.get(i as usize)?.name();
+        case.sizes.get(name).copied()
+    };
+    let n = len.eval(&scalar, Some(&case.plan))?;
+    Ok(usize::try_from(n)?)
 }
 
 fn upload(rt: &CudaRuntime, data: &HostData) -> Result<DeviceBuffer> {
@@ -150,9 +172,10 @@ fn launch_named(
     rt: &CudaRuntime,
     kernel: &Kernel,
     buffers: &mut HashMap<String, DeviceBuffer>,
-    sizes: &HashMap<String, u32>,
+    case: &AttentionCase,
     timed: bool,
 ) -> Result<f32> {
+    let sizes = &case.sizes;
     let params = &kernel.signature.params;
     let mut taken = Vec::new();
     for p in params {
@@ -186,9 +209,12 @@ fn launch_named(
                 ParamSpec::Scalar { name, ty } => bail!("scalar {name} of type {ty} unsupported"),
             }
         }
+        // SAFETY: `seqs` and `work_seq` are the case's tables, written by `kvq attention-case`
+        // from the batch plan whose sizes `case.plan` holds.
+        let mut launch = || unsafe { rt.launch_planned(kernel, &mut args, &case.plan) };
         match timed {
-            true => rt.launch_timed(kernel, &mut args),
-            false => rt.launch(kernel, &mut args).map(|()| 0.0),
+            true => rt.time(&kernel.signature.name, launch),
+            false => launch().map(|()| 0.0),
         }
     };
     for (name, b) in taken {
@@ -240,7 +266,14 @@ pub fn run(
         for p in &k.signature.params {
             if let ParamSpec::Buffer { name, access, .. } = p {
                 if access.writes() && !buffers.contains_key(name) {
-                    buffers.insert(name.clone(), rt.zeros::<f32>(output_len(case, name)?)?);
+                    // Written by this kernel, read by later ones: the longest stated length.
+                    let mut len = 1;
+                    for other in &kernels {
+                        if other.signature.params.iter().any(|q| q.name() == name) {
+                            len = len.max(stated_len(case, other, name)?);
+                        }
+                    }
+                    buffers.insert(name.clone(), rt.zeros::<f32>(len)?);
                 }
             }
         }
@@ -248,7 +281,7 @@ pub fn run(
     let sequence = |buffers: &mut HashMap<String, DeviceBuffer>, timed| -> Result<Vec<f32>> {
         kernels
             .iter()
-            .map(|k| launch_named(rt, k, buffers, &case.sizes, timed))
+            .map(|k| launch_named(rt, k, buffers, case, timed))
             .collect()
     };
     sequence(&mut buffers, true)?;
