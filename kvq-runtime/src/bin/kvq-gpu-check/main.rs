@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, ensure, Context, Result};
 use half::{bf16, f16};
 use kvq_runtime::cuda::{
-    Bundle, CudaRuntime, DeviceBuffer, Elem, Kernel, KernelEntry, LaunchArg, ParamSpec,
+    Bundle, CudaError, CudaRuntime, DeviceBuffer, Elem, Kernel, KernelEntry, LaunchArg, ParamSpec,
 };
 use safetensors::{Dtype, SafeTensors};
 use synthetic::SyntheticSpec;
@@ -380,6 +380,17 @@ fn run_case(
         ];
         Ok(rt.launch_timed(kernel, &mut args)?)
     };
+    // A codes buffer one byte short is refused before the driver sees it (the signature's
+    // stated length), and the launch after it still writes into zeroed buffers.
+    if let Some(short) = case.codes.len().checked_sub(1).filter(|&n| n > 0) {
+        let mut short = rt.zeros::<u8>(short)?;
+        match launch(&mut short, &mut zero, &mut scale, &mut status) {
+            Err(e) if matches!(e.downcast_ref(), Some(CudaError::Size(_))) => {
+                let _ = writeln!(log, "  short codes buffer refused: {e}");
+            }
+            other => bail!("kernel {name}: a short codes buffer was not refused: {other:?}"),
+        }
+    }
     // The compared output comes from the first launch into zeroed buffers.
     launch(&mut codes, &mut zero, &mut scale, &mut status)?;
     rt.synchronize()?;
