@@ -45,6 +45,13 @@ pub struct Args {
     /// Decode steps (a real token appended per step in full precision, attention at every layer).
     #[arg(long, default_value_t = 8, value_parser = super::sizes::count)]
     steps: usize,
+    /// Span tokens of the second part, at the benchmark shape (8 kv / 32 query heads, head_dim
+    /// 128, 64 full-precision tokens; synthetic K/V); 0 skips it.
+    #[arg(long, default_value_t = 16384, value_parser = super::sizes::tokens)]
+    bench_tokens: usize,
+    /// The model-level figures the error is read against (`kvq report`'s results).
+    #[arg(long, default_value = "docs/report/results.json")]
+    report: PathBuf,
 }
 
 /// A progress bar on stderr (hidden when stderr is not a terminal).
@@ -298,5 +305,114 @@ pub fn run(args: Args) -> Result<()> {
         t_f32.as_secs_f64() * 1e3 / n,
         t_f32.as_secs_f64() / t_kvq.as_secs_f64().max(1e-12)
     );
+    println!(
+        "(this capture: head_dim {dim}, {} query heads over {kv_heads} kv heads; the shape below is where a visual-token cache is large)",
+        shape.q_heads
+    );
+    if args.bench_tokens > 0 {
+        benchmark_shape(args.bench_tokens, args.steps)?;
+    }
+    model_figures(&args.report, &scheme);
     Ok(())
+}
+
+/// The second part: the shape where a visual-token cache is large (8 kv / 32 query heads,
+/// head_dim 128, `span` quantized tokens after 64 full-precision ones, synthetic K/V of one
+/// layer): memory, and the generated attention timed against the f32 attention over the same
+/// tokens unquantized, medians of `steps` interleaved calls each.
+fn benchmark_shape(span: usize, steps: usize) -> Result<()> {
+    let scheme = CalibQuant::SCHEME;
+    let shape = ModelShape {
+        layers: 1,
+        kv_heads: 8,
+        q_heads: 32,
+        head_dim: 128,
+    };
+    let fp = 64;
+    let tokens = span.checked_add(fp).context("--bench-tokens too large")?;
+    kvq_ir::limits::check_tensor(8, tokens as u64, 128)?;
+    let k = kvq::attention::synthetic_kv(8, tokens, 128, 11, 1.0)?;
+    let v = kvq::attention::synthetic_kv(8, tokens, 128, 12, 0.3)?;
+    let mut cache = VisualKvCache::new(shape, scheme, HostSpanQuantizer)?;
+    let seq = cache.add_sequence();
+    cache.prefill(0, seq, &k, &v, fp..tokens)?;
+    let attn = HostAttention::new(
+        &scheme,
+        AttentionShape {
+            head_dim: 128,
+            group: 4,
+        },
+        None,
+    )?;
+    let q = kvq::attention::synthetic_kv(32, 1, 128, 13, 0.7)?;
+    let query = [QueryRef { seq, q: q.data() }];
+    let (mut t_kvq, mut t_f32) = (Vec::new(), Vec::new());
+    let (mut got, mut want) = (Vec::new(), Vec::new());
+    for _ in 0..steps.max(1) {
+        let t = Instant::now();
+        got = cache.attend_with(0, &query, &attn)?.concat();
+        t_kvq.push(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        want = f32_attention(q.data(), 32, &k, &v);
+        t_f32.push(t.elapsed().as_secs_f64());
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (a, b) = (median(t_kvq), median(t_f32));
+    let mem = cache.memory().total;
+    println!(
+        "benchmark shape: 8 kv / 32 query heads, head_dim 128, {fp} full-precision + {span} quantized tokens (synthetic K/V, one layer)"
+    );
+    println!(
+        "  memory: {} bytes allocated vs {} in f16: {:.2}x smaller",
+        mem.allocated_bytes(),
+        mem.f16_equivalent_bytes,
+        mem.f16_equivalent_bytes as f64 / mem.allocated_bytes().max(1) as f64
+    );
+    println!(
+        "  attention error against full precision (relative L2): {:.4}",
+        rel_error(&got, &want)
+    );
+    println!(
+        "  speed: generated 1-bit attention {:.3} ms, the demo's f32 attention (a thread per kv head) over the unquantized tokens {:.3} ms: {:.2}x (medians of {} calls, this CPU)",
+        a * 1e3,
+        b * 1e3,
+        b / a.max(1e-12),
+        steps.max(1)
+    );
+    Ok(())
+}
+
+/// One line on what the attention error means for a model: the committed `kvq report` figures
+/// (SmolLM2, the study's prompts) of this scheme and of leaving the span out of attention.
+fn model_figures(path: &std::path::Path, scheme: &kvq::CacheScheme) {
+    let report: Option<kvq::report::Report> = std::fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let Some(report) = report else {
+        println!(
+            "(no model-level figures: {} not found or not a kvq report)",
+            path.display()
+        );
+        return;
+    };
+    let this = report
+        .model
+        .iter()
+        .find(|e| kvq::CacheScheme::parse(&e.treatment).is_ok_and(|s| s == *scheme));
+    let dropped = report.model.iter().find(|e| e.treatment == "dropped");
+    match (this, dropped) {
+        (Some(e), Some(d)) => println!(
+            "what the error means for a model ({}: SmolLM2-135M, {} prompts, kvq report): this scheme keeps {:.1}% top-1 agreement with full precision (mean KL {:.3}); leaving the span out of attention keeps {:.1}% (KL {:.3})",
+            path.display(),
+            report.prompts.len(),
+            100.0 * e.mean_top1,
+            e.mean_kl,
+            100.0 * d.mean_top1,
+            d.mean_kl
+        ),
+        _ => println!("({} has no entry for this scheme and a dropped span)", path.display()),
+    }
 }

@@ -305,6 +305,8 @@ fn demo_runs_the_generated_attention_on_dinov2_plus_a_synthetic_span() {
         "700",
         "--steps",
         "2",
+        "--bench-tokens",
+        "1000",
     ]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -328,6 +330,48 @@ fn demo_runs_the_generated_attention_on_dinov2_plus_a_synthetic_span() {
     assert!(agree < 1e-3, "{text}");
     let err = number_after(&text, "layer-steps):");
     assert!((0.2..1.0).contains(&err), "{text}");
+    // The benchmark shape: 8 kv / 32 query heads, head_dim 128, 64 + 1000 tokens.
+    let bench = text
+        .split("benchmark shape:")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no benchmark part: {text}"));
+    assert!(
+        bench.contains("64 full-precision + 1000 quantized tokens"),
+        "{text}"
+    );
+    // SPEC sizes: 1-bit codes of K and V (2 x 1000 x 8 x 128 / 8 B), their f16 zero points and
+    // scales per (kv head, channel) (2 x 2 x 8 x 128 x 2 B), the 64 fp tokens in f32 (2 x 8 x 64
+    // x 128 x 4 B); against f16 K and V of all 1064 tokens.
+    let allocated = 2 * 1000 * 8 * 16 + 2 * 2 * 8 * 128 * 2 + 2 * 8 * 64 * 128 * 4;
+    let f16 = 2 * 8 * 1064 * 128 * 2;
+    assert!(
+        bench.contains(&format!("{allocated} bytes allocated vs {f16} in f16")),
+        "{text}"
+    );
+    let err = number_after(bench, "(relative L2):");
+    assert!((0.1..1.0).contains(&err), "{text}");
+    // What the error means: the committed report's figures for this very scheme, read here from
+    // the JSON independently.
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string("docs/report/results.json").unwrap())
+            .unwrap();
+    let entries = report["model"].as_array().unwrap();
+    let top1 = |pred: &dyn Fn(&str) -> bool| {
+        let e = entries
+            .iter()
+            .find(|e| pred(e["treatment"].as_str().unwrap()))
+            .unwrap();
+        format!("{:.1}%", 100.0 * e["mean_top1"].as_f64().unwrap())
+    };
+    let calibquant = top1(&|t| t.contains("shrink(0.5)") && t.ends_with("calibrate = 3.0"));
+    let dropped = top1(&|t| t == "dropped");
+    assert!(
+        text.contains(&format!("this scheme keeps {calibquant} top-1 agreement"))
+            && text.contains(&format!(
+                "leaving the span out of attention keeps {dropped}"
+            )),
+        "{text}"
+    );
 }
 
 #[test]
