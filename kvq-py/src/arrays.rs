@@ -110,3 +110,19 @@ pub fn f32_values(x: &Bound<'_, PyAny>, what: &str, shape: &[usize; 3]) -> PyRes
     })?;
     Ok(a.readonly().as_slice()?.to_vec())
 }
+
+/// A query: float32 `[q_heads, head_dim]`, q_heads a positive multiple of `group`.
+pub fn query(q: &Bound<'_, PyAny>, head_dim: usize, group: usize) -> PyResult<(usize, Vec<f32>)> {
+    let a = checked(q, "q", 2)?;
+    let s = a.shape();
+    if s[1] != head_dim || s[0] == 0 || s[0] % group != 0 {
+        return Err(PyValueError::new_err(format!(
+            "q has shape {s:?}; it must be [q_heads, {head_dim}] with q_heads a positive multiple of {group}"
+        )));
+    }
+    let heads = s[0];
+    let a = a
+        .downcast::<PyArrayDyn<f32>>()
+        .map_err(|_| PyTypeError::new_err(format!("q must hold float32, not {}", dtype_name(a))))?;
+    Ok((heads, a.readonly().as_slice()?.to_vec()))
+}

@@ -200,11 +200,139 @@ fn dequantize<'py>(
     array(py, x.data().to_vec(), &shape.dims())
 }
 
+/// A quantized span: keys and values `[kv_heads, tokens, head_dim]` packed under a cache
+/// scheme's key and value schemes (SPEC.md section 3), held in Rust for [`PyAttention::attend`].
+#[pyclass(name = "Span", module = "kvq", frozen)]
+#[derive(Debug)]
+struct PySpan {
+    k: PackedSpan,
+    v: PackedSpan,
+}
+
+#[pymethods]
+impl PySpan {
+    /// Quantizes `k` and `v` (float16 or float32, `[kv_heads, tokens, head_dim]`, the same
+    /// shape) under `scheme`'s key and value schemes.
+    #[new]
+    #[pyo3(signature = (k, v, scheme, backend = "host"))]
+    fn new(
+        py: Python<'_>,
+        k: &Bound<'_, PyAny>,
+        v: &Bound<'_, PyAny>,
+        scheme: &PyCacheScheme,
+        backend: &str,
+    ) -> PyResult<PySpan> {
+        let backend = backend_named(backend)?;
+        let (kd, kx, ki) = input_values(k)?;
+        let (vd, vx, vi) = input_values(v)?;
+        if kd != vd {
+            return Err(PyValueError::new_err(format!(
+                "k has shape {kd:?} and v {vd:?}; they must be the same"
+            )));
+        }
+        let tensor = |d, x| Tensor3::new(d, x).map_err(|e| PyValueError::new_err(e.to_string()));
+        let (kt, vt) = (tensor(kd, kx)?, tensor(vd, vx)?);
+        let s = scheme.inner;
+        let (k, v) = py
+            .allow_threads(|| {
+                Ok::<_, BackendError>((
+                    backend::quantize(&kt, ki, &s.key, backend)?,
+                    backend::quantize(&vt, vi, &s.value, backend)?,
+                ))
+            })
+            .map_err(backend_error)?;
+        Ok(PySpan { k, v })
+    }
+
+    /// Span tokens.
+    #[getter]
+    fn tokens(&self) -> usize {
+        self.k.shape.tokens
+    }
+
+    /// Bytes stored: codes and parameters (at their scheme's precision) of keys and values.
+    #[getter]
+    fn nbytes(&self) -> usize {
+        [&self.k, &self.v]
+            .iter()
+            .map(|p| p.codes.len() + 2 * p.zero.len() * p.scheme.params.bits() as usize / 8)
+            .sum()
+    }
+}
+
+/// Decode attention through kvq's generated host kernels for one cache scheme, head_dim and
+/// GQA group (compiled once, through the compile cache).
+#[pyclass(name = "Attention", module = "kvq", frozen, unsendable)]
+struct PyAttention {
+    inner: kvq::attention::HostAttention,
+    head_dim: usize,
+    group: usize,
+}
+
+#[pymethods]
+impl PyAttention {
+    /// The kernels of `scheme` for `head_dim` channels and `group` query heads per kv head.
+    #[new]
+    fn new(scheme: &PyCacheScheme, head_dim: u32, group: u32) -> PyResult<PyAttention> {
+        let shape = kvq::lower::attention::AttentionShape { head_dim, group };
+        let inner = kvq::attention::HostAttention::new(&scheme.inner, shape, None)
+            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        Ok(PyAttention {
+            inner,
+            head_dim: head_dim as usize,
+            group: group as usize,
+        })
+    }
+
+    /// SPEC.md section 4 for one query `q` (float32 `[q_heads, head_dim]`, not yet scaled) over
+    /// the full-precision tokens `fp_k`, `fp_v` (float32 `[kv_heads, n, head_dim]`, n may be 0)
+    /// and the quantized `span`, if any, with the scheme's calibration of the span's logits;
+    /// query head `h` reads kv head `h / group`. Returns float32 `[q_heads, head_dim]`.
+    #[pyo3(signature = (q, fp_k, fp_v, span = None))]
+    fn attend<'py>(
+        &self,
+        py: Python<'py>,
+        q: &Bound<'py, PyAny>,
+        fp_k: &Bound<'py, PyAny>,
+        fp_v: &Bound<'py, PyAny>,
+        span: Option<&PySpan>,
+    ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+        let (q_heads, q) = arrays::query(q, self.head_dim, self.group)?;
+        let kv = q_heads / self.group;
+        let (kd, kx, _) = input_values(fp_k)?;
+        let (vd, vx, _) = input_values(fp_v)?;
+        let want = [kv, kd[1], self.head_dim];
+        if kd != want || vd != want {
+            return Err(PyValueError::new_err(format!(
+                "fp_k {kd:?} and fp_v {vd:?} must both be {want:?}"
+            )));
+        }
+        let tensor = |d, x| Tensor3::new(d, x).map_err(|e| PyValueError::new_err(e.to_string()));
+        let fp = match kd[1] {
+            0 => None,
+            _ => Some((tensor(kd, kx)?, tensor(vd, vx)?)),
+        };
+        let seq = kvq::attention::SeqData {
+            q: &q,
+            fp: fp.as_ref().map(|(k, v)| (k, v)),
+            span: span.map(|s| (&s.k, &s.v)),
+        };
+        let out = self
+            .inner
+            .attend(kv, &[seq])
+            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        let out = out.into_iter().next().unwrap_or_default();
+        array(py, out, &[q_heads, self.head_dim])
+    }
+}
+
 /// The extension module.
 #[pymodule]
 fn _kvq(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyScheme>()?;
     m.add_class::<PyCacheScheme>()?;
+    m.add_class::<PySpan>()?;
+    m.add_class::<PyAttention>()?;
     m.add_function(wrap_pyfunction!(quantize, m)?)?;
     m.add_function(wrap_pyfunction!(dequantize, m)?)?;
     Ok(())

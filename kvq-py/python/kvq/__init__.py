@@ -8,8 +8,13 @@ interpreter: ``backend=``), giving the codes and parameters of SPEC.md section 3
     scheme = kvq.Scheme("bits = 1, axis = channel, group = all, rule = shrink(0.5)")
     codes, zero, scale = kvq.quantize(k.astype(np.float16), scheme)   # k: [kv_heads, tokens, head_dim]
     k_hat = kvq.dequantize(codes, zero, scale, scheme)
+
+
+``kvq.Span`` (a quantized span held by kvq) and ``kvq.Attention`` (decode attention through the
+generated kernels) serve ``kvq.transformers``, the cache that plugs into Hugging Face transformers
+(import it explicitly: it needs torch and transformers).
 """
 
-from ._kvq import CacheScheme, Scheme, dequantize, quantize
+from ._kvq import Attention, CacheScheme, Scheme, Span, dequantize, quantize
 
-__all__ = ["CacheScheme", "Scheme", "dequantize", "quantize"]
+__all__ = ["Attention", "CacheScheme", "Scheme", "Span", "dequantize", "quantize"]
