@@ -114,30 +114,29 @@ fn part(s: &kvq::reference::PackedSpan, codes: usize) -> PartView<'_> {
     }
 }
 
-/// A calibrated CalibQuant span of `tokens` x 2 kv heads x 64 and a query of 4 heads.
-fn span(
-    tokens: usize,
-) -> (
-    CacheScheme,
+/// A calibrated CalibQuant span of 70 tokens x 2 kv heads x 64, its kernels for 2 query heads
+/// per kv head, and a query of 4 heads.
+fn span() -> (
+    HostAttention,
     kvq::reference::PackedSpan,
     kvq::reference::PackedSpan,
+    Vec<f32>,
 ) {
     let pair = CacheScheme::parse(PAIR).unwrap();
-    let x = kvq::attention::synthetic_kv(2, tokens, 64, 5, 1.0).unwrap();
+    let x = kvq::attention::synthetic_kv(2, 70, 64, 5, 1.0).unwrap();
     let k = kvq_ir::reference::quantize(&x, &pair.key).unwrap();
     let v = kvq_ir::reference::quantize(&x, &pair.value).unwrap();
-    (pair, k, v)
-}
-
-#[test]
-fn host_attention_refuses_a_truncated_span() {
-    let (pair, k, v) = span(70);
     let shape = AttentionShape {
         head_dim: 64,
         group: 2,
     };
     let attn = HostAttention::new(&pair, shape, None).unwrap();
-    let q = vec![0.1f32; 4 * 64];
+    (attn, k, v, vec![0.1f32; 4 * 64])
+}
+
+#[test]
+fn host_attention_refuses_a_truncated_span() {
+    let (attn, k, v, q) = span();
     let seq = SeqData {
         q: &q,
         fp: None,
@@ -168,13 +167,7 @@ fn host_attention_refuses_a_truncated_span() {
 
 #[test]
 fn attention_on_views_refuses_short_views() {
-    let (pair, k, v) = span(70);
-    let shape = AttentionShape {
-        head_dim: 64,
-        group: 2,
-    };
-    let attn = HostAttention::new(&pair, shape, None).unwrap();
-    let q = vec![0.1f32; 4 * 64];
+    let (attn, k, v, q) = span();
     let fp = vec![0.5f32; 2 * 3 * 64];
     let view = SeqView {
         q: &q,

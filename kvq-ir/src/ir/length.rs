@@ -244,8 +244,9 @@ pub enum SizeError {
 
 /// Checks a launch of `kernel` (named so in errors) with parameters `params`, grid bound
 /// `max_grid`, arguments of sizes `args` and `grid` blocks: every buffer holds at least its
-/// stated length and the grid is within its stated bound. A missing statement (`None`) is an
-/// error: the caller cannot know what the kernel touches.
+/// stated length and the grid is within its bound. A missing statement (`None`), or a size
+/// that needs a plan when `plan` is `None`, is an error: the caller cannot know what the kernel
+/// touches.
 pub fn check_launch(
     kernel: &str,
     params: &[Param],
@@ -254,6 +255,32 @@ pub fn check_launch(
     grid: u32,
     plan: Option<&dyn PlanSizes>,
 ) -> Result<(), SizeError> {
+    check(kernel, params, max_grid, args, grid, plan, true).map(|_| ())
+}
+
+/// [`check_launch`] of the sizes that are stated and need no plan, the others skipped (the
+/// interpreter, which bounds every access anyway); returns `(parameter index, stated length)` of
+/// each buffer checked.
+pub fn check_stated(
+    kernel: &str,
+    params: &[Param],
+    max_grid: Option<&Len>,
+    args: &[ArgSize],
+    grid: u32,
+) -> Result<Vec<(usize, u64)>, SizeError> {
+    check(kernel, params, max_grid, args, grid, None, false)
+}
+
+/// The checks of [`check_launch`] (`strict`) or [`check_stated`].
+fn check(
+    kernel: &str,
+    params: &[Param],
+    max_grid: Option<&Len>,
+    args: &[ArgSize],
+    grid: u32,
+    plan: Option<&dyn PlanSizes>,
+    strict: bool,
+) -> Result<Vec<(usize, u64)>, SizeError> {
     if params.len() != args.len() {
         return Err(SizeError::ArgCount {
             kernel: kernel.to_string(),
@@ -271,15 +298,23 @@ pub fn check_launch(
         ) => Some(*v),
         _ => None,
     };
-    let unstated = |param: &str| SizeError::Unstated {
-        kernel: kernel.to_string(),
-        param: param.to_string(),
+    // The size to check, if any: `None` skips it (only when not strict).
+    let stated = |param: &str, len: Option<&'_ Len>| match len {
+        None if strict => Err(SizeError::Unstated {
+            kernel: kernel.to_string(),
+            param: param.to_string(),
+        }),
+        Some(l) if strict || !l.needs_plan() => Ok(Some(l.clone())),
+        _ => Ok(None),
     };
-    for (p, a) in params.iter().zip(args) {
+    let mut checked = Vec::new();
+    for (i, (p, a)) in params.iter().zip(args).enumerate() {
         let (Param::Buffer { name, len, .. }, ArgSize::Buffer(found)) = (p, a) else {
             continue;
         };
-        let len = len.as_ref().ok_or_else(|| unstated(name))?;
+        let Some(len) = stated(name, len.as_ref())? else {
+            continue;
+        };
         let needed = len.eval(&scalar, plan)?;
         if *found < needed {
             return Err(SizeError::ShortBuffer {
@@ -290,16 +325,18 @@ pub fn check_launch(
                 len: len.text(params),
             });
         }
+        checked.push((i, needed));
     }
-    let max_grid = max_grid.ok_or_else(|| unstated("grid"))?;
-    let max = max_grid.eval(&scalar, plan)?;
-    if u64::from(grid) > max {
-        return Err(SizeError::GridTooLarge {
-            kernel: kernel.to_string(),
-            grid,
-            max,
-            len: max_grid.text(params),
-        });
+    if let Some(bound) = stated("grid", max_grid)? {
+        let max = bound.eval(&scalar, plan)?;
+        if u64::from(grid) > max {
+            return Err(SizeError::GridTooLarge {
+                kernel: kernel.to_string(),
+                grid,
+                max,
+                len: bound.text(params),
+            });
+        }
     }
-    Ok(())
+    Ok(checked)
 }

@@ -295,57 +295,23 @@ pub fn run(kernel: &Kernel, args: &mut [Arg], grid_size: u32) -> Result<(), Inte
     result
 }
 
-/// The stated lengths (buffer index, elements) that need no plan, after checking every size
-/// that needs no plan against `args` and `grid_size`.
+/// The stated lengths (buffer index, elements) that need no plan, after checking every such
+/// size against `args` and `grid_size` ([`crate::ir::length::check_stated`]).
 fn stated_lengths(
     kernel: &Kernel,
     args: &[Arg],
     grid_size: u32,
 ) -> Result<Vec<(usize, usize)>, InterpError> {
-    let scalar = |i: u32| match args.get(i as usize) {
-        Some(Arg::U32(v)) => Some(*v),
-        _ => None,
-    };
-    let size_error = |e| InterpError::Size(Box::new(e));
-    let mut out = Vec::new();
-    for (i, (p, a)) in kernel.params.iter().zip(args).enumerate() {
-        let (
-            Param::Buffer {
-                name, len: Some(l), ..
-            },
-            Arg::Buffer(b),
-        ) = (p, a)
-        else {
-            continue;
-        };
-        if l.needs_plan() {
-            continue;
-        }
-        let needed = l.eval(&scalar, None).map_err(size_error)?;
-        if needed > b.len() as u64 {
-            return Err(size_error(crate::ir::SizeError::ShortBuffer {
-                kernel: kernel.name.clone(),
-                param: name.clone(),
-                needed,
-                found: b.len() as u64,
-                len: l.text(&kernel.params),
-            }));
-        }
-        // `needed` <= the buffer's length, a usize.
-        out.push((i, needed as usize));
-    }
-    if let Some(g) = kernel.max_grid.as_ref().filter(|g| !g.needs_plan()) {
-        let max = g.eval(&scalar, None).map_err(size_error)?;
-        if u64::from(grid_size) > max {
-            return Err(size_error(crate::ir::SizeError::GridTooLarge {
-                kernel: kernel.name.clone(),
-                grid: grid_size,
-                max,
-                len: g.text(&kernel.params),
-            }));
-        }
-    }
-    Ok(out)
+    let sizes: Vec<crate::ir::ArgSize> = args.iter().map(Arg::size).collect();
+    let checked = crate::ir::length::check_stated(
+        &kernel.name,
+        &kernel.params,
+        kernel.max_grid.as_ref(),
+        &sizes,
+        grid_size,
+    )?;
+    // Each length is at most its buffer's, a usize.
+    Ok(checked.into_iter().map(|(i, n)| (i, n as usize)).collect())
 }
 
 fn check_args(kernel: &Kernel, args: &[Arg]) -> Result<(), InterpError> {
