@@ -150,4 +150,4 @@ def test_span_and_attention_bindings_check_their_inputs():
     with pytest.raises(ValueError, match="must both be"):
         attn.attend(q, k[:2], k[:2], span)
     with pytest.raises(ValueError, match="same"):
-        kvq.Span(k, k[:, :10], scheme)
+        kvq.Span(k, np.ascontiguousarray(k[:, :10]), scheme)
