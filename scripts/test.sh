@@ -13,6 +13,7 @@ trap 'rm -f "$log"' EXIT
 cargo test --workspace --locked 2>&1 | tee "$log"
 VIRTUAL_ENV="$root/.venv" "$root/.venv/bin/maturin" develop --quiet --locked -m kvq-py/Cargo.toml
 KVQ_BIN="$root/target/debug/kvq" "$root/.venv/bin/python" -m pytest -q kvq-py/tests 2>&1 | tee -a "$log"
-awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
-     / passed in / { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+# Every cargo test binary's `test result:` line and pytest's closing line (`N passed, ... in Ts`).
+awk '/^test result:/ || (/ in [0-9.]+s/ && /^[0-9]+ (passed|failed)/) {
+         for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
