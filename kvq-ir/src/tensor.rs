@@ -61,6 +61,22 @@ impl Shape3 {
     pub fn dims(&self) -> [usize; 3] {
         [self.heads, self.tokens, self.dim]
     }
+
+    /// Checks that `len` values fill this shape exactly and that no dimension is zero.
+    pub fn check_len(&self, len: usize) -> Result<(), TensorError> {
+        let shape = self.dims();
+        if self.is_empty() {
+            return Err(TensorError::Empty { shape });
+        }
+        if len != self.len() {
+            return Err(TensorError::Length {
+                shape,
+                expected: self.len(),
+                actual: len,
+            });
+        }
+        Ok(())
+    }
 }
 
 /// Row-major f32 data of shape `[heads, tokens, head_dim]`, never empty.
@@ -75,16 +91,7 @@ impl Tensor3 {
     pub fn new(shape: [usize; 3], data: Vec<f32>) -> Result<Tensor3, TensorError> {
         let [heads, tokens, dim] = shape;
         let shape3 = Shape3 { heads, tokens, dim };
-        if shape3.is_empty() {
-            return Err(TensorError::Empty { shape });
-        }
-        if data.len() != shape3.len() {
-            return Err(TensorError::Length {
-                shape,
-                expected: shape3.len(),
-                actual: data.len(),
-            });
-        }
+        shape3.check_len(data.len())?;
         Ok(Tensor3 {
             shape: shape3,
             data,

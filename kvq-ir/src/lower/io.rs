@@ -87,12 +87,54 @@ pub fn quantize_with<E: std::error::Error + 'static>(
     let blocks = grid(lowered, shape)?;
     let mut args = QuantizeArgs::new(scheme, input_buffer(x, input), shape)?.into_args();
     run(&lowered.kernel, &mut args, blocks).map_err(ExecError::Backend)?;
-    let malformed = || QuantError::Malformed("kernel arguments changed kind".to_string());
+    let mut out = QuantizeArgs::from_args(args).ok_or_else(malformed)?;
+    let x = std::mem::replace(&mut out.x, Buffer::U8(Vec::new()));
+    // Only a float buffer comes back from a launch (from_args checked the kinds).
+    packed(scheme, shape, out, move || {
+        buffer_values(&x).unwrap_or_default()
+    })
+}
+
+/// Quantizes an input of `shape` that the launcher supplies itself (borrowed from its owner,
+/// without a copy): argument [`super::quantize_abi::X`] of the list `run` gets is an empty
+/// buffer of `input`'s type, which `run` replaces by the input when it launches. `exact` gives
+/// the input's values, read only when the kernel flags the input, to name the cause.
+pub fn quantize_supplied<E: std::error::Error + 'static>(
+    lowered: &Lowered,
+    scheme: &Scheme,
+    shape: Shape3,
+    input: InputType,
+    exact: impl FnOnce() -> Vec<f32>,
+    run: impl FnOnce(&Kernel, &mut [Arg], u32) -> Result<(), E>,
+) -> Result<PackedSpan, ExecError<E>> {
+    crate::reference::quantize::check_shape(scheme, shape)?;
+    let blocks = grid(lowered, shape)?;
+    let empty = match input {
+        InputType::F16 => Buffer::F16(Vec::new()),
+        InputType::BF16 => Buffer::BF16(Vec::new()),
+        InputType::F32 => Buffer::F32(Vec::new()),
+    };
+    let mut args = QuantizeArgs::new(scheme, empty, shape)?.into_args();
+    run(&lowered.kernel, &mut args, blocks).map_err(ExecError::Backend)?;
     let out = QuantizeArgs::from_args(args).ok_or_else(malformed)?;
+    packed(scheme, shape, out, exact)
+}
+
+fn malformed() -> QuantError {
+    QuantError::Malformed("kernel arguments changed kind".to_string())
+}
+
+/// The packed span from a quantize kernel's outputs, or, when it flagged the input (status),
+/// the reference's error for the input's values `exact`.
+fn packed<E: std::error::Error + 'static>(
+    scheme: &Scheme,
+    shape: Shape3,
+    out: QuantizeArgs,
+    exact: impl FnOnce() -> Vec<f32>,
+) -> Result<PackedSpan, ExecError<E>> {
     if out.status != 0 {
         // The kernel found a non-finite value or an overflow; the reference names it.
-        let exact = Tensor3::new(shape.dims(), buffer_values(&out.x).ok_or_else(malformed)?)
-            .map_err(QuantError::from)?;
+        let exact = Tensor3::new(shape.dims(), exact()).map_err(QuantError::from)?;
         return Err(match reference_quantize(&exact, scheme) {
             Err(e) => e.into(),
             Ok(_) => QuantError::Malformed(format!(
@@ -129,7 +171,6 @@ pub fn dequantize_with<E: std::error::Error + 'static>(
     )?
     .into_args();
     run(&lowered.kernel, &mut args, blocks).map_err(ExecError::Backend)?;
-    let out = DequantizeArgs::from_args(args)
-        .ok_or_else(|| QuantError::Malformed("kernel arguments changed kind".to_string()))?;
+    let out = DequantizeArgs::from_args(args).ok_or_else(malformed)?;
     Ok(Tensor3::new(shape.dims(), out.out).map_err(QuantError::from)?)
 }

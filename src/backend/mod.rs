@@ -10,10 +10,14 @@ use kvq_codegen::CodegenError;
 use kvq_ir::ir::interp::{self, Arg, Buffer};
 use kvq_ir::ir::{verify, Kernel, VerifyError};
 use kvq_ir::lower::io::{dequantize_with, quantize_with, ExecError};
-use kvq_ir::lower::{self, InputType, LowerError, Schedule, ShapeClass};
+use kvq_ir::lower::{self, InputType, LowerError, Lowered, Schedule, ShapeClass};
 use kvq_ir::reference::{self, PackedSpan, QuantError};
-use kvq_ir::{Scheme, Tensor3};
+use kvq_ir::{Scheme, Shape3, Tensor3};
 use thiserror::Error;
+
+mod borrowed;
+
+pub use borrowed::{quantize_borrowed, InputSlice};
 
 /// Where a quantizer runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
@@ -165,57 +169,52 @@ pub fn quantize_scheduled(
         Backend::Interp => run_interp,
         Backend::Host => run_host,
     };
-    reference::quantize::check_shape(scheme, x.shape())?;
-    let shape = ShapeClass {
-        head_dim: x.shape().dim as u32,
-        input,
-    };
-    let schedule = match schedule {
-        ScheduleKind::Gpu if clusters => Schedule::gpu_default(scheme, shape),
-        ScheduleKind::Gpu => Schedule::gpu_default(scheme, shape).without_clusters(scheme, shape),
-        ScheduleKind::Host => crate::tune::schedule_for(
-            crate::tune::default_table(),
-            scheme,
-            shape,
-            x.shape().heads,
-            x.shape().tokens,
-        ),
-    };
-    let lowered = lower::quantize(scheme, shape, &schedule)?;
+    let lowered = quantize_lowered(scheme, x.shape(), input, schedule, clusters)?;
     Ok(quantize_with(&lowered, scheme, x, input, run)?)
 }
 
-/// Quantizes `x` (values of the `input` type) under `scheme` on `backend`.
+/// The quantize kernel of `scheme` for input of `shape` and type `input` under `schedule`
+/// (the host's: tuned where the committed table has this scheme and shape bucket for this
+/// machine, else its default; the output is the same either way).
+fn quantize_lowered(
+    scheme: &Scheme,
+    shape: Shape3,
+    input: InputType,
+    schedule: ScheduleKind,
+    clusters: bool,
+) -> Result<Lowered, BackendError> {
+    reference::quantize::check_shape(scheme, shape)?;
+    let class = ShapeClass {
+        head_dim: shape.dim as u32,
+        input,
+    };
+    let schedule = match schedule {
+        ScheduleKind::Gpu if clusters => Schedule::gpu_default(scheme, class),
+        ScheduleKind::Gpu => Schedule::gpu_default(scheme, class).without_clusters(scheme, class),
+        ScheduleKind::Host => crate::tune::schedule_for(
+            crate::tune::default_table(),
+            scheme,
+            class,
+            shape.heads,
+            shape.tokens,
+        ),
+    };
+    Ok(lower::quantize(scheme, class, &schedule)?)
+}
+
+/// Quantizes `x` (values of the `input` type) under `scheme` on `backend`, with the backend's
+/// default schedule ([`default_schedule`]; host code: tuned).
 pub fn quantize(
     x: &Tensor3,
     input: InputType,
     scheme: &Scheme,
     backend: Backend,
 ) -> Result<PackedSpan, BackendError> {
-    let shape = ShapeClass {
-        head_dim: x.shape().dim as u32,
-        input,
-    };
-    let run = match backend {
-        Backend::Reference => return Ok(reference::quantize(x, scheme)?),
-        Backend::Interp => run_interp,
-        Backend::Host => run_host,
-    };
-    reference::quantize::check_shape(scheme, x.shape())?;
-    // Host kernels use the committed tuning table when it has this scheme and shape bucket for
-    // this machine; everything else uses the default schedule (the output is the same).
     let schedule = match backend {
-        Backend::Host => crate::tune::schedule_for(
-            crate::tune::default_table(),
-            scheme,
-            shape,
-            x.shape().heads,
-            x.shape().tokens,
-        ),
-        _ => default_schedule(backend, scheme, shape),
+        Backend::Host => ScheduleKind::Host,
+        _ => ScheduleKind::Gpu,
     };
-    let lowered = lower::quantize(scheme, shape, &schedule)?;
-    Ok(quantize_with(&lowered, scheme, x, input, run)?)
+    quantize_scheduled(x, input, scheme, backend, schedule, true)
 }
 
 /// Dequantizes `span` on `backend`.
