@@ -1,13 +1,15 @@
 //! Generated host-code quantize throughput on an `[8, 16384, 128]` f16 span, against a plain
 //! multi-threaded copy of the same bytes and the reference implementation, timed in the same run.
-//! Prints each kernel's bandwidth as a fraction of the copy's.
+//! Prints each kernel's bandwidth as a fraction of the copy's. (`kvq bench quantize` makes the
+//! same comparison from the release binary.)
 
 mod common;
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use half::f16;
+use kvq::bench::quantize::{parallel_copy, span, HostQuantizer};
 use kvq_ir::lower::{InputType, Schedule, ShapeClass};
-use kvq_ir::{Scheme, Tensor3};
+use kvq_ir::{Scheme, Shape3, Tensor3};
 
 const GROUP: &str = "host_quantize_8x16384x128_f16";
 const SHAPE: [usize; 3] = [8, 16384, 128];
@@ -30,34 +32,10 @@ const SCHEMES: [(&str, &str); 4] = [
     ),
 ];
 
-/// K-like f16 data: per-channel offsets plus noise.
-fn span() -> Vec<f16> {
-    let n: usize = SHAPE.iter().product();
-    let mut s = 0x2545F4914F6CDD1Du64;
-    (0..n)
-        .map(|i| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            let noise = (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
-            f16::from_f32(noise + ((i % SHAPE[2]) as f32 * 0.37).sin())
-        })
-        .collect()
-}
-
-/// A copy of `src` into `dst` on every core, the bandwidth baseline.
-fn parallel_copy(src: &[f16], dst: &mut [f16]) {
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let chunk = src.len().div_ceil(workers);
-    std::thread::scope(|s| {
-        for (d, c) in dst.chunks_mut(chunk).zip(src.chunks(chunk)) {
-            s.spawn(move || d.copy_from_slice(c));
-        }
-    });
-}
-
 fn bench(c: &mut Criterion) {
-    let x = span();
+    let [heads, tokens, dim] = SHAPE;
+    let shape = Shape3 { heads, tokens, dim };
+    let x = span(shape);
     let bytes = (x.len() * 2) as u64;
     let mut group = c.benchmark_group(GROUP);
     group.sample_size(10);
@@ -94,9 +72,9 @@ fn bench(c: &mut Criterion) {
         }
         for (bench_id, schedule) in variants {
             ids.push(bench_id.clone());
-            let mut quantizer = common::HostQuantizer::new(&scheme, &schedule, SHAPE);
+            let mut quantizer = HostQuantizer::new(&scheme, &schedule, shape).unwrap();
             group.bench_function(bench_id.as_str(), |b| {
-                b.iter(|| quantizer.run(black_box(&x)))
+                b.iter(|| quantizer.run(black_box(&x)).unwrap())
             });
         }
     }

@@ -6,28 +6,19 @@
 mod common;
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use half::f16;
+use kvq::bench::quantize::{span, HostQuantizer};
 use kvq::tune;
 use kvq_ir::lower::{InputType, Schedule, ShapeClass};
-use kvq_ir::Scheme;
+use kvq_ir::{Scheme, Shape3};
 
 const GROUP: &str = "tune_quantize_8x16384x128_f16";
 const SHAPE: [usize; 3] = [8, 16384, 128];
 const SCHEME: &str = "bits = 1, axis = channel, group = all, rule = shrink(0.5)";
 
-/// K-like f16 data: per-channel offsets plus noise.
-fn span() -> Vec<f16> {
-    let n: usize = SHAPE.iter().product();
-    let mut s = 0x2545F4914F6CDD1Du64;
-    (0..n)
-        .map(|i| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            let noise = (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
-            f16::from_f32(noise + ((i % SHAPE[2]) as f32 * 0.37).sin())
-        })
-        .collect()
+/// The span's shape.
+fn shape3() -> Shape3 {
+    let [heads, tokens, dim] = SHAPE;
+    Shape3 { heads, tokens, dim }
 }
 
 fn bench(c: &mut Criterion) {
@@ -45,13 +36,13 @@ fn bench(c: &mut Criterion) {
     }
     println!("{GROUP}: default {default:?}, tuned {tuned:?}");
 
-    let x = span();
+    let x = span(shape3());
     let mut group = c.benchmark_group(GROUP);
     group.sample_size(10);
     group.throughput(Throughput::Bytes((x.len() * 2) as u64));
     for (id, schedule) in [("default", default), ("tuned", tuned)] {
-        let mut quantizer = common::HostQuantizer::new(&scheme, &schedule, SHAPE);
-        group.bench_function(id, |b| b.iter(|| quantizer.run(black_box(&x))));
+        let mut quantizer = HostQuantizer::new(&scheme, &schedule, shape3()).unwrap();
+        group.bench_function(id, |b| b.iter(|| quantizer.run(black_box(&x)).unwrap()));
     }
     group.finish();
     common::print_ratios(GROUP, "default", &["tuned"]);

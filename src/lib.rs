@@ -19,6 +19,7 @@
 
 pub mod attention;
 pub mod backend;
+pub mod bench;
 pub mod eval;
 pub mod eval_kernels;
 pub mod fuzzing;

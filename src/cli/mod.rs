@@ -1,6 +1,7 @@
 //! Subcommands of `kvq`.
 
 mod attention_case;
+mod bench;
 mod compile;
 mod demo;
 mod eval;
@@ -49,6 +50,9 @@ pub struct Cli {
 enum Command {
     /// Write a decode-attention case (inputs and host results) for `kvq-gpu-check`.
     AttentionCase(attention_case::Args),
+    /// kvq's host kernels against baselines timed in the same process: decode attention
+    /// (candle f32, an f16 loop) and quantize (a copy of the bytes); ratios printed last.
+    Bench(bench::Args),
     /// The main job: CalibQuant's kernels compiled, a cache of real DINOv2 K/V plus a long
     /// synthetic span, decode attention on the CPU against full precision.
     Demo(demo::Args),
@@ -75,6 +79,7 @@ enum Command {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::AttentionCase(args) => attention_case::run(args),
+        Command::Bench(args) => bench::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Eval(args) => eval::run(args),
         Command::EvalModel(args) => eval_model::run(args),

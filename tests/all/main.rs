@@ -4,6 +4,7 @@ mod attention;
 mod attention_case;
 mod attention_host;
 mod backends;
+mod bench_cli;
 mod borrowed_input;
 mod cli;
 mod compile_cli;

@@ -1,0 +1,101 @@
+//! `kvq bench` as a user runs it: the JSON figures of a small run (sizes against SPEC's
+//! formulas, kvq's output against the f32 baseline's within the quantization's error), and
+//! one-line refusals of sizes it cannot hold. Times are not checked.
+
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn kvq(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kvq"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn json(out: &Output) -> Value {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn bench_attention_reports_each_shape() {
+    let out = kvq(&[
+        "bench",
+        "attention",
+        "--tokens",
+        "256,512",
+        "--batch",
+        "2",
+        "--rounds",
+        "1",
+        "--json",
+    ]);
+    let rows = json(&out);
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    for (row, tokens) in rows.iter().zip([256u64, 512]) {
+        assert_eq!(row["span_tokens"], tokens);
+        assert_eq!(row["batch"], 2);
+        // 1-bit codes for 8 heads x 128 channels per token, K and V; f16 zero and scale per
+        // (head, channel), K and V.
+        let codes = 2 * 8 * tokens * 16;
+        assert_eq!(row["span_bytes"], codes + 2 * 2 * 8 * 128 * 2);
+        assert_eq!(row["span_f16_bytes"], 2 * 8 * tokens * 128 * 2);
+        // 1-bit CalibQuant on synthetic K/V: the output is near the f32 baseline's, not equal.
+        let err = row["rel_error_vs_f32"].as_f64().unwrap();
+        assert!(err > 0.01 && err < 0.9, "{err}");
+        for key in ["candle_f32_s", "f16_loop_s", "kvq_s"] {
+            assert!(row[key].as_f64().unwrap() > 0.0, "{key}");
+        }
+    }
+}
+
+#[test]
+fn bench_quantize_reports_each_scheme() {
+    let schemes = [
+        "bits = 1, axis = channel, group = all, rule = shrink(0.5)",
+        "bits = 4, axis = token, group = all, rule = minmax",
+    ];
+    let out = kvq(&[
+        "bench", "quantize", "--scheme", schemes[0], "--scheme", schemes[1], "--tokens", "256",
+        "--rounds", "1", "--json",
+    ]);
+    let rows = json(&out);
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    for (row, text) in rows.iter().zip(schemes) {
+        assert!(row["scheme"].as_str().unwrap().starts_with(text));
+        assert!(row["kvq_s"].as_f64().unwrap() > 0.0);
+        assert!(row["copy_s"].as_f64().unwrap() > 0.0);
+    }
+}
+
+#[test]
+fn bench_refuses_what_it_cannot_hold() {
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &[
+                "bench",
+                "attention",
+                "--tokens",
+                "16000000",
+                "--batch",
+                "4000",
+            ],
+            "GiB",
+        ),
+        (&["bench", "attention", "--tokens", "0"], "tokens"),
+        (&["bench", "quantize", "--scheme", "bits = 3"], "--scheme"),
+        (&["bench", "quantize", "--head-dim", "60"], "head_dim"),
+    ];
+    for (args, needle) in cases {
+        let out = kvq(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(out.stdout.is_empty(), "{args:?}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert!(stderr.contains(needle), "expected {needle:?} in {stderr}");
+    }
+}
