@@ -9,15 +9,16 @@
 //! parser's message, columns and hints, as the command line prints them).
 
 mod arrays;
+mod attention;
 
 use kvq::backend::{self, Backend, BackendError};
 use kvq::reference::PackedSpan;
-use kvq::{CacheScheme, Scheme, Tensor3};
+use kvq::{CacheScheme, Scheme, Shape3};
 use numpy::{PyArray1, PyArrayDyn, PyArrayMethods};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 
-use arrays::{f32_values, input_values, shape3};
+use arrays::{f32_values, shape3};
 
 /// A quantization scheme, parsed from kvq's text form.
 #[pyclass(name = "Scheme", module = "kvq", frozen, eq)]
@@ -55,8 +56,8 @@ impl PyScheme {
 /// A cache scheme: key and value schemes and the optional calibration of the span's logits.
 #[pyclass(name = "CacheScheme", module = "kvq", frozen, eq)]
 #[derive(Debug, Clone, PartialEq)]
-struct PyCacheScheme {
-    inner: CacheScheme,
+pub struct PyCacheScheme {
+    pub(crate) inner: CacheScheme,
 }
 
 #[pymethods]
@@ -102,7 +103,7 @@ impl PyCacheScheme {
 }
 
 /// The backend named `name`.
-fn backend_named(name: &str) -> PyResult<Backend> {
+pub(crate) fn backend_named(name: &str) -> PyResult<Backend> {
     match name {
         "host" => Ok(Backend::Host),
         "reference" => Ok(Backend::Reference),
@@ -115,7 +116,7 @@ fn backend_named(name: &str) -> PyResult<Backend> {
 
 /// A backend error as Python sees it: the input's fault is a `ValueError`, kvq's a
 /// `RuntimeError`.
-fn backend_error(e: BackendError) -> PyErr {
+pub(crate) fn backend_error(e: BackendError) -> PyErr {
     match e {
         BackendError::Quant(q) => PyValueError::new_err(q.to_string()),
         BackendError::TooLarge(t) => PyValueError::new_err(t),
@@ -124,7 +125,7 @@ fn backend_error(e: BackendError) -> PyErr {
 }
 
 /// A numpy array of `data` with shape `dims`.
-fn array<'py, T: numpy::Element>(
+pub(crate) fn array<'py, T: numpy::Element>(
     py: Python<'py>,
     data: Vec<T>,
     dims: &[usize],
@@ -139,8 +140,9 @@ type Packed<'py> = (
     Bound<'py, PyArrayDyn<f32>>,
 );
 
-/// `quantize(x, scheme, backend="host") -> (codes, zero, scale)`: quantizes the float16 or
-/// float32 array `x` of shape `[kv_heads, tokens, head_dim]` (C-contiguous) under `scheme`.
+/// `quantize(x, scheme, backend="host") -> (codes, zero, scale)`: quantizes `x` of shape
+/// `[kv_heads, tokens, head_dim]` (C-contiguous; float16, bfloat16 or float32; a numpy array,
+/// a CPU torch tensor or a DLPack producer, read where it lies) under `scheme`.
 /// `codes` is uint8 `[kv_heads, tokens, head_dim * bits / 8]`; `zero` and `scale` are float32
 /// in SPEC.md section 3's parameter shape, holding the stored parameters' values.
 #[pyfunction]
@@ -152,13 +154,14 @@ fn quantize<'py>(
     backend: &str,
 ) -> PyResult<Packed<'py>> {
     let backend = backend_named(backend)?;
-    let (dims, data, input) = input_values(x)?;
-    let tensor = Tensor3::new(dims, data).map_err(|e| PyValueError::new_err(e.to_string()))?;
+    let (dims, x) = arrays::input(x, "x")?;
+    let [heads, tokens, dim] = dims;
+    let shape = Shape3 { heads, tokens, dim };
     let scheme = scheme.inner;
-    let span = py
-        .allow_threads(|| backend::quantize(&tensor, input, &scheme, backend))
-        .map_err(backend_error)?;
-    let shape = span.shape;
+    // The kernel reads `x` where it lies; the GIL stays held so that no Python thread writes it
+    // meanwhile.
+    let span =
+        backend::quantize_borrowed(x.slice()?, shape, &scheme, backend).map_err(backend_error)?;
     let row = span.codes.len() / (shape.heads * shape.tokens).max(1);
     let params = kvq::reference::quantize::param_shape(&scheme, shape);
     Ok((
@@ -200,140 +203,15 @@ fn dequantize<'py>(
     array(py, x.data().to_vec(), &shape.dims())
 }
 
-/// A quantized span: keys and values `[kv_heads, tokens, head_dim]` packed under a cache
-/// scheme's key and value schemes (SPEC.md section 3), held in Rust for [`PyAttention::attend`].
-#[pyclass(name = "Span", module = "kvq", frozen)]
-#[derive(Debug)]
-struct PySpan {
-    k: PackedSpan,
-    v: PackedSpan,
-}
-
-#[pymethods]
-impl PySpan {
-    /// Quantizes `k` and `v` (float16 or float32, `[kv_heads, tokens, head_dim]`, the same
-    /// shape) under `scheme`'s key and value schemes.
-    #[new]
-    #[pyo3(signature = (k, v, scheme, backend = "host"))]
-    fn new(
-        py: Python<'_>,
-        k: &Bound<'_, PyAny>,
-        v: &Bound<'_, PyAny>,
-        scheme: &PyCacheScheme,
-        backend: &str,
-    ) -> PyResult<PySpan> {
-        let backend = backend_named(backend)?;
-        let (kd, kx, ki) = input_values(k)?;
-        let (vd, vx, vi) = input_values(v)?;
-        if kd != vd {
-            return Err(PyValueError::new_err(format!(
-                "k has shape {kd:?} and v {vd:?}; they must be the same"
-            )));
-        }
-        let tensor = |d, x| Tensor3::new(d, x).map_err(|e| PyValueError::new_err(e.to_string()));
-        let (kt, vt) = (tensor(kd, kx)?, tensor(vd, vx)?);
-        let s = scheme.inner;
-        let (k, v) = py
-            .allow_threads(|| {
-                Ok::<_, BackendError>((
-                    backend::quantize(&kt, ki, &s.key, backend)?,
-                    backend::quantize(&vt, vi, &s.value, backend)?,
-                ))
-            })
-            .map_err(backend_error)?;
-        Ok(PySpan { k, v })
-    }
-
-    /// Span tokens.
-    #[getter]
-    fn tokens(&self) -> usize {
-        self.k.shape.tokens
-    }
-
-    /// Bytes stored: codes and parameters (at their scheme's precision) of keys and values.
-    #[getter]
-    fn nbytes(&self) -> usize {
-        [&self.k, &self.v]
-            .iter()
-            .map(|p| p.codes.len() + 2 * p.zero.len() * p.scheme.params.bits() as usize / 8)
-            .sum()
-    }
-}
-
-/// Decode attention through kvq's generated host kernels for one cache scheme, head_dim and
-/// GQA group (compiled once, through the compile cache).
-#[pyclass(name = "Attention", module = "kvq", frozen, unsendable)]
-struct PyAttention {
-    inner: kvq::attention::HostAttention,
-    head_dim: usize,
-    group: usize,
-}
-
-#[pymethods]
-impl PyAttention {
-    /// The kernels of `scheme` for `head_dim` channels and `group` query heads per kv head.
-    #[new]
-    fn new(scheme: &PyCacheScheme, head_dim: u32, group: u32) -> PyResult<PyAttention> {
-        let shape = kvq::lower::attention::AttentionShape { head_dim, group };
-        let inner = kvq::attention::HostAttention::new(&scheme.inner, shape, None)
-            .map_err(|e| PyValueError::new_err(e.to_string()))?;
-        Ok(PyAttention {
-            inner,
-            head_dim: head_dim as usize,
-            group: group as usize,
-        })
-    }
-
-    /// SPEC.md section 4 for one query `q` (float32 `[q_heads, head_dim]`, not yet scaled) over
-    /// the full-precision tokens `fp_k`, `fp_v` (float32 `[kv_heads, n, head_dim]`, n may be 0)
-    /// and the quantized `span`, if any, with the scheme's calibration of the span's logits;
-    /// query head `h` reads kv head `h / group`. Returns float32 `[q_heads, head_dim]`.
-    #[pyo3(signature = (q, fp_k, fp_v, span = None))]
-    fn attend<'py>(
-        &self,
-        py: Python<'py>,
-        q: &Bound<'py, PyAny>,
-        fp_k: &Bound<'py, PyAny>,
-        fp_v: &Bound<'py, PyAny>,
-        span: Option<&PySpan>,
-    ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
-        let (q_heads, q) = arrays::query(q, self.head_dim, self.group)?;
-        let kv = q_heads / self.group;
-        let (kd, kx, _) = input_values(fp_k)?;
-        let (vd, vx, _) = input_values(fp_v)?;
-        let want = [kv, kd[1], self.head_dim];
-        if kd != want || vd != want {
-            return Err(PyValueError::new_err(format!(
-                "fp_k {kd:?} and fp_v {vd:?} must both be {want:?}"
-            )));
-        }
-        let tensor = |d, x| Tensor3::new(d, x).map_err(|e| PyValueError::new_err(e.to_string()));
-        let fp = match kd[1] {
-            0 => None,
-            _ => Some((tensor(kd, kx)?, tensor(vd, vx)?)),
-        };
-        let seq = kvq::attention::SeqData {
-            q: &q,
-            fp: fp.as_ref().map(|(k, v)| (k, v)),
-            span: span.map(|s| (&s.k, &s.v)),
-        };
-        let out = self
-            .inner
-            .attend(kv, &[seq])
-            .map_err(|e| PyValueError::new_err(e.to_string()))?;
-        let out = out.into_iter().next().unwrap_or_default();
-        array(py, out, &[q_heads, self.head_dim])
-    }
-}
-
 /// The extension module.
 #[pymodule]
 fn _kvq(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyScheme>()?;
     m.add_class::<PyCacheScheme>()?;
-    m.add_class::<PySpan>()?;
-    m.add_class::<PyAttention>()?;
+    m.add_class::<attention::PySpan>()?;
+    m.add_class::<attention::PyAttention>()?;
     m.add_function(wrap_pyfunction!(quantize, m)?)?;
     m.add_function(wrap_pyfunction!(dequantize, m)?)?;
+    m.add_function(wrap_pyfunction!(attention::decode_attention, m)?)?;
     Ok(())
 }

@@ -89,6 +89,12 @@ class _Layer(CacheLayerMixin):
     def span_tokens(self):
         return 0 if self.span is None else self.span.tokens
 
+    def undo(self, tokens):
+        """Drops the last ``tokens`` full-precision tokens: those of a forward whose attention was
+        refused, so that the cache is as it was before that forward."""
+        self.keys = self.keys[..., : self.keys.shape[-2] - tokens, :]
+        self.values = self.values[..., : self.values.shape[-2] - tokens, :]
+
     def get_seq_length(self):
         if not self.is_initialized:
             return 0
@@ -179,6 +185,16 @@ def kvq_attention(module, query, key, value, attention_mask, scaling=None, dropo
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
         )
+    try:
+        return _attend(layer, query, attention_mask, scaling, dropout)
+    except Exception:
+        # What this forward appended goes; every refusal (mask, scale, dropout) comes from the
+        # first layer, before any other layer has appended anything, so the cache is unchanged.
+        layer.undo(query.shape[2])
+        raise
+
+
+def _attend(layer, query, attention_mask, scaling, dropout):
     batch, heads, q_len, head_dim = query.shape
     if dropout != 0.0:
         raise NotImplementedError("kvq attention has no dropout")
