@@ -204,8 +204,33 @@ fn fp_pair(
     })
 }
 
-/// Runs `attention` (for `head_dim`, `group`) over `seqs` after checking that every sequence
-/// has `q_heads` queries of `head_dim` over `q_heads / group` kv heads and something to attend.
+/// Checks that every sequence has something to attend, over `q_heads / group` kv heads of
+/// `head_dim` channels.
+fn check(seqs: &[Seq<'_>], head_dim: usize, group: usize, q_heads: usize) -> PyResult<()> {
+    let kv = q_heads / group;
+    for (i, s) in seqs.iter().enumerate() {
+        let fp = s.fp.as_ref().map(|(k, _)| ("fp_k", k.shape()));
+        let span = s.span.as_ref().map(|p| ("span", p.pair().0.shape));
+        if fp.is_none() && span.is_none() {
+            return Err(PyValueError::new_err(format!(
+                "sequence {i} has no tokens to attend (no span and no fp_k/fp_v)"
+            )));
+        }
+        for (what, shape) in fp.into_iter().chain(span) {
+            if shape.heads != kv || shape.dim != head_dim {
+                return Err(PyValueError::new_err(format!(
+                    "sequence {i}: {what} has {} kv heads of head_dim {}; {q_heads} query heads \
+                     in groups of {group} read {kv} kv heads of head_dim {head_dim}",
+                    shape.heads, shape.dim
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs `attention` (for `head_dim`, `group`) over `seqs` (checked first) with `q_heads`
+/// query heads each.
 fn run(
     attention: &HostAttention,
     head_dim: usize,
@@ -213,29 +238,7 @@ fn run(
     q_heads: usize,
     seqs: &[Seq<'_>],
 ) -> PyResult<Vec<Vec<f32>>> {
-    let kv = q_heads / group;
-    for (i, s) in seqs.iter().enumerate() {
-        let (heads, fp, span) = s.sizes();
-        if fp + span == 0 {
-            return Err(PyValueError::new_err(format!(
-                "sequence {i} has no tokens to attend (no span and no fp_k/fp_v)"
-            )));
-        }
-        if heads != Some(kv) {
-            return Err(PyValueError::new_err(format!(
-                "sequence {i}: {q_heads} query heads in groups of {group} read {kv} kv heads; its tokens have {heads:?}"
-            )));
-        }
-        let dims = [
-            s.fp.as_ref().map(|(k, _)| k.shape().dim),
-            s.span.as_ref().map(|p| p.pair().0.shape.dim),
-        ];
-        if dims.iter().flatten().any(|&d| d != head_dim) {
-            return Err(PyValueError::new_err(format!(
-                "sequence {i}: head_dim of q is {head_dim}, its tokens have {dims:?}"
-            )));
-        }
-    }
+    check(seqs, head_dim, group, q_heads)?;
     let data: Vec<SeqData<'_>> = seqs
         .iter()
         .map(|s| SeqData {
@@ -245,7 +248,7 @@ fn run(
         })
         .collect();
     attention
-        .attend(kv, &data)
+        .attend(q_heads / group, &data)
         .map_err(|e| PyValueError::new_err(e.to_string()))
 }
 
@@ -392,6 +395,7 @@ pub fn decode_attention<'py>(
         )));
     }
     let group = q_heads / kv;
+    check(&seqs, head_dim, group, q_heads)?;
     let attention = kernels(&scheme.inner, head_dim as u32, group as u32)?;
     let out = run(&attention, head_dim, group, q_heads, &seqs)?;
     array(py, out.into_iter().flatten().collect(), &dims)

@@ -161,7 +161,7 @@ def test_decode_attention_refuses_what_it_cannot_attend():
         kvq.decode_attention(np.ones((2, 8, 64), dtype=np.float32), scheme, span=[span])
     with pytest.raises(ValueError, match="go together"):
         kvq.decode_attention(q, scheme, span=span, fp_k=k)
-    with pytest.raises(ValueError, match="head_dim"):
+    with pytest.raises(ValueError, match="span has 2 kv heads of head_dim 64"):
         kvq.decode_attention(np.ones((8, 32), dtype=np.float32), scheme, span=span)
     with pytest.raises(TypeError, match="float32"):
         kvq.decode_attention(q.astype(np.float16), scheme, span=span)

@@ -118,7 +118,9 @@ def test_span_and_attention_bindings_check_their_inputs():
     assert attn.attend(q, empty, empty, span).shape == (9, 64)
     with pytest.raises(ValueError, match="q_heads a positive multiple of 3"):
         attn.attend(q[:8], empty, empty, span)
-    with pytest.raises(ValueError, match="must both be"):
+    with pytest.raises(ValueError, match="fp_k has 2 kv heads"):
         attn.attend(q, k[:2], k[:2], span)
+    with pytest.raises(ValueError, match="same shape"):
+        attn.attend(q, k, np.ascontiguousarray(k[:, :5]), span)
     with pytest.raises(ValueError, match="same"):
         kvq.Span(k, np.ascontiguousarray(k[:, :10]), scheme)
