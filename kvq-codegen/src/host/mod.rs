@@ -15,6 +15,7 @@
 
 mod args;
 mod link;
+mod pool;
 
 pub use args::{BufferMut, BufferRef, HostArg};
 
@@ -223,37 +224,47 @@ impl HostKernel {
         let chunk = clusters.div_ceil(workers) * n;
         let entry = self.loaded.entry;
         let words = words.as_slice();
-        std::thread::scope(|scope| {
-            for w in 0..workers {
-                let begin = w * chunk;
-                let end = begin.saturating_add(chunk).min(grid_size);
-                if begin >= end {
-                    break;
+        let ranges: Vec<(u32, u32)> = (0..workers)
+            .map(|w| (w * chunk, (w * chunk).saturating_add(chunk).min(grid_size)))
+            .filter(|(begin, end)| begin < end)
+            .collect();
+        let work = |begin: u32, end: u32| {
+            // SAFETY: `entry` is the loaded kernel's entry (its library lives in `self`).
+            // `words` holds one word per parameter, checked above against the kernel's
+            // parameters: every buffer address comes from a live slice of the checked element
+            // type, borrowed (`&mut` where the kernel writes) for this whole call, since `args`
+            // is borrowed until every worker below has finished (both scopes join them).
+            //
+            // CONCURRENCY: several workers receive the same buffer addresses at once, each for
+            // a disjoint range of blocks. This is sound only because kvq kernels have GPU
+            // semantics: each element a launch writes is written by exactly one block and not
+            // read by another block, so workers never touch the same bytes where one of them
+            // writes (shared arrays and locals are per-worker stack memory, which the worker's
+            // stack holds: the pool's threads have `pool::STACK` bytes, more than `self.stack`).
+            // The one exception kvq makes is a status flag that any block may set to a nonzero
+            // code: racing stores of whole aligned elements from LLVM-generated code (LLVM's
+            // memory model gives racing accesses unspecified values, not undefined behaviour),
+            // read only after the workers have joined, as on a GPU. A kernel breaking the rule
+            // otherwise would race here just as it would on a GPU.
+            unsafe { entry(words.as_ptr(), begin, end, grid_size) }
+        };
+        if let Some(pool) = pool::shared(self.stack) {
+            let work = &work;
+            pool.scope(|scope| {
+                for &(begin, end) in &ranges {
+                    scope.spawn(move |_| work(begin, end));
                 }
-                let worker = move || {
-                    // SAFETY: `entry` is the loaded kernel's entry (its library lives in `self`).
-                    // `words` holds one word per parameter, checked above against the kernel's
-                    // parameters: every buffer address comes from a live slice of the checked
-                    // element type, borrowed (`&mut` where the kernel writes) for this whole
-                    // call, since `args` is borrowed until the scope has joined every thread.
-                    //
-                    // CONCURRENCY: several workers receive the same buffer addresses at once,
-                    // each for a disjoint range of blocks. This is sound only because kvq
-                    // kernels have GPU semantics: each element a launch writes is written by
-                    // exactly one block and not read by another block, so workers never touch
-                    // the same bytes where one of them writes (shared arrays and locals are
-                    // per-worker stack memory). The one exception kvq makes is a status flag
-                    // that any block may set to a nonzero code: racing stores of whole aligned
-                    // elements from LLVM-generated code (LLVM's memory model gives racing
-                    // accesses unspecified values, not undefined behaviour), read only after the
-                    // scope joins, as on a GPU. A kernel breaking the rule otherwise would race
-                    // here just as it would on a GPU.
-                    unsafe { entry(words.as_ptr(), begin, end, grid_size) }
-                };
+            });
+            return Ok(());
+        }
+        // A frame larger than the pool's stacks: threads of the size it needs.
+        std::thread::scope(|scope| {
+            for &(begin, end) in &ranges {
+                let work = &work;
                 std::thread::Builder::new()
                     .name(format!("kvq-{}", self.name))
                     .stack_size(self.stack)
-                    .spawn_scoped(scope, worker)
+                    .spawn_scoped(scope, move || work(begin, end))
                     .map_err(|source| CodegenError::Thread {
                         kernel: self.name.clone(),
                         source,
