@@ -63,3 +63,10 @@ KVQ_PTXAS="$(compgen -G "$kvq_root/.venv/lib/python3*/site-packages/nvidia/cuda_
 export KVQ_PTXAS
 KVQ_NVDISASM="$(compgen -G "$kvq_root/.venv/lib/python3*/site-packages/nvidia/cu13/bin/nvdisasm" | head -n 1)"
 export KVQ_NVDISASM
+# The Python package `kvq` (kvq-py) built and installed into .venv (maturin develop, the debug
+# profile the tests share), with the torch side above: KVQ_WITH_TORCH=1 (scripts/test.sh).
+if [ "${KVQ_WITH_TORCH:-0}" = 1 ]; then
+    VIRTUAL_ENV="$kvq_root/.venv" "$kvq_root/.venv/bin/maturin" develop --quiet --locked \
+        -m "$kvq_root/kvq-py/Cargo.toml" ||
+        { echo "setup: building the Python package failed" >&2; return 1 2>/dev/null || exit 1; }
+fi

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every check CI runs: formatting, clippy with warnings denied, the whole Rust test suite, then
-# the Python package built into .venv (maturin) and its pytest suite, closing with one summary
-# line over every test binary and pytest.
+# the pytest suite of the Python package (which setup.sh builds into .venv), closing with one
+# summary line over every test binary and pytest.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -11,7 +11,6 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 cargo test --workspace --locked 2>&1 | tee "$log"
-VIRTUAL_ENV="$root/.venv" "$root/.venv/bin/maturin" develop --quiet --locked -m kvq-py/Cargo.toml
 KVQ_BIN="$root/target/debug/kvq" "$root/.venv/bin/python" -m pytest -q kvq-py/tests 2>&1 | tee -a "$log"
 # Every cargo test binary's `test result:` line and pytest's closing line (`N passed, ... in Ts`).
 awk '/^test result:/ || (/ in [0-9.]+s/ && /^[0-9]+ (passed|failed)/) {

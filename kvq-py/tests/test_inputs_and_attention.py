@@ -7,20 +7,13 @@ import pytest
 import torch
 
 import kvq
+from schemes import CALIBQUANT, KIVI
 
 SCHEMES = [
     "bits = 1, axis = channel, group = all, rule = shrink(0.5)",
     "bits = 2, axis = token, group = 32, rule = minmax, order = lsb",
     "bits = 4, axis = channel, group = 32, rule = minmax, params = f32",
 ]
-CALIBQUANT = (
-    "key(bits = 1, axis = channel, group = all, rule = shrink(0.5)), "
-    "value(bits = 1, axis = channel, group = all, rule = shrink(0.3)), calibrate = 3"
-)
-KIVI = (
-    "key(bits = 2, axis = channel, group = 32, rule = minmax), "
-    "value(bits = 2, axis = token, group = 32, rule = minmax)"
-)
 
 
 def same_bits(a, b):

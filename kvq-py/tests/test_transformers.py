@@ -1,6 +1,6 @@
 """kvq's cache inside Hugging Face transformers, on SmolLM2-135M (the GGUF scripts/setup.sh
 installs; transformers loads it with its own tokenizer): with nothing quantized it must generate
-exactly what transformers' DynamicCache does; with CalibQuant's span quantized, the figures over
+exactly what transformers' DynamicCache does; with CalibQuant's or KIVI's span quantized, the figures over
 the study's positions must agree with kvq's own evaluation (the committed `kvq report`, which
 `kvq eval-model` reproduces); and what it cannot serve must raise."""
 
@@ -11,16 +11,8 @@ from transformers import DynamicCache
 
 import kvq
 import kvq.transformers as kt
+from schemes import CALIBQUANT, KIVI
 from transformers_study import figures, full_precision, load, prompt_ids, reported, study
-
-CALIBQUANT = (
-    "key(bits = 1, axis = channel, group = all, rule = shrink(0.5)), "
-    "value(bits = 1, axis = channel, group = all, rule = shrink(0.3)), calibrate = 3"
-)
-KIVI = (
-    "key(bits = 2, axis = channel, group = 32, rule = minmax), "
-    "value(bits = 2, axis = token, group = 32, rule = minmax)"
-)
 
 
 @pytest.fixture(scope="module")
