@@ -100,6 +100,49 @@ proptest! {
     }
 }
 
+/// Quantile ranges over columns longer than the property tests' (up to 1,031 tokens): many
+/// ties, negative and positive zeros, both signs, every input type, token groups of the whole
+/// span and of 32 with a partial last group, and token-axis rows.
+#[test]
+fn quantile_selection_on_long_columns_matches_reference() {
+    let mut s = 0x9E3779B97F4A7C15u64;
+    for tokens in [256, 1031] {
+        let data: Vec<f32> = (0..2 * tokens * 64)
+            .map(|i| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                match s % 5 {
+                    0 => 0.0,
+                    1 => -0.0,
+                    2 => ((s >> 33) % 7) as f32 - 3.0,
+                    _ => ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * (i % 64 + 1) as f32,
+                }
+            })
+            .collect();
+        // The values each input type holds exactly (what a caller of that type passes).
+        let rounded = |input: InputType| -> Tensor3 {
+            let exact = data.iter().map(|&v| match input {
+                InputType::F16 => f16::from_f32(v).to_f32(),
+                InputType::BF16 => half::bf16::from_f32(v).to_f32(),
+                InputType::F32 => v,
+            });
+            Tensor3::new([2, tokens, 64], exact.collect()).unwrap()
+        };
+        for text in [
+            "bits = 1, axis = channel, group = all, rule = quantile(0.15)",
+            "bits = 2, axis = channel, group = all, rule = quantile(0.01)",
+            "bits = 2, axis = channel, group = 32, rule = quantile(0.1)",
+            "bits = 4, axis = token, group = all, rule = quantile(0.3)",
+        ] {
+            let scheme = Scheme::parse(text).unwrap();
+            for input in [InputType::F16, InputType::BF16, InputType::F32] {
+                check(&scheme, &rounded(input), input).unwrap();
+            }
+        }
+    }
+}
+
 #[test]
 fn host_code_matches_reference_on_real_captures() {
     for path in [dinov2(), smollm2()] {
