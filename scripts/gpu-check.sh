@@ -10,7 +10,10 @@
 #     3. for every quantize kernel x capture x layer, writes the host backend's result with
 #          kvq quantize --kv CAPTURE --tensor k|v --layer L --scheme S --backend host -o EXPECTED
 #        (safetensors: codes u8, zero/scale as f32 values of the stored parameters);
-#     4. compiles attention bundles (head_dim 128, 4 query heads per kv head: --group 4) and
+#     4. compiles attention bundles (head_dim 128, 4 query heads per kv head: --group 4), and
+#        per pair a cache bundle (the same with --input f32) that kvq-gpu-check --cache runs the
+#        visual KV cache on (kvq_runtime's Cuda device against the host cache: spans exported
+#        bit-identical to the reference quantizer's, attention within 1e-4), and
 #        writes decode-attention cases with `kvq attention-case`: a small batch per pair for
 #        correctness, and the benchmark shapes (8 kv heads, 32 query heads, 4k/16k/64k span + 64
 #        text tokens, batch 1 and 4; 64k at batch 1 only) for the 1-bit CalibQuant pair. Batch-4 cases share one K/V
@@ -146,6 +149,11 @@ prepare() {
             --span-tokens 1000 --fp-tokens 37 --batch 3 -o "$work/attention/$name.check.safetensors"
         attention+=("attention/$name.check.safetensors")
         add_group "${name}_attn" --bundle "bundles/${name}_attn" --attention "attention/$name.check.safetensors"
+        # The visual KV cache on the GPU (kvq_runtime's Cuda device): f32 input, as the cache
+        # stores it; checked against the host cache with the reference quantizer.
+        "$kvq" compile --key "$key" --value "$value" --target sm_90 --head-dim 128 --input f32 \
+            --group 4 "${calib[@]}" -o "$work/bundles/${name}_cache" >/dev/null
+        add_group "${name}_cache" --bundle "bundles/${name}_cache" --cache "bundles/${name}_cache"
     done
     # The cost model's benchmark shape (8 kv heads x 16,384 tokens x head_dim 128, f16): every
     # quantize kernel of the head_dim-128 bundles, and mse1's, on seeded input; the expectation is

@@ -20,6 +20,7 @@
 pub mod attention;
 pub mod backend;
 pub mod bench;
+pub mod bundle;
 pub mod eval;
 pub mod eval_kernels;
 pub mod fuzzing;

@@ -11,7 +11,8 @@ pub mod cuda;
 pub mod kv_file;
 
 pub use cache::{
-    AttentionKernel, CacheError, KvPart, LayerMemory, MemoryReport, ModelShape, ParamView,
-    PartView, QueryRef, ReferenceQuantizer, SeqId, SeqView, SpanQuantizer, VisualKvCache,
+    AttentionKernel, CacheError, Device, DeviceError, Host, KvPart, LayerMemory, MemoryReport,
+    ModelShape, ParamView, PartView, QueryRef, ReferenceQuantizer, SeqId, SeqView, SpanQuantizer,
+    VisualKvCache,
 };
 pub use kv_file::{KvFile, KvFileError, LayerKv};

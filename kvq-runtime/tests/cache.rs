@@ -10,8 +10,8 @@ use kvq_ir::reference::{decode_attention, quantize, PackedSpan, QuantError, Segm
 use kvq_ir::scheme::catalogue::catalogue;
 use kvq_ir::{CacheScheme, Calibration, Scheme, Shape3, Tensor3};
 use kvq_runtime::{
-    CacheError, KvFile, KvPart, MemoryReport, ModelShape, QueryRef, ReferenceQuantizer, SeqId,
-    SpanQuantizer, VisualKvCache,
+    CacheError, Device, Host, KvFile, KvPart, MemoryReport, ModelShape, QueryRef,
+    ReferenceQuantizer, SeqId, SpanQuantizer, VisualKvCache,
 };
 use proptest::prelude::*;
 
@@ -119,7 +119,7 @@ impl Case {
         decode_attention(&self.q, q_heads, &segments, scheme.calibrate).unwrap()
     }
 
-    fn fill<Q: SpanQuantizer>(&self, cache: &mut VisualKvCache<Q>, layer: usize, seq: SeqId) {
+    fn fill<D: Device>(&self, cache: &mut VisualKvCache<D>, layer: usize, seq: SeqId) {
         cache
             .prefill(layer, seq, &self.k, &self.v, self.visual.clone())
             .unwrap();
@@ -329,7 +329,7 @@ type Snapshot = (
 );
 
 fn snapshot<Q: SpanQuantizer>(
-    cache: &VisualKvCache<Q>,
+    cache: &VisualKvCache<Host<Q>>,
     seqs: &[SeqId],
     cases: &[Case],
 ) -> Snapshot {

@@ -9,11 +9,9 @@ use kvq::output::StagedDir;
 use kvq::Scheme;
 use kvq_codegen::{ptxas, Arch, Target};
 use kvq_ir::ir::{verify, Kernel};
-use kvq_ir::lower::attention::{attention, AttentionSchedule, AttentionShape};
-use kvq_ir::lower::{self, InputType, Schedule, ShapeClass};
-use kvq_ir::{CacheScheme, Calibration};
-use kvq_runtime::cuda::{Entry, KernelEntry, Manifest, ParamSpec, PtxasResources, Role};
-use serde_json::json;
+use kvq_ir::lower::{InputType, ShapeClass};
+use kvq_ir::Calibration;
+use kvq_runtime::cuda::{Entry, KernelEntry, Manifest, PtxasResources};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum TargetArg {
@@ -90,80 +88,26 @@ pub fn run(args: Args) -> Result<()> {
         eprintln!("note: ptxas not found (run scripts/setup.sh or set KVQ_PTXAS); register/spill report skipped");
     }
     // Lower everything first, so a scheme that does not fit writes nothing.
-    let mut lowered = Vec::new();
-    let roles = [
-        ("key", key, Role::KeyQuantize, Role::KeyDequantize),
-        ("value", value, Role::ValueQuantize, Role::ValueDequantize),
-    ];
-    for (role, scheme, quantize_role, dequantize_role) in roles {
-        let schedule = match target {
-            Target::Host => Schedule::host_default(&scheme, shape),
-            Target::Ptx(Arch::Sm90) => Schedule::gpu_default(&scheme, shape),
-            Target::Ptx(Arch::Sm80) => {
-                Schedule::gpu_default(&scheme, shape).without_clusters(&scheme, shape)
-            }
-        };
-        let quantize =
-            lower::quantize(&scheme, shape, &schedule).with_context(|| format!("{role} scheme"))?;
-        let dequantize = lower::dequantize(&scheme, shape, &schedule)
-            .with_context(|| format!("{role} scheme"))?;
-        let schedule = json!({"block_size": schedule.block_size, "channels": schedule.channels, "vector": schedule.vector});
-        lowered.push((
-            quantize_role,
-            scheme.to_string(),
-            schedule.clone(),
-            quantize.kernel,
-        ));
-        lowered.push((
-            dequantize_role,
-            scheme.to_string(),
-            schedule,
-            dequantize.kernel,
-        ));
-    }
-    let attention_kernels = match args.group {
-        None => Vec::new(),
+    let attention_of = match args.group {
+        None => None,
         Some(group) => {
             let calibrate = match args.calibrate {
                 None => None,
                 Some(d) => Some(Calibration::new(d).context("--calibrate must be positive")?),
             };
-            let pair = CacheScheme {
-                key,
-                value,
-                calibrate,
-            };
-            let shape = AttentionShape {
-                head_dim: args.head_dim,
-                group,
-            };
-            let schedule = match target {
-                Target::Host => AttentionSchedule::host_default(&pair),
-                Target::Ptx(_) => AttentionSchedule::gpu_default(&pair, shape),
-            };
-            let k = attention(&pair, shape, &schedule).context("attention kernels")?;
-            let sched = json!({"block_size": schedule.block_size, "chunk": schedule.chunk, "tile": schedule.tile});
-            let mut out = Vec::new();
-            if let Some(stats) = k.stats {
-                out.push((Role::AttentionStats, stats));
-            }
-            out.push((Role::AttentionPartial, k.partial));
-            out.push((Role::AttentionCombine, k.combine));
-            out.into_iter()
-                .map(|(role, kernel)| (role, pair.to_string(), sched.clone(), kernel))
-                .collect()
+            Some((group, calibrate))
         }
     };
-    lowered.extend(attention_kernels);
+    let lowered = kvq::bundle::lower_pair(key, value, target, shape, attention_of)?;
     // Every file is staged beside the output folder and moved in only when all are written.
     let mut out = StagedDir::new(&args.output)?;
     let mut kernels = Vec::new();
-    for (role, scheme, schedule, kernel) in lowered {
-        let entry = write_kernel(&mut out, target, emit, &kernel, ptxas.as_deref())?;
+    for l in lowered {
+        let entry = write_kernel(&mut out, target, emit, &l.kernel, ptxas.as_deref())?;
         kernels.push(KernelEntry {
-            role,
-            scheme,
-            schedule,
+            role: l.role,
+            scheme: l.scheme,
+            schedule: l.schedule,
             entry,
         });
     }
@@ -173,6 +117,7 @@ pub fn run(args: Args) -> Result<()> {
         emit: format!("{emit:?}").to_lowercase(),
         head_dim: args.head_dim,
         input: input.name().to_string(),
+        group: args.group,
         kernels,
     };
     let path = args.output.join("manifest.json");
@@ -239,13 +184,7 @@ fn write_kernel(
         });
     }
     Ok(Entry {
-        name: kernel.name.clone(),
-        file,
-        block_size: kernel.block_size,
-        shared_bytes: info.shared_bytes,
-        dynamic_shared_bytes: info.dynamic_shared_bytes,
-        params: kernel.params.iter().map(ParamSpec::from_ir).collect(),
-        max_grid: kernel.max_grid.clone(),
         ptxas: report,
+        ..kvq::bundle::entry(kernel, file)?
     })
 }

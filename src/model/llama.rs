@@ -8,7 +8,7 @@ use std::path::Path;
 use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Tensor, D};
 use kvq_ir::lower::attention::AttentionShape;
-use kvq_runtime::{CacheError, ModelShape, QueryRef, SeqId, SpanQuantizer, VisualKvCache};
+use kvq_runtime::{CacheError, Host, ModelShape, QueryRef, SeqId, SpanQuantizer, VisualKvCache};
 use rayon::prelude::*;
 use thiserror::Error;
 
@@ -484,7 +484,7 @@ impl Model {
     /// to the cache at every layer and its attention is the cache's; returns the logits.
     pub fn decode<Q: SpanQuantizer + Send>(
         &self,
-        cache: &mut VisualKvCache<Q>,
+        cache: &mut VisualKvCache<Host<Q>>,
         seq: SeqId,
         token: u32,
         pos: usize,
@@ -564,7 +564,7 @@ impl Model {
 /// One cache and sequence that a [`Model::decode_lanes`] step runs in.
 pub struct Lane<'a, Q: SpanQuantizer> {
     /// The cache.
-    pub cache: &'a mut VisualKvCache<Q>,
+    pub cache: &'a mut VisualKvCache<Host<Q>>,
     /// The sequence within it.
     pub seq: SeqId,
     /// The generated attention kernels of the cache's scheme, or `None` for the cache's own

@@ -8,6 +8,7 @@ mod bench_cli;
 mod borrowed_input;
 mod cli;
 mod compile_cli;
+mod cuda_cache;
 mod fixtures;
 mod fuzz_corpora;
 mod launch_safety;

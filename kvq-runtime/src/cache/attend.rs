@@ -7,16 +7,19 @@ use kvq_ir::{Axis, Calibration};
 
 use super::segment::{FpSegment, QuantPart};
 use super::sequence::LayerState;
-use super::{CacheError, ModelShape, QueryRef, SpanQuantizer, VisualKvCache};
+use super::{CacheError, Device, Host, ModelShape, QueryRef, SpanQuantizer, VisualKvCache};
 
-impl<Q: SpanQuantizer> VisualKvCache<Q> {
+/// The host device of any quantizer.
+type H<Q> = Host<Q>;
+
+impl<D: Device> VisualKvCache<D> {
     /// The slot of each query's sequence at `layer`, after checking every query (sequence,
     /// prefilled layer, length, finiteness).
     pub(super) fn checked_queries(
         &self,
         layer: usize,
         queries: &[QueryRef<'_>],
-    ) -> Result<Vec<&LayerState>, CacheError> {
+    ) -> Result<Vec<&LayerState<D>>, CacheError> {
         self.check_layer(layer)?;
         let (q_heads, dim) = (self.shape.q_heads, self.shape.head_dim);
         let mut states = Vec::with_capacity(queries.len());
@@ -40,7 +43,9 @@ impl<Q: SpanQuantizer> VisualKvCache<Q> {
         }
         Ok(states)
     }
+}
 
+impl<Q: SpanQuantizer> VisualKvCache<H<Q>> {
     /// Decode attention at `layer` for a batch: each query `[q_heads, head_dim]` attends over
     /// every cached token of its sequence; returns one `[q_heads, head_dim]` output per query,
     /// in batch order. Every query is checked (sequence, prefilled layer, length, finiteness)
@@ -116,8 +121,8 @@ impl Scratch {
 }
 
 /// One sequence's attention: per kv head, its query heads walk the segments in order.
-fn attend_one(
-    state: &LayerState,
+fn attend_one<Q: SpanQuantizer>(
+    state: &LayerState<H<Q>>,
     q: &[f32],
     shape: ModelShape,
     calibrate: Option<Calibration>,
@@ -153,7 +158,13 @@ fn attend_one(
 }
 
 /// Full-precision tokens of `seg` for `kv_head`.
-fn fp_segment(seg: &FpSegment, kv_head: usize, g: usize, dim: usize, s: &mut Scratch) {
+fn fp_segment<Q: SpanQuantizer>(
+    seg: &FpSegment<H<Q>>,
+    kv_head: usize,
+    g: usize,
+    dim: usize,
+    s: &mut Scratch,
+) {
     let n = seg.tokens();
     if n == 0 {
         return;
@@ -174,9 +185,9 @@ fn fp_segment(seg: &FpSegment, kv_head: usize, g: usize, dim: usize, s: &mut Scr
 
 /// The quantized span for `kv_head`: key logits (post-scaled or dequantized by row),
 /// calibration, softmax update, value accumulation (post-scaled or dequantized by row).
-fn quant_segment(
-    keys: &QuantPart,
-    values: &QuantPart,
+fn quant_segment<Q: SpanQuantizer>(
+    keys: &QuantPart<H<Q>>,
+    values: &QuantPart<H<Q>>,
     kv_head: usize,
     g: usize,
     dim: usize,
@@ -217,7 +228,13 @@ fn quant_segment(
 
 /// Post-scaled key logits: per token group, `q' = q * scale` and `bias = q . zero` once, then
 /// `s_t = q' . code_t + bias` on the raw codes.
-fn channel_key_logits(keys: &QuantPart, kv_head: usize, n: usize, dim: usize, s: &mut Scratch) {
+fn channel_key_logits<Q: SpanQuantizer>(
+    keys: &QuantPart<H<Q>>,
+    kv_head: usize,
+    n: usize,
+    dim: usize,
+    s: &mut Scratch,
+) {
     let [_, rows, _] = keys.param_dims();
     let per_row = keys.tokens_per_param_row();
     let (bits, order, rb) = (keys.scheme().bits, keys.scheme().order, keys.row_bytes());
@@ -248,7 +265,13 @@ fn channel_key_logits(keys: &QuantPart, kv_head: usize, n: usize, dim: usize, s:
 
 /// Post-scaled values: per token group, `sum_t p_t code_tc` and `sum_t p_t` on the raw codes,
 /// then `o_c += scale_c * that + zero_c * sum_t p_t`.
-fn channel_values(values: &QuantPart, kv_head: usize, n: usize, dim: usize, s: &mut Scratch) {
+fn channel_values<Q: SpanQuantizer>(
+    values: &QuantPart<H<Q>>,
+    kv_head: usize,
+    n: usize,
+    dim: usize,
+    s: &mut Scratch,
+) {
     let [_, rows, _] = values.param_dims();
     let per_row = values.tokens_per_param_row();
     let (bits, order, rb) = (
@@ -292,7 +315,13 @@ fn channel_values(values: &QuantPart, kv_head: usize, n: usize, dim: usize, s: &
 
 /// Dequantizes row `t` of `kv_head` of an axis = token span into `s.row`
 /// (`zero + scale * code`, per channel group).
-fn token_row(part: &QuantPart, kv_head: usize, t: usize, dim: usize, s: &mut Scratch) {
+fn token_row<Q: SpanQuantizer>(
+    part: &QuantPart<H<Q>>,
+    kv_head: usize,
+    t: usize,
+    dim: usize,
+    s: &mut Scratch,
+) {
     let [_, tokens, groups] = part.param_dims();
     let (bits, order, rb) = (part.scheme().bits, part.scheme().order, part.row_bytes());
     let codes = part.head_codes(kv_head);

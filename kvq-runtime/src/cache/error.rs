@@ -143,6 +143,13 @@ pub enum CacheError {
         #[source]
         source: QuantError,
     },
+    /// The cache's device failed (allocation, copy, launch).
+    #[error("device: {source}")]
+    Device {
+        /// The device's error.
+        #[source]
+        source: super::DeviceError,
+    },
     /// An external attention kernel ([`AttentionKernel`](super::AttentionKernel)) failed.
     #[error("attention kernel: {0}")]
     Kernel(String),

@@ -8,7 +8,7 @@ use half::f16;
 use kvq_ir::Scheme;
 
 use super::sequence::LayerState;
-use super::{CacheError, QueryRef, SpanQuantizer, VisualKvCache};
+use super::{CacheError, Host, QueryRef, SpanQuantizer, VisualKvCache};
 
 /// The parameters of a quantized part at their stored precision, in SPEC.md section 3 layout.
 #[derive(Debug, Clone, Copy)]
@@ -64,7 +64,7 @@ pub trait AttentionKernel {
     fn attend(&self, batch: &[SeqView<'_>]) -> Result<Vec<Vec<f32>>, String>;
 }
 
-impl<Q: SpanQuantizer> VisualKvCache<Q> {
+impl<Q: SpanQuantizer> VisualKvCache<Host<Q>> {
     /// [`attend`](Self::attend) through `kernel` (for example the generated host kernels of
     /// the `kvq` facade's `HostAttention`), with the same checks first. Errors of the kernel
     /// are [`CacheError::Kernel`].
@@ -104,7 +104,10 @@ impl<Q: SpanQuantizer> VisualKvCache<Q> {
 }
 
 /// The prefix and suffix of one (layer, sequence) as `[kv_heads, tokens, dim]` blocks.
-fn gather_fp(state: &LayerState, kv_heads: usize) -> (usize, Vec<f32>, Vec<f32>) {
+fn gather_fp<Q: SpanQuantizer>(
+    state: &LayerState<Host<Q>>,
+    kv_heads: usize,
+) -> (usize, Vec<f32>, Vec<f32>) {
     let n = state.prefix.tokens() + state.suffix.tokens();
     let mut k = Vec::new();
     let mut v = Vec::new();

@@ -1,6 +1,6 @@
 //! What the cache holds, in bytes, by segment kind.
 
-use super::{SpanQuantizer, VisualKvCache};
+use super::{Device, VisualKvCache};
 
 /// Bytes of one layer (summed over sequences) or of the whole cache. Keys and values together.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -52,7 +52,7 @@ pub struct MemoryReport {
     pub total: LayerMemory,
 }
 
-impl<Q: SpanQuantizer> VisualKvCache<Q> {
+impl<D: Device> VisualKvCache<D> {
     /// Bytes held, by segment kind, per layer and in total.
     pub fn memory(&self) -> MemoryReport {
         let row_f16 = 2 * self.shape.kv_heads * self.shape.head_dim * size_of::<u16>();

@@ -60,6 +60,9 @@
 //! parameters bit for bit. Whatever the quantizer returns is validated before it is stored.
 
 mod attend;
+#[cfg(feature = "cuda")]
+mod cuda;
+mod device;
 mod error;
 mod kernel;
 mod memory;
@@ -73,9 +76,13 @@ use kvq_ir::reference::quantize::check_shape;
 use kvq_ir::reference::{PackedSpan, QuantError};
 use kvq_ir::{CacheScheme, Scheme, Shape3, Tensor3};
 
+#[cfg(feature = "cuda")]
+pub use cuda::Cuda;
+pub use device::{CacheElem, Device, DeviceError, DeviceQuantError, Host};
 pub use error::CacheError;
 pub use kernel::{AttentionKernel, ParamView, PartView, SeqView};
 pub use memory::{LayerMemory, MemoryReport};
+pub use segment::{QuantPart, StoredParams};
 
 use sequence::Sequence;
 
@@ -158,30 +165,46 @@ pub struct QueryRef<'a> {
 }
 
 /// A KV cache whose visual spans are quantized (see the [module docs](self) for the layout,
-/// growth policy and attention).
+/// growth policy and attention), on device `D` (host memory by default).
 #[derive(Debug)]
-pub struct VisualKvCache<Q: SpanQuantizer = ReferenceQuantizer> {
+pub struct VisualKvCache<D: Device = Host> {
     shape: ModelShape,
     scheme: CacheScheme,
-    quantizer: Q,
+    device: D,
     /// Live sequences; each holds exactly `shape.layers` slots.
-    sequences: BTreeMap<SeqId, Sequence>,
+    sequences: BTreeMap<SeqId, Sequence<D>>,
     /// The id the next `add_sequence` returns; strictly above every id ever handed out.
     next_id: u64,
 }
 
-impl VisualKvCache<ReferenceQuantizer> {
-    /// A cache quantizing with the reference quantizer.
+impl VisualKvCache<Host> {
+    /// A host cache quantizing with the reference quantizer.
     pub fn with_reference(shape: ModelShape, scheme: CacheScheme) -> Result<Self, CacheError> {
         Self::new(shape, scheme, ReferenceQuantizer)
     }
 }
 
-impl<Q: SpanQuantizer> VisualKvCache<Q> {
-    /// An empty cache. Checks that every size is non-zero, that `q_heads` is a multiple of
-    /// `kv_heads`, and that both schemes can quantize rows of `head_dim` (byte-aligned codes,
-    /// token-axis groups dividing `head_dim`).
+impl<Q: SpanQuantizer> VisualKvCache<Host<Q>> {
+    /// An empty host cache quantizing with `quantizer` (see [`VisualKvCache::on_device`]).
     pub fn new(shape: ModelShape, scheme: CacheScheme, quantizer: Q) -> Result<Self, CacheError> {
+        Self::on_device(shape, scheme, Host { quantizer })
+    }
+
+    /// The quantizer.
+    pub fn quantizer(&self) -> &Q {
+        &self.device.quantizer
+    }
+}
+
+impl<D: Device> VisualKvCache<D> {
+    /// An empty cache on `device`. Checks that every size is non-zero, that `q_heads` is a
+    /// multiple of `kv_heads`, and that both schemes can quantize rows of `head_dim`
+    /// (byte-aligned codes, token-axis groups dividing `head_dim`).
+    pub fn on_device(
+        shape: ModelShape,
+        scheme: CacheScheme,
+        device: D,
+    ) -> Result<Self, CacheError> {
         for (what, n) in [
             ("layers", shape.layers),
             ("kv_heads", shape.kv_heads),
@@ -210,10 +233,13 @@ impl<Q: SpanQuantizer> VisualKvCache<Q> {
                 source,
             })?;
         }
+        device
+            .check_model(shape, &scheme)
+            .map_err(|source| CacheError::Device { source })?;
         Ok(VisualKvCache {
             shape,
             scheme,
-            quantizer,
+            device,
             sequences: BTreeMap::new(),
             next_id: 0,
         })
@@ -229,9 +255,9 @@ impl<Q: SpanQuantizer> VisualKvCache<Q> {
         self.scheme
     }
 
-    /// The quantizer.
-    pub fn quantizer(&self) -> &Q {
-        &self.quantizer
+    /// The device its segments live on.
+    pub fn device(&self) -> &D {
+        &self.device
     }
 
     /// Adds an empty sequence; every layer must then be prefilled before it can be attended.
@@ -268,7 +294,7 @@ impl<Q: SpanQuantizer> VisualKvCache<Q> {
     }
 
     /// The sequence `seq`, after checking `layer`.
-    fn sequence(&self, layer: usize, seq: SeqId) -> Result<&Sequence, CacheError> {
+    fn sequence(&self, layer: usize, seq: SeqId) -> Result<&Sequence<D>, CacheError> {
         self.check_layer(layer)?;
         self.sequences
             .get(&seq)

@@ -5,38 +5,39 @@
 use std::ops::Range;
 
 use kvq_ir::reference::PackedSpan;
-use kvq_ir::{Scheme, Tensor3};
+use kvq_ir::{Scheme, Shape3, Tensor3};
 
+use super::device::{Device, DeviceQuantError};
 use super::segment::{FpSegment, QuantPart};
-use super::{CacheError, KvPart, SeqId, SpanQuantizer, VisualKvCache};
+use super::{CacheError, KvPart, SeqId, VisualKvCache};
 
 /// One sequence: a slot per layer, `None` until that layer is prefilled or imported.
-#[derive(Debug, Clone)]
-pub(super) struct Sequence {
-    pub(super) layers: Vec<Option<LayerState>>,
+#[derive(Debug)]
+pub(super) struct Sequence<D: Device> {
+    pub(super) layers: Vec<Option<LayerState<D>>>,
 }
 
-impl Sequence {
-    pub(super) fn new(layers: usize) -> Sequence {
+impl<D: Device> Sequence<D> {
+    pub(super) fn new(layers: usize) -> Sequence<D> {
         Sequence {
-            layers: vec![None; layers],
+            layers: (0..layers).map(|_| None).collect(),
         }
     }
 }
 
 /// The segments of one (layer, sequence), in positional order `prefix | span | suffix`.
 /// At least one of them holds a token.
-#[derive(Debug, Clone)]
-pub(super) struct LayerState {
+#[derive(Debug)]
+pub(super) struct LayerState<D: Device> {
     /// Full-precision tokens before the visual span (exact size).
-    pub(super) prefix: FpSegment,
+    pub(super) prefix: FpSegment<D>,
     /// The quantized visual span (keys, values), same token count; `None` for an empty range.
-    pub(super) span: Option<(QuantPart, QuantPart)>,
+    pub(super) span: Option<(QuantPart<D>, QuantPart<D>)>,
     /// Full-precision tokens after the span, growing by doubling on append.
-    pub(super) suffix: FpSegment,
+    pub(super) suffix: FpSegment<D>,
 }
 
-impl LayerState {
+impl<D: Device> LayerState<D> {
     /// Tokens in all segments.
     pub(super) fn tokens(&self) -> usize {
         self.prefix.tokens()
@@ -45,7 +46,7 @@ impl LayerState {
     }
 }
 
-impl<Q: SpanQuantizer> VisualKvCache<Q> {
+impl<D: Device> VisualKvCache<D> {
     /// Stores a prompt's keys and values `k`, `v` = `[kv_heads, tokens, head_dim]` for (`layer`,
     /// `seq`): tokens before `visual` become the full-precision prefix, `visual` is quantized
     /// with the key and value schemes, tokens after it become the full-precision suffix.
@@ -79,10 +80,11 @@ impl<Q: SpanQuantizer> VisualKvCache<Q> {
             let values = self.quantize_part(layer, KvPart::Values, v, visual.clone())?;
             Some((keys, values))
         };
+        let device = |source| CacheError::Device { source };
         let state = LayerState {
-            prefix: FpSegment::copy_of(k, v, 0..visual.start),
+            prefix: FpSegment::copy_of(&self.device, k, v, 0..visual.start).map_err(device)?,
             span,
-            suffix: FpSegment::copy_of(k, v, visual.end..tokens),
+            suffix: FpSegment::copy_of(&self.device, k, v, visual.end..tokens).map_err(device)?,
         };
         self.put(layer, seq, state)
     }
@@ -105,8 +107,10 @@ impl<Q: SpanQuantizer> VisualKvCache<Q> {
             .and_then(|s| s.layers.get_mut(layer))
             .and_then(Option::as_mut)
             .ok_or(CacheError::NotPrefilled { layer, seq })?;
-        state.suffix.extend(k, v, 0..tokens);
-        Ok(())
+        state
+            .suffix
+            .extend(&self.device, k, v, 0..tokens)
+            .map_err(|source| CacheError::Device { source })
     }
 
     /// Stores an exported span (SPEC.md section 3) for (`layer`, `seq`), after an optional
@@ -134,12 +138,23 @@ impl<Q: SpanQuantizer> VisualKvCache<Q> {
             });
         }
         let tokens = keys.shape.tokens;
-        let keys = self.checked_part(layer, KvPart::Keys, keys, tokens)?;
-        let values = self.checked_part(layer, KvPart::Values, values, tokens)?;
+        self.check_part(KvPart::Keys, &keys.scheme, keys.shape, tokens)?;
+        let keys = self.stored(
+            layer,
+            KvPart::Keys,
+            QuantPart::from_span(&self.device, keys),
+        )?;
+        self.check_part(KvPart::Values, &values.scheme, values.shape, tokens)?;
+        let values = self.stored(
+            layer,
+            KvPart::Values,
+            QuantPart::from_span(&self.device, values),
+        )?;
         let (heads, dim) = (self.shape.kv_heads, self.shape.head_dim);
         let state = LayerState {
             prefix: match prefix {
-                Some((k, v)) => FpSegment::copy_of(k, v, 0..k.shape().tokens),
+                Some((k, v)) => FpSegment::copy_of(&self.device, k, v, 0..k.shape().tokens)
+                    .map_err(|source| CacheError::Device { source })?,
                 None => FpSegment::empty(heads, dim),
             },
             span: Some((keys, values)),
@@ -155,7 +170,13 @@ impl<Q: SpanQuantizer> VisualKvCache<Q> {
         seq: SeqId,
     ) -> Result<(PackedSpan, PackedSpan), CacheError> {
         match &self.state(layer, seq)?.span {
-            Some((k, v)) => Ok((k.to_span(), v.to_span())),
+            Some((k, v)) => {
+                let device = |source| CacheError::Device { source };
+                Ok((
+                    k.to_span(&self.device).map_err(device)?,
+                    v.to_span(&self.device).map_err(device)?,
+                ))
+            }
             None => Err(CacheError::NoQuantizedSpan { layer, seq }),
         }
     }
@@ -176,7 +197,7 @@ impl<Q: SpanQuantizer> VisualKvCache<Q> {
     }
 
     /// The prefilled slot of (`layer`, `seq`).
-    pub(super) fn state(&self, layer: usize, seq: SeqId) -> Result<&LayerState, CacheError> {
+    pub(super) fn state(&self, layer: usize, seq: SeqId) -> Result<&LayerState<D>, CacheError> {
         self.sequence(layer, seq)?
             .layers
             .get(layer)
@@ -197,7 +218,7 @@ impl<Q: SpanQuantizer> VisualKvCache<Q> {
     }
 
     /// Writes a validated slot (checked vacant by the caller).
-    fn put(&mut self, layer: usize, seq: SeqId, state: LayerState) -> Result<(), CacheError> {
+    fn put(&mut self, layer: usize, seq: SeqId, state: LayerState<D>) -> Result<(), CacheError> {
         let slot = self
             .sequences
             .get_mut(&seq)
@@ -241,42 +262,75 @@ impl<Q: SpanQuantizer> VisualKvCache<Q> {
         Ok(())
     }
 
-    /// Quantizes tokens `range` (non-empty, within `x`) of `x` with the `part` scheme.
+    /// Quantizes tokens `range` (non-empty, within `x`) of `x` with the `part` scheme on the
+    /// cache's device.
     fn quantize_part(
         &self,
         layer: usize,
         part: KvPart,
         x: &Tensor3,
         range: Range<usize>,
-    ) -> Result<QuantPart, CacheError> {
-        let quant = |source| CacheError::Quant {
+    ) -> Result<QuantPart<D>, CacheError> {
+        let tokens = range.len();
+        let slice = x.slice_tokens(range).map_err(|e| CacheError::Quant {
             layer,
             part,
-            source,
+            source: e.into(),
+        })?;
+        let stored = match self.device.quantize(&slice, self.part_scheme(part)) {
+            Err(DeviceQuantError::Mismatch { scheme, shape }) => {
+                self.check_part(part, &scheme, shape, tokens)?;
+                // Unreachable for a span that matched: report it as malformed all the same.
+                return Err(CacheError::Quant {
+                    layer,
+                    part,
+                    source: kvq_ir::reference::QuantError::Malformed(format!(
+                        "the quantizer returned a span of ({scheme}), {shape:?}"
+                    )),
+                });
+            }
+            other => self.stored(layer, part, other)?,
         };
-        let tokens = range.len();
-        let slice = x.slice_tokens(range).map_err(|e| quant(e.into()))?;
-        let span = self
-            .quantizer
-            .quantize(&slice, self.part_scheme(part))
-            .map_err(quant)?;
-        self.checked_part(layer, part, span, tokens)
+        self.check_part(part, stored.scheme(), stored.shape(), tokens)?;
+        Ok(stored)
     }
 
-    /// Validates a span against the cache (scheme, heads, head_dim, `tokens`) and stores it.
-    fn checked_part(
+    /// A device's quantize or store result as a cache error.
+    fn stored(
         &self,
         layer: usize,
         part: KvPart,
-        span: PackedSpan,
+        result: Result<QuantPart<D>, DeviceQuantError>,
+    ) -> Result<QuantPart<D>, CacheError> {
+        result.map_err(|e| match e {
+            DeviceQuantError::Quant(source) => CacheError::Quant {
+                layer,
+                part,
+                source,
+            },
+            DeviceQuantError::Device(source) => CacheError::Device { source },
+            e @ DeviceQuantError::Mismatch { .. } => CacheError::Quant {
+                layer,
+                part,
+                source: kvq_ir::reference::QuantError::Malformed(e.to_string()),
+            },
+        })
+    }
+
+    /// Checks a span's scheme and shape against the cache and `tokens`.
+    fn check_part(
+        &self,
+        part: KvPart,
+        scheme: &Scheme,
+        shape: Shape3,
         tokens: usize,
-    ) -> Result<QuantPart, CacheError> {
+    ) -> Result<(), CacheError> {
         let expected = *self.part_scheme(part);
-        if span.scheme != expected {
+        if *scheme != expected {
             return Err(CacheError::SchemeMismatch {
                 part,
                 expected,
-                found: span.scheme,
+                found: *scheme,
             });
         }
         let (heads_what, dim_what, tokens_what) = match part {
@@ -288,9 +342,9 @@ impl<Q: SpanQuantizer> VisualKvCache<Q> {
             ),
         };
         let checks = [
-            (heads_what, self.shape.kv_heads, span.shape.heads),
-            (dim_what, self.shape.head_dim, span.shape.dim),
-            (tokens_what, tokens, span.shape.tokens),
+            (heads_what, self.shape.kv_heads, shape.heads),
+            (dim_what, self.shape.head_dim, shape.dim),
+            (tokens_what, tokens, shape.tokens),
         ];
         for (what, expected, found) in checks {
             if expected != found {
@@ -301,11 +355,7 @@ impl<Q: SpanQuantizer> VisualKvCache<Q> {
                 });
             }
         }
-        QuantPart::from_span(span).map_err(|source| CacheError::Quant {
-            layer,
-            part,
-            source,
-        })
+        Ok(())
     }
 
     fn part_scheme(&self, part: KvPart) -> &Scheme {

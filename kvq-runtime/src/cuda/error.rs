@@ -92,13 +92,36 @@ pub enum CudaError {
     /// kernel states none.
     #[error(transparent)]
     Size(#[from] kvq_ir::ir::SizeError),
-    /// A download asked for a different element type than the buffer holds.
-    #[error("downloading a buffer of {got} as {expected}")]
+    /// A download or copy asked for a different element type than the buffer holds.
+    #[error("a buffer of {got} was used as {expected}")]
     Download {
         /// The type asked for.
         expected: crate::cuda::signature::Elem,
         /// The buffer's.
         got: crate::cuda::signature::Elem,
+    },
+    /// A kernel parameter has no argument of that name, or a written one is shared.
+    #[error("kernel {kernel}: {why} for parameter {param}")]
+    NamedArg {
+        /// The kernel.
+        kernel: String,
+        /// The parameter.
+        param: String,
+        /// "no argument", "a read-only buffer", ...
+        why: &'static str,
+    },
+    /// A bundle does not hold the kernels a cache needs.
+    #[error("bundle: {0}")]
+    BundleMismatch(String),
+    /// A copy would run past a buffer's end.
+    #[error("{n} elements at {at} overrun a device buffer of {len}")]
+    Range {
+        /// First element.
+        at: usize,
+        /// Elements.
+        n: usize,
+        /// The buffer's length.
+        len: usize,
     },
     /// A driver call failed outside any kernel (context, allocation, copy).
     #[error("cuda driver: {op} failed")]

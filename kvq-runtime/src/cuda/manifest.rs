@@ -22,6 +22,10 @@ pub struct Manifest {
     pub head_dim: u32,
     /// Element type of the K/V the quantize kernels read (`f16`, `bf16`, `f32`).
     pub input: String,
+    /// Query heads per kv head the attention kernels are specialised for (absent without
+    /// attention kernels, and in older manifests).
+    #[serde(default)]
+    pub group: Option<u32>,
     /// One entry per kernel.
     pub kernels: Vec<KernelEntry>,
 }
@@ -173,6 +177,33 @@ impl Bundle {
             dir: dir.to_path_buf(),
             manifest,
             ptx,
+        })
+    }
+
+    /// A bundle built in memory: `ptx` maps each manifest entry's name to its PTX text.
+    pub fn from_parts(
+        manifest: Manifest,
+        mut ptx: HashMap<String, String>,
+    ) -> Result<Bundle, CudaError> {
+        let dir = PathBuf::from("<in memory>");
+        let mut texts = HashMap::new();
+        for kernel in &manifest.kernels {
+            let name = &kernel.entry.name;
+            let text = ptx.remove(name).ok_or_else(|| CudaError::UnknownKernel {
+                kernel: name.clone(),
+                dir: dir.clone(),
+            })?;
+            if texts.insert(name.clone(), text).is_some() {
+                return Err(CudaError::DuplicateKernel {
+                    path: dir,
+                    kernel: name.clone(),
+                });
+            }
+        }
+        Ok(Bundle {
+            dir,
+            manifest,
+            ptx: texts,
         })
     }
 

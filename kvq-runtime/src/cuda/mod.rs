@@ -17,10 +17,12 @@
 
 mod error;
 mod manifest;
+mod named;
 mod runtime;
 mod signature;
 
 pub use error::CudaError;
 pub use manifest::{Bundle, Entry, KernelEntry, Manifest, PtxasResources, Role};
+pub use named::{NamedArgs, NamedBuffer};
 pub use runtime::{CudaRuntime, DeviceBuffer, DeviceElem, Kernel, LaunchArg};
 pub use signature::{check, Access, ArgDesc, Elem, KernelSignature, Mismatch, ParamSpec};

@@ -77,6 +77,8 @@ pub trait DeviceElem: DeviceRepr + ValidAsZeroBits + Copy + sealed::Sealed {
     fn wrap(slice: CudaSlice<Self>) -> DeviceBuffer;
     /// The typed slice, if `buffer` holds this type.
     fn slice(buffer: &DeviceBuffer) -> Option<&CudaSlice<Self>>;
+    /// The typed slice, mutably, if `buffer` holds this type.
+    fn slice_mut(buffer: &mut DeviceBuffer) -> Option<&mut CudaSlice<Self>>;
 }
 
 macro_rules! device_elem {
@@ -87,6 +89,12 @@ macro_rules! device_elem {
                 DeviceBuffer::$variant(slice)
             }
             fn slice(buffer: &DeviceBuffer) -> Option<&CudaSlice<Self>> {
+                match buffer {
+                    DeviceBuffer::$variant(s) => Some(s),
+                    _ => None,
+                }
+            }
+            fn slice_mut(buffer: &mut DeviceBuffer) -> Option<&mut CudaSlice<Self>> {
                 match buffer {
                     DeviceBuffer::$variant(s) => Some(s),
                     _ => None,
@@ -198,6 +206,21 @@ impl CudaRuntime {
         })
     }
 
+    /// The device's compute capability (major, minor), e.g. (9, 0) for an H100.
+    pub fn compute_capability(&self) -> Result<(i32, i32), CudaError> {
+        use cudarc::driver::sys::CUdevice_attribute as A;
+        let get = |a| {
+            self.ctx.attribute(a).map_err(|source| CudaError::Driver {
+                op: "reading the compute capability",
+                source,
+            })
+        };
+        Ok((
+            get(A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?,
+            get(A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?,
+        ))
+    }
+
     /// Loads kernel `name` of `bundle` from its PTX text.
     pub fn load(&self, bundle: &Bundle, name: &str) -> Result<Kernel, CudaError> {
         let (entry, ptx) = bundle.kernel(name)?;
@@ -258,6 +281,69 @@ impl CudaRuntime {
                 source,
             })?;
         Ok(T::wrap(slice))
+    }
+
+    /// Writes `src` into `dst` from element `at` (queued on the stream; `src` is copied before
+    /// this returns).
+    pub fn write_at<T: DeviceElem>(
+        &self,
+        dst: &mut DeviceBuffer,
+        at: usize,
+        src: &[T],
+    ) -> Result<(), CudaError> {
+        let got = dst.elem();
+        let len = dst.len();
+        let slice = T::slice_mut(dst).ok_or(CudaError::Download {
+            expected: T::ELEM,
+            got,
+        })?;
+        let mut view = at
+            .checked_add(src.len())
+            .and_then(|end| slice.try_slice_mut(at..end))
+            .ok_or(CudaError::Range {
+                at,
+                n: src.len(),
+                len,
+            })?;
+        self.stream
+            .memcpy_htod(src, &mut view)
+            .map_err(|source| CudaError::Driver {
+                op: "copying to the device",
+                source,
+            })
+    }
+
+    /// Copies elements `from` of `src` into `dst` from element `at`, on the device.
+    pub fn copy_at<T: DeviceElem>(
+        &self,
+        dst: &mut DeviceBuffer,
+        at: usize,
+        src: &DeviceBuffer,
+        from: std::ops::Range<usize>,
+    ) -> Result<(), CudaError> {
+        let wrong = |got| CudaError::Download {
+            expected: T::ELEM,
+            got,
+        };
+        let src_slice = T::slice(src).ok_or_else(|| wrong(src.elem()))?;
+        let n = from.len();
+        let src_view = src_slice.try_slice(from.clone()).ok_or(CudaError::Range {
+            at: from.start,
+            n,
+            len: src.len(),
+        })?;
+        let (got, len) = (dst.elem(), dst.len());
+        let dst_slice = T::slice_mut(dst).ok_or_else(|| wrong(got))?;
+        let mut dst_view = at
+            .checked_add(n)
+            .and_then(|end| dst_slice.try_slice_mut(at..end))
+            .ok_or(CudaError::Range { at, n, len })?;
+        self.stream
+            .memcpy_dtod(&src_view, &mut dst_view)
+            .map_err(|source| CudaError::Driver {
+                op: "copying on the device",
+                source,
+            })
     }
 
     /// Copies a device buffer back (waits for the stream).

@@ -45,7 +45,7 @@ mod sizes;
 mod values;
 
 pub use batch::{plan, BatchPlan, SeqExtent};
-pub use run::{AttentionArgs, SeqData};
+pub use run::{AttentionArgs, SeqData, WorkLens};
 
 use crate::ir::Kernel;
 use crate::reference::quantize::check_shape;
@@ -64,8 +64,10 @@ pub struct AttentionShape {
     pub group: u32,
 }
 
-/// The knobs of the attention kernels a tuner searches.
+/// The knobs of the attention kernels a tuner searches (a bundle's manifest records them: the
+/// batch plan of a launch depends on `chunk` and `layout`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct AttentionSchedule {
     /// Threads per block.
     pub block_size: u32,
@@ -83,6 +85,11 @@ pub struct AttentionSchedule {
 
 /// How the `stats` and `partial` kernels map work items onto threads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "snake_case")
+)]
 pub enum AttentionLayout {
     /// One thread per (chunk, kv head) item (host code; every scheme pair).
     ThreadPerItem,

@@ -9,7 +9,10 @@ use crate::reference::PackedSpan;
 use crate::scheme::CacheScheme;
 use crate::tensor::Tensor3;
 
-use super::{plan, AttentionKernels, AttentionSchedule, AttentionShape, BatchPlan, SeqExtent};
+use super::{
+    plan, AttentionKernels, AttentionLayout, AttentionSchedule, AttentionShape, BatchPlan,
+    SeqExtent,
+};
 use crate::lower::LowerError;
 
 /// One sequence of a batch: its query `[q_heads, head_dim]`, its full-precision tokens
@@ -44,6 +47,59 @@ pub struct AttentionArgs {
     /// Blocks of the work-item kernels and of `combine`.
     item_blocks: u32,
     combine_blocks: u32,
+}
+
+/// Lengths of the buffers the attention kernels write for one batch: `partial`'s `stats`,
+/// `span_logits`, `part_ml` and `part_acc` (read by `combine`), and `combine`'s `out`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkLens {
+    /// Span-logit extremes per (work item, query head) slot.
+    pub stats: usize,
+    /// Saved logits (see [`AttentionSchedule::saved_logits_len`]).
+    pub span_logits: usize,
+    /// Running max and sum per slot.
+    pub part_ml: usize,
+    /// Accumulator per slot, `head_dim` each.
+    pub part_acc: usize,
+    /// Outputs, `[batch, q_heads, head_dim]`.
+    pub out: usize,
+}
+
+impl WorkLens {
+    /// The lengths for `plan` (of `batch` sequences, `kv_heads` x `group` query heads).
+    pub fn new(
+        scheme: &CacheScheme,
+        schedule: &AttentionSchedule,
+        plan: &BatchPlan,
+        kv_heads: usize,
+        group: usize,
+        head_dim: usize,
+        batch: usize,
+    ) -> Result<WorkLens, LowerError> {
+        let too_big = || shape_error("the batch exceeds 32-bit offsets".into());
+        let slots = plan
+            .chunks()
+            .checked_mul(kv_heads)
+            .and_then(|x| x.checked_mul(group))
+            .ok_or_else(too_big)?;
+        let lens = WorkLens {
+            stats: slots.checked_mul(2).ok_or_else(too_big)?,
+            // As `AttentionSchedule::saved_logits_len`, with the product checked.
+            span_logits: match (schedule.layout, scheme.calibrate) {
+                (AttentionLayout::ThreadPerItem, Some(_)) => slots
+                    .checked_mul(schedule.chunk as usize)
+                    .ok_or_else(too_big)?,
+                _ => 1,
+            },
+            part_ml: slots.checked_mul(2).ok_or_else(too_big)?,
+            part_acc: slots.checked_mul(head_dim).ok_or_else(too_big)?,
+            out: batch
+                .checked_mul(kv_heads * group * head_dim)
+                .ok_or_else(too_big)?,
+        };
+        u32::try_from(lens.span_logits).map_err(|_| too_big())?;
+        Ok(lens)
+    }
 }
 
 /// Whether a span's codes and parameters have the lengths its shape and scheme give
@@ -150,10 +206,7 @@ impl AttentionArgs {
             v
         };
         let chunks = plan.chunks();
-        let slots = chunks * kv_heads * g;
-        let saved_logits = schedule.saved_logits_len(scheme, slots);
-        u32::try_from(saved_logits)
-            .map_err(|_| shape_error("the batch exceeds 32-bit offsets".into()))?;
+        let work = WorkLens::new(scheme, schedule, &plan, kv_heads, g, d, seqs.len())?;
         let too_big = || shape_error("the batch needs more than 2^32 - 1 blocks".to_string());
         let item_blocks = u32::try_from(schedule.item_blocks((chunks * kv_heads) as u64))
             .map_err(|_| too_big())?;
@@ -171,10 +224,10 @@ impl AttentionArgs {
             Arg::Buffer(Buffer::U8(nonempty_u8(vc))),
             Arg::Buffer(param_values(scheme.value.params, &nonempty(vz))),
             Arg::Buffer(param_values(scheme.value.params, &nonempty(vs))),
-            Arg::Buffer(Buffer::F32(vec![0.0; slots * 2])),
-            Arg::Buffer(Buffer::F32(vec![0.0; saved_logits])),
-            Arg::Buffer(Buffer::F32(vec![0.0; slots * 2])),
-            Arg::Buffer(Buffer::F32(vec![0.0; slots * d])),
+            Arg::Buffer(Buffer::F32(vec![0.0; work.stats])),
+            Arg::Buffer(Buffer::F32(vec![0.0; work.span_logits])),
+            Arg::Buffer(Buffer::F32(vec![0.0; work.part_ml])),
+            Arg::Buffer(Buffer::F32(vec![0.0; work.part_acc])),
             Arg::U32(kv_heads as u32),
             Arg::U32(chunks as u32),
         ];
@@ -191,9 +244,9 @@ impl AttentionArgs {
         };
         let combine = vec![
             Arg::Buffer(Buffer::U32(plan.seqs.clone())),
-            Arg::Buffer(Buffer::F32(vec![0.0; slots * 2])),
-            Arg::Buffer(Buffer::F32(vec![0.0; slots * d])),
-            Arg::Buffer(Buffer::F32(vec![0.0; seqs.len() * q_heads * d])),
+            Arg::Buffer(Buffer::F32(vec![0.0; work.part_ml])),
+            Arg::Buffer(Buffer::F32(vec![0.0; work.part_acc])),
+            Arg::Buffer(Buffer::F32(vec![0.0; work.out])),
             Arg::U32(kv_heads as u32),
             Arg::U32(seqs.len() as u32),
         ];

@@ -6,6 +6,7 @@
 //! needs neither LLVM nor kvq, only the driver. See `--help` for the arguments.
 
 mod attention;
+mod cache;
 mod synthetic;
 
 use std::fmt::Write as _;
@@ -27,6 +28,7 @@ USAGE:
                   [--runs N] [--device N]
     kvq-gpu-check --bundle DIR [--bundle DIR ...] --attention CASE [--attention CASE ...] --out DIR
     kvq-gpu-check --bundle DIR [--bundle DIR ...] --synthetic SPEC [--synthetic SPEC ...] --out DIR
+    kvq-gpu-check --bundle DIR --cache DIR [--cache DIR ...] --out DIR
     kvq-gpu-check --bundle DIR [--bundle DIR ...] --list
 
 OPTIONS:
@@ -42,6 +44,10 @@ OPTIONS:
     --attention F  a decode-attention case written by `kvq attention-case` (inputs by kernel
                    parameter name, sizes, host outputs); its kernels run in order and the output
                    must match within 1e-4 relative per query head; repeatable
+    --cache DIR    a bundle compiled with `--input f32 --group G` (quantize and attention kernels of
+                   one pair): runs the visual KV cache on the GPU (kvq_runtime's Cuda device)
+                   against the host cache with the reference quantizer; exported spans must be
+                   bit-identical, attention within 1e-4; repeatable
     --out DIR      writes results.md (the table) and log.txt there
     --runs N       timed launches per kernel, the median is reported (default 50)
     --device N     CUDA device index (default 0)
@@ -57,6 +63,7 @@ struct Options {
     cases: Vec<CaseSpec>,
     synthetic: Vec<SyntheticSpec>,
     attention: Vec<PathBuf>,
+    caches: Vec<PathBuf>,
     out: Option<PathBuf>,
     runs: usize,
     device: usize,
@@ -102,6 +109,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Options>>
         cases: Vec::new(),
         synthetic: Vec::new(),
         attention: Vec::new(),
+        caches: Vec::new(),
         out: None,
         runs: 50,
         device: 0,
@@ -116,6 +124,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Options>>
             "--case" => opts.cases.push(CaseSpec::parse(&value()?)?),
             "--synthetic" => opts.synthetic.push(SyntheticSpec::parse(&value()?)?),
             "--attention" => opts.attention.push(value()?.into()),
+            "--cache" => opts.caches.push(value()?.into()),
             "--out" => opts.out = Some(value()?.into()),
             "--runs" => opts.runs = value()?.parse().context("--runs")?,
             "--device" => opts.device = value()?.parse().context("--device")?,
@@ -126,8 +135,11 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Options>>
     ensure!(!opts.bundles.is_empty(), "at least one --bundle is needed");
     if !opts.list {
         ensure!(
-            !opts.cases.is_empty() || !opts.synthetic.is_empty() || !opts.attention.is_empty(),
-            "at least one --case, --synthetic or --attention is needed"
+            !opts.cases.is_empty()
+                || !opts.synthetic.is_empty()
+                || !opts.attention.is_empty()
+                || !opts.caches.is_empty(),
+            "at least one --case, --synthetic, --attention or --cache is needed"
         );
         ensure!(opts.out.is_some(), "--out is needed");
         ensure!(opts.runs > 0, "--runs must be at least 1");
@@ -610,9 +622,29 @@ fn run(args: Vec<String>) -> Result<()> {
             }
         }
     }
+    let mut cache_rows = Vec::new();
+    for dir in &opts.caches {
+        let _ = writeln!(log, "cache bundle {}", dir.display());
+        let result = Bundle::load(dir)
+            .map_err(anyhow::Error::from)
+            .and_then(|b| cache::run(opts.device, &b, &mut log));
+        match result {
+            Ok(row) => {
+                failures += usize::from(row.deviation > attention::TOLERANCE);
+                cache_rows.push(row);
+            }
+            Err(e) => {
+                failures += 1;
+                let _ = writeln!(log, "  ERROR: {e:#}");
+            }
+        }
+    }
     let mut table = format!("device: {device}\n\n{}", table(&rows));
     if !attention_rows.is_empty() {
         table += &format!("\n{}", attention::table(&attention_rows));
+    }
+    if !opts.caches.is_empty() {
+        table += &format!("\n{}", cache::table(&cache_rows));
     }
     print!("{table}");
     eprint!("{log}");
@@ -621,7 +653,7 @@ fn run(args: Vec<String>) -> Result<()> {
     ensure!(
         failures == 0,
         "{failures} of {} cases failed or mismatched (see {})",
-        cases.len() + attention_cases.len(),
+        cases.len() + attention_cases.len() + opts.caches.len(),
         out.join("log.txt").display()
     );
     Ok(())
