@@ -973,3 +973,70 @@ proptest! {
         check_batch(shape, scheme, 0, std::slice::from_ref(&case));
     }
 }
+
+/// The conformance suite that `kvq-gpu-check --cache` runs on a GPU, here on the host for every
+/// catalogue key scheme beside two value schemes, with and without calibration, at two shapes.
+#[test]
+fn conformance_suite_passes_on_the_host() {
+    use kvq_runtime::cache::conformance;
+    let values = [
+        Scheme::parse("bits = 1, axis = channel, group = all, rule = shrink(0.3)").unwrap(),
+        Scheme::parse("bits = 2, axis = token, group = 32, rule = minmax").unwrap(),
+    ];
+    let gpu_shape = ModelShape {
+        layers: 2,
+        kv_heads: 2,
+        q_heads: 8,
+        head_dim: 128,
+    };
+    let mut runs = 0;
+    for shape in [SHAPE, gpu_shape] {
+        for (name, key) in catalogue() {
+            if check_shape(
+                &key,
+                Shape3 {
+                    heads: 1,
+                    tokens: 1,
+                    dim: shape.head_dim,
+                },
+            )
+            .is_err()
+            {
+                continue;
+            }
+            for value in values {
+                for calibrate in [None, Calibration::new(3.0)] {
+                    let scheme = CacheScheme {
+                        key,
+                        value,
+                        calibrate,
+                    };
+                    let make = || VisualKvCache::with_reference(shape, scheme);
+                    let report =
+                        conformance::run(&make).unwrap_or_else(|e| panic!("{name} / {value}: {e}"));
+                    assert!(report.spans >= 12 && report.checks > 200, "{report:?}");
+                    runs += 1;
+                }
+            }
+        }
+    }
+    assert!(runs >= 40, "{runs}");
+}
+
+/// The suite finds a cache that is wrong: a quantizer whose codes are off by one bit.
+#[test]
+fn conformance_suite_catches_a_wrong_quantizer() {
+    use kvq_runtime::cache::conformance;
+    let scheme = cache_schemes(64)[0];
+    let flip: fn(PackedSpan) -> PackedSpan = |mut s| {
+        s.codes[0] ^= 1;
+        s
+    };
+    let make = || VisualKvCache::new(SHAPE, scheme, Liar(flip));
+    let err = conformance::run(&make).unwrap_err();
+    // One flipped bit moves the first sequence's attention by far more than 1e-4.
+    assert!(
+        err.starts_with("layer 0, sequence 0: attention deviates"),
+        "{err}"
+    );
+}

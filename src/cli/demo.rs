@@ -1,8 +1,10 @@
 //! `kvq demo`: the main job. Declares CalibQuant with `#[kv_quant]`, compiles its kernels (PTX
 //! with a ptxas summary, and host code), fills a visual KV cache from the vendored DINOv2 K/V
-//! extended by a long synthetic span, and decodes on the CPU with the generated attention
-//! kernels on the cache's storage (`VisualKvCache::attend_with`): memory saved, error against
-//! full precision, speed against an f32 attention.
+//! extended by a long synthetic span, and decodes with the generated attention kernels on the
+//! cache's storage: memory saved, error against full precision, speed against the device's
+//! full-precision baseline. On the CPU by default (`VisualKvCache::attend_with`); with
+//! `--device cuda` (or `auto` where a GPU is present) the cache and its kernels run on the GPU
+//! (module `demo_cuda`).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -30,9 +32,23 @@ pub struct CalibQuant;
 /// The most memory the demo's full-precision copy of the K/V may take.
 const DEMO_MEMORY_BYTES: u64 = 8 << 30;
 
+/// Where the demo's cache lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DeviceArg {
+    /// CUDA when a driver and a GPU are present, else the CPU.
+    Auto,
+    /// Host memory and generated host code.
+    Cpu,
+    /// CUDA device 0: device memory and generated PTX.
+    Cuda,
+}
+
 /// Options of `kvq demo`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    /// Where the cache lives and the kernels run.
+    #[arg(long, value_enum, default_value = "cpu")]
+    device: DeviceArg,
     /// The capture whose K/V fill the cache (DINOv2 visual tokens by default).
     #[arg(
         long,
@@ -55,7 +71,7 @@ pub struct Args {
 }
 
 /// A progress bar on stderr (hidden when stderr is not a terminal).
-fn bar(len: usize, what: &str) -> ProgressBar {
+pub(super) fn bar(len: usize, what: &str) -> ProgressBar {
     let pb = ProgressBar::new(len as u64).with_message(what.to_string());
     pb.set_style(
         ProgressStyle::with_template("{msg:>24} [{bar:30}] {pos}/{len} {elapsed}")
@@ -66,10 +82,10 @@ fn bar(len: usize, what: &str) -> ProgressBar {
 }
 
 /// Deterministic noise in [-0.5, 0.5).
-struct Noise(u64);
+pub(super) struct Noise(pub(super) u64);
 
 impl Noise {
-    fn next(&mut self) -> f32 {
+    pub(super) fn next(&mut self) -> f32 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
@@ -79,7 +95,7 @@ impl Noise {
 
 /// `[heads, 1 + patches + extra, dim]`: the real tokens, then `extra` synthetic ones, each a real
 /// patch token (cycling) plus noise of a tenth of the tensor's spread.
-fn extend(x: &Tensor3, extra: usize, noise: &mut Noise) -> Tensor3 {
+pub(super) fn extend(x: &Tensor3, extra: usize, noise: &mut Noise) -> Tensor3 {
     let s = x.shape();
     let spread = x.data().iter().fold(0.0f32, |m, v| m.max(v.abs()));
     let mut data = Vec::with_capacity(s.heads * (s.tokens + extra) * s.dim);
@@ -213,6 +229,29 @@ pub fn run(args: Args) -> Result<()> {
         head_dim: dim,
     };
     ptx_summary(shape)?;
+    let gpu = match args.device {
+        DeviceArg::Cpu => None,
+        DeviceArg::Cuda => {
+            Some(kvq::bundle::cuda_cache(shape, scheme, 0).context("--device cuda")?)
+        }
+        DeviceArg::Auto => match kvq::bundle::cuda_cache(shape, scheme, 0) {
+            Ok(cache) => Some(cache),
+            Err(e) => {
+                println!("device auto: no usable GPU ({e:#}); running on the CPU");
+                None
+            }
+        },
+    };
+    if let Some(gpu) = gpu {
+        println!("device: {}", kvq_runtime::Device::name(gpu.device()));
+        super::demo_cuda::capture(&file, shape, gpu, args.synthetic_tokens, args.steps)?;
+        if args.bench_tokens > 0 {
+            super::demo_cuda::benchmark_shape(args.bench_tokens, args.steps)?;
+        }
+        model_figures(&args.report, &scheme);
+        return Ok(());
+    }
+    println!("device: cpu");
 
     let t = Instant::now();
     let attn = HostAttention::new(

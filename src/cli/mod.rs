@@ -4,6 +4,7 @@ mod attention_case;
 mod bench;
 mod compile;
 mod demo;
+mod demo_cuda;
 mod eval;
 mod eval_model;
 mod model_args;

@@ -374,6 +374,55 @@ fn demo_runs_the_generated_attention_on_dinov2_plus_a_synthetic_span() {
     );
 }
 
+/// Whether this machine has a CUDA driver (then `--device cuda` runs instead of failing).
+fn has_cuda_driver() -> bool {
+    kvq_runtime::cuda::CudaRuntime::new(0).is_ok()
+}
+
+#[test]
+fn demo_device_cuda_fails_cleanly_without_a_gpu_and_auto_falls_back_to_the_cpu() {
+    let kv = dinov2();
+    let small = [
+        "--kv",
+        kv.to_str().unwrap(),
+        "--synthetic-tokens",
+        "100",
+        "--steps",
+        "1",
+        "--bench-tokens",
+        "0",
+    ];
+    let run = |device: &str| {
+        let mut args = vec!["demo", "--device", device];
+        args.extend(small);
+        kvq(&args)
+    };
+    let auto = run("auto");
+    let text = String::from_utf8_lossy(&auto.stdout);
+    assert!(
+        auto.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&auto.stderr)
+    );
+    let cuda = run("cuda");
+    let stderr = String::from_utf8_lossy(&cuda.stderr);
+    if has_cuda_driver() {
+        assert!(cuda.status.success(), "{stderr}");
+        assert!(text.contains("device: cuda"), "{text}");
+        return;
+    }
+    assert!(
+        text.contains("device auto: no usable GPU") && text.contains("device: cpu"),
+        "{text}"
+    );
+    assert!(text.contains("quantized span of 356 tokens"), "{text}");
+    assert!(!cuda.status.success());
+    assert!(stderr.starts_with("error: --device cuda"), "{stderr}");
+    assert!(stderr.contains("no CUDA driver"), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
 #[test]
 fn demo_fails_cleanly_on_a_missing_capture() {
     let out = kvq(&["demo", "--kv", "/nonexistent/kv.safetensors"]);

@@ -45,12 +45,25 @@ impl<D: Device> VisualKvCache<D> {
     }
 }
 
-impl<Q: SpanQuantizer> VisualKvCache<H<Q>> {
+impl<D: Device> VisualKvCache<D> {
     /// Decode attention at `layer` for a batch: each query `[q_heads, head_dim]` attends over
     /// every cached token of its sequence; returns one `[q_heads, head_dim]` output per query,
     /// in batch order. Every query is checked (sequence, prefilled layer, length, finiteness)
-    /// before any is computed.
+    /// before any is computed. The device computes it on its own storage ([`Device::attend`]):
+    /// the hand-written reference path on the host, the generated kernels on a GPU.
     pub fn attend(
+        &self,
+        layer: usize,
+        queries: &[QueryRef<'_>],
+    ) -> Result<Vec<Vec<f32>>, CacheError> {
+        D::attend(self, layer, queries)
+    }
+}
+
+impl<Q: SpanQuantizer> VisualKvCache<H<Q>> {
+    /// The host's attention (see [`VisualKvCache::attend`]): SPEC.md section 4 in f32,
+    /// hand-written, on the host buffers.
+    pub(super) fn attend_on_host(
         &self,
         layer: usize,
         queries: &[QueryRef<'_>],

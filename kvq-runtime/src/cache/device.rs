@@ -4,9 +4,9 @@
 //! The cache's logic (segments, growth, ragged batches, memory accounting, export and import,
 //! errors that leave it unchanged) is written once over a `Device`. A device stores typed
 //! buffers ([`Device::Buf`]), copies between them and the host, and quantizes a span into its
-//! own memory. Decode attention is not part of the trait: [`Host`] caches attend with the
-//! hand-written reference path or an injected [`AttentionKernel`](super::AttentionKernel), and
-//! the CUDA device ([`crate::cuda::Cuda`]) launches the generated PTX kernels on its buffers.
+//! own memory, and attends over the cache's buffers: [`Host`] with the hand-written reference
+//! path (or, through `attend_with`, an injected [`AttentionKernel`](super::AttentionKernel)), the
+//! CUDA device (`kvq_runtime::cache::Cuda`) with the generated PTX kernels.
 
 use std::fmt;
 use std::ops::Range;
@@ -17,7 +17,7 @@ use kvq_ir::{CacheScheme, Scheme, Tensor3};
 use thiserror::Error;
 
 use super::segment::QuantPart;
-use super::{ModelShape, ReferenceQuantizer, SpanQuantizer};
+use super::{CacheError, ModelShape, QueryRef, ReferenceQuantizer, SpanQuantizer, VisualKvCache};
 
 /// An element type a cache buffer holds: `u8` codes, `f16` or `f32` values.
 #[cfg(feature = "cuda")]
@@ -120,6 +120,16 @@ pub trait Device: fmt::Debug {
         Ok(())
     }
 
+    /// Decode attention at `layer` for a batch over `cache`'s own storage (SPEC.md section 4):
+    /// what [`VisualKvCache::attend`] runs. Every query is checked before any is computed.
+    fn attend(
+        cache: &VisualKvCache<Self>,
+        layer: usize,
+        queries: &[QueryRef<'_>],
+    ) -> Result<Vec<Vec<f32>>, CacheError>
+    where
+        Self: Sized;
+
     /// Quantizes `x` = `[kv_heads, tokens, head_dim]` under `scheme` (SPEC.md sections 2-3) into
     /// device memory. The cache checks the result's scheme and shape.
     fn quantize(&self, x: &Tensor3, scheme: &Scheme) -> Result<QuantPart<Self>, DeviceQuantError>
@@ -210,6 +220,14 @@ impl<Q: SpanQuantizer> Device for Host<Q> {
 
     fn len<T: CacheElem>(buf: &Vec<T>) -> usize {
         buf.len()
+    }
+
+    fn attend(
+        cache: &VisualKvCache<Self>,
+        layer: usize,
+        queries: &[QueryRef<'_>],
+    ) -> Result<Vec<Vec<f32>>, CacheError> {
+        cache.attend_on_host(layer, queries)
     }
 
     fn quantize(&self, x: &Tensor3, scheme: &Scheme) -> Result<QuantPart<Self>, DeviceQuantError> {

@@ -60,6 +60,7 @@
 //! parameters bit for bit. Whatever the quantizer returns is validated before it is stored.
 
 mod attend;
+pub mod conformance;
 #[cfg(feature = "cuda")]
 mod cuda;
 mod device;

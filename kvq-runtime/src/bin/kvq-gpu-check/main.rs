@@ -45,9 +45,9 @@ OPTIONS:
                    parameter name, sizes, host outputs); its kernels run in order and the output
                    must match within 1e-4 relative per query head; repeatable
     --cache DIR    a bundle compiled with `--input f32 --group G` (quantize and attention kernels of
-                   one pair): runs the visual KV cache on the GPU (kvq_runtime's Cuda device)
-                   against the host cache with the reference quantizer; exported spans must be
-                   bit-identical, attention within 1e-4; repeatable
+                   one pair): runs kvq_runtime's cache conformance suite on the GPU (the Cuda
+                   device): exported spans bit-identical to the reference quantizer's, attention
+                   within 1e-4 of the reference, refused calls change nothing; repeatable
     --out DIR      writes results.md (the table) and log.txt there
     --runs N       timed launches per kernel, the median is reported (default 50)
     --device N     CUDA device index (default 0)
@@ -629,10 +629,7 @@ fn run(args: Vec<String>) -> Result<()> {
             .map_err(anyhow::Error::from)
             .and_then(|b| cache::run(opts.device, &b, &mut log));
         match result {
-            Ok(row) => {
-                failures += usize::from(row.deviation > attention::TOLERANCE);
-                cache_rows.push(row);
-            }
+            Ok(row) => cache_rows.push(row),
             Err(e) => {
                 failures += 1;
                 let _ = writeln!(log, "  ERROR: {e:#}");

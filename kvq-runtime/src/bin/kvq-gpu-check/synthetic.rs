@@ -55,7 +55,7 @@ fn splitmix(state: &mut u64) -> u64 {
 }
 
 /// A uniform value in [-1, 1).
-pub fn uniform(state: &mut u64) -> f32 {
+fn uniform(state: &mut u64) -> f32 {
     (splitmix(state) >> 40) as f32 / (1u64 << 23) as f32 - 1.0
 }
 

@@ -65,11 +65,11 @@ fn concat(
 }
 
 impl VisualKvCache<Cuda> {
-    /// Decode attention at `layer` for a batch, on the GPU: what the host cache's `attend`
-    /// computes (SPEC.md section 4, every query checked before anything runs), through the
-    /// generated kernels on the cache's own device buffers, one launch set for the whole batch.
-    /// Results match the host within float tolerance (the kernels' `exp` is approximate).
-    pub fn attend(
+    /// Decode attention at `layer` for a batch, on the GPU (see [`VisualKvCache::attend`]):
+    /// SPEC.md section 4, every query checked before anything runs, through the generated
+    /// kernels on the cache's own device buffers, one launch set for the whole batch. Results
+    /// match the host within float tolerance (the kernels' `exp` is approximate).
+    pub(in crate::cache) fn attend_on_gpu(
         &self,
         layer: usize,
         queries: &[QueryRef<'_>],

@@ -1,6 +1,6 @@
 //! [`Cuda`]: the cache's segments in CUDA device memory, spans quantized on the device by the
-//! generated quantize kernels, decode attention by the generated attention kernels (`attend` of
-//! a `VisualKvCache<Cuda>`, module `attend`).
+//! generated quantize kernels, decode attention by the generated attention kernels (module
+//! `attend`).
 //!
 //! A `Cuda` device loads one bundle that `kvq compile --target sm_XX --input f32 --group G`
 //! wrote for the cache's scheme pair (the `kvq` facade compiles one in memory): the key and
@@ -19,7 +19,7 @@ use kvq_ir::{CacheScheme, ParamType, Scheme, Tensor3};
 
 use super::device::{CacheElem, Device, DeviceError, DeviceQuantError};
 use super::segment::{QuantPart, StoredParams};
-use super::ModelShape;
+use super::{CacheError, ModelShape, QueryRef, VisualKvCache};
 use crate::cuda::{Bundle, CudaError, CudaRuntime, DeviceBuffer, Kernel, NamedArgs, Role};
 
 /// CUDA device memory and the generated kernels of one scheme pair (see the module docs).
@@ -218,6 +218,14 @@ impl Device for Cuda {
 
     fn len<T: CacheElem>(buf: &DeviceBuffer) -> usize {
         buf.len()
+    }
+
+    fn attend(
+        cache: &VisualKvCache<Cuda>,
+        layer: usize,
+        queries: &[QueryRef<'_>],
+    ) -> Result<Vec<Vec<f32>>, CacheError> {
+        cache.attend_on_gpu(layer, queries)
     }
 
     fn quantize(&self, x: &Tensor3, scheme: &Scheme) -> Result<QuantPart<Self>, DeviceQuantError> {
