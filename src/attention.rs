@@ -18,7 +18,8 @@
 //! # Ok(()) }
 //! ```
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use kvq_codegen::host::{HostArg, HostKernel};
 use kvq_ir::ir::interp::Arg;
@@ -34,13 +35,27 @@ pub use kvq_ir::lower::attention::SeqData;
 
 use crate::backend::{host_args, host_kernel, BackendError};
 
-/// The attention kernels of one cache scheme and shape, compiled for this CPU.
+/// The attention kernels of one cache scheme and shape, compiled for this CPU (a clone shares
+/// them).
+#[derive(Clone)]
 pub struct HostAttention {
     scheme: CacheScheme,
     shape: AttentionShape,
     schedule: AttentionSchedule,
-    kernels: AttentionKernels,
+    kernels: Arc<AttentionKernels>,
     compiled: Vec<(String, Arc<HostKernel>)>,
+}
+
+/// What [`HostAttention::new`] was asked for: the scheme's canonical text, the shape and the
+/// requested schedule.
+type Request = (String, AttentionShape, Option<AttentionSchedule>);
+
+/// The [`HostAttention`]s built in this process, by request: a repeated request skips the
+/// lowering, the tuning-table lookup and the compile-cache checks (the table is read once per
+/// process, and the lowering is deterministic, so the result cannot differ).
+fn built() -> &'static Mutex<HashMap<Request, HostAttention>> {
+    static BUILT: OnceLock<Mutex<HashMap<Request, HostAttention>>> = OnceLock::new();
+    BUILT.get_or_init(Mutex::default)
 }
 
 impl std::fmt::Debug for HostAttention {
@@ -62,6 +77,10 @@ impl HostAttention {
         shape: AttentionShape,
         schedule: Option<AttentionSchedule>,
     ) -> Result<HostAttention, BackendError> {
+        let request = (scheme.to_string(), shape, schedule);
+        if let Some(a) = built().lock().ok().and_then(|b| b.get(&request).cloned()) {
+            return Ok(a);
+        }
         let schedule = schedule.unwrap_or_else(|| {
             crate::tune::attention::default_attention_table().map_or_else(
                 || AttentionSchedule::host_default(scheme),
@@ -77,13 +96,17 @@ impl HostAttention {
         {
             compiled.push((k.name.clone(), host_kernel(k)?));
         }
-        Ok(HostAttention {
+        let attention = HostAttention {
             scheme: *scheme,
             shape,
             schedule,
-            kernels,
+            kernels: Arc::new(kernels),
             compiled,
-        })
+        };
+        if let Ok(mut b) = built().lock() {
+            b.insert(request, attention.clone());
+        }
+        Ok(attention)
     }
 
     /// The schedule in use.

@@ -49,7 +49,7 @@
 //! `warp.reduce_sum`/`reduce_min`/`reduce_max L`.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 
 use super::kernel::{
     Access, BinaryOp, CmpOp, Const, Inst, Kernel, Memory, Op, Param, ReduceOp, ScalarType, Special,
@@ -124,6 +124,24 @@ pub(crate) fn has_result(op: &Op) -> bool {
     )
 }
 
+/// A value's name in the text form: `v3`, or `v?#12` for a handle without a number.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum ValueName {
+    /// A reached value's program-order number.
+    Numbered(usize),
+    /// An arena index without a number.
+    Unnumbered(usize),
+}
+
+impl fmt::Display for ValueName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ValueName::Numbered(n) => write!(f, "v{n}"),
+            ValueName::Unnumbered(i) => write!(f, "v?#{i}"),
+        }
+    }
+}
+
 /// The program-order numbering of a kernel and which instructions the walk reaches.
 #[derive(Debug, Clone)]
 pub(crate) struct Names {
@@ -171,11 +189,11 @@ impl Names {
         self.reached.get(h.index()).copied().unwrap_or(false)
     }
 
-    /// `v3`, or `v?#12` for a handle without a number.
-    pub(crate) fn value(&self, v: Value) -> String {
+    /// `v3`, or `v?#12` for a handle without a number (displayed without allocating).
+    pub(crate) fn value(&self, v: Value) -> ValueName {
         match self.number.get(v.index()).copied().flatten() {
-            Some(n) => format!("v{n}"),
-            None => format!("v?#{}", v.index()),
+            Some(n) => ValueName::Numbered(n),
+            None => ValueName::Unnumbered(v.index()),
         }
     }
 
@@ -184,7 +202,7 @@ impl Names {
     /// arena index when it is not placed); else `v?#12`.
     pub(crate) fn inst(&self, kernel: &Kernel, h: Value) -> String {
         if self.number.get(h.index()).copied().flatten().is_some() {
-            return self.value(h);
+            return self.value(h).to_string();
         }
         match kernel.insts.try_get(h) {
             Some(inst) if !has_result(&inst.op) => {
@@ -195,7 +213,7 @@ impl Names {
                     format!("`{text}` (#{}, unplaced)", h.index())
                 }
             }
-            _ => self.value(h),
+            _ => self.value(h).to_string(),
         }
     }
 }
@@ -333,8 +351,7 @@ impl<'k> Visit<'k> for Printer<'_> {
                 } else {
                     BlockMode::Elided
                 };
-                let line = inst_line(self.kernel, self.names, e.handle, inst, mode);
-                self.out.push_str(&line);
+                push_inst_line(&mut self.out, self.kernel, self.names, e.handle, inst, mode);
             }
             None => {
                 let _ = write!(self.out, "v?#{} = <not in the arena>", e.handle.index());
@@ -364,17 +381,29 @@ enum BlockMode {
 /// `v3 = add v1, v2`, `store x[v1], v2`, `v4 = loop v0..v1 step 1 {`.
 fn inst_line(kernel: &Kernel, names: &Names, h: Value, inst: &Inst, mode: BlockMode) -> String {
     let mut line = String::new();
+    push_inst_line(&mut line, kernel, names, h, inst, mode);
+    line
+}
+
+/// [`inst_line`], appended to `line`.
+fn push_inst_line(
+    line: &mut String,
+    kernel: &Kernel,
+    names: &Names,
+    h: Value,
+    inst: &Inst,
+    mode: BlockMode,
+) {
     if has_result(&inst.op) {
         let _ = write!(line, "{} = ", names.value(h));
     }
-    line.push_str(&op_text(kernel, names, &inst.op));
+    let _ = write_op(line, kernel, names, &inst.op);
     if matches!(inst.op, Op::Loop { .. } | Op::If { .. }) {
         line.push_str(match mode {
             BlockMode::Open => " {",
             BlockMode::Elided => " { ... }",
         });
     }
-    line
 }
 
 fn header(kernel: &Kernel, out: &mut String) {
@@ -540,37 +569,46 @@ fn order_name(order: BitOrder) -> &'static str {
 }
 
 fn list(names: &Names, values: &[Value]) -> String {
-    values
-        .iter()
-        .map(|&v| names.value(v))
-        .collect::<Vec<_>>()
-        .join(", ")
+    let mut out = String::new();
+    for (i, &v) in values.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        let _ = write!(out, "{}", names.value(v));
+    }
+    out
 }
 
 /// The text of an operation, without the `vN = ` prefix and without its blocks.
 pub(crate) fn op_text(kernel: &Kernel, names: &Names, op: &Op) -> String {
+    let mut out = String::new();
+    let _ = write_op(&mut out, kernel, names, op);
+    out
+}
+
+/// [`op_text`], appended to `out`.
+fn write_op(out: &mut String, kernel: &Kernel, names: &Names, op: &Op) -> fmt::Result {
     let v = |x: &Value| names.value(*x);
     match op {
-        Op::Const(c) => const_text(*c),
-        Op::ScalarParam(i) => format!("param {}", param_name(kernel, *i)),
-        Op::Special(s) => match s {
+        Op::Const(c) => out.write_str(&const_text(*c)),
+        Op::ScalarParam(i) => write!(out, "param {}", param_name(kernel, *i)),
+        Op::Special(s) => out.write_str(match s {
             Special::ThreadId => "thread_id",
             Special::BlockId => "block_id",
             Special::GridSize => "grid_size",
             Special::LaneId => "lane_id",
             Special::WarpId => "warp_id",
-        }
-        .to_string(),
-        Op::Unary(u, a) => format!("{} {}", unary_name(*u), v(a)),
-        Op::Binary(b, x, y) => format!("{} {}, {}", binary_name(*b), v(x), v(y)),
-        Op::Cmp(c, x, y) => format!("cmp.{} {}, {}", cmp_name(*c), v(x), v(y)),
+        }),
+        Op::Unary(u, a) => write!(out, "{} {}", unary_name(*u), v(a)),
+        Op::Binary(b, x, y) => write!(out, "{} {}, {}", binary_name(*b), v(x), v(y)),
+        Op::Cmp(c, x, y) => write!(out, "cmp.{} {}, {}", cmp_name(*c), v(x), v(y)),
         Op::Select {
             cond,
             if_true,
             if_false,
-        } => format!("select {}, {}, {}", v(cond), v(if_true), v(if_false)),
-        Op::Convert(t, a) => format!("convert.{} {}", t.name(), v(a)),
-        Op::Bitcast(t, a) => format!("bitcast.{} {}", type_text(*t), v(a)),
+        } => write!(out, "select {}, {}, {}", v(cond), v(if_true), v(if_false)),
+        Op::Convert(t, a) => write!(out, "convert.{} {}", t.name(), v(a)),
+        Op::Bitcast(t, a) => write!(out, "bitcast.{} {}", type_text(*t), v(a)),
         Op::Load {
             mem,
             index,
@@ -578,52 +616,53 @@ pub(crate) fn op_text(kernel: &Kernel, names: &Names, op: &Op) -> String {
             aligned,
         } => {
             let elem = memory_elem(kernel, *mem).map_or("?", ScalarType::name);
-            let lanes = if *lanes == 1 {
-                String::new()
-            } else {
-                format!("x{lanes}")
-            };
-            format!(
-                "load{}.{elem}{lanes} {}[{}]",
-                aligned_text(*aligned),
-                memory_name(kernel, *mem),
-                v(index)
-            )
+            write!(out, "load{}.{elem}", aligned_text(*aligned))?;
+            if *lanes != 1 {
+                write!(out, "x{lanes}")?;
+            }
+            write!(out, " {}[{}]", memory_name(kernel, *mem), v(index))
         }
         Op::Store {
             mem,
             index,
             value,
             aligned,
-        } => format!(
+        } => write!(
+            out,
             "store{} {}[{}], {}",
             aligned_text(*aligned),
             memory_name(kernel, *mem),
             v(index),
             v(value)
         ),
-        Op::Extract(a, lane) => format!("extract {}, {lane}", v(a)),
-        Op::Vector(values) if values.is_empty() => "vector".to_string(),
-        Op::Vector(values) => format!("vector {}", list(names, values)),
+        Op::Extract(a, lane) => write!(out, "extract {}, {lane}", v(a)),
+        Op::Vector(values) if values.is_empty() => out.write_str("vector"),
+        Op::Vector(values) => write!(out, "vector {}", list(names, values)),
         Op::ReadLocal { local, index } => {
-            format!("read_local {}[{}]", local_name(kernel, *local), v(index))
+            write!(
+                out,
+                "read_local {}[{}]",
+                local_name(kernel, *local),
+                v(index)
+            )
         }
         Op::WriteLocal {
             local,
             index,
             value,
-        } => format!(
+        } => write!(
+            out,
             "write_local {}[{}], {}",
             local_name(kernel, *local),
             v(index),
             v(value)
         ),
         Op::PackBits { codes, bits, order } => {
-            let head = format!("pack_bits.b{}.{}", bits.width(), order_name(*order));
+            write!(out, "pack_bits.b{}.{}", bits.width(), order_name(*order))?;
             if codes.is_empty() {
-                head
+                Ok(())
             } else {
-                format!("{head} {}", list(names, codes))
+                write!(out, " {}", list(names, codes))
             }
         }
         Op::UnpackBits {
@@ -631,7 +670,8 @@ pub(crate) fn op_text(kernel: &Kernel, names: &Names, op: &Op) -> String {
             lane,
             bits,
             order,
-        } => format!(
+        } => write!(
+            out,
             "unpack_bits.b{}.{} {}, {lane}",
             bits.width(),
             order_name(*order),
@@ -643,7 +683,8 @@ pub(crate) fn op_text(kernel: &Kernel, names: &Names, op: &Op) -> String {
             stride,
             count,
             rank,
-        } => format!(
+        } => write!(
+            out,
             "select_rank {}[{}, stride {}, count {}], rank {}",
             memory_name(kernel, *mem),
             v(base),
@@ -653,16 +694,17 @@ pub(crate) fn op_text(kernel: &Kernel, names: &Names, op: &Op) -> String {
         ),
         Op::Loop {
             start, end, step, ..
-        } => format!("loop {}..{} step {step}", v(start), v(end)),
-        Op::If { cond, .. } => format!("if {}", v(cond)),
-        Op::Barrier => "barrier".to_string(),
-        Op::Warp(w) => warp_text(kernel, *w),
-        Op::ClusterBarrier => "cluster_barrier".to_string(),
+        } => write!(out, "loop {}..{} step {step}", v(start), v(end)),
+        Op::If { cond, .. } => write!(out, "if {}", v(cond)),
+        Op::Barrier => out.write_str("barrier"),
+        Op::Warp(w) => out.write_str(&warp_text(kernel, *w)),
+        Op::ClusterBarrier => out.write_str("cluster_barrier"),
         Op::LoadRemote {
             shared,
             rank,
             index,
-        } => format!(
+        } => write!(
+            out,
             "load_remote {}[{}] of rank {}",
             memory_name(kernel, Memory::Shared(*shared)),
             v(index),
