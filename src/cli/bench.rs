@@ -1,6 +1,7 @@
 //! `kvq bench attention|quantize`: kvq's generated host kernels against baselines timed in the
 //! same process (medians of interleaved rounds), from the release binary, the ratios printed
-//! last; `--json` for the figures alone.
+//! last; `kvq bench compile`: compile latency (module `bench_compile`); `--json` for the figures
+//! alone.
 
 use anyhow::{Context, Result};
 use kvq::bench::{self, attention, quantize};
@@ -23,6 +24,18 @@ enum What {
     Attention(AttentionArgs),
     /// Host quantize of an f16 span against a copy of its bytes on every core.
     Quantize(QuantizeArgs),
+    /// How long the host attention kernels take to become callable: cold, warm, repeated.
+    Compile(CompileArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct CompileArgs {
+    /// Print the figures as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Measure in this process and print JSON (what the parent process runs).
+    #[arg(long, hide = true)]
+    probe: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -67,6 +80,8 @@ pub fn run(args: Args) -> Result<()> {
     match args.what {
         What::Attention(a) => run_attention(a),
         What::Quantize(q) => run_quantize(q),
+        What::Compile(c) if c.probe => super::bench_compile::probe(),
+        What::Compile(c) => super::bench_compile::run(c.json),
     }
 }
 

@@ -2,6 +2,7 @@
 
 mod attention_case;
 mod bench;
+mod bench_compile;
 mod compile;
 mod demo;
 mod demo_cuda;

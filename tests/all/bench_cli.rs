@@ -99,3 +99,31 @@ fn bench_refuses_what_it_cannot_hold() {
         assert!(stderr.contains(needle), "expected {needle:?} in {stderr}");
     }
 }
+
+#[test]
+fn bench_compile_reports_cold_warm_and_repeated_and_leaves_no_cache_behind() {
+    let out = kvq(&["bench", "compile", "--json"]);
+    let figures = json(&out);
+    assert!(
+        figures["kernels"]
+            .as_str()
+            .unwrap()
+            .contains("(head_dim 128, group 4)"),
+        "{figures}"
+    );
+    for key in ["cold_s", "warm_first_s", "repeat_s"] {
+        let s = figures[key].as_f64().unwrap_or(-1.0);
+        assert!(s > 0.0 && s.is_finite(), "{key}: {figures}");
+    }
+    // The cold and warm probes ran on a compile cache of their own, removed afterwards.
+    let leftovers = std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("kvq-bench-compile-")
+        })
+        .count();
+    assert_eq!(leftovers, 0);
+}
