@@ -18,7 +18,7 @@ use kvq::lower::{InputType, Schedule, ShapeClass};
 use kvq::metrics::rel_error;
 use kvq::{kv_quant, KvQuant, Tensor3};
 use kvq_codegen::{ptx, ptxas, Arch};
-use kvq_runtime::{KvFile, ModelShape, QueryRef, VisualKvCache};
+use kvq_runtime::{KvFile, LayerKv, ModelShape, QueryRef, VisualKvCache};
 
 /// The scheme of arXiv 2502.14882: 1-bit per-channel codes, keys shrunk by 0.5 and values by
 /// 0.3 around the mean, logits of the visual span calibrated with d = 3.
@@ -109,6 +109,20 @@ pub(super) fn extend(x: &Tensor3, extra: usize, noise: &mut Noise) -> Tensor3 {
         }
     }
     Tensor3::new([s.heads, s.tokens + extra, s.dim], data).unwrap_or_else(|_| x.clone())
+}
+
+/// Decode step `step` at `layer`: a real token of the capture (cycling over its visual tokens)
+/// as the new key and value, and a real query row (`[q_heads * head_dim]`).
+pub(super) fn step_input(layer: &LayerKv, step: usize) -> Result<(Tensor3, Tensor3, Vec<f32>)> {
+    let tokens = layer.k.shape().tokens;
+    let src = 1 + (step * 7) % (tokens - 1);
+    let nk = layer.k.slice_tokens(src..src + 1)?;
+    let nv = layer.v.slice_tokens(src..src + 1)?;
+    let qs = layer.q.shape();
+    let q = (0..qs.heads)
+        .flat_map(|h| layer.q.row(h, (src + 3) % qs.tokens).to_vec())
+        .collect();
+    Ok((nk, nv, q))
 }
 
 /// Full-precision decode attention in f32 over `k`, `v` = `[kv_heads, tokens, dim]`, threads
@@ -296,17 +310,11 @@ pub fn run(args: Args) -> Result<()> {
     let (mut err, mut agree) = (0.0f64, 0.0f64);
     for step in 0..args.steps {
         for (l, layer) in file.layers.iter().enumerate() {
-            let src = 1 + (step * 7) % (tokens - 1);
-            let nk = layer.k.slice_tokens(src..src + 1)?;
-            let nv = layer.v.slice_tokens(src..src + 1)?;
+            let (nk, nv, q) = step_input(layer, step)?;
             cache.append(l, seq, &nk, &nv)?;
             let (k, v) = &mut full[l];
             *k = k.concat_tokens(&nk)?;
             *v = v.concat_tokens(&nv)?;
-            let qs = layer.q.shape();
-            let q: Vec<f32> = (0..qs.heads)
-                .flat_map(|h| layer.q.row(h, (src + 3) % qs.tokens).to_vec())
-                .collect();
             let query = [QueryRef { seq, q: &q }];
             let t = Instant::now();
             let got = cache.attend_with(l, &query, &attn)?.concat();

@@ -13,7 +13,7 @@ use kvq::KvQuant;
 use kvq_runtime::cache::Cuda;
 use kvq_runtime::{Device, KvFile, ModelShape, QueryRef, VisualKvCache};
 
-use super::demo::{bar, extend, f32_attention, CalibQuant, Noise};
+use super::demo::{bar, extend, f32_attention, step_input, CalibQuant, Noise};
 
 /// The median of `v` (not empty).
 fn median(mut v: Vec<f64>) -> f64 {
@@ -60,18 +60,12 @@ pub fn capture(
     let (mut err, mut fp_err) = (0.0f64, 0.0f64);
     for step in 0..steps {
         for (l, layer) in file.layers.iter().enumerate() {
-            let src = 1 + (step * 7) % (tokens - 1);
-            let nk = layer.k.slice_tokens(src..src + 1)?;
-            let nv = layer.v.slice_tokens(src..src + 1)?;
+            let (nk, nv, q) = step_input(layer, step)?;
             gpu.append(l, seq, &nk, &nv)?;
             fp.append(l, fseq, &nk, &nv)?;
             let (k, v) = &mut full[l];
             *k = k.concat_tokens(&nk)?;
             *v = v.concat_tokens(&nv)?;
-            let qs = layer.q.shape();
-            let q: Vec<f32> = (0..qs.heads)
-                .flat_map(|h| layer.q.row(h, (src + 3) % qs.tokens).to_vec())
-                .collect();
             let t = Instant::now();
             let got = gpu.attend(l, &[QueryRef { seq, q: &q }])?.concat();
             t_kvq += t.elapsed().as_secs_f64();
