@@ -369,17 +369,14 @@ pub fn run(args: Args) -> Result<()> {
 /// tokens unquantized, medians of `steps` interleaved calls each.
 fn benchmark_shape(span: usize, steps: usize) -> Result<()> {
     let scheme = CalibQuant::SCHEME;
-    let shape = ModelShape {
-        layers: 1,
-        kv_heads: 8,
-        q_heads: 32,
-        head_dim: 128,
-    };
-    let fp = 64;
-    let tokens = span.checked_add(fp).context("--bench-tokens too large")?;
-    kvq_ir::limits::check_tensor(8, tokens as u64, 128)?;
-    let k = kvq::attention::synthetic_kv(8, tokens, 128, 11, 1.0)?;
-    let v = kvq::attention::synthetic_kv(8, tokens, 128, 12, 0.3)?;
+    let BenchData {
+        shape,
+        fp,
+        tokens,
+        k,
+        v,
+        q,
+    } = bench_data(span)?;
     let mut cache = VisualKvCache::new(shape, scheme, HostSpanQuantizer)?;
     let seq = cache.add_sequence();
     cache.prefill(0, seq, &k, &v, fp..tokens)?;
@@ -391,7 +388,6 @@ fn benchmark_shape(span: usize, steps: usize) -> Result<()> {
         },
         None,
     )?;
-    let q = kvq::attention::synthetic_kv(32, 1, 128, 13, 0.7)?;
     let query = [QueryRef { seq, q: q.data() }];
     let (mut t_kvq, mut t_f32) = (Vec::new(), Vec::new());
     let (mut got, mut want) = (Vec::new(), Vec::new());
@@ -430,6 +426,37 @@ fn benchmark_shape(span: usize, steps: usize) -> Result<()> {
         steps.max(1)
     );
     Ok(())
+}
+
+/// The benchmark shape's data: 8 kv / 32 query heads, head_dim 128, `fp` = 64 full-precision
+/// tokens then `span` (synthetic K/V, one layer), and a query.
+pub(super) struct BenchData {
+    pub(super) shape: ModelShape,
+    pub(super) fp: usize,
+    pub(super) tokens: usize,
+    pub(super) k: Tensor3,
+    pub(super) v: Tensor3,
+    pub(super) q: Tensor3,
+}
+
+/// [`BenchData`] for a span of `span` tokens (checked against kvq's tensor limits first).
+pub(super) fn bench_data(span: usize) -> Result<BenchData> {
+    let fp = 64;
+    let tokens = span.checked_add(fp).context("--bench-tokens too large")?;
+    kvq_ir::limits::check_tensor(8, tokens as u64, 128)?;
+    Ok(BenchData {
+        shape: ModelShape {
+            layers: 1,
+            kv_heads: 8,
+            q_heads: 32,
+            head_dim: 128,
+        },
+        fp,
+        tokens,
+        k: kvq::attention::synthetic_kv(8, tokens, 128, 11, 1.0)?,
+        v: kvq::attention::synthetic_kv(8, tokens, 128, 12, 0.3)?,
+        q: kvq::attention::synthetic_kv(32, 1, 128, 13, 0.7)?,
+    })
 }
 
 /// One line on what the attention error means for a model: the committed `kvq report` figures

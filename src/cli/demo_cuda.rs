@@ -13,7 +13,9 @@ use kvq::KvQuant;
 use kvq_runtime::cache::Cuda;
 use kvq_runtime::{Device, KvFile, ModelShape, QueryRef, VisualKvCache};
 
-use super::demo::{bar, extend, f32_attention, step_input, CalibQuant, Noise};
+use super::demo::{
+    bar, bench_data, extend, f32_attention, step_input, BenchData, CalibQuant, Noise,
+};
 
 /// The median of `v` (not empty).
 fn median(mut v: Vec<f64>) -> f64 {
@@ -113,25 +115,19 @@ fn report_memory(indent: &str, cache: &VisualKvCache<Cuda>) {
 /// `span` quantized tokens): medians of `steps` interleaved calls against the unquantized cache.
 pub fn benchmark_shape(span: usize, steps: usize) -> Result<()> {
     let scheme = CalibQuant::SCHEME;
-    let shape = ModelShape {
-        layers: 1,
-        kv_heads: 8,
-        q_heads: 32,
-        head_dim: 128,
-    };
-    let fp_tokens = 64;
-    let tokens = span
-        .checked_add(fp_tokens)
-        .context("--bench-tokens too large")?;
-    kvq_ir::limits::check_tensor(8, tokens as u64, 128)?;
-    let k = kvq::attention::synthetic_kv(8, tokens, 128, 11, 1.0)?;
-    let v = kvq::attention::synthetic_kv(8, tokens, 128, 12, 0.3)?;
+    let BenchData {
+        shape,
+        fp: fp_tokens,
+        tokens,
+        k,
+        v,
+        q,
+    } = bench_data(span)?;
     let mut gpu = cuda_cache(shape, scheme, 0)?;
     let mut fp = cuda_cache(shape, scheme, 0)?;
     let (seq, fseq) = (gpu.add_sequence(), fp.add_sequence());
     gpu.prefill(0, seq, &k, &v, fp_tokens..tokens)?;
     fp.prefill(0, fseq, &k, &v, 0..0)?;
-    let q = kvq::attention::synthetic_kv(32, 1, 128, 13, 0.7)?;
     let (mut a, mut b, mut got) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..steps.max(1) {
         let t = Instant::now();
