@@ -27,7 +27,8 @@
 //! - `Min`/`Max` are compare-and-select exactly as the IR defines them (`if b < a {b} else {a}`),
 //!   `RoundEven`/`Floor` are `llvm.roundeven`/`llvm.floor`, float-to-integer conversion is the
 //!   saturating `llvm.fptoui.sat` (Rust's `as`), integer arithmetic wraps.
-//! - `SelectRank` is an exact bisection over the order-preserving integer key of each f32.
+//! - `SelectRank` is exact: a bisection (NVPTX) or radix selection (host) over the
+//!   order-preserving integer key of each f32; counts are integers.
 //!
 //! # Memory at block start, and what a launch trusts
 //! The interpreter starts every block with zeroed shared arrays and locals. Host code does the

@@ -30,6 +30,7 @@ mod lower;
 mod memory;
 mod ops;
 mod pure;
+mod select;
 mod target;
 mod warp;
 

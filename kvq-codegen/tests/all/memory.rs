@@ -238,6 +238,69 @@ fn select_rank_is_exact_in_total_order() {
     run(F64, Buffer::F64(doubles), &sorted_groups(&as_f32, groups));
 }
 
+/// The host selects through digits of the order key (11, 11 and 10 bits; for f16 and bf16 the
+/// 19 and 16 bits above the constant ones): groups whose elements share their leading digits,
+/// ties that span a digit's bins, every bit pattern (NaNs included, in total order), and one
+/// value repeated, each against a sort, for f32, f16 and bf16 elements.
+#[test]
+fn select_rank_is_exact_across_radix_digits() {
+    let count = 1000usize;
+    let groups = 4usize;
+    let words = lcg(11, count);
+    // Element bits: u32 for f32, the low 16 bits otherwise.
+    let pattern = |u: u32| u.wrapping_mul(0x9E37_79B9);
+    for elem in [F32, F16, BF16] {
+        let mut values = vec![0f32; count * groups];
+        let mut raw = vec![0u32; count * groups];
+        for (i, &u) in words.iter().enumerate() {
+            for g in 0..groups {
+                let (any, one, sign) = match elem {
+                    F32 => (pattern(u), 0x3F80_0000, 0x8000_0000),
+                    F16 => (pattern(u) >> 16, 0x3C00, 0x8000),
+                    _ => (pattern(u) >> 16, 0x3F80, 0x8000),
+                };
+                raw[g + i * groups] = match g {
+                    // Every pattern, NaNs and infinities included.
+                    0 => any,
+                    // 1 + k ulp: the first digits equal, the last ones differ.
+                    1 => one + u % 300,
+                    // Ties over a few values of both signs: -1, -0, +0, 1.
+                    2 => [one | sign, sign, 0, one][(u % 4) as usize],
+                    _ => one + 7,
+                };
+            }
+        }
+        let src = match elem {
+            F32 => Buffer::F32(raw.iter().map(|&r| f32::from_bits(r)).collect()),
+            F16 => Buffer::F16(raw.iter().map(|&r| f16::from_bits(r as u16)).collect()),
+            _ => Buffer::BF16(raw.iter().map(|&r| bf16::from_bits(r as u16)).collect()),
+        };
+        for (v, &r) in values.iter_mut().zip(&raw) {
+            *v = match elem {
+                F32 => f32::from_bits(r),
+                F16 => f16::from_bits(r as u16).to_f32(),
+                _ => bf16::from_bits(r as u16).to_f32(),
+            };
+        }
+        let args = vec![
+            Arg::Buffer(src),
+            Arg::Buffer(Buffer::zeros(F32, values.len()).expect("f32")),
+        ];
+        let out = agree(&rank_kernel(elem, count as u32), args, groups as u32);
+        let got: Vec<u32> = buf(&out, 1)
+            .as_f32()
+            .expect("f32")
+            .iter()
+            .map(|x| x.to_bits())
+            .collect();
+        let want: Vec<u32> = sorted_groups(&values, groups)
+            .iter()
+            .map(|x| x.to_bits())
+            .collect();
+        assert_eq!(got, want, "{}", elem.name());
+    }
+}
+
 const REDUCE_BLOCK: u32 = 64;
 
 /// Block sums of 64 f32s by a shared-memory tree with barriers; also each thread's value plus
