@@ -90,11 +90,13 @@ impl<'ctx> Lower<'_, 'ctx> {
         let cum = self.entry_alloca(i32_type.into(), "rank.cum")?;
         let spare = c(RADIX_BINS - 1);
         let bin_ptr = |this: &Self, bin: IntValue<'ctx>| -> R<_> {
-            // SAFETY (LLVM's inbounds): `bin` <= RADIX_BINS - 1 by construction below.
-            Ok(unsafe {
+            // SAFETY: building an inbounds GEP is safe for the compiler; the generated code
+            // stays in bounds because every `bin` passed below is at most RADIX_BINS - 1.
+            let ptr = unsafe {
                 this.b
                     .build_in_bounds_gep(hist_type, hist, &[c(0), bin], "bin")?
-            })
+            };
+            Ok(ptr)
         };
         // The wanted rank within the prefix's elements, the prefix and the mask of its bits.
         let (passes, constant) = radix_passes(self.memory(mem)?.1);
