@@ -143,6 +143,25 @@ fn quantile_selection_on_long_columns_matches_reference() {
     }
 }
 
+/// mse ranges where values fall exactly on a round's threshold (a value equal to `t` counts
+/// above it), in every channel of a column the host codes in one pass: each channel holds three
+/// integers a < b < c equally often (its own pattern), so the first round's threshold is b.
+#[test]
+fn mse_thresholds_on_data_values_match_reference() {
+    let (tokens, dim) = (300usize, 64usize);
+    let data: Vec<f32> = (0..2 * tokens * dim)
+        .map(|i| {
+            let (t, c) = ((i / dim) % tokens, i % dim);
+            [0.0, 1.0, 2.0][(t + c) % 3] * (1 + c % 3) as f32 - (c % 4) as f32
+        })
+        .collect();
+    let x = Tensor3::new([2, tokens, dim], data).unwrap();
+    let scheme = Scheme::parse("bits = 1, axis = channel, group = all, rule = mse").unwrap();
+    for input in [InputType::F16, InputType::BF16, InputType::F32] {
+        check(&scheme, &x, input).unwrap();
+    }
+}
+
 #[test]
 fn host_code_matches_reference_on_real_captures() {
     for path in [dinov2(), smollm2()] {

@@ -228,7 +228,7 @@ pub fn group_range(
     }
 }
 
-/// Slots of the F32 local that [`mse_range`] works in.
+/// Slots of the F32 local that [`mse_range`] works in (per channel for [`mse_ranges`]).
 pub const MSE_LOCALS: u32 = 7;
 
 /// The `mse` rule's [lo, hi] over the `count` elements `mem[base + i * stride]` (stored as
@@ -241,82 +241,114 @@ pub fn mse_range(
     [base, stride, count]: [Value; 3],
     acc: u32,
 ) -> (Value, Value) {
-    fn element(b: &mut Builder, mem: Memory, input: ScalarType, at: [Value; 3]) -> Value {
-        let [base, stride, i] = at;
+    let element = |b: &mut Builder, i: Value| {
         let off = b.mul(i, stride);
         let idx = b.add(base, off);
-        load_f32(b, mem, idx, 1, input)[0]
-    }
-    fn bump(b: &mut Builder, acc: u32, slot: u32, v: Value) {
-        let k = b.u32(slot);
+        load_f32(b, mem, idx, 1, input)
+    };
+    mse_ranges(b, &element, 1, count, acc)[0]
+}
+
+/// The `mse` rule's [lo, hi] of `w` groups at once: `load(b, i)` gives element `i` of each of
+/// the `w` groups (f32), `count` elements each. Every group's sums run over its elements in
+/// index order, exactly as [`mse_range`] (and `reference::range::mse_range`) take them, so each
+/// range is that group's alone; one pass over the elements serves all `w` groups (contiguous
+/// rows of a column of channels, independent sums). `acc` is an F32 local of `MSE_LOCALS * w`
+/// slots (slot `k` of group `j` at `k * w + j`).
+pub fn mse_ranges(
+    b: &mut Builder,
+    load: &dyn Fn(&mut Builder, Value) -> Vec<Value>,
+    w: u32,
+    count: Value,
+    acc: u32,
+) -> Vec<(Value, Value)> {
+    let at = |b: &mut Builder, slot: u32, j: u32| b.u32(slot * w + j);
+    let bump = |b: &mut Builder, slot: u32, j: u32, v: Value| {
+        let k = at(b, slot, j);
         let s = b.read_local(acc, k);
         let s = b.add(s, v);
         b.write_local(acc, k, s);
-    }
-    fn set(b: &mut Builder, acc: u32, slot: u32, v: Value) {
-        let k = b.u32(slot);
+    };
+    let set = |b: &mut Builder, slot: u32, j: u32, v: Value| {
+        let k = at(b, slot, j);
         b.write_local(acc, k, v);
-    }
-    fn get(b: &mut Builder, acc: u32, slot: u32) -> Value {
-        let k = b.u32(slot);
+    };
+    let get = |b: &mut Builder, slot: u32, j: u32| {
+        let k = at(b, slot, j);
         b.read_local(acc, k)
-    }
+    };
     const T: u32 = 4;
     const LO: u32 = 5;
     const HI: u32 = 6;
-    let zero_f = b.f32(0.0);
-    set(b, acc, 0, zero_f);
+    for j in 0..w {
+        let zero_f = b.f32(0.0);
+        set(b, 0, j, zero_f);
+    }
     let first = b.u32(0);
     b.for_range(first, count, 1, |b, i| {
-        let x = element(b, mem, input, [base, stride, i]);
-        bump(b, acc, 0, x);
+        let xs = load(b, i);
+        for (j, &x) in (0..w).zip(&xs) {
+            bump(b, 0, j, x);
+        }
     });
     let n = b.convert(ScalarType::F32, count);
-    let sum = get(b, acc, 0);
-    let mean = b.div(sum, n);
-    set(b, acc, T, mean);
-    set(b, acc, LO, mean);
-    set(b, acc, HI, mean);
+    for j in 0..w {
+        let sum = get(b, 0, j);
+        let mean = b.div(sum, n);
+        set(b, T, j, mean);
+        set(b, LO, j, mean);
+        set(b, HI, j, mean);
+    }
     for _ in 0..crate::scheme::MSE_ITERATIONS {
         for slot in 0..4 {
-            let z = b.f32(0.0);
-            set(b, acc, slot, z);
+            for j in 0..w {
+                let z = b.f32(0.0);
+                set(b, slot, j, z);
+            }
         }
         let first = b.u32(0);
         b.for_range(first, count, 1, |b, i| {
-            let x = element(b, mem, input, [base, stride, i]);
-            let t = get(b, acc, T);
-            let upper = b.cmp(CmpOp::Ge, x, t);
-            let (z, one) = (b.f32(0.0), b.f32(1.0));
-            let below = b.select(upper, z, x);
-            bump(b, acc, 0, below);
-            let counted = b.select(upper, z, one);
-            bump(b, acc, 1, counted);
-            let above = b.select(upper, x, z);
-            bump(b, acc, 2, above);
-            let counted = b.select(upper, one, z);
-            bump(b, acc, 3, counted);
+            let xs = load(b, i);
+            for (j, &x) in (0..w).zip(&xs) {
+                let t = get(b, T, j);
+                let upper = b.cmp(CmpOp::Ge, x, t);
+                let (z, one) = (b.f32(0.0), b.f32(1.0));
+                let below = b.select(upper, z, x);
+                bump(b, 0, j, below);
+                let counted = b.select(upper, z, one);
+                bump(b, 1, j, counted);
+                let above = b.select(upper, x, z);
+                bump(b, 2, j, above);
+                let counted = b.select(upper, one, z);
+                bump(b, 3, j, counted);
+            }
         });
-        let t = get(b, acc, T);
-        let z = b.f32(0.0);
-        let level = |b: &mut Builder, sum: u32, count: u32| {
-            let (s, c) = (get(b, acc, sum), get(b, acc, count));
-            let some = b.cmp(CmpOp::Gt, c, z);
-            let mean = b.div(s, c);
-            b.select(some, mean, t)
-        };
-        let lo = level(b, 0, 1);
-        let hi = level(b, 2, 3);
-        set(b, acc, LO, lo);
-        set(b, acc, HI, hi);
-        let two = b.f32(2.0);
-        let both = b.add(lo, hi);
-        let t = b.div(both, two);
-        set(b, acc, T, t);
+        for j in 0..w {
+            let t = get(b, T, j);
+            let z = b.f32(0.0);
+            let level = |b: &mut Builder, sum: u32, count: u32| {
+                let (s, c) = (get(b, sum, j), get(b, count, j));
+                let some = b.cmp(CmpOp::Gt, c, z);
+                let mean = b.div(s, c);
+                b.select(some, mean, t)
+            };
+            let lo = level(b, 0, 1);
+            let hi = level(b, 2, 3);
+            set(b, LO, j, lo);
+            set(b, HI, j, hi);
+            let two = b.f32(2.0);
+            let both = b.add(lo, hi);
+            let t = b.div(both, two);
+            set(b, T, j, t);
+        }
     }
-    let lo = get(b, acc, LO);
-    let hi = get(b, acc, HI);
-    (positive_zero(b, lo), positive_zero(b, hi))
+    (0..w)
+        .map(|j| {
+            let lo = get(b, LO, j);
+            let hi = get(b, HI, j);
+            (positive_zero(b, lo), positive_zero(b, hi))
+        })
+        .collect()
 }
 
 /// The stored (zero, scale) of a group with range [lo, hi]; flags an overflow in `status`.

@@ -6,8 +6,9 @@ use crate::scheme::{Group, Rule, Scheme};
 use super::block_select::{self, select_quantiles};
 use super::emit::{
     code, code_from_thresholds, code_threshold, flag_non_finite, global_item, group_params,
-    group_range, group_range_local, load_f32, load_f32_aligned, note_non_finite, quantize_params,
-    range_from_extremes, reads_group, store_param, token_groups, MAX_THRESHOLD_LEVELS,
+    group_range, group_range_local, load_f32, load_f32_aligned, mse_ranges, note_non_finite,
+    quantize_params, range_from_extremes, reads_group, store_param, token_groups,
+    MAX_THRESHOLD_LEVELS, MSE_LOCALS,
 };
 use super::{kernel_name, quantize_abi as abi, Launch, Lowered, Schedule, ShapeClass};
 
@@ -250,7 +251,19 @@ fn lower_all(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
     };
     let bad = b.local("bad", ScalarType::U32, 1);
     let acc = b.local("acc", ScalarType::F32, 2);
-    let range_local = group_range_local(&mut b, scheme.rule);
+    // mse with one thread per block (host schedules): all the column's channels in one pass
+    // over its rows per round (`mse_ranges`); else one channel at a time (`group_range`).
+    let mse_together = scheme.rule == Rule::Mse && bsz == 1;
+    let range_local = match mse_together {
+        true => None,
+        false => group_range_local(&mut b, scheme.rule),
+    };
+    let mse_locals = mse_together.then(|| {
+        let acc = b.local("mse", ScalarType::F32, MSE_LOCALS * p.w);
+        let lo = b.local("mse_lo", ScalarType::F32, p.w);
+        let hi = b.local("mse_hi", ScalarType::F32, p.w);
+        (acc, [lo, hi])
+    });
     let bisect = b.local("bisect", ScalarType::U32, 2);
 
     let coords = |b: &mut Builder| {
@@ -294,6 +307,19 @@ fn lower_all(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
         let (_, h, c0) = coords(&mut b);
         let load_row = |b: &mut Builder, t: Value| p.load_row(b, x, h, t, c0);
         select_quantiles(&mut b, shape.input, [p.w, bsz], level, &load_row)
+    });
+    let ranges = ranges.or_else(|| {
+        let (acc, out) = mse_locals?;
+        let (_, h, c0) = coords(&mut b);
+        let tokens = b.param(abi::TOKENS);
+        let load_row = |b: &mut Builder, t: Value| p.load_row(b, x, h, t, c0);
+        let found = mse_ranges(&mut b, &load_row, p.w, tokens, acc);
+        for (j, (lo, hi)) in (0..p.w).zip(found) {
+            let at = b.u32(j);
+            b.write_local(out[0], at, lo);
+            b.write_local(out[1], at, hi);
+        }
+        Some(out)
     });
 
     // Region 2: the range and parameters of each channel of the column.
