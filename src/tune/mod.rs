@@ -131,9 +131,10 @@ pub enum TuneError {
 
 /// The host search space of `scheme` for `shape`: block size 1; for axis = channel every column
 /// width that is a multiple of the codes per byte, at least 8 and dividing head_dim, crossed
-/// with the vector widths 4, 8 and 16 that divide it; for axis = token the vector widths that
-/// divide the group. Only schedules [`Schedule::check`] accepts, sorted, always including
-/// [`Schedule::host_default`].
+/// with the vector widths 4, 8 and 16 that divide it (for the quantile rule with group = all,
+/// also each of them as one warp selecting together, [`Schedule::host_select`]); for axis =
+/// token the vector widths that divide the group. Only schedules [`Schedule::check`] accepts,
+/// sorted, always including [`Schedule::host_default`].
 pub fn candidates(scheme: &Scheme, shape: ShapeClass) -> Vec<Schedule> {
     let default = Schedule::host_default(scheme, shape);
     let per_byte = scheme.bits.codes_per_byte() as u32;
@@ -154,6 +155,14 @@ pub fn candidates(scheme: &Scheme, shape: ShapeClass) -> Vec<Schedule> {
                 cooperative: false,
                 cluster: 1,
             })
+        })
+        .flat_map(|s| {
+            let select = Schedule::host_select(scheme, shape).map(|sel| Schedule {
+                channels: s.channels,
+                vector: s.vector,
+                ..sel
+            });
+            std::iter::once(s).chain(select)
         })
         .chain(std::iter::once(default))
         .filter(|s| s.check(scheme, shape).is_ok())

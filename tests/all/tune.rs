@@ -13,6 +13,7 @@ use kvq_ir::lower::io::quantize_with;
 use kvq_ir::lower::{self, InputType, Schedule, ShapeClass};
 use kvq_ir::reference::PackedSpan;
 use kvq_ir::scheme::catalogue::catalogue;
+use kvq_ir::scheme::{Axis, Group, Rule};
 
 const SHAPE: ShapeClass = ShapeClass {
     head_dim: 128,
@@ -48,9 +49,24 @@ fn candidates_pass_check_and_include_the_default() {
             };
             let list = candidates(&scheme, shape);
             assert!(!list.is_empty(), "{name}");
+            let select = Schedule::host_select(&scheme, shape);
             for s in &list {
                 assert_eq!(s.check(&scheme, shape), Ok(()), "{name} {s:?}");
-                assert_eq!(s.block_size, 1);
+                // One thread per block, or one warp selecting the quantile rule's statistics.
+                match s.cooperative {
+                    false => assert_eq!(s.block_size, 1),
+                    true => assert_eq!(select.map(|sel| sel.block_size), Some(s.block_size)),
+                }
+            }
+            // The quantile rule with group = all selects together by default.
+            let quantile_all = matches!(
+                (scheme.axis, scheme.group, scheme.rule),
+                (Axis::Channel, Group::All, Rule::Quantile(_))
+            );
+            assert_eq!(select.is_some(), quantile_all, "{name}");
+            if let Some(sel) = select {
+                assert_eq!(Schedule::host_default(&scheme, shape), sel);
+                assert!(list.iter().filter(|s| s.cooperative).count() > 1, "{name}");
             }
             assert!(list.contains(&Schedule::host_default(&scheme, shape)));
             assert_eq!(list, candidates(&scheme, shape), "deterministic order");

@@ -163,8 +163,12 @@ impl Schedule {
 
     /// A schedule that suits a CPU backend (threads become loops): one thread per block, columns
     /// of 32 channels (one cache line of f16) loaded 16 at a time, few enough accumulators to
-    /// stay in vector registers.
+    /// stay in vector registers. The quantile rule with group = all takes
+    /// [`Schedule::host_select`] where it exists.
     pub fn host_default(scheme: &Scheme, shape: ShapeClass) -> Schedule {
+        if let Some(select) = Schedule::host_select(scheme, shape) {
+            return select;
+        }
         let per_byte = scheme.bits.codes_per_byte() as u32;
         let channels = per_byte.max(32).min(shape.head_dim);
         let channels = if shape.head_dim.checked_rem(channels) == Some(0) {
@@ -179,6 +183,32 @@ impl Schedule {
             cooperative: false,
             cluster: 1,
         }
+    }
+
+    /// For the quantile rule with axis = channel and group = all: one warp per column of the
+    /// widest width up to 128 channels (a multiple of the codes per byte dividing head_dim)
+    /// selecting the order statistics together (the cooperative kernel's `block_select`: every
+    /// pass over the column counts all of its channels from whole rows, which vectorizes on a
+    /// CPU), instead of a strided selection per channel. None for other schemes.
+    pub fn host_select(scheme: &Scheme, shape: ShapeClass) -> Option<Schedule> {
+        if !matches!(
+            (scheme.axis, scheme.group, scheme.rule),
+            (Axis::Channel, Group::All, Rule::Quantile(_))
+        ) {
+            return None;
+        }
+        let per_byte = scheme.bits.codes_per_byte() as u32;
+        let channels = [128u32, 64, 32, 16, 8]
+            .into_iter()
+            .find(|&w| w % per_byte == 0 && shape.head_dim % w == 0)?;
+        let select = Schedule {
+            block_size: crate::ir::WARP_SIZE,
+            channels,
+            vector: vector_for(channels, scheme, shape, 16),
+            cooperative: true,
+            cluster: 1,
+        };
+        select.check(scheme, shape).ok().map(|()| select)
     }
 
     /// Checks that this schedule can lower `scheme` for `shape`.
