@@ -42,8 +42,13 @@ pub struct Args {
     table: PathBuf,
 }
 
+/// `c<channels> v<vector>`, led by `b<block size>` for a block of several threads (the quantile
+/// rule's whole-warp selection).
 fn show(s: &Schedule) -> String {
-    format!("c{} v{}", s.channels, s.vector)
+    match s.block_size {
+        1 => format!("c{} v{}", s.channels, s.vector),
+        b => format!("b{b} c{} v{}", s.channels, s.vector),
+    }
 }
 
 pub fn run(args: Args) -> Result<()> {

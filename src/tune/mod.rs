@@ -318,7 +318,8 @@ struct StoredSchedule {
     block_size: u32,
     channels: u32,
     vector: u8,
-    /// Lanes over channels (GPU layouts; host tables hold none).
+    /// The cooperative kernels (lanes over channels on a GPU; on the host, the quantile rule's
+    /// whole-warp selection, [`Schedule::host_select`]).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     cooperative: bool,
 }
