@@ -30,6 +30,7 @@ use kvq_ir::ir::sync::{cluster_parts, segments, Segment};
 use kvq_ir::ir::{Block, Kernel, KernelInfo, Op, Special, Type, Value, WARP_SIZE};
 
 use super::memory::{access_align, allocate};
+use super::select::Strided;
 
 /// Why lowering stopped; mapped to [`crate::CodegenError`] with the kernel's name.
 #[derive(Debug)]
@@ -385,10 +386,13 @@ impl<'a, 'ctx> Lower<'a, 'ctx> {
             } => {
                 let [base, stride, count, rank] =
                     [*base, *stride, *count, *rank].map(|x| self.int(x));
-                Some(
-                    self.select_rank(*mem, base?, stride?, count?, rank?)?
-                        .into(),
-                )
+                let run = Strided {
+                    mem: *mem,
+                    base: base?,
+                    stride: stride?,
+                    count: count?,
+                };
+                Some(self.select_rank(run, rank?)?.into())
             }
             Op::Loop {
                 start,

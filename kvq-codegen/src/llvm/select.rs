@@ -34,35 +34,35 @@ fn radix_passes(elem: ScalarType) -> (&'static [(u32, u32)], u32) {
 /// prefix.
 const RADIX_BINS: u32 = (1 << 11) + 1;
 
+/// The elements `SelectRank` selects from: `mem[base + i * stride]` for `i < count`.
+#[derive(Clone, Copy)]
+pub(super) struct Strided<'ctx> {
+    pub mem: Memory,
+    pub base: IntValue<'ctx>,
+    pub stride: IntValue<'ctx>,
+    pub count: IntValue<'ctx>,
+}
+
 impl<'ctx> Lower<'_, 'ctx> {
     /// `SelectRank` (see the module documentation).
     pub(super) fn select_rank(
         &mut self,
-        mem: Memory,
-        base: IntValue<'ctx>,
-        stride: IntValue<'ctx>,
-        count: IntValue<'ctx>,
+        run: Strided<'ctx>,
         rank: IntValue<'ctx>,
     ) -> R<FloatValue<'ctx>> {
         if self.ptx {
-            self.select_rank_bisect(mem, base, stride, count, rank)
+            self.select_rank_bisect(run, rank)
         } else {
-            self.select_rank_radix(mem, base, stride, count, rank)
+            self.select_rank_radix(run, rank)
         }
     }
 
     /// The order key of element `i` of the strided run.
-    fn rank_key(
-        &self,
-        mem: Memory,
-        base: IntValue<'ctx>,
-        stride: IntValue<'ctx>,
-        i: IntValue<'ctx>,
-    ) -> R<IntValue<'ctx>> {
-        let (memory, elem) = self.memory(mem)?;
+    fn rank_key(&self, run: Strided<'ctx>, i: IntValue<'ctx>) -> R<IntValue<'ctx>> {
+        let (memory, elem) = self.memory(run.mem)?;
         let b = &self.b;
-        let offset = b.build_int_mul(i, stride, "offset")?;
-        let index = b.build_int_add(base, offset, "index")?;
+        let offset = b.build_int_mul(i, run.stride, "offset")?;
+        let index = b.build_int_add(run.base, offset, "index")?;
         let index = b.build_int_z_extend(index, self.ctx.i64_type(), "index")?;
         let x = self.load(self.gep(memory, elem, index)?, elem, 1, elem.size() as u32)?;
         let x = self.to_f32(x, elem)?;
@@ -75,10 +75,7 @@ impl<'ctx> Lower<'_, 'ctx> {
     /// The host's radix selection (see the module documentation).
     fn select_rank_radix(
         &mut self,
-        mem: Memory,
-        base: IntValue<'ctx>,
-        stride: IntValue<'ctx>,
-        count: IntValue<'ctx>,
+        run: Strided<'ctx>,
         rank: IntValue<'ctx>,
     ) -> R<FloatValue<'ctx>> {
         let i32_type = self.ctx.i32_type();
@@ -99,7 +96,7 @@ impl<'ctx> Lower<'_, 'ctx> {
             Ok(ptr)
         };
         // The wanted rank within the prefix's elements, the prefix and the mask of its bits.
-        let (passes, constant) = radix_passes(self.memory(mem)?.1);
+        let (passes, constant) = radix_passes(self.memory(run.mem)?.1);
         let (mut want, mut prefix, mut mask) = (rank, c(0), c(0));
         for &(shift, width) in passes {
             let digits = c((1 << width) - 1);
@@ -110,8 +107,8 @@ impl<'ctx> Lower<'_, 'ctx> {
             self.b
                 .build_memset(hist, 16, self.ctx.i8_type().const_zero(), bytes)?;
             let zero = c(0);
-            self.counted_loop(zero, count, 1, "rank.elem", |this, i| {
-                let key = this.rank_key(mem, base, stride, i)?;
+            self.counted_loop(zero, run.count, 1, "rank.elem", |this, i| {
+                let key = this.rank_key(run, i)?;
                 let b = &this.b;
                 let high = b.build_and(key, mask, "high")?;
                 let inside = b.build_int_compare(IntPredicate::EQ, high, prefix, "inside")?;
@@ -193,14 +190,7 @@ impl<'ctx> Lower<'_, 'ctx> {
     }
 
     /// The bisection (registers only; the NVPTX lowering).
-    fn select_rank_bisect(
-        &self,
-        mem: Memory,
-        base: IntValue<'ctx>,
-        stride: IntValue<'ctx>,
-        count: IntValue<'ctx>,
-        rank: IntValue<'ctx>,
-    ) -> R<FloatValue<'ctx>> {
+    fn select_rank_bisect(&self, run: Strided<'ctx>, rank: IntValue<'ctx>) -> R<FloatValue<'ctx>> {
         let b = &self.b;
         let i32_type = self.ctx.i32_type();
         let c = |v: u64| i32_type.const_int(v, false);
@@ -246,11 +236,11 @@ impl<'ctx> Lower<'_, 'ctx> {
             i.as_basic_value().into_int_value(),
             n.as_basic_value().into_int_value(),
         );
-        let inside = b.build_int_compare(IntPredicate::ULT, i_v, count, "inside")?;
+        let inside = b.build_int_compare(IntPredicate::ULT, i_v, run.count, "inside")?;
         b.build_conditional_branch(inside, count_body, step_latch)?;
 
         b.position_at_end(count_body);
-        let key = self.rank_key(mem, base, stride, i_v)?;
+        let key = self.rank_key(run, i_v)?;
         let below = b.build_int_compare(IntPredicate::ULE, key, mid, "below")?;
         let one = b.build_int_z_extend(below, i32_type, "one")?;
         let n_next = b.build_int_add(n_v, one, "n.next")?;

@@ -195,6 +195,24 @@ fn sorted_groups(values: &[f32], groups: usize) -> Vec<f32> {
     out
 }
 
+/// Runs [`rank_kernel`] over `groups` groups of `count` elements of `src` (interpreter and host
+/// agreeing bit for bit) and checks every rank against `want`, the groups sorted.
+fn check_ranks(elem: ScalarType, src: Buffer, [count, groups]: [u32; 2], want: &[f32]) {
+    let args = vec![
+        Arg::Buffer(src),
+        Arg::Buffer(Buffer::zeros(F32, want.len()).expect("f32")),
+    ];
+    let out = agree(&rank_kernel(elem, count), args, groups);
+    let got: Vec<u32> = buf(&out, 1)
+        .as_f32()
+        .expect("f32")
+        .iter()
+        .map(|x| x.to_bits())
+        .collect();
+    let want: Vec<u32> = want.iter().map(|x| x.to_bits()).collect();
+    assert_eq!(got, want, "{}", elem.name());
+}
+
 #[test]
 fn select_rank_is_exact_in_total_order() {
     let groups = 3usize;
@@ -215,19 +233,7 @@ fn select_rank_is_exact_in_total_order() {
     let count = (values.len() / groups) as u32;
     let want = sorted_groups(&values, groups);
     let run = |elem: ScalarType, src: Buffer, want: &[f32]| {
-        let args = vec![
-            Arg::Buffer(src),
-            Arg::Buffer(Buffer::zeros(F32, want.len()).expect("f32")),
-        ];
-        let out = agree(&rank_kernel(elem, count), args, groups as u32);
-        let got: Vec<u32> = buf(&out, 1)
-            .as_f32()
-            .expect("f32")
-            .iter()
-            .map(|x| x.to_bits())
-            .collect();
-        let want: Vec<u32> = want.iter().map(|x| x.to_bits()).collect();
-        assert_eq!(got, want, "{}", elem.name());
+        check_ranks(elem, src, [count, groups as u32], want);
     };
     run(F32, Buffer::F32(values.clone()), &want);
     let halves: Vec<f16> = values.iter().map(|&v| f16::from_f32(v)).collect();
@@ -282,22 +288,8 @@ fn select_rank_is_exact_across_radix_digits() {
                 _ => bf16::from_bits(r as u16).to_f32(),
             };
         }
-        let args = vec![
-            Arg::Buffer(src),
-            Arg::Buffer(Buffer::zeros(F32, values.len()).expect("f32")),
-        ];
-        let out = agree(&rank_kernel(elem, count as u32), args, groups as u32);
-        let got: Vec<u32> = buf(&out, 1)
-            .as_f32()
-            .expect("f32")
-            .iter()
-            .map(|x| x.to_bits())
-            .collect();
-        let want: Vec<u32> = sorted_groups(&values, groups)
-            .iter()
-            .map(|x| x.to_bits())
-            .collect();
-        assert_eq!(got, want, "{}", elem.name());
+        let want = sorted_groups(&values, groups);
+        check_ranks(elem, src, [count as u32, groups as u32], &want);
     }
 }
 
