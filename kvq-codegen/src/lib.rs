@@ -27,7 +27,7 @@
 //! - `Min`/`Max` are compare-and-select exactly as the IR defines them (`if b < a {b} else {a}`),
 //!   `RoundEven`/`Floor` are `llvm.roundeven`/`llvm.floor`, float-to-integer conversion is the
 //!   saturating `llvm.fptoui.sat` (Rust's `as`), integer arithmetic wraps.
-//! - `SelectRank` is exact: a bisection (NVPTX) or radix selection (host) over the
+//! - `SelectRank` is exact: a bisection, or on the host for long runs a radix selection, over the
 //!   order-preserving integer key of each f32; counts are integers.
 //!
 //! # Memory at block start, and what a launch trusts

@@ -4,7 +4,8 @@
 //! smallest K with `#{i : key(x_i) <= K} >= rank + 1`. Two ways of finding K, the same K:
 //! - NVPTX (registers only): a bisection of `[0, 2^32)` in exactly 32 halving steps, each a
 //!   counting pass over the elements.
-//! - Host: a radix selection over the key's digits, most significant first. Each pass
+//! - Host, runs of at least `RADIX_MIN` elements (shorter ones bisect as on NVPTX): a radix
+//!   selection over the key's digits, most significant first. Each pass
 //!   histograms the digit of the elements whose higher bits equal the prefix found so far (a
 //!   stack array of 2^11 counts; the other elements go to one spare bin, so that the loop has no
 //!   branch), then takes the digit whose bin holds the wanted rank and subtracts the elements of
@@ -30,6 +31,9 @@ fn radix_passes(elem: ScalarType) -> (&'static [(u32, u32)], u32) {
     }
 }
 
+/// The shortest run the host selects by radix (shorter ones bisect).
+const RADIX_MIN: u32 = 512;
+
 /// Bins of the host's histogram: 2^11 digits and the spare bin of the elements outside the
 /// prefix.
 const RADIX_BINS: u32 = (1 << 11) + 1;
@@ -51,10 +55,33 @@ impl<'ctx> Lower<'_, 'ctx> {
         rank: IntValue<'ctx>,
     ) -> R<FloatValue<'ctx>> {
         if self.ptx {
-            self.select_rank_bisect(run, rank)
-        } else {
-            self.select_rank_radix(run, rank)
+            return self.select_rank_bisect(run, rank);
         }
+        // Runs of fewer than RADIX_MIN elements bisect: 32 passes over a few elements cost
+        // less than clearing and scanning the histogram twice.
+        let i32_type = self.ctx.i32_type();
+        let min = i32_type.const_int(u64::from(RADIX_MIN), false);
+        let long = self
+            .b
+            .build_int_compare(IntPredicate::UGE, run.count, min, "long")?;
+        let (radix, bisect, join) = (
+            self.append("rank.radix"),
+            self.append("rank.bisect"),
+            self.append("rank.join"),
+        );
+        self.b.build_conditional_branch(long, radix, bisect)?;
+        self.b.position_at_end(radix);
+        let by_radix = self.select_rank_radix(run, rank)?;
+        let radix_end = self.current()?;
+        self.b.build_unconditional_branch(join)?;
+        self.b.position_at_end(bisect);
+        let by_bisection = self.select_rank_bisect(run, rank)?;
+        let bisect_end = self.current()?;
+        self.b.build_unconditional_branch(join)?;
+        self.b.position_at_end(join);
+        let ranked = self.b.build_phi(self.ctx.f32_type(), "ranked")?;
+        ranked.add_incoming(&[(&by_radix, radix_end), (&by_bisection, bisect_end)]);
+        Ok(ranked.as_basic_value().into_float_value())
     }
 
     /// The order key of element `i` of the strided run.
