@@ -14,9 +14,11 @@ pub struct Args {
     /// Key/value heads of the synthetic sequence.
     #[arg(long, default_value_t = 8, value_parser = super::sizes::heads)]
     kv_heads: usize,
-    /// Span tokens of the synthetic sequence.
-    #[arg(long, default_value_t = 16384, value_parser = super::sizes::positive_tokens)]
-    tokens: usize,
+    /// Span tokens of the synthetic sequence: one or several lengths (the schedule chosen is
+    /// the fastest over all of them, by the geometric mean of its time over the default's).
+    #[arg(long, num_args = 1.., default_values_t = [4096, 16384, 65536],
+        value_parser = super::sizes::positive_tokens)]
+    tokens: Vec<usize>,
     /// Timed runs per candidate (the median is kept), after one checked run.
     #[arg(long, default_value_t = 5, value_parser = super::sizes::count)]
     repeats: usize,
@@ -28,9 +30,11 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     let scheme = args.pair.scheme()?;
     let shape = args.pair.shape();
-    // The span plus the 64 full-precision tokens tune_attention adds, every sequence's K/V.
-    let tokens = args.tokens.checked_add(64).context("--tokens")?;
-    kvq_ir::limits::check_tensor(args.kv_heads as u64, tokens as u64, shape.head_dim.into())?;
+    for &span in &args.tokens {
+        // The span plus the 64 full-precision tokens tune_attention adds, every sequence's K/V.
+        let tokens = span.checked_add(64).context("--tokens")?;
+        kvq_ir::limits::check_tensor(args.kv_heads as u64, tokens as u64, shape.head_dim.into())?;
+    }
     let mut table = if args.table.exists() {
         AttentionTable::load(&args.table).unwrap_or_else(|e| {
             eprintln!("warning: {e}; starting a new table");
@@ -39,23 +43,26 @@ pub fn run(args: Args) -> Result<()> {
     } else {
         AttentionTable::default()
     };
-    let result = tune_attention(&scheme, shape, args.kv_heads, args.tokens, args.repeats)?;
+    let result = tune_attention(&scheme, shape, args.kv_heads, &args.tokens, args.repeats)?;
     let default = AttentionSchedule::host_default(&scheme);
-    let default_ns = result
-        .timings
-        .iter()
-        .find(|(s, _)| *s == default)
-        .map_or(f64::NAN, |t| t.1);
+    let spans: Vec<String> = result.spans.iter().map(|t| t.to_string()).collect();
     println!(
-        "{scheme}\n  {} kv heads x g{} x d{}, {} span + 64 fp tokens; median of {}",
-        args.kv_heads, shape.group, shape.head_dim, args.tokens, args.repeats
+        "{scheme}\n  {} kv heads x g{} x d{}, spans of {} tokens + 64 fp tokens; median of {}",
+        args.kv_heads,
+        shape.group,
+        shape.head_dim,
+        spans.join(", "),
+        args.repeats
     );
+    let heads: Vec<String> = result.spans.iter().map(|t| format!("{t:>10}")).collect();
     println!(
-        "  {:<14} {:>10} {:>11}",
-        "chunk/tile", "median ms", "vs default"
+        "  {:<14} {} {:>11}   (ms per span; geometric mean of the ratios to the default)",
+        "chunk/tile",
+        heads.join(" "),
+        "vs default"
     );
     let mut best_ns = f64::NAN;
-    for (s, ns) in &result.timings {
+    for ((s, ns), ratio) in result.timings.iter().zip(&result.ratios) {
         let mark = match (*s == result.best, *s == default) {
             (true, true) => " <- best, default",
             (true, false) => " <- best",
@@ -63,13 +70,14 @@ pub fn run(args: Args) -> Result<()> {
             _ => "",
         };
         if *s == result.best {
-            best_ns = *ns;
+            best_ns = ns.last().copied().unwrap_or(f64::NAN);
         }
+        let ms: Vec<String> = ns.iter().map(|t| format!("{:>10.3}", t / 1e6)).collect();
         println!(
-            "  {:<14} {:>10.3} {:>10.3}x{mark}",
+            "  {:<14} {} {:>10.3}x{mark}",
             format!("{}/{}", s.chunk, s.tile),
-            ns / 1e6,
-            ns / default_ns
+            ms.join(" "),
+            ratio
         );
     }
     table.insert(

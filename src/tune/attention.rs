@@ -256,68 +256,98 @@ pub fn attention_candidates(scheme: &CacheScheme) -> Vec<AttentionSchedule> {
 /// The timings of one attention tuning run.
 #[derive(Debug, Clone)]
 pub struct AttentionTuning {
-    /// (schedule, median ns), in candidate order.
-    pub timings: Vec<(AttentionSchedule, f64)>,
-    /// The fastest schedule whose outputs agree with the default's within 1e-4.
+    /// The span lengths timed, in order.
+    pub spans: Vec<usize>,
+    /// (schedule, median ns at each span), in candidate order.
+    pub timings: Vec<(AttentionSchedule, Vec<f64>)>,
+    /// Per candidate, the geometric mean over the spans of its median time over the default
+    /// schedule's: the score the best is chosen by.
+    pub ratios: Vec<f64>,
+    /// The schedule of the lowest ratio among those whose outputs agree with the default's
+    /// within 1e-4 at every span.
     pub best: AttentionSchedule,
 }
 
-/// Times every candidate on one synthetic sequence of `kv_heads` x (`tokens` span + 64 fp
-/// tokens) and returns the fastest agreeing with the default schedule's outputs.
+/// Times every candidate on one synthetic sequence of `kv_heads` x (span + 64 fp tokens) for
+/// each span length of `spans`, and returns the schedule fastest over all of them (lowest
+/// geometric mean of its time over the default's) among those agreeing with the default
+/// schedule's outputs. One span length alone can mislead: the attention table is keyed without
+/// the span, and a chunk as long as a 16k span is slower at 64k than the default.
 pub fn tune_attention(
     scheme: &CacheScheme,
     shape: AttentionShape,
     kv_heads: usize,
-    tokens: usize,
+    spans: &[usize],
     repeats: usize,
 ) -> Result<AttentionTuning, crate::backend::BackendError> {
     let d = shape.head_dim as usize;
     let data =
         |seed: u64, n: usize, heads: usize| crate::attention::synthetic_kv(heads, n, d, seed, 1.0);
     let err = |e: kvq_ir::TensorError| crate::backend::BackendError::Quant(e.into());
-    let (k, v) = (
-        data(1, tokens, kv_heads).map_err(err)?,
-        data(2, tokens, kv_heads).map_err(err)?,
-    );
-    let (fk, fv) = (
-        data(3, 64, kv_heads).map_err(err)?,
-        data(4, 64, kv_heads).map_err(err)?,
-    );
-    let q = data(5, 1, kv_heads * shape.group as usize).map_err(err)?;
-    let (pk, pv) = (quantize(&k, &scheme.key)?, quantize(&v, &scheme.value)?);
-    let seq = [SeqData {
-        q: q.data(),
-        fp: Some((&fk, &fv)),
-        span: Some((&pk, &pv)),
-    }];
+    let candidates = attention_candidates(scheme);
     let default = AttentionSchedule::host_default(scheme);
-    let reference = HostAttention::new(scheme, shape, Some(default))?.attend(kv_heads, &seq)?;
-    let mut timings = Vec::new();
-    let mut best: Option<(AttentionSchedule, f64)> = None;
-    for s in attention_candidates(scheme) {
-        let attn = HostAttention::new(scheme, shape, Some(s))?;
-        let mut args = attn.prepare(kv_heads, &seq)?;
-        attn.run(&mut args)?;
-        let agrees = args
-            .outputs()
-            .iter()
-            .zip(&reference)
-            .all(|(a, b)| kvq_ir::metrics::max_head_deviation(a, b, d) <= 1e-4);
-        let mut times: Vec<f64> = (0..repeats.max(1))
-            .map(|_| {
-                let t = Instant::now();
-                attn.run(&mut args).map(|()| t.elapsed().as_nanos() as f64)
-            })
-            .collect::<Result<_, _>>()?;
-        times.sort_by(f64::total_cmp);
-        let median = times[times.len() / 2];
-        timings.push((s, median));
-        if agrees && best.is_none_or(|(_, t)| median < t) {
-            best = Some((s, median));
+    let mut times = vec![Vec::with_capacity(spans.len()); candidates.len()];
+    let mut agree = vec![true; candidates.len()];
+    for &tokens in spans {
+        let (k, v) = (
+            data(1, tokens, kv_heads).map_err(err)?,
+            data(2, tokens, kv_heads).map_err(err)?,
+        );
+        let (fk, fv) = (
+            data(3, 64, kv_heads).map_err(err)?,
+            data(4, 64, kv_heads).map_err(err)?,
+        );
+        let q = data(5, 1, kv_heads * shape.group as usize).map_err(err)?;
+        let (pk, pv) = (quantize(&k, &scheme.key)?, quantize(&v, &scheme.value)?);
+        let seq = [SeqData {
+            q: q.data(),
+            fp: Some((&fk, &fv)),
+            span: Some((&pk, &pv)),
+        }];
+        let reference = HostAttention::new(scheme, shape, Some(default))?.attend(kv_heads, &seq)?;
+        for (i, &s) in candidates.iter().enumerate() {
+            let attn = HostAttention::new(scheme, shape, Some(s))?;
+            let mut args = attn.prepare(kv_heads, &seq)?;
+            attn.run(&mut args)?;
+            agree[i] &= args
+                .outputs()
+                .iter()
+                .zip(&reference)
+                .all(|(a, b)| kvq_ir::metrics::max_head_deviation(a, b, d) <= 1e-4);
+            let mut runs: Vec<f64> = (0..repeats.max(1))
+                .map(|_| {
+                    let t = Instant::now();
+                    attn.run(&mut args).map(|()| t.elapsed().as_nanos() as f64)
+                })
+                .collect::<Result<_, _>>()?;
+            runs.sort_by(f64::total_cmp);
+            times[i].push(runs[runs.len() / 2]);
         }
     }
+    let default_times = candidates
+        .iter()
+        .position(|&s| s == default)
+        .map(|i| times[i].clone())
+        .unwrap_or_default();
+    let ratios: Vec<f64> = times
+        .iter()
+        .map(|t| {
+            let logs: f64 = t
+                .iter()
+                .zip(&default_times)
+                .map(|(a, b)| (a / b).ln())
+                .sum();
+            (logs / t.len().max(1) as f64).exp()
+        })
+        .collect();
+    let best = (0..candidates.len())
+        .filter(|&i| agree[i] && ratios[i].is_finite())
+        .min_by(|&a, &b| ratios[a].total_cmp(&ratios[b]))
+        .map_or(default, |i| candidates[i]);
     Ok(AttentionTuning {
-        timings,
-        best: best.map_or(default, |(s, _)| s),
+        spans: spans.to_vec(),
+        timings: candidates.into_iter().zip(times).collect(),
+        ratios,
+        best,
     })
 }

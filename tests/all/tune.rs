@@ -407,3 +407,37 @@ mod attention {
         assert_eq!(attn.schedule(), expected);
     }
 }
+
+/// The attention tuner times every candidate at every span length it is given, scores each by
+/// the geometric mean of its time over the default's (the default scores 1), and picks the
+/// lowest score among candidates whose outputs agree with the default's; no figure is asserted
+/// beyond being a positive time.
+#[test]
+fn tune_attention_times_every_candidate_at_every_span() {
+    use kvq::lower::attention::{AttentionSchedule, AttentionShape};
+    use kvq::tune::attention::{attention_candidates, tune_attention};
+    let scheme = kvq::CacheScheme::parse(
+        "key(bits = 1, axis = channel, group = all, rule = shrink(0.5)), \
+         value(bits = 1, axis = channel, group = all, rule = shrink(0.3)), calibrate = 3.0",
+    )
+    .unwrap();
+    let shape = AttentionShape {
+        head_dim: 64,
+        group: 2,
+    };
+    let spans = [200, 700];
+    let result = tune_attention(&scheme, shape, 2, &spans, 1).unwrap();
+    let listed = attention_candidates(&scheme);
+    assert_eq!(result.spans, spans);
+    let timed: Vec<AttentionSchedule> = result.timings.iter().map(|t| t.0).collect();
+    assert_eq!(timed, listed);
+    for (s, times) in &result.timings {
+        assert_eq!(times.len(), spans.len(), "{s:?}");
+        assert!(times.iter().all(|&t| t.is_finite() && t > 0.0), "{s:?}");
+    }
+    let default = AttentionSchedule::host_default(&scheme);
+    let at = |s: AttentionSchedule| listed.iter().position(|&c| c == s).unwrap();
+    assert_eq!(result.ratios[at(default)], 1.0);
+    let lowest = result.ratios.iter().copied().fold(f64::INFINITY, f64::min);
+    assert_eq!(result.ratios[at(result.best)], lowest);
+}
