@@ -162,6 +162,37 @@ fn mse_thresholds_on_data_values_match_reference() {
     }
 }
 
+/// Token groups long enough for the host's radix selection (`SelectRank` over 512 elements or
+/// more) beside a short last group (bisection), every input type, against the reference.
+#[test]
+fn quantile_radix_selection_on_long_token_groups_matches_reference() {
+    let (tokens, dim) = (1300usize, 32usize);
+    let mut s = 0x2545F4914F6CDD1Du64;
+    let data: Vec<f32> = (0..tokens * dim)
+        .map(|i| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            match s % 4 {
+                0 => -0.0,
+                1 => ((s >> 33) % 5) as f32 - 2.0,
+                _ => ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * (i % dim + 1) as f32,
+            }
+        })
+        .collect();
+    let scheme =
+        Scheme::parse("bits = 2, axis = channel, group = 600, rule = quantile(0.1)").unwrap();
+    for input in [InputType::F16, InputType::BF16, InputType::F32] {
+        let exact = data.iter().map(|&v| match input {
+            InputType::F16 => f16::from_f32(v).to_f32(),
+            InputType::BF16 => half::bf16::from_f32(v).to_f32(),
+            InputType::F32 => v,
+        });
+        let x = Tensor3::new([1, tokens, dim], exact.collect()).unwrap();
+        check(&scheme, &x, input).unwrap();
+    }
+}
+
 #[test]
 fn host_code_matches_reference_on_real_captures() {
     for path in [dinov2(), smollm2()] {

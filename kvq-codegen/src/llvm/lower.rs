@@ -276,6 +276,24 @@ impl<'a, 'ctx> Lower<'a, 'ctx> {
         Ok(ptr)
     }
 
+    /// Builds `body` into `func`, a helper function of the module, from a new entry block (so
+    /// that [`Self::entry_alloca`], [`Self::append`] and [`Self::counted_loop`] work in it), then
+    /// returns the builder to where it was in the kernel.
+    pub(super) fn in_function<T>(
+        &mut self,
+        func: FunctionValue<'ctx>,
+        body: impl FnOnce(&mut Self) -> R<T>,
+    ) -> R<T> {
+        let back = self.current()?;
+        let kernel = std::mem::replace(&mut self.func, func);
+        self.b
+            .position_at_end(self.ctx.append_basic_block(func, "entry"));
+        let out = body(self);
+        self.func = kernel;
+        self.b.position_at_end(back);
+        out
+    }
+
     pub(super) fn append(&self, name: &str) -> BasicBlock<'ctx> {
         self.ctx.append_basic_block(self.func, name)
     }

@@ -15,11 +15,13 @@
 //!   key; other elements take three passes of 11, 11 and 10 bits. Counts are integers, so
 //!   neither way depends on an order.
 
-use inkwell::values::{FloatValue, IntValue};
-use inkwell::IntPredicate;
+use inkwell::attributes::{Attribute, AttributeLoc};
+use inkwell::module::Linkage;
+use inkwell::values::{BasicMetadataValueEnum, FloatValue, FunctionValue, IntValue, PointerValue};
+use inkwell::{AddressSpace, IntPredicate};
 use kvq_ir::ir::{Memory, ScalarType};
 
-use super::lower::{Lower, R};
+use super::lower::{Fail, Lower, R};
 
 /// The host's radix passes for elements of type `elem`: (shift, digit bits), most significant
 /// digit first, and the key bits below the last digit (all equal, see the module documentation).
@@ -47,6 +49,16 @@ pub(super) struct Strided<'ctx> {
     pub count: IntValue<'ctx>,
 }
 
+/// A strided run with its memory resolved: elements of type `elem` from `ptr`.
+#[derive(Clone, Copy)]
+struct Run<'ctx> {
+    ptr: PointerValue<'ctx>,
+    elem: ScalarType,
+    base: IntValue<'ctx>,
+    stride: IntValue<'ctx>,
+    count: IntValue<'ctx>,
+}
+
 impl<'ctx> Lower<'_, 'ctx> {
     /// `SelectRank` (see the module documentation).
     pub(super) fn select_rank(
@@ -54,11 +66,21 @@ impl<'ctx> Lower<'_, 'ctx> {
         run: Strided<'ctx>,
         rank: IntValue<'ctx>,
     ) -> R<FloatValue<'ctx>> {
+        let (ptr, elem) = self.memory(run.mem)?;
+        let run = Run {
+            ptr,
+            elem,
+            base: run.base,
+            stride: run.stride,
+            count: run.count,
+        };
         if self.ptx {
             return self.select_rank_bisect(run, rank);
         }
         // Runs of fewer than RADIX_MIN elements bisect: 32 passes over a few elements cost
-        // less than clearing and scanning the histogram twice.
+        // less than clearing and scanning the histogram twice. The radix selection is one
+        // function per element type, called from every site (a kernel may select at hundreds
+        // of sites; inlined copies made its compile time ten times longer).
         let i32_type = self.ctx.i32_type();
         let min = i32_type.const_int(u64::from(RADIX_MIN), false);
         let long = self
@@ -71,7 +93,21 @@ impl<'ctx> Lower<'_, 'ctx> {
         );
         self.b.build_conditional_branch(long, radix, bisect)?;
         self.b.position_at_end(radix);
-        let by_radix = self.select_rank_radix(run, rank)?;
+        let helper = self.radix_function(elem)?;
+        let args: [BasicMetadataValueEnum<'ctx>; 5] = [
+            run.ptr.into(),
+            run.base.into(),
+            run.stride.into(),
+            run.count.into(),
+            rank.into(),
+        ];
+        let by_radix = self
+            .b
+            .build_call(helper, &args, "by.radix")?
+            .try_as_basic_value()
+            .basic()
+            .ok_or_else(|| Fail::Llvm("the radix selection returns no value".into()))?
+            .into_float_value();
         let radix_end = self.current()?;
         self.b.build_unconditional_branch(join)?;
         self.b.position_at_end(bisect);
@@ -84,9 +120,53 @@ impl<'ctx> Lower<'_, 'ctx> {
         Ok(ranked.as_basic_value().into_float_value())
     }
 
+    /// The module's radix selection over elements of type `elem`, built on first use:
+    /// `f32 (ptr, base, stride, count, rank)`, internal and never inlined.
+    fn radix_function(&mut self, elem: ScalarType) -> R<FunctionValue<'ctx>> {
+        let name = format!("kvq.rank.radix.{}", elem.name());
+        if let Some(f) = self.module.get_function(&name) {
+            return Ok(f);
+        }
+        let i32_type = self.ctx.i32_type();
+        let ptr_type = self.ctx.ptr_type(AddressSpace::default());
+        let ty = self.ctx.f32_type().fn_type(
+            &[
+                ptr_type.into(),
+                i32_type.into(),
+                i32_type.into(),
+                i32_type.into(),
+                i32_type.into(),
+            ],
+            false,
+        );
+        let f = self.module.add_function(&name, ty, Some(Linkage::Internal));
+        let noinline = self
+            .ctx
+            .create_enum_attribute(Attribute::get_named_enum_kind_id("noinline"), 0);
+        f.add_attribute(AttributeLoc::Function, noinline);
+        let param = |i: u32| {
+            f.get_nth_param(i)
+                .ok_or_else(|| Fail::Llvm(format!("{name} has no parameter {i}")))
+        };
+        let run = Run {
+            ptr: param(0)?.into_pointer_value(),
+            elem,
+            base: param(1)?.into_int_value(),
+            stride: param(2)?.into_int_value(),
+            count: param(3)?.into_int_value(),
+        };
+        let rank = param(4)?.into_int_value();
+        self.in_function(f, |this| {
+            let x = this.select_rank_radix(run, rank)?;
+            this.b.build_return(Some(&x))?;
+            Ok(())
+        })?;
+        Ok(f)
+    }
+
     /// The order key of element `i` of the strided run.
-    fn rank_key(&self, run: Strided<'ctx>, i: IntValue<'ctx>) -> R<IntValue<'ctx>> {
-        let (memory, elem) = self.memory(run.mem)?;
+    fn rank_key(&self, run: Run<'ctx>, i: IntValue<'ctx>) -> R<IntValue<'ctx>> {
+        let (memory, elem) = (run.ptr, run.elem);
         let b = &self.b;
         let offset = b.build_int_mul(i, run.stride, "offset")?;
         let index = b.build_int_add(run.base, offset, "index")?;
@@ -100,11 +180,7 @@ impl<'ctx> Lower<'_, 'ctx> {
     }
 
     /// The host's radix selection (see the module documentation).
-    fn select_rank_radix(
-        &mut self,
-        run: Strided<'ctx>,
-        rank: IntValue<'ctx>,
-    ) -> R<FloatValue<'ctx>> {
+    fn select_rank_radix(&mut self, run: Run<'ctx>, rank: IntValue<'ctx>) -> R<FloatValue<'ctx>> {
         let i32_type = self.ctx.i32_type();
         let c = |v: u32| i32_type.const_int(u64::from(v), false);
         let hist_type = i32_type.array_type(RADIX_BINS);
@@ -123,7 +199,7 @@ impl<'ctx> Lower<'_, 'ctx> {
             Ok(ptr)
         };
         // The wanted rank within the prefix's elements, the prefix and the mask of its bits.
-        let (passes, constant) = radix_passes(self.memory(run.mem)?.1);
+        let (passes, constant) = radix_passes(run.elem);
         let (mut want, mut prefix, mut mask) = (rank, c(0), c(0));
         for &(shift, width) in passes {
             let digits = c((1 << width) - 1);
@@ -217,7 +293,7 @@ impl<'ctx> Lower<'_, 'ctx> {
     }
 
     /// The bisection (registers only; the NVPTX lowering).
-    fn select_rank_bisect(&self, run: Strided<'ctx>, rank: IntValue<'ctx>) -> R<FloatValue<'ctx>> {
+    fn select_rank_bisect(&self, run: Run<'ctx>, rank: IntValue<'ctx>) -> R<FloatValue<'ctx>> {
         let b = &self.b;
         let i32_type = self.ctx.i32_type();
         let c = |v: u64| i32_type.const_int(v, false);
