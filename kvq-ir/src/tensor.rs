@@ -47,6 +47,11 @@ impl Shape3 {
         self.heads * self.tokens * self.dim
     }
 
+    /// Number of elements, or `None` when it overflows `usize`.
+    pub fn checked_len(&self) -> Option<usize> {
+        self.heads.checked_mul(self.tokens)?.checked_mul(self.dim)
+    }
+
     /// True when some dimension is zero.
     pub fn is_empty(&self) -> bool {
         self.len() == 0

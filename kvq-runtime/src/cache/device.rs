@@ -13,7 +13,7 @@ use std::ops::Range;
 
 use half::f16;
 use kvq_ir::reference::QuantError;
-use kvq_ir::{CacheScheme, Scheme, Tensor3};
+use kvq_ir::{CacheScheme, Scheme, Shape3, Tensor3};
 use thiserror::Error;
 
 use super::segment::QuantPart;
@@ -110,6 +110,13 @@ pub trait Device: fmt::Debug {
     /// The whole buffer, on the host.
     fn download<T: CacheElem>(&self, src: &Self::Buf<T>) -> Result<Vec<T>, DeviceError>;
 
+    /// Elements `range` of `src`, on the host.
+    fn download_range<T: CacheElem>(
+        &self,
+        src: &Self::Buf<T>,
+        range: Range<usize>,
+    ) -> Result<Vec<T>, DeviceError>;
+
     /// Elements of `buf`.
     fn len<T: CacheElem>(buf: &Self::Buf<T>) -> usize;
 
@@ -133,6 +140,18 @@ pub trait Device: fmt::Debug {
     /// Quantizes `x` = `[kv_heads, tokens, head_dim]` under `scheme` (SPEC.md sections 2-3) into
     /// device memory. The cache checks the result's scheme and shape.
     fn quantize(&self, x: &Tensor3, scheme: &Scheme) -> Result<QuantPart<Self>, DeviceQuantError>
+    where
+        Self: Sized;
+
+    /// As [`quantize`](Device::quantize), for `x` of `shape` already in the device's memory
+    /// (`shape`'s element count; a buffer of another length is refused). A non-finite input
+    /// or a parameter overflow is the reference's typed error, with its location in `x`.
+    fn quantize_buf(
+        &self,
+        x: &Self::Buf<f32>,
+        shape: Shape3,
+        scheme: &Scheme,
+    ) -> Result<QuantPart<Self>, DeviceQuantError>
     where
         Self: Sized;
 }
@@ -218,6 +237,20 @@ impl<Q: SpanQuantizer> Device for Host<Q> {
         Ok(src.clone())
     }
 
+    fn download_range<T: CacheElem>(
+        &self,
+        src: &Vec<T>,
+        range: Range<usize>,
+    ) -> Result<Vec<T>, DeviceError> {
+        let part = src.get(range.clone()).ok_or_else(|| {
+            DeviceError::new(
+                "reading host memory",
+                format!("{range:?} is outside a buffer of {}", src.len()),
+            )
+        })?;
+        self.upload(part)
+    }
+
     fn len<T: CacheElem>(buf: &Vec<T>) -> usize {
         buf.len()
     }
@@ -239,6 +272,16 @@ impl<Q: SpanQuantizer> Device for Host<Q> {
             });
         }
         QuantPart::from_span(self, span)
+    }
+
+    fn quantize_buf(
+        &self,
+        x: &Vec<f32>,
+        shape: Shape3,
+        scheme: &Scheme,
+    ) -> Result<QuantPart<Self>, DeviceQuantError> {
+        let x = Tensor3::new(shape.dims(), self.upload(x)?).map_err(QuantError::from)?;
+        self.quantize(&x, scheme)
     }
 }
 

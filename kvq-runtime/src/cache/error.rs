@@ -59,6 +59,14 @@ pub enum CacheError {
         /// What was given.
         found: usize,
     },
+    /// The element count of a prompt given in device buffers overflows the address space.
+    #[error("{tokens} tokens of {what} are too many to address")]
+    TooLarge {
+        /// What was sized, e.g. "key buffer".
+        what: &'static str,
+        /// The tokens asked for.
+        tokens: usize,
+    },
     /// A NaN or infinity in keys or values given to `prefill`, `append` or `import_span`.
     #[error("non-finite {part} value {value} at layer {layer}, head {head}, token {token}, channel {channel}")]
     NonFinite {

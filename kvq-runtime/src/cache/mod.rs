@@ -15,6 +15,11 @@
 //! - **suffix**: tokens after the visual range, full precision, and every decode token added by
 //!   [`append`](VisualKvCache::append).
 //!
+//! A prompt whose keys and values are already in the device's memory goes through
+//! [`prefill_from_device`](VisualKvCache::prefill_from_device) (and decode tokens through
+//! [`append_from_device`](VisualKvCache::append_from_device)): the same slot, built by copies
+//! and quantization on the device.
+//!
 //! # Layout and growth
 //!
 //! Full-precision segments are stored as **f32** (exactly what the caller passed; f16 storage
@@ -67,6 +72,7 @@ mod device;
 mod error;
 mod kernel;
 mod memory;
+mod on_device;
 mod segment;
 mod sequence;
 

@@ -17,6 +17,67 @@ type KvBufs<D> = (<D as Device>::Buf<f32>, <D as Device>::Buf<f32>);
 /// Smallest capacity, in tokens, a growing segment allocates.
 const MIN_CAPACITY: usize = 8;
 
+/// Where the rows a segment copies come from: a host tensor, or a `[heads, tokens, dim]` f32
+/// buffer already in the device's memory (copied on the device).
+#[derive(Debug)]
+pub(super) enum Rows<'a, D: Device> {
+    /// `[heads, tokens, dim]` on the host.
+    Host(&'a Tensor3),
+    /// `[heads, tokens, dim]` in device memory (its length checked by the caller).
+    Device {
+        /// The buffer.
+        buf: &'a D::Buf<f32>,
+        /// Its tokens per head.
+        tokens: usize,
+    },
+}
+
+impl<D: Device> Clone for Rows<'_, D> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<D: Device> Copy for Rows<'_, D> {}
+
+impl<D: Device> Rows<'_, D> {
+    /// Writes tokens `range` of `head` (rows of `dim`) into `dst` from element `at`.
+    fn write_rows(
+        self,
+        device: &D,
+        dst: &mut D::Buf<f32>,
+        at: usize,
+        head: usize,
+        range: Range<usize>,
+        dim: usize,
+    ) -> Result<(), DeviceError> {
+        let overrun = || {
+            DeviceError::new(
+                "copying rows",
+                format!("tokens {range:?} of head {head} are outside the input"),
+            )
+        };
+        match self {
+            Rows::Host(x) => {
+                let from = x.shape().index(head, range.start, 0);
+                let rows = x
+                    .data()
+                    .get(from..from + range.len() * dim)
+                    .ok_or_else(overrun)?;
+                device.write(dst, at, rows)
+            }
+            Rows::Device { buf, tokens } => {
+                let from = head
+                    .checked_mul(tokens)
+                    .and_then(|r| r.checked_add(range.start))
+                    .and_then(|r| r.checked_mul(dim))
+                    .ok_or_else(overrun)?;
+                device.copy(dst, at, buf, from..from + range.len() * dim)
+            }
+        }
+    }
+}
+
 /// Full-precision keys and values of a run of tokens, f32, head-major, on device `D`.
 ///
 /// Invariants: `storage` is `None` exactly when `capacity == 0`; otherwise both buffers hold
@@ -43,15 +104,16 @@ impl<D: Device> FpSegment<D> {
         }
     }
 
-    /// Tokens `range` of `k` and `v` (same shape, range within it), at exactly their size.
+    /// Tokens `range` of `k` and `v` (`heads` x `dim` rows, range within them), at exactly
+    /// their size.
     pub(super) fn copy_of(
         device: &D,
-        k: &Tensor3,
-        v: &Tensor3,
+        (heads, dim): (usize, usize),
+        k: Rows<'_, D>,
+        v: Rows<'_, D>,
         range: Range<usize>,
     ) -> Result<FpSegment<D>, DeviceError> {
-        let s = k.shape();
-        let mut seg = FpSegment::empty(s.heads, s.dim);
+        let mut seg = FpSegment::empty(heads, dim);
         seg.extend(device, k, v, range)?;
         Ok(seg)
     }
@@ -72,14 +134,14 @@ impl<D: Device> FpSegment<D> {
         self.storage.as_ref()
     }
 
-    /// Appends tokens `range` of `k` and `v` (same shape as the segment's heads and dim, range
-    /// within it), growing by doubling when they do not fit. On error the segment is unchanged
-    /// (rows past its tokens may have been written).
+    /// Appends tokens `range` of `k` and `v` (rows of the segment's heads and dim, range within
+    /// them), growing by doubling when they do not fit. On error the segment is unchanged (rows
+    /// past its tokens may have been written).
     pub(super) fn extend(
         &mut self,
         device: &D,
-        k: &Tensor3,
-        v: &Tensor3,
+        k: Rows<'_, D>,
+        v: Rows<'_, D>,
         range: Range<usize>,
     ) -> Result<(), DeviceError> {
         let n = range.len();
@@ -111,9 +173,8 @@ impl<D: Device> FpSegment<D> {
         let dim = self.dim;
         for h in 0..self.heads {
             let at = (h * capacity + self.tokens) * dim;
-            let from = k.shape().index(h, range.start, 0);
-            device.write(kb, at, &k.data()[from..from + n * dim])?;
-            device.write(vb, at, &v.data()[from..from + n * dim])?;
+            k.write_rows(device, kb, at, h, range.clone(), dim)?;
+            v.write_rows(device, vb, at, h, range.clone(), dim)?;
         }
         if let Some((storage, capacity)) = grown {
             self.storage = Some(storage);

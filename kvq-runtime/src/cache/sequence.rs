@@ -8,7 +8,7 @@ use kvq_ir::reference::PackedSpan;
 use kvq_ir::{Scheme, Shape3, Tensor3};
 
 use super::device::{Device, DeviceQuantError};
-use super::segment::{FpSegment, QuantPart};
+use super::segment::{FpSegment, QuantPart, Rows};
 use super::{CacheError, KvPart, SeqId, VisualKvCache};
 
 /// One sequence: a slot per layer, `None` until that layer is prefilled or imported.
@@ -80,11 +80,37 @@ impl<D: Device> VisualKvCache<D> {
             let values = self.quantize_part(layer, KvPart::Values, v, visual.clone())?;
             Some((keys, values))
         };
-        let device = |source| CacheError::Device { source };
-        let state = LayerState {
-            prefix: FpSegment::copy_of(&self.device, k, v, 0..visual.start).map_err(device)?,
+        self.store_prompt(
+            layer,
+            seq,
+            Rows::Host(k),
+            Rows::Host(v),
+            tokens,
+            visual,
             span,
-            suffix: FpSegment::copy_of(&self.device, k, v, visual.end..tokens).map_err(device)?,
+        )
+    }
+
+    /// Writes a prompt's checked slot: the prefix and suffix rows of `k`, `v` (`tokens` each)
+    /// around `visual`, and the span already quantized.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn store_prompt(
+        &mut self,
+        layer: usize,
+        seq: SeqId,
+        k: Rows<'_, D>,
+        v: Rows<'_, D>,
+        tokens: usize,
+        visual: Range<usize>,
+        span: Option<(QuantPart<D>, QuantPart<D>)>,
+    ) -> Result<(), CacheError> {
+        let device = |source| CacheError::Device { source };
+        let hd = (self.shape.kv_heads, self.shape.head_dim);
+        let state = LayerState {
+            prefix: FpSegment::copy_of(&self.device, hd, k, v, 0..visual.start).map_err(device)?,
+            span,
+            suffix: FpSegment::copy_of(&self.device, hd, k, v, visual.end..tokens)
+                .map_err(device)?,
         };
         self.put(layer, seq, state)
     }
@@ -109,7 +135,7 @@ impl<D: Device> VisualKvCache<D> {
             .ok_or(CacheError::NotPrefilled { layer, seq })?;
         state
             .suffix
-            .extend(&self.device, k, v, 0..tokens)
+            .extend(&self.device, Rows::Host(k), Rows::Host(v), 0..tokens)
             .map_err(|source| CacheError::Device { source })
     }
 
@@ -153,8 +179,14 @@ impl<D: Device> VisualKvCache<D> {
         let (heads, dim) = (self.shape.kv_heads, self.shape.head_dim);
         let state = LayerState {
             prefix: match prefix {
-                Some((k, v)) => FpSegment::copy_of(&self.device, k, v, 0..k.shape().tokens)
-                    .map_err(|source| CacheError::Device { source })?,
+                Some((k, v)) => FpSegment::copy_of(
+                    &self.device,
+                    (heads, dim),
+                    Rows::Host(k),
+                    Rows::Host(v),
+                    0..k.shape().tokens,
+                )
+                .map_err(|source| CacheError::Device { source })?,
                 None => FpSegment::empty(heads, dim),
             },
             span: Some((keys, values)),
@@ -206,7 +238,7 @@ impl<D: Device> VisualKvCache<D> {
     }
 
     /// Checks that (`layer`, `seq`) exists and is not yet written.
-    fn vacant(&self, layer: usize, seq: SeqId) -> Result<(), CacheError> {
+    pub(super) fn vacant(&self, layer: usize, seq: SeqId) -> Result<(), CacheError> {
         match self.sequence(layer, seq)?.layers.get(layer) {
             Some(None) => Ok(()),
             Some(Some(_)) => Err(CacheError::AlreadyPrefilled { layer, seq }),
@@ -229,7 +261,12 @@ impl<D: Device> VisualKvCache<D> {
     }
 
     /// Checks that `k` and `v` are `[kv_heads, n, head_dim]` with the same n, and finite.
-    fn check_kv(&self, layer: usize, k: &Tensor3, v: &Tensor3) -> Result<(), CacheError> {
+    pub(super) fn check_kv(
+        &self,
+        layer: usize,
+        k: &Tensor3,
+        v: &Tensor3,
+    ) -> Result<(), CacheError> {
         let (ks, vs) = (k.shape(), v.shape());
         let checks = [
             ("key heads", self.shape.kv_heads, ks.heads),
@@ -277,7 +314,19 @@ impl<D: Device> VisualKvCache<D> {
             part,
             source: e.into(),
         })?;
-        let stored = match self.device.quantize(&slice, self.part_scheme(part)) {
+        let result = self.device.quantize(&slice, self.part_scheme(part));
+        self.checked_part(layer, part, tokens, result)
+    }
+
+    /// A device's quantize result for a span of `tokens`, its scheme and shape checked.
+    pub(super) fn checked_part(
+        &self,
+        layer: usize,
+        part: KvPart,
+        tokens: usize,
+        result: Result<QuantPart<D>, DeviceQuantError>,
+    ) -> Result<QuantPart<D>, CacheError> {
+        let stored = match result {
             Err(DeviceQuantError::Mismatch { scheme, shape }) => {
                 self.check_part(part, &scheme, shape, tokens)?;
                 // Unreachable for a span that matched: report it as malformed all the same.
@@ -358,7 +407,7 @@ impl<D: Device> VisualKvCache<D> {
         Ok(())
     }
 
-    fn part_scheme(&self, part: KvPart) -> &Scheme {
+    pub(super) fn part_scheme(&self, part: KvPart) -> &Scheme {
         match part {
             KvPart::Keys => &self.scheme.key,
             KvPart::Values => &self.scheme.value,

@@ -198,6 +198,14 @@ impl CudaRuntime {
         Ok(CudaRuntime { ctx, stream })
     }
 
+    /// The stream every copy and launch of this runtime is queued on: a caller that makes its
+    /// own device memory for a cache (e.g. keys and values for
+    /// `VisualKvCache::prefill_from_device`, wrapped as [`DeviceBuffer::F32`]) makes it here, so
+    /// that the cache's work is ordered after the caller's writes.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
     /// The device's name, e.g. "NVIDIA H100 80GB HBM3".
     pub fn device_name(&self) -> Result<String, CudaError> {
         self.ctx.name().map_err(|source| CudaError::Driver {

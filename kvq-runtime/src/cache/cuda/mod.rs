@@ -15,7 +15,7 @@ use std::ops::Range;
 use kvq_ir::lower::attention::AttentionSchedule;
 use kvq_ir::reference::quantize::{check_shape, param_shape, row_bytes};
 use kvq_ir::reference::QuantError;
-use kvq_ir::{CacheScheme, ParamType, Scheme, Tensor3};
+use kvq_ir::{CacheScheme, ParamType, Scheme, Shape3, Tensor3};
 
 use super::device::{CacheElem, Device, DeviceError, DeviceQuantError};
 use super::segment::{QuantPart, StoredParams};
@@ -216,6 +216,16 @@ impl Device for Cuda {
             .map_err(device_error("copying to the host"))
     }
 
+    fn download_range<T: CacheElem>(
+        &self,
+        src: &DeviceBuffer,
+        range: Range<usize>,
+    ) -> Result<Vec<T>, DeviceError> {
+        let mut part = self.zeros::<T>(range.len())?;
+        self.copy::<T>(&mut part, 0, src, range)?;
+        self.download(&part)
+    }
+
     fn len<T: CacheElem>(buf: &DeviceBuffer) -> usize {
         buf.len()
     }
@@ -229,7 +239,17 @@ impl Device for Cuda {
     }
 
     fn quantize(&self, x: &Tensor3, scheme: &Scheme) -> Result<QuantPart<Self>, DeviceQuantError> {
-        let shape = x.shape();
+        check_shape(scheme, x.shape())?;
+        let input = self.upload(x.data())?;
+        self.quantize_buf(&input, x.shape(), scheme)
+    }
+
+    fn quantize_buf(
+        &self,
+        x: &DeviceBuffer,
+        shape: Shape3,
+        scheme: &Scheme,
+    ) -> Result<QuantPart<Self>, DeviceQuantError> {
         check_shape(scheme, shape)?;
         let kernel = if *scheme == self.scheme.key {
             &self.key_quantize
@@ -244,15 +264,24 @@ impl Device for Cuda {
         let too_big = || QuantError::Malformed(format!("a span of {shape:?} is too large"));
         let heads = u32::try_from(shape.heads).map_err(|_| too_big())?;
         let tokens = u32::try_from(shape.tokens).map_err(|_| too_big())?;
+        let elems = shape.checked_len().ok_or_else(too_big)?;
+        if x.len() != elems || x.elem() != crate::cuda::Elem::F32 {
+            return Err(QuantError::Malformed(format!(
+                "a span of {shape:?} needs {elems} f32 elements, the buffer holds {} {}",
+                x.len(),
+                x.elem().name()
+            ))
+            .into());
+        }
         let codes = shape
             .heads
             .checked_mul(shape.tokens)
             .and_then(|n| n.checked_mul(row_bytes(scheme, shape.dim)))
             .ok_or_else(too_big)?;
         let params: usize = param_shape(scheme, shape).iter().product();
-        let launch = || -> Result<NamedArgs<'static>, CudaError> {
+        let launch = || -> Result<NamedArgs<'_>, CudaError> {
             let mut args = NamedArgs::default();
-            args.own("x", self.rt.upload(x.data())?);
+            args.share("x", x);
             args.own("codes", self.rt.zeros::<u8>(codes)?);
             args.own("zero", zeros_of(&self.rt, scheme.params, params)?);
             args.own("scale", zeros_of(&self.rt, scheme.params, params)?);
@@ -269,10 +298,16 @@ impl Device for Cuda {
             .transpose()
             .map_err(device_error("reading the quantize status"))?;
         if status.as_deref() != Some(&[0]) {
-            return Err(QuantError::Malformed(format!(
-                "the device's quantize kernel reported status {status:?}"
-            ))
-            .into());
+            // The kernel flagged a non-finite value or an overflow: the reference names it.
+            let input = self.download::<f32>(x)?;
+            let exact = Tensor3::new(shape.dims(), input).map_err(QuantError::from)?;
+            return Err(match kvq_ir::reference::quantize(&exact, scheme) {
+                Err(e) => e.into(),
+                Ok(_) => QuantError::Malformed(format!(
+                    "the device's quantize kernel reported status {status:?} on valid input"
+                ))
+                .into(),
+            });
         }
         let mut take = |name: &str| match args.buffers.remove(name) {
             Some(crate::cuda::NamedBuffer::Owned(b)) => Ok(b),

@@ -13,7 +13,13 @@
 //!    typed error and leave tokens, memory, exported spans and attention outputs unchanged;
 //! 3. export then import (after a new prefix) is lossless and attends like the reference;
 //! 4. 200 single-token appends grow the suffix geometrically (capacity at most twice the tokens
-//!    plus the minimum) with exact memory accounting, and attention still matches.
+//!    plus the minimum) with exact memory accounting, and attention still matches;
+//! 5. prompts and appends given in device buffers ([`VisualKvCache::prefill_from_device`]) store
+//!    what host tensors store (same spans, tokens, capacities and memory, the same outputs bit
+//!    for bit) and attend like the reference;
+//!    their refused calls return typed errors and change nothing (module `device_prompt`).
+
+mod device_prompt;
 
 use std::ops::Range;
 
@@ -385,6 +391,9 @@ pub fn run<D: Device>(
     }
     check_attention(&cache, 0, &[seq], std::slice::from_ref(&case), &mut report)?;
     report.checks += 200;
+
+    // 5. Prompts already in device memory.
+    device_prompt::run(&mut rng, fresh()?, fresh()?, &mut report)?;
     Ok(report)
 }
 
