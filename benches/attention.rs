@@ -40,6 +40,7 @@ fn bench(c: &mut Criterion) {
     let attn = HostAttention::new(
         &scheme,
         AttentionShape {
+            fp: kvq_ir::lower::InputType::F32,
             head_dim: DIM as u32,
             group: G as u32,
         },

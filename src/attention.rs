@@ -6,11 +6,13 @@
 //! # -> Result<(), kvq::backend::BackendError> {
 //! use kvq::attention::{HostAttention, SeqData};
 //! use kvq::lower::attention::AttentionShape;
+//! use kvq::lower::InputType;
 //! let scheme = kvq::CacheScheme::parse(
 //!     "key(bits = 1, axis = channel, group = all, rule = shrink(0.5)), \
 //!      value(bits = 1, axis = channel, group = all, rule = shrink(0.3)), calibrate = 3.0",
 //! ).unwrap();
-//! let attn = HostAttention::new(&scheme, AttentionShape { head_dim: 128, group: 4 }, None)?;
+//! let shape = AttentionShape { head_dim: 128, group: 4, fp: InputType::F32 };
+//! let attn = HostAttention::new(&scheme, shape, None)?;
 //! let seq = SeqData { q, fp: None, span: Some((k, v)) };
 //! let mut args = attn.prepare(8, &[seq])?;
 //! attn.run(&mut args)?;
@@ -22,12 +24,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use kvq_codegen::host::{HostArg, HostKernel};
-use kvq_ir::ir::interp::Arg;
+use kvq_ir::ir::interp::{Arg, Buffer};
 use kvq_ir::ir::Kernel;
 use kvq_ir::lower::attention::{
     attention, plan, AttentionArgs, AttentionKernels, AttentionSchedule, AttentionShape, SeqExtent,
 };
-use kvq_ir::lower::LowerError;
+use kvq_ir::lower::io::values_buffer;
+use kvq_ir::lower::{InputType, LowerError};
 use kvq_ir::{CacheScheme, ParamType, Tensor3, TensorError};
 use kvq_runtime::{ParamView, SeqView};
 
@@ -186,6 +189,28 @@ impl kvq_runtime::AttentionKernel for HostAttention {
     }
 }
 
+/// The launch argument of full-precision keys (`which` 0) or values (1): `narrow`'s when the
+/// kernels read f16 or bf16 rows, else the f32 rows as they are.
+fn fp_rows<'a>(
+    narrow: &'a Option<(Buffer, Buffer)>,
+    which: usize,
+    f32_rows: &'a [f32],
+) -> HostArg<'a> {
+    let rows = match narrow {
+        Some((k, _)) if which == 0 => k,
+        Some((_, v)) => v,
+        None => return f32_rows.into(),
+    };
+    match rows {
+        Buffer::U8(x) => x[..].into(),
+        Buffer::U32(x) => x[..].into(),
+        Buffer::F16(x) => x[..].into(),
+        Buffer::BF16(x) => x[..].into(),
+        Buffer::F32(x) => x[..].into(),
+        Buffer::F64(x) => x[..].into(),
+    }
+}
+
 /// Read-only launch arguments of a quantized part's parameters.
 fn param_args<'a>(p: &ParamView<'a>) -> [HostArg<'a>; 2] {
     match *p {
@@ -245,6 +270,14 @@ impl HostAttention {
             0 => (&one_f[..], &one_f[..]),
             _ => (s.fp_k, s.fp_v),
         };
+        // Kernels of narrow rows take them in their type (rounded; exact for rows that came
+        // from it).
+        let narrow = (self.shape.fp != InputType::F32).then(|| {
+            (
+                values_buffer(fp_k, self.shape.fp),
+                values_buffer(fp_v, self.shape.fp),
+            )
+        });
         let (kc, kp, vc, vp) = match &s.span {
             Some((k, v)) => (k.codes, k.params, v.codes, v.params),
             None => (
@@ -263,8 +296,8 @@ impl HostAttention {
                 s.q.into(),
                 plan.seqs[..].into(),
                 plan.work_seq[..].into(),
-                fp_k.into(),
-                fp_v.into(),
+                fp_rows(&narrow, 0, fp_k),
+                fp_rows(&narrow, 1, fp_v),
                 kc.into(),
                 kz,
                 ks,

@@ -74,6 +74,7 @@ pub fn lower_pair(
             calibrate,
         };
         let shape = AttentionShape {
+            fp: kvq_ir::lower::InputType::F32,
             head_dim: shape.head_dim,
             group,
         };

@@ -96,6 +96,7 @@ pub fn kernel_deviation(
         }
         let d = kv.k.shape().dim;
         let shape = AttentionShape {
+            fp: kvq_ir::lower::InputType::F32,
             head_dim: d as u32,
             group: (q_heads / kv_heads) as u32,
         };

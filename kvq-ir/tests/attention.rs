@@ -102,6 +102,7 @@ fn check_dg(
         })
         .collect();
     let shape = AttentionShape {
+        fp: kvq_ir::lower::InputType::F32,
         head_dim: d as u32,
         group: g as u32,
     };
@@ -200,6 +201,7 @@ fn schedules_that_cut_parameter_rows_are_rejected() {
         calibrate: None,
     };
     let shape = AttentionShape {
+        fp: kvq_ir::lower::InputType::F32,
         head_dim: 64,
         group: 2,
     };
@@ -243,6 +245,7 @@ fn block_per_item_layout_matches_the_reference() {
         span: Some((rng.tensor(KV, 300, D, 2.0), rng.tensor(KV, 300, D, 1.0))),
     });
     let shape = AttentionShape {
+        fp: kvq_ir::lower::InputType::F32,
         head_dim: D as u32,
         group: G as u32,
     };
@@ -340,6 +343,7 @@ fn check_block_pairs(
             span: Some((rng.tensor(KV, span, d, 2.0), rng.tensor(KV, span, d, 1.0))),
         });
         let shape = AttentionShape {
+            fp: kvq_ir::lower::InputType::F32,
             head_dim: d as u32,
             group: G as u32,
         };
@@ -428,6 +432,7 @@ fn every_catalogue_pair_takes_the_block_layout() {
     let schemes: Vec<_> = catalogue().into_iter().map(|(_, s)| s).collect();
     for d in [64, 128] {
         let shape = AttentionShape {
+            fp: kvq_ir::lower::InputType::F32,
             head_dim: d,
             group: 4,
         };
@@ -454,6 +459,7 @@ fn every_catalogue_pair_takes_the_block_layout() {
         calibrate: None,
     };
     let odd = AttentionShape {
+        fp: kvq_ir::lower::InputType::F32,
         head_dim: 48,
         group: 4,
     };
@@ -494,6 +500,7 @@ fn block_per_item_gqa_groups_1_to_8() {
                 },
             ];
             let shape = AttentionShape {
+                fp: kvq_ir::lower::InputType::F32,
                 head_dim: d as u32,
                 group: g as u32,
             };

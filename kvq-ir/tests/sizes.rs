@@ -145,6 +145,7 @@ fn attention_kernels_state_their_lengths_over_scalars_and_the_plan() {
     )
     .unwrap();
     let shape = AttentionShape {
+        fp: kvq_ir::lower::InputType::F32,
         head_dim: 128,
         group: 4,
     };

@@ -319,7 +319,11 @@ fn kernels(scheme: &CacheScheme, head_dim: u32, group: u32) -> PyResult<Rc<HostA
     if let Some(k) = KERNELS.with(|c| c.borrow().get(&key).cloned()) {
         return Ok(k);
     }
-    let shape = AttentionShape { head_dim, group };
+    let shape = AttentionShape {
+        fp: kvq_ir::lower::InputType::F32,
+        head_dim,
+        group,
+    };
     let compiled = Rc::new(
         HostAttention::new(scheme, shape, None)
             .map_err(|e| PyValueError::new_err(e.to_string()))?,

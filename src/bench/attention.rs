@@ -148,6 +148,7 @@ pub fn run(span_tokens: usize, batch: usize, rounds: usize) -> anyhow::Result<At
     );
     let scheme = CacheScheme::parse(SCHEME)?;
     let shape = AttentionShape {
+        fp: kvq_ir::lower::InputType::F32,
         head_dim: DIM as u32,
         group: GROUP as u32,
     };

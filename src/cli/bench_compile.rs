@@ -41,6 +41,7 @@ pub fn probe() -> Result<()> {
     let scheme = kvq::CacheScheme::parse(kvq::bench::attention::SCHEME)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let shape = AttentionShape {
+        fp: kvq_ir::lower::InputType::F32,
         head_dim: kvq::bench::attention::DIM as u32,
         group: kvq::bench::attention::GROUP as u32,
     };

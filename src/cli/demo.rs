@@ -172,6 +172,7 @@ fn ptx_summary(shape: ModelShape) -> Result<()> {
         kernels.push((role, k));
     }
     let ashape = AttentionShape {
+        fp: kvq_ir::lower::InputType::F32,
         head_dim: shape.head_dim as u32,
         group: shape.group() as u32,
     };
@@ -271,6 +272,7 @@ pub fn run(args: Args) -> Result<()> {
     let attn = HostAttention::new(
         &scheme,
         AttentionShape {
+            fp: kvq_ir::lower::InputType::F32,
             head_dim: dim as u32,
             group: shape.group() as u32,
         },
@@ -383,6 +385,7 @@ fn benchmark_shape(span: usize, steps: usize) -> Result<()> {
     let attn = HostAttention::new(
         &scheme,
         AttentionShape {
+            fp: kvq_ir::lower::InputType::F32,
             head_dim: 128,
             group: 4,
         },

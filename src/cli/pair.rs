@@ -42,6 +42,7 @@ impl PairArgs {
     /// The attention shape class the options name.
     pub fn shape(&self) -> AttentionShape {
         AttentionShape {
+            fp: kvq_ir::lower::InputType::F32,
             head_dim: self.head_dim,
             group: self.group,
         }

@@ -44,6 +44,7 @@ pub fn profile_attention(
         calibrate,
     };
     let ashape = AttentionShape {
+        fp: kvq_ir::lower::InputType::F32,
         head_dim: shape.head_dim,
         group: shape.group,
     };

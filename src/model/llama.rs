@@ -149,6 +149,7 @@ impl Config {
     /// The shape class of this model's generated decode attention.
     pub fn attention_shape(&self) -> AttentionShape {
         AttentionShape {
+            fp: kvq_ir::lower::InputType::F32,
             head_dim: self.head_dim as u32,
             group: self.q_heads.checked_div(self.kv_heads).unwrap_or(0) as u32,
         }

@@ -81,6 +81,7 @@ fn replay(path: &std::path::Path) -> (Vec<f32>, Vec<f32>) {
     let num = |k: &str| meta[k].parse::<usize>().unwrap();
     let scheme = CacheScheme::parse(&meta["scheme"]).unwrap();
     let shape = AttentionShape {
+        fp: kvq_ir::lower::InputType::F32,
         head_dim: num("head_dim") as u32,
         group: num("group") as u32,
     };

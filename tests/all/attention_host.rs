@@ -4,6 +4,7 @@
 
 use kvq::attention::{HostAttention, SeqData};
 use kvq::lower::attention::{AttentionLayout, AttentionSchedule, AttentionShape};
+use kvq::lower::InputType;
 use kvq::metrics::max_head_deviation as deviation;
 use kvq::reference::{decode_attention, quantize, PackedSpan, Segment};
 use kvq::{CacheScheme, Calibration, Scheme, Tensor3};
@@ -23,6 +24,31 @@ struct Seq {
 
 /// Runs the batch on the host and checks each output against the reference.
 fn check(scheme: &CacheScheme, g: usize, schedule: Option<AttentionSchedule>, seqs: &[Seq]) -> f64 {
+    check_fp(scheme, g, schedule, seqs, InputType::F32)
+}
+
+/// `x` rounded to `fp` (and widened back: exact).
+fn rounded(x: &Tensor3, fp: InputType) -> Tensor3 {
+    let data = x
+        .data()
+        .iter()
+        .map(|&v| match fp {
+            InputType::F16 => half::f16::from_f32(v).to_f32(),
+            InputType::BF16 => half::bf16::from_f32(v).to_f32(),
+            InputType::F32 => v,
+        })
+        .collect();
+    Tensor3::new(x.shape().dims(), data).unwrap()
+}
+
+/// [`check`] with full-precision rows of type `fp`: the reference reads them rounded to it.
+fn check_fp(
+    scheme: &CacheScheme,
+    g: usize,
+    schedule: Option<AttentionSchedule>,
+    seqs: &[Seq],
+    fp: InputType,
+) -> f64 {
     let s0 = seqs[0].span.0.shape();
     let (kv, d) = (s0.heads, s0.dim);
     let spans: Vec<(PackedSpan, PackedSpan)> = seqs
@@ -44,6 +70,7 @@ fn check(scheme: &CacheScheme, g: usize, schedule: Option<AttentionSchedule>, se
         })
         .collect();
     let shape = AttentionShape {
+        fp,
         head_dim: d as u32,
         group: g as u32,
     };
@@ -52,7 +79,8 @@ fn check(scheme: &CacheScheme, g: usize, schedule: Option<AttentionSchedule>, se
     let mut worst = 0.0f64;
     for (i, (out, s)) in got.iter().zip(&data).enumerate() {
         let mut segments = Vec::new();
-        if let Some((k, v)) = s.fp {
+        let fp_rows = s.fp.map(|(k, v)| (rounded(k, fp), rounded(v, fp)));
+        if let Some((k, v)) = &fp_rows {
             segments.push(Segment::Full { k, v });
         }
         let (k, v) = s.span.unwrap();
@@ -112,6 +140,32 @@ fn every_catalogue_scheme_as_key_and_as_value_on_a_random_batch() {
     println!("max relative deviation (host, random): {worst:e}");
 }
 
+/// Full-precision rows stored as f16 or bf16 (a cache built so): the generated host code of the
+/// host and GPU schedules reads them narrow and matches the reference over the rounded rows.
+#[test]
+fn narrow_full_precision_rows_on_the_host_and_gpu_schedules() {
+    let (kv, g, d) = (2, 4, 64);
+    let seqs = random_batch(&mut Rng(11), [kv, g, d], &[(7, 300), (70, 200)]);
+    let scheme = CacheScheme::parse(
+        "key(bits = 1, axis = channel, group = all, rule = shrink(0.5)), \
+         value(bits = 1, axis = channel, group = all, rule = shrink(0.3)), calibrate = 3.0",
+    )
+    .unwrap();
+    let shape = AttentionShape {
+        fp: InputType::F32,
+        head_dim: d as u32,
+        group: g as u32,
+    };
+    for fp in [InputType::F16, InputType::BF16] {
+        let host = AttentionSchedule::host_default(&scheme);
+        let gpu = AttentionSchedule::gpu_default(&scheme, shape);
+        assert_eq!(gpu.layout, AttentionLayout::BlockPerItem);
+        for schedule in [host, gpu] {
+            check_fp(&scheme, g, Some(schedule), &seqs, fp);
+        }
+    }
+}
+
 /// The GPU schedule (block per work item: warps, shuffles and shared memory, run as host code)
 /// for every catalogue scheme as keys beside the next as values (every layout of keys and
 /// values), with and without calibration: the reference's outputs within 1e-4.
@@ -120,6 +174,7 @@ fn gpu_schedule_as_host_code_on_a_random_batch() {
     let (kv, g, d) = (2, 4, 64);
     let seqs = random_batch(&mut Rng(17), [kv, g, d], &[(7, 300), (0, 97), (40, 1000)]);
     let shape = AttentionShape {
+        fp: InputType::F32,
         head_dim: d as u32,
         group: g as u32,
     };
@@ -294,6 +349,7 @@ fn the_cache_attends_through_the_generated_kernels() {
         let attn = HostAttention::new(
             &scheme,
             AttentionShape {
+                fp: InputType::F32,
                 head_dim: 64,
                 group: 3,
             },

@@ -63,6 +63,7 @@ fn cache_bundles_hold_every_kernel_the_cuda_cache_loads() {
         // The runtime plans each batch with the schedule the manifest records: all of it.
         let recorded: AttentionSchedule = serde_json::from_value(partial.schedule.clone()).unwrap();
         let shape = AttentionShape {
+            fp: kvq_ir::lower::InputType::F32,
             head_dim: 128,
             group: 4,
         };

@@ -127,6 +127,7 @@ fn span() -> (
     let k = kvq_ir::reference::quantize(&x, &pair.key).unwrap();
     let v = kvq_ir::reference::quantize(&x, &pair.value).unwrap();
     let shape = AttentionShape {
+        fp: kvq_ir::lower::InputType::F32,
         head_dim: 64,
         group: 2,
     };

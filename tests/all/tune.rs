@@ -314,6 +314,7 @@ mod attention {
     use super::temp;
 
     const SHAPE: AttentionShape = AttentionShape {
+        fp: kvq_ir::lower::InputType::F32,
         head_dim: 128,
         group: 4,
     };
@@ -422,6 +423,7 @@ fn tune_attention_times_every_candidate_at_every_span() {
     )
     .unwrap();
     let shape = AttentionShape {
+        fp: kvq_ir::lower::InputType::F32,
         head_dim: 64,
         group: 2,
     };

@@ -232,18 +232,28 @@ fn float_arithmetic_uses_rn_intrinsics_on_nvptx_and_plain_ops_on_host() {
 #[test]
 fn attention_kernels_assemble_with_sfu_exp() {
     use kvq_ir::lower::attention::{attention, AttentionLayout, AttentionSchedule, AttentionShape};
-    let shape = AttentionShape {
-        head_dim: 128,
-        group: 4,
-    };
-    for text in [
-        "key(bits = 1, axis = channel, group = all, rule = shrink(0.5)), \
-         value(bits = 1, axis = channel, group = all, rule = shrink(0.3)), calibrate = 3.0",
-        "key(bits = 2, axis = channel, group = 32, rule = minmax), \
-         value(bits = 2, axis = token, group = 32, rule = minmax)",
-        "key(bits = 4, axis = token, group = all, rule = minmax, params = f32), \
+    use kvq_ir::lower::InputType;
+    let calibquant = "key(bits = 1, axis = channel, group = all, rule = shrink(0.5)), \
+         value(bits = 1, axis = channel, group = all, rule = shrink(0.3)), calibrate = 3.0";
+    let kivi = "key(bits = 2, axis = channel, group = 32, rule = minmax), \
+         value(bits = 2, axis = token, group = 32, rule = minmax)";
+    // Full-precision rows of f32, and of f16 / bf16 (a cache that stores them narrow).
+    for (text, fp) in [
+        (calibquant, InputType::F32),
+        (kivi, InputType::F32),
+        (
+            "key(bits = 4, axis = token, group = all, rule = minmax, params = f32), \
          value(bits = 2, axis = channel, group = 32, rule = minmax), calibrate = 3.0",
+            InputType::F32,
+        ),
+        (calibquant, InputType::F16),
+        (kivi, InputType::BF16),
     ] {
+        let shape = AttentionShape {
+            fp,
+            head_dim: 128,
+            group: 4,
+        };
         let scheme = kvq_ir::CacheScheme::parse(text).unwrap();
         let schedule = AttentionSchedule::gpu_default(&scheme, shape);
         let blocks = schedule.layout == AttentionLayout::BlockPerItem;
@@ -284,6 +294,17 @@ fn attention_kernels_assemble_with_sfu_exp() {
                     "{}: no ex2",
                     kernel.name
                 );
+            }
+            // The narrow rows are read as such and widened (not read as f32).
+            if fp != InputType::F32 && !kernel.name.contains("combine") {
+                assert!(
+                    ptx.text.contains("ld.global.nc.u16"),
+                    "{}: no 16-bit loads",
+                    kernel.name
+                );
+                if fp == InputType::F16 {
+                    assert!(ptx.text.contains("cvt.f32.f16"), "{}: no cvt", kernel.name);
+                }
             }
         }
     }

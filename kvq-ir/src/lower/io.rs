@@ -41,10 +41,15 @@ pub enum ExecError<E: std::error::Error + 'static> {
 /// The input buffer of `x` in `input`'s type. Values are rounded to that type (exact for data
 /// that came from it).
 pub fn input_buffer(x: &Tensor3, input: InputType) -> Buffer {
+    values_buffer(x.data(), input)
+}
+
+/// `xs` as a buffer of `input`'s type, each value rounded to it (round to nearest even).
+pub fn values_buffer(xs: &[f32], input: InputType) -> Buffer {
     match input {
-        InputType::F16 => Buffer::F16(x.data().iter().map(|&v| f16::from_f32(v)).collect()),
-        InputType::BF16 => Buffer::BF16(x.data().iter().map(|&v| bf16::from_f32(v)).collect()),
-        InputType::F32 => Buffer::F32(x.data().to_vec()),
+        InputType::F16 => Buffer::F16(xs.iter().map(|&v| f16::from_f32(v)).collect()),
+        InputType::BF16 => Buffer::BF16(xs.iter().map(|&v| bf16::from_f32(v)).collect()),
+        InputType::F32 => Buffer::F32(xs.to_vec()),
     }
 }
 

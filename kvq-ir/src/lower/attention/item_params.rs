@@ -1,8 +1,9 @@
 //! The parameters of the `stats` and `partial` kernels, declared in ABI order
 //! ([`super::partial_abi`], [`super::stats_abi`]) by the one function both layouts call.
 
-use crate::ir::{Access, Builder, Memory, ScalarType};
+use crate::ir::{Access, Builder, Memory, ScalarType, Value};
 use crate::lower::emit::param_type;
+use crate::lower::InputType;
 use crate::scheme::CacheScheme;
 
 use super::{partial_abi as abi, stats_abi};
@@ -14,6 +15,8 @@ pub(super) struct ItemParams {
     pub work_seq: Memory,
     pub fp_k: Memory,
     pub fp_v: Memory,
+    /// Element type of `fp_k` and `fp_v`.
+    pub fp: InputType,
     /// Key codes, zeros, scales; value codes, zeros, scales.
     pub k: [Memory; 3],
     pub v: [Memory; 3],
@@ -26,8 +29,8 @@ pub(super) struct ItemParams {
 }
 
 /// Declares the parameters of `stats`.
-pub(super) fn declare_stats(b: &mut Builder, scheme: &CacheScheme) -> ItemParams {
-    let (params, ()) = declare(b, scheme, Access::Write, |_| ());
+pub(super) fn declare_stats(b: &mut Builder, scheme: &CacheScheme, fp: InputType) -> ItemParams {
+    let (params, ()) = declare(b, scheme, fp, Access::Write, |_| ());
     debug_assert_eq!(
         (params.kv_heads, params.chunks),
         (stats_abi::KV_HEADS, stats_abi::CHUNKS)
@@ -36,8 +39,12 @@ pub(super) fn declare_stats(b: &mut Builder, scheme: &CacheScheme) -> ItemParams
 }
 
 /// Declares the parameters of `partial`, with its outputs `[part_ml, part_acc]`.
-pub(super) fn declare_partial(b: &mut Builder, scheme: &CacheScheme) -> (ItemParams, [Memory; 2]) {
-    let (params, outputs) = declare(b, scheme, Access::Read, |b| {
+pub(super) fn declare_partial(
+    b: &mut Builder,
+    scheme: &CacheScheme,
+    fp: InputType,
+) -> (ItemParams, [Memory; 2]) {
+    let (params, outputs) = declare(b, scheme, fp, Access::Read, |b| {
         [
             b.buffer("part_ml", ScalarType::F32, Access::Write),
             b.buffer("part_acc", ScalarType::F32, Access::Write),
@@ -55,6 +62,7 @@ pub(super) fn declare_partial(b: &mut Builder, scheme: &CacheScheme) -> (ItemPar
 fn declare<O>(
     b: &mut Builder,
     scheme: &CacheScheme,
+    fp: InputType,
     stats_access: Access,
     outputs: impl FnOnce(&mut Builder) -> O,
 ) -> (ItemParams, O) {
@@ -63,8 +71,8 @@ fn declare<O>(
     let q = b.buffer("q", ScalarType::F32, Access::Read);
     let seqs = b.buffer("seqs", ScalarType::U32, Access::Read);
     let work_seq = b.buffer("work_seq", ScalarType::U32, Access::Read);
-    let fp_k = b.buffer("fp_k", ScalarType::F32, Access::Read);
-    let fp_v = b.buffer("fp_v", ScalarType::F32, Access::Read);
+    let fp_k = b.buffer("fp_k", fp.scalar(), Access::Read);
+    let fp_v = b.buffer("fp_v", fp.scalar(), Access::Read);
     let k = [
         b.buffer("k_codes", ScalarType::U8, Access::Read),
         b.buffer("k_zero", kp, Access::Read),
@@ -88,6 +96,7 @@ fn declare<O>(
         work_seq,
         fp_k,
         fp_v,
+        fp,
         k,
         v,
         stats,
@@ -96,4 +105,29 @@ fn declare<O>(
         chunks,
     };
     (params, out)
+}
+
+/// `lanes` elements of a full-precision buffer of element type `fp` at `index`, as f32 (a
+/// scalar, or a vector of `lanes`); f16 and bf16 widen exactly.
+pub(super) fn load_fp(
+    b: &mut Builder,
+    fp: InputType,
+    mem: Memory,
+    index: Value,
+    lanes: u8,
+) -> Value {
+    let x = b.load(mem, index, lanes);
+    if fp == InputType::F32 {
+        return x;
+    }
+    if lanes == 1 {
+        return b.convert(ScalarType::F32, x);
+    }
+    let wide = (0..lanes)
+        .map(|i| {
+            let e = b.extract(x, i);
+            b.convert(ScalarType::F32, e)
+        })
+        .collect();
+    b.vector(wide)
 }

@@ -3,8 +3,11 @@
 
 use crate::ir::{BinaryOp, Builder, Memory, ScalarType, Value};
 use crate::lower::emit::param_type;
+use crate::lower::InputType;
 use crate::reference::pack::bit_shift;
 use crate::scheme::{Axis, Group, Scheme};
+
+use super::item_params::load_fp;
 
 /// Locals and loop-invariant values of one work item, shared by the key and value code.
 pub(super) struct Item {
@@ -313,7 +316,13 @@ fn dot_and_sum(b: &mut Builder, it: &Item, first: Value, c0: u32, n: u32) -> (Va
 }
 
 /// Logits of full-precision token `t` (index within the sequence's fp block).
-pub(super) fn fp_logits(b: &mut Builder, it: &Item, fp_k: Memory, t: Value, slot: Value) {
+pub(super) fn fp_logits(
+    b: &mut Builder,
+    it: &Item,
+    (fp_k, fp): (Memory, InputType),
+    t: Value,
+    slot: Value,
+) {
     let d = it.d;
     let hf = b.mul(it.h, it.fp_len);
     let tok = b.add(hf, t);
@@ -326,7 +335,7 @@ pub(super) fn fp_logits(b: &mut Builder, it: &Item, fp_k: Memory, t: Value, slot
             let qi = b.add(row, c);
             let q = b.read_local(it.q, qi);
             let ki = b.add(at, c);
-            let k = b.load(fp_k, ki, 1);
+            let k = load_fp(b, fp, fp_k, ki, 1);
             b.mul(q, k)
         });
         store_logit(b, it, gi, slot, s);

@@ -52,16 +52,21 @@ use crate::reference::quantize::check_shape;
 use crate::scheme::{Axis, CacheScheme, Group, Scheme};
 use crate::tensor::Shape3;
 
-use super::{scheme_tag, LowerError};
+use super::{scheme_tag, InputType, LowerError};
 
-/// What attention kernels are specialised for: the head dimension and the number of query heads
-/// per kv head. The batch, kv heads and token counts stay runtime values.
+/// What attention kernels are specialised for: the head dimension, the number of query heads
+/// per kv head, and the element type of the full-precision rows. The batch, kv heads and token
+/// counts stay runtime values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct AttentionShape {
     /// Channels per head.
     pub head_dim: u32,
     /// Query heads per kv head (GQA group).
     pub group: u32,
+    /// Element type of the full-precision keys and values (`fp_k`, `fp_v`): f32, or f16 /
+    /// bf16 for a cache that stores its prefix and suffix at half the size (widened to f32
+    /// exactly on load; everything after is f32 as before).
+    pub fp: InputType,
 }
 
 /// The knobs of the attention kernels a tuner searches (a bundle's manifest records them: the
@@ -361,8 +366,13 @@ pub fn attention(
         let calib = scheme
             .calibrate
             .map_or(String::new(), |d| format!("_cal{:08x}", d.get().to_bits()));
+        // f32 rows keep the names they had before the type was a choice.
+        let fp = match shape.fp {
+            InputType::F32 => String::new(),
+            other => format!("_fp{}", other.name()),
+        };
         format!(
-            "kvq_attend_{kind}_k{}_v{}{calib}_d{}_g{}",
+            "kvq_attend_{kind}_k{}_v{}{calib}_d{}_g{}{fp}",
             scheme_tag(&scheme.key),
             scheme_tag(&scheme.value),
             shape.head_dim,

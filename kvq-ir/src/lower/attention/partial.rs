@@ -194,7 +194,7 @@ pub(super) fn lower(
     s: &AttentionSchedule,
 ) -> Kernel {
     let mut b = Builder::new(name, s.block_size);
-    let (bufs, [part_ml, part_acc]) = declare_partial(&mut b, scheme);
+    let (bufs, [part_ml, part_acc]) = declare_partial(&mut b, scheme, shape.fp);
     let (kv_heads, chunks) = (bufs.kv_heads, bufs.chunks);
     let (d, g) = (shape.head_dim, shape.group);
     let st = State {
@@ -281,12 +281,12 @@ pub(super) fn lower(
                         let n = b.sub(stop, t0);
                         b.for_range(t0, stop, 1, |b, t| {
                             let slot = b.sub(t, t0);
-                            fp_logits(b, it, bufs.fp_k, t, slot);
+                            fp_logits(b, it, (bufs.fp_k, bufs.fp), t, slot);
                         });
                         softmax_tile(b, it, &st, n);
                         b.for_range(t0, stop, 1, |b, t| {
                             let slot = b.sub(t, t0);
-                            fp_values(b, it, &st, bufs.fp_v, t, slot);
+                            fp_values(b, it, &st, (bufs.fp_v, bufs.fp), t, slot);
                         });
                     });
                 },
@@ -405,7 +405,7 @@ pub(super) fn lower_stats(
     s: &AttentionSchedule,
 ) -> Kernel {
     let mut b = Builder::new(name, s.block_size);
-    let bufs = declare_stats(&mut b, scheme);
+    let bufs = declare_stats(&mut b, scheme, shape.fp);
     let (kv_heads, chunks) = (bufs.kv_heads, bufs.chunks);
     let g = shape.group;
     let ext = [

@@ -4,6 +4,7 @@
 use crate::ir::interp::{Arg, Buffer};
 use crate::ir::{check_launch, ArgSize, Kernel, SizeError};
 use crate::lower::args::param_values;
+use crate::lower::io::values_buffer;
 use crate::reference::quantize::{param_shape, row_bytes};
 use crate::reference::PackedSpan;
 use crate::scheme::CacheScheme;
@@ -16,8 +17,8 @@ use super::{
 use crate::lower::LowerError;
 
 /// One sequence of a batch: its query `[q_heads, head_dim]`, its full-precision tokens
-/// `(k, v)` = `[kv_heads, n, head_dim]` each (prefix and suffix together, if any), and its
-/// quantized span `(keys, values)`, if any.
+/// `(k, v)` = `[kv_heads, n, head_dim]` each (prefix and suffix together, if any; rounded to the
+/// shape's `fp` type when that is f16 or bf16), and its quantized span `(keys, values)`, if any.
 #[derive(Debug, Clone, Copy)]
 pub struct SeqData<'a> {
     /// The query.
@@ -216,8 +217,8 @@ impl AttentionArgs {
             Arg::Buffer(Buffer::F32(q)),
             Arg::Buffer(Buffer::U32(plan.seqs.clone())),
             Arg::Buffer(Buffer::U32(plan.work_seq.clone())),
-            Arg::Buffer(Buffer::F32(nonempty(fk))),
-            Arg::Buffer(Buffer::F32(nonempty(fv))),
+            Arg::Buffer(values_buffer(&nonempty(fk), shape.fp)),
+            Arg::Buffer(values_buffer(&nonempty(fv), shape.fp)),
             Arg::Buffer(Buffer::U8(nonempty_u8(kc))),
             Arg::Buffer(param_values(scheme.key.params, &nonempty(kz))),
             Arg::Buffer(param_values(scheme.key.params, &nonempty(ks))),
@@ -361,6 +362,7 @@ mod tests {
         )
         .unwrap();
         let shape = AttentionShape {
+            fp: crate::lower::InputType::F32,
             head_dim: 64,
             group: 2,
         };

@@ -2,7 +2,10 @@
 //! `P V` accumulation from full-precision values or codes.
 
 use crate::ir::{Builder, CmpOp, Memory, UnaryOp, Value};
+use crate::lower::InputType;
 use crate::scheme::{Axis, Group, Scheme};
+
+use super::item_params::load_fp;
 
 use super::keys::{
     affine, for_heads, lanes_by_position, logit_at, param_f32, table_at, times, unpack_row, Item,
@@ -324,7 +327,7 @@ pub(super) fn fp_values(
     b: &mut Builder,
     it: &Item,
     st: &State,
-    fp_v: Memory,
+    (fp_v, fp): (Memory, InputType),
     t: Value,
     slot: Value,
 ) {
@@ -333,7 +336,7 @@ pub(super) fn fp_values(
     let at = affine(b, tok, it.d, it.fp_base);
     add_weighted(b, it, st.acc, slot, None, move |b, c| {
         let i = b.add(at, c);
-        b.load(fp_v, i, 1)
+        load_fp(b, fp, fp_v, i, 1)
     });
 }
 

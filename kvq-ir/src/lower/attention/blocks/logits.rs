@@ -2,6 +2,7 @@
 //! tables or fp dot products), the value code rows staged, and the warp's online softmax.
 
 use super::*;
+use crate::lower::attention::item_params::load_fp;
 
 /// For an fp item, the block copies the tokens `start + base ..` of its chunk (at most
 /// [`FP_CHUNK`]) into `fp_k_rows` and (partial only) `fp_v_rows`, threads over four floats of a
@@ -40,7 +41,7 @@ pub(super) fn stage_fp_rows(
                 let tr = b.add(hr, t);
                 let row = affine(b, tr, d, fp_base);
                 let src = b.add(row, c);
-                let k = b.load(bufs.fp_k, src, 4);
+                let k = load_fp(b, bufs.fp, bufs.fp_k, src, 4);
                 let kr = times(b, r, d + 1);
                 let kr = b.add(kr, c);
                 for i in 0..4u8 {
@@ -50,7 +51,7 @@ pub(super) fn stage_fp_rows(
                     b.store(sh.fp_k, to, x);
                 }
                 if mode == Mode::Partial {
-                    let v = b.load(bufs.fp_v, src, 4);
+                    let v = load_fp(b, bufs.fp, bufs.fp_v, src, 4);
                     let vr = affine(b, r, d, c);
                     b.store_aligned(sh.fp_v, vr, v);
                 }

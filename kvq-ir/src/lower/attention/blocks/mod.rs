@@ -197,10 +197,10 @@ pub(super) fn lower(
     // (the logits are recomputed).
     let (bufs, outs) = match mode {
         Mode::Partial => {
-            let (params, outputs) = declare_partial(&mut b, scheme);
+            let (params, outputs) = declare_partial(&mut b, scheme, shape.fp);
             (params, Some(outputs))
         }
-        Mode::Stats => (declare_stats(&mut b, scheme), None),
+        Mode::Stats => (declare_stats(&mut b, scheme, shape.fp), None),
     };
     let (kv_heads, chunks) = (bufs.kv_heads, bufs.chunks);
     let sh = Shared {
