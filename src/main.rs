@@ -19,10 +19,21 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) => {
-            // clap's own wording, on one line ("error: invalid value ... for '--head-dim ...'").
+            // clap's own wording, on one line ("error: invalid value ... for '--head-dim ...'",
+            // "error: the following required arguments were not provided: --group <GROUP>"):
+            // its lines before the usage, without tips.
             let text = e.render().to_string();
-            let first = text.lines().next().unwrap_or("error: invalid arguments");
-            eprintln!("{}", cut(first));
+            let lines: Vec<&str> = text
+                .lines()
+                .take_while(|l| !l.starts_with("Usage:"))
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with("tip:") && !l.starts_with("For more"))
+                .collect();
+            let line = match lines.is_empty() {
+                true => "error: invalid arguments".to_string(),
+                false => lines.join(" "),
+            };
+            eprintln!("{}", cut(&line));
             return ExitCode::FAILURE;
         }
     };
