@@ -11,8 +11,8 @@
 #          kvq quantize --kv CAPTURE --tensor k|v --layer L --scheme S --backend host -o EXPECTED
 #        (safetensors: codes u8, zero/scale as f32 values of the stored parameters);
 #     4. compiles attention bundles (head_dim 128, 4 query heads per kv head: --group 4), and
-#        per pair a cache bundle (the same with --input f32) that kvq-gpu-check --cache runs the
-#        visual KV cache on (kvq_runtime's Cuda device against the host cache: spans exported
+#        per pair a cache bundle (the same with --input f32; and CalibQuant's with bf16 rows,
+#        --input bf16 --fp bf16) that kvq-gpu-check --cache runs the visual KV cache on (kvq_runtime's Cuda device against the host cache: spans exported
 #        bit-identical to the reference quantizer's, attention within 1e-4), and
 #        writes decode-attention cases with `kvq attention-case`: a small batch per pair for
 #        correctness, and the benchmark shapes (8 kv heads, 32 query heads, 4k/16k/64k span + 64
@@ -155,6 +155,13 @@ prepare() {
             --group 4 "${calib[@]}" -o "$work/bundles/${name}_cache" >/dev/null
         add_group "${name}_cache" --bundle "bundles/${name}_cache" --cache "bundles/${name}_cache"
     done
+    # A cache storing its full-precision rows as bf16 (CalibQuant's pair): bf16 quantize input
+    # and bf16 rows in the attention kernels.
+    IFS='|' read -r _ key value <<<"${pairs[0]}"
+    "$kvq" compile --key "$key" --value "$value" --target sm_90 --head-dim 128 --input bf16 \
+        --group 4 --calibrate 3 --fp bf16 -o "$work/bundles/calibquant_cache_bf16" >/dev/null
+    add_group calibquant_cache_bf16 --bundle "bundles/calibquant_cache_bf16" \
+        --cache "bundles/calibquant_cache_bf16"
     # The cost model's benchmark shape (8 kv heads x 16,384 tokens x head_dim 128, f16): every
     # quantize kernel of the head_dim-128 bundles, and mse1's, on seeded input; the expectation is
     # computed on the GPU machine by kvq-ir's reference quantizer, so nothing large is carried.

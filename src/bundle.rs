@@ -28,14 +28,25 @@ pub struct Lowered {
     pub kernel: Kernel,
 }
 
+/// What the decode-attention kernels of a pair are compiled for besides the head dimension.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AttentionOf {
+    /// Query heads per kv head.
+    pub group: u32,
+    /// Calibration of the span's logits.
+    pub calibrate: Option<Calibration>,
+    /// Element type of the full-precision rows.
+    pub fp: InputType,
+}
+
 /// Lowers the quantize and dequantize kernels of `key` and `value` for `target`, and with
-/// `attention = Some((group, calibrate))` the decode-attention kernels too. Nothing is emitted.
+/// `attention_of` the decode-attention kernels too. Nothing is emitted.
 pub fn lower_pair(
     key: Scheme,
     value: Scheme,
     target: Target,
     shape: ShapeClass,
-    attention_of: Option<(u32, Option<Calibration>)>,
+    attention_of: Option<AttentionOf>,
 ) -> Result<Vec<Lowered>> {
     let mut lowered = Vec::new();
     let roles = [
@@ -67,14 +78,19 @@ pub fn lower_pair(
             });
         }
     }
-    if let Some((group, calibrate)) = attention_of {
+    if let Some(AttentionOf {
+        group,
+        calibrate,
+        fp,
+    }) = attention_of
+    {
         let pair = CacheScheme {
             key,
             value,
             calibrate,
         };
         let shape = AttentionShape {
-            fp: kvq_ir::lower::InputType::F32,
+            fp,
             head_dim: shape.head_dim,
             group,
         };
@@ -120,21 +136,32 @@ pub fn entry(kernel: &Kernel, file: String) -> Result<Entry> {
     })
 }
 
-/// The PTX bundle a CUDA cache of `shape` under `scheme` needs (f32 input, the shape's group),
-/// built in memory for `arch`.
-pub fn cache_bundle(shape: ModelShape, scheme: &CacheScheme, arch: Arch) -> Result<Bundle> {
+/// The PTX bundle a CUDA cache of `shape` under `scheme` storing full-precision rows as `fp`
+/// needs (quantize kernels reading `fp`, attention kernels of the shape's group reading `fp`
+/// rows), built in memory for `arch`.
+pub fn cache_bundle(
+    shape: ModelShape,
+    scheme: &CacheScheme,
+    fp: InputType,
+    arch: Arch,
+) -> Result<Bundle> {
     let head_dim = u32::try_from(shape.head_dim).context("head_dim exceeds 32 bits")?;
     let group = u32::try_from(shape.group()).context("group exceeds 32 bits")?;
     let class = ShapeClass {
         head_dim,
-        input: InputType::F32,
+        input: fp,
+    };
+    let attention_of = AttentionOf {
+        group,
+        calibrate: scheme.calibrate,
+        fp,
     };
     let lowered = lower_pair(
         scheme.key,
         scheme.value,
         Target::Ptx(arch),
         class,
-        Some((group, scheme.calibrate)),
+        Some(attention_of),
     )?;
     let mut ptx = HashMap::new();
     let mut kernels = Vec::new();
@@ -159,19 +186,32 @@ pub fn cache_bundle(shape: ModelShape, scheme: &CacheScheme, arch: Arch) -> Resu
         target: arch.name().to_string(),
         emit: "ptx".to_string(),
         head_dim,
-        input: InputType::F32.name().to_string(),
+        input: fp.name().to_string(),
         group: Some(group),
         kernels,
     };
     Ok(Bundle::from_parts(manifest, ptx)?)
 }
 
-/// A visual KV cache of `shape` under `scheme` on CUDA device `device`: the pair's kernels are
-/// compiled to PTX for the device's architecture (sm_90 from compute capability 9, else sm_80)
-/// and loaded. Without a driver or GPU this is an error (`no CUDA driver found`), never a panic.
+/// A visual KV cache of `shape` under `scheme` on CUDA device `device`, storing full-precision
+/// rows as f32 ([`cuda_cache_storing`]).
 pub fn cuda_cache(
     shape: ModelShape,
     scheme: CacheScheme,
+    device: usize,
+) -> Result<VisualKvCache<Cuda>> {
+    cuda_cache_storing(shape, scheme, InputType::F32, device)
+}
+
+/// A visual KV cache of `shape` under `scheme` on CUDA device `device` whose full-precision
+/// prefix and suffix are stored as `fp` (f32, or f16 / bf16 at half the memory; see
+/// [`VisualKvCache::on_device_storing`]): the pair's kernels, reading `fp`, are compiled to PTX
+/// for the device's architecture (sm_90 from compute capability 9, else sm_80) and loaded.
+/// Without a driver or GPU this is an error (`no CUDA driver found`), never a panic.
+pub fn cuda_cache_storing(
+    shape: ModelShape,
+    scheme: CacheScheme,
+    fp: InputType,
     device: usize,
 ) -> Result<VisualKvCache<Cuda>> {
     let rt = CudaRuntime::new(device)?;
@@ -179,7 +219,7 @@ pub fn cuda_cache(
         (major, _) if major >= 9 => Arch::Sm90,
         _ => Arch::Sm80,
     };
-    let bundle = cache_bundle(shape, &scheme, arch)?;
+    let bundle = cache_bundle(shape, &scheme, fp, arch)?;
     let cuda = Cuda::new(rt, &bundle, &scheme)?;
-    Ok(VisualKvCache::on_device(shape, scheme, cuda)?)
+    Ok(VisualKvCache::on_device_storing(shape, scheme, fp, cuda)?)
 }

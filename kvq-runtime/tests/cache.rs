@@ -1023,6 +1023,139 @@ fn conformance_suite_passes_on_the_host() {
     assert!(runs >= 40, "{runs}");
 }
 
+/// The conformance suite on host caches that store their full-precision rows as f16 or bf16
+/// (every reference computed over the rounded values), for three key schemes beside a value
+/// scheme of each axis, with and without calibration.
+#[test]
+fn conformance_suite_passes_with_narrow_rows() {
+    use kvq_ir::lower::InputType;
+    use kvq_runtime::cache::conformance;
+    let schemes = [
+        "key(bits = 1, axis = channel, group = all, rule = shrink(0.5)), \
+         value(bits = 1, axis = channel, group = all, rule = shrink(0.3))",
+        "key(bits = 2, axis = channel, group = 32, rule = minmax), \
+         value(bits = 2, axis = token, group = 32, rule = minmax)",
+        "key(bits = 4, axis = token, group = all, rule = minmax, params = f32), \
+         value(bits = 1, axis = channel, group = all, rule = shrink(0.3))",
+    ];
+    for fp in [InputType::F16, InputType::BF16] {
+        for text in schemes {
+            for calibrate in [None, Calibration::new(3.0)] {
+                let scheme = CacheScheme {
+                    calibrate,
+                    ..CacheScheme::parse(text).unwrap()
+                };
+                let make = || {
+                    VisualKvCache::on_device_storing(
+                        SHAPE,
+                        scheme,
+                        fp,
+                        Host::<ReferenceQuantizer>::default(),
+                    )
+                };
+                let report = conformance::run(&make)
+                    .unwrap_or_else(|e| panic!("{fp:?} rows, {scheme}: {e}"));
+                assert!(report.spans >= 12 && report.checks > 200, "{report:?}");
+            }
+        }
+    }
+}
+
+/// A cache of narrow rows: half the full-precision memory of an f32 cache, the rows rounded to
+/// the type (attention equals the reference over the rounded rows, not the given ones), and a
+/// finite f32 beyond f16's range refused as the infinity it would store.
+#[test]
+fn narrow_rows_halve_the_full_precision_memory_and_round_the_prompt() {
+    use kvq_ir::lower::InputType;
+    let scheme = cache_schemes(64)[0];
+    let mut rng = Rng(77);
+    let (k, v) = (rng.tensor(2, 40, 64, 2.0), rng.tensor(2, 40, 64, 1.0));
+    let q = rng.tensor(6, 1, 64, 2.0).data().to_vec();
+    let mut caches = Vec::new();
+    for fp in [InputType::F32, InputType::F16, InputType::BF16] {
+        let mut cache = VisualKvCache::on_device_storing(
+            SHAPE,
+            scheme,
+            fp,
+            Host::<ReferenceQuantizer>::default(),
+        )
+        .unwrap();
+        assert_eq!(cache.fp_storage(), fp);
+        let seq = cache.add_sequence();
+        cache.prefill(0, seq, &k, &v, 5..30).unwrap();
+        let out = cache
+            .attend(0, &[QueryRef { seq, q: &q }])
+            .unwrap()
+            .concat();
+        caches.push((fp, cache.memory().total, out));
+    }
+    let (f32_mem, f16_mem, bf16_mem) = (caches[0].1, caches[1].1, caches[2].1);
+    assert_eq!(f32_mem.prefix_bytes, 2 * 2 * 5 * 64 * 4);
+    for mem in [f16_mem, bf16_mem] {
+        assert_eq!(mem.prefix_bytes * 2, f32_mem.prefix_bytes);
+        assert_eq!(mem.suffix_bytes * 2, f32_mem.suffix_bytes);
+        assert_eq!(mem.span_code_bytes, f32_mem.span_code_bytes);
+    }
+    // Against the reference over rows rounded to each type.
+    for (fp, _, out) in &caches {
+        let round = |x: &Tensor3| {
+            let data = x.data().iter().map(|&a| match fp {
+                InputType::F16 => half::f16::from_f32(a).to_f32(),
+                InputType::BF16 => half::bf16::from_f32(a).to_f32(),
+                InputType::F32 => a,
+            });
+            Tensor3::new(x.shape().dims(), data.collect()).unwrap()
+        };
+        let (rk, rv) = (round(&k), round(&v));
+        let slice = |x: &Tensor3, r: Range<usize>| x.slice_tokens(r).unwrap();
+        let span = (
+            quantize(&slice(&rk, 5..30), &scheme.key).unwrap(),
+            quantize(&slice(&rv, 5..30), &scheme.value).unwrap(),
+        );
+        let (pk, pv, sk, sv) = (
+            slice(&rk, 0..5),
+            slice(&rv, 0..5),
+            slice(&rk, 30..40),
+            slice(&rv, 30..40),
+        );
+        let segments = [
+            Segment::Full { k: &pk, v: &pv },
+            Segment::Quantized {
+                k: &span.0,
+                v: &span.1,
+            },
+            Segment::Full { k: &sk, v: &sv },
+        ];
+        let want = decode_attention(&q, 6, &segments, scheme.calibrate).unwrap();
+        let dev = kvq_ir::metrics::max_head_deviation(out, &want, 64);
+        assert!(dev <= TOL, "{fp:?}: {dev:e}");
+    }
+    // bf16 rows are not the f32 rows: its output moved away from the f32 cache's.
+    let moved = kvq_ir::metrics::max_head_deviation(&caches[2].2, &caches[0].2, 64);
+    assert!(
+        moved > 1e-4,
+        "bf16 rows changed the output by only {moved:e}"
+    );
+    // 1e6 is a finite f32 and infinite as f16.
+    let mut cache = VisualKvCache::on_device_storing(
+        SHAPE,
+        scheme,
+        InputType::F16,
+        Host::<ReferenceQuantizer>::default(),
+    )
+    .unwrap();
+    let seq = cache.add_sequence();
+    let mut big = k.data().to_vec();
+    big[3 * 64 + 2] = 1e6;
+    let big = Tensor3::new([2, 40, 64], big).unwrap();
+    let err = cache.prefill(0, seq, &big, &v, 5..30).unwrap_err();
+    assert!(
+        matches!(err, CacheError::NonFinite { part: KvPart::Keys, head: 0, token: 3, channel: 2, value, .. } if value.is_infinite()),
+        "{err:?}"
+    );
+    assert_eq!(cache.tokens(0, seq), Ok(0));
+}
+
 /// The suite finds a cache that is wrong: a quantizer whose codes are off by one bit.
 #[test]
 fn conformance_suite_catches_a_wrong_quantizer() {

@@ -58,6 +58,10 @@ pub struct Args {
     /// Calibration `d` of the span's logits for the attention kernels (SPEC.md section 4).
     #[arg(long, requires = "group")]
     calibrate: Option<f32>,
+    /// Element type of the full-precision rows the attention kernels read (a cache that stores
+    /// its prefix and suffix as f16 or bf16; its bundle needs `--input` of the same type).
+    #[arg(long, value_enum, default_value = "f32", requires = "group")]
+    fp: Input,
     /// Output directory.
     #[arg(short = 'o', long)]
     output: PathBuf,
@@ -95,7 +99,11 @@ pub fn run(args: Args) -> Result<()> {
                 None => None,
                 Some(d) => Some(Calibration::new(d).context("--calibrate must be positive")?),
             };
-            Some((group, calibrate))
+            Some(kvq::bundle::AttentionOf {
+                group,
+                calibrate,
+                fp: InputType::from(args.fp),
+            })
         }
     };
     let lowered = kvq::bundle::lower_pair(key, value, target, shape, attention_of)?;

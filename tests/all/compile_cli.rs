@@ -264,6 +264,52 @@ fn compile_with_one_scheme_for_keys_and_values_writes_each_kernel_once() {
     assert_eq!(leftovers, 0);
 }
 
+/// `--fp` sets the row type of the attention kernels (a cache bundle of bf16 rows), and needs
+/// `--group`.
+#[test]
+fn compile_fp_sets_the_attention_kernels_row_type() {
+    let (key, value) = (
+        catalogue_text("calibquant_k"),
+        catalogue_text("calibquant_v"),
+    );
+    let dir = temp_dir("fp_bf16");
+    let extra = [
+        "--target",
+        "sm_90",
+        "--emit",
+        "ir",
+        "--input",
+        "bf16",
+        "--group",
+        "4",
+        "--calibrate",
+        "3",
+        "--fp",
+        "bf16",
+    ];
+    assert_success(&compile(key, value, &extra, &dir));
+    let m = manifest(&dir);
+    let mut rows = 0;
+    for k in m["kernels"].as_array().unwrap() {
+        for p in k["entry"]["params"].as_array().unwrap() {
+            let name = p["name"].as_str().unwrap_or_default();
+            if name == "fp_k" || name == "fp_v" {
+                assert_eq!(p["elem"], "bf16", "{k}");
+                rows += 1;
+            }
+        }
+    }
+    // stats and partial, keys and values.
+    assert_eq!(rows, 4);
+    let out = compile(
+        key,
+        value,
+        &["--target", "sm_90", "--fp", "f16"],
+        &temp_dir("fp_alone"),
+    );
+    assert_clean_failure(&out, "--group");
+}
+
 #[test]
 fn compile_emit_ir_writes_the_kernel_text() {
     let dir = temp_dir("ir");

@@ -4,6 +4,7 @@
 
 use kvq::bundle::{cache_bundle, cuda_cache};
 use kvq::lower::attention::{AttentionSchedule, AttentionShape};
+use kvq::lower::InputType;
 use kvq::metrics::max_head_deviation;
 use kvq::{CacheScheme, Calibration, Scheme, Tensor3};
 use kvq_codegen::Arch;
@@ -22,6 +23,40 @@ fn calibquant_value() -> Scheme {
     Scheme::parse("bits = 1, axis = channel, group = all, rule = shrink(0.3)").unwrap()
 }
 
+/// A cache bundle for rows stored as f16 or bf16: its quantize kernels read that type and its
+/// attention kernels take full-precision rows of it (what `Cuda::new` checks).
+#[test]
+fn narrow_cache_bundles_read_their_row_type_everywhere() {
+    use kvq_runtime::cuda::{Elem, ParamSpec};
+    let scheme = CacheScheme {
+        key: Scheme::parse("bits = 1, axis = channel, group = all, rule = shrink(0.5)").unwrap(),
+        value: calibquant_value(),
+        calibrate: Calibration::new(3.0),
+    };
+    for (fp, elem) in [(InputType::F16, Elem::F16), (InputType::BF16, Elem::Bf16)] {
+        let bundle = cache_bundle(SHAPE, &scheme, fp, Arch::Sm90).unwrap();
+        assert_eq!(bundle.manifest.input, fp.name());
+        let elem_of = |role: Role, param: &str| {
+            let k = bundle
+                .manifest
+                .kernels
+                .iter()
+                .find(|k| k.role == role)
+                .unwrap();
+            k.entry.params.iter().find_map(|p| match p {
+                ParamSpec::Buffer { name, elem, .. } if name == param => Some(*elem),
+                _ => None,
+            })
+        };
+        assert_eq!(elem_of(Role::KeyQuantize, "x"), Some(elem), "{fp:?}");
+        for role in [Role::AttentionStats, Role::AttentionPartial] {
+            for rows in ["fp_k", "fp_v"] {
+                assert_eq!(elem_of(role, rows), Some(elem), "{fp:?} {rows}");
+            }
+        }
+    }
+}
+
 #[test]
 fn cache_bundles_hold_every_kernel_the_cuda_cache_loads() {
     let mut checked = 0;
@@ -32,7 +67,7 @@ fn cache_bundles_hold_every_kernel_the_cuda_cache_loads() {
             value,
             calibrate: Calibration::new(3.0),
         };
-        let Ok(bundle) = cache_bundle(SHAPE, &scheme, Arch::Sm90) else {
+        let Ok(bundle) = cache_bundle(SHAPE, &scheme, InputType::F32, Arch::Sm90) else {
             // A scheme that cannot pack head_dim 128 has no kernels (the compiler says why).
             continue;
         };
@@ -81,7 +116,7 @@ fn cache_bundles_hold_every_kernel_the_cuda_cache_loads() {
         value: calibquant_value(),
         calibrate: None,
     };
-    let bundle = cache_bundle(SHAPE, &same, Arch::Sm90).unwrap();
+    let bundle = cache_bundle(SHAPE, &same, InputType::F32, Arch::Sm90).unwrap();
     let quantize: Vec<_> = bundle
         .manifest
         .kernels

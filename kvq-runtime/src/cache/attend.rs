@@ -5,7 +5,8 @@
 use kvq_ir::reference::pack::unpack_row;
 use kvq_ir::{Axis, Calibration};
 
-use super::segment::{FpSegment, QuantPart};
+use super::fp_segment::FpSegment;
+use super::segment::QuantPart;
 use super::sequence::LayerState;
 use super::{CacheError, Device, Host, ModelShape, QueryRef, SpanQuantizer, VisualKvCache};
 

@@ -12,25 +12,28 @@ use std::fmt;
 use std::ops::Range;
 
 use half::f16;
+use kvq_ir::lower::InputType;
 use kvq_ir::reference::QuantError;
 use kvq_ir::{CacheScheme, Scheme, Shape3, Tensor3};
 use thiserror::Error;
 
+use super::fp_segment::FpElem;
 use super::segment::QuantPart;
 use super::{CacheError, ModelShape, QueryRef, ReferenceQuantizer, SpanQuantizer, VisualKvCache};
 
-/// An element type a cache buffer holds: `u8` codes, `f16` or `f32` values.
+/// An element type a cache buffer holds: `u8` codes, `f16`, `bf16` or `f32` values.
 #[cfg(feature = "cuda")]
 pub trait CacheElem:
     Copy + Default + fmt::Debug + Send + Sync + 'static + crate::cuda::DeviceElem
 {
 }
-/// An element type a cache buffer holds: `u8` codes, `f16` or `f32` values.
+/// An element type a cache buffer holds: `u8` codes, `f16`, `bf16` or `f32` values.
 #[cfg(not(feature = "cuda"))]
 pub trait CacheElem: Copy + Default + fmt::Debug + Send + Sync + 'static {}
 
 impl CacheElem for u8 {}
 impl CacheElem for f16 {}
+impl CacheElem for half::bf16 {}
 impl CacheElem for f32 {}
 
 /// A device operation that failed (allocation, copy, launch); nothing of the cache changed.
@@ -120,10 +123,16 @@ pub trait Device: fmt::Debug {
     /// Elements of `buf`.
     fn len<T: CacheElem>(buf: &Self::Buf<T>) -> usize;
 
-    /// Checks that the device can serve a cache of `shape` under `scheme` (a GPU device's
-    /// kernels are compiled for one head_dim, group and scheme pair); the host serves any.
-    fn check_model(&self, shape: ModelShape, scheme: &CacheScheme) -> Result<(), DeviceError> {
-        let _ = (shape, scheme);
+    /// Checks that the device can serve a cache of `shape` under `scheme` storing full-precision
+    /// rows as `fp` (a GPU device's kernels are compiled for one head_dim, group, scheme pair
+    /// and row type); the host serves any.
+    fn check_model(
+        &self,
+        shape: ModelShape,
+        scheme: &CacheScheme,
+        fp: InputType,
+    ) -> Result<(), DeviceError> {
+        let _ = (shape, scheme, fp);
         Ok(())
     }
 
@@ -146,9 +155,9 @@ pub trait Device: fmt::Debug {
     /// As [`quantize`](Device::quantize), for `x` of `shape` already in the device's memory
     /// (`shape`'s element count; a buffer of another length is refused). A non-finite input
     /// or a parameter overflow is the reference's typed error, with its location in `x`.
-    fn quantize_buf(
+    fn quantize_buf<T: FpElem>(
         &self,
-        x: &Self::Buf<f32>,
+        x: &Self::Buf<T>,
         shape: Shape3,
         scheme: &Scheme,
     ) -> Result<QuantPart<Self>, DeviceQuantError>
@@ -274,13 +283,14 @@ impl<Q: SpanQuantizer> Device for Host<Q> {
         QuantPart::from_span(self, span)
     }
 
-    fn quantize_buf(
+    fn quantize_buf<T: FpElem>(
         &self,
-        x: &Vec<f32>,
+        x: &Vec<T>,
         shape: Shape3,
         scheme: &Scheme,
     ) -> Result<QuantPart<Self>, DeviceQuantError> {
-        let x = Tensor3::new(shape.dims(), self.upload(x)?).map_err(QuantError::from)?;
+        let wide = x.iter().map(|&v| v.to_f32()).collect();
+        let x = Tensor3::new(shape.dims(), wide).map_err(QuantError::from)?;
         self.quantize(&x, scheme)
     }
 }

@@ -59,6 +59,14 @@ pub enum CacheError {
         /// What was given.
         found: usize,
     },
+    /// Device buffers of another element type than the cache stores its full-precision rows in.
+    #[error("{found} buffers given to a cache that stores {expected} rows")]
+    FpType {
+        /// The cache's type.
+        expected: &'static str,
+        /// The buffers' type.
+        found: &'static str,
+    },
     /// The element count of a prompt given in device buffers overflows the address space.
     #[error("{tokens} tokens of {what} are too many to address")]
     TooLarge {

@@ -113,8 +113,8 @@ fn gather_fp<Q: SpanQuantizer>(
     let mut v = Vec::new();
     for h in 0..kv_heads {
         for seg in [&state.prefix, &state.suffix] {
-            k.extend_from_slice(seg.keys(h));
-            v.extend_from_slice(seg.values(h));
+            k.extend_from_slice(&seg.keys(h));
+            v.extend_from_slice(&seg.values(h));
         }
     }
     (n, k, v)

@@ -22,8 +22,9 @@
 //!
 //! # Layout and growth
 //!
-//! Full-precision segments are stored as **f32** (exactly what the caller passed; f16 storage
-//! would halve them but round the prompt), head-major: `[kv_heads, capacity, head_dim]`, so that
+//! Full-precision segments are stored as **f32** (exactly what the caller passed), or as f16 /
+//! bf16 when the cache is built so ([`on_device_storing`](VisualKvCache::on_device_storing):
+//! half the memory, values rounded to that type), head-major: `[kv_heads, capacity, head_dim]`, so that
 //! one kv head's tokens are contiguous for attention. The prefix, and the suffix a prompt brings,
 //! are allocated at their exact size (an empty suffix allocates nothing). The suffix then grows by
 //! **amortised doubling**: when an append does not fit, the capacity becomes
@@ -70,6 +71,7 @@ pub mod conformance;
 mod cuda;
 mod device;
 mod error;
+mod fp_segment;
 mod kernel;
 mod memory;
 mod on_device;
@@ -79,6 +81,7 @@ mod sequence;
 use std::collections::BTreeMap;
 use std::fmt;
 
+use kvq_ir::lower::InputType;
 use kvq_ir::reference::quantize::check_shape;
 use kvq_ir::reference::{PackedSpan, QuantError};
 use kvq_ir::{CacheScheme, Scheme, Shape3, Tensor3};
@@ -87,6 +90,7 @@ use kvq_ir::{CacheScheme, Scheme, Shape3, Tensor3};
 pub use cuda::Cuda;
 pub use device::{CacheElem, Device, DeviceError, DeviceQuantError, Host};
 pub use error::CacheError;
+pub use fp_segment::{FpBufs, FpElem, FpSegment};
 pub use kernel::{AttentionKernel, ParamView, PartView, SeqView};
 pub use memory::{LayerMemory, MemoryReport};
 pub use segment::{QuantPart, StoredParams};
@@ -177,6 +181,8 @@ pub struct QueryRef<'a> {
 pub struct VisualKvCache<D: Device = Host> {
     shape: ModelShape,
     scheme: CacheScheme,
+    /// The type full-precision rows are stored in.
+    fp: InputType,
     device: D,
     /// Live sequences; each holds exactly `shape.layers` slots.
     sequences: BTreeMap<SeqId, Sequence<D>>,
@@ -204,12 +210,28 @@ impl<Q: SpanQuantizer> VisualKvCache<Host<Q>> {
 }
 
 impl<D: Device> VisualKvCache<D> {
-    /// An empty cache on `device`. Checks that every size is non-zero, that `q_heads` is a
-    /// multiple of `kv_heads`, and that both schemes can quantize rows of `head_dim`
-    /// (byte-aligned codes, token-axis groups dividing `head_dim`).
+    /// An empty cache on `device` storing full-precision rows as f32 (see
+    /// [`on_device_storing`](Self::on_device_storing)).
     pub fn on_device(
         shape: ModelShape,
         scheme: CacheScheme,
+        device: D,
+    ) -> Result<Self, CacheError> {
+        Self::on_device_storing(shape, scheme, InputType::F32, device)
+    }
+
+    /// An empty cache on `device` whose full-precision prefix and suffix rows are stored as `fp`:
+    /// f32, or f16 / bf16 at half the memory (the K/V type of most models). With f16 or bf16,
+    /// keys and values given as f32 are rounded to `fp` first (exact for values that came from
+    /// it), and the visual span is quantized from the rounded values, so that host tensors and
+    /// device buffers of that type give the same cache. Checks that every size is non-zero,
+    /// that `q_heads` is a multiple of `kv_heads`, that both schemes can quantize rows of
+    /// `head_dim` (byte-aligned codes, token-axis groups dividing `head_dim`), and that the
+    /// device serves this model, scheme and type.
+    pub fn on_device_storing(
+        shape: ModelShape,
+        scheme: CacheScheme,
+        fp: InputType,
         device: D,
     ) -> Result<Self, CacheError> {
         for (what, n) in [
@@ -241,11 +263,12 @@ impl<D: Device> VisualKvCache<D> {
             })?;
         }
         device
-            .check_model(shape, &scheme)
+            .check_model(shape, &scheme, fp)
             .map_err(|source| CacheError::Device { source })?;
         Ok(VisualKvCache {
             shape,
             scheme,
+            fp,
             device,
             sequences: BTreeMap::new(),
             next_id: 0,
@@ -260,6 +283,11 @@ impl<D: Device> VisualKvCache<D> {
     /// The cache scheme.
     pub fn scheme(&self) -> CacheScheme {
         self.scheme
+    }
+
+    /// The type its full-precision rows are stored in.
+    pub fn fp_storage(&self) -> InputType {
+        self.fp
     }
 
     /// The device its segments live on.

@@ -8,13 +8,16 @@ use kvq_ir::reference::QuantError;
 use kvq_ir::Shape3;
 
 use super::device::{Device, DeviceQuantError};
-use super::segment::{QuantPart, Rows};
+use super::fp_segment::{FpElem, Rows};
+use super::segment::QuantPart;
 use super::{CacheError, KvPart, SeqId, VisualKvCache};
 
 impl<D: Device> VisualKvCache<D> {
     /// [`prefill`](Self::prefill) for a prompt whose keys `k` and values `v` are
-    /// `[kv_heads, tokens, head_dim]` f32 buffers in this cache's device memory (on the host a
-    /// `Vec<f32>`; on CUDA a `DeviceBuffer::F32` of the device's context). The visual range is
+    /// `[kv_heads, tokens, head_dim]` buffers in this cache's device memory, of the type the
+    /// cache stores its full-precision rows in ([`fp_storage`](Self::fp_storage); another type
+    /// is [`CacheError::FpType`]): on the host a `Vec<T>`, on CUDA a `DeviceBuffer` of the
+    /// device's context. The visual range is
     /// gathered and quantized on the device and the prefix and suffix are copied there; the
     /// buffers are only read. The result is the same as `prefill` of the same values.
     ///
@@ -24,17 +27,17 @@ impl<D: Device> VisualKvCache<D> {
     /// quantize kernel, whose flag is then located by the reference on the span read back.
     /// A non-finite value is [`CacheError::NonFinite`] with its token in the prompt.
     #[allow(clippy::too_many_arguments)]
-    pub fn prefill_from_device(
+    pub fn prefill_from_device<T: FpElem>(
         &mut self,
         layer: usize,
         seq: SeqId,
-        k: &D::Buf<f32>,
-        v: &D::Buf<f32>,
+        k: &D::Buf<T>,
+        v: &D::Buf<T>,
         tokens: usize,
         visual: Range<usize>,
     ) -> Result<(), CacheError> {
         self.vacant(layer, seq)?;
-        let shape = self.check_device_kv(k, v, tokens)?;
+        let shape = self.check_device_kv::<T>(k, v, tokens)?;
         if visual.start > visual.end || visual.end > tokens {
             return Err(CacheError::VisualRange {
                 start: visual.start,
@@ -58,22 +61,22 @@ impl<D: Device> VisualKvCache<D> {
             Rows::Device { buf: k, tokens },
             Rows::Device { buf: v, tokens },
         );
-        self.store_prompt(layer, seq, k, v, tokens, visual, span)
+        self.store_prompt::<T>(layer, seq, (k, v), tokens, visual, span)
     }
 
-    /// [`append`](Self::append) for decode tokens `k`, `v` = `[kv_heads, tokens, head_dim]` f32
-    /// buffers in this cache's device memory (read back to the host only to check that they
-    /// are finite), copied on the device into the suffix.
-    pub fn append_from_device(
+    /// [`append`](Self::append) for decode tokens `k`, `v` = `[kv_heads, tokens, head_dim]`
+    /// buffers of the cache's full-precision type in its device memory (read back to the host
+    /// only to check that they are finite), copied on the device into the suffix.
+    pub fn append_from_device<T: FpElem>(
         &mut self,
         layer: usize,
         seq: SeqId,
-        k: &D::Buf<f32>,
-        v: &D::Buf<f32>,
+        k: &D::Buf<T>,
+        v: &D::Buf<T>,
         tokens: usize,
     ) -> Result<(), CacheError> {
         self.state(layer, seq)?;
-        let shape = self.check_device_kv(k, v, tokens)?;
+        let shape = self.check_device_kv::<T>(k, v, tokens)?;
         for (part, x) in [(KvPart::Keys, k), (KvPart::Values, v)] {
             self.check_device_finite(layer, part, x, shape, 0..tokens)?;
         }
@@ -89,17 +92,24 @@ impl<D: Device> VisualKvCache<D> {
         );
         state
             .suffix
-            .extend(&self.device, k, v, 0..tokens)
+            .extend::<T>(&self.device, k, v, 0..tokens)
             .map_err(|source| CacheError::Device { source })
     }
 
-    /// The prompt's shape, after checking that `k` and `v` hold `[kv_heads, tokens, head_dim]`.
-    fn check_device_kv(
+    /// The prompt's shape, after checking that `k` and `v` hold `[kv_heads, tokens, head_dim]`
+    /// values of the cache's full-precision type.
+    fn check_device_kv<T: FpElem>(
         &self,
-        k: &D::Buf<f32>,
-        v: &D::Buf<f32>,
+        k: &D::Buf<T>,
+        v: &D::Buf<T>,
         tokens: usize,
     ) -> Result<Shape3, CacheError> {
+        if T::TYPE != self.fp {
+            return Err(CacheError::FpType {
+                expected: self.fp.name(),
+                found: T::TYPE.name(),
+            });
+        }
         let shape = Shape3 {
             heads: self.shape.kv_heads,
             tokens,
@@ -124,11 +134,11 @@ impl<D: Device> VisualKvCache<D> {
 
     /// Reads tokens `range` of every head of `x` back to the host and reports the first
     /// non-finite value (head-major order, as `prefill` does).
-    fn check_device_finite(
+    fn check_device_finite<T: FpElem>(
         &self,
         layer: usize,
         part: KvPart,
-        x: &D::Buf<f32>,
+        x: &D::Buf<T>,
         shape: Shape3,
         range: Range<usize>,
     ) -> Result<(), CacheError> {
@@ -143,14 +153,14 @@ impl<D: Device> VisualKvCache<D> {
                 .device
                 .download_range(x, from..from + range.len() * dim)
                 .map_err(|source| CacheError::Device { source })?;
-            if let Some(i) = rows.iter().position(|x| !x.is_finite()) {
+            if let Some(i) = rows.iter().position(|x| !x.to_f32().is_finite()) {
                 return Err(CacheError::NonFinite {
                     layer,
                     part,
                     head,
                     token: range.start + i / dim,
                     channel: i % dim,
-                    value: rows[i],
+                    value: rows[i].to_f32(),
                 });
             }
         }
@@ -159,11 +169,11 @@ impl<D: Device> VisualKvCache<D> {
 
     /// Quantizes tokens `visual` (non-empty, within `shape`) of `x` on the device: the whole
     /// buffer when it is the span, else the span's rows gathered into a new buffer first.
-    fn quantize_device_part(
+    fn quantize_device_part<T: FpElem>(
         &self,
         layer: usize,
         part: KvPart,
-        x: &D::Buf<f32>,
+        x: &D::Buf<T>,
         shape: Shape3,
         visual: Range<usize>,
     ) -> Result<QuantPart<D>, CacheError> {
@@ -176,7 +186,7 @@ impl<D: Device> VisualKvCache<D> {
         let result = if span.tokens == shape.tokens {
             self.device.quantize_buf(x, span, scheme)
         } else {
-            let mut rows = self.device.zeros::<f32>(span.len()).map_err(device)?;
+            let mut rows = self.device.zeros::<T>(span.len()).map_err(device)?;
             for head in 0..shape.heads {
                 let from = shape.index(head, visual.start, 0);
                 self.device

@@ -2,13 +2,16 @@
 //! whole: prefill, append, import and export. Each operation validates everything first and
 //! changes the slot only at its end, so an error leaves the cache unchanged.
 
+use std::borrow::Cow;
 use std::ops::Range;
 
+use kvq_ir::lower::InputType;
 use kvq_ir::reference::PackedSpan;
 use kvq_ir::{Scheme, Shape3, Tensor3};
 
 use super::device::{Device, DeviceQuantError};
-use super::segment::{FpSegment, QuantPart, Rows};
+use super::fp_segment::{round_to, with_fp, FpElem, FpSegment, Rows};
+use super::segment::QuantPart;
 use super::{CacheError, KvPart, SeqId, VisualKvCache};
 
 /// One sequence: a slot per layer, `None` until that layer is prefilled or imported.
@@ -64,7 +67,8 @@ impl<D: Device> VisualKvCache<D> {
         visual: Range<usize>,
     ) -> Result<(), CacheError> {
         self.vacant(layer, seq)?;
-        self.check_kv(layer, k, v)?;
+        let (k, v) = self.checked_kv(layer, k, v)?;
+        let (k, v) = (k.as_ref(), v.as_ref());
         let tokens = k.shape().tokens;
         if visual.start > visual.end || visual.end > tokens {
             return Err(CacheError::VisualRange {
@@ -80,26 +84,23 @@ impl<D: Device> VisualKvCache<D> {
             let values = self.quantize_part(layer, KvPart::Values, v, visual.clone())?;
             Some((keys, values))
         };
-        self.store_prompt(
+        with_fp!(self.fp, T => self.store_prompt::<T>(
             layer,
             seq,
-            Rows::Host(k),
-            Rows::Host(v),
+            (Rows::Host(k), Rows::Host(v)),
             tokens,
             visual,
             span,
-        )
+        ))
     }
 
     /// Writes a prompt's checked slot: the prefix and suffix rows of `k`, `v` (`tokens` each)
     /// around `visual`, and the span already quantized.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn store_prompt(
+    pub(super) fn store_prompt<T: FpElem>(
         &mut self,
         layer: usize,
         seq: SeqId,
-        k: Rows<'_, D>,
-        v: Rows<'_, D>,
+        (k, v): (Rows<'_, D, T>, Rows<'_, D, T>),
         tokens: usize,
         visual: Range<usize>,
         span: Option<(QuantPart<D>, QuantPart<D>)>,
@@ -125,7 +126,8 @@ impl<D: Device> VisualKvCache<D> {
         v: &Tensor3,
     ) -> Result<(), CacheError> {
         self.state(layer, seq)?;
-        self.check_kv(layer, k, v)?;
+        let (k, v) = self.checked_kv(layer, k, v)?;
+        let (k, v) = (k.as_ref(), v.as_ref());
         let tokens = k.shape().tokens;
         let state = self
             .sequences
@@ -133,10 +135,13 @@ impl<D: Device> VisualKvCache<D> {
             .and_then(|s| s.layers.get_mut(layer))
             .and_then(Option::as_mut)
             .ok_or(CacheError::NotPrefilled { layer, seq })?;
-        state
-            .suffix
-            .extend(&self.device, Rows::Host(k), Rows::Host(v), 0..tokens)
-            .map_err(|source| CacheError::Device { source })
+        let stored: Result<(), _> = with_fp!(self.fp, T => state.suffix.extend::<T>(
+            &self.device,
+            Rows::Host(k),
+            Rows::Host(v),
+            0..tokens,
+        ));
+        stored.map_err(|source| CacheError::Device { source })
     }
 
     /// Stores an exported span (SPEC.md section 3) for (`layer`, `seq`), after an optional
@@ -153,9 +158,10 @@ impl<D: Device> VisualKvCache<D> {
         values: PackedSpan,
     ) -> Result<(), CacheError> {
         self.vacant(layer, seq)?;
-        if let Some((k, v)) = prefix {
-            self.check_kv(layer, k, v)?;
-        }
+        let prefix = match prefix {
+            Some((k, v)) => Some(self.checked_kv(layer, k, v)?),
+            None => None,
+        };
         if keys.shape.tokens == 0 {
             return Err(CacheError::Shape {
                 what: "key span tokens (at least)",
@@ -179,18 +185,20 @@ impl<D: Device> VisualKvCache<D> {
         let (heads, dim) = (self.shape.kv_heads, self.shape.head_dim);
         let state = LayerState {
             prefix: match prefix {
-                Some((k, v)) => FpSegment::copy_of(
-                    &self.device,
-                    (heads, dim),
-                    Rows::Host(k),
-                    Rows::Host(v),
-                    0..k.shape().tokens,
-                )
-                .map_err(|source| CacheError::Device { source })?,
-                None => FpSegment::empty(heads, dim),
+                Some((k, v)) => {
+                    let copied: Result<FpSegment<D>, _> = with_fp!(self.fp, T => FpSegment::copy_of::<T>(
+                        &self.device,
+                        (heads, dim),
+                        Rows::Host(&k),
+                        Rows::Host(&v),
+                        0..k.shape().tokens,
+                    ));
+                    copied.map_err(|source| CacheError::Device { source })?
+                }
+                None => FpSegment::empty(heads, dim, self.fp),
             },
             span: Some((keys, values)),
-            suffix: FpSegment::empty(heads, dim),
+            suffix: FpSegment::empty(heads, dim, self.fp),
         };
         self.put(layer, seq, state)
     }
@@ -260,13 +268,25 @@ impl<D: Device> VisualKvCache<D> {
         Ok(())
     }
 
-    /// Checks that `k` and `v` are `[kv_heads, n, head_dim]` with the same n, and finite.
-    pub(super) fn check_kv(
+    /// `k` and `v` rounded to the cache's full-precision type, after checking that they are
+    /// `[kv_heads, n, head_dim]` with the same n, and finite before and after the rounding (a
+    /// finite f32 beyond f16's range is infinite as f16).
+    fn checked_kv<'t>(
         &self,
         layer: usize,
-        k: &Tensor3,
-        v: &Tensor3,
-    ) -> Result<(), CacheError> {
+        k: &'t Tensor3,
+        v: &'t Tensor3,
+    ) -> Result<(Cow<'t, Tensor3>, Cow<'t, Tensor3>), CacheError> {
+        self.check_kv(layer, k, v)?;
+        let (k, v) = (round_to(k, self.fp), round_to(v, self.fp));
+        if self.fp != InputType::F32 {
+            self.check_finite(layer, &k, &v)?;
+        }
+        Ok((k, v))
+    }
+
+    /// Checks that `k` and `v` are `[kv_heads, n, head_dim]` with the same n, and finite.
+    fn check_kv(&self, layer: usize, k: &Tensor3, v: &Tensor3) -> Result<(), CacheError> {
         let (ks, vs) = (k.shape(), v.shape());
         let checks = [
             ("key heads", self.shape.kv_heads, ks.heads),
@@ -284,6 +304,11 @@ impl<D: Device> VisualKvCache<D> {
                 });
             }
         }
+        self.check_finite(layer, k, v)
+    }
+
+    /// Checks that every value of `k` and `v` is finite.
+    fn check_finite(&self, layer: usize, k: &Tensor3, v: &Tensor3) -> Result<(), CacheError> {
         for (part, x) in [(KvPart::Keys, k), (KvPart::Values, v)] {
             if let Some(([head, token, channel], value)) = x.first_non_finite() {
                 return Err(CacheError::NonFinite {

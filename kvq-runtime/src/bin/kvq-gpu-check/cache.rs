@@ -19,7 +19,8 @@ pub struct CacheRow {
     pub report: conformance::Report,
 }
 
-/// Runs the suite on device `device` with `bundle` (compiled with `--input f32 --group G`).
+/// Runs the suite on device `device` with `bundle` (compiled with `--input T --fp T --group G`:
+/// a cache storing its full-precision rows as T).
 pub fn run(device: usize, bundle: &Bundle, log: &mut String) -> Result<CacheRow> {
     let pair = bundle
         .manifest
@@ -39,7 +40,8 @@ pub fn run(device: usize, bundle: &Bundle, log: &mut String) -> Result<CacheRow>
         q_heads: 2 * group,
         head_dim: bundle.manifest.head_dim as usize,
     };
-    let name = Cuda::new(CudaRuntime::new(device)?, bundle, &scheme)?.name();
+    let cuda = Cuda::new(CudaRuntime::new(device)?, bundle, &scheme)?;
+    let name = format!("{}, {} rows", cuda.name(), cuda.fp().name());
     // Each scenario gets a fresh cache, and each cache its own context handle and kernels.
     let make = || {
         let cuda = CudaRuntime::new(device)
@@ -47,7 +49,7 @@ pub fn run(device: usize, bundle: &Bundle, log: &mut String) -> Result<CacheRow>
             .map_err(|e| kvq_runtime::CacheError::Device {
                 source: kvq_runtime::DeviceError::new("opening the CUDA device", e),
             })?;
-        VisualKvCache::on_device(shape, scheme, cuda)
+        VisualKvCache::on_device_storing(shape, scheme, cuda.fp(), cuda)
     };
     let report = conformance::run(&make).map_err(|e| anyhow!("{pair}: {e}"))?;
     let _ = writeln!(

@@ -1,16 +1,31 @@
 //! Scenario 5: prompts and decode tokens given in the device's memory.
 
-use kvq_ir::Tensor3;
+use kvq_ir::lower::InputType;
 
 use super::{cases, check_attention, check_spans, snapshot, Failure, Report, Rng};
-use crate::cache::{CacheError, Device, KvPart, SeqId, VisualKvCache};
+use crate::cache::fp_segment::with_fp;
+use crate::cache::{CacheError, Device, FpElem, KvPart, SeqId, VisualKvCache};
 
-/// `x`'s values in `cache`'s device memory.
-fn upload<D: Device>(cache: &VisualKvCache<D>, x: &Tensor3) -> Result<D::Buf<f32>, Failure> {
+/// `xs` as `T` in `cache`'s device memory.
+fn upload<D: Device, T: FpElem>(
+    cache: &VisualKvCache<D>,
+    xs: &[f32],
+) -> Result<D::Buf<T>, Failure> {
+    let xs: Vec<T> = xs.iter().map(|&x| T::from_f32(x)).collect();
     cache
         .device()
-        .upload(x.data())
+        .upload(&xs)
         .map_err(|e| format!("upload: {e}"))
+}
+
+/// [`run_typed`] for the caches' full-precision type.
+pub(super) fn run<D: Device>(
+    rng: &mut Rng,
+    host: VisualKvCache<D>,
+    device: VisualKvCache<D>,
+    report: &mut Report,
+) -> Result<(), Failure> {
+    with_fp!(host.fp_storage(), T => run_typed::<D, T>(rng, host, device, report))
 }
 
 /// Fills every layer of one cache from host tensors and of another (`device`) from device
@@ -18,7 +33,7 @@ fn upload<D: Device>(cache: &VisualKvCache<D>, x: &Tensor3) -> Result<D::Buf<f32
 /// the reference, and both must hold the same tokens, capacities, spans and memory and give
 /// the same outputs bit for bit. Then every refused device-buffer call must leave the cache as
 /// it was.
-pub(super) fn run<D: Device>(
+fn run_typed<D: Device, T: FpElem>(
     rng: &mut Rng,
     mut host: VisualKvCache<D>,
     mut device: VisualKvCache<D>,
@@ -34,14 +49,18 @@ pub(super) fn run<D: Device>(
         for (c, &seq) in cases.iter().zip(&seqs) {
             c.fill(&mut host, layer, seq)?;
             let fail = |e: CacheError| format!("device prompt at layer {layer}: {e}");
-            let (k, v) = (upload(&device, &c.k)?, upload(&device, &c.v)?);
+            let k = upload::<D, T>(&device, c.k.data())?;
+            let v = upload::<D, T>(&device, c.v.data())?;
             let tokens = c.k.shape().tokens;
             device
                 .prefill_from_device(layer, seq, &k, &v, tokens, c.visual.clone())
                 .map_err(fail)?;
             for (k, v) in &c.appended {
                 let n = k.shape().tokens;
-                let (k, v) = (upload(&device, k)?, upload(&device, v)?);
+                let (k, v) = (
+                    upload::<D, T>(&device, k.data())?,
+                    upload(&device, v.data())?,
+                );
                 device
                     .append_from_device(layer, seq, &k, &v, n)
                     .map_err(fail)?;
@@ -71,11 +90,11 @@ pub(super) fn run<D: Device>(
         return Err("device-buffer prompts report other memory than host ones".into());
     }
     report.checks += 1;
-    refusals(&mut device, &seqs, &cases, report)
+    refusals::<D, T>(&mut device, &seqs, &cases, report)
 }
 
 /// Every refused device-buffer call returns its typed error and changes nothing observable.
-fn refusals<D: Device>(
+fn refusals<D: Device, T: FpElem>(
     cache: &mut VisualKvCache<D>,
     seqs: &[SeqId],
     cases: &[super::Case],
@@ -89,10 +108,7 @@ fn refusals<D: Device>(
         if let Some(i) = nan_at {
             x[i] = f32::NAN;
         }
-        cache
-            .device()
-            .upload(&x)
-            .map_err(|e| format!("upload: {e}"))
+        upload::<D, T>(cache, &x)
     };
     // Six tokens, the last head's token 1 (prefix) or token 4 (span, 2..5) channel 3 NaN.
     let last = kv - 1;
@@ -103,6 +119,15 @@ fn refusals<D: Device>(
     let one = values(1, None)?;
     let nan_one = values(1, Some(last * dim + dim - 1))?;
     let fresh = cache.add_sequence();
+    // Buffers of another type than the cache's rows.
+    let quarter = vec![0.25f32; kv * 6 * dim];
+    let other_type = if T::TYPE == InputType::F32 {
+        let b = upload::<D, half::f16>(cache, &quarter)?;
+        cache.prefill_from_device(0, fresh, &b, &b, 6, 2..5)
+    } else {
+        let b = upload::<D, f32>(cache, &quarter)?;
+        cache.prefill_from_device(0, fresh, &b, &b, 6, 2..5)
+    };
     let nan_at = |part: KvPart, token: usize, channel: usize| {
         move |e: &CacheError| {
             matches!(e, CacheError::NonFinite { part: p, head, token: t, channel: c, .. }
@@ -111,6 +136,11 @@ fn refusals<D: Device>(
     };
     type Expect<'a> = Box<dyn Fn(&CacheError) -> bool + 'a>;
     let calls: Vec<(&str, Result<(), CacheError>, Expect<'_>)> = vec![
+        (
+            "buffers of another type",
+            other_type,
+            Box::new(|e| matches!(e, CacheError::FpType { .. })),
+        ),
         (
             "a key buffer a token short",
             cache.prefill_from_device(0, fresh, &short, &good, 6, 2..5),

@@ -27,7 +27,9 @@ use kvq_ir::metrics::max_head_deviation;
 use kvq_ir::reference::{decode_attention, quantize, PackedSpan, Segment};
 use kvq_ir::{Scheme, Tensor3};
 
+use super::fp_segment::{fp_size, round_to};
 use super::{CacheError, Device, KvPart, QueryRef, SeqId, VisualKvCache};
+use kvq_ir::lower::InputType;
 
 /// Largest accepted attention deviation: over query heads, max |got - want| / max |want|.
 pub const TOLERANCE: f64 = 1e-4;
@@ -46,8 +48,9 @@ pub struct Report {
 /// A failed check.
 pub type Failure = String;
 
-/// splitmix64 values in [-a, a).
-struct Rng(u64);
+/// splitmix64 values in [-a, a), rounded to the cache's full-precision type (so that the
+/// reference sees exactly the values the cache stores and quantizes).
+struct Rng(u64, InputType);
 
 impl Rng {
     fn next(&mut self) -> u64 {
@@ -68,7 +71,8 @@ impl Rng {
         let data = (0..heads * tokens * dim)
             .map(|_| ((self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0) * a)
             .collect();
-        Tensor3::new([heads, tokens, dim], data).map_err(|e| e.to_string())
+        let x = Tensor3::new([heads, tokens, dim], data).map_err(|e| e.to_string())?;
+        Ok(round_to(&x, self.1).into_owned())
     }
 }
 
@@ -277,10 +281,9 @@ pub fn run<D: Device>(
 ) -> Result<Report, Failure> {
     let mut report = Report::default();
     let fresh = || make().map_err(|e| format!("making a cache: {e}"));
-    let mut rng = Rng(0x00c0_ffee);
-
     // 1. Ragged batches at every layer.
     let mut cache = fresh()?;
+    let mut rng = Rng(0x00c0_ffee, cache.fp_storage());
     let cases = cases(&mut rng, &cache)?;
     let seqs: Vec<SeqId> = cases.iter().map(|_| cache.add_sequence()).collect();
     for layer in 0..cache.shape().layers {
@@ -362,7 +365,7 @@ pub fn run<D: Device>(
         q: q.clone(),
     };
     case.fill(&mut cache, 0, seq)?;
-    let row_bytes = 2 * shape.kv_heads * shape.head_dim * size_of::<f32>();
+    let row_bytes = 2 * shape.kv_heads * shape.head_dim * fp_size(cache.fp_storage());
     let mut reallocations = 0;
     let mut last = 0;
     for n in 1..=200 {

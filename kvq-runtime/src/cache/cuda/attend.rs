@@ -8,8 +8,10 @@
 //! device first.
 
 use kvq_ir::lower::attention::{plan, SeqExtent, WorkLens};
+use kvq_ir::lower::InputType;
 
 use super::Cuda;
+use crate::cache::fp_segment::{with_fp, FpElem};
 use crate::cache::segment::{QuantPart, StoredParams};
 use crate::cache::sequence::LayerState;
 use crate::cache::{CacheError, DeviceError, QueryRef, VisualKvCache};
@@ -94,7 +96,8 @@ impl VisualKvCache<Cuda> {
         let work = WorkLens::new(&self.scheme, schedule, &plan, kv, g, d, states.len())
             .map_err(lowering)?;
         let q: Vec<f32> = queries.iter().flat_map(|q| q.q.iter().copied()).collect();
-        let (fp_k, fp_v) = gather_fp(rt, &states, kv, d).map_err(device("gathering fp tokens"))?;
+        let (fp_k, fp_v) = gather_fp(rt, &states, (kv, d), self.fp_storage())
+            .map_err(device("gathering fp tokens"))?;
         let spans: Vec<_> = states.iter().filter_map(|s| s.span.as_ref()).collect();
         let keys: Vec<SpanBuffers<'_>> = spans.iter().map(|(k, _)| parts(k)).collect();
         let values: Vec<SpanBuffers<'_>> = spans.iter().map(|(_, v)| parts(v)).collect();
@@ -180,8 +183,18 @@ fn u32_of(n: usize) -> Result<u32, CudaError> {
     u32::try_from(n).map_err(|_| CudaError::BundleMismatch(format!("{n} exceeds 32 bits")))
 }
 
-/// Every sequence's prefix and suffix as `[kv_heads, n, head_dim]` blocks, in batch order.
+/// Every sequence's prefix and suffix as `[kv_heads, n, head_dim]` blocks of the cache's
+/// full-precision type `fp`, in batch order.
 fn gather_fp(
+    rt: &CudaRuntime,
+    states: &[&LayerState<Cuda>],
+    (kv, d): (usize, usize),
+    fp: InputType,
+) -> Result<(DeviceBuffer, DeviceBuffer), CudaError> {
+    with_fp!(fp, T => gather_typed::<T>(rt, states, kv, d))
+}
+
+fn gather_typed<T: FpElem>(
     rt: &CudaRuntime,
     states: &[&LayerState<Cuda>],
     kv: usize,
@@ -191,19 +204,25 @@ fn gather_fp(
         .iter()
         .map(|s| (s.prefix.tokens() + s.suffix.tokens()) * kv * d)
         .sum();
-    let mut k = rt.zeros::<f32>(total.max(1))?;
-    let mut v = rt.zeros::<f32>(total.max(1))?;
+    let mut k = rt.zeros::<T>(total.max(1))?;
+    let mut v = rt.zeros::<T>(total.max(1))?;
     let mut at = 0;
     for s in states {
         for h in 0..kv {
             for seg in [&s.prefix, &s.suffix] {
-                let Some((sk, sv)) = seg.buffers() else {
+                let Some(bufs) = seg.buffers() else {
                     continue;
                 };
+                let (sk, sv) = T::pair(bufs).ok_or_else(|| {
+                    CudaError::BundleMismatch(format!(
+                        "a segment's rows are not of the cache's type {}",
+                        T::TYPE.name()
+                    ))
+                })?;
                 let n = seg.tokens() * d;
                 let from = h * seg.capacity() * d;
-                rt.copy_at::<f32>(&mut k, at, sk, from..from + n)?;
-                rt.copy_at::<f32>(&mut v, at, sv, from..from + n)?;
+                rt.copy_at::<T>(&mut k, at, sk, from..from + n)?;
+                rt.copy_at::<T>(&mut v, at, sv, from..from + n)?;
                 at += n;
             }
         }

@@ -2,10 +2,10 @@
 //! generated quantize kernels, decode attention by the generated attention kernels (module
 //! `attend`).
 //!
-//! A `Cuda` device loads one bundle that `kvq compile --target sm_XX --input f32 --group G`
+//! A `Cuda` device loads one bundle that `kvq compile --target sm_XX --input T --group G`
 //! wrote for the cache's scheme pair (the `kvq` facade compiles one in memory): the key and
-//! value quantize kernels and the attention kernels. Full-precision segments are stored as f32,
-//! as on the host.
+//! value quantize kernels and the attention kernels, all reading keys and values of type `T`
+//! (f32, f16 or bf16), the type the cache stores its full-precision rows in.
 
 mod attend;
 
@@ -13,11 +13,13 @@ use std::fmt;
 use std::ops::Range;
 
 use kvq_ir::lower::attention::AttentionSchedule;
+use kvq_ir::lower::InputType;
 use kvq_ir::reference::quantize::{check_shape, param_shape, row_bytes};
 use kvq_ir::reference::QuantError;
 use kvq_ir::{CacheScheme, ParamType, Scheme, Shape3, Tensor3};
 
 use super::device::{CacheElem, Device, DeviceError, DeviceQuantError};
+use super::fp_segment::{with_fp, FpElem};
 use super::segment::{QuantPart, StoredParams};
 use super::{CacheError, ModelShape, QueryRef, VisualKvCache};
 use crate::cuda::{Bundle, CudaError, CudaRuntime, DeviceBuffer, Kernel, NamedArgs, Role};
@@ -27,6 +29,7 @@ pub struct Cuda {
     rt: CudaRuntime,
     name: String,
     scheme: CacheScheme,
+    fp: InputType,
     head_dim: usize,
     group: usize,
     schedule: AttentionSchedule,
@@ -54,17 +57,18 @@ fn bundle_error(why: String) -> CudaError {
 }
 
 impl Cuda {
-    /// Loads `bundle`'s kernels for `scheme` into `rt`'s context. The bundle must read f32
-    /// input and hold both quantize kernels and the attention kernels of exactly this pair
-    /// (calibration included); a mismatch is a [`CudaError::BundleMismatch`].
+    /// Loads `bundle`'s kernels for `scheme` into `rt`'s context. The bundle must hold both
+    /// quantize kernels and the attention kernels of exactly this pair (calibration included);
+    /// its input type (f32, f16 or bf16) is the type the cache's full-precision rows are
+    /// stored in. A mismatch is a [`CudaError::BundleMismatch`].
     pub fn new(rt: CudaRuntime, bundle: &Bundle, scheme: &CacheScheme) -> Result<Cuda, CudaError> {
         let m = &bundle.manifest;
-        if m.input != "f32" {
-            return Err(bundle_error(format!(
-                "the bundle's kernels read {} input; a cache needs f32",
-                m.input
-            )));
-        }
+        let fp = [InputType::F32, InputType::F16, InputType::BF16]
+            .into_iter()
+            .find(|t| t.name() == m.input)
+            .ok_or_else(|| {
+                bundle_error(format!("the bundle's input type {} is unknown", m.input))
+            })?;
         let group = m.group.ok_or_else(|| {
             bundle_error("the bundle has no attention kernels (compile with --group)".into())
         })?;
@@ -89,6 +93,21 @@ impl Cuda {
             })
         };
         let partial = need(Role::AttentionPartial, &pair)?;
+        // The attention kernels read full-precision rows of the type the quantize kernels
+        // read: the type the cache stores them in.
+        let rows = partial.entry.params.iter().find_map(|p| match p {
+            crate::cuda::ParamSpec::Buffer { name, elem, .. } if name == "fp_k" => Some(*elem),
+            _ => None,
+        });
+        if rows != Some(crate::cuda::Elem::from_scalar(fp.scalar())) {
+            return Err(bundle_error(format!(
+                "the attention kernels read {} rows and the quantize kernels {} input; a cache \
+                 bundle needs them equal (kvq compile --fp {})",
+                rows.map_or("no", |e| e.name()),
+                fp.name(),
+                fp.name()
+            )));
+        }
         let schedule: AttentionSchedule = serde_json::from_value(partial.schedule.clone())
             .map_err(|e| {
                 bundle_error(format!(
@@ -103,6 +122,7 @@ impl Cuda {
         let cuda = Cuda {
             name: format!("cuda ({})", rt.device_name()?),
             scheme: *scheme,
+            fp,
             head_dim: m.head_dim as usize,
             group: group as usize,
             schedule,
@@ -119,6 +139,12 @@ impl Cuda {
     /// The runtime (context and stream).
     pub fn runtime(&self) -> &CudaRuntime {
         &self.rt
+    }
+
+    /// The type the bundle's kernels read keys and values in: the full-precision row type of
+    /// a cache on this device.
+    pub fn fp(&self) -> InputType {
+        self.fp
     }
 
     /// The attention schedule the bundle was compiled with.
@@ -146,7 +172,12 @@ impl Device for Cuda {
         self.name.clone()
     }
 
-    fn check_model(&self, shape: ModelShape, scheme: &CacheScheme) -> Result<(), DeviceError> {
+    fn check_model(
+        &self,
+        shape: ModelShape,
+        scheme: &CacheScheme,
+        fp: InputType,
+    ) -> Result<(), DeviceError> {
         let bad = |why: String| {
             Err(DeviceError::new(
                 "checking the cache against the bundle",
@@ -157,6 +188,13 @@ impl Device for Cuda {
             return bad(format!(
                 "the cache's scheme ({scheme}) is not the bundle's ({})",
                 self.scheme
+            ));
+        }
+        if fp != self.fp {
+            return bad(format!(
+                "the cache stores {} rows, the bundle's kernels read {}",
+                fp.name(),
+                self.fp.name()
             ));
         }
         if shape.head_dim != self.head_dim {
@@ -240,11 +278,14 @@ impl Device for Cuda {
 
     fn quantize(&self, x: &Tensor3, scheme: &Scheme) -> Result<QuantPart<Self>, DeviceQuantError> {
         check_shape(scheme, x.shape())?;
-        let input = self.upload(x.data())?;
-        self.quantize_buf(&input, x.shape(), scheme)
+        with_fp!(self.fp, T => {
+            let data: Vec<T> = x.data().iter().map(|&v| T::from_f32(v)).collect();
+            let input = self.upload(&data)?;
+            self.quantize_buf::<T>(&input, x.shape(), scheme)
+        })
     }
 
-    fn quantize_buf(
+    fn quantize_buf<T: FpElem>(
         &self,
         x: &DeviceBuffer,
         shape: Shape3,
@@ -265,9 +306,11 @@ impl Device for Cuda {
         let heads = u32::try_from(shape.heads).map_err(|_| too_big())?;
         let tokens = u32::try_from(shape.tokens).map_err(|_| too_big())?;
         let elems = shape.checked_len().ok_or_else(too_big)?;
-        if x.len() != elems || x.elem() != crate::cuda::Elem::F32 {
+        let want = crate::cuda::Elem::from_scalar(self.fp.scalar());
+        if x.len() != elems || x.elem() != want || T::TYPE != self.fp {
             return Err(QuantError::Malformed(format!(
-                "a span of {shape:?} needs {elems} f32 elements, the buffer holds {} {}",
+                "a span of {shape:?} needs {elems} {} elements, the buffer holds {} {}",
+                want.name(),
                 x.len(),
                 x.elem().name()
             ))
@@ -299,8 +342,9 @@ impl Device for Cuda {
             .map_err(device_error("reading the quantize status"))?;
         if status.as_deref() != Some(&[0]) {
             // The kernel flagged a non-finite value or an overflow: the reference names it.
-            let input = self.download::<f32>(x)?;
-            let exact = Tensor3::new(shape.dims(), input).map_err(QuantError::from)?;
+            let input = self.download::<T>(x)?;
+            let wide = input.iter().map(|&v| v.to_f32()).collect();
+            let exact = Tensor3::new(shape.dims(), wide).map_err(QuantError::from)?;
             return Err(match kvq_ir::reference::quantize(&exact, scheme) {
                 Err(e) => e.into(),
                 Ok(_) => QuantError::Malformed(format!(
