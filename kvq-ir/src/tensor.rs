@@ -113,6 +113,14 @@ impl Tensor3 {
         &self.data
     }
 
+    /// The tensor with `f` applied to every value (same shape).
+    pub fn map(&self, f: impl Fn(f32) -> f32) -> Tensor3 {
+        Tensor3 {
+            shape: self.shape,
+            data: self.data.iter().map(|&x| f(x)).collect(),
+        }
+    }
+
     /// The value at (head, token, channel).
     pub fn at(&self, head: usize, token: usize, channel: usize) -> f32 {
         self.data[self.shape.index(head, token, channel)]

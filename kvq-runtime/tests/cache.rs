@@ -1098,14 +1098,7 @@ fn narrow_rows_halve_the_full_precision_memory_and_round_the_prompt() {
     }
     // Against the reference over rows rounded to each type.
     for (fp, _, out) in &caches {
-        let round = |x: &Tensor3| {
-            let data = x.data().iter().map(|&a| match fp {
-                InputType::F16 => half::f16::from_f32(a).to_f32(),
-                InputType::BF16 => half::bf16::from_f32(a).to_f32(),
-                InputType::F32 => a,
-            });
-            Tensor3::new(x.shape().dims(), data.collect()).unwrap()
-        };
+        let round = |x: &Tensor3| x.map(|a| fp.round(a));
         let (rk, rv) = (round(&k), round(&v));
         let slice = |x: &Tensor3, r: Range<usize>| x.slice_tokens(r).unwrap();
         let span = (

@@ -27,20 +27,6 @@ fn check(scheme: &CacheScheme, g: usize, schedule: Option<AttentionSchedule>, se
     check_fp(scheme, g, schedule, seqs, InputType::F32)
 }
 
-/// `x` rounded to `fp` (and widened back: exact).
-fn rounded(x: &Tensor3, fp: InputType) -> Tensor3 {
-    let data = x
-        .data()
-        .iter()
-        .map(|&v| match fp {
-            InputType::F16 => half::f16::from_f32(v).to_f32(),
-            InputType::BF16 => half::bf16::from_f32(v).to_f32(),
-            InputType::F32 => v,
-        })
-        .collect();
-    Tensor3::new(x.shape().dims(), data).unwrap()
-}
-
 /// [`check`] with full-precision rows of type `fp`: the reference reads them rounded to it.
 fn check_fp(
     scheme: &CacheScheme,
@@ -79,7 +65,8 @@ fn check_fp(
     let mut worst = 0.0f64;
     for (i, (out, s)) in got.iter().zip(&data).enumerate() {
         let mut segments = Vec::new();
-        let fp_rows = s.fp.map(|(k, v)| (rounded(k, fp), rounded(v, fp)));
+        let fp_rows =
+            s.fp.map(|(k, v)| (k.map(|x| fp.round(x)), v.map(|x| fp.round(x))));
         if let Some((k, v)) = &fp_rows {
             segments.push(Segment::Full { k, v });
         }

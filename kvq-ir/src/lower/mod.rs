@@ -60,6 +60,16 @@ impl InputType {
         }
     }
 
+    /// `x` rounded to this type (to nearest even) and widened back to f32, exactly: the value a
+    /// buffer of this type holds for `x`.
+    pub fn round(self, x: f32) -> f32 {
+        match self {
+            InputType::F16 => half::f16::from_f32(x).to_f32(),
+            InputType::BF16 => half::bf16::from_f32(x).to_f32(),
+            InputType::F32 => x,
+        }
+    }
+
     /// The IR element type.
     pub fn scalar(self) -> ScalarType {
         match self {

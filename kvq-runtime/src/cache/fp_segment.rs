@@ -92,15 +92,9 @@ pub fn fp_size(fp: InputType) -> usize {
 
 /// `x` rounded to `fp` (the same tensor for f32).
 pub fn round_to(x: &Tensor3, fp: InputType) -> Cow<'_, Tensor3> {
-    let round = |f: fn(f32) -> f32| {
-        let data = x.data().iter().map(|&v| f(v)).collect();
-        // The shape is x's own, so the lengths agree.
-        Tensor3::new(x.shape().dims(), data).map_or(Cow::Borrowed(x), Cow::Owned)
-    };
     match fp {
         InputType::F32 => Cow::Borrowed(x),
-        InputType::F16 => round(|v| f16::from_f32(v).to_f32()),
-        InputType::BF16 => round(|v| bf16::from_f32(v).to_f32()),
+        _ => Cow::Owned(x.map(|v| fp.round(v))),
     }
 }
 

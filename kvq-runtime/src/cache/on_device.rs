@@ -80,12 +80,7 @@ impl<D: Device> VisualKvCache<D> {
         for (part, x) in [(KvPart::Keys, k), (KvPart::Values, v)] {
             self.check_device_finite(layer, part, x, shape, 0..tokens)?;
         }
-        let state = self
-            .sequences
-            .get_mut(&seq)
-            .and_then(|s| s.layers.get_mut(layer))
-            .and_then(Option::as_mut)
-            .ok_or(CacheError::NotPrefilled { layer, seq })?;
+        let state = super::sequence::slot_mut(&mut self.sequences, layer, seq)?;
         let (k, v) = (
             Rows::Device { buf: k, tokens },
             Rows::Device { buf: v, tokens },

@@ -3,6 +3,7 @@
 //! changes the slot only at its end, so an error leaves the cache unchanged.
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::ops::Range;
 
 use kvq_ir::lower::InputType;
@@ -129,12 +130,7 @@ impl<D: Device> VisualKvCache<D> {
         let (k, v) = self.checked_kv(layer, k, v)?;
         let (k, v) = (k.as_ref(), v.as_ref());
         let tokens = k.shape().tokens;
-        let state = self
-            .sequences
-            .get_mut(&seq)
-            .and_then(|s| s.layers.get_mut(layer))
-            .and_then(Option::as_mut)
-            .ok_or(CacheError::NotPrefilled { layer, seq })?;
+        let state = slot_mut(&mut self.sequences, layer, seq)?;
         let stored: Result<(), _> = with_fp!(self.fp, T => state.suffix.extend::<T>(
             &self.device,
             Rows::Host(k),
@@ -438,4 +434,18 @@ impl<D: Device> VisualKvCache<D> {
             KvPart::Values => &self.scheme.value,
         }
     }
+}
+
+/// The prefilled slot of (`layer`, `seq`) in `sequences`, to append to (a function of the map
+/// alone, so that the cache's device stays borrowable beside it).
+pub(super) fn slot_mut<D: Device>(
+    sequences: &mut BTreeMap<SeqId, Sequence<D>>,
+    layer: usize,
+    seq: SeqId,
+) -> Result<&mut LayerState<D>, CacheError> {
+    sequences
+        .get_mut(&seq)
+        .and_then(|s| s.layers.get_mut(layer))
+        .and_then(Option::as_mut)
+        .ok_or(CacheError::NotPrefilled { layer, seq })
 }
