@@ -24,13 +24,15 @@ use kvq_ir::ir::{Memory, ScalarType};
 use super::lower::{Fail, Lower, R};
 
 /// The host's radix passes for elements of type `elem`: (shift, digit bits), most significant
-/// digit first, and the key bits below the last digit (all equal, see the module documentation).
+/// digit first, and the key bits below the last digit (all equal:
+/// [`ScalarType::constant_key_bits`]).
 fn radix_passes(elem: ScalarType) -> (&'static [(u32, u32)], u32) {
-    match elem {
-        ScalarType::F16 => (&[(21, 11), (13, 8)], 13),
-        ScalarType::BF16 => (&[(24, 8), (16, 8)], 16),
-        _ => (&[(21, 11), (10, 11), (0, 10)], 0),
-    }
+    let passes: &'static [(u32, u32)] = match elem {
+        ScalarType::F16 => &[(21, 11), (13, 8)],
+        ScalarType::BF16 => &[(24, 8), (16, 8)],
+        _ => &[(21, 11), (10, 11), (0, 10)],
+    };
+    (passes, elem.constant_key_bits())
 }
 
 /// The shortest run the host selects by radix (shorter ones bisect).
@@ -394,5 +396,26 @@ impl<'ctx> Lower<'_, 'ctx> {
         let negated = b.build_not(key, "negated")?;
         Ok(b.build_select(positive, flipped, negated, "bits")?
             .into_int_value())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each type's digits cover the 32-bit key from the top down to its constant bits, with no
+    /// gap or overlap, and fit the histogram.
+    #[test]
+    fn radix_passes_tile_the_key_above_its_constant_bits() {
+        for elem in [ScalarType::F16, ScalarType::BF16, ScalarType::F32] {
+            let (passes, constant) = radix_passes(elem);
+            let mut top = 32;
+            for &(shift, bits) in passes {
+                assert_eq!(shift + bits, top, "{elem:?}: a gap or overlap at bit {top}");
+                assert!((1 << bits) < RADIX_BINS, "{elem:?}: {bits}-bit digit");
+                top = shift;
+            }
+            assert_eq!(top, constant, "{elem:?}");
+        }
     }
 }

@@ -24,6 +24,17 @@ pub enum ScalarType {
 }
 
 impl ScalarType {
+    /// The low bits of the f32 total-order key of a value of this type (its bits widened to
+    /// f32, then ordered) that every value leaves equal: 13 for F16 (a 10-bit significand in
+    /// f32's 23), 16 for BF16 (7 in 23), 0 otherwise. Selections over the key skip them.
+    pub fn constant_key_bits(self) -> u32 {
+        match self {
+            ScalarType::F16 => 13,
+            ScalarType::BF16 => 16,
+            _ => 0,
+        }
+    }
+
     /// True for F16, BF16, F32, F64.
     pub fn is_float(self) -> bool {
         matches!(

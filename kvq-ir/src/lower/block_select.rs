@@ -29,15 +29,6 @@ use super::InputType;
 /// The two levels of the quantile rule: the range's low and high ends.
 const SIDES: u32 = 2;
 
-/// Key bits that every value of the input type leaves constant (see the module documentation).
-fn dropped_bits(input: InputType) -> u32 {
-    match input {
-        InputType::F16 => 13,
-        InputType::BF16 => 16,
-        InputType::F32 => 0,
-    }
-}
-
 /// Elements of a warp's row of partials: one per (side, channel), and one of padding so that
 /// the lanes reading a column of them (lane l, row l) fall in different banks.
 fn partial_row(channels: u32) -> u32 {
@@ -235,7 +226,7 @@ pub fn select_quantiles(
     let s = Select {
         w,
         bsz,
-        z: dropped_bits(input),
+        z: input.scalar().constant_key_bits(),
         levels: [p, 1.0 - p],
         mid: b.local("sel_mid", ScalarType::U32, n),
         count: [
