@@ -82,14 +82,6 @@ fp_elem!(f32, F32, |x| x, |x| x);
 fp_elem!(f16, F16, f16::from_f32, f16::to_f32);
 fp_elem!(bf16, BF16, bf16::from_f32, bf16::to_f32);
 
-/// Bytes of one element of `fp`.
-pub fn fp_size(fp: InputType) -> usize {
-    match fp {
-        InputType::F32 => 4,
-        InputType::F16 | InputType::BF16 => 2,
-    }
-}
-
 /// `x` rounded to `fp` (the same tensor for f32).
 pub fn round_to(x: &Tensor3, fp: InputType) -> Cow<'_, Tensor3> {
     match fp {
@@ -313,12 +305,12 @@ impl<D: Device> FpSegment<D> {
 
     /// Bytes of the live tokens (keys and values).
     pub(super) fn live_bytes(&self) -> usize {
-        2 * self.heads * self.tokens * self.dim * fp_size(self.fp)
+        2 * self.heads * self.tokens * self.dim * self.fp.scalar().size()
     }
 
     /// Bytes allocated (keys and values), slack included.
     pub(super) fn reserved_bytes(&self) -> usize {
-        2 * self.heads * self.capacity * self.dim * fp_size(self.fp)
+        2 * self.heads * self.capacity * self.dim * self.fp.scalar().size()
     }
 }
 

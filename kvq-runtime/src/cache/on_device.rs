@@ -17,16 +17,15 @@ impl<D: Device> VisualKvCache<D> {
     /// `[kv_heads, tokens, head_dim]` buffers in this cache's device memory, of the type the
     /// cache stores its full-precision rows in ([`fp_storage`](Self::fp_storage); another type
     /// is [`CacheError::FpType`]): on the host a `Vec<T>`, on CUDA a `DeviceBuffer` of the
-    /// device's context. The visual range is
-    /// gathered and quantized on the device and the prefix and suffix are copied there; the
-    /// buffers are only read. The result is the same as `prefill` of the same values.
+    /// device's context. The visual range is gathered and quantized on the device and the prefix
+    /// and suffix are copied there; the buffers are only read. The result is the same as
+    /// `prefill` of the same values.
     ///
     /// Checks, before anything changes: the slot, both buffers' lengths (`TooLarge` when the
     /// element count overflows), the visual range, and finiteness: the prefix and suffix rows
     /// are read back to the host and scanned (a prompt's text tokens), the span's rows by the
     /// quantize kernel, whose flag is then located by the reference on the span read back.
     /// A non-finite value is [`CacheError::NonFinite`] with its token in the prompt.
-    #[allow(clippy::too_many_arguments)]
     pub fn prefill_from_device<T: FpElem>(
         &mut self,
         layer: usize,

@@ -27,7 +27,7 @@ use kvq_ir::metrics::max_head_deviation;
 use kvq_ir::reference::{decode_attention, quantize, PackedSpan, Segment};
 use kvq_ir::{Scheme, Tensor3};
 
-use super::fp_segment::{fp_size, round_to};
+use super::fp_segment::round_to;
 use super::{CacheError, Device, KvPart, QueryRef, SeqId, VisualKvCache};
 use kvq_ir::lower::InputType;
 
@@ -365,7 +365,7 @@ pub fn run<D: Device>(
         q: q.clone(),
     };
     case.fill(&mut cache, 0, seq)?;
-    let row_bytes = 2 * shape.kv_heads * shape.head_dim * fp_size(cache.fp_storage());
+    let row_bytes = 2 * shape.kv_heads * shape.head_dim * cache.fp_storage().scalar().size();
     let mut reallocations = 0;
     let mut last = 0;
     for n in 1..=200 {
