@@ -188,7 +188,15 @@ impl AttentionTable {
     /// warning on stderr when only a stale or invalid entry is there).
     pub fn schedule_for(&self, scheme: &CacheScheme, shape: AttentionShape) -> AttentionSchedule {
         let default = AttentionSchedule::host_default(scheme);
-        let key = AttentionKey::new(scheme, shape);
+        // Entries are tuned over f32 full-precision rows; kernels of f16 / bf16 rows (a small
+        // part of the work) take the same schedule.
+        let key = AttentionKey::new(
+            scheme,
+            AttentionShape {
+                fp: kvq_ir::lower::InputType::F32,
+                ..shape
+            },
+        );
         match self.entries.get(&key) {
             Some((s, _, _)) if s.check(scheme).is_ok() => *s,
             Some((s, _, _)) => {

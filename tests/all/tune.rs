@@ -366,6 +366,14 @@ mod attention {
         let loaded = AttentionTable::load(&path).unwrap();
         assert_eq!(loaded, table);
         assert_eq!(loaded.schedule_for(&scheme, SHAPE), other(&scheme));
+        // Kernels of f16 or bf16 full-precision rows take the entry tuned over f32 rows.
+        for fp in [
+            kvq_ir::lower::InputType::F16,
+            kvq_ir::lower::InputType::BF16,
+        ] {
+            let narrow = AttentionShape { fp, ..SHAPE };
+            assert_eq!(loaded.schedule_for(&scheme, narrow), other(&scheme));
+        }
         // Another shape class has no entry.
         let g2 = AttentionShape { group: 2, ..SHAPE };
         assert_eq!(loaded.schedule_for(&scheme, g2), default);
