@@ -116,14 +116,20 @@ pub(crate) fn ir_text(
 
 /// What determines host code besides the kernel: triple, CPU and its features (a cache key part).
 pub(crate) fn host_target_id() -> String {
-    format!(
-        "{} {} {}",
-        TargetMachine::get_default_triple()
-            .as_str()
-            .to_string_lossy(),
-        TargetMachine::get_host_cpu_name().to_string(),
-        TargetMachine::get_host_cpu_features().to_string()
-    )
+    // Asked of LLVM once per process (each query reads CPUID and builds strings: about 0.1 ms,
+    // which every warm kernel load paid).
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        format!(
+            "{} {} {}",
+            TargetMachine::get_default_triple()
+                .as_str()
+                .to_string_lossy(),
+            TargetMachine::get_host_cpu_name().to_string(),
+            TargetMachine::get_host_cpu_features().to_string()
+        )
+    })
+    .clone()
 }
 
 /// The version of the LLVM linked in, `major.minor.patch`.
