@@ -27,7 +27,7 @@ use kvq_codegen::host::{HostArg, HostKernel};
 use kvq_ir::ir::interp::{Arg, Buffer};
 use kvq_ir::ir::Kernel;
 use kvq_ir::lower::attention::{
-    attention, plan, AttentionArgs, AttentionKernels, AttentionSchedule, AttentionShape, SeqExtent,
+    plan, AttentionArgs, AttentionKernels, AttentionSchedule, AttentionShape, SeqExtent,
 };
 use kvq_ir::lower::io::values_buffer;
 use kvq_ir::lower::{InputType, LowerError};
@@ -36,7 +36,8 @@ use kvq_runtime::{ParamView, SeqView};
 
 pub use kvq_ir::lower::attention::SeqData;
 
-use crate::backend::{host_args, host_kernel, BackendError};
+use crate::backend::{host_args, host_kernel_printed, BackendError};
+use crate::tune::attention::{default_attention_table, lower_printed, lower_tuned};
 
 /// The attention kernels of one cache scheme and shape, compiled for this CPU (a clone shares
 /// them).
@@ -84,20 +85,13 @@ impl HostAttention {
         if let Some(a) = built().lock().ok().and_then(|b| b.get(&request).cloned()) {
             return Ok(a);
         }
-        let schedule = schedule.unwrap_or_else(|| {
-            crate::tune::attention::default_attention_table().map_or_else(
-                || AttentionSchedule::host_default(scheme),
-                |t| t.schedule_for(scheme, shape),
-            )
-        });
-        let kernels = attention(scheme, shape, &schedule)?;
+        let (schedule, kernels, texts) = match schedule {
+            Some(s) => lower_printed(scheme, shape, s)?,
+            None => lower_tuned(default_attention_table(), scheme, shape)?,
+        };
         let mut compiled = Vec::new();
-        for k in kernels
-            .stats
-            .iter()
-            .chain([&kernels.partial, &kernels.combine])
-        {
-            compiled.push((k.name.clone(), host_kernel(k)?));
+        for (k, text) in kernels.all().zip(texts) {
+            compiled.push((k.name.clone(), host_kernel_printed(k, text)?));
         }
         let attention = HostAttention {
             scheme: *scheme,

@@ -68,7 +68,7 @@ impl<E: Into<BackendError> + std::error::Error + 'static> From<ExecError<E>> for
     }
 }
 
-/// Compiled host kernels of this process, by kernel name (names encode scheme and shape).
+/// Compiled host kernels of this process, by kernel text.
 type HostCache = Mutex<HashMap<String, Arc<HostKernel>>>;
 
 fn host_cache() -> &'static HostCache {
@@ -78,14 +78,21 @@ fn host_cache() -> &'static HostCache {
 
 /// The host kernel of `kernel`, compiled once per process (and through the on-disk cache).
 pub fn host_kernel(kernel: &Kernel) -> Result<Arc<HostKernel>, BackendError> {
-    let key = kvq_ir::ir::print(kernel);
-    if let Some(k) = host_cache().lock().ok().and_then(|c| c.get(&key).cloned()) {
+    host_kernel_printed(kernel, kvq_ir::ir::print(kernel))
+}
+
+/// [`host_kernel`] for a caller that has printed the kernel already (`text` must be
+/// `kvq_ir::ir::print(kernel)`): the text keys both this process's memo and the compile cache.
+pub fn host_kernel_printed(kernel: &Kernel, text: String) -> Result<Arc<HostKernel>, BackendError> {
+    if let Some(k) = host_cache().lock().ok().and_then(|c| c.get(&text).cloned()) {
         return Ok(k);
     }
     let info = verify(kernel)?;
-    let compiled = Arc::new(kvq_codegen::host::compile(kernel, &info)?);
+    let cache = kvq_codegen::cache::CompileCache::from_env();
+    let compiled = kvq_codegen::host::compile_printed(kernel, &info, &text, cache.as_ref())?;
+    let compiled = Arc::new(compiled);
     if let Ok(mut c) = host_cache().lock() {
-        c.insert(key, compiled.clone());
+        c.insert(text, compiled.clone());
     }
     Ok(compiled)
 }

@@ -146,9 +146,7 @@ pub fn run(args: Args) -> Result<()> {
     // Inputs only: kvq-gpu-check allocates what any of the kernels writes from the sizes in the
     // metadata.
     let written: Vec<&str> = kernels
-        .stats
-        .iter()
-        .chain([&kernels.partial, &kernels.combine])
+        .all()
         .flat_map(|k| &k.params)
         .filter_map(|p| match p {
             Param::Buffer { name, access, .. } if *access != Access::Read => Some(name.as_str()),
@@ -197,12 +195,7 @@ pub fn run(args: Args) -> Result<()> {
         };
         meta.insert(format!("plan_{}", size.name()), n.to_string());
     }
-    let names: Vec<String> = kernels
-        .stats
-        .iter()
-        .chain([&kernels.partial, &kernels.combine])
-        .map(|k| k.name.clone())
-        .collect();
+    let names: Vec<String> = kernels.all().map(|k| k.name.clone()).collect();
     meta.insert("kernels".to_string(), names.join(","));
     let views = tensors
         .iter()

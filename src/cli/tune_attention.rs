@@ -82,7 +82,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     table.insert(
         &scheme,
-        AttentionKey::new(&scheme, shape),
+        AttentionKey::new(&scheme, shape, &result.best),
         result.best,
         best_ns,
     );

@@ -4,9 +4,10 @@
 //! [`HostAttention::new`](crate::attention::HostAttention::new) consults.
 //!
 //! Entries are keyed like the quantize table's: the cache scheme's hash, the target, the shape
-//! class (head_dim, group), a checksum of the candidate set and one of the default schedule's
-//! partial kernel; a stale or corrupt table falls back to [`AttentionSchedule::host_default`]
-//! with a warning.
+//! class (head_dim, group), a checksum of the candidate set and one of the tuned schedule's
+//! partial kernel (the kernel `HostAttention::new` lowers and prints anyway, so checking it
+//! costs a hash, not a second lowering); a stale or corrupt table falls back to
+//! [`AttentionSchedule::host_default`] with a warning.
 //!
 //! ```json
 //! { "version": 1, "entries": [ { "key": { "scheme_hash": "fnv1a64:…", "target": "host-…",
@@ -22,8 +23,9 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use kvq_ir::lower::attention::{
-    attention, AttentionLayout, AttentionSchedule, AttentionShape, SeqData,
+    attention, AttentionKernels, AttentionLayout, AttentionSchedule, AttentionShape, SeqData,
 };
+use kvq_ir::lower::LowerError;
 use kvq_ir::reference::quantize;
 use kvq_ir::CacheScheme;
 use serde::{Deserialize, Serialize};
@@ -52,28 +54,41 @@ pub struct AttentionKey {
     pub group: u32,
     /// Checksum of [`attention_candidates`].
     pub candidates_checksum: String,
-    /// Checksum of the default schedule's partial kernel text.
+    /// Checksum of the text of the tuned schedule's `partial` kernel (over f32 rows): an entry
+    /// whose kernel the lowering no longer makes is stale.
     pub lowering: String,
 }
 
 impl AttentionKey {
-    /// The key of `scheme` and `shape` on this machine, now.
-    pub fn new(scheme: &CacheScheme, shape: AttentionShape) -> AttentionKey {
-        let candidates = attention_candidates(scheme);
-        let text: String = candidates
+    /// The key of `scheme` and `shape` on this machine, now, for an entry holding `schedule`
+    /// (its `partial` kernel lowered for f32 rows is checksummed).
+    pub fn new(
+        scheme: &CacheScheme,
+        shape: AttentionShape,
+        schedule: &AttentionSchedule,
+    ) -> AttentionKey {
+        let lowering = attention(scheme, f32_rows(shape), schedule)
+            .map(|k| kvq_ir::ir::print(&k.partial))
+            .unwrap_or_default();
+        AttentionKey {
+            lowering: lowering_checksum(&lowering),
+            ..AttentionKey::unchecked(scheme, shape)
+        }
+    }
+
+    /// The key without its lowering checksum: what a lookup matches on.
+    fn unchecked(scheme: &CacheScheme, shape: AttentionShape) -> AttentionKey {
+        let text: String = attention_candidates(scheme)
             .iter()
             .map(|s| format!("b{}c{}t{}{};", s.block_size, s.chunk, s.tile, s.tables))
             .collect();
-        let lowering = attention(scheme, shape, &AttentionSchedule::host_default(scheme))
-            .map(|k| kvq_ir::ir::print(&k.partial))
-            .unwrap_or_default();
         AttentionKey {
             scheme_hash: fnv1a64(&scheme.to_string()),
             target: host_target(),
             head_dim: shape.head_dim,
             group: shape.group,
             candidates_checksum: fnv1a64(&text),
-            lowering: fnv1a64(&lowering),
+            lowering: String::new(),
         }
     }
 
@@ -183,34 +198,118 @@ impl AttentionTable {
         self.entries.is_empty()
     }
 
-    /// The schedule for `scheme` and `shape`: the tuned one when the table holds it under the
-    /// current checksums and it passes [`AttentionSchedule::check`], else the default (with a
-    /// warning on stderr when only a stale or invalid entry is there).
-    pub fn schedule_for(&self, scheme: &CacheScheme, shape: AttentionShape) -> AttentionSchedule {
-        let default = AttentionSchedule::host_default(scheme);
-        // Entries are tuned over f32 full-precision rows; kernels of f16 / bf16 rows (a small
-        // part of the work) take the same schedule.
-        let key = AttentionKey::new(
-            scheme,
-            AttentionShape {
-                fp: kvq_ir::lower::InputType::F32,
-                ..shape
-            },
-        );
-        match self.entries.get(&key) {
-            Some((s, _, _)) if s.check(scheme).is_ok() => *s,
-            Some((s, _, _)) => {
+    /// The entry for `scheme` and `shape` under the current candidate set, its lowering not
+    /// yet checked (the caller lowers the schedule anyway: [`Tuned::matches`]); `None`, with a
+    /// warning on stderr, for an entry whose schedule fails [`AttentionSchedule::check`], and
+    /// with a stale warning for one of another candidate set. Kernels of f16 / bf16
+    /// full-precision rows (a small part of the work) take the entry tuned over f32 rows.
+    pub fn tuned(&self, scheme: &CacheScheme, shape: AttentionShape) -> Option<Tuned<'_>> {
+        let key = AttentionKey::unchecked(scheme, shape);
+        let found = self.entries.iter().find(|(k, _)| {
+            k.same_but_checksums(&key) && k.candidates_checksum == key.candidates_checksum
+        });
+        match found {
+            Some((k, (s, _, _))) if s.check(scheme).is_ok() => Some(Tuned {
+                schedule: *s,
+                lowering: &k.lowering,
+            }),
+            Some((_, (s, _, _))) => {
                 eprintln!("warning: attention tuning entry {s:?} for `{scheme}`: invalid, using the default schedule");
-                default
+                None
             }
             None => {
                 if self.entries.keys().any(|k| k.same_but_checksums(&key)) {
-                    eprintln!("warning: attention tuning table for `{scheme}`: stale (candidates or lowering changed), using the default schedule");
+                    warn_stale(scheme);
                 }
-                default
+                None
             }
         }
     }
+
+    /// The schedule for `scheme` and `shape` ([`lower_tuned`]'s): the tuned one when the table
+    /// holds it under the current checksums and it passes [`AttentionSchedule::check`], else the
+    /// default (with a warning on stderr when only a stale or invalid entry is there).
+    pub fn schedule_for(&self, scheme: &CacheScheme, shape: AttentionShape) -> AttentionSchedule {
+        lower_tuned(Some(self), scheme, shape)
+            .map_or_else(|_| AttentionSchedule::host_default(scheme), |(s, ..)| s)
+    }
+}
+
+/// Kernels lowered at a schedule, with their texts (`kvq_ir::ir::print`, in
+/// [`AttentionKernels::all`]'s order), the schedule first.
+pub type Lowered = (AttentionSchedule, AttentionKernels, Vec<String>);
+
+/// `scheme`'s attention kernels at `schedule`, printed once (the text keys the compile cache).
+pub fn lower_printed(
+    scheme: &CacheScheme,
+    shape: AttentionShape,
+    schedule: AttentionSchedule,
+) -> Result<Lowered, LowerError> {
+    let kernels = attention(scheme, shape, &schedule)?;
+    let texts = kernels.all().map(kvq_ir::ir::print).collect();
+    Ok((schedule, kernels, texts))
+}
+
+/// The kernels `HostAttention::new` compiles when no schedule is given: at `table`'s entry for
+/// `scheme` and `shape` when there is one and its lowering checksum matches (checked on the
+/// text printed anyway for the compile cache: no second lowering for f32 rows), else at
+/// [`AttentionSchedule::host_default`] (a stale entry warned about on stderr).
+pub fn lower_tuned(
+    table: Option<&AttentionTable>,
+    scheme: &CacheScheme,
+    shape: AttentionShape,
+) -> Result<Lowered, LowerError> {
+    let default = AttentionSchedule::host_default(scheme);
+    let Some(tuned) = table.and_then(|t| t.tuned(scheme, shape)) else {
+        return lower_printed(scheme, shape, default);
+    };
+    let lowered = lower_printed(scheme, shape, tuned.schedule)?;
+    let fits = if shape.fp == kvq_ir::lower::InputType::F32 {
+        // `all()` yields `partial` after the optional `stats`.
+        tuned.matches(&lowered.2[usize::from(lowered.1.stats.is_some())])
+    } else {
+        let f32_kernels = attention(scheme, f32_rows(shape), &tuned.schedule)?;
+        tuned.matches(&kvq_ir::ir::print(&f32_kernels.partial))
+    };
+    if fits {
+        Ok(lowered)
+    } else {
+        warn_stale(scheme);
+        lower_printed(scheme, shape, default)
+    }
+}
+
+/// A table entry found by [`AttentionTable::tuned`].
+#[derive(Debug, Clone, Copy)]
+pub struct Tuned<'t> {
+    /// The tuned schedule.
+    pub schedule: AttentionSchedule,
+    lowering: &'t str,
+}
+
+impl Tuned<'_> {
+    /// Whether the entry was tuned over this lowering: `f32_partial` is the text of the
+    /// `partial` kernel of [`Tuned::schedule`] for f32 full-precision rows.
+    pub fn matches(&self, f32_partial: &str) -> bool {
+        lowering_checksum(f32_partial) == self.lowering
+    }
+}
+
+/// Warns that the table's entry for `scheme` no longer fits the candidates or the lowering.
+fn warn_stale(scheme: &CacheScheme) {
+    eprintln!("warning: attention tuning table for `{scheme}`: stale (candidates or lowering changed), using the default schedule");
+}
+
+/// The shape class entries are tuned at: `shape` with f32 full-precision rows.
+fn f32_rows(shape: AttentionShape) -> AttentionShape {
+    AttentionShape {
+        fp: kvq_ir::lower::InputType::F32,
+        ..shape
+    }
+}
+
+fn lowering_checksum(partial_text: &str) -> String {
+    fnv1a64(partial_text)
 }
 
 /// The table the runtime reads: `$KVQ_ATTENTION_TUNING`, else `tuning/host-attention.json` in

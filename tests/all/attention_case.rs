@@ -87,11 +87,7 @@ fn replay(path: &std::path::Path) -> (Vec<f32>, Vec<f32>) {
     };
     let schedule = AttentionSchedule::gpu_default(&scheme, shape);
     let kernels = attention(&scheme, shape, &schedule).unwrap();
-    let list: Vec<&Kernel> = kernels
-        .stats
-        .iter()
-        .chain([&kernels.partial, &kernels.combine])
-        .collect();
+    let list: Vec<&Kernel> = kernels.all().collect();
     let names: Vec<&str> = list.iter().map(|k| k.name.as_str()).collect();
     assert_eq!(meta["kernels"], names.join(","));
     let mut buffers: HashMap<String, Buffer> = HashMap::new();

@@ -357,7 +357,7 @@ mod attention {
         let mut table = AttentionTable::default();
         table.insert(
             &scheme,
-            AttentionKey::new(&scheme, SHAPE),
+            AttentionKey::new(&scheme, SHAPE, &other(&scheme)),
             other(&scheme),
             5.0,
         );
@@ -378,10 +378,16 @@ mod attention {
         let g2 = AttentionShape { group: 2, ..SHAPE };
         assert_eq!(loaded.schedule_for(&scheme, g2), default);
         // Stale: the lowering changed since the entry was written.
-        let mut stale = AttentionKey::new(&scheme, SHAPE);
+        let mut stale = AttentionKey::new(&scheme, SHAPE, &other(&scheme));
         stale.lowering = "fnv1a64:0000000000000000".into();
         let mut t = AttentionTable::default();
         t.insert(&scheme, stale, other(&scheme), 5.0);
+        assert_eq!(t.schedule_for(&scheme, SHAPE), default);
+        // The checksum is of the entry's own schedule's kernel: one taken from another
+        // schedule's kernel (here the default's) does not vouch for it.
+        let mut t = AttentionTable::default();
+        let key = AttentionKey::new(&scheme, SHAPE, &default);
+        t.insert(&scheme, key, other(&scheme), 5.0);
         assert_eq!(t.schedule_for(&scheme, SHAPE), default);
         // Invalid: a tile that does not divide the chunk.
         let mut t = AttentionTable::default();
@@ -389,7 +395,7 @@ mod attention {
             chunk: 100,
             ..default
         };
-        t.insert(&scheme, AttentionKey::new(&scheme, SHAPE), bad, 5.0);
+        t.insert(&scheme, AttentionKey::new(&scheme, SHAPE, &bad), bad, 5.0);
         assert_eq!(t.schedule_for(&scheme, SHAPE), default);
         // Corrupt files are errors, not panics.
         for text in [
@@ -403,17 +409,60 @@ mod attention {
         }
     }
 
+    /// What `HostAttention::new` compiles: the texts are the kernels' printed IR in launch
+    /// order, at the entry's schedule when its lowering checksum matches (also for narrow
+    /// rows, whose kernels differ from the f32 ones the checksum is of), else the default.
+    #[test]
+    fn lower_tuned_checks_the_entry_on_the_kernels_it_prints() {
+        use kvq::tune::attention::lower_tuned;
+        let scheme = calibquant();
+        let default = AttentionSchedule::host_default(&scheme);
+        let mut table = AttentionTable::default();
+        let key = AttentionKey::new(&scheme, SHAPE, &other(&scheme));
+        table.insert(&scheme, key.clone(), other(&scheme), 5.0);
+        for fp in [
+            kvq_ir::lower::InputType::F32,
+            kvq_ir::lower::InputType::F16,
+            kvq_ir::lower::InputType::BF16,
+        ] {
+            let shape = AttentionShape { fp, ..SHAPE };
+            let (schedule, kernels, texts) = lower_tuned(Some(&table), &scheme, shape).unwrap();
+            assert_eq!(schedule, other(&scheme), "{fp:?}");
+            let expected = kvq::lower::attention::attention(&scheme, shape, &schedule).unwrap();
+            assert_eq!(kernels, expected);
+            let printed: Vec<String> = expected.all().map(kvq_ir::ir::print).collect();
+            assert_eq!(texts, printed);
+            assert_eq!(texts.len(), 3, "stats, partial, combine");
+        }
+        let mut stale = key;
+        stale.lowering = "fnv1a64:0000000000000000".into();
+        let mut t = AttentionTable::default();
+        t.insert(&scheme, stale, other(&scheme), 5.0);
+        for table in [Some(&t), None] {
+            let (schedule, kernels, _) = lower_tuned(table, &scheme, SHAPE).unwrap();
+            assert_eq!(schedule, default);
+            let expected = kvq::lower::attention::attention(&scheme, SHAPE, &default).unwrap();
+            assert_eq!(kernels, expected);
+        }
+    }
+
     #[test]
     fn host_attention_uses_the_committed_entry() {
-        // The committed table holds CalibQuant at d128 g4 for the machine that tuned it; on
-        // another machine (another target key) the default applies.
+        // The committed table holds CalibQuant at d128 g4 for the machine that tuned it: there
+        // `HostAttention` must take the entry's schedule (a table left stale by a lowering
+        // change falls back to the default and fails here); on another machine (another
+        // target key) the default applies.
         let scheme = calibquant();
-        let attn = HostAttention::new(&scheme, SHAPE, None).unwrap();
-        let expected = default_attention_table()
-            .map_or(AttentionSchedule::host_default(&scheme), |t| {
-                t.schedule_for(&scheme, SHAPE)
-            });
-        assert_eq!(attn.schedule(), expected);
+        let entry = default_attention_table().and_then(|t| t.tuned(&scheme, SHAPE));
+        let expected = entry.map_or(AttentionSchedule::host_default(&scheme), |t| t.schedule);
+        for fp in [
+            kvq_ir::lower::InputType::F32,
+            kvq_ir::lower::InputType::BF16,
+        ] {
+            let shape = AttentionShape { fp, ..SHAPE };
+            let attn = HostAttention::new(&scheme, shape, None).unwrap();
+            assert_eq!(attn.schedule(), expected, "{fp:?}");
+        }
     }
 }
 

@@ -65,8 +65,20 @@ pub fn compile_with(
     info: &KernelInfo,
     cache: Option<&CompileCache>,
 ) -> Result<HostKernel, CodegenError> {
+    compile_printed(kernel, info, &kvq_ir::ir::print(kernel), cache)
+}
+
+/// [`compile_with`] for a caller that already holds the kernel's text (`ir` must be
+/// `kvq_ir::ir::print(kernel)`: it is the compile cache's key): printing a large kernel costs
+/// about as much as loading it from the cache, so a caller that keys its own memo by the text
+/// prints it once.
+pub fn compile_printed(
+    kernel: &Kernel,
+    info: &KernelInfo,
+    ir: &str,
+    cache: Option<&CompileCache>,
+) -> Result<HostKernel, CodegenError> {
     let symbol = crate::llvm::host_symbol(kernel);
-    let ir = kvq_ir::ir::print(kernel);
     crate::dump(kernel, "kvqir", ir.as_bytes());
     let loaded = match cache {
         None => link::load(
@@ -77,7 +89,7 @@ pub fn compile_with(
         Some(cache) => {
             let target = crate::llvm::host_target_id();
             let key = CacheKey::new(
-                &ir,
+                ir,
                 &target,
                 &crate::llvm::host_options(),
                 &crate::llvm::llvm_version(),

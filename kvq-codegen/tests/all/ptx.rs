@@ -258,11 +258,7 @@ fn attention_kernels_assemble_with_sfu_exp() {
         let schedule = AttentionSchedule::gpu_default(&scheme, shape);
         let blocks = schedule.layout == AttentionLayout::BlockPerItem;
         let kernels = attention(&scheme, shape, &schedule).unwrap();
-        for kernel in kernels
-            .stats
-            .iter()
-            .chain([&kernels.partial, &kernels.combine])
-        {
+        for kernel in kernels.all() {
             let ptx =
                 ptx::emit(kernel, &info(kernel), Arch::Sm90).unwrap_or_else(|e| panic!("{e}"));
             // The block-per-item kernels: no spills, no local memory; 128-bit code rows and

@@ -247,6 +247,13 @@ pub struct AttentionKernels {
     pub combine: Kernel,
 }
 
+impl AttentionKernels {
+    /// The kernels in launch order: `stats` (when present), `partial`, `combine`.
+    pub fn all(&self) -> impl Iterator<Item = &Kernel> {
+        self.stats.iter().chain([&self.partial, &self.combine])
+    }
+}
+
 /// Fields of one sequence's row of the `seqs` table (u32 each).
 pub mod seq_field {
     /// Full-precision tokens (prefix and suffix).
