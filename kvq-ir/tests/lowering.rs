@@ -240,13 +240,13 @@ fn catalogue_on_real_captures_matches_reference() {
     }
 }
 
-/// Every input type: the kernels' non-finite detection (an OR of flags on the host, the IEEE
-/// extremes on a GPU schedule) flags NaN and both infinities, at the position the reference
-/// names.
+/// Every input type: the kernels' non-finite detection (flags, probes, IEEE extremes or the
+/// extremes of order keys, whose NaN keys lie beyond the infinities' on both sides) flags NaN
+/// of either sign and both infinities, at the position the reference names.
 #[test]
 fn non_finite_input_is_reported_like_the_reference() {
     for input in [InputType::F16, InputType::BF16, InputType::F32] {
-        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        for bad in [f32::NAN, -f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
             non_finite_value_is_reported(bad, input);
         }
     }

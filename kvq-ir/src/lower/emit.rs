@@ -2,7 +2,7 @@
 //! (SPEC.md section 2) written as IR, one f32 operation at a time in the spec's order.
 
 use crate::ir::{Access, BinaryOp, Builder, CmpOp, Memory, ScalarType, UnaryOp, Value};
-use crate::scheme::{Center, ParamType, Rule, Scheme};
+use crate::scheme::{BitOrder, Bits, Center, ParamType, Rule, Scheme};
 
 use super::{quantize_abi as abi, ShapeClass};
 
@@ -442,6 +442,23 @@ impl Coding {
     }
 }
 
+/// The byte of `codes` (U8 values, each at most `2^bits - 1`) packed as SPEC.md section 3 says
+/// (what [`Builder::pack_bits`] gives), written as U8 shifts and ORs: plain scalar operations,
+/// which a CPU's loop vectorizer widens across loop iterations (it leaves `PackBits`' vector
+/// form alone, which keeps a loop that contains it scalar).
+pub fn pack_scalar(b: &mut Builder, codes: &[Value], bits: Bits, order: BitOrder) -> Value {
+    let mut byte: Option<Value> = None;
+    for (j, &c) in codes.iter().enumerate() {
+        let s = b.u8(crate::reference::pack::bit_shift(j, bits, order) as u8);
+        let placed = b.binary(BinaryOp::Shl, c, s);
+        byte = Some(match byte {
+            Some(acc) => b.binary(BinaryOp::Or, acc, placed),
+            None => placed,
+        });
+    }
+    byte.unwrap_or_else(|| b.u8(0))
+}
+
 /// Stores a parameter (an f32 value exactly representable in the parameter type).
 pub fn store_param(b: &mut Builder, mem: Memory, index: Value, v: Value, params: ParamType) {
     let v = match params {
@@ -458,12 +475,18 @@ pub fn store_param(b: &mut Builder, mem: Memory, index: Value, v: Value, params:
 /// One instruction per element on a GPU (the channel-axis lanes kernel, whose extremes use the
 /// IR's `Min`/`Max`, which drop a NaN); see [`note_non_finite`] for the host's kernels.
 pub fn probe_finite(b: &mut Builder, probe: Value, x: Value, input: ScalarType) -> Value {
+    let term = probe_term(b, x, input);
+    b.add(probe, term)
+}
+
+/// What [`probe_finite`] adds for `x`: `x` itself for f16 input, else `x * 0`. Any sum of such
+/// terms, in any order, is non-finite exactly when some `x` is.
+pub fn probe_term(b: &mut Builder, x: Value, input: ScalarType) -> Value {
     match input {
-        ScalarType::F16 => b.add(probe, x),
+        ScalarType::F16 => x,
         _ => {
             let zero = b.f32(0.0);
-            let z = b.mul(x, zero);
-            b.add(probe, z)
+            b.mul(x, zero)
         }
     }
 }
@@ -524,6 +547,21 @@ pub fn flag_non_finite(b: &mut Builder, bad: u32, status: Memory) {
 /// kernels, where a group is long enough that finding them (32 code evaluations per level) costs
 /// little.
 pub const MAX_THRESHOLD_LEVELS: u8 = 15;
+
+/// The order-preserving key of the f32 `x` (`bits ^ (sign ? 0xFFFF_FFFF : 0x8000_0000)`): the
+/// keys compare as unsigned integers as the floats do in their total order (-0 just below +0),
+/// [`from_order_key`]'s inverse.
+pub fn order_key(b: &mut Builder, x: Value) -> Value {
+    let bits = b.bitcast(ScalarType::U32, x);
+    let shift = b.u32(31);
+    let sign = b.binary(BinaryOp::Shr, bits, shift);
+    let zero = b.u32(0);
+    let negative = b.cmp(CmpOp::Ne, sign, zero);
+    let all = b.u32(0xFFFF_FFFF);
+    let top = b.u32(0x8000_0000);
+    let mask = b.select(negative, all, top);
+    b.binary(BinaryOp::Xor, bits, mask)
+}
 
 /// The f32 whose order-preserving key (`bits ^ (sign ? 0xFFFF_FFFF : 0x8000_0000)`, which
 /// compares as the floats do, -0 just below +0) is `key`.

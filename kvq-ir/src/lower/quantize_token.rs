@@ -1,17 +1,18 @@
 //! Quantize kernel for axis = token: a group is one (head, token) over a run of channels. One
 //! thread handles one row, in chunks that hold whole groups and whole code bytes.
 
-use crate::ir::{BinaryOp, Builder, Memory, ScalarType, UnaryOp, Value};
+use crate::ir::{BinaryOp, Builder, Memory, ScalarType, Value};
 use crate::scheme::{Group, Rule, Scheme};
 
 use super::emit::{
-    code, flag, for_each_row, group_params, group_range, group_range_local, load_f32,
-    quantize_params, range_from_extremes, reads_group, store_param, STATUS_NON_FINITE,
+    flag_non_finite_extremes, flag_probe, for_each_row, from_order_key, group_params, group_range,
+    group_range_local, load_f32, order_key, pack_scalar, probe_term, quantize_params,
+    range_from_extremes, reads_group, store_param, Coding,
 };
 use super::{kernel_name, quantize_abi as abi, Launch, Lowered, Schedule, ShapeClass};
 
-/// Rows whose chunk is at most this many channels keep the loaded values for the codes;
-/// wider chunks load them again (from cache) to bound register pressure.
+/// Rows whose chunk is at most this many channels load it whole for its extremes; wider chunks
+/// stream it vector by vector to bound register pressure.
 const KEEP_LOADED: u32 = 32;
 
 fn gcd(a: u32, b: u32) -> u32 {
@@ -54,21 +55,23 @@ pub fn lower(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
             }
             out
         };
-        let mut bad: Option<Value> = None;
+        // Non-finite input is found by a probe (`probe_finite`: a sum of the values, or of
+        // `x * 0`), summed as a balanced tree so that it vectorizes like the extremes: a few
+        // vector additions per row instead of a scalar test per element.
+        let mut probe: Option<Value> = None;
+        let mut extremes: Vec<(Value, Value)> = Vec::new();
         let mut note = |b: &mut Builder, values: &[Value]| {
-            for &v in values {
-                let fin = b.unary(UnaryOp::IsFinite, v);
-                let not_fin = b.unary(UnaryOp::Not, fin);
-                bad = Some(match bad {
-                    Some(prev) => b.binary(BinaryOp::Or, prev, not_fin),
-                    None => not_fin,
-                });
-            }
+            let terms: Vec<Value> = values.iter().map(|&v| probe_term(b, v, input)).collect();
+            let sum = tree(b, &terms, BinaryOp::Add);
+            probe = Some(match probe {
+                Some(prev) => b.add(prev, sum),
+                None => sum,
+            });
         };
         for c_start in (0..d).step_by(chunk as usize) {
-            // Small chunks are loaded once and kept for the codes (one pass over the data);
-            // wide ones stream vector by vector and are loaded again for the codes, which
-            // bounds the live values (registers) by a few vectors.
+            // The extremes: small chunks are loaded whole and reduced as trees; wide ones
+            // stream vector by vector, which bounds the live values (registers) by a few
+            // vectors. The codes read the values again (below).
             let kept = (chunk <= KEEP_LOADED).then(|| load(b, c_start, chunk));
             let mut params = Vec::new();
             for g in 0..chunk / n {
@@ -76,14 +79,17 @@ pub fn lower(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
                 let (lo, hi) = match (&kept, scheme.rule) {
                     (Some(values), rule) => {
                         let members = &values[(g * n) as usize..((g + 1) * n) as usize];
-                        note(b, members);
                         match rule {
                             rule if reads_group(rule) => {
+                                note(b, members);
                                 whole(b, rule, (x, input), row, [g_start, n], range_local)
                             }
                             rule => {
-                                let mn = tree(b, members, BinaryOp::Min);
-                                let mx = tree(b, members, BinaryOp::Max);
+                                // Extremes over order keys keep a NaN (its key lies beyond
+                                // the infinities'), so they show non-finite input themselves.
+                                let mn = extreme(b, members, BinaryOp::Min);
+                                let mx = extreme(b, members, BinaryOp::Max);
+                                extremes.push((mn, mx));
                                 range_from_extremes(b, rule, mn, mx)
                             }
                         }
@@ -106,6 +112,7 @@ pub fn lower(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
                                 whole(b, rule, (x, input), row, [g_start, n], range_local)
                             }
                             (rule, Some((mn, mx))) => {
+                                // (Here float trees measured faster than key trees.)
                                 let mn = tree(b, &mn, BinaryOp::Min);
                                 let mx = tree(b, &mx, BinaryOp::Max);
                                 range_from_extremes(b, rule, mn, mx)
@@ -125,30 +132,56 @@ pub fn lower(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
                 store_param(b, scale_m, at, sc, scheme.params);
                 params.push((z, sc));
             }
-            let unit = (s.vector as u32).max(per_byte);
-            for u in (0..chunk).step_by(unit as usize) {
-                let values = match &kept {
-                    Some(values) => values[u as usize..(u + unit) as usize].to_vec(),
-                    None => load(b, c_start + u, unit),
-                };
-                for k in 0..unit / per_byte {
-                    let lane_codes: Vec<Value> = (0..per_byte)
-                        .map(|l| {
-                            let ch = u + k * per_byte + l;
-                            let (z, sc) = params[(ch / n) as usize];
-                            code(b, scheme, values[(k * per_byte + l) as usize], z, sc)
-                        })
-                        .collect();
-                    let byte = b.pack_bits(lane_codes, scheme.bits, scheme.order);
-                    let off = b.u32((c_start + u) / per_byte + k);
-                    let idx = b.add(code_row, off);
-                    b.store(codes, idx, byte);
+            let codings: Vec<Coding> = params
+                .iter()
+                .map(|&(z, sc)| Coding::new(b, z, sc))
+                .collect();
+            // Codes the byte at channel `ch` of the row (a channel offset), its lanes' groups
+            // given by `lane_group`, from scalar loads (the values are read again, from cache).
+            let code_byte = |b: &mut Builder, ch: Value, lane_group: &dyn Fn(u32) -> usize| {
+                let at = b.add(row, ch);
+                let lane_codes: Vec<Value> = (0..per_byte)
+                    .map(|l| {
+                        let lv = b.u32(l);
+                        let i = b.add(at, lv);
+                        let v = load_f32(b, x, i, 1, input)[0];
+                        codings[lane_group(l)].code(b, scheme, v)
+                    })
+                    .collect();
+                let byte = pack_scalar(b, &lane_codes, scheme.bits, scheme.order);
+                let pb = b.u32(per_byte);
+                let off = b.div(ch, pb);
+                let idx = b.add(code_row, off);
+                b.store(codes, idx, byte);
+            };
+            if n % per_byte == 0 {
+                // Groups of whole bytes: a loop whose iteration k codes byte k of every group
+                // of the chunk, which a CPU's loop vectorizer runs many bytes at a time (the
+                // unrolled row it replaces vectorized within a byte only).
+                let first = b.u32(0);
+                let end = b.u32(n / per_byte);
+                b.for_range(first, end, 1, |b, k| {
+                    for g in 0..codings.len() {
+                        let pb = b.u32(per_byte);
+                        let ch = b.mul(k, pb);
+                        let gs = b.u32(c_start + g as u32 * n);
+                        let ch = b.add(ch, gs);
+                        code_byte(b, ch, &|_| g);
+                    }
+                });
+            } else {
+                // Bytes that straddle groups (groups narrower than a byte's codes, or not a
+                // multiple of them): each byte of the chunk written out.
+                for j in 0..chunk / per_byte {
+                    let ch = b.u32(c_start + j * per_byte);
+                    code_byte(b, ch, &|l| ((j * per_byte + l) / n) as usize);
                 }
             }
         }
-        if let Some(bad) = bad {
-            flag(b, status, bad, STATUS_NON_FINITE);
+        if let Some(probe) = probe {
+            flag_probe(b, probe, status);
         }
+        flag_non_finite_extremes(b, &extremes, status);
     });
     Lowered {
         kernel: b.finish(),
@@ -173,6 +206,17 @@ fn tree(b: &mut Builder, values: &[Value], op: BinaryOp) -> Value {
         level = next;
     }
     level[0]
+}
+
+/// The minimum or maximum (`op`) of `values` (finite, or the row is flagged), as a balanced tree over
+/// their order keys ([`order_key`]): unsigned integer minima and maxima, which a CPU reduces
+/// across SIMD lanes in a few instructions, where float `Min`/`Max` (compare and select) are
+/// reduced one lane at a time. The order only decides the sign of a zero extreme, which
+/// `range_from_extremes` normalises.
+fn extreme(b: &mut Builder, values: &[Value], op: BinaryOp) -> Value {
+    let keys: Vec<Value> = values.iter().map(|&v| order_key(b, v)).collect();
+    let key = tree(b, &keys, op);
+    from_order_key(b, key)
 }
 
 /// [lo, hi] of a rule that reads the whole group (channels `c_start..c_start + n` of `row`).
