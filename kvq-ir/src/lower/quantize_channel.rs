@@ -7,8 +7,8 @@ use super::block_select::{self, select_quantiles};
 use super::emit::{
     code, code_from_thresholds, code_threshold, flag_non_finite, global_item, group_params,
     group_range, group_range_local, load_f32, load_f32_aligned, mse_ranges, note_non_finite,
-    quantize_params, range_from_extremes, reads_group, store_param, token_groups,
-    MAX_THRESHOLD_LEVELS, MSE_LOCALS,
+    pack_scalar, quantize_params, range_from_extremes, reads_group, store_param, token_groups,
+    Coding, MAX_THRESHOLD_LEVELS, MSE_LOCALS,
 };
 use super::{kernel_name, quantize_abi as abi, Launch, Lowered, Schedule, ShapeClass};
 
@@ -142,6 +142,52 @@ impl Plan {
             let idx = b.add(base, off);
             b.store(codes, idx, byte);
         }
+    }
+}
+
+impl Plan {
+    /// Codes one row of `w` channels as a loop over its bytes, each channel's zero and scale
+    /// read from the locals `params` (`[zero, scale]`, `w` elements each), from scalar loads,
+    /// the byte packed by [`pack_scalar`]: a CPU's loop vectorizer codes many bytes of the row
+    /// at once (straight-line code with `PackBits` vectorized within a byte only).
+    fn code_row_loop(
+        &self,
+        b: &mut Builder,
+        [x, codes]: [Memory; 2],
+        [h, t, c0]: [Value; 3],
+        [zero_l, scale_l]: [u32; 2],
+    ) {
+        let tokens = b.param(abi::TOKENS);
+        let ht = b.mul(h, tokens);
+        let row = b.add(ht, t);
+        let d = b.u32(self.shape.head_dim);
+        let row_start = b.mul(row, d);
+        let first = b.add(row_start, c0);
+        let rb = b.u32(self.row_bytes);
+        let code_start = b.mul(row, rb);
+        let per = b.u32(self.per_byte);
+        let col_byte = b.div(c0, per);
+        let code_base = b.add(code_start, col_byte);
+        let zero = b.u32(0);
+        let end = b.u32(self.w / self.per_byte);
+        b.for_range(zero, end, 1, |b, k| {
+            let per = b.u32(self.per_byte);
+            let ch0 = b.mul(k, per);
+            let lane_codes: Vec<Value> = (0..self.per_byte)
+                .map(|l| {
+                    let lv = b.u32(l);
+                    let ch = b.add(ch0, lv);
+                    let at = b.add(first, ch);
+                    let v = load_f32(b, x, at, 1, self.shape.input.scalar())[0];
+                    let z = b.read_local(zero_l, ch);
+                    let sc = b.read_local(scale_l, ch);
+                    Coding::new(b, z, sc).code(b, &self.scheme, v)
+                })
+                .collect();
+            let byte = pack_scalar(b, &lane_codes, self.scheme.bits, self.scheme.order);
+            let idx = b.add(code_base, k);
+            b.store(codes, idx, byte);
+        });
     }
 }
 
@@ -445,6 +491,8 @@ fn lower_groups(scheme: &Scheme, shape: ShapeClass, s: &Schedule, n: u32) -> Low
         )
     };
     let bad = b.local("bad", ScalarType::U32, 1);
+    let zero_l = b.local("zero", ScalarType::F32, p.w);
+    let scale_l = b.local("scale", ScalarType::F32, p.w);
     let range_local = group_range_local(&mut b, scheme.rule);
 
     let item = global_item(&mut b, bsz);
@@ -480,34 +528,33 @@ fn lower_groups(scheme: &Scheme, shape: ShapeClass, s: &Schedule, n: u32) -> Low
         let hgg = b.add(hg, g);
         let param_row = b.mul(hgg, d);
         let param_base = b.add(param_row, c0);
-        let coders: Vec<Coder> = (0..p.w)
-            .map(|i| {
-                let iv = b.u32(i);
-                let (lo, hi) = match p.reads_group() {
-                    true => {
-                        let ht = b.mul(h, tokens);
-                        let row = b.add(ht, t0);
-                        let start = b.mul(row, d);
-                        let ch = b.add(c0, iv);
-                        let base = b.add(start, ch);
-                        let input = shape.input.scalar();
-                        group_range(b, scheme.rule, x, input, [base, d, count], range_local)
-                    }
-                    false => {
-                        let mn = b.read_local(min, iv);
-                        let mx = b.read_local(max, iv);
-                        range_from_extremes(b, scheme.rule, mn, mx)
-                    }
-                };
-                let (z, sc) = group_params(b, scheme, lo, hi, status);
-                let at = b.add(param_base, iv);
-                store_param(b, zero_m, at, z, scheme.params);
-                store_param(b, scale_m, at, sc, scheme.params);
-                Coder::Divide { zero: z, scale: sc }
-            })
-            .collect();
+        for i in 0..p.w {
+            let iv = b.u32(i);
+            let (lo, hi) = match p.reads_group() {
+                true => {
+                    let ht = b.mul(h, tokens);
+                    let row = b.add(ht, t0);
+                    let start = b.mul(row, d);
+                    let ch = b.add(c0, iv);
+                    let base = b.add(start, ch);
+                    let input = shape.input.scalar();
+                    group_range(b, scheme.rule, x, input, [base, d, count], range_local)
+                }
+                false => {
+                    let mn = b.read_local(min, iv);
+                    let mx = b.read_local(max, iv);
+                    range_from_extremes(b, scheme.rule, mn, mx)
+                }
+            };
+            let (z, sc) = group_params(b, scheme, lo, hi, status);
+            let at = b.add(param_base, iv);
+            store_param(b, zero_m, at, z, scheme.params);
+            store_param(b, scale_m, at, sc, scheme.params);
+            b.write_local(zero_l, iv, z);
+            b.write_local(scale_l, iv, sc);
+        }
         b.for_range(t0, t1, 1, |b, t| {
-            p.code_row(b, [x, codes], h, t, c0, &coders);
+            p.code_row_loop(b, [x, codes], [h, t, c0], [zero_l, scale_l]);
         });
     });
     Lowered {
