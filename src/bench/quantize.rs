@@ -79,8 +79,9 @@ pub struct HostQuantizer {
 }
 
 impl HostQuantizer {
-    /// Lowers, verifies and compiles (without the compile cache) `scheme`'s quantize kernel
-    /// under `schedule` for f16 spans of `shape`.
+    /// Lowers, verifies and compiles `scheme`'s quantize kernel under `schedule` for f16 spans
+    /// of `shape`, through the environment's compile cache (compiling is not timed; a kernel
+    /// loaded from a cache file lets `perf` name its symbols).
     pub fn new(scheme: &Scheme, schedule: &Schedule, shape: Shape3) -> anyhow::Result<Self> {
         let class = ShapeClass {
             head_dim: u32::try_from(shape.dim)?,
