@@ -11,10 +11,6 @@ use super::emit::{
 };
 use super::{kernel_name, quantize_abi as abi, Launch, Lowered, Schedule, ShapeClass};
 
-/// Rows whose chunk is at most this many channels load it whole for its extremes; wider chunks
-/// stream it vector by vector to bound register pressure.
-const KEEP_LOADED: u32 = 32;
-
 fn gcd(a: u32, b: u32) -> u32 {
     if b == 0 {
         a
@@ -69,60 +65,25 @@ pub fn lower(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
             });
         };
         for c_start in (0..d).step_by(chunk as usize) {
-            // The extremes: small chunks are loaded whole and reduced as trees; wide ones
-            // stream vector by vector, which bounds the live values (registers) by a few
-            // vectors. The codes read the values again (below).
-            let kept = (chunk <= KEEP_LOADED).then(|| load(b, c_start, chunk));
+            // The chunk loaded whole, for its groups' extremes (trees, which vectorize; the
+            // codes read the values again, below).
+            let values = load(b, c_start, chunk);
             let mut params = Vec::new();
             for g in 0..chunk / n {
                 let g_start = c_start + g * n;
-                let (lo, hi) = match (&kept, scheme.rule) {
-                    (Some(values), rule) => {
-                        let members = &values[(g * n) as usize..((g + 1) * n) as usize];
-                        match rule {
-                            rule if reads_group(rule) => {
-                                note(b, members);
-                                whole(b, rule, (x, input), row, [g_start, n], range_local)
-                            }
-                            rule => {
-                                // Extremes over order keys keep a NaN (its key lies beyond
-                                // the infinities'), so they show non-finite input themselves.
-                                let mn = extreme(b, members, BinaryOp::Min);
-                                let mx = extreme(b, members, BinaryOp::Max);
-                                extremes.push((mn, mx));
-                                range_from_extremes(b, rule, mn, mx)
-                            }
-                        }
+                let members = &values[(g * n) as usize..((g + 1) * n) as usize];
+                let (lo, hi) = match scheme.rule {
+                    rule if reads_group(rule) => {
+                        note(b, members);
+                        whole(b, rule, (x, input), row, [g_start, n], range_local)
                     }
-                    (None, rule) => {
-                        let mut acc: Option<(Vec<Value>, Vec<Value>)> = None;
-                        for j in (0..n).step_by(s.vector as usize) {
-                            let v = load(b, g_start + j, s.vector as u32);
-                            note(b, &v);
-                            acc = Some(match acc {
-                                None => (v.clone(), v),
-                                Some((mn, mx)) => (
-                                    mn.iter().zip(&v).map(|(&a, &c)| b.min(a, c)).collect(),
-                                    mx.iter().zip(&v).map(|(&a, &c)| b.max(a, c)).collect(),
-                                ),
-                            });
-                        }
-                        match (rule, acc) {
-                            (rule, _) if reads_group(rule) => {
-                                whole(b, rule, (x, input), row, [g_start, n], range_local)
-                            }
-                            (rule, Some((mn, mx))) => {
-                                // (Here float trees measured faster than key trees.)
-                                let mn = tree(b, &mn, BinaryOp::Min);
-                                let mx = tree(b, &mx, BinaryOp::Max);
-                                range_from_extremes(b, rule, mn, mx)
-                            }
-                            // A group has at least one vector, so `acc` is set; min and max
-                            // are quantile(0) and quantile(1) should it ever not be.
-                            (_, None) => {
-                                whole(b, Rule::MinMax, (x, input), row, [g_start, n], None)
-                            }
-                        }
+                    rule => {
+                        // Extremes over order keys keep a NaN (its key lies beyond the
+                        // infinities'), so they show non-finite input themselves.
+                        let mn = extreme(b, members, BinaryOp::Min);
+                        let mx = extreme(b, members, BinaryOp::Max);
+                        extremes.push((mn, mx));
+                        range_from_extremes(b, rule, mn, mx)
                     }
                 };
                 let (z, sc) = group_params(b, scheme, lo, hi, status);
