@@ -359,6 +359,20 @@ pub fn group_params(
     hi: Value,
     status: Memory,
 ) -> (Value, Value) {
+    let (zero, scale, overflow) = group_params_unflagged(b, scheme, lo, hi);
+    flag(b, status, overflow, STATUS_OVERFLOW);
+    (zero, scale)
+}
+
+/// [`group_params`] without the flag: (zero, scale, whether they overflow), for a kernel that
+/// flags several groups at once (one branch instead of one per group, which keeps the groups'
+/// arithmetic in one basic block for a CPU's vectorizer).
+pub fn group_params_unflagged(
+    b: &mut Builder,
+    scheme: &Scheme,
+    lo: Value,
+    hi: Value,
+) -> (Value, Value, Value) {
     let levels = b.f32(scheme.bits.max_code() as f32);
     let zero = round_param(b, lo, scheme.params);
     let hi_p = round_param(b, hi, scheme.params);
@@ -383,8 +397,7 @@ pub fn group_params(
     let ok1 = b.binary(crate::ir::BinaryOp::And, fz, fs);
     let ok = b.binary(crate::ir::BinaryOp::And, ok1, within);
     let bad = b.unary(UnaryOp::Not, ok);
-    flag(b, status, bad, STATUS_OVERFLOW);
-    (zero, scale)
+    (zero, scale, bad)
 }
 
 /// Stores `code` to `status[0]` when `cond` holds.

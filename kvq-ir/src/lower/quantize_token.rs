@@ -1,23 +1,18 @@
 //! Quantize kernel for axis = token: a group is one (head, token) over a run of channels. One
-//! thread handles one row, in chunks that hold whole groups and whole code bytes.
+//! thread handles one row: each group's extremes from the group loaded whole, then the row's
+//! code bytes as a loop that a CPU's loop vectorizer widens (straight-line code where bytes
+//! straddle groups).
 
 use crate::ir::{BinaryOp, Builder, Memory, ScalarType, Value};
 use crate::scheme::{Group, Rule, Scheme};
 
 use super::emit::{
-    flag_non_finite_extremes, flag_probe, for_each_row, from_order_key, group_params, group_range,
-    group_range_local, load_f32, order_key, pack_scalar, probe_term, quantize_params,
-    range_from_extremes, reads_group, store_param, Coding,
+    flag, flag_non_finite_extremes, flag_probe, for_each_row, from_order_key,
+    group_params_unflagged, group_range, group_range_local, load_f32, order_key, pack_scalar,
+    probe_term, quantize_params, range_from_extremes, reads_group, store_param, Coding,
+    STATUS_OVERFLOW,
 };
 use super::{kernel_name, quantize_abi as abi, Launch, Lowered, Schedule, ShapeClass};
-
-fn gcd(a: u32, b: u32) -> u32 {
-    if b == 0 {
-        a
-    } else {
-        gcd(b, a % b)
-    }
-}
 
 pub fn lower(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
     let d = shape.head_dim;
@@ -26,7 +21,6 @@ pub fn lower(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
         Group::Size(n) => n.get() as u32,
     };
     let per_byte = scheme.bits.codes_per_byte() as u32;
-    let chunk = n / gcd(n, per_byte) * per_byte;
     let groups_per_row = d / n;
     let row_bytes = d * scheme.bits.width() / 8;
     let bsz = s.block_size;
@@ -34,6 +28,13 @@ pub fn lower(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
     let [x, codes, zero_m, scale_m, status] = quantize_params(&mut b, scheme, shape);
     let range_local = group_range_local(&mut b, scheme.rule);
     let input = shape.input.scalar();
+    // Each channel's group parameters, for rows of several groups of whole bytes.
+    let channel_params = (groups_per_row > 1 && n % per_byte == 0).then(|| {
+        (
+            b.local("zero", ScalarType::F32, d),
+            b.local("scale", ScalarType::F32, d),
+        )
+    });
 
     for_each_row(&mut b, bsz, [abi::HEADS, abi::TOKENS], |b, item, _| {
         let dv = b.u32(d);
@@ -56,6 +57,7 @@ pub fn lower(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
         // vector additions per row instead of a scalar test per element.
         let mut probe: Option<Value> = None;
         let mut extremes: Vec<(Value, Value)> = Vec::new();
+        let mut overflows: Vec<Value> = Vec::new();
         let mut note = |b: &mut Builder, values: &[Value]| {
             let terms: Vec<Value> = values.iter().map(|&v| probe_term(b, v, input)).collect();
             let sum = tree(b, &terms, BinaryOp::Add);
@@ -64,49 +66,45 @@ pub fn lower(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
                 None => sum,
             });
         };
-        for c_start in (0..d).step_by(chunk as usize) {
-            // The chunk loaded whole, for its groups' extremes (trees, which vectorize; the
-            // codes read the values again, below).
-            let values = load(b, c_start, chunk);
-            let mut params = Vec::new();
-            for g in 0..chunk / n {
-                let g_start = c_start + g * n;
-                let members = &values[(g * n) as usize..((g + 1) * n) as usize];
-                let (lo, hi) = match scheme.rule {
-                    rule if reads_group(rule) => {
-                        note(b, members);
-                        whole(b, rule, (x, input), row, [g_start, n], range_local)
-                    }
-                    rule => {
-                        // Extremes over order keys keep a NaN (its key lies beyond the
-                        // infinities'), so they show non-finite input themselves.
-                        let mn = extreme(b, members, BinaryOp::Min);
-                        let mx = extreme(b, members, BinaryOp::Max);
-                        extremes.push((mn, mx));
-                        range_from_extremes(b, rule, mn, mx)
-                    }
-                };
-                let (z, sc) = group_params(b, scheme, lo, hi, status);
-                let gi = b.u32(g_start / n);
-                let at = b.add(param_row, gi);
-                store_param(b, zero_m, at, z, scheme.params);
-                store_param(b, scale_m, at, sc, scheme.params);
-                params.push((z, sc));
-            }
-            let codings: Vec<Coding> = params
-                .iter()
-                .map(|&(z, sc)| Coding::new(b, z, sc))
-                .collect();
-            // Codes the byte at channel `ch` of the row (a channel offset), its lanes' groups
-            // given by `lane_group`, from scalar loads (the values are read again, from cache).
-            let code_byte = |b: &mut Builder, ch: Value, lane_group: &dyn Fn(u32) -> usize| {
+        // Each group loaded whole for its extremes (trees, which vectorize); the codes read
+        // the values again, below.
+        let mut params = Vec::new();
+        for g in 0..groups_per_row {
+            let g_start = g * n;
+            let members = load(b, g_start, n);
+            let (lo, hi) = match scheme.rule {
+                rule if reads_group(rule) => {
+                    note(b, &members);
+                    whole(b, rule, (x, input), row, [g_start, n], range_local)
+                }
+                rule => {
+                    // Extremes over order keys keep a NaN (its key lies beyond the
+                    // infinities'), so they show non-finite input themselves.
+                    let mn = extreme(b, &members, BinaryOp::Min);
+                    let mx = extreme(b, &members, BinaryOp::Max);
+                    extremes.push((mn, mx));
+                    range_from_extremes(b, rule, mn, mx)
+                }
+            };
+            let (z, sc, overflow) = group_params_unflagged(b, scheme, lo, hi);
+            overflows.push(overflow);
+            let gi = b.u32(g);
+            let at = b.add(param_row, gi);
+            store_param(b, zero_m, at, z, scheme.params);
+            store_param(b, scale_m, at, sc, scheme.params);
+            params.push((z, sc));
+        }
+        // Codes the byte at channel `ch` of the row from scalar loads, lane `l`'s code by
+        // `coding(l)`.
+        let code_byte =
+            |b: &mut Builder, ch: Value, coding: &dyn Fn(&mut Builder, u32) -> Coding| {
                 let at = b.add(row, ch);
                 let lane_codes: Vec<Value> = (0..per_byte)
                     .map(|l| {
                         let lv = b.u32(l);
                         let i = b.add(at, lv);
                         let v = load_f32(b, x, i, 1, input)[0];
-                        codings[lane_group(l)].code(b, scheme, v)
+                        coding(b, l).code(b, scheme, v)
                     })
                     .collect();
                 let byte = pack_scalar(b, &lane_codes, scheme.bits, scheme.order);
@@ -115,27 +113,53 @@ pub fn lower(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
                 let idx = b.add(code_row, off);
                 b.store(codes, idx, byte);
             };
-            if n % per_byte == 0 {
-                // Groups of whole bytes: a loop whose iteration k codes byte k of every group
-                // of the chunk, which a CPU's loop vectorizer runs many bytes at a time (the
-                // unrolled row it replaces vectorized within a byte only).
-                let first = b.u32(0);
-                let end = b.u32(n / per_byte);
-                b.for_range(first, end, 1, |b, k| {
-                    for g in 0..codings.len() {
-                        let pb = b.u32(per_byte);
-                        let ch = b.mul(k, pb);
-                        let gs = b.u32(c_start + g as u32 * n);
-                        let ch = b.add(ch, gs);
-                        code_byte(b, ch, &|_| g);
-                    }
+        let byte_channel = |b: &mut Builder, k: Value| {
+            let pb = b.u32(per_byte);
+            b.mul(k, pb)
+        };
+        let first = b.u32(0);
+        let bytes = b.u32(d / per_byte);
+        match (params.as_slice(), channel_params) {
+            // One group: a loop over the row's bytes, which a CPU's loop vectorizer runs many
+            // bytes at a time (straight-line code with `PackBits` vectorized within a byte).
+            (&[(z, sc)], _) if n % per_byte == 0 => {
+                let coding = Coding::new(b, z, sc);
+                b.for_range(first, bytes, 1, |b, k| {
+                    let ch = byte_channel(b, k);
+                    code_byte(b, ch, &|_, _| coding);
                 });
-            } else {
-                // Bytes that straddle groups (groups narrower than a byte's codes, or not a
-                // multiple of them): each byte of the chunk written out.
-                for j in 0..chunk / per_byte {
-                    let ch = b.u32(c_start + j * per_byte);
-                    code_byte(b, ch, &|l| ((j * per_byte + l) / n) as usize);
+            }
+            // Groups of whole bytes: the same loop, each channel's parameters from locals
+            // (consecutive reads, which vectorize where a group's would not).
+            (_, Some((zero_l, scale_l))) => {
+                for (g, &(z, sc)) in params.iter().enumerate() {
+                    for c in g as u32 * n..(g as u32 + 1) * n {
+                        let cv = b.u32(c);
+                        b.write_local(zero_l, cv, z);
+                        b.write_local(scale_l, cv, sc);
+                    }
+                }
+                b.for_range(first, bytes, 1, |b, k| {
+                    let ch = byte_channel(b, k);
+                    code_byte(b, ch, &|b, l| {
+                        let lv = b.u32(l);
+                        let c = b.add(ch, lv);
+                        let z = b.read_local(zero_l, c);
+                        let sc = b.read_local(scale_l, c);
+                        Coding::new(b, z, sc)
+                    });
+                });
+            }
+            // Bytes that straddle groups (groups narrower than a byte's codes, or not a
+            // multiple of them): each byte written out.
+            _ => {
+                let codings: Vec<Coding> = params
+                    .iter()
+                    .map(|&(z, sc)| Coding::new(b, z, sc))
+                    .collect();
+                for j in 0..d / per_byte {
+                    let ch = b.u32(j * per_byte);
+                    code_byte(b, ch, &|_, l| codings[((j * per_byte + l) / n) as usize]);
                 }
             }
         }
@@ -143,6 +167,12 @@ pub fn lower(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
             flag_probe(b, probe, status);
         }
         flag_non_finite_extremes(b, &extremes, status);
+        if let Some(any) = overflows
+            .into_iter()
+            .reduce(|a, o| b.binary(BinaryOp::Or, a, o))
+        {
+            flag(b, status, any, STATUS_OVERFLOW);
+        }
     });
     Lowered {
         kernel: b.finish(),
