@@ -48,6 +48,7 @@
 //! `warp.shuffle_xor DST <- SRC, MASK`, `warp.shuffle_idx DST <- SRC, lane L`,
 //! `warp.reduce_sum`/`reduce_min`/`reduce_max L`.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt::{self, Write as _};
 
@@ -61,7 +62,8 @@ use crate::scheme::BitOrder;
 /// a kernel the verifier rejects.
 pub fn print(kernel: &Kernel) -> String {
     let names = Names::new(kernel);
-    let mut out = String::new();
+    // About 32 bytes a line (indentation included): one allocation for most kernels.
+    let mut out = String::with_capacity(32 * kernel.insts.len() + 256);
     header(kernel, &mut out);
     let mut printer = Printer {
         kernel,
@@ -133,13 +135,44 @@ pub(crate) enum ValueName {
     Unnumbered(usize),
 }
 
-impl fmt::Display for ValueName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl ValueName {
+    /// Appends the name to `out` (what `Display` writes; printing a kernel names a value
+    /// several times a line, and the formatting machinery cost more than the rest of it).
+    fn push_to(self, out: &mut String) {
         match self {
-            ValueName::Numbered(n) => write!(f, "v{n}"),
-            ValueName::Unnumbered(i) => write!(f, "v?#{i}"),
+            ValueName::Numbered(n) => {
+                out.push('v');
+                push_decimal(out, n);
+            }
+            ValueName::Unnumbered(i) => {
+                out.push_str("v?#");
+                push_decimal(out, i);
+            }
         }
     }
+}
+
+impl fmt::Display for ValueName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut text = String::new();
+        self.push_to(&mut text);
+        f.write_str(&text)
+    }
+}
+
+/// Appends `n` in decimal.
+fn push_decimal(out: &mut String, mut n: usize) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend(digits[at..].iter().map(|&d| char::from(d)));
 }
 
 /// The program-order numbering of a kernel and which instructions the walk reaches.
@@ -395,7 +428,8 @@ fn push_inst_line(
     mode: BlockMode,
 ) {
     if has_result(&inst.op) {
-        let _ = write!(line, "{} = ", names.value(h));
+        names.value(h).push_to(line);
+        line.push_str(" = ");
     }
     let _ = write_op(line, kernel, names, &inst.op);
     if matches!(inst.op, Op::Loop { .. } | Op::If { .. }) {
@@ -456,30 +490,30 @@ fn header(kernel: &Kernel, out: &mut String) {
 }
 
 /// The name of parameter `i`, or `param?i`.
-pub(crate) fn param_name(kernel: &Kernel, i: u32) -> String {
+pub(crate) fn param_name(kernel: &Kernel, i: u32) -> Cow<'_, str> {
     match kernel.params.get(i as usize) {
-        Some(p) => p.name().to_string(),
-        None => format!("param?{i}"),
+        Some(p) => Cow::Borrowed(p.name()),
+        None => Cow::Owned(format!("param?{i}")),
     }
 }
 
 /// How the text form refers to a memory: `x` (a parameter), `shared.smin`, or `param?i` /
 /// `shared?i` when there is none.
-pub(crate) fn memory_name(kernel: &Kernel, mem: Memory) -> String {
+pub(crate) fn memory_name(kernel: &Kernel, mem: Memory) -> Cow<'_, str> {
     match mem {
         Memory::Param(i) => param_name(kernel, i),
-        Memory::Shared(i) => match kernel.shared.get(i as usize) {
+        Memory::Shared(i) => Cow::Owned(match kernel.shared.get(i as usize) {
             Some(s) => format!("shared.{}", s.name),
             None => format!("shared?{i}"),
-        },
+        }),
     }
 }
 
 /// The name of local `i`, or `local?i`.
-pub(crate) fn local_name(kernel: &Kernel, i: u32) -> String {
+pub(crate) fn local_name(kernel: &Kernel, i: u32) -> Cow<'_, str> {
     match kernel.locals.get(i as usize) {
-        Some(l) => l.name.clone(),
-        None => format!("local?{i}"),
+        Some(l) => Cow::Borrowed(&l.name),
+        None => Cow::Owned(format!("local?{i}")),
     }
 }
 
@@ -586,10 +620,36 @@ pub(crate) fn op_text(kernel: &Kernel, names: &Names, op: &Op) -> String {
     out
 }
 
+/// Appends the `words`, then the names of `values` separated by `, `.
+fn push_all(out: &mut String, names: &Names, words: &[&str], values: &[Value]) {
+    for w in words {
+        out.push_str(w);
+    }
+    for (i, &v) in values.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        names.value(v).push_to(out);
+    }
+}
+
+/// Appends `memory[index]`.
+fn push_indexed(out: &mut String, names: &Names, memory: &str, index: Value) {
+    out.push_str(memory);
+    out.push('[');
+    names.value(index).push_to(out);
+    out.push(']');
+}
+
 /// [`op_text`], appended to `out`.
 fn write_op(out: &mut String, kernel: &Kernel, names: &Names, op: &Op) -> fmt::Result {
     let v = |x: &Value| names.value(*x);
     match op {
+        Op::Const(Const::U32(x)) => {
+            out.push_str("const.u32 ");
+            push_decimal(out, *x as usize);
+            Ok(())
+        }
         Op::Const(c) => out.write_str(&const_text(*c)),
         Op::ScalarParam(i) => write!(out, "param {}", param_name(kernel, *i)),
         Op::Special(s) => out.write_str(match s {
@@ -599,15 +659,32 @@ fn write_op(out: &mut String, kernel: &Kernel, names: &Names, op: &Op) -> fmt::R
             Special::LaneId => "lane_id",
             Special::WarpId => "warp_id",
         }),
-        Op::Unary(u, a) => write!(out, "{} {}", unary_name(*u), v(a)),
-        Op::Binary(b, x, y) => write!(out, "{} {}, {}", binary_name(*b), v(x), v(y)),
-        Op::Cmp(c, x, y) => write!(out, "cmp.{} {}, {}", cmp_name(*c), v(x), v(y)),
+        // The most frequent operations are written piece by piece (the same text as the
+        // `write!` forms of the others, at a fraction of their cost).
+        Op::Unary(u, a) => {
+            push_all(out, names, &[unary_name(*u), " "], &[*a]);
+            Ok(())
+        }
+        Op::Binary(b, x, y) => {
+            push_all(out, names, &[binary_name(*b), " "], &[*x, *y]);
+            Ok(())
+        }
+        Op::Cmp(c, x, y) => {
+            push_all(out, names, &["cmp.", cmp_name(*c), " "], &[*x, *y]);
+            Ok(())
+        }
         Op::Select {
             cond,
             if_true,
             if_false,
-        } => write!(out, "select {}, {}, {}", v(cond), v(if_true), v(if_false)),
-        Op::Convert(t, a) => write!(out, "convert.{} {}", t.name(), v(a)),
+        } => {
+            push_all(out, names, &["select "], &[*cond, *if_true, *if_false]);
+            Ok(())
+        }
+        Op::Convert(t, a) => {
+            push_all(out, names, &["convert.", t.name(), " "], &[*a]);
+            Ok(())
+        }
         Op::Bitcast(t, a) => write!(out, "bitcast.{} {}", type_text(*t), v(a)),
         Op::Load {
             mem,
@@ -616,47 +693,49 @@ fn write_op(out: &mut String, kernel: &Kernel, names: &Names, op: &Op) -> fmt::R
             aligned,
         } => {
             let elem = memory_elem(kernel, *mem).map_or("?", ScalarType::name);
-            write!(out, "load{}.{elem}", aligned_text(*aligned))?;
+            push_all(
+                out,
+                names,
+                &["load", aligned_text(*aligned), ".", elem],
+                &[],
+            );
             if *lanes != 1 {
-                write!(out, "x{lanes}")?;
+                out.push('x');
+                push_decimal(out, usize::from(*lanes));
             }
-            write!(out, " {}[{}]", memory_name(kernel, *mem), v(index))
+            out.push(' ');
+            push_indexed(out, names, &memory_name(kernel, *mem), *index);
+            Ok(())
         }
         Op::Store {
             mem,
             index,
             value,
             aligned,
-        } => write!(
-            out,
-            "store{} {}[{}], {}",
-            aligned_text(*aligned),
-            memory_name(kernel, *mem),
-            v(index),
-            v(value)
-        ),
+        } => {
+            push_all(out, names, &["store", aligned_text(*aligned), " "], &[]);
+            push_indexed(out, names, &memory_name(kernel, *mem), *index);
+            push_all(out, names, &[", "], &[*value]);
+            Ok(())
+        }
         Op::Extract(a, lane) => write!(out, "extract {}, {lane}", v(a)),
         Op::Vector(values) if values.is_empty() => out.write_str("vector"),
         Op::Vector(values) => write!(out, "vector {}", list(names, values)),
         Op::ReadLocal { local, index } => {
-            write!(
-                out,
-                "read_local {}[{}]",
-                local_name(kernel, *local),
-                v(index)
-            )
+            out.push_str("read_local ");
+            push_indexed(out, names, &local_name(kernel, *local), *index);
+            Ok(())
         }
         Op::WriteLocal {
             local,
             index,
             value,
-        } => write!(
-            out,
-            "write_local {}[{}], {}",
-            local_name(kernel, *local),
-            v(index),
-            v(value)
-        ),
+        } => {
+            out.push_str("write_local ");
+            push_indexed(out, names, &local_name(kernel, *local), *index);
+            push_all(out, names, &[", "], &[*value]);
+            Ok(())
+        }
         Op::PackBits { codes, bits, order } => {
             write!(out, "pack_bits.b{}.{}", bits.width(), order_name(*order))?;
             if codes.is_empty() {

@@ -1709,7 +1709,7 @@ fn describe(kernel: &Kernel, names: &Names, kind: &FindingKind) -> String {
         F::ClusterBarrierNotTopLevel => "cluster barrier outside the top-level block".into(),
         F::BadSize { param } => format!(
             "the stated size of {} refers to a non-u32-scalar parameter or divides by zero",
-            param.map_or_else(|| "the grid".to_string(), |p| param_name(kernel, p))
+            param.map_or_else(|| "the grid".to_string(), |p| param_name(kernel, p).into_owned())
         ),
         F::RemoteLoadNotFollowed => {
             "remote shared load with no cluster barrier after it".into()
