@@ -129,7 +129,7 @@ pub fn schedule_for(
         None => {
             if table.has_stale(&key) {
                 eprintln!(
-                    "warning: tuning table for `{scheme}`: stale (candidate set changed), using the default schedule"
+                    "warning: tuning table for `{scheme}`: stale (candidates or lowering changed), using the default schedule"
                 );
             }
             default

@@ -115,14 +115,7 @@ impl Plan {
         coders: &[Coder],
     ) {
         let values = self.load_row(b, x, h, t, c0);
-        let tokens = b.param(abi::TOKENS);
-        let ht = b.mul(h, tokens);
-        let row = b.add(ht, t);
-        let rb = b.u32(self.row_bytes);
-        let row_start = b.mul(row, rb);
-        let per = b.u32(self.per_byte);
-        let col_byte = b.div(c0, per);
-        let base = b.add(row_start, col_byte);
+        let [_, base] = self.code_base(b, [h, t, c0]);
         for k in 0..self.w / self.per_byte {
             let lane_codes: Vec<Value> = (0..self.per_byte)
                 .map(|l| {
@@ -143,9 +136,20 @@ impl Plan {
             b.store(codes, idx, byte);
         }
     }
-}
 
-impl Plan {
+    /// The row index of (head `h`, token `t`) and the index of its first code byte of the
+    /// column at channel `c0`.
+    fn code_base(&self, b: &mut Builder, [h, t, c0]: [Value; 3]) -> [Value; 2] {
+        let tokens = b.param(abi::TOKENS);
+        let ht = b.mul(h, tokens);
+        let row = b.add(ht, t);
+        let rb = b.u32(self.row_bytes);
+        let row_start = b.mul(row, rb);
+        let per = b.u32(self.per_byte);
+        let col_byte = b.div(c0, per);
+        [row, b.add(row_start, col_byte)]
+    }
+
     /// Codes one row of `w` channels as a loop over its bytes, each channel's zero and scale
     /// read from the locals `params` (`[zero, scale]`, `w` elements each), from scalar loads,
     /// the byte packed by [`pack_scalar`]: a CPU's loop vectorizer codes many bytes of the row
@@ -157,17 +161,10 @@ impl Plan {
         [h, t, c0]: [Value; 3],
         [zero_l, scale_l]: [u32; 2],
     ) {
-        let tokens = b.param(abi::TOKENS);
-        let ht = b.mul(h, tokens);
-        let row = b.add(ht, t);
+        let [row, code_base] = self.code_base(b, [h, t, c0]);
         let d = b.u32(self.shape.head_dim);
         let row_start = b.mul(row, d);
         let first = b.add(row_start, c0);
-        let rb = b.u32(self.row_bytes);
-        let code_start = b.mul(row, rb);
-        let per = b.u32(self.per_byte);
-        let col_byte = b.div(c0, per);
-        let code_base = b.add(code_start, col_byte);
         let zero = b.u32(0);
         let end = b.u32(self.w / self.per_byte);
         b.for_range(zero, end, 1, |b, k| {
@@ -189,6 +186,21 @@ impl Plan {
             b.store(codes, idx, byte);
         });
     }
+}
+
+/// [lo, hi] of a rule that reads the whole group: channel `ch` of `count` rows from row `row`.
+fn column_range(
+    b: &mut Builder,
+    scheme: &Scheme,
+    shape: ShapeClass,
+    (x, range_local): (Memory, Option<u32>),
+    [row, ch, count]: [Value; 3],
+) -> (Value, Value) {
+    let d = b.u32(shape.head_dim);
+    let start = b.mul(row, d);
+    let base = b.add(start, ch);
+    let input = shape.input.scalar();
+    group_range(b, scheme.rule, x, input, [base, d, count], range_local)
 }
 
 /// How the code pass computes one channel's codes; both give the same codes.
@@ -377,13 +389,9 @@ fn lower_all(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
             // `partials` is None exactly when the rule reads the whole group.
             (None, None) => {
                 let tokens = b.param(abi::TOKENS);
-                let d = b.u32(shape.head_dim);
                 let ht = b.mul(h, tokens);
-                let start = b.mul(ht, d);
                 let ch = b.add(c0, i);
-                let base = b.add(start, ch);
-                let input = shape.input.scalar();
-                group_range(b, scheme.rule, x, input, [base, d, tokens], range_local)
+                column_range(b, scheme, shape, (x, range_local), [ht, ch, tokens])
             }
             // Every thread holds the column's extremes after the warp reductions.
             (Some(_), _) if warp_reduce => {
@@ -534,11 +542,8 @@ fn lower_groups(scheme: &Scheme, shape: ShapeClass, s: &Schedule, n: u32) -> Low
                 true => {
                     let ht = b.mul(h, tokens);
                     let row = b.add(ht, t0);
-                    let start = b.mul(row, d);
                     let ch = b.add(c0, iv);
-                    let base = b.add(start, ch);
-                    let input = shape.input.scalar();
-                    group_range(b, scheme.rule, x, input, [base, d, count], range_local)
+                    column_range(b, scheme, shape, (x, range_local), [row, ch, count])
                 }
                 false => {
                     let mn = b.read_local(min, iv);
