@@ -151,9 +151,9 @@ impl Plan {
     }
 
     /// Codes one row of `w` channels as a loop over its bytes, each channel's zero and scale
-    /// read from the locals `params` (`[zero, scale]`, `w` elements each), from scalar loads,
-    /// the byte packed by [`pack_scalar`]: a CPU's loop vectorizer codes many bytes of the row
-    /// at once (straight-line code with `PackBits` vectorized within a byte only).
+    /// read from the locals `zero_l` and `scale_l` (`w` elements each), from scalar loads, the
+    /// byte packed by [`pack_scalar`]: a CPU's loop vectorizer codes many bytes of the row at
+    /// once (straight-line code with `PackBits` vectorized within a byte only).
     fn code_row_loop(
         &self,
         b: &mut Builder,

@@ -52,9 +52,9 @@ pub fn lower(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
             }
             out
         };
-        // Non-finite input is found by a probe (`probe_finite`: a sum of the values, or of
-        // `x * 0`), summed as a balanced tree so that it vectorizes like the extremes: a few
-        // vector additions per row instead of a scalar test per element.
+        // Rules that read the whole group find non-finite input by a probe (`probe_term`: a
+        // sum of the values, or of `x * 0`, taken as a balanced tree) instead of a test and a
+        // branch-free OR per element; min/max rules read it off their extremes.
         let mut probe: Option<Value> = None;
         let mut extremes: Vec<(Value, Value)> = Vec::new();
         let mut overflows: Vec<Value> = Vec::new();
@@ -199,11 +199,11 @@ fn tree(b: &mut Builder, values: &[Value], op: BinaryOp) -> Value {
     level[0]
 }
 
-/// The minimum or maximum (`op`) of `values` (finite, or the row is flagged), as a balanced tree over
-/// their order keys ([`order_key`]): unsigned integer minima and maxima, which a CPU reduces
-/// across SIMD lanes in a few instructions, where float `Min`/`Max` (compare and select) are
-/// reduced one lane at a time. The order only decides the sign of a zero extreme, which
-/// `range_from_extremes` normalises.
+/// The minimum or maximum (`op`) of `values`, as a balanced tree over their order keys
+/// ([`order_key`]): unsigned integer minima and maxima, which a CPU reduces across SIMD lanes in
+/// a few instructions, where float `Min`/`Max` (compare and select) were reduced one lane at a
+/// time. The order only decides the sign of a zero extreme, which `range_from_extremes`
+/// normalises; a NaN comes out as a NaN, an infinity as itself.
 fn extreme(b: &mut Builder, values: &[Value], op: BinaryOp) -> Value {
     let keys: Vec<Value> = values.iter().map(|&v| order_key(b, v)).collect();
     let key = tree(b, &keys, op);
