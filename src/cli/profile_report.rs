@@ -125,7 +125,7 @@ impl Report<'_> {
         }
         let _ = writeln!(
             out,
-            "model: predicted = max(DRAM bytes / bandwidth, L2 sector bytes / L2 bandwidth, max(load misses / (resident warps x {0}), one warp's misses / {0}) x {1} ns latency, warp instructions / issue rate) + {2} us launch; parameters and sources: --json",
+            "model: predicted = {2} us launch + max(DRAM bytes / bandwidth, L2 sector bytes / L2 bandwidth) + max(load misses / (resident warps x {0}), one warp's misses / {0}) x {1} ns latency + warp instructions / issue rate; parameters and sources: --json",
             g.requests_in_flight_per_warp.value,
             g.dram_latency_s.value * 1e9,
             g.launch_s.value * 1e6

@@ -294,3 +294,57 @@ fn attention_kernels_are_profiled_on_request() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
 }
+
+/// The first number after `label` in `line` (e.g. "DRAM 10.643 us" -> 10.643).
+fn term(line: &str, label: &str) -> f64 {
+    let rest = &line[line
+        .find(label)
+        .unwrap_or_else(|| panic!("{label} in {line}"))
+        + label.len()..];
+    rest.split_whitespace()
+        .next()
+        .and_then(|w| w.parse().ok())
+        .unwrap_or_else(|| panic!("no number after {label} in {line}"))
+}
+
+/// Every kernel's printed total is what the model line printed below it says it is:
+/// `launch + max(DRAM, L2) + latency + issue` of the terms printed above it (to their 3
+/// printed decimals), and the model line states that sum.
+#[test]
+fn text_totals_are_the_stated_sum_of_the_printed_terms() {
+    let mut args = vec!["--target", "sm_90"];
+    args.extend_from_slice(&SHAPE);
+    let out = profile(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let model = text
+        .lines()
+        .find(|l| l.starts_with("model:"))
+        .expect("model line");
+    assert!(
+        model.contains("us launch + max(DRAM bytes / bandwidth, L2 sector bytes / L2 bandwidth) + max(load misses")
+            && model.contains("ns latency + warp instructions / issue rate;"),
+        "{model}"
+    );
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.trim_start().starts_with("predicted"))
+        .collect();
+    assert!(lines.len() >= 4, "{text}");
+    for pair in lines.chunks(2) {
+        let (terms, total) = (pair[0], pair[1]);
+        let sum = term(terms, "launch")
+            + term(terms, "DRAM").max(term(terms, "L2"))
+            + term(terms, "latency")
+            + term(terms, "issue");
+        let printed = term(total, "predicted");
+        assert!(
+            (sum - printed).abs() <= 0.003,
+            "{terms} / {total}: sum {sum}"
+        );
+    }
+}

@@ -7,7 +7,7 @@
 //! - [`occupancy()`]: resident blocks and warps per SM.
 //! - [`analyze`]: sectors, coalescing, bank conflicts and instructions of a
 //!   [`Trace`](crate::ir::interp::Trace).
-//! - [`predict()`]: `max(DRAM, L2, latency, issue) + launch`, and the bandwidth bounds it is compared
+//! - [`predict()`]: `launch + max(DRAM, L2) + latency + issue`, and the bandwidth bounds it is compared
 //!   with.
 
 pub mod occupancy;
