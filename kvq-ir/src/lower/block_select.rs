@@ -6,15 +6,20 @@
 //! 16 key bits all equal (zeros for positive values, ones for negative ones), so shifting them
 //! out keeps the keys distinct and in order: the search runs over the `32 - z` bits left.
 //!
-//! For each channel of the column and each side (level p and 1 - p), a bisection finds the
-//! smallest key K with `#{key <= K} >= k + 1`, the rank-k element: every step, every thread
-//! counts its tokens' keys at or below the step's pivot, warps sum their lanes' counts
-//! ([`crate::ir::WarpOp::Reduce`]), lane 0 of each warp writes its warp's sums to shared memory,
-//! and every warp sums those, so that every thread takes the same step. One more pass counts
-//! the keys at or below K and finds the smallest key above it: the rank-(k + 1) element is K
-//! again when at least k + 2 keys are at or below K, else that smallest key above. The
-//! interpolation is [`quantile_interpolate`]'s. Integer sums and minima do not depend on the
-//! order they are taken in, so the ranges are the reference's bit for bit.
+//! For each channel of the column and each side (level p and 1 - p), a search finds the
+//! smallest key K with `#{key <= K} >= k + 1`, the rank-k element. It keeps a bracket
+//! `[lo, lo + 2^r)` that holds K and narrows it by [`step_bits`] bits a pass (fewer on the last
+//! pass when the key's bits do not divide evenly): every pass, every thread counts its tokens'
+//! keys at or below each of the `2^s - 1` pivots that split the bracket into `2^s` equal parts
+//! (`s` the pass's bits), warps sum their lanes' counts ([`crate::ir::WarpOp::Reduce`]), lane 0
+//! of each warp writes its warp's sums to shared memory, and every warp sums those, so that
+//! every thread takes the same step: K lies in the part after the pivots with fewer than k + 1
+//! keys at or below them. Two bits a pass halve the passes over the column of a bisection (one
+//! bit a pass) for three comparisons an element instead of one. One more pass, both sides at once, counts the keys at
+//! or below K and finds the smallest key above it: the rank-(k + 1) element is K again when at
+//! least k + 2 keys are at or below K, else that smallest key above. The interpolation is
+//! [`quantile_interpolate`]'s. Integer sums and minima do not depend on the order they are taken
+//! in, so the ranges are the reference's bit for bit.
 
 use crate::ir::{
     BinaryOp, Builder, CmpOp, Memory, ReduceOp, ScalarType, Special, Value, WarpOp, WARP_SIZE,
@@ -29,10 +34,31 @@ use super::InputType;
 /// The two levels of the quantile rule: the range's low and high ends.
 const SIDES: u32 = 2;
 
-/// Elements of a warp's row of partials: one per (side, channel), and one of padding so that
-/// the lanes reading a column of them (lane l, row l) fall in different banks.
+/// The most channels a thread counts for with two bits a pass.
+const TWO_BIT_CHANNELS: u32 = 8;
+
+/// Key bits a counting pass decides for a column of `channels` channels (`2^bits - 1` pivots
+/// per side and channel): two where a thread's `2 x 3 x channels` counters stay in registers
+/// (GPU schedules: 8 channels; sm_90 then predicts 377 us instead of 480 us for one bit a pass
+/// at 8 x 16,384 x 128, and ptxas spills nothing at 256 threads), else one (the host's columns
+/// of 32-128 channels: with two bits their counters live on the stack and the kernel measured
+/// 1.1-5 times slower).
+fn step_bits(channels: u32) -> u32 {
+    match channels <= TWO_BIT_CHANNELS {
+        true => 2,
+        false => 1,
+    }
+}
+
+/// Pivots of a full pass over a column of `channels` channels.
+fn pivots(channels: u32) -> u32 {
+    (1 << step_bits(channels)) - 1
+}
+
+/// Elements of a warp's row of partials: one per (side, pivot, channel), and one of padding so
+/// that the lanes reading a column of them (lane l, row l) fall in different banks.
 fn partial_row(channels: u32) -> u32 {
-    SIDES * channels + 1
+    SIDES * pivots(channels) * channels + 1
 }
 
 /// Shared memory [`select_quantiles`] declares, in bytes.
@@ -50,11 +76,13 @@ struct Select {
     z: u32,
     /// Levels of the two sides.
     levels: [f64; 2],
-    /// U32 local of `2w` elements (index `side * w + channel`): each bracket's midpoint (the
+    /// U32 local of `2w` elements (index `side * w + channel`): each bracket's start (the
     /// rank-k key once the search ends).
-    mid: u32,
-    /// Per side, U32 locals of `w` elements: counts and minima.
+    lo: u32,
+    /// Per side, U32 locals: the search's counts, `pivots(w) * w` elements (index
+    /// `pivot * w + channel`); the final pass's counts and minima, `w` elements each.
     count: [u32; 2],
+    tally: [u32; 2],
     least: [u32; 2],
     /// Per warp, a row of partial counts and minima ([`partial_row`]).
     part_count: Memory,
@@ -114,6 +142,14 @@ impl Select {
         self.set(b, locals[(j / self.w) as usize], j % self.w, v);
     }
 
+    /// Count `pivot` of pair `j` (side `j / w`, channel `j % w`).
+    fn count_at(&self, j: u32, pivot: u32) -> (u32, u32) {
+        (
+            self.count[(j / self.w) as usize],
+            pivot * self.w + j % self.w,
+        )
+    }
+
     fn get(&self, b: &mut Builder, local: u32, j: u32) -> Value {
         let idx = b.u32(j);
         b.read_local(local, idx)
@@ -153,16 +189,28 @@ impl Select {
     fn block_reduce(&self, b: &mut Builder, least_of: Option<std::ops::Range<u32>>) {
         let sides: Vec<u32> = least_of.clone().unwrap_or(0..SIDES).collect();
         let stride = partial_row(self.w);
-        // (local, side, partials, reduction, neutral element)
+        // Counts per pair: every pivot's while searching, one in the final pass.
+        let (counts, counted) = match least_of {
+            Some(_) => (self.tally, self.w),
+            None => (self.count, pivots(self.w) * self.w),
+        };
+        // (local, side, partials, reduction, neutral element, elements)
         let mut all = Vec::new();
         for &side in &sides {
-            all.push((self.count, side, self.part_count, ReduceOp::Sum, 0));
+            all.push((counts, side, self.part_count, ReduceOp::Sum, 0, counted));
             if least_of.is_some() {
-                let least = (self.least, side, self.part_least, ReduceOp::Min, u32::MAX);
+                let least = (
+                    self.least,
+                    side,
+                    self.part_least,
+                    ReduceOp::Min,
+                    u32::MAX,
+                    self.w,
+                );
                 all.push(least);
             }
         }
-        for &(locals, side, _, op, _) in &all {
+        for &(locals, side, _, op, _, _) in &all {
             let local = locals[side as usize];
             b.warp(WarpOp::Reduce { op, local });
         }
@@ -173,10 +221,10 @@ impl Select {
             let warp = b.special(Special::WarpId);
             let nv = b.u32(stride);
             let slot = b.mul(warp, nv);
-            for &(locals, side, part, _, _) in &all {
-                for i in 0..self.w {
+            for &(locals, side, part, _, _, len) in &all {
+                for i in 0..len {
                     let v = self.get(b, locals[side as usize], i);
-                    let off = b.u32(side * self.w + i);
+                    let off = b.u32(side * pivots(self.w) * self.w + i);
                     let at = b.add(slot, off);
                     b.store(part, at, v);
                 }
@@ -188,20 +236,20 @@ impl Select {
         let has = b.cmp(CmpOp::Lt, lane, warps);
         let nv = b.u32(stride);
         let slot = b.mul(lane, nv);
-        for &(locals, side, part, _, neutral) in &all {
+        for &(locals, side, part, _, neutral, len) in &all {
             let local = locals[side as usize];
-            for i in 0..self.w {
+            for i in 0..len {
                 let neutral = b.u32(neutral);
                 self.set(b, local, i, neutral);
                 b.if_then(has, |b| {
-                    let off = b.u32(side * self.w + i);
+                    let off = b.u32(side * pivots(self.w) * self.w + i);
                     let at = b.add(slot, off);
                     let v = b.load(part, at, 1);
                     self.set(b, local, i, v);
                 });
             }
         }
-        for &(locals, side, _, op, _) in &all {
+        for &(locals, side, _, op, _, _) in &all {
             let local = locals[side as usize];
             b.warp(WarpOp::Reduce { op, local });
         }
@@ -228,10 +276,14 @@ pub fn select_quantiles(
         bsz,
         z: input.scalar().constant_key_bits(),
         levels: [p, 1.0 - p],
-        mid: b.local("sel_mid", ScalarType::U32, n),
+        lo: b.local("sel_lo", ScalarType::U32, n),
         count: [
-            b.local("sel_count_lo", ScalarType::U32, w),
-            b.local("sel_count_hi", ScalarType::U32, w),
+            b.local("sel_count_lo", ScalarType::U32, pivots(w) * w),
+            b.local("sel_count_hi", ScalarType::U32, pivots(w) * w),
+        ],
+        tally: [
+            b.local("sel_tally_lo", ScalarType::U32, w),
+            b.local("sel_tally_hi", ScalarType::U32, w),
         ],
         least: [
             b.local("sel_least_lo", ScalarType::U32, w),
@@ -244,80 +296,58 @@ pub fn select_quantiles(
         b.local("q_lo", ScalarType::F32, w),
         b.local("q_hi", ScalarType::F32, w),
     ];
-    let bits = 32 - s.z;
-    // The bracket of every search is [lo, lo + 2 half) with half = 2^(bits - 1 - step); only its
-    // midpoint lo + half - 1 is kept: a step moves it down by half / 2 when enough keys are at
-    // or below it (the upper half is dropped), else up by max(half / 2, 1) (the lower half).
     for j in 0..n {
-        let first_mid = b.u32((1u32 << (bits - 1)) - 1);
-        s.set(b, s.mid, j, first_mid);
+        let zero = b.u32(0);
+        s.set(b, s.lo, j, zero);
     }
-    let (first, steps) = (b.u32(0), b.u32(bits));
-    b.for_range(first, steps, 1, |b, step| {
-        let mids: Vec<Value> = (0..n).map(|j| s.get(b, s.mid, j)).collect();
-        for j in 0..n {
-            let zero = b.u32(0);
-            s.set_pair(b, s.count, j, zero);
-        }
-        s.pass(b, load_row, 0..SIDES, &|b, key, j| {
-            let le = b.cmp(CmpOp::Le, key, mids[j as usize]);
-            let one = b.convert(ScalarType::U32, le);
-            let c = s.get_pair(b, s.count, j);
-            let c = b.add(c, one);
-            s.set_pair(b, s.count, j, c);
-        });
-        s.block_reduce(b, None);
-        let top = b.u32(bits - 1);
-        let shift = b.sub(top, step);
+    // Each pass narrows every bracket [lo, lo + 2^(r + step)) to one of its 2^step parts: a
+    // loop of passes of `step` bits (r counting down from the key's bits), then one shorter
+    // pass when `step` does not divide them.
+    let bits = 32 - s.z;
+    let step_bits = step_bits(w);
+    let (first, passes) = (b.u32(0), b.u32(bits / step_bits));
+    b.for_range(first, passes, 1, |b, pass| {
         let one = b.u32(1);
-        let half = b.binary(BinaryOp::Shl, one, shift);
-        let down = b.binary(BinaryOp::Shr, half, one);
-        let up = b.max(down, one);
-        for side in 0..SIDES {
-            let rank = s.rank(b, side);
-            let wanted = b.add(rank.k, one);
-            for i in 0..w {
-                let j = side * w + i;
-                let mid = s.get(b, s.mid, j);
-                let c = s.get_pair(b, s.count, j);
-                let enough = b.cmp(CmpOp::Ge, c, wanted);
-                let lower = b.sub(mid, down);
-                let higher = b.add(mid, up);
-                let next = b.select(enough, lower, higher);
-                s.set(b, s.mid, j, next);
-            }
-        }
+        let done = b.add(pass, one);
+        let step = b.u32(step_bits);
+        let decided = b.mul(done, step);
+        let all = b.u32(bits);
+        let r = b.sub(all, decided);
+        narrow(b, &s, load_row, step_bits, r);
     });
-    // Per side: the keys at or below each rank-k key, and the smallest key above it.
+    if bits % step_bits != 0 {
+        let r = b.u32(0);
+        narrow(b, &s, load_row, bits % step_bits, r);
+    }
+    // Both sides: the keys at or below each rank-k key, and the smallest key above it.
+    let found: Vec<Value> = (0..n).map(|j| s.get(b, s.lo, j)).collect();
+    for j in 0..n {
+        let (zero, max) = (b.u32(0), b.u32(u32::MAX));
+        s.set_pair(b, s.tally, j, zero);
+        s.set_pair(b, s.least, j, max);
+    }
+    s.pass(b, load_row, 0..SIDES, &|b, key, j| {
+        let le = b.cmp(CmpOp::Le, key, found[j as usize]);
+        let one = b.convert(ScalarType::U32, le);
+        let c = s.get_pair(b, s.tally, j);
+        let c = b.add(c, one);
+        s.set_pair(b, s.tally, j, c);
+        let max = b.u32(u32::MAX);
+        let above = b.select(le, max, key);
+        let m = s.get_pair(b, s.least, j);
+        let m = b.min(m, above);
+        s.set_pair(b, s.least, j, m);
+    });
+    s.block_reduce(b, Some(0..SIDES));
     for side in 0..SIDES {
-        let found: Vec<Value> = (0..n).map(|j| s.get(b, s.mid, j)).collect();
-        for i in 0..w {
-            let j = side * w + i;
-            let (zero, max) = (b.u32(0), b.u32(u32::MAX));
-            s.set_pair(b, s.count, j, zero);
-            s.set_pair(b, s.least, j, max);
-        }
-        s.pass(b, load_row, side..side + 1, &|b, key, j| {
-            let le = b.cmp(CmpOp::Le, key, found[j as usize]);
-            let one = b.convert(ScalarType::U32, le);
-            let c = s.get_pair(b, s.count, j);
-            let c = b.add(c, one);
-            s.set_pair(b, s.count, j, c);
-            let max = b.u32(u32::MAX);
-            let above = b.select(le, max, key);
-            let m = s.get_pair(b, s.least, j);
-            let m = b.min(m, above);
-            s.set_pair(b, s.least, j, m);
-        });
-        s.block_reduce(b, Some(side..side + 1));
         let rank = s.rank(b, side);
         let two = b.u32(2);
         let wanted = b.add(rank.k, two);
         for i in 0..w {
             let j = side * w + i;
-            let k_key = s.get(b, s.mid, j);
+            let k_key = s.get(b, s.lo, j);
             let vk = s.value(b, k_key);
-            let c = s.get_pair(b, s.count, j);
+            let c = s.get_pair(b, s.tally, j);
             let repeated = b.cmp(CmpOp::Ge, c, wanted);
             let next = s.get_pair(b, s.least, j);
             let k1_key = b.select(repeated, k_key, next);
@@ -330,4 +360,71 @@ pub fn select_quantiles(
         }
     }
     out
+}
+
+/// One counting pass: every bracket `[lo, lo + 2^(r + step))` becomes the part
+/// `[lo + q 2^r, lo + (q + 1) 2^r)` that holds its rank-k key, `q` the number of the
+/// `2^step - 1` pivots `lo + (i + 1) 2^r - 1` with fewer than k + 1 keys at or below them
+/// (`r` a U32 value; `r + step` is at most the key's bits, so no offset wraps).
+fn narrow(
+    b: &mut Builder,
+    s: &Select,
+    load_row: &dyn Fn(&mut Builder, Value) -> Vec<Value>,
+    step: u32,
+    r: Value,
+) {
+    let pivots = (1u32 << step) - 1;
+    let n = SIDES * s.w;
+    let one = b.u32(1);
+    let part = b.binary(BinaryOp::Shl, one, r);
+    // Pivot i's offset from the bracket's start: (i + 1) 2^r - 1.
+    let offsets: Vec<Value> = (0..pivots)
+        .map(|i| {
+            let parts = b.u32(i + 1);
+            let end = b.binary(BinaryOp::Shl, parts, r);
+            b.sub(end, one)
+        })
+        .collect();
+    // pivot[j][i]: pair j's pivot i.
+    let pivot: Vec<Vec<Value>> = (0..n)
+        .map(|j| {
+            let lo = s.get(b, s.lo, j);
+            offsets.iter().map(|&off| b.add(lo, off)).collect()
+        })
+        .collect();
+    for j in 0..n {
+        for i in 0..pivots {
+            let zero = b.u32(0);
+            let (local, at) = s.count_at(j, i);
+            s.set(b, local, at, zero);
+        }
+    }
+    s.pass(b, load_row, 0..SIDES, &|b, key, j| {
+        for i in 0..pivots {
+            let le = b.cmp(CmpOp::Le, key, pivot[j as usize][i as usize]);
+            let one = b.convert(ScalarType::U32, le);
+            let (local, at) = s.count_at(j, i);
+            let c = s.get(b, local, at);
+            let c = b.add(c, one);
+            s.set(b, local, at, c);
+        }
+    });
+    s.block_reduce(b, None);
+    for side in 0..SIDES {
+        let rank = s.rank(b, side);
+        let one = b.u32(1);
+        let wanted = b.add(rank.k, one);
+        for i in 0..s.w {
+            let j = side * s.w + i;
+            let mut lo = s.get(b, s.lo, j);
+            for k in 0..pivots {
+                let (local, at) = s.count_at(j, k);
+                let c = s.get(b, local, at);
+                let short = b.cmp(CmpOp::Lt, c, wanted);
+                let moved = b.add(lo, part);
+                lo = b.select(short, moved, lo);
+            }
+            s.set(b, s.lo, j, lo);
+        }
+    }
 }

@@ -120,11 +120,12 @@ impl Schedule {
         let channels = per_byte.max(8).min(shape.head_dim);
         Schedule {
             // group = all: 32 warps per column, their extremes combined by warp reductions;
-            // the quantile rule's order statistics are selected by 16 warps (the search's
-            // counters need more than the 64 registers a thread of 1024 may have); mse's sums
+            // the quantile rule's order statistics are selected by 8 warps (the search's
+            // counters, three per channel and side, need more than the 128 registers a thread
+            // of 512 may have: ptxas spilled 600 bytes there); mse's sums
             // run in index order, one thread per channel, with 256 threads.
             block_size: match (scheme.axis, scheme.group, scheme.rule) {
-                (Axis::Channel, Group::All, Rule::Quantile(_)) => 512,
+                (Axis::Channel, Group::All, Rule::Quantile(_)) => 256,
                 (Axis::Channel, Group::All, Rule::Mse) => 256,
                 (Axis::Channel, Group::All, _) => 1024,
                 _ => 128,
