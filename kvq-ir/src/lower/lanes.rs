@@ -6,7 +6,7 @@
 //! | kernel | lanes | statistics |
 //! | --- | --- | --- |
 //! | quantize, axis = token, min/max rules | `head_dim / v` per row, `v` up to 16 (several rows a warp) | min and max of each group by xor shuffles over its `n / v` lanes; a lane's code bytes stored as whole words |
-//! | dequantize, every scheme | `head_dim / v` per row | none: each lane decodes its `v` channels and stores them as aligned f32 vectors |
+//! | dequantize, every scheme | `head_dim / v` per row | none: each lane loads its code bytes once and its parameters by aligned vector loads, decodes its `v` channels and stores them as aligned f32 vectors |
 //!
 //! Both launch one thread per (head, token, lane) ([`Launch::ThreadPerGroup`] with `group = 1`,
 //! `columns = head_dim / v`); a row's lanes are consecutive threads of one warp because
@@ -318,20 +318,12 @@ pub fn dequantize(scheme: &Scheme, shape: ShapeClass, block_size: u32, p: LanePl
         let dv = b.u32(d);
         let out_row = b.mul(row, dv);
         let out_base = b.add(out_row, c0);
+        let bytes = lane_code_bytes(b, scheme, codes, code_row, lane, p.v);
+        let params = lane_params(b, scheme, [d, p.v], [zero_m, scale_m], pt, &param_at);
         let width = p.v.min(4);
         let mut pending = Vec::new();
-        for c in 0..p.v {
-            let q = lane_code(b, scheme, codes, code_row, c0, c);
-            let pat = param_at(b, c);
-            let z = b.load(zero_m, pat, 1);
-            let sc = b.load(scale_m, pat, 1);
-            let (z, sc) = match pt {
-                ScalarType::F32 => (z, sc),
-                _ => (
-                    b.convert(ScalarType::F32, z),
-                    b.convert(ScalarType::F32, sc),
-                ),
-            };
+        for (c, (z, sc)) in (0..p.v).zip(params) {
+            let q = lane_code(b, scheme, &bytes, c0, c);
             let qf = b.convert(ScalarType::F32, q);
             let prod = b.mul(sc, qf);
             pending.push(b.add(z, prod));
@@ -355,29 +347,101 @@ pub fn dequantize(scheme: &Scheme, shape: ShapeClass, block_size: u32, p: LanePl
     }
 }
 
-/// The code of channel `c0 + c` of the row whose codes start at byte `code_row`: when lanes hold
-/// whole code bytes (`per_byte` divides 4, hence `c0`), [`crate::ir::Op::UnpackBits`] at a
-/// constant position; else `(byte >> shift) & (2^b - 1)` with SPEC.md section 3's shift
-/// (`msb`: `8 - (j + 1) b`, `lsb`: `j b`, `j` the channel's position in its byte).
-fn lane_code(
+/// The code bytes of a lane's `v` channels, each loaded once: one byte when they fit in it
+/// (`v` at most the codes per byte: a lane starts at a multiple of `v`, so its codes never
+/// straddle a byte), else the lane's `v / per_byte` whole bytes by one aligned vector load
+/// (their index `code_row + lane * v / per_byte` is a multiple of that count, as `head_dim` is
+/// of `v`).
+fn lane_code_bytes(
     b: &mut Builder,
     scheme: &Scheme,
-    codes: crate::ir::Memory,
+    codes: Memory,
     code_row: Value,
-    c0: Value,
-    c: u32,
-) -> Value {
+    lane: Value,
+    v: u32,
+) -> Vec<Value> {
+    let per_byte = scheme.bits.codes_per_byte() as u32;
+    if v <= per_byte {
+        let vv = b.u32(v);
+        let c0 = b.mul(lane, vv);
+        let pb = b.u32(per_byte);
+        let in_row = b.div(c0, pb);
+        let at = b.add(code_row, in_row);
+        return vec![b.load(codes, at, 1)];
+    }
+    let n = v / per_byte;
+    let nv = b.u32(n);
+    let in_row = b.mul(lane, nv);
+    let at = b.add(code_row, in_row);
+    let loaded = b.load_aligned(codes, at, n as u8);
+    (0..n as u8).map(|k| b.extract(loaded, k)).collect()
+}
+
+/// Each of a lane's `v` channels' (zero, scale) as f32, each parameter loaded once: for
+/// axis = channel the lane's `v` consecutive parameters of its parameter row by aligned vector
+/// loads of up to 16 bytes (`param_at(0)` is a multiple of `v`: the row starts at a multiple of
+/// `head_dim` and the lane at one of `v`); for axis = token with groups of a multiple of `v`
+/// channels the one pair of the lane's group; else one pair per channel.
+fn lane_params(
+    b: &mut Builder,
+    scheme: &Scheme,
+    [head_dim, v]: [u32; 2],
+    [zero_m, scale_m]: [Memory; 2],
+    pt: ScalarType,
+    param_at: &dyn Fn(&mut Builder, u32) -> Value,
+) -> Vec<(Value, Value)> {
+    let pair = |b: &mut Builder, at: Value| -> (Value, Value) {
+        let (z, sc) = (b.load(zero_m, at, 1), b.load(scale_m, at, 1));
+        match pt {
+            ScalarType::F32 => (z, sc),
+            _ => (
+                b.convert(ScalarType::F32, z),
+                b.convert(ScalarType::F32, sc),
+            ),
+        }
+    };
+    match scheme.axis {
+        Axis::Channel => {
+            let chunk = v.min(16 / pt.size() as u32);
+            let mut out = Vec::new();
+            for first in (0..v).step_by(chunk as usize) {
+                let at = param_at(b, first);
+                let zs = load_f32_aligned(b, zero_m, at, chunk as u8, pt);
+                let ss = load_f32_aligned(b, scale_m, at, chunk as u8, pt);
+                out.extend(zs.into_iter().zip(ss));
+            }
+            out
+        }
+        Axis::Token if group_channels(scheme, head_dim) % v == 0 => {
+            let at = param_at(b, 0);
+            vec![pair(b, at); v as usize]
+        }
+        Axis::Token => (0..v)
+            .map(|c| {
+                let at = param_at(b, c);
+                pair(b, at)
+            })
+            .collect(),
+    }
+}
+
+/// The code of channel `c0 + c` from the lane's code bytes ([`lane_code_bytes`]): when lanes
+/// hold whole code bytes (`per_byte` divides 4, hence `c0`), [`crate::ir::Op::UnpackBits`] at a
+/// constant position; else `(byte >> shift) & (2^b - 1)` with SPEC.md section 3's shift
+/// (`msb`: `8 - (j + 1) b`, `lsb`: `j b`, `j` the channel's position in its byte).
+fn lane_code(b: &mut Builder, scheme: &Scheme, bytes: &[Value], c0: Value, c: u32) -> Value {
     let bits = scheme.bits.width();
     let per_byte = scheme.bits.codes_per_byte() as u32;
-    let cv = b.u32(c);
-    let ch = b.add(c0, cv);
-    let pb = b.u32(per_byte);
-    let in_row = b.div(ch, pb);
-    let at = b.add(code_row, in_row);
-    let byte = b.load(codes, at, 1);
+    let byte = match bytes.len() {
+        1 => bytes[0],
+        _ => bytes[(c / per_byte) as usize],
+    };
     if 4 % per_byte == 0 {
         return b.unpack_bits(byte, (c % per_byte) as u8, scheme.bits, scheme.order);
     }
+    let cv = b.u32(c);
+    let ch = b.add(c0, cv);
+    let pb = b.u32(per_byte);
     let j = b.rem(ch, pb);
     let bits_v = b.u32(bits);
     let jb = b.mul(j, bits_v);
