@@ -481,6 +481,38 @@ pub fn store_param(b: &mut Builder, mem: Memory, index: Value, v: Value, params:
     b.store(mem, index, v);
 }
 
+/// [`store_param`] of consecutive parameters `values` from `index` (a proven multiple of
+/// `values.len()`, a power of two), by aligned vector stores of up to 16 bytes.
+pub fn store_params_aligned(
+    b: &mut Builder,
+    mem: Memory,
+    index: Value,
+    values: &[Value],
+    params: ParamType,
+) {
+    let size = match params {
+        ParamType::F16 => 2,
+        ParamType::F32 => 4,
+    };
+    let chunk = values.len().min(16 / size);
+    for (k, part) in values.chunks(chunk).enumerate() {
+        let elems: Vec<Value> = part
+            .iter()
+            .map(|&v| match params {
+                ParamType::F16 => b.convert(ScalarType::F16, v),
+                ParamType::F32 => v,
+            })
+            .collect();
+        let off = b.u32((k * chunk) as u32);
+        let at = b.add(index, off);
+        let value = match elems.len() {
+            1 => elems[0],
+            _ => b.vector(elems),
+        };
+        b.store_aligned(mem, at, value);
+    }
+}
+
 /// Folds `x` into a running probe of non-finite input (start it at 0): `probe + x` for f16
 /// input, whose finite values (at most 65504 in magnitude) cannot sum to infinity in f32 within
 /// any span an index can address, and `probe + x * 0` otherwise (`0 * inf` and `0 * NaN` are

@@ -19,7 +19,7 @@ use crate::scheme::{Axis, Group, Scheme};
 
 use super::emit::{
     flag_probe, global_item, group_params, load_f32_aligned, probe_finite, quantize_params,
-    range_from_extremes, reads_group, store_param, token_groups, Coding,
+    range_from_extremes, reads_group, store_params_aligned, token_groups, Coding,
 };
 use super::lanes::store_lane_bytes;
 use super::{kernel_name, quantize_abi as abi, Launch, Lowered, ShapeClass};
@@ -254,12 +254,10 @@ pub fn quantize(scheme: &Scheme, shape: ShapeClass, block_size: u32, p: ChannelP
             let hg = b.mul(at.h, at.groups);
             let param_row = b.add(hg, at.g);
             let base = lane_first(b, &at, param_row, d, v);
-            for (j, &(zero, scale, _)) in params.iter().enumerate() {
-                let off = b.u32(j as u32);
-                let idx = b.add(base, off);
-                store_param(b, zero_m, idx, zero, scheme.params);
-                store_param(b, scale_m, idx, scale, scheme.params);
-            }
+            let zeros: Vec<Value> = params.iter().map(|p| p.0).collect();
+            let scales: Vec<Value> = params.iter().map(|p| p.1).collect();
+            store_params_aligned(b, zero_m, base, &zeros, scheme.params);
+            store_params_aligned(b, scale_m, base, &scales, scheme.params);
         });
         let bytes_per_lane = v / per_byte;
         for_each_token(b, &at, n, p, |b, t| {
