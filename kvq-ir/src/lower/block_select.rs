@@ -182,9 +182,9 @@ impl Select {
         });
     }
 
-    /// Block-wide sums of `count` (pairs of both sides) or, with `least_of`, sums of `count`
-    /// and minima of `least` for the pairs of those sides: a warp reduction, each warp's lane 0
-    /// to shared memory, a barrier, every warp reduces the warps' partials, a barrier (the
+    /// Block-wide sums of `count` (every pivot's, both sides) or, with `least_of`, sums of
+    /// `tally` and minima of `least` for the pairs of those sides: a warp reduction, each warp's
+    /// lane 0 to shared memory, a barrier, every warp reduces the warps' partials, a barrier (the
     /// partials may be written again after it).
     fn block_reduce(&self, b: &mut Builder, least_of: Option<std::ops::Range<u32>>) {
         let sides: Vec<u32> = least_of.clone().unwrap_or(0..SIDES).collect();
