@@ -422,28 +422,105 @@ pub fn code(b: &mut Builder, scheme: &Scheme, x: Value, zero: Value, scale: Valu
 /// A group's parameters as [`code`] uses them, prepared once per group so that a kernel coding
 /// many elements of a group pays for it once: a flat group (scale 0) divides by +inf instead,
 /// which gives every finite `x` the quotient ±0 and so the code 0 that SPEC.md gives a flat
-/// group, with no test per element.
-#[derive(Debug, Clone, Copy)]
+/// group, with no test per element. [`Coding::per_group`] may instead compare with the group's
+/// thresholds (the same codes).
+#[derive(Debug, Clone)]
 pub struct Coding {
     zero: Value,
     divisor: Value,
+    /// `t_1..t_L` over `d = x - zero`: the code is `#{k : d >= t_k}`.
+    thresholds: Option<Vec<Value>>,
 }
 
+/// The most levels [`Coding::per_group`] codes by comparison (2-bit codes): each threshold
+/// costs a division per group, each comparison an instruction per element.
+const MAX_DIRECT_THRESHOLD_LEVELS: u8 = 3;
+
 impl Coding {
-    /// The coding of a group with these parameters.
+    /// The coding of a group with these parameters: one division per element.
     pub fn new(b: &mut Builder, zero: Value, scale: Value) -> Coding {
         let zero_f = b.f32(0.0);
         let flat = b.cmp(CmpOp::Eq, scale, zero_f);
         let inf = b.f32(f32::INFINITY);
         let divisor = b.select(flat, inf, scale);
-        Coding { zero, divisor }
+        Coding {
+            zero,
+            divisor,
+            thresholds: None,
+        }
+    }
+
+    /// The coding of a group whose elements are many per preparation (the token-axis lanes
+    /// kernel, where a lane's channels share a group; in the channel-group lanes kernel each of
+    /// a lane's 16 channels is a group of its own, and 48 thresholds a lane took ptxas to 164
+    /// registers and the predicted time from 38.0 to 51.4 us, so it divides): for
+    /// f16 parameters and at most [`MAX_DIRECT_THRESHOLD_LEVELS`] levels, comparisons of
+    /// `d = x - zero` with thresholds `t_k`, the smallest `d` whose code is at least `k`. The
+    /// code of `d` is monotone in `d`, so `code = #{k : d >= t_k}` exactly. `t_k` is
+    /// `g = (k - 0.5) * scale` (one f32 multiplication) when `g`'s own code reaches `k`, else the
+    /// next float above `g`: over every positive finite f16 scale and every level of 1- and
+    /// 2-bit codes the smallest such `d` is `g` or its successor (kvq-ir's `tests/thresholds.rs`
+    /// checks this exhaustively against the reference's code formula). A flat group (scale 0)
+    /// has no reachable level: every `t_k` is +inf. Else [`Coding::new`].
+    pub fn per_group(b: &mut Builder, scheme: &Scheme, zero: Value, scale: Value) -> Coding {
+        let mut coding = Coding::new(b, zero, scale);
+        let levels = scheme.bits.max_code();
+        if scheme.params != ParamType::F16 || levels > MAX_DIRECT_THRESHOLD_LEVELS {
+            return coding;
+        }
+        let zero_f = b.f32(0.0);
+        let flat = b.cmp(CmpOp::Eq, scale, zero_f);
+        let inf = b.f32(f32::INFINITY);
+        let thresholds = (1..=levels)
+            .map(|k| {
+                let half = b.f32(f32::from(k) - 0.5);
+                let g = b.mul(half, scale);
+                let reached_code = coding.code_of_difference(b, scheme, g);
+                let kv = b.u8(k);
+                let reached = b.cmp(CmpOp::Ge, reached_code, kv);
+                let bits = b.bitcast(ScalarType::U32, g);
+                let one = b.u32(1);
+                let next_bits = b.add(bits, one);
+                let next = b.bitcast(ScalarType::F32, next_bits);
+                let t = b.select(reached, g, next);
+                b.select(flat, inf, t)
+            })
+            .collect();
+        coding.thresholds = Some(thresholds);
+        coding
     }
 
     /// The code of `x`: see [`code`].
     pub fn code(&self, b: &mut Builder, scheme: &Scheme, x: Value) -> Value {
-        let levels = b.f32(scheme.bits.max_code() as f32);
-        let below = b.f32(-0.5);
-        let d = b.sub(x, self.zero);
+        match &self.thresholds {
+            None => {
+                let [levels, below] = clamp_bounds(b, scheme);
+                let d = b.sub(x, self.zero);
+                self.divide(b, [levels, below], d)
+            }
+            Some(thresholds) => {
+                let d = b.sub(x, self.zero);
+                // #{k : d >= t_k} as nested selects from the top level down (the thresholds
+                // ascend, so the first one reached is the code).
+                let mut c = b.u8(0);
+                for (k, &t) in thresholds.iter().enumerate() {
+                    let reached = b.cmp(CmpOp::Ge, d, t);
+                    let level = b.u8(k as u8 + 1);
+                    c = b.select(reached, level, c);
+                }
+                c
+            }
+        }
+    }
+
+    /// The code of the difference `d = x - zero` by division.
+    fn code_of_difference(&self, b: &mut Builder, scheme: &Scheme, d: Value) -> Value {
+        let bounds = clamp_bounds(b, scheme);
+        self.divide(b, bounds, d)
+    }
+
+    /// `clamp(round(d / divisor), 0, L)` with the clamp's bounds `[L, -0.5]` given.
+    fn divide(&self, b: &mut Builder, [levels, below]: [Value; 2], d: Value) -> Value {
         let q = b.div(d, self.divisor);
         // clamp(round(q), 0, L) = round(clamp(q, -0.5, L)) (L is a whole number; q <= -0.5
         // rounds to -0, code 0), with the constants first so that a GPU clamps with two
@@ -453,6 +530,13 @@ impl Coding {
         let r = b.unary(UnaryOp::RoundEven, clamped);
         b.convert(ScalarType::U8, r)
     }
+}
+
+/// The constants of [`Coding`]'s clamp: `L` and -0.5.
+fn clamp_bounds(b: &mut Builder, scheme: &Scheme) -> [Value; 2] {
+    let levels = b.f32(scheme.bits.max_code() as f32);
+    let below = b.f32(-0.5);
+    [levels, below]
 }
 
 /// The byte of `codes` (U8 values, each at most `2^bits - 1`) packed as SPEC.md section 3 says

@@ -169,7 +169,7 @@ pub fn quantize_token(scheme: &Scheme, shape: ShapeClass, block_size: u32, p: La
         let mx = b.read_local(ext, z1);
         let (lo, hi) = range_from_extremes(b, scheme.rule, mn, mx);
         let (zero, scale) = group_params(b, scheme, lo, hi, status);
-        let coding = Coding::new(b, zero, scale);
+        let coding = Coding::per_group(b, scheme, zero, scale);
         let lanes_per_group = b.u32(n / p.v);
         let in_group = b.rem(lane, lanes_per_group);
         let first = b.cmp(CmpOp::Eq, in_group, z0);

@@ -126,7 +126,7 @@ pub fn lower(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
                 let coding = Coding::new(b, z, sc);
                 b.for_range(first, bytes, 1, |b, k| {
                     let ch = byte_channel(b, k);
-                    code_byte(b, ch, &|_, _| coding);
+                    code_byte(b, ch, &|_, _| coding.clone());
                 });
             }
             // Groups of whole bytes: the same loop, each channel's parameters from locals
@@ -159,7 +159,9 @@ pub fn lower(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
                     .collect();
                 for j in 0..d / per_byte {
                     let ch = b.u32(j * per_byte);
-                    code_byte(b, ch, &|_, l| codings[((j * per_byte + l) / n) as usize]);
+                    code_byte(b, ch, &|_, l| {
+                        codings[((j * per_byte + l) / n) as usize].clone()
+                    });
                 }
             }
         }
