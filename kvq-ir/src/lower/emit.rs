@@ -500,8 +500,8 @@ impl Coding {
             }
             Some(thresholds) => {
                 let d = b.sub(x, self.zero);
-                // #{k : d >= t_k} as nested selects from the top level down (the thresholds
-                // ascend, so the first one reached is the code).
+                // #{k : d >= t_k} as the highest level whose threshold `d` reaches (the
+                // thresholds ascend, so the levels reached are 1..=code).
                 let mut c = b.u8(0);
                 for (k, &t) in thresholds.iter().enumerate() {
                     let reached = b.cmp(CmpOp::Ge, d, t);
