@@ -142,9 +142,9 @@ fn json_has_every_kernel_with_checkable_facts() {
     assert_eq!(sm90_json(&[]).0.stdout, out.stdout);
 }
 
-#[test]
-fn text_labels_every_time_predicted() {
-    let mut args = vec!["--target", "sm_80"];
+/// The text report of a successful `kvq profile --target <target>` at [`SHAPE`].
+fn text_report(target: &str) -> String {
+    let mut args = vec!["--target", target];
     args.extend_from_slice(&SHAPE);
     let out = profile(&args);
     assert!(
@@ -152,7 +152,12 @@ fn text_labels_every_time_predicted() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let text = String::from_utf8(out.stdout).unwrap();
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn text_labels_every_time_predicted() {
+    let text = text_report("sm_80");
     assert!(text.contains("sm_80 on a100"));
     for line in text.lines().filter(|l| l.contains(" us")) {
         assert!(line.contains("predicted"), "unlabelled: {line}");
@@ -312,15 +317,7 @@ fn term(line: &str, label: &str) -> f64 {
 /// printed decimals), and the model line states that sum.
 #[test]
 fn text_totals_are_the_stated_sum_of_the_printed_terms() {
-    let mut args = vec!["--target", "sm_90"];
-    args.extend_from_slice(&SHAPE);
-    let out = profile(&args);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
+    let text = text_report("sm_90");
     let model = text
         .lines()
         .find(|l| l.starts_with("model:"))
