@@ -397,6 +397,22 @@ fn block_per_item_group_keys() {
     check_block_pairs(37, &keys, &values, (170, 3), &[(64, 64), (128, 256)]);
 }
 
+/// Keys of axis = channel, group = all with 2- and 4-bit codes (several channels or several
+/// levels per nibble of the key tables), in both bit orders, beside channel- and token-axis
+/// values.
+#[test]
+fn block_per_item_multi_bit_table_keys() {
+    let keys = [
+        "bits = 2, axis = channel, group = all, rule = minmax",
+        "bits = 2, axis = channel, group = all, rule = shrink(0.5), order = lsb",
+        "bits = 4, axis = channel, group = all, rule = minmax, params = f32",
+        "bits = 4, axis = channel, group = all, rule = minmax, order = lsb",
+    ]
+    .map(|s| Scheme::parse(s).unwrap());
+    let values = ["calibquant_v", "kivi2_v"].map(named);
+    check_block_pairs(53, &keys, &values, (150, 5), &[(64, 64)]);
+}
+
 /// Token-axis keys (a parameter per token and channel group: 1-, 2-, 4- and 8-bit rows, groups
 /// of 8, 32, 64 channels or the whole row), beside channel- and token-axis values.
 #[test]

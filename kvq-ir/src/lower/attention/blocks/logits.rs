@@ -99,7 +99,8 @@ pub(super) fn aligned_offset(b: &mut Builder, offset: Value, a: u32) -> Value {
 
 /// The lane's token's logits into `lc.s` (-inf for a lane without a token): for a span token
 /// from its key codes (the calibration, if any, is folded into the staged query and bias:
-/// [`fold_calibration`]), for an fp token its dot products.
+/// [`fold_calibration`]), for an fp token its dot products; `partial` also stages the span
+/// token's value row.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn logits(
     b: &mut Builder,
@@ -110,6 +111,7 @@ pub(super) fn logits(
     sh: &Shared,
     lc: &Locals,
     base: Value,
+    mode: Mode,
 ) {
     let (d, g) = (dims.d, dims.g);
     let ninf = b.f32(f32::NEG_INFINITY);
@@ -145,7 +147,9 @@ pub(super) fn logits(
                         add_token_logits(b, key, dims, bufs, sh, lc, tr, row, a, rows, &mut s)
                     }
                 }
-                stage_value_row(b, dims, at, bufs, sh, lc, t);
+                if mode == Mode::Partial {
+                    stage_value_row(b, dims, at, bufs, sh, lc, t);
+                }
                 for (h, x) in s.into_iter().enumerate() {
                     let hv = b.u32(h as u32);
                     b.write_local(lc.s, hv, x);
@@ -201,7 +205,7 @@ fn add_table_logits(
         let fifteen = b.u32(15);
         let lo = b.binary(BinaryOp::And, byte, fifteen);
         for (p, nib) in [(2 * j, hi), (2 * j + 1, lo)] {
-            let row = b.u32(p * 16);
+            let row = b.u32(p * TABLE_ROW);
             let entry = b.add(row, nib);
             add_heads(b, dims, sh.table, entry, None, s);
         }
@@ -229,7 +233,7 @@ pub(super) fn key_row_bytes(
     bytes
 }
 
-/// Adds the `g` heads of table entry `entry` (`(nibble position) * 16 + nibble`) to `s`,
+/// Adds the `g` heads of table entry `entry` (`(nibble position) * TABLE_ROW + nibble`) to `s`,
 /// `gv` heads per aligned vector load.
 pub(super) fn add_heads(
     b: &mut Builder,
@@ -263,7 +267,9 @@ pub(super) fn add_heads(
 }
 
 /// For a span token, the lane copies its value code row into the warp's rows of `vstage`
-/// (aligned vector loads and stores: one request per warp for 32 rows).
+/// (aligned vector loads and stores: one request per warp for 32 rows), or, for values through
+/// quad tables, into byte `j`'s row of 32 tokens for each `j` (so that a lane reads its byte of
+/// four tokens with one load: [`span_values_quads`]).
 pub(super) fn stage_value_row(
     b: &mut Builder,
     dims: &Dims,
@@ -282,6 +288,23 @@ pub(super) fn stage_value_row(
     let row = affine(b, tr, dims.v_row, vc);
     let warp = b.special(Special::WarpId);
     let lane = b.special(Special::LaneId);
+    if dims.quad_values {
+        // Transposed: byte j of the lane's row at `(warp * v_row + j) * 32 + lane`.
+        let rows = times(b, warp, dims.v_row * WARP_SIZE);
+        let to = b.add(rows, lane);
+        for piece in 0..dims.v_row / a {
+            let off = b.u32(piece * a);
+            let from = b.add(row, off);
+            let v = b.load_aligned(bufs.v[0], from, a as u8);
+            for i in 0..a {
+                let byte = if a == 1 { v } else { b.extract(v, i as u8) };
+                let off = b.u32((piece * a + i) * WARP_SIZE);
+                let dst = b.add(to, off);
+                b.store(sh.vstage, dst, byte);
+            }
+        }
+        return;
+    }
     let slot = affine(b, warp, WARP_SIZE, lane);
     let to = times(b, slot, dims.v_row);
     for piece in 0..dims.v_row / a {

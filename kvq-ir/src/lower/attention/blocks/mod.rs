@@ -58,6 +58,11 @@ use values::*;
 /// times the bytes of 1-bit codes at head_dim 128, 32 times at 64) is spread over many blocks.
 pub const FP_CHUNK: u32 = 16;
 
+/// Entries per nibble position in the key tables: the 16 nibble values and one unused entry, so
+/// that consecutive positions start `gp` banks apart and the threads that fill them (over
+/// position and head) store to distinct banks.
+const TABLE_ROW: u32 = 17;
+
 /// Threads of `partial` asked to be resident per SM (`min_blocks_per_sm` = this / block size):
 /// ptxas then keeps a thread's registers within 65,536 / 512 = 128. Left to itself it
 /// chose 96 and spilled 4 bytes in the calibrated CalibQuant `partial` (sm_90); at 128 it
@@ -136,6 +141,9 @@ struct Dims {
     gp: u32,
     /// How a span token's logits are made from its key codes.
     keys: KeyLayout,
+    /// Whether the span's values go through quad tables ([`quad_values`]; their rows are
+    /// staged transposed).
+    quad_values: bool,
 }
 
 /// The three ways of the block layout to a span token's logits.
@@ -175,6 +183,7 @@ pub(super) fn lower(
         fp_chunk: s.fp_chunk(),
         gv,
         gp: shape.group.div_ceil(gv) * gv,
+        quad_values: false,
         keys: match (key.axis, key.group) {
             (Axis::Channel, Group::All) => KeyLayout::Tables,
             (Axis::Channel, Group::Size(n)) => KeyLayout::ChannelGroups(n.get() as u32),
@@ -187,6 +196,10 @@ pub(super) fn lower(
                 width: n.get() as u32,
             },
         },
+    };
+    let dims = Dims {
+        quad_values: quad_values(value, &dims),
+        ..dims
     };
     let Dims { d, g, warps, .. } = dims;
     let mut b = Builder::new(name, s.block_size);
@@ -210,7 +223,7 @@ pub(super) fn lower(
             "table",
             ScalarType::F32,
             match dims.keys {
-                KeyLayout::Tables => dims.nibbles * 16 * dims.gp,
+                KeyLayout::Tables => dims.nibbles * TABLE_ROW * dims.gp,
                 _ => 1,
             },
         ),
@@ -313,7 +326,7 @@ pub(super) fn lower(
             stage_group_query(b, key, n, &dims, &at, &bufs, &sh, &lc, base, calibrated);
         }
         b.barrier();
-        logits(b, key, &dims, &at, &bufs, &sh, &lc, base);
+        logits(b, key, &dims, &at, &bufs, &sh, &lc, base, mode);
         match mode {
             Mode::Stats => fold_extremes(b, &dims, &at, &lc, base),
             Mode::Partial => {

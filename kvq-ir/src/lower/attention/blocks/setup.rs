@@ -95,7 +95,11 @@ pub(super) fn nibble_codes(key: &Scheme, high: bool) -> Vec<(u32, u32)> {
 }
 
 /// For a span item, `table[h][p][v]` = sum over nibble `p`'s channels `c` of `q'_c code_c(v)`,
-/// threads over (head, key byte, v): each fills the byte's two nibbles (high: `p = 2j`).
+/// threads over (nibble `p`, head; the high nibble of byte `j` is `p = 2j`): a thread loads its
+/// nibble's `4 / bits` query values once and makes the 16 entries with `v` a constant, each
+/// from a smaller one (`T[v] = T[v without its last channel's code] + q'_c code_c(v)`), so
+/// that an entry costs one add. The terms are added in channel order, skipping zero codes:
+/// the entries are those of the direct sum (up to the sign of a zero entry).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn build_tables(
     b: &mut Builder,
@@ -108,48 +112,72 @@ pub(super) fn build_tables(
 ) {
     let (d, g) = (dims.d, dims.g);
     let per_byte = key.bits.codes_per_byte() as u32;
-    let mask = b.u32(key.bits.max_code() as u32);
+    let mask = key.bits.max_code() as u32;
+    // The nibble's channels (their index within the byte, high and low nibble) and the shift
+    // of their code within the nibble, in channel order; the two nibbles have the same shifts
+    // in the same order (the packing is the same rule per code).
+    let slots: Vec<(u32, u32, u32)> = nibble_codes(key, true)
+        .into_iter()
+        .zip(nibble_codes(key, false))
+        .map(|((k_hi, shift), (k_lo, shift_lo))| {
+            debug_assert_eq!(shift, shift_lo);
+            (k_hi, k_lo, shift)
+        })
+        .collect();
     let [is_span, _, _] = chunk_tokens(b, dims, at, lc);
     b.if_then(is_span, |b| {
         let tid = b.special(Special::ThreadId);
-        let n = b.u32(g * dims.k_row * 16);
+        let n = b.u32(g * dims.nibbles);
         b.for_range(tid, n, block, |b, e| {
-            let sixteen = b.u32(16);
-            let v = b.rem(e, sixteen);
-            let hj = b.div(e, sixteen);
-            let kr = b.u32(dims.k_row);
-            let j = b.rem(hj, kr);
-            let h = b.div(hj, kr);
-            for high in [true, false] {
-                let mut sum: Option<Value> = None;
-                for (k, shift) in nibble_codes(key, high) {
-                    let kc = b.u32(k);
-                    let c = affine(b, j, per_byte, kc);
-                    let sv = b.u32(shift);
-                    let code = b.binary(BinaryOp::Shr, v, sv);
-                    let code = b.binary(BinaryOp::And, code, mask);
-                    let code = b.convert(ScalarType::F32, code);
-                    let qi = affine(b, h, d, c);
+            let gv = b.u32(g);
+            let h = b.rem(e, gv);
+            let p = b.div(e, gv);
+            let two = b.u32(2);
+            let j = b.div(p, two);
+            let odd = b.rem(p, two);
+            let zero = b.u32(0);
+            let high = b.cmp(CmpOp::Eq, odd, zero);
+            let row = times(b, h, d);
+            let first = affine(b, j, per_byte, row);
+            // terms[i][code - 1] = q'_c code for the slot's channel c and each nonzero code.
+            let terms: Vec<Vec<Value>> = slots
+                .iter()
+                .map(|&(k_hi, k_lo, _)| {
+                    let (hi, lo) = (b.u32(k_hi), b.u32(k_lo));
+                    let k = b.select(high, hi, lo);
+                    let qi = b.add(first, k);
                     let q = b.load(sh.qk, qi, 1);
-                    let term = b.mul(q, code);
-                    sum = Some(match sum {
-                        None => term,
-                        Some(acc) => b.add(acc, term),
-                    });
-                }
-                let Some(sum) = sum else { continue };
-                // Entry (h, p, v) with p = 2j (high) or 2j + 1.
-                let p = times(b, j, 2);
-                let p = match high {
-                    true => p,
-                    false => {
-                        let one = b.u32(1);
-                        b.add(p, one)
+                    (1..=mask)
+                        .map(|code| match code {
+                            1 => q,
+                            _ => {
+                                let c = b.f32(code as f32);
+                                b.mul(q, c)
+                            }
+                        })
+                        .collect()
+                })
+                .collect();
+            let row = times(b, p, TABLE_ROW);
+            let first_entry = affine(b, row, dims.gp, h);
+            let mut entries: Vec<Value> = Vec::with_capacity(16);
+            for v in 0..16u32 {
+                let codes: Vec<u32> = slots.iter().map(|&(_, _, s)| (v >> s) & mask).collect();
+                let entry = match codes.iter().rposition(|&c| c != 0) {
+                    None => b.f32(0.0),
+                    Some(last) => {
+                        let term = terms[last][codes[last] as usize - 1];
+                        let rest = v & !(mask << slots[last].2);
+                        match codes[..last].iter().any(|&c| c != 0) {
+                            true => b.add(entries[rest as usize], term),
+                            false => term,
+                        }
                     }
                 };
-                let row = affine(b, p, 16, v);
-                let to = affine(b, row, dims.gp, h);
-                b.store(sh.table, to, sum);
+                entries.push(entry);
+                let off = b.u32(v * dims.gp);
+                let to = b.add(first_entry, off);
+                b.store(sh.table, to, entry);
             }
         });
     });

@@ -17,7 +17,7 @@ pub(super) fn values_step(
     base: Value,
 ) {
     let (d, g, cpl) = (dims.d, dims.g, dims.cpl);
-    let quads = quad_values(value, dims);
+    let quads = dims.quad_values;
     if quads {
         span_values_quads(b, value, dims, at, sh, lc);
     }
@@ -259,7 +259,6 @@ pub(super) fn span_values_quads(
             let hv = b.u32(h as u32);
             b.write_local(lc.entry, hv, e);
         }
-        // x: the lane's nibble of row i at bits 4i..4i+4.
         let one = b.u32(1);
         let odd = b.binary(BinaryOp::And, lane, one);
         let zero = b.u32(0);
@@ -269,30 +268,25 @@ pub(super) fn span_values_quads(
             true => b.select(is_odd, nil, four),
             false => b.select(is_odd, four, nil),
         };
+        // The lane's byte of the quad's four rows, one per byte of a word (the rows are staged
+        // transposed: `stage_value_row`), its nibble at bits 8i..8i+4 of `x`.
         let half = b.binary(BinaryOp::Shr, lane, one);
-        let mut x = b.u32(0);
-        for i in 0..4u32 {
-            let iv = b.u32(i);
-            let slot = b.add(row0, iv);
-            let row = affine(b, slot, dims.v_row, half);
-            let byte = b.load(sh.vstage, row, 1);
-            let byte = b.convert(ScalarType::U32, byte);
-            let n = b.binary(BinaryOp::Shr, byte, shift);
-            let n = b.binary(BinaryOp::And, n, fifteen);
-            let at = b.u32(4 * i);
-            let n = b.binary(BinaryOp::Shl, n, at);
-            x = b.binary(BinaryOp::Or, x, n);
-        }
+        let rows = affine(b, warp, dims.v_row, half);
+        let at = affine(b, rows, WARP_SIZE, q4);
+        let bytes = b.load_aligned(sh.vstage, at, 4);
+        let word = b.bitcast(ScalarType::U32, bytes);
+        let x = b.binary(BinaryOp::Shr, word, shift);
         for k in 0..cpl {
-            // Bits 4i + pos(k) of x, gathered into bits 12..16 by one multiply.
+            // Bits 8i + pos(k) of x, gathered into bits 21..25 by one multiply (the partial
+            // products land on distinct bits, so nothing carries into them).
             let pk = b.u32(pos(k));
             let y = b.binary(BinaryOp::Shr, x, pk);
-            let spread = b.u32(0x1111);
+            let spread = b.u32(0x0101_0101);
             let y = b.binary(BinaryOp::And, y, spread);
-            let gather = b.u32(0x1248);
+            let gather = b.u32(0x0020_4081);
             let y = b.mul(y, gather);
-            let twelve = b.u32(12);
-            let y = b.binary(BinaryOp::Shr, y, twelve);
+            let at = b.u32(21);
+            let y = b.binary(BinaryOp::Shr, y, at);
             let nib = b.binary(BinaryOp::And, y, fifteen);
             let kv = b.u32(k);
             b.write_local(lc.nibs, kv, nib);
