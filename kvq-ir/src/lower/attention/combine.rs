@@ -214,10 +214,9 @@ pub(super) fn lower_blocks(name: &str, shape: AttentionShape) -> Kernel {
     b.for_range(start, end, warps, |b, w| {
         let sl = slot(b, w);
         let i = times(b, sl, 2);
-        let m = b.load(part_ml, i, 1);
-        let one = b.u32(1);
-        let j = b.add(i, one);
-        let l = b.load(part_ml, j, 1);
+        // (m, l) by one aligned vector load.
+        let ml = b.load_aligned(part_ml, i, 2);
+        let (m, l) = (b.extract(ml, 0), b.extract(ml, 1));
         let x = b.sub(m, top);
         let wgt = b.unary(UnaryOp::Exp, x);
         let lk = b.u32(cpl);

@@ -271,7 +271,7 @@ pub(super) fn lower(
         entry: b.local("entry", ScalarType::F32, g),
         got: b.local("got", ScalarType::F32, g),
         src_lane: b.local("src_lane", ScalarType::U32, 1),
-        nibs: b.local("nibs", ScalarType::U32, dims.cpl),
+        nibs: b.local("nibs", ScalarType::U32, 2 * dims.cpl),
         vpar: b.local("vpar", ScalarType::F32, 2 * dims.cpl),
     };
     let kv_heads = b.param(kv_heads);

@@ -179,11 +179,23 @@ fn dequantize_token_row(
 
 /// The weights of the `g` heads of the warp's token row `slot`, `gv` heads per load.
 pub(super) fn load_probs(b: &mut Builder, dims: &Dims, sh: &Shared, slot: Value) -> Vec<Value> {
+    let first = times(b, slot, dims.gp);
+    load_probs_at(b, dims, sh, first, 0)
+}
+
+/// The weights of the `g` heads of the token row whose first weight is at `first + offset`.
+fn load_probs_at(
+    b: &mut Builder,
+    dims: &Dims,
+    sh: &Shared,
+    first: Value,
+    offset: u32,
+) -> Vec<Value> {
     let g = dims.g as usize;
     let mut ps: Vec<Value> = Vec::with_capacity(g);
     for k in 0..dims.gp / dims.gv {
-        let off = b.u32(k * dims.gv);
-        let pi = affine(b, slot, dims.gp, off);
+        let off = b.u32(offset + k * dims.gv);
+        let pi = b.add(first, off);
         let v = b.load_aligned(sh.probs, pi, dims.gv as u8);
         for i in 0..dims.gv {
             if ps.len() < g {
@@ -209,12 +221,13 @@ pub(super) fn quad_values(value: &Scheme, dims: &Dims) -> bool {
 }
 
 /// `acc[h][k] += sum_t p_h(t) code_t[lane channel k]` over the warp's tile for 1-bit value
-/// codes, four tokens (a quad) at a time: lane `l` builds entry `v = l % 16` of each head's
-/// quad table, `sum over the quad's tokens i with bit i of v set of p_h(i)`; for each of its
-/// four channels, the lane gathers the channel's four code bits (one per token) into a nibble
-/// and receives that entry of the table from the lane holding it (a warp shuffle per channel
-/// for all heads): 4 shuffles and adds per channel and quad instead of 4 multiply-adds per
-/// token. Collective, so it runs for every item; fp items add zeros (their entries are 0).
+/// codes, four tokens (a quad) per table, two quads per step: lane `l` builds entry
+/// `v = l % 16` of each head's table of quad `l / 16`, `sum over the quad's tokens i with bit i
+/// of v set of p_h(i)`; for each of its four channels and both quads, the lane gathers the
+/// channel's four code bits (one per token) into a nibble and receives that entry from the lane
+/// holding it (a warp shuffle per channel and quad for all heads): 4 shuffles and adds per
+/// channel and quad instead of 4 multiply-adds per token, and each lane builds one table per
+/// two quads. Collective, so it runs for every item; fp items add zeros (their entries are 0).
 pub(super) fn span_values_quads(
     b: &mut Builder,
     value: &Scheme,
@@ -229,29 +242,35 @@ pub(super) fn span_values_quads(
     let msb = value.order == crate::scheme::BitOrder::Msb;
     let pos = |k: u32| if msb { 3 - k } else { k };
     let z = b.u32(0);
-    let quads = b.u32(WARP_SIZE / 4);
-    b.for_range(z, quads, 1, |b, quad| {
+    let pairs = b.u32(WARP_SIZE / 8);
+    b.for_range(z, pairs, 1, |b, pair| {
         let [is_span, _, _] = chunk_tokens(b, dims, at, lc);
         let warp = b.special(Special::WarpId);
         let lane = b.special(Special::LaneId);
-        let q4 = times(b, quad, 4);
-        let row0 = affine(b, warp, WARP_SIZE, q4);
-        // The lane's table entry: v = lane % 16.
+        // Lanes 0..16 hold the table of the pair's first quad, lanes 16..32 of its second:
+        // entry v = lane % 16 of quad 2 pair + lane / 16.
+        let q8 = times(b, pair, 8);
+        let four = b.u32(4);
+        let upper = b.binary(BinaryOp::Shr, lane, four);
+        let mine = affine(b, upper, 4, q8);
+        let row0 = affine(b, warp, WARP_SIZE, mine);
         let fifteen = b.u32(15);
         let v = b.binary(BinaryOp::And, lane, fifteen);
         let fz = b.f32(0.0);
-        let mut entries: Vec<Value> = vec![fz; g as usize];
+        let first = times(b, row0, dims.gp);
+        let mut entries: Vec<Value> = Vec::with_capacity(g as usize);
         for i in 0..4u32 {
-            let iv = b.u32(i);
-            let slot = b.add(row0, iv);
-            let ps = load_probs(b, dims, sh, slot);
+            let ps = load_probs_at(b, dims, sh, first, i * dims.gp);
             let bit = b.u32(1 << i);
             let set = b.binary(BinaryOp::And, v, bit);
             let zero = b.u32(0);
             let set = b.cmp(CmpOp::Ne, set, zero);
-            for (e, p) in entries.iter_mut().zip(ps) {
+            for (h, p) in ps.into_iter().enumerate() {
                 let x = b.select(set, p, fz);
-                *e = b.add(*e, x);
+                match entries.get_mut(h) {
+                    Some(e) => *e = b.add(*e, x),
+                    None => entries.push(x),
+                }
             }
         }
         for (h, e) in entries.into_iter().enumerate() {
@@ -263,37 +282,51 @@ pub(super) fn span_values_quads(
         let odd = b.binary(BinaryOp::And, lane, one);
         let zero = b.u32(0);
         let is_odd = b.cmp(CmpOp::Ne, odd, zero);
-        let (four, nil) = (b.u32(4), b.u32(0));
+        let nil = b.u32(0);
         let shift = match msb {
             true => b.select(is_odd, nil, four),
             false => b.select(is_odd, four, nil),
         };
-        // The lane's byte of the quad's four rows, one per byte of a word (the rows are staged
-        // transposed: `stage_value_row`), its nibble at bits 8i..8i+4 of `x`.
         let half = b.binary(BinaryOp::Shr, lane, one);
         let rows = affine(b, warp, dims.v_row, half);
-        let at = affine(b, rows, WARP_SIZE, q4);
-        let bytes = b.load_aligned(sh.vstage, at, 4);
-        let word = b.bitcast(ScalarType::U32, bytes);
-        let x = b.binary(BinaryOp::Shr, word, shift);
-        for k in 0..cpl {
-            // Bits 8i + pos(k) of x, gathered into bits 21..25 by one multiply (the partial
-            // products land on distinct bits, so nothing carries into them).
-            let pk = b.u32(pos(k));
-            let y = b.binary(BinaryOp::Shr, x, pk);
-            let spread = b.u32(0x0101_0101);
-            let y = b.binary(BinaryOp::And, y, spread);
-            let gather = b.u32(0x0020_4081);
-            let y = b.mul(y, gather);
-            let at = b.u32(21);
-            let y = b.binary(BinaryOp::Shr, y, at);
-            let nib = b.binary(BinaryOp::And, y, fifteen);
-            let kv = b.u32(k);
-            b.write_local(lc.nibs, kv, nib);
+        let rows = times(b, rows, WARP_SIZE);
+        for quad in 0..2u32 {
+            // The lane's byte of the quad's four rows, one per byte of a word (the rows are
+            // staged transposed: `stage_value_row`), its nibble at bits 8i..8i+4 of `x`.
+            let off = b.u32(4 * quad);
+            let q4 = b.add(q8, off);
+            let at = b.add(rows, q4);
+            let bytes = b.load_aligned(sh.vstage, at, 4);
+            let word = b.bitcast(ScalarType::U32, bytes);
+            let x = b.binary(BinaryOp::Shr, word, shift);
+            for k in 0..cpl {
+                // Bits 8i + pos(k) of x, gathered into bits 21..25 by one multiply (the
+                // partial products land on distinct bits, so nothing carries into them); the
+                // entry lives in lane nibble (first quad) or 16 + nibble (second).
+                let pk = b.u32(pos(k));
+                let y = b.binary(BinaryOp::Shr, x, pk);
+                let spread = b.u32(0x0101_0101);
+                let y = b.binary(BinaryOp::And, y, spread);
+                let gather = b.u32(0x0020_4081);
+                let y = b.mul(y, gather);
+                let at = b.u32(21);
+                let y = b.binary(BinaryOp::Shr, y, at);
+                let nib = b.binary(BinaryOp::And, y, fifteen);
+                let src = match quad {
+                    0 => nib,
+                    _ => {
+                        let sixteen = b.u32(16);
+                        b.binary(BinaryOp::Or, nib, sixteen)
+                    }
+                };
+                let kv = b.u32(quad * cpl + k);
+                b.write_local(lc.nibs, kv, src);
+            }
         }
-        for k in 0..cpl {
-            let kv = b.u32(k);
-            let nib = b.read_local(lc.nibs, kv);
+        for j in 0..2 * cpl {
+            let k = j % cpl;
+            let jv = b.u32(j);
+            let nib = b.read_local(lc.nibs, jv);
             let z = b.u32(0);
             b.write_local(lc.src_lane, z, nib);
             b.warp(WarpOp::ShuffleIdx {
