@@ -317,6 +317,7 @@ impl HostAttention {
                 HostArg::from(&mut saved_logits[..]),
                 HostArg::U32(kv32),
                 HostArg::U32(chunks32),
+                HostArg::U32(plan.span_chunk),
             ]);
             launch(k, &mut a, item_blocks)?;
         }
@@ -328,6 +329,7 @@ impl HostAttention {
             HostArg::from(&mut acc[..]),
             HostArg::U32(kv32),
             HostArg::U32(chunks32),
+            HostArg::U32(plan.span_chunk),
         ]);
         launch(&self.kernels.partial, &mut a, item_blocks)?;
         drop(a);

@@ -5,7 +5,8 @@
 
 use kvq_ir::ir::{interp, verify};
 use kvq_ir::lower::attention::{
-    attention, AttentionArgs, AttentionLayout, AttentionSchedule, AttentionShape, SeqData,
+    attention, plan, seq_field, AttentionArgs, AttentionLayout, AttentionSchedule, AttentionShape,
+    SeqData, SeqExtent,
 };
 use kvq_ir::metrics::max_head_deviation;
 use kvq_ir::reference::{decode_attention, quantize, PackedSpan, Segment};
@@ -526,5 +527,85 @@ fn block_per_item_gqa_groups_1_to_8() {
                 check_dg(scheme, &schedule, &seqs, d, g);
             }
         }
+    }
+}
+
+/// The block layout's kernels take a span chunk's length from the launch (`span_chunk`), not
+/// from the schedule: schedules that differ only in `chunk` lower to the same kernels, so the
+/// tests above (chunks of 32, 64 and 256 tokens) run the kernels any planned chunk runs.
+#[test]
+fn block_layout_kernels_do_not_depend_on_the_schedule_chunk() {
+    let shape = AttentionShape {
+        fp: kvq_ir::lower::InputType::F32,
+        head_dim: 128,
+        group: 4,
+    };
+    for (key, value, calibrate) in [
+        ("calibquant_k", "calibquant_v", Calibration::new(3.0)),
+        ("kivi2_k", "kivi2_v", None),
+    ] {
+        let scheme = CacheScheme {
+            key: named(key),
+            value: named(value),
+            calibrate,
+        };
+        let with_chunk = |chunk| {
+            let schedule = AttentionSchedule {
+                chunk,
+                ..AttentionSchedule::gpu_default(&scheme, shape)
+            };
+            attention(&scheme, shape, &schedule).unwrap()
+        };
+        assert_eq!(with_chunk(64), with_chunk(1024), "{key} / {value}");
+    }
+}
+
+/// The planned span chunk: the schedule's on the host; with the block layout, doubled (at
+/// most to 4 times it) while the span keeps at least 1,024 blocks; the plan's chunk counts
+/// follow it.
+#[test]
+fn span_chunk_grows_with_the_span_on_the_block_layout() {
+    let shape = AttentionShape {
+        fp: kvq_ir::lower::InputType::F32,
+        head_dim: 128,
+        group: 4,
+    };
+    let scheme = CacheScheme {
+        key: named("calibquant_k"),
+        value: named("calibquant_v"),
+        calibrate: Calibration::new(3.0),
+    };
+    let gpu = AttentionSchedule::gpu_default(&scheme, shape);
+    assert_eq!(
+        (gpu.layout, gpu.chunk),
+        (AttentionLayout::BlockPerItem, 256)
+    );
+    let host = AttentionSchedule::host_default(&scheme);
+    let kv = 8;
+    // (span tokens of each sequence, planned chunk): blocks at 256 tokens are span / 256 x 8.
+    for (spans, chunk) in [
+        (vec![4096], 256),            // 128 blocks
+        (vec![16384], 256),           // 512: doubling would leave 256
+        (vec![32768], 256),           // 1,024: doubling would leave 512
+        (vec![65536], 512),           // 2,048 -> 1,024 at 512
+        (vec![65536; 4], 1024),       // 8,192 -> 2,048 at 1,024, the cap
+        (vec![16384, 1, 16384], 256), // 1,032: doubling would leave 520
+        (vec![32768, 32768], 512),    // 2,048 -> 1,024 at 512
+    ] {
+        let extents: Vec<SeqExtent> = spans
+            .iter()
+            .map(|&span_tokens| SeqExtent {
+                fp_tokens: 3,
+                span_tokens,
+            })
+            .collect();
+        let p = plan(&scheme, kv, 128, &extents, &gpu).unwrap();
+        assert_eq!(p.span_chunk, chunk, "{spans:?}");
+        for (i, &span) in spans.iter().enumerate() {
+            let want = span.div_ceil(chunk as usize) as u32;
+            assert_eq!(p.field(i, seq_field::SPAN_CHUNKS), want, "{spans:?}");
+        }
+        let p = plan(&scheme, kv, 128, &extents, &host).unwrap();
+        assert_eq!(p.span_chunk, host.chunk, "{spans:?}");
     }
 }

@@ -177,6 +177,10 @@ pub fn run(args: Args) -> Result<()> {
     meta.insert("scheme".to_string(), scheme.to_string());
     meta.insert("kv_heads".to_string(), kv.to_string());
     meta.insert("chunks".to_string(), launch.plan().chunks().to_string());
+    meta.insert(
+        "span_chunk".to_string(),
+        launch.plan().span_chunk.to_string(),
+    );
     meta.insert("batch".to_string(), args.batch.to_string());
     meta.insert("group".to_string(), shape.group.to_string());
     meta.insert("head_dim".to_string(), shape.head_dim.to_string());

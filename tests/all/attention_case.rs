@@ -119,7 +119,12 @@ fn replay(path: &std::path::Path) -> (Vec<f32>, Vec<f32>) {
             .entry(name.to_string())
             .or_insert(Buffer::F32(vec![0.0; len]));
     }
-    let sizes = HashMap::from([("kv_heads", kv), ("chunks", chunks), ("batch", batch)]);
+    let sizes = HashMap::from([
+        ("kv_heads", kv),
+        ("chunks", chunks),
+        ("batch", batch),
+        ("span_chunk", num("span_chunk")),
+    ]);
     for k in list {
         let mut args: Vec<Arg> = k
             .params

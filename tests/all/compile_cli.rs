@@ -899,6 +899,7 @@ fn cuda_launch_check_refuses_a_short_buffer_from_the_compiled_manifest() {
             buf(Elem::F32, slots * 64, true),
             ArgDesc::U32(kv),
             ArgDesc::U32(chunks as u32),
+            ArgDesc::U32(64),
         ]
     };
     let plan = Plan([1, 3, 0, 2 * 100 * 8, 128, 2 * 100 * 8, 128]);

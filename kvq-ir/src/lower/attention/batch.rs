@@ -36,6 +36,8 @@ pub struct BatchPlan {
     pub v_code_bytes: usize,
     /// Value parameters.
     pub v_params: usize,
+    /// Tokens per span chunk ([`AttentionSchedule::span_chunk`]), the kernels' `span_chunk`.
+    pub span_chunk: u32,
 }
 
 impl BatchPlan {
@@ -60,7 +62,8 @@ pub fn plan(
 ) -> Result<BatchPlan, LowerError> {
     let too_big = || LowerError::Schedule("the batch exceeds 32-bit offsets".to_string());
     let u = |x: usize| u32::try_from(x).map_err(|_| too_big());
-    let chunk = schedule.chunk as usize;
+    let span_chunk = schedule.span_chunk(extents.iter().map(|e| e.span_tokens), kv_heads);
+    let chunk = span_chunk as usize;
     let mut p = BatchPlan {
         seqs: Vec::with_capacity(extents.len() * f::COUNT as usize),
         work_seq: Vec::new(),
@@ -69,6 +72,7 @@ pub fn plan(
         k_params: 0,
         v_code_bytes: 0,
         v_params: 0,
+        span_chunk,
     };
     for (i, e) in extents.iter().enumerate() {
         if e.fp_tokens + e.span_tokens == 0 {

@@ -23,17 +23,22 @@ pub(super) struct ItemParams {
     /// Written by `stats`, read by `partial`.
     pub stats: Memory,
     pub logits: Memory,
-    /// Scalar parameters: kv heads, chunks.
+    /// Scalar parameters: kv heads, chunks, tokens per span chunk.
     pub kv_heads: u32,
     pub chunks: u32,
+    pub span_chunk: u32,
 }
 
 /// Declares the parameters of `stats`.
 pub(super) fn declare_stats(b: &mut Builder, scheme: &CacheScheme, fp: InputType) -> ItemParams {
     let (params, ()) = declare(b, scheme, fp, Access::Write, |_| ());
     debug_assert_eq!(
-        (params.kv_heads, params.chunks),
-        (stats_abi::KV_HEADS, stats_abi::CHUNKS)
+        (params.kv_heads, params.chunks, params.span_chunk),
+        (
+            stats_abi::KV_HEADS,
+            stats_abi::CHUNKS,
+            stats_abi::SPAN_CHUNK
+        )
     );
     params
 }
@@ -51,8 +56,8 @@ pub(super) fn declare_partial(
         ]
     });
     debug_assert_eq!(
-        (params.kv_heads, params.chunks),
-        (abi::KV_HEADS, abi::CHUNKS)
+        (params.kv_heads, params.chunks, params.span_chunk),
+        (abi::KV_HEADS, abi::CHUNKS, abi::SPAN_CHUNK)
     );
     (params, outputs)
 }
@@ -90,6 +95,7 @@ fn declare<O>(
     let out = outputs(b);
     let kv_heads = b.scalar_param("kv_heads", ScalarType::U32);
     let chunks = b.scalar_param("chunks", ScalarType::U32);
+    let span_chunk = b.scalar_param("span_chunk", ScalarType::U32);
     let params = ItemParams {
         q,
         seqs,
@@ -103,6 +109,7 @@ fn declare<O>(
         logits,
         kv_heads,
         chunks,
+        span_chunk,
     };
     (params, out)
 }

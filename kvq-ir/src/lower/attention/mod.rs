@@ -3,8 +3,9 @@
 //! not depend on order, and calibration touches only the span).
 //!
 //! The work is split over tokens so that long spans fill the machine: each sequence's span and
-//! fp tokens are cut into **chunks** of [`AttentionSchedule::chunk`] tokens
-//! ([`AttentionSchedule::fp_chunk`] for fp tokens), and a (chunk, kv head) **work item** covers
+//! fp tokens are cut into **chunks** of [`AttentionSchedule::span_chunk`] tokens (the schedule's
+//! `chunk`, lengthened for long spans by the block layout; the launch passes it to the kernels)
+//! and [`AttentionSchedule::fp_chunk`] for fp tokens, and a (chunk, kv head) **work item** covers
 //! all `group` query heads of that kv head, so codes are read once per kv head, never copied per
 //! query head. Three kernels, launched in this order:
 //!
@@ -139,6 +140,35 @@ impl AttentionSchedule {
         }
     }
 
+    /// Tokens per span chunk of a launch over spans of `span_tokens` tokens and `kv_heads` kv
+    /// heads: `chunk` on the host; with the block layout, `chunk` doubled (up to
+    /// [`MAX_CHUNK_GROWTH`] times it) while the span's blocks stay at least
+    /// [`SPAN_BLOCKS_TARGET`], so that a long span gives fewer, longer items (each block's
+    /// setup, the query and its key tables, and `combine`'s chunks are paid per item) and a
+    /// short one still fills the device.
+    pub fn span_chunk(
+        &self,
+        span_tokens: impl Iterator<Item = usize> + Clone,
+        kv_heads: usize,
+    ) -> u32 {
+        if self.layout == AttentionLayout::ThreadPerItem {
+            return self.chunk;
+        }
+        let blocks = |chunk: u32| {
+            span_tokens
+                .clone()
+                .map(|t| t.div_ceil(chunk as usize).saturating_mul(kv_heads))
+                .fold(0usize, usize::saturating_add)
+        };
+        let mut chunk = self.chunk;
+        while chunk < self.chunk.saturating_mul(MAX_CHUNK_GROWTH).min(MAX_CHUNK)
+            && blocks(chunk * 2) >= SPAN_BLOCKS_TARGET
+        {
+            chunk *= 2;
+        }
+        chunk
+    }
+
     /// Blocks of the `stats` and `partial` kernels for `items` work items.
     pub fn item_blocks(&self, items: u64) -> u64 {
         match self.layout {
@@ -186,7 +216,7 @@ impl AttentionSchedule {
         if !(1..=256).contains(&self.tile) {
             return bad(format!("tile {} outside 1..=256", self.tile));
         }
-        if self.chunk == 0 || self.chunk % self.tile != 0 || self.chunk > 1 << 20 {
+        if self.chunk == 0 || self.chunk % self.tile != 0 || self.chunk > MAX_CHUNK {
             return bad(format!(
                 "chunk {} must be a multiple of the tile {} up to 2^20",
                 self.chunk, self.tile
@@ -214,6 +244,18 @@ impl AttentionSchedule {
         Ok(())
     }
 }
+
+/// The most tokens per chunk.
+pub const MAX_CHUNK: u32 = 1 << 20;
+
+/// The block layout's span chunk grows to at most this many times the schedule's `chunk`.
+pub const MAX_CHUNK_GROWTH: u32 = 4;
+
+/// Span blocks a launch keeps when the block layout lengthens its chunks: about two waves of
+/// an H100 at the `partial` kernel's 4 resident blocks per SM (132 x 4 x 2 = 1,056). Chosen
+/// by `kvq profile` over spans of 4k-64k tokens and batches of 1-16 (predicted times; see the
+/// README).
+pub const SPAN_BLOCKS_TARGET: usize = 1024;
 
 /// Tokens per parameter row of an axis = channel scheme with `group = N`.
 fn channel_group(s: &Scheme) -> Option<u32> {
@@ -317,16 +359,20 @@ pub mod partial_abi {
     pub const KV_HEADS: u32 = 15;
     /// Scalar: chunks in the batch.
     pub const CHUNKS: u32 = 16;
+    /// Scalar: tokens per span chunk of this launch ([`BatchPlan::span_chunk`]).
+    pub const SPAN_CHUNK: u32 = 17;
 }
 
 /// Parameter indices of the `stats` kernel: those of `partial` up to
-/// [`partial_abi::SPAN_LOGITS`] (`STATS` and `SPAN_LOGITS` written here), then `KV_HEADS` and
-/// `CHUNKS`.
+/// [`partial_abi::SPAN_LOGITS`] (`STATS` and `SPAN_LOGITS` written here), then `KV_HEADS`,
+/// `CHUNKS` and `SPAN_CHUNK`.
 pub mod stats_abi {
     /// Scalar: kv heads.
     pub const KV_HEADS: u32 = 13;
     /// Scalar: chunks in the batch.
     pub const CHUNKS: u32 = 14;
+    /// Scalar: tokens per span chunk of this launch.
+    pub const SPAN_CHUNK: u32 = 15;
 }
 
 /// Parameter indices of the `combine` kernel.

@@ -231,6 +231,7 @@ impl AttentionArgs {
             Arg::Buffer(Buffer::F32(vec![0.0; work.part_acc])),
             Arg::U32(kv_heads as u32),
             Arg::U32(chunks as u32),
+            Arg::U32(plan.span_chunk),
         ];
         let stats = if scheme.calibrate.is_some() {
             // Every buffer is moved in from `partial` for each launch.
@@ -239,6 +240,7 @@ impl AttentionArgs {
                 .collect();
             s.push(Arg::U32(kv_heads as u32));
             s.push(Arg::U32(chunks as u32));
+            s.push(Arg::U32(plan.span_chunk));
             s
         } else {
             Vec::new()

@@ -100,7 +100,7 @@ pub fn load(path: &Path) -> Result<AttentionCase> {
         }
     }
     let mut sizes = HashMap::new();
-    for k in ["kv_heads", "chunks", "batch"] {
+    for k in ["kv_heads", "chunks", "batch", "span_chunk"] {
         sizes.insert(k.to_string(), num(k)?);
     }
     let mut plan = CasePlan::default();

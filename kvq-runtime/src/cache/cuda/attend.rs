@@ -115,6 +115,7 @@ impl VisualKvCache<Cuda> {
             args.own("out", rt.zeros::<f32>(work.out)?);
             args.scalar("kv_heads", u32_of(kv)?);
             args.scalar("chunks", u32_of(plan.chunks())?);
+            args.scalar("span_chunk", plan.span_chunk);
             args.scalar("batch", u32_of(states.len())?);
             Ok(())
         };

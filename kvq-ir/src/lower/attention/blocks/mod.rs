@@ -132,8 +132,7 @@ struct Dims {
     nibbles: u32,
     /// Value code bytes per row.
     v_row: u32,
-    /// Tokens of a span chunk and of an fp chunk.
-    chunk: u32,
+    /// Tokens of an fp chunk (a span chunk's are the launch's `span_chunk`: [`Item`]).
     fp_chunk: u32,
     /// Heads per vector access of the tables and weights (`gv`), and heads padded to whole
     /// vectors (`gp`).
@@ -179,7 +178,6 @@ pub(super) fn lower(
         k_row: shape.head_dim * key.bits.width() / 8,
         nibbles: shape.head_dim * key.bits.width() / 4,
         v_row: shape.head_dim * value.bits.width() / 8,
-        chunk: s.chunk,
         fp_chunk: s.fp_chunk(),
         gv,
         gp: shape.group.div_ceil(gv) * gv,
@@ -215,7 +213,7 @@ pub(super) fn lower(
         }
         Mode::Stats => (declare_stats(&mut b, scheme, shape.fp), None),
     };
-    let (kv_heads, chunks) = (bufs.kv_heads, bufs.chunks);
+    let (kv_heads, chunks, span_chunk) = (bufs.kv_heads, bufs.chunks, bufs.span_chunk);
     let sh = Shared {
         qs: b.shared("qs", ScalarType::F32, g * d),
         qk: b.shared("qk", ScalarType::F32, g * d),
@@ -276,7 +274,8 @@ pub(super) fn lower(
     };
     let kv_heads = b.param(kv_heads);
     let chunks = b.param(chunks);
-    let at = Item::new(&mut b, kv_heads, chunks);
+    let span_chunk = b.param(span_chunk);
+    let at = Item::new(&mut b, kv_heads, chunks, span_chunk);
     load_fields(&mut b, &at, &bufs, lc.fields);
 
     // Setup: the query (with the span's calibration folded in), the key tables and the bias.
@@ -317,7 +316,9 @@ pub(super) fn lower(
 
     // The tiles: a block-uniform loop, one token per lane per step.
     let z = b.u32(0);
-    let cn = b.u32(dims.chunk);
+    // (`span_chunk` is a scalar parameter: block-uniform. An fp item's tokens end early; its
+    // lanes past them take no token.)
+    let cn = at.span_chunk;
     b.for_range(z, cn, warps * WARP_SIZE, |b, base| {
         stage_fp_rows(b, &dims, &at, &bufs, &sh, &lc, base, mode, s.block_size);
         if let KeyLayout::ChannelGroups(n) = dims.keys {
@@ -416,10 +417,12 @@ struct Item {
     kv_heads: Value,
     /// Whether the block has an item (the grid may be rounded up).
     live: Value,
+    /// Tokens per span chunk (the launch's scalar parameter).
+    span_chunk: Value,
 }
 
 impl Item {
-    fn new(b: &mut Builder, kv_heads: Value, chunks: Value) -> Item {
+    fn new(b: &mut Builder, kv_heads: Value, chunks: Value, span_chunk: Value) -> Item {
         let blk = b.special(Special::BlockId);
         let items = b.mul(chunks, kv_heads);
         let live = b.cmp(CmpOp::Lt, blk, items);
@@ -434,6 +437,7 @@ impl Item {
             h,
             kv_heads,
             live,
+            span_chunk,
         }
     }
 }
@@ -457,7 +461,7 @@ fn field(b: &mut Builder, lc: &Locals, k: u32) -> Value {
 }
 
 /// Whether the item is a span chunk, its first token and its end (within the sequence's span
-/// or its fp tokens: span chunks have `chunk` tokens, fp chunks [`FP_CHUNK`]).
+/// or its fp tokens: span chunks have `span_chunk` tokens, fp chunks [`FP_CHUNK`]).
 fn chunk_tokens(b: &mut Builder, dims: &Dims, at: &Item, lc: &Locals) -> [Value; 3] {
     let base = field(b, lc, f::CHUNK_BASE);
     let span_chunks = field(b, lc, f::SPAN_CHUNKS);
@@ -465,8 +469,8 @@ fn chunk_tokens(b: &mut Builder, dims: &Dims, at: &Item, lc: &Locals) -> [Value;
     let is_span = b.cmp(CmpOp::Lt, ci, span_chunks);
     let fci = b.sub(ci, span_chunks);
     let idx = b.select(is_span, ci, fci);
-    let (span_chunk, fp_chunk) = (b.u32(dims.chunk), b.u32(dims.fp_chunk));
-    let cn = b.select(is_span, span_chunk, fp_chunk);
+    let fp_chunk = b.u32(dims.fp_chunk);
+    let cn = b.select(is_span, at.span_chunk, fp_chunk);
     let start = b.mul(idx, cn);
     let span_len = field(b, lc, f::SPAN_LEN);
     let fp_len = field(b, lc, f::FP_LEN);
