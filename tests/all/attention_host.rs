@@ -3,7 +3,7 @@
 //! on a random batch and on the real DINOv2 and SmolLM2 captures.
 
 use kvq::attention::{HostAttention, SeqData};
-use kvq::lower::attention::{AttentionLayout, AttentionSchedule, AttentionShape};
+use kvq::lower::attention::{plan, AttentionLayout, AttentionSchedule, AttentionShape, SeqExtent};
 use kvq::lower::InputType;
 use kvq::metrics::max_head_deviation as deviation;
 use kvq::reference::{decode_attention, quantize, PackedSpan, Segment};
@@ -182,6 +182,48 @@ fn gpu_schedule_as_host_code_on_a_random_batch() {
     }
     // Every key of the catalogue, each beside the next scheme as values, calibrated or not.
     assert_eq!(pairs, 2 * cat.len());
+}
+
+/// The GPU schedule as host code on spans long enough that the batch plan lengthens the span
+/// chunk (`AttentionSchedule::span_chunk`: here 32 -> 64 tokens, with ragged last chunks), so
+/// the kernels run on a `span_chunk` other than the schedule's; 1-bit CalibQuant (quad values
+/// at head_dim 128) with calibration and the KIVI-like pair.
+#[test]
+fn gpu_schedule_with_a_lengthened_span_chunk_as_host_code() {
+    let (kv, g, d) = (4, 2, 128);
+    let lens = [(5, 9000), (0, 8000)];
+    let seqs = random_batch(&mut Rng(61), [kv, g, d], &lens);
+    let shape = AttentionShape {
+        fp: InputType::F32,
+        head_dim: d as u32,
+        group: g as u32,
+    };
+    let named = |n: &str| catalogue().into_iter().find(|(m, _)| *m == n).unwrap().1;
+    for (key, value, calibrate) in [
+        ("calibquant_k", "calibquant_v", Calibration::new(3.0)),
+        ("kivi2_k", "kivi2_v", None),
+    ] {
+        let scheme = CacheScheme {
+            key: named(key),
+            value: named(value),
+            calibrate,
+        };
+        let schedule = AttentionSchedule {
+            chunk: 32,
+            ..AttentionSchedule::gpu_default(&scheme, shape)
+        };
+        let extents: Vec<SeqExtent> = lens
+            .iter()
+            .map(|&(fp_tokens, span_tokens)| SeqExtent {
+                fp_tokens,
+                span_tokens,
+            })
+            .collect();
+        let plan = plan(&scheme, kv, d, &extents, &schedule).unwrap();
+        // 282 + 250 chunks of 32 per head; 141 + 125 of 64 keep 1,064 blocks; 128 would not.
+        assert_eq!(plan.span_chunk, 64, "{scheme}");
+        check(&scheme, g, Some(schedule), &seqs);
+    }
 }
 
 /// Sequences of `(fp tokens, span tokens)` with random queries and K/V, for `[kv heads, group,
