@@ -275,13 +275,15 @@ fn attention_kernels_assemble_with_sfu_exp() {
                         assert!(ptx.text.contains(want), "{}: no {want}", kernel.name);
                     }
                 }
-                // partial asks for 4 resident blocks of 128 threads (registers within 128).
+                // partial asks for 5 resident blocks of 128 threads (registers within 96) with
+                // channel-axis keys at group 4, 4 blocks (within 128) with token-axis keys.
                 if kernel.name.contains("partial") {
-                    assert!(
-                        ptx.text.contains(".minnctapersm 4"),
-                        "{}: no .minnctapersm",
-                        kernel.name
-                    );
+                    let blocks = match scheme.key.axis {
+                        kvq_ir::Axis::Channel => 5,
+                        kvq_ir::Axis::Token => 4,
+                    };
+                    let want = format!(".minnctapersm {blocks}");
+                    assert!(ptx.text.contains(&want), "{}: no {want}", kernel.name);
                 }
             }
             if kernel.name.contains("partial") || kernel.name.contains("combine") {

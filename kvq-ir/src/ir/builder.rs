@@ -85,6 +85,12 @@ impl Builder {
         Memory::Shared(self.kernel.shared.len() as u32 - 1)
     }
 
+    /// Bytes of shared memory the arrays declared so far take per block
+    /// ([`shared_layout`](super::kernel::shared_layout)).
+    pub fn shared_bytes(&self) -> u64 {
+        super::kernel::shared_layout(&self.kernel.shared).1
+    }
+
     /// Declares a per-thread variable of `len` elements.
     pub fn local(&mut self, name: &str, elem: ScalarType, len: u32) -> u32 {
         self.kernel.locals.push(Local {

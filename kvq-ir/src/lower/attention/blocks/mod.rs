@@ -63,13 +63,42 @@ pub const FP_CHUNK: u32 = 16;
 /// position and head) store to distinct banks.
 const TABLE_ROW: u32 = 17;
 
-/// Threads of `partial` asked to be resident per SM (`min_blocks_per_sm` = this / block size):
-/// ptxas then keeps a thread's registers within 65,536 / 512 = 128. Left to itself it
-/// chose 96 and spilled 4 bytes in the calibrated CalibQuant `partial` (sm_90); at 128 it
-/// spills nothing, and 4 blocks of 4 warps fit an SM (25% occupancy; 168 registers, 3 blocks,
-/// before the calibration was folded into the query). `stats` is left alone: asked the same,
-/// ptxas gave it 86 registers instead of 48.
-const RESIDENT_THREADS: u32 = 512;
+/// Threads of `partial` asked to be resident per SM (`min_blocks_per_sm` = this / block size,
+/// or fewer: [`resident_blocks`]): ptxas then keeps a thread's registers within 65,536 / 640 =
+/// 102 (96). The calibrated CalibQuant `partial` at group 4 fits 5 blocks of 4 warps in
+/// registers and shared memory without spills (31% occupancy; asked for 4 blocks, 128
+/// registers, 25%). `stats` is left alone: asked the same, ptxas gave it 86 registers instead
+/// of 48.
+const RESIDENT_THREADS: u32 = 640;
+
+/// [`RESIDENT_THREADS`] for groups of more than 4 query heads (more per-thread softmax state:
+/// at 96 registers ptxas spilled 4-12 bytes at head_dim 64, group 8; 128 as before), and for
+/// token-axis keys (their per-token parameters; at 96 registers `tok4` keys spilled at group 1).
+const RESIDENT_THREADS_WIDE: u32 = 512;
+
+/// [`RESIDENT_THREADS`] for token-axis keys at groups of more than 4 query heads and for 8-bit
+/// token-axis keys, whose logits hold the most values: ptxas spilled 4-44 bytes at 96 and at
+/// 128 registers, none at 138-168 (3 blocks of 4 warps).
+const RESIDENT_THREADS_WIDEST: u32 = 384;
+
+/// Blocks of `partial` asked to be resident per SM: [`RESIDENT_THREADS`] / `block_size`, but no
+/// more than sm_90's shared memory holds blocks of `shared_bytes` (asking for more would only
+/// take registers: at group 8, or with token-axis values, a block's 47-79 KB hold 2-4 blocks,
+/// and asked for 4 or 5, ptxas spilled). On sm_80 (164 KB) shared memory may hold fewer.
+fn resident_blocks(key: &Scheme, g: u32, shared_bytes: u64, block_size: u32) -> u32 {
+    let arch = &crate::gpu_model::params::SM90;
+    let unit = u64::from(arch.shared_alloc_unit.value);
+    let per_block =
+        (shared_bytes + u64::from(arch.reserved_shared_per_block.value)).div_ceil(unit) * unit;
+    let by_shared = u64::from(arch.shared_per_sm.value) / per_block.max(1);
+    let threads = match (key.axis, key.bits.width(), g > 4) {
+        (Axis::Token, 8, _) | (Axis::Token, _, true) => RESIDENT_THREADS_WIDEST,
+        (Axis::Token, _, false) | (Axis::Channel, _, true) => RESIDENT_THREADS_WIDE,
+        (Axis::Channel, _, false) => RESIDENT_THREADS,
+    };
+    let by_threads = u64::from(threads / block_size);
+    by_threads.min(by_shared).max(1) as u32
+}
 
 /// Whether the block-per-item kernels handle `scheme` at `shape`, or why not.
 pub fn supports(scheme: &CacheScheme, shape: AttentionShape) -> Result<(), String> {
@@ -201,9 +230,6 @@ pub(super) fn lower(
     };
     let Dims { d, g, warps, .. } = dims;
     let mut b = Builder::new(name, s.block_size);
-    if mode == Mode::Partial {
-        b.min_blocks_per_sm((RESIDENT_THREADS / s.block_size).max(1));
-    }
     // The parameters (shared with the thread layout: one ABI); `span_logits` stays unread here
     // (the logits are recomputed).
     let (bufs, outs) = match mode {
@@ -257,6 +283,10 @@ pub(super) fn lower(
             },
         ),
     };
+    if mode == Mode::Partial {
+        let blocks = resident_blocks(key, g, b.shared_bytes(), s.block_size);
+        b.min_blocks_per_sm(blocks);
+    }
     let lc = Locals {
         fields: b.local("fields", ScalarType::U32, f::COUNT + 1),
         s: b.local("s", ScalarType::F32, g),
