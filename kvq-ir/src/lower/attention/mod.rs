@@ -251,10 +251,10 @@ pub const MAX_CHUNK: u32 = 1 << 20;
 /// The block layout's span chunk grows to at most this many times the schedule's `chunk`.
 pub const MAX_CHUNK_GROWTH: u32 = 4;
 
-/// Span blocks a launch keeps when the block layout lengthens its chunks: about two waves of
-/// an H100 at the `partial` kernel's 4 resident blocks per SM (132 x 4 x 2 = 1,056). Chosen
-/// by `kvq profile` over spans of 4k-64k tokens and batches of 1-16 (predicted times; see the
-/// README).
+/// Span blocks a launch keeps when the block layout lengthens its chunks: about 1.5 waves of an
+/// H100 at the `partial` kernel's 5 resident blocks per SM (132 x 5 = 660 a wave). Chosen by
+/// `kvq profile` over spans of 4k-64k tokens and batches of 1-16 (predicted times, measured
+/// with 4 resident blocks then; see the README).
 pub const SPAN_BLOCKS_TARGET: usize = 1024;
 
 /// Tokens per parameter row of an axis = channel scheme with `group = N`.
