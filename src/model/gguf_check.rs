@@ -4,8 +4,9 @@
 //! count, a tensor's dimension count) before reading it, so a damaged or hostile file can make
 //! it ask for terabytes and abort the process. This walk reads the same header (GGUF v1-v3: magic,
 //! counts, metadata, tensor infos) without allocating, and refuses any length that runs past the
-//! end of the file, any tensor of more than four dimensions, and any element count that could
-//! not be stored in the file. [`check_tensor_data`] then checks each tensor's data range.
+//! end of the file, any tensor of more than four dimensions, any element count that could
+//! not be stored in the file, and an integer `general.alignment` of 0 (candle divides by it).
+//! [`check_tensor_data`] then checks each tensor's data range.
 
 use std::io::{BufReader, Read, Seek, SeekFrom};
 
@@ -15,6 +16,8 @@ use candle_core::quantized::gguf_file::TensorInfo;
 const MAX_DIMS: u32 = 4;
 /// The deepest nesting of arrays in metadata.
 const MAX_ARRAY_DEPTH: u32 = 4;
+/// The metadata key of the tensor data's alignment.
+const ALIGNMENT_KEY: &[u8] = b"general.alignment";
 
 struct Walk<R> {
     r: R,
@@ -76,6 +79,33 @@ impl<R: Read + Seek> Walk<R> {
         self.skip(n, what)
     }
 
+    /// A metadata key: whether it is `key` (read only when the lengths match), else skipped.
+    fn key_is(&mut self, key: &[u8]) -> Result<bool, String> {
+        let n = self.count()?;
+        if n != key.len() as u64 {
+            self.skip(n, "a metadata key")?;
+            return Ok(false);
+        }
+        let mut b = vec![0u8; key.len()];
+        self.r
+            .read_exact(&mut b)
+            .map_err(|_| format!("the header is cut short at byte {}", self.pos))?;
+        self.pos += n;
+        Ok(b == key)
+    }
+
+    /// An integer value of type `ty` (GGUF's u8, i8, u16, i16, u32, i32), as i64.
+    fn small_int(&mut self, ty: u32) -> Result<i64, String> {
+        Ok(match ty {
+            0 => i64::from(self.bytes::<1>()?[0]),
+            1 => i64::from(self.bytes::<1>()?[0] as i8),
+            2 => i64::from(u16::from_le_bytes(self.bytes::<2>()?)),
+            3 => i64::from(i16::from_le_bytes(self.bytes::<2>()?)),
+            4 => i64::from(self.u32()?),
+            _ => i64::from(self.u32()? as i32),
+        })
+    }
+
     /// `count` items of at least `min` bytes each must fit in the rest of the file.
     fn fits(&self, count: u64, min: u64, what: &str) -> Result<(), String> {
         if count.checked_mul(min).is_none_or(|n| n > self.remaining()) {
@@ -134,8 +164,16 @@ pub fn check_header(file: &std::fs::File, len: u64) -> Result<(), String> {
     // length field, a dimension count, a type and an offset.
     w.fits(entries, 12, "metadata entries")?;
     for _ in 0..entries {
-        w.string("a metadata key")?;
+        let alignment = w.key_is(ALIGNMENT_KEY)?;
         let ty = w.u32()?;
+        // candle rounds the tensor data's offset up to a multiple of an integer alignment
+        // (ignoring a negative one) and divides by zero on 0.
+        if alignment && ty <= 5 {
+            if w.small_int(ty)? == 0 {
+                return Err("general.alignment is 0".to_string());
+            }
+            continue;
+        }
         w.value(ty, 0)?;
     }
     w.fits(tensors, 24, "tensor infos")?;

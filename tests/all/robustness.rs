@@ -345,6 +345,27 @@ fn bad_model_metadata_is_an_error_not_a_panic() {
         ]);
         fails(&out, needle);
     }
+    // An alignment of 0 (candle would divide by it while reading the header).
+    let path = dir.join("align0.gguf");
+    let mut metadata = base(64, 8, 8);
+    metadata.push(("general.alignment", GgufValue::U32(0)));
+    gguf(&path, &metadata);
+    let out = kvq(&[
+        "eval-model",
+        "--key",
+        KEY,
+        "--value",
+        VALUE,
+        "--model",
+        path.to_str().unwrap(),
+        "--prompt-file",
+        prompt.to_str().unwrap(),
+        "--span",
+        "1..3",
+        "--positions",
+        "2",
+    ]);
+    fails(&out, "general.alignment is 0");
     // A missing model file named by KVQ_SMOLLM2 is reported as missing, with its path.
     let missing = dir.join("missing.gguf");
     let out = kvq_env(
