@@ -321,13 +321,17 @@ fn bad_model_metadata_is_an_error_not_a_panic() {
             ("tokenizer.ggml.token_type", GgufValue::I32s(vec![1, 1, 1])),
         ]
     };
-    for (name, (hidden, heads, kv), needle) in [
-        ("kv0", (64, 8, 0), "head_count_kv = 0"),
-        ("emb7", (7, 1, 1), "head_dim 7"),
-        ("heads", (64, u32::MAX, 1), "head_count = 4294967295"),
+    // The last: an alignment of 0 (candle would divide by it while reading the header).
+    let mut align0 = base(64, 8, 8);
+    align0.push(("general.alignment", GgufValue::U32(0)));
+    for (name, metadata, needle) in [
+        ("kv0", base(64, 8, 0), "head_count_kv = 0"),
+        ("emb7", base(7, 1, 1), "head_dim 7"),
+        ("heads", base(64, u32::MAX, 1), "head_count = 4294967295"),
+        ("align0", align0, "general.alignment is 0"),
     ] {
         let path = dir.join(format!("{name}.gguf"));
-        gguf(&path, &base(hidden, heads, kv));
+        gguf(&path, &metadata);
         let out = kvq(&[
             "eval-model",
             "--key",
@@ -345,27 +349,6 @@ fn bad_model_metadata_is_an_error_not_a_panic() {
         ]);
         fails(&out, needle);
     }
-    // An alignment of 0 (candle would divide by it while reading the header).
-    let path = dir.join("align0.gguf");
-    let mut metadata = base(64, 8, 8);
-    metadata.push(("general.alignment", GgufValue::U32(0)));
-    gguf(&path, &metadata);
-    let out = kvq(&[
-        "eval-model",
-        "--key",
-        KEY,
-        "--value",
-        VALUE,
-        "--model",
-        path.to_str().unwrap(),
-        "--prompt-file",
-        prompt.to_str().unwrap(),
-        "--span",
-        "1..3",
-        "--positions",
-        "2",
-    ]);
-    fails(&out, "general.alignment is 0");
     // A missing model file named by KVQ_SMOLLM2 is reported as missing, with its path.
     let missing = dir.join("missing.gguf");
     let out = kvq_env(
