@@ -181,22 +181,30 @@ proptest! {
     }
 }
 
-/// The cluster kernel with a stage shorter than its blocks' slices (the rows past it are read
-/// again from global memory), and spans shorter than the cluster (blocks with empty slices),
-/// for 1-, 2- and 8-bit codes (thresholds and division): the reference's bits.
+/// The cluster kernel with a stage of one row a thread (its rows past the first are read again
+/// from global memory), spans shorter than the cluster's runs (threads without rows) and longer
+/// than all of them (runs dealt out again from the first thread), for 1-, 2- and 8-bit codes (thresholds and division) and
+/// `mse` (its sums by the strands' tree, with f32 parameters, where the sums' order shows in the
+/// levels' bits): the reference's bits.
 #[test]
 fn cluster_kernel_codes_past_its_stage() {
     let schemes = [
         "bits = 1, axis = channel, group = all, rule = shrink(0.5)",
         "bits = 2, axis = channel, group = all, rule = minmax, order = lsb",
         "bits = 8, axis = channel, group = all, rule = shrink(0.9, center = mid), params = f32",
+        "bits = 1, axis = channel, group = all, rule = mse, params = f32",
     ];
     for text in schemes {
         let scheme = Scheme::parse(text).unwrap();
-        for tokens in [1usize, 3, 13, 40, 131] {
-            let (h, d) = (2usize, 32usize);
+        for tokens in [1usize, 3, 131, 8 * 2048 + 37] {
+            let (h, d) = (1usize, 32usize);
             let data = (0..h * tokens * d)
-                .map(|i| f16::from_f32(((i * 7919 % 1013) as f32 / 1013.0 - 0.4) * 3.0).to_f32())
+                .map(|i| {
+                    // Magnitudes from 1/16 to 1024: sums whose order shows in their bits.
+                    let scale = (1u32 << (i * 31 % 15)) as f32 / 16.0;
+                    let x = ((i * 7919 % 1013) as f32 / 1013.0 - 0.4) * scale;
+                    f16::from_f32(x).to_f32()
+                })
                 .collect();
             let x = Tensor3::new([h, tokens, d], data).unwrap();
             let shape = ShapeClass {
@@ -204,7 +212,7 @@ fn cluster_kernel_codes_past_its_stage() {
                 input: InputType::F16,
             };
             let mut plan = lower::cluster_channel::plan(&scheme, shape).unwrap();
-            plan.stage = 2;
+            plan.stage = plan.block_size;
             let q = lower::cluster_channel::quantize(&scheme, shape, plan);
             let schedule = Schedule::gpu_default(&scheme, shape);
             assert_eq!(schedule.cluster, plan.cluster);

@@ -162,6 +162,29 @@ fn mse_thresholds_on_data_values_match_reference() {
     }
 }
 
+/// mse over spans around and past one cycle of its sums' strands (`MSE_STRANDS` runs of
+/// `MSE_RUN` = 16,384 rows: a strand's runs, short last runs, a tree whose fold meets subtrees of
+/// several levels), with f32 parameters and values of
+/// many magnitudes, so that a sum taken in another order shows in the levels' bits.
+#[test]
+fn mse_sums_by_strands_on_long_spans_match_reference() {
+    let dim = 32usize;
+    let scheme =
+        Scheme::parse("bits = 1, axis = channel, group = all, rule = mse, params = f32").unwrap();
+    for tokens in [2049usize, 16383, 16384, 2 * 16384 + 37] {
+        let data: Vec<f32> = (0..tokens * dim)
+            .map(|i| {
+                let scale = (1u32 << (i * 31 % 15)) as f32 / 16.0;
+                f16::from_f32(((i * 7919 % 1013) as f32 / 1013.0 - 0.4) * scale).to_f32()
+            })
+            .collect();
+        let x = Tensor3::new([1, tokens, dim], data).unwrap();
+        for input in [InputType::F16, InputType::F32] {
+            check(&scheme, &x, input).unwrap_or_else(|e| panic!("{tokens} {input:?}: {e}"));
+        }
+    }
+}
+
 /// Token groups long enough for the host's radix selection (`SelectRank` over 512 elements or
 /// more) beside a short last group (bisection), every input type, against the reference.
 #[test]

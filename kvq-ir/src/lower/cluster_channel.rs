@@ -1,19 +1,26 @@
-//! Quantize for axis = channel, group = all with a min/max rule on GPUs with thread-block
-//! clusters (sm_90): a cluster of [`MAX_CLUSTER_SIZE`] blocks per (head, column of 16
-//! channels), the span split into one slice of `ceil(tokens / cluster)` tokens per block.
+//! Quantize for axis = channel, group = all with a min/max rule or `mse` on GPUs with
+//! thread-block clusters (sm_90): a cluster of [`MAX_CLUSTER_SIZE`] blocks per (head, column of
+//! 16 channels), the span dealt out in runs of rows ([`ClusterPlan::run`]): thread `tid` of rank
+//! `r`, the cluster's thread `j = r * block + tid`, takes the runs `j, j + S, j + 2S, ..` (`S`
+//! the cluster's threads), its *strand*. For `mse` the runs are [`MSE_RUN`] rows, the strands of
+//! `reference::range::tree_sum` (whose [`MSE_STRANDS`] are the cluster's threads); for min/max
+//! rules single rows, so that a warp's 32 rows are neighbours and its code stores share sectors.
 //!
-//! 1. Each thread takes the rows `t0 + tid, t0 + tid + block_size, ..` of its block's slice:
-//!    one aligned 16-element load per row (32 contiguous bytes of f16, a whole sector), which it
-//!    also keeps in shared memory (the first [`ClusterPlan::stage`] rows of the slice; a longer
-//!    slice reads the rest again from global memory when coding), and folds into its running
-//!    minima and maxima (IEEE `minimum` / `maximum`, so that they also carry any non-finite
-//!    input, which the thread flags from them at the end).
-//! 2. A reduce-scatter over each warp's lanes (lane `l` ends with one of the 32 extremes), then
-//!    32 threads folding the warps' partials from shared memory, give the block's extremes.
-//! 3. After a cluster barrier, 16 threads of every block read the cluster's partial extremes
-//!    from each block's shared memory (distributed shared memory), in rank order, and derive the
-//!    range, parameters (stored by rank 0) and code thresholds of their channel; a second
-//!    cluster barrier keeps every block's shared memory alive until all have read it.
+//! 1. Each thread loads its rows, one aligned 16-element load per row (32 contiguous bytes of
+//!    f16, a whole sector), which it also keeps in shared memory
+//!    (the first [`ClusterPlan::stage`] `/ block` of its rows; past them a row is read again from
+//!    global memory when needed), and folds into its running minima and maxima (IEEE `minimum` /
+//!    `maximum`, so that they also carry any non-finite input, which the thread flags from them
+//!    at the end).
+//! 2. Min/max rules: a reduce-scatter over each warp's lanes (lane `l` ends with one of the 32
+//!    extremes), then 32 threads folding the warps' partials from shared memory, give the
+//!    block's extremes; after a cluster barrier, 16 threads of every block read the cluster's
+//!    partial extremes from each block's shared memory (distributed shared memory), in rank
+//!    order. `mse`: Lloyd's rounds over the rows ([`cluster_mse`](super::cluster_mse)), the
+//!    sums added up by the strands' tree through lanes, warps and ranks.
+//! 3. Those 16 threads derive the range, parameters (stored by rank 0) and code thresholds of
+//!    their channel; a cluster barrier keeps every block's shared memory alive until all have
+//!    read it.
 //! 4. Every thread codes its rows from shared memory (or global memory past the staged rows).
 //!
 //! Codes and parameters are the per-thread kernel's: the extremes are IEEE 754-2019 minimum and
@@ -22,13 +29,15 @@
 //! `range_from_extremes` removes; thresholds give the division's codes.
 
 use crate::ir::{
-    BinaryOp, Builder, CmpOp, ScalarType, Special, Value, WarpOp, MAX_CLUSTER_SIZE, WARP_SIZE,
+    BinaryOp, Builder, CmpOp, Memory, ScalarType, Special, Value, WarpOp, MAX_CLUSTER_SIZE,
+    WARP_SIZE,
 };
-use crate::scheme::{Axis, Group, Scheme};
+use crate::scheme::{Axis, Group, Rule, Scheme, MSE_RUN, MSE_STRANDS};
 
+use super::cluster_mse;
 use super::emit::{
     code, code_from_thresholds, code_threshold, flag_non_finite_extremes, group_params,
-    quantize_params, range_from_extremes, reads_group, store_param, MAX_THRESHOLD_LEVELS,
+    positive_zero, quantize_params, range_from_extremes, store_param, MAX_THRESHOLD_LEVELS,
 };
 use super::lanes::store_lane_bytes;
 use super::{kernel_name, quantize_abi as abi, Launch, Lowered, Schedule, ShapeClass};
@@ -49,8 +58,11 @@ pub struct ClusterPlan {
     pub w: u32,
     /// Blocks per cluster.
     pub cluster: u32,
-    /// Rows of its slice a block keeps in shared memory.
+    /// Rows a block keeps in shared memory (a multiple of `block_size`: the first `stage /
+    /// block_size` rows of each thread).
     pub stage: u32,
+    /// Neighbouring rows a thread takes at a time: [`MSE_RUN`] for `mse`, else 1.
+    pub run: u32,
 }
 
 impl ClusterPlan {
@@ -58,13 +70,23 @@ impl ClusterPlan {
     pub fn fits(&self, s: &Schedule) -> bool {
         s.block_size == self.block_size && s.channels == self.w && s.cluster == self.cluster
     }
+
+    /// The cluster's threads: its strands.
+    fn strands(&self) -> u32 {
+        self.cluster * self.block_size
+    }
 }
 
 /// The plan for `scheme` at `shape`, or why there is none: axis = channel, group = all, a
-/// min/max rule, and a head_dim of whole 16-channel columns.
+/// min/max rule or `mse`, and a head_dim of whole 16-channel columns.
 pub fn plan(scheme: &Scheme, shape: ShapeClass) -> Result<ClusterPlan, String> {
-    if scheme.axis != Axis::Channel || scheme.group != Group::All || reads_group(scheme.rule) {
-        return Err("the cluster kernel needs axis = channel, group = all, a min/max rule".into());
+    if scheme.axis != Axis::Channel
+        || scheme.group != Group::All
+        || matches!(scheme.rule, Rule::Quantile(_))
+    {
+        return Err(
+            "the cluster kernel needs axis = channel, group = all, a min/max rule or mse".into(),
+        );
     }
     if shape.head_dim % COLUMN != 0 {
         return Err(format!(
@@ -77,18 +99,23 @@ pub fn plan(scheme: &Scheme, shape: ShapeClass) -> Result<ClusterPlan, String> {
         w: COLUMN,
         cluster: MAX_CLUSTER_SIZE,
         stage: STAGE_BYTES / (COLUMN * shape.input.scalar().size() as u32),
+        run: match scheme.rule {
+            Rule::Mse => MSE_RUN as u32,
+            _ => 1,
+        },
     })
 }
 
-/// A block's place: head, first channel, rank and slice `t0..t1`, of which `t0..ts` is staged.
+/// A block's place: head, column, first channel, rank, and the thread's strand, its number of
+/// rows and how many of them it stages.
 struct Coords {
     h: Value,
     col: Value,
     c0: Value,
     rank: Value,
-    t0: Value,
-    ts: Value,
-    t1: Value,
+    strand: Value,
+    rows: Value,
+    staged: Value,
 }
 
 fn coords(b: &mut Builder, p: ClusterPlan, columns: u32) -> Coords {
@@ -101,26 +128,50 @@ fn coords(b: &mut Builder, p: ClusterPlan, columns: u32) -> Coords {
     let col = b.rem(column, cols);
     let w = b.u32(p.w);
     let c0 = b.mul(col, w);
+    let tid = b.special(Special::ThreadId);
+    let bs = b.u32(p.block_size);
+    let first = b.mul(rank, bs);
+    let strand = b.add(first, tid);
+    // Whole cycles of the strands' runs, then this strand's part of the last one.
     let tokens = b.param(abi::TOKENS);
-    let k1 = b.u32(p.cluster - 1);
-    let padded = b.add(tokens, k1);
-    let per = b.div(padded, k);
-    let start = b.mul(rank, per);
-    let t0 = b.min(start, tokens);
-    let end = b.add(t0, per);
-    let t1 = b.min(end, tokens);
-    let stage = b.u32(p.stage);
-    let staged_end = b.add(t0, stage);
-    let ts = b.min(staged_end, t1);
+    let cycle = b.u32(p.strands() * p.run);
+    let run = b.u32(p.run);
+    let full = b.div(tokens, cycle);
+    let full_rows = b.mul(full, run);
+    let rest = b.rem(tokens, cycle);
+    let mine = b.mul(strand, run);
+    let past = b.max(rest, mine);
+    let tail = b.sub(past, mine);
+    let tail = b.min(tail, run);
+    let rows = b.add(full_rows, tail);
+    let stage = b.u32(p.stage / p.block_size);
+    let staged = b.min(rows, stage);
     Coords {
         h,
         col,
         c0,
         rank,
-        t0,
-        ts,
-        t1,
+        strand,
+        rows,
+        staged,
     }
+}
+
+/// The thread's `q`-th row: `(q / run) * S * run + strand * run + q % run`.
+fn row_of(b: &mut Builder, at: &Coords, q: Value, p: ClusterPlan) -> Value {
+    if p.run == 1 {
+        let strands = b.u32(p.strands());
+        let start = b.mul(q, strands);
+        return b.add(start, at.strand);
+    }
+    let run = b.u32(p.run);
+    let k = b.div(q, run);
+    let r = b.rem(q, run);
+    let cycle = b.u32(p.strands() * p.run);
+    let start = b.mul(k, cycle);
+    let mine = b.mul(at.strand, run);
+    let start = b.add(start, mine);
+    b.add(start, r)
 }
 
 /// Element index of the column's first channel in row `t` of head `h` of `x`.
@@ -133,11 +184,61 @@ fn x_index(b: &mut Builder, at: &Coords, t: Value, d: u32) -> Value {
     b.add(start, at.c0)
 }
 
-/// Element index of row `t` of the block's slice in the staged rows.
-fn stage_index(b: &mut Builder, at: &Coords, t: Value, w: u32) -> Value {
-    let off = b.sub(t, at.t0);
-    let wv = b.u32(w);
-    b.mul(off, wv)
+/// Element index of the thread's `q`-th row in the staged rows (`q * block + tid`).
+fn stage_index(b: &mut Builder, q: Value, p: ClusterPlan) -> Value {
+    let bs = b.u32(p.block_size);
+    let first = b.mul(q, bs);
+    let tid = b.special(Special::ThreadId);
+    let row = b.add(first, tid);
+    let wv = b.u32(p.w);
+    b.mul(row, wv)
+}
+
+/// What a pass over the thread's rows reads: `x` (and, with `fill`, the staged rows stored on
+/// the way), or the staged rows and `x` past them.
+pub(super) struct Rows {
+    p: ClusterPlan,
+    columns: u32,
+    d: u32,
+    input: ScalarType,
+    x: Memory,
+    stage: Memory,
+}
+
+impl Rows {
+    /// Calls `body(b, t, values)` for each of the thread's rows `t` in order, with the row's 16
+    /// values as f32; with `fill` the staged rows come from `x` and are stored to the stage.
+    pub(super) fn each(
+        &self,
+        b: &mut Builder,
+        fill: bool,
+        body: &dyn Fn(&mut Builder, Value, Vec<Value>),
+    ) {
+        let at = coords(b, self.p, self.columns);
+        let zero = b.u32(0);
+        b.for_range(zero, at.staged, 1, |b, q| {
+            let t = row_of(b, &at, q, self.p);
+            let s = stage_index(b, q, self.p);
+            let raw = match fill {
+                true => {
+                    let idx = x_index(b, &at, t, self.d);
+                    let raw = b.load_aligned(self.x, idx, self.p.w as u8);
+                    b.store_aligned(self.stage, s, raw);
+                    raw
+                }
+                false => b.load_aligned(self.stage, s, self.p.w as u8),
+            };
+            let values = widen(b, raw, self.p.w, self.input);
+            body(b, t, values);
+        });
+        b.for_range(at.staged, at.rows, 1, |b, q| {
+            let t = row_of(b, &at, q, self.p);
+            let idx = x_index(b, &at, t, self.d);
+            let raw = b.load_aligned(self.x, idx, self.p.w as u8);
+            let values = widen(b, raw, self.p.w, self.input);
+            body(b, t, values);
+        });
+    }
 }
 
 /// The 16 elements of a vector load, as f32.
@@ -153,7 +254,7 @@ fn widen(b: &mut Builder, raw: Value, w: u32, input: ScalarType) -> Vec<Value> {
         .collect()
 }
 
-/// Quantize, axis = channel, group = all, min/max rules, in clusters: see the module
+/// Quantize, axis = channel, group = all, min/max rules or `mse`, in clusters: see the module
 /// documentation.
 pub fn quantize(scheme: &Scheme, shape: ShapeClass, p: ClusterPlan) -> Lowered {
     let d = shape.head_dim;
@@ -168,10 +269,14 @@ pub fn quantize(scheme: &Scheme, shape: ShapeClass, p: ClusterPlan) -> Lowered {
     b.cluster(p.cluster);
     let [x, codes, zero_m, scale_m, status] = quantize_params(&mut b, scheme, shape);
     let stage = b.shared("stage", input, p.stage * p.w);
-    let warps = p.block_size / WARP_SIZE;
-    // Extremes interleaved: element 2c the minimum of channel c, 2c + 1 its maximum.
-    let parts = b.shared("parts", ScalarType::F32, warps * 2 * p.w);
-    let block_ext = b.shared("block_ext", ScalarType::F32, 2 * p.w);
+    let rows = Rows {
+        p,
+        columns,
+        d,
+        input,
+        x,
+        stage,
+    };
     // Per channel: its thresholds, or its zero and scale.
     let per_channel = match thresholds {
         true => u32::from(levels),
@@ -181,15 +286,14 @@ pub fn quantize(scheme: &Scheme, shape: ShapeClass, p: ClusterPlan) -> Lowered {
     let ext = b.local("ext", ScalarType::F32, 2 * p.w);
     let bisect = b.local("bisect", ScalarType::U32, 2);
 
-    // 1. The slice's rows: staged, folded into the thread's extremes.
-    let at = coords(&mut b, p, columns);
+    // 1. The thread's rows: staged, folded into its extremes.
     let (inf, ninf) = (b.f32(f32::INFINITY), b.f32(f32::NEG_INFINITY));
     for j in 0..p.w {
         let (lo, hi) = (b.u32(2 * j), b.u32(2 * j + 1));
         b.write_local(ext, lo, inf);
         b.write_local(ext, hi, ninf);
     }
-    let accumulate = |b: &mut Builder, values: &[Value]| {
+    rows.each(&mut b, true, &|b, _, values| {
         for (j, &v) in values.iter().enumerate() {
             let (lo, hi) = (b.u32(2 * j as u32), b.u32(2 * j as u32 + 1));
             let m = b.read_local(ext, lo);
@@ -199,23 +303,6 @@ pub fn quantize(scheme: &Scheme, shape: ShapeClass, p: ClusterPlan) -> Lowered {
             let m = b.maximum(m, v);
             b.write_local(ext, hi, m);
         }
-    };
-    let tid = b.special(Special::ThreadId);
-    let first = b.add(at.t0, tid);
-    b.for_range(first, at.ts, p.block_size, |b, t| {
-        let idx = x_index(b, &at, t, d);
-        let raw = b.load_aligned(x, idx, p.w as u8);
-        let s = stage_index(b, &at, t, p.w);
-        b.store_aligned(stage, s, raw);
-        let values = widen(b, raw, p.w, input);
-        accumulate(b, &values);
-    });
-    let first = b.add(at.ts, tid);
-    b.for_range(first, at.t1, p.block_size, |b, t| {
-        let idx = x_index(b, &at, t, d);
-        let raw = b.load_aligned(x, idx, p.w as u8);
-        let values = widen(b, raw, p.w, input);
-        accumulate(b, &values);
     });
     let extremes: Vec<(Value, Value)> = (0..p.w)
         .map(|j| {
@@ -225,58 +312,34 @@ pub fn quantize(scheme: &Scheme, shape: ShapeClass, p: ClusterPlan) -> Lowered {
         .collect();
     flag_non_finite_extremes(&mut b, &extremes, status);
 
-    // 2. The block's extremes: a reduce-scatter over each warp leaves lane `l` with element `l`
-    // of the warp's extremes; then thread `i < 32` folds element `i` over the warps.
-    reduce_scatter(&mut b, ext, 2 * p.w);
-    let warp = b.special(Special::WarpId);
-    let lane = b.special(Special::LaneId);
-    let wv = b.u32(2 * p.w);
-    let slot = b.mul(warp, wv);
-    let to = b.add(slot, lane);
-    let z = b.u32(0);
-    let mine = b.read_local(ext, z);
-    b.store(parts, to, mine);
-    b.barrier();
-    let tid = b.special(Special::ThreadId);
-    let n = b.u32(2 * p.w);
-    let element_thread = b.cmp(CmpOp::Lt, tid, n);
-    b.if_then(element_thread, |b| {
-        let one = b.u32(1);
-        let parity = b.binary(BinaryOp::And, tid, one);
-        let is_max = b.cmp(CmpOp::Eq, parity, one);
-        let mut acc = b.load(parts, tid, 1);
-        for warp in 1..warps {
-            let off = b.u32(warp * 2 * p.w);
-            let at = b.add(off, tid);
-            let v = b.load(parts, at, 1);
-            acc = extreme(b, is_max, acc, v);
+    // 2. What the channel threads derive their ranges from.
+    let source = match scheme.rule {
+        Rule::Mse => {
+            debug_assert_eq!(
+                (p.strands() as usize, p.run as usize),
+                (MSE_STRANDS, MSE_RUN)
+            );
+            RangeSource::Mse(cluster_mse::rounds(&mut b, p, &rows))
         }
-        b.store(block_ext, tid, acc);
-    });
-    b.cluster_barrier();
+        _ => RangeSource::Extremes(block_extremes(&mut b, p, ext)),
+    };
 
-    // 3. The cluster's extremes, range, parameters and thresholds of each channel.
+    // 3. The cluster's ranges, parameters and thresholds of each channel.
     let at = coords(&mut b, p, columns);
     let tid = b.special(Special::ThreadId);
     let w = b.u32(p.w);
     let channel_thread = b.cmp(CmpOp::Lt, tid, w);
     b.if_then(channel_thread, |b| {
-        let two = b.u32(2);
-        let lo_at = b.mul(tid, two);
-        let one = b.u32(1);
-        let hi_at = b.add(lo_at, one);
-        let mut ext: Option<(Value, Value)> = None;
-        for r in 0..p.cluster {
-            let rank = b.u32(r);
-            let lo = b.load_remote(block_ext, rank, lo_at);
-            let hi = b.load_remote(block_ext, rank, hi_at);
-            ext = Some(match ext {
-                None => (lo, hi),
-                Some((mn, mx)) => (b.minimum(mn, lo), b.maximum(mx, hi)),
-            });
-        }
-        let Some((mn, mx)) = ext else { return };
-        let (lo, hi) = range_from_extremes(b, scheme.rule, mn, mx);
+        let (lo, hi) = match source {
+            RangeSource::Extremes(block_ext) => {
+                let (mn, mx) = cluster_extremes(b, p, block_ext, tid);
+                range_from_extremes(b, scheme.rule, mn, mx)
+            }
+            RangeSource::Mse(state) => {
+                let (lo, hi) = cluster_mse::range(b, state);
+                (positive_zero(b, lo), positive_zero(b, hi))
+            }
+        };
         let (zero, scale) = group_params(b, scheme, lo, hi, status);
         let z = b.u32(0);
         let leader = b.cmp(CmpOp::Eq, at.rank, z);
@@ -319,7 +382,7 @@ pub fn quantize(scheme: &Scheme, shape: ShapeClass, p: ClusterPlan) -> Lowered {
         })
         .collect();
     let per_byte = scheme.bits.codes_per_byte() as u32;
-    let code_row = |b: &mut Builder, t: Value, values: Vec<Value>| {
+    rows.each(&mut b, false, &|b, t, values| {
         let bytes: Vec<Value> = values
             .chunks(per_byte as usize)
             .zip(coders.chunks(per_byte as usize))
@@ -344,21 +407,6 @@ pub fn quantize(scheme: &Scheme, shape: ShapeClass, p: ClusterPlan) -> Lowered {
         let col_byte = b.mul(at.col, column_bytes);
         let base = b.add(row_start, col_byte);
         store_lane_bytes(b, codes, base, bytes);
-    };
-    let tid = b.special(Special::ThreadId);
-    let first = b.add(at.t0, tid);
-    b.for_range(first, at.ts, p.block_size, |b, t| {
-        let s = stage_index(b, &at, t, p.w);
-        let raw = b.load_aligned(stage, s, p.w as u8);
-        let values = widen(b, raw, p.w, input);
-        code_row(b, t, values);
-    });
-    let first = b.add(at.ts, tid);
-    b.for_range(first, at.t1, p.block_size, |b, t| {
-        let idx = x_index(b, &at, t, d);
-        let raw = b.load_aligned(x, idx, p.w as u8);
-        let values = widen(b, raw, p.w, input);
-        code_row(b, t, values);
     });
     Lowered {
         kernel: b.finish(),
@@ -369,8 +417,78 @@ pub fn quantize(scheme: &Scheme, shape: ShapeClass, p: ClusterPlan) -> Lowered {
     }
 }
 
+/// Where the channel threads find their ranges' inputs.
+enum RangeSource {
+    /// The blocks' extremes, interleaved (shared array, read remotely).
+    Extremes(Memory),
+    /// `mse`'s final levels (a local of the channel threads).
+    Mse(u32),
+}
+
+/// The block's extremes of the threads' `ext` into a shared array (element `2c` the minimum of
+/// channel `c`, `2c + 1` its maximum), then a cluster barrier: a reduce-scatter over each warp
+/// leaves lane `l` with element `l` of the warp's extremes; then thread `i < 32` folds element
+/// `i` over the warps.
+fn block_extremes(b: &mut Builder, p: ClusterPlan, ext: u32) -> Memory {
+    let warps = p.block_size / WARP_SIZE;
+    let parts = b.shared("parts", ScalarType::F32, warps * 2 * p.w);
+    let block_ext = b.shared("block_ext", ScalarType::F32, 2 * p.w);
+    reduce_scatter(b, ext, 2 * p.w);
+    let warp = b.special(Special::WarpId);
+    let lane = b.special(Special::LaneId);
+    let wv = b.u32(2 * p.w);
+    let slot = b.mul(warp, wv);
+    let to = b.add(slot, lane);
+    let z = b.u32(0);
+    let mine = b.read_local(ext, z);
+    b.store(parts, to, mine);
+    b.barrier();
+    let tid = b.special(Special::ThreadId);
+    let n = b.u32(2 * p.w);
+    let element_thread = b.cmp(CmpOp::Lt, tid, n);
+    b.if_then(element_thread, |b| {
+        let one = b.u32(1);
+        let parity = b.binary(BinaryOp::And, tid, one);
+        let is_max = b.cmp(CmpOp::Eq, parity, one);
+        let mut acc = b.load(parts, tid, 1);
+        for warp in 1..warps {
+            let off = b.u32(warp * 2 * p.w);
+            let at = b.add(off, tid);
+            let v = b.load(parts, at, 1);
+            acc = extreme(b, is_max, acc, v);
+        }
+        b.store(block_ext, tid, acc);
+    });
+    b.cluster_barrier();
+    block_ext
+}
+
+/// Channel `c`'s extremes over the cluster's blocks, read in rank order.
+fn cluster_extremes(
+    b: &mut Builder,
+    p: ClusterPlan,
+    block_ext: Memory,
+    c: Value,
+) -> (Value, Value) {
+    let two = b.u32(2);
+    let lo_at = b.mul(c, two);
+    let one = b.u32(1);
+    let hi_at = b.add(lo_at, one);
+    let rank = b.u32(0);
+    let mut mn = b.load_remote(block_ext, rank, lo_at);
+    let mut mx = b.load_remote(block_ext, rank, hi_at);
+    for r in 1..p.cluster {
+        let rank = b.u32(r);
+        let lo = b.load_remote(block_ext, rank, lo_at);
+        let hi = b.load_remote(block_ext, rank, hi_at);
+        mn = b.minimum(mn, lo);
+        mx = b.maximum(mx, hi);
+    }
+    (mn, mx)
+}
+
 /// Whether bit `s` (a power of two) of the thread's lane id is set.
-fn lane_bit(b: &mut Builder, s: u32) -> Value {
+pub(super) fn lane_bit(b: &mut Builder, s: u32) -> Value {
     let lane = b.special(Special::LaneId);
     let sv = b.u32(s);
     let bit = b.binary(BinaryOp::And, lane, sv);

@@ -2,7 +2,7 @@
 //! (SPEC.md section 2) written as IR, one f32 operation at a time in the spec's order.
 
 use crate::ir::{Access, BinaryOp, Builder, CmpOp, Memory, ScalarType, UnaryOp, Value};
-use crate::scheme::{BitOrder, Bits, Center, ParamType, Rule, Scheme};
+use crate::scheme::{BitOrder, Bits, Center, ParamType, Rule, Scheme, MSE_RUN, MSE_STRANDS};
 
 use super::{quantize_abi as abi, ShapeClass};
 
@@ -204,9 +204,9 @@ pub fn reads_group(rule: Rule) -> bool {
     matches!(rule, Rule::Quantile(_) | Rule::Mse)
 }
 
-/// The F32 local [`group_range`] needs for `rule` (mse's sums), declared when it needs one.
-pub fn group_range_local(b: &mut Builder, rule: Rule) -> Option<u32> {
-    (rule == Rule::Mse).then(|| b.local("mse", ScalarType::F32, MSE_LOCALS))
+/// The locals [`group_range`] needs for `rule` (mse's), declared when it needs them.
+pub fn group_range_local(b: &mut Builder, rule: Rule) -> Option<MseLocals> {
+    (rule == Rule::Mse).then(|| MseLocals::new(b, 1))
 }
 
 /// [lo, hi] of a rule that reads the whole group, over the `count` elements `mem[base + i *
@@ -218,134 +218,363 @@ pub fn group_range(
     mem: Memory,
     input: ScalarType,
     at: [Value; 3],
-    local: Option<u32>,
+    local: Option<MseLocals>,
 ) -> (Value, Value) {
     let [base, stride, count] = at;
     match (rule, local) {
-        (Rule::Mse, Some(acc)) => mse_range(b, mem, input, at, acc),
+        (Rule::Mse, Some(locals)) => mse_range(b, mem, input, at, locals),
         (Rule::Quantile(p), _) => quantile_range(b, p.get(), mem, base, stride, count),
         _ => quantile_range(b, 0.0, mem, base, stride, count),
     }
 }
 
-/// Slots of the F32 local that [`mse_range`] works in (per channel for [`mse_ranges`]).
-pub const MSE_LOCALS: u32 = 7;
+/// Levels of the strand tree's partial sums: subtrees of 1, 2, .., [`MSE_STRANDS`] strands.
+const TREE_LEVELS: u32 = (MSE_STRANDS as u32).trailing_zeros() + 1;
+/// Sums per group and strand: s0, s1 and n1 of a round (the mean's pass uses s0).
+const SUMS: u32 = 3;
+/// Strands summed side by side (a power of two): for `w` groups together (a host's column),
+/// 4, whose runs are neighbours and whose subtree adds up before it meets the counter of
+/// [`tree_sums`]; one for a single group (a GPU thread's channel, a token-axis group).
+fn strand_block(w: u32) -> u32 {
+    match w {
+        1 => 1,
+        _ => 4,
+    }
+}
+
+/// The F32 locals [`mse_ranges`] of `w` groups works in: per group, the sums of a block of
+/// strands, then t, lo and hi (`sums`, indexed by constants only, so that a CPU keeps them in
+/// registers), and the tree's partial sums per level (`stack`, indexed by level).
+#[derive(Debug, Clone, Copy)]
+pub struct MseLocals {
+    sums: u32,
+    stack: u32,
+    w: u32,
+}
+
+impl MseLocals {
+    /// Declares the locals for `w` groups.
+    pub fn new(b: &mut Builder, w: u32) -> MseLocals {
+        let sums = b.local("mse", ScalarType::F32, w * (SUMS * strand_block(w) + 3));
+        let stack = b.local("mse_tree", ScalarType::F32, w * SUMS * TREE_LEVELS);
+        MseLocals { sums, stack, w }
+    }
+}
 
 /// The `mse` rule's [lo, hi] over the `count` elements `mem[base + i * stride]` (stored as
-/// `input`), in index order, exactly as `reference::range::mse_range` computes it; `acc` is an
-/// F32 local of [`MSE_LOCALS`] slots (sums s0, n0, s1, n1, then t, lo, hi).
+/// `input`), exactly as `reference::range::mse_range` computes it, in `locals` (for one group).
 pub fn mse_range(
     b: &mut Builder,
     mem: Memory,
     input: ScalarType,
     [base, stride, count]: [Value; 3],
-    acc: u32,
+    locals: MseLocals,
 ) -> (Value, Value) {
     let element = |b: &mut Builder, i: Value| {
         let off = b.mul(i, stride);
         let idx = b.add(base, off);
         load_f32(b, mem, idx, 1, input)
     };
-    mse_ranges(b, &element, 1, count, acc)[0]
+    mse_ranges(b, &element, count, locals)[0]
+}
+
+/// Where [`mse_ranges`] keeps its values: slot `k` of group `j` at `k * w + j` of the sums'
+/// local (slot `g * SUMS + k` holds sum `k` of the `g`-th strand of the block at hand, then come
+/// t, lo and hi), and of row `level` of the tree's local.
+#[derive(Clone, Copy)]
+struct MseSlots {
+    locals: MseLocals,
+    w: u32,
+}
+
+impl MseSlots {
+    fn t(self) -> u32 {
+        SUMS * strand_block(self.w)
+    }
+    fn lo(self) -> u32 {
+        self.t() + 1
+    }
+    fn hi(self) -> u32 {
+        self.t() + 2
+    }
+    fn at(self, b: &mut Builder, slot: u32, j: u32) -> Value {
+        b.u32(slot * self.w + j)
+    }
+    fn get(self, b: &mut Builder, slot: u32, j: u32) -> Value {
+        let k = self.at(b, slot, j);
+        b.read_local(self.locals.sums, k)
+    }
+    fn set(self, b: &mut Builder, slot: u32, j: u32, v: Value) {
+        let k = self.at(b, slot, j);
+        b.write_local(self.locals.sums, k, v);
+    }
+    /// Index of sum `k` of group `j` in the tree's row `level` (a Value).
+    fn tree_at(self, b: &mut Builder, level: Value, k: u32, j: u32) -> Value {
+        let per_row = b.u32(SUMS * self.w);
+        let base = b.mul(level, per_row);
+        let at = self.at(b, k, j);
+        b.add(base, at)
+    }
+    /// Strand 0's first `sums` slots become the tree's row `level` plus themselves (the row on
+    /// the left).
+    fn add_tree(self, b: &mut Builder, sums: u32, level: Value) {
+        for j in 0..self.w {
+            for k in 0..sums {
+                let at = self.tree_at(b, level, k, j);
+                let left = b.read_local(self.locals.stack, at);
+                let right = self.get(b, k, j);
+                let sum = b.add(left, right);
+                self.set(b, k, j, sum);
+            }
+        }
+    }
+    /// The tree's row `level` becomes strand 0's first `sums` slots.
+    fn store_tree(self, b: &mut Builder, sums: u32, level: Value) {
+        for j in 0..self.w {
+            for k in 0..sums {
+                let v = self.get(b, k, j);
+                let at = self.tree_at(b, level, k, j);
+                b.write_local(self.locals.stack, at, v);
+            }
+        }
+    }
+}
+
+/// Sums the `sums` terms `term(b, j, x)` gives for element `x` of group `j`, over the `count`
+/// elements of `w` groups (`load(b, i)` gives element `i` of each), in the order of
+/// `reference::range::tree_sum`. Strands go in blocks of `G` = [`strand_block`] neighbours (a
+/// strand: its runs of [`MSE_RUN`] elements, every `MSE_STRANDS * MSE_RUN`-th): each block's
+/// strands are summed side by side, add up to their subtree (level `log2 G` of the tree), and
+/// that goes onto a binary counter of subtrees (block `m` with `z` trailing one bits completes
+/// the subtrees of the `z` levels above, which add up left to right); at the end the counter's
+/// subtrees fold from the lowest level up (the tree's empty strands add nothing, so a last
+/// block's strands past the span are +0.0 like the tree's padding).
+fn tree_sums(
+    b: &mut Builder,
+    load: &dyn Fn(&mut Builder, Value) -> Vec<Value>,
+    slots: MseSlots,
+    count: Value,
+    sums: u32,
+    term: &dyn Fn(&mut Builder, u32, Value) -> Vec<Value>,
+) -> Vec<Vec<Value>> {
+    let w = slots.w;
+    let run = MSE_RUN as u32;
+    let block = strand_block(w);
+    let base_level = block.trailing_zeros();
+    // Blocks of strands holding a run: ceil(count / (RUN * G)), at most STRANDS / G.
+    let per_block = b.u32(run * block);
+    let last = b.u32(run * block - 1);
+    let padded = b.add(count, last);
+    let blocks = b.div(padded, per_block);
+    let most = b.u32(MSE_STRANDS as u32 / block);
+    let blocks = b.min(blocks, most);
+    let first = b.u32(0);
+    b.for_range(first, blocks, 1, |b, m| {
+        for g in 0..block {
+            for j in 0..w {
+                for k in 0..sums {
+                    let z = b.f32(0.0);
+                    slots.set(b, g * SUMS + k, j, z);
+                }
+            }
+        }
+        let per_block = b.u32(run * block);
+        let start = b.mul(m, per_block);
+        b.for_range(start, count, MSE_STRANDS as u32 * run, |b, i0| {
+            for g in 0..block {
+                let from = b.u32(g * run);
+                let from = b.add(i0, from);
+                let to = b.u32((g + 1) * run);
+                let to = b.add(i0, to);
+                let to = b.min(to, count);
+                b.for_range(from, to, 1, |b, i| {
+                    let xs = load(b, i);
+                    for (j, &x) in (0..w).zip(&xs) {
+                        for (k, v) in (0..sums).zip(term(b, j, x)) {
+                            let cur = slots.get(b, g * SUMS + k, j);
+                            let next = b.add(cur, v);
+                            slots.set(b, g * SUMS + k, j, next);
+                        }
+                    }
+                });
+            }
+        });
+        // The block's subtree, into strand 0's slots.
+        let mut width = block;
+        while width > 1 {
+            width /= 2;
+            for g in 0..width {
+                for j in 0..w {
+                    for k in 0..sums {
+                        let left = slots.get(b, 2 * g * SUMS + k, j);
+                        let right = slots.get(b, (2 * g + 1) * SUMS + k, j);
+                        let sum = b.add(left, right);
+                        slots.set(b, g * SUMS + k, j, sum);
+                    }
+                }
+            }
+        }
+        match w {
+            // One group (a GPU thread's): the counter's levels unrolled, so that the tree's
+            // local is indexed by constants only (registers, not local memory).
+            1 => push_unrolled(b, slots, sums, m, base_level),
+            _ => push(b, slots, sums, m, base_level),
+        }
+    });
+    // The fold (in strand 0's slots): the subtree of each level whose bit `blocks` has, lowest
+    // first, each added on the left of what the lower ones made.
+    for j in 0..w {
+        for k in 0..sums {
+            let z = b.f32(0.0);
+            slots.set(b, k, j, z);
+        }
+    }
+    let fold_level = |b: &mut Builder, above: Value| {
+        let bit = b.binary(BinaryOp::Shr, blocks, above);
+        let one = b.u32(1);
+        let bit = b.binary(BinaryOp::And, bit, one);
+        let zero = b.u32(0);
+        let set = b.cmp(CmpOp::Ne, bit, zero);
+        b.if_then(set, |b| {
+            let offset = b.u32(base_level);
+            let level = b.add(above, offset);
+            slots.add_tree(b, sums, level);
+        });
+    };
+    match w {
+        1 => {
+            for above in 0..TREE_LEVELS - base_level {
+                let above = b.u32(above);
+                fold_level(b, above);
+            }
+        }
+        _ => {
+            let levels = b.u32(TREE_LEVELS - base_level);
+            let bottom = b.u32(0);
+            b.for_range(bottom, levels, 1, fold_level);
+        }
+    }
+    (0..w)
+        .map(|j| (0..sums).map(|k| slots.get(b, k, j)).collect())
+        .collect()
+}
+
+/// Pushes the block subtree in strand 0's slots onto the counter: block `m` with `z` trailing
+/// one bits adds the subtrees of the `z` levels above `base` on its left, then is the subtree
+/// of level `base + z`.
+fn push(b: &mut Builder, slots: MseSlots, sums: u32, m: Value, base: u32) {
+    // z = popcount(m ^ (m + 1)) - 1.
+    let one = b.u32(1);
+    let next = b.add(m, one);
+    let flips = b.binary(BinaryOp::Xor, m, next);
+    let flips = b.unary(UnaryOp::PopCount, flips);
+    let z = b.sub(flips, one);
+    let bottom = b.u32(0);
+    b.for_range(bottom, z, 1, |b, above| {
+        let offset = b.u32(base);
+        let level = b.add(above, offset);
+        slots.add_tree(b, sums, level);
+    });
+    let offset = b.u32(base);
+    let level = b.add(z, offset);
+    slots.store_tree(b, sums, level);
+}
+
+/// [`push`] with the levels unrolled: at each level, a set bit of `m` adds that level's subtree
+/// and goes on up, a clear one stores the sum there.
+fn push_unrolled(b: &mut Builder, slots: MseSlots, sums: u32, m: Value, base: u32) {
+    fn from(b: &mut Builder, slots: MseSlots, sums: u32, m: Value, base: u32, level: u32) {
+        let at = b.u32(level);
+        if level == TREE_LEVELS - 1 {
+            slots.store_tree(b, sums, at);
+            return;
+        }
+        let shift = b.u32(level - base);
+        let bit = b.binary(BinaryOp::Shr, m, shift);
+        let one = b.u32(1);
+        let bit = b.binary(BinaryOp::And, bit, one);
+        let set = b.cmp(CmpOp::Eq, bit, one);
+        b.if_else(
+            set,
+            |b| {
+                slots.add_tree(b, sums, at);
+                from(b, slots, sums, m, base, level + 1);
+            },
+            |b| slots.store_tree(b, sums, at),
+        );
+    }
+    from(b, slots, sums, m, base, base);
+}
+
+/// The terms element `x` adds to a round's sums at threshold `t`: `[s0, s1, n1]`'s
+/// (`x >= t ? 0 : x`, `x >= t ? x : 0`, `x >= t ? 1 : 0`).
+pub fn mse_terms(b: &mut Builder, x: Value, t: Value) -> [Value; 3] {
+    let upper = b.cmp(CmpOp::Ge, x, t);
+    let (z, one) = (b.f32(0.0), b.f32(1.0));
+    let below = b.select(upper, z, x);
+    let above = b.select(upper, x, z);
+    let counted = b.select(upper, one, z);
+    [below, above, counted]
+}
+
+/// A round of Lloyd's iteration from threshold `t` over a group of `n` elements (f32) with
+/// sums `[s0, s1, n1]`: `(lo, hi, t')`. Counts are exact in f32 (at most `MAX_TOKENS` =
+/// 2^24), so `n0 = n - n1` is too.
+pub fn mse_round(b: &mut Builder, t: Value, n: Value, [s0, s1, n1]: [Value; 3]) -> [Value; 3] {
+    let n0 = b.sub(n, n1);
+    let z = b.f32(0.0);
+    let level = |b: &mut Builder, s: Value, c: Value| {
+        let some = b.cmp(CmpOp::Gt, c, z);
+        let mean = b.div(s, c);
+        b.select(some, mean, t)
+    };
+    let lo = level(b, s0, n0);
+    let hi = level(b, s1, n1);
+    let both = b.add(lo, hi);
+    let two = b.f32(2.0);
+    let t = b.div(both, two);
+    [lo, hi, t]
 }
 
 /// The `mse` rule's [lo, hi] of `w` groups at once: `load(b, i)` gives element `i` of each of
-/// the `w` groups (f32), `count` elements each. Every group's sums run over its elements in
-/// index order, exactly as [`mse_range`] (and `reference::range::mse_range`) take them, so each
-/// range is that group's alone; one pass over the elements serves all `w` groups (contiguous
-/// rows of a column of channels, independent sums). `acc` is an F32 local of `MSE_LOCALS * w`
-/// slots (slot `k` of group `j` at `k * w + j`).
+/// the `w` groups (f32), `count` elements each. Each group's sums are its own, in the order of
+/// `reference::range::mse_range`; one pass over the elements per round serves all `w` groups
+/// (contiguous rows of a column of channels), `w` being that of `locals`.
 pub fn mse_ranges(
     b: &mut Builder,
     load: &dyn Fn(&mut Builder, Value) -> Vec<Value>,
-    w: u32,
     count: Value,
-    acc: u32,
+    locals: MseLocals,
 ) -> Vec<(Value, Value)> {
-    let at = |b: &mut Builder, slot: u32, j: u32| b.u32(slot * w + j);
-    let bump = |b: &mut Builder, slot: u32, j: u32, v: Value| {
-        let k = at(b, slot, j);
-        let s = b.read_local(acc, k);
-        let s = b.add(s, v);
-        b.write_local(acc, k, s);
-    };
-    let set = |b: &mut Builder, slot: u32, j: u32, v: Value| {
-        let k = at(b, slot, j);
-        b.write_local(acc, k, v);
-    };
-    let get = |b: &mut Builder, slot: u32, j: u32| {
-        let k = at(b, slot, j);
-        b.read_local(acc, k)
-    };
-    const T: u32 = 4;
-    const LO: u32 = 5;
-    const HI: u32 = 6;
-    for j in 0..w {
-        let zero_f = b.f32(0.0);
-        set(b, 0, j, zero_f);
-    }
-    let first = b.u32(0);
-    b.for_range(first, count, 1, |b, i| {
-        let xs = load(b, i);
-        for (j, &x) in (0..w).zip(&xs) {
-            bump(b, 0, j, x);
-        }
-    });
+    let w = locals.w;
+    let slots = MseSlots { locals, w };
     let n = b.convert(ScalarType::F32, count);
-    for j in 0..w {
-        let sum = get(b, 0, j);
-        let mean = b.div(sum, n);
-        set(b, T, j, mean);
-        set(b, LO, j, mean);
-        set(b, HI, j, mean);
+    let all = |_: &mut Builder, _: u32, x: Value| vec![x];
+    let totals = tree_sums(b, load, slots, count, 1, &all);
+    for (j, total) in (0..w).zip(totals) {
+        let mean = b.div(total[0], n);
+        slots.set(b, slots.t(), j, mean);
+        slots.set(b, slots.lo(), j, mean);
+        slots.set(b, slots.hi(), j, mean);
     }
     for _ in 0..crate::scheme::MSE_ITERATIONS {
-        for slot in 0..4 {
-            for j in 0..w {
-                let z = b.f32(0.0);
-                set(b, slot, j, z);
-            }
-        }
-        let first = b.u32(0);
-        b.for_range(first, count, 1, |b, i| {
-            let xs = load(b, i);
-            for (j, &x) in (0..w).zip(&xs) {
-                let t = get(b, T, j);
-                let upper = b.cmp(CmpOp::Ge, x, t);
-                let (z, one) = (b.f32(0.0), b.f32(1.0));
-                let below = b.select(upper, z, x);
-                bump(b, 0, j, below);
-                let counted = b.select(upper, z, one);
-                bump(b, 1, j, counted);
-                let above = b.select(upper, x, z);
-                bump(b, 2, j, above);
-                let counted = b.select(upper, one, z);
-                bump(b, 3, j, counted);
-            }
-        });
-        for j in 0..w {
-            let t = get(b, T, j);
-            let z = b.f32(0.0);
-            let level = |b: &mut Builder, sum: u32, count: u32| {
-                let (s, c) = (get(b, sum, j), get(b, count, j));
-                let some = b.cmp(CmpOp::Gt, c, z);
-                let mean = b.div(s, c);
-                b.select(some, mean, t)
-            };
-            let lo = level(b, 0, 1);
-            let hi = level(b, 2, 3);
-            set(b, LO, j, lo);
-            set(b, HI, j, hi);
-            let two = b.f32(2.0);
-            let both = b.add(lo, hi);
-            let t = b.div(both, two);
-            set(b, T, j, t);
+        let split = |b: &mut Builder, j: u32, x: Value| {
+            let t = slots.get(b, slots.t(), j);
+            mse_terms(b, x, t).to_vec()
+        };
+        let found = tree_sums(b, load, slots, count, SUMS, &split);
+        for (j, sums) in (0..w).zip(found) {
+            let t = slots.get(b, slots.t(), j);
+            let [lo, hi, t] = mse_round(b, t, n, [sums[0], sums[1], sums[2]]);
+            slots.set(b, slots.lo(), j, lo);
+            slots.set(b, slots.hi(), j, hi);
+            slots.set(b, slots.t(), j, t);
         }
     }
     (0..w)
         .map(|j| {
-            let lo = get(b, LO, j);
-            let hi = get(b, HI, j);
+            let lo = slots.get(b, slots.lo(), j);
+            let hi = slots.get(b, slots.hi(), j);
             (positive_zero(b, lo), positive_zero(b, hi))
         })
         .collect()

@@ -13,7 +13,7 @@
 //! | axis = channel, group = N, min/max rules (cooperative schedule) | [`quantize`] | one warp per (head, token group): lanes over channels, whole rows per step, extremes by shuffles over the lanes of the same channels ([`lanes_channel`]) |
 //! | any (cooperative schedule) | [`dequantize`] | lanes over channels, aligned f32 vector stores ([`lanes`]) |
 //! | axis = channel, group = all, quantile rule (cooperative schedule) | [`quantize`] | one block per (head, column); the whole block selects the order statistics (`block_select`) |
-//! | axis = channel, group = all, min/max rules (schedule with clusters, sm_90) | [`quantize`] | a cluster of blocks per (head, column), each a slice of the span kept in shared memory; the blocks exchange their extremes through distributed shared memory ([`cluster_channel`]) |
+//! | axis = channel, group = all, min/max rules and mse (schedule with clusters, sm_90) | [`quantize`] | a cluster of blocks per (head, column), each thread a strand of rows kept in shared memory; the blocks exchange their extremes (or mse's sums, every round) through distributed shared memory ([`cluster_channel`]) |
 //!
 //! Statistics and codes read the data twice (a range needs the whole group before the first code);
 //! the quantile rule selects exact order statistics with [`crate::ir::Op::SelectRank`]. Every
@@ -24,6 +24,7 @@ pub mod args;
 pub mod attention;
 mod block_select;
 pub mod cluster_channel;
+mod cluster_mse;
 mod dequantize;
 mod emit;
 pub mod io;
@@ -108,7 +109,7 @@ pub struct Schedule {
     /// multiple of 32.
     pub cooperative: bool,
     /// Blocks per thread-block cluster (sm_90) for axis = channel, group = all with a min/max
-    /// rule: the span split across a cluster's blocks ([`cluster_channel`]); 1 (no clusters)
+    /// rule or mse: the span split across a cluster's blocks ([`cluster_channel`]); 1 (no clusters)
     /// elsewhere, and for GPUs without clusters ([`Schedule::without_clusters`]).
     pub cluster: u32,
 }
@@ -122,8 +123,9 @@ impl Schedule {
             // group = all: 32 warps per column, their extremes combined by warp reductions;
             // the quantile rule's order statistics are selected by 8 warps (the search's
             // counters, three per channel and side, need more than the 128 registers a thread
-            // of 512 may have: ptxas spilled 600 bytes there); mse's sums
-            // run in index order, one thread per channel, with 256 threads.
+            // of 512 may have: ptxas spilled 600 bytes there); mse runs in clusters where the
+            // GPU has them ([`Schedule::with_clusters`]), else one thread per channel sums its
+            // strands, with 256 threads.
             block_size: match (scheme.axis, scheme.group, scheme.rule) {
                 (Axis::Channel, Group::All, Rule::Quantile(_)) => 256,
                 (Axis::Channel, Group::All, Rule::Mse) => 256,
@@ -162,7 +164,10 @@ impl Schedule {
                     .max(8)
                     .min(shape.head_dim);
                 Schedule {
-                    block_size: 1024,
+                    block_size: match scheme.rule {
+                        Rule::Mse => 256,
+                        _ => 1024,
+                    },
                     channels,
                     vector: vector_for(channels, scheme, shape, 8),
                     cluster: 1,

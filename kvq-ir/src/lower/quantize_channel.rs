@@ -8,7 +8,7 @@ use super::emit::{
     code, code_from_thresholds, code_threshold, flag_non_finite, global_item, group_params,
     group_range, group_range_local, load_f32, load_f32_aligned, mse_ranges, note_non_finite,
     pack_scalar, quantize_params, range_from_extremes, reads_group, store_param, token_groups,
-    Coding, MAX_THRESHOLD_LEVELS, MSE_LOCALS,
+    Coding, MseLocals, MAX_THRESHOLD_LEVELS,
 };
 use super::{kernel_name, quantize_abi as abi, Launch, Lowered, Schedule, ShapeClass};
 
@@ -193,7 +193,7 @@ fn column_range(
     b: &mut Builder,
     scheme: &Scheme,
     shape: ShapeClass,
-    (x, range_local): (Memory, Option<u32>),
+    (x, range_local): (Memory, Option<MseLocals>),
     [row, ch, count]: [Value; 3],
 ) -> (Value, Value) {
     let d = b.u32(shape.head_dim);
@@ -317,7 +317,7 @@ fn lower_all(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
         false => group_range_local(&mut b, scheme.rule),
     };
     let mse_locals = mse_together.then(|| {
-        let acc = b.local("mse", ScalarType::F32, MSE_LOCALS * p.w);
+        let acc = MseLocals::new(&mut b, p.w);
         let lo = b.local("mse_lo", ScalarType::F32, p.w);
         let hi = b.local("mse_hi", ScalarType::F32, p.w);
         (acc, [lo, hi])
@@ -371,7 +371,7 @@ fn lower_all(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
         let (_, h, c0) = coords(&mut b);
         let tokens = b.param(abi::TOKENS);
         let load_row = |b: &mut Builder, t: Value| p.load_row(b, x, h, t, c0);
-        let found = mse_ranges(&mut b, &load_row, p.w, tokens, acc);
+        let found = mse_ranges(&mut b, &load_row, tokens, acc);
         for (j, (lo, hi)) in (0..p.w).zip(found) {
             let at = b.u32(j);
             b.write_local(out[0], at, lo);

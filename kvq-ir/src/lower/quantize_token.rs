@@ -9,7 +9,7 @@ use crate::scheme::{Group, Rule, Scheme};
 use super::emit::{
     flag, flag_non_finite_extremes, flag_probe, for_each_row, from_order_key,
     group_params_unflagged, group_range, group_range_local, load_f32, order_key, pack_scalar,
-    probe_term, quantize_params, range_from_extremes, reads_group, store_param, Coding,
+    probe_term, quantize_params, range_from_extremes, reads_group, store_param, Coding, MseLocals,
     STATUS_OVERFLOW,
 };
 use super::{kernel_name, quantize_abi as abi, Launch, Lowered, Schedule, ShapeClass};
@@ -219,7 +219,7 @@ fn whole(
     (x, input): (Memory, ScalarType),
     row: Value,
     [c_start, n]: [u32; 2],
-    local: Option<u32>,
+    local: Option<MseLocals>,
 ) -> (Value, Value) {
     let off = b.u32(c_start);
     let base = b.add(row, off);

@@ -1,6 +1,6 @@
 //! The range rules and the parameter formula of SPEC.md section 2, one f32 operation at a time.
 
-use crate::scheme::{Center, ParamType, Rule, MSE_ITERATIONS};
+use crate::scheme::{Center, ParamType, Rule, MSE_ITERATIONS, MSE_RUN, MSE_STRANDS};
 
 /// The range [lo, hi] that `rule` picks for a group's values (finite, non-empty).
 ///
@@ -38,25 +38,49 @@ pub fn group_range(rule: Rule, values: &mut [f32]) -> (f32, f32) {
 
 /// The `mse` rule's two levels: t = mean; then [`MSE_ITERATIONS`] rounds of lo = mean of the
 /// values below t, hi = mean of the rest (a side with no value takes t), t = (lo + hi) / 2.
-/// Every sum runs in group order over all values, adding the value or +0.0, and counts are f32.
+/// Every sum is a [`tree_sum`] over the whole group, adding the value or +0.0; counts are exact
+/// integers, converted to f32 once.
 pub fn mse_range(values: &[f32]) -> (f32, f32) {
     let n = values.len() as f32;
-    let mut t = values.iter().fold(0.0f32, |s, &x| s + x) / n;
+    let mut t = tree_sum(values.len(), |i| values[i]) / n;
     let (mut lo, mut hi) = (t, t);
     for _ in 0..MSE_ITERATIONS {
-        let (mut s0, mut n0, mut s1, mut n1) = (0.0f32, 0.0f32, 0.0f32, 0.0f32);
-        for &x in values {
-            let upper = x >= t;
-            s0 += if upper { 0.0 } else { x };
-            n0 += if upper { 0.0 } else { 1.0 };
-            s1 += if upper { x } else { 0.0 };
-            n1 += if upper { 1.0 } else { 0.0 };
-        }
+        let upper = |i: usize| values[i] >= t;
+        let s0 = tree_sum(values.len(), |i| if upper(i) { 0.0 } else { values[i] });
+        let s1 = tree_sum(values.len(), |i| if upper(i) { values[i] } else { 0.0 });
+        let above = values.iter().filter(|&&x| x >= t).count();
+        let (n0, n1) = ((values.len() - above) as f32, above as f32);
         lo = if n0 > 0.0 { s0 / n0 } else { t };
         hi = if n1 > 0.0 { s1 / n1 } else { t };
         t = (lo + hi) / 2.0;
     }
     (lo, hi)
+}
+
+/// The sum of the `n` terms `term(0..n)` in f32 by [`MSE_STRANDS`] strands: the terms go in
+/// runs of [`MSE_RUN`] neighbours to strands 0, 1, .., S - 1, 0, 1, .. in turn; strand `j` is
+/// `+0.0 + term(i) + ..` over its terms `i` in increasing order; then pairs of neighbouring
+/// strands add up (`(s0 + s1), (s2 + s3), ..`), pairs of those, and so on to one sum: a
+/// perfect binary tree over the strands. Strands past the last term are +0.0, which adds
+/// nothing (no strand or node is -0.0), so the tree is cut at the first power of two that holds
+/// every non-empty strand.
+pub fn tree_sum(n: usize, term: impl Fn(usize) -> f32) -> f32 {
+    let strands = n
+        .div_ceil(MSE_RUN)
+        .clamp(1, MSE_STRANDS)
+        .next_power_of_two();
+    let mut nodes: Vec<f32> = (0..strands)
+        .map(|j| {
+            (j * MSE_RUN..n)
+                .step_by(MSE_STRANDS * MSE_RUN)
+                .flat_map(|start| start..(start + MSE_RUN).min(n))
+                .fold(0.0f32, |s, i| s + term(i))
+        })
+        .collect();
+    while nodes.len() > 1 {
+        nodes = nodes.chunks(2).map(|pair| pair[0] + pair[1]).collect();
+    }
+    nodes[0]
 }
 
 /// Smallest and largest value (first occurrence wins among equal values).
@@ -181,6 +205,37 @@ mod tests {
         assert!((hi as f64 - mean(&sorted[best..])).abs() < 1e-2, "{hi}");
         // A constant group has one level.
         assert_eq!(group_range(Rule::Mse, &mut [3.0; 5]), (3.0, 3.0));
+    }
+
+    #[test]
+    fn tree_sum_is_strands_then_pairs() {
+        // Terms whose order shows in f32: one 1 among many t = 2^-24 (a t added to 1 alone is
+        // lost, t added to t is exact).
+        let t = f32::EPSILON / 2.0;
+        let one_at = |k: usize| move |i: usize| if i == k { 1.0 } else { t };
+        let ts = |k: u32| k as f32 * t;
+        // One run: a strand adds in order, 1 + t + t + t = 1.
+        assert_eq!(tree_sum(4, one_at(0)), 1.0);
+        // Runs of 8 to strands 0 and 1: 1 + 7t = 1 and 8t, then 1 + 8t (a running sum: 1).
+        assert_eq!(tree_sum(16, one_at(0)), 1.0 + ts(8));
+        assert_eq!((0..16).fold(0.0f32, |s, i| s + one_at(0)(i)), 1.0);
+        // Five strands (the last holds one term) and the 1 in strand 2:
+        // ((8t + 8t) + (1 + 8t)) + t = (1 + 24t) + t, a tie that rounds to 1 + 24t; a running
+        // sum gives 1 + 16t.
+        assert_eq!(
+            tree_sum(33, one_at(16)),
+            ((ts(8) + ts(8)) + (1.0 + ts(8))) + t
+        );
+        assert_eq!(tree_sum(33, one_at(16)), 1.0 + ts(24));
+        assert_eq!((0..33).fold(0.0f32, |s, i| s + one_at(16)(i)), 1.0 + ts(16));
+        // Past S runs the strands start again: terms S * 8 .. S * 8 + 8 are strand 0's (lost
+        // after its 1), not a strand of their own (8t more).
+        let n = MSE_STRANDS * MSE_RUN + 8;
+        let want = 1.0f32 + ts(8 * (MSE_STRANDS as u32 - 1));
+        assert_eq!(tree_sum(n, one_at(0)), want);
+        // No -0.0 comes out of -0.0 terms, and an empty sum is +0.0.
+        assert_eq!(tree_sum(3, |_| -0.0).to_bits(), 0.0f32.to_bits());
+        assert_eq!(tree_sum(0, |_| 1.0).to_bits(), 0.0f32.to_bits());
     }
 
     #[test]

@@ -19,7 +19,7 @@ mod types;
 pub use error::{ParseError, SchemeError, SchemeErrorKind};
 pub use types::{
     Alpha, Axis, BitOrder, Bits, CacheScheme, Calibration, Center, Group, GroupSize, ParamType,
-    Quantile, Rule, Scheme, MSE_ITERATIONS,
+    Quantile, Rule, Scheme, MSE_ITERATIONS, MSE_RUN, MSE_STRANDS,
 };
 
 impl Scheme {

@@ -162,6 +162,16 @@ pub enum Rule {
 /// Rounds of Lloyd's iteration in [`Rule::Mse`].
 pub const MSE_ITERATIONS: usize = 8;
 
+/// Strands of [`Rule::Mse`]'s sums: element `i` of a group joins strand `(i / MSE_RUN) %
+/// MSE_STRANDS` (runs of [`MSE_RUN`] neighbours dealt out in turn), each strand sums in group
+/// order, and the strands' sums add up by a perfect binary tree (see
+/// `reference::range::tree_sum`), so that a GPU sums a group with this many threads and gets
+/// the same bits as one thread.
+pub const MSE_STRANDS: usize = 2048;
+
+/// Neighbouring elements a strand of [`MSE_STRANDS`] takes at a time.
+pub const MSE_RUN: usize = 8;
+
 /// Storage type of each group's (zero, scale).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ParamType {
