@@ -557,7 +557,10 @@ pub fn mse_ranges(
         slots.set(b, slots.lo(), j, mean);
         slots.set(b, slots.hi(), j, mean);
     }
-    for _ in 0..crate::scheme::MSE_ITERATIONS {
+    // The rounds as a loop of the kernel (not unrolled here): one copy of their code.
+    let first = b.u32(0);
+    let rounds = b.u32(crate::scheme::MSE_ITERATIONS as u32);
+    b.for_range(first, rounds, 1, |b, _| {
         let split = |b: &mut Builder, j: u32, x: Value| {
             let t = slots.get(b, slots.t(), j);
             mse_terms(b, x, t).to_vec()
@@ -570,7 +573,7 @@ pub fn mse_ranges(
             slots.set(b, slots.hi(), j, hi);
             slots.set(b, slots.t(), j, t);
         }
-    }
+    });
     (0..w)
         .map(|j| {
             let lo = slots.get(b, slots.lo(), j);
