@@ -36,7 +36,7 @@ fn check(scheme: &Scheme, schedule: &Schedule, x: &Tensor3) -> Result<(), TestCa
     let lowered =
         lower::quantize(scheme, shape, schedule).map_err(|e| TestCaseError::fail(e.to_string()))?;
     let dq = lower::dequantize(scheme, shape, schedule).unwrap();
-    check_lowered(scheme, &lowered, &dq, x)
+    check_lowered(scheme, &lowered, &dq, x, InputType::F16)
 }
 
 /// [`check`] of given quantize and dequantize kernels.
@@ -45,8 +45,9 @@ fn check_lowered(
     lowered: &lower::Lowered,
     dq: &lower::Lowered,
     x: &Tensor3,
+    input: InputType,
 ) -> Result<(), TestCaseError> {
-    let got = quantize_with(lowered, scheme, x, InputType::F16, RUN);
+    let got = quantize_with(lowered, scheme, x, input, RUN);
     let want = quantize(x, scheme);
     match (got, want) {
         (Ok(got), Ok(want)) => {
@@ -193,6 +194,8 @@ fn cluster_kernel_codes_past_its_stage() {
         "bits = 2, axis = channel, group = all, rule = minmax, order = lsb",
         "bits = 8, axis = channel, group = all, rule = shrink(0.9, center = mid), params = f32",
         "bits = 1, axis = channel, group = all, rule = mse, params = f32",
+        "bits = 1, axis = channel, group = all, rule = quantile(0.2)",
+        "bits = 2, axis = channel, group = all, rule = quantile(0.01), params = f32, order = lsb",
     ];
     for text in schemes {
         let scheme = Scheme::parse(text).unwrap();
@@ -217,7 +220,65 @@ fn cluster_kernel_codes_past_its_stage() {
             let schedule = Schedule::gpu_default(&scheme, shape);
             assert_eq!(schedule.cluster, plan.cluster);
             let dq = lower::dequantize(&scheme, shape, &schedule).unwrap();
-            check_lowered(&scheme, &q, &dq, &x).unwrap_or_else(|e| panic!("{text} {tokens}: {e}"));
+            check_lowered(&scheme, &q, &dq, &x, InputType::F16)
+                .unwrap_or_else(|e| panic!("{text} {tokens}: {e}"));
+        }
+    }
+}
+
+/// The cluster kernel's quantile selection (a radix select over keys of 19, 16 and 32 bits)
+/// on every input type, with ties, both zeros, both signs and values over many binary orders of
+/// magnitude, from a single row to spans past the staged rows: the reference's parameters and
+/// codes bit for bit.
+#[test]
+fn cluster_quantile_selects_like_the_reference_on_every_input_type() {
+    let schemes = [
+        "bits = 1, axis = channel, group = all, rule = quantile(0.2), params = f32",
+        "bits = 2, axis = channel, group = all, rule = quantile(0.45)",
+        "bits = 4, axis = channel, group = all, rule = quantile(0), params = f32",
+    ];
+    // Each input type with its rounding of an f32.
+    type Rounding = fn(f32) -> f32;
+    let inputs: [(InputType, Rounding); 3] = [
+        (InputType::F16, |x: f32| f16::from_f32(x).to_f32()),
+        (InputType::BF16, |x: f32| half::bf16::from_f32(x).to_f32()),
+        (InputType::F32, |x: f32| x),
+    ];
+    for text in schemes {
+        let scheme = Scheme::parse(text).unwrap();
+        for (input, round) in inputs {
+            for tokens in [1usize, 2, 5, 300, 2 * 256 * 8 + 3] {
+                let (h, d) = (2usize, 16usize);
+                let data = (0..h * tokens * d)
+                    .map(|i| {
+                        let (t, c) = (i / d % tokens, i % d);
+                        let x = match (c % 4, t % 7) {
+                            // Ties: a few distinct values, both zeros among them.
+                            (0, _) => ((t * 5 % 9) as f32 - 4.0) * 0.5,
+                            (1, 0) => -0.0,
+                            (1, _) => ((t * 3 % 5) as f32 - 2.0) * 0.0,
+                            // Many orders of magnitude, both signs.
+                            _ => {
+                                let scale = (1u32 << (i * 31 % 15)) as f32 / 256.0;
+                                ((i * 7919 % 1013) as f32 / 1013.0 - 0.5) * scale * 1.0001
+                            }
+                        };
+                        round(x)
+                    })
+                    .collect();
+                let x = Tensor3::new([h, tokens, d], data).unwrap();
+                let shape = ShapeClass {
+                    head_dim: d as u32,
+                    input,
+                };
+                let mut plan = lower::cluster_channel::plan(&scheme, shape).unwrap();
+                plan.stage = plan.block_size;
+                let q = lower::cluster_channel::quantize(&scheme, shape, plan);
+                let schedule = Schedule::gpu_default(&scheme, shape);
+                let dq = lower::dequantize(&scheme, shape, &schedule).unwrap();
+                check_lowered(&scheme, &q, &dq, &x, input)
+                    .unwrap_or_else(|e| panic!("{text} {input:?} {tokens}: {e}"));
+            }
         }
     }
 }

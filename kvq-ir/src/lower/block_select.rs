@@ -98,39 +98,12 @@ impl Select {
 
     /// The shifted order key of `x` (f32).
     fn key(&self, b: &mut Builder, x: Value) -> Value {
-        let bits = b.bitcast(ScalarType::U32, x);
-        let s31 = b.u32(31);
-        let sign = b.binary(BinaryOp::Shr, bits, s31);
-        let zero = b.u32(0);
-        let negative = b.cmp(CmpOp::Ne, sign, zero);
-        let all = b.u32(u32::MAX);
-        let top = b.u32(0x8000_0000);
-        let mask = b.select(negative, all, top);
-        let key = b.binary(BinaryOp::Xor, bits, mask);
-        match self.z {
-            0 => key,
-            z => {
-                let zv = b.u32(z);
-                b.binary(BinaryOp::Shr, key, zv)
-            }
-        }
+        order_key(b, x, self.z)
     }
 
     /// The f32 whose shifted order key is `k`.
     fn value(&self, b: &mut Builder, k: Value) -> Value {
-        if self.z == 0 {
-            return from_order_key(b, k);
-        }
-        let zv = b.u32(self.z);
-        let full = b.binary(BinaryOp::Shl, k, zv);
-        let top = b.u32(0x8000_0000);
-        let high = b.binary(BinaryOp::And, full, top);
-        let zero = b.u32(0);
-        let positive = b.cmp(CmpOp::Ne, high, zero);
-        let low = b.u32((1u32 << self.z) - 1);
-        let ones = b.binary(BinaryOp::Or, full, low);
-        let key = b.select(positive, full, ones);
-        from_order_key(b, key)
+        key_value(b, k, self.z)
     }
 
     /// Element `j % w` of side `j / w`'s local of the pair `locals`.
@@ -427,4 +400,42 @@ fn narrow(
             s.set(b, s.lo, j, lo);
         }
     }
+}
+
+/// The order key of `x` (f32) with its `z` low bits shifted out.
+pub(super) fn order_key(b: &mut Builder, x: Value, z: u32) -> Value {
+    let bits = b.bitcast(ScalarType::U32, x);
+    let s31 = b.u32(31);
+    let sign = b.binary(BinaryOp::Shr, bits, s31);
+    let zero = b.u32(0);
+    let negative = b.cmp(CmpOp::Ne, sign, zero);
+    let all = b.u32(u32::MAX);
+    let top = b.u32(0x8000_0000);
+    let mask = b.select(negative, all, top);
+    let key = b.binary(BinaryOp::Xor, bits, mask);
+    match z {
+        0 => key,
+        z => {
+            let zv = b.u32(z);
+            b.binary(BinaryOp::Shr, key, zv)
+        }
+    }
+}
+
+/// The f32 whose order key with `z` low bits shifted out is `k` (those bits restored: zeros
+/// for a positive value, ones for a negative one).
+pub(super) fn key_value(b: &mut Builder, k: Value, z: u32) -> Value {
+    if z == 0 {
+        return from_order_key(b, k);
+    }
+    let zv = b.u32(z);
+    let full = b.binary(BinaryOp::Shl, k, zv);
+    let top = b.u32(0x8000_0000);
+    let high = b.binary(BinaryOp::And, full, top);
+    let zero = b.u32(0);
+    let positive = b.cmp(CmpOp::Ne, high, zero);
+    let low = b.u32((1u32 << z) - 1);
+    let ones = b.binary(BinaryOp::Or, full, low);
+    let key = b.select(positive, full, ones);
+    from_order_key(b, key)
 }

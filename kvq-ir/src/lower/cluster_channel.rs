@@ -1,10 +1,11 @@
-//! Quantize for axis = channel, group = all with a min/max rule or `mse` on GPUs with
-//! thread-block clusters (sm_90): a cluster of [`MAX_CLUSTER_SIZE`] blocks per (head, column of
+//! Quantize for axis = channel, group = all (every rule) on GPUs with thread-block clusters
+//! (sm_90): a cluster of [`MAX_CLUSTER_SIZE`] blocks per (head, column of
 //! 16 channels), the span dealt out in runs of rows ([`ClusterPlan::run`]): thread `tid` of rank
 //! `r`, the cluster's thread `j = r * block + tid`, takes the runs `j, j + S, j + 2S, ..` (`S`
 //! the cluster's threads), its *strand*. For `mse` the runs are [`MSE_RUN`] rows, the strands of
 //! `reference::range::tree_sum` (whose [`MSE_STRANDS`] are the cluster's threads); for min/max
-//! rules single rows, so that a warp's 32 rows are neighbours and its code stores share sectors.
+//! and quantile rules single rows, so that a warp's 32 rows are neighbours and its code stores
+//! share sectors.
 //!
 //! 1. Each thread loads its rows, one aligned 16-element load per row (32 contiguous bytes of
 //!    f16, a whole sector), which it also keeps in shared memory
@@ -17,7 +18,10 @@
 //!    block's extremes; after a cluster barrier, 16 threads of every block read the cluster's
 //!    partial extremes from each block's shared memory (distributed shared memory), in rank
 //!    order. `mse`: Lloyd's rounds over the rows ([`cluster_mse`](super::cluster_mse)), the
-//!    sums added up by the strands' tree through lanes, warps and ranks.
+//!    sums added up by the strands' tree through lanes, warps and ranks. Quantile: a radix
+//!    select over the staged rows of the whole cluster
+//!    ([`cluster_quantile`](super::cluster_quantile)), after a barrier (each thread counts
+//!    rows that other threads staged).
 //! 3. Those 16 threads derive the range, parameters (stored by rank 0) and code thresholds of
 //!    their channel; a cluster barrier keeps every block's shared memory alive until all have
 //!    read it.
@@ -34,12 +38,12 @@ use crate::ir::{
 };
 use crate::scheme::{Axis, Group, Rule, Scheme, MSE_RUN, MSE_STRANDS};
 
-use super::cluster_mse;
 use super::emit::{
     code, code_from_thresholds, code_threshold, flag_non_finite_extremes, group_params,
     positive_zero, quantize_params, range_from_extremes, store_param, MAX_THRESHOLD_LEVELS,
 };
 use super::lanes::store_lane_bytes;
+use super::{cluster_mse, cluster_quantile};
 use super::{kernel_name, quantize_abi as abi, Launch, Lowered, Schedule, ShapeClass};
 
 /// Channels of a column: one 16-element load per row.
@@ -61,7 +65,8 @@ pub struct ClusterPlan {
     /// Rows a block keeps in shared memory (a multiple of `block_size`: the first `stage /
     /// block_size` rows of each thread).
     pub stage: u32,
-    /// Neighbouring rows a thread takes at a time: [`MSE_RUN`] for `mse`, else 1.
+    /// Neighbouring rows a thread takes at a time: [`MSE_RUN`] for `mse`, else 1 (which the
+    /// quantile selection's reads of other threads' rows assume).
     pub run: u32,
 }
 
@@ -77,16 +82,11 @@ impl ClusterPlan {
     }
 }
 
-/// The plan for `scheme` at `shape`, or why there is none: axis = channel, group = all, a
-/// min/max rule or `mse`, and a head_dim of whole 16-channel columns.
+/// The plan for `scheme` at `shape`, or why there is none: axis = channel, group = all, and a
+/// head_dim of whole 16-channel columns.
 pub fn plan(scheme: &Scheme, shape: ShapeClass) -> Result<ClusterPlan, String> {
-    if scheme.axis != Axis::Channel
-        || scheme.group != Group::All
-        || matches!(scheme.rule, Rule::Quantile(_))
-    {
-        return Err(
-            "the cluster kernel needs axis = channel, group = all, a min/max rule or mse".into(),
-        );
+    if scheme.axis != Axis::Channel || scheme.group != Group::All {
+        return Err("the cluster kernel needs axis = channel, group = all".into());
     }
     if shape.head_dim % COLUMN != 0 {
         return Err(format!(
@@ -132,18 +132,7 @@ fn coords(b: &mut Builder, p: ClusterPlan, columns: u32) -> Coords {
     let bs = b.u32(p.block_size);
     let first = b.mul(rank, bs);
     let strand = b.add(first, tid);
-    // Whole cycles of the strands' runs, then this strand's part of the last one.
-    let tokens = b.param(abi::TOKENS);
-    let cycle = b.u32(p.strands() * p.run);
-    let run = b.u32(p.run);
-    let full = b.div(tokens, cycle);
-    let full_rows = b.mul(full, run);
-    let rest = b.rem(tokens, cycle);
-    let mine = b.mul(strand, run);
-    let past = b.max(rest, mine);
-    let tail = b.sub(past, mine);
-    let tail = b.min(tail, run);
-    let rows = b.add(full_rows, tail);
+    let rows = rows_of(b, p, strand);
     let stage = b.u32(p.stage / p.block_size);
     let staged = b.min(rows, stage);
     Coords {
@@ -155,6 +144,21 @@ fn coords(b: &mut Builder, p: ClusterPlan, columns: u32) -> Coords {
         rows,
         staged,
     }
+}
+
+/// The rows of strand `strand`: whole cycles of the strands' runs, then its part of the last.
+fn rows_of(b: &mut Builder, p: ClusterPlan, strand: Value) -> Value {
+    let tokens = b.param(abi::TOKENS);
+    let cycle = b.u32(p.strands() * p.run);
+    let run = b.u32(p.run);
+    let full = b.div(tokens, cycle);
+    let full_rows = b.mul(full, run);
+    let rest = b.rem(tokens, cycle);
+    let mine = b.mul(strand, run);
+    let past = b.max(rest, mine);
+    let tail = b.sub(past, mine);
+    let tail = b.min(tail, run);
+    b.add(full_rows, tail)
 }
 
 /// The thread's `q`-th row: `(q / run) * S * run + strand * run + q % run`.
@@ -241,6 +245,100 @@ impl Rows {
     }
 }
 
+impl Rows {
+    /// Calls `body(b, x)` with channel `c` (a U32 value below `w`), as f32, of every row of the
+    /// block's threads `first ..+ slots` (a U32 value and a constant; runs of one row): their
+    /// staged rows from shared memory, the rows past them from `x` (through the F32 local
+    /// `value` of one element).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn each_of_slots(
+        &self,
+        b: &mut Builder,
+        first: Value,
+        slots: u32,
+        c: Value,
+        value: u32,
+        body: &dyn Fn(&mut Builder, Value),
+    ) {
+        debug_assert_eq!(self.p.run, 1);
+        let at = coords(b, self.p, self.columns);
+        let bs = b.u32(self.p.block_size);
+        let block_start = b.mul(at.rank, bs);
+        let strand0 = b.add(block_start, first);
+        let strands: Vec<Value> = (0..slots)
+            .map(|i| {
+                let i = b.u32(i);
+                b.add(strand0, i)
+            })
+            .collect();
+        let rows: Vec<Value> = strands.iter().map(|&st| rows_of(b, self.p, st)).collect();
+        let stage_rows = b.u32(self.p.stage / self.p.block_size);
+        // Strands later in the cluster have no more rows than earlier ones.
+        let all_have = b.min(rows[slots as usize - 1], stage_rows);
+        let zero = b.u32(0);
+        b.for_range(zero, all_have, 1, |b, q| {
+            let bs = b.u32(self.p.block_size);
+            let row0 = b.mul(q, bs);
+            let row0 = b.add(row0, first);
+            let wv = b.u32(self.p.w);
+            let e0 = b.mul(row0, wv);
+            let e0 = b.add(e0, c);
+            for i in 0..slots {
+                let off = b.u32(i * self.p.w);
+                let e = b.add(e0, off);
+                let raw = b.load(self.stage, e, 1);
+                let x = widen_one(b, raw, self.input);
+                body(b, x);
+            }
+        });
+        b.for_range(all_have, rows[0], 1, |b, q| {
+            for (i, (&strand, &n)) in strands.iter().zip(&rows).enumerate() {
+                let has = b.cmp(CmpOp::Lt, q, n);
+                b.if_then(has, |b| {
+                    let staged = b.cmp(CmpOp::Lt, q, stage_rows);
+                    let z = b.u32(0);
+                    b.if_else(
+                        staged,
+                        |b| {
+                            let bs = b.u32(self.p.block_size);
+                            let row = b.mul(q, bs);
+                            let row = b.add(row, first);
+                            let i = b.u32(i as u32);
+                            let row = b.add(row, i);
+                            let wv = b.u32(self.p.w);
+                            let e = b.mul(row, wv);
+                            let e = b.add(e, c);
+                            let raw = b.load(self.stage, e, 1);
+                            let x = widen_one(b, raw, self.input);
+                            b.write_local(value, z, x);
+                        },
+                        |b| {
+                            let strands = b.u32(self.p.strands());
+                            let t = b.mul(q, strands);
+                            let t = b.add(t, strand);
+                            let start = x_index(b, &at, t, self.d);
+                            let e = b.add(start, c);
+                            let raw = b.load(self.x, e, 1);
+                            let x = widen_one(b, raw, self.input);
+                            b.write_local(value, z, x);
+                        },
+                    );
+                    let x = b.read_local(value, z);
+                    body(b, x);
+                });
+            }
+        });
+    }
+}
+
+/// One input element as f32.
+fn widen_one(b: &mut Builder, raw: Value, input: ScalarType) -> Value {
+    match input {
+        ScalarType::F32 => raw,
+        _ => b.convert(ScalarType::F32, raw),
+    }
+}
+
 /// The 16 elements of a vector load, as f32.
 fn widen(b: &mut Builder, raw: Value, w: u32, input: ScalarType) -> Vec<Value> {
     (0..w as u8)
@@ -254,8 +352,7 @@ fn widen(b: &mut Builder, raw: Value, w: u32, input: ScalarType) -> Vec<Value> {
         .collect()
 }
 
-/// Quantize, axis = channel, group = all, min/max rules or `mse`, in clusters: see the module
-/// documentation.
+/// Quantize, axis = channel, group = all, in clusters: see the module documentation.
 pub fn quantize(scheme: &Scheme, shape: ShapeClass, p: ClusterPlan) -> Lowered {
     let d = shape.head_dim;
     let columns = d / p.w;
@@ -321,6 +418,10 @@ pub fn quantize(scheme: &Scheme, shape: ShapeClass, p: ClusterPlan) -> Lowered {
             );
             RangeSource::Mse(cluster_mse::rounds(&mut b, p, &rows))
         }
+        Rule::Quantile(level) => {
+            let z = input.constant_key_bits();
+            RangeSource::Quantile(cluster_quantile::select(&mut b, p, &rows, z, level.get()))
+        }
         _ => RangeSource::Extremes(block_extremes(&mut b, p, ext)),
     };
 
@@ -338,6 +439,11 @@ pub fn quantize(scheme: &Scheme, shape: ShapeClass, p: ClusterPlan) -> Lowered {
             RangeSource::Mse(state) => {
                 let (lo, hi) = cluster_mse::range(b, state);
                 (positive_zero(b, lo), positive_zero(b, hi))
+            }
+            RangeSource::Quantile(range) => {
+                let wv = b.u32(p.w);
+                let hi_at = b.add(tid, wv);
+                (b.load(range, tid, 1), b.load(range, hi_at, 1))
             }
         };
         let (zero, scale) = group_params(b, scheme, lo, hi, status);
@@ -423,6 +529,8 @@ enum RangeSource {
     Extremes(Memory),
     /// `mse`'s final levels (a local of the channel threads).
     Mse(u32),
+    /// The quantile rule's ranges (shared: the low ends, then the high ends).
+    Quantile(Memory),
 }
 
 /// The block's extremes of the threads' `ext` into a shared array (element `2c` the minimum of

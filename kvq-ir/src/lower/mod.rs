@@ -12,8 +12,8 @@
 //! | axis = token, min/max rules (cooperative schedule) | [`quantize`] | lanes over channels: a row split across a warp's lanes, group extremes by shuffles ([`lanes`]) |
 //! | axis = channel, group = N, min/max rules (cooperative schedule) | [`quantize`] | one warp per (head, token group): lanes over channels, whole rows per step, extremes by shuffles over the lanes of the same channels ([`lanes_channel`]) |
 //! | any (cooperative schedule) | [`dequantize`] | lanes over channels, aligned f32 vector stores ([`lanes`]) |
-//! | axis = channel, group = all, quantile rule (cooperative schedule) | [`quantize`] | one block per (head, column); the whole block selects the order statistics (`block_select`) |
-//! | axis = channel, group = all, min/max rules and mse (schedule with clusters, sm_90) | [`quantize`] | a cluster of blocks per (head, column), each thread a strand of rows kept in shared memory; the blocks exchange their extremes (or mse's sums, every round) through distributed shared memory ([`cluster_channel`]) |
+//! | axis = channel, group = all, quantile rule (cooperative schedule without clusters; host) | [`quantize`] | one block per (head, column); the whole block selects the order statistics (`block_select`) |
+//! | axis = channel, group = all, every rule (schedule with clusters, sm_90) | [`quantize`] | a cluster of blocks per (head, column), each thread a strand of rows kept in shared memory; the blocks exchange their extremes (or mse's sums every round, or the quantile rule's histograms every pass) through distributed shared memory ([`cluster_channel`]) |
 //!
 //! Statistics and codes read the data twice (a range needs the whole group before the first code);
 //! the quantile rule selects exact order statistics with [`crate::ir::Op::SelectRank`]. Every
@@ -25,6 +25,7 @@ pub mod attention;
 mod block_select;
 pub mod cluster_channel;
 mod cluster_mse;
+mod cluster_quantile;
 mod dequantize;
 mod emit;
 pub mod io;
@@ -108,9 +109,9 @@ pub struct Schedule {
     /// dequantize of every scheme), the kernels above elsewhere. `block_size` is then a
     /// multiple of 32.
     pub cooperative: bool,
-    /// Blocks per thread-block cluster (sm_90) for axis = channel, group = all with a min/max
-    /// rule or mse: the span split across a cluster's blocks ([`cluster_channel`]); 1 (no clusters)
-    /// elsewhere, and for GPUs without clusters ([`Schedule::without_clusters`]).
+    /// Blocks per thread-block cluster (sm_90) for axis = channel, group = all: the span split
+    /// across a cluster's blocks ([`cluster_channel`]); 1 (no clusters) elsewhere, and for GPUs
+    /// without clusters ([`Schedule::without_clusters`]).
     pub cluster: u32,
 }
 
@@ -120,12 +121,9 @@ impl Schedule {
         let per_byte = scheme.bits.codes_per_byte() as u32;
         let channels = per_byte.max(8).min(shape.head_dim);
         Schedule {
-            // group = all: 32 warps per column, their extremes combined by warp reductions;
-            // the quantile rule's order statistics are selected by 8 warps (the search's
-            // counters, three per channel and side, need more than the 128 registers a thread
-            // of 512 may have: ptxas spilled 600 bytes there); mse runs in clusters where the
-            // GPU has them ([`Schedule::with_clusters`]), else one thread per channel sums its
-            // strands, with 256 threads.
+            // group = all runs in clusters where the GPU has them and head_dim is whole
+            // 16-channel columns ([`Schedule::with_clusters`]); else in one block per column
+            // of these sizes (see [`Schedule::without_clusters`]).
             block_size: match (scheme.axis, scheme.group, scheme.rule) {
                 (Axis::Channel, Group::All, Rule::Quantile(_)) => 256,
                 (Axis::Channel, Group::All, Rule::Mse) => 256,
@@ -155,7 +153,11 @@ impl Schedule {
     }
 
     /// This schedule for a GPU without thread-block clusters (sm_80): the cluster kernel's
-    /// schemes get the one-block-per-column kernel of [`Schedule::gpu_default`]'s sizes.
+    /// schemes get the one-block-per-column kernel: 32 warps per column, their extremes combined
+    /// by warp reductions; the quantile rule's order statistics selected by 8 warps (the
+    /// search's counters, three per channel and side, need more than the 128 registers a thread
+    /// of 512 may have: ptxas spilled 600 bytes there); for mse one thread per channel sums its
+    /// strands, with 256 threads.
     pub fn without_clusters(self, scheme: &Scheme, shape: ShapeClass) -> Schedule {
         match self.cluster {
             1 => self,
@@ -165,7 +167,7 @@ impl Schedule {
                     .min(shape.head_dim);
                 Schedule {
                     block_size: match scheme.rule {
-                        Rule::Mse => 256,
+                        Rule::Mse | Rule::Quantile(_) => 256,
                         _ => 1024,
                     },
                     channels,

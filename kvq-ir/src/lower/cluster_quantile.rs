@@ -1,0 +1,504 @@
+//! The quantile rule in the cluster kernel ([`super::cluster_channel`]): the order statistics of
+//! each of the column's 16 channels by a radix select over the cluster's staged rows, with the
+//! exact result of [`crate::ir::Op::SelectRank`] (and of the one-block kernel, `block_select`).
+//!
+//! Keys are `block_select::order_key`'s (f32's total order, the input type's constant low bits
+//! shifted out: 19 bits for f16, 16 for bf16, 32 for f32). Thread `tid` counts channel
+//! `tid % 16` of the rows of the block's threads `16 (tid / 16) ..+ 16` (its *slots*) into its
+//! own histogram, a column of [`BINS`] u32 counters in shared memory (counter `bin` at
+//! `bin * block + tid`: a warp's lanes hit 32 different banks, whatever their bins). A pass
+//! decides the next digit of every (channel, side) search, side 0 the rank-k key of level `p`,
+//! side 1 that of level `1 - p`:
+//! - the first pass counts the keys' top [`BINS`]` .ilog2()` bits, one histogram for both sides;
+//! - later passes count the next `log2(BINS / 2)` bits (fewer on the last pass), side 0's keys
+//!   (those whose decided bits equal side 0's prefix) in the lower half of the bins, side 1's in
+//!   the upper half, or both in the lower half when the two prefixes are equal (the keys of two
+//!   different prefixes are disjoint, so each key is counted at most once); other keys go to a
+//!   counter never read.
+//!
+//! After a pass the block adds its threads' histograms per channel, a cluster barrier, and every
+//! block adds the cluster's ranks' sums in rank order (distributed shared memory; integer sums,
+//! so the order does not change them). 32 threads, one per (channel, side), scan their
+//! channel's bins: the digit is the first bin where the keys below the bracket plus the bins so
+//! far reach k + 1. The last pass also finds, per thread and side, the smallest key above the
+//! bracket (minimum over the cluster like the sums), so that the rank-(k + 1) key is known
+//! without another pass: K itself when at least k + 2 keys are at or below K, else the next
+//! non-empty bin of the bracket, else that smallest key above it. The interpolation is
+//! [`quantile_interpolate`]'s, the same bits as the reference.
+
+use crate::ir::{BinaryOp, Builder, CmpOp, Memory, ScalarType, Special, Value};
+
+use super::block_select::{key_value, order_key};
+use super::cluster_channel::{ClusterPlan, Rows};
+use super::emit::{positive_zero, quantile_interpolate, quantile_rank};
+use super::quantize_abi as abi;
+
+/// Counters per thread's histogram (a power of two); one more counter takes the keys that no
+/// search counts.
+pub(super) const BINS: u32 = 32;
+
+/// Threads whose rows one thread counts (for one channel).
+const SLOTS: u32 = 16;
+
+/// The levels' sides: the range's low and high ends.
+const SIDES: u32 = 2;
+
+/// Digit widths of the passes over keys of `key_bits` bits.
+fn digit_widths(key_bits: u32) -> Vec<u32> {
+    let first = BINS.ilog2();
+    let later = first - 1;
+    let mut widths = vec![first.min(key_bits)];
+    let mut done = widths[0];
+    while done < key_bits {
+        let w = later.min(key_bits - done);
+        widths.push(w);
+        done += w;
+    }
+    widths
+}
+
+/// Entries of a block's sums: `BINS` counters per channel, then the minima above the bracket
+/// per (side, channel).
+fn entries(w: u32) -> u32 {
+    BINS * w + SIDES * w
+}
+
+/// The selection's shared arrays and locals.
+struct Select {
+    p: ClusterPlan,
+    /// Each thread's histogram column.
+    hist: Memory,
+    /// A block's sums, two buffers of [`entries`] (entry `bin * w + c`, then the minima at
+    /// `BINS * w + side * w + c`).
+    block: Memory,
+    /// The cluster's sums, one buffer of [`entries`].
+    cluster: Memory,
+    /// Per (side, thread): the smallest key above the bracket.
+    least_part: Memory,
+    /// Per (side, channel): the decided prefix of the key, two buffers (pass `j` writes buffer
+    /// `j % 2`, which the next pass reads while its scan writes the other).
+    prefix: Memory,
+    /// Per (side, channel): the quantile, once found.
+    quantiles: Memory,
+    /// The thread's smallest keys above the brackets (2 elements).
+    least: u32,
+    /// The scanning thread's search: [`SCAN_BELOW`], [`SCAN_PREFIX`].
+    scan: u32,
+    /// The scanning thread's pass over the bins: [`FOUND_DIGIT`] .. [`FOUND_NEXT`].
+    found: u32,
+    /// A value read past the staged rows.
+    value: u32,
+}
+
+/// Keys below the bracket.
+const SCAN_BELOW: u32 = 0;
+/// The decided bits.
+const SCAN_PREFIX: u32 = 1;
+/// The pass's digit (`BINS` until found).
+const FOUND_DIGIT: u32 = 0;
+/// Keys below the bin being scanned (frozen at the digit's bin).
+const FOUND_CUM: u32 = 1;
+/// Keys at or below the digit's bin.
+const FOUND_LE: u32 = 2;
+/// The first non-empty bin after the digit's (`BINS`: none).
+const FOUND_NEXT: u32 = 3;
+
+/// Selects the quantile rule's range (level `p_level`) of each of the column's `w` channels over
+/// the cluster's rows, `z` the key bits shifted out. Returns a shared F32 array of `2 w`
+/// elements, element `side * w + c` channel `c`'s low (side 0) or high (side 1) end, valid after
+/// the barrier this function ends with. Contains barriers and cluster barriers: call it at the
+/// top level.
+pub(super) fn select(b: &mut Builder, p: ClusterPlan, rows: &Rows, z: u32, p_level: f64) -> Memory {
+    let w = p.w;
+    let s = Select {
+        p,
+        hist: b.shared("q_hist", ScalarType::U32, (BINS + 1) * p.block_size),
+        block: b.shared("q_block", ScalarType::U32, 2 * entries(w)),
+        cluster: b.shared("q_cluster", ScalarType::U32, entries(w)),
+        least_part: b.shared("q_least", ScalarType::U32, SIDES * p.block_size),
+        prefix: b.shared("q_prefix", ScalarType::U32, 2 * SIDES * w),
+        quantiles: b.shared("q_range", ScalarType::F32, SIDES * w),
+        least: b.local("q_least_l", ScalarType::U32, SIDES),
+        scan: b.local("q_scan", ScalarType::U32, 2),
+        found: b.local("q_found", ScalarType::U32, 4),
+        value: b.local("q_value", ScalarType::F32, 1),
+    };
+    // Threads count rows that other threads staged.
+    b.barrier();
+    let key_bits = 32 - z;
+    let widths = digit_widths(key_bits);
+    let mut done = 0;
+    for (pass, &width) in widths.iter().enumerate() {
+        let last = pass + 1 == widths.len();
+        let d = Digit {
+            done,
+            width,
+            buf: pass as u32 % 2,
+        };
+        count(b, &s, rows, z, d, last);
+        add_up(b, &s, d.buf, last);
+        scan(b, &s, d, [p_level, 1.0 - p_level], last, z);
+        done += width;
+    }
+    s.quantiles
+}
+
+/// The digit a pass decides: `width` bits below the `done` bits decided, of `done + width +
+/// shift` key bits.
+#[derive(Clone, Copy)]
+struct Digit {
+    done: u32,
+    width: u32,
+    /// The pass's buffer of `block` and `prefix` (the previous pass's prefixes are in the
+    /// other).
+    buf: u32,
+}
+
+/// One counting pass: zero the thread's histogram, count its slots' keys of its channel, and
+/// (last pass) track the smallest keys above the brackets.
+fn count(b: &mut Builder, s: &Select, rows: &Rows, z: u32, d: Digit, last: bool) {
+    let bsz = s.p.block_size;
+    let tid = b.special(Special::ThreadId);
+    for bin in 0..=BINS {
+        let at = b.u32(bin * bsz);
+        let at = b.add(at, tid);
+        let zero = b.u32(0);
+        b.store(s.hist, at, zero);
+    }
+    let wv = b.u32(s.p.w);
+    let c = b.rem(tid, wv);
+    let slots = b.u32(SLOTS);
+    let g = b.div(tid, slots);
+    let first_slot = b.mul(g, slots);
+    let key_bits = 32 - z;
+    let shift = key_bits - d.done - d.width;
+    // The sides' prefixes of this thread's channel (before any pass: none).
+    let prefixes: Option<[Value; 2]> = (d.done > 0).then(|| {
+        [0, 1].map(|side| {
+            let side = b.u32(side);
+            load_prefix(b, s, 1 - d.buf, side, c)
+        })
+    });
+    if last {
+        for side in 0..SIDES {
+            let (at, max) = (b.u32(side), b.u32(u32::MAX));
+            b.write_local(s.least, at, max);
+        }
+    }
+    rows.each_of_slots(b, first_slot, SLOTS, c, s.value, &|b, x| {
+        // The whole key (its `z` constant bits too): one shift takes out the digit.
+        let key = order_key(b, x, 0);
+        let sh = b.u32(z + shift);
+        let moved = b.binary(BinaryOp::Shr, key, sh);
+        let bin = match prefixes {
+            None => moved,
+            Some([p0, p1]) => {
+                let mask = b.u32((1 << d.width) - 1);
+                let digit = b.binary(BinaryOp::And, moved, mask);
+                let hs = b.u32(z + shift + d.width);
+                let high = b.binary(BinaryOp::Shr, key, hs);
+                let is0 = b.cmp(CmpOp::Eq, high, p0);
+                let is1 = b.cmp(CmpOp::Eq, high, p1);
+                let half = b.u32(BINS / 2);
+                let upper = b.add(digit, half);
+                let trash = b.u32(BINS);
+                let other = b.select(is1, upper, trash);
+                if last {
+                    for (side, &ps) in [p0, p1].iter().enumerate() {
+                        let above = b.cmp(CmpOp::Gt, high, ps);
+                        let max = b.u32(u32::MAX);
+                        let candidate = b.select(above, key, max);
+                        let at = b.u32(side as u32);
+                        let m = b.read_local(s.least, at);
+                        let m = b.min(m, candidate);
+                        b.write_local(s.least, at, m);
+                    }
+                }
+                b.select(is0, digit, other)
+            }
+        };
+        let bs = b.u32(bsz);
+        let row = b.mul(bin, bs);
+        let tid = b.special(Special::ThreadId);
+        let at = b.add(row, tid);
+        let n = b.load(s.hist, at, 1);
+        let one = b.u32(1);
+        let n = b.add(n, one);
+        b.store(s.hist, at, n);
+    });
+    if last {
+        for side in 0..SIDES {
+            let at = b.u32(side);
+            let m = b.read_local(s.least, at);
+            let m = match z {
+                0 => m,
+                _ => {
+                    let zv = b.u32(z);
+                    b.binary(BinaryOp::Shr, m, zv)
+                }
+            };
+            let off = b.u32(side * bsz);
+            let to = b.add(off, tid);
+            b.store(s.least_part, to, m);
+        }
+    }
+    b.barrier();
+}
+
+/// The block's sums into buffer `buf` of `block` (a cluster barrier after), then the cluster's
+/// into `cluster` (a barrier after).
+fn add_up(b: &mut Builder, s: &Select, buf: u32, last: bool) {
+    let (w, bsz) = (s.p.w, s.p.block_size);
+    let n = entries(w);
+    let counters = BINS * w;
+    let tid = b.special(Special::ThreadId);
+    let base = b.u32(buf * n);
+    // Entry e < counters: bin e / w of channel e % w, over the SLOTS-thread groups g.
+    for e0 in (0..counters).step_by(bsz as usize) {
+        let off = b.u32(e0);
+        let e = b.add(off, tid);
+        let limit = b.u32(counters);
+        let inside = b.cmp(CmpOp::Lt, e, limit);
+        b.if_then(inside, |b| {
+            let wv = b.u32(w);
+            let bin = b.div(e, wv);
+            let c = b.rem(e, wv);
+            let bs = b.u32(bsz);
+            let row = b.mul(bin, bs);
+            let row = b.add(row, c);
+            let mut sum = b.u32(0);
+            for g in 0..bsz / SLOTS {
+                let off = b.u32(g * SLOTS);
+                let at = b.add(row, off);
+                let v = b.load(s.hist, at, 1);
+                sum = b.add(sum, v);
+            }
+            let to = b.add(base, e);
+            b.store(s.block, to, sum);
+        });
+    }
+    if last {
+        // Entry counters + side * w + c: the minimum over the groups.
+        let pairs = b.u32(SIDES * w);
+        let inside = b.cmp(CmpOp::Lt, tid, pairs);
+        b.if_then(inside, |b| {
+            let wv = b.u32(w);
+            let side = b.div(tid, wv);
+            let c = b.rem(tid, wv);
+            let bs = b.u32(bsz);
+            let row = b.mul(side, bs);
+            let row = b.add(row, c);
+            let mut m = b.u32(u32::MAX);
+            for g in 0..bsz / SLOTS {
+                let off = b.u32(g * SLOTS);
+                let at = b.add(row, off);
+                let v = b.load(s.least_part, at, 1);
+                m = b.min(m, v);
+            }
+            let off = b.u32(buf * n + counters);
+            let to = b.add(off, tid);
+            b.store(s.block, to, m);
+        });
+    }
+    b.cluster_barrier();
+    let tid = b.special(Special::ThreadId);
+    let base = b.u32(buf * n);
+    let used = match last {
+        true => n,
+        false => counters,
+    };
+    for e0 in (0..used).step_by(bsz as usize) {
+        let off = b.u32(e0);
+        let e = b.add(off, tid);
+        let limit = b.u32(used);
+        let inside = b.cmp(CmpOp::Lt, e, limit);
+        b.if_then(inside, |b| {
+            let at = b.add(base, e);
+            let limit = b.u32(counters);
+            let is_least = b.cmp(CmpOp::Ge, e, limit);
+            let rank = b.u32(0);
+            let mut acc = b.load_remote(s.block, rank, at);
+            let mut least = acc;
+            for r in 1..s.p.cluster {
+                let rank = b.u32(r);
+                let v = b.load_remote(s.block, rank, at);
+                acc = b.add(acc, v);
+                least = b.min(least, v);
+            }
+            let v = b.select(is_least, least, acc);
+            b.store(s.cluster, e, v);
+        });
+    }
+    b.barrier();
+}
+
+/// The scanning threads (one per (side, channel)) append the pass's digit to their prefixes;
+/// after the last pass they interpolate the quantiles. A barrier after.
+fn scan(b: &mut Builder, s: &Select, d: Digit, levels: [f64; 2], last: bool, z: u32) {
+    let w = s.p.w;
+    let tid = b.special(Special::ThreadId);
+    let pairs = b.u32(SIDES * w);
+    let scanning = b.cmp(CmpOp::Lt, tid, pairs);
+    b.if_then(scanning, |b| {
+        let wv = b.u32(w);
+        let side = b.div(tid, wv);
+        let c = b.rem(tid, wv);
+        let tokens = b.param(abi::TOKENS);
+        let ranks = levels.map(|level| quantile_rank(b, tokens, level));
+        let zero = b.u32(0);
+        let is_hi = b.cmp(CmpOp::Ne, side, zero);
+        let rank = select_rank(b, is_hi, ranks[0], ranks[1]);
+        let one = b.u32(1);
+        let wanted = b.add(rank.k, one);
+        // This side's keys lie in the upper half of the bins for side 1 when the prefixes
+        // differ, else in the lower half (the first pass: the whole histogram).
+        let half = match d.done {
+            0 => zero,
+            _ => {
+                let p_own = load_prefix(b, s, 1 - d.buf, side, c);
+                let other = b.sub(one, side);
+                let p_other = load_prefix(b, s, 1 - d.buf, other, c);
+                let differ = b.cmp(CmpOp::Ne, p_own, p_other);
+                let upper = b.binary(BinaryOp::And, is_hi, differ);
+                let h = b.u32(BINS / 2);
+                b.select(upper, h, zero)
+            }
+        };
+        let [below, prefix] = match d.done {
+            0 => [zero, zero],
+            _ => [SCAN_BELOW, SCAN_PREFIX].map(|i| {
+                let i = b.u32(i);
+                b.read_local(s.scan, i)
+            }),
+        };
+        let none = b.u32(BINS);
+        for (i, v) in [
+            (FOUND_DIGIT, none),
+            (FOUND_CUM, below),
+            (FOUND_LE, zero),
+            (FOUND_NEXT, none),
+        ] {
+            let i = b.u32(i);
+            b.write_local(s.found, i, v);
+        }
+        let bins = b.u32(1 << d.width);
+        b.for_range(zero, bins, 1, |b, bin| {
+            let n = load_bin(b, s, half, bin, c);
+            let [digit, cum, le, next] = [FOUND_DIGIT, FOUND_CUM, FOUND_LE, FOUND_NEXT].map(|i| {
+                let i = b.u32(i);
+                b.read_local(s.found, i)
+            });
+            let none = b.u32(BINS);
+            let searching = b.cmp(CmpOp::Eq, digit, none);
+            let reach = b.add(cum, n);
+            let enough = b.cmp(CmpOp::Ge, reach, wanted);
+            let hit = b.binary(BinaryOp::And, searching, enough);
+            // The first non-empty bin after the digit's.
+            let zero = b.u32(0);
+            let filled = b.cmp(CmpOp::Ne, n, zero);
+            let unset = b.cmp(CmpOp::Eq, next, none);
+            let after = b.cmp(CmpOp::Ne, digit, none);
+            let first_after = b.binary(BinaryOp::And, after, unset);
+            let first_after = b.binary(BinaryOp::And, first_after, filled);
+            let next = b.select(first_after, bin, next);
+            let digit = b.select(hit, bin, digit);
+            let cum = b.select(searching, reach, cum);
+            let le = b.select(hit, reach, le);
+            for (i, v) in [
+                (FOUND_DIGIT, digit),
+                (FOUND_CUM, cum),
+                (FOUND_LE, le),
+                (FOUND_NEXT, next),
+            ] {
+                let i = b.u32(i);
+                b.write_local(s.found, i, v);
+            }
+        });
+        let [digit, le, next_bin] = [FOUND_DIGIT, FOUND_LE, FOUND_NEXT].map(|i| {
+            let i = b.u32(i);
+            b.read_local(s.found, i)
+        });
+        // Below the new bracket: the keys at or below the digit's bin, less that bin's.
+        let own = load_bin(b, s, half, digit, c);
+        let new_below = b.sub(le, own);
+        let width = b.u32(d.width);
+        let moved = b.binary(BinaryOp::Shl, prefix, width);
+        let new_prefix = b.binary(BinaryOp::Or, moved, digit);
+        for (i, v) in [(SCAN_BELOW, new_below), (SCAN_PREFIX, new_prefix)] {
+            let i = b.u32(i);
+            b.write_local(s.scan, i, v);
+        }
+        let row = b.mul(side, wv);
+        let slot = b.add(row, c);
+        let buffer = b.u32(d.buf * SIDES * w);
+        let to = b.add(buffer, slot);
+        b.store(s.prefix, to, new_prefix);
+        if last {
+            // The rank-(k + 1) key: K again, the bracket's next non-empty bin, or the smallest
+            // key above the bracket.
+            let two = b.u32(2);
+            let wanted2 = b.add(rank.k, two);
+            let repeated = b.cmp(CmpOp::Ge, le, wanted2);
+            let in_bracket = b.cmp(CmpOp::Ne, next_bin, none);
+            let next_key = b.binary(BinaryOp::Or, moved, next_bin);
+            let counters = b.u32(BINS * w);
+            let least_at = b.add(counters, slot);
+            let least = b.load(s.cluster, least_at, 1);
+            let k1_key = b.select(in_bracket, next_key, least);
+            let k1_key = b.select(repeated, new_prefix, k1_key);
+            let k1_key = b.select(rank.is_last, new_prefix, k1_key);
+            let vk = key_value(b, new_prefix, z);
+            let vk1 = key_value(b, k1_key, z);
+            let q = quantile_interpolate(b, rank, vk, vk1);
+            let q = positive_zero(b, q);
+            b.store(s.quantiles, slot, q);
+        }
+    });
+    b.barrier();
+}
+
+/// The cluster's count in bin `half + bin` of channel `c`.
+fn load_bin(b: &mut Builder, s: &Select, half: Value, bin: Value, c: Value) -> Value {
+    let off = b.add(half, bin);
+    let wv = b.u32(s.p.w);
+    let row = b.mul(off, wv);
+    let e = b.add(row, c);
+    b.load(s.cluster, e, 1)
+}
+
+/// Side `side`'s prefix of channel `c` in buffer `buf`.
+fn load_prefix(b: &mut Builder, s: &Select, buf: u32, side: Value, c: Value) -> Value {
+    let wv = b.u32(s.p.w);
+    let row = b.mul(side, wv);
+    let at = b.add(row, c);
+    let buffer = b.u32(buf * SIDES * s.p.w);
+    let at = b.add(buffer, at);
+    b.load(s.prefix, at, 1)
+}
+
+/// The rank of side 1 when `is_hi`, else side 0's.
+fn select_rank(
+    b: &mut Builder,
+    is_hi: Value,
+    lo: super::emit::QuantileRank,
+    hi: super::emit::QuantileRank,
+) -> super::emit::QuantileRank {
+    super::emit::QuantileRank {
+        k: b.select(is_hi, hi.k, lo.k),
+        k1: b.select(is_hi, hi.k1, lo.k1),
+        is_last: b.select(is_hi, hi.is_last, lo.is_last),
+        frac: b.select(is_hi, hi.frac, lo.frac),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digits_cover_the_key() {
+        assert_eq!(digit_widths(19), vec![5, 4, 4, 4, 2]);
+        assert_eq!(digit_widths(16), vec![5, 4, 4, 3]);
+        assert_eq!(digit_widths(32).iter().sum::<u32>(), 32);
+    }
+}
