@@ -227,9 +227,9 @@ fn cluster_kernel_codes_past_its_stage() {
 }
 
 /// The cluster kernel's quantile selection (a radix select over keys of 19, 16 and 32 bits)
-/// on every input type, with ties, both zeros, both signs and values over many binary orders of
-/// magnitude, from a single row to spans past the staged rows: the reference's parameters and
-/// codes bit for bit.
+/// on every input type, with ties, both zeros, both signs, f16's subnormals and extremes, and
+/// values over many binary orders of magnitude, from a single row to spans past the staged rows:
+/// the reference's parameters and codes bit for bit.
 #[test]
 fn cluster_quantile_selects_like_the_reference_on_every_input_type() {
     let schemes = [
@@ -257,6 +257,11 @@ fn cluster_quantile_selects_like_the_reference_on_every_input_type() {
                             (0, _) => ((t * 5 % 9) as f32 - 4.0) * 0.5,
                             (1, 0) => -0.0,
                             (1, _) => ((t * 3 % 5) as f32 - 2.0) * 0.0,
+                            // f16's subnormals, smallest normals and largest values.
+                            (2, _) if t % 3 == 0 => {
+                                let tiny = 2f32.powi(-24) * (t % 11) as f32;
+                                [tiny, -tiny, 6.1035156e-5, -65504.0, 65504.0][t % 5]
+                            }
                             // Many orders of magnitude, both signs.
                             _ => {
                                 let scale = (1u32 << (i * 31 % 15)) as f32 / 256.0;

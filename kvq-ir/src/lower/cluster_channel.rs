@@ -418,10 +418,13 @@ pub fn quantize(scheme: &Scheme, shape: ShapeClass, p: ClusterPlan) -> Lowered {
             );
             RangeSource::Mse(cluster_mse::rounds(&mut b, p, &rows))
         }
-        Rule::Quantile(level) => {
-            let z = input.constant_key_bits();
-            RangeSource::Quantile(cluster_quantile::select(&mut b, p, &rows, z, level.get()))
-        }
+        Rule::Quantile(level) => RangeSource::Quantile(cluster_quantile::select(
+            &mut b,
+            p,
+            &rows,
+            input,
+            level.get(),
+        )),
         _ => RangeSource::Extremes(block_extremes(&mut b, p, ext)),
     };
 

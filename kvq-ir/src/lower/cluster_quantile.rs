@@ -2,14 +2,13 @@
 //! each of the column's 16 channels by a radix select over the cluster's staged rows, with the
 //! exact result of [`crate::ir::Op::SelectRank`] (and of the one-block kernel, `block_select`).
 //!
-//! Keys are `block_select::order_key`'s (f32's total order, the input type's constant low bits
-//! shifted out: 19 bits for f16, 16 for bf16, 32 for f32). Thread `tid` counts channel
+//! Keys follow f32's total order ([`Keys`]: 16 bits for f16 and bf16, 32 for f32). Thread `tid` counts channel
 //! `tid % 16` of the rows of the block's threads `16 (tid / 16) ..+ 16` (its *slots*) into its
 //! own histogram, a column of [`BINS`] u32 counters in shared memory (counter `bin` at
 //! `bin * block + tid`: a warp's lanes hit 32 different banks, whatever their bins). A pass
 //! decides the next digit of every (channel, side) search, side 0 the rank-k key of level `p`,
 //! side 1 that of level `1 - p`:
-//! - the first pass counts the keys' top [`BINS`]` .ilog2()` bits, one histogram for both sides;
+//! - the first pass counts the keys' top `log2(BINS)` bits, one histogram for both sides;
 //! - later passes count the next `log2(BINS / 2)` bits (fewer on the last pass), side 0's keys
 //!   (those whose decided bits equal side 0's prefix) in the lower half of the bins, side 1's in
 //!   the upper half, or both in the lower half when the two prefixes are equal (the keys of two
@@ -42,6 +41,98 @@ const SLOTS: u32 = 16;
 
 /// The levels' sides: the range's low and high ends.
 const SIDES: u32 = 2;
+
+/// How a value becomes its radix key: `block_select::order_key` of the value (f16: scaled by
+/// 2^-112 first, which is exact and maps each f16 value to the f32 whose order key's bits 13..
+/// are the f16 value's own order key plus `0x38000`, so that f16 keys take 16 bits instead of
+/// 19), its `z` constant low bits shifted out, less `offset`.
+#[derive(Debug, Clone, Copy)]
+struct Keys {
+    /// Key bits.
+    bits: u32,
+    /// Constant low bits of the f32 order key.
+    z: u32,
+    /// Subtracted from the shifted f32 key: a multiple of `2^(bits - first digit)`.
+    offset: u32,
+    /// Whether values are scaled by 2^-112 first (f16).
+    scaled: bool,
+}
+
+/// 2^-112: an f16 value times this is an f32 whose exponent field is the f16 value's (f16
+/// subnormals become f32 subnormals, exactly).
+const F16_TO_F32_FIELDS: f32 = f32::from_bits(15 << 23);
+
+impl Keys {
+    fn of(input: ScalarType) -> Keys {
+        match input {
+            ScalarType::F16 => Keys {
+                bits: 16,
+                z: 13,
+                offset: 0x38000,
+                scaled: true,
+            },
+            _ => {
+                let z = input.constant_key_bits();
+                Keys {
+                    bits: 32 - z,
+                    z,
+                    offset: 0,
+                    scaled: false,
+                }
+            }
+        }
+    }
+
+    /// The f32 order key of value `x` (scaled first for f16), all 32 bits.
+    fn f32_key(&self, b: &mut Builder, x: Value) -> Value {
+        let x = match self.scaled {
+            true => {
+                let scale = b.f32(F16_TO_F32_FIELDS);
+                b.mul(x, scale)
+            }
+            false => x,
+        };
+        order_key(b, x, 0)
+    }
+
+    /// The key of an f32 order key from [`Keys::f32_key`] (wrapping for keys outside the range).
+    fn key_of(&self, b: &mut Builder, key: Value) -> Value {
+        let key = match self.z {
+            0 => key,
+            z => {
+                let zv = b.u32(z);
+                b.binary(BinaryOp::Shr, key, zv)
+            }
+        };
+        match self.offset {
+            0 => key,
+            offset => {
+                let offset = b.u32(offset);
+                b.sub(key, offset)
+            }
+        }
+    }
+
+    /// The value (f32) whose key is `k`.
+    fn value(&self, b: &mut Builder, k: Value) -> Value {
+        let k = match self.offset {
+            0 => k,
+            offset => {
+                let offset = b.u32(offset);
+                b.add(k, offset)
+            }
+        };
+        let v = key_value(b, k, self.z);
+        match self.scaled {
+            true => {
+                // 2^112, exact.
+                let scale = b.f32(f32::from_bits(239 << 23));
+                b.mul(v, scale)
+            }
+            false => v,
+        }
+    }
+}
 
 /// Digit widths of the passes over keys of `key_bits` bits.
 fn digit_widths(key_bits: u32) -> Vec<u32> {
@@ -108,7 +199,14 @@ const FOUND_NEXT: u32 = 3;
 /// elements, element `side * w + c` channel `c`'s low (side 0) or high (side 1) end, valid after
 /// the barrier this function ends with. Contains barriers and cluster barriers: call it at the
 /// top level.
-pub(super) fn select(b: &mut Builder, p: ClusterPlan, rows: &Rows, z: u32, p_level: f64) -> Memory {
+pub(super) fn select(
+    b: &mut Builder,
+    p: ClusterPlan,
+    rows: &Rows,
+    input: ScalarType,
+    p_level: f64,
+) -> Memory {
+    let keys = Keys::of(input);
     let w = p.w;
     let s = Select {
         p,
@@ -125,8 +223,7 @@ pub(super) fn select(b: &mut Builder, p: ClusterPlan, rows: &Rows, z: u32, p_lev
     };
     // Threads count rows that other threads staged.
     b.barrier();
-    let key_bits = 32 - z;
-    let widths = digit_widths(key_bits);
+    let widths = digit_widths(keys.bits);
     let mut done = 0;
     for (pass, &width) in widths.iter().enumerate() {
         let last = pass + 1 == widths.len();
@@ -135,9 +232,9 @@ pub(super) fn select(b: &mut Builder, p: ClusterPlan, rows: &Rows, z: u32, p_lev
             width,
             buf: pass as u32 % 2,
         };
-        count(b, &s, rows, z, d, last);
+        count(b, &s, rows, keys, d, last);
         add_up(b, &s, d.buf, last);
-        scan(b, &s, d, [p_level, 1.0 - p_level], last, z);
+        scan(b, &s, d, [p_level, 1.0 - p_level], last, keys);
         done += width;
     }
     s.quantiles
@@ -156,7 +253,7 @@ struct Digit {
 
 /// One counting pass: zero the thread's histogram, count its slots' keys of its channel, and
 /// (last pass) track the smallest keys above the brackets.
-fn count(b: &mut Builder, s: &Select, rows: &Rows, z: u32, d: Digit, last: bool) {
+fn count(b: &mut Builder, s: &Select, rows: &Rows, keys: Keys, d: Digit, last: bool) {
     let bsz = s.p.block_size;
     let tid = b.special(Special::ThreadId);
     for bin in 0..=BINS {
@@ -170,13 +267,19 @@ fn count(b: &mut Builder, s: &Select, rows: &Rows, z: u32, d: Digit, last: bool)
     let slots = b.u32(SLOTS);
     let g = b.div(tid, slots);
     let first_slot = b.mul(g, slots);
-    let key_bits = 32 - z;
-    let shift = key_bits - d.done - d.width;
-    // The sides' prefixes of this thread's channel (before any pass: none).
+    let z = keys.z;
+    let shift = keys.bits - d.done - d.width;
+    // The key's offset lies above the digits of every pass after the first, so those are bits
+    // of the whole f32 key; the first digit and the prefixes are offset (see `Keys`).
+    debug_assert!(d.done == 0 || keys.offset % (1 << (shift + d.width)) == 0);
+    // The sides' prefixes of this thread's channel (before any pass: none), plus the offset:
+    // prefixes of the whole f32 key.
     let prefixes: Option<[Value; 2]> = (d.done > 0).then(|| {
         [0, 1].map(|side| {
             let side = b.u32(side);
-            load_prefix(b, s, 1 - d.buf, side, c)
+            let prefix = load_prefix(b, s, 1 - d.buf, side, c);
+            let offset = b.u32(keys.offset >> (shift + d.width));
+            b.add(prefix, offset)
         })
     });
     if last {
@@ -186,12 +289,19 @@ fn count(b: &mut Builder, s: &Select, rows: &Rows, z: u32, d: Digit, last: bool)
         }
     }
     rows.each_of_slots(b, first_slot, SLOTS, c, s.value, &|b, x| {
-        // The whole key (its `z` constant bits too): one shift takes out the digit.
-        let key = order_key(b, x, 0);
+        // The whole f32 key (its `z` constant bits too): one shift takes out the digit.
+        let key = keys.f32_key(b, x);
         let sh = b.u32(z + shift);
         let moved = b.binary(BinaryOp::Shr, key, sh);
         let bin = match prefixes {
-            None => moved,
+            None if keys.offset == 0 => moved,
+            None => {
+                // Keys outside the range (non-finite input, flagged) count in the last bin.
+                let offset = b.u32(keys.offset >> shift);
+                let digit = b.sub(moved, offset);
+                let last_bin = b.u32(BINS - 1);
+                b.min(digit, last_bin)
+            }
             Some([p0, p1]) => {
                 let mask = b.u32((1 << d.width) - 1);
                 let digit = b.binary(BinaryOp::And, moved, mask);
@@ -230,13 +340,7 @@ fn count(b: &mut Builder, s: &Select, rows: &Rows, z: u32, d: Digit, last: bool)
         for side in 0..SIDES {
             let at = b.u32(side);
             let m = b.read_local(s.least, at);
-            let m = match z {
-                0 => m,
-                _ => {
-                    let zv = b.u32(z);
-                    b.binary(BinaryOp::Shr, m, zv)
-                }
-            };
+            let m = keys.key_of(b, m);
             let off = b.u32(side * bsz);
             let to = b.add(off, tid);
             b.store(s.least_part, to, m);
@@ -334,7 +438,7 @@ fn add_up(b: &mut Builder, s: &Select, buf: u32, last: bool) {
 
 /// The scanning threads (one per (side, channel)) append the pass's digit to their prefixes;
 /// after the last pass they interpolate the quantiles. A barrier after.
-fn scan(b: &mut Builder, s: &Select, d: Digit, levels: [f64; 2], last: bool, z: u32) {
+fn scan(b: &mut Builder, s: &Select, d: Digit, levels: [f64; 2], last: bool, keys: Keys) {
     let w = s.p.w;
     let tid = b.special(Special::ThreadId);
     let pairs = b.u32(SIDES * w);
@@ -418,8 +522,11 @@ fn scan(b: &mut Builder, s: &Select, d: Digit, levels: [f64; 2], last: bool, z: 
             let i = b.u32(i);
             b.read_local(s.found, i)
         });
-        // Below the new bracket: the keys at or below the digit's bin, less that bin's.
-        let own = load_bin(b, s, half, digit, c);
+        // Below the new bracket: the keys at or below the digit's bin, less that bin's. (Only
+        // with non-finite input, which is flagged, can the search miss: then read the last bin.)
+        let last_bin = b.u32((1 << d.width) - 1);
+        let read = b.min(digit, last_bin);
+        let own = load_bin(b, s, half, read, c);
         let new_below = b.sub(le, own);
         let width = b.u32(d.width);
         let moved = b.binary(BinaryOp::Shl, prefix, width);
@@ -447,8 +554,8 @@ fn scan(b: &mut Builder, s: &Select, d: Digit, levels: [f64; 2], last: bool, z: 
             let k1_key = b.select(in_bracket, next_key, least);
             let k1_key = b.select(repeated, new_prefix, k1_key);
             let k1_key = b.select(rank.is_last, new_prefix, k1_key);
-            let vk = key_value(b, new_prefix, z);
-            let vk1 = key_value(b, k1_key, z);
+            let vk = keys.value(b, new_prefix);
+            let vk1 = keys.value(b, k1_key);
             let q = quantile_interpolate(b, rank, vk, vk1);
             let q = positive_zero(b, q);
             b.store(s.quantiles, slot, q);
@@ -499,6 +606,8 @@ mod tests {
     fn digits_cover_the_key() {
         assert_eq!(digit_widths(19), vec![5, 4, 4, 4, 2]);
         assert_eq!(digit_widths(16), vec![5, 4, 4, 3]);
+        assert_eq!(F16_TO_F32_FIELDS, 2f32.powi(-112));
+        assert_eq!(f32::from_bits(239 << 23), 2f32.powi(112));
         assert_eq!(digit_widths(32).iter().sum::<u32>(), 32);
     }
 }
