@@ -243,14 +243,11 @@ impl Rows {
             body(b, t, values);
         });
     }
-}
 
-impl Rows {
     /// Calls `body(b, x)` with channel `c` (a U32 value below `w`), as f32, of every row of the
     /// block's threads `first ..+ slots` (a U32 value and a constant; runs of one row): their
     /// staged rows from shared memory, the rows past them from `x` (through the F32 local
     /// `value` of one element).
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn each_of_slots(
         &self,
         b: &mut Builder,

@@ -2,10 +2,11 @@
 //! each of the column's 16 channels by a radix select over the cluster's staged rows, with the
 //! exact result of [`crate::ir::Op::SelectRank`] (and of the one-block kernel, `block_select`).
 //!
-//! Keys follow f32's total order ([`Keys`]: 16 bits for f16 and bf16, 32 for f32). Thread `tid` counts channel
-//! `tid % 16` of the rows of the block's threads `16 (tid / 16) ..+ 16` (its *slots*) into its
-//! own histogram, a column of [`BINS`] u32 counters in shared memory (counter `bin` at
-//! `bin * block + tid`: a warp's lanes hit 32 different banks, whatever their bins). A pass
+//! Keys follow f32's total order ([`Keys`]: 16 bits for f16 and bf16, 32 for f32). Thread
+//! `tid` counts channel `tid % 16` of the rows of the block's threads `16 (tid / 16) ..+ 16` (its
+//! *slots*) into its own histogram, a column of [`BINS`] u32 counters in shared memory (counter
+//! `bin` at `bin * block + tid`: a warp's lanes hit 32 different banks, whatever their bins),
+//! without atomics. A pass
 //! decides the next digit of every (channel, side) search, side 0 the rank-k key of level `p`,
 //! side 1 that of level `1 - p`:
 //! - the first pass counts the keys' top `log2(BINS)` bits, one histogram for both sides;
@@ -34,7 +35,7 @@ use super::quantize_abi as abi;
 
 /// Counters per thread's histogram (a power of two); one more counter takes the keys that no
 /// search counts.
-pub(super) const BINS: u32 = 32;
+const BINS: u32 = 32;
 
 /// Threads whose rows one thread counts (for one channel).
 const SLOTS: u32 = 16;
@@ -364,19 +365,7 @@ fn add_up(b: &mut Builder, s: &Select, buf: u32, last: bool) {
         let limit = b.u32(counters);
         let inside = b.cmp(CmpOp::Lt, e, limit);
         b.if_then(inside, |b| {
-            let wv = b.u32(w);
-            let bin = b.div(e, wv);
-            let c = b.rem(e, wv);
-            let bs = b.u32(bsz);
-            let row = b.mul(bin, bs);
-            let row = b.add(row, c);
-            let mut sum = b.u32(0);
-            for g in 0..bsz / SLOTS {
-                let off = b.u32(g * SLOTS);
-                let at = b.add(row, off);
-                let v = b.load(s.hist, at, 1);
-                sum = b.add(sum, v);
-            }
+            let sum = over_groups(b, s, s.hist, e, 0, Builder::add);
             let to = b.add(base, e);
             b.store(s.block, to, sum);
         });
@@ -386,19 +375,7 @@ fn add_up(b: &mut Builder, s: &Select, buf: u32, last: bool) {
         let pairs = b.u32(SIDES * w);
         let inside = b.cmp(CmpOp::Lt, tid, pairs);
         b.if_then(inside, |b| {
-            let wv = b.u32(w);
-            let side = b.div(tid, wv);
-            let c = b.rem(tid, wv);
-            let bs = b.u32(bsz);
-            let row = b.mul(side, bs);
-            let row = b.add(row, c);
-            let mut m = b.u32(u32::MAX);
-            for g in 0..bsz / SLOTS {
-                let off = b.u32(g * SLOTS);
-                let at = b.add(row, off);
-                let v = b.load(s.least_part, at, 1);
-                m = b.min(m, v);
-            }
+            let m = over_groups(b, s, s.least_part, tid, u32::MAX, Builder::min);
             let off = b.u32(buf * n + counters);
             let to = b.add(off, tid);
             b.store(s.block, to, m);
@@ -434,6 +411,33 @@ fn add_up(b: &mut Builder, s: &Select, buf: u32, last: bool) {
         });
     }
     b.barrier();
+}
+
+/// Folds element `(e / w, e % w)` of `mem` (rows of a block's threads) over the threads'
+/// [`SLOTS`]-thread groups: elements `(e / w) * block + g * SLOTS + e % w`, from `init`.
+fn over_groups(
+    b: &mut Builder,
+    s: &Select,
+    mem: Memory,
+    e: Value,
+    init: u32,
+    fold: fn(&mut Builder, Value, Value) -> Value,
+) -> Value {
+    let (w, bsz) = (s.p.w, s.p.block_size);
+    let wv = b.u32(w);
+    let row = b.div(e, wv);
+    let c = b.rem(e, wv);
+    let bs = b.u32(bsz);
+    let start = b.mul(row, bs);
+    let start = b.add(start, c);
+    let mut acc = b.u32(init);
+    for g in 0..bsz / SLOTS {
+        let off = b.u32(g * SLOTS);
+        let at = b.add(start, off);
+        let v = b.load(mem, at, 1);
+        acc = fold(b, acc, v);
+    }
+    acc
 }
 
 /// The scanning threads (one per (side, channel)) append the pass's digit to their prefixes;
