@@ -226,8 +226,8 @@ fn cluster_kernel_codes_past_its_stage() {
     }
 }
 
-/// The cluster kernel's quantile selection (a radix select over keys of 19, 16 and 32 bits)
-/// on every input type, with ties, both zeros, both signs, f16's subnormals and extremes, and
+/// The quantile selections (the cluster kernel's radix select, the one-block and host
+/// kernels' bisection; keys of 16 bits for f16 and bf16, 32 for f32) on every input type, with ties, both zeros, both signs, f16's subnormals and extremes, and
 /// values over many binary orders of magnitude, from a single row to spans past the staged rows:
 /// the reference's parameters and codes bit for bit.
 #[test]
@@ -278,11 +278,26 @@ fn cluster_quantile_selects_like_the_reference_on_every_input_type() {
                 };
                 let mut plan = lower::cluster_channel::plan(&scheme, shape).unwrap();
                 plan.stage = plan.block_size;
-                let q = lower::cluster_channel::quantize(&scheme, shape, plan);
+                let cluster = lower::cluster_channel::quantize(&scheme, shape, plan);
                 let schedule = Schedule::gpu_default(&scheme, shape);
                 let dq = lower::dequantize(&scheme, shape, &schedule).unwrap();
-                check_lowered(&scheme, &q, &dq, &x, input)
-                    .unwrap_or_else(|e| panic!("{text} {input:?} {tokens}: {e}"));
+                // The one-block selection (two key bits a pass) and the host's (one bit), on
+                // the shorter spans (the longest is for the cluster's rows past its stage).
+                let one_block = schedule.without_clusters(&scheme, shape);
+                let host = Schedule::host_default(&scheme, shape);
+                let others = match tokens <= 300 {
+                    true => [one_block, host]
+                        .map(|s| lower::quantize(&scheme, shape, &s).unwrap())
+                        .to_vec(),
+                    false => Vec::new(),
+                };
+                for (kernel, q) in ["cluster", "one block", "host"]
+                    .into_iter()
+                    .zip(std::iter::once(&cluster).chain(&others))
+                {
+                    check_lowered(&scheme, q, &dq, &x, input)
+                        .unwrap_or_else(|e| panic!("{kernel} {text} {input:?} {tokens}: {e}"));
+                }
             }
         }
     }

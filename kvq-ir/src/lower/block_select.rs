@@ -2,9 +2,10 @@
 //! (cooperative GPU schedules), with exactly the result of [`crate::ir::Op::SelectRank`].
 //!
 //! Each element's order key is `bits ^ (sign ? 0xFFFF_FFFF : 0x8000_0000)` of its f32 value
-//! (f32's total order, -0 below +0). f16 and bf16 values converted to f32 have their low 13 and
-//! 16 key bits all equal (zeros for positive values, ones for negative ones), so shifting them
-//! out keeps the keys distinct and in order: the search runs over the `32 - z` bits left.
+//! (f32's total order, -0 below +0), narrowed by [`Keys`] to the bits that vary: 16 for f16
+//! (the value scaled by 2^-112 first) and bf16, 32 for f32. The search runs over those bits;
+//! elements are compared by their whole f32 keys with widened pivots ([`Keys::widen`]), so
+//! that no element's key is narrowed.
 //!
 //! For each channel of the column and each side (level p and 1 - p), a search finds the
 //! smallest key K with `#{key <= K} >= k + 1`, the rank-k element. It keeps a bracket
@@ -72,8 +73,8 @@ struct Select {
     w: u32,
     /// Threads of the block.
     bsz: u32,
-    /// Key bits shifted out.
-    z: u32,
+    /// How values become keys.
+    keys: Keys,
     /// Levels of the two sides.
     levels: [f64; 2],
     /// U32 local of `2w` elements (index `side * w + channel`): each bracket's start (the
@@ -96,14 +97,15 @@ impl Select {
         quantile_rank(b, tokens, self.levels[side as usize])
     }
 
-    /// The shifted order key of `x` (f32).
-    fn key(&self, b: &mut Builder, x: Value) -> Value {
-        order_key(b, x, self.z)
+    /// The f32 order key of `x` (f32): passes compare it with [`Keys::widen`]ed keys, which
+    /// saves narrowing each element.
+    fn full_key(&self, b: &mut Builder, x: Value) -> Value {
+        self.keys.f32_key(b, x)
     }
 
-    /// The f32 whose shifted order key is `k`.
+    /// The f32 whose key is `k`.
     fn value(&self, b: &mut Builder, k: Value) -> Value {
-        key_value(b, k, self.z)
+        self.keys.value(b, k)
     }
 
     /// Element `j % w` of side `j / w`'s local of the pair `locals`.
@@ -134,7 +136,7 @@ impl Select {
     }
 
     /// Runs `each(b, key, j)` for every element of this thread's tokens, `j` over the pairs
-    /// (side, channel) of `sides`, each element's key computed once.
+    /// (side, channel) of `sides`, each element's full key ([`Select::full_key`]) computed once.
     fn pass(
         &self,
         b: &mut Builder,
@@ -147,7 +149,7 @@ impl Select {
         b.for_range(tid, tokens, self.bsz, |b, t| {
             let values = load_row(b, t);
             for (i, &x) in values.iter().enumerate() {
-                let key = self.key(b, x);
+                let key = self.full_key(b, x);
                 for side in sides.clone() {
                     each(b, key, side * self.w + i as u32);
                 }
@@ -247,7 +249,7 @@ pub fn select_quantiles(
     let s = Select {
         w,
         bsz,
-        z: input.scalar().constant_key_bits(),
+        keys: Keys::of(input.scalar()),
         levels: [p, 1.0 - p],
         lo: b.local("sel_lo", ScalarType::U32, n),
         count: [
@@ -276,7 +278,7 @@ pub fn select_quantiles(
     // Each pass narrows every bracket [lo, lo + 2^(r + step)) to one of its 2^step parts: a
     // loop of passes of `step` bits (r counting down from the key's bits), then one shorter
     // pass when `step` does not divide them.
-    let bits = 32 - s.z;
+    let bits = s.keys.bits;
     let step_bits = step_bits(w);
     let (first, passes) = (b.u32(0), b.u32(bits / step_bits));
     b.for_range(first, passes, 1, |b, pass| {
@@ -293,7 +295,12 @@ pub fn select_quantiles(
         narrow(b, &s, load_row, bits % step_bits, r);
     }
     // Both sides: the keys at or below each rank-k key, and the smallest key above it.
-    let found: Vec<Value> = (0..n).map(|j| s.get(b, s.lo, j)).collect();
+    let found: Vec<Value> = (0..n)
+        .map(|j| {
+            let k = s.get(b, s.lo, j);
+            s.keys.widen(b, k)
+        })
+        .collect();
     for j in 0..n {
         let (zero, max) = (b.u32(0), b.u32(u32::MAX));
         s.set_pair(b, s.tally, j, zero);
@@ -322,7 +329,9 @@ pub fn select_quantiles(
             let vk = s.value(b, k_key);
             let c = s.get_pair(b, s.tally, j);
             let repeated = b.cmp(CmpOp::Ge, c, wanted);
+            // The smallest full key above K (read only when one exists).
             let next = s.get_pair(b, s.least, j);
+            let next = s.keys.key_of(b, next);
             let k1_key = b.select(repeated, k_key, next);
             let k1_key = b.select(rank.is_last, k_key, k1_key);
             let vk1 = s.value(b, k1_key);
@@ -362,7 +371,13 @@ fn narrow(
     let pivot: Vec<Vec<Value>> = (0..n)
         .map(|j| {
             let lo = s.get(b, s.lo, j);
-            offsets.iter().map(|&off| b.add(lo, off)).collect()
+            offsets
+                .iter()
+                .map(|&off| {
+                    let k = b.add(lo, off);
+                    s.keys.widen(b, k)
+                })
+                .collect()
         })
         .collect();
     for j in 0..n {
@@ -402,8 +417,121 @@ fn narrow(
     }
 }
 
+/// How a value becomes its radix key: [`order_key`] of the value (f16: scaled by
+/// 2^-112 first, which is exact and maps each f16 value to the f32 whose order key's bits 13..
+/// are the f16 value's own order key plus `0x38000`, so that f16 keys take 16 bits instead of
+/// 19), its `z` constant low bits shifted out, less `offset`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Keys {
+    /// Key bits.
+    pub(super) bits: u32,
+    /// Constant low bits of the f32 order key.
+    pub(super) z: u32,
+    /// Subtracted from the shifted f32 key: a multiple of `2^(bits - first digit)`.
+    pub(super) offset: u32,
+    /// Whether values are scaled by 2^-112 first (f16).
+    pub(super) scaled: bool,
+}
+
+/// 2^-112: an f16 value times this is an f32 whose exponent field is the f16 value's (f16
+/// subnormals become f32 subnormals, exactly).
+const F16_TO_F32_FIELDS: f32 = f32::from_bits(15 << 23);
+
+impl Keys {
+    pub(super) fn of(input: ScalarType) -> Keys {
+        match input {
+            ScalarType::F16 => Keys {
+                bits: 16,
+                z: 13,
+                offset: 0x38000,
+                scaled: true,
+            },
+            _ => {
+                let z = input.constant_key_bits();
+                Keys {
+                    bits: 32 - z,
+                    z,
+                    offset: 0,
+                    scaled: false,
+                }
+            }
+        }
+    }
+
+    /// The f32 order key of value `x` (scaled first for f16), all 32 bits.
+    pub(super) fn f32_key(&self, b: &mut Builder, x: Value) -> Value {
+        let x = match self.scaled {
+            true => {
+                let scale = b.f32(F16_TO_F32_FIELDS);
+                b.mul(x, scale)
+            }
+            false => x,
+        };
+        order_key(b, x, 0)
+    }
+
+    /// The key of an f32 order key from [`Keys::f32_key`] (wrapping for keys outside the range).
+    pub(super) fn key_of(&self, b: &mut Builder, key: Value) -> Value {
+        let key = match self.z {
+            0 => key,
+            z => {
+                let zv = b.u32(z);
+                b.binary(BinaryOp::Shr, key, zv)
+            }
+        };
+        match self.offset {
+            0 => key,
+            offset => {
+                let offset = b.u32(offset);
+                b.sub(key, offset)
+            }
+        }
+    }
+
+    /// The largest f32 order key whose key is `k` (`k` a key of a finite value): a full key is
+    /// at or below it exactly when its key is at or below `k`.
+    pub(super) fn widen(&self, b: &mut Builder, k: Value) -> Value {
+        let k = match self.offset {
+            0 => k,
+            offset => {
+                let offset = b.u32(offset);
+                b.add(k, offset)
+            }
+        };
+        match self.z {
+            0 => k,
+            z => {
+                let zv = b.u32(z);
+                let high = b.binary(BinaryOp::Shl, k, zv);
+                let low = b.u32((1 << z) - 1);
+                b.binary(BinaryOp::Or, high, low)
+            }
+        }
+    }
+
+    /// The value (f32) whose key is `k`.
+    pub(super) fn value(&self, b: &mut Builder, k: Value) -> Value {
+        let k = match self.offset {
+            0 => k,
+            offset => {
+                let offset = b.u32(offset);
+                b.add(k, offset)
+            }
+        };
+        let v = key_value(b, k, self.z);
+        match self.scaled {
+            true => {
+                // 2^112, exact.
+                let scale = b.f32(f32::from_bits(239 << 23));
+                b.mul(v, scale)
+            }
+            false => v,
+        }
+    }
+}
+
 /// The order key of `x` (f32) with its `z` low bits shifted out.
-pub(super) fn order_key(b: &mut Builder, x: Value, z: u32) -> Value {
+fn order_key(b: &mut Builder, x: Value, z: u32) -> Value {
     let bits = b.bitcast(ScalarType::U32, x);
     let s31 = b.u32(31);
     let sign = b.binary(BinaryOp::Shr, bits, s31);
@@ -424,7 +552,7 @@ pub(super) fn order_key(b: &mut Builder, x: Value, z: u32) -> Value {
 
 /// The f32 whose order key with `z` low bits shifted out is `k` (those bits restored: zeros
 /// for a positive value, ones for a negative one).
-pub(super) fn key_value(b: &mut Builder, k: Value, z: u32) -> Value {
+fn key_value(b: &mut Builder, k: Value, z: u32) -> Value {
     if z == 0 {
         return from_order_key(b, k);
     }
@@ -438,4 +566,39 @@ pub(super) fn key_value(b: &mut Builder, k: Value, z: u32) -> Value {
     let ones = b.binary(BinaryOp::Or, full, low);
     let key = b.select(positive, full, ones);
     from_order_key(b, key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The f32 order key of `x`, all 32 bits.
+    fn f32_order_key(x: f32) -> u32 {
+        let bits = x.to_bits();
+        bits ^ if bits >> 31 == 1 {
+            u32::MAX
+        } else {
+            0x8000_0000
+        }
+    }
+
+    /// For every finite f16 value, the scaled value's f32 key narrowed as `Keys` does is the f16
+    /// value's own order key (its 16 bits under the same sign rule), and scaling back is exact.
+    #[test]
+    fn f16_keys_are_the_f16_order_keys() {
+        assert_eq!(F16_TO_F32_FIELDS, 2f32.powi(-112));
+        assert_eq!(f32::from_bits(239 << 23), 2f32.powi(112));
+        let keys = Keys::of(ScalarType::F16);
+        for h in 0..=u16::MAX {
+            let x = half::f16::from_bits(h);
+            if !x.is_finite() {
+                continue;
+            }
+            let f16_key = u32::from(h ^ if h >> 15 == 1 { u16::MAX } else { 0x8000 });
+            let scaled = x.to_f32() * F16_TO_F32_FIELDS;
+            let key = (f32_order_key(scaled) >> keys.z).wrapping_sub(keys.offset);
+            assert_eq!(key, f16_key, "f16 bits {h:#06x}");
+            assert_eq!((scaled * 2f32.powi(112)).to_bits(), x.to_f32().to_bits());
+        }
+    }
 }

@@ -28,7 +28,7 @@
 
 use crate::ir::{BinaryOp, Builder, CmpOp, Memory, ScalarType, Special, Value};
 
-use super::block_select::{key_value, order_key};
+use super::block_select::Keys;
 use super::cluster_channel::{ClusterPlan, Rows};
 use super::emit::{positive_zero, quantile_interpolate, quantile_rank};
 use super::quantize_abi as abi;
@@ -42,98 +42,6 @@ const SLOTS: u32 = 16;
 
 /// The levels' sides: the range's low and high ends.
 const SIDES: u32 = 2;
-
-/// How a value becomes its radix key: `block_select::order_key` of the value (f16: scaled by
-/// 2^-112 first, which is exact and maps each f16 value to the f32 whose order key's bits 13..
-/// are the f16 value's own order key plus `0x38000`, so that f16 keys take 16 bits instead of
-/// 19), its `z` constant low bits shifted out, less `offset`.
-#[derive(Debug, Clone, Copy)]
-struct Keys {
-    /// Key bits.
-    bits: u32,
-    /// Constant low bits of the f32 order key.
-    z: u32,
-    /// Subtracted from the shifted f32 key: a multiple of `2^(bits - first digit)`.
-    offset: u32,
-    /// Whether values are scaled by 2^-112 first (f16).
-    scaled: bool,
-}
-
-/// 2^-112: an f16 value times this is an f32 whose exponent field is the f16 value's (f16
-/// subnormals become f32 subnormals, exactly).
-const F16_TO_F32_FIELDS: f32 = f32::from_bits(15 << 23);
-
-impl Keys {
-    fn of(input: ScalarType) -> Keys {
-        match input {
-            ScalarType::F16 => Keys {
-                bits: 16,
-                z: 13,
-                offset: 0x38000,
-                scaled: true,
-            },
-            _ => {
-                let z = input.constant_key_bits();
-                Keys {
-                    bits: 32 - z,
-                    z,
-                    offset: 0,
-                    scaled: false,
-                }
-            }
-        }
-    }
-
-    /// The f32 order key of value `x` (scaled first for f16), all 32 bits.
-    fn f32_key(&self, b: &mut Builder, x: Value) -> Value {
-        let x = match self.scaled {
-            true => {
-                let scale = b.f32(F16_TO_F32_FIELDS);
-                b.mul(x, scale)
-            }
-            false => x,
-        };
-        order_key(b, x, 0)
-    }
-
-    /// The key of an f32 order key from [`Keys::f32_key`] (wrapping for keys outside the range).
-    fn key_of(&self, b: &mut Builder, key: Value) -> Value {
-        let key = match self.z {
-            0 => key,
-            z => {
-                let zv = b.u32(z);
-                b.binary(BinaryOp::Shr, key, zv)
-            }
-        };
-        match self.offset {
-            0 => key,
-            offset => {
-                let offset = b.u32(offset);
-                b.sub(key, offset)
-            }
-        }
-    }
-
-    /// The value (f32) whose key is `k`.
-    fn value(&self, b: &mut Builder, k: Value) -> Value {
-        let k = match self.offset {
-            0 => k,
-            offset => {
-                let offset = b.u32(offset);
-                b.add(k, offset)
-            }
-        };
-        let v = key_value(b, k, self.z);
-        match self.scaled {
-            true => {
-                // 2^112, exact.
-                let scale = b.f32(f32::from_bits(239 << 23));
-                b.mul(v, scale)
-            }
-            false => v,
-        }
-    }
-}
 
 /// Digit widths of the passes over keys of `key_bits` bits.
 fn digit_widths(key_bits: u32) -> Vec<u32> {
@@ -610,8 +518,6 @@ mod tests {
     fn digits_cover_the_key() {
         assert_eq!(digit_widths(19), vec![5, 4, 4, 4, 2]);
         assert_eq!(digit_widths(16), vec![5, 4, 4, 3]);
-        assert_eq!(F16_TO_F32_FIELDS, 2f32.powi(-112));
-        assert_eq!(f32::from_bits(239 << 23), 2f32.powi(112));
         assert_eq!(digit_widths(32).iter().sum::<u32>(), 32);
     }
 }
