@@ -6,10 +6,13 @@ use crate::scheme::{Axis, CacheScheme, Group, Scheme};
 
 use super::item_params::{declare_partial, declare_stats, ItemParams};
 use super::keys::{
-    affine, calibration_factor, for_heads, fp_logits, key_row, load_query, logit_at, span_logits,
-    times, uses_tables, Item,
+    affine, calibration_factor, fp_logits, key_row, load_query, logit_at, span_logits, times,
+    uses_tables, Item,
 };
-use super::values::{flush, fp_values, init, softmax_tile, span_values, State};
+use super::values::{
+    flat_heads, flush, fold_lanes, fp_values, init, over_lanes, softmax_tile, span_values, State,
+    WEIGHT_LANES,
+};
 use super::{seq_field as f, AttentionSchedule, AttentionShape};
 
 /// Where a span tile's raw key logits come from.
@@ -163,25 +166,30 @@ fn span_tiles(
         let stop = b.add(t0, tl);
         let stop = b.min(stop, end);
         let n = b.sub(stop, t0);
-        b.for_range(t0, stop, 1, |b, t| {
-            let slot = b.sub(t, t0);
-            if compute {
+        if compute {
+            b.for_range(t0, stop, 1, |b, t| {
+                let slot = b.sub(t, t0);
                 span_logits(b, it, key, bufs.k, t, slot);
-            }
-            if let Logits::ComputeAndSave(mem) | Logits::Load(mem) = source {
-                for_heads(b, it.g, |b, gi| {
-                    let at = logit_at(b, it, slot, gi);
-                    let saved = saved_at(b, t, gi);
-                    if compute {
-                        let x = b.read_local(it.logits, at);
-                        b.store(mem, saved, x);
-                    } else {
-                        let x = b.load(mem, saved, 1);
-                        b.write_local(it.logits, at, x);
-                    }
-                });
-            }
-        });
+            });
+        }
+        if let Logits::ComputeAndSave(mem) | Logits::Load(mem) = source {
+            // The tile's logits, token-major, are one run both here and in the buffer.
+            let z = b.u32(0);
+            let first = saved_at(b, t0, z);
+            let gv = b.u32(it.g);
+            let total = b.mul(n, gv);
+            let z = b.u32(0);
+            b.for_range(z, total, 1, |b, e| {
+                let saved = b.add(first, e);
+                if compute {
+                    let x = b.read_local(it.logits, e);
+                    b.store(mem, saved, x);
+                } else {
+                    let x = b.load(mem, saved, 1);
+                    b.write_local(it.logits, e, x);
+                }
+            });
+        }
         tile(b, t0, n, end);
     });
 }
@@ -212,7 +220,9 @@ pub(super) fn lower(
             b.local("hist", ScalarType::F32, g * cells * 256)
         }),
         row: b.local("row", ScalarType::F32, d),
-        wsum: b.local("wsum", ScalarType::F32, g),
+        wsum: b.local("wsum", ScalarType::F32, g.max(WEIGHT_LANES)),
+        wmax: b.local("wmax", ScalarType::F32, WEIGHT_LANES),
+        tmax: b.local("tmax", ScalarType::F32, g),
     };
     let calib = [
         b.local("cal_min", ScalarType::F32, g),
@@ -408,9 +418,12 @@ pub(super) fn lower_stats(
     let bufs = declare_stats(&mut b, scheme, shape.fp);
     let (kv_heads, chunks) = (bufs.kv_heads, bufs.chunks);
     let g = shape.group;
+    // Per head, or per lane of the flat loops ([`flat_heads`] groups).
+    let flat = flat_heads(g);
+    let slots = if flat { WEIGHT_LANES } else { g };
     let ext = [
-        b.local("lo", ScalarType::F32, g),
-        b.local("hi", ScalarType::F32, g),
+        b.local("lo", ScalarType::F32, slots),
+        b.local("hi", ScalarType::F32, slots),
     ];
     work_item(
         &mut b,
@@ -422,31 +435,51 @@ pub(super) fn lower_stats(
         |b, it, ci, is_span| {
             b.if_then(is_span, |b| {
                 let z = b.u32(0);
-                let gn = b.u32(g);
-                b.for_range(z, gn, 1, |b, gi| {
+                let sn = b.u32(slots);
+                b.for_range(z, sn, 1, |b, j| {
                     let inf = b.f32(f32::INFINITY);
                     let ninf = b.f32(f32::NEG_INFINITY);
-                    b.write_local(ext[0], gi, inf);
-                    b.write_local(ext[1], gi, ninf);
+                    b.write_local(ext[0], j, inf);
+                    b.write_local(ext[1], j, ninf);
                 });
+                // Slot `j`'s extremes take logit `e`.
+                let extend = |b: &mut Builder, e: Value, j: Value| {
+                    let x = b.read_local(it.logits, e);
+                    let lo = b.read_local(ext[0], j);
+                    let lo = b.min(lo, x);
+                    b.write_local(ext[0], j, lo);
+                    let hi = b.read_local(ext[1], j);
+                    let hi = b.max(hi, x);
+                    b.write_local(ext[1], j, hi);
+                };
                 let save = Logits::ComputeAndSave(bufs.logits);
                 span_tiles(b, it, &scheme.key, &bufs, s, ci, save, |b, _, n, _| {
+                    if flat {
+                        let gv = b.u32(g);
+                        let total = b.mul(n, gv);
+                        over_lanes(b, total, &extend);
+                        return;
+                    }
                     let z = b.u32(0);
                     let gn = b.u32(g);
                     b.for_range(z, gn, 1, |b, gi| {
                         let z = b.u32(0);
                         b.for_range(z, n, 1, |b, i| {
                             let at = logit_at(b, it, i, gi);
-                            let x = b.read_local(it.logits, at);
-                            let lo = b.read_local(ext[0], gi);
-                            let lo = b.min(lo, x);
-                            b.write_local(ext[0], gi, lo);
-                            let hi = b.read_local(ext[1], gi);
-                            let hi = b.max(hi, x);
-                            b.write_local(ext[1], gi, hi);
+                            extend(b, at, gi);
                         });
                     });
                 });
+                if flat {
+                    // Each head's extremes over its lanes, into slot `gi`.
+                    for gi in 0..g {
+                        let lo = fold_lanes(b, ext[0], g, gi, |b, x, y| b.min(x, y));
+                        let hi = fold_lanes(b, ext[1], g, gi, |b, x, y| b.max(x, y));
+                        let gv = b.u32(gi);
+                        b.write_local(ext[0], gv, lo);
+                        b.write_local(ext[1], gv, hi);
+                    }
+                }
                 let item = global_item(b, s.block_size);
                 let first = times(b, item, g);
                 let z = b.u32(0);

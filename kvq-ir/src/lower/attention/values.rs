@@ -24,8 +24,14 @@ pub(super) struct State {
     pub cacc: Option<(u32, u32)>,
     pub hist: Option<u32>,
     pub row: u32,
-    /// One tile's weight sum per head `[g]`.
+    /// One tile's weight sums: per head `[g]`, or per lane of [`over_lanes`] (at least
+    /// [`WEIGHT_LANES`] elements).
     pub wsum: u32,
+    /// Per lane of [`over_lanes`] `[WEIGHT_LANES]`: the tile's maxima, then the lane's head's
+    /// running max ([`weights_flat`]).
+    pub wmax: u32,
+    /// Per head, the tile's largest logit `[g]` ([`flat_heads`] groups).
+    pub tmax: u32,
 }
 
 /// Fills `local[0..n]` with `x`.
@@ -73,21 +79,30 @@ fn hist_cells(it: &Item) -> u32 {
 /// grows), turns the logits into weights `e^(s - m)` and adds them to `l`.
 pub(super) fn softmax_tile(b: &mut Builder, it: &Item, st: &State, n: Value) {
     let (d, g) = (it.d, it.g);
+    let flat = flat_heads(g);
+    if flat {
+        tile_maxima(b, it, st, n);
+    }
     let zero = b.u32(0);
     let gn = b.u32(g);
     b.for_range(zero, gn, 1, |b, gi| {
         let z = b.u32(0);
-        let ninf = b.f32(f32::NEG_INFINITY);
-        b.write_local(it.sum, z, ninf);
-        b.for_range(z, n, 1, |b, i| {
-            let at = logit_at(b, it, i, gi);
-            let s = b.read_local(it.logits, at);
-            let z = b.u32(0);
-            let m = b.read_local(it.sum, z);
-            let m = b.max(m, s);
-            b.write_local(it.sum, z, m);
-        });
-        let tile_max = b.read_local(it.sum, z);
+        let tile_max = match flat {
+            true => b.read_local(st.tmax, gi),
+            false => {
+                let ninf = b.f32(f32::NEG_INFINITY);
+                b.write_local(it.sum, z, ninf);
+                b.for_range(z, n, 1, |b, i| {
+                    let at = logit_at(b, it, i, gi);
+                    let s = b.read_local(it.logits, at);
+                    let z = b.u32(0);
+                    let m = b.read_local(it.sum, z);
+                    let m = b.max(m, s);
+                    b.write_local(it.sum, z, m);
+                });
+                b.read_local(it.sum, z)
+            }
+        };
         let old = b.read_local(st.m, gi);
         let new = b.max(old, tile_max);
         let grows = b.cmp(CmpOp::Gt, new, old);
@@ -120,13 +135,128 @@ pub(super) fn softmax_tile(b: &mut Builder, it: &Item, st: &State, n: Value) {
     weights(b, it, st, n);
 }
 
+/// Lanes of the flat loops over a tile's logits ([`over_lanes`]): one AVX-512 register of f32.
+pub(super) const WEIGHT_LANES: u32 = 16;
+
+/// Whether a group of `g` query heads takes the flat loops: `g` divides [`WEIGHT_LANES`], so
+/// that lane `j` of a tile's token-major `n x g` logits is always head `j % g`'s.
+pub(super) fn flat_heads(g: u32) -> bool {
+    WEIGHT_LANES % g == 0
+}
+
+/// Runs `body(b, e, lane)` for every `e` in `0..total`, `lane = e % WEIGHT_LANES`: steps of
+/// [`WEIGHT_LANES`] elements as an inner loop over the lanes (which vectorizes: a step's
+/// elements and the lanes' locals are consecutive), then the rest one at a time.
+pub(super) fn over_lanes(b: &mut Builder, total: Value, body: &dyn Fn(&mut Builder, Value, Value)) {
+    let lanes = b.u32(WEIGHT_LANES);
+    let steps = b.div(total, lanes);
+    let zero = b.u32(0);
+    b.for_range(zero, steps, 1, |b, step| {
+        let base = times(b, step, WEIGHT_LANES);
+        let (z, lanes) = (b.u32(0), b.u32(WEIGHT_LANES));
+        b.for_range(z, lanes, 1, |b, lane| {
+            let e = b.add(base, lane);
+            body(b, e, lane);
+        });
+    });
+    let done = times(b, steps, WEIGHT_LANES);
+    b.for_range(done, total, 1, |b, e| {
+        let lanes = b.u32(WEIGHT_LANES);
+        let lane = b.rem(e, lanes);
+        body(b, e, lane);
+    });
+}
+
+/// Folds the per-lane values of `lanes` (a local of [`WEIGHT_LANES`]) into head `gi`'s: `op`
+/// over its lanes `gi, gi + g, ..` in lane order.
+pub(super) fn fold_lanes(
+    b: &mut Builder,
+    lanes: u32,
+    g: u32,
+    gi: u32,
+    op: fn(&mut Builder, Value, Value) -> Value,
+) -> Value {
+    let first = b.u32(gi);
+    let mut x = b.read_local(lanes, first);
+    for j in (gi + g..WEIGHT_LANES).step_by(g as usize) {
+        let jv = b.u32(j);
+        let y = b.read_local(lanes, jv);
+        x = op(b, x, y);
+    }
+    x
+}
+
+/// [`weights`] for [`flat_heads`] groups: the tile's logits as one flat run ([`over_lanes`]),
+/// each lane subtracting its head's max and keeping its own sum in `wsum[lane]`; a head's
+/// weight sum is its lanes' sums in lane order.
+fn weights_flat(b: &mut Builder, it: &Item, st: &State, n: Value) {
+    let g = it.g;
+    let fz = b.f32(0.0);
+    for j in 0..WEIGHT_LANES {
+        let (jv, gv) = (b.u32(j), b.u32(j % g));
+        let m = b.read_local(st.m, gv);
+        b.write_local(st.wmax, jv, m);
+        b.write_local(st.wsum, jv, fz);
+    }
+    let gv = b.u32(g);
+    let total = b.mul(n, gv);
+    over_lanes(b, total, &|b, e, lane| {
+        let m = b.read_local(st.wmax, lane);
+        weigh(b, it, st, e, m, lane);
+    });
+    for gi in 0..g {
+        let w = fold_lanes(b, st.wsum, g, gi, |b, x, y| b.add(x, y));
+        let gv = b.u32(gi);
+        let l = b.read_local(st.l, gv);
+        let l = b.add(l, w);
+        b.write_local(st.l, gv, l);
+    }
+}
+
+/// `logits[e] = e^(logits[e] - m)`, added to `wsum[lane]`.
+fn weigh(b: &mut Builder, it: &Item, st: &State, e: Value, m: Value, lane: Value) {
+    let s = b.read_local(it.logits, e);
+    let x = b.sub(s, m);
+    let p = b.unary(UnaryOp::Exp, x);
+    b.write_local(it.logits, e, p);
+    let w = b.read_local(st.wsum, lane);
+    let w = b.add(w, p);
+    b.write_local(st.wsum, lane, w);
+}
+
+/// Each head's largest logit of the tile into `tmax` ([`flat_heads`] groups): the lanes'
+/// maxima over the flat run, then each head's over its lanes.
+fn tile_maxima(b: &mut Builder, it: &Item, st: &State, n: Value) {
+    let g = it.g;
+    let ninf = b.f32(f32::NEG_INFINITY);
+    fill(b, st.wmax, WEIGHT_LANES, ninf);
+    let gv = b.u32(g);
+    let total = b.mul(n, gv);
+    over_lanes(b, total, &|b, e, lane| {
+        let s = b.read_local(it.logits, e);
+        let m = b.read_local(st.wmax, lane);
+        let m = b.max(m, s);
+        b.write_local(st.wmax, lane, m);
+    });
+    for gi in 0..g {
+        let m = fold_lanes(b, st.wmax, g, gi, |b, x, y| b.max(x, y));
+        let gv = b.u32(gi);
+        b.write_local(st.tmax, gv, m);
+    }
+}
+
 /// Turns the tile's logits into weights `e^(s - m)` against each head's running max and adds
-/// their sums to `l`. For groups of up to 8 heads the heads of a token are done together (their
-/// logits are adjacent, so the exponentials vectorize across heads).
+/// their sums to `l`. [`flat_heads`] groups take [`weights_flat`]; other groups of
+/// up to 8 heads do the heads of a token together (their logits are adjacent, so the
+/// exponentials vectorize across heads).
 fn weights(b: &mut Builder, it: &Item, st: &State, n: Value) {
     let g = it.g;
     let zero = b.u32(0);
     let fz = b.f32(0.0);
+    if flat_heads(g) {
+        weights_flat(b, it, st, n);
+        return;
+    }
     if g <= 8 {
         let maxes: Vec<Value> = (0..g)
             .map(|gi| {
