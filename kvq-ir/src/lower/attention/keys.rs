@@ -50,7 +50,9 @@ pub(super) fn uses_tables(key: &Scheme) -> bool {
     key.axis == Axis::Channel && key.group == Group::All && key.bits.width() <= 4
 }
 
-/// `sum_{i < n} term(b, i)` through the scalar accumulator local `sum`.
+/// `sum_i term(i)` over `0..n`, in the `SUM_LANES` elements of the local `sum`: for `n` a
+/// multiple of the lanes, term `i` goes to lane `i % SUM_LANES` (an inner loop over the lanes,
+/// which vectorizes) and the lanes add up as a balanced tree; else one running sum in order.
 pub(super) fn sum_over(
     b: &mut Builder,
     sum: u32,
@@ -59,17 +61,45 @@ pub(super) fn sum_over(
 ) -> Value {
     let zero = b.u32(0);
     let fz = b.f32(0.0);
-    b.write_local(sum, zero, fz);
-    let end = b.u32(n);
-    b.for_range(zero, end, 1, |b, i| {
-        let x = term(b, i);
-        let z = b.u32(0);
-        let acc = b.read_local(sum, z);
-        let acc = b.add(acc, x);
-        b.write_local(sum, z, acc);
+    if n % SUM_LANES != 0 {
+        b.write_local(sum, zero, fz);
+        let end = b.u32(n);
+        b.for_range(zero, end, 1, |b, i| {
+            let x = term(b, i);
+            let z = b.u32(0);
+            let acc = b.read_local(sum, z);
+            let acc = b.add(acc, x);
+            b.write_local(sum, z, acc);
+        });
+        return b.read_local(sum, zero);
+    }
+    for j in 0..SUM_LANES {
+        let jv = b.u32(j);
+        b.write_local(sum, jv, fz);
+    }
+    let steps = b.u32(n / SUM_LANES);
+    b.for_range(zero, steps, 1, |b, step| {
+        let base = times(b, step, SUM_LANES);
+        let (z, lanes) = (b.u32(0), b.u32(SUM_LANES));
+        b.for_range(z, lanes, 1, |b, j| {
+            let i = b.add(base, j);
+            let x = term(b, i);
+            let acc = b.read_local(sum, j);
+            let acc = b.add(acc, x);
+            b.write_local(sum, j, acc);
+        });
     });
-    b.read_local(sum, zero)
+    let lanes = (0..SUM_LANES)
+        .map(|j| {
+            let jv = b.u32(j);
+            b.read_local(sum, jv)
+        })
+        .collect();
+    tree_sum(b, lanes)
 }
+
+/// Elements of the `sum` local: the lanes of [`sum_over`].
+pub(super) const SUM_LANES: u32 = 16;
 
 /// `index = a * k + c` with constants `k`, `c`.
 pub(super) fn affine(b: &mut Builder, a: Value, k: u32, c: Value) -> Value {

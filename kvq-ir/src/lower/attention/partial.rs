@@ -7,7 +7,7 @@ use crate::scheme::{Axis, CacheScheme, Group, Scheme};
 use super::item_params::{declare_partial, declare_stats, ItemParams};
 use super::keys::{
     affine, calibration_factor, fp_logits, key_row, load_query, logit_at, span_logits, times,
-    uses_tables, Item,
+    uses_tables, Item, SUM_LANES,
 };
 use super::values::{
     flat_heads, flush, fold_lanes, fp_values, init, over_lanes, softmax_tile, span_values, State,
@@ -45,7 +45,7 @@ fn work_item(
         b.local("bias", ScalarType::F32, g),
         b.local("codes", ScalarType::F32, d),
         b.local("logits", ScalarType::F32, g * s.tile),
-        b.local("sum", ScalarType::F32, 1),
+        b.local("sum", ScalarType::F32, SUM_LANES),
     ];
     let lut = (s.tables && uses_tables(&scheme.key))
         .then(|| b.local("lut", ScalarType::F32, g * row_bytes * 256));
@@ -223,6 +223,7 @@ pub(super) fn lower(
         wsum: b.local("wsum", ScalarType::F32, g.max(WEIGHT_LANES)),
         wmax: b.local("wmax", ScalarType::F32, WEIGHT_LANES),
         tmax: b.local("tmax", ScalarType::F32, g),
+        grew: b.local("grew", ScalarType::U32, 1),
     };
     let calib = [
         b.local("cal_min", ScalarType::F32, g),

@@ -27,11 +27,14 @@ pub(super) struct State {
     /// One tile's weight sums: per head `[g]`, or per lane of [`over_lanes`] (at least
     /// [`WEIGHT_LANES`] elements).
     pub wsum: u32,
-    /// Per lane of [`over_lanes`] `[WEIGHT_LANES]`: the tile's maxima, then the lane's head's
-    /// running max ([`weights_flat`]).
+    /// Per lane of [`over_lanes`] `[WEIGHT_LANES]`: the tile's maxima, then the histograms'
+    /// rescaling factors ([`softmax_tile`]), then the lane's head's running max
+    /// ([`weights_flat`]).
     pub wmax: u32,
     /// Per head, the tile's largest logit `[g]` ([`flat_heads`] groups).
     pub tmax: u32,
+    /// Whether a head's max grew in this tile `[1]` (U32; flat groups with histograms).
+    pub grew: u32,
 }
 
 /// Fills `local[0..n]` with `x`.
@@ -83,6 +86,15 @@ pub(super) fn softmax_tile(b: &mut Builder, it: &Item, st: &State, n: Value) {
     if flat {
         tile_maxima(b, it, st, n);
     }
+    // Flat groups rescale the histograms once for all heads, after the heads' loop: each
+    // lane's factor in `wmax` (1 for heads whose max stays), `grew` set when any max grows.
+    let flat_hist = st.hist.filter(|_| flat);
+    if flat_hist.is_some() {
+        let one = b.f32(1.0);
+        fill(b, st.wmax, WEIGHT_LANES, one);
+        let (z, no) = (b.u32(0), b.u32(0));
+        b.write_local(st.grew, z, no);
+    }
     let zero = b.u32(0);
     let gn = b.u32(g);
     b.for_range(zero, gn, 1, |b, gi| {
@@ -118,7 +130,15 @@ pub(super) fn softmax_tile(b: &mut Builder, it: &Item, st: &State, n: Value) {
                 scale_run(b, cacc, row, d, corr);
                 scale_run(b, psum, gi, 1, corr);
             }
-            if let Some(hist) = st.hist {
+            if flat_hist.is_some() {
+                for k in 0..WEIGHT_LANES / g {
+                    let off = b.u32(k * g);
+                    let lane = b.add(gi, off);
+                    b.write_local(st.wmax, lane, corr);
+                }
+                let (z, yes) = (b.u32(0), b.u32(1));
+                b.write_local(st.grew, z, yes);
+            } else if let Some(hist) = st.hist {
                 // This head's entries: every g-th from gi.
                 let z = b.u32(0);
                 let n = b.u32(it.value_row_bytes * 256);
@@ -132,6 +152,21 @@ pub(super) fn softmax_tile(b: &mut Builder, it: &Item, st: &State, n: Value) {
             b.write_local(st.m, gi, new);
         });
     });
+    if let Some(hist) = flat_hist {
+        let z = b.u32(0);
+        let grew = b.read_local(st.grew, z);
+        let grew = b.cmp(CmpOp::Ne, grew, z);
+        b.if_then(grew, |b| {
+            // Entry e of `[row bytes, 256, g]` is head e % g's, so lane e % 16's factor.
+            let total = b.u32(g * hist_cells(it) * 256);
+            over_lanes(b, total, &|b, e, lane| {
+                let v = b.read_local(hist, e);
+                let f = b.read_local(st.wmax, lane);
+                let v = b.mul(v, f);
+                b.write_local(hist, e, v);
+            });
+        });
+    }
     weights(b, it, st, n);
 }
 
