@@ -8,6 +8,7 @@ use crate::reference::pack::bit_shift;
 use crate::scheme::{Axis, Group, Scheme};
 
 use super::item_params::load_fp;
+use super::values::LANES;
 
 /// Locals and loop-invariant values of one work item, shared by the key and value code.
 pub(super) struct Item {
@@ -50,8 +51,8 @@ pub(super) fn uses_tables(key: &Scheme) -> bool {
     key.axis == Axis::Channel && key.group == Group::All && key.bits.width() <= 4
 }
 
-/// `sum_i term(i)` over `0..n`, in the `SUM_LANES` elements of the local `sum`: for `n` a
-/// multiple of the lanes, term `i` goes to lane `i % SUM_LANES` (an inner loop over the lanes,
+/// `sum_i term(i)` over `0..n`, in the [`LANES`] elements of the local `sum`: for `n` a
+/// multiple of the lanes, term `i` goes to lane `i % LANES` (an inner loop over the lanes,
 /// which vectorizes) and the lanes add up as a balanced tree; else one running sum in order.
 pub(super) fn sum_over(
     b: &mut Builder,
@@ -61,7 +62,7 @@ pub(super) fn sum_over(
 ) -> Value {
     let zero = b.u32(0);
     let fz = b.f32(0.0);
-    if n % SUM_LANES != 0 {
+    if n % LANES != 0 {
         b.write_local(sum, zero, fz);
         let end = b.u32(n);
         b.for_range(zero, end, 1, |b, i| {
@@ -73,14 +74,14 @@ pub(super) fn sum_over(
         });
         return b.read_local(sum, zero);
     }
-    for j in 0..SUM_LANES {
+    for j in 0..LANES {
         let jv = b.u32(j);
         b.write_local(sum, jv, fz);
     }
-    let steps = b.u32(n / SUM_LANES);
+    let steps = b.u32(n / LANES);
     b.for_range(zero, steps, 1, |b, step| {
-        let base = times(b, step, SUM_LANES);
-        let (z, lanes) = (b.u32(0), b.u32(SUM_LANES));
+        let base = times(b, step, LANES);
+        let (z, lanes) = (b.u32(0), b.u32(LANES));
         b.for_range(z, lanes, 1, |b, j| {
             let i = b.add(base, j);
             let x = term(b, i);
@@ -89,7 +90,7 @@ pub(super) fn sum_over(
             b.write_local(sum, j, acc);
         });
     });
-    let lanes = (0..SUM_LANES)
+    let lanes = (0..LANES)
         .map(|j| {
             let jv = b.u32(j);
             b.read_local(sum, jv)
@@ -97,9 +98,6 @@ pub(super) fn sum_over(
         .collect();
     tree_sum(b, lanes)
 }
-
-/// Elements of the `sum` local: the lanes of [`sum_over`].
-pub(super) const SUM_LANES: u32 = 16;
 
 /// `index = a * k + c` with constants `k`, `c`.
 pub(super) fn affine(b: &mut Builder, a: Value, k: u32, c: Value) -> Value {

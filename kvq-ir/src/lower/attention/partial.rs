@@ -7,11 +7,11 @@ use crate::scheme::{Axis, CacheScheme, Group, Scheme};
 use super::item_params::{declare_partial, declare_stats, ItemParams};
 use super::keys::{
     affine, calibration_factor, fp_logits, key_row, load_query, logit_at, span_logits, times,
-    uses_tables, Item, SUM_LANES,
+    uses_tables, Item,
 };
 use super::values::{
     flat_heads, flush, fold_lanes, fp_values, init, over_lanes, softmax_tile, span_values, State,
-    WEIGHT_LANES,
+    LANES,
 };
 use super::{seq_field as f, AttentionSchedule, AttentionShape};
 
@@ -45,7 +45,7 @@ fn work_item(
         b.local("bias", ScalarType::F32, g),
         b.local("codes", ScalarType::F32, d),
         b.local("logits", ScalarType::F32, g * s.tile),
-        b.local("sum", ScalarType::F32, SUM_LANES),
+        b.local("sum", ScalarType::F32, LANES),
     ];
     let lut = (s.tables && uses_tables(&scheme.key))
         .then(|| b.local("lut", ScalarType::F32, g * row_bytes * 256));
@@ -220,8 +220,8 @@ pub(super) fn lower(
             b.local("hist", ScalarType::F32, g * cells * 256)
         }),
         row: b.local("row", ScalarType::F32, d),
-        wsum: b.local("wsum", ScalarType::F32, g.max(WEIGHT_LANES)),
-        wmax: b.local("wmax", ScalarType::F32, WEIGHT_LANES),
+        wsum: b.local("wsum", ScalarType::F32, g.max(LANES)),
+        wmax: b.local("wmax", ScalarType::F32, LANES),
         tmax: b.local("tmax", ScalarType::F32, g),
         grew: b.local("grew", ScalarType::U32, 1),
     };
@@ -421,7 +421,7 @@ pub(super) fn lower_stats(
     let g = shape.group;
     // Per head, or per lane of the flat loops ([`flat_heads`] groups).
     let flat = flat_heads(g);
-    let slots = if flat { WEIGHT_LANES } else { g };
+    let slots = if flat { LANES } else { g };
     let ext = [
         b.local("lo", ScalarType::F32, slots),
         b.local("hi", ScalarType::F32, slots),

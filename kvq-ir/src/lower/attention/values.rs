@@ -25,9 +25,9 @@ pub(super) struct State {
     pub hist: Option<u32>,
     pub row: u32,
     /// One tile's weight sums: per head `[g]`, or per lane of [`over_lanes`] (at least
-    /// [`WEIGHT_LANES`] elements).
+    /// [`LANES`] elements).
     pub wsum: u32,
-    /// Per lane of [`over_lanes`] `[WEIGHT_LANES]`: the tile's maxima, then the histograms'
+    /// Per lane of [`over_lanes`] `[LANES]`: the tile's maxima, then the histograms'
     /// rescaling factors ([`softmax_tile`]), then the lane's head's running max
     /// ([`weights_flat`]).
     pub wmax: u32,
@@ -91,7 +91,7 @@ pub(super) fn softmax_tile(b: &mut Builder, it: &Item, st: &State, n: Value) {
     let flat_hist = st.hist.filter(|_| flat);
     if flat_hist.is_some() {
         let one = b.f32(1.0);
-        fill(b, st.wmax, WEIGHT_LANES, one);
+        fill(b, st.wmax, LANES, one);
         let (z, no) = (b.u32(0), b.u32(0));
         b.write_local(st.grew, z, no);
     }
@@ -131,7 +131,7 @@ pub(super) fn softmax_tile(b: &mut Builder, it: &Item, st: &State, n: Value) {
                 scale_run(b, psum, gi, 1, corr);
             }
             if flat_hist.is_some() {
-                for k in 0..WEIGHT_LANES / g {
+                for k in 0..LANES / g {
                     let off = b.u32(k * g);
                     let lane = b.add(gi, off);
                     b.write_local(st.wmax, lane, corr);
@@ -170,39 +170,40 @@ pub(super) fn softmax_tile(b: &mut Builder, it: &Item, st: &State, n: Value) {
     weights(b, it, st, n);
 }
 
-/// Lanes of the flat loops over a tile's logits ([`over_lanes`]): one AVX-512 register of f32.
-pub(super) const WEIGHT_LANES: u32 = 16;
+/// Lanes of the flat loops ([`over_lanes`], and [`super::keys::sum_over`]'s partial sums): one
+/// AVX-512 register of f32.
+pub(super) const LANES: u32 = 16;
 
-/// Whether a group of `g` query heads takes the flat loops: `g` divides [`WEIGHT_LANES`], so
+/// Whether a group of `g` query heads takes the flat loops: `g` divides [`LANES`], so
 /// that lane `j` of a tile's token-major `n x g` logits is always head `j % g`'s.
 pub(super) fn flat_heads(g: u32) -> bool {
-    WEIGHT_LANES % g == 0
+    LANES % g == 0
 }
 
-/// Runs `body(b, e, lane)` for every `e` in `0..total`, `lane = e % WEIGHT_LANES`: steps of
-/// [`WEIGHT_LANES`] elements as an inner loop over the lanes (which vectorizes: a step's
+/// Runs `body(b, e, lane)` for every `e` in `0..total`, `lane = e % LANES`: steps of
+/// [`LANES`] elements as an inner loop over the lanes (which vectorizes: a step's
 /// elements and the lanes' locals are consecutive), then the rest one at a time.
 pub(super) fn over_lanes(b: &mut Builder, total: Value, body: &dyn Fn(&mut Builder, Value, Value)) {
-    let lanes = b.u32(WEIGHT_LANES);
+    let lanes = b.u32(LANES);
     let steps = b.div(total, lanes);
     let zero = b.u32(0);
     b.for_range(zero, steps, 1, |b, step| {
-        let base = times(b, step, WEIGHT_LANES);
-        let (z, lanes) = (b.u32(0), b.u32(WEIGHT_LANES));
+        let base = times(b, step, LANES);
+        let (z, lanes) = (b.u32(0), b.u32(LANES));
         b.for_range(z, lanes, 1, |b, lane| {
             let e = b.add(base, lane);
             body(b, e, lane);
         });
     });
-    let done = times(b, steps, WEIGHT_LANES);
+    let done = times(b, steps, LANES);
     b.for_range(done, total, 1, |b, e| {
-        let lanes = b.u32(WEIGHT_LANES);
+        let lanes = b.u32(LANES);
         let lane = b.rem(e, lanes);
         body(b, e, lane);
     });
 }
 
-/// Folds the per-lane values of `lanes` (a local of [`WEIGHT_LANES`]) into head `gi`'s: `op`
+/// Folds the per-lane values of `lanes` (a local of [`LANES`]) into head `gi`'s: `op`
 /// over its lanes `gi, gi + g, ..` in lane order.
 pub(super) fn fold_lanes(
     b: &mut Builder,
@@ -213,7 +214,7 @@ pub(super) fn fold_lanes(
 ) -> Value {
     let first = b.u32(gi);
     let mut x = b.read_local(lanes, first);
-    for j in (gi + g..WEIGHT_LANES).step_by(g as usize) {
+    for j in (gi + g..LANES).step_by(g as usize) {
         let jv = b.u32(j);
         let y = b.read_local(lanes, jv);
         x = op(b, x, y);
@@ -227,7 +228,7 @@ pub(super) fn fold_lanes(
 fn weights_flat(b: &mut Builder, it: &Item, st: &State, n: Value) {
     let g = it.g;
     let fz = b.f32(0.0);
-    for j in 0..WEIGHT_LANES {
+    for j in 0..LANES {
         let (jv, gv) = (b.u32(j), b.u32(j % g));
         let m = b.read_local(st.m, gv);
         b.write_local(st.wmax, jv, m);
@@ -264,7 +265,7 @@ fn weigh(b: &mut Builder, it: &Item, st: &State, e: Value, m: Value, lane: Value
 fn tile_maxima(b: &mut Builder, it: &Item, st: &State, n: Value) {
     let g = it.g;
     let ninf = b.f32(f32::NEG_INFINITY);
-    fill(b, st.wmax, WEIGHT_LANES, ninf);
+    fill(b, st.wmax, LANES, ninf);
     let gv = b.u32(g);
     let total = b.mul(n, gv);
     over_lanes(b, total, &|b, e, lane| {
@@ -458,7 +459,10 @@ pub(super) fn flush(
     let Some((cacc, psum)) = st.cacc else { return };
     let (d, g) = (it.d, it.g);
     if let Some(hist) = st.hist {
-        fold_histograms(b, it, value, hist, cacc);
+        match flat_heads(g) {
+            true => fold_histograms_flat(b, it, value, hist, cacc),
+            false => fold_histograms(b, it, value, hist, cacc),
+        }
     }
     let zero = b.u32(0);
     let gn = b.u32(g);
@@ -560,6 +564,68 @@ fn fold_histograms(b: &mut Builder, it: &Item, value: &Scheme, hist: u32, cacc: 
         let base = entry(b, z);
         let fz = b.f32(0.0);
         b.write_local(hist, base, fz);
+    });
+}
+
+/// [`fold_histograms`] for [`flat_heads`] groups: per code byte, the buckets of all heads
+/// together (a bucket's heads are adjacent, so each run of buckets is one flat run over lanes,
+/// lane `e % LANES` summing head `e % g`'s), each head's sum its lanes' in lane order.
+fn fold_histograms_flat(b: &mut Builder, it: &Item, value: &Scheme, hist: u32, cacc: u32) {
+    let g = it.g;
+    let bits = value.bits.width();
+    let levels = (1u32 << bits) - 1;
+    let per_byte = value.bits.codes_per_byte() as u32;
+    let lanes = lanes_by_position(value);
+    let zero = b.u32(0);
+    let bytes = b.u32(it.value_row_bytes);
+    b.for_range(zero, bytes, 1, |b, j| {
+        // Bucket v of byte j, head 0: (j * 256 + v) * g.
+        let first = times(b, j, 256 * g);
+        for p in (0..per_byte).rev() {
+            let width = 1u32 << (bits * p);
+            let fz = b.f32(0.0);
+            for l in 0..LANES {
+                let lv = b.u32(l);
+                b.write_local(it.sum, lv, fz);
+            }
+            for c in 1..=levels {
+                let from = b.u32(c * width * g);
+                let from = b.add(first, from);
+                let cf = b.f32(c as f32);
+                let run = b.u32(width * g);
+                over_lanes(b, run, &|b, e, lane| {
+                    let at = b.add(from, e);
+                    let x = b.read_local(hist, at);
+                    let fz = b.f32(0.0);
+                    b.write_local(hist, at, fz);
+                    let to = b.add(first, e);
+                    let y = b.read_local(hist, to);
+                    let y = b.add(y, x);
+                    b.write_local(hist, to, y);
+                    let s = b.read_local(it.sum, lane);
+                    let cx = b.mul(cf, x);
+                    let s = b.add(s, cx);
+                    b.write_local(it.sum, lane, s);
+                });
+            }
+            let pos = times(b, j, per_byte);
+            let lane_pos = b.u32(lanes[p as usize] as u32);
+            let pos = b.add(pos, lane_pos);
+            for gi in 0..g {
+                let s = fold_lanes(b, it.sum, g, gi, |b, x, y| b.add(x, y));
+                let row = b.u32(gi * it.d);
+                let at = b.add(row, pos);
+                let cur = b.read_local(cacc, at);
+                let cur = b.add(cur, s);
+                b.write_local(cacc, at, cur);
+            }
+        }
+        let fz = b.f32(0.0);
+        for gi in 0..g {
+            let gv = b.u32(gi);
+            let at = b.add(first, gv);
+            b.write_local(hist, at, fz);
+        }
     });
 }
 
