@@ -8,7 +8,7 @@ use crate::reference::pack::bit_shift;
 use crate::scheme::{Axis, Group, Scheme};
 
 use super::item_params::load_fp;
-use super::values::LANES;
+use super::values::{flat_heads, over_lanes, LANES};
 
 /// Locals and loop-invariant values of one work item, shared by the key and value code.
 pub(super) struct Item {
@@ -197,6 +197,9 @@ pub(super) fn key_row(
         b.write_local(it.bias, gi, bias);
     });
     let Some(lut) = it.lut else { return };
+    if flat_heads(g) {
+        return tables_flat(b, it, key, lut);
+    }
     let per_byte = key.bits.codes_per_byte() as u32;
     let row_bytes = d / per_byte;
     let cells = b.u32(g * row_bytes);
@@ -238,6 +241,57 @@ pub(super) fn key_row(
                 let at = entry(b, v);
                 b.write_local(lut, at, x);
             });
+        }
+    });
+}
+
+/// [`key_row`]'s byte tables for [`flat_heads`] groups, the same entries: per code byte `j`,
+/// position `p` and code `c`, the entries of bytes `c 2^(bits p) + rest` (all heads: a run of
+/// adjacent entries) are those of `rest` plus `c q'`, lane `l` adding the query of head `l % g`
+/// (from the `sum` local, [`LANES`] elements, free once the bias is summed).
+fn tables_flat(b: &mut Builder, it: &Item, key: &Scheme, lut: u32) {
+    let (d, g) = (it.d, it.g);
+    let bits = key.bits.width();
+    let levels = (1u32 << bits) - 1;
+    let per_byte = key.bits.codes_per_byte() as u32;
+    let zero = b.u32(0);
+    let bytes = b.u32(d / per_byte);
+    b.for_range(zero, bytes, 1, |b, j| {
+        // Entry of byte value v, head 0: (j * 256 + v) * g.
+        let first = times(b, j, 256 * g);
+        let fz = b.f32(0.0);
+        for gi in 0..g {
+            let gv = b.u32(gi);
+            let at = b.add(first, gv);
+            b.write_local(lut, at, fz);
+        }
+        let chan = times(b, j, per_byte);
+        for (p, lane) in lanes_by_position(key).into_iter().enumerate() {
+            let width = 1u32 << (bits * p as u32);
+            let c0 = b.u32(lane as u32);
+            let c0 = b.add(chan, c0);
+            for c in 1..=levels {
+                let cf = b.f32(c as f32);
+                for l in 0..LANES {
+                    let qi = b.u32((l % g) * d);
+                    let qi = b.add(qi, c0);
+                    let q = b.read_local(it.qs, qi);
+                    let term = b.mul(q, cf);
+                    let lv = b.u32(l);
+                    b.write_local(it.sum, lv, term);
+                }
+                let dst = b.u32(c * width * g);
+                let dst = b.add(first, dst);
+                let run = b.u32(width * g);
+                over_lanes(b, run, &|b, e, l| {
+                    let from = b.add(first, e);
+                    let prev = b.read_local(lut, from);
+                    let term = b.read_local(it.sum, l);
+                    let x = b.add(prev, term);
+                    let at = b.add(dst, e);
+                    b.write_local(lut, at, x);
+                });
+            }
         }
     });
 }
@@ -359,15 +413,60 @@ pub(super) fn fp_logits(
     let gn = b.u32(it.g);
     b.for_range(zero, gn, 1, |b, gi| {
         let row = times(b, gi, d);
-        let s = sum_over(b, it.sum, d, |b, c| {
-            let qi = b.add(row, c);
-            let q = b.read_local(it.q, qi);
-            let ki = b.add(at, c);
-            let k = load_fp(b, fp, fp_k, ki, 1);
-            b.mul(q, k)
-        });
+        let s = match d % LANES {
+            0 => fp_dot(b, it, (fp_k, fp), at, row),
+            _ => sum_over(b, it.sum, d, |b, c| {
+                let qi = b.add(row, c);
+                let q = b.read_local(it.q, qi);
+                let ki = b.add(at, c);
+                let k = load_fp(b, fp, fp_k, ki, 1);
+                b.mul(q, k)
+            }),
+        };
         store_logit(b, it, gi, slot, s);
     });
+}
+
+/// `sum_c q[row + c] * k[at + c]` over the `d` channels (a multiple of [`LANES`]) of a
+/// full-precision key row, as [`sum_over`] adds them (channel `c` in lane `c % LANES`, the lanes
+/// by a tree), the row read by vector loads of [`LANES`] elements.
+fn fp_dot(
+    b: &mut Builder,
+    it: &Item,
+    (fp_k, fp): (Memory, InputType),
+    at: Value,
+    row: Value,
+) -> Value {
+    let fz = b.f32(0.0);
+    for j in 0..LANES {
+        let jv = b.u32(j);
+        b.write_local(it.sum, jv, fz);
+    }
+    let zero = b.u32(0);
+    let steps = b.u32(it.d / LANES);
+    b.for_range(zero, steps, 1, |b, step| {
+        let base = times(b, step, LANES);
+        let ki = b.add(at, base);
+        let k = load_fp(b, fp, fp_k, ki, LANES as u8);
+        let qi = b.add(row, base);
+        for j in 0..LANES {
+            let jv = b.u32(j);
+            let kj = b.extract(k, j as u8);
+            let qj = b.add(qi, jv);
+            let q = b.read_local(it.q, qj);
+            let x = b.mul(q, kj);
+            let acc = b.read_local(it.sum, jv);
+            let acc = b.add(acc, x);
+            b.write_local(it.sum, jv, acc);
+        }
+    });
+    let lanes = (0..LANES)
+        .map(|j| {
+            let jv = b.u32(j);
+            b.read_local(it.sum, jv)
+        })
+        .collect();
+    tree_sum(b, lanes)
 }
 
 fn store_logit(b: &mut Builder, it: &Item, gi: Value, slot: Value, s: Value) {
