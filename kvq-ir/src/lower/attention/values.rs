@@ -249,15 +249,15 @@ fn weights_flat(b: &mut Builder, it: &Item, st: &State, n: Value) {
     }
 }
 
-/// `logits[e] = e^(logits[e] - m)`, added to `wsum[lane]`.
-fn weigh(b: &mut Builder, it: &Item, st: &State, e: Value, m: Value, lane: Value) {
+/// `logits[e] = e^(logits[e] - m)`, added to `wsum[slot]` (a lane's or a head's sum).
+fn weigh(b: &mut Builder, it: &Item, st: &State, e: Value, m: Value, slot: Value) {
     let s = b.read_local(it.logits, e);
     let x = b.sub(s, m);
     let p = b.unary(UnaryOp::Exp, x);
     b.write_local(it.logits, e, p);
-    let w = b.read_local(st.wsum, lane);
+    let w = b.read_local(st.wsum, slot);
     let w = b.add(w, p);
-    b.write_local(st.wsum, lane, w);
+    b.write_local(st.wsum, slot, w);
 }
 
 /// Each head's largest logit of the tile into `tmax` ([`flat_heads`] groups): the lanes'
@@ -305,13 +305,7 @@ fn weights(b: &mut Builder, it: &Item, st: &State, n: Value) {
             for (gi, &m) in maxes.iter().enumerate() {
                 let gv = b.u32(gi as u32);
                 let at = logit_at(b, it, i, gv);
-                let s = b.read_local(it.logits, at);
-                let x = b.sub(s, m);
-                let p = b.unary(UnaryOp::Exp, x);
-                b.write_local(it.logits, at, p);
-                let w = b.read_local(st.wsum, gv);
-                let w = b.add(w, p);
-                b.write_local(st.wsum, gv, w);
+                weigh(b, it, st, at, m, gv);
             }
         });
     } else {
@@ -323,13 +317,7 @@ fn weights(b: &mut Builder, it: &Item, st: &State, n: Value) {
             let z = b.u32(0);
             b.for_range(z, n, 1, |b, i| {
                 let at = logit_at(b, it, i, gi);
-                let s = b.read_local(it.logits, at);
-                let x = b.sub(s, m);
-                let p = b.unary(UnaryOp::Exp, x);
-                b.write_local(it.logits, at, p);
-                let w = b.read_local(st.wsum, gi);
-                let w = b.add(w, p);
-                b.write_local(st.wsum, gi, w);
+                weigh(b, it, st, at, m, gi);
             });
         });
     }
