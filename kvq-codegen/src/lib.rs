@@ -83,6 +83,21 @@ pub enum Target {
     Ptx(Arch),
 }
 
+/// How LLVM optimizes a kernel within `default<O3>` (a part of the compile cache key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Passes {
+    /// LLVM's loop unrollers (partial, runtime and full unrolling; LLVM's
+    /// `PipelineTuningOptions::LoopUnrolling`). On by default; off, LLVM unrolls no loop of its
+    /// own accord, which halves the host attention kernels' compile time at the same speed.
+    pub unroll_loops: bool,
+}
+
+impl Default for Passes {
+    fn default() -> Passes {
+        Passes { unroll_loops: true }
+    }
+}
+
 /// PTX assembly for one kernel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ptx {

@@ -2,7 +2,8 @@
 //!
 //! [`compile`] lowers a kernel to an x86-64 object for the running CPU (its name and features,
 //! position-independent, `default<O3>`), links it into a shared library with the system C
-//! compiler and loads it. The exported entry
+//! compiler and loads it ([`compile_all`]: several kernels, built at once on the cores). The
+//! exported entry
 //! `void kvq_<name>(const uint64_t *args, uint32_t block_begin, uint32_t block_end,
 //! uint32_t grid_size)` runs blocks `block_begin..block_end`; within a block each region
 //! between sync points (barriers, warp collectives) is a loop over the block's threads, which
@@ -22,7 +23,7 @@ pub use args::{BufferMut, BufferRef, HostArg};
 use kvq_ir::ir::{check_launch, ArgSize, Kernel, KernelInfo, Len, Param, PlanSizes};
 
 use crate::cache::{CacheKey, CompileCache, Lookup};
-use crate::CodegenError;
+use crate::{CodegenError, Passes};
 use link::Loaded;
 
 /// A kernel compiled for and loaded into this process.
@@ -78,41 +79,137 @@ pub fn compile_printed(
     ir: &str,
     cache: Option<&CompileCache>,
 ) -> Result<HostKernel, CodegenError> {
-    let symbol = crate::llvm::host_symbol(kernel);
-    crate::dump(kernel, "kvqir", ir.as_bytes());
-    let loaded = match cache {
-        None => link::load(
-            &kernel.name,
-            &crate::llvm::host_object(kernel, info)?,
-            &symbol,
-        )?,
-        Some(cache) => {
-            let target = crate::llvm::host_target_id();
-            let key = CacheKey::new(
-                ir,
-                &target,
-                &crate::llvm::host_options(),
-                &crate::llvm::llvm_version(),
-            );
-            let cached = match cache.lookup(&key, "so") {
-                // An entry that passes its checksum but does not load (a damaged or foreign
-                // file) is a miss: rebuilt and stored again.
-                Lookup::Hit(path) => link::open_kept(&kernel.name, &path, &symbol)
-                    .inspect_err(|e| {
-                        eprintln!(
-                            "kvq-codegen: cached {} does not load ({e}); rebuilding",
-                            path.display()
-                        )
-                    })
-                    .ok(),
-                Lookup::Miss | Lookup::Corrupt => None,
-            };
-            match cached {
-                Some(loaded) => loaded,
-                None => build_into(kernel, info, &symbol, cache, &key)?,
-            }
+    let job = Job { kernel, info, ir };
+    let mut compiled = compile_all(&[job], cache, Passes::default())?;
+    compiled.pop().ok_or_else(|| missing(kernel))
+}
+
+/// One kernel for [`compile_all`]: the kernel, what the verifier reported of it, and its text
+/// (`kvq_ir::ir::print(kernel)`, the compile cache's key).
+#[derive(Debug, Clone, Copy)]
+pub struct Job<'a> {
+    /// The kernel.
+    pub kernel: &'a Kernel,
+    /// The verifier's report of it.
+    pub info: &'a KernelInfo,
+    /// Its printed text.
+    pub ir: &'a str,
+}
+
+/// Compiles and loads several kernels, in `jobs`' order, optimized with `passes`: the valid
+/// entries of `cache` are loaded first, then the rest are built at once, one kernel per core
+/// (LLVM compiles one module on one thread), and stored in `cache`.
+pub fn compile_all(
+    jobs: &[Job<'_>],
+    cache: Option<&CompileCache>,
+    passes: Passes,
+) -> Result<Vec<HostKernel>, CodegenError> {
+    for job in jobs {
+        crate::dump(job.kernel, "kvqir", job.ir.as_bytes());
+    }
+    let options = crate::llvm::host_options(passes);
+    let keys: Vec<Option<CacheKey>> = jobs
+        .iter()
+        .map(|job| cache.map(|_| key(job.ir, &options)))
+        .collect();
+    let mut loaded: Vec<Option<Result<Loaded, CodegenError>>> = jobs
+        .iter()
+        .zip(&keys)
+        .map(|(job, key)| cached(job, cache.zip(key.as_ref())).map(Ok))
+        .collect();
+    let misses: Vec<usize> = (0..jobs.len()).filter(|&i| loaded[i].is_none()).collect();
+    let build = |&i: &usize| build(&jobs[i], cache.zip(keys[i].as_ref()), passes);
+    let built: Vec<Result<Loaded, CodegenError>> = match pool::shared(pool::STACK) {
+        Some(pool) if misses.len() > 1 => {
+            use rayon::prelude::*;
+            pool.install(|| misses.par_iter().map(build).collect())
         }
+        _ => misses.iter().map(build).collect(),
     };
+    for (&i, result) in misses.iter().zip(built) {
+        loaded[i] = Some(result);
+    }
+    jobs.iter()
+        .zip(loaded)
+        .map(|(job, loaded)| {
+            Ok(host_kernel(
+                job.kernel,
+                job.info,
+                loaded.ok_or_else(|| missing(job.kernel))??,
+            ))
+        })
+        .collect()
+}
+
+/// The error of a kernel [`compile_all`] lost track of (not expected: every job is looked up
+/// or built).
+fn missing(kernel: &Kernel) -> CodegenError {
+    CodegenError::Llvm {
+        kernel: kernel.name.clone(),
+        message: "no compiled kernel came back".into(),
+    }
+}
+
+/// The compile cache key of the kernel text `ir` built with `options` for this machine.
+fn key(ir: &str, options: &str) -> CacheKey {
+    CacheKey::new(
+        ir,
+        &crate::llvm::host_target_id(),
+        options,
+        &crate::llvm::llvm_version(),
+    )
+}
+
+/// The cached build of `job`, when the cache holds a valid one that loads.
+fn cached(job: &Job<'_>, cache: Option<(&CompileCache, &CacheKey)>) -> Option<Loaded> {
+    let (cache, key) = cache?;
+    match cache.lookup(key, "so") {
+        // An entry that passes its checksum but does not load (a damaged or foreign file) is a
+        // miss: rebuilt and stored again.
+        Lookup::Hit(path) => link::open_kept(
+            &job.kernel.name,
+            &path,
+            &crate::llvm::host_symbol(job.kernel),
+        )
+        .inspect_err(|e| {
+            eprintln!(
+                "kvq-codegen: cached {} does not load ({e}); rebuilding",
+                path.display()
+            )
+        })
+        .ok(),
+        Lookup::Miss | Lookup::Corrupt => None,
+    }
+}
+
+/// Builds `job` and loads it; with a cache, stores the build under its key and loads the
+/// stored file (a cache that cannot be written is skipped with a warning, and the build is
+/// loaded from a temporary file).
+fn build(
+    job: &Job<'_>,
+    cache: Option<(&CompileCache, &CacheKey)>,
+    passes: Passes,
+) -> Result<Loaded, CodegenError> {
+    let (kernel, symbol) = (job.kernel, crate::llvm::host_symbol(job.kernel));
+    let object = crate::llvm::host_object(kernel, job.info, passes)?;
+    let Some((cache, key)) = cache else {
+        return link::load(&kernel.name, &object, &symbol);
+    };
+    let bytes = link::link_bytes(&kernel.name, &object)?;
+    match cache.store(key, "so", &bytes) {
+        Ok(path) => link::open_kept(&kernel.name, &path, &symbol),
+        Err(e) => {
+            eprintln!(
+                "kvq-codegen: cannot write the compile cache {}: {e}",
+                cache.dir().display()
+            );
+            link::load(&kernel.name, &object, &symbol)
+        }
+    }
+}
+
+/// The [`HostKernel`] of `kernel`, loaded.
+fn host_kernel(kernel: &Kernel, info: &KernelInfo, loaded: Loaded) -> HostKernel {
     let locals: usize = kernel
         .locals
         .iter()
@@ -120,7 +217,7 @@ pub fn compile_printed(
         .sum();
     // A cluster's blocks keep their shared arrays and locals at once.
     let frame = (info.shared_bytes as usize + locals) * kernel.cluster_size.max(1) as usize;
-    Ok(HostKernel {
+    HostKernel {
         name: kernel.name.clone(),
         params: kernel.params.clone(),
         max_grid: kernel.max_grid.clone(),
@@ -128,29 +225,6 @@ pub fn compile_printed(
         stack: (frame + (1 << 20)).max(2 << 20),
         cluster_size: kernel.cluster_size.max(1),
         loaded,
-    })
-}
-
-/// Builds `kernel`, stores it in `cache` under `key` and loads the stored file; a cache that
-/// cannot be written is skipped with a warning (the build is loaded from a temporary file).
-fn build_into(
-    kernel: &Kernel,
-    info: &KernelInfo,
-    symbol: &str,
-    cache: &CompileCache,
-    key: &CacheKey,
-) -> Result<link::Loaded, CodegenError> {
-    let object = crate::llvm::host_object(kernel, info)?;
-    let bytes = link::link_bytes(&kernel.name, &object)?;
-    match cache.store(key, "so", &bytes) {
-        Ok(path) => link::open_kept(&kernel.name, &path, symbol),
-        Err(e) => {
-            eprintln!(
-                "kvq-codegen: cannot write the compile cache {}: {e}",
-                cache.dir().display()
-            );
-            link::load(&kernel.name, &object, symbol)
-        }
     }
 }
 

@@ -43,7 +43,7 @@ use inkwell::values::{BasicMetadataValueEnum, BasicValueEnum, FunctionValue};
 use inkwell::AddressSpace;
 use kvq_ir::ir::{Access, Kernel, KernelInfo, Param, ScalarType};
 
-use crate::{Arch, CodegenError, Target};
+use crate::{Arch, CodegenError, Passes, Target};
 use lower::{Fail, Lower};
 
 /// The code generation options of PTX, for cache keys.
@@ -52,8 +52,13 @@ pub(crate) fn ptx_options() -> String {
 }
 
 /// The code generation options of host code, for cache keys.
-pub(crate) fn host_options() -> String {
-    format!("default<O3> pic +prefer-no-gather {SOURCES}")
+pub(crate) fn host_options(passes: Passes) -> String {
+    let unroll = if passes.unroll_loops {
+        ""
+    } else {
+        " no-unroll"
+    };
+    format!("default<O3>{unroll} pic +prefer-no-gather {SOURCES}")
 }
 
 /// A fingerprint of kvq-codegen's sources (`build.rs`), so that cached code from another
@@ -70,7 +75,7 @@ pub(crate) fn ptx_text(
     arch: Arch,
 ) -> Result<String, CodegenError> {
     let ctx = Context::create();
-    let (module, machine) = build(&ctx, kernel, info, Target::Ptx(arch))?;
+    let (module, machine) = build(&ctx, kernel, info, Target::Ptx(arch), Passes::default())?;
     let buffer = machine
         .write_to_memory_buffer(&module, FileType::Assembly)
         .map_err(|e| llvm_error(kernel, e.to_string()))?;
@@ -94,9 +99,13 @@ fn cluster_directive(kernel: &Kernel, text: String) -> Result<String, CodegenErr
 }
 
 /// A relocatable x86-64 object file defining `kvq_<name>` (see the module docs).
-pub(crate) fn host_object(kernel: &Kernel, info: &KernelInfo) -> Result<Vec<u8>, CodegenError> {
+pub(crate) fn host_object(
+    kernel: &Kernel,
+    info: &KernelInfo,
+    passes: Passes,
+) -> Result<Vec<u8>, CodegenError> {
     let ctx = Context::create();
-    let (module, machine) = build(&ctx, kernel, info, Target::Host)?;
+    let (module, machine) = build(&ctx, kernel, info, Target::Host, passes)?;
     let buffer = machine
         .write_to_memory_buffer(&module, FileType::Object)
         .map_err(|e| llvm_error(kernel, e.to_string()))?;
@@ -110,7 +119,7 @@ pub(crate) fn ir_text(
     target: Target,
 ) -> Result<String, CodegenError> {
     let ctx = Context::create();
-    let (module, _machine) = build(&ctx, kernel, info, target)?;
+    let (module, _machine) = build(&ctx, kernel, info, target, Passes::default())?;
     Ok(module.print_to_string().to_string())
 }
 
@@ -168,6 +177,7 @@ fn build<'ctx>(
     kernel: &Kernel,
     info: &KernelInfo,
     target: Target,
+    passes: Passes,
 ) -> Result<(Module<'ctx>, TargetMachine), CodegenError> {
     if kernel.cluster_size > 1 && target == Target::Ptx(Arch::Sm80) {
         return Err(CodegenError::Unsupported {
@@ -186,7 +196,7 @@ fn build<'ctx>(
     module
         .verify()
         .map_err(|e| llvm_error(kernel, format!("invalid module: {e}")))?;
-    target::optimize(&module, &machine).map_err(|e| llvm_error(kernel, e))?;
+    target::optimize(&module, &machine, passes).map_err(|e| llvm_error(kernel, e))?;
     crate::dump(
         kernel,
         dump_ext(target),

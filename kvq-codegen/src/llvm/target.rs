@@ -18,7 +18,7 @@ use inkwell::targets::{
 };
 use inkwell::OptimizationLevel;
 
-use crate::{CodegenError, Target};
+use crate::{CodegenError, Passes, Target};
 
 /// The PTX ISA version requested from the NVPTX backend.
 pub(crate) const PTX_FEATURES: &str = "+ptx78";
@@ -89,9 +89,15 @@ pub(super) fn configure(module: &Module<'_>, machine: &TargetMachine) {
     module.set_data_layout(&machine.get_target_data().get_data_layout());
 }
 
-/// Runs `default<O3>` over `module`.
-pub(super) fn optimize(module: &Module<'_>, machine: &TargetMachine) -> Result<(), String> {
+/// Runs `default<O3>` over `module`, tuned by `passes`.
+pub(super) fn optimize(
+    module: &Module<'_>,
+    machine: &TargetMachine,
+    passes: Passes,
+) -> Result<(), String> {
+    let options = PassBuilderOptions::create();
+    options.set_loop_unrolling(passes.unroll_loops);
     module
-        .run_passes("default<O3>", machine, PassBuilderOptions::create())
+        .run_passes("default<O3>", machine, options)
         .map_err(|e| e.to_string())
 }

@@ -270,3 +270,103 @@ fn a_relative_cache_directory_still_loads() {
     drop(warm);
     let _ = std::fs::remove_dir_all(&rel);
 }
+
+#[test]
+fn compile_all_builds_the_misses_at_once_and_keys_entries_by_passes() {
+    use kvq_codegen::host::Job;
+    use kvq_codegen::Passes;
+    use kvq_ir::ir::interp::{self, Arg, Buffer};
+
+    let dir = std::env::temp_dir().join(format!("kvq-compile-all-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let cache = CompileCache::new(&dir);
+    let (scale, loops) = (scale_kernel(), crate::control::loops_kernel());
+    let (scale_info, loops_info) = (info(&scale), info(&loops));
+    let (scale_ir, loops_ir) = (kvq_ir::ir::print(&scale), kvq_ir::ir::print(&loops));
+    let jobs = [
+        Job {
+            kernel: &scale,
+            info: &scale_info,
+            ir: &scale_ir,
+        },
+        Job {
+            kernel: &loops,
+            info: &loops_info,
+            ir: &loops_ir,
+        },
+    ];
+    let no_unroll = Passes {
+        unroll_loops: false,
+    };
+    // The loops kernel's outputs, from the interpreter.
+    let args = vec![
+        Arg::Buffer(Buffer::U32(vec![7; 40 * 6])),
+        Arg::Buffer(Buffer::F32(vec![0.0; 40])),
+        Arg::U32(50),
+        Arg::F32(0.1),
+    ];
+    let mut expected = args.clone();
+    interp::run(&loops, &mut expected, 5).expect("interpreter runs");
+    let run = |compiled: &host::HostKernel| {
+        let mut got = args.clone();
+        let mut host_args: Vec<HostArg<'_>> = loops
+            .params
+            .iter()
+            .zip(got.iter_mut())
+            .map(|(p, a)| crate::common::host_arg(p, a))
+            .collect();
+        // SAFETY: the buffers hold what the kernel indexes for 5 blocks (as in `control`).
+        unsafe { compiled.launch(&mut host_args, 5) }.expect("runs");
+        drop(host_args);
+        got
+    };
+
+    let mut by_passes = Vec::new();
+    for passes in [Passes::default(), no_unroll] {
+        let cold = host::compile_all(&jobs, Some(&cache), passes).expect("compiles");
+        assert_eq!(
+            cold.iter().map(|k| k.name()).collect::<Vec<_>>(),
+            ["scale", "loops"],
+            "in the jobs' order"
+        );
+        assert_eq!(run(&cold[1]), expected, "{passes:?}");
+        let cold_paths: Vec<_> = cold
+            .iter()
+            .map(|k| k.library_path().to_path_buf())
+            .collect();
+        assert!(cold_paths.iter().all(|p| p.starts_with(&dir) && p.exists()));
+        drop(cold);
+        let warm = host::compile_all(&jobs, Some(&cache), passes).expect("loads");
+        let warm_paths: Vec<_> = warm
+            .iter()
+            .map(|k| k.library_path().to_path_buf())
+            .collect();
+        assert_eq!(warm_paths, cold_paths, "both loaded from the cache");
+        assert_eq!(run(&warm[1]), expected);
+        by_passes.push(cold_paths);
+    }
+    // Other passes, other entries: four libraries in all.
+    let mut paths = by_passes.concat();
+    paths.sort();
+    paths.dedup();
+    assert_eq!(paths.len(), 4, "{paths:?}");
+
+    // One entry gone: it is rebuilt into its place, and the other one is loaded.
+    let defaults = &by_passes[0];
+    let kept = std::fs::read(&defaults[1]).unwrap();
+    std::fs::remove_file(&defaults[0]).unwrap();
+    let mixed = host::compile_all(&jobs, Some(&cache), Passes::default()).expect("compiles");
+    let mixed_paths: Vec<_> = mixed
+        .iter()
+        .map(|k| k.library_path().to_path_buf())
+        .collect();
+    assert_eq!(&mixed_paths, defaults);
+    assert!(defaults[0].exists());
+    assert_eq!(std::fs::read(&defaults[1]).unwrap(), kept);
+    assert_eq!(run(&mixed[1]), expected);
+    // Without a cache: temporary libraries, both built.
+    let uncached = host::compile_all(&jobs, None, no_unroll).expect("compiles");
+    assert!(uncached.iter().all(|k| !k.library_path().starts_with(&dir)));
+    assert_eq!(run(&uncached[1]), expected);
+    let _ = std::fs::remove_dir_all(&dir);
+}
