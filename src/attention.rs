@@ -24,6 +24,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use kvq_codegen::host::{HostArg, HostKernel};
+use kvq_codegen::Passes;
 use kvq_ir::ir::interp::{Arg, Buffer};
 use kvq_ir::ir::Kernel;
 use kvq_ir::lower::attention::{
@@ -36,8 +37,17 @@ use kvq_runtime::{ParamView, SeqView};
 
 pub use kvq_ir::lower::attention::SeqData;
 
-use crate::backend::{host_args, host_kernel_printed, BackendError};
+use crate::backend::{host_args, host_kernels_printed, BackendError};
 use crate::tune::attention::{default_attention_table, lower_printed, lower_tuned};
+
+/// How LLVM optimizes the attention kernels: without its loop unrollers. Their hot loops are
+/// already the IR's own 16-lane runs (vectorized whole) and byte-table walks; unrolled, the
+/// three kernels of 1-bit CalibQuant (head_dim 128, group 4) took 0.95-1.1 s to compile cold
+/// and ran no faster (`kvq bench attention`, interleaved runs, 2026-12-06), against
+/// 0.56-0.61 s without.
+const ATTENTION_PASSES: Passes = Passes {
+    unroll_loops: false,
+};
 
 /// The attention kernels of one cache scheme and shape, compiled for this CPU (a clone shares
 /// them).
@@ -89,10 +99,9 @@ impl HostAttention {
             Some(s) => lower_printed(scheme, shape, s)?,
             None => lower_tuned(default_attention_table(), scheme, shape)?,
         };
-        let mut compiled = Vec::new();
-        for (k, text) in kernels.all().zip(texts) {
-            compiled.push((k.name.clone(), host_kernel_printed(k, text)?));
-        }
+        let all: Vec<&Kernel> = kernels.all().collect();
+        let compiled = host_kernels_printed(&all, texts, ATTENTION_PASSES)?;
+        let compiled = all.iter().map(|k| k.name.clone()).zip(compiled).collect();
         let attention = HostAttention {
             scheme: *scheme,
             shape,

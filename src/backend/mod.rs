@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use kvq_codegen::host::{BufferMut, HostArg, HostKernel};
-use kvq_codegen::CodegenError;
+use kvq_codegen::host::{BufferMut, HostArg, HostKernel, Job};
+use kvq_codegen::{CodegenError, Passes};
 use kvq_ir::ir::interp::{self, Arg, Buffer};
 use kvq_ir::ir::{verify, Kernel, VerifyError};
 use kvq_ir::lower::io::{dequantize_with, quantize_with, ExecError};
@@ -68,8 +68,8 @@ impl<E: Into<BackendError> + std::error::Error + 'static> From<ExecError<E>> for
     }
 }
 
-/// Compiled host kernels of this process, by kernel text.
-type HostCache = Mutex<HashMap<String, Arc<HostKernel>>>;
+/// Compiled host kernels of this process, by optimization passes and kernel text.
+type HostCache = Mutex<HashMap<Passes, HashMap<String, Arc<HostKernel>>>>;
 
 fn host_cache() -> &'static HostCache {
     static CACHE: std::sync::OnceLock<HostCache> = std::sync::OnceLock::new();
@@ -84,17 +84,64 @@ pub fn host_kernel(kernel: &Kernel) -> Result<Arc<HostKernel>, BackendError> {
 /// [`host_kernel`] for a caller that has printed the kernel already (`text` must be
 /// `kvq_ir::ir::print(kernel)`): the text keys both this process's memo and the compile cache.
 pub fn host_kernel_printed(kernel: &Kernel, text: String) -> Result<Arc<HostKernel>, BackendError> {
-    if let Some(k) = host_cache().lock().ok().and_then(|c| c.get(&text).cloned()) {
-        return Ok(k);
-    }
-    let info = verify(kernel)?;
+    let mut compiled = host_kernels_printed(&[kernel], vec![text], Passes::default())?;
+    compiled.pop().ok_or_else(|| not_compiled(kernel))
+}
+
+/// [`host_kernel_printed`] for several kernels optimized with `passes` (`texts[i]` printed from
+/// `kernels[i]`): those not compiled in this process yet are built at once, one per core
+/// ([`kvq_codegen::host::compile_all`]).
+pub fn host_kernels_printed(
+    kernels: &[&Kernel],
+    texts: Vec<String>,
+    passes: Passes,
+) -> Result<Vec<Arc<HostKernel>>, BackendError> {
+    let memo = |text: &str| {
+        let memo = host_cache().lock().ok()?;
+        memo.get(&passes)?.get(text).cloned()
+    };
+    let found: Vec<Option<Arc<HostKernel>>> = texts.iter().map(|t| memo(t)).collect();
+    let missing: Vec<usize> = (0..found.len()).filter(|&i| found[i].is_none()).collect();
+    let infos = missing
+        .iter()
+        .map(|&i| verify(kernels[i]))
+        .collect::<Result<Vec<_>, _>>()?;
+    let jobs: Vec<Job<'_>> = missing
+        .iter()
+        .zip(&infos)
+        .map(|(&i, info)| Job {
+            kernel: kernels[i],
+            info,
+            ir: &texts[i],
+        })
+        .collect();
     let cache = kvq_codegen::cache::CompileCache::from_env();
-    let compiled = kvq_codegen::host::compile_printed(kernel, &info, &text, cache.as_ref())?;
-    let compiled = Arc::new(compiled);
-    if let Ok(mut c) = host_cache().lock() {
-        c.insert(text, compiled.clone());
+    let mut built = kvq_codegen::host::compile_all(&jobs, cache.as_ref(), passes)?.into_iter();
+    let mut memo = host_cache().lock().ok();
+    let mut compiled = Vec::with_capacity(found.len());
+    for ((found, text), kernel) in found.into_iter().zip(texts).zip(kernels) {
+        let kernel = match found {
+            Some(k) => k,
+            None => {
+                let k = Arc::new(built.next().ok_or_else(|| not_compiled(kernel))?);
+                if let Some(memo) = memo.as_mut() {
+                    memo.entry(passes).or_default().insert(text, k.clone());
+                }
+                k
+            }
+        };
+        compiled.push(kernel);
     }
     Ok(compiled)
+}
+
+/// The error of a kernel that [`host_kernels_printed`] lost track of (not expected: every
+/// kernel is found in the memo or compiled).
+fn not_compiled(kernel: &Kernel) -> BackendError {
+    BackendError::Codegen(CodegenError::Llvm {
+        kernel: kernel.name.clone(),
+        message: "no compiled kernel came back".into(),
+    })
 }
 
 /// Host launch arguments borrowing the interpreter's owned argument buffers.
