@@ -1,6 +1,11 @@
 //! The search: every candidate compiled, checked bit for bit against the default, and timed.
 
+use std::sync::Arc;
+
 use super::*;
+use crate::backend::host_kernels_printed;
+use kvq_codegen::Passes;
+use kvq_ir::ir::Kernel;
 use kvq_ir::lower::args::QuantizeArgs;
 use kvq_ir::lower::quantize_abi as abi;
 
@@ -135,17 +140,28 @@ pub fn tune_within(
 
     let default = Schedule::host_default(scheme, shape);
     let list = candidates(scheme, shape);
-    let mut compiled = Vec::with_capacity(list.len());
+    let mut lowered = Vec::with_capacity(list.len());
+    let mut grids = Vec::with_capacity(list.len());
     for &schedule in &list {
-        let lowered = lower::quantize(scheme, shape, &schedule)?;
-        let grid = lowered
+        let l = lower::quantize(scheme, shape, &schedule)?;
+        let grid = l
             .launch
-            .grid(heads as u32, tokens as u32, lowered.kernel.block_size);
-        let grid = u32::try_from(grid).map_err(|_| bad_shape())?;
-        let kernel = host_kernel(&lowered.kernel)
-            .map_err(|source| TuneError::Backend { schedule, source })?;
-        compiled.push((schedule, kernel, grid));
+            .grid(heads as u32, tokens as u32, l.kernel.block_size);
+        grids.push(u32::try_from(grid).map_err(|_| bad_shape())?);
+        lowered.push(l);
     }
+    // Every candidate compiled at once (one kernel per core).
+    let kernels: Vec<&Kernel> = lowered.iter().map(|l| &l.kernel).collect();
+    let texts = kernels.iter().map(|k| kvq_ir::ir::print(k)).collect();
+    let compiled: Vec<(Schedule, Arc<HostKernel>, u32)> =
+        host_kernels_printed(&kernels, texts, Passes::default())
+            .map_err(|e| failing_candidate(&list, &kernels).unwrap_or((default, e)))
+            .map_err(|(schedule, source)| TuneError::Backend { schedule, source })?
+            .into_iter()
+            .zip(&list)
+            .zip(grids)
+            .map(|((kernel, &schedule), grid)| (schedule, kernel, grid))
+            .collect();
 
     // The default's output first, then every candidate's against it (this is the warm-up).
     let run = |k: &HostKernel, s: Schedule, g: u32, args: &mut [Arg]| {
@@ -220,6 +236,14 @@ pub fn tune_within(
         rounds,
         ratios,
     })
+}
+
+/// The first candidate whose kernel does not compile on its own, with its error (to name it
+/// when compiling them together failed).
+fn failing_candidate(list: &[Schedule], kernels: &[&Kernel]) -> Option<(Schedule, BackendError)> {
+    list.iter()
+        .zip(kernels)
+        .find_map(|(&s, k)| host_kernel(k).err().map(|e| (s, e)))
 }
 
 /// Zeroes the codes, parameter and status buffers so a launch that skips an element shows.
