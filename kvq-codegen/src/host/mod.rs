@@ -228,6 +228,17 @@ fn host_kernel(kernel: &Kernel, info: &KernelInfo, loaded: Loaded) -> HostKernel
     }
 }
 
+/// Runs `f` on one of the threads host kernels run on (the process's pool, when it exists) and
+/// returns its result: launches made within `f` then start their blocks from a worker, which
+/// joins in, instead of waking the pool from outside and sleeping until it is done. A caller
+/// that makes several launches in a row (decode attention: three) hands over to the pool once.
+pub fn on_workers<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    match pool::shared(pool::STACK) {
+        Some(pool) => pool.install(f),
+        None => f(),
+    }
+}
+
 impl HostKernel {
     /// The kernel's name.
     pub fn name(&self) -> &str {

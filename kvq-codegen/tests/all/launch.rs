@@ -370,3 +370,29 @@ fn compile_all_builds_the_misses_at_once_and_keys_entries_by_passes() {
     assert_eq!(run(&uncached[1]), expected);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn launches_from_a_pool_worker_run_all_their_blocks() {
+    let kernel = scale_kernel();
+    let compiled = host::compile(&kernel, &info(&kernel)).expect("compiles");
+    let src: Vec<f32> = (0..1000).map(|k| k as f32).collect();
+    let (name, dst) = host::on_workers(|| {
+        let mut dst = vec![0.0f32; 1000];
+        for scale in [3.0f32, 0.5] {
+            let mut args = [
+                HostArg::from(&src[..]),
+                HostArg::from(&mut dst[..]),
+                HostArg::from(scale),
+                HostArg::from(1000u32),
+            ];
+            // SAFETY: both buffers hold the 1000 elements the kernel addresses in 40 blocks.
+            unsafe { compiled.launch(&mut args, 40) }.expect("runs");
+        }
+        (std::thread::current().name().map(String::from), dst)
+    });
+    assert!(
+        name.as_deref().is_some_and(|n| n.starts_with("kvq-host-")),
+        "{name:?}"
+    );
+    assert!(dst.iter().zip(&src).all(|(d, s)| *d == s * 0.5));
+}
