@@ -74,10 +74,7 @@ pub(super) fn sum_over(
         });
         return b.read_local(sum, zero);
     }
-    for j in 0..LANES {
-        let jv = b.u32(j);
-        b.write_local(sum, jv, fz);
-    }
+    zero_lanes(b, sum, fz);
     let steps = b.u32(n / LANES);
     b.for_range(zero, steps, 1, |b, step| {
         let base = times(b, step, LANES);
@@ -90,6 +87,19 @@ pub(super) fn sum_over(
             b.write_local(sum, j, acc);
         });
     });
+    lanes_total(b, sum)
+}
+
+/// Sets the [`LANES`] partial sums of the local `sum` to `fz` (an f32 zero).
+fn zero_lanes(b: &mut Builder, sum: u32, fz: Value) {
+    for j in 0..LANES {
+        let jv = b.u32(j);
+        b.write_local(sum, jv, fz);
+    }
+}
+
+/// The total of the [`LANES`] partial sums of the local `sum`, added as a balanced tree.
+fn lanes_total(b: &mut Builder, sum: u32) -> Value {
     let lanes = (0..LANES)
         .map(|j| {
             let jv = b.u32(j);
@@ -438,10 +448,7 @@ fn fp_dot(
     row: Value,
 ) -> Value {
     let fz = b.f32(0.0);
-    for j in 0..LANES {
-        let jv = b.u32(j);
-        b.write_local(it.sum, jv, fz);
-    }
+    zero_lanes(b, it.sum, fz);
     let zero = b.u32(0);
     let steps = b.u32(it.d / LANES);
     b.for_range(zero, steps, 1, |b, step| {
@@ -460,13 +467,7 @@ fn fp_dot(
             b.write_local(it.sum, jv, acc);
         }
     });
-    let lanes = (0..LANES)
-        .map(|j| {
-            let jv = b.u32(j);
-            b.read_local(it.sum, jv)
-        })
-        .collect();
-    tree_sum(b, lanes)
+    lanes_total(b, it.sum)
 }
 
 fn store_logit(b: &mut Builder, it: &Item, gi: Value, slot: Value, s: Value) {
