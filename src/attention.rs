@@ -45,7 +45,7 @@ use crate::tune::attention::{default_attention_table, lower_printed, lower_tuned
 /// three kernels of 1-bit CalibQuant (head_dim 128, group 4) took 0.95-1.1 s to compile cold
 /// and ran no faster (`kvq bench attention`, interleaved runs, 2026-12-06), against
 /// 0.56-0.61 s without.
-const ATTENTION_PASSES: Passes = Passes {
+pub const ATTENTION_PASSES: Passes = Passes {
     unroll_loops: false,
 };
 

@@ -109,9 +109,14 @@ pub struct Ptx {
     pub text: String,
 }
 
-/// The optimized LLVM IR of `kernel` for `target`, as text (for dumps and tests).
-pub fn llvm_ir(kernel: &Kernel, info: &KernelInfo, target: Target) -> Result<String, CodegenError> {
-    llvm::ir_text(kernel, info, target)
+/// The LLVM IR of `kernel` for `target` optimized with `passes`, as text (for dumps and tests).
+pub fn llvm_ir(
+    kernel: &Kernel,
+    info: &KernelInfo,
+    target: Target,
+    passes: Passes,
+) -> Result<String, CodegenError> {
+    llvm::ir_text(kernel, info, target, passes)
 }
 
 /// The version of the LLVM kvq-codegen is linked with.

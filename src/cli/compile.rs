@@ -7,11 +7,11 @@ use super::Input;
 use anyhow::{bail, Context, Result};
 use kvq::output::StagedDir;
 use kvq::Scheme;
-use kvq_codegen::{ptxas, Arch, Target};
+use kvq_codegen::{ptxas, Arch, Passes, Target};
 use kvq_ir::ir::{verify, Kernel};
 use kvq_ir::lower::{InputType, ShapeClass};
 use kvq_ir::Calibration;
-use kvq_runtime::cuda::{Entry, KernelEntry, Manifest, PtxasResources};
+use kvq_runtime::cuda::{Entry, KernelEntry, Manifest, PtxasResources, Role};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum TargetArg {
@@ -111,7 +111,21 @@ pub fn run(args: Args) -> Result<()> {
     let mut out = StagedDir::new(&args.output)?;
     let mut kernels = Vec::new();
     for l in lowered {
-        let entry = write_kernel(&mut out, target, emit, &l.kernel, ptxas.as_deref())?;
+        // Host attention kernels are optimized as `HostAttention` compiles them.
+        let passes = match (target, l.role) {
+            (
+                Target::Host,
+                Role::AttentionStats | Role::AttentionPartial | Role::AttentionCombine,
+            ) => kvq::attention::ATTENTION_PASSES,
+            _ => Passes::default(),
+        };
+        let entry = write_kernel(
+            &mut out,
+            (target, passes),
+            emit,
+            &l.kernel,
+            ptxas.as_deref(),
+        )?;
         kernels.push(KernelEntry {
             role: l.role,
             scheme: l.scheme,
@@ -152,7 +166,7 @@ fn target_name(target: Target) -> &'static str {
 /// Writes one kernel in the requested form and returns its manifest entry.
 fn write_kernel(
     out: &mut StagedDir,
-    target: Target,
+    (target, passes): (Target, Passes),
     emit: Emit,
     kernel: &Kernel,
     ptxas_path: Option<&std::path::Path>,
@@ -160,7 +174,7 @@ fn write_kernel(
     let info = verify(kernel)?;
     let (ext, text) = match emit {
         Emit::Ir => ("kvqir", kvq_ir::ir::print(kernel)),
-        Emit::Llvm => ("ll", kvq_codegen::llvm_ir(kernel, &info, target)?),
+        Emit::Llvm => ("ll", kvq_codegen::llvm_ir(kernel, &info, target, passes)?),
         Emit::Ptx => {
             let Target::Ptx(arch) = target else {
                 bail!("--emit ptx needs a GPU target")

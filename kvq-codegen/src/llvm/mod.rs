@@ -112,14 +112,15 @@ pub(crate) fn host_object(
     Ok(buffer.as_slice().to_vec())
 }
 
-/// Optimized LLVM IR text of `kernel` for `target`.
+/// LLVM IR text of `kernel` for `target`, optimized with `passes`.
 pub(crate) fn ir_text(
     kernel: &Kernel,
     info: &KernelInfo,
     target: Target,
+    passes: Passes,
 ) -> Result<String, CodegenError> {
     let ctx = Context::create();
-    let (module, _machine) = build(&ctx, kernel, info, target, Passes::default())?;
+    let (module, _machine) = build(&ctx, kernel, info, target, passes)?;
     Ok(module.print_to_string().to_string())
 }
 

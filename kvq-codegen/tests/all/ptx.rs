@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use kvq_codegen::{llvm_ir, ptx, Arch, Ptx, Target};
+use kvq_codegen::{llvm_ir, ptx, Arch, Passes, Ptx, Target};
 use kvq_ir::ir::{BinaryOp, Kernel, Op, ScalarType, UnaryOp};
 use kvq_ir::{BitOrder, Bits};
 use ScalarType::{BF16, F16, F32, F64, U32, U8};
@@ -201,7 +201,7 @@ fn cooperative_kernels_use_warp_shuffles_and_128_bit_accesses() {
 fn float_arithmetic_uses_rn_intrinsics_on_nvptx_and_plain_ops_on_host() {
     let kernel = crate::arith::float_kernel(F32).0;
     let info = info(&kernel);
-    let gpu = llvm_ir(&kernel, &info, Target::Ptx(Arch::Sm90)).expect("ir");
+    let gpu = llvm_ir(&kernel, &info, Target::Ptx(Arch::Sm90), Passes::default()).expect("ir");
     for intrinsic in [
         "llvm.nvvm.add.rn.f",
         "llvm.nvvm.mul.rn.f",
@@ -210,7 +210,7 @@ fn float_arithmetic_uses_rn_intrinsics_on_nvptx_and_plain_ops_on_host() {
     ] {
         assert!(gpu.contains(intrinsic), "missing {intrinsic}");
     }
-    let host = llvm_ir(&kernel, &info, Target::Host).expect("ir");
+    let host = llvm_ir(&kernel, &info, Target::Host, Passes::default()).expect("ir");
     assert!(
         host.contains("define void @kvq_float_ops_f32(ptr"),
         "host entry"
