@@ -488,16 +488,21 @@ impl Keys {
         }
     }
 
-    /// The largest f32 order key whose key is `k` (`k` a key of a finite value): a full key is
-    /// at or below it exactly when its key is at or below `k`.
-    pub(super) fn widen(&self, b: &mut Builder, k: Value) -> Value {
-        let k = match self.offset {
+    /// `k` with the offset that [`Keys::key_of`] subtracts added back.
+    fn without_offset(&self, b: &mut Builder, k: Value) -> Value {
+        match self.offset {
             0 => k,
             offset => {
                 let offset = b.u32(offset);
                 b.add(k, offset)
             }
-        };
+        }
+    }
+
+    /// The largest f32 order key whose key is `k` (`k` a key of a finite value): a full key is
+    /// at or below it exactly when its key is at or below `k`.
+    pub(super) fn widen(&self, b: &mut Builder, k: Value) -> Value {
+        let k = self.without_offset(b, k);
         match self.z {
             0 => k,
             z => {
@@ -511,13 +516,7 @@ impl Keys {
 
     /// The value (f32) whose key is `k`.
     pub(super) fn value(&self, b: &mut Builder, k: Value) -> Value {
-        let k = match self.offset {
-            0 => k,
-            offset => {
-                let offset = b.u32(offset);
-                b.add(k, offset)
-            }
-        };
+        let k = self.without_offset(b, k);
         let v = key_value(b, k, self.z);
         match self.scaled {
             true => {
