@@ -215,6 +215,7 @@ fn fp_rows<'a>(
     };
     match rows {
         Buffer::U8(x) => x[..].into(),
+        Buffer::U16(x) => x[..].into(),
         Buffer::U32(x) => x[..].into(),
         Buffer::F16(x) => x[..].into(),
         Buffer::BF16(x) => x[..].into(),

@@ -827,11 +827,14 @@ fn inv6_invalid_conversions() {
 }
 
 #[test]
-fn inv14_bitcast_between_f32_and_u32_and_bytes_and_words() {
+fn inv14_bitcast_between_f32_and_u32_half_floats_and_u16_and_bytes_and_words() {
     let mut b = Builder::new("k", 1);
     let f = b.f32(1.5);
     let u = b.u32(7);
     let h = b.u8(1);
+    let w = b.u16(0x3C00);
+    let half = b.convert(F16, f);
+    let brain = b.convert(BF16, f);
     let bytes16 = b.vector(vec![h; 16]);
     let bytes4 = b.vector(vec![h; 4]);
     let words2 = b.vector(vec![u; 2]);
@@ -842,7 +845,13 @@ fn inv14_bitcast_between_f32_and_u32_and_bytes_and_words() {
         b.bitcast_to(Type::Vector(U8, 8), words2),
         b.bitcast(U32, bytes4),
         b.bitcast_to(Type::Vector(U8, 4), u),
+        b.bitcast(U16, half),
+        b.bitcast(U16, brain),
+        b.bitcast(F16, w),
+        b.bitcast(BF16, w),
     ];
+    let u16_from_f32 = b.bitcast(U16, f);
+    let u16_to_u32 = b.bitcast(U32, w);
     let to_u8 = b.bitcast(U8, f);
     let from_u8 = b.bitcast(F32, h);
     let same = b.bitcast(F32, f);
@@ -853,6 +862,8 @@ fn inv14_bitcast_between_f32_and_u32_and_bytes_and_words() {
     assert_findings(
         &k,
         &[
+            (Some(u16_from_f32), cast(sc(F32), sc(U16))),
+            (Some(u16_to_u32), cast(sc(U16), sc(U32))),
             (Some(to_u8), cast(sc(F32), sc(U8))),
             (Some(from_u8), cast(sc(U8), sc(F32))),
             (Some(same), cast(sc(F32), sc(F32))),

@@ -149,6 +149,7 @@ pub fn host_args(args: &mut [Arg]) -> Vec<HostArg<'_>> {
     args.iter_mut()
         .map(|a| match a {
             Arg::Buffer(Buffer::U8(v)) => HostArg::Buffer(BufferMut::U8(v)),
+            Arg::Buffer(Buffer::U16(v)) => HostArg::Buffer(BufferMut::U16(v)),
             Arg::Buffer(Buffer::U32(v)) => HostArg::Buffer(BufferMut::U32(v)),
             Arg::Buffer(Buffer::F16(v)) => HostArg::Buffer(BufferMut::F16(v)),
             Arg::Buffer(Buffer::BF16(v)) => HostArg::Buffer(BufferMut::BF16(v)),

@@ -51,6 +51,7 @@ fn synthetic(heads: usize, tokens: usize, dim: usize, seed: u64, offset: f32) ->
 fn bytes_of(buffer: &Buffer) -> (Dtype, Vec<u8>) {
     match buffer {
         Buffer::U8(v) => (Dtype::U8, v.clone()),
+        Buffer::U16(v) => (Dtype::U16, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
         Buffer::U32(v) => (Dtype::U32, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
         Buffer::F16(v) => (Dtype::F16, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
         Buffer::BF16(v) => (

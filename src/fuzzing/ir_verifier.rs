@@ -471,6 +471,7 @@ impl Gen<'_, '_> {
         let v = match ty {
             ScalarType::Bool => b.bool(raw & 1 == 1),
             ScalarType::U8 => b.u8(if small { (raw % 4) as u8 } else { raw as u8 }),
+            ScalarType::U16 => b.u16(if small { (raw % 8) as u16 } else { raw as u16 }),
             ScalarType::U32 => b.u32(if small { (raw % 24) as u32 } else { raw as u32 }),
             ScalarType::F32 => b.f32(if small {
                 (raw % 17) as f32 - 8.0

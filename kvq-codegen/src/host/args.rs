@@ -12,6 +12,8 @@ pub enum BufferRef<'a> {
     Bool(&'a [bool]),
     /// Bytes.
     U8(&'a [u8]),
+    /// u16 elements.
+    U16(&'a [u16]),
     /// u32 elements.
     U32(&'a [u32]),
     /// IEEE binary16 elements.
@@ -31,6 +33,8 @@ pub enum BufferMut<'a> {
     Bool(&'a mut [bool]),
     /// Bytes.
     U8(&'a mut [u8]),
+    /// u16 elements.
+    U16(&'a mut [u16]),
     /// u32 elements.
     U32(&'a mut [u32]),
     /// IEEE binary16 elements.
@@ -71,7 +75,7 @@ macro_rules! buffer_from {
     )*};
 }
 
-buffer_from!(Bool: bool, U8: u8, U32: u32, F16: f16, BF16: bf16, F32: f32, F64: f64);
+buffer_from!(Bool: bool, U8: u8, U16: u16, U32: u32, F16: f16, BF16: bf16, F32: f32, F64: f64);
 
 impl From<u32> for HostArg<'_> {
     fn from(v: u32) -> Self {
@@ -90,6 +94,7 @@ macro_rules! per_buffer {
         match $buffer {
             Buffer::Bool($s) => $e,
             Buffer::U8($s) => $e,
+            Buffer::U16($s) => $e,
             Buffer::U32($s) => $e,
             Buffer::F16($s) => $e,
             Buffer::BF16($s) => $e,
@@ -132,7 +137,7 @@ macro_rules! element {
     ($($t:ty => $s:ident),*) => {$(impl Element for $t { const TYPE: ScalarType = ScalarType::$s; })*};
 }
 
-element!(bool => Bool, u8 => U8, u32 => U32, f16 => F16, bf16 => BF16, f32 => F32, f64 => F64);
+element!(bool => Bool, u8 => U8, u16 => U16, u32 => U32, f16 => F16, bf16 => BF16, f32 => F32, f64 => F64);
 
 fn element_of<T: Element>(_: &[T]) -> ScalarType {
     T::TYPE

@@ -59,7 +59,7 @@ impl<'ctx> Lower<'_, 'ctx> {
                 // so a signed conversion to a wider integer is exact; unlike `fptoui` (poison
                 // below zero) it keeps selects around it branch-free and vectorizes on x86.
                 let x = self.widen(a, from)?;
-                let wide_type = if to == ScalarType::U8 {
+                let wide_type = if matches!(to, ScalarType::U8 | ScalarType::U16) {
                     self.ctx.i32_type()
                 } else {
                     self.ctx.i64_type()

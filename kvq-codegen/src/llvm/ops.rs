@@ -22,12 +22,13 @@ use kvq_ir::ir::{BinaryOp, CmpOp, Const, ScalarType, Type, UnaryOp};
 
 use super::lower::{Fail, Lower, R};
 
-/// The register type of a scalar: Bool `i1`, U8 `i8`, U32 `i32`, F16 `half`, BF16 `i16` (its
-/// bits), F32 `float`, F64 `double`.
+/// The register type of a scalar: Bool `i1`, U8 `i8`, U16 `i16`, U32 `i32`, F16 `half`, BF16
+/// `i16` (its bits), F32 `float`, F64 `double`.
 pub(super) fn scalar_type(ctx: &Context, s: ScalarType) -> BasicTypeEnum<'_> {
     match s {
         ScalarType::Bool => ctx.bool_type().into(),
         ScalarType::U8 => ctx.i8_type().into(),
+        ScalarType::U16 => ctx.i16_type().into(),
         ScalarType::U32 => ctx.i32_type().into(),
         ScalarType::F16 => ctx.f16_type().into(),
         ScalarType::BF16 => ctx.i16_type().into(),
@@ -51,6 +52,7 @@ impl<'ctx> Lower<'_, 'ctx> {
         Ok(match c {
             Const::Bool(v) => ctx.bool_type().const_int(u64::from(v), false).into(),
             Const::U8(v) => ctx.i8_type().const_int(u64::from(v), false).into(),
+            Const::U16(v) => ctx.i16_type().const_int(u64::from(v), false).into(),
             Const::U32(v) => ctx.i32_type().const_int(u64::from(v), false).into(),
             Const::F32(bits) => {
                 let bits = ctx.i32_type().const_int(u64::from(bits), false);

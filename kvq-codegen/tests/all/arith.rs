@@ -3,7 +3,7 @@
 use half::{bf16, f16};
 use kvq_ir::ir::interp::Buffer;
 use kvq_ir::ir::{BinaryOp, Builder, CmpOp, Kernel, ScalarType, UnaryOp, Value};
-use ScalarType::{BF16, F16, F32, F64, U32, U8};
+use ScalarType::{BF16, F16, F32, F64, U16, U32, U8};
 
 use crate::common::{bits, elementwise, lcg, run_elementwise, special_f32};
 
@@ -155,17 +155,21 @@ fn int_ops(t: ScalarType, a: Buffer, b: Buffer) -> Vec<Buffer> {
 pub fn int_kernel(t: ScalarType) -> (Kernel, Vec<ScalarType>) {
     let mut outputs = vec![t; 13];
     outputs.push(U8);
-    let width = if t == U8 { 8 } else { 32 };
+    let width: u8 = match t {
+        U8 => 8,
+        U16 => 16,
+        _ => 32,
+    };
     let kernel = elementwise(
         &format!("int_ops_{}", t.name()),
         &[t, t],
         &outputs,
         |bl, xs| {
             let (x, y) = (xs[0], xs[1]);
-            let (one, mask) = if t == U8 {
-                (bl.u8(1), bl.u8(width - 1))
-            } else {
-                (bl.u32(1), bl.u32(u32::from(width) - 1))
+            let (one, mask) = match t {
+                U8 => (bl.u8(1), bl.u8(width - 1)),
+                U16 => (bl.u16(1), bl.u16(u16::from(width) - 1)),
+                _ => (bl.u32(1), bl.u32(u32::from(width) - 1)),
             };
             let nonzero = bl.binary(BinaryOp::Or, y, one);
             let shift = bl.binary(BinaryOp::And, y, mask);
@@ -222,6 +226,53 @@ fn u8_arithmetic_wraps() {
         assert_eq!(sub[k], a[k].wrapping_sub(b[k]));
     }
     assert_eq!(bits(&out[13]).len(), a.len());
+}
+
+/// Every u16 operation of [`int_kernel`] against Rust's u16 arithmetic (wrapping), on the
+/// interpreter and the host (`run_elementwise` checks they agree bit for bit).
+#[test]
+fn u16_arithmetic_wraps() {
+    let mut a: Vec<u16> = lcg(15, 70).into_iter().map(|x| x as u16).collect();
+    let mut b: Vec<u16> = lcg(16, 70).into_iter().map(|x| (x >> 9) as u16).collect();
+    a.extend([0, u16::MAX, 0x8000, 7]);
+    b.extend([u16::MAX, 3, 0x8000, 7]);
+    let out = int_ops(U16, Buffer::U16(a.clone()), Buffer::U16(b.clone()));
+    let col = |i: usize| out[i].as_u16().expect("u16");
+    for k in 0..a.len() {
+        let (x, y) = (a[k], b[k]);
+        let nz = y | 1;
+        let sh = u32::from(y & 15);
+        let want = [
+            x.wrapping_add(y),
+            x.wrapping_sub(y),
+            x.wrapping_mul(y),
+            x / nz,
+            x % nz,
+            x.min(y),
+            x.max(y),
+            x & y,
+            x | y,
+            x << sh,
+            x >> sh,
+            !x,
+        ];
+        for (i, w) in want.iter().enumerate() {
+            assert_eq!(col(i)[k], *w, "op {i} of ({x}, {y})");
+        }
+        let pick = if x != y && x < y { x } else { y };
+        assert_eq!(col(12)[k], pick, "select of ({x}, {y})");
+        let flags = [x == y, x != y, x < y, x <= y, x > y, x >= y];
+        let want: u8 = flags
+            .iter()
+            .enumerate()
+            .map(|(i, &f)| u8::from(f) << i)
+            .sum();
+        assert_eq!(
+            out[13].as_u8().expect("u8")[k],
+            want,
+            "compares of ({x}, {y})"
+        );
+    }
 }
 
 /// `Min(c, x)` and `Max(c, x)` with a constant `c` keep the IR's rule,

@@ -39,6 +39,7 @@ pub fn lcg(seed: u64, n: usize) -> Vec<u32> {
 pub fn bits(buffer: &Buffer) -> Vec<u64> {
     match buffer {
         Buffer::U8(v) => v.iter().map(|&x| u64::from(x)).collect(),
+        Buffer::U16(v) => v.iter().map(|&x| u64::from(x)).collect(),
         Buffer::U32(v) => v.iter().map(|&x| u64::from(x)).collect(),
         Buffer::F16(v) => v.iter().map(|x| u64::from(x.to_bits())).collect(),
         Buffer::BF16(v) => v.iter().map(|x| u64::from(x.to_bits())).collect(),
@@ -65,6 +66,7 @@ pub fn host_arg<'a>(param: &Param, arg: &'a mut Arg) -> HostArg<'a> {
         let b: &'a Buffer = b;
         return HostArg::ReadOnly(match b {
             Buffer::U8(v) => BufferRef::U8(v),
+            Buffer::U16(v) => BufferRef::U16(v),
             Buffer::U32(v) => BufferRef::U32(v),
             Buffer::F16(v) => BufferRef::F16(v),
             Buffer::BF16(v) => BufferRef::BF16(v),
@@ -74,6 +76,7 @@ pub fn host_arg<'a>(param: &Param, arg: &'a mut Arg) -> HostArg<'a> {
     }
     HostArg::Buffer(match b {
         Buffer::U8(v) => BufferMut::U8(v),
+        Buffer::U16(v) => BufferMut::U16(v),
         Buffer::U32(v) => BufferMut::U32(v),
         Buffer::F16(v) => BufferMut::F16(v),
         Buffer::BF16(v) => BufferMut::BF16(v),

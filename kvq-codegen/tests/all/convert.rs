@@ -2,8 +2,8 @@
 
 use half::{bf16, f16};
 use kvq_ir::ir::interp::Buffer;
-use kvq_ir::ir::{CmpOp, Kernel, ScalarType};
-use ScalarType::{BF16, F16, F32, F64, U32, U8};
+use kvq_ir::ir::{CmpOp, Kernel, ScalarType, Type};
+use ScalarType::{BF16, F16, F32, F64, U16, U32, U8};
 
 use crate::common::{elementwise, lcg, run_elementwise, special_f32};
 
@@ -185,5 +185,73 @@ fn bools_and_bytes_widen_and_narrow() {
     for k in 0..x.len() {
         assert_eq!(flags[k], u8::from(x[k] < 10));
         assert_eq!(out[4].as_bf16().expect("bf16")[k].to_f32(), f32::from(x[k]));
+    }
+}
+
+/// The kernel of [`u16_converts_and_holds_the_bits_of_half_floats`]: from an f16 and a bf16,
+/// their bits as u16 and back, and the u16's conversions to u32, u8, f32 and f16; from a u32,
+/// its truncation to u16; from an f32 in 0..65536, its u16.
+pub fn u16_kernel() -> Kernel {
+    let outputs = [U16, U16, F16, BF16, U32, U8, F32, F16, U16, U16];
+    elementwise("u16_bits", &[F16, BF16, U32, F32], &outputs, |b, xs| {
+        let h = b.bitcast_to(Type::Scalar(U16), xs[0]);
+        let bh = b.bitcast_to(Type::Scalar(U16), xs[1]);
+        vec![
+            h,
+            bh,
+            b.bitcast_to(Type::Scalar(F16), h),
+            b.bitcast_to(Type::Scalar(BF16), bh),
+            b.convert(U32, h),
+            b.convert(U8, h),
+            b.convert(F32, h),
+            b.convert(F16, h),
+            b.convert(U16, xs[2]),
+            b.convert(U16, xs[3]),
+        ]
+    })
+}
+
+/// U16 holds a 16-bit float's bits (both ways, every NaN payload kept) and converts like the
+/// other integers: zero-extension to u32, truncation to u8 and from u32, rounding to f16 to
+/// nearest even, truncation of an in-range f32; interpreter and host agree with Rust.
+#[test]
+fn u16_converts_and_holds_the_bits_of_half_floats() {
+    let raw: Vec<u16> = lcg(21, 200)
+        .into_iter()
+        .map(|r| r as u16)
+        .chain([0, 0x8000, 0x7C00, 0xFFFF, 0x7E01])
+        .collect();
+    let n = raw.len();
+    let h: Vec<f16> = raw.iter().map(|&r| f16::from_bits(r)).collect();
+    let bh: Vec<bf16> = raw
+        .iter()
+        .map(|&r| bf16::from_bits(r.rotate_left(3)))
+        .collect();
+    let words: Vec<u32> = lcg(22, n);
+    let floats: Vec<f32> = words.iter().map(|&w| (w % 655_360) as f32 / 10.0).collect();
+    let outputs = [U16, U16, F16, BF16, U32, U8, F32, F16, U16, U16];
+    let out = run_elementwise(
+        &u16_kernel(),
+        vec![
+            Buffer::F16(h.clone()),
+            Buffer::BF16(bh.clone()),
+            Buffer::U32(words.clone()),
+            Buffer::F32(floats.clone()),
+        ],
+        &outputs,
+    );
+    for k in 0..n {
+        let bits = raw[k];
+        assert_eq!(out[0].as_u16().unwrap()[k], bits);
+        assert_eq!(out[1].as_u16().unwrap()[k], bh[k].to_bits());
+        assert_eq!(out[2].as_f16().unwrap()[k].to_bits(), bits);
+        assert_eq!(out[3].as_bf16().unwrap()[k].to_bits(), bh[k].to_bits());
+        assert_eq!(out[4].as_u32().unwrap()[k], u32::from(bits));
+        assert_eq!(out[5].as_u8().unwrap()[k], bits as u8);
+        assert_eq!(out[6].as_f32().unwrap()[k], f32::from(bits));
+        let rounded = f16::from_f32(f32::from(bits));
+        assert_eq!(out[7].as_f16().unwrap()[k].to_bits(), rounded.to_bits());
+        assert_eq!(out[8].as_u16().unwrap()[k], words[k] as u16);
+        assert_eq!(out[9].as_u16().unwrap()[k], floats[k] as u16);
     }
 }

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use kvq_codegen::{llvm_ir, ptx, Arch, Passes, Ptx, Target};
 use kvq_ir::ir::{BinaryOp, Kernel, Op, ScalarType, UnaryOp};
 use kvq_ir::{BitOrder, Bits};
-use ScalarType::{BF16, F16, F32, F64, U32, U8};
+use ScalarType::{BF16, F16, F32, F64, U16, U32, U8};
 
 use crate::common::info;
 
@@ -32,9 +32,10 @@ fn kernels() -> Vec<Kernel> {
     for t in [F16, BF16, F32, F64] {
         all.push(crate::arith::float_kernel(t).0);
     }
-    for t in [U8, U32] {
+    for t in [U8, U16, U32] {
         all.push(crate::arith::int_kernel(t).0);
     }
+    all.push(crate::convert::u16_kernel());
     all.push(crate::convert::convert_kernel(F64, &[F16, BF16, F32, U32]));
     all.push(crate::convert::convert_kernel(
         U32,

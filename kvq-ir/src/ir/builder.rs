@@ -144,6 +144,11 @@ impl Builder {
         self.scalar(Op::Const(Const::U8(v)), ScalarType::U8)
     }
 
+    /// A U16 constant.
+    pub fn u16(&mut self, v: u16) -> Value {
+        self.scalar(Op::Const(Const::U16(v)), ScalarType::U16)
+    }
+
     /// An F32 constant.
     pub fn f32(&mut self, v: f32) -> Value {
         self.scalar(Op::Const(Const::F32(v.to_bits())), ScalarType::F32)

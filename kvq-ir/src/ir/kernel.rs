@@ -11,6 +11,8 @@ pub enum ScalarType {
     Bool,
     /// Unsigned 8-bit integer (codes, packed bytes).
     U8,
+    /// Unsigned 16-bit integer (order keys of 16-bit floats, narrow counters); arithmetic wraps.
+    U16,
     /// Unsigned 32-bit integer (indices, sizes, flags); arithmetic wraps.
     U32,
     /// IEEE binary16.
@@ -43,16 +45,16 @@ impl ScalarType {
         )
     }
 
-    /// True for U8 and U32.
+    /// True for U8, U16 and U32.
     pub fn is_int(self) -> bool {
-        matches!(self, ScalarType::U8 | ScalarType::U32)
+        matches!(self, ScalarType::U8 | ScalarType::U16 | ScalarType::U32)
     }
 
     /// Size in bytes of one element in memory (Bool: 1).
     pub fn size(self) -> usize {
         match self {
             ScalarType::Bool | ScalarType::U8 => 1,
-            ScalarType::F16 | ScalarType::BF16 => 2,
+            ScalarType::U16 | ScalarType::F16 | ScalarType::BF16 => 2,
             ScalarType::U32 | ScalarType::F32 => 4,
             ScalarType::F64 => 8,
         }
@@ -63,6 +65,7 @@ impl ScalarType {
         match self {
             ScalarType::Bool => "bool",
             ScalarType::U8 => "u8",
+            ScalarType::U16 => "u16",
             ScalarType::U32 => "u32",
             ScalarType::F16 => "f16",
             ScalarType::BF16 => "bf16",
@@ -172,6 +175,8 @@ pub enum Const {
     Bool(bool),
     /// A byte.
     U8(u8),
+    /// A 16-bit unsigned integer.
+    U16(u16),
     /// A 32-bit unsigned integer.
     U32(u32),
     /// An f32, by its bits.
@@ -186,6 +191,7 @@ impl Const {
         match self {
             Const::Bool(_) => ScalarType::Bool,
             Const::U8(_) => ScalarType::U8,
+            Const::U16(_) => ScalarType::U16,
             Const::U32(_) => ScalarType::U32,
             Const::F32(_) => ScalarType::F32,
             Const::F64(_) => ScalarType::F64,
@@ -387,8 +393,9 @@ pub enum Op {
     /// in range); integer to integer zero-extends or truncates; Bool to integer gives 0 or 1.
     Convert(ScalarType, Value),
     /// Reinterprets bits as another type of the same size, little-endian: F32 to U32 and back
-    /// (used to order floats by their bits), and bytes to words: `u8x4` <-> `u32`, `u8x8` <->
-    /// `u32x2`, `u8x16` <-> `u32x4` (byte `i` is bits `8 * (i % 4)..` of word `i / 4`).
+    /// (used to order floats by their bits), F16 or BF16 to U16 and back, and bytes to words:
+    /// `u8x4` <-> `u32`, `u8x8` <-> `u32x2`, `u8x16` <-> `u32x4` (byte `i` is bits
+    /// `8 * (i % 4)..` of word `i / 4`).
     Bitcast(Type, Value),
     /// Loads `lanes` consecutive elements starting at element `index` (a vector when lanes > 1).
     Load {

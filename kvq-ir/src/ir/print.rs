@@ -532,6 +532,7 @@ fn const_text(c: Const) -> String {
     match c {
         Const::Bool(b) => format!("const.bool {b}"),
         Const::U8(x) => format!("const.u8 {x}"),
+        Const::U16(x) => format!("const.u16 {x}"),
         Const::U32(x) => format!("const.u32 {x}"),
         Const::F32(bits) => {
             let text = format!("{:?}", f32::from_bits(bits));

@@ -98,8 +98,8 @@
 //! 13. **Alignment.** An aligned Load or Store has an index proven a multiple of its lanes
 //!     ([`super::sync::SyncFacts::is_multiple`]: constants, products, sums, shifts, and loop
 //!     values whose start and step are multiples). [`FindingKind::UnalignedIndex`].
-//! 14. **Bit casts.** A Bitcast is between f32 and u32, or between `u8x4`/`u8x8`/`u8x16` and
-//!     `u32`/`u32x2`/`u32x4` of the same size. [`FindingKind::InvalidBitcast`].
+//! 14. **Bit casts.** A Bitcast is between f32 and u32, between f16 or bf16 and u16, or between
+//!     `u8x4`/`u8x8`/`u8x16` and `u32`/`u32x2`/`u32x4` of the same size. [`FindingKind::InvalidBitcast`].
 //!
 //! 15. **Clusters.** `cluster_size` is in 1..=[`MAX_CLUSTER_SIZE`]; `min_blocks_per_sm` blocks
 //!     hold at most [`MAX_THREADS_PER_SM`] threads together. A ClusterBarrier or
@@ -244,7 +244,7 @@ pub enum TypeClass {
     U8,
     /// Scalar u32.
     U32,
-    /// Scalar u8 or u32.
+    /// Scalar u8, u16 or u32.
     Int,
     /// Scalar f16, bf16, f32 or f64.
     Float,
@@ -1767,9 +1767,12 @@ fn bitcast_ok(from: Type, to: Type) -> bool {
         Type::Vector(S::U8, n @ (4 | 8 | 16)) => Some(u32::from(n) / 4),
         _ => None,
     };
+    let half = |t: Type| matches!(t, Type::Scalar(S::F16 | S::BF16));
     matches!(
         (from, to),
         (Type::Scalar(S::F32), Type::Scalar(S::U32)) | (Type::Scalar(S::U32), Type::Scalar(S::F32))
-    ) || matches!((bytes(from), words(to)), (Some(a), Some(b)) if a == b)
+    ) || (half(from) && to == Type::Scalar(S::U16))
+        || (from == Type::Scalar(S::U16) && half(to))
+        || matches!((bytes(from), words(to)), (Some(a), Some(b)) if a == b)
         || matches!((words(from), bytes(to)), (Some(a), Some(b)) if a == b)
 }

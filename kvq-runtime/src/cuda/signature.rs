@@ -15,6 +15,8 @@ pub enum Elem {
     Bool,
     /// `u8`.
     U8,
+    /// `u16`.
+    U16,
     /// `u32`.
     U32,
     /// `f16`.
@@ -34,6 +36,7 @@ impl Elem {
         match t {
             ScalarType::Bool => Elem::Bool,
             ScalarType::U8 => Elem::U8,
+            ScalarType::U16 => Elem::U16,
             ScalarType::U32 => Elem::U32,
             ScalarType::F16 => Elem::F16,
             ScalarType::BF16 => Elem::Bf16,
@@ -48,6 +51,7 @@ impl Elem {
         match self {
             Elem::Bool => ScalarType::Bool,
             Elem::U8 => ScalarType::U8,
+            Elem::U16 => ScalarType::U16,
             Elem::U32 => ScalarType::U32,
             Elem::F16 => ScalarType::F16,
             Elem::Bf16 => ScalarType::BF16,
@@ -61,6 +65,7 @@ impl Elem {
         match self {
             Elem::Bool => "bool",
             Elem::U8 => "u8",
+            Elem::U16 => "u16",
             Elem::U32 => "u32",
             Elem::F16 => "f16",
             Elem::Bf16 => "bf16",

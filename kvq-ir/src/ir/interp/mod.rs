@@ -90,6 +90,8 @@ pub const MAX_BLOCK_ELEMS: u64 = 1 << 22;
 pub enum Buffer {
     /// U8 elements.
     U8(Vec<u8>),
+    /// U16 elements.
+    U16(Vec<u16>),
     /// U32 elements.
     U32(Vec<u32>),
     /// F16 elements.
@@ -127,6 +129,7 @@ macro_rules! buffer_from {
 
 buffer_from! {
     U8: u8, as_u8;
+    U16: u16, as_u16;
     U32: u32, as_u32;
     F16: f16, as_f16;
     BF16: bf16, as_bf16;
@@ -140,6 +143,7 @@ impl Buffer {
         Some(match elem {
             ScalarType::Bool => return None,
             ScalarType::U8 => Buffer::U8(vec![0; len]),
+            ScalarType::U16 => Buffer::U16(vec![0; len]),
             ScalarType::U32 => Buffer::U32(vec![0; len]),
             ScalarType::F16 => Buffer::F16(vec![f16::ZERO; len]),
             ScalarType::BF16 => Buffer::BF16(vec![bf16::ZERO; len]),
@@ -152,6 +156,7 @@ impl Buffer {
     pub fn elem(&self) -> ScalarType {
         match self {
             Buffer::U8(_) => ScalarType::U8,
+            Buffer::U16(_) => ScalarType::U16,
             Buffer::U32(_) => ScalarType::U32,
             Buffer::F16(_) => ScalarType::F16,
             Buffer::BF16(_) => ScalarType::BF16,
@@ -164,6 +169,7 @@ impl Buffer {
     pub fn len(&self) -> usize {
         match self {
             Buffer::U8(v) => v.len(),
+            Buffer::U16(v) => v.len(),
             Buffer::U32(v) => v.len(),
             Buffer::F16(v) => v.len(),
             Buffer::BF16(v) => v.len(),
@@ -177,6 +183,7 @@ impl Buffer {
         let at = at.min(self.len());
         match self {
             Buffer::U8(v) => Buffer::U8(v.split_off(at)),
+            Buffer::U16(v) => Buffer::U16(v.split_off(at)),
             Buffer::U32(v) => Buffer::U32(v.split_off(at)),
             Buffer::F16(v) => Buffer::F16(v.split_off(at)),
             Buffer::BF16(v) => Buffer::BF16(v.split_off(at)),
@@ -190,6 +197,7 @@ impl Buffer {
     pub fn append(&mut self, tail: Buffer) {
         match (self, tail) {
             (Buffer::U8(v), Buffer::U8(mut t)) => v.append(&mut t),
+            (Buffer::U16(v), Buffer::U16(mut t)) => v.append(&mut t),
             (Buffer::U32(v), Buffer::U32(mut t)) => v.append(&mut t),
             (Buffer::F16(v), Buffer::F16(mut t)) => v.append(&mut t),
             (Buffer::BF16(v), Buffer::BF16(mut t)) => v.append(&mut t),
@@ -208,6 +216,7 @@ impl Buffer {
     pub fn get(&self, i: usize) -> Option<Val> {
         match self {
             Buffer::U8(v) => v.get(i).map(|&x| Val::U8(x)),
+            Buffer::U16(v) => v.get(i).map(|&x| Val::U16(x)),
             Buffer::U32(v) => v.get(i).map(|&x| Val::U32(x)),
             Buffer::F16(v) => v.get(i).map(|&x| Val::F16(x)),
             Buffer::BF16(v) => v.get(i).map(|&x| Val::BF16(x)),
@@ -224,6 +233,7 @@ impl Buffer {
         }
         match (self, x) {
             (Buffer::U8(v), Val::U8(x)) => put(v, i, *x),
+            (Buffer::U16(v), Val::U16(x)) => put(v, i, *x),
             (Buffer::U32(v), Val::U32(x)) => put(v, i, *x),
             (Buffer::F16(v), Val::F16(x)) => put(v, i, *x),
             (Buffer::BF16(v), Val::BF16(x)) => put(v, i, *x),

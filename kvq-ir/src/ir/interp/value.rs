@@ -12,6 +12,8 @@ pub enum Val {
     Bool(bool),
     /// A U8.
     U8(u8),
+    /// A U16.
+    U16(u16),
     /// A U32.
     U32(u32),
     /// An F16.
@@ -33,6 +35,7 @@ impl Val {
         match elem {
             ScalarType::Bool => Val::Bool(false),
             ScalarType::U8 => Val::U8(0),
+            ScalarType::U16 => Val::U16(0),
             ScalarType::U32 => Val::U32(0),
             ScalarType::F16 => Val::F16(f16::ZERO),
             ScalarType::BF16 => Val::BF16(bf16::ZERO),
@@ -46,6 +49,7 @@ impl Val {
         match c {
             Const::Bool(b) => Val::Bool(b),
             Const::U8(x) => Val::U8(x),
+            Const::U16(x) => Val::U16(x),
             Const::U32(x) => Val::U32(x),
             Const::F32(bits) => Val::F32(f32::from_bits(bits)),
             Const::F64(bits) => Val::F64(f64::from_bits(bits)),
@@ -57,6 +61,7 @@ impl Val {
         Some(match self {
             Val::Bool(_) => ScalarType::Bool,
             Val::U8(_) => ScalarType::U8,
+            Val::U16(_) => ScalarType::U16,
             Val::U32(_) => ScalarType::U32,
             Val::F16(_) => ScalarType::F16,
             Val::BF16(_) => ScalarType::BF16,
@@ -126,6 +131,7 @@ pub(super) fn unary(op: UnaryOp, a: &Val) -> Result<Val, Fault> {
         UnaryOp::Not => match *a {
             Val::Bool(b) => Ok(Val::Bool(!b)),
             Val::U8(x) => Ok(Val::U8(!x)),
+            Val::U16(x) => Ok(Val::U16(!x)),
             Val::U32(x) => Ok(Val::U32(!x)),
             _ => Err(Fault::Operand(0)),
         },
@@ -135,6 +141,7 @@ pub(super) fn unary(op: UnaryOp, a: &Val) -> Result<Val, Fault> {
         },
         UnaryOp::PopCount => match *a {
             Val::U8(x) => Ok(Val::U8(x.count_ones() as u8)),
+            Val::U16(x) => Ok(Val::U16(x.count_ones() as u16)),
             Val::U32(x) => Ok(Val::U32(x.count_ones())),
             _ => Err(Fault::Operand(0)),
         },
@@ -250,9 +257,13 @@ pub(super) fn binary(op: BinaryOp, a: &Val, b: &Val) -> Result<Val, Fault> {
             BinaryOp::Xor => Ok(Val::Bool(*x ^ *y)),
             _ => Err(wrong(0)),
         },
-        // u8 arithmetic is u32 arithmetic truncated to 8 bits, which wraps the same way.
+        // u8 and u16 arithmetic is u32 arithmetic truncated to 8 or 16 bits, which wraps the
+        // same way.
         (Val::U8(x), Val::U8(y)) => {
             int_binary(op, u32::from(*x), u32::from(*y), 8).map(|r| Val::U8(r as u8))
+        }
+        (Val::U16(x), Val::U16(y)) => {
+            int_binary(op, u32::from(*x), u32::from(*y), 16).map(|r| Val::U16(r as u16))
         }
         (Val::U32(x), Val::U32(y)) => int_binary(op, *x, *y, 32).map(Val::U32),
         // F16 and BF16 have at most 11 significant bits and f32 has 24 >= 2 * 11 + 2, so the
@@ -278,6 +289,7 @@ pub(super) fn cmp(op: CmpOp, a: &Val, b: &Val) -> Result<bool, Fault> {
         _ if a.scalar_ty() != b.scalar_ty() => return Err(Fault::Operand(1)),
         (Val::Bool(x), Val::Bool(y)) => x.partial_cmp(y),
         (Val::U8(x), Val::U8(y)) => x.partial_cmp(y),
+        (Val::U16(x), Val::U16(y)) => x.partial_cmp(y),
         (Val::U32(x), Val::U32(y)) => x.partial_cmp(y),
         _ => match (a.float_as_f64(), b.float_as_f64()) {
             (Some(x), Some(y)) => x.partial_cmp(&y),
@@ -331,8 +343,9 @@ pub(super) fn convert(to: ScalarType, a: &Val) -> Result<Val, Fault> {
         let t = x.trunc();
         return match to {
             ScalarType::U8 if (0.0..=255.0).contains(&t) => Ok(Val::U8(t as u8)),
+            ScalarType::U16 if (0.0..=65535.0).contains(&t) => Ok(Val::U16(t as u16)),
             ScalarType::U32 if (0.0..=f64::from(u32::MAX)).contains(&t) => Ok(Val::U32(t as u32)),
-            ScalarType::U8 | ScalarType::U32 => Err(Fault::Range(x)),
+            ScalarType::U8 | ScalarType::U16 | ScalarType::U32 => Err(Fault::Range(x)),
             // Every float widens exactly to f64, so this is one rounding (None for Bool).
             _ => round_f64(to, x).ok_or(Fault::Operand(0)),
         };
@@ -340,6 +353,7 @@ pub(super) fn convert(to: ScalarType, a: &Val) -> Result<Val, Fault> {
     let x = match *a {
         Val::Bool(b) => u32::from(b),
         Val::U8(x) => u32::from(x),
+        Val::U16(x) => u32::from(x),
         Val::U32(x) => x,
         _ => return wrong,
     };
@@ -349,6 +363,7 @@ pub(super) fn convert(to: ScalarType, a: &Val) -> Result<Val, Fault> {
         ScalarType::Bool => wrong,
         // Zero-extension or truncation.
         ScalarType::U8 => Ok(Val::U8(x as u8)),
+        ScalarType::U16 => Ok(Val::U16(x as u16)),
         ScalarType::U32 => Ok(Val::U32(x)),
         _ if from_bool => wrong,
         // u32 -> f64 is exact, so this is one rounding.
@@ -368,6 +383,16 @@ pub(super) fn code_shift(j: u32, bits: u32, msb: bool) -> u32 {
 /// The bits of `a` as type `to`, little-endian (see [`Op::Bitcast`](crate::ir::Op::Bitcast));
 /// `None` when the pair is not one the IR allows.
 pub(super) fn bitcast(to: Type, a: &Val) -> Option<Val> {
+    // 16-bit floats and u16: the same bits.
+    match (to, a) {
+        (Type::Scalar(ScalarType::U16), Val::F16(x)) => return Some(Val::U16(x.to_bits())),
+        (Type::Scalar(ScalarType::U16), Val::BF16(x)) => return Some(Val::U16(x.to_bits())),
+        (Type::Scalar(ScalarType::F16), Val::U16(x)) => return Some(Val::F16(f16::from_bits(*x))),
+        (Type::Scalar(ScalarType::BF16), Val::U16(x)) => {
+            return Some(Val::BF16(bf16::from_bits(*x)))
+        }
+        _ => {}
+    }
     let bytes: Vec<u8> = match a {
         Val::F32(x) => x.to_le_bytes().to_vec(),
         Val::U32(x) => x.to_le_bytes().to_vec(),
