@@ -3,9 +3,12 @@
 //!
 //! Each element's order key is `bits ^ (sign ? 0xFFFF_FFFF : 0x8000_0000)` of its f32 value
 //! (f32's total order, -0 below +0), narrowed by [`Keys`] to the bits that vary: 16 for f16
-//! (the value scaled by 2^-112 first) and bf16, 32 for f32. The search runs over those bits;
-//! elements are compared by their whole f32 keys with widened pivots ([`Keys::widen`]), so
-//! that no element's key is narrowed.
+//! (the value scaled by 2^-112 first) and bf16, 32 for f32. The search runs over those bits.
+//! Elements of f16 and bf16 input are compared by their 16-bit keys computed from their bits
+//! as U16 (the same keys; 32 lanes to a 512-bit register on a CPU), and where a thread counts
+//! for many channels (one bit a pass) into U16 counters, a chunk of at most 65,535 of its
+//! tokens at a time; f32 elements by their whole f32 keys with widened pivots
+//! ([`Keys::widen`]), so that no element's key is narrowed.
 //!
 //! For each channel of the column and each side (level p and 1 - p), a search finds the
 //! smallest key K with `#{key <= K} >= k + 1`, the rank-k element. It keeps a bracket
@@ -37,6 +40,24 @@ const SIDES: u32 = 2;
 
 /// The most channels a thread counts for with two bits a pass.
 const TWO_BIT_CHANNELS: u32 = 8;
+
+/// The most of its tokens a thread counts into 16-bit counters before adding them up.
+const CHUNK_ROWS: u32 = u16::MAX as u32;
+
+#[cfg(test)]
+thread_local! {
+    /// Tests: a smaller [`CHUNK_ROWS`], so that short spans take several chunks.
+    static TEST_CHUNK_ROWS: std::cell::Cell<Option<u32>> = const { std::cell::Cell::new(None) };
+}
+
+/// [`CHUNK_ROWS`] (in tests, what `TEST_CHUNK_ROWS` sets).
+fn chunk_rows() -> u32 {
+    #[cfg(test)]
+    if let Some(rows) = TEST_CHUNK_ROWS.with(|c| c.get()) {
+        return rows;
+    }
+    CHUNK_ROWS
+}
 
 /// Key bits a counting pass decides for a column of `channels` channels (`2^bits - 1` pivots
 /// per side and channel): two where a thread's `2 x 3 x channels` counters stay in registers
@@ -75,6 +96,10 @@ struct Select {
     bsz: u32,
     /// How values become keys.
     keys: Keys,
+    /// The input's element type (what `load_row` gives).
+    input: ScalarType,
+    /// Whether the passes compare 16-bit keys ([`Select::narrow`]).
+    narrow: bool,
     /// Levels of the two sides.
     levels: [f64; 2],
     /// U32 local of `2w` elements (index `side * w + channel`): each bracket's start (the
@@ -83,6 +108,9 @@ struct Select {
     /// Per side, U32 locals: the search's counts, `pivots(w) * w` elements (index
     /// `pivot * w + channel`); the final pass's counts and minima, `w` elements each.
     count: [u32; 2],
+    /// With [`Select::counts16`], U16 locals like `count` that a chunk of at most
+    /// [`CHUNK_ROWS`] of a thread's tokens counts into before they are added to `count`.
+    count16: Option<[u32; 2]>,
     tally: [u32; 2],
     least: [u32; 2],
     /// Per warp, a row of partial counts and minima ([`partial_row`]).
@@ -97,10 +125,50 @@ impl Select {
         quantile_rank(b, tokens, self.levels[side as usize])
     }
 
-    /// The f32 order key of `x` (f32): passes compare it with [`Keys::widen`]ed keys, which
-    /// saves narrowing each element.
-    fn full_key(&self, b: &mut Builder, x: Value) -> Value {
+    /// What the passes compare an element `x` (of the input type) by: for f16 and bf16 input
+    /// ([`Select::narrow`]) its 16-bit order key, `bits ^ (sign ? 0xFFFF : 0x8000)` as U16,
+    /// which is its [`Keys`] key exactly (see the tests); else its f32 order key, compared with
+    /// [`Keys::widen`]ed keys, which saves narrowing each element.
+    fn elem_key(&self, b: &mut Builder, x: Value) -> Value {
+        if self.narrow {
+            let bits = b.bitcast(ScalarType::U16, x);
+            let top = b.u16(0x8000);
+            let negative = b.cmp(CmpOp::Ge, bits, top);
+            let all = b.u16(u16::MAX);
+            let mask = b.select(negative, all, top);
+            return b.binary(BinaryOp::Xor, bits, mask);
+        }
+        let x = match self.input {
+            ScalarType::F32 => x,
+            _ => b.convert(ScalarType::F32, x),
+        };
         self.keys.f32_key(b, x)
+    }
+
+    /// The bound an element key from [`Select::elem_key`] is compared with for key `k` (U32, at
+    /// most the key's bits): it is at or below the bound exactly when its key is at or below `k`.
+    fn bound(&self, b: &mut Builder, k: Value) -> Value {
+        match self.narrow {
+            true => b.convert(ScalarType::U16, k),
+            false => self.keys.widen(b, k),
+        }
+    }
+
+    /// An element key from [`Select::elem_key`] as a U32 that orders like it, and
+    /// [`Select::key_from_u32`] of which is its key.
+    fn key_as_u32(&self, b: &mut Builder, key: Value) -> Value {
+        match self.narrow {
+            true => b.convert(ScalarType::U32, key),
+            false => key,
+        }
+    }
+
+    /// The key of a U32 from [`Select::key_as_u32`].
+    fn key_from_u32(&self, b: &mut Builder, key: Value) -> Value {
+        match self.narrow {
+            true => key,
+            false => self.keys.key_of(b, key),
+        }
     }
 
     /// The f32 whose key is `k`.
@@ -136,7 +204,7 @@ impl Select {
     }
 
     /// Runs `each(b, key, j)` for every element of this thread's tokens, `j` over the pairs
-    /// (side, channel) of `sides`, each element's full key ([`Select::full_key`]) computed once.
+    /// (side, channel) of `sides`, each element's key ([`Select::elem_key`]) computed once.
     fn pass(
         &self,
         b: &mut Builder,
@@ -146,12 +214,79 @@ impl Select {
     ) {
         let tid = b.special(Special::ThreadId);
         let tokens = b.param(abi::TOKENS);
-        b.for_range(tid, tokens, self.bsz, |b, t| {
+        self.rows(b, load_row, [tid, tokens], sides, each);
+    }
+
+    /// [`Select::pass`] over this thread's tokens in `start..end` (`start` one of them).
+    fn rows(
+        &self,
+        b: &mut Builder,
+        load_row: &dyn Fn(&mut Builder, Value) -> Vec<Value>,
+        [start, end]: [Value; 2],
+        sides: std::ops::Range<u32>,
+        each: &dyn Fn(&mut Builder, Value, u32),
+    ) {
+        b.for_range(start, end, self.bsz, |b, t| {
             let values = load_row(b, t);
             for (i, &x) in values.iter().enumerate() {
-                let key = self.full_key(b, x);
+                let key = self.elem_key(b, x);
                 for side in sides.clone() {
                     each(b, key, side * self.w + i as u32);
+                }
+            }
+        });
+    }
+
+    /// Adds to `count` (pair `j`, pivot `i`) this thread's keys at or below `bound[j][i]`.
+    /// With `count16`, each chunk of at most [`CHUNK_ROWS`] of the thread's tokens counts into
+    /// U16 locals first (no chunk can count past 65,535), added to `count` after the chunk.
+    fn count_keys(
+        &self,
+        b: &mut Builder,
+        load_row: &dyn Fn(&mut Builder, Value) -> Vec<Value>,
+        bound: &[Vec<Value>],
+    ) {
+        let pivots = bound.first().map_or(0, |p| p.len() as u32);
+        let add = |b: &mut Builder, key: Value, j: u32, counts: [u32; 2], ty: ScalarType| {
+            for i in 0..pivots {
+                let le = b.cmp(CmpOp::Le, key, bound[j as usize][i as usize]);
+                let one = b.convert(ty, le);
+                let (side, at) = (j / self.w, i * self.w + j % self.w);
+                let local = counts[side as usize];
+                let c = self.get(b, local, at);
+                let c = b.add(c, one);
+                self.set(b, local, at, c);
+            }
+        };
+        let Some(count16) = self.count16 else {
+            let each = |b: &mut Builder, key, j| add(b, key, j, self.count, ScalarType::U32);
+            return self.pass(b, load_row, 0..SIDES, &each);
+        };
+        let tid = b.special(Special::ThreadId);
+        let tokens = b.param(abi::TOKENS);
+        // At most 1024 x 65,535 < 2^32.
+        let span = self.bsz * chunk_rows();
+        b.for_range(tid, tokens, span, |b, first| {
+            let slots = pivots * self.w;
+            for local in count16 {
+                for at in 0..slots {
+                    let zero = b.u16(0);
+                    self.set(b, local, at, zero);
+                }
+            }
+            let left = b.sub(tokens, first);
+            let span = b.u32(span);
+            let len = b.min(left, span);
+            let end = b.add(first, len);
+            let each = |b: &mut Builder, key, j| add(b, key, j, count16, ScalarType::U16);
+            self.rows(b, load_row, [first, end], 0..SIDES, &each);
+            for (local, wide) in count16.into_iter().zip(self.count) {
+                for at in 0..slots {
+                    let c = self.get(b, local, at);
+                    let c = b.convert(ScalarType::U32, c);
+                    let total = self.get(b, wide, at);
+                    let total = b.add(total, c);
+                    self.set(b, wide, at, total);
                 }
             }
         });
@@ -246,10 +381,21 @@ pub fn select_quantiles(
 ) -> [u32; 2] {
     let n = SIDES * w;
     let warps = bsz / WARP_SIZE;
+    let keys = Keys::of(input.scalar());
+    let narrow_keys = keys.bits == 16;
+    let counts16 = |b: &mut Builder| {
+        [
+            b.local("sel_count16_lo", ScalarType::U16, pivots(w) * w),
+            b.local("sel_count16_hi", ScalarType::U16, pivots(w) * w),
+        ]
+    };
     let s = Select {
         w,
         bsz,
-        keys: Keys::of(input.scalar()),
+        keys,
+        input: input.scalar(),
+        narrow: narrow_keys,
+        count16: (narrow_keys && step_bits(w) == 1).then(|| counts16(b)),
         levels: [p, 1.0 - p],
         lo: b.local("sel_lo", ScalarType::U32, n),
         count: [
@@ -298,7 +444,7 @@ pub fn select_quantiles(
     let found: Vec<Value> = (0..n)
         .map(|j| {
             let k = s.get(b, s.lo, j);
-            s.keys.widen(b, k)
+            s.bound(b, k)
         })
         .collect();
     for j in 0..n {
@@ -313,6 +459,7 @@ pub fn select_quantiles(
         let c = b.add(c, one);
         s.set_pair(b, s.tally, j, c);
         let max = b.u32(u32::MAX);
+        let key = s.key_as_u32(b, key);
         let above = b.select(le, max, key);
         let m = s.get_pair(b, s.least, j);
         let m = b.min(m, above);
@@ -331,7 +478,7 @@ pub fn select_quantiles(
             let repeated = b.cmp(CmpOp::Ge, c, wanted);
             // The smallest full key above K (read only when one exists).
             let next = s.get_pair(b, s.least, j);
-            let next = s.keys.key_of(b, next);
+            let next = s.key_from_u32(b, next);
             let k1_key = b.select(repeated, k_key, next);
             let k1_key = b.select(rank.is_last, k_key, k1_key);
             let vk1 = s.value(b, k1_key);
@@ -375,7 +522,7 @@ fn narrow(
                 .iter()
                 .map(|&off| {
                     let k = b.add(lo, off);
-                    s.keys.widen(b, k)
+                    s.bound(b, k)
                 })
                 .collect()
         })
@@ -387,16 +534,7 @@ fn narrow(
             s.set(b, local, at, zero);
         }
     }
-    s.pass(b, load_row, 0..SIDES, &|b, key, j| {
-        for i in 0..pivots {
-            let le = b.cmp(CmpOp::Le, key, pivot[j as usize][i as usize]);
-            let one = b.convert(ScalarType::U32, le);
-            let (local, at) = s.count_at(j, i);
-            let c = s.get(b, local, at);
-            let c = b.add(c, one);
-            s.set(b, local, at, c);
-        }
-    });
+    s.count_keys(b, load_row, &pivot);
     s.block_reduce(b, None);
     for side in 0..SIDES {
         let rank = s.rank(b, side);
@@ -570,6 +708,55 @@ fn key_value(b: &mut Builder, k: Value, z: u32) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lower::io::quantize_with;
+    use crate::lower::{quantize, Schedule, ShapeClass};
+    use crate::{reference, Scheme, Tensor3};
+
+    /// The host selection's 16-bit counters, added up every few rows (3, 7 and 64 a chunk,
+    /// so that spans of 1 to 1,000 tokens take one to hundreds of chunks, the last one short),
+    /// give the reference's parameters and codes bit for bit, on f16 and bf16 input with ties.
+    #[test]
+    fn chunked_16_bit_counts_select_like_the_reference() {
+        let scheme = Scheme::parse("bits = 1, axis = channel, group = all, rule = quantile(0.2)")
+            .expect("scheme");
+        for input in [InputType::F16, InputType::BF16] {
+            let shape = ShapeClass {
+                head_dim: 16,
+                input,
+            };
+            let schedule = Schedule::host_default(&scheme, shape);
+            assert!(
+                schedule.cooperative && schedule.channels == 16,
+                "{schedule:?}"
+            );
+            for (chunk, tokens) in [(3u32, 1usize), (3, 97), (7, 1000), (64, 700)] {
+                TEST_CHUNK_ROWS.with(|c| c.set(Some(chunk)));
+                let lowered = quantize(&scheme, shape, &schedule).expect("lower");
+                TEST_CHUNK_ROWS.with(|c| c.set(None));
+                let data = (0..2 * tokens * 16)
+                    .map(|i| {
+                        let x = ((i * 7919 % 1013) as f32 - 506.0) / 64.0;
+                        let x = if i % 5 == 0 { x.round() } else { x };
+                        match input {
+                            InputType::F16 => half::f16::from_f32(x).to_f32(),
+                            _ => half::bf16::from_f32(x).to_f32(),
+                        }
+                    })
+                    .collect();
+                let x = Tensor3::new([2, tokens, 16], data).expect("tensor");
+                let run = |k: &crate::ir::Kernel, a: &mut [crate::ir::interp::Arg], g: u32| {
+                    crate::ir::interp::run(k, a, g)
+                };
+                let got = quantize_with(&lowered, &scheme, &x, input, run).expect("run");
+                let want = reference::quantize(&x, &scheme).expect("reference");
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                let at = format!("{input:?}, {tokens} tokens, chunks of {chunk}");
+                assert_eq!(got.codes, want.codes, "{at}");
+                assert_eq!(bits(&got.zero), bits(&want.zero), "{at}");
+                assert_eq!(bits(&got.scale), bits(&want.scale), "{at}");
+            }
+        }
+    }
 
     /// The f32 order key of `x`, all 32 bits.
     fn f32_order_key(x: f32) -> u32 {

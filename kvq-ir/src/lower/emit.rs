@@ -58,13 +58,18 @@ pub fn load_f32_aligned(
     to_f32_scalars(b, v, lanes, input)
 }
 
-/// The `lanes` elements of `v` (a scalar when `lanes` is 1), each converted to f32.
-fn to_f32_scalars(b: &mut Builder, v: Value, lanes: u8, input: ScalarType) -> Vec<Value> {
-    let scalars: Vec<Value> = if lanes == 1 {
+/// The `lanes` elements of `v` (a scalar when `lanes` is 1).
+pub fn lanes_of(b: &mut Builder, v: Value, lanes: u8) -> Vec<Value> {
+    if lanes == 1 {
         vec![v]
     } else {
         (0..lanes).map(|l| b.extract(v, l)).collect()
-    };
+    }
+}
+
+/// The `lanes` elements of `v` (a scalar when `lanes` is 1), each converted to f32.
+pub fn to_f32_scalars(b: &mut Builder, v: Value, lanes: u8, input: ScalarType) -> Vec<Value> {
+    let scalars = lanes_of(b, v, lanes);
     if input == ScalarType::F32 {
         scalars
     } else {

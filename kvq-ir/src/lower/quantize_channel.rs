@@ -6,8 +6,8 @@ use crate::scheme::{Group, Rule, Scheme};
 use super::block_select::{self, select_quantiles};
 use super::emit::{
     code, code_from_thresholds, code_threshold, flag_non_finite, global_item, group_params,
-    group_range, group_range_local, load_f32, load_f32_aligned, mse_ranges, note_non_finite,
-    pack_scalar, quantize_params, range_from_extremes, reads_group, store_param, token_groups,
+    group_range, group_range_local, lanes_of, load_f32, mse_ranges, note_non_finite, pack_scalar,
+    quantize_params, range_from_extremes, reads_group, store_param, to_f32_scalars, token_groups,
     Coding, MseLocals, MAX_THRESHOLD_LEVELS,
 };
 use super::{kernel_name, quantize_abi as abi, Launch, Lowered, Schedule, ShapeClass};
@@ -54,6 +54,32 @@ impl Plan {
 
     /// Loads the `w` channels of (head, token) starting at channel `c0`, as f32.
     fn load_row(&self, b: &mut Builder, x: Memory, h: Value, t: Value, c0: Value) -> Vec<Value> {
+        let input = self.shape.input.scalar();
+        let lanes = self.v;
+        self.load_vectors(b, x, [h, t, c0], &|b, v| to_f32_scalars(b, v, lanes, input))
+    }
+
+    /// [`Plan::load_row`] in the input's own type.
+    fn load_row_raw(
+        &self,
+        b: &mut Builder,
+        x: Memory,
+        h: Value,
+        t: Value,
+        c0: Value,
+    ) -> Vec<Value> {
+        let lanes = self.v;
+        self.load_vectors(b, x, [h, t, c0], &|b, v| lanes_of(b, v, lanes))
+    }
+
+    /// The row's `w / v` vector loads, each followed by `each(b, vector)`'s scalars.
+    fn load_vectors(
+        &self,
+        b: &mut Builder,
+        x: Memory,
+        [h, t, c0]: [Value; 3],
+        each: &dyn Fn(&mut Builder, Value) -> Vec<Value>,
+    ) -> Vec<Value> {
         let tokens = b.param(abi::TOKENS);
         let d = b.u32(self.shape.head_dim);
         let ht = b.mul(h, tokens);
@@ -64,11 +90,11 @@ impl Plan {
         for j in 0..self.w / self.v as u32 {
             let off = b.u32(j * self.v as u32);
             let idx = b.add(base, off);
-            let input = self.shape.input.scalar();
-            out.extend(match self.aligned {
-                true => load_f32_aligned(b, x, idx, self.v, input),
-                false => load_f32(b, x, idx, self.v, input),
-            });
+            let v = match self.aligned {
+                true => b.load_aligned(x, idx, self.v),
+                false => b.load(x, idx, self.v),
+            };
+            out.extend(each(b, v));
         }
         out
     }
@@ -363,7 +389,7 @@ fn lower_all(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
     // The quantile rule's ranges, selected by the whole block (every thread ends with them).
     let ranges = selected.map(|level| {
         let (_, h, c0) = coords(&mut b);
-        let load_row = |b: &mut Builder, t: Value| p.load_row(b, x, h, t, c0);
+        let load_row = |b: &mut Builder, t: Value| p.load_row_raw(b, x, h, t, c0);
         select_quantiles(&mut b, shape.input, [p.w, bsz], level, &load_row)
     });
     let ranges = ranges.or_else(|| {
