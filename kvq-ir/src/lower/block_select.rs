@@ -131,12 +131,7 @@ impl Select {
     /// [`Keys::widen`]ed keys, which saves narrowing each element.
     fn elem_key(&self, b: &mut Builder, x: Value) -> Value {
         if self.narrow {
-            let bits = b.bitcast(ScalarType::U16, x);
-            let top = b.u16(0x8000);
-            let negative = b.cmp(CmpOp::Ge, bits, top);
-            let all = b.u16(u16::MAX);
-            let mask = b.select(negative, all, top);
-            return b.binary(BinaryOp::Xor, bits, mask);
+            return key16(b, x);
         }
         let x = match self.input {
             ScalarType::F32 => x,
@@ -665,6 +660,17 @@ impl Keys {
             false => v,
         }
     }
+}
+
+/// The 16-bit order key of an f16 or bf16 element `x` (U16): its bits `^ (sign ? 0xFFFF :
+/// 0x8000)`, which is its [`Keys`] key (see the tests).
+pub(super) fn key16(b: &mut Builder, x: Value) -> Value {
+    let bits = b.bitcast(ScalarType::U16, x);
+    let top = b.u16(0x8000);
+    let negative = b.cmp(CmpOp::Ge, bits, top);
+    let all = b.u16(u16::MAX);
+    let mask = b.select(negative, all, top);
+    b.binary(BinaryOp::Xor, bits, mask)
 }
 
 /// The order key of `x` (f32) with its `z` low bits shifted out.

@@ -244,10 +244,10 @@ impl Rows {
         });
     }
 
-    /// Calls `body(b, x)` with channel `c` (a U32 value below `w`), as f32, of every row of the
-    /// block's threads `first ..+ slots` (a U32 value and a constant; runs of one row): their
-    /// staged rows from shared memory, the rows past them from `x` (through the F32 local
-    /// `value` of one element).
+    /// Calls `body(b, x)` with channel `c` (a U32 value below `w`), in the input's own type, of
+    /// every row of the block's threads `first ..+ slots` (a U32 value and a constant; runs of
+    /// one row): their staged rows from shared memory, the rows past them from `x` (through the
+    /// local `value` of one element of the input's type).
     pub(super) fn each_of_slots(
         &self,
         b: &mut Builder,
@@ -284,8 +284,7 @@ impl Rows {
                 let off = b.u32(i * self.p.w);
                 let e = b.add(e0, off);
                 let raw = b.load(self.stage, e, 1);
-                let x = widen_one(b, raw, self.input);
-                body(b, x);
+                body(b, raw);
             }
         });
         b.for_range(all_have, rows[0], 1, |b, q| {
@@ -306,8 +305,7 @@ impl Rows {
                             let e = b.mul(row, wv);
                             let e = b.add(e, c);
                             let raw = b.load(self.stage, e, 1);
-                            let x = widen_one(b, raw, self.input);
-                            b.write_local(value, z, x);
+                            b.write_local(value, z, raw);
                         },
                         |b| {
                             let strands = b.u32(self.p.strands());
@@ -316,8 +314,7 @@ impl Rows {
                             let start = x_index(b, &at, t, self.d);
                             let e = b.add(start, c);
                             let raw = b.load(self.x, e, 1);
-                            let x = widen_one(b, raw, self.input);
-                            b.write_local(value, z, x);
+                            b.write_local(value, z, raw);
                         },
                     );
                     let x = b.read_local(value, z);
@@ -325,14 +322,6 @@ impl Rows {
                 });
             }
         });
-    }
-}
-
-/// One input element as f32.
-fn widen_one(b: &mut Builder, raw: Value, input: ScalarType) -> Value {
-    match input {
-        ScalarType::F32 => raw,
-        _ => b.convert(ScalarType::F32, raw),
     }
 }
 

@@ -28,7 +28,7 @@
 
 use crate::ir::{BinaryOp, Builder, CmpOp, Memory, ScalarType, Special, Value};
 
-use super::block_select::Keys;
+use super::block_select::{key16, Keys};
 use super::cluster_channel::{ClusterPlan, Rows};
 use super::emit::{positive_zero, quantile_interpolate, quantile_rank};
 use super::quantize_abi as abi;
@@ -86,8 +86,11 @@ struct Select {
     scan: u32,
     /// The scanning thread's pass over the bins: [`FOUND_DIGIT`] .. [`FOUND_NEXT`].
     found: u32,
-    /// A value read past the staged rows.
+    /// An element read past the staged rows (of the input's type).
     value: u32,
+    /// The input's type: f16 and bf16 elements are counted by their 16-bit keys
+    /// ([`key16`]), f32 ones by their f32 keys.
+    input: ScalarType,
 }
 
 /// Keys below the bracket.
@@ -128,7 +131,8 @@ pub(super) fn select(
         least: b.local("q_least_l", ScalarType::U32, SIDES),
         scan: b.local("q_scan", ScalarType::U32, 2),
         found: b.local("q_found", ScalarType::U32, 4),
-        value: b.local("q_value", ScalarType::F32, 1),
+        value: b.local("q_value", input, 1),
+        input,
     };
     // Threads count rows that other threads staged.
     b.barrier();
@@ -176,8 +180,20 @@ fn count(b: &mut Builder, s: &Select, rows: &Rows, keys: Keys, d: Digit, last: b
     let slots = b.u32(SLOTS);
     let g = b.div(tid, slots);
     let first_slot = b.mul(g, slots);
-    let z = keys.z;
     let shift = keys.bits - d.done - d.width;
+    // f16 and bf16 elements: their 16-bit keys, which are `keys`' keys (no constant bits, no
+    // offset); f32 ones: the whole f32 key.
+    let narrow = keys.bits == 16 && s.input != ScalarType::F32;
+    let keys = match narrow {
+        true => Keys {
+            bits: 16,
+            z: 0,
+            offset: 0,
+            scaled: false,
+        },
+        false => keys,
+    };
+    let z = keys.z;
     // The key's offset lies above the digits of every pass after the first, so those are bits
     // of the whole f32 key; the first digit and the prefixes are offset (see `Keys`).
     debug_assert!(d.done == 0 || keys.offset % (1 << (shift + d.width)) == 0);
@@ -198,8 +214,20 @@ fn count(b: &mut Builder, s: &Select, rows: &Rows, keys: Keys, d: Digit, last: b
         }
     }
     rows.each_of_slots(b, first_slot, SLOTS, c, s.value, &|b, x| {
-        // The whole f32 key (its `z` constant bits too): one shift takes out the digit.
-        let key = keys.f32_key(b, x);
+        // The whole key (an f32 key's `z` constant bits too): one shift takes out the digit.
+        let key = match narrow {
+            true => {
+                let k = key16(b, x);
+                b.convert(ScalarType::U32, k)
+            }
+            false => {
+                let x = match s.input {
+                    ScalarType::F32 => x,
+                    _ => b.convert(ScalarType::F32, x),
+                };
+                keys.f32_key(b, x)
+            }
+        };
         let sh = b.u32(z + shift);
         let moved = b.binary(BinaryOp::Shr, key, sh);
         let bin = match prefixes {
