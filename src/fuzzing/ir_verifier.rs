@@ -33,6 +33,7 @@ use kvq_ir::{BitOrder, Bits};
 enum RawScalar {
     Bool,
     U8,
+    U16,
     U32,
     F16,
     BF16,
@@ -45,6 +46,7 @@ impl From<RawScalar> for ScalarType {
         match s {
             RawScalar::Bool => ScalarType::Bool,
             RawScalar::U8 => ScalarType::U8,
+            RawScalar::U16 => ScalarType::U16,
             RawScalar::U32 => ScalarType::U32,
             RawScalar::F16 => ScalarType::F16,
             RawScalar::BF16 => ScalarType::BF16,
@@ -142,6 +144,7 @@ impl From<RawMemory> for Memory {
 enum RawConst {
     Bool(bool),
     U8(u8),
+    U16(u16),
     U32(u32),
     F32(u32),
     F64(u64),
@@ -152,6 +155,7 @@ impl From<RawConst> for Const {
         match c {
             RawConst::Bool(b) => Const::Bool(b),
             RawConst::U8(x) => Const::U8(x),
+            RawConst::U16(x) => Const::U16(x),
             RawConst::U32(x) => Const::U32(x),
             RawConst::F32(x) => Const::F32(x),
             RawConst::F64(x) => Const::F64(x),
@@ -407,9 +411,10 @@ impl RawKernel {
 // ---------------------------------------------------------------------------------------------
 // Guided kernels.
 
-const VALUE_TYPES: [ScalarType; 7] = [
+const VALUE_TYPES: [ScalarType; 8] = [
     ScalarType::Bool,
     ScalarType::U8,
+    ScalarType::U16,
     ScalarType::U32,
     ScalarType::F16,
     ScalarType::BF16,
@@ -422,9 +427,10 @@ const FLOATS: [ScalarType; 4] = [
     ScalarType::F32,
     ScalarType::F64,
 ];
-const INTS: [ScalarType; 2] = [ScalarType::U8, ScalarType::U32];
-const ELEMS: [ScalarType; 6] = [
+const INTS: [ScalarType; 3] = [ScalarType::U8, ScalarType::U16, ScalarType::U32];
+const ELEMS: [ScalarType; 7] = [
     ScalarType::U8,
+    ScalarType::U16,
     ScalarType::U32,
     ScalarType::F16,
     ScalarType::BF16,
@@ -544,7 +550,12 @@ impl Gen<'_, '_> {
                 let (op, ty) = if self.chance(1, 4) {
                     (
                         UnaryOp::Not,
-                        self.pick(&[ScalarType::Bool, ScalarType::U8, ScalarType::U32]),
+                        self.pick(&[
+                            ScalarType::Bool,
+                            ScalarType::U8,
+                            ScalarType::U16,
+                            ScalarType::U32,
+                        ]),
                     )
                 } else {
                     let op = self.pick(&[
@@ -564,9 +575,12 @@ impl Gen<'_, '_> {
                 let op = self.pick(&BINARY);
                 let ty = match op {
                     BinaryOp::Rem | BinaryOp::Shl | BinaryOp::Shr => self.pick(&INTS),
-                    BinaryOp::And | BinaryOp::Or => {
-                        self.pick(&[ScalarType::Bool, ScalarType::U8, ScalarType::U32])
-                    }
+                    BinaryOp::And | BinaryOp::Or => self.pick(&[
+                        ScalarType::Bool,
+                        ScalarType::U8,
+                        ScalarType::U16,
+                        ScalarType::U32,
+                    ]),
                     _ => self.pick(&ELEMS),
                 };
                 let x = self.value(b, ty);
@@ -597,6 +611,7 @@ impl Gen<'_, '_> {
                 let from = self.pick(&[
                     ScalarType::Bool,
                     ScalarType::U8,
+                    ScalarType::U16,
                     ScalarType::U32,
                     ScalarType::F16,
                     ScalarType::BF16,
@@ -615,6 +630,10 @@ impl Gen<'_, '_> {
                 let (from, to) = self.pick(&[
                     (ScalarType::F32, ScalarType::U32),
                     (ScalarType::U32, ScalarType::F32),
+                    (ScalarType::F16, ScalarType::U16),
+                    (ScalarType::BF16, ScalarType::U16),
+                    (ScalarType::U16, ScalarType::F16),
+                    (ScalarType::U16, ScalarType::BF16),
                 ]);
                 let a = self.value(b, from);
                 let v = b.bitcast(to, a);
@@ -898,6 +917,7 @@ fn args(u: &mut Unstructured<'_>, kernel: &Kernel) -> Result<Option<Vec<Arg>>> {
                     let x = (raw % 64) as f32 / 4.0 - 8.0;
                     let val = match elem {
                         ScalarType::U8 => interp::Val::U8(raw as u8),
+                        ScalarType::U16 => interp::Val::U16(raw as u16),
                         ScalarType::U32 => interp::Val::U32(raw as u32 % 64),
                         ScalarType::F16 => interp::Val::F16(f16::from_f32(x)),
                         ScalarType::BF16 => interp::Val::BF16(bf16::from_f32(x)),
