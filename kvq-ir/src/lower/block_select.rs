@@ -108,7 +108,7 @@ struct Select {
     /// Per side, U32 locals: the search's counts, `pivots(w) * w` elements (index
     /// `pivot * w + channel`); the final pass's counts and minima, `w` elements each.
     count: [u32; 2],
-    /// With [`Select::counts16`], U16 locals like `count` that a chunk of at most
+    /// Where a thread counts one bit a pass of 16-bit keys, U16 locals like `count` that a chunk of at most
     /// [`CHUNK_ROWS`] of a thread's tokens counts into before they are added to `count`.
     count16: Option<[u32; 2]>,
     tally: [u32; 2],
@@ -130,14 +130,10 @@ impl Select {
     /// which is its [`Keys`] key exactly (see the tests); else its f32 order key, compared with
     /// [`Keys::widen`]ed keys, which saves narrowing each element.
     fn elem_key(&self, b: &mut Builder, x: Value) -> Value {
-        if self.narrow {
-            return key16(b, x);
+        match self.narrow {
+            true => key16(b, x),
+            false => self.keys.element_f32_key(b, self.input, x),
         }
-        let x = match self.input {
-            ScalarType::F32 => x,
-            _ => b.convert(ScalarType::F32, x),
-        };
-        self.keys.f32_key(b, x)
     }
 
     /// The bound an element key from [`Select::elem_key`] is compared with for key `k` (U32, at
@@ -602,6 +598,24 @@ impl Keys {
         };
         order_key(b, x, 0)
     }
+
+    /// [`Keys::f32_key`] of an element `x` of type `input` (widened to f32 first).
+    pub(super) fn element_f32_key(&self, b: &mut Builder, input: ScalarType, x: Value) -> Value {
+        let x = match input {
+            ScalarType::F32 => x,
+            _ => b.convert(ScalarType::F32, x),
+        };
+        self.f32_key(b, x)
+    }
+
+    /// The keys of [`key16`]: 16 bits, none constant, no offset (for f16 and bf16 elements the
+    /// same keys as [`Keys::of`]'s).
+    pub(super) const SIXTEEN: Keys = Keys {
+        bits: 16,
+        z: 0,
+        offset: 0,
+        scaled: false,
+    };
 
     /// The key of an f32 order key from [`Keys::f32_key`] (wrapping for keys outside the range).
     pub(super) fn key_of(&self, b: &mut Builder, key: Value) -> Value {

@@ -185,12 +185,7 @@ fn count(b: &mut Builder, s: &Select, rows: &Rows, keys: Keys, d: Digit, last: b
     // offset); f32 ones: the whole f32 key.
     let narrow = keys.bits == 16 && s.input != ScalarType::F32;
     let keys = match narrow {
-        true => Keys {
-            bits: 16,
-            z: 0,
-            offset: 0,
-            scaled: false,
-        },
+        true => Keys::SIXTEEN,
         false => keys,
     };
     let z = keys.z;
@@ -220,13 +215,7 @@ fn count(b: &mut Builder, s: &Select, rows: &Rows, keys: Keys, d: Digit, last: b
                 let k = key16(b, x);
                 b.convert(ScalarType::U32, k)
             }
-            false => {
-                let x = match s.input {
-                    ScalarType::F32 => x,
-                    _ => b.convert(ScalarType::F32, x),
-                };
-                keys.f32_key(b, x)
-            }
+            false => keys.element_f32_key(b, s.input, x),
         };
         let sh = b.u32(z + shift);
         let moved = b.binary(BinaryOp::Shr, key, sh);
