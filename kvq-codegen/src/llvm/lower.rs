@@ -224,67 +224,99 @@ impl<'a, 'ctx> Lower<'a, 'ctx> {
         name: &str,
         body: impl FnOnce(&mut Self, IntValue<'ctx>) -> R<()>,
     ) -> R<()> {
-        let rotated = !self.ptx && self.tid.is_some() && self.kernel.block_size > 1;
+        if !self.ptx && self.tid.is_some() && self.kernel.block_size > 1 {
+            self.rotated_loop(start, end, step, name, body)
+        } else {
+            self.top_tested_loop(start, end, step, name, body)
+        }
+    }
+
+    /// [`Self::counted_loop`] with the test at the top: `head: if i < end { body; i += step;
+    /// goto head }`.
+    fn top_tested_loop(
+        &mut self,
+        start: IntValue<'ctx>,
+        end: IntValue<'ctx>,
+        step: u32,
+        name: &str,
+        body: impl FnOnce(&mut Self, IntValue<'ctx>) -> R<()>,
+    ) -> R<()> {
         let pre = self.current()?;
-        let head = (!rotated).then(|| self.append(&format!("{name}.head")));
+        let head = self.append(&format!("{name}.head"));
         let inner = self.append(&format!("{name}.body"));
         let exit = self.append(&format!("{name}.exit"));
-        let head = match head {
-            None => {
-                let enter = self
-                    .b
-                    .build_int_compare(IntPredicate::ULT, start, end, "enter")?;
-                self.b.build_conditional_branch(enter, inner, exit)?;
-                inner
-            }
-            Some(head) => {
-                self.b.build_unconditional_branch(head)?;
-                head
-            }
-        };
+        self.b.build_unconditional_branch(head)?;
         self.b.position_at_end(head);
         let i = self.b.build_phi(self.ctx.i32_type(), name)?;
         i.add_incoming(&[(&start, pre)]);
         let iv = i.as_basic_value().into_int_value();
-        if !rotated {
-            let go = self.b.build_int_compare(IntPredicate::ULT, iv, end, "go")?;
-            self.b.build_conditional_branch(go, inner, exit)?;
-            self.b.position_at_end(inner);
-        }
+        let go = self.b.build_int_compare(IntPredicate::ULT, iv, end, "go")?;
+        self.b.build_conditional_branch(go, inner, exit)?;
+        self.b.position_at_end(inner);
         body(self, iv)?;
-        let step_value = self.ctx.i32_type().const_int(u64::from(step), false);
-        let next = self.b.build_int_add(iv, step_value, "next")?;
+        let next = self.loop_step(iv, step)?;
+        let latch = self.current()?;
+        // i < end <= u32::MAX, so i + 1 cannot wrap.
+        if step == 1 {
+            self.b.build_unconditional_branch(head)?;
+        } else {
+            let wrapped = self
+                .b
+                .build_int_compare(IntPredicate::ULT, next, iv, "wrapped")?;
+            self.b.build_conditional_branch(wrapped, exit, head)?;
+        }
+        i.add_incoming(&[(&next, latch)]);
+        self.b.position_at_end(exit);
+        Ok(())
+    }
+
+    /// [`Self::counted_loop`] rotated: `if start < end { do { body; i += step } while i < end
+    /// }`, with a separate wrap check before the test when `step > 1`.
+    fn rotated_loop(
+        &mut self,
+        start: IntValue<'ctx>,
+        end: IntValue<'ctx>,
+        step: u32,
+        name: &str,
+        body: impl FnOnce(&mut Self, IntValue<'ctx>) -> R<()>,
+    ) -> R<()> {
+        let pre = self.current()?;
+        let inner = self.append(&format!("{name}.body"));
+        let exit = self.append(&format!("{name}.exit"));
+        let enter = self
+            .b
+            .build_int_compare(IntPredicate::ULT, start, end, "enter")?;
+        self.b.build_conditional_branch(enter, inner, exit)?;
+        self.b.position_at_end(inner);
+        let i = self.b.build_phi(self.ctx.i32_type(), name)?;
+        i.add_incoming(&[(&start, pre)]);
+        let iv = i.as_basic_value().into_int_value();
+        body(self, iv)?;
+        let next = self.loop_step(iv, step)?;
         let mut latch = self.current()?;
         // i < end <= u32::MAX, so i + 1 cannot wrap.
         if step != 1 {
             let wrapped = self
                 .b
                 .build_int_compare(IntPredicate::ULT, next, iv, "wrapped")?;
-            if !rotated {
-                self.b.build_conditional_branch(wrapped, exit, head)?;
-                i.add_incoming(&[(&next, latch)]);
-                self.b.position_at_end(exit);
-                return Ok(());
-            }
             let check = self.append(&format!("{name}.check"));
             self.b.build_conditional_branch(wrapped, exit, check)?;
             self.b.position_at_end(check);
             latch = check;
         }
-        match rotated {
-            true => {
-                let go = self
-                    .b
-                    .build_int_compare(IntPredicate::ULT, next, end, "go")?;
-                self.b.build_conditional_branch(go, inner, exit)?;
-            }
-            false => {
-                self.b.build_unconditional_branch(head)?;
-            }
-        }
+        let go = self
+            .b
+            .build_int_compare(IntPredicate::ULT, next, end, "go")?;
+        self.b.build_conditional_branch(go, inner, exit)?;
         i.add_incoming(&[(&next, latch)]);
         self.b.position_at_end(exit);
         Ok(())
+    }
+
+    /// `iv + step`, the induction variable's next value.
+    fn loop_step(&mut self, iv: IntValue<'ctx>, step: u32) -> R<IntValue<'ctx>> {
+        let step_value = self.ctx.i32_type().const_int(u64::from(step), false);
+        Ok(self.b.build_int_add(iv, step_value, "next")?)
     }
 
     pub(super) fn current(&self) -> R<BasicBlock<'ctx>> {

@@ -373,7 +373,7 @@ pub fn select_quantiles(
     let n = SIDES * w;
     let warps = bsz / WARP_SIZE;
     let keys = Keys::of(input.scalar());
-    let narrow_keys = keys.bits == 16;
+    let narrow_keys = keys.by_key16();
     let counts16 = |b: &mut Builder| {
         [
             b.local("sel_count16_lo", ScalarType::U16, pivots(w) * w),
@@ -606,6 +606,12 @@ impl Keys {
             _ => b.convert(ScalarType::F32, x),
         };
         self.f32_key(b, x)
+    }
+
+    /// Whether elements are compared by [`key16`] of their bits (f16 and bf16, whose keys
+    /// have 16 bits; f32 keys have more): the counting passes then use [`Keys::SIXTEEN`].
+    pub(super) fn by_key16(&self) -> bool {
+        self.bits == 16
     }
 
     /// The keys of [`key16`]: 16 bits, none constant, no offset (for f16 and bf16 elements the

@@ -183,7 +183,7 @@ fn count(b: &mut Builder, s: &Select, rows: &Rows, keys: Keys, d: Digit, last: b
     let shift = keys.bits - d.done - d.width;
     // f16 and bf16 elements: their 16-bit keys, which are `keys`' keys (no constant bits, no
     // offset); f32 ones: the whole f32 key.
-    let narrow = keys.bits == 16 && s.input != ScalarType::F32;
+    let narrow = keys.by_key16();
     let keys = match narrow {
         true => Keys::SIXTEEN,
         false => keys,
