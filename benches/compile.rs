@@ -22,7 +22,7 @@ fn bench(c: &mut Criterion) {
     let cpu = lower::quantize(&scheme, class, &Schedule::host_default(&scheme, class))
         .unwrap()
         .kernel;
-    let (gpu_info, cpu_info) = (verify(&gpu).unwrap(), verify(&cpu).unwrap());
+    let gpu_info = verify(&gpu).unwrap();
     let dir = std::env::temp_dir().join(format!("kvq-bench-cache-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let cache = CompileCache::new(&dir);
@@ -37,11 +37,11 @@ fn bench(c: &mut Criterion) {
         b.iter(|| ptx::emit_with(&gpu, &gpu_info, Arch::Sm90, Some(&cache)).unwrap())
     });
     group.bench_function("host_cold", |b| {
-        b.iter(|| host::compile_with(&cpu, &cpu_info, None).unwrap())
+        b.iter(|| host::compile_with(&cpu, None).unwrap())
     });
-    drop(host::compile_with(&cpu, &cpu_info, Some(&cache)).unwrap());
+    drop(host::compile_with(&cpu, Some(&cache)).unwrap());
     group.bench_function("host_warm", |b| {
-        b.iter(|| host::compile_with(&cpu, &cpu_info, Some(&cache)).unwrap())
+        b.iter(|| host::compile_with(&cpu, Some(&cache)).unwrap())
     });
     group.finish();
     let _ = std::fs::remove_dir_all(&dir);

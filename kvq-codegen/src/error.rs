@@ -41,6 +41,9 @@ pub enum CodegenError {
     /// A buffer is shorter, or the grid larger, than the kernel's stated sizes allow.
     #[error(transparent)]
     Size(#[from] kvq_ir::ir::SizeError),
+    /// The kernel to build does not verify (`kvq_ir::ir::verify`).
+    #[error(transparent)]
+    Invalid(#[from] kvq_ir::ir::VerifyError),
     /// LLVM rejected something (target machine, IR verification, pass pipeline, emission).
     #[error("llvm failed on kernel `{kernel}`: {message}")]
     Llvm {

@@ -3,8 +3,10 @@
 //!
 //! # Entry points
 //! - [`ptx::emit`]: PTX text for `sm_80` or `sm_90`, one `.entry` named like the kernel.
-//! - [`host::compile`]: a [`host::HostKernel`] loaded into this process; [`host::HostKernel::launch`]
-//!   runs it over a grid, checking every argument against the kernel's parameters first.
+//! - [`host::compile`]: a [`host::HostKernel`] loaded into this process (the kernel verified
+//!   when it is built; a compile cache entry was verified when it was stored);
+//!   [`host::HostKernel::launch`] runs it over a grid, checking every argument against the
+//!   kernel's parameters first.
 //! - [`llvm_ir`]: the optimized LLVM IR text for either target, for dumps and debugging.
 //!
 //! Only the private `llvm` module names inkwell; nothing in this crate's public API does, so

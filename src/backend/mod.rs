@@ -47,13 +47,24 @@ pub enum BackendError {
     Interp(#[from] interp::InterpError),
     /// Code generation, loading or launch failed.
     #[error(transparent)]
-    Codegen(#[from] CodegenError),
+    Codegen(CodegenError),
     /// A buffer is shorter, or a grid larger, than the kernel's stated sizes allow.
     #[error(transparent)]
     Size(#[from] kvq_ir::ir::SizeError),
     /// The span is too large for one launch.
     #[error("span too large for one launch: {0}")]
     TooLarge(String),
+}
+
+/// A kernel the code generator found invalid is [`BackendError::Verify`], as when the backend
+/// verifies it itself.
+impl From<CodegenError> for BackendError {
+    fn from(e: CodegenError) -> Self {
+        match e {
+            CodegenError::Invalid(v) => BackendError::Verify(v),
+            e => BackendError::Codegen(e),
+        }
+    }
 }
 
 impl<E: Into<BackendError> + std::error::Error + 'static> From<ExecError<E>> for BackendError {
@@ -101,17 +112,10 @@ pub fn host_kernels_printed(
         memo.get(&passes)?.get(text).cloned()
     };
     let found: Vec<Option<Arc<HostKernel>>> = texts.iter().map(|t| memo(t)).collect();
-    let missing: Vec<usize> = (0..found.len()).filter(|&i| found[i].is_none()).collect();
-    let infos = missing
-        .iter()
-        .map(|&i| verify(kernels[i]))
-        .collect::<Result<Vec<_>, _>>()?;
-    let jobs: Vec<Job<'_>> = missing
-        .iter()
-        .zip(&infos)
-        .map(|(&i, info)| Job {
+    let jobs: Vec<Job<'_>> = (0..found.len())
+        .filter(|&i| found[i].is_none())
+        .map(|i| Job {
             kernel: kernels[i],
-            info,
             ir: &texts[i],
         })
         .collect();

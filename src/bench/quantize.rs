@@ -88,10 +88,8 @@ impl HostQuantizer {
             input: InputType::F16,
         };
         let lowered = kvq_ir::lower::quantize(scheme, class, schedule)?;
-        let info = kvq_ir::ir::verify(&lowered.kernel)?;
         let kernel = kvq_codegen::host::compile_with(
             &lowered.kernel,
-            &info,
             kvq_codegen::cache::CompileCache::from_env().as_ref(),
         )?;
         let (heads, tokens) = (u32::try_from(shape.heads)?, u32::try_from(shape.tokens)?);

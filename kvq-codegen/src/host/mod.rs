@@ -20,7 +20,7 @@ mod pool;
 
 pub use args::{BufferMut, BufferRef, HostArg};
 
-use kvq_ir::ir::{check_launch, ArgSize, Kernel, KernelInfo, Len, Param, PlanSizes};
+use kvq_ir::ir::{check_launch, ArgSize, Kernel, Len, Param, PlanSizes};
 
 use crate::cache::{CacheKey, CompileCache, Lookup};
 use crate::{CodegenError, Passes};
@@ -54,19 +54,19 @@ impl std::fmt::Debug for HostKernel {
 
 /// Compiles `kernel` to native code and loads it, through the compile cache the environment
 /// names ([`CompileCache::from_env`]).
-pub fn compile(kernel: &Kernel, info: &KernelInfo) -> Result<HostKernel, CodegenError> {
-    compile_with(kernel, info, CompileCache::from_env().as_ref())
+pub fn compile(kernel: &Kernel) -> Result<HostKernel, CodegenError> {
+    compile_with(kernel, CompileCache::from_env().as_ref())
 }
 
 /// Compiles `kernel` to native code and loads it; with a `cache`, a valid entry is loaded
 /// without compiling, and a fresh build is stored there (a corrupt entry is rebuilt; a cache
-/// that cannot be written is skipped with a warning).
+/// that cannot be written is skipped with a warning). See [`compile_all`] for when the kernel
+/// is verified.
 pub fn compile_with(
     kernel: &Kernel,
-    info: &KernelInfo,
     cache: Option<&CompileCache>,
 ) -> Result<HostKernel, CodegenError> {
-    compile_printed(kernel, info, &kvq_ir::ir::print(kernel), cache)
+    compile_printed(kernel, &kvq_ir::ir::print(kernel), cache)
 }
 
 /// [`compile_with`] for a caller that already holds the kernel's text (`ir` must be
@@ -75,30 +75,31 @@ pub fn compile_with(
 /// prints it once.
 pub fn compile_printed(
     kernel: &Kernel,
-    info: &KernelInfo,
     ir: &str,
     cache: Option<&CompileCache>,
 ) -> Result<HostKernel, CodegenError> {
-    let job = Job { kernel, info, ir };
+    let job = Job { kernel, ir };
     let mut compiled = compile_all(&[job], cache, Passes::default())?;
     compiled.pop().ok_or_else(|| missing(kernel))
 }
 
-/// One kernel for [`compile_all`]: the kernel, what the verifier reported of it, and its text
-/// (`kvq_ir::ir::print(kernel)`, the compile cache's key).
+/// One kernel for [`compile_all`]: the kernel and its text (`kvq_ir::ir::print(kernel)`, the
+/// compile cache's key).
 #[derive(Debug, Clone, Copy)]
 pub struct Job<'a> {
     /// The kernel.
     pub kernel: &'a Kernel,
-    /// The verifier's report of it.
-    pub info: &'a KernelInfo,
     /// Its printed text.
     pub ir: &'a str,
 }
 
 /// Compiles and loads several kernels, in `jobs`' order, optimized with `passes`: the valid
-/// entries of `cache` are loaded first, then the rest are built at once, one kernel per core
-/// (LLVM compiles one module on one thread), and stored in `cache`.
+/// entries of `cache` are loaded first, then the rest are verified ([`CodegenError::Invalid`]
+/// if one is not valid) and built at once, one kernel per core (LLVM compiles one module on one
+/// thread), and stored in `cache`. A cache entry is loaded without verifying its kernel again:
+/// entries are stored only after their kernel verified and built, under a key that covers the
+/// kernel's whole text (about a fifth of a warm load of the three attention kernels was their
+/// verification).
 pub fn compile_all(
     jobs: &[Job<'_>],
     cache: Option<&CompileCache>,
@@ -134,7 +135,6 @@ pub fn compile_all(
         .map(|(job, loaded)| {
             Ok(host_kernel(
                 job.kernel,
-                job.info,
                 loaded.ok_or_else(|| missing(job.kernel))??,
             ))
         })
@@ -191,7 +191,8 @@ fn build(
     passes: Passes,
 ) -> Result<Loaded, CodegenError> {
     let (kernel, symbol) = (job.kernel, crate::llvm::host_symbol(job.kernel));
-    let object = crate::llvm::host_object(kernel, job.info, passes)?;
+    let info = kvq_ir::ir::verify(kernel)?;
+    let object = crate::llvm::host_object(kernel, &info, passes)?;
     let Some((cache, key)) = cache else {
         return link::load(&kernel.name, &object, &symbol);
     };
@@ -209,20 +210,23 @@ fn build(
 }
 
 /// The [`HostKernel`] of `kernel`, loaded.
-fn host_kernel(kernel: &Kernel, info: &KernelInfo, loaded: Loaded) -> HostKernel {
+fn host_kernel(kernel: &Kernel, loaded: Loaded) -> HostKernel {
     let locals: usize = kernel
         .locals
         .iter()
         .map(|l| l.elem.size() * l.len as usize * kernel.block_size as usize)
         .sum();
     // A cluster's blocks keep their shared arrays and locals at once.
-    let frame = (info.shared_bytes as usize + locals) * kernel.cluster_size.max(1) as usize;
+    let shared = usize::try_from(kernel.shared_bytes()).unwrap_or(usize::MAX);
+    let frame = shared
+        .saturating_add(locals)
+        .saturating_mul(kernel.cluster_size.max(1) as usize);
     HostKernel {
         name: kernel.name.clone(),
         params: kernel.params.clone(),
         max_grid: kernel.max_grid.clone(),
         align: kvq_ir::ir::sync::buffer_alignment(kernel),
-        stack: (frame + (1 << 20)).max(2 << 20),
+        stack: frame.saturating_add(1 << 20).max(2 << 20),
         cluster_size: kernel.cluster_size.max(1),
         loaded,
     }

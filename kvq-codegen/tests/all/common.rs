@@ -87,8 +87,7 @@ pub fn host_arg<'a>(param: &Param, arg: &'a mut Arg) -> HostArg<'a> {
 
 /// Runs `kernel` on the host backend and returns the arguments afterwards.
 pub fn run_host(kernel: &Kernel, mut args: Vec<Arg>, grid: u32) -> Vec<Arg> {
-    let info = info(kernel);
-    let compiled = host::compile(kernel, &info).unwrap_or_else(|e| panic!("{e}"));
+    let compiled = host::compile(kernel).unwrap_or_else(|e| panic!("{e}"));
     let mut host_args: Vec<HostArg<'_>> = kernel
         .params
         .iter()

@@ -7,13 +7,12 @@ use kvq_codegen::host::{self, BufferMut, BufferRef, HostArg};
 use kvq_codegen::{ArgKind, CodegenError};
 use kvq_ir::ir::ScalarType;
 
-use crate::common::info;
 use crate::control::scale_kernel;
 
 #[test]
 fn good_arguments_run() {
     let kernel = scale_kernel();
-    let compiled = host::compile(&kernel, &info(&kernel)).expect("compiles");
+    let compiled = host::compile(&kernel).expect("compiles");
     assert_eq!(compiled.name(), "scale");
     let src: Vec<f32> = (0..100).map(|k| k as f32).collect();
     let mut dst = vec![0.0f32; 100];
@@ -42,7 +41,7 @@ fn good_arguments_run() {
 #[test]
 fn bad_arguments_give_typed_errors() {
     let kernel = scale_kernel();
-    let compiled = host::compile(&kernel, &info(&kernel)).expect("compiles");
+    let compiled = host::compile(&kernel).expect("compiles");
     let src = [1.0f32; 8];
     let mut dst = [0.0f32; 8];
     let mut halves = [f16::ZERO; 8];
@@ -183,7 +182,7 @@ fn bad_arguments_give_typed_errors() {
 #[test]
 fn uncached_library_is_removed_on_drop() {
     let kernel = scale_kernel();
-    let compiled = host::compile_with(&kernel, &info(&kernel), None).expect("compiles");
+    let compiled = host::compile_with(&kernel, None).expect("compiles");
     let lib = compiled.library_path().to_path_buf();
     assert!(lib.exists());
     assert!(!lib.with_file_name("kernel.o").exists());
@@ -192,19 +191,43 @@ fn uncached_library_is_removed_on_drop() {
 }
 
 #[test]
+fn an_invalid_kernel_is_refused_before_it_is_built_or_stored() {
+    let dir = std::env::temp_dir().join(format!("kvq-invalid-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let cache = CompileCache::new(&dir);
+    let mut kernel = scale_kernel();
+    kernel.shared.push(kvq_ir::ir::SharedArray {
+        name: "empty".into(),
+        elem: ScalarType::F32,
+        len: 0,
+    });
+    match host::compile_with(&kernel, Some(&cache)) {
+        Err(CodegenError::Invalid(e)) => assert!(
+            e.errors
+                .iter()
+                .any(|f| matches!(f.kind, kvq_ir::ir::FindingKind::EmptyShared { shared: 0 })),
+            "{e}"
+        ),
+        other => panic!("expected the verifier's error, got {other:?}"),
+    }
+    let stored = std::fs::read_dir(&dir).map_or(0, |d| d.count());
+    assert_eq!(stored, 0, "nothing is stored for an invalid kernel");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn cache_hit_loads_the_stored_library_and_corrupt_entries_are_rebuilt() {
     let dir = std::env::temp_dir().join(format!("kvq-host-cache-test-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let cache = CompileCache::new(&dir);
     let kernel = scale_kernel();
-    let info = info(&kernel);
-    let cold = host::compile_with(&kernel, &info, Some(&cache)).expect("compiles");
+    let cold = host::compile_with(&kernel, Some(&cache)).expect("compiles");
     let path = cold.library_path().to_path_buf();
     assert!(path.starts_with(&dir), "{}", path.display());
     drop(cold);
     assert!(path.exists(), "a cached library outlives its kernel");
     let stored = std::fs::read(&path).unwrap();
-    let warm = host::compile_with(&kernel, &info, Some(&cache)).expect("loads");
+    let warm = host::compile_with(&kernel, Some(&cache)).expect("loads");
     assert_eq!(warm.library_path(), path);
     assert_eq!(
         std::fs::read(&path).unwrap(),
@@ -214,7 +237,7 @@ fn cache_hit_loads_the_stored_library_and_corrupt_entries_are_rebuilt() {
     drop(warm);
     // Corrupt the entry: it is detected by its checksum, never loaded, and rebuilt.
     std::fs::write(&path, b"not a shared object").unwrap();
-    let rebuilt = host::compile_with(&kernel, &info, Some(&cache)).expect("rebuilds");
+    let rebuilt = host::compile_with(&kernel, Some(&cache)).expect("rebuilds");
     assert_eq!(std::fs::read(rebuilt.library_path()).unwrap(), stored);
     let src = vec![2.0f32; 10];
     let mut dst = vec![0.0f32; 10];
@@ -234,7 +257,7 @@ fn cache_hit_loads_the_stored_library_and_corrupt_entries_are_rebuilt() {
     std::fs::write(&path, &garbage).unwrap();
     let sum = sha2_hex(&garbage);
     std::fs::write(path.with_extension("so.sha256"), sum).unwrap();
-    let reloaded = host::compile_with(&kernel, &info, Some(&cache)).expect("rebuilds");
+    let reloaded = host::compile_with(&kernel, Some(&cache)).expect("rebuilds");
     assert_eq!(std::fs::read(reloaded.library_path()).unwrap(), stored);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -261,11 +284,10 @@ fn a_relative_cache_directory_still_loads() {
     let _ = std::fs::remove_dir_all(&rel);
     let cache = CompileCache::new(&rel);
     let kernel = scale_kernel();
-    let info = info(&kernel);
-    let cold = host::compile_with(&kernel, &info, Some(&cache)).expect("compiles");
+    let cold = host::compile_with(&kernel, Some(&cache)).expect("compiles");
     assert!(cold.library_path().is_absolute());
     drop(cold);
-    let warm = host::compile_with(&kernel, &info, Some(&cache)).expect("loads");
+    let warm = host::compile_with(&kernel, Some(&cache)).expect("loads");
     assert!(warm.library_path().is_absolute());
     drop(warm);
     let _ = std::fs::remove_dir_all(&rel);
@@ -281,17 +303,14 @@ fn compile_all_builds_the_misses_at_once_and_keys_entries_by_passes() {
     let _ = std::fs::remove_dir_all(&dir);
     let cache = CompileCache::new(&dir);
     let (scale, loops) = (scale_kernel(), crate::control::loops_kernel());
-    let (scale_info, loops_info) = (info(&scale), info(&loops));
     let (scale_ir, loops_ir) = (kvq_ir::ir::print(&scale), kvq_ir::ir::print(&loops));
     let jobs = [
         Job {
             kernel: &scale,
-            info: &scale_info,
             ir: &scale_ir,
         },
         Job {
             kernel: &loops,
-            info: &loops_info,
             ir: &loops_ir,
         },
     ];
@@ -374,7 +393,7 @@ fn compile_all_builds_the_misses_at_once_and_keys_entries_by_passes() {
 #[test]
 fn launches_from_a_pool_worker_run_all_their_blocks() {
     let kernel = scale_kernel();
-    let compiled = host::compile(&kernel, &info(&kernel)).expect("compiles");
+    let compiled = host::compile(&kernel).expect("compiles");
     let src: Vec<f32> = (0..1000).map(|k| k as f32).collect();
     let (name, dst) = host::on_workers(|| {
         let mut dst = vec![0.0f32; 1000];

@@ -16,7 +16,7 @@ use crate::common::{host_arg, info, lcg};
 
 /// Compiles `kernel` for the host and launches it on `args`.
 fn run_host(kernel: &Kernel, args: &mut [Arg], grid: u32) -> Result<(), CodegenError> {
-    let compiled = host::compile(kernel, &info(kernel))?;
+    let compiled = host::compile(kernel)?;
     let mut host_args: Vec<HostArg<'_>> = kernel
         .params
         .iter()

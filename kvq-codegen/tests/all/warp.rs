@@ -332,8 +332,7 @@ fn aligned_byte_vectors_bitcast_to_little_endian_words_on_every_backend() {
 #[test]
 fn the_host_launcher_refuses_a_misaligned_buffer() {
     let kernel = bytes_kernel();
-    let info = crate::common::info(&kernel);
-    let compiled = kvq_codegen::host::compile(&kernel, &info).unwrap();
+    let compiled = kvq_codegen::host::compile(&kernel).unwrap();
     let storage = vec![0u8; 33 * 16];
     // A view that does not start at a multiple of 16 bytes.
     let off = usize::from(storage.as_ptr() as usize % 16 == 0);
@@ -467,7 +466,7 @@ fn cluster_blocks_share_memory() {
         .collect();
     assert_eq!(buf(&got, 0), &Buffer::U32(want));
     // Part of a cluster: a typed error before anything runs.
-    let compiled = kvq_codegen::host::compile(&kernel, &crate::common::info(&kernel)).unwrap();
+    let compiled = kvq_codegen::host::compile(&kernel).unwrap();
     let mut data = vec![7u32; (grid * threads) as usize];
     let mut args = [kvq_codegen::host::HostArg::Buffer(
         kvq_codegen::host::BufferMut::U32(&mut data),

@@ -576,3 +576,13 @@ pub struct Kernel {
     /// of block-uniform loops.
     pub body: Block,
 }
+
+impl Kernel {
+    /// The bytes of its shared arrays, summed without padding (the measure of the static
+    /// shared-memory limit; [`shared_layout`] places them).
+    pub fn shared_bytes(&self) -> u64 {
+        self.shared.iter().fold(0u64, |total, s| {
+            total.saturating_add(u64::from(s.len).saturating_mul(s.elem.size() as u64))
+        })
+    }
+}

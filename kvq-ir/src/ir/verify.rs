@@ -883,14 +883,13 @@ impl<'k> Checker<'k> {
                 }
             }
         }
-        let mut shared_bytes: u64 = 0;
         for (i, s) in k.shared.iter().enumerate() {
             declared.push((Item::Shared(i as u32), &s.name));
             if s.len == 0 {
                 self.push(None, FindingKind::EmptyShared { shared: i as u32 });
             }
-            shared_bytes = shared_bytes.saturating_add(u64::from(s.len) * s.elem.size() as u64);
         }
+        let shared_bytes = k.shared_bytes();
         let (_, laid_out) = super::kernel::shared_layout(&k.shared);
         if shared_bytes > MAX_SHARED_BYTES && laid_out > MAX_DYNAMIC_SHARED_BYTES {
             self.push(
