@@ -156,11 +156,12 @@ fn tensor_strategy() -> impl Strategy<Value = Tensor3> {
         })
 }
 
-fn schedule_strategy() -> impl Strategy<Value = (u32, u32, u8, bool)> {
+fn schedule_strategy() -> impl Strategy<Value = (u32, u32, u8, bool, bool)> {
     (
         prop::sample::select(vec![1u32, 3, 32, 64]),
         prop::sample::select(vec![8u32, 16]),
         prop::sample::select(vec![1u8, 2, 4, 8]),
+        any::<bool>(),
         any::<bool>(),
     )
 }
@@ -169,9 +170,9 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(96))]
 
     #[test]
-    fn interpreter_matches_reference(scheme in scheme_strategy(), x in tensor_strategy(), (bs, ch, v, cooperative) in schedule_strategy()) {
+    fn interpreter_matches_reference(scheme in scheme_strategy(), x in tensor_strategy(), (bs, ch, v, cooperative, contiguous) in schedule_strategy()) {
         let shape = ShapeClass { head_dim: x.shape().dim as u32, input: InputType::F16 };
-        let mut schedule = Schedule { block_size: bs, channels: ch.max(scheme.bits.codes_per_byte() as u32), vector: v, cooperative, cluster: 1 };
+        let mut schedule = Schedule { block_size: bs, channels: ch.max(scheme.bits.codes_per_byte() as u32), vector: v, cooperative, cluster: 1, contiguous };
         if schedule.check(&scheme, shape).is_err() {
             schedule = Schedule::gpu_default(&scheme, shape);
         }
@@ -446,6 +447,7 @@ fn schedule_check_knows_shared_memory_and_shape_limits() {
                     vector: 8,
                     cooperative: false,
                     cluster: 1,
+                    contiguous: false,
                 };
                 let checked = s.check(&scheme, shape);
                 match lower::quantize(&scheme, shape, &s) {

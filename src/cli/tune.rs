@@ -43,11 +43,16 @@ pub struct Args {
 }
 
 /// `c<channels> v<vector>`, led by `b<block size>` for a block of several threads (the quantile
-/// rule's whole-warp selection).
+/// rule's whole-warp selection) and followed by `runs` where each thread walks a contiguous run
+/// of the tokens ([`Schedule::contiguous`]).
 fn show(s: &Schedule) -> String {
+    let runs = match s.contiguous && s.block_size > 1 {
+        true => " runs",
+        false => "",
+    };
     match s.block_size {
         1 => format!("c{} v{}", s.channels, s.vector),
-        b => format!("b{b} c{} v{}", s.channels, s.vector),
+        b => format!("b{b} c{} v{}{runs}", s.channels, s.vector),
     }
 }
 

@@ -154,6 +154,7 @@ pub fn candidates(scheme: &Scheme, shape: ShapeClass) -> Vec<Schedule> {
                 vector,
                 cooperative: false,
                 cluster: 1,
+                contiguous: false,
             })
         })
         .flat_map(|s| {
@@ -186,7 +187,11 @@ fn fnv1a64(text: &str) -> String {
 pub fn candidate_checksum(candidates: &[Schedule]) -> String {
     let text: String = candidates
         .iter()
-        .map(|s| format!("b{}c{}v{};", s.block_size, s.channels, s.vector))
+        .map(|s| {
+            // Contiguous runs marked (the candidate sets without them keep their checksums).
+            let runs = if s.contiguous { "r" } else { "" };
+            format!("b{}c{}v{}{runs};", s.block_size, s.channels, s.vector)
+        })
         .collect();
     fnv1a64(&text)
 }
@@ -322,6 +327,9 @@ struct StoredSchedule {
     /// whole-warp selection, [`Schedule::host_select`]).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     cooperative: bool,
+    /// Each thread of a block a contiguous run of the tokens ([`Schedule::contiguous`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    contiguous: bool,
 }
 
 impl From<Schedule> for StoredSchedule {
@@ -331,6 +339,7 @@ impl From<Schedule> for StoredSchedule {
             channels: s.channels,
             vector: s.vector,
             cooperative: s.cooperative,
+            contiguous: s.contiguous,
         }
     }
 }
@@ -344,6 +353,7 @@ impl From<StoredSchedule> for Schedule {
             cooperative: s.cooperative,
             // Tables hold host schedules, which have no clusters.
             cluster: 1,
+            contiguous: s.contiguous,
         }
     }
 }

@@ -181,6 +181,7 @@ fn invalid_entry_falls_back_to_the_default() {
         vector: 8,
         cooperative: false,
         cluster: 1,
+        contiguous: false,
     };
     table.insert(TuningKey::quantize(&scheme, SHAPE, 8, 16384), bad, 1.0);
     assert_eq!(
@@ -203,6 +204,7 @@ fn an_entry_over_the_shared_memory_limit_falls_back_to_the_default() {
             vector: 16,
             cooperative: false,
             cluster: 1,
+            contiguous: false,
         };
         assert!(big.check(&scheme, SHAPE).is_err());
         table.insert(TuningKey::quantize(&scheme, SHAPE, 8, 16384), big, 1.0);

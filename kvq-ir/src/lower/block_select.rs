@@ -33,6 +33,7 @@ use super::emit::{
     from_order_key, positive_zero, quantile_interpolate, quantile_rank, QuantileRank,
 };
 use super::quantize_abi as abi;
+use super::thread_tokens::{thread_tokens, ThreadTokens};
 use super::InputType;
 
 /// The two levels of the quantile rule: the range's low and high ends.
@@ -100,6 +101,8 @@ struct Select {
     input: ScalarType,
     /// Whether the passes compare 16-bit keys ([`Select::narrow`]).
     narrow: bool,
+    /// Each thread a contiguous run of the tokens ([`thread_tokens`]).
+    contiguous: bool,
     /// Levels of the two sides.
     levels: [f64; 2],
     /// U32 local of `2w` elements (index `side * w + channel`): each bracket's start (the
@@ -203,21 +206,26 @@ impl Select {
         sides: std::ops::Range<u32>,
         each: &dyn Fn(&mut Builder, Value, u32),
     ) {
-        let tid = b.special(Special::ThreadId);
-        let tokens = b.param(abi::TOKENS);
-        self.rows(b, load_row, [tid, tokens], sides, each);
+        let mine = self.tokens(b);
+        self.rows(b, load_row, mine, sides, each);
     }
 
-    /// [`Select::pass`] over this thread's tokens in `start..end` (`start` one of them).
+    /// This thread's tokens.
+    fn tokens(&self, b: &mut Builder) -> ThreadTokens {
+        let tid = b.special(Special::ThreadId);
+        thread_tokens(b, tid, self.bsz, self.contiguous)
+    }
+
+    /// [`Select::pass`] over `tokens`, this thread's or a chunk of them.
     fn rows(
         &self,
         b: &mut Builder,
         load_row: &dyn Fn(&mut Builder, Value) -> Vec<Value>,
-        [start, end]: [Value; 2],
+        tokens: ThreadTokens,
         sides: std::ops::Range<u32>,
         each: &dyn Fn(&mut Builder, Value, u32),
     ) {
-        b.for_range(start, end, self.bsz, |b, t| {
+        b.for_range(tokens.start, tokens.end, tokens.step, |b, t| {
             let values = load_row(b, t);
             for (i, &x) in values.iter().enumerate() {
                 let key = self.elem_key(b, x);
@@ -253,11 +261,10 @@ impl Select {
             let each = |b: &mut Builder, key, j| add(b, key, j, self.count, ScalarType::U32);
             return self.pass(b, load_row, 0..SIDES, &each);
         };
-        let tid = b.special(Special::ThreadId);
-        let tokens = b.param(abi::TOKENS);
-        // At most 1024 x 65,535 < 2^32.
-        let span = self.bsz * chunk_rows();
-        b.for_range(tid, tokens, span, |b, first| {
+        let mine = self.tokens(b);
+        // A chunk spans `chunk_rows()` of this thread's tokens: at most 1024 x 65,535 < 2^32.
+        let span = mine.step * chunk_rows();
+        b.for_range(mine.start, mine.end, span, |b, first| {
             let slots = pivots * self.w;
             for local in count16 {
                 for at in 0..slots {
@@ -265,12 +272,17 @@ impl Select {
                     self.set(b, local, at, zero);
                 }
             }
-            let left = b.sub(tokens, first);
+            let left = b.sub(mine.end, first);
             let span = b.u32(span);
             let len = b.min(left, span);
             let end = b.add(first, len);
+            let chunk = ThreadTokens {
+                start: first,
+                end,
+                ..mine
+            };
             let each = |b: &mut Builder, key, j| add(b, key, j, count16, ScalarType::U16);
-            self.rows(b, load_row, [first, end], 0..SIDES, &each);
+            self.rows(b, load_row, chunk, 0..SIDES, &each);
             for (local, wide) in count16.into_iter().zip(self.count) {
                 for at in 0..slots {
                     let c = self.get(b, local, at);
@@ -367,6 +379,7 @@ pub fn select_quantiles(
     b: &mut Builder,
     input: InputType,
     [w, bsz]: [u32; 2],
+    contiguous: bool,
     p: f64,
     load_row: &dyn Fn(&mut Builder, Value) -> Vec<Value>,
 ) -> [u32; 2] {
@@ -386,6 +399,7 @@ pub fn select_quantiles(
         keys,
         input: input.scalar(),
         narrow: narrow_keys,
+        contiguous,
         count16: (narrow_keys && step_bits(w) == 1).then(|| counts16(b)),
         levels: [p, 1.0 - p],
         lo: b.local("sel_lo", ScalarType::U32, n),
@@ -740,22 +754,37 @@ mod tests {
 
     /// The host selection's 16-bit counters, added up every few rows (3, 7 and 64 a chunk,
     /// so that spans of 1 to 1,000 tokens take one to hundreds of chunks, the last one short),
-    /// give the reference's parameters and codes bit for bit, on f16 and bf16 input with ties.
+    /// give the reference's parameters and codes bit for bit, on f16 and bf16 input with ties,
+    /// with each of the 32 threads walking a contiguous run of the tokens (the host's schedule;
+    /// spans of 1 and 31 tokens leave threads without any, 33 and 97 end in a short run) or
+    /// every 32nd token.
     #[test]
     fn chunked_16_bit_counts_select_like_the_reference() {
         let scheme = Scheme::parse("bits = 1, axis = channel, group = all, rule = quantile(0.2)")
             .expect("scheme");
-        for input in [InputType::F16, InputType::BF16] {
+        for (input, contiguous) in [InputType::F16, InputType::BF16]
+            .into_iter()
+            .flat_map(|input| [(input, true), (input, false)])
+        {
             let shape = ShapeClass {
                 head_dim: 16,
                 input,
             };
-            let schedule = Schedule::host_default(&scheme, shape);
+            let host = Schedule::host_default(&scheme, shape);
             assert!(
-                schedule.cooperative && schedule.channels == 16,
-                "{schedule:?}"
+                host.cooperative && host.contiguous && host.channels == 16,
+                "{host:?}"
             );
-            for (chunk, tokens) in [(3u32, 1usize), (3, 97), (7, 1000), (64, 700)] {
+            let schedule = Schedule { contiguous, ..host };
+            let spans = [
+                (3u32, 1usize),
+                (3, 31),
+                (5, 33),
+                (3, 97),
+                (7, 1000),
+                (64, 700),
+            ];
+            for (chunk, tokens) in spans {
                 TEST_CHUNK_ROWS.with(|c| c.set(Some(chunk)));
                 let lowered = quantize(&scheme, shape, &schedule).expect("lower");
                 TEST_CHUNK_ROWS.with(|c| c.set(None));
@@ -776,7 +805,7 @@ mod tests {
                 let got = quantize_with(&lowered, &scheme, &x, input, run).expect("run");
                 let want = reference::quantize(&x, &scheme).expect("reference");
                 let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                let at = format!("{input:?}, {tokens} tokens, chunks of {chunk}");
+                let at = format!("{input:?}, {tokens} tokens, chunks of {chunk}, {schedule:?}");
                 assert_eq!(got.codes, want.codes, "{at}");
                 assert_eq!(bits(&got.zero), bits(&want.zero), "{at}");
                 assert_eq!(bits(&got.scale), bits(&want.scale), "{at}");

@@ -10,6 +10,7 @@ use super::emit::{
     quantize_params, range_from_extremes, reads_group, store_param, to_f32_scalars, token_groups,
     Coding, MseLocals, MAX_THRESHOLD_LEVELS,
 };
+use super::thread_tokens::thread_tokens;
 use super::{kernel_name, quantize_abi as abi, Launch, Lowered, Schedule, ShapeClass};
 
 pub fn lower(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
@@ -364,8 +365,8 @@ fn lower_all(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
     // Region 1: partial statistics of this thread's tokens.
     let (tid, h, c0) = coords(&mut b);
     p.init_locals(&mut b, min, max, bad);
-    let tokens = b.param(abi::TOKENS);
-    b.for_range(tid, tokens, bsz, |b, t| {
+    let mine = thread_tokens(&mut b, tid, bsz, s.contiguous);
+    b.for_range(mine.start, mine.end, mine.step, |b, t| {
         let values = p.load_row(b, x, h, t, c0);
         p.accumulate(b, &values, min, max, bad);
     });
@@ -390,7 +391,14 @@ fn lower_all(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
     let ranges = selected.map(|level| {
         let (_, h, c0) = coords(&mut b);
         let load_row = |b: &mut Builder, t: Value| p.load_row_raw(b, x, h, t, c0);
-        select_quantiles(&mut b, shape.input, [p.w, bsz], level, &load_row)
+        select_quantiles(
+            &mut b,
+            shape.input,
+            [p.w, bsz],
+            s.contiguous,
+            level,
+            &load_row,
+        )
     });
     let ranges = ranges.or_else(|| {
         let (acc, out) = mse_locals?;
@@ -500,8 +508,8 @@ fn lower_all(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
             }
         })
         .collect();
-    let tokens = b.param(abi::TOKENS);
-    b.for_range(tid, tokens, bsz, |b, t| {
+    let mine = thread_tokens(&mut b, tid, bsz, s.contiguous);
+    b.for_range(mine.start, mine.end, mine.step, |b, t| {
         p.code_row(b, [x, codes], h, t, c0, &coders);
     });
     Lowered {
