@@ -185,6 +185,37 @@ fn mse_sums_by_strands_on_long_spans_match_reference() {
     }
 }
 
+/// mse where sums meet signed zeros: channels of -0.0 only, of values that cancel within a
+/// strand (1, -1, ...), of -0.0 between them, and of f16's smallest subnormals, with f32 and
+/// f16 parameters: the reference's bits (a sum's zero terms and signed zeros as SPEC.md's
+/// tree adds them).
+#[test]
+fn mse_sums_with_signed_zeros_and_cancelling_values_match_reference() {
+    let (tokens, dim) = (1000usize, 32usize);
+    let data: Vec<f32> = (0..tokens * dim)
+        .map(|i| {
+            let (t, c) = (i / dim, i % dim);
+            match c % 4 {
+                0 => -0.0,
+                1 => [1.0, -1.0][t % 2] * (1 + c / 4) as f32,
+                2 => [-0.0, 2.5, -0.0, -2.5][t % 4],
+                // f16's smallest subnormals: exact in every input type.
+                _ => [1.0, -1.0, 0.0, -0.0, 2.0][t % 5] * 2f32.powi(-24),
+            }
+        })
+        .collect();
+    let x = Tensor3::new([1, tokens, dim], data).unwrap();
+    for params in ["f32", "f16"] {
+        let scheme = Scheme::parse(&format!(
+            "bits = 1, axis = channel, group = all, rule = mse, params = {params}"
+        ))
+        .unwrap();
+        for input in [InputType::F16, InputType::F32] {
+            check(&scheme, &x, input).unwrap_or_else(|e| panic!("{params} {input:?}: {e}"));
+        }
+    }
+}
+
 /// Token groups long enough for the host's radix selection (`SelectRank` over 512 elements or
 /// more) beside a short last group (bisection), every input type, against the reference.
 #[test]
