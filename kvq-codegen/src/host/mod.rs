@@ -11,10 +11,12 @@
 //! rule): what else does goes through per-thread locals or shared memory.
 //!
 //! [`HostKernel::launch`] checks every argument against the kernel's parameters (count, kind,
-//! element type, and `&mut` for parameters the kernel may write), then splits the grid into
-//! contiguous block ranges, one per available core, run on scoped threads.
+//! element type, and `&mut` for parameters the kernel may write), then runs the grid on one
+//! worker per available core, each claiming short runs of blocks from a shared counter until
+//! none is left.
 
 mod args;
+mod blocks;
 mod link;
 mod pool;
 
@@ -24,6 +26,7 @@ use kvq_ir::ir::{check_launch, ArgSize, Kernel, Len, Param, PlanSizes};
 
 use crate::cache::{CacheKey, CompileCache, Lookup};
 use crate::{CodegenError, Passes};
+use blocks::BlockQueue;
 use link::Loaded;
 
 /// A kernel compiled for and loaded into this process.
@@ -319,16 +322,10 @@ impl HostKernel {
             return Ok(());
         }
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let clusters = grid_size / n;
-        let workers = u32::try_from(cores).unwrap_or(u32::MAX).min(clusters);
-        // Whole clusters per worker (n divides grid_size, so `chunk` does not overflow it).
-        let chunk = clusters.div_ceil(workers) * n;
+        let workers = u32::try_from(cores).unwrap_or(u32::MAX).min(grid_size / n);
+        let queue = BlockQueue::new(grid_size, n, workers);
         let entry = self.loaded.entry;
         let words = words.as_slice();
-        let ranges: Vec<(u32, u32)> = (0..workers)
-            .map(|w| (w * chunk, (w * chunk).saturating_add(chunk).min(grid_size)))
-            .filter(|(begin, end)| begin < end)
-            .collect();
         let work = |begin: u32, end: u32| {
             // SAFETY: `entry` is the loaded kernel's entry (its library lives in `self`).
             // `words` holds one word per parameter, checked above against the kernel's
@@ -337,7 +334,7 @@ impl HostKernel {
             // is borrowed until every worker below has finished (both scopes join them).
             //
             // CONCURRENCY: several workers receive the same buffer addresses at once, each for
-            // a disjoint range of blocks. This is sound only because kvq kernels have GPU
+            // disjoint runs of blocks (the queue hands out every block once). This is sound only because kvq kernels have GPU
             // semantics: each element a launch writes is written by exactly one block and not
             // read by another block, so workers never touch the same bytes where one of them
             // writes (shared arrays and locals are per-worker stack memory, which the worker's
@@ -349,23 +346,28 @@ impl HostKernel {
             // otherwise would race here just as it would on a GPU.
             unsafe { entry(words.as_ptr(), begin, end, grid_size) }
         };
+        let drain = || {
+            while let Some((begin, end)) = queue.claim() {
+                work(begin, end);
+            }
+        };
         if let Some(pool) = pool::shared(self.stack) {
-            let work = &work;
+            let drain = &drain;
             pool.scope(|scope| {
-                for &(begin, end) in &ranges {
-                    scope.spawn(move |_| work(begin, end));
+                for _ in 0..workers {
+                    scope.spawn(move |_| drain());
                 }
             });
             return Ok(());
         }
         // A frame larger than the pool's stacks: threads of the size it needs.
         std::thread::scope(|scope| {
-            for &(begin, end) in &ranges {
-                let work = &work;
+            for _ in 0..workers {
+                let drain = &drain;
                 std::thread::Builder::new()
                     .name(format!("kvq-{}", self.name))
                     .stack_size(self.stack)
-                    .spawn_scoped(scope, move || work(begin, end))
+                    .spawn_scoped(scope, drain)
                     .map_err(|source| CodegenError::Thread {
                         kernel: self.name.clone(),
                         source,
