@@ -379,14 +379,13 @@ pub(super) fn span_values(
     let hs = b.mul(it.h, it.span_len);
     let tok_row = b.add(hs, t);
     let at = affine(b, tok_row, row_bytes, it.v_codes);
-    if let (Some(hist), Some((_, psum))) = (st.hist, st.cacc) {
+    if let Some(hist) = st.hist {
+        // No running weight sum: every token adds its weight to one bucket of each code byte,
+        // so the fold takes a head's sum from byte 0's buckets.
         let bytes = load_bytes(b, codes_m, at, row_bytes);
         for_heads(b, it.g, |b, gi| {
             let w = logit_at(b, it, slot, gi);
             let p = b.read_local(it.logits, w);
-            let s = b.read_local(psum, gi);
-            let s = b.add(s, p);
-            b.write_local(psum, gi, s);
             for (j, &byte) in bytes.iter().enumerate() {
                 let jv = b.u32(j as u32);
                 let idx = table_at(b, it.g, jv, byte, gi);
@@ -448,8 +447,8 @@ pub(super) fn flush(
     let (d, g) = (it.d, it.g);
     if let Some(hist) = st.hist {
         match flat_heads(g) {
-            true => fold_histograms_flat(b, it, value, hist, cacc),
-            false => fold_histograms(b, it, value, hist, cacc),
+            true => fold_histograms_flat(b, it, value, hist, (cacc, psum)),
+            false => fold_histograms(b, it, value, hist, (cacc, psum)),
         }
     }
     let zero = b.u32(0);
@@ -499,8 +498,15 @@ pub(super) fn fp_values(
 
 /// Adds each histogram's code sums to `cacc` and clears it: for each code position from the
 /// highest, `cacc[lane] += sum_c c * (weight of bytes whose code there is c)`, folding those
-/// buckets onto the lower positions' (two passes over 256 buckets per code byte).
-fn fold_histograms(b: &mut Builder, it: &Item, value: &Scheme, hist: u32, cacc: u32) {
+/// buckets onto the lower positions' (two passes over 256 buckets per code byte). Bucket 0 of a
+/// byte ends with the weight of every token; byte 0's is added to `psum`.
+fn fold_histograms(
+    b: &mut Builder,
+    it: &Item,
+    value: &Scheme,
+    hist: u32,
+    (cacc, psum): (u32, u32),
+) {
     let bits = value.bits.width();
     let levels = (1u32 << bits) - 1;
     let per_byte = value.bits.codes_per_byte() as u32;
@@ -550,15 +556,32 @@ fn fold_histograms(b: &mut Builder, it: &Item, value: &Scheme, hist: u32, cacc: 
         }
         let z = b.u32(0);
         let base = entry(b, z);
+        let first_byte = b.cmp(CmpOp::Eq, j, z);
+        b.if_then(first_byte, |b| add_weight_sum(b, hist, base, psum, gi));
         let fz = b.f32(0.0);
         b.write_local(hist, base, fz);
     });
 }
 
+/// `psum[gi] += hist[at]`.
+fn add_weight_sum(b: &mut Builder, hist: u32, at: Value, psum: u32, gi: Value) {
+    let total = b.read_local(hist, at);
+    let s = b.read_local(psum, gi);
+    let s = b.add(s, total);
+    b.write_local(psum, gi, s);
+}
+
 /// [`fold_histograms`] for [`flat_heads`] groups: per code byte, the buckets of all heads
 /// together (a bucket's heads are adjacent, so each run of buckets is one flat run over lanes,
-/// lane `e % LANES` summing head `e % g`'s), each head's sum its lanes' in lane order.
-fn fold_histograms_flat(b: &mut Builder, it: &Item, value: &Scheme, hist: u32, cacc: u32) {
+/// lane `e % LANES` summing head `e % g`'s), each head's sum its lanes' in lane order; the
+/// weight sums from byte 0's bucket 0 as there.
+fn fold_histograms_flat(
+    b: &mut Builder,
+    it: &Item,
+    value: &Scheme,
+    hist: u32,
+    (cacc, psum): (u32, u32),
+) {
     let g = it.g;
     let bits = value.bits.width();
     let levels = (1u32 << bits) - 1;
@@ -608,6 +631,14 @@ fn fold_histograms_flat(b: &mut Builder, it: &Item, value: &Scheme, hist: u32, c
                 b.write_local(cacc, at, cur);
             }
         }
+        let z = b.u32(0);
+        let first_byte = b.cmp(CmpOp::Eq, j, z);
+        b.if_then(first_byte, |b| {
+            for gi in 0..g {
+                let gv = b.u32(gi);
+                add_weight_sum(b, hist, gv, psum, gv);
+            }
+        });
         let fz = b.f32(0.0);
         for gi in 0..g {
             let gv = b.u32(gi);
