@@ -62,7 +62,7 @@ pub fn machine() -> String {
                 .map(|m| m.trim().to_string())
         })
         .unwrap_or_else(|| "unknown CPU".to_string());
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cores = kvq_codegen::host::cores();
     format!("{model}, {cores} logical cores")
 }
 

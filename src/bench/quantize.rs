@@ -55,7 +55,7 @@ pub fn span(shape: Shape3) -> Vec<f16> {
 
 /// A copy of `src` into `dst` on every core, the bandwidth baseline.
 pub fn parallel_copy(src: &[f16], dst: &mut [f16]) {
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = kvq_codegen::host::cores();
     let chunk = src.len().div_ceil(workers).max(1);
     std::thread::scope(|s| {
         for (d, c) in dst.chunks_mut(chunk).zip(src.chunks(chunk)) {

@@ -218,7 +218,7 @@ pub fn host_target() -> String {
                         .map(|(_, m)| m.split_whitespace().collect::<Vec<_>>().join(" "))
                 })
                 .filter(|m| !m.is_empty());
-            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let cpus = kvq_codegen::host::cores();
             match model {
                 Some(m) => format!("host-{}-{m}-{cpus}cpu", std::env::consts::ARCH),
                 None => format!("host-{}-{cpus}cpu", std::env::consts::ARCH),

@@ -21,6 +21,7 @@ mod link;
 mod pool;
 
 pub use args::{BufferMut, BufferRef, HostArg};
+pub use pool::cores;
 
 use kvq_ir::ir::{check_launch, ArgSize, Kernel, Len, Param, PlanSizes};
 
@@ -321,8 +322,9 @@ impl HostKernel {
         if grid_size == 0 {
             return Ok(());
         }
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let workers = u32::try_from(cores).unwrap_or(u32::MAX).min(grid_size / n);
+        let workers = u32::try_from(pool::cores())
+            .unwrap_or(u32::MAX)
+            .min(grid_size / n);
         let queue = BlockQueue::new(grid_size, n, workers);
         let entry = self.loaded.entry;
         let words = words.as_slice();

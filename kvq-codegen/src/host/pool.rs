@@ -10,6 +10,14 @@ pub(super) const STACK: usize = 64 << 20;
 
 static POOL: OnceLock<Option<rayon::ThreadPool>> = OnceLock::new();
 
+/// The cores this process may run on, asked once: `std::thread::available_parallelism` reads
+/// the cgroup's CPU quota from `/sys` at every call (about 28 microseconds on the development
+/// machine, as much as a small kernel's launch).
+pub fn cores() -> usize {
+    static CORES: OnceLock<usize> = OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
 /// The shared pool, one thread per core, when a worker needs at most `stack` bytes of stack
 /// and the pool could be made.
 pub(super) fn shared(stack: usize) -> Option<&'static rayon::ThreadPool> {
@@ -17,9 +25,8 @@ pub(super) fn shared(stack: usize) -> Option<&'static rayon::ThreadPool> {
         return None;
     }
     POOL.get_or_init(|| {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         rayon::ThreadPoolBuilder::new()
-            .num_threads(cores)
+            .num_threads(cores())
             .stack_size(STACK)
             .thread_name(|i| format!("kvq-host-{i}"))
             .build()
