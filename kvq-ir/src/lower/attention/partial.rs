@@ -238,10 +238,18 @@ pub(super) fn lower(
         &bufs,
         [kv_heads, chunks],
         |b, it, ci, is_span| {
-            init(b, it, &st);
+            // Full-precision items never touch the histograms: they neither clear them (64 KB
+            // at head_dim 128, group 4) nor rescale them when a max grows.
+            let fp_st = State { hist: None, ..st };
+            if st.hist.is_none() {
+                init(b, it, &st);
+            }
             b.if_else(
                 is_span,
                 |b| {
+                    if st.hist.is_some() {
+                        init(b, it, &st);
+                    }
                     if let Some(dcal) = scheme.calibrate {
                         calibration(b, it, &bufs, calib, dcal.get(), st.m);
                     }
@@ -280,6 +288,10 @@ pub(super) fn lower(
                     });
                 },
                 |b| {
+                    if st.hist.is_some() {
+                        init(b, it, &fp_st);
+                    }
+                    let st = fp_st;
                     let fci = b.sub(ci, it.span_chunks);
                     let start = times(b, fci, s.chunk);
                     let cn = b.u32(s.chunk);

@@ -17,6 +17,7 @@ use super::keys::{
 /// ([`uses_tables`]) accumulate weights into histograms `[row bytes, 256, g]` instead: per
 /// token, the weight is added to the bucket of each code byte, and a flush folds the buckets
 /// into the raw code sums.
+#[derive(Clone, Copy)]
 pub(super) struct State {
     pub m: u32,
     pub l: u32,
