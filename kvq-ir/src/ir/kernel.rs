@@ -6,6 +6,11 @@ use crate::scheme::{BitOrder, Bits};
 
 /// A scalar element type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "snake_case")
+)]
 pub enum ScalarType {
     /// true / false.
     Bool,
@@ -95,6 +100,11 @@ impl Type {
 
 /// Who may access a buffer parameter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "snake_case")
+)]
 pub enum Access {
     /// Loads only.
     Read,
@@ -106,6 +116,11 @@ pub enum Access {
 
 /// A kernel parameter, in ABI order.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "snake_case")
+)]
 pub enum Param {
     /// A pointer to global memory holding elements of `elem`.
     Buffer {

@@ -242,6 +242,42 @@ pub enum SizeError {
     },
 }
 
+/// What a launch is checked against ([`check_launch`]): a kernel's name, parameters and grid
+/// bound. A lowered [`Kernel`](super::Kernel) has them, and so does a compiled kernel that
+/// keeps them without its body.
+pub trait Signature {
+    /// The kernel's name.
+    fn name(&self) -> &str;
+    /// Its parameters, in ABI order.
+    fn params(&self) -> &[Param];
+    /// The bound on its grid.
+    fn max_grid(&self) -> Option<&Len>;
+}
+
+impl Signature for super::Kernel {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn params(&self) -> &[Param] {
+        &self.params
+    }
+    fn max_grid(&self) -> Option<&Len> {
+        self.max_grid.as_ref()
+    }
+}
+
+impl<S: Signature> Signature for std::sync::Arc<S> {
+    fn name(&self) -> &str {
+        S::name(self)
+    }
+    fn params(&self) -> &[Param] {
+        S::params(self)
+    }
+    fn max_grid(&self) -> Option<&Len> {
+        S::max_grid(self)
+    }
+}
+
 /// Checks a launch of `kernel` (named so in errors) with parameters `params`, grid bound
 /// `max_grid`, arguments of sizes `args` and `grid` blocks: every buffer holds at least its
 /// stated length and the grid is within its bound. A missing statement (`None`), or a size

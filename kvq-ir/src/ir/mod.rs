@@ -52,7 +52,7 @@ pub use kernel::{
     ScalarType, SharedArray, Special, Type, UnaryOp, Value, WarpOp, MAX_CLUSTER_SIZE, REDUCE_STEPS,
     WARP_SIZE,
 };
-pub use length::{check_launch, ArgSize, Len, PlanSize, PlanSizes, SizeError};
+pub use length::{check_launch, ArgSize, Len, PlanSize, PlanSizes, Signature, SizeError};
 pub use print::print;
 pub use sync::SyncFacts;
 pub use verify::{verify, FindingKind, KernelInfo, VerifyError, VerifyFinding};

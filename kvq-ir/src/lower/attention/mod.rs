@@ -278,21 +278,37 @@ fn default_tile(scheme: &CacheScheme, max: u32) -> u32 {
     tile
 }
 
-/// The kernels of one cache scheme, shape and schedule.
+/// The kernels of one cache scheme, shape and schedule: lowered (`K` = [`Kernel`]), or
+/// whatever a backend made of them (its compiled kernels, which launch through the same
+/// [`AttentionArgs::launch`] as long as they keep their [`Signature`](crate::ir::Signature)).
 #[derive(Debug, Clone, PartialEq)]
-pub struct AttentionKernels {
+pub struct AttentionKernels<K = Kernel> {
     /// The span-logit extremes, present when the scheme calibrates.
-    pub stats: Option<Kernel>,
+    pub stats: Option<K>,
     /// Per (chunk, kv head) softmax partials.
-    pub partial: Kernel,
+    pub partial: K,
     /// The merge into outputs.
-    pub combine: Kernel,
+    pub combine: K,
 }
 
-impl AttentionKernels {
+impl<K> AttentionKernels<K> {
     /// The kernels in launch order: `stats` (when present), `partial`, `combine`.
-    pub fn all(&self) -> impl Iterator<Item = &Kernel> {
+    pub fn all(&self) -> impl Iterator<Item = &K> {
         self.stats.iter().chain([&self.partial, &self.combine])
+    }
+
+    /// The kernels from `all`'s order: two (`partial`, `combine`) or three (`stats` first);
+    /// `None` for any other count.
+    pub fn from_launch_order<I: IntoIterator<Item = K>>(all: I) -> Option<AttentionKernels<K>> {
+        let mut all: Vec<K> = all.into_iter().collect();
+        let combine = all.pop()?;
+        let partial = all.pop()?;
+        let stats = all.pop();
+        all.is_empty().then_some(AttentionKernels {
+            stats,
+            partial,
+            combine,
+        })
     }
 }
 

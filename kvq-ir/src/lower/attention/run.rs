@@ -2,7 +2,7 @@
 //! the kernels (the interpreter here, generated host code in `kvq-codegen`).
 
 use crate::ir::interp::{Arg, Buffer};
-use crate::ir::{check_launch, ArgSize, Kernel, SizeError};
+use crate::ir::{check_launch, ArgSize, Signature, SizeError};
 use crate::lower::args::param_values;
 use crate::lower::io::values_buffer;
 use crate::reference::quantize::{param_shape, row_bytes};
@@ -282,19 +282,19 @@ impl AttentionArgs {
     /// launch, every buffer's length and the grid are checked against the kernel's stated
     /// sizes for this plan ([`crate::ir::check_launch`]): `run` gets only launches whose
     /// accesses stay inside their buffers.
-    pub fn launch<E: From<SizeError>>(
+    pub fn launch<K: Signature, E: From<SizeError>>(
         &mut self,
-        kernels: &AttentionKernels,
-        mut run: impl FnMut(&Kernel, &mut [Arg], u32) -> Result<(), E>,
+        kernels: &AttentionKernels<K>,
+        mut run: impl FnMut(&K, &mut [Arg], u32) -> Result<(), E>,
     ) -> Result<(), E> {
         use super::{combine_abi as c, partial_abi as p};
         let plan = &self.plan;
-        let mut run = |kernel: &Kernel, args: &mut [Arg], grid: u32| {
+        let mut run = |kernel: &K, args: &mut [Arg], grid: u32| {
             let sizes: Vec<ArgSize> = args.iter().map(Arg::size).collect();
             check_launch(
-                &kernel.name,
-                &kernel.params,
-                kernel.max_grid.as_ref(),
+                kernel.name(),
+                kernel.params(),
+                kernel.max_grid(),
                 &sizes,
                 grid,
                 Some(plan),
@@ -351,7 +351,7 @@ fn swap(a: &mut [Arg], i: u32, b: &mut [Arg], j: u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ir::SizeError;
+    use crate::ir::{Kernel, SizeError};
     use crate::lower::attention::attention;
 
     /// A buffer shortened after planning (what a public `Vec<Arg>` once allowed) stops the
