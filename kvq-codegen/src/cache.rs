@@ -1,6 +1,7 @@
 //! The on-disk compile cache: compiled kernels (PTX text, host shared objects) keyed by a hash of
 //! (kernel IR text, target, options, LLVM version, kvq-codegen version), in the spirit of
-//! Triton's `~/.triton/cache`.
+//! Triton's `~/.triton/cache`, and entries a caller keys itself ([`CacheKey::of`]: kvq's index
+//! of lowered attention kernels, which names their libraries by key).
 //!
 //! Each entry is two files: the payload `<key>.<ext>` and `<key>.<ext>.sha256`, the payload's
 //! SHA-256. Both are written to a temporary name and renamed into place (payload first), so a
@@ -29,18 +30,35 @@ pub struct CacheKey(String);
 impl CacheKey {
     /// The key of `ir_text` compiled for `target` with `options` by LLVM `llvm_version`.
     pub fn new(ir_text: &str, target: &str, options: &str, llvm_version: &str) -> CacheKey {
-        let mut h = Sha256::new();
-        for part in [
+        CacheKey::of(&[
             concat!("kvq-codegen ", env!("CARGO_PKG_VERSION")),
             llvm_version,
             target,
             options,
             ir_text,
-        ] {
+        ])
+    }
+
+    /// The key of a sequence of texts (each length-prefixed, so no two sequences share a
+    /// key): for entries other than a kernel's code, whose caller names everything that
+    /// determines them.
+    pub fn of(parts: &[&str]) -> CacheKey {
+        let mut h = Sha256::new();
+        for part in parts {
             h.update((part.len() as u64).to_le_bytes());
             h.update(part.as_bytes());
         }
         CacheKey(hex(&h.finalize()))
+    }
+
+    /// A key from its hex text ([`CacheKey::as_str`]), `None` unless it is 64 lowercase hex
+    /// digits (a key names files: nothing else may reach a path).
+    pub fn from_hex(text: &str) -> Option<CacheKey> {
+        let valid = text.len() == 64
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        valid.then(|| CacheKey(text.to_string()))
     }
 
     /// The key as hex text.
@@ -114,16 +132,30 @@ impl CompileCache {
     /// Looks `key` up. Nothing is deleted: a corrupt entry is reported, and the caller's
     /// [`CompileCache::store`] of a rebuild replaces it.
     pub fn lookup(&self, key: &CacheKey, ext: &str) -> Lookup {
+        self.checked(key, ext).0
+    }
+
+    /// The payload of a valid entry: `None` for a miss or a corrupt entry (left in place, as
+    /// [`CompileCache::lookup`] does).
+    pub fn read(&self, key: &CacheKey, ext: &str) -> Option<Vec<u8>> {
+        match self.checked(key, ext) {
+            (Lookup::Hit(_), bytes) => bytes,
+            _ => None,
+        }
+    }
+
+    /// The lookup of `key` and, on a hit, the payload's bytes it checked.
+    fn checked(&self, key: &CacheKey, ext: &str) -> (Lookup, Option<Vec<u8>>) {
         let (payload, sum) = (self.payload(key, ext), self.checksum(key, ext));
         let Ok(bytes) = fs::read(&payload) else {
-            return Lookup::Miss;
+            return (Lookup::Miss, None);
         };
         let valid =
             fs::read_to_string(&sum).is_ok_and(|s| s.trim() == hex(&Sha256::digest(&bytes)));
         if valid {
-            Lookup::Hit(payload)
+            (Lookup::Hit(payload), Some(bytes))
         } else {
-            Lookup::Corrupt
+            (Lookup::Corrupt, None)
         }
     }
 
@@ -182,6 +214,46 @@ mod tests {
         ] {
             assert_ne!(k, other);
         }
+    }
+
+    #[test]
+    fn keys_of_parts_keep_their_boundaries() {
+        assert_eq!(CacheKey::of(&["a", "b"]), CacheKey::of(&["a", "b"]));
+        assert_ne!(CacheKey::of(&["ab", ""]), CacheKey::of(&["a", "b"]));
+        assert_ne!(CacheKey::of(&["ab"]), CacheKey::of(&["a", "b"]));
+        // SHA-256 of the empty sequence, by the definition above: no parts, no bytes.
+        assert_eq!(
+            CacheKey::of(&[]).as_str(),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+    }
+
+    #[test]
+    fn keys_from_text_are_hex_digests_only() {
+        let k = CacheKey::of(&["x"]);
+        assert_eq!(CacheKey::from_hex(k.as_str()), Some(k.clone()));
+        for bad in [
+            "",
+            "../../etc/passwd",
+            &k.as_str()[..63],
+            &format!("{}0", k.as_str()),
+            &k.as_str().to_uppercase(),
+            &format!("/{}", &k.as_str()[1..]),
+        ] {
+            assert_eq!(CacheKey::from_hex(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn reads_return_checked_payloads_only() {
+        let cache = temp_cache("read");
+        let key = CacheKey::of(&["index"]);
+        assert_eq!(cache.read(&key, "idx"), None);
+        let path = cache.store(&key, "idx", b"entry").unwrap();
+        assert_eq!(cache.read(&key, "idx").as_deref(), Some(&b"entry"[..]));
+        fs::write(&path, b"other").unwrap();
+        assert_eq!(cache.read(&key, "idx"), None);
+        assert!(path.exists(), "a reader never deletes");
     }
 
     #[test]

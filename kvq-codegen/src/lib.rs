@@ -7,6 +7,9 @@
 //!   when it is built; a compile cache entry was verified when it was stored);
 //!   [`host::HostKernel::launch`] runs it over a grid, checking every argument against the
 //!   kernel's parameters first.
+//! - [`host::HostKernel::record`] / [`host::load_records`]: what a compiled kernel keeps of its
+//!   lowered kernel, so that a caller keying a whole lowering itself loads kernels again
+//!   without lowering them.
 //! - [`llvm_ir`]: the optimized LLVM IR text for either target, for dumps and debugging.
 //!
 //! Only the private `llvm` module names inkwell; nothing in this crate's public API does, so

@@ -38,6 +38,13 @@ impl Drop for Loaded {
     }
 }
 
+impl Loaded {
+    /// Whether the library stays where it is (a compile cache entry), not a temporary file.
+    pub(super) fn kept(&self) -> bool {
+        self.temp_dir.is_none()
+    }
+}
+
 /// Links `object` into a shared library in a fresh temporary directory and returns its bytes.
 pub(super) fn link_bytes(kernel: &str, object: &[u8]) -> Result<Vec<u8>, CodegenError> {
     let dir = unique_dir();

@@ -17,13 +17,16 @@
 
 mod args;
 mod blocks;
+pub mod cpu;
 mod link;
 mod pool;
+mod record;
 
 pub use args::{BufferMut, BufferRef, HostArg};
 pub use pool::cores;
+pub use record::{load_records, KernelRecord};
 
-use kvq_ir::ir::{check_launch, ArgSize, Kernel, Len, Param, PlanSizes};
+use kvq_ir::ir::{check_launch, ArgSize, Kernel, Len, Param, PlanSizes, Signature};
 
 use crate::cache::{CacheKey, CompileCache, Lookup};
 use crate::{CodegenError, Passes};
@@ -42,6 +45,8 @@ pub struct HostKernel {
     stack: usize,
     /// Blocks per cluster: a worker runs whole clusters.
     cluster_size: u32,
+    /// The compile cache entry the library is (`None`: a temporary file).
+    library: Option<CacheKey>,
     loaded: Loaded,
 }
 
@@ -136,11 +141,11 @@ pub fn compile_all(
     }
     jobs.iter()
         .zip(loaded)
-        .map(|(job, loaded)| {
-            Ok(host_kernel(
-                job.kernel,
-                loaded.ok_or_else(|| missing(job.kernel))??,
-            ))
+        .zip(keys)
+        .map(|((job, loaded), key)| {
+            let loaded = loaded.ok_or_else(|| missing(job.kernel))??;
+            let library = key.filter(|_| loaded.kept());
+            Ok(host_kernel(job.kernel, loaded, library))
         })
         .collect()
 }
@@ -152,6 +157,20 @@ fn missing(kernel: &Kernel) -> CodegenError {
         kernel: kernel.name.clone(),
         message: "no compiled kernel came back".into(),
     }
+}
+
+/// What determines a host kernel's code besides the kernel's text: kvq-codegen's version and
+/// sources, the LLVM linked in, this machine's CPU ([`cpu::fingerprint`]) and `passes`. A
+/// caller that keys its own cache entries over lowered kernels ([`KernelRecord`]s) includes
+/// it.
+pub fn build_id(passes: Passes) -> String {
+    format!(
+        "{} | {} | {} | {}",
+        concat!("kvq-codegen ", env!("CARGO_PKG_VERSION")),
+        crate::llvm::llvm_version(),
+        cpu::fingerprint(),
+        crate::llvm::host_options(passes)
+    )
 }
 
 /// The compile cache key of the kernel text `ir` built with `options` for this machine.
@@ -173,7 +192,7 @@ fn cached(job: &Job<'_>, cache: Option<(&CompileCache, &CacheKey)>) -> Option<Lo
         Lookup::Hit(path) => link::open_kept(
             &job.kernel.name,
             &path,
-            &crate::llvm::host_symbol(job.kernel),
+            &crate::llvm::host_symbol(&job.kernel.name),
         )
         .inspect_err(|e| {
             eprintln!(
@@ -194,7 +213,7 @@ fn build(
     cache: Option<(&CompileCache, &CacheKey)>,
     passes: Passes,
 ) -> Result<Loaded, CodegenError> {
-    let (kernel, symbol) = (job.kernel, crate::llvm::host_symbol(job.kernel));
+    let (kernel, symbol) = (job.kernel, crate::llvm::host_symbol(&job.kernel.name));
     let info = kvq_ir::ir::verify(kernel)?;
     let object = crate::llvm::host_object(kernel, &info, passes)?;
     let Some((cache, key)) = cache else {
@@ -213,8 +232,8 @@ fn build(
     }
 }
 
-/// The [`HostKernel`] of `kernel`, loaded.
-fn host_kernel(kernel: &Kernel, loaded: Loaded) -> HostKernel {
+/// The [`HostKernel`] of `kernel`, loaded (from the compile cache entry `library`, if any).
+fn host_kernel(kernel: &Kernel, loaded: Loaded, library: Option<CacheKey>) -> HostKernel {
     let locals: usize = kernel
         .locals
         .iter()
@@ -232,6 +251,7 @@ fn host_kernel(kernel: &Kernel, loaded: Loaded) -> HostKernel {
         align: kvq_ir::ir::sync::buffer_alignment(kernel),
         stack: frame.saturating_add(1 << 20).max(2 << 20),
         cluster_size: kernel.cluster_size.max(1),
+        library,
         loaded,
     }
 }
@@ -244,6 +264,20 @@ pub fn on_workers<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     match pool::shared(pool::STACK) {
         Some(pool) => pool.install(f),
         None => f(),
+    }
+}
+
+/// A compiled kernel launches through the same checks as its lowered form
+/// (`kvq_ir::lower::attention::AttentionArgs::launch`).
+impl Signature for HostKernel {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn params(&self) -> &[Param] {
+        &self.params
+    }
+    fn max_grid(&self) -> Option<&Len> {
+        self.max_grid.as_ref()
     }
 }
 

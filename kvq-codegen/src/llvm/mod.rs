@@ -150,9 +150,9 @@ pub(crate) fn llvm_version() -> String {
     format!("{major}.{minor}.{patch}")
 }
 
-/// The exported symbol of a host kernel.
-pub(crate) fn host_symbol(kernel: &Kernel) -> String {
-    format!("kvq_{}", kernel.name)
+/// The exported symbol of the host kernel named `name`.
+pub(crate) fn host_symbol(name: &str) -> String {
+    format!("kvq_{name}")
 }
 
 fn llvm_error(kernel: &Kernel, message: String) -> CodegenError {
@@ -297,7 +297,7 @@ fn host_kernel<'ctx>(
     let i32_type = ctx.i32_type();
     let i64_type = ctx.i64_type();
     let ptr_type = ctx.ptr_type(AddressSpace::default());
-    let symbol = host_symbol(kernel);
+    let symbol = host_symbol(&kernel.name);
 
     // The body: the kernel's parameters, then begin, end, grid.
     let mut types = param_types(ctx, kernel, AddressSpace::default());

@@ -8,4 +8,5 @@ mod launch;
 mod lowered;
 mod memory;
 mod ptx;
+mod records;
 mod warp;
