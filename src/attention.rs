@@ -20,13 +20,15 @@
 //! # Ok(()) }
 //! ```
 
+mod index;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use kvq_codegen::host::{HostArg, HostKernel};
+use kvq_codegen::cache::CompileCache;
+use kvq_codegen::host::{compile_all, HostArg, HostKernel, Job};
 use kvq_codegen::Passes;
 use kvq_ir::ir::interp::{Arg, Buffer};
-use kvq_ir::ir::Kernel;
 use kvq_ir::lower::attention::{
     plan, AttentionArgs, AttentionKernels, AttentionSchedule, AttentionShape, SeqExtent,
 };
@@ -37,8 +39,8 @@ use kvq_runtime::{ParamView, SeqView};
 
 pub use kvq_ir::lower::attention::SeqData;
 
-use crate::backend::{host_args, host_kernels_printed, BackendError};
-use crate::tune::attention::{default_attention_table, lower_printed, lower_tuned};
+use crate::backend::{host_args, BackendError};
+use crate::tune::attention::{default_attention_table, lower_entry, lower_printed, warn_stale};
 
 /// How LLVM optimizes the attention kernels: without its loop unrollers. Their hot loops are
 /// already the IR's own 16-lane runs (vectorized whole) and byte-table walks; unrolled, the
@@ -56,8 +58,8 @@ pub struct HostAttention {
     scheme: CacheScheme,
     shape: AttentionShape,
     schedule: AttentionSchedule,
-    kernels: Arc<AttentionKernels>,
-    compiled: Vec<(String, Arc<HostKernel>)>,
+    compiled: Arc<AttentionKernels<Arc<HostKernel>>>,
+    indexed: bool,
 }
 
 /// What [`HostAttention::new`] was asked for: the scheme's canonical text, the shape and the
@@ -78,14 +80,17 @@ impl std::fmt::Debug for HostAttention {
             .field("scheme", &self.scheme)
             .field("shape", &self.shape)
             .field("schedule", &self.schedule)
+            .field("indexed", &self.indexed)
             .finish()
     }
 }
 
 impl HostAttention {
-    /// Lowers and compiles the kernels (through the compile cache); `schedule` defaults to the
+    /// Lowers and compiles the kernels through the compile cache the environment names
+    /// ([`CompileCache::from_env`]), once per process and request; `schedule` defaults to the
     /// committed attention tuning table's entry for this scheme, shape class and machine, else
-    /// [`AttentionSchedule::host_default`] ([`crate::tune::attention`]).
+    /// [`AttentionSchedule::host_default`] ([`crate::tune::attention`]). See
+    /// [`HostAttention::with_cache`].
     pub fn new(
         scheme: &CacheScheme,
         shape: AttentionShape,
@@ -95,24 +100,67 @@ impl HostAttention {
         if let Some(a) = built().lock().ok().and_then(|b| b.get(&request).cloned()) {
             return Ok(a);
         }
-        let (schedule, kernels, texts) = match schedule {
-            Some(s) => lower_printed(scheme, shape, s)?,
-            None => lower_tuned(default_attention_table(), scheme, shape)?,
-        };
-        let all: Vec<&Kernel> = kernels.all().collect();
-        let compiled = host_kernels_printed(&all, texts, ATTENTION_PASSES)?;
-        let compiled = all.iter().map(|k| k.name.clone()).zip(compiled).collect();
-        let attention = HostAttention {
-            scheme: *scheme,
-            shape,
-            schedule,
-            kernels: Arc::new(kernels),
-            compiled,
-        };
+        let attention =
+            Self::with_cache(scheme, shape, schedule, CompileCache::from_env().as_ref())?;
         if let Ok(mut b) = built().lock() {
             b.insert(request, attention.clone());
         }
         Ok(attention)
+    }
+
+    /// [`HostAttention::new`] through `cache` (none: every kernel built, into temporary
+    /// files), not remembered in this process. With a cache, the request's index entry is
+    /// tried first (`index`: the kernels' libraries loaded without lowering); otherwise the
+    /// kernels are lowered, printed, looked up or built one per core, and indexed.
+    pub fn with_cache(
+        scheme: &CacheScheme,
+        shape: AttentionShape,
+        schedule: Option<AttentionSchedule>,
+        cache: Option<&CompileCache>,
+    ) -> Result<HostAttention, BackendError> {
+        let tuned = match schedule {
+            Some(_) => None,
+            None => default_attention_table().and_then(|t| t.tuned(scheme, shape)),
+        };
+        let key = cache.map(|_| index::key(scheme, shape, schedule, tuned));
+        if let Some(found) = cache.zip(key.as_ref()).and_then(|(c, k)| index::load(c, k)) {
+            if found.stale_tuning {
+                warn_stale(scheme);
+            }
+            return Ok(HostAttention {
+                scheme: *scheme,
+                shape,
+                schedule: found.schedule,
+                compiled: Arc::new(found.kernels),
+                indexed: true,
+            });
+        }
+        let ((schedule, kernels, texts), stale_tuning) = match schedule {
+            Some(s) => (lower_printed(scheme, shape, s)?, false),
+            None => lower_entry(tuned, scheme, shape)?,
+        };
+        let jobs: Vec<Job<'_>> = kernels
+            .all()
+            .zip(&texts)
+            .map(|(kernel, ir)| Job { kernel, ir })
+            .collect();
+        let compiled = compile_all(&jobs, cache, ATTENTION_PASSES)?;
+        let compiled = AttentionKernels::from_launch_order(compiled.into_iter().map(Arc::new))
+            .ok_or_else(|| {
+                BackendError::Lower(LowerError::Schedule(
+                    "the attention kernels did not all compile".into(),
+                ))
+            })?;
+        if let Some((cache, key)) = cache.zip(key.as_ref()) {
+            index::store(cache, key, schedule, stale_tuning, &compiled);
+        }
+        Ok(HostAttention {
+            scheme: *scheme,
+            shape,
+            schedule,
+            compiled: Arc::new(compiled),
+            indexed: false,
+        })
     }
 
     /// The schedule in use.
@@ -120,9 +168,14 @@ impl HostAttention {
         self.schedule
     }
 
-    /// The lowered kernels.
-    pub fn kernels(&self) -> &AttentionKernels {
-        &self.kernels
+    /// The compiled kernels, in [`AttentionKernels`]' places.
+    pub fn compiled(&self) -> &AttentionKernels<Arc<HostKernel>> {
+        &self.compiled
+    }
+
+    /// Whether the kernels came from the compile cache's index (no lowering in this process).
+    pub fn indexed(&self) -> bool {
+        self.indexed
     }
 
     /// Lays out a batch for [`run`](Self::run) (copies the data once).
@@ -140,20 +193,6 @@ impl HostAttention {
         )?)
     }
 
-    /// The compiled kernel of one of [`Self::kernels`].
-    fn host(&self, kernel: &Kernel) -> Result<Arc<HostKernel>, BackendError> {
-        self.compiled
-            .iter()
-            .find(|(name, _)| *name == kernel.name)
-            .map(|(_, k)| k.clone())
-            .ok_or_else(|| {
-                BackendError::Lower(LowerError::Schedule(format!(
-                    "{} is not one of this scheme's attention kernels",
-                    kernel.name
-                )))
-            })
-    }
-
     /// Launches the kernels over `args`; results are in [`AttentionArgs::outputs`]. The
     /// launches are made from a worker of the host kernels' pool
     /// ([`kvq_codegen::host::on_workers`]): one hand-over for the three instead of one per
@@ -161,16 +200,18 @@ impl HostAttention {
     /// run of 64-token spans, `perf stat`, 2026-12-06).
     pub fn run(&self, args: &mut AttentionArgs) -> Result<(), BackendError> {
         kvq_codegen::host::on_workers(|| {
-            args.launch(&self.kernels, |kernel: &Kernel, a: &mut [Arg], grid| {
-                let compiled = self.host(kernel)?;
-                let mut host = host_args(a);
-                // SAFETY: `AttentionArgs::launch` checked every buffer against the kernel's
-                // stated length for its plan and the grid against its bound; the `seqs` and
-                // `work_seq` tables are the plan's own (built by `AttentionArgs::new`, not
-                // public).
-                unsafe { compiled.launch(&mut host, grid)? };
-                Ok(())
-            })
+            args.launch(
+                &self.compiled,
+                |compiled: &Arc<HostKernel>, a: &mut [Arg], grid| {
+                    let mut host = host_args(a);
+                    // SAFETY: `AttentionArgs::launch` checked every buffer against the kernel's
+                    // stated length for its plan and the grid against its bound; the `seqs` and
+                    // `work_seq` tables are the plan's own (built by `AttentionArgs::new`, not
+                    // public).
+                    unsafe { compiled.launch(&mut host, grid)? };
+                    Ok(())
+                },
+            )
         })
     }
 
@@ -321,15 +362,14 @@ impl HostAttention {
             a
         };
         // Checks the sizes, then launches: every launch of this function goes through it.
-        let launch = |kernel: &Kernel, a: &mut [HostArg<'_>], blocks: u32| {
-            let compiled = self.host(kernel)?;
+        let launch = |compiled: &HostKernel, a: &mut [HostArg<'_>], blocks: u32| {
             compiled.check_sizes(a, blocks, Some(&plan))?;
             // SAFETY: `check_sizes` matched every buffer to the length the kernel states for
             // this plan (and the grid to its bound), and `seqs` / `work_seq` are the plan's
             // own tables.
             unsafe { compiled.launch(a, blocks) }.map_err(BackendError::from)
         };
-        if let Some(k) = &self.kernels.stats {
+        if let Some(k) = &self.compiled.stats {
             let mut a = inputs();
             a.extend([
                 HostArg::from(&mut stats[..]),
@@ -350,7 +390,7 @@ impl HostAttention {
             HostArg::U32(chunks32),
             HostArg::U32(plan.span_chunk),
         ]);
-        launch(&self.kernels.partial, &mut a, item_blocks)?;
+        launch(&self.compiled.partial, &mut a, item_blocks)?;
         drop(a);
         let mut a: Vec<HostArg<'_>> = vec![
             plan.seqs[..].into(),
@@ -361,7 +401,7 @@ impl HostAttention {
             HostArg::U32(1),
         ];
         let blocks = self.schedule.combine_blocks(q_heads as u64) as u32;
-        launch(&self.kernels.combine, &mut a, blocks)?;
+        launch(&self.compiled.combine, &mut a, blocks)?;
         Ok(out)
     }
 }

@@ -259,9 +259,20 @@ pub fn lower_tuned(
     scheme: &CacheScheme,
     shape: AttentionShape,
 ) -> Result<Lowered, LowerError> {
+    let tuned = table.and_then(|t| t.tuned(scheme, shape));
+    lower_entry(tuned, scheme, shape).map(|(lowered, _)| lowered)
+}
+
+/// [`lower_tuned`] of the entry the table holds ([`AttentionTable::tuned`]), and whether that
+/// entry was stale (its lowering changed since it was tuned: warned about, the default used).
+pub fn lower_entry(
+    tuned: Option<Tuned<'_>>,
+    scheme: &CacheScheme,
+    shape: AttentionShape,
+) -> Result<(Lowered, bool), LowerError> {
     let default = AttentionSchedule::host_default(scheme);
-    let Some(tuned) = table.and_then(|t| t.tuned(scheme, shape)) else {
-        return lower_printed(scheme, shape, default);
+    let Some(tuned) = tuned else {
+        return Ok((lower_printed(scheme, shape, default)?, false));
     };
     let lowered = lower_printed(scheme, shape, tuned.schedule)?;
     let fits = if shape.fp == kvq_ir::lower::InputType::F32 {
@@ -272,10 +283,10 @@ pub fn lower_tuned(
         tuned.matches(&kvq_ir::ir::print(&f32_kernels.partial))
     };
     if fits {
-        Ok(lowered)
+        Ok((lowered, false))
     } else {
         warn_stale(scheme);
-        lower_printed(scheme, shape, default)
+        Ok((lower_printed(scheme, shape, default)?, true))
     }
 }
 
@@ -296,7 +307,7 @@ impl Tuned<'_> {
 }
 
 /// Warns that the table's entry for `scheme` no longer fits the candidates or the lowering.
-fn warn_stale(scheme: &CacheScheme) {
+pub(crate) fn warn_stale(scheme: &CacheScheme) {
     eprintln!("warning: attention tuning table for `{scheme}`: stale (candidates or lowering changed), using the default schedule");
 }
 

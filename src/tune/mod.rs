@@ -201,23 +201,26 @@ pub fn scheme_hash(scheme: &Scheme) -> String {
     fnv1a64(&scheme.to_string())
 }
 
-/// The target name tuning results are kept under: `host-<arch>-<cpu model>-<n>cpu` (the model
-/// from `/proc/cpuinfo` where there is one), since host kernels are compiled for the running CPU
+/// The target name tuning results are kept under: `host-<arch>-<cpu model>-<n>cpu` (the model:
+/// the CPU's brand string, which Linux's `/proc/cpuinfo` reports as the model name, else that
+/// file's model name where there is one), since host kernels are compiled for the running CPU
 /// and launches split the grid over its `n` available cores (a column per block that wins on 2
 /// cores may starve 16).
 pub fn host_target() -> String {
     static TARGET: OnceLock<String> = OnceLock::new();
     TARGET
         .get_or_init(|| {
-            let model = fs::read_to_string("/proc/cpuinfo")
-                .ok()
-                .and_then(|text| {
-                    text.lines()
-                        .find(|l| l.starts_with("model name"))
-                        .and_then(|l| l.split_once(':'))
-                        .map(|(_, m)| m.split_whitespace().collect::<Vec<_>>().join(" "))
-                })
-                .filter(|m| !m.is_empty());
+            let model = kvq_codegen::host::cpu::brand().or_else(|| {
+                fs::read_to_string("/proc/cpuinfo")
+                    .ok()
+                    .and_then(|text| {
+                        text.lines()
+                            .find(|l| l.starts_with("model name"))
+                            .and_then(|l| l.split_once(':'))
+                            .map(|(_, m)| m.split_whitespace().collect::<Vec<_>>().join(" "))
+                    })
+                    .filter(|m| !m.is_empty())
+            });
             let cpus = kvq_codegen::host::cores();
             match model {
                 Some(m) => format!("host-{}-{m}-{cpus}cpu", std::env::consts::ARCH),

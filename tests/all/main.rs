@@ -3,6 +3,7 @@
 mod attention;
 mod attention_case;
 mod attention_host;
+mod attention_index;
 mod backends;
 mod bench_cli;
 mod borrowed_input;
