@@ -1,7 +1,7 @@
 //! Linking a host object into a shared library and loading it.
 //!
-//! The object is written to a fresh directory `$TMPDIR/kvq-codegen-<pid>-<n>`, linked with the
-//! system C compiler (`$CC`, default `cc`: `cc -shared -o kernel.so kernel.o -lm`, so libcalls
+//! The objects are written to a fresh directory `$TMPDIR/kvq-codegen-<pid>-<n>`, linked with the
+//! system C compiler (`$CC`, default `cc`: `cc -shared -o kernel.so kernel0.o .. -lm`, so libcalls
 //! such as f64-to-f16 conversions resolve against the C runtime as usual), and the `.so` is
 //! opened with `libloading`. The object file is removed at once; the library file and its
 //! directory live as long as the [`Loaded`] value, which removes them when dropped.
@@ -45,11 +45,12 @@ impl Loaded {
     }
 }
 
-/// Links `object` into a shared library in a fresh temporary directory and returns its bytes.
-pub(super) fn link_bytes(kernel: &str, object: &[u8]) -> Result<Vec<u8>, CodegenError> {
+/// Links `objects` into one shared library in a fresh temporary directory and returns its
+/// bytes (`kernel` names the build in errors).
+pub(super) fn link_bytes(kernel: &str, objects: &[&[u8]]) -> Result<Vec<u8>, CodegenError> {
     let dir = unique_dir();
     std::fs::create_dir_all(&dir).map_err(io_error(kernel, &dir))?;
-    let result = link(kernel, object, &dir)
+    let result = link(kernel, objects, &dir)
         .and_then(|lib| std::fs::read(&lib).map_err(io_error(kernel, &lib)));
     let _ = std::fs::remove_dir_all(&dir);
     result
@@ -94,15 +95,19 @@ fn link_and_open(
     symbol: &str,
     dir: &Path,
 ) -> Result<Loaded, CodegenError> {
-    let lib = link(kernel, object, dir)?;
+    let lib = link(kernel, &[object], dir)?;
     open(kernel, &lib, symbol, Some(dir.to_path_buf()))
 }
 
-/// Links `object` into `dir/kernel.so` and returns that path.
-fn link(kernel: &str, object: &[u8], dir: &Path) -> Result<PathBuf, CodegenError> {
-    let obj = dir.join("kernel.o");
+/// Links `objects` into `dir/kernel.so` and returns that path.
+fn link(kernel: &str, objects: &[&[u8]], dir: &Path) -> Result<PathBuf, CodegenError> {
     let lib = dir.join("kernel.so");
-    std::fs::write(&obj, object).map_err(io_error(kernel, &obj))?;
+    let mut paths = Vec::with_capacity(objects.len());
+    for (i, object) in objects.iter().enumerate() {
+        let obj = dir.join(format!("kernel{i}.o"));
+        std::fs::write(&obj, object).map_err(io_error(kernel, &obj))?;
+        paths.push(obj);
+    }
     let linker = std::env::var("CC").unwrap_or_else(|_| "cc".to_string());
     let link_error = |detail: String| CodegenError::Link {
         kernel: kernel.to_string(),
@@ -113,7 +118,7 @@ fn link(kernel: &str, object: &[u8], dir: &Path) -> Result<PathBuf, CodegenError
         .arg("-shared")
         .arg("-o")
         .arg(&lib)
-        .arg(&obj)
+        .args(&paths)
         .arg("-lm")
         .output()
         .map_err(|e| link_error(format!("cannot run it: {e}")))?;
@@ -121,7 +126,9 @@ fn link(kernel: &str, object: &[u8], dir: &Path) -> Result<PathBuf, CodegenError
         let stderr = String::from_utf8_lossy(&output.stderr);
         return Err(link_error(format!("{}: {}", output.status, stderr.trim())));
     }
-    std::fs::remove_file(&obj).map_err(io_error(kernel, &obj))?;
+    for obj in &paths {
+        std::fs::remove_file(obj).map_err(io_error(kernel, obj))?;
+    }
     Ok(lib)
 }
 

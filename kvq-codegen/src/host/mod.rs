@@ -105,7 +105,10 @@ pub struct Job<'a> {
 /// Compiles and loads several kernels, in `jobs`' order, optimized with `passes`: the valid
 /// entries of `cache` are loaded first, then the rest are verified ([`CodegenError::Invalid`]
 /// if one is not valid) and built at once, one kernel per core (LLVM compiles one module on one
-/// thread), and stored in `cache`. A cache entry is loaded without verifying its kernel again:
+/// thread), and stored in `cache`: with a cache, kernels built at once (with distinct names)
+/// are linked into one library, stored under each one's key and loaded from the first one's,
+/// so that their [`KernelRecord`]s name one library and a later process opens it once. A
+/// cache entry is loaded without verifying its kernel again:
 /// entries are stored only after their kernel verified and built, under a key that covers the
 /// kernel's whole text (about a fifth of a warm load of the three attention kernels was their
 /// verification).
@@ -127,24 +130,42 @@ pub fn compile_all(
         .zip(&keys)
         .map(|(job, key)| cached(job, cache.zip(key.as_ref())).map(Ok))
         .collect();
+    let mut libraries = keys.clone();
     let misses: Vec<usize> = (0..jobs.len()).filter(|&i| loaded[i].is_none()).collect();
-    let build = |&i: &usize| build(&jobs[i], cache.zip(keys[i].as_ref()), passes);
-    let built: Vec<Result<Loaded, CodegenError>> = match pool::shared(pool::STACK) {
+    let objects = |i: &usize| object(&jobs[*i], passes);
+    let objects: Vec<Result<Vec<u8>, CodegenError>> = match pool::shared(pool::STACK) {
         Some(pool) if misses.len() > 1 => {
             use rayon::prelude::*;
-            pool.install(|| misses.par_iter().map(build).collect())
+            pool.install(|| misses.par_iter().map(objects).collect())
         }
-        _ => misses.iter().map(build).collect(),
+        _ => misses.iter().map(objects).collect(),
     };
-    for (&i, result) in misses.iter().zip(built) {
-        loaded[i] = Some(result);
+    let objects: Vec<Vec<u8>> = objects.into_iter().collect::<Result<_, _>>()?;
+    let together = cache.and_then(|cache| {
+        let keys: Vec<&CacheKey> = misses.iter().filter_map(|&i| keys[i].as_ref()).collect();
+        let missed: Vec<&Job<'_>> = misses.iter().map(|&i| &jobs[i]).collect();
+        store_together(&missed, &objects, &keys, cache)
+    });
+    match together {
+        Some((library, path)) => {
+            for &i in &misses {
+                let symbol = crate::llvm::host_symbol(&jobs[i].kernel.name);
+                loaded[i] = Some(link::open_kept(&jobs[i].kernel.name, &path, &symbol));
+                libraries[i] = Some(library.clone());
+            }
+        }
+        None => {
+            for (&i, object) in misses.iter().zip(&objects) {
+                loaded[i] = Some(store(&jobs[i], object, cache.zip(keys[i].as_ref())));
+            }
+        }
     }
     jobs.iter()
         .zip(loaded)
-        .zip(keys)
-        .map(|((job, loaded), key)| {
+        .zip(libraries)
+        .map(|((job, loaded), library)| {
             let loaded = loaded.ok_or_else(|| missing(job.kernel))??;
-            let library = key.filter(|_| loaded.kept());
+            let library = library.filter(|_| loaded.kept());
             Ok(host_kernel(job.kernel, loaded, library))
         })
         .collect()
@@ -205,21 +226,25 @@ fn cached(job: &Job<'_>, cache: Option<(&CompileCache, &CacheKey)>) -> Option<Lo
     }
 }
 
-/// Builds `job` and loads it; with a cache, stores the build under its key and loads the
-/// stored file (a cache that cannot be written is skipped with a warning, and the build is
-/// loaded from a temporary file).
-fn build(
+/// The object of `job`, once its kernel verifies.
+fn object(job: &Job<'_>, passes: Passes) -> Result<Vec<u8>, CodegenError> {
+    let info = kvq_ir::ir::verify(job.kernel)?;
+    crate::llvm::host_object(job.kernel, &info, passes)
+}
+
+/// Links `object` (of `job`) and loads it; with a cache, stores the library under its key and
+/// loads the stored file (a cache that cannot be written is skipped with a warning, and the
+/// library is loaded from a temporary file).
+fn store(
     job: &Job<'_>,
+    object: &[u8],
     cache: Option<(&CompileCache, &CacheKey)>,
-    passes: Passes,
 ) -> Result<Loaded, CodegenError> {
     let (kernel, symbol) = (job.kernel, crate::llvm::host_symbol(&job.kernel.name));
-    let info = kvq_ir::ir::verify(kernel)?;
-    let object = crate::llvm::host_object(kernel, &info, passes)?;
     let Some((cache, key)) = cache else {
-        return link::load(&kernel.name, &object, &symbol);
+        return link::load(&kernel.name, object, &symbol);
     };
-    let bytes = link::link_bytes(&kernel.name, &object)?;
+    let bytes = link::link_bytes(&kernel.name, &[object])?;
     match cache.store(key, "so", &bytes) {
         Ok(path) => link::open_kept(&kernel.name, &path, &symbol),
         Err(e) => {
@@ -227,7 +252,44 @@ fn build(
                 "kvq-codegen: cannot write the compile cache {}: {e}",
                 cache.dir().display()
             );
-            link::load(&kernel.name, &object, &symbol)
+            link::load(&kernel.name, object, &symbol)
+        }
+    }
+}
+
+/// Several kernels built at once (`objects[i]` of `jobs[i]`, cached under `keys[i]`) linked
+/// into one library, stored under each of their keys (a later lookup of any of them finds its
+/// kernel there), so that the caller opens one library instead of one per kernel: returns the
+/// key and path the caller loads them from. `None`, to link them one by one, for fewer than two
+/// kernels, kernels sharing a name (their entries would clash), or a library that cannot be
+/// linked or stored (warned about).
+fn store_together(
+    jobs: &[&Job<'_>],
+    objects: &[Vec<u8>],
+    keys: &[&CacheKey],
+    cache: &CompileCache,
+) -> Option<(CacheKey, std::path::PathBuf)> {
+    let names: std::collections::BTreeSet<&str> =
+        jobs.iter().map(|j| j.kernel.name.as_str()).collect();
+    if jobs.len() < 2 || names.len() != jobs.len() || keys.len() != jobs.len() {
+        return None;
+    }
+    let objects: Vec<&[u8]> = objects.iter().map(Vec::as_slice).collect();
+    let stored = link::link_bytes(&jobs[0].kernel.name, &objects)
+        .map_err(|e| e.to_string())
+        .and_then(|bytes| {
+            let paths: Vec<_> = keys
+                .iter()
+                .map(|key| cache.store(key, "so", &bytes))
+                .collect::<Result<_, _>>()
+                .map_err(|e| e.to_string())?;
+            paths.into_iter().next().ok_or_else(|| "no key".to_string())
+        });
+    match stored {
+        Ok(path) => Some((keys[0].clone(), path)),
+        Err(e) => {
+            eprintln!("kvq-codegen: cannot store the kernels' library in {}: {e}; linking them one by one", cache.dir().display());
+            None
         }
     }
 }

@@ -7,6 +7,8 @@
 //! A record is trusted as far as the library it names: both come from the compile cache,
 //! checksummed, under keys that cover everything that determines them.
 
+use std::path::{Path, PathBuf};
+
 use kvq_ir::ir::{Len, Param};
 use serde::{Deserialize, Serialize};
 
@@ -52,11 +54,29 @@ impl HostKernel {
 /// `None` when a record is malformed or a library is missing, corrupt or does not load, so that
 /// the caller builds the kernels instead.
 pub fn load_records(records: &[KernelRecord], cache: &CompileCache) -> Option<Vec<HostKernel>> {
-    records.iter().map(|r| load_record(r, cache)).collect()
+    // Kernels built together share one library: it is checked once.
+    let mut checked: Vec<(CacheKey, PathBuf)> = Vec::new();
+    records
+        .iter()
+        .map(|record| {
+            let key = CacheKey::from_hex(&record.library)?;
+            let path = match checked.iter().find(|(k, _)| *k == key) {
+                Some((_, path)) => path.clone(),
+                None => {
+                    let Lookup::Hit(path) = cache.lookup(&key, "so") else {
+                        return None;
+                    };
+                    checked.push((key.clone(), path.clone()));
+                    path
+                }
+            };
+            load_record(record, key, &path)
+        })
+        .collect()
 }
 
-fn load_record(record: &KernelRecord, cache: &CompileCache) -> Option<HostKernel> {
-    let key = CacheKey::from_hex(&record.library)?;
+/// The kernel of `record` from the checked library at `path` (the entry of `key`).
+fn load_record(record: &KernelRecord, key: CacheKey, path: &Path) -> Option<HostKernel> {
     let well_formed = record.align.len() == record.params.len()
         && record.cluster_size >= 1
         && !record.name.is_empty()
@@ -67,11 +87,8 @@ fn load_record(record: &KernelRecord, cache: &CompileCache) -> Option<HostKernel
     if !well_formed {
         return None;
     }
-    let Lookup::Hit(path) = cache.lookup(&key, "so") else {
-        return None;
-    };
     let symbol = crate::llvm::host_symbol(&record.name);
-    let loaded = link::open_kept(&record.name, &path, &symbol).ok()?;
+    let loaded = link::open_kept(&record.name, path, &symbol).ok()?;
     Some(HostKernel {
         name: record.name.clone(),
         params: record.params.clone(),

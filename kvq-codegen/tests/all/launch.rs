@@ -349,20 +349,36 @@ fn compile_all_builds_the_misses_at_once_and_keys_entries_by_passes() {
             "in the jobs' order"
         );
         assert_eq!(run(&cold[1]), expected, "{passes:?}");
+        // Built together: one library, stored under each kernel's key, and both kernels
+        // loaded from the first one's (their records name it).
         let cold_paths: Vec<_> = cold
             .iter()
             .map(|k| k.library_path().to_path_buf())
             .collect();
         assert!(cold_paths.iter().all(|p| p.starts_with(&dir) && p.exists()));
-        drop(cold);
+        assert_eq!(
+            cold_paths[0], cold_paths[1],
+            "one library for the kernels built at once"
+        );
+        let records: Vec<_> = cold.iter().map(|k| k.record().unwrap()).collect();
+        assert_eq!(records[0].library, records[1].library);
+        let reloaded = host::load_records(&records, &cache).expect("loads");
+        assert_eq!(run(&reloaded[1]), expected);
+        let library = std::fs::read(&cold_paths[0]).unwrap();
+        drop((cold, reloaded));
         let warm = host::compile_all(&jobs, Some(&cache), passes).expect("loads");
         let warm_paths: Vec<_> = warm
             .iter()
             .map(|k| k.library_path().to_path_buf())
             .collect();
-        assert_eq!(warm_paths, cold_paths, "both loaded from the cache");
+        assert_eq!(warm_paths[0], cold_paths[0], "loaded from the cache");
+        assert_ne!(
+            warm_paths[1], warm_paths[0],
+            "each kernel looked up under its own key"
+        );
+        assert_eq!(std::fs::read(&warm_paths[1]).unwrap(), library);
         assert_eq!(run(&warm[1]), expected);
-        by_passes.push(cold_paths);
+        by_passes.push(warm_paths);
     }
     // Other passes, other entries: four libraries in all.
     let mut paths = by_passes.concat();
