@@ -53,14 +53,18 @@ pub fn span(shape: Shape3) -> Vec<f16> {
         .collect()
 }
 
-/// A copy of `src` into `dst` on every core, the bandwidth baseline.
+/// A copy of `src` into `dst` on every core, the bandwidth baseline: one chunk a core, on the
+/// host kernels' own worker pool ([`kvq_codegen::host::on_workers`]), so that the copy and the
+/// kernels it is compared with reach their threads the same way (not a thread spawned per core
+/// and call, which the kernels no longer pay).
 pub fn parallel_copy(src: &[f16], dst: &mut [f16]) {
+    use rayon::prelude::*;
     let workers = kvq_codegen::host::cores();
     let chunk = src.len().div_ceil(workers).max(1);
-    std::thread::scope(|s| {
-        for (d, c) in dst.chunks_mut(chunk).zip(src.chunks(chunk)) {
-            s.spawn(move || d.copy_from_slice(c));
-        }
+    kvq_codegen::host::on_workers(|| {
+        dst.par_chunks_mut(chunk)
+            .zip(src.par_chunks(chunk))
+            .for_each(|(d, c)| d.copy_from_slice(c));
     });
 }
 
@@ -181,4 +185,19 @@ pub fn run(schemes: &[Scheme], shape: Shape3, rounds: usize) -> anyhow::Result<V
         });
     }
     Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_copy_baseline_copies_every_element() {
+        for n in [0usize, 1, 3, 1000, 4097] {
+            let src: Vec<f16> = (0..n).map(|i| f16::from_f32(i as f32 * 0.25)).collect();
+            let mut dst = vec![f16::from_f32(-1.0); n];
+            parallel_copy(&src, &mut dst);
+            assert_eq!(dst, src, "{n} elements");
+        }
+    }
 }
