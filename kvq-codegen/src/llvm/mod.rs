@@ -58,7 +58,10 @@ pub(crate) fn host_options(passes: Passes) -> String {
     } else {
         " no-unroll"
     };
-    format!("default<O3>{unroll} pic +prefer-no-gather {SOURCES}")
+    format!(
+        "default<O3>{unroll} pic {} {SOURCES}",
+        target::HOST_EXTRA_FEATURES
+    )
 }
 
 /// A fingerprint of kvq-codegen's sources (`build.rs`), so that cached code from another
