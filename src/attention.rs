@@ -40,7 +40,9 @@ use kvq_runtime::{ParamView, SeqView};
 pub use kvq_ir::lower::attention::SeqData;
 
 use crate::backend::{host_args, BackendError};
-use crate::tune::attention::{default_attention_table, lower_entry, lower_printed, warn_stale};
+use crate::tune::attention::{
+    default_attention_table, default_attention_table_text, lower_entry, lower_printed, warn_stale,
+};
 
 /// How LLVM optimizes the attention kernels: without its loop unrollers. Their hot loops are
 /// already the IR's own 16-lane runs (vectorized whole) and byte-table walks; unrolled, the
@@ -118,13 +120,16 @@ impl HostAttention {
         schedule: Option<AttentionSchedule>,
         cache: Option<&CompileCache>,
     ) -> Result<HostAttention, BackendError> {
-        let tuned = match schedule {
-            Some(_) => None,
-            None => default_attention_table().and_then(|t| t.tuned(scheme, shape)),
-        };
-        let key = cache.map(|_| index::key(scheme, shape, schedule, tuned));
+        let table = schedule
+            .is_none()
+            .then(default_attention_table_text)
+            .flatten();
+        let key = cache.map(|_| index::key(scheme, shape, schedule, table));
+        let tuned = || default_attention_table().and_then(|t| t.tuned(scheme, shape));
         if let Some(found) = cache.zip(key.as_ref()).and_then(|(c, k)| index::load(c, k)) {
-            if found.stale_tuning {
+            if found.stale_tuning && tuned().is_some() {
+                // The entry's schedule was tuned over another lowering (`tuned` itself warns
+                // of an invalid entry or one of another candidate set).
                 warn_stale(scheme);
             }
             return Ok(HostAttention {
@@ -137,7 +142,13 @@ impl HostAttention {
         }
         let ((schedule, kernels, texts), stale_tuning) = match schedule {
             Some(s) => (lower_printed(scheme, shape, s)?, false),
-            None => lower_entry(tuned, scheme, shape)?,
+            None => {
+                let tuned = tuned();
+                let unused = tuned.is_none()
+                    && default_attention_table().is_some_and(|t| t.holds(scheme, shape));
+                let (lowered, stale) = lower_entry(tuned, scheme, shape)?;
+                (lowered, stale || unused)
+            }
         };
         let jobs: Vec<Job<'_>> = kernels
             .all()

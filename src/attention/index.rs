@@ -1,5 +1,5 @@
 //! The compile cache's index of host attention kernels: one entry per request (scheme, shape,
-//! requested schedule, the tuning table's entry for them) and build (the sources of kvq and
+//! requested schedule, else the tuning table's text and this machine's tuning target) and build (the sources of kvq and
 //! kvq-ir, kvq-codegen's build for this CPU), holding the schedule chosen and the kernels'
 //! records ([`KernelRecord`]). A process that finds its entry loads the kernels' libraries
 //! without lowering, printing or hashing a kernel: the lowering is deterministic, and the key
@@ -14,7 +14,6 @@ use kvq_ir::CacheScheme;
 use serde::{Deserialize, Serialize};
 
 use super::ATTENTION_PASSES;
-use crate::tune::attention::Tuned;
 
 /// The file extension of index entries in the compile cache.
 const EXT: &str = "attention.json";
@@ -24,7 +23,8 @@ const EXT: &str = "attention.json";
 struct Entry {
     /// The schedule the kernels were lowered at.
     schedule: AttentionSchedule,
-    /// Whether the tuning table's entry was stale (the default schedule taken instead).
+    /// Whether the tuning table held an entry for the request that was not taken (stale or
+    /// invalid: the default schedule taken instead).
     stale_tuning: bool,
     /// The kernels, in launch order.
     kernels: Vec<KernelRecord>,
@@ -40,22 +40,27 @@ pub(super) struct Indexed {
     pub kernels: AttentionKernels<Arc<HostKernel>>,
 }
 
-/// The index key of a request: `requested` is the caller's schedule, `tuned` the tuning table's
-/// entry when there is none.
+/// The index key of a request: `requested` is the caller's schedule, `table` the attention
+/// tuning table's text when there is none (with this machine's tuning target, which picks the
+/// table's entry), so that a found entry needs no table lookup.
 pub(super) fn key(
     scheme: &CacheScheme,
     shape: AttentionShape,
     requested: Option<AttentionSchedule>,
-    tuned: Option<Tuned<'_>>,
+    table: Option<&str>,
 ) -> CacheKey {
+    let tuning = match (requested, table) {
+        (Some(s), _) => format!("requested {s:?}"),
+        (None, Some(text)) => format!("table for {}\n{text}", crate::tune::host_target()),
+        (None, None) => "no table".to_string(),
+    };
     CacheKey::of(&[
-        "kvq host attention index 1",
+        "kvq host attention index 2",
         env!("KVQ_SOURCES"),
         &kvq_codegen::host::build_id(ATTENTION_PASSES),
         &scheme.to_string(),
         &format!("{shape:?}"),
-        &format!("{requested:?}"),
-        &format!("{tuned:?}"),
+        &tuning,
     ])
 }
 
@@ -97,5 +102,45 @@ pub(super) fn store(
             "kvq: cannot index the attention kernels in {}: {e}",
             cache.dir().display()
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kvq_ir::lower::attention::AttentionLayout;
+    use kvq_ir::lower::InputType;
+
+    /// An entry is found again only for the same tuning table and this machine's target; a
+    /// requested schedule makes the table irrelevant.
+    #[test]
+    fn the_key_follows_the_tuning_table_unless_a_schedule_is_requested() {
+        let scheme = CacheScheme::parse(
+            "key(bits = 1, axis = channel, group = all, rule = shrink(0.5)), \
+             value(bits = 1, axis = channel, group = all, rule = shrink(0.3))",
+        )
+        .unwrap();
+        let shape = AttentionShape {
+            fp: InputType::F32,
+            head_dim: 64,
+            group: 2,
+        };
+        let schedule = AttentionSchedule {
+            block_size: 1,
+            chunk: 128,
+            tile: 32,
+            tables: true,
+            layout: AttentionLayout::ThreadPerItem,
+        };
+        let table = |text| key(&scheme, shape, None, text);
+        assert_eq!(table(Some("a")), table(Some("a")));
+        assert_ne!(table(Some("a")), table(Some("b")));
+        assert_ne!(table(Some("a")), table(None));
+        let requested = |text| key(&scheme, shape, Some(schedule), text);
+        assert_eq!(requested(Some("a")), requested(Some("b")));
+        assert_eq!(requested(Some("a")), requested(None));
+        assert_ne!(requested(None), table(None));
+        let wider = AttentionShape { group: 4, ..shape };
+        assert_ne!(key(&scheme, wider, None, Some("a")), table(Some("a")));
     }
 }

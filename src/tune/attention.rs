@@ -30,7 +30,7 @@ use kvq_ir::reference::quantize;
 use kvq_ir::CacheScheme;
 use serde::{Deserialize, Serialize};
 
-use super::table::{read_table, write_table};
+use super::table::{parse_table, read_table, write_table};
 use super::{fnv1a64, host_target, TuneError};
 use crate::attention::HostAttention;
 
@@ -134,7 +134,19 @@ pub struct AttentionTable {
 impl AttentionTable {
     /// Reads a table; an unreadable, unparsable or other-version file is an error.
     pub fn load(path: &Path) -> Result<AttentionTable, TuneError> {
-        let file: FileJson = read_table(path, ATTENTION_TABLE_VERSION)?;
+        Ok(Self::from_file(read_table(path, ATTENTION_TABLE_VERSION)?))
+    }
+
+    /// [`AttentionTable::load`] of a file already read: `text`, from `path`.
+    pub fn parse(text: &str, path: &Path) -> Result<AttentionTable, TuneError> {
+        Ok(Self::from_file(parse_table(
+            text,
+            path,
+            ATTENTION_TABLE_VERSION,
+        )?))
+    }
+
+    fn from_file(file: FileJson) -> AttentionTable {
         let entries = file
             .entries
             .into_iter()
@@ -150,7 +162,7 @@ impl AttentionTable {
                 (e.key, (schedule, e.median_ns, e.scheme))
             })
             .collect();
-        Ok(AttentionTable { entries })
+        AttentionTable { entries }
     }
 
     /// Writes the table atomically, entries sorted by key.
@@ -224,6 +236,13 @@ impl AttentionTable {
                 None
             }
         }
+    }
+
+    /// Whether the table holds an entry for `scheme` and `shape` on this machine, current or
+    /// stale.
+    pub fn holds(&self, scheme: &CacheScheme, shape: AttentionShape) -> bool {
+        let key = AttentionKey::unchecked(scheme, shape);
+        self.entries.keys().any(|k| k.same_but_checksums(&key))
     }
 
     /// The schedule for `scheme` and `shape` ([`lower_tuned`]'s): the tuned one when the table
@@ -331,17 +350,36 @@ pub fn default_attention_table_path() -> PathBuf {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("tuning/host-attention.json"))
 }
 
-/// [`default_attention_table_path`], loaded once per process: `None` when missing, and `None`
-/// with a warning when corrupt.
+/// [`default_attention_table_path`]'s text, read once per process: `None` when missing, and
+/// `None` with a warning when unreadable. It keys the compile cache's index of attention
+/// kernels, so that a process whose kernels are indexed need not parse the table.
+pub fn default_attention_table_text() -> Option<&'static str> {
+    static TEXT: OnceLock<Option<String>> = OnceLock::new();
+    TEXT.get_or_init(|| {
+        let path = default_attention_table_path();
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Some(text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                eprintln!(
+                    "warning: {}: {e}, using the default attention schedule",
+                    path.display()
+                );
+                None
+            }
+        }
+    })
+    .as_deref()
+}
+
+/// [`default_attention_table_text`], parsed once per process: `None` when missing, and `None`
+/// with a warning when unreadable or corrupt.
 pub fn default_attention_table() -> Option<&'static AttentionTable> {
     static TABLE: OnceLock<Option<AttentionTable>> = OnceLock::new();
     TABLE
         .get_or_init(|| {
-            let path = default_attention_table_path();
-            if !path.exists() {
-                return None;
-            }
-            AttentionTable::load(&path)
+            let text = default_attention_table_text()?;
+            AttentionTable::parse(text, &default_attention_table_path())
                 .map_err(|e| eprintln!("warning: {e}, using the default attention schedule"))
                 .ok()
         })

@@ -181,11 +181,20 @@ pub(super) fn read_table<T: serde::de::DeserializeOwned>(
         path: path.to_path_buf(),
         source,
     })?;
+    parse_table(&text, path, version)
+}
+
+/// [`read_table`] of a file already read: `text`, from `path`.
+pub(super) fn parse_table<T: serde::de::DeserializeOwned>(
+    text: &str,
+    path: &Path,
+    version: u32,
+) -> Result<T, TuneError> {
     let corrupt = |source| TuneError::Corrupt {
         path: path.to_path_buf(),
         source,
     };
-    let value: serde_json::Value = serde_json::from_str(&text).map_err(corrupt)?;
+    let value: serde_json::Value = serde_json::from_str(text).map_err(corrupt)?;
     let found = value.get("version").and_then(|v| v.as_u64());
     if found != Some(u64::from(version)) {
         return Err(TuneError::Version {
