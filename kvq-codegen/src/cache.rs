@@ -144,6 +144,14 @@ impl CompileCache {
         }
     }
 
+    /// The checksum stored with `key`'s payload (hex SHA-256), unchecked: two entries with the
+    /// same checksum hold the same bytes, so a caller that checked one of them may use it for
+    /// both.
+    pub fn stored_checksum(&self, key: &CacheKey, ext: &str) -> Option<String> {
+        let sum = fs::read_to_string(self.checksum(key, ext)).ok()?;
+        Some(sum.trim().to_string())
+    }
+
     /// The lookup of `key` and, on a hit, the payload's bytes it checked.
     fn checked(&self, key: &CacheKey, ext: &str) -> (Lookup, Option<Vec<u8>>) {
         let (payload, sum) = (self.payload(key, ext), self.checksum(key, ext));

@@ -125,12 +125,7 @@ pub fn compile_all(
         .iter()
         .map(|job| cache.map(|_| key(job.ir, &options)))
         .collect();
-    let mut loaded: Vec<Option<Result<Loaded, CodegenError>>> = jobs
-        .iter()
-        .zip(&keys)
-        .map(|(job, key)| cached(job, cache.zip(key.as_ref())).map(Ok))
-        .collect();
-    let mut libraries = keys.clone();
+    let (mut loaded, mut libraries) = cached_all(jobs, &keys, cache);
     let misses: Vec<usize> = (0..jobs.len()).filter(|&i| loaded[i].is_none()).collect();
     let objects = |i: &usize| object(&jobs[*i], passes);
     let objects: Vec<Result<Vec<u8>, CodegenError>> = match pool::shared(pool::STACK) {
@@ -204,26 +199,64 @@ fn key(ir: &str, options: &str) -> CacheKey {
     )
 }
 
-/// The cached build of `job`, when the cache holds a valid one that loads.
-fn cached(job: &Job<'_>, cache: Option<(&CompileCache, &CacheKey)>) -> Option<Loaded> {
-    let (cache, key) = cache?;
-    match cache.lookup(key, "so") {
-        // An entry that passes its checksum but does not load (a damaged or foreign file) is a
-        // miss: rebuilt and stored again.
-        Lookup::Hit(path) => link::open_kept(
-            &job.kernel.name,
-            &path,
-            &crate::llvm::host_symbol(&job.kernel.name),
-        )
-        .inspect_err(|e| {
-            eprintln!(
-                "kvq-codegen: cached {} does not load ({e}); rebuilding",
-                path.display()
-            )
+/// Kernels loaded by [`cached_all`] (`None`: to build) and the cache entries they came from.
+type Cached = (
+    Vec<Option<Result<Loaded, CodegenError>>>,
+    Vec<Option<CacheKey>>,
+);
+
+/// The cached builds of `jobs` (cached under `keys`) that the cache holds valid and that load.
+/// Entries with one checksum hold one library (kernels built together, stored under each one's
+/// key): it is checked and opened once, and each of its kernels is given the first entry's key,
+/// so that their records name one library.
+fn cached_all(jobs: &[Job<'_>], keys: &[Option<CacheKey>], cache: Option<&CompileCache>) -> Cached {
+    let mut checked: Vec<(String, CacheKey, std::path::PathBuf)> = Vec::new();
+    let mut libraries: Vec<Option<CacheKey>> = keys.to_vec();
+    let loaded = jobs
+        .iter()
+        .zip(keys)
+        .zip(&mut libraries)
+        .map(|((job, key), library)| {
+            let (cache, key) = cache.zip(key.as_ref())?;
+            let sum = cache.stored_checksum(key, "so");
+            let same = checked.iter().find(|(s, ..)| Some(s) == sum.as_ref());
+            let path = match same {
+                Some((_, first, path)) => {
+                    *library = Some(first.clone());
+                    path.clone()
+                }
+                None => {
+                    let Lookup::Hit(path) = cache.lookup(key, "so") else {
+                        return None;
+                    };
+                    if let Some(sum) = sum {
+                        checked.push((sum, key.clone(), path.clone()));
+                    }
+                    path
+                }
+            };
+            open_cached(job, &path).map(Ok)
         })
-        .ok(),
-        Lookup::Miss | Lookup::Corrupt => None,
-    }
+        .collect();
+    (loaded, libraries)
+}
+
+/// `job`'s kernel from the checked cache entry at `path`, when it loads: an entry that passes
+/// its checksum but does not load (a damaged or foreign file) is a miss, rebuilt and stored
+/// again.
+fn open_cached(job: &Job<'_>, path: &std::path::Path) -> Option<Loaded> {
+    link::open_kept(
+        &job.kernel.name,
+        path,
+        &crate::llvm::host_symbol(&job.kernel.name),
+    )
+    .inspect_err(|e| {
+        eprintln!(
+            "kvq-codegen: cached {} does not load ({e}); rebuilding",
+            path.display()
+        )
+    })
+    .ok()
 }
 
 /// The object of `job`, once its kernel verifies.

@@ -341,7 +341,16 @@ fn compile_all_builds_the_misses_at_once_and_keys_entries_by_passes() {
     };
 
     let mut by_passes = Vec::new();
+    // The cache's libraries.
+    let libraries = |dir: &std::path::Path| -> Vec<std::path::PathBuf> {
+        let files = std::fs::read_dir(dir).into_iter().flatten().flatten();
+        files
+            .map(|f| f.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "so"))
+            .collect()
+    };
     for passes in [Passes::default(), no_unroll] {
+        let before = libraries(&dir);
         let cold = host::compile_all(&jobs, Some(&cache), passes).expect("compiles");
         assert_eq!(
             cold.iter().map(|k| k.name()).collect::<Vec<_>>(),
@@ -372,13 +381,21 @@ fn compile_all_builds_the_misses_at_once_and_keys_entries_by_passes() {
             .map(|k| k.library_path().to_path_buf())
             .collect();
         assert_eq!(warm_paths[0], cold_paths[0], "loaded from the cache");
-        assert_ne!(
-            warm_paths[1], warm_paths[0],
-            "each kernel looked up under its own key"
-        );
-        assert_eq!(std::fs::read(&warm_paths[1]).unwrap(), library);
+        // Each kernel's entry holds the library: the second one's is not opened again, and
+        // both records name the first.
+        assert_eq!(warm_paths[1], warm_paths[0], "one library opened");
+        let warm_records: Vec<_> = warm.iter().map(|k| k.record().unwrap()).collect();
+        assert_eq!(warm_records, records);
         assert_eq!(run(&warm[1]), expected);
-        by_passes.push(warm_paths);
+        let stored: Vec<_> = libraries(&dir)
+            .into_iter()
+            .filter(|p| !before.contains(p))
+            .collect();
+        assert_eq!(stored.len(), 2, "an entry per kernel: {stored:?}");
+        assert!(stored.contains(&warm_paths[0]));
+        let second = stored.into_iter().find(|p| *p != warm_paths[0]).unwrap();
+        assert_eq!(std::fs::read(&second).unwrap(), library);
+        by_passes.push(vec![warm_paths[0].clone(), second]);
     }
     // Other passes, other entries: four libraries in all.
     let mut paths = by_passes.concat();
