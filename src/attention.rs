@@ -129,7 +129,8 @@ impl HostAttention {
         if let Some(found) = cache.zip(key.as_ref()).and_then(|(c, k)| index::load(c, k)) {
             if found.stale_tuning && tuned().is_some() {
                 // The entry's schedule was tuned over another lowering (`tuned` itself warns
-                // of an invalid entry or one of another candidate set).
+                // of an invalid entry or one of another candidate set, and parsing the table
+                // of one that cannot be parsed).
                 warn_stale(scheme);
             }
             return Ok(HostAttention {
@@ -143,9 +144,12 @@ impl HostAttention {
         let ((schedule, kernels, texts), stale_tuning) = match schedule {
             Some(s) => (lower_printed(scheme, shape, s)?, false),
             None => {
+                // The table's warning applies when it holds an entry for the request that is
+                // not taken, or when it is there but cannot be parsed.
                 let tuned = tuned();
                 let unused = tuned.is_none()
-                    && default_attention_table().is_some_and(|t| t.holds(scheme, shape));
+                    && default_attention_table()
+                        .map_or(table.is_some(), |t| t.holds(scheme, shape));
                 let (lowered, stale) = lower_entry(tuned, scheme, shape)?;
                 (lowered, stale || unused)
             }

@@ -24,7 +24,8 @@ struct Entry {
     /// The schedule the kernels were lowered at.
     schedule: AttentionSchedule,
     /// Whether the tuning table held an entry for the request that was not taken (stale or
-    /// invalid: the default schedule taken instead).
+    /// invalid) or could not be parsed: the default schedule was taken, and a process that
+    /// finds the entry repeats the table's warning.
     stale_tuning: bool,
     /// The kernels, in launch order.
     kernels: Vec<KernelRecord>,

@@ -179,3 +179,44 @@ fn a_damaged_index_or_a_missing_library_is_rebuilt() {
     assert!(build().indexed());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A tuning table that cannot be parsed is warned about by every process, the ones that find
+/// their kernels indexed included (those do not parse the table otherwise).
+#[test]
+fn a_corrupt_tuning_table_is_warned_about_by_every_process() {
+    let (dir, _) = temp_cache("corrupt-table");
+    let table = dir.with_extension("json");
+    std::fs::write(&table, "{").unwrap();
+    let indexes = || {
+        std::fs::read_dir(&dir)
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".attention.json"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    for run in 0..2 {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kvq"))
+            .args(["bench", "compile", "--probe"])
+            .env("KVQ_CACHE_DIR", &dir)
+            .env("KVQ_ATTENTION_TUNING", &table)
+            .env_remove("KVQ_CACHE")
+            .env_remove("KVQ_DUMP")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "run {run}: {stderr}");
+        assert!(
+            stderr.contains("corrupt") && stderr.contains(&*table.to_string_lossy()),
+            "run {run}: {stderr}"
+        );
+        assert_eq!(
+            indexes(),
+            1,
+            "run {run}: one index entry, found by the second run"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_file(&table);
+}
