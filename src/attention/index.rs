@@ -1,7 +1,7 @@
 //! The compile cache's index of host attention kernels: one entry per request (scheme, shape,
-//! requested schedule, else the tuning table's text and this machine's tuning target) and build (the sources of kvq and
-//! kvq-ir, kvq-codegen's build for this CPU), holding the schedule chosen and the kernels'
-//! records ([`KernelRecord`]). A process that finds its entry loads the kernels' libraries
+//! requested schedule, else the tuning table's text and this machine's tuning target) and build
+//! (the sources of kvq and kvq-ir, kvq-codegen's build for this CPU), holding the schedule
+//! chosen and the kernels' records ([`KernelRecord`]). A process that finds its entry loads the kernels' libraries
 //! without lowering, printing or hashing a kernel: the lowering is deterministic, and the key
 //! covers everything it depends on.
 

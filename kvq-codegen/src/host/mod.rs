@@ -220,11 +220,8 @@ fn cached_all(jobs: &[Job<'_>], keys: &[Option<CacheKey>], cache: Option<&Compil
             let (cache, key) = cache.zip(key.as_ref())?;
             let sum = cache.stored_checksum(key, "so");
             let same = checked.iter().find(|(s, ..)| Some(s) == sum.as_ref());
-            let path = match same {
-                Some((_, first, path)) => {
-                    *library = Some(first.clone());
-                    path.clone()
-                }
+            let (path, first) = match same {
+                Some((_, first, path)) => (path.clone(), Some(first.clone())),
                 None => {
                     let Lookup::Hit(path) = cache.lookup(key, "so") else {
                         return None;
@@ -232,10 +229,16 @@ fn cached_all(jobs: &[Job<'_>], keys: &[Option<CacheKey>], cache: Option<&Compil
                     if let Some(sum) = sum {
                         checked.push((sum, key.clone(), path.clone()));
                     }
-                    path
+                    (path, None)
                 }
             };
-            open_cached(job, &path).map(Ok)
+            let loaded = open_cached(job, &path)?;
+            // Only a kernel loaded from the first entry's library is recorded under its key
+            // (one that does not load is built and stored under its own).
+            if first.is_some() {
+                *library = first;
+            }
+            Some(Ok(loaded))
         })
         .collect();
     (loaded, libraries)
