@@ -288,6 +288,64 @@ fn tuned_schedules_give_the_default_bits() {
     }
 }
 
+/// The channel-group kernels under every host candidate (column and vector widths; their
+/// parameters come from a loop over the column's channels) against the reference: the same
+/// bits, and a group whose f16 parameters overflow flagged as the reference rejects it.
+#[test]
+fn every_channel_group_candidate_gives_the_reference_bits_and_flags_overflow() {
+    let dims = [2, 77, 64];
+    let n = dims.iter().product::<usize>();
+    // f16 values (the kernels read f16), with signed zeros and a flat channel.
+    let data: Vec<f32> = (0..n)
+        .map(|i| match i % 64 {
+            5 => 0.75,
+            9 if i % 3 == 0 => -0.0,
+            c => ((i * 7919 % 1013) as f32 / 97.0).sin() * (1.0 + c as f32 * 0.1),
+        })
+        .map(|v| half::f16::from_f32(v).to_f32())
+        .collect();
+    let x = Tensor3::new(dims, data.clone()).unwrap();
+    // Head 1, channel 37, tokens 32..64: +-60000, a 1-bit scale of 120000, beyond f16.
+    let mut wide = data;
+    for t in 32..64 {
+        wide[(77 + t) * 64 + 37] = if t % 2 == 0 { 60000.0 } else { -60000.0 };
+    }
+    let wide = Tensor3::new(dims, wide).unwrap();
+    let shape = ShapeClass {
+        head_dim: 64,
+        input: InputType::F16,
+    };
+    let schemes = [
+        "bits = 2, axis = channel, group = 32, rule = minmax",
+        "bits = 2, axis = channel, group = 32, rule = minmax, params = f32, order = lsb",
+        "bits = 1, axis = channel, group = 32, rule = minmax",
+        "bits = 1, axis = channel, group = 16, rule = shrink(0.5, center = mid)",
+        "bits = 4, axis = channel, group = 8, rule = shrink(0.7)",
+    ];
+    for text in schemes {
+        let scheme = Scheme::parse(text).unwrap();
+        let list = candidates(&scheme, shape);
+        assert!(list.len() > 3, "{text}: {list:?}");
+        for schedule in list {
+            let lowered = lower::quantize(&scheme, shape, &schedule).unwrap();
+            let got = quantize_with(&lowered, &scheme, &x, InputType::F16, run_host).unwrap();
+            let want = kvq_ir::reference::quantize::quantize(&x, &scheme).unwrap();
+            assert_eq!(got.codes, want.codes, "{text} {schedule:?}");
+            assert_eq!(bits(&got.zero), bits(&want.zero), "{text} {schedule:?}");
+            assert_eq!(bits(&got.scale), bits(&want.scale), "{text} {schedule:?}");
+            let got = quantize_with(&lowered, &scheme, &wide, InputType::F16, run_host);
+            match kvq_ir::reference::quantize::quantize(&wide, &scheme) {
+                Ok(want) => assert_eq!(got.unwrap().codes, want.codes, "{text} {schedule:?}"),
+                Err(want) => {
+                    let got = got.unwrap_err().to_string();
+                    assert_eq!(got, want.to_string(), "{text} {schedule:?}");
+                    assert!(got.contains("use params = f32"), "{got}");
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn tune_picks_a_candidate_on_a_tiny_shape() {
     let scheme = kivi2_k();

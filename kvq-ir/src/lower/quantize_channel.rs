@@ -1,14 +1,16 @@
 //! Quantize kernels for axis = channel: a group is one (head, channel) over a run of tokens.
 
-use crate::ir::{Builder, CmpOp, Memory, ReduceOp, ScalarType, Special, Value, WarpOp, WARP_SIZE};
+use crate::ir::{
+    BinaryOp, Builder, CmpOp, Memory, ReduceOp, ScalarType, Special, Value, WarpOp, WARP_SIZE,
+};
 use crate::scheme::{Group, Rule, Scheme};
 
 use super::block_select::{self, select_quantiles};
 use super::emit::{
-    code, code_from_thresholds, code_threshold, flag_non_finite, global_item, group_params,
-    group_range, group_range_local, lanes_of, load_f32, mse_ranges, note_non_finite, pack_scalar,
-    quantize_params, range_from_extremes, reads_group, store_param, to_f32_scalars, token_groups,
-    Coding, MseLocals, MAX_THRESHOLD_LEVELS,
+    code, code_from_thresholds, code_threshold, flag, flag_non_finite, global_item, group_params,
+    group_params_unflagged, group_range, group_range_local, lanes_of, load_f32, mse_ranges,
+    note_non_finite, pack_scalar, quantize_params, range_from_extremes, reads_group, store_param,
+    to_f32_scalars, token_groups, Coding, MseLocals, MAX_THRESHOLD_LEVELS, STATUS_OVERFLOW,
 };
 use super::thread_tokens::thread_tokens;
 use super::{kernel_name, quantize_abi as abi, Launch, Lowered, Schedule, ShapeClass};
@@ -536,6 +538,8 @@ fn lower_groups(scheme: &Scheme, shape: ShapeClass, s: &Schedule, n: u32) -> Low
     let zero_l = b.local("zero", ScalarType::F32, p.w);
     let scale_l = b.local("scale", ScalarType::F32, p.w);
     let range_local = group_range_local(&mut b, scheme.rule);
+    // Whether any channel's parameters overflow (host: the parameters' loop below).
+    let overflow = (bsz == 1 && !p.reads_group()).then(|| b.local("overflow", ScalarType::U32, 1));
 
     let item = global_item(&mut b, bsz);
     let heads = b.param(abi::HEADS);
@@ -570,8 +574,8 @@ fn lower_groups(scheme: &Scheme, shape: ShapeClass, s: &Schedule, n: u32) -> Low
         let hgg = b.add(hg, g);
         let param_row = b.mul(hgg, d);
         let param_base = b.add(param_row, c0);
-        for i in 0..p.w {
-            let iv = b.u32(i);
+        // Channel `iv`'s (zero, scale) and whether they overflow.
+        let params_of = |b: &mut Builder, iv: Value| {
             let (lo, hi) = match p.reads_group() {
                 true => {
                     let ht = b.mul(h, tokens);
@@ -585,12 +589,50 @@ fn lower_groups(scheme: &Scheme, shape: ShapeClass, s: &Schedule, n: u32) -> Low
                     range_from_extremes(b, scheme.rule, mn, mx)
                 }
             };
-            let (z, sc) = group_params(b, scheme, lo, hi, status);
+            group_params_unflagged(b, scheme, lo, hi)
+        };
+        // Stores channel `iv`'s parameters and keeps them for the code pass.
+        let keep = |b: &mut Builder, iv: Value, z: Value, sc: Value| {
             let at = b.add(param_base, iv);
             store_param(b, zero_m, at, z, scheme.params);
             store_param(b, scale_m, at, sc, scheme.params);
             b.write_local(zero_l, iv, z);
             b.write_local(scale_l, iv, sc);
+        };
+        match overflow {
+            // A thread per block (host): a loop over the column's channels, which a CPU's
+            // loop vectorizer widens (the locals and the parameter row are consecutive, the
+            // overflows one OR), then one flag; unrolled, each channel's scalar code and
+            // its flag's branch took a third of the 2-bit, group = 32 kernel's time.
+            Some(any) => {
+                let (at, no) = (b.u32(0), b.u32(0));
+                b.write_local(any, at, no);
+                let (first, w) = (b.u32(0), b.u32(p.w));
+                b.for_range(first, w, 1, |b, iv| {
+                    let (z, sc, over) = params_of(b, iv);
+                    keep(b, iv, z, sc);
+                    let (yes, no) = (b.u32(1), b.u32(0));
+                    let over = b.select(over, yes, no);
+                    let at = b.u32(0);
+                    let seen = b.read_local(any, at);
+                    let seen = b.binary(BinaryOp::Or, seen, over);
+                    b.write_local(any, at, seen);
+                });
+                let at = b.u32(0);
+                let seen = b.read_local(any, at);
+                let no = b.u32(0);
+                let set = b.cmp(CmpOp::Ne, seen, no);
+                flag(b, status, set, STATUS_OVERFLOW);
+            }
+            // Else unrolled: a GPU thread keeps `min`, `max` in registers (constant indices).
+            None => {
+                for i in 0..p.w {
+                    let iv = b.u32(i);
+                    let (z, sc, over) = params_of(b, iv);
+                    flag(b, status, over, STATUS_OVERFLOW);
+                    keep(b, iv, z, sc);
+                }
+            }
         }
         b.for_range(t0, t1, 1, |b, t| {
             p.code_row_loop(b, [x, codes], [h, t, c0], [zero_l, scale_l]);
