@@ -289,8 +289,9 @@ fn tuned_schedules_give_the_default_bits() {
 }
 
 /// The channel-group kernels under every host candidate (column and vector widths; their
-/// parameters come from a loop over the column's channels) against the reference: the same
-/// bits, and a group whose f16 parameters overflow flagged as the reference rejects it.
+/// parameters, and for 1- and 2-bit f16 schemes the thresholds their codes are compared with,
+/// come from a loop over the column's channels) against the reference: the same bits, and a
+/// group whose f16 parameters overflow flagged as the reference rejects it.
 #[test]
 fn every_channel_group_candidate_gives_the_reference_bits_and_flags_overflow() {
     let dims = [2, 77, 64];

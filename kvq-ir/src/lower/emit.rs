@@ -688,7 +688,9 @@ impl Coding {
     }
 
     /// The coding of a group whose elements are many per preparation (the token-axis lanes
-    /// kernel, where a lane's channels share a group; in the channel-group lanes kernel each of
+    /// kernel, where a lane's channels share a group; the host channel-group kernel, whose
+    /// parameters' loop keeps each channel's thresholds for its group of tokens; in the
+    /// channel-group lanes kernel each of
     /// a lane's 16 channels is a group of its own, and 48 thresholds a lane took ptxas to 164
     /// registers and the predicted time from 38.0 to 51.4 us, so it divides): for
     /// f16 parameters and at most [`MAX_DIRECT_THRESHOLD_LEVELS`] levels, comparisons of
@@ -701,10 +703,10 @@ impl Coding {
     /// has no reachable level: every `t_k` is +inf. Else [`Coding::new`].
     pub fn per_group(b: &mut Builder, scheme: &Scheme, zero: Value, scale: Value) -> Coding {
         let mut coding = Coding::new(b, zero, scale);
-        let levels = scheme.bits.max_code();
-        if scheme.params != ParamType::F16 || levels > MAX_DIRECT_THRESHOLD_LEVELS {
+        if !Coding::compares(scheme) {
             return coding;
         }
+        let levels = scheme.bits.max_code();
         let zero_f = b.f32(0.0);
         let flat = b.cmp(CmpOp::Eq, scale, zero_f);
         let inf = b.f32(f32::INFINITY);
@@ -725,6 +727,17 @@ impl Coding {
             .collect();
         coding.thresholds = Some(thresholds);
         coding
+    }
+
+    /// Whether [`Coding::per_group`] codes `scheme`'s groups by comparisons (f16 parameters, at
+    /// most [`MAX_DIRECT_THRESHOLD_LEVELS`] levels).
+    pub fn compares(scheme: &Scheme) -> bool {
+        scheme.params == ParamType::F16 && scheme.bits.max_code() <= MAX_DIRECT_THRESHOLD_LEVELS
+    }
+
+    /// The thresholds `t_1..t_L` over `x - zero` when the coding compares ([`Coding::per_group`]).
+    pub fn thresholds(&self) -> Option<&[Value]> {
+        self.thresholds.as_deref()
     }
 
     /// The code of `x`: see [`code`].

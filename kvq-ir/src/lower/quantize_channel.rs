@@ -179,8 +179,21 @@ impl Plan {
         [row, b.add(row_start, col_byte)]
     }
 
+    /// Channel `ch`'s thresholds `t_1..t_L` (over `x - zero`, [`Coding::per_group`]'s) in the
+    /// local `local`: level `k`'s of the column's `w` channels at `(k - 1) * w`.
+    fn channel_thresholds(&self, b: &mut Builder, local: u32, ch: Value) -> Vec<Value> {
+        (0..u32::from(self.scheme.bits.max_code()))
+            .map(|k| {
+                let base = b.u32(k * self.w);
+                let at = b.add(base, ch);
+                b.read_local(local, at)
+            })
+            .collect()
+    }
+
     /// Codes one row of `w` channels as a loop over its bytes, each channel's zero and scale
-    /// read from the locals `zero_l` and `scale_l` (`w` elements each), from scalar loads, the
+    /// read from the locals `zero_l` and `scale_l` (`w` elements each), or its zero and the
+    /// thresholds over `x - zero` in `thresholds` ([`Plan::channel_thresholds`]), from scalar loads, the
     /// byte packed by [`pack_scalar`]: a CPU's loop vectorizer codes many bytes of the row at
     /// once (straight-line code with `PackBits` vectorized within a byte only).
     fn code_row_loop(
@@ -189,6 +202,7 @@ impl Plan {
         [x, codes]: [Memory; 2],
         [h, t, c0]: [Value; 3],
         [zero_l, scale_l]: [u32; 2],
+        thresholds: Option<u32>,
     ) {
         let [row, code_base] = self.code_base(b, [h, t, c0]);
         let d = b.u32(self.shape.head_dim);
@@ -206,8 +220,17 @@ impl Plan {
                     let at = b.add(first, ch);
                     let v = load_f32(b, x, at, 1, self.shape.input.scalar())[0];
                     let z = b.read_local(zero_l, ch);
-                    let sc = b.read_local(scale_l, ch);
-                    Coding::new(b, z, sc).code(b, &self.scheme, v)
+                    match thresholds {
+                        Some(local) => {
+                            let d = b.sub(v, z);
+                            let ts = self.channel_thresholds(b, local, ch);
+                            code_from_thresholds(b, d, &ts)
+                        }
+                        None => {
+                            let sc = b.read_local(scale_l, ch);
+                            Coding::new(b, z, sc).code(b, &self.scheme, v)
+                        }
+                    }
                 })
                 .collect();
             let byte = pack_scalar(b, &lane_codes, self.scheme.bits, self.scheme.order);
@@ -540,6 +563,12 @@ fn lower_groups(scheme: &Scheme, shape: ShapeClass, s: &Schedule, n: u32) -> Low
     let range_local = group_range_local(&mut b, scheme.rule);
     // Whether any channel's parameters overflow (host: the parameters' loop below).
     let overflow = (bsz == 1 && !p.reads_group()).then(|| b.local("overflow", ScalarType::U32, 1));
+    // Each channel's thresholds where its codes come from comparisons (host: computed in the
+    // parameters' loop, so a group's divisions are per channel instead of per element).
+    let thresholds = (overflow.is_some() && Coding::compares(scheme)).then(|| {
+        let levels = u32::from(scheme.bits.max_code());
+        b.local("thresholds", ScalarType::F32, levels * p.w)
+    });
 
     let item = global_item(&mut b, bsz);
     let heads = b.param(abi::HEADS);
@@ -611,6 +640,14 @@ fn lower_groups(scheme: &Scheme, shape: ShapeClass, s: &Schedule, n: u32) -> Low
                 b.for_range(first, w, 1, |b, iv| {
                     let (z, sc, over) = params_of(b, iv);
                     keep(b, iv, z, sc);
+                    if let Some(local) = thresholds {
+                        let coding = Coding::per_group(b, scheme, z, sc);
+                        for (k, &t) in (0u32..).zip(coding.thresholds().unwrap_or_default()) {
+                            let base = b.u32(k * p.w);
+                            let at = b.add(base, iv);
+                            b.write_local(local, at, t);
+                        }
+                    }
                     let (yes, no) = (b.u32(1), b.u32(0));
                     let over = b.select(over, yes, no);
                     let at = b.u32(0);
@@ -635,7 +672,7 @@ fn lower_groups(scheme: &Scheme, shape: ShapeClass, s: &Schedule, n: u32) -> Low
             }
         }
         b.for_range(t0, t1, 1, |b, t| {
-            p.code_row_loop(b, [x, codes], [h, t, c0], [zero_l, scale_l]);
+            p.code_row_loop(b, [x, codes], [h, t, c0], [zero_l, scale_l], thresholds);
         });
     });
     Lowered {
