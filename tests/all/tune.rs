@@ -288,12 +288,12 @@ fn tuned_schedules_give_the_default_bits() {
     }
 }
 
-/// The channel-group kernels under every host candidate (column and vector widths; their
+/// The group = N kernels under every host candidate (column and vector widths; their
 /// parameters, and for 1- and 2-bit f16 schemes the thresholds their codes are compared with,
-/// come from a loop over the column's channels) against the reference: the same bits, and a
-/// group whose f16 parameters overflow flagged as the reference rejects it.
+/// come from a loop over a column's channels or a row's groups) against the reference: the
+/// same bits, and a group whose f16 parameters overflow flagged as the reference rejects it.
 #[test]
-fn every_channel_group_candidate_gives_the_reference_bits_and_flags_overflow() {
+fn every_group_candidate_gives_the_reference_bits_and_flags_overflow() {
     let dims = [2, 77, 64];
     let n = dims.iter().product::<usize>();
     // f16 values (the kernels read f16), with signed zeros and a flat channel.
@@ -306,11 +306,13 @@ fn every_channel_group_candidate_gives_the_reference_bits_and_flags_overflow() {
         .map(|v| half::f16::from_f32(v).to_f32())
         .collect();
     let x = Tensor3::new(dims, data.clone()).unwrap();
-    // Head 1, channel 37, tokens 32..64: +-60000, a 1-bit scale of 120000, beyond f16.
+    // Head 1, channel 37, tokens 32..64: +-60000, a 1-bit scale of 120000, beyond f16; and
+    // the same within token 40's row (channel 36).
     let mut wide = data;
     for t in 32..64 {
         wide[(77 + t) * 64 + 37] = if t % 2 == 0 { 60000.0 } else { -60000.0 };
     }
+    wide[(77 + 40) * 64 + 36] = -60000.0;
     let wide = Tensor3::new(dims, wide).unwrap();
     let shape = ShapeClass {
         head_dim: 64,
@@ -322,11 +324,16 @@ fn every_channel_group_candidate_gives_the_reference_bits_and_flags_overflow() {
         "bits = 1, axis = channel, group = 32, rule = minmax",
         "bits = 1, axis = channel, group = 16, rule = shrink(0.5, center = mid)",
         "bits = 4, axis = channel, group = 8, rule = shrink(0.7)",
+        "bits = 2, axis = token, group = 16, rule = minmax",
+        "bits = 2, axis = token, group = 32, rule = minmax, params = f32, order = lsb",
+        "bits = 1, axis = token, group = 8, rule = minmax",
+        "bits = 1, axis = token, group = 16, rule = shrink(0.5, center = mid)",
+        "bits = 8, axis = token, group = 32, rule = minmax",
     ];
     for text in schemes {
         let scheme = Scheme::parse(text).unwrap();
         let list = candidates(&scheme, shape);
-        assert!(list.len() > 3, "{text}: {list:?}");
+        assert!(list.len() >= 2, "{text}: {list:?}");
         for schedule in list {
             let lowered = lower::quantize(&scheme, shape, &schedule).unwrap();
             let got = quantize_with(&lowered, &scheme, &x, InputType::F16, run_host).unwrap();
@@ -338,7 +345,10 @@ fn every_channel_group_candidate_gives_the_reference_bits_and_flags_overflow() {
             match kvq_ir::reference::quantize::quantize(&wide, &scheme) {
                 Ok(want) => assert_eq!(got.unwrap().codes, want.codes, "{text} {schedule:?}"),
                 Err(want) => {
-                    let got = got.unwrap_err().to_string();
+                    let Err(got) = got.map(|_| ()) else {
+                        panic!("{text} {schedule:?}: the overflow was not flagged");
+                    };
+                    let got = got.to_string();
                     assert_eq!(got, want.to_string(), "{text} {schedule:?}");
                     assert!(got.contains("use params = f32"), "{got}");
                 }

@@ -915,11 +915,27 @@ pub fn note_non_finite(b: &mut Builder, bad: u32, x: Value) {
 
 /// Flags `STATUS_NON_FINITE` when the U32 local `bad[0]` is set.
 pub fn flag_non_finite(b: &mut Builder, bad: u32, status: Memory) {
+    flag_noted(b, status, bad, STATUS_NON_FINITE);
+}
+
+/// ORs the condition `cond` into the U32 local `seen[0]` (a loop's conditions, flagged once
+/// after it by [`flag_noted`]: no branch in the loop's body, which a CPU then vectorizes).
+pub fn note_condition(b: &mut Builder, seen: u32, cond: Value) {
+    let (yes, no) = (b.u32(1), b.u32(0));
+    let bit = b.select(cond, yes, no);
+    let at = b.u32(0);
+    let old = b.read_local(seen, at);
+    let new = b.binary(BinaryOp::Or, old, bit);
+    b.write_local(seen, at, new);
+}
+
+/// Stores `code` to `status[0]` when the U32 local `seen[0]` is set.
+pub fn flag_noted(b: &mut Builder, status: Memory, seen: u32, code: u32) {
     let i = b.u32(0);
-    let v = b.read_local(bad, i);
+    let v = b.read_local(seen, i);
     let zero = b.u32(0);
     let set = b.cmp(CmpOp::Ne, v, zero);
-    flag(b, status, set, STATUS_NON_FINITE);
+    flag(b, status, set, code);
 }
 
 /// Codes with at most this many levels use thresholds ([`code_threshold`]) in the group = all

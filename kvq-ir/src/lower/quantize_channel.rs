@@ -1,16 +1,15 @@
 //! Quantize kernels for axis = channel: a group is one (head, channel) over a run of tokens.
 
-use crate::ir::{
-    BinaryOp, Builder, CmpOp, Memory, ReduceOp, ScalarType, Special, Value, WarpOp, WARP_SIZE,
-};
+use crate::ir::{Builder, CmpOp, Memory, ReduceOp, ScalarType, Special, Value, WarpOp, WARP_SIZE};
 use crate::scheme::{Group, Rule, Scheme};
 
 use super::block_select::{self, select_quantiles};
 use super::emit::{
-    code, code_from_thresholds, code_threshold, flag, flag_non_finite, global_item, group_params,
-    group_params_unflagged, group_range, group_range_local, lanes_of, load_f32, mse_ranges,
-    note_non_finite, pack_scalar, quantize_params, range_from_extremes, reads_group, store_param,
-    to_f32_scalars, token_groups, Coding, MseLocals, MAX_THRESHOLD_LEVELS, STATUS_OVERFLOW,
+    code, code_from_thresholds, code_threshold, flag, flag_non_finite, flag_noted, global_item,
+    group_params, group_params_unflagged, group_range, group_range_local, lanes_of, load_f32,
+    mse_ranges, note_condition, note_non_finite, pack_scalar, quantize_params, range_from_extremes,
+    reads_group, store_param, to_f32_scalars, token_groups, Coding, MseLocals,
+    MAX_THRESHOLD_LEVELS, STATUS_OVERFLOW,
 };
 use super::thread_tokens::thread_tokens;
 use super::{kernel_name, quantize_abi as abi, Launch, Lowered, Schedule, ShapeClass};
@@ -648,18 +647,9 @@ fn lower_groups(scheme: &Scheme, shape: ShapeClass, s: &Schedule, n: u32) -> Low
                             b.write_local(local, at, t);
                         }
                     }
-                    let (yes, no) = (b.u32(1), b.u32(0));
-                    let over = b.select(over, yes, no);
-                    let at = b.u32(0);
-                    let seen = b.read_local(any, at);
-                    let seen = b.binary(BinaryOp::Or, seen, over);
-                    b.write_local(any, at, seen);
+                    note_condition(b, any, over);
                 });
-                let at = b.u32(0);
-                let seen = b.read_local(any, at);
-                let no = b.u32(0);
-                let set = b.cmp(CmpOp::Ne, seen, no);
-                flag(b, status, set, STATUS_OVERFLOW);
+                flag_noted(b, status, any, STATUS_OVERFLOW);
             }
             // Else unrolled: a GPU thread keeps `min`, `max` in registers (constant indices).
             None => {

@@ -7,10 +7,10 @@ use crate::ir::{BinaryOp, Builder, Memory, ScalarType, Value};
 use crate::scheme::{Group, Rule, Scheme};
 
 use super::emit::{
-    flag, flag_non_finite_extremes, flag_probe, for_each_row, from_order_key,
-    group_params_unflagged, group_range, group_range_local, load_f32, order_key, pack_scalar,
-    probe_term, quantize_params, range_from_extremes, reads_group, store_param, Coding, MseLocals,
-    STATUS_OVERFLOW,
+    flag, flag_non_finite_extremes, flag_noted, flag_probe, for_each_row, from_order_key,
+    group_params_unflagged, group_range, group_range_local, load_f32, note_condition, order_key,
+    pack_scalar, probe_term, quantize_params, range_from_extremes, reads_group, store_param,
+    Coding, MseLocals, STATUS_OVERFLOW,
 };
 use super::{kernel_name, quantize_abi as abi, Launch, Lowered, Schedule, ShapeClass};
 
@@ -35,6 +35,19 @@ pub fn lower(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
             b.local("scale", ScalarType::F32, d),
         )
     });
+
+    // Host rows of several min/max groups of whole bytes: the groups' parameters in a loop over
+    // the groups, which a CPU's loop vectorizer widens; unrolled, each group's scalar parameter
+    // code was most of the row (2-bit, group = 32: 6.2-6.6 -> 5.0-5.4 ms). Codes by comparison
+    // with thresholds found in that loop were slower here (9.8 ms): each channel's three
+    // thresholds filled from its group's and read back per element cost more than the division.
+    let looped =
+        (bsz == 1 && channel_params.is_some() && !reads_group(scheme.rule)).then(|| GroupLocals {
+            extremes: b.local("extremes", ScalarType::F32, 2 * groups_per_row),
+            zero: b.local("group_zero", ScalarType::F32, groups_per_row),
+            scale: b.local("group_scale", ScalarType::F32, groups_per_row),
+            overflow: b.local("overflow", ScalarType::U32, 1),
+        });
 
     for_each_row(&mut b, bsz, [abi::HEADS, abi::TOKENS], |b, item, _| {
         let dv = b.u32(d);
@@ -83,6 +96,12 @@ pub fn lower(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
                     let mn = extreme(b, &members, BinaryOp::Min);
                     let mx = extreme(b, &members, BinaryOp::Max);
                     extremes.push((mn, mx));
+                    if let Some(gl) = &looped {
+                        let (at, above) = (b.u32(g), b.u32(groups_per_row + g));
+                        b.write_local(gl.extremes, at, mn);
+                        b.write_local(gl.extremes, above, mx);
+                        continue;
+                    }
                     range_from_extremes(b, rule, mn, mx)
                 }
             };
@@ -93,6 +112,12 @@ pub fn lower(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
             store_param(b, zero_m, at, z, scheme.params);
             store_param(b, scale_m, at, sc, scheme.params);
             params.push((z, sc));
+        }
+        if let Some(gl) = &looped {
+            gl.params(b, scheme, [zero_m, scale_m], param_row, groups_per_row);
+            if let Some((zero_l, scale_l)) = channel_params {
+                gl.fill(b, [zero_l, scale_l], groups_per_row, n);
+            }
         }
         // Codes the byte at channel `ch` of the row from scalar loads, lane `l`'s code by
         // `coding(l)`.
@@ -130,7 +155,8 @@ pub fn lower(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
                 });
             }
             // Groups of whole bytes: the same loop, each channel's parameters from locals
-            // (consecutive reads, which vectorize where a group's would not).
+            // (consecutive reads, which vectorize where a group's would not; looped groups
+            // filled them already).
             (_, Some((zero_l, scale_l))) => {
                 for (g, &(z, sc)) in params.iter().enumerate() {
                     for c in g as u32 * n..(g as u32 + 1) * n {
@@ -174,6 +200,9 @@ pub fn lower(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
             .reduce(|a, o| b.binary(BinaryOp::Or, a, o))
         {
             flag(b, status, any, STATUS_OVERFLOW);
+        }
+        if let Some(gl) = &looped {
+            flag_noted(b, status, gl.overflow, STATUS_OVERFLOW);
         }
     });
     Lowered {
@@ -226,4 +255,61 @@ fn whole(
     let stride = b.u32(1);
     let count = b.u32(n);
     group_range(b, rule, x, input, [base, stride, count], local)
+}
+
+/// The locals of a host row's groups when their parameters come from a loop over the groups:
+/// each group's extremes (minima, then maxima), zero and scale; `overflow` ORs the groups'
+/// overflows.
+#[derive(Clone, Copy)]
+struct GroupLocals {
+    extremes: u32,
+    zero: u32,
+    scale: u32,
+    overflow: u32,
+}
+
+impl GroupLocals {
+    /// The row's groups' parameters from their extremes: stored at `param_row`, kept in the
+    /// locals, their overflows ORed into `overflow`.
+    fn params(
+        &self,
+        b: &mut Builder,
+        scheme: &Scheme,
+        [zero_m, scale_m]: [Memory; 2],
+        param_row: Value,
+        groups: u32,
+    ) {
+        let (at, no) = (b.u32(0), b.u32(0));
+        b.write_local(self.overflow, at, no);
+        let (first, end) = (b.u32(0), b.u32(groups));
+        b.for_range(first, end, 1, |b, g| {
+            let mn = b.read_local(self.extremes, g);
+            let above = b.u32(groups);
+            let at = b.add(above, g);
+            let mx = b.read_local(self.extremes, at);
+            let (lo, hi) = range_from_extremes(b, scheme.rule, mn, mx);
+            let (z, sc, over) = group_params_unflagged(b, scheme, lo, hi);
+            let at = b.add(param_row, g);
+            store_param(b, zero_m, at, z, scheme.params);
+            store_param(b, scale_m, at, sc, scheme.params);
+            b.write_local(self.zero, g, z);
+            b.write_local(self.scale, g, sc);
+            note_condition(b, self.overflow, over);
+        });
+    }
+
+    /// Each channel's zero and scale (the locals `zero_l`, `scale_l`) from its group's (groups
+    /// of `n`).
+    fn fill(&self, b: &mut Builder, [zero_l, scale_l]: [u32; 2], groups: u32, n: u32) {
+        for g in 0..groups {
+            let gv = b.u32(g);
+            let z = b.read_local(self.zero, gv);
+            let sc = b.read_local(self.scale, gv);
+            for c in g * n..(g + 1) * n {
+                let cv = b.u32(c);
+                b.write_local(zero_l, cv, z);
+                b.write_local(scale_l, cv, sc);
+            }
+        }
+    }
 }
