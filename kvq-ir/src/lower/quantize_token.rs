@@ -39,8 +39,9 @@ pub fn lower(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
     // Host rows of several min/max groups of whole bytes: the groups' parameters in a loop over
     // the groups, which a CPU's loop vectorizer widens; unrolled, each group's scalar parameter
     // code was most of the row (2-bit, group = 32: 6.2-6.6 -> 5.0-5.4 ms). Codes by comparison
-    // with thresholds found in that loop were slower here (9.8 ms): each channel's three
-    // thresholds filled from its group's and read back per element cost more than the division.
+    // with thresholds found in that loop were slower here, both with each channel's three
+    // thresholds filled from its group's (9.8 ms) and with a loop over each group's bytes
+    // against its thresholds (10.0 ms; the division's loop runs the row in 16-lane vectors).
     let looped =
         (bsz == 1 && channel_params.is_some() && !reads_group(scheme.rule)).then(|| GroupLocals {
             extremes: b.local("extremes", ScalarType::F32, 2 * groups_per_row),
