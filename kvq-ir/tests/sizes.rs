@@ -103,6 +103,12 @@ fn launch_grids_by_hand() {
     assert_eq!(per_row.grid(6, 257, 128), 13); // 1542 rows
     assert_eq!(per_row.grid(1, 257, 256), 2);
     assert_eq!(per_row.grid(0, 257, 256), 0);
+    let per_rows = Launch::ThreadPerRows { rows: 16 };
+    // 6 * 257 = 1542 rows -> ceil(1542 / 16) = 97 threads, one per block.
+    assert_eq!(per_rows.grid(6, 257, 1), 97);
+    assert_eq!(per_rows.grid(1, 16, 1), 1);
+    assert_eq!(per_rows.grid(1, 17, 1), 2);
+    assert_eq!(per_rows.grid(0, 17, 1), 0);
     let clusters = Launch::ClusterPerColumn {
         columns: 8,
         cluster: 8,

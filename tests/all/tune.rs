@@ -288,10 +288,12 @@ fn tuned_schedules_give_the_default_bits() {
     }
 }
 
-/// The group = N kernels under every host candidate (column and vector widths; their
-/// parameters, and for 1- and 2-bit f16 schemes the thresholds their codes are compared with,
-/// come from a loop over a column's channels or a row's groups) against the reference: the
-/// same bits, and a group whose f16 parameters overflow flagged as the reference rejects it.
+/// The group = N kernels and the token-axis group = all ones under every host candidate (column
+/// and vector widths; their parameters, and for 1- and 2-bit f16 schemes the thresholds their
+/// codes are compared with, come from a loop over a column's channels, a row's groups or a run
+/// of 16 rows) against the reference: the same bits (154 rows, a short last run, a flat row),
+/// a group whose f16 parameters overflow flagged as the reference rejects it, and a NaN
+/// reported as the reference reports it.
 #[test]
 fn every_group_candidate_gives_the_reference_bits_and_flags_overflow() {
     let dims = [2, 77, 64];
@@ -299,6 +301,7 @@ fn every_group_candidate_gives_the_reference_bits_and_flags_overflow() {
     // f16 values (the kernels read f16), with signed zeros and a flat channel.
     let data: Vec<f32> = (0..n)
         .map(|i| match i % 64 {
+            _ if i / 64 == 20 => -1.25,
             5 => 0.75,
             9 if i % 3 == 0 => -0.0,
             c => ((i * 7919 % 1013) as f32 / 97.0).sin() * (1.0 + c as f32 * 0.1),
@@ -314,6 +317,9 @@ fn every_group_candidate_gives_the_reference_bits_and_flags_overflow() {
     }
     wide[(77 + 40) * 64 + 36] = -60000.0;
     let wide = Tensor3::new(dims, wide).unwrap();
+    let mut nan = x.data().to_vec();
+    nan[(77 + 41) * 64 + 3] = f32::NAN;
+    let nan = Tensor3::new(dims, nan).unwrap();
     let shape = ShapeClass {
         head_dim: 64,
         input: InputType::F16,
@@ -329,6 +335,10 @@ fn every_group_candidate_gives_the_reference_bits_and_flags_overflow() {
         "bits = 1, axis = token, group = 8, rule = minmax",
         "bits = 1, axis = token, group = 16, rule = shrink(0.5, center = mid)",
         "bits = 8, axis = token, group = 32, rule = minmax",
+        "bits = 1, axis = token, group = all, rule = minmax",
+        "bits = 4, axis = token, group = all, rule = minmax",
+        "bits = 2, axis = token, group = all, rule = minmax, params = f32, order = lsb",
+        "bits = 8, axis = token, group = all, rule = shrink(0.5, center = mid)",
     ];
     for text in schemes {
         let scheme = Scheme::parse(text).unwrap();
@@ -353,6 +363,12 @@ fn every_group_candidate_gives_the_reference_bits_and_flags_overflow() {
                     assert!(got.contains("use params = f32"), "{got}");
                 }
             }
+            let got = quantize_with(&lowered, &scheme, &nan, InputType::F16, run_host);
+            let want = kvq_ir::reference::quantize::quantize(&nan, &scheme).unwrap_err();
+            let Err(got) = got.map(|_| ()) else {
+                panic!("{text} {schedule:?}: the NaN was not reported");
+            };
+            assert_eq!(got.to_string(), want.to_string(), "{text} {schedule:?}");
         }
     }
 }

@@ -32,6 +32,7 @@ pub mod io;
 pub mod lanes;
 pub mod lanes_channel;
 mod quantize_channel;
+mod quantize_rows;
 mod quantize_token;
 mod thread_tokens;
 
@@ -346,6 +347,12 @@ pub enum Launch {
     },
     /// One thread per (head, token) row, rounded up to whole blocks.
     ThreadPerRow,
+    /// One thread per run of `rows` consecutive (head, token) rows (the last run may be
+    /// shorter), rounded up to whole blocks.
+    ThreadPerRows {
+        /// Rows per thread.
+        rows: u32,
+    },
     /// `heads * columns * cluster` blocks: a cluster of blocks per (head, column).
     ClusterPerColumn {
         /// Columns per head.
@@ -379,6 +386,9 @@ impl Launch {
                 Len::product([h, Len::Const(columns.into()), t.ceil_div(group.into())]).ceil_div(b)
             }
             Launch::ThreadPerRow => Len::product([h, t]).ceil_div(b),
+            Launch::ThreadPerRows { rows } => {
+                Len::product([h, t]).ceil_div(rows.into()).ceil_div(b)
+            }
             Launch::ClusterPerColumn { columns, cluster } => {
                 Len::product([h, Len::Const(u64::from(columns) * u64::from(cluster))])
             }

@@ -12,6 +12,7 @@ use super::emit::{
     pack_scalar, probe_term, quantize_params, range_from_extremes, reads_group, store_param,
     Coding, MseLocals, STATUS_OVERFLOW,
 };
+use super::quantize_rows;
 use super::{kernel_name, quantize_abi as abi, Launch, Lowered, Schedule, ShapeClass};
 
 pub fn lower(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
@@ -24,6 +25,9 @@ pub fn lower(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
     let groups_per_row = d / n;
     let row_bytes = d * scheme.bits.width() / 8;
     let bsz = s.block_size;
+    if bsz == 1 && groups_per_row == 1 && !reads_group(scheme.rule) {
+        return quantize_rows::lower(scheme, shape, s);
+    }
     let mut b = Builder::new(&kernel_name("quantize", scheme, shape), bsz);
     let [x, codes, zero_m, scale_m, status] = quantize_params(&mut b, scheme, shape);
     let range_local = group_range_local(&mut b, scheme.rule);
@@ -120,24 +124,17 @@ pub fn lower(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
                 gl.fill(b, [zero_l, scale_l], groups_per_row, n);
             }
         }
-        // Codes the byte at channel `ch` of the row from scalar loads, lane `l`'s code by
-        // `coding(l)`.
+        let rc = RowCodes {
+            scheme,
+            input,
+            x,
+            codes,
+            row,
+            code_row,
+        };
         let code_byte =
             |b: &mut Builder, ch: Value, coding: &dyn Fn(&mut Builder, u32) -> Coding| {
-                let at = b.add(row, ch);
-                let lane_codes: Vec<Value> = (0..per_byte)
-                    .map(|l| {
-                        let lv = b.u32(l);
-                        let i = b.add(at, lv);
-                        let v = load_f32(b, x, i, 1, input)[0];
-                        coding(b, l).code(b, scheme, v)
-                    })
-                    .collect();
-                let byte = pack_scalar(b, &lane_codes, scheme.bits, scheme.order);
-                let pb = b.u32(per_byte);
-                let off = b.div(ch, pb);
-                let idx = b.add(code_row, off);
-                b.store(codes, idx, byte);
+                code_byte(b, &rc, ch, coding)
             };
         let byte_channel = |b: &mut Builder, k: Value| {
             let pb = b.u32(per_byte);
@@ -236,7 +233,7 @@ fn tree(b: &mut Builder, values: &[Value], op: BinaryOp) -> Value {
 /// a few instructions, where float `Min`/`Max` (compare and select) were reduced one lane at a
 /// time. The order only decides the sign of a zero extreme, which `range_from_extremes`
 /// normalises; a NaN comes out as a NaN, an infinity as itself.
-fn extreme(b: &mut Builder, values: &[Value], op: BinaryOp) -> Value {
+pub(super) fn extreme(b: &mut Builder, values: &[Value], op: BinaryOp) -> Value {
     let keys: Vec<Value> = values.iter().map(|&v| order_key(b, v)).collect();
     let key = tree(b, &keys, op);
     from_order_key(b, key)
@@ -256,6 +253,41 @@ fn whole(
     let stride = b.u32(1);
     let count = b.u32(n);
     group_range(b, rule, x, input, [base, stride, count], local)
+}
+
+/// One row's coding: the scheme, the input's type, the input and code buffers, the row's first
+/// element and first code byte.
+pub(super) struct RowCodes<'a> {
+    pub scheme: &'a Scheme,
+    pub input: ScalarType,
+    pub x: Memory,
+    pub codes: Memory,
+    pub row: Value,
+    pub code_row: Value,
+}
+
+/// Codes the byte at channel `ch` of the row from scalar loads, lane `l`'s code by `coding(l)`.
+pub(super) fn code_byte(
+    b: &mut Builder,
+    rc: &RowCodes,
+    ch: Value,
+    coding: &dyn Fn(&mut Builder, u32) -> Coding,
+) {
+    let per_byte = rc.scheme.bits.codes_per_byte() as u32;
+    let at = b.add(rc.row, ch);
+    let lane_codes: Vec<Value> = (0..per_byte)
+        .map(|l| {
+            let lv = b.u32(l);
+            let i = b.add(at, lv);
+            let v = load_f32(b, rc.x, i, 1, rc.input)[0];
+            coding(b, l).code(b, rc.scheme, v)
+        })
+        .collect();
+    let byte = pack_scalar(b, &lane_codes, rc.scheme.bits, rc.scheme.order);
+    let pb = b.u32(per_byte);
+    let off = b.div(ch, pb);
+    let idx = b.add(rc.code_row, off);
+    b.store(rc.codes, idx, byte);
 }
 
 /// The locals of a host row's groups when their parameters come from a loop over the groups:
