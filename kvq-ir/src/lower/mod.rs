@@ -8,6 +8,7 @@
 //! | axis = channel, group = all | [`quantize`] | one block per (head, column of W channels); its threads split the tokens, combine partial minima and maxima through shared memory, pick the range, then code their tokens |
 //! | axis = channel, group = N | [`quantize`] | one thread per (head, column, token group): statistics, parameters, codes |
 //! | axis = token | [`quantize`] | one thread per (head, token) row: every channel group of the row |
+//! | axis = token, group = all, min/max rules (host) | [`quantize`] | one thread per run of 16 rows: their extremes, their parameters in one loop, their codes (`quantize_rows`) |
 //! | any | [`dequantize`] | one thread per (head, token) row |
 //! | axis = token, min/max rules (cooperative schedule) | [`quantize`] | lanes over channels: a row split across a warp's lanes, group extremes by shuffles ([`lanes`]) |
 //! | axis = channel, group = N, min/max rules (cooperative schedule) | [`quantize`] | one warp per (head, token group): lanes over channels, whole rows per step, extremes by shuffles over the lanes of the same channels ([`lanes_channel`]) |

@@ -1,7 +1,8 @@
 //! Quantize kernel for axis = token: a group is one (head, token) over a run of channels. One
 //! thread handles one row: each group's extremes from the group loaded whole, then the row's
 //! code bytes as a loop that a CPU's loop vectorizer widens (straight-line code where bytes
-//! straddle groups).
+//! straddle groups). Host kernels of group = all min/max rules take runs of rows instead
+//! ([`super::quantize_rows`]).
 
 use crate::ir::{BinaryOp, Builder, Memory, ScalarType, Value};
 use crate::scheme::{Group, Rule, Scheme};
