@@ -11,14 +11,14 @@
 //! every row's parameters in one loop (stored, kept in locals, their overflows ORed into one
 //! flag), then each row's code bytes.
 
-use crate::ir::{BinaryOp, Builder, CmpOp, ScalarType};
+use crate::ir::{BinaryOp, Builder, CmpOp};
 use crate::scheme::Scheme;
 
 use super::emit::{
-    flag_non_finite_extremes, flag_noted, global_item, group_params_unflagged, load_f32,
-    note_condition, quantize_params, range_from_extremes, store_param, Coding, STATUS_OVERFLOW,
+    flag_non_finite_extremes, flag_noted, global_item, load_f32, quantize_params, Coding,
+    STATUS_OVERFLOW,
 };
-use super::quantize_token::{code_byte, extreme, RowCodes};
+use super::quantize_token::{code_byte, extreme, GroupLocals, RowCodes};
 use super::{kernel_name, quantize_abi as abi, Launch, Lowered, Schedule, ShapeClass};
 
 /// Rows a thread codes: 16 lanes of f32 parameters.
@@ -32,11 +32,8 @@ pub fn lower(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
     let input = shape.input.scalar();
     let mut b = Builder::new(&kernel_name("quantize", scheme, shape), 1);
     let [x, codes, zero_m, scale_m, status] = quantize_params(&mut b, scheme, shape);
-    // Per row of the thread: minima then maxima, zero, scale.
-    let extremes = b.local("extremes", ScalarType::F32, 2 * rows);
-    let zero_r = b.local("row_zero", ScalarType::F32, rows);
-    let scale_r = b.local("row_scale", ScalarType::F32, rows);
-    let overflow = b.local("overflow", ScalarType::U32, 1);
+    // Per row of the thread (a group each): minima then maxima, zero, scale.
+    let rl = GroupLocals::new(&mut b, rows);
 
     let item = global_item(&mut b, 1);
     let heads = b.param(abi::HEADS);
@@ -66,27 +63,12 @@ pub fn lower(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
                 let mn = extreme(b, &members, BinaryOp::Min);
                 let mx = extreme(b, &members, BinaryOp::Max);
                 let (at, above) = (b.u32(r), b.u32(rows + r));
-                b.write_local(extremes, at, mn);
-                b.write_local(extremes, above, mx);
+                b.write_local(rl.extremes, at, mn);
+                b.write_local(rl.extremes, above, mx);
                 flag_non_finite_extremes(b, &[(mn, mx)], status);
             });
         }
-        let no = b.u32(0);
-        b.write_local(overflow, zero, no);
-        b.for_range(zero, count, 1, |b, r| {
-            let mn = b.read_local(extremes, r);
-            let above = b.u32(rows);
-            let at = b.add(above, r);
-            let mx = b.read_local(extremes, at);
-            let (lo, hi) = range_from_extremes(b, scheme.rule, mn, mx);
-            let (z, sc, over) = group_params_unflagged(b, scheme, lo, hi);
-            let at = b.add(first, r);
-            store_param(b, zero_m, at, z, scheme.params);
-            store_param(b, scale_m, at, sc, scheme.params);
-            b.write_local(zero_r, r, z);
-            b.write_local(scale_r, r, sc);
-            note_condition(b, overflow, over);
-        });
+        rl.params(b, scheme, [zero_m, scale_m], first, count);
         b.for_range(zero, count, 1, |b, r| {
             let row_i = b.add(first, r);
             let dv = b.u32(d);
@@ -99,8 +81,8 @@ pub fn lower(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
                 row: b.mul(row_i, dv),
                 code_row: b.mul(row_i, rbv),
             };
-            let z = b.read_local(zero_r, r);
-            let sc = b.read_local(scale_r, r);
+            let z = b.read_local(rl.zero, r);
+            let sc = b.read_local(rl.scale, r);
             let coding = Coding::new(b, z, sc);
             let bytes = b.u32(d / per_byte);
             b.for_range(zero, bytes, 1, |b, k| {
@@ -109,7 +91,7 @@ pub fn lower(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
                 code_byte(b, &rc, ch, &|_, _| coding.clone());
             });
         });
-        flag_noted(b, status, overflow, STATUS_OVERFLOW);
+        flag_noted(b, status, rl.overflow, STATUS_OVERFLOW);
     });
     Lowered {
         kernel: b.finish(),

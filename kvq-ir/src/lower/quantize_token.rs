@@ -47,13 +47,8 @@ pub fn lower(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
     // with thresholds found in that loop were slower here, both with each channel's three
     // thresholds filled from its group's (9.8 ms) and with a loop over each group's bytes
     // against its thresholds (10.0 ms; the division's loop runs the row in 16-lane vectors).
-    let looped =
-        (bsz == 1 && channel_params.is_some() && !reads_group(scheme.rule)).then(|| GroupLocals {
-            extremes: b.local("extremes", ScalarType::F32, 2 * groups_per_row),
-            zero: b.local("group_zero", ScalarType::F32, groups_per_row),
-            scale: b.local("group_scale", ScalarType::F32, groups_per_row),
-            overflow: b.local("overflow", ScalarType::U32, 1),
-        });
+    let looped = (bsz == 1 && channel_params.is_some() && !reads_group(scheme.rule))
+        .then(|| GroupLocals::new(&mut b, groups_per_row));
 
     for_each_row(&mut b, bsz, [abi::HEADS, abi::TOKENS], |b, item, _| {
         let dv = b.u32(d);
@@ -120,7 +115,8 @@ pub fn lower(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
             params.push((z, sc));
         }
         if let Some(gl) = &looped {
-            gl.params(b, scheme, [zero_m, scale_m], param_row, groups_per_row);
+            let count = b.u32(groups_per_row);
+            gl.params(b, scheme, [zero_m, scale_m], param_row, count);
             if let Some((zero_l, scale_l)) = channel_params {
                 gl.fill(b, [zero_l, scale_l], groups_per_row, n);
             }
@@ -293,32 +289,45 @@ pub(super) fn code_byte(
 
 /// The locals of a host row's groups when their parameters come from a loop over the groups:
 /// each group's extremes (minima, then maxima), zero and scale; `overflow` ORs the groups'
-/// overflows.
+/// overflows. Also a run of rows' (`quantize_rows`, a row a group).
 #[derive(Clone, Copy)]
-struct GroupLocals {
-    extremes: u32,
-    zero: u32,
-    scale: u32,
-    overflow: u32,
+pub(super) struct GroupLocals {
+    pub extremes: u32,
+    pub zero: u32,
+    pub scale: u32,
+    pub overflow: u32,
+    /// Groups the locals hold (the maxima start there in `extremes`).
+    pub len: u32,
 }
 
 impl GroupLocals {
-    /// The row's groups' parameters from their extremes: stored at `param_row`, kept in the
-    /// locals, their overflows ORed into `overflow`.
-    fn params(
+    /// The locals of `len` groups.
+    pub fn new(b: &mut Builder, len: u32) -> GroupLocals {
+        GroupLocals {
+            extremes: b.local("extremes", ScalarType::F32, 2 * len),
+            zero: b.local("group_zero", ScalarType::F32, len),
+            scale: b.local("group_scale", ScalarType::F32, len),
+            overflow: b.local("overflow", ScalarType::U32, 1),
+            len,
+        }
+    }
+
+    /// The first `count` groups' parameters from their extremes: group `g`'s stored at
+    /// `param_row + g`, kept in the locals, their overflows ORed into `overflow`.
+    pub fn params(
         &self,
         b: &mut Builder,
         scheme: &Scheme,
         [zero_m, scale_m]: [Memory; 2],
         param_row: Value,
-        groups: u32,
+        count: Value,
     ) {
         let (at, no) = (b.u32(0), b.u32(0));
         b.write_local(self.overflow, at, no);
-        let (first, end) = (b.u32(0), b.u32(groups));
-        b.for_range(first, end, 1, |b, g| {
+        let first = b.u32(0);
+        b.for_range(first, count, 1, |b, g| {
             let mn = b.read_local(self.extremes, g);
-            let above = b.u32(groups);
+            let above = b.u32(self.len);
             let at = b.add(above, g);
             let mx = b.read_local(self.extremes, at);
             let (lo, hi) = range_from_extremes(b, scheme.rule, mn, mx);
