@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Builds and runs the CPU probes: hand-written C of alternatives to kvq's host kernels, each
-# timed against the method kvq uses in the same run (see README.md here). Needs a C compiler
-# and AVX-512 (F, BW, VL, BF16); the AMX part of the values probe runs where the CPU has it.
+# timed against the method kvq uses in the same run (see README.md here). Needs a C compiler,
+# AVX-512 (F, BW, VL, BF16) and BMI2; the AMX part of the values probe runs where the CPU has
+# it.
 set -euo pipefail
 cd "$(dirname "$0")"
-for flag in avx512f avx512bw avx512vl avx512_bf16; do
+for flag in avx512f avx512bw avx512vl avx512_bf16 bmi2; do
     grep -qw "$flag" /proc/cpuinfo || { echo "probes: this CPU lacks $flag; nothing run"; exit 0; }
 done
 out=$(mktemp -d)

@@ -2,7 +2,7 @@
  * histograms kvq's host kernels use (16 read-modify-writes of the 4 heads' weights a token,
  * 64 KB) against masked adds into registers (32 masked vaddps a token) and, where the CPU has
  * AMX, bf16 tile products (the weights split into three bf16 parts, the bits expanded to bf16
- * {0, 1} tiles). Every result is checked against an f64 sum. */
+ * {0, 1} tiles by `pdep`). Every result is checked against an f64 sum. */
 #include <immintrin.h>
 #include <math.h>
 #include <sys/syscall.h>
@@ -76,18 +76,17 @@ static __m512 widen(__m256bh x) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)x), 16));
 }
 
-/* One token's 16 channels of block `blk` as 16 words of 0 / 0xFFFF, two tokens interleaved
- * (the VNNI layout of a bf16 B tile), and'ed with bf16 1.0. */
+/* A bf16 B tile (VNNI layout: row r holds tokens 2r and 2r + 1 of each of the 16 channels of
+ * block `blk`, interleaved): the two tokens' 16 code bits interleaved by `pdep`, expanded to
+ * words of 0 / 0xFFFF by `vpmovm2w` and and'ed with bf16 1.0. (Interleaving the expanded words
+ * by `vpermt2w` instead took 14.3 ns.) */
 static void b_tile(const unsigned char *c, int t0, int blk) {
-    const __m512i idx = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9,
-                                         40, 8, 39, 7, 38, 6, 37, 5, 36, 4, 35, 3, 34, 2, 33, 1,
-                                         32, 0);
     const __m512i one = _mm512_set1_epi16(0x3F80);
     for (int r = 0; r < 16; r++) {
         const unsigned char *row = c + (t0 + 2 * r) * 16 + 2 * blk;
-        __m512i e0 = _mm512_movm_epi16(*(const unsigned short *)row);
-        __m512i e1 = _mm512_movm_epi16(*(const unsigned short *)(row + 16));
-        _mm512_store_si512(amx_b[r], _mm512_and_si512(_mm512_permutex2var_epi16(e0, idx, e1), one));
+        unsigned m0 = *(const unsigned short *)row, m1 = *(const unsigned short *)(row + 16);
+        __mmask32 m = _pdep_u32(m0, 0x55555555u) | _pdep_u32(m1, 0xAAAAAAAAu);
+        _mm512_store_si512(amx_b[r], _mm512_and_si512(_mm512_movm_epi16(m), one));
     }
 }
 
