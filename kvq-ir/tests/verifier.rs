@@ -1700,6 +1700,68 @@ fn inv12_warp_collectives_take_whole_warps_and_matching_locals() {
 }
 
 #[test]
+fn inv12_mma_takes_f16_and_f32_fragments_of_their_lengths() {
+    let mut b = Builder::new("k", 64);
+    let a = b.local("a", F16, 8);
+    let bf = b.local("b", F16, 4);
+    let acc = b.local("acc", F32, 4);
+    let short = b.local("short", F16, 3);
+    let wide = b.local("wide", F32, 8);
+    b.warp(WarpOp::Mma { a, b: bf, acc });
+    b.warp(WarpOp::Mma {
+        a: wide,
+        b: short,
+        acc: a,
+    });
+    let k = b.finish();
+    let at = |i: usize| Some(k.body.0[i]);
+    assert_findings(
+        &k,
+        &[
+            (
+                at(1),
+                FindingKind::BadWarpLocal {
+                    local: wide,
+                    elem: F32,
+                },
+            ),
+            (
+                at(1),
+                FindingKind::MmaFragmentLength {
+                    local: short,
+                    len: 3,
+                    want: 4,
+                },
+            ),
+            (
+                at(1),
+                FindingKind::BadWarpLocal {
+                    local: a,
+                    elem: F16,
+                },
+            ),
+            (
+                at(1),
+                FindingKind::MmaFragmentLength {
+                    local: a,
+                    len: 8,
+                    want: 4,
+                },
+            ),
+        ],
+    );
+    let text = verify(&k).unwrap_err().to_string();
+    assert!(
+        text.contains("has 3 elements, not the 4 of its matrix multiply-accumulate fragment"),
+        "{text}"
+    );
+    assert!(
+        text.contains("`warp.mma_m16n8k16 a += wide * short`"),
+        "{text}"
+    );
+}
+
+#[test]
 fn inv12_no_value_crosses_a_collective_unless_uniform() {
     let mut b = Builder::new("k", 32);
     let acc = b.local("acc", U32, 1);

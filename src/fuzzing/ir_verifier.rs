@@ -317,7 +317,7 @@ impl RawOp {
             },
             RawOp::Warp(kind, a, b, c) => {
                 let (a, b, c) = (u32::from(*a % 8), u32::from(*b % 8), u32::from(*c));
-                Op::Warp(match kind % 3 {
+                Op::Warp(match kind % 4 {
                     0 => WarpOp::ShuffleXor {
                         src: a,
                         dst: b,
@@ -328,10 +328,11 @@ impl RawOp {
                         dst: b,
                         lane: c % 8,
                     },
-                    _ => WarpOp::Reduce {
-                        op: REDUCE[usize::from(*kind / 3) % 3],
+                    2 => WarpOp::Reduce {
+                        op: REDUCE[usize::from(*kind / 4) % 3],
                         local: a,
                     },
+                    _ => WarpOp::Mma { a, b, acc: c % 8 },
                 })
             }
         }

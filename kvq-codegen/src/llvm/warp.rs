@@ -11,7 +11,10 @@
 use inkwell::types::BasicType;
 use inkwell::values::{BasicValueEnum, IntValue, PointerValue};
 use inkwell::IntPredicate;
-use kvq_ir::ir::{ScalarType, Type, WarpOp, REDUCE_STEPS, WARP_SIZE};
+use kvq_ir::ir::{
+    ScalarType, Type, WarpOp, MMA_ACC_LEN, MMA_A_LEN, MMA_B_LEN, MMA_K, MMA_M, MMA_N, REDUCE_STEPS,
+    WARP_SIZE,
+};
 
 use super::lower::{Fail, Lower, R};
 use super::memory_type;
@@ -90,7 +93,123 @@ impl<'ctx> Lower<'_, 'ctx> {
                     self.write_local_elem(local, e, x)?;
                 }
             }
+            WarpOp::Mma { a, b, acc } => self.ptx_mma(a, b, acc)?,
         }
+        Ok(())
+    }
+
+    /// NVPTX: `mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32` on the lanes' fragments, each
+    /// pair of F16 elements one `.f16x2` register (the lower element in the low half).
+    fn ptx_mma(&mut self, a: u32, b: u32, acc: u32) -> R<()> {
+        let f32_type = self.ctx.f32_type();
+        let pairs = |this: &Self, local: u32, len: u32| -> R<Vec<BasicValueEnum<'ctx>>> {
+            let pair_type = this.ctx.f16_type().vec_type(2);
+            (0..len / 2)
+                .map(|p| {
+                    let mut v = pair_type.get_undef();
+                    for h in 0..2u32 {
+                        let x = this.read_local_elem(local, 2 * p + h)?;
+                        let at = this.ctx.i32_type().const_int(u64::from(h), false);
+                        v = this.b.build_insert_element(v, x, at, "half")?;
+                    }
+                    Ok(v.into())
+                })
+                .collect()
+        };
+        let mut args = pairs(self, a, MMA_A_LEN)?;
+        args.extend(pairs(self, b, MMA_B_LEN)?);
+        for i in 0..MMA_ACC_LEN {
+            args.push(self.read_local_elem(acc, i)?);
+        }
+        let ret = self
+            .ctx
+            .struct_type(&[f32_type.into(); MMA_ACC_LEN as usize], false);
+        let d = self
+            .call(
+                "llvm.nvvm.mma.m16n8k16.row.col.f32.f32",
+                Some(ret.into()),
+                &args,
+            )?
+            .into_struct_value();
+        for i in 0..MMA_ACC_LEN {
+            let x = self.b.build_extract_value(d, i, "d")?;
+            self.write_local_elem(acc, i, x)?;
+        }
+        Ok(())
+    }
+
+    /// Host: [`WarpOp::Mma`] for every warp of the block, between two thread loops: the lanes'
+    /// fragments are gathered into the warp's matrices `A` (16 x 16) and `B` (16 x 8), widened to
+    /// f32, and each lane's element of `D` is its `C` plus the products in increasing `k`, as
+    /// the IR defines it.
+    fn host_mma(&mut self, a: u32, b: u32, acc: u32) -> R<()> {
+        let i32_type = self.ctx.i32_type();
+        let f32_type = self.ctx.f32_type();
+        let c = |v: u32| i32_type.const_int(u64::from(v), false);
+        let ma = self.entry_alloca(f32_type.array_type(MMA_M * MMA_K).into(), "mma_a")?;
+        let mb = self.entry_alloca(f32_type.array_type(MMA_K * MMA_N).into(), "mma_b")?;
+        let warps = c(self.kernel.block_size / WARP_SIZE);
+        self.counted_loop(c(0), warps, 1, "warp", |this, warp| {
+            let first = this.b.build_int_mul(warp, c(WARP_SIZE), "first")?;
+            // Gather: element i of lane l goes to its (row, column) of the matrix.
+            this.lanes(first, |this, lane| {
+                let g = this.b.build_right_shift(lane, c(2), false, "g")?;
+                let t = this.b.build_and(lane, c(3), "t")?;
+                let t2 = this.b.build_left_shift(t, c(1), "t2")?;
+                let fragment = [(a, ma, MMA_A_LEN, MMA_K), (b, mb, MMA_B_LEN, MMA_N)];
+                for (local, matrix, len, cols) in fragment {
+                    for i in 0..len {
+                        let (row, col) = match local == a {
+                            // A: row g (+ 8), column 2t + i % 2 (+ 8).
+                            true => (
+                                this.b.build_int_add(g, c(8 * u32::from(i % 4 >= 2)), "r")?,
+                                this.b
+                                    .build_int_add(t2, c(i % 2 + 8 * u32::from(i >= 4)), "c")?,
+                            ),
+                            // B: row 2t + i % 2 (+ 8), column g.
+                            false => (
+                                this.b
+                                    .build_int_add(t2, c(i % 2 + 8 * u32::from(i >= 2)), "r")?,
+                                g,
+                            ),
+                        };
+                        let at = this.b.build_int_mul(row, c(cols), "row")?;
+                        let at = this.b.build_int_add(at, col, "at")?;
+                        let x = this.read_local_elem(local, i)?.into_float_value();
+                        let x = this.b.build_float_ext(x, f32_type, "wide")?;
+                        this.scratch_store(matrix, ScalarType::F32, at, x.into())?;
+                    }
+                }
+                Ok(())
+            })?;
+            // D = C + A B for each lane's elements: row g (+ 8), column 2t + i % 2.
+            this.lanes(first, |this, lane| {
+                let g = this.b.build_right_shift(lane, c(2), false, "g")?;
+                let t = this.b.build_and(lane, c(3), "t")?;
+                let t2 = this.b.build_left_shift(t, c(1), "t2")?;
+                for i in 0..MMA_ACC_LEN {
+                    let row = this.b.build_int_add(g, c(8 * u32::from(i >= 2)), "r")?;
+                    let col = this.b.build_int_add(t2, c(i % 2), "c")?;
+                    let row_at = this.b.build_int_mul(row, c(MMA_K), "ra")?;
+                    let mut d = this.read_local_elem(acc, i)?.into_float_value();
+                    for k in 0..MMA_K {
+                        let ai = this.b.build_int_add(row_at, c(k), "ai")?;
+                        let bi = this.b.build_int_add(col, c(k * MMA_N), "bi")?;
+                        let x = this
+                            .scratch_load(ma, ScalarType::F32, ai)?
+                            .into_float_value();
+                        let y = this
+                            .scratch_load(mb, ScalarType::F32, bi)?
+                            .into_float_value();
+                        let p = this.b.build_float_mul(x, y, "p")?;
+                        d = this.b.build_float_add(d, p, "d")?;
+                    }
+                    this.write_local_elem(acc, i, d.into())?;
+                }
+                Ok(())
+            })
+        })?;
+        self.tid = None;
         Ok(())
     }
 
@@ -133,6 +252,7 @@ impl<'ctx> Lower<'_, 'ctx> {
         let local = match w {
             WarpOp::ShuffleXor { src, .. } | WarpOp::ShuffleIdx { src, .. } => src,
             WarpOp::Reduce { local, .. } => local,
+            WarpOp::Mma { a, b, acc } => return self.host_mma(a, b, acc),
         };
         let (elem, len) = self.warp_local(local)?;
         let scratch_ty = memory_type(self.ctx, elem).array_type(WARP_SIZE);
@@ -193,6 +313,8 @@ impl<'ctx> Lower<'_, 'ctx> {
                             this.write_local_at(local, e, x)
                         })?;
                     }
+                    // Returned above: it takes three locals of its own.
+                    WarpOp::Mma { .. } => {}
                 }
                 Ok(())
             })

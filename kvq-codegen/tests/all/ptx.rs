@@ -57,6 +57,7 @@ fn kernels() -> Vec<Kernel> {
     all.push(crate::warp::tiles_kernel());
     all.push(crate::warp::bytes_kernel());
     all.push(crate::warp::big_shared_kernel());
+    all.push(crate::warp::mma_kernel());
     all
 }
 
@@ -176,6 +177,10 @@ fn cooperative_kernels_use_warp_shuffles_and_128_bit_accesses() {
         (
             crate::warp::big_shared_kernel(),
             vec![".extern .shared .align 16 .b8 kvq_dynamic_shared[]"],
+        ),
+        (
+            crate::warp::mma_kernel(),
+            vec!["mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32"],
         ),
     ];
     for (kernel, wanted) in expect {

@@ -323,8 +323,9 @@ pub const REDUCE_STEPS: [u32; 5] = [16, 8, 4, 2, 1];
 /// block reaches it (the top-level block or the body of a block-uniform loop), the block size
 /// is a multiple of [`WARP_SIZE`], and its operands are locals, not values, so that no value
 /// crosses it (a CPU backend runs the threads before it, then the collective, then the threads
-/// after it). Locals hold U8, U32 or F32 elements; `Reduce` takes U32 or F32. Every element of
-/// the local takes part independently.
+/// after it). Shuffles' locals hold U8, U32 or F32 elements; `Reduce` takes U32 or F32. Every
+/// element of the local takes part independently, except in `Mma`, whose locals are the lanes'
+/// fragments of three matrices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum WarpOp {
     /// Lane `l` receives `src` of lane `l ^ mask` into `dst` (`mask < 32`).
@@ -355,6 +356,58 @@ pub enum WarpOp {
         /// The local, read and written.
         local: u32,
     },
+    /// The warp's matrix multiply-accumulate `D = A B + C` of shape m16n8k16 (PTX
+    /// `mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32`): `A` is 16 x 16 and `B` 16 x 8 of
+    /// F16, `C` and `D` 16 x 8 of F32, each spread over the 32 lanes in PTX's fragment layout
+    /// ([`mma_a_at`], [`mma_b_at`], [`mma_acc_at`]). Each element of `D` is its `C` plus the 16
+    /// products `A[r][k] B[k][c]` (exact in f32), added in increasing `k` with f32 rounding after
+    /// each add in the interpreter and host code; tensor cores add in an order and with an
+    /// internal precision of their own, so a GPU's result may differ in the last bits of each
+    /// sum (like `Exp`, an approximate operation: kernels use it where a tolerance applies).
+    Mma {
+        /// F16 local of [`MMA_A_LEN`] elements: this lane's fragment of `A`.
+        a: u32,
+        /// F16 local of [`MMA_B_LEN`] elements: this lane's fragment of `B`.
+        b: u32,
+        /// F32 local of [`MMA_ACC_LEN`] elements: this lane's fragment of `C`, replaced by `D`'s.
+        acc: u32,
+    },
+}
+
+/// Elements of a lane's fragment of [`WarpOp::Mma`]'s `A`.
+pub const MMA_A_LEN: u32 = 8;
+/// Elements of a lane's fragment of [`WarpOp::Mma`]'s `B`.
+pub const MMA_B_LEN: u32 = 4;
+/// Elements of a lane's fragment of [`WarpOp::Mma`]'s `C` and `D`.
+pub const MMA_ACC_LEN: u32 = 4;
+/// [`WarpOp::Mma`]'s shape: `A` is `MMA_M x MMA_K`, `B` `MMA_K x MMA_N`, `C` `MMA_M x MMA_N`.
+pub const MMA_M: u32 = 16;
+/// See [`MMA_M`].
+pub const MMA_N: u32 = 8;
+/// See [`MMA_M`].
+pub const MMA_K: u32 = 16;
+
+/// `(row, column)` of `A` held by element `i` of lane `lane`'s fragment: with `g = lane / 4`,
+/// `t = lane % 4`, row `g` (+ 8 for `i % 4 >= 2`), column `2t + i % 2` (+ 8 for `i >= 4`).
+pub fn mma_a_at(lane: u32, i: u32) -> (u32, u32) {
+    let (g, t) = (lane / 4, lane % 4);
+    let row = g + if i % 4 >= 2 { 8 } else { 0 };
+    let col = 2 * t + i % 2 + if i >= 4 { 8 } else { 0 };
+    (row, col)
+}
+
+/// `(row, column)` of `B` held by element `i` of lane `lane`'s fragment: row `2t + i % 2`
+/// (+ 8 for `i >= 2`), column `g`.
+pub fn mma_b_at(lane: u32, i: u32) -> (u32, u32) {
+    let (g, t) = (lane / 4, lane % 4);
+    (2 * t + i % 2 + if i >= 2 { 8 } else { 0 }, g)
+}
+
+/// `(row, column)` of `C` and `D` held by element `i` of lane `lane`'s fragment: row `g`
+/// (+ 8 for `i >= 2`), column `2t + i % 2`.
+pub fn mma_acc_at(lane: u32, i: u32) -> (u32, u32) {
+    let (g, t) = (lane / 4, lane % 4);
+    (g + if i >= 2 { 8 } else { 0 }, 2 * t + i % 2)
 }
 
 /// Comparisons, giving Bool. Floats compare as IEEE (ordered) values.

@@ -47,10 +47,11 @@ pub mod verify;
 
 pub use arena::{Arena, Handle};
 pub use builder::Builder;
+pub use kernel::{mma_a_at, mma_acc_at, mma_b_at};
 pub use kernel::{
     Access, BinaryOp, Block, CmpOp, Const, Inst, Kernel, Local, Memory, Op, Param, ReduceOp,
-    ScalarType, SharedArray, Special, Type, UnaryOp, Value, WarpOp, MAX_CLUSTER_SIZE, REDUCE_STEPS,
-    WARP_SIZE,
+    ScalarType, SharedArray, Special, Type, UnaryOp, Value, WarpOp, MAX_CLUSTER_SIZE, MMA_ACC_LEN,
+    MMA_A_LEN, MMA_B_LEN, MMA_K, MMA_M, MMA_N, REDUCE_STEPS, WARP_SIZE,
 };
 pub use length::{check_launch, ArgSize, Len, PlanSize, PlanSizes, Signature, SizeError};
 pub use print::print;

@@ -823,5 +823,8 @@ fn warp_text(kernel: &Kernel, w: WarpOp) -> String {
             };
             format!("warp.reduce_{name} {}", l(local))
         }
+        WarpOp::Mma { a, b, acc } => {
+            format!("warp.mma_m16n8k16 {} += {} * {}", l(acc), l(a), l(b))
+        }
     }
 }

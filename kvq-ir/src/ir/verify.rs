@@ -92,9 +92,11 @@
 //! 12. **Warp collectives.** A kernel with a warp collective has a `block_size` that is a
 //!     multiple of 32. Its locals exist; shuffles read and write locals of one element type
 //!     (u8, u32 or f32) and length, with a xor mask below 32 and a u32 lane local; reductions
-//!     take a u32 or f32 local. [`FindingKind::PartialWarp`], [`FindingKind::LocalOutOfRange`],
-//!     [`FindingKind::BadWarpLocal`], [`FindingKind::WarpLocalsDiffer`],
-//!     [`FindingKind::ShuffleMaskTooLarge`].
+//!     take a u32 or f32 local; a matrix multiply-accumulate takes f16 locals of 8 and 4
+//!     elements and an f32 local of 4. [`FindingKind::PartialWarp`],
+//!     [`FindingKind::LocalOutOfRange`], [`FindingKind::BadWarpLocal`],
+//!     [`FindingKind::WarpLocalsDiffer`], [`FindingKind::ShuffleMaskTooLarge`],
+//!     [`FindingKind::MmaFragmentLength`].
 //! 13. **Alignment.** An aligned Load or Store has an index proven a multiple of its lanes
 //!     ([`super::sync::SyncFacts::is_multiple`]: constants, products, sums, shifts, and loop
 //!     values whose start and step are multiples). [`FindingKind::UnalignedIndex`].
@@ -121,7 +123,7 @@ use std::fmt;
 
 use super::kernel::{
     Access, BinaryOp, CmpOp, Const, Inst, Kernel, Local, Memory, Op, Param, ScalarType, Type,
-    UnaryOp, Value, WarpOp, MAX_CLUSTER_SIZE, WARP_SIZE,
+    UnaryOp, Value, WarpOp, MAX_CLUSTER_SIZE, MMA_ACC_LEN, MMA_A_LEN, MMA_B_LEN, WARP_SIZE,
 };
 use super::print::{
     has_result, local_name, param_name, type_text, walk, BlockKind, Entry, Names, Visit,
@@ -583,6 +585,15 @@ pub enum FindingKind {
     ShuffleMaskTooLarge {
         /// The mask.
         mask: u32,
+    },
+    /// A matrix multiply-accumulate fragment local of the wrong length.
+    MmaFragmentLength {
+        /// The local.
+        local: u32,
+        /// Its length.
+        len: u32,
+        /// The fragment's length.
+        want: u32,
     },
 
     // 13. Alignment.
@@ -1167,6 +1178,19 @@ impl<'k> Checker<'k> {
             WarpOp::Reduce { local, .. } => {
                 elem_of(self, local, &[S::U32, S::F32]);
             }
+            WarpOp::Mma { a, b, acc } => {
+                for (local, elem, want) in [
+                    (a, S::F16, MMA_A_LEN),
+                    (b, S::F16, MMA_B_LEN),
+                    (acc, S::F32, MMA_ACC_LEN),
+                ] {
+                    if let Some((_, len)) = elem_of(self, local, &[elem]) {
+                        if len != want {
+                            self.push(Some(h), FindingKind::MmaFragmentLength { local, len, want });
+                        }
+                    }
+                }
+            }
         }
     }
 
@@ -1693,6 +1717,10 @@ fn describe(kernel: &Kernel, names: &Names, kind: &FindingKind) -> String {
             item_text(kernel, Item::Local(*dst))
         ),
         F::ShuffleMaskTooLarge { mask } => format!("shuffle mask {mask} is not below 32"),
+        F::MmaFragmentLength { local, len, want } => format!(
+            "{} has {len} elements, not the {want} of its matrix multiply-accumulate fragment",
+            item_text(kernel, Item::Local(*local))
+        ),
         F::UnalignedIndex { index, lanes } => format!(
             "aligned access at index {} that is not a proven multiple of {lanes}",
             v(index)

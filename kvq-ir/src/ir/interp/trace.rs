@@ -328,6 +328,7 @@ impl Walker<'_> {
             Op::Const(_) | Op::Barrier | Op::ClusterBarrier => 0,
             Op::Warp(WarpOp::Reduce { local, .. }) => 2 * REDUCE_STEPS.len() as u64 * len(*local),
             Op::Warp(WarpOp::ShuffleXor { src, .. } | WarpOp::ShuffleIdx { src, .. }) => len(*src),
+            // Everything else, a warp's matrix multiply-accumulate included, is one instruction.
             _ => 1,
         }
     }

@@ -3,7 +3,10 @@
 use super::exec::malformed;
 use super::value::{self, Val};
 use super::{InterpError, Malformed};
-use crate::ir::kernel::{Kernel, ScalarType, Value, WarpOp, REDUCE_STEPS, WARP_SIZE};
+use crate::ir::kernel::{
+    mma_a_at, mma_acc_at, mma_b_at, Kernel, ScalarType, Value, WarpOp, MMA_ACC_LEN, MMA_A_LEN,
+    MMA_B_LEN, MMA_K, MMA_M, MMA_N, REDUCE_STEPS, WARP_SIZE,
+};
 
 /// Where a local lives in each thread's run of locals.
 #[derive(Clone, Copy)]
@@ -114,6 +117,56 @@ pub(super) fn run(
                     for (l, x) in v.into_iter().enumerate() {
                         if let Some(slot) = locals.get_mut(at(first + l, s, e)) {
                             *slot = x;
+                        }
+                    }
+                }
+            }
+        }
+        WarpOp::Mma { a, b, acc } => {
+            let fragment = |local: u32, elem: ScalarType, len: u32| {
+                let s = slot(local, &[elem])?;
+                match s.len == len as usize {
+                    true => Ok(s),
+                    false => Err(bad(Malformed::WarpLocal(local))),
+                }
+            };
+            let fa = fragment(a, ScalarType::F16, MMA_A_LEN)?;
+            let fb = fragment(b, ScalarType::F16, MMA_B_LEN)?;
+            let fc = fragment(acc, ScalarType::F32, MMA_ACC_LEN)?;
+            let f16_at = |locals: &[Val], i: usize| match get(locals, i)? {
+                Val::F16(x) => Ok(x.to_f32()),
+                _ => Err(bad(Malformed::WarpLocal(a))),
+            };
+            for warp in 0..warps {
+                let first = warp * lanes;
+                // The warp's matrices, gathered from the lanes' fragments.
+                let mut ma = [[0f32; MMA_K as usize]; MMA_M as usize];
+                let mut mb = [[0f32; MMA_N as usize]; MMA_K as usize];
+                for l in 0..WARP_SIZE {
+                    let thread = first + l as usize;
+                    for i in 0..MMA_A_LEN {
+                        let (r, c) = mma_a_at(l, i);
+                        ma[r as usize][c as usize] = f16_at(locals, at(thread, fa, i as usize))?;
+                    }
+                    for i in 0..MMA_B_LEN {
+                        let (r, c) = mma_b_at(l, i);
+                        mb[r as usize][c as usize] = f16_at(locals, at(thread, fb, i as usize))?;
+                    }
+                }
+                for l in 0..WARP_SIZE {
+                    for i in 0..MMA_ACC_LEN {
+                        let (r, c) = mma_acc_at(l, i);
+                        let to = at(first + l as usize, fc, i as usize);
+                        let mut d = match get(locals, to)? {
+                            Val::F32(x) => x,
+                            _ => return Err(bad(Malformed::WarpLocal(acc))),
+                        };
+                        for (k, row) in mb.iter().enumerate() {
+                            // f16 x f16 is exact in f32; one rounding per add.
+                            d += ma[r as usize][k] * row[c as usize];
+                        }
+                        if let Some(slot) = locals.get_mut(to) {
+                            *slot = Val::F32(d);
                         }
                     }
                 }
