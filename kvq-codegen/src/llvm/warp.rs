@@ -12,8 +12,8 @@ use inkwell::types::BasicType;
 use inkwell::values::{BasicValueEnum, IntValue, PointerValue};
 use inkwell::IntPredicate;
 use kvq_ir::ir::{
-    ScalarType, Type, WarpOp, MMA_ACC_LEN, MMA_A_LEN, MMA_B_LEN, MMA_K, MMA_M, MMA_N, REDUCE_STEPS,
-    WARP_SIZE,
+    mma_a_at, mma_acc_at, mma_b_at, ScalarType, Type, WarpOp, MMA_ACC_LEN, MMA_A_LEN, MMA_B_LEN,
+    MMA_K, MMA_M, MMA_N, REDUCE_STEPS, WARP_SIZE,
 };
 
 use super::lower::{Fail, Lower, R};
@@ -141,38 +141,42 @@ impl<'ctx> Lower<'_, 'ctx> {
     /// Host: [`WarpOp::Mma`] for every warp of the block, between two thread loops: the lanes'
     /// fragments are gathered into the warp's matrices `A` (16 x 16) and `B` (16 x 8), widened to
     /// f32, and each lane's element of `D` is its `C` plus the products in increasing `k`, as
-    /// the IR defines it.
+    /// the IR defines it. Element `i` of lane `l` (`g = l / 4`, `t = l % 4`) sits at
+    /// `(g, 2t) + mma_a_at(0, i)` of `A`, `(2t, g) + mma_b_at(0, i)` of `B` and
+    /// `(g, 2t) + mma_acc_at(0, i)` of `D`: kvq-ir's layouts, taken apart (its tests check it).
     fn host_mma(&mut self, a: u32, b: u32, acc: u32) -> R<()> {
         let i32_type = self.ctx.i32_type();
         let f32_type = self.ctx.f32_type();
         let c = |v: u32| i32_type.const_int(u64::from(v), false);
         let ma = self.entry_alloca(f32_type.array_type(MMA_M * MMA_K).into(), "mma_a")?;
         let mb = self.entry_alloca(f32_type.array_type(MMA_K * MMA_N).into(), "mma_b")?;
+        // `(g, 2t)` of the current lane.
+        let group = |this: &Self, lane: IntValue<'ctx>| -> R<(IntValue<'ctx>, IntValue<'ctx>)> {
+            let g = this.b.build_right_shift(lane, c(2), false, "g")?;
+            let t = this.b.build_and(lane, c(3), "t")?;
+            Ok((g, this.b.build_left_shift(t, c(1), "t2")?))
+        };
         let warps = c(self.kernel.block_size / WARP_SIZE);
         self.counted_loop(c(0), warps, 1, "warp", |this, warp| {
             let first = this.b.build_int_mul(warp, c(WARP_SIZE), "first")?;
-            // Gather: element i of lane l goes to its (row, column) of the matrix.
             this.lanes(first, |this, lane| {
-                let g = this.b.build_right_shift(lane, c(2), false, "g")?;
-                let t = this.b.build_and(lane, c(3), "t")?;
-                let t2 = this.b.build_left_shift(t, c(1), "t2")?;
-                let fragment = [(a, ma, MMA_A_LEN, MMA_K), (b, mb, MMA_B_LEN, MMA_N)];
-                for (local, matrix, len, cols) in fragment {
+                let (g, t2) = group(this, lane)?;
+                let fragments = [
+                    (
+                        a,
+                        ma,
+                        MMA_A_LEN,
+                        MMA_K,
+                        (g, t2),
+                        mma_a_at as fn(u32, u32) -> (u32, u32),
+                    ),
+                    (b, mb, MMA_B_LEN, MMA_N, (t2, g), mma_b_at),
+                ];
+                for (local, matrix, len, cols, (row0, col0), layout) in fragments {
                     for i in 0..len {
-                        let (row, col) = match local == a {
-                            // A: row g (+ 8), column 2t + i % 2 (+ 8).
-                            true => (
-                                this.b.build_int_add(g, c(8 * u32::from(i % 4 >= 2)), "r")?,
-                                this.b
-                                    .build_int_add(t2, c(i % 2 + 8 * u32::from(i >= 4)), "c")?,
-                            ),
-                            // B: row 2t + i % 2 (+ 8), column g.
-                            false => (
-                                this.b
-                                    .build_int_add(t2, c(i % 2 + 8 * u32::from(i >= 2)), "r")?,
-                                g,
-                            ),
-                        };
+                        let (dr, dc) = layout(0, i);
+                        let row = this.b.build_int_add(row0, c(dr), "r")?;
+                        let col = this.b.build_int_add(col0, c(dc), "c")?;
                         let at = this.b.build_int_mul(row, c(cols), "row")?;
                         let at = this.b.build_int_add(at, col, "at")?;
                         let x = this.read_local_elem(local, i)?.into_float_value();
@@ -182,14 +186,12 @@ impl<'ctx> Lower<'_, 'ctx> {
                 }
                 Ok(())
             })?;
-            // D = C + A B for each lane's elements: row g (+ 8), column 2t + i % 2.
             this.lanes(first, |this, lane| {
-                let g = this.b.build_right_shift(lane, c(2), false, "g")?;
-                let t = this.b.build_and(lane, c(3), "t")?;
-                let t2 = this.b.build_left_shift(t, c(1), "t2")?;
+                let (g, t2) = group(this, lane)?;
                 for i in 0..MMA_ACC_LEN {
-                    let row = this.b.build_int_add(g, c(8 * u32::from(i >= 2)), "r")?;
-                    let col = this.b.build_int_add(t2, c(i % 2), "c")?;
+                    let (dr, dc) = mma_acc_at(0, i);
+                    let row = this.b.build_int_add(g, c(dr), "r")?;
+                    let col = this.b.build_int_add(t2, c(dc), "c")?;
                     let row_at = this.b.build_int_mul(row, c(MMA_K), "ra")?;
                     let mut d = this.read_local_elem(acc, i)?.into_float_value();
                     for k in 0..MMA_K {

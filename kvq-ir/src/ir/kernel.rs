@@ -410,6 +410,30 @@ pub fn mma_acc_at(lane: u32, i: u32) -> (u32, u32) {
     (g + if i >= 2 { 8 } else { 0 }, 2 * t + i % 2)
 }
 
+#[cfg(test)]
+mod mma_tests {
+    use super::*;
+
+    /// Host code places element `i` of lane `l` at `(g, 2t)` (`(2t, g)` for `B`) plus lane 0's
+    /// place of element `i`: the layouts must be that sum for every lane and element.
+    #[test]
+    fn fragment_layouts_are_lane_0_shifted_by_the_lane_group() {
+        for lane in 0..WARP_SIZE {
+            let (g, t2) = (lane / 4, 2 * (lane % 4));
+            let shifted = |(r, c): (u32, u32), (dr, dc): (u32, u32)| (r + dr, c + dc);
+            for i in 0..MMA_A_LEN {
+                assert_eq!(mma_a_at(lane, i), shifted((g, t2), mma_a_at(0, i)));
+            }
+            for i in 0..MMA_B_LEN {
+                assert_eq!(mma_b_at(lane, i), shifted((t2, g), mma_b_at(0, i)));
+            }
+            for i in 0..MMA_ACC_LEN {
+                assert_eq!(mma_acc_at(lane, i), shifted((g, t2), mma_acc_at(0, i)));
+            }
+        }
+    }
+}
+
 /// Comparisons, giving Bool. Floats compare as IEEE (ordered) values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CmpOp {
