@@ -85,7 +85,7 @@ pub(super) fn machine(kernel: &str, target: Target) -> Result<TargetMachine, Cod
 /// - `-prefer-256-bit`: on CPUs with AVX-512, the vectorizers may use 512-bit registers. LLVM
 ///   tunes Intel's AVX-512 server CPUs (Skylake-SP to Sapphire Rapids) to 256 bits and AMD's
 ///   Zen 4 to 512 bits; on a 2-core Intel Xeon with AVX-512 the quantize kernels ran up to 1.8
-///   times faster with 512 bits and attention the same (README, "Quantize").
+///   times faster with 512 bits and attention the same (docs/performance-history.md).
 pub(crate) const HOST_EXTRA_FEATURES: &str = "+prefer-no-gather,-prefer-256-bit";
 
 /// Sets `module`'s triple and data layout from `machine`.
