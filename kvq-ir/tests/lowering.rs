@@ -8,11 +8,11 @@ use kvq_ir::lower::io::{dequantize_with, quantize_with, ExecError};
 use kvq_ir::lower::{self, InputType, Schedule, ShapeClass};
 use kvq_ir::reference::{quantize, QuantError};
 use kvq_ir::scheme::catalogue::catalogue;
-use kvq_ir::{
-    Alpha, Axis, BitOrder, Bits, Center, Group, GroupSize, ParamType, Quantile, Rule, Scheme,
-    Tensor3,
-};
+use kvq_ir::{Axis, Group, GroupSize, ParamType, Scheme, Tensor3};
 use proptest::prelude::*;
+
+#[path = "common/scheme_strategy.rs"]
+mod scheme_strategy;
 
 type Run = fn(&kvq_ir::ir::Kernel, &mut [interp::Arg], u32) -> Result<(), interp::InterpError>;
 
@@ -86,45 +86,15 @@ fn check_lowered(
     Ok(())
 }
 
+/// Any scheme, groups of 1, 3, 4, 8 or 16 (3 only along channels: a token group of 3 becomes 4).
 fn scheme_strategy() -> impl Strategy<Value = Scheme> {
-    let bits = prop::sample::select(Bits::ALL.to_vec());
-    let axis = prop_oneof![Just(Axis::Channel), Just(Axis::Token)];
-    let group = prop_oneof![
-        Just(Group::All),
-        prop::sample::select(vec![1u32, 3, 4, 8, 16])
-            .prop_map(|n| Group::Size(GroupSize::new(n).unwrap()))
-    ];
-    let rule = prop_oneof![
-        Just(Rule::MinMax),
-        (0.05f32..=1.0).prop_map(|a| Rule::Shrink {
-            alpha: Alpha::new(a).unwrap(),
-            center: Center::Zero
-        }),
-        (0.05f32..=1.0).prop_map(|a| Rule::Shrink {
-            alpha: Alpha::new(a).unwrap(),
-            center: Center::Mid
-        }),
-        (0.0f64..0.5).prop_map(|p| Rule::Quantile(Quantile::new(p).unwrap())),
-        // The parser takes mse with bits = 1 only; built directly, every width lowers.
-        Just(Rule::Mse),
-    ];
-    let params = prop_oneof![Just(ParamType::F16), Just(ParamType::F32)];
-    let order = prop_oneof![Just(BitOrder::Msb), Just(BitOrder::Lsb)];
-    (bits, axis, group, rule, params, order).prop_map(|(bits, axis, group, rule, params, order)| {
-        let group = match (axis, group) {
-            (Axis::Token, Group::Size(n)) if n.get() == 3 => {
-                Group::Size(GroupSize::new(4).unwrap())
+    scheme_strategy::scheme_strategy(vec![1, 3, 4, 8, 16]).prop_map(|mut scheme| {
+        if let (Axis::Token, Group::Size(n)) = (scheme.axis, scheme.group) {
+            if n.get() == 3 {
+                scheme.group = Group::Size(GroupSize::new(4).unwrap());
             }
-            (_, g) => g,
-        };
-        Scheme {
-            bits,
-            axis,
-            group,
-            rule,
-            params,
-            order,
         }
+        scheme
     })
 }
 

@@ -21,5 +21,6 @@ mod reference_figures;
 mod report;
 mod robustness;
 mod snapshots;
+#[path = "../../kvq-ir/tests/common/scheme_strategy.rs"]
 mod strategies;
 mod tune;

@@ -1,6 +1,8 @@
-//! proptest strategies shared by the property tests: schemes over every field SPEC.md allows.
+//! The proptest strategy of schemes over every field SPEC.md allows, shared by kvq-ir's
+//! property tests (`tests/lowering.rs`) and kvq's (`tests/all`), each of which includes this
+//! file as a module.
 
-use kvq::{
+use kvq_ir::{
     Alpha, Axis, BitOrder, Bits, Center, Group, GroupSize, ParamType, Quantile, Rule, Scheme,
 };
 use proptest::prelude::*;
