@@ -21,6 +21,7 @@
 //! ```
 
 mod index;
+mod scratch;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -30,7 +31,7 @@ use kvq_codegen::host::{compile_all, HostArg, HostKernel, Job};
 use kvq_codegen::Passes;
 use kvq_ir::ir::interp::{Arg, Buffer};
 use kvq_ir::lower::attention::{
-    plan, AttentionArgs, AttentionKernels, AttentionSchedule, AttentionShape, SeqExtent,
+    plan, AttentionArgs, AttentionKernels, AttentionSchedule, AttentionShape, BatchPlan, SeqExtent,
 };
 use kvq_ir::lower::io::values_buffer;
 use kvq_ir::lower::{InputType, LowerError};
@@ -43,6 +44,7 @@ use crate::backend::{host_args, BackendError};
 use crate::tune::attention::{
     default_attention_table, default_attention_table_text, lower_entry, lower_printed, warn_stale,
 };
+use scratch::{Scratch, SharedScratch};
 
 /// How LLVM optimizes the attention kernels: without its loop unrollers. Their hot loops are
 /// already the IR's own 16-lane runs (vectorized whole) and byte-table walks; unrolled, the
@@ -62,6 +64,8 @@ pub struct HostAttention {
     schedule: AttentionSchedule,
     compiled: Arc<AttentionKernels<Arc<HostKernel>>>,
     indexed: bool,
+    /// The cache path's launch buffers, reused from call to call.
+    scratch: SharedScratch,
 }
 
 /// What [`HostAttention::new`] was asked for: the scheme's canonical text, the shape and the
@@ -139,6 +143,7 @@ impl HostAttention {
                 schedule: found.schedule,
                 compiled: Arc::new(found.kernels),
                 indexed: true,
+                scratch: SharedScratch::default(),
             });
         }
         let ((schedule, kernels, texts), stale_tuning) = match schedule {
@@ -175,6 +180,7 @@ impl HostAttention {
             schedule,
             compiled: Arc::new(compiled),
             indexed: false,
+            scratch: SharedScratch::default(),
         })
     }
 
@@ -320,9 +326,32 @@ impl HostAttention {
         let chunks = plan.chunks();
         let slots = chunks * kv * g;
         let saved = self.schedule.saved_logits_len(&self.scheme, slots);
-        let (mut stats, mut saved_logits) = (vec![0.0f32; slots * 2], vec![0.0f32; saved]);
-        let (mut ml, mut acc) = (vec![0.0f32; slots * 2], vec![0.0f32; slots * d]);
         let mut out = vec![0.0f32; q_heads * d];
+        self.scratch.with(|sc| {
+            sc.size([slots * 2, saved, slots * 2, slots * d]);
+            self.launch_view(s, &plan, sc, &mut out)
+        })?;
+        Ok(out)
+    }
+
+    /// The launches of [`attend_view`](Self::attend_view) for `s` and its `plan`, into `out`,
+    /// through the buffers of `scratch` (sized for the plan).
+    fn launch_view(
+        &self,
+        s: &SeqView<'_>,
+        plan: &BatchPlan,
+        scratch: &mut Scratch,
+        out: &mut [f32],
+    ) -> Result<(), BackendError> {
+        let Scratch {
+            stats,
+            saved_logits,
+            ml,
+            acc,
+        } = scratch;
+        let q_heads = out.len() / self.shape.head_dim as usize;
+        let kv = q_heads / self.shape.group as usize;
+        let chunks = plan.chunks();
         // Kernels never read a part that is absent; they still get a valid address.
         let (one_f, one_u8, one_h) = ([0.0f32], [0u8], [half::f16::ZERO]);
         let absent = |p: ParamType| match p {
@@ -378,7 +407,7 @@ impl HostAttention {
         };
         // Checks the sizes, then launches: every launch of this function goes through it.
         let launch = |compiled: &HostKernel, a: &mut [HostArg<'_>], blocks: u32| {
-            compiled.check_sizes(a, blocks, Some(&plan))?;
+            compiled.check_sizes(a, blocks, Some(plan))?;
             // SAFETY: `check_sizes` matched every buffer to the length the kernel states for
             // this plan (and the grid to its bound), and `seqs` / `work_seq` are the plan's
             // own tables.
@@ -417,7 +446,7 @@ impl HostAttention {
         ];
         let blocks = self.schedule.combine_blocks(q_heads as u64) as u32;
         launch(&self.compiled.combine, &mut a, blocks)?;
-        Ok(out)
+        Ok(())
     }
 }
 

@@ -457,3 +457,78 @@ fn the_cache_attends_through_the_generated_kernels() {
         ));
     }
 }
+
+/// The cache path keeps its launch buffers from call to call (`HostAttention`'s scratch): a
+/// sequence's output must not depend on what the calls before it left there. The batch runs in
+/// two orders, each sequence then following different ones (a longer span, a shorter one, none),
+/// and twice more in the first order: every sequence's output is the same bits each time, and
+/// within the tolerance of the hand-written attention.
+#[test]
+fn the_cache_paths_reused_buffers_leave_no_trace() {
+    use kvq::backend::HostSpanQuantizer;
+    use kvq_runtime::{ModelShape, QueryRef, VisualKvCache};
+    let shape = ModelShape {
+        layers: 1,
+        kv_heads: 2,
+        q_heads: 8,
+        head_dim: 64,
+    };
+    let mut rng = Rng(29);
+    // (prompt tokens, visual range): a long span, a short one, a text-only prompt.
+    let layout: [(usize, std::ops::Range<usize>); 3] = [(700, 10..690), (90, 0..80), (30, 0..0)];
+    for text in [
+        "key(bits = 1, axis = channel, group = all, rule = shrink(0.5)), \
+         value(bits = 1, axis = channel, group = all, rule = shrink(0.3)), calibrate = 3.0",
+        "key(bits = 1, axis = channel, group = all, rule = shrink(0.5)), \
+         value(bits = 2, axis = token, group = 64, rule = minmax)",
+    ] {
+        let scheme = CacheScheme::parse(text).unwrap();
+        let attn = HostAttention::new(
+            &scheme,
+            AttentionShape {
+                fp: InputType::F32,
+                head_dim: 64,
+                group: 4,
+            },
+            None,
+        )
+        .unwrap();
+        let mut cache = VisualKvCache::new(shape, scheme, HostSpanQuantizer).unwrap();
+        let mut queries = Vec::new();
+        for (n, visual) in &layout {
+            let (k, v) = (rng.tensor(2, *n, 64, 2.0), rng.tensor(2, *n, 64, 1.0));
+            let seq = cache.add_sequence();
+            cache.prefill(0, seq, &k, &v, visual.clone()).unwrap();
+            queries.push((seq, rng.tensor(8, 1, 64, 2.0).data().to_vec()));
+        }
+        let refs: Vec<QueryRef<'_>> = queries
+            .iter()
+            .map(|(seq, q)| QueryRef { seq: *seq, q })
+            .collect();
+        let reversed: Vec<QueryRef<'_>> = refs.iter().rev().copied().collect();
+        let first = cache.attend_with(0, &refs, &attn).unwrap();
+        let mut backwards = cache.attend_with(0, &reversed, &attn).unwrap();
+        backwards.reverse();
+        let hand_written = cache.attend(0, &refs).unwrap();
+        for again in [
+            first.clone(),
+            backwards,
+            cache.attend_with(0, &refs, &attn).unwrap(),
+        ] {
+            for (i, (a, b)) in first.iter().zip(&again).enumerate() {
+                let same = a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+                assert!(
+                    same,
+                    "{scheme}: sequence {i} changed with the calls before it"
+                );
+            }
+        }
+        for (g, h) in first.iter().zip(&hand_written) {
+            let dev = deviation(g, h, 64);
+            assert!(
+                dev <= TOL,
+                "{scheme}: {dev:e} from the hand-written attention"
+            );
+        }
+    }
+}
