@@ -1,15 +1,14 @@
 //! The softmax and value side of a work item: online softmax over tiles of logits, and the
 //! `P V` accumulation from full-precision values or codes.
 
-use crate::ir::{Builder, CmpOp, Memory, UnaryOp, Value};
+use crate::ir::{BinaryOp, Builder, CmpOp, Memory, ScalarType, UnaryOp, Value};
 use crate::lower::InputType;
+use crate::scheme::BitOrder;
 use crate::scheme::{Axis, Group, Scheme};
 
 use super::item_params::load_fp;
 
-use super::keys::{
-    affine, for_heads, lanes_by_position, logit_at, param_f32, table_at, times, unpack_row, Item,
-};
+use super::keys::{affine, for_heads, logit_at, param_f32, table_at, times, unpack_row, Item};
 
 /// Online softmax state locals: running max `[g]`, sum `[g]`, accumulator `[g, d]`; for
 /// axis = channel values also the raw code sums `[g, d]` and weight sums `[g]` of the current
@@ -500,7 +499,9 @@ pub(super) fn fp_values(
 /// Adds each histogram's code sums to `cacc` and clears it: for each code position from the
 /// highest, `cacc[lane] += sum_c c * (weight of bytes whose code there is c)`, folding those
 /// buckets onto the lower positions' (two passes over 256 buckets per code byte). Bucket 0 of a
-/// byte ends with the weight of every token; byte 0's is added to `psum`.
+/// byte ends with the weight of every token; byte 0's is added to `psum`. Positions and codes
+/// are loops, not written out: this runs once per parameter row, and written out it made the
+/// largest part of `partial`'s text for LLVM to compile.
 fn fold_histograms(
     b: &mut Builder,
     it: &Item,
@@ -508,8 +509,6 @@ fn fold_histograms(
     hist: u32,
     (cacc, psum): (u32, u32),
 ) {
-    let bits = value.bits.width();
-    let levels = (1u32 << bits) - 1;
     let per_byte = value.bits.codes_per_byte() as u32;
     let zero = b.u32(0);
     let cells = b.u32(it.g * it.value_row_bytes);
@@ -519,25 +518,20 @@ fn fold_histograms(
         let rb = b.u32(it.value_row_bytes);
         let gi = b.div(cell, rb);
         let j = b.rem(cell, rb);
-        let entry = |b: &mut Builder, v: Value| table_at(b, it.g, j, v, gi);
         let first = times(b, cell, per_byte);
-        let lanes = lanes_by_position(value);
-        for p in (0..per_byte).rev() {
-            let width = 1u32 << (bits * p);
+        for_positions(b, value, |b, width, lane| {
             let z = b.u32(0);
             let fz = b.f32(0.0);
             b.write_local(it.sum, z, fz);
-            for c in 1..=levels {
-                let off = b.u32(c * width);
-                let cf = b.f32(c as f32);
-                let wv = b.u32(width);
-                b.for_range(z, wv, 1, |b, v| {
+            for_codes(b, value, |b, c, cf| {
+                let off = b.mul(c, width);
+                b.for_range(z, width, 1, |b, v| {
                     let hv = b.add(off, v);
-                    let from = entry(b, hv);
+                    let from = table_at(b, it.g, j, hv, gi);
                     let x = b.read_local(hist, from);
                     let fz = b.f32(0.0);
                     b.write_local(hist, from, fz);
-                    let to = entry(b, v);
+                    let to = table_at(b, it.g, j, v, gi);
                     let y = b.read_local(hist, to);
                     let y = b.add(y, x);
                     b.write_local(hist, to, y);
@@ -547,20 +541,52 @@ fn fold_histograms(
                     let s = b.add(s, cx);
                     b.write_local(it.sum, z, s);
                 });
-            }
-            let lane = b.u32(lanes[p as usize] as u32);
+            });
             let at = b.add(first, lane);
             let s = b.read_local(it.sum, z);
             let cur = b.read_local(cacc, at);
             let cur = b.add(cur, s);
             b.write_local(cacc, at, cur);
-        }
+        });
         let z = b.u32(0);
-        let base = entry(b, z);
+        let base = table_at(b, it.g, j, z, gi);
         let first_byte = b.cmp(CmpOp::Eq, j, z);
         b.if_then(first_byte, |b| add_weight_sum(b, hist, base, psum, gi));
         let fz = b.f32(0.0);
         b.write_local(hist, base, fz);
+    });
+}
+
+/// Runs `body(b, width, lane)` for each code position of a byte from the highest: `width =
+/// 2^(bits * p)` for the code at bit `bits * p`, which is code `lane` of its byte.
+fn for_positions(b: &mut Builder, value: &Scheme, body: impl FnOnce(&mut Builder, Value, Value)) {
+    let bits = value.bits.width();
+    let per_byte = value.bits.codes_per_byte() as u32;
+    let (z, n) = (b.u32(0), b.u32(per_byte));
+    b.for_range(z, n, 1, |b, q| {
+        let top = b.u32(per_byte - 1);
+        let p = b.sub(top, q);
+        let bw = b.u32(bits);
+        let shift = b.mul(p, bw);
+        let one = b.u32(1);
+        let width = b.binary(BinaryOp::Shl, one, shift);
+        // The code at bit `bits * p` is code `per_byte - 1 - p` of its byte in msb order
+        // and code `p` in lsb order (`reference::pack::bit_shift`).
+        let lane = match value.order {
+            BitOrder::Msb => q,
+            BitOrder::Lsb => p,
+        };
+        body(b, width, lane);
+    });
+}
+
+/// Runs `body(b, c, c as f32)` for each nonzero code `c` in ascending order.
+fn for_codes(b: &mut Builder, value: &Scheme, body: impl FnOnce(&mut Builder, Value, Value)) {
+    let levels = (1u32 << value.bits.width()) - 1;
+    let (one, end) = (b.u32(1), b.u32(levels + 1));
+    b.for_range(one, end, 1, |b, c| {
+        let cf = b.convert(ScalarType::F32, c);
+        body(b, c, cf);
     });
 }
 
@@ -584,27 +610,22 @@ fn fold_histograms_flat(
     (cacc, psum): (u32, u32),
 ) {
     let g = it.g;
-    let bits = value.bits.width();
-    let levels = (1u32 << bits) - 1;
     let per_byte = value.bits.codes_per_byte() as u32;
-    let lanes = lanes_by_position(value);
     let zero = b.u32(0);
     let bytes = b.u32(it.value_row_bytes);
     b.for_range(zero, bytes, 1, |b, j| {
         // Bucket v of byte j, head 0: (j * 256 + v) * g.
         let first = times(b, j, 256 * g);
-        for p in (0..per_byte).rev() {
-            let width = 1u32 << (bits * p);
-            let fz = b.f32(0.0);
-            for l in 0..LANES {
-                let lv = b.u32(l);
-                b.write_local(it.sum, lv, fz);
-            }
-            for c in 1..=levels {
-                let from = b.u32(c * width * g);
+        for_positions(b, value, |b, width, lane| {
+            let (z, lanes) = (b.u32(0), b.u32(LANES));
+            b.for_range(z, lanes, 1, |b, l| {
+                let fz = b.f32(0.0);
+                b.write_local(it.sum, l, fz);
+            });
+            let run = times(b, width, g);
+            for_codes(b, value, |b, c, cf| {
+                let from = b.mul(c, run);
                 let from = b.add(first, from);
-                let cf = b.f32(c as f32);
-                let run = b.u32(width * g);
                 over_lanes(b, run, &|b, e, lane| {
                     let at = b.add(from, e);
                     let x = b.read_local(hist, at);
@@ -619,10 +640,9 @@ fn fold_histograms_flat(
                     let s = b.add(s, cx);
                     b.write_local(it.sum, lane, s);
                 });
-            }
+            });
             let pos = times(b, j, per_byte);
-            let lane_pos = b.u32(lanes[p as usize] as u32);
-            let pos = b.add(pos, lane_pos);
+            let pos = b.add(pos, lane);
             for gi in 0..g {
                 let s = fold_lanes(b, it.sum, g, gi, |b, x, y| b.add(x, y));
                 let row = b.u32(gi * it.d);
@@ -631,7 +651,7 @@ fn fold_histograms_flat(
                 let cur = b.add(cur, s);
                 b.write_local(cacc, at, cur);
             }
-        }
+        });
         let z = b.u32(0);
         let first_byte = b.cmp(CmpOp::Eq, j, z);
         b.if_then(first_byte, |b| {
