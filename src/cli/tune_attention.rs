@@ -19,6 +19,10 @@ pub struct Args {
     #[arg(long, num_args = 1.., default_values_t = [4096, 16384, 65536],
         value_parser = super::sizes::positive_tokens)]
     tokens: Vec<usize>,
+    /// Sequences of the synthetic batch: one or several sizes, each timed at every span
+    /// length (the schedule chosen is the fastest over all of them, as for `--tokens`).
+    #[arg(long, num_args = 1.., default_values_t = [1, 4], value_parser = super::sizes::batch)]
+    batch: Vec<usize>,
     /// Timed runs per candidate (the median is kept), after one checked run.
     #[arg(long, default_value_t = 5, value_parser = super::sizes::count)]
     repeats: usize,
@@ -43,20 +47,32 @@ pub fn run(args: Args) -> Result<()> {
     } else {
         AttentionTable::default()
     };
-    let result = tune_attention(&scheme, shape, args.kv_heads, &args.tokens, args.repeats)?;
+    let shapes = (&args.tokens[..], &args.batch[..]);
+    let result = tune_attention(&scheme, shape, args.kv_heads, shapes, args.repeats)?;
     let default = AttentionSchedule::host_default(&scheme);
     let spans: Vec<String> = result.spans.iter().map(|t| t.to_string()).collect();
+    let batches: Vec<String> = result.batches.iter().map(|b| b.to_string()).collect();
     println!(
-        "{scheme}\n  {} kv heads x g{} x d{}, spans of {} tokens + 64 fp tokens; median of {}",
+        "{scheme}\n  batches of {} sequences, each {} kv heads x g{} x d{}, spans of {} tokens + 64 fp tokens; median of {}",
+        batches.join(", "),
         args.kv_heads,
         shape.group,
         shape.head_dim,
         spans.join(", "),
         args.repeats
     );
-    let heads: Vec<String> = result.spans.iter().map(|t| format!("{t:>10}")).collect();
+    let heads: Vec<String> = result
+        .spans
+        .iter()
+        .flat_map(|t| {
+            result
+                .batches
+                .iter()
+                .map(move |b| format!("{:>10}", format!("{t}x{b}")))
+        })
+        .collect();
     println!(
-        "  {:<14} {} {:>11}   (ms per span; geometric mean of the ratios to the default)",
+        "  {:<14} {} {:>11}   (ms per span x batch; geometric mean of the ratios to the default)",
         "chunk/tile",
         heads.join(" "),
         "vs default"
@@ -70,6 +86,7 @@ pub fn run(args: Args) -> Result<()> {
             _ => "",
         };
         if *s == result.best {
+            // The table records its time at the last span and batch (the largest by default).
             best_ns = ns.last().copied().unwrap_or(f64::NAN);
         }
         let ms: Vec<String> = ns.iter().map(|t| format!("{:>10.3}", t / 1e6)).collect();

@@ -414,26 +414,29 @@ pub fn attention_candidates(scheme: &CacheScheme) -> Vec<AttentionSchedule> {
 pub struct AttentionTuning {
     /// The span lengths timed, in order.
     pub spans: Vec<usize>,
-    /// (schedule, median ns at each span), in candidate order.
+    /// The batch sizes timed at each span, in order.
+    pub batches: Vec<usize>,
+    /// (schedule, median ns at each (span, batch), spans outer), in candidate order.
     pub timings: Vec<(AttentionSchedule, Vec<f64>)>,
-    /// Per candidate, the geometric mean over the spans of its median time over the default
-    /// schedule's: the score the best is chosen by.
+    /// Per candidate, the geometric mean over the (span, batch) pairs of its median time over
+    /// the default schedule's: the score the best is chosen by.
     pub ratios: Vec<f64>,
     /// The schedule of the lowest ratio among those whose outputs agree with the default's
-    /// within 1e-4 at every span.
+    /// within 1e-4 at every span and batch.
     pub best: AttentionSchedule,
 }
 
-/// Times every candidate on one synthetic sequence of `kv_heads` x (span + 64 fp tokens) for
-/// each span length of `spans`, and returns the schedule fastest over all of them (lowest
-/// geometric mean of its time over the default's) among those agreeing with the default
-/// schedule's outputs. One span length alone can mislead: the attention table is keyed without
-/// the span, and a chunk as long as a 16k span is slower at 64k than the default.
+/// Times every candidate on a synthetic batch of sequences, each of `kv_heads` x (span plus 64
+/// fp tokens) with data of its own, for each span length of `spans` and each batch size of
+/// `batches`, and returns the schedule fastest over all of them (lowest geometric mean of
+/// its time over the default's) among those agreeing with the default schedule's outputs. One
+/// shape alone can mislead: the attention table is keyed without the span and the batch, and
+/// a chunk as long as a 16k span is slower at 64k than the default.
 pub fn tune_attention(
     scheme: &CacheScheme,
     shape: AttentionShape,
     kv_heads: usize,
-    spans: &[usize],
+    (spans, batches): (&[usize], &[usize]),
     repeats: usize,
 ) -> Result<AttentionTuning, crate::backend::BackendError> {
     let d = shape.head_dim as usize;
@@ -442,42 +445,55 @@ pub fn tune_attention(
     let err = |e: kvq_ir::TensorError| crate::backend::BackendError::Quant(e.into());
     let candidates = attention_candidates(scheme);
     let default = AttentionSchedule::host_default(scheme);
-    let mut times = vec![Vec::with_capacity(spans.len()); candidates.len()];
+    let pairs = spans.len() * batches.len();
+    let mut times = vec![Vec::with_capacity(pairs); candidates.len()];
     let mut agree = vec![true; candidates.len()];
     for &tokens in spans {
-        let (k, v) = (
-            data(1, tokens, kv_heads).map_err(err)?,
-            data(2, tokens, kv_heads).map_err(err)?,
-        );
-        let (fk, fv) = (
-            data(3, 64, kv_heads).map_err(err)?,
-            data(4, 64, kv_heads).map_err(err)?,
-        );
-        let q = data(5, 1, kv_heads * shape.group as usize).map_err(err)?;
-        let (pk, pv) = (quantize(&k, &scheme.key)?, quantize(&v, &scheme.value)?);
-        let seq = [SeqData {
-            q: q.data(),
-            fp: Some((&fk, &fv)),
-            span: Some((&pk, &pv)),
-        }];
-        let reference = HostAttention::new(scheme, shape, Some(default))?.attend(kv_heads, &seq)?;
-        for (i, &s) in candidates.iter().enumerate() {
-            let attn = HostAttention::new(scheme, shape, Some(s))?;
-            let mut args = attn.prepare(kv_heads, &seq)?;
-            attn.run(&mut args)?;
-            agree[i] &= args
-                .outputs()
-                .iter()
-                .zip(&reference)
-                .all(|(a, b)| kvq_ir::metrics::max_head_deviation(a, b, d) <= 1e-4);
-            let mut runs: Vec<f64> = (0..repeats.max(1))
-                .map(|_| {
-                    let t = Instant::now();
-                    attn.run(&mut args).map(|()| t.elapsed().as_nanos() as f64)
+        for &batch in batches {
+            // Sequence `s` draws its data from seeds 8s + 1 ..= 8s + 5.
+            let owned = (0..batch as u64)
+                .map(|s| {
+                    let seed = 8 * s;
+                    let (k, v) = (
+                        data(seed + 1, tokens, kv_heads).map_err(err)?,
+                        data(seed + 2, tokens, kv_heads).map_err(err)?,
+                    );
+                    let fk = data(seed + 3, 64, kv_heads).map_err(err)?;
+                    let fv = data(seed + 4, 64, kv_heads).map_err(err)?;
+                    let q = data(seed + 5, 1, kv_heads * shape.group as usize).map_err(err)?;
+                    let (pk, pv) = (quantize(&k, &scheme.key)?, quantize(&v, &scheme.value)?);
+                    Ok((pk, pv, fk, fv, q))
                 })
-                .collect::<Result<_, _>>()?;
-            runs.sort_by(f64::total_cmp);
-            times[i].push(runs[runs.len() / 2]);
+                .collect::<Result<Vec<_>, crate::backend::BackendError>>()?;
+            let seqs: Vec<SeqData<'_>> = owned
+                .iter()
+                .map(|(pk, pv, fk, fv, q)| SeqData {
+                    q: q.data(),
+                    fp: Some((fk, fv)),
+                    span: Some((pk, pv)),
+                })
+                .collect();
+            let reference =
+                HostAttention::new(scheme, shape, Some(default))?.attend(kv_heads, &seqs)?;
+            for (i, &s) in candidates.iter().enumerate() {
+                let attn = HostAttention::new(scheme, shape, Some(s))?;
+                let mut args = attn.prepare(kv_heads, &seqs)?;
+                attn.run(&mut args)?;
+                agree[i] &= args.outputs().len() == reference.len()
+                    && args
+                        .outputs()
+                        .iter()
+                        .zip(&reference)
+                        .all(|(a, b)| kvq_ir::metrics::max_head_deviation(a, b, d) <= 1e-4);
+                let mut runs: Vec<f64> = (0..repeats.max(1))
+                    .map(|_| {
+                        let t = Instant::now();
+                        attn.run(&mut args).map(|()| t.elapsed().as_nanos() as f64)
+                    })
+                    .collect::<Result<_, _>>()?;
+                runs.sort_by(f64::total_cmp);
+                times[i].push(runs[runs.len() / 2]);
+            }
         }
     }
     let default_times = candidates
@@ -502,6 +518,7 @@ pub fn tune_attention(
         .map_or(default, |i| candidates[i]);
     Ok(AttentionTuning {
         spans: spans.to_vec(),
+        batches: batches.to_vec(),
         timings: candidates.into_iter().zip(times).collect(),
         ratios,
         best,

@@ -553,7 +553,7 @@ mod attention {
     }
 }
 
-/// The attention tuner times every candidate at every span length it is given, scores each by
+/// The attention tuner times every candidate at every span length and batch size it is given, scores each by
 /// the geometric mean of its time over the default's (the default scores 1), and picks the
 /// lowest score among candidates whose outputs agree with the default's; no figure is asserted
 /// beyond being a positive time.
@@ -571,14 +571,15 @@ fn tune_attention_times_every_candidate_at_every_span() {
         head_dim: 64,
         group: 2,
     };
-    let spans = [200, 700];
-    let result = tune_attention(&scheme, shape, 2, &spans, 1).unwrap();
+    let (spans, batches) = ([200, 700], [1, 3]);
+    let result = tune_attention(&scheme, shape, 2, (&spans, &batches), 1).unwrap();
     let listed = attention_candidates(&scheme);
     assert_eq!(result.spans, spans);
+    assert_eq!(result.batches, batches);
     let timed: Vec<AttentionSchedule> = result.timings.iter().map(|t| t.0).collect();
     assert_eq!(timed, listed);
     for (s, times) in &result.timings {
-        assert_eq!(times.len(), spans.len(), "{s:?}");
+        assert_eq!(times.len(), spans.len() * batches.len(), "{s:?}");
         assert!(times.iter().all(|&t| t.is_finite() && t > 0.0), "{s:?}");
     }
     let default = AttentionSchedule::host_default(&scheme);
