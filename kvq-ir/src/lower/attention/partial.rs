@@ -120,8 +120,90 @@ fn channel_row_param(b: &mut Builder, it: &Item, s: &Scheme, first: Value, t: Va
     affine(b, rows_per_head, it.d, first)
 }
 
-/// Runs `tile(b, t0, n)` for the tiles of span chunk `ci`, setting up key post-scaling for
-/// each key parameter row first.
+/// The span tokens `[start, end)` of span chunk `ci`.
+fn span_chunk(b: &mut Builder, it: &Item, s: &AttentionSchedule, ci: Value) -> (Value, Value) {
+    let start = times(b, ci, s.chunk);
+    let cn = b.u32(s.chunk);
+    let end = b.add(start, cn);
+    let end = b.min(end, it.span_len);
+    (start, end)
+}
+
+/// Key post-scaling for the span chunk from `start` where the logits are computed and the keys
+/// have one parameter row per head (the other key schemes set up per tile).
+fn span_chunk_keys(
+    b: &mut Builder,
+    it: &Item,
+    key: &Scheme,
+    bufs: &ItemParams,
+    start: Value,
+    source: Logits,
+) {
+    let compute = !matches!(source, Logits::Load(_));
+    if compute && key.axis == Axis::Channel && row_tokens(key).is_none() {
+        let p = channel_row_param(b, it, key, it.k_params, start);
+        key_row(b, it, key, [bufs.k[1], bufs.k[2]], p);
+    }
+}
+
+/// The raw key logits of the span tile of `n` tokens from `t0` (of the chunk from `start`) into
+/// `it.logits`, computed (setting up key post-scaling first where a parameter row starts),
+/// saved or loaded as `source` says.
+#[allow(clippy::too_many_arguments)]
+fn span_tile_logits(
+    b: &mut Builder,
+    it: &Item,
+    key: &Scheme,
+    bufs: &ItemParams,
+    s: &AttentionSchedule,
+    source: Logits,
+    start: Value,
+    (t0, n): (Value, Value),
+) {
+    let compute = !matches!(source, Logits::Load(_));
+    if let Some(n) = row_tokens(key).filter(|_| compute && key.axis == Axis::Channel) {
+        let nv = b.u32(n);
+        let off = b.rem(t0, nv);
+        let z = b.u32(0);
+        let row_start = b.cmp(CmpOp::Eq, off, z);
+        let first = b.cmp(CmpOp::Eq, t0, start);
+        let setup = b.binary(crate::ir::BinaryOp::Or, row_start, first);
+        b.if_then(setup, |b| {
+            let p = channel_row_param(b, it, key, it.k_params, t0);
+            key_row(b, it, key, [bufs.k[1], bufs.k[2]], p);
+        });
+    }
+    if compute {
+        let stop = b.add(t0, n);
+        b.for_range(t0, stop, 1, |b, t| {
+            let slot = b.sub(t, t0);
+            span_logits(b, it, key, bufs.k, t, slot);
+        });
+    }
+    if let Logits::ComputeAndSave(mem) | Logits::Load(mem) = source {
+        // Saved logit of (token t of the chunk, head gi): (item * chunk + t - start) * g + gi.
+        // The tile's logits, token-major, are one run both here and in the buffer.
+        let rel = b.sub(t0, start);
+        let row = affine(b, it.item, s.chunk, rel);
+        let first = times(b, row, it.g);
+        let gv = b.u32(it.g);
+        let total = b.mul(n, gv);
+        let z = b.u32(0);
+        b.for_range(z, total, 1, |b, e| {
+            let saved = b.add(first, e);
+            if compute {
+                let x = b.read_local(it.logits, e);
+                b.store(mem, saved, x);
+            } else {
+                let x = b.load(mem, saved, 1);
+                b.write_local(it.logits, e, x);
+            }
+        });
+    }
+}
+
+/// Runs `tile(b, t0, n)` for the tiles of span chunk `ci` after their logits
+/// ([`span_tile_logits`]).
 #[allow(clippy::too_many_arguments)]
 fn span_tiles(
     b: &mut Builder,
@@ -131,66 +213,17 @@ fn span_tiles(
     s: &AttentionSchedule,
     ci: Value,
     source: Logits,
-    tile: impl FnOnce(&mut Builder, Value, Value, Value),
+    tile: impl FnOnce(&mut Builder, Value, Value),
 ) {
-    let start = times(b, ci, s.chunk);
-    let cn = b.u32(s.chunk);
-    let end = b.add(start, cn);
-    let end = b.min(end, it.span_len);
-    let kz = [bufs.k[1], bufs.k[2]];
-    let compute = !matches!(source, Logits::Load(_));
-    // Saved logit of (token t of the chunk, head gi): (item * chunk + t - start) * g + gi.
-    let saved_at = |b: &mut Builder, t: Value, gi: Value| {
-        let rel = b.sub(t, start);
-        let row = affine(b, it.item, s.chunk, rel);
-        affine(b, row, it.g, gi)
-    };
-    if compute && key.axis == Axis::Channel && row_tokens(key).is_none() {
-        let p = channel_row_param(b, it, key, it.k_params, start);
-        key_row(b, it, key, kz, p);
-    }
+    let (start, end) = span_chunk(b, it, s, ci);
+    span_chunk_keys(b, it, key, bufs, start, source);
     b.for_range(start, end, s.tile, |b, t0| {
-        if let Some(n) = row_tokens(key).filter(|_| compute && key.axis == Axis::Channel) {
-            let nv = b.u32(n);
-            let off = b.rem(t0, nv);
-            let z = b.u32(0);
-            let row_start = b.cmp(CmpOp::Eq, off, z);
-            let first = b.cmp(CmpOp::Eq, t0, start);
-            let setup = b.binary(crate::ir::BinaryOp::Or, row_start, first);
-            b.if_then(setup, |b| {
-                let p = channel_row_param(b, it, key, it.k_params, t0);
-                key_row(b, it, key, kz, p);
-            });
-        }
         let tl = b.u32(s.tile);
         let stop = b.add(t0, tl);
         let stop = b.min(stop, end);
         let n = b.sub(stop, t0);
-        if compute {
-            b.for_range(t0, stop, 1, |b, t| {
-                let slot = b.sub(t, t0);
-                span_logits(b, it, key, bufs.k, t, slot);
-            });
-        }
-        if let Logits::ComputeAndSave(mem) | Logits::Load(mem) = source {
-            // The tile's logits, token-major, are one run both here and in the buffer.
-            let z = b.u32(0);
-            let first = saved_at(b, t0, z);
-            let gv = b.u32(it.g);
-            let total = b.mul(n, gv);
-            let z = b.u32(0);
-            b.for_range(z, total, 1, |b, e| {
-                let saved = b.add(first, e);
-                if compute {
-                    let x = b.read_local(it.logits, e);
-                    b.store(mem, saved, x);
-                } else {
-                    let x = b.load(mem, saved, 1);
-                    b.write_local(it.logits, e, x);
-                }
-            });
-        }
-        tile(b, t0, n, end);
+        span_tile_logits(b, it, key, bufs, s, source, start, (t0, n));
+        tile(b, t0, n);
     });
 }
 
@@ -241,6 +274,19 @@ pub(super) fn lower(
             // Full-precision items never touch the histograms: they neither clear them (64 KB
             // at head_dim 128, group 4) nor rescale them when a max grows.
             let fp_st = State { hist: None, ..st };
+            let source = match scheme.calibrate {
+                Some(_) => Logits::Load(bufs.logits),
+                None => Logits::Compute,
+            };
+            // Span chunk ci, or full-precision chunk ci - span_chunks: their tokens.
+            let first_fp = b.min(ci, it.span_chunks);
+            let fci = b.sub(ci, first_fp);
+            let chunk = b.select(is_span, ci, fci);
+            let start = times(b, chunk, s.chunk);
+            let cn = b.u32(s.chunk);
+            let end = b.add(start, cn);
+            let len = b.select(is_span, it.span_len, it.fp_len);
+            let end = b.min(end, len);
             if st.hist.is_none() {
                 init(b, it, &st);
             }
@@ -253,16 +299,40 @@ pub(super) fn lower(
                     if let Some(dcal) = scheme.calibrate {
                         calibration(b, it, &bufs, calib, dcal.get(), st.m);
                     }
-                    let source = match scheme.calibrate {
-                        Some(_) => Logits::Load(bufs.logits),
-                        None => Logits::Compute,
-                    };
-                    span_tiles(b, it, key, &bufs, s, ci, source, |b, t0, n, end| {
+                    span_chunk_keys(b, it, key, &bufs, start, source);
+                },
+                |b| {
+                    if st.hist.is_some() {
+                        init(b, it, &fp_st);
+                    }
+                },
+            );
+            // One loop over the tiles for both kinds of chunk, so that the softmax's code is
+            // generated once (twice, it was a fifth of LLVM's work on this kernel).
+            b.for_range(start, end, s.tile, |b, t0| {
+                let tl = b.u32(s.tile);
+                let stop = b.add(t0, tl);
+                let stop = b.min(stop, end);
+                let n = b.sub(stop, t0);
+                b.if_else(
+                    is_span,
+                    |b| {
+                        span_tile_logits(b, it, key, &bufs, s, source, start, (t0, n));
                         if scheme.calibrate.is_some() {
                             apply_calibration(b, it, calib, n);
                         }
-                        softmax_tile(b, it, &st, n);
-                        let stop = b.add(t0, n);
+                    },
+                    |b| {
+                        b.for_range(t0, stop, 1, |b, t| {
+                            let slot = b.sub(t, t0);
+                            fp_logits(b, it, (bufs.fp_k, bufs.fp), t, slot);
+                        });
+                    },
+                );
+                softmax_tile(b, it, &st, n, is_span);
+                b.if_else(
+                    is_span,
+                    |b| {
                         b.for_range(t0, stop, 1, |b, t| {
                             let slot = b.sub(t, t0);
                             span_values(b, it, &st, value, bufs.v, t, slot);
@@ -285,35 +355,15 @@ pub(super) fn lower(
                                 flush(b, it, &st, value, [bufs.v[1], bufs.v[2]], p);
                             });
                         }
-                    });
-                },
-                |b| {
-                    if st.hist.is_some() {
-                        init(b, it, &fp_st);
-                    }
-                    let st = fp_st;
-                    let fci = b.sub(ci, it.span_chunks);
-                    let start = times(b, fci, s.chunk);
-                    let cn = b.u32(s.chunk);
-                    let end = b.add(start, cn);
-                    let end = b.min(end, it.fp_len);
-                    b.for_range(start, end, s.tile, |b, t0| {
-                        let tl = b.u32(s.tile);
-                        let stop = b.add(t0, tl);
-                        let stop = b.min(stop, end);
-                        let n = b.sub(stop, t0);
+                    },
+                    |b| {
                         b.for_range(t0, stop, 1, |b, t| {
                             let slot = b.sub(t, t0);
-                            fp_logits(b, it, (bufs.fp_k, bufs.fp), t, slot);
+                            fp_values(b, it, &fp_st, (bufs.fp_v, bufs.fp), t, slot);
                         });
-                        softmax_tile(b, it, &st, n);
-                        b.for_range(t0, stop, 1, |b, t| {
-                            let slot = b.sub(t, t0);
-                            fp_values(b, it, &st, (bufs.fp_v, bufs.fp), t, slot);
-                        });
-                    });
-                },
-            );
+                    },
+                );
+            });
             // Outputs of item (w, h): index (w * kv_heads + h) * g + gi.
             let item = global_item(b, s.block_size);
             let first = times(b, item, g);
@@ -466,7 +516,7 @@ pub(super) fn lower_stats(
                     b.write_local(ext[1], j, hi);
                 };
                 let save = Logits::ComputeAndSave(bufs.logits);
-                span_tiles(b, it, &scheme.key, &bufs, s, ci, save, |b, _, n, _| {
+                span_tiles(b, it, &scheme.key, &bufs, s, ci, save, |b, _, n| {
                     if flat {
                         let gv = b.u32(g);
                         let total = b.mul(n, gv);

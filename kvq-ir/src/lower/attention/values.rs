@@ -79,8 +79,10 @@ fn hist_cells(it: &Item) -> u32 {
 }
 
 /// One tile of `n` logits per query head: raises the running max (rescaling the state when it
-/// grows), turns the logits into weights `e^(s - m)` and adds them to `l`.
-pub(super) fn softmax_tile(b: &mut Builder, it: &Item, st: &State, n: Value) {
+/// grows), turns the logits into weights `e^(s - m)` and adds them to `l`. The histograms are
+/// rescaled only where the Bool `span` holds: full-precision tiles leave them alone (they hold
+/// nothing then, and rescaling them would cost a pass over 64 KB at head_dim 128, group 4).
+pub(super) fn softmax_tile(b: &mut Builder, it: &Item, st: &State, n: Value, span: Value) {
     let (d, g) = (it.d, it.g);
     let flat = flat_heads(g);
     if flat {
@@ -140,13 +142,15 @@ pub(super) fn softmax_tile(b: &mut Builder, it: &Item, st: &State, n: Value) {
                 b.write_local(st.grew, z, yes);
             } else if let Some(hist) = st.hist {
                 // This head's entries: every g-th from gi.
-                let z = b.u32(0);
-                let n = b.u32(it.value_row_bytes * 256);
-                b.for_range(z, n, 1, |b, e| {
-                    let at = affine(b, e, g, gi);
-                    let v = b.read_local(hist, at);
-                    let v = b.mul(v, corr);
-                    b.write_local(hist, at, v);
+                b.if_then(span, |b| {
+                    let z = b.u32(0);
+                    let n = b.u32(it.value_row_bytes * 256);
+                    b.for_range(z, n, 1, |b, e| {
+                        let at = affine(b, e, g, gi);
+                        let v = b.read_local(hist, at);
+                        let v = b.mul(v, corr);
+                        b.write_local(hist, at, v);
+                    });
                 });
             }
             b.write_local(st.m, gi, new);
@@ -156,6 +160,7 @@ pub(super) fn softmax_tile(b: &mut Builder, it: &Item, st: &State, n: Value) {
         let z = b.u32(0);
         let grew = b.read_local(st.grew, z);
         let grew = b.cmp(CmpOp::Ne, grew, z);
+        let grew = b.binary(BinaryOp::And, grew, span);
         b.if_then(grew, |b| {
             // Entry e of `[row bytes, 256, g]` is head e % g's, so lane e % 16's factor.
             let total = b.u32(g * hist_cells(it) * 256);
