@@ -217,13 +217,27 @@ fn span_tiles(
 ) {
     let (start, end) = span_chunk(b, it, s, ci);
     span_chunk_keys(b, it, key, bufs, start, source);
+    for_tiles(b, s, start, end, |b, t0, _, n| {
+        span_tile_logits(b, it, key, bufs, s, source, start, (t0, n));
+        tile(b, t0, n);
+    });
+}
+
+/// Runs `body(b, t0, stop, n)` for the tiles `[t0, stop)` of `n` tokens that split `[start,
+/// end)` into runs of the schedule's tile (the last one shorter).
+fn for_tiles(
+    b: &mut Builder,
+    s: &AttentionSchedule,
+    start: Value,
+    end: Value,
+    body: impl FnOnce(&mut Builder, Value, Value, Value),
+) {
     b.for_range(start, end, s.tile, |b, t0| {
         let tl = b.u32(s.tile);
         let stop = b.add(t0, tl);
         let stop = b.min(stop, end);
         let n = b.sub(stop, t0);
-        span_tile_logits(b, it, key, bufs, s, source, start, (t0, n));
-        tile(b, t0, n);
+        body(b, t0, stop, n);
     });
 }
 
@@ -309,11 +323,7 @@ pub(super) fn lower(
             );
             // One loop over the tiles for both kinds of chunk, so that the softmax's code is
             // generated once (twice, it was a fifth of LLVM's work on this kernel).
-            b.for_range(start, end, s.tile, |b, t0| {
-                let tl = b.u32(s.tile);
-                let stop = b.add(t0, tl);
-                let stop = b.min(stop, end);
-                let n = b.sub(stop, t0);
+            for_tiles(b, s, start, end, |b, t0, stop, n| {
                 b.if_else(
                     is_span,
                     |b| {
