@@ -35,9 +35,15 @@ pub fn run(args: Args) -> Result<()> {
     let scheme = args.pair.scheme()?;
     let shape = args.pair.shape();
     for &span in &args.tokens {
-        // The span plus the 64 full-precision tokens tune_attention adds, every sequence's K/V.
+        // The span plus the 64 full-precision tokens tune_attention adds, every sequence's K/V;
+        // a batch's sequences held at once are bounded as one tensor of all their tokens.
         let tokens = span.checked_add(64).context("--tokens")?;
-        kvq_ir::limits::check_tensor(args.kv_heads as u64, tokens as u64, shape.head_dim.into())?;
+        for &batch in &args.batch {
+            let all = tokens
+                .checked_mul(batch)
+                .with_context(|| format!("{span} span tokens x batch {batch}: too many tokens"))?;
+            kvq_ir::limits::check_tensor(args.kv_heads as u64, all as u64, shape.head_dim.into())?;
+        }
     }
     let mut table = if args.table.exists() {
         AttentionTable::load(&args.table).unwrap_or_else(|e| {

@@ -183,6 +183,15 @@ fn huge_sizes_are_refused_up_front() {
             [&["tune-attention"], &pair[..], &["--tokens", HUGE]].concat(),
             "tokens",
         ),
+        (
+            [
+                &["tune-attention"],
+                &pair[..],
+                &["--tokens", "1000000", "--batch", "4096"],
+            ]
+            .concat(),
+            "tokens",
+        ),
         (vec!["demo", "--synthetic-tokens", HUGE], "tokens"),
         (vec!["demo", "--synthetic-tokens", "5000000"], "GiB"),
         (
