@@ -79,6 +79,11 @@ pub struct Args {
     /// With `--attention`: full-precision tokens per sequence beside the span.
     #[arg(long, default_value_t = 64, requires = "attention", value_parser = super::sizes::tokens)]
     fp_tokens: usize,
+    /// With `--attention`: profile the decode-attention kernels only, not the quantize and
+    /// dequantize kernels (whose whole-batch launch the interpreter may not have the memory to
+    /// simulate where the attention kernels' batch fits).
+    #[arg(long, requires = "attention")]
+    only_attention: bool,
     /// Write deterministic JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -124,7 +129,7 @@ pub fn run(args: Args) -> Result<()> {
         group: args.group,
         input: args.input.into(),
     };
-    let span = span_shape(&shape)?;
+    let span = span_shape(&shape, !args.only_attention)?;
     let class = ShapeClass {
         head_dim: shape.head_dim,
         input: shape.input,
@@ -132,7 +137,11 @@ pub fn run(args: Args) -> Result<()> {
     let assembler = ptxas::find();
     let disassembler = ptxas::find_nvdisasm();
     let mut reports = Vec::new();
-    for (role, scheme) in [("key", key), ("value", value)] {
+    let quantize_roles = match args.only_attention {
+        true => Vec::new(),
+        false => vec![("key", key), ("value", value)],
+    };
+    for (role, scheme) in quantize_roles {
         let schedule = match arch {
             Arch::Sm90 => Schedule::gpu_default(&scheme, class),
             Arch::Sm80 => Schedule::gpu_default(&scheme, class).without_clusters(&scheme, class),
@@ -220,14 +229,15 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-/// The span shape, refused when the kernels cannot address it or it is too large to simulate.
-fn span_shape(s: &ProfileShape) -> Result<Shape3> {
+/// The span shape, refused when the kernels cannot address it or (where the quantize kernels
+/// are `simulated`) it is too large to simulate.
+fn span_shape(s: &ProfileShape, simulated: bool) -> Result<Shape3> {
     let heads = (s.batch as u64) * (s.kv_heads as u64);
     let elems = kvq_ir::limits::check_addressable(heads, s.tokens as u64, u64::from(s.head_dim))
         .with_context(|| format!("batch {} x {} kv heads", s.batch, s.kv_heads))?;
     // The largest launch: the input and a f32 output, both whole (only sampled blocks run).
     let bytes = elems * (s.input.scalar().size() as u64 + 4);
-    if bytes > MAX_SIM_BYTES {
+    if simulated && bytes > MAX_SIM_BYTES {
         bail!(
             "simulating {elems} elements needs about {bytes} bytes of host memory, more than the {MAX_SIM_BYTES} allowed"
         );

@@ -6,10 +6,12 @@
 use anyhow::{Context, Result};
 use kvq::backend::{quantize, Backend};
 use kvq::lower::attention::{attention, AttentionArgs, AttentionSchedule, AttentionShape, SeqData};
-use kvq::{CacheScheme, Calibration, Scheme, Tensor3};
+use kvq::{CacheScheme, Calibration, Scheme, Shape3, Tensor3};
 use kvq_ir::ir::interp::Arg;
 use kvq_ir::ir::Kernel;
 use kvq_ir::lower::InputType;
+use kvq_ir::reference::param_shape;
+use kvq_ir::reference::quantize::row_bytes;
 
 use super::profile::{profile_traced, Ctx, ProfileShape, MAX_SIM_BYTES};
 use super::profile_report::KernelReport;
@@ -23,6 +25,41 @@ fn synthetic(heads: usize, tokens: usize, dim: usize, seed: u64, scale: f32) -> 
         })
         .collect();
     Ok(Tensor3::new([heads, tokens, dim], data)?)
+}
+
+/// The bytes of data the synthetic batch holds at its peak (`None` past `u64`): one sequence's
+/// span K and V as f32 (each sequence's are made and quantized in turn, then dropped), and for
+/// every sequence twice (its tensors, then the launch's buffers) its quantized span (codes, and
+/// parameters as f32) and its full-precision K and V as f32.
+fn peak_bytes(scheme: &CacheScheme, shape: &ProfileShape, fp_tokens: usize) -> Option<u64> {
+    let (kv, tokens, d) = (
+        shape.kv_heads as u64,
+        shape.tokens as u64,
+        shape.head_dim as u64,
+    );
+    let span_f32 = [kv, tokens, d, 2 * 4]
+        .into_iter()
+        .try_fold(1u64, u64::checked_mul)?;
+    let mut per_sequence = [kv, fp_tokens as u64, d, 2 * 4]
+        .into_iter()
+        .try_fold(1u64, u64::checked_mul)?;
+    for s in [&scheme.key, &scheme.value] {
+        let row = row_bytes(s, shape.head_dim as usize) as u64;
+        let codes = kv.checked_mul(tokens)?.checked_mul(row)?;
+        let span = Shape3 {
+            heads: shape.kv_heads,
+            tokens: shape.tokens,
+            dim: shape.head_dim as usize,
+        };
+        let params = param_shape(s, span)
+            .into_iter()
+            .try_fold(2 * 4u64, |acc, n| acc.checked_mul(n as u64))?;
+        per_sequence = per_sequence.checked_add(codes)?.checked_add(params)?;
+    }
+    per_sequence
+        .checked_mul(2)?
+        .checked_mul(shape.batch as u64)?
+        .checked_add(span_f32)
 }
 
 /// The reports of the attention kernels for `shape` (batch, kv heads, span tokens, head_dim,
@@ -51,13 +88,8 @@ pub fn profile_attention(
     let schedule = AttentionSchedule::gpu_default(&scheme, ashape);
     let kernels = attention(&scheme, ashape, &schedule).context("attention kernels")?;
     let (kv, d) = (shape.kv_heads, shape.head_dim as usize);
-    // The batch's K and V as f32 (span and full-precision tokens), checked before allocating.
-    let fits = [shape.batch, kv, d, 2 * 4]
-        .iter()
-        .try_fold(shape.tokens as u64 + fp_tokens as u64, |acc, &n| {
-            acc.checked_mul(n as u64)
-        })
-        .is_some_and(|bytes| bytes <= MAX_SIM_BYTES);
+    // Checked before allocating.
+    let fits = peak_bytes(&scheme, shape, fp_tokens).is_some_and(|bytes| bytes <= MAX_SIM_BYTES);
     if !fits {
         anyhow::bail!(
             "the synthetic batch ({} x {kv} kv heads x {} + {fp_tokens} tokens x {d}) needs more than the {MAX_SIM_BYTES} bytes of host memory allowed",

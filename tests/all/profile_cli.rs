@@ -279,6 +279,27 @@ fn attention_kernels_are_profiled_on_request() {
             (reported - total).abs() <= 0.01 * total,
             "{reported} vs {total}"
         );
+        // `--only-attention`: the same attention kernels and figures, and no other kernel.
+        assert!(by_role("key quantize").is_some());
+        args.push("--only-attention");
+        let out = profile(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let only: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        let attention_kernels: Vec<&Value> = kernels
+            .iter()
+            .filter(|k| k["role"].as_str().unwrap().starts_with("attention"))
+            .collect();
+        let only_kernels: Vec<&Value> = only["kernels"]
+            .as_array()
+            .expect("kernels")
+            .iter()
+            .collect();
+        assert_eq!(only_kernels, attention_kernels);
+        assert_eq!(only["attention"], j["attention"]);
     }
     // A batch too large to simulate is a one-line error before anything is allocated.
     let out = profile(&[
@@ -294,10 +315,14 @@ fn attention_kernels_are_profiled_on_request() {
     ]);
     assert_clean_failure(&out, "synthetic batch");
     // Attention options without --attention are refused.
-    let out = profile(&["--target", "sm_90", "--calibrate", "3"]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    for option in [&["--calibrate", "3"][..], &["--only-attention"]] {
+        let mut args = vec!["--target", "sm_90"];
+        args.extend_from_slice(option);
+        let out = profile(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{option:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{option:?}: {stderr}");
+    }
 }
 
 /// The first number after `label` in `line` (e.g. "DRAM 10.643 us" -> 10.643).
