@@ -136,3 +136,100 @@ fn interp_run(
     kvq_ir::ir::verify(kernel).unwrap_or_else(|e| panic!("{e}"));
     kvq_ir::ir::interp::run(kernel, args, grid)
 }
+
+/// The smallest finite `x` whose reference code under (`zero`, `scale`) reaches `k`, by
+/// bisection over the finite floats' order; `None` if even f32::MAX's code is below `k`.
+fn smallest_x_reaching(zero: f32, scale: f32, max_code: u8, k: u8) -> Option<f32> {
+    if code(f32::MAX, zero, scale, max_code) < k {
+        return None;
+    }
+    let (mut lo, mut hi) = (order(f32::MIN), order(f32::MAX));
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if code(from_order(mid), zero, scale, max_code) >= k {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    Some(from_order(lo))
+}
+
+/// The channel-axis (group = all) kernels, which code by thresholds found by a search over the
+/// floats (`emit::code_threshold`; host schedules start it a few floats around `zero + (k -
+/// 0.5) scale`), against the reference on columns built to put values exactly on every
+/// threshold and on the floats either side of it: each channel's column holds its minimum and
+/// maximum (so zero and scale are those of that range), then for every level the smallest `x`
+/// whose reference code reaches it (found here by bisection) and its two neighbours, the rest
+/// the midpoint. Ranges of many magnitudes and offsets, among them narrow ones far from 0 (a
+/// scale thousands of times below the zero's size) and flat ones (scale 0); 1-, 2- and 4-bit
+/// codes, f16 and f32 parameters; the host schedule and the GPU one.
+#[test]
+fn channel_kernel_codes_values_on_the_thresholds() {
+    use kvq_ir::lower::io::quantize_with;
+    use kvq_ir::lower::{self, InputType, Schedule, ShapeClass};
+    use kvq_ir::reference::range::group_params;
+    use kvq_ir::{Axis, BitOrder, Bits, Group, ParamType, Rule, Scheme, Tensor3};
+
+    const DIM: usize = 32;
+    const ROWS: usize = 64;
+    let ranges: Vec<(f32, f32)> = (0..DIM)
+        .map(|c| {
+            let magnitude = 2f32.powi(c as i32 % 23 - 11);
+            match c % 4 {
+                0 => (-magnitude, magnitude * 1.37),
+                1 => (1000.0 + magnitude * 1e-3, 1000.5 + magnitude * 1e-3),
+                2 => (-3.0 * magnitude, -magnitude),
+                _ if c == 31 => (0.75, 0.75),
+                _ => (magnitude * 0.01, magnitude * (1.0 + c as f32 / 7.0)),
+            }
+        })
+        .collect();
+    for bits in [Bits::B1, Bits::B2, Bits::B4] {
+        for params in [ParamType::F16, ParamType::F32] {
+            let scheme = Scheme {
+                bits,
+                axis: Axis::Channel,
+                group: Group::All,
+                rule: Rule::MinMax,
+                params,
+                order: BitOrder::Msb,
+            };
+            let levels = scheme.bits.max_code();
+            let mut data = vec![0.0f32; ROWS * DIM];
+            for (c, &(lo, hi)) in ranges.iter().enumerate() {
+                let (zero, scale) = group_params(lo, hi, levels, params).expect("parameters");
+                let mut column = vec![lo, hi];
+                for k in 1..=levels {
+                    if let Some(t) = smallest_x_reaching(zero, scale, levels, k) {
+                        let below = from_order(order(t) - 1);
+                        let above = from_order(order(t) + 1);
+                        column.extend([t, below, above].map(|x| x.clamp(lo, hi)));
+                    }
+                }
+                column.resize(ROWS, lo + (hi - lo) / 2.0);
+                for (t, x) in column.into_iter().enumerate() {
+                    data[t * DIM + c] = x;
+                }
+            }
+            let x = Tensor3::new([1, ROWS, DIM], data).unwrap();
+            let want = kvq_ir::reference::quantize(&x, &scheme).unwrap();
+            let shape = ShapeClass {
+                head_dim: DIM as u32,
+                input: InputType::F32,
+            };
+            for schedule in [
+                Schedule::host_default(&scheme, shape),
+                Schedule::gpu_default(&scheme, shape).without_clusters(&scheme, shape),
+            ] {
+                let lowered = lower::quantize(&scheme, shape, &schedule).unwrap();
+                let got = quantize_with(&lowered, &scheme, &x, InputType::F32, interp_run).unwrap();
+                let at = format!("{scheme}, {schedule:?}");
+                let scale_bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(scale_bits(&got.zero), scale_bits(&want.zero), "{at}");
+                assert_eq!(scale_bits(&got.scale), scale_bits(&want.scale), "{at}");
+                assert_eq!(got.codes, want.codes, "{at}");
+            }
+        }
+    }
+}

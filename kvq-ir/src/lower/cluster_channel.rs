@@ -450,7 +450,7 @@ pub fn quantize(scheme: &Scheme, shape: ShapeClass, p: ClusterPlan) -> Lowered {
         let first = b.mul(tid, pc);
         let values: Vec<Value> = match thresholds {
             true => (1..=levels)
-                .map(|level| code_threshold(b, scheme, zero, scale, level, bisect))
+                .map(|level| code_threshold(b, scheme, [zero, scale], level, bisect, false))
                 .collect(),
             false => vec![zero, scale],
         };

@@ -939,8 +939,8 @@ pub fn flag_noted(b: &mut Builder, status: Memory, seen: u32, code: u32) {
 }
 
 /// Codes with at most this many levels use thresholds ([`code_threshold`]) in the group = all
-/// kernels, where a group is long enough that finding them (32 code evaluations per level) costs
-/// little.
+/// kernels, where a group is long enough that finding them (9 code evaluations per level, at
+/// most 34) costs little.
 pub const MAX_THRESHOLD_LEVELS: u8 = 15;
 
 /// The order-preserving key of the f32 `x` (`bits ^ (sign ? 0xFFFF_FFFF : 0x8000_0000)`): the
@@ -972,26 +972,43 @@ pub fn from_order_key(b: &mut Builder, key: Value) -> Value {
     b.bitcast(ScalarType::F32, bits)
 }
 
+/// Keys on each side of `zero + (level - 0.5) scale` that [`code_threshold`] tries first: the
+/// threshold lies a few floats from it (the subtraction and division that make a code each
+/// round once, as the two operations that make the guess do), and `2 * 2^NEAR_BITS` keys take
+/// `NEAR_BITS + 1` bisection steps instead of 32.
+const NEAR_BITS: u32 = 6;
+
 /// The smallest finite f32 whose [`code`] under (zero, scale) is at least `level`, or +inf when
 /// none is. Since the code is a monotone step function of x (IEEE subtraction, division by a
 /// positive scale, rounding and clamping are all monotone), `code(x) = #{k : x >= t_k}` for the
 /// thresholds t_1..t_L, which turns the per-element division into comparisons with exactly the
-/// same result. Found by a 32-step bisection over the order keys of the finite floats, with the
-/// U32 local `state` (2 elements) holding the bracket.
+/// same result. Found by bisection over the order keys of the finite floats, with the U32 local
+/// `state` (2 elements) holding the bracket `(lo, hi]`: all finite floats, in 32 steps; or, with
+/// `near`, first the [`NEAR_BITS`] keys each side of the guess `g = zero + (level - 0.5) scale`,
+/// when the code at the bottom of that bracket is under `level` and the code at its top reaches
+/// it (then, the code being monotone, the smallest key reaching `level` above `-f32::MAX`'s is
+/// inside it), else all finite floats. Either way the same float. `near` suits host schedules,
+/// where a block's threads find their channels' thresholds one after another; a GPU's threads
+/// find theirs side by side, and the cost model predicts no gain there.
 pub fn code_threshold(
     b: &mut Builder,
     scheme: &Scheme,
-    zero: Value,
-    scale: Value,
+    [zero, scale]: [Value; 2],
     level: u8,
     state: u32,
+    near: bool,
 ) -> Value {
     let (lo_i, hi_i) = (b.u32(0), b.u32(1));
     let lo_key = b.u32(0x0080_0000); // order key of -f32::MAX
     let hi_key = b.u32(0xFF7F_FFFF); // order key of f32::MAX
-    b.write_local(state, lo_i, lo_key);
-    b.write_local(state, hi_i, hi_key);
-    let (first, steps) = (b.u32(0), b.u32(32));
+    let (lo, hi, steps) = match near {
+        true => near_bracket(b, scheme, [zero, scale], level, [lo_key, hi_key]),
+        false => (lo_key, hi_key, None),
+    };
+    b.write_local(state, lo_i, lo);
+    b.write_local(state, hi_i, hi);
+    let first = b.u32(0);
+    let steps = steps.unwrap_or_else(|| b.u32(32));
     b.for_range(first, steps, 1, |b, _| {
         let (lo_i, hi_i) = (b.u32(0), b.u32(1));
         let lo = b.read_local(state, lo_i);
@@ -1018,6 +1035,47 @@ pub fn code_threshold(
     let reachable = b.cmp(CmpOp::Ge, top, lv);
     let inf = b.f32(f32::INFINITY);
     b.select(reachable, t, inf)
+}
+
+/// [`code_threshold`]'s first bracket with `near`: `(lo, hi, Some(steps))`, the [`NEAR_BITS`] keys
+/// each side of the guess (within `[lo_key, hi_key]`) in `NEAR_BITS + 1` steps where they hold
+/// the threshold, else `(lo_key, hi_key, 32)`.
+fn near_bracket(
+    b: &mut Builder,
+    scheme: &Scheme,
+    [zero, scale]: [Value; 2],
+    level: u8,
+    [lo_key, hi_key]: [Value; 2],
+) -> (Value, Value, Option<Value>) {
+    // The bracket around the guess, within [lo_key, hi_key].
+    let half = b.f32(f32::from(level) - 0.5);
+    let step = b.mul(half, scale);
+    let guess = b.add(zero, step);
+    let guess = order_key(b, guess);
+    let guess = b.max(guess, lo_key);
+    let guess = b.min(guess, hi_key);
+    let reach = b.u32(1 << NEAR_BITS);
+    let below = b.sub(guess, lo_key);
+    let room_below = b.cmp(CmpOp::Ge, below, reach);
+    let near_lo = b.sub(guess, reach);
+    let near_lo = b.select(room_below, near_lo, lo_key);
+    let above = b.sub(hi_key, guess);
+    let room_above = b.cmp(CmpOp::Ge, above, reach);
+    let near_hi = b.add(guess, reach);
+    let near_hi = b.select(room_above, near_hi, hi_key);
+    let lv = b.u8(level);
+    let x_lo = from_order_key(b, near_lo);
+    let c_lo = code(b, scheme, x_lo, zero, scale);
+    let short = b.cmp(CmpOp::Lt, c_lo, lv);
+    let x_hi = from_order_key(b, near_hi);
+    let c_hi = code(b, scheme, x_hi, zero, scale);
+    let reached = b.cmp(CmpOp::Ge, c_hi, lv);
+    let near = b.binary(BinaryOp::And, short, reached);
+    let lo = b.select(near, near_lo, lo_key);
+    let hi = b.select(near, near_hi, hi_key);
+    let (few, all) = (b.u32(NEAR_BITS + 1), b.u32(32));
+    let steps = b.select(near, few, all);
+    (lo, hi, Some(steps))
 }
 
 /// The code of `x` from its group's thresholds (see [`code_threshold`]). A non-finite `x` gets

@@ -374,6 +374,8 @@ fn lower_all(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
         (acc, [lo, hi])
     });
     let bisect = b.local("bisect", ScalarType::U32, 2);
+    // Host schedules: the block's threads find their channels' thresholds one after another.
+    let one_by_one = bsz == 1 || s.contiguous;
 
     let coords = |b: &mut Builder| {
         let tid = b.special(Special::ThreadId);
@@ -498,7 +500,7 @@ fn lower_all(scheme: &Scheme, shape: ShapeClass, s: &Schedule) -> Lowered {
             let lv = b.u32(levels as u32);
             let first = b.mul(i, lv);
             for level in 1..=levels {
-                let t = code_threshold(b, scheme, z, sc, level, bisect);
+                let t = code_threshold(b, scheme, [z, sc], level, bisect, one_by_one);
                 let off = b.u32(level as u32 - 1);
                 let at = b.add(first, off);
                 b.store(thr, at, t);
