@@ -939,8 +939,8 @@ pub fn flag_noted(b: &mut Builder, status: Memory, seen: u32, code: u32) {
 }
 
 /// Codes with at most this many levels use thresholds ([`code_threshold`]) in the group = all
-/// kernels, where a group is long enough that finding them (9 code evaluations per level, at
-/// most 34) costs little.
+/// kernels, where a group is long enough that finding them (32 code evaluations per level; 9 on
+/// host schedules where the guess holds) costs little.
 pub const MAX_THRESHOLD_LEVELS: u8 = 15;
 
 /// The order-preserving key of the f32 `x` (`bits ^ (sign ? 0xFFFF_FFFF : 0x8000_0000)`): the
