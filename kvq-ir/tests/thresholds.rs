@@ -17,23 +17,9 @@ fn from_order(o: i64) -> f32 {
     f32::from_bits((if o < 0 { i32::MIN - o } else { o }) as u32)
 }
 
-/// The smallest finite `d` with `code(d) >= k` under zero 0 and scale `s` (the code is
-/// monotone in `d`), by bisection over the finite floats' order; `None` if even f32::MAX's code
-/// is below `k`.
+/// The smallest finite `d` with `code(d) >= k` under zero 0 and scale `s`.
 fn smallest_reaching(s: f32, max_code: u8, k: u8) -> Option<f32> {
-    if code(f32::MAX, 0.0, s, max_code) < k {
-        return None;
-    }
-    let (mut lo, mut hi) = (order(f32::MIN), order(f32::MAX));
-    while lo < hi {
-        let mid = lo + (hi - lo) / 2;
-        if code(from_order(mid), 0.0, s, max_code) >= k {
-            hi = mid;
-        } else {
-            lo = mid + 1;
-        }
-    }
-    Some(from_order(lo))
+    smallest_x_reaching(0.0, s, max_code, k)
 }
 
 #[test]
@@ -137,8 +123,9 @@ fn interp_run(
     kvq_ir::ir::interp::run(kernel, args, grid)
 }
 
-/// The smallest finite `x` whose reference code under (`zero`, `scale`) reaches `k`, by
-/// bisection over the finite floats' order; `None` if even f32::MAX's code is below `k`.
+/// The smallest finite `x` whose reference code under (`zero`, `scale`) reaches `k` (the code
+/// is monotone in `x`), by bisection over the finite floats' order; `None` if even f32::MAX's
+/// code is below `k`.
 fn smallest_x_reaching(zero: f32, scale: f32, max_code: u8, k: u8) -> Option<f32> {
     if code(f32::MAX, zero, scale, max_code) < k {
         return None;

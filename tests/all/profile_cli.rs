@@ -237,6 +237,17 @@ fn bad_options_are_one_line_errors() {
     assert_clean_failure(&profile(&big), "bytes of host memory");
 }
 
+/// The JSON report of a successful `kvq profile` run with `args`.
+fn profile_json(args: &[&str]) -> Value {
+    let out = profile(args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON")
+}
+
 /// `--attention` adds the decode-attention kernels (logit statistics when calibrated, partials,
 /// combine) of a synthetic batch; the combine runs one thread per (sequence, query head), so one
 /// block of 64 for 1 x 2 x 4 query heads, and the statistics read the chunks the partials read.
@@ -248,13 +259,7 @@ fn attention_kernels_are_profiled_on_request() {
         if let Some(d) = calibrate {
             args.extend_from_slice(&["--calibrate", d]);
         }
-        let out = profile(&args);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let j: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        let j = profile_json(&args);
         let kernels = j["kernels"].as_array().expect("kernels");
         let by_role = |role: &str| kernels.iter().find(|k| k["role"] == role);
         let partial = by_role("attention partial").expect("partial");
@@ -282,13 +287,7 @@ fn attention_kernels_are_profiled_on_request() {
         // `--only-attention`: the same attention kernels and figures, and no other kernel.
         assert!(by_role("key quantize").is_some());
         args.push("--only-attention");
-        let out = profile(&args);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let only: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        let only = profile_json(&args);
         let attention_kernels: Vec<&Value> = kernels
             .iter()
             .filter(|k| k["role"].as_str().unwrap().starts_with("attention"))
