@@ -36,7 +36,7 @@ pub(super) struct Item {
     pub span_chunks: Value,
     /// Locals: the scaled query `[g, d]`, post-scaled query `[g, d]`, bias `[g]`, byte tables
     /// `[row bytes, 256, g]` (when used), one token's codes as f32 `[d]`, logits `[tile, g]`,
-    /// a scalar accumulator.
+    /// partial sums (at least [`LANES`], and [`LANES`] per query head for [`fp_dots`]).
     pub q: u32,
     pub qs: u32,
     pub bias: u32,
@@ -419,55 +419,76 @@ pub(super) fn fp_logits(
     let hf = b.mul(it.h, it.fp_len);
     let tok = b.add(hf, t);
     let at = affine(b, tok, d, it.fp_base);
+    if d % LANES == 0 && it.g <= MAX_ROW_HEADS {
+        let dots = fp_dots(b, it, (fp_k, fp), at);
+        for (gi, s) in dots.into_iter().enumerate() {
+            let gv = b.u32(gi as u32);
+            store_logit(b, it, gv, slot, s);
+        }
+        return;
+    }
     let zero = b.u32(0);
     let gn = b.u32(it.g);
     b.for_range(zero, gn, 1, |b, gi| {
         let row = times(b, gi, d);
-        let s = match d % LANES {
-            0 => fp_dot(b, it, (fp_k, fp), at, row),
-            _ => sum_over(b, it.sum, d, |b, c| {
-                let qi = b.add(row, c);
-                let q = b.read_local(it.q, qi);
-                let ki = b.add(at, c);
-                let k = load_fp(b, fp, fp_k, ki, 1);
-                b.mul(q, k)
-            }),
-        };
+        let s = sum_over(b, it.sum, d, |b, c| {
+            let qi = b.add(row, c);
+            let q = b.read_local(it.q, qi);
+            let ki = b.add(at, c);
+            let k = load_fp(b, fp, fp_k, ki, 1);
+            b.mul(q, k)
+        });
         store_logit(b, it, gi, slot, s);
     });
 }
 
-/// `sum_c q[row + c] * k[at + c]` over the `d` channels (a multiple of [`LANES`]) of a
-/// full-precision key row, as [`sum_over`] adds them (channel `c` in lane `c % LANES`, the lanes
-/// by a tree), the row read by vector loads of [`LANES`] elements.
-fn fp_dot(
-    b: &mut Builder,
-    it: &Item,
-    (fp_k, fp): (Memory, InputType),
-    at: Value,
-    row: Value,
-) -> Value {
+/// Query heads whose full-precision logits [`fp_dots`] computes from one read of the key row.
+pub(super) const MAX_ROW_HEADS: u32 = 8;
+
+/// `sum_c q[gi * d + c] * k[at + c]` for every query head `gi` of the group, over the `d`
+/// channels (a multiple of [`LANES`]) of a full-precision key row read once by vector loads of
+/// [`LANES`] elements: as [`sum_over`] adds them (channel `c` in lane `c % LANES` of the head's
+/// [`LANES`] partial sums, the lanes by a tree), each head's partial sums at `gi * LANES` of the
+/// local `sum`, so that the heads' sums are independent chains.
+fn fp_dots(b: &mut Builder, it: &Item, (fp_k, fp): (Memory, InputType), at: Value) -> Vec<Value> {
     let fz = b.f32(0.0);
-    zero_lanes(b, it.sum, fz);
+    for e in 0..it.g * LANES {
+        let ev = b.u32(e);
+        b.write_local(it.sum, ev, fz);
+    }
     let zero = b.u32(0);
     let steps = b.u32(it.d / LANES);
     b.for_range(zero, steps, 1, |b, step| {
         let base = times(b, step, LANES);
         let ki = b.add(at, base);
         let k = load_fp(b, fp, fp_k, ki, LANES as u8);
-        let qi = b.add(row, base);
-        for j in 0..LANES {
-            let jv = b.u32(j);
-            let kj = b.extract(k, j as u8);
-            let qj = b.add(qi, jv);
-            let q = b.read_local(it.q, qj);
-            let x = b.mul(q, kj);
-            let acc = b.read_local(it.sum, jv);
-            let acc = b.add(acc, x);
-            b.write_local(it.sum, jv, acc);
+        for gi in 0..it.g {
+            let row = b.u32(gi * it.d);
+            let qi = b.add(row, base);
+            for j in 0..LANES {
+                let jv = b.u32(j);
+                let kj = b.extract(k, j as u8);
+                let qj = b.add(qi, jv);
+                let q = b.read_local(it.q, qj);
+                let x = b.mul(q, kj);
+                let lane = b.u32(gi * LANES + j);
+                let acc = b.read_local(it.sum, lane);
+                let acc = b.add(acc, x);
+                b.write_local(it.sum, lane, acc);
+            }
         }
     });
-    lanes_total(b, it.sum)
+    (0..it.g)
+        .map(|gi| {
+            let lanes = (0..LANES)
+                .map(|j| {
+                    let jv = b.u32(gi * LANES + j);
+                    b.read_local(it.sum, jv)
+                })
+                .collect();
+            tree_sum(b, lanes)
+        })
+        .collect()
 }
 
 fn store_logit(b: &mut Builder, it: &Item, gi: Value, slot: Value, s: Value) {

@@ -11,7 +11,7 @@ use super::keys::{
 };
 use super::values::{
     flat_heads, flush, fold_lanes, fp_values, init, over_lanes, softmax_tile, span_values, State,
-    LANES,
+    FP_ACCUMULATORS, LANES,
 };
 use super::{seq_field as f, AttentionSchedule, AttentionShape};
 
@@ -45,7 +45,7 @@ fn work_item(
         b.local("bias", ScalarType::F32, g),
         b.local("codes", ScalarType::F32, d),
         b.local("logits", ScalarType::F32, g * s.tile),
-        b.local("sum", ScalarType::F32, LANES),
+        b.local("sum", ScalarType::F32, FP_ACCUMULATORS),
     ];
     let lut = (s.tables && uses_tables(&scheme.key))
         .then(|| b.local("lut", ScalarType::F32, g * row_bytes * 256));
@@ -366,12 +366,7 @@ pub(super) fn lower(
                             });
                         }
                     },
-                    |b| {
-                        b.for_range(t0, stop, 1, |b, t| {
-                            let slot = b.sub(t, t0);
-                            fp_values(b, it, &fp_st, (bufs.fp_v, bufs.fp), t, slot);
-                        });
-                    },
+                    |b| fp_values(b, it, &fp_st, (bufs.fp_v, bufs.fp), [t0, stop]),
                 );
             });
             // Outputs of item (w, h): index (w * kv_heads + h) * g + gi.
