@@ -1,6 +1,7 @@
 //! Decode attention at the benchmark shape (8 kv heads, 32 query heads, head_dim 128, a visual
-//! span plus 64 text tokens; synthetic K/V), kvq's generated host kernels on the 1-bit CalibQuant
-//! span against two baselines over the unquantized cache, timed in the same process:
+//! span plus [`TEXT`] text tokens by default; synthetic K/V), kvq's generated host kernels on the
+//! 1-bit CalibQuant span (the text tokens full precision, in f32 rows unless asked for f16 or
+//! bf16 ones) against two baselines over the unquantized cache, timed in the same process:
 //!
 //! - `candle_f32`: candle-core in f32 as a Rust user writes it, GQA by grouping the query heads
 //!   (`[batch, kv_heads, group, head_dim]` against `[batch, kv_heads, tokens, head_dim]`; no
@@ -16,6 +17,7 @@ use rayon::prelude::*;
 use super::{interleaved, Contender};
 use crate::attention::{synthetic_kv, HostAttention, SeqData};
 use crate::lower::attention::AttentionShape;
+use crate::lower::InputType;
 use crate::{CacheScheme, Tensor3};
 
 /// Key/value heads.
@@ -24,7 +26,7 @@ pub const KV: usize = 8;
 pub const GROUP: usize = 4;
 /// Channels per head.
 pub const DIM: usize = 128;
-/// Full-precision (text) tokens before the span.
+/// Full-precision (text) tokens before the span, unless asked otherwise.
 pub const TEXT: usize = 64;
 /// The scheme timed: CalibQuant's 1-bit pair with calibration.
 pub const SCHEME: &str = "key(bits = 1, axis = channel, group = all, rule = shrink(0.5)), \
@@ -33,8 +35,12 @@ pub const SCHEME: &str = "key(bits = 1, axis = channel, group = all, rule = shri
 /// The figures of one (span, batch) shape; times are medians in seconds per call.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct AttentionRow {
-    /// Span tokens (quantized), besides [`TEXT`] full-precision ones.
+    /// Span tokens (quantized).
     pub span_tokens: usize,
+    /// Full-precision (text) tokens before the span.
+    pub text_tokens: usize,
+    /// The element type of the text tokens' rows in kvq's cache (`f32`, `f16`, `bf16`).
+    pub text_rows: &'static str,
     /// Sequences.
     pub batch: usize,
     /// candle f32 over the unquantized cache.
@@ -129,7 +135,7 @@ pub fn candle_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> candle_core::Resu
 pub fn concat(text: &Tensor3, span: &Tensor3) -> Vec<f32> {
     let mut out = Vec::with_capacity(text.data().len() + span.data().len());
     for h in 0..KV {
-        for t in 0..TEXT {
+        for t in 0..text.shape().tokens {
             out.extend_from_slice(text.row(h, t));
         }
         for t in 0..span.shape().tokens {
@@ -139,27 +145,38 @@ pub fn concat(text: &Tensor3, span: &Tensor3) -> Vec<f32> {
     out
 }
 
-/// Times the three contenders at `span_tokens` and `batch` (every sequence over the same K/V,
-/// each baseline holding its own copy per sequence) over `rounds` interleaved rounds.
-pub fn run(span_tokens: usize, batch: usize, rounds: usize) -> anyhow::Result<AttentionRow> {
+/// Times the three contenders at `span_tokens` (after `text_tokens` full-precision ones, whose
+/// rows kvq's cache keeps as `text_rows`) and `batch` (every sequence over the same K/V, each
+/// baseline holding its own copy per sequence) over `rounds` interleaved rounds.
+pub fn run(
+    span_tokens: usize,
+    (text_tokens, text_rows): (usize, InputType),
+    batch: usize,
+    rounds: usize,
+) -> anyhow::Result<AttentionRow> {
     anyhow::ensure!(
         span_tokens > 0 && batch > 0,
         "span tokens and batch must be positive"
     );
     let scheme = CacheScheme::parse(SCHEME)?;
     let shape = AttentionShape {
-        fp: kvq_ir::lower::InputType::F32,
+        fp: text_rows,
         head_dim: DIM as u32,
         group: GROUP as u32,
     };
     let attn = HostAttention::new(&scheme, shape, None)?;
-    let (text_k, text_v) = (tensor(TEXT, 1, 1.0)?, tensor(TEXT, 2, 0.3)?);
+    let text = match text_tokens {
+        0 => None,
+        n => Some((tensor(n, 1, 1.0)?, tensor(n, 2, 0.3)?)),
+    };
     let (span_k, span_v) = (tensor(span_tokens, 3, 1.0)?, tensor(span_tokens, 4, 0.3)?);
     let pk = crate::reference::quantize(&span_k, &scheme.key)?;
     let pv = crate::reference::quantize(&span_v, &scheme.value)?;
-    let tokens = TEXT + span_tokens;
-    let full_k = concat(&text_k, &span_k);
-    let full_v = concat(&text_v, &span_v);
+    let tokens = text_tokens + span_tokens;
+    let (full_k, full_v) = match &text {
+        Some((text_k, text_v)) => (concat(text_k, &span_k), concat(text_v, &span_v)),
+        None => (span_k.data().to_vec(), span_v.data().to_vec()),
+    };
     drop((span_k, span_v));
     let per_seq = KV * GROUP * DIM;
     let q = tensor(GROUP * batch, 1, 0.7)?.data().to_vec();
@@ -175,7 +192,7 @@ pub fn run(span_tokens: usize, batch: usize, rounds: usize) -> anyhow::Result<At
     let seqs: Vec<SeqData<'_>> = (0..batch)
         .map(|i| SeqData {
             q: &q[i * per_seq..(i + 1) * per_seq],
-            fp: Some((&text_k, &text_v)),
+            fp: text.as_ref().map(|(k, v)| (k, v)),
             span: Some((&pk, &pv)),
         })
         .collect();
@@ -210,6 +227,8 @@ pub fn run(span_tokens: usize, batch: usize, rounds: usize) -> anyhow::Result<At
     let params = pk.zero.len() + pk.scale.len() + pv.zero.len() + pv.scale.len();
     let row = AttentionRow {
         span_tokens,
+        text_tokens,
+        text_rows: text_rows.name(),
         batch,
         candle_f32_s: times[0],
         f16_loop_s: times[1],

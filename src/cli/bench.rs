@@ -6,6 +6,7 @@
 use anyhow::{Context, Result};
 use kvq::bench::{self, attention, quantize};
 use kvq::{Scheme, Shape3};
+use kvq_ir::lower::InputType;
 
 /// The most memory the attention comparison may take (the unquantized cache in f32 for candle
 /// and in f16 for the loop, per sequence): checked before anything is allocated.
@@ -20,7 +21,8 @@ pub struct Args {
 #[derive(Debug, clap::Subcommand)]
 enum What {
     /// Decode attention, 1-bit CalibQuant (8 kv / 32 query heads, head_dim 128, 64 text
-    /// tokens plus the span) against candle f32 and an f16 loop over the unquantized cache.
+    /// tokens (`--text`) plus the span) against candle f32 and an f16 loop over the unquantized
+    /// cache.
     Attention(AttentionArgs),
     /// Host quantize of an f16 span against a copy of its bytes on every core.
     Quantize(QuantizeArgs),
@@ -46,6 +48,13 @@ struct AttentionArgs {
     /// Sequences (comma-separated for several).
     #[arg(long, value_delimiter = ',', default_value = "1,4", value_parser = super::sizes::batch)]
     batch: Vec<usize>,
+    /// Full-precision (text) tokens of each sequence before the span.
+    #[arg(long, default_value_t = attention::TEXT, value_parser = super::sizes::tokens)]
+    text: usize,
+    /// The element type kvq's cache keeps the text tokens' rows in (the baselines keep theirs:
+    /// f32 for candle, f16 for the loop).
+    #[arg(long, value_enum, default_value = "f32")]
+    text_rows: super::Input,
     /// Timed rounds; each calls every contender once.
     #[arg(long, default_value_t = 10, value_parser = super::sizes::count)]
     rounds: usize,
@@ -85,9 +94,11 @@ pub fn run(args: Args) -> Result<()> {
     }
 }
 
-/// Bytes the attention comparison holds for `tokens` span tokens and `batch` sequences.
-fn attention_bytes(tokens: usize, batch: usize) -> Option<u64> {
-    let rows = (tokens as u64 + attention::TEXT as u64)
+/// Bytes the attention comparison holds for `tokens` span and `text` full-precision tokens and
+/// `batch` sequences.
+fn attention_bytes(tokens: usize, text: usize, batch: usize) -> Option<u64> {
+    let rows = (tokens as u64)
+        .checked_add(text as u64)?
         .checked_mul(batch as u64)?
         .checked_mul((attention::KV * attention::DIM) as u64)?;
     // K and V: f32 for candle, f16 for the loop.
@@ -97,10 +108,11 @@ fn attention_bytes(tokens: usize, batch: usize) -> Option<u64> {
 fn run_attention(args: AttentionArgs) -> Result<()> {
     for &t in &args.tokens {
         for &b in &args.batch {
-            let bytes = attention_bytes(t, b).filter(|&n| n <= MAX_BYTES);
+            let bytes = attention_bytes(t, args.text, b).filter(|&n| n <= MAX_BYTES);
             bytes.with_context(|| {
                 format!(
-                    "{t} span tokens x batch {b}: the baselines' unquantized cache needs more than {} GiB",
+                    "{t} span + {} text tokens x batch {b}: the baselines' unquantized cache needs more than {} GiB",
+                    args.text,
                     MAX_BYTES >> 30
                 )
             })?;
@@ -109,7 +121,8 @@ fn run_attention(args: AttentionArgs) -> Result<()> {
     let mut rows = Vec::new();
     for &t in &args.tokens {
         for &b in &args.batch {
-            rows.push(attention::run(t, b, args.rounds)?);
+            let text = (args.text, InputType::from(args.text_rows));
+            rows.push(attention::run(t, text, b, args.rounds)?);
         }
     }
     if args.json {
@@ -118,11 +131,12 @@ fn run_attention(args: AttentionArgs) -> Result<()> {
     }
     println!("decode attention, {}", attention::SCHEME);
     println!(
-        "{} kv / {} query heads, head_dim {}, {} text tokens + the span; medians of {} interleaved rounds; {}",
+        "{} kv / {} query heads, head_dim {}, {} text tokens ({} in kvq's cache) + the span; medians of {} interleaved rounds; {}",
         attention::KV,
         attention::KV * attention::GROUP,
         attention::DIM,
-        attention::TEXT,
+        args.text,
+        InputType::from(args.text_rows).name(),
         args.rounds,
         bench::machine()
     );

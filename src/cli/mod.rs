@@ -24,7 +24,7 @@ use kvq_ir::lower::InputType;
 
 /// The element type of the K/V a kernel reads, as the command line spells it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum Input {
+pub(crate) enum Input {
     F16,
     Bf16,
     F32,

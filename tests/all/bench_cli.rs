@@ -37,6 +37,8 @@ fn bench_attention_reports_each_shape() {
     assert_eq!(rows.len(), 2);
     for (row, tokens) in rows.iter().zip([256u64, 512]) {
         assert_eq!(row["span_tokens"], tokens);
+        assert_eq!(row["text_tokens"], 64);
+        assert_eq!(row["text_rows"], "f32");
         assert_eq!(row["batch"], 2);
         // 1-bit codes for 8 heads x 128 channels per token, K and V; f16 zero and scale per
         // (head, channel), K and V.
@@ -50,6 +52,46 @@ fn bench_attention_reports_each_shape() {
             assert!(row[key].as_f64().unwrap() > 0.0, "{key}");
         }
     }
+}
+
+#[test]
+fn bench_attention_takes_the_text_tokens_asked_for() {
+    let mut errors = Vec::new();
+    for (text, rows) in [(0u64, "f32"), (300, "f16"), (300, "bf16")] {
+        let out = kvq(&[
+            "bench",
+            "attention",
+            "--tokens",
+            "128",
+            "--batch",
+            "1",
+            "--text",
+            &text.to_string(),
+            "--text-rows",
+            rows,
+            "--rounds",
+            "1",
+            "--json",
+        ]);
+        let figures = json(&out);
+        let row = &figures.as_array().unwrap()[0];
+        assert_eq!(row["text_tokens"], text);
+        assert_eq!(row["text_rows"], rows);
+        assert_eq!(row["span_tokens"], 128);
+        // The span alone is quantized: its sizes do not depend on the text.
+        assert_eq!(row["span_f16_bytes"], 2 * 8 * 128 * 128 * 2);
+        // kvq's output is near candle's over the same text and span (the span's 1-bit error).
+        let err = row["rel_error_vs_f32"].as_f64().unwrap();
+        assert!(
+            err > 0.01 && err < 0.9,
+            "--text {text} --text-rows {rows}: {err}"
+        );
+        errors.push(err);
+    }
+    // With 300 of 428 tokens full precision, kvq's output is nearer candle's than with none:
+    // the text tokens reach kvq's kernels (rounded to f16 or bf16, far below the span's error).
+    assert!(errors[1] < 0.5 * errors[0], "{errors:?}");
+    assert!(errors[2] < 0.5 * errors[0], "{errors:?}");
 }
 
 #[test]
@@ -74,7 +116,7 @@ fn bench_quantize_reports_each_scheme() {
 
 #[test]
 fn bench_refuses_what_it_cannot_hold() {
-    let cases: [(&[&str], &str); 4] = [
+    let cases: [(&[&str], &str); 5] = [
         (
             &[
                 "bench",
@@ -87,6 +129,7 @@ fn bench_refuses_what_it_cannot_hold() {
             "GiB",
         ),
         (&["bench", "attention", "--tokens", "0"], "tokens"),
+        (&["bench", "attention", "--text", "99999999"], "tokens"),
         (&["bench", "quantize", "--scheme", "bits = 3"], "--scheme"),
         (&["bench", "quantize", "--head-dim", "60"], "head_dim"),
     ];
