@@ -36,7 +36,9 @@ pub(super) struct Item {
     pub span_chunks: Value,
     /// Locals: the scaled query `[g, d]`, post-scaled query `[g, d]`, bias `[g]`, byte tables
     /// `[row bytes, 256, g]` (when used), one token's codes as f32 `[d]`, logits `[tile, g]`,
-    /// partial sums (at least [`LANES`], and [`LANES`] per query head for [`fp_dots`]).
+    /// partial sums ([`LANES`], and [`LANES`] per query head for [`row_dots`]), and a run of
+    /// accumulators that only constant indices reach ([`RUN`] elements: registers for the
+    /// full-precision values' sums).
     pub q: u32,
     pub qs: u32,
     pub bias: u32,
@@ -44,7 +46,11 @@ pub(super) struct Item {
     pub codes: u32,
     pub logits: u32,
     pub sum: u32,
+    pub run: u32,
 }
+
+/// Elements of [`Item::run`]: four vectors of [`LANES`].
+pub(super) const RUN: u32 = 4 * LANES;
 
 /// True when the keys use byte tables: axis = channel, group = all, at most 4 bits.
 pub(super) fn uses_tables(key: &Scheme) -> bool {
@@ -420,7 +426,7 @@ pub(super) fn fp_logits(
     let tok = b.add(hf, t);
     let at = affine(b, tok, d, it.fp_base);
     if d % LANES == 0 && it.g <= MAX_ROW_HEADS {
-        let dots = fp_dots(b, it, (fp_k, fp), at);
+        let dots = row_dots(b, it, (fp_k, fp), at, it.g, &|b, gi| b.u32(gi * d));
         for (gi, s) in dots.into_iter().enumerate() {
             let gv = b.u32(gi as u32);
             store_logit(b, it, gv, slot, s);
@@ -431,28 +437,38 @@ pub(super) fn fp_logits(
     let gn = b.u32(it.g);
     b.for_range(zero, gn, 1, |b, gi| {
         let row = times(b, gi, d);
-        let s = sum_over(b, it.sum, d, |b, c| {
-            let qi = b.add(row, c);
-            let q = b.read_local(it.q, qi);
-            let ki = b.add(at, c);
-            let k = load_fp(b, fp, fp_k, ki, 1);
-            b.mul(q, k)
-        });
+        let s = match d % LANES {
+            0 => row_dots(b, it, (fp_k, fp), at, 1, &|_, _| row)[0],
+            _ => sum_over(b, it.sum, d, |b, c| {
+                let qi = b.add(row, c);
+                let q = b.read_local(it.q, qi);
+                let ki = b.add(at, c);
+                let k = load_fp(b, fp, fp_k, ki, 1);
+                b.mul(q, k)
+            }),
+        };
         store_logit(b, it, gi, slot, s);
     });
 }
 
-/// Query heads whose full-precision logits [`fp_dots`] computes from one read of the key row.
+/// Query heads whose full-precision logits [`row_dots`] computes from one read of the key row.
 pub(super) const MAX_ROW_HEADS: u32 = 8;
 
-/// `sum_c q[gi * d + c] * k[at + c]` for every query head `gi` of the group, over the `d`
-/// channels (a multiple of [`LANES`]) of a full-precision key row read once by vector loads of
-/// [`LANES`] elements: as [`sum_over`] adds them (channel `c` in lane `c % LANES` of the head's
-/// [`LANES`] partial sums, the lanes by a tree), each head's partial sums at `gi * LANES` of the
-/// local `sum`, so that the heads' sums are independent chains.
-fn fp_dots(b: &mut Builder, it: &Item, (fp_k, fp): (Memory, InputType), at: Value) -> Vec<Value> {
+/// `sum_c q[row(i) + c] * k[at + c]` for each `i` in `0..n` (`row(i)`: the offset of a query
+/// head in `q`), over the `d` channels (a multiple of [`LANES`]) of a full-precision key row read
+/// once by vector loads of [`LANES`] elements: as [`sum_over`] adds them (channel `c` in lane
+/// `c % LANES` of the head's [`LANES`] partial sums, the lanes by a tree), the partial sums of
+/// head `i` at `i * LANES` of the local `sum`, so that the heads' sums are independent chains.
+fn row_dots(
+    b: &mut Builder,
+    it: &Item,
+    (fp_k, fp): (Memory, InputType),
+    at: Value,
+    n: u32,
+    row: &dyn Fn(&mut Builder, u32) -> Value,
+) -> Vec<Value> {
     let fz = b.f32(0.0);
-    for e in 0..it.g * LANES {
+    for e in 0..n * LANES {
         let ev = b.u32(e);
         b.write_local(it.sum, ev, fz);
     }
@@ -462,8 +478,8 @@ fn fp_dots(b: &mut Builder, it: &Item, (fp_k, fp): (Memory, InputType), at: Valu
         let base = times(b, step, LANES);
         let ki = b.add(at, base);
         let k = load_fp(b, fp, fp_k, ki, LANES as u8);
-        for gi in 0..it.g {
-            let row = b.u32(gi * it.d);
+        for i in 0..n {
+            let row = row(b, i);
             let qi = b.add(row, base);
             for j in 0..LANES {
                 let jv = b.u32(j);
@@ -471,18 +487,18 @@ fn fp_dots(b: &mut Builder, it: &Item, (fp_k, fp): (Memory, InputType), at: Valu
                 let qj = b.add(qi, jv);
                 let q = b.read_local(it.q, qj);
                 let x = b.mul(q, kj);
-                let lane = b.u32(gi * LANES + j);
+                let lane = b.u32(i * LANES + j);
                 let acc = b.read_local(it.sum, lane);
                 let acc = b.add(acc, x);
                 b.write_local(it.sum, lane, acc);
             }
         }
     });
-    (0..it.g)
-        .map(|gi| {
+    (0..n)
+        .map(|i| {
             let lanes = (0..LANES)
                 .map(|j| {
-                    let jv = b.u32(gi * LANES + j);
+                    let jv = b.u32(i * LANES + j);
                     b.read_local(it.sum, jv)
                 })
                 .collect();

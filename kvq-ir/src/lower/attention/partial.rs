@@ -7,11 +7,11 @@ use crate::scheme::{Axis, CacheScheme, Group, Scheme};
 use super::item_params::{declare_partial, declare_stats, ItemParams};
 use super::keys::{
     affine, calibration_factor, fp_logits, key_row, load_query, logit_at, span_logits, times,
-    uses_tables, Item,
+    uses_tables, Item, MAX_ROW_HEADS, RUN,
 };
 use super::values::{
     flat_heads, flush, fold_lanes, fp_values, init, over_lanes, softmax_tile, span_values, State,
-    FP_ACCUMULATORS, LANES,
+    LANES,
 };
 use super::{seq_field as f, AttentionSchedule, AttentionShape};
 
@@ -45,7 +45,8 @@ fn work_item(
         b.local("bias", ScalarType::F32, g),
         b.local("codes", ScalarType::F32, d),
         b.local("logits", ScalarType::F32, g * s.tile),
-        b.local("sum", ScalarType::F32, FP_ACCUMULATORS),
+        b.local("sum", ScalarType::F32, LANES * g.clamp(1, MAX_ROW_HEADS)),
+        b.local("run", ScalarType::F32, RUN),
     ];
     let lut = (s.tables && uses_tables(&scheme.key))
         .then(|| b.local("lut", ScalarType::F32, g * row_bytes * 256));
@@ -87,6 +88,7 @@ fn work_item(
             codes: locals[3],
             logits: locals[4],
             sum: locals[5],
+            run: locals[6],
         };
         let ci = b.sub(w, it.chunk_base);
         let is_span = b.cmp(CmpOp::Lt, ci, it.span_chunks);

@@ -8,9 +8,7 @@ use crate::scheme::{Axis, Group, Scheme};
 
 use super::item_params::load_fp;
 
-use super::keys::{
-    affine, for_heads, logit_at, param_f32, table_at, times, unpack_row, Item, MAX_ROW_HEADS,
-};
+use super::keys::{affine, for_heads, logit_at, param_f32, table_at, times, unpack_row, Item, RUN};
 
 /// Online softmax state locals: running max `[g]`, sum `[g]`, accumulator `[g, d]`; for
 /// axis = channel values also the raw code sums `[g, d]` and weight sums `[g]` of the current
@@ -486,10 +484,10 @@ pub(super) fn flush(
 }
 
 /// Adds the full-precision tokens `t0..stop` of a tile (weights in `logits[.., t - t0]`) to the
-/// state. For `d` a multiple of [`LANES`] and at most [`MAX_ROW_HEADS`] query heads, a loop over
-/// runs of [`LANES`] channels holds every head's accumulators of the run (in the local `sum`)
-/// over the tile's tokens, each value row read once for all heads; the same products added in
-/// the same order as token by token.
+/// state. For `d` a multiple of [`LANES`], per query head and run of channels (the largest of
+/// [`RUN`], 2 and 1 vectors that divides `d`), the run's accumulators are held in the local `run`
+/// (registers) over the tile's tokens; the same products added in the same order as token by
+/// token.
 pub(super) fn fp_values(
     b: &mut Builder,
     it: &Item,
@@ -502,7 +500,8 @@ pub(super) fn fp_values(
         let tok = b.add(hf, t);
         affine(b, tok, it.d, it.fp_base)
     };
-    if it.d % LANES != 0 || it.g > MAX_ROW_HEADS {
+    let d = it.d;
+    if d % LANES != 0 {
         b.for_range(t0, stop, 1, |b, t| {
             let slot = b.sub(t, t0);
             let at = row_at(b, t);
@@ -513,75 +512,52 @@ pub(super) fn fp_values(
         });
         return;
     }
-    let (d, g) = (it.d, it.g);
-    let w = fp_run(d, g);
+    let w = [RUN, 2 * LANES, LANES]
+        .into_iter()
+        .find(|w| d % w == 0)
+        .unwrap_or(LANES);
     let zero = b.u32(0);
-    let steps = b.u32(d / w);
-    b.for_range(zero, steps, 1, |b, step| {
-        let base = times(b, step, w);
-        let acc_at = |b: &mut Builder, gi: u32, j: u32| {
-            let off = b.u32(gi * d + j);
-            b.add(base, off)
-        };
-        for gi in 0..g {
-            for j in 0..w {
-                let from = acc_at(b, gi, j);
-                let a = b.read_local(st.acc, from);
-                let lane = b.u32(gi * w + j);
-                b.write_local(it.sum, lane, a);
-            }
+    let runs = b.u32(it.g * (d / w));
+    b.for_range(zero, runs, 1, |b, r| {
+        // Run r: head r / (d / w), channels (r % (d / w)) * w ..
+        let per_head = b.u32(d / w);
+        let gi = b.div(r, per_head);
+        let first = times(b, r, w);
+        for j in 0..w {
+            let jv = b.u32(j);
+            let from = b.add(first, jv);
+            let a = b.read_local(st.acc, from);
+            b.write_local(it.run, jv, a);
         }
+        let part = b.rem(r, per_head);
+        let c0 = times(b, part, w);
         b.for_range(t0, stop, 1, |b, t| {
             let slot = b.sub(t, t0);
             let at = row_at(b, t);
-            let at = b.add(at, base);
-            let vs: Vec<Value> = (0..w / LANES)
-                .map(|r| {
-                    let off = b.u32(r * LANES);
-                    let i = b.add(at, off);
-                    load_fp(b, fp, fp_v, i, LANES as u8)
-                })
-                .collect();
-            for gi in 0..g {
-                let gv = b.u32(gi);
-                let pat = logit_at(b, it, slot, gv);
-                let p = b.read_local(it.logits, pat);
-                for j in 0..w {
-                    let x = b.extract(vs[(j / LANES) as usize], (j % LANES) as u8);
-                    let px = b.mul(p, x);
-                    let lane = b.u32(gi * w + j);
-                    let a = b.read_local(it.sum, lane);
+            let at = b.add(at, c0);
+            let pat = logit_at(b, it, slot, gi);
+            let p = b.read_local(it.logits, pat);
+            for v in 0..w / LANES {
+                let off = b.u32(v * LANES);
+                let i = b.add(at, off);
+                let x = load_fp(b, fp, fp_v, i, LANES as u8);
+                for l in 0..LANES {
+                    let xl = b.extract(x, l as u8);
+                    let px = b.mul(p, xl);
+                    let jv = b.u32(v * LANES + l);
+                    let a = b.read_local(it.run, jv);
                     let a = b.add(a, px);
-                    b.write_local(it.sum, lane, a);
+                    b.write_local(it.run, jv, a);
                 }
             }
         });
-        for gi in 0..g {
-            for j in 0..w {
-                let lane = b.u32(gi * w + j);
-                let a = b.read_local(it.sum, lane);
-                let to = acc_at(b, gi, j);
-                b.write_local(st.acc, to, a);
-            }
+        for j in 0..w {
+            let jv = b.u32(j);
+            let a = b.read_local(it.run, jv);
+            let to = b.add(first, jv);
+            b.write_local(st.acc, to, a);
         }
     });
-}
-
-/// Accumulators (f32 elements) that [`fp_values`] holds at once: 16 vectors of [`LANES`].
-pub(super) const FP_ACCUMULATORS: u32 = 16 * LANES;
-
-/// Channels of [`fp_values`]' runs for `d` channels (a multiple of [`LANES`]) and `g` query
-/// heads: the most whole vectors of [`LANES`] that divide `d` and whose accumulators for every
-/// head fit in [`FP_ACCUMULATORS`], so that a pass reads as much of each value row as the
-/// registers hold.
-fn fp_run(d: u32, g: u32) -> u32 {
-    let vectors = d / LANES;
-    let fit = (FP_ACCUMULATORS / LANES / g.max(1)).max(1);
-    let k = (1..=vectors.min(fit))
-        .rev()
-        .find(|k| vectors % k == 0)
-        .unwrap_or(1);
-    k * LANES
 }
 
 /// Adds each histogram's code sums to `cacc` and clears it: for each code position from the
