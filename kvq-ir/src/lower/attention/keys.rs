@@ -80,7 +80,7 @@ pub(super) fn sum_over(
         });
         return b.read_local(sum, zero);
     }
-    zero_lanes(b, sum, fz);
+    zero_lanes(b, sum, fz, 1);
     let steps = b.u32(n / LANES);
     b.for_range(zero, steps, 1, |b, step| {
         let base = times(b, step, LANES);
@@ -93,20 +93,21 @@ pub(super) fn sum_over(
             b.write_local(sum, j, acc);
         });
     });
-    lanes_total(b, sum)
+    lanes_total(b, sum, 0)
 }
 
-/// Sets the [`LANES`] partial sums of the local `sum` to `fz` (an f32 zero).
-fn zero_lanes(b: &mut Builder, sum: u32, fz: Value) {
-    for j in 0..LANES {
+/// Sets the first `heads` x [`LANES`] partial sums of the local `sum` to `fz` (an f32 zero).
+fn zero_lanes(b: &mut Builder, sum: u32, fz: Value, heads: u32) {
+    for j in 0..heads * LANES {
         let jv = b.u32(j);
         b.write_local(sum, jv, fz);
     }
 }
 
-/// The total of the [`LANES`] partial sums of the local `sum`, added as a balanced tree.
-fn lanes_total(b: &mut Builder, sum: u32) -> Value {
-    let lanes = (0..LANES)
+/// The total of the [`LANES`] partial sums of the local `sum` from element `first`, added as a
+/// balanced tree.
+fn lanes_total(b: &mut Builder, sum: u32, first: u32) -> Value {
+    let lanes = (first..first + LANES)
         .map(|j| {
             let jv = b.u32(j);
             b.read_local(sum, jv)
@@ -468,10 +469,7 @@ fn row_dots(
     row: &dyn Fn(&mut Builder, u32) -> Value,
 ) -> Vec<Value> {
     let fz = b.f32(0.0);
-    for e in 0..n * LANES {
-        let ev = b.u32(e);
-        b.write_local(it.sum, ev, fz);
-    }
+    zero_lanes(b, it.sum, fz, n);
     let zero = b.u32(0);
     let steps = b.u32(it.d / LANES);
     b.for_range(zero, steps, 1, |b, step| {
@@ -494,17 +492,7 @@ fn row_dots(
             }
         }
     });
-    (0..n)
-        .map(|i| {
-            let lanes = (0..LANES)
-                .map(|j| {
-                    let jv = b.u32(i * LANES + j);
-                    b.read_local(it.sum, jv)
-                })
-                .collect();
-            tree_sum(b, lanes)
-        })
-        .collect()
+    (0..n).map(|i| lanes_total(b, it.sum, i * LANES)).collect()
 }
 
 fn store_logit(b: &mut Builder, it: &Item, gi: Value, slot: Value, s: Value) {
