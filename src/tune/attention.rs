@@ -92,6 +92,22 @@ impl AttentionKey {
         }
     }
 
+    /// Whether this key's checksums are those the current candidates and lowering give for
+    /// `scheme` (the entry's recorded text) at `schedule`, on any target.
+    fn is_current(&self, scheme: &str, schedule: &AttentionSchedule) -> bool {
+        let Ok(scheme) = CacheScheme::parse(scheme) else {
+            return false;
+        };
+        let shape = AttentionShape {
+            head_dim: self.head_dim,
+            group: self.group,
+            fp: kvq_ir::lower::InputType::F32,
+        };
+        let now = AttentionKey::new(&scheme, shape, schedule);
+        (&self.scheme_hash, &self.candidates_checksum, &self.lowering)
+            == (&now.scheme_hash, &now.candidates_checksum, &now.lowering)
+    }
+
     fn same_but_checksums(&self, other: &AttentionKey) -> bool {
         (&self.scheme_hash, &self.target, self.head_dim, self.group)
             == (
@@ -198,6 +214,19 @@ impl AttentionTable {
     ) {
         self.entries.retain(|k, _| !k.same_but_checksums(&key));
         self.entries.insert(key, (schedule, ns, scheme.to_string()));
+    }
+
+    /// Every entry, whatever machine tuned it, whose checksums differ from those the current
+    /// candidates and lowering give for its scheme and schedule (`target: scheme` each, the
+    /// shape named): a stale entry is never used, so a committed table should hold none.
+    pub fn stale_entries(&self) -> Vec<String> {
+        self.entries
+            .iter()
+            .filter(|(key, (schedule, _, text))| !key.is_current(text, schedule))
+            .map(|(key, (_, _, text))| {
+                format!("{}: {text} at d{} g{}", key.target, key.head_dim, key.group)
+            })
+            .collect()
     }
 
     /// Entries.

@@ -48,7 +48,7 @@ use std::time::{Duration, Instant};
 use kvq_codegen::host::HostKernel;
 use kvq_ir::ir::interp::{Arg, Buffer};
 use kvq_ir::lower::io::input_buffer;
-use kvq_ir::lower::{self, LowerError, Schedule, ShapeClass};
+use kvq_ir::lower::{self, InputType, LowerError, Schedule, ShapeClass};
 use kvq_ir::reference::quantize::{check_shape, param_shape, row_bytes};
 use kvq_ir::reference::QuantError;
 use kvq_ir::{Axis, Scheme, Shape3, Tensor3};
@@ -308,6 +308,28 @@ impl TuningKey {
             candidates_checksum: candidate_checksum(&candidates(scheme, shape)),
             lowering: lowering_checksum(scheme, shape),
         }
+    }
+
+    /// Whether this key's checksums are those the current candidates and lowering give for
+    /// `scheme` (the entry's recorded text), on any target.
+    fn is_current(&self, scheme: Option<&str>) -> bool {
+        let Some(scheme) = scheme.and_then(|t| Scheme::parse(t).ok()) else {
+            return false;
+        };
+        let input = [InputType::F16, InputType::BF16, InputType::F32]
+            .into_iter()
+            .find(|t| t.name() == self.input);
+        let Some(input) = input else {
+            return false;
+        };
+        let shape = ShapeClass {
+            head_dim: self.head_dim,
+            input,
+        };
+        self.kind == "quantize"
+            && self.scheme_hash == scheme_hash(&scheme)
+            && self.candidates_checksum == candidate_checksum(&candidates(&scheme, shape))
+            && self.lowering == lowering_checksum(&scheme, shape)
     }
 
     /// Equal but for the candidate and lowering checksums.

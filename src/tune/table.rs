@@ -85,6 +85,24 @@ impl TuningTable {
         self.entries.is_empty()
     }
 
+    /// Every entry, whatever machine tuned it, whose checksums differ from those the current
+    /// candidates and lowering give (`target: scheme` each): a stale entry is never used, so a
+    /// committed table should hold none. An entry without its scheme's text, or whose text no
+    /// longer parses to its hash, counts as stale too.
+    pub fn stale_entries(&self) -> Vec<String> {
+        self.entries
+            .iter()
+            .filter(|(key, (_, _, text))| !key.is_current(text.as_deref()))
+            .map(|(key, (_, _, text))| {
+                format!(
+                    "{}: {}",
+                    key.target,
+                    text.as_deref().unwrap_or("(no scheme text)")
+                )
+            })
+            .collect()
+    }
+
     /// Whether an entry matches `key` but for its candidate checksum.
     fn has_stale(&self, key: &TuningKey) -> bool {
         self.entries.keys().any(|k| k.same_but_checksum(key))

@@ -588,3 +588,46 @@ fn tune_attention_times_every_candidate_at_every_span() {
     let lowest = result.ratios.iter().copied().fold(f64::INFINITY, f64::min);
     assert_eq!(result.ratios[at(result.best)], lowest);
 }
+
+/// The committed tuning tables hold no stale entry, whatever machine tuned it: a stale entry is
+/// never used (its machine silently gets the default schedule, and the benchmarks with it), so a
+/// change to the lowering or the candidates must re-tune or drop the entries it staled. And the
+/// check finds an entry whose lowering checksum was changed.
+#[test]
+fn committed_tuning_tables_hold_no_stale_entry() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tuning");
+    let quantize = TuningTable::load(&dir.join("host.json")).unwrap();
+    let attention =
+        tune::attention::AttentionTable::load(&dir.join("host-attention.json")).unwrap();
+    assert!(!quantize.is_empty() && !attention.is_empty());
+    assert_eq!(quantize.stale_entries(), Vec::<String>::new(), "host.json");
+    assert_eq!(
+        attention.stale_entries(),
+        Vec::<String>::new(),
+        "host-attention.json"
+    );
+
+    for (name, len) in [
+        ("host.json", quantize.len()),
+        ("host-attention.json", attention.len()),
+    ] {
+        let text = std::fs::read_to_string(dir.join(name)).unwrap();
+        let at = text.find("\"lowering\": \"fnv1a64:").unwrap() + "\"lowering\": \"fnv1a64:".len();
+        let digit = if text.as_bytes()[at] == b'0' {
+            "1"
+        } else {
+            "0"
+        };
+        let damaged = format!("{}{digit}{}", &text[..at], &text[at + 1..]);
+        let path = temp(&format!("damaged-{name}"));
+        std::fs::write(&path, damaged).unwrap();
+        let stale = if name == "host.json" {
+            TuningTable::load(&path).unwrap().stale_entries()
+        } else {
+            tune::attention::AttentionTable::load(&path)
+                .unwrap()
+                .stale_entries()
+        };
+        assert_eq!(stale.len(), 1, "{name}: {stale:?} of {len}");
+    }
+}
