@@ -55,6 +55,23 @@ pub struct AttentionRow {
     pub span_bytes: usize,
     /// Bytes of the same span in f16.
     pub span_f16_bytes: usize,
+    /// Bytes of the text tokens' rows in kvq's cache (keys and values, as `text_rows`).
+    pub text_bytes: usize,
+    /// Bytes of the same rows in f16 (the f16 loop's cache).
+    pub text_f16_bytes: usize,
+}
+
+impl AttentionRow {
+    /// The span's f16 bytes over kvq's (codes and parameters).
+    pub fn span_compression(&self) -> f64 {
+        self.span_f16_bytes as f64 / self.span_bytes as f64
+    }
+
+    /// A sequence's whole cache (text tokens and span) in f16 over kvq's.
+    pub fn cache_compression(&self) -> f64 {
+        (self.span_f16_bytes + self.text_f16_bytes) as f64
+            / (self.span_bytes + self.text_bytes) as f64
+    }
 }
 
 /// Key/value-like data `[KV, tokens, DIM]` ([`synthetic_kv`]).
@@ -225,6 +242,10 @@ pub fn run(
     };
     let out = args.outputs().concat();
     let params = pk.zero.len() + pk.scale.len() + pv.zero.len() + pv.scale.len();
+    let row_bytes = match text_rows {
+        InputType::F32 => 4,
+        InputType::F16 | InputType::BF16 => 2,
+    };
     let row = AttentionRow {
         span_tokens,
         text_tokens,
@@ -236,6 +257,8 @@ pub fn run(
         rel_error_vs_f32: crate::metrics::rel_error(&out, &reference),
         span_bytes: pk.codes.len() + pv.codes.len() + params * 2,
         span_f16_bytes: 2 * KV * span_tokens * DIM * 2,
+        text_bytes: 2 * KV * text_tokens * DIM * row_bytes,
+        text_f16_bytes: 2 * KV * text_tokens * DIM * 2,
     };
     Ok(row)
 }

@@ -140,27 +140,30 @@ fn run_attention(args: AttentionArgs) -> Result<()> {
         args.rounds,
         bench::machine()
     );
+    println!("span mem: the span in f16 over kvq's codes and parameters; cache mem: a sequence's text tokens and span in f16 over kvq's cache");
     println!(
-        "{:>8} {:>5} {:>12} {:>12} {:>10} {:>9} {:>8} {:>10} {:>9}",
+        "{:>8} {:>5} {:>12} {:>12} {:>10} {:>9} {:>9} {:>8} {:>10} {:>9}",
         "span",
         "batch",
         "candle f32",
         "f16 loop",
         "kvq",
-        "memory",
+        "span mem",
+        "cache mem",
         "rel err",
         "vs candle",
         "vs f16"
     );
     for r in &rows {
         println!(
-            "{:>8} {:>5} {:>9.3} ms {:>9.3} ms {:>7.3} ms {:>8.2}x {:>8.4} {:>9.2}x {:>8.2}x",
+            "{:>8} {:>5} {:>9.3} ms {:>9.3} ms {:>7.3} ms {:>8.2}x {:>8.2}x {:>8.4} {:>9.2}x {:>8.2}x",
             r.span_tokens,
             r.batch,
             r.candle_f32_s * 1e3,
             r.f16_loop_s * 1e3,
             r.kvq_s * 1e3,
-            r.span_f16_bytes as f64 / r.span_bytes as f64,
+            r.span_compression(),
+            r.cache_compression(),
             r.rel_error_vs_f32,
             r.candle_f32_s / r.kvq_s,
             r.f16_loop_s / r.kvq_s,

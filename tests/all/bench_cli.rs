@@ -45,6 +45,9 @@ fn bench_attention_reports_each_shape() {
         let codes = 2 * 8 * tokens * 16;
         assert_eq!(row["span_bytes"], codes + 2 * 2 * 8 * 128 * 2);
         assert_eq!(row["span_f16_bytes"], 2 * 8 * tokens * 128 * 2);
+        // 64 text tokens' f32 rows, K and V, against their f16 size.
+        assert_eq!(row["text_bytes"], 2 * 8 * 64 * 128 * 4);
+        assert_eq!(row["text_f16_bytes"], 2 * 8 * 64 * 128 * 2);
         // 1-bit CalibQuant on synthetic K/V: the output is near the f32 baseline's, not equal.
         let err = row["rel_error_vs_f32"].as_f64().unwrap();
         assert!(err > 0.01 && err < 0.9, "{err}");
@@ -80,6 +83,10 @@ fn bench_attention_takes_the_text_tokens_asked_for() {
         assert_eq!(row["span_tokens"], 128);
         // The span alone is quantized: its sizes do not depend on the text.
         assert_eq!(row["span_f16_bytes"], 2 * 8 * 128 * 128 * 2);
+        // The text rows are counted at the type asked for (f16 and bf16 two bytes).
+        let row_bytes = if rows == "f32" { 4 } else { 2 };
+        assert_eq!(row["text_bytes"], 2 * 8 * text * 128 * row_bytes);
+        assert_eq!(row["text_f16_bytes"], 2 * 8 * text * 128 * 2);
         // kvq's output is near candle's over the same text and span (the span's 1-bit error).
         let err = row["rel_error_vs_f32"].as_f64().unwrap();
         assert!(
