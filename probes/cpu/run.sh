@@ -12,7 +12,7 @@ out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 cc=${CC:-cc}
 status=0
-for probe in keys_permute values_accumulate token_codes quantile_passes; do
+for probe in keys_permute values_accumulate token_codes quantile_passes text_rows; do
     "$cc" -O3 -march=native -mamx-tile -mamx-bf16 -o "$out/$probe" "$probe.c" -lm -lpthread
     "$out/$probe" || { echo "probes: $probe disagrees with its reference"; status=1; }
 done
