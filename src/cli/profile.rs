@@ -187,13 +187,23 @@ pub fn run(args: Args) -> Result<()> {
         .context("attention")?;
         reports.extend(attention);
     }
-    let sdpa_bytes = gpu_model::sdpa_bf16_bytes(
-        shape.batch as u64,
-        shape.kv_heads as u64,
-        shape.tokens as u64,
-        u64::from(shape.head_dim),
-    )
-    .context("the shape's SDPA byte count overflows")?;
+    // SDPA attends over the whole cache: with `--attention`, the full-precision tokens too
+    // (as the measured baseline, scripts/sdpa_baseline.py, does).
+    let sdpa_tokens = if args.attention {
+        shape.tokens.checked_add(args.fp_tokens)
+    } else {
+        Some(shape.tokens)
+    };
+    let sdpa_bytes = sdpa_tokens
+        .and_then(|tokens| {
+            gpu_model::sdpa_bf16_bytes(
+                shape.batch as u64,
+                shape.kv_heads as u64,
+                tokens as u64,
+                u64::from(shape.head_dim),
+            )
+        })
+        .context("the shape's SDPA byte count overflows")?;
     let report = profile_report::Report {
         gpu: &gpu,
         shape,

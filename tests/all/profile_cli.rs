@@ -279,6 +279,9 @@ fn attention_kernels_are_profiled_on_request() {
             .filter(|k| k["role"].as_str().unwrap().starts_with("attention"))
             .map(|k| k["predicted_us"].as_f64().unwrap())
             .sum();
+        // SDPA reads the whole cache, span and full-precision tokens: K and V of 1 sequence x
+        // 2 kv heads x (600 + 40) tokens x 128 channels in bf16.
+        assert_eq!(j["sdpa_bf16"]["bytes"], 2 * 2 * 640 * 128 * 2);
         let reported = j["attention"]["predicted_us"].as_f64().unwrap();
         assert!(
             (reported - total).abs() <= 0.01 * total,
