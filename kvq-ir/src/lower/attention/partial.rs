@@ -287,8 +287,8 @@ pub(super) fn lower(
         &bufs,
         [kv_heads, chunks],
         |b, it, ci, is_span| {
-            // Full-precision items never touch the histograms: they neither clear them (64 KB
-            // at head_dim 128, group 4) nor rescale them when a max grows.
+            // Full-precision items never touch the histograms (64 KB at head_dim 128, group
+            // 4): they do not rescale them when a max grows.
             let fp_st = State { hist: None, ..st };
             let source = match scheme.calibrate {
                 Some(_) => Logits::Load(bufs.logits),
