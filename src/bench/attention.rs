@@ -242,10 +242,6 @@ pub fn run(
     };
     let out = args.outputs().concat();
     let params = pk.zero.len() + pk.scale.len() + pv.zero.len() + pv.scale.len();
-    let row_bytes = match text_rows {
-        InputType::F32 => 4,
-        InputType::F16 | InputType::BF16 => 2,
-    };
     let row = AttentionRow {
         span_tokens,
         text_tokens,
@@ -257,7 +253,7 @@ pub fn run(
         rel_error_vs_f32: crate::metrics::rel_error(&out, &reference),
         span_bytes: pk.codes.len() + pv.codes.len() + params * 2,
         span_f16_bytes: 2 * KV * span_tokens * DIM * 2,
-        text_bytes: 2 * KV * text_tokens * DIM * row_bytes,
+        text_bytes: 2 * KV * text_tokens * DIM * text_rows.scalar().size(),
         text_f16_bytes: 2 * KV * text_tokens * DIM * 2,
     };
     Ok(row)
