@@ -1078,6 +1078,82 @@ fn local_index_out_of_range_is_an_error() {
     );
 }
 
+/// An unzeroed local: each thread's writes are read back as written, a zeroed local still
+/// reads zero, and a read of an element the thread has not written in this block is an error
+/// (also when another thread, or the same thread in an earlier block, wrote it).
+#[test]
+fn unzeroed_locals_must_be_written_before_they_are_read() {
+    let kernel = |read_at: u32, write_first: bool| {
+        let mut b = Builder::new("unzeroed", 2);
+        let out = b.buffer("out", U32, Access::Write);
+        let t = b.unzeroed_local("t", U32, 4);
+        let z = b.local("z", U32, 1);
+        let tid = b.special(Special::ThreadId);
+        let block = b.special(Special::BlockId);
+        let two = b.u32(2);
+        let row = b.mul(block, two);
+        let row = b.add(row, tid);
+        let (i0, i1) = (b.u32(0), b.u32(1));
+        let hundred = b.u32(100);
+        let x = b.add(tid, hundred);
+        b.write_local(t, i0, x);
+        b.write_local(t, i1, block);
+        // Thread 1 of block 0 writes element 3, which no other thread or block may then read.
+        let is_first = b.cmp(CmpOp::Eq, row, i1);
+        b.if_then(is_first, |b| {
+            let three = b.u32(3);
+            b.write_local(t, three, x);
+        });
+        if write_first {
+            let at = b.u32(read_at);
+            b.write_local(t, at, block);
+        }
+        let at = b.u32(read_at);
+        let values = [
+            b.read_local(t, i0),
+            b.read_local(t, i1),
+            b.read_local(z, i0),
+        ];
+        let read = b.read_local(t, at);
+        let three = b.u32(3);
+        let base = b.mul(row, three);
+        let mut values = values.to_vec();
+        values[2] = b.add(values[2], read);
+        for (k, v) in values.into_iter().enumerate() {
+            let k = b.u32(k as u32);
+            let at = b.add(base, k);
+            b.store(out, at, v);
+        }
+        b.finish()
+    };
+    let written = kernel(2, true);
+    let mut args = vec![Arg::Buffer(Buffer::U32(vec![7; 12]))];
+    run(&written, &mut args, 2).unwrap();
+    let expected: Vec<u32> = (0..2u32)
+        .flat_map(|block| (0..2u32).flat_map(move |tid| [tid + 100, block, block]))
+        .collect();
+    assert_eq!(buffer(&args, 0).as_u32().unwrap(), expected);
+    assert!(kvq_ir::ir::print(&written).contains("local t: [u32; 4] unzeroed"));
+
+    for (read_at, write_first) in [(2, false), (3, false)] {
+        let k = kernel(read_at, write_first);
+        let reads: Vec<Value> = (0..4)
+            .map(|n| find(&k, n, |op| matches!(op, Op::ReadLocal { .. })))
+            .collect();
+        let mut args = vec![Arg::Buffer(Buffer::U32(vec![7; 12]))];
+        let err = run(&k, &mut args, 2).unwrap_err();
+        assert_eq!(
+            err,
+            InterpError::UnwrittenLocal {
+                inst: reads[3],
+                local: 0,
+                index: read_at,
+            },
+            "reading element {read_at}"
+        );
+    }
+}
+
 fn malformed(kernel: &Kernel, args: &mut [Arg]) -> (Option<Value>, Malformed) {
     match run(kernel, args, 1) {
         Err(InterpError::Malformed { inst, problem }) => (inst, problem),

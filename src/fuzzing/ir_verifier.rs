@@ -346,7 +346,7 @@ struct RawKernel {
     cluster_size: u8,
     params: Vec<RawParam>,
     shared: Vec<(RawName, RawScalar, u16)>,
-    locals: Vec<(RawName, RawScalar, u8)>,
+    locals: Vec<(RawName, RawScalar, u8, bool)>,
     insts: Vec<(RawOp, Option<RawType>)>,
     body: Vec<H>,
 }
@@ -397,10 +397,11 @@ impl RawKernel {
             locals: self
                 .locals
                 .iter()
-                .map(|(name, elem, len)| Local {
+                .map(|(name, elem, len, zeroed)| Local {
                     name: name.text("l"),
                     elem: (*elem).into(),
                     len: u32::from(*len),
+                    zeroed: *zeroed,
                 })
                 .collect(),
             insts,

@@ -9,7 +9,8 @@
 //! - Shared arrays: `addrspace(3)` globals on NVPTX (left undefined at block start: kvq kernels
 //!   write them before reading), or offsets into the `extern` dynamic shared memory when they
 //!   exceed 48 KiB (the launch passes `KernelInfo::dynamic_shared_bytes`); allocas on the host, zeroed at the start of every block as the
-//!   interpreter does. Locals: allocas, zeroed likewise; on the host one alloca holds every
+//!   interpreter does. Locals: allocas, zeroed likewise unless declared unzeroed (written before
+//!   they are read: `Local::zeroed`); on the host one alloca holds every
 //!   thread's copy (`block_size * len` elements, thread `tid` at `[tid * len, ..)`), so a local
 //!   survives the barriers that end a thread loop.
 
@@ -104,14 +105,18 @@ impl<'ctx> Lower<'_, 'ctx> {
         } else {
             u64::from(kernel.block_size) * blocks
         };
+        // An unzeroed local is written before it is read (`Local::zeroed`): no fill.
         let locals = kernel
             .locals
             .iter()
-            .map(|l| (l.elem, u64::from(l.len) * copies));
+            .map(|l| (l.elem, u64::from(l.len) * copies * u64::from(l.zeroed)));
         let ptrs = self.shared_base.iter().chain(&self.locals_base);
         let sizes: Vec<_> = shared.chain(locals).collect();
         let skip = if self.ptx { self.shared.len() } else { 0 };
         for (&ptr, (elem, len)) in ptrs.zip(sizes).skip(skip) {
+            if len == 0 {
+                continue;
+            }
             let bytes = self
                 .ctx
                 .i64_type()

@@ -91,12 +91,24 @@ impl Builder {
         super::kernel::shared_layout(&self.kernel.shared).1
     }
 
-    /// Declares a per-thread variable of `len` elements.
+    /// Declares a per-thread variable of `len` elements, zero when a block starts.
     pub fn local(&mut self, name: &str, elem: ScalarType, len: u32) -> u32 {
+        self.declare_local(name, elem, len, true)
+    }
+
+    /// Declares a per-thread variable of `len` elements that is not zeroed when a block starts:
+    /// the kernel writes each element before reading it ([`Local::zeroed`]). For large tables
+    /// built before use, whose fill would cost as much as building them.
+    pub fn unzeroed_local(&mut self, name: &str, elem: ScalarType, len: u32) -> u32 {
+        self.declare_local(name, elem, len, false)
+    }
+
+    fn declare_local(&mut self, name: &str, elem: ScalarType, len: u32, zeroed: bool) -> u32 {
         self.kernel.locals.push(Local {
             name: name.to_string(),
             elem,
             len,
+            zeroed,
         });
         self.kernel.locals.len() as u32 - 1
     }

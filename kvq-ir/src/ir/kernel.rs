@@ -172,6 +172,10 @@ pub struct Local {
     pub elem: ScalarType,
     /// Number of elements.
     pub len: u32,
+    /// Zero when a block starts (true), or left as the memory holds it: the kernel writes each
+    /// element before reading it (the interpreter fails a read of an element its thread has not
+    /// written since the block started; generated code skips the fill).
+    pub zeroed: bool,
 }
 
 /// Memory a load or store addresses.

@@ -485,7 +485,14 @@ fn header(kernel: &Kernel, out: &mut String) {
         let _ = writeln!(out, "shared {}: [{}; {}]", s.name, s.elem.name(), s.len);
     }
     for l in &kernel.locals {
-        let _ = writeln!(out, "local {}: [{}; {}]", l.name, l.elem.name(), l.len);
+        let start = if l.zeroed { "" } else { " unzeroed" };
+        let _ = writeln!(
+            out,
+            "local {}: [{}; {}]{start}",
+            l.name,
+            l.elem.name(),
+            l.len
+        );
     }
 }
 

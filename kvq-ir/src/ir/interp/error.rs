@@ -96,6 +96,17 @@ pub enum InterpError {
         len: u32,
     },
     /// Integer division or remainder by zero.
+    /// A read of an unzeroed local's element that its thread has not written since the block
+    /// started (generated code would read whatever the memory held).
+    #[error("{inst:?}: element {index} of local {local} is read before it is written (the local is not zeroed)")]
+    UnwrittenLocal {
+        /// The reading instruction.
+        inst: Value,
+        /// The local.
+        local: u32,
+        /// The element.
+        index: u32,
+    },
     #[error("{inst:?}: integer division by zero")]
     DivisionByZero {
         /// The instruction.

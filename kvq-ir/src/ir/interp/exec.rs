@@ -73,7 +73,11 @@ pub(super) fn run_clusters(
         // Per thread too: a block of 0 threads must not allocate a huge template either.
         let threads = u64::from(kernel.block_size.max(1)) * u64::from(n);
         check_size("locals", per_thread.saturating_mul(threads))?;
-        template.resize(template.len() + local.len as usize, Val::zero(local.elem));
+        let start = match local.zeroed {
+            true => Val::zero(local.elem),
+            false => Val::unwritten(),
+        };
+        template.resize(template.len() + local.len as usize, start);
     }
     let per_thread = template.len();
     let parts = cluster_parts(kernel);
@@ -407,7 +411,17 @@ impl Machine<'_, '_> {
             }
             Op::ReadLocal { local, index } => {
                 let (slot, _) = self.local_slot(t, h, *local, *index)?;
-                t.locals.get(slot).cloned()
+                match t.locals.get(slot) {
+                    Some(x) if x.is_unwritten() => {
+                        let index = self.u32_operand(h, *index)?;
+                        return Err(InterpError::UnwrittenLocal {
+                            inst: h,
+                            local: *local,
+                            index,
+                        });
+                    }
+                    x => x.cloned(),
+                }
             }
             Op::WriteLocal {
                 local,

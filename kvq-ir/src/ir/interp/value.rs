@@ -30,6 +30,18 @@ pub enum Val {
 }
 
 impl Val {
+    /// What an unzeroed local's element holds until its thread writes it: a vector of no
+    /// lanes, which no operation makes (vectors have 2 to 16) and no write stores (locals hold
+    /// scalars), so that a read of it is found ([`Val::is_unwritten`]).
+    pub fn unwritten() -> Val {
+        Val::Vec(Vec::new())
+    }
+
+    /// Whether this is [`Val::unwritten`].
+    pub fn is_unwritten(&self) -> bool {
+        matches!(self, Val::Vec(lanes) if lanes.is_empty())
+    }
+
     /// The zero of `elem` (`false` for Bool).
     pub fn zero(elem: ScalarType) -> Val {
         match elem {

@@ -54,7 +54,11 @@ pub(super) fn run(
     let at = |thread: usize, slot: Slot, e: usize| thread * per_thread + slot.offset + e;
     let warps = (kernel.block_size / WARP_SIZE) as usize;
     let lanes = WARP_SIZE as usize;
-    let get = |locals: &[Val], i: usize| locals.get(i).cloned().ok_or(bad(Malformed::UnknownInst));
+    let get = |locals: &[Val], i: usize| match locals.get(i) {
+        Some(x) if x.is_unwritten() => Err(unwritten(offsets, per_thread, h, i)),
+        Some(x) => Ok(x.clone()),
+        None => Err(bad(Malformed::UnknownInst)),
+    };
     match w {
         WarpOp::ShuffleXor { src, dst, mask }
         | WarpOp::ShuffleIdx {
@@ -174,4 +178,17 @@ pub(super) fn run(
         }
     }
     Ok(())
+}
+
+/// The error for a read of element `i` of the block's locals (`per_thread` a thread, local `l`
+/// at `offsets[l]`) that holds [`Val::unwritten`].
+fn unwritten(offsets: &[usize], per_thread: usize, h: Value, i: usize) -> InterpError {
+    let within = i % per_thread.max(1);
+    let local = offsets.iter().rposition(|&o| o <= within).unwrap_or(0);
+    let first = offsets.get(local).copied().unwrap_or(0);
+    InterpError::UnwrittenLocal {
+        inst: h,
+        local: local as u32,
+        index: u32::try_from(within - first).unwrap_or(u32::MAX),
+    }
 }

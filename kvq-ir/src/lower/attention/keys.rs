@@ -38,7 +38,7 @@ pub(super) struct Item {
     /// `[row bytes, 256, g]` (when used), one token's codes as f32 `[d]`, logits `[tile, g]`,
     /// partial sums ([`LANES`], and [`LANES`] per query head for [`row_dots`]), and a run of
     /// accumulators that only constant indices reach ([`RUN`] elements: registers for the
-    /// full-precision values' sums).
+    /// full-precision values' sums), and the [`LANES`] histogram buckets a step of the fold moves.
     pub q: u32,
     pub qs: u32,
     pub bias: u32,
@@ -47,6 +47,7 @@ pub(super) struct Item {
     pub logits: u32,
     pub sum: u32,
     pub run: u32,
+    pub moved: u32,
 }
 
 /// Elements of [`Item::run`]: four vectors of [`LANES`].

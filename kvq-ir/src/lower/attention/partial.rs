@@ -47,9 +47,10 @@ fn work_item(
         b.local("logits", ScalarType::F32, g * s.tile),
         b.local("sum", ScalarType::F32, LANES * g.clamp(1, MAX_ROW_HEADS)),
         b.local("run", ScalarType::F32, RUN),
+        b.local("moved", ScalarType::F32, LANES),
     ];
     let lut = (s.tables && uses_tables(&scheme.key))
-        .then(|| b.local("lut", ScalarType::F32, g * row_bytes * 256));
+        .then(|| b.unzeroed_local("lut", ScalarType::F32, g * row_bytes * 256));
     let item = global_item(b, s.block_size);
     let kv_heads = b.param(kv_heads);
     let chunks = b.param(chunks);
@@ -89,6 +90,7 @@ fn work_item(
             logits: locals[4],
             sum: locals[5],
             run: locals[6],
+            moved: locals[7],
         };
         let ci = b.sub(w, it.chunk_base);
         let is_span = b.cmp(CmpOp::Lt, ci, it.span_chunks);
@@ -266,7 +268,7 @@ pub(super) fn lower(
         }),
         hist: (s.tables && uses_tables(&scheme.value)).then(|| {
             let cells = d * scheme.value.bits.width() / 8;
-            b.local("hist", ScalarType::F32, g * cells * 256)
+            b.unzeroed_local("hist", ScalarType::F32, g * cells * 256)
         }),
         row: b.local("row", ScalarType::F32, d),
         wsum: b.local("wsum", ScalarType::F32, g.max(LANES)),

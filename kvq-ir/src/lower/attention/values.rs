@@ -56,11 +56,9 @@ fn scale_run(b: &mut Builder, local: u32, first: Value, n: u32, x: Value) {
     });
 }
 
-/// `m = -inf`, `l = 0`, accumulators 0. The histograms are not cleared here: like every local
-/// they are zero when a block starts, a thread runs one work item, and each fold leaves them
-/// zero for the next parameter row (clearing them again cost a 64 KB fill per span item at
-/// head_dim 128, group 4: about a tenth of `kvq bench attention`'s kernel samples at
-/// one-token spans).
+/// `m = -inf`, `l = 0`, accumulators 0, and the histograms (when `st` has them: span items)
+/// 0. The histograms are an unzeroed local, cleared here only: full-precision items never
+/// touch them, and each fold leaves them zero for the next parameter row.
 pub(super) fn init(b: &mut Builder, it: &Item, st: &State) {
     let (d, g) = (it.d, it.g);
     let ninf = b.f32(f32::NEG_INFINITY);
@@ -71,6 +69,9 @@ pub(super) fn init(b: &mut Builder, it: &Item, st: &State) {
     if let Some((cacc, psum)) = st.cacc {
         fill(b, cacc, g * d, fz);
         fill(b, psum, g, fz);
+    }
+    if let Some(hist) = st.hist {
+        fill(b, hist, g * hist_cells(it) * 256, fz);
     }
 }
 
@@ -206,6 +207,36 @@ pub(super) fn over_lanes(b: &mut Builder, total: Value, body: &dyn Fn(&mut Build
         let lanes = b.u32(LANES);
         let lane = b.rem(e, lanes);
         body(b, e, lane);
+    });
+}
+
+/// [`over_lanes`] with each step's lanes run through `first`, then through `second` (the rest
+/// one element at a time, both bodies each).
+fn over_lanes_staged(
+    b: &mut Builder,
+    total: Value,
+    first: &dyn Fn(&mut Builder, Value, Value),
+    second: &dyn Fn(&mut Builder, Value, Value),
+) {
+    let lanes = b.u32(LANES);
+    let steps = b.div(total, lanes);
+    let zero = b.u32(0);
+    b.for_range(zero, steps, 1, |b, step| {
+        let base = times(b, step, LANES);
+        for body in [first, second] {
+            let (z, lanes) = (b.u32(0), b.u32(LANES));
+            b.for_range(z, lanes, 1, |b, lane| {
+                let e = b.add(base, lane);
+                body(b, e, lane);
+            });
+        }
+    });
+    let done = times(b, steps, LANES);
+    b.for_range(done, total, 1, |b, e| {
+        let lanes = b.u32(LANES);
+        let lane = b.rem(e, lanes);
+        first(b, e, lane);
+        second(b, e, lane);
     });
 }
 
@@ -691,11 +722,19 @@ fn fold_histograms_flat(
             for_codes(b, value, |b, c, cf| {
                 let from = b.mul(c, run);
                 let from = b.add(first, from);
-                over_lanes(b, run, &|b, e, lane| {
+                // Moved buckets `from + e` first, then their adds: the two ranges are
+                // disjoint, so each step is the same as element by element, and neither
+                // lane loop needs LLVM to check at run time that they are (a check that
+                // kept `it.sum` in memory across the steps).
+                let take = |b: &mut Builder, e: Value, lane: Value| {
                     let at = b.add(from, e);
                     let x = b.read_local(hist, at);
                     let fz = b.f32(0.0);
                     b.write_local(hist, at, fz);
+                    b.write_local(it.moved, lane, x);
+                };
+                let give = |b: &mut Builder, e: Value, lane: Value| {
+                    let x = b.read_local(it.moved, lane);
                     let to = b.add(first, e);
                     let y = b.read_local(hist, to);
                     let y = b.add(y, x);
@@ -704,7 +743,8 @@ fn fold_histograms_flat(
                     let cx = b.mul(cf, x);
                     let s = b.add(s, cx);
                     b.write_local(it.sum, lane, s);
-                });
+                };
+                over_lanes_staged(b, run, &take, &give);
             });
             let pos = times(b, j, per_byte);
             let pos = b.add(pos, lane);
