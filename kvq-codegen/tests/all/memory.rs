@@ -386,3 +386,68 @@ fn shared_memory_reduction_with_barriers() {
         assert_eq!(s.to_bits(), v[0].to_bits());
     }
 }
+
+/// Each thread fills an unzeroed table of 1,024 U32s (`t[i] = i * 3 + block`), then reads it at
+/// data-dependent indices, beside a zeroed local it only reads (1,000 U32s, all zero).
+fn unzeroed_kernel() -> Kernel {
+    let mut b = Builder::new("unzeroed_table", 4);
+    let src = b.buffer("src", U32, Access::Read);
+    let dst = b.buffer("dst", U32, Access::Write);
+    let table = b.unzeroed_local("table", U32, 1024);
+    let zeroed = b.local("zeroed", U32, 1000);
+    let bid = b.special(Special::BlockId);
+    let (zero, n) = (b.u32(0), b.u32(1024));
+    b.for_range(zero, n, 1, |b, i| {
+        let three = b.u32(3);
+        let x = b.mul(i, three);
+        let x = b.add(x, bid);
+        b.write_local(table, i, x);
+    });
+    let i = global_id(&mut b, 4);
+    let at = b.load(src, i, 1);
+    let mask = b.u32(1023);
+    let at = b.binary(BinaryOp::And, at, mask);
+    let x = b.read_local(table, at);
+    let limit = b.u32(999);
+    let z_at = b.min(at, limit);
+    let z = b.read_local(zeroed, z_at);
+    let x = b.add(x, z);
+    b.store(dst, i, x);
+    b.finish()
+}
+
+#[test]
+fn unzeroed_locals_are_not_filled_and_read_what_the_thread_wrote() {
+    use kvq_codegen::{llvm_ir, Passes, Target};
+    let blocks = 5u32;
+    let n = (blocks * 4) as usize;
+    let src = lcg(21, n);
+    let args = vec![
+        Arg::Buffer(Buffer::U32(src.clone())),
+        Arg::Buffer(Buffer::U32(vec![7; n])),
+    ];
+    let out = agree(&unzeroed_kernel(), args, blocks);
+    let want: Vec<u32> = (0..n)
+        .map(|k| (src[k] & 1023) * 3 + (k / 4) as u32)
+        .collect();
+    assert_eq!(buf(&out, 1).as_u32().expect("u32"), want);
+    // The host code fills the zeroed local (1,000 U32s a thread, 4 threads: 16,000 bytes) and
+    // not the unzeroed one (16,384 bytes).
+    let kernel = unzeroed_kernel();
+    let host = llvm_ir(
+        &kernel,
+        &crate::common::info(&kernel),
+        Target::Host,
+        Passes::default(),
+    )
+    .expect("ir");
+    let memsets: Vec<&str> = host.lines().filter(|l| l.contains("llvm.memset")).collect();
+    assert!(
+        memsets.iter().any(|l| l.contains("i64 16000")),
+        "the zeroed local's fill: {memsets:?}"
+    );
+    assert!(
+        !memsets.iter().any(|l| l.contains("i64 16384")),
+        "the unzeroed local filled: {memsets:?}"
+    );
+}
