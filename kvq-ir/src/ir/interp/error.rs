@@ -95,7 +95,6 @@ pub enum InterpError {
         /// The local's length.
         len: u32,
     },
-    /// Integer division or remainder by zero.
     /// A read of an unzeroed local's element that its thread has not written since the block
     /// started (generated code would read whatever the memory held).
     #[error("{inst:?}: element {index} of local {local} is read before it is written (the local is not zeroed)")]
@@ -107,6 +106,7 @@ pub enum InterpError {
         /// The element.
         index: u32,
     },
+    /// Integer division or remainder by zero.
     #[error("{inst:?}: integer division by zero")]
     DivisionByZero {
         /// The instruction.
