@@ -191,39 +191,21 @@ pub(super) fn flat_heads(g: u32) -> bool {
 /// [`LANES`] elements as an inner loop over the lanes (which vectorizes: a step's
 /// elements and the lanes' locals are consecutive), then the rest one at a time.
 pub(super) fn over_lanes(b: &mut Builder, total: Value, body: &dyn Fn(&mut Builder, Value, Value)) {
-    let lanes = b.u32(LANES);
-    let steps = b.div(total, lanes);
-    let zero = b.u32(0);
-    b.for_range(zero, steps, 1, |b, step| {
-        let base = times(b, step, LANES);
-        let (z, lanes) = (b.u32(0), b.u32(LANES));
-        b.for_range(z, lanes, 1, |b, lane| {
-            let e = b.add(base, lane);
-            body(b, e, lane);
-        });
-    });
-    let done = times(b, steps, LANES);
-    b.for_range(done, total, 1, |b, e| {
-        let lanes = b.u32(LANES);
-        let lane = b.rem(e, lanes);
-        body(b, e, lane);
-    });
+    over_lanes_staged(b, total, &[body]);
 }
 
-/// [`over_lanes`] with each step's lanes run through `first`, then through `second` (the rest
-/// one element at a time, both bodies each).
-fn over_lanes_staged(
-    b: &mut Builder,
-    total: Value,
-    first: &dyn Fn(&mut Builder, Value, Value),
-    second: &dyn Fn(&mut Builder, Value, Value),
-) {
+/// The work of one element `e` of [`over_lanes`], in lane `e % LANES`: `body(b, e, lane)`.
+type LaneBody<'a> = &'a dyn Fn(&mut Builder, Value, Value);
+
+/// [`over_lanes`] with several bodies: each step's lanes run through every body in turn, a
+/// lane loop each (the rest one element at a time, every body each).
+fn over_lanes_staged(b: &mut Builder, total: Value, bodies: &[LaneBody<'_>]) {
     let lanes = b.u32(LANES);
     let steps = b.div(total, lanes);
     let zero = b.u32(0);
     b.for_range(zero, steps, 1, |b, step| {
         let base = times(b, step, LANES);
-        for body in [first, second] {
+        for body in bodies {
             let (z, lanes) = (b.u32(0), b.u32(LANES));
             b.for_range(z, lanes, 1, |b, lane| {
                 let e = b.add(base, lane);
@@ -235,8 +217,9 @@ fn over_lanes_staged(
     b.for_range(done, total, 1, |b, e| {
         let lanes = b.u32(LANES);
         let lane = b.rem(e, lanes);
-        first(b, e, lane);
-        second(b, e, lane);
+        for body in bodies {
+            body(b, e, lane);
+        }
     });
 }
 
@@ -744,7 +727,7 @@ fn fold_histograms_flat(
                     let s = b.add(s, cx);
                     b.write_local(it.sum, lane, s);
                 };
-                over_lanes_staged(b, run, &take, &give);
+                over_lanes_staged(b, run, &[&take, &give]);
             });
             let pos = times(b, j, per_byte);
             let pos = b.add(pos, lane);
