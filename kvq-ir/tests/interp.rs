@@ -1078,12 +1078,15 @@ fn local_index_out_of_range_is_an_error() {
     );
 }
 
-/// An unzeroed local: each thread's writes are read back as written, a zeroed local still
-/// reads zero, and a read of an element the thread has not written in this block is an error
-/// (also when another thread, or the same thread in an earlier block, wrote it).
+/// An unzeroed local: each thread's writes are read back as written and a zeroed local still
+/// reads zero; a read of an element the reading thread has not written in this block is an
+/// error, also when another thread of the block wrote it, or the same thread in an earlier
+/// block.
 #[test]
 fn unzeroed_locals_must_be_written_before_they_are_read() {
-    let kernel = |read_at: u32, write_first: bool| {
+    // Threads are rows `block * 2 + tid`; row `writer` writes element 3 of its table, row
+    // `reader` reads element 3 and every other row element 1.
+    let kernel = |writer: u32, reader: u32| {
         let mut b = Builder::new("unzeroed", 2);
         let out = b.buffer("out", U32, Access::Write);
         let t = b.unzeroed_local("t", U32, 4);
@@ -1093,32 +1096,24 @@ fn unzeroed_locals_must_be_written_before_they_are_read() {
         let two = b.u32(2);
         let row = b.mul(block, two);
         let row = b.add(row, tid);
-        let (i0, i1) = (b.u32(0), b.u32(1));
+        let (i0, i1, i3) = (b.u32(0), b.u32(1), b.u32(3));
         let hundred = b.u32(100);
-        let x = b.add(tid, hundred);
+        let x = b.add(row, hundred);
         b.write_local(t, i0, x);
         b.write_local(t, i1, block);
-        // Thread 1 of block 0 writes element 3, which no other thread or block may then read.
-        let is_first = b.cmp(CmpOp::Eq, row, i1);
-        b.if_then(is_first, |b| {
-            let three = b.u32(3);
-            b.write_local(t, three, x);
-        });
-        if write_first {
-            let at = b.u32(read_at);
-            b.write_local(t, at, block);
-        }
-        let at = b.u32(read_at);
+        let w = b.u32(writer);
+        let writes = b.cmp(CmpOp::Eq, row, w);
+        b.if_then(writes, |b| b.write_local(t, i3, row));
+        let r = b.u32(reader);
+        let reads = b.cmp(CmpOp::Eq, row, r);
+        let at = b.select(reads, i3, i1);
         let values = [
             b.read_local(t, i0),
-            b.read_local(t, i1),
+            b.read_local(t, at),
             b.read_local(z, i0),
         ];
-        let read = b.read_local(t, at);
         let three = b.u32(3);
         let base = b.mul(row, three);
-        let mut values = values.to_vec();
-        values[2] = b.add(values[2], read);
         for (k, v) in values.into_iter().enumerate() {
             let k = b.u32(k as u32);
             let at = b.add(base, k);
@@ -1126,31 +1121,35 @@ fn unzeroed_locals_must_be_written_before_they_are_read() {
         }
         b.finish()
     };
-    let written = kernel(2, true);
+    // Row 2 writes and reads its own element 3.
+    let written = kernel(2, 2);
     let mut args = vec![Arg::Buffer(Buffer::U32(vec![7; 12]))];
     run(&written, &mut args, 2).unwrap();
-    let expected: Vec<u32> = (0..2u32)
-        .flat_map(|block| (0..2u32).flat_map(move |tid| [tid + 100, block, block]))
+    let expected: Vec<u32> = (0..4u32)
+        .flat_map(|row| [row + 100, if row == 2 { 2 } else { row / 2 }, 0])
         .collect();
     assert_eq!(buffer(&args, 0).as_u32().unwrap(), expected);
     assert!(kvq_ir::ir::print(&written).contains("local t: [u32; 4] unzeroed"));
 
-    for (read_at, write_first) in [(2, false), (3, false)] {
-        let k = kernel(read_at, write_first);
-        let reads: Vec<Value> = (0..4)
-            .map(|n| find(&k, n, |op| matches!(op, Op::ReadLocal { .. })))
-            .collect();
+    // Row 1 reads what row 0 (another thread of block 0) wrote; row 2 (thread 0 of block 1)
+    // reads what row 0 (thread 0 of block 0) wrote.
+    for (writer, reader) in [(0, 1), (0, 2)] {
+        let k = kernel(writer, reader);
+        let read = find(&k, 1, |op| matches!(op, Op::ReadLocal { .. }));
         let mut args = vec![Arg::Buffer(Buffer::U32(vec![7; 12]))];
         let err = run(&k, &mut args, 2).unwrap_err();
         assert_eq!(
             err,
             InterpError::UnwrittenLocal {
-                inst: reads[3],
+                inst: read,
                 local: 0,
-                index: read_at,
+                index: 3,
             },
-            "reading element {read_at}"
+            "row {reader} reading row {writer}'s element"
         );
+        // The rows before the reader ran and stored their values.
+        let got = buffer(&args, 0).as_u32().unwrap();
+        assert_eq!(got[0], 100, "row 0 ran before row {reader}");
     }
 }
 
