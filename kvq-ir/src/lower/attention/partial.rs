@@ -39,12 +39,14 @@ fn work_item(
 ) {
     let (d, g) = (shape.head_dim, shape.group);
     let row_bytes = d * scheme.key.bits.width() / 8;
+    // The query, its post-scaled form, a row's codes and a tile's logits are written before
+    // they are read (the interpreter fails a kernel that reads one first), so they are unzeroed.
     let locals = [
-        b.local("q", ScalarType::F32, g * d),
-        b.local("qs", ScalarType::F32, g * d),
+        b.unzeroed_local("q", ScalarType::F32, g * d),
+        b.unzeroed_local("qs", ScalarType::F32, g * d),
         b.local("bias", ScalarType::F32, g),
-        b.local("codes", ScalarType::F32, d),
-        b.local("logits", ScalarType::F32, g * s.tile),
+        b.unzeroed_local("codes", ScalarType::F32, d),
+        b.unzeroed_local("logits", ScalarType::F32, g * s.tile),
         b.local("sum", ScalarType::F32, LANES * g.clamp(1, MAX_ROW_HEADS)),
         b.local("run", ScalarType::F32, RUN),
         b.local("moved", ScalarType::F32, LANES),
@@ -257,20 +259,20 @@ pub(super) fn lower(
     let (kv_heads, chunks) = (bufs.kv_heads, bufs.chunks);
     let (d, g) = (shape.head_dim, shape.group);
     let st = State {
-        m: b.local("m", ScalarType::F32, g),
-        l: b.local("l", ScalarType::F32, g),
-        acc: b.local("acc", ScalarType::F32, g * d),
+        m: b.unzeroed_local("m", ScalarType::F32, g),
+        l: b.unzeroed_local("l", ScalarType::F32, g),
+        acc: b.unzeroed_local("acc", ScalarType::F32, g * d),
         cacc: (scheme.value.axis == Axis::Channel).then(|| {
             (
-                b.local("cacc", ScalarType::F32, g * d),
-                b.local("psum", ScalarType::F32, g),
+                b.unzeroed_local("cacc", ScalarType::F32, g * d),
+                b.unzeroed_local("psum", ScalarType::F32, g),
             )
         }),
         hist: (s.tables && uses_tables(&scheme.value)).then(|| {
             let cells = d * scheme.value.bits.width() / 8;
             b.unzeroed_local("hist", ScalarType::F32, g * cells * 256)
         }),
-        row: b.local("row", ScalarType::F32, d),
+        row: b.unzeroed_local("row", ScalarType::F32, d),
         wsum: b.local("wsum", ScalarType::F32, g.max(LANES)),
         wmax: b.local("wmax", ScalarType::F32, LANES),
         tmax: b.local("tmax", ScalarType::F32, g),

@@ -57,8 +57,8 @@ fn scale_run(b: &mut Builder, local: u32, first: Value, n: u32, x: Value) {
 }
 
 /// `m = -inf`, `l = 0`, accumulators 0, and the histograms (when `st` has them: span items)
-/// 0. The histograms are an unzeroed local, cleared here only: full-precision items never
-/// touch them, and each fold leaves them zero for the next parameter row.
+/// 0. These locals are unzeroed (a block does not clear them first): set here only. Full-precision
+/// items never touch the histograms, and each fold leaves them zero for the next parameter row.
 pub(super) fn init(b: &mut Builder, it: &Item, st: &State) {
     let (d, g) = (it.d, it.g);
     let ninf = b.f32(f32::NEG_INFINITY);
