@@ -14,7 +14,7 @@ use half::f16;
 use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
-use super::{interleaved, Contender};
+use super::{timed, Contender, Order, Rounds};
 use crate::attention::{synthetic_kv, HostAttention, SeqData};
 use crate::lower::attention::AttentionShape;
 use crate::lower::InputType;
@@ -43,6 +43,8 @@ pub struct AttentionRow {
     pub text_rows: &'static str,
     /// Sequences.
     pub batch: usize,
+    /// The order of the timed calls.
+    pub order: Order,
     /// candle f32 over the unquantized cache.
     pub candle_f32_s: f64,
     /// The f16 loop over the unquantized cache.
@@ -164,12 +166,12 @@ pub fn concat(text: &Tensor3, span: &Tensor3) -> Vec<f32> {
 
 /// Times the three contenders at `span_tokens` (after `text_tokens` full-precision ones, whose
 /// rows kvq's cache keeps as `text_rows`) and `batch` (every sequence over the same K/V, each
-/// baseline holding its own copy per sequence) over `rounds` interleaved rounds.
+/// baseline holding its own copy per sequence) over `rounds` ([`super::timed`]).
 pub fn run(
     span_tokens: usize,
     (text_tokens, text_rows): (usize, InputType),
     batch: usize,
-    rounds: usize,
+    rounds: Rounds,
 ) -> anyhow::Result<AttentionRow> {
     anyhow::ensure!(
         span_tokens > 0 && batch > 0,
@@ -238,7 +240,7 @@ pub fn run(
                 run: Box::new(move || Ok(attn.run(args)?)),
             },
         ];
-        interleaved(rounds, &mut contenders)?
+        timed(rounds, &mut contenders)?
     };
     let out = args.outputs().concat();
     let params = pk.zero.len() + pk.scale.len() + pv.zero.len() + pv.scale.len();
@@ -247,6 +249,7 @@ pub fn run(
         text_tokens,
         text_rows: text_rows.name(),
         batch,
+        order: rounds.order,
         candle_f32_s: times[0],
         f16_loop_s: times[1],
         kvq_s: times[2],

@@ -1,5 +1,6 @@
 //! Same-process comparisons for `kvq bench` and the criterion benches: every baseline is timed
-//! in the same run as kvq's kernels, as medians of interleaved rounds, and reported as ratios.
+//! in the same run as kvq's kernels, as medians of interleaved rounds (or, on request, of each
+//! contender's rounds back to back), and reported as ratios.
 
 pub mod attention;
 pub mod quantize;
@@ -20,6 +21,64 @@ impl std::fmt::Debug for Contender<'_> {
             .field("name", &self.name)
             .finish()
     }
+}
+
+/// How a comparison orders its timed calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Order {
+    /// Each round calls every contender once, in turn ([`interleaved`]): a contender's call
+    /// follows the others', as an attention call follows a model's other work.
+    Interleaved,
+    /// Each contender's calls one after another ([`back_to_back`]): a call follows a call of
+    /// the same contender, as in a loop that runs it alone.
+    BackToBack,
+}
+
+impl Order {
+    /// The order's name in tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Order::Interleaved => "interleaved",
+            Order::BackToBack => "back-to-back",
+        }
+    }
+}
+
+/// How many timed calls a comparison makes of each contender, and in which order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rounds {
+    /// Timed calls of each contender.
+    pub count: usize,
+    /// Their order.
+    pub order: Order,
+}
+
+/// The median seconds per call of each contender, over `rounds.count` calls in `rounds.order`.
+pub fn timed(rounds: Rounds, contenders: &mut [Contender<'_>]) -> anyhow::Result<Vec<f64>> {
+    match rounds.order {
+        Order::Interleaved => interleaved(rounds.count, contenders),
+        Order::BackToBack => back_to_back(rounds.count, contenders),
+    }
+}
+
+/// The median seconds per call of each contender over `rounds` calls made one after another,
+/// after one untimed warm-up call, contender by contender.
+pub fn back_to_back(rounds: usize, contenders: &mut [Contender<'_>]) -> anyhow::Result<Vec<f64>> {
+    anyhow::ensure!(rounds > 0, "at least one round");
+    let mut medians = Vec::with_capacity(contenders.len());
+    for c in contenders.iter_mut() {
+        let mut times = Vec::with_capacity(rounds);
+        for round in 0..=rounds {
+            let start = Instant::now();
+            (c.run)()?;
+            if round > 0 {
+                times.push(start.elapsed().as_secs_f64());
+            }
+        }
+        medians.push(median(times));
+    }
+    Ok(medians)
 }
 
 /// The median seconds per call of each contender over `rounds` interleaved rounds (each round
@@ -99,5 +158,42 @@ mod tests {
         assert_eq!(t.len(), 2);
         drop(cs);
         assert_eq!((a, b), (6, 6));
+    }
+
+    /// The calls each order makes, as the contenders' names in call order.
+    fn calls(order: Order) -> Vec<&'static str> {
+        let log = std::cell::RefCell::new(Vec::new());
+        let mut cs: Vec<Contender<'_>> = ["a", "b"]
+            .into_iter()
+            .map(|name| Contender {
+                name,
+                run: Box::new({
+                    let log = &log;
+                    move || {
+                        log.borrow_mut().push(name);
+                        Ok(())
+                    }
+                }),
+            })
+            .collect();
+        let t = timed(Rounds { count: 2, order }, &mut cs).unwrap();
+        assert_eq!(t.len(), 2);
+        assert!(t.iter().all(|&s| s >= 0.0));
+        drop(cs);
+        log.into_inner()
+    }
+
+    #[test]
+    fn interleaved_rounds_alternate_and_back_to_back_rounds_do_not() {
+        assert_eq!(calls(Order::Interleaved), ["a", "b", "a", "b", "a", "b"]);
+        assert_eq!(calls(Order::BackToBack), ["a", "a", "a", "b", "b", "b"]);
+    }
+
+    #[test]
+    fn no_rounds_is_an_error_in_either_order() {
+        for order in [Order::Interleaved, Order::BackToBack] {
+            let rounds = Rounds { count: 0, order };
+            assert!(timed(rounds, &mut []).is_err());
+        }
     }
 }

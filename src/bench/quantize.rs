@@ -8,7 +8,7 @@ use kvq_ir::lower::{InputType, Schedule, ShapeClass};
 use kvq_ir::reference::quantize::{param_shape, row_bytes};
 use kvq_ir::{ParamType, Scheme, Shape3};
 
-use super::{interleaved, Contender};
+use super::{timed, Contender, Order, Rounds};
 
 /// The schemes `kvq bench quantize` times by default: CalibQuant's 1-bit keys, KIVI's 2-bit
 /// keys and values, a 4-bit token scheme, quantile and mse.
@@ -26,6 +26,8 @@ pub const SCHEMES: [&str; 6] = [
 pub struct QuantizeRow {
     /// The scheme.
     pub scheme: String,
+    /// The order of the timed calls.
+    pub order: Order,
     /// The generated host kernel.
     pub kvq_s: f64,
     /// The copy of the input's bytes on every core.
@@ -150,8 +152,8 @@ impl HostQuantizer {
 }
 
 /// Times the tuned host kernel of each of `schemes` and the copy at `shape`, over `rounds`
-/// interleaved rounds (the copy runs once per round for every scheme, beside it).
-pub fn run(schemes: &[Scheme], shape: Shape3, rounds: usize) -> anyhow::Result<Vec<QuantizeRow>> {
+/// ([`super::timed`]: the copy is timed again for every scheme, beside it).
+pub fn run(schemes: &[Scheme], shape: Shape3, rounds: Rounds) -> anyhow::Result<Vec<QuantizeRow>> {
     let (h, t, d) = (shape.heads as u64, shape.tokens as u64, shape.dim as u64);
     kvq_ir::limits::check_tensor(h, t, d)?;
     kvq_ir::limits::check_addressable(h, t, d)?;
@@ -176,10 +178,11 @@ pub fn run(schemes: &[Scheme], shape: Shape3, rounds: usize) -> anyhow::Result<V
                     run: Box::new(|| q.run(x)),
                 },
             ];
-            interleaved(rounds, &mut contenders)?
+            timed(rounds, &mut contenders)?
         };
         rows.push(QuantizeRow {
             scheme: scheme.to_string(),
+            order: rounds.order,
             copy_s: times[0],
             kvq_s: times[1],
         });

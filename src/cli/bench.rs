@@ -1,6 +1,6 @@
 //! `kvq bench attention|quantize`: kvq's generated host kernels against baselines timed in the
-//! same process (medians of interleaved rounds), from the release binary, the ratios printed
-//! last; `kvq bench compile`: compile latency (module `bench_compile`); `--json` for the figures
+//! same process (medians of interleaved rounds, or back to back with `--order`), from the
+//! release binary, the ratios printed last; `kvq bench compile`: compile latency (module `bench_compile`); `--json` for the figures
 //! alone.
 
 use anyhow::{Context, Result};
@@ -58,6 +58,9 @@ struct AttentionArgs {
     /// Timed rounds; each calls every contender once.
     #[arg(long, default_value_t = 10, value_parser = super::sizes::count)]
     rounds: usize,
+    /// The order of the timed calls.
+    #[arg(long, value_enum, default_value = "interleaved")]
+    order: OrderArg,
     /// Print the figures as JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -80,9 +83,33 @@ struct QuantizeArgs {
     /// Timed rounds; each calls the kernel and the copy once.
     #[arg(long, default_value_t = 10, value_parser = super::sizes::count)]
     rounds: usize,
+    /// The order of the timed calls.
+    #[arg(long, value_enum, default_value = "interleaved")]
+    order: OrderArg,
     /// Print the figures as JSON instead of a table.
     #[arg(long)]
     json: bool,
+}
+
+/// The order of a comparison's timed calls ([`bench::Order`]).
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum OrderArg {
+    /// Each round calls every contender once, in turn: a call follows the other contenders'
+    /// (the default; the figures the README and the bars use).
+    Interleaved,
+    /// Each contender's calls one after another: a call follows a call of the same contender.
+    BackToBack,
+}
+
+impl OrderArg {
+    /// `count` timed calls of each contender in this order.
+    fn rounds(self, count: usize) -> bench::Rounds {
+        let order = match self {
+            OrderArg::Interleaved => bench::Order::Interleaved,
+            OrderArg::BackToBack => bench::Order::BackToBack,
+        };
+        bench::Rounds { count, order }
+    }
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -118,11 +145,12 @@ fn run_attention(args: AttentionArgs) -> Result<()> {
             })?;
         }
     }
+    let rounds = args.order.rounds(args.rounds);
     let mut rows = Vec::new();
     for &t in &args.tokens {
         for &b in &args.batch {
             let text = (args.text, InputType::from(args.text_rows));
-            rows.push(attention::run(t, text, b, args.rounds)?);
+            rows.push(attention::run(t, text, b, rounds)?);
         }
     }
     if args.json {
@@ -131,13 +159,14 @@ fn run_attention(args: AttentionArgs) -> Result<()> {
     }
     println!("decode attention, {}", attention::SCHEME);
     println!(
-        "{} kv / {} query heads, head_dim {}, {} text tokens ({} in kvq's cache) + the span; medians of {} interleaved rounds; {}",
+        "{} kv / {} query heads, head_dim {}, {} text tokens ({} in kvq's cache) + the span; medians of {} {} rounds; {}",
         attention::KV,
         attention::KV * attention::GROUP,
         attention::DIM,
         args.text,
         InputType::from(args.text_rows).name(),
-        args.rounds,
+        rounds.count,
+        rounds.order.name(),
         bench::machine()
     );
     println!("span mem: the span in f16 over kvq's codes and parameters; cache mem: a sequence's text tokens and span in f16 over kvq's cache");
@@ -190,18 +219,20 @@ fn run_quantize(args: QuantizeArgs) -> Result<()> {
     for s in &schemes {
         kvq::reference::quantize::check_shape(s, shape).with_context(|| format!("{s}"))?;
     }
-    let rows = quantize::run(&schemes, shape, args.rounds)?;
+    let rounds = args.order.rounds(args.rounds);
+    let rows = quantize::run(&schemes, shape, rounds)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
     println!(
-        "host quantize of an f16 span [{}, {}, {}] ({} MB), the tuned kernel against a copy on every core; medians of {} interleaved rounds; {}",
+        "host quantize of an f16 span [{}, {}, {}] ({} MB), the tuned kernel against a copy on every core; medians of {} {} rounds; {}",
         shape.heads,
         shape.tokens,
         shape.dim,
         shape.len() * 2 / 1_000_000,
-        args.rounds,
+        rounds.count,
+        rounds.order.name(),
         bench::machine()
     );
     println!("{:>10} {:>10} {:>10}  scheme", "kvq", "copy", "of copy");

@@ -40,6 +40,7 @@ fn bench_attention_reports_each_shape() {
         assert_eq!(row["text_tokens"], 64);
         assert_eq!(row["text_rows"], "f32");
         assert_eq!(row["batch"], 2);
+        assert_eq!(row["order"], "interleaved");
         // 1-bit codes for 8 heads x 128 channels per token, K and V; f16 zero and scale per
         // (head, channel), K and V.
         let codes = 2 * 8 * tokens * 16;
@@ -116,14 +117,60 @@ fn bench_quantize_reports_each_scheme() {
     assert_eq!(rows.len(), 2);
     for (row, text) in rows.iter().zip(schemes) {
         assert!(row["scheme"].as_str().unwrap().starts_with(text));
+        assert_eq!(row["order"], "interleaved");
         assert!(row["kvq_s"].as_f64().unwrap() > 0.0);
         assert!(row["copy_s"].as_f64().unwrap() > 0.0);
     }
 }
 
+/// `--order back-to-back` times each contender's calls one after another: the same
+/// computation, so the same output error as interleaved rounds, and every time still measured.
+#[test]
+fn bench_times_back_to_back_when_asked() {
+    let attention = |order: &str| {
+        let out = kvq(&[
+            "bench",
+            "attention",
+            "--tokens",
+            "256",
+            "--batch",
+            "1",
+            "--rounds",
+            "2",
+            "--order",
+            order,
+            "--json",
+        ]);
+        json(&out)[0].clone()
+    };
+    let (apart, alone) = (attention("interleaved"), attention("back-to-back"));
+    assert_eq!(alone["order"], "back-to-back");
+    assert_eq!(alone["rel_error_vs_f32"], apart["rel_error_vs_f32"]);
+    for key in ["candle_f32_s", "f16_loop_s", "kvq_s"] {
+        assert!(alone[key].as_f64().unwrap() > 0.0, "{key}");
+    }
+    let out = kvq(&[
+        "bench",
+        "quantize",
+        "--scheme",
+        "bits = 1, axis = channel, group = all, rule = minmax",
+        "--tokens",
+        "256",
+        "--rounds",
+        "2",
+        "--order",
+        "back-to-back",
+        "--json",
+    ]);
+    let row = &json(&out)[0];
+    assert_eq!(row["order"], "back-to-back");
+    assert!(row["kvq_s"].as_f64().unwrap() > 0.0);
+    assert!(row["copy_s"].as_f64().unwrap() > 0.0);
+}
+
 #[test]
 fn bench_refuses_what_it_cannot_hold() {
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 6] = [
         (
             &[
                 "bench",
@@ -139,6 +186,7 @@ fn bench_refuses_what_it_cannot_hold() {
         (&["bench", "attention", "--text", "99999999"], "tokens"),
         (&["bench", "quantize", "--scheme", "bits = 3"], "--scheme"),
         (&["bench", "quantize", "--head-dim", "60"], "head_dim"),
+        (&["bench", "attention", "--order", "sideways"], "--order"),
     ];
     for (args, needle) in cases {
         let out = kvq(args);
