@@ -23,15 +23,16 @@ impl std::fmt::Debug for Contender<'_> {
     }
 }
 
-/// How a comparison orders its timed calls.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+/// How a comparison orders its timed calls (`kvq bench --order`; [`interleaved`],
+/// [`back_to_back`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Order {
-    /// Each round calls every contender once, in turn ([`interleaved`]): a contender's call
-    /// follows the others', as an attention call follows a model's other work.
+    /// Each round calls every contender once, in turn: a contender's call follows the others',
+    /// as an attention call follows a model's other work (the default).
     Interleaved,
-    /// Each contender's calls one after another ([`back_to_back`]): a call follows a call of
-    /// the same contender, as in a loop that runs it alone.
+    /// Each contender's calls one after another: a call follows a call of the same contender,
+    /// as in a loop that runs it alone.
     BackToBack,
 }
 

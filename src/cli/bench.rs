@@ -60,7 +60,7 @@ struct AttentionArgs {
     rounds: usize,
     /// The order of the timed calls.
     #[arg(long, value_enum, default_value = "interleaved")]
-    order: OrderArg,
+    order: bench::Order,
     /// Print the figures as JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -85,31 +85,10 @@ struct QuantizeArgs {
     rounds: usize,
     /// The order of the timed calls.
     #[arg(long, value_enum, default_value = "interleaved")]
-    order: OrderArg,
+    order: bench::Order,
     /// Print the figures as JSON instead of a table.
     #[arg(long)]
     json: bool,
-}
-
-/// The order of a comparison's timed calls ([`bench::Order`]).
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-enum OrderArg {
-    /// Each round calls every contender once, in turn: a call follows the other contenders'
-    /// (the default; the figures the README and the bars use).
-    Interleaved,
-    /// Each contender's calls one after another: a call follows a call of the same contender.
-    BackToBack,
-}
-
-impl OrderArg {
-    /// `count` timed calls of each contender in this order.
-    fn rounds(self, count: usize) -> bench::Rounds {
-        let order = match self {
-            OrderArg::Interleaved => bench::Order::Interleaved,
-            OrderArg::BackToBack => bench::Order::BackToBack,
-        };
-        bench::Rounds { count, order }
-    }
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -145,7 +124,10 @@ fn run_attention(args: AttentionArgs) -> Result<()> {
             })?;
         }
     }
-    let rounds = args.order.rounds(args.rounds);
+    let rounds = bench::Rounds {
+        count: args.rounds,
+        order: args.order,
+    };
     let mut rows = Vec::new();
     for &t in &args.tokens {
         for &b in &args.batch {
@@ -219,7 +201,10 @@ fn run_quantize(args: QuantizeArgs) -> Result<()> {
     for s in &schemes {
         kvq::reference::quantize::check_shape(s, shape).with_context(|| format!("{s}"))?;
     }
-    let rounds = args.order.rounds(args.rounds);
+    let rounds = bench::Rounds {
+        count: args.rounds,
+        order: args.order,
+    };
     let rows = quantize::run(&schemes, shape, rounds)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
