@@ -197,10 +197,11 @@ fn cluster_kernel_codes_past_its_stage() {
     }
 }
 
-/// The quantile selections (the cluster kernel's radix select, the one-block and host
-/// kernels' bisection; keys of 16 bits for f16 and bf16, 32 for f32) on every input type, with ties, both zeros, both signs, f16's subnormals and extremes, and
-/// values over many binary orders of magnitude, from a single row to spans past the staged rows:
-/// the reference's parameters and codes bit for bit.
+/// The quantile selections (the cluster kernel's radix select, its threads' rows counted in
+/// chunks of two, the one-block and host kernels' bisection; keys of 16 bits for f16 and
+/// bf16, 32 for f32) on every input type, with ties, both zeros, both signs, f16's subnormals
+/// and extremes, and values over many binary orders of magnitude, from a single row to spans
+/// past the staged rows: the reference's parameters and codes bit for bit.
 #[test]
 fn cluster_quantile_selects_like_the_reference_on_every_input_type() {
     let schemes = [
@@ -249,6 +250,9 @@ fn cluster_quantile_selects_like_the_reference_on_every_input_type() {
                 };
                 let mut plan = lower::cluster_channel::plan(&scheme, shape).unwrap();
                 plan.stage = plan.block_size;
+                // Several chunks of a thread's rows (its histogram added up after each), the
+                // longest span's ending past the stage and in a short chunk.
+                plan.chunk = 2;
                 let cluster = lower::cluster_channel::quantize(&scheme, shape, plan);
                 let schedule = Schedule::gpu_default(&scheme, shape);
                 let dq = lower::dequantize(&scheme, shape, &schedule).unwrap();

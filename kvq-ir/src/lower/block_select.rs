@@ -32,6 +32,7 @@ use crate::ir::{
 use super::emit::{
     from_order_key, positive_zero, quantile_interpolate, quantile_rank, QuantileRank,
 };
+use super::key16::key16;
 use super::quantize_abi as abi;
 use super::thread_tokens::{thread_tokens, ThreadTokens};
 use super::InputType;
@@ -694,17 +695,6 @@ impl Keys {
             false => v,
         }
     }
-}
-
-/// The 16-bit order key of an f16 or bf16 element `x` (U16): its bits `^ (sign ? 0xFFFF :
-/// 0x8000)`, which is its [`Keys`] key (see the tests).
-pub(super) fn key16(b: &mut Builder, x: Value) -> Value {
-    let bits = b.bitcast(ScalarType::U16, x);
-    let top = b.u16(0x8000);
-    let negative = b.cmp(CmpOp::Ge, bits, top);
-    let all = b.u16(u16::MAX);
-    let mask = b.select(negative, all, top);
-    b.binary(BinaryOp::Xor, bits, mask)
 }
 
 /// The order key of `x` (f32) with its `z` low bits shifted out.

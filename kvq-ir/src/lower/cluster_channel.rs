@@ -38,10 +38,13 @@ use crate::ir::{
 };
 use crate::scheme::{Axis, Group, Rule, Scheme, MSE_RUN, MSE_STRANDS};
 
+use super::block_select::Keys;
+use super::cluster_rows::{coords, Rows};
 use super::emit::{
     code, code_from_thresholds, code_threshold, flag_non_finite_extremes, group_params,
     positive_zero, quantize_params, range_from_extremes, store_param, MAX_THRESHOLD_LEVELS,
 };
+use super::key16::threshold_key16;
 use super::lanes::store_lane_bytes;
 use super::{cluster_mse, cluster_quantile};
 use super::{kernel_name, quantize_abi as abi, Launch, Lowered, Schedule, ShapeClass};
@@ -52,6 +55,11 @@ const COLUMN: u32 = 16;
 const BLOCK: u32 = 256;
 /// Bytes of input a block keeps in shared memory.
 const STAGE_BYTES: u32 = 64 * 1024;
+
+/// The most rows a thread of the quantile rule's selection counts into its histogram of U16
+/// counters before the block adds it up: 16 threads' rows a pass, at most 65,520 keys, so that
+/// no counter wraps.
+pub const MAX_CHUNK_ROWS: u32 = u16::MAX as u32 / 16;
 
 /// The cluster kernel's sizes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +76,9 @@ pub struct ClusterPlan {
     /// Neighbouring rows a thread takes at a time: [`MSE_RUN`] for `mse`, else 1 (which the
     /// quantile selection's reads of other threads' rows assume).
     pub run: u32,
+    /// The quantile rule: rows a thread counts into its 16-bit histogram before the block adds
+    /// it up (1 to [`MAX_CHUNK_ROWS`]; other values are taken as the nearest of those).
+    pub chunk: u32,
 }
 
 impl ClusterPlan {
@@ -77,7 +88,7 @@ impl ClusterPlan {
     }
 
     /// The cluster's threads: its strands.
-    fn strands(&self) -> u32 {
+    pub(super) fn strands(&self) -> u32 {
         self.cluster * self.block_size
     }
 }
@@ -103,239 +114,8 @@ pub fn plan(scheme: &Scheme, shape: ShapeClass) -> Result<ClusterPlan, String> {
             Rule::Mse => MSE_RUN as u32,
             _ => 1,
         },
+        chunk: MAX_CHUNK_ROWS,
     })
-}
-
-/// A block's place: head, column, first channel, rank, and the thread's strand, its number of
-/// rows and how many of them it stages.
-struct Coords {
-    h: Value,
-    col: Value,
-    c0: Value,
-    rank: Value,
-    strand: Value,
-    rows: Value,
-    staged: Value,
-}
-
-fn coords(b: &mut Builder, p: ClusterPlan, columns: u32) -> Coords {
-    let blk = b.special(Special::BlockId);
-    let k = b.u32(p.cluster);
-    let rank = b.rem(blk, k);
-    let column = b.div(blk, k);
-    let cols = b.u32(columns);
-    let h = b.div(column, cols);
-    let col = b.rem(column, cols);
-    let w = b.u32(p.w);
-    let c0 = b.mul(col, w);
-    let tid = b.special(Special::ThreadId);
-    let bs = b.u32(p.block_size);
-    let first = b.mul(rank, bs);
-    let strand = b.add(first, tid);
-    let rows = rows_of(b, p, strand);
-    let stage = b.u32(p.stage / p.block_size);
-    let staged = b.min(rows, stage);
-    Coords {
-        h,
-        col,
-        c0,
-        rank,
-        strand,
-        rows,
-        staged,
-    }
-}
-
-/// The rows of strand `strand`: whole cycles of the strands' runs, then its part of the last.
-fn rows_of(b: &mut Builder, p: ClusterPlan, strand: Value) -> Value {
-    let tokens = b.param(abi::TOKENS);
-    let cycle = b.u32(p.strands() * p.run);
-    let run = b.u32(p.run);
-    let full = b.div(tokens, cycle);
-    let full_rows = b.mul(full, run);
-    let rest = b.rem(tokens, cycle);
-    let mine = b.mul(strand, run);
-    let past = b.max(rest, mine);
-    let tail = b.sub(past, mine);
-    let tail = b.min(tail, run);
-    b.add(full_rows, tail)
-}
-
-/// The thread's `q`-th row: `(q / run) * S * run + strand * run + q % run`.
-fn row_of(b: &mut Builder, at: &Coords, q: Value, p: ClusterPlan) -> Value {
-    if p.run == 1 {
-        let strands = b.u32(p.strands());
-        let start = b.mul(q, strands);
-        return b.add(start, at.strand);
-    }
-    let run = b.u32(p.run);
-    let k = b.div(q, run);
-    let r = b.rem(q, run);
-    let cycle = b.u32(p.strands() * p.run);
-    let start = b.mul(k, cycle);
-    let mine = b.mul(at.strand, run);
-    let start = b.add(start, mine);
-    b.add(start, r)
-}
-
-/// Element index of the column's first channel in row `t` of head `h` of `x`.
-fn x_index(b: &mut Builder, at: &Coords, t: Value, d: u32) -> Value {
-    let tokens = b.param(abi::TOKENS);
-    let ht = b.mul(at.h, tokens);
-    let row = b.add(ht, t);
-    let dv = b.u32(d);
-    let start = b.mul(row, dv);
-    b.add(start, at.c0)
-}
-
-/// Element index of the thread's `q`-th row in the staged rows (`q * block + tid`).
-fn stage_index(b: &mut Builder, q: Value, p: ClusterPlan) -> Value {
-    let bs = b.u32(p.block_size);
-    let first = b.mul(q, bs);
-    let tid = b.special(Special::ThreadId);
-    let row = b.add(first, tid);
-    let wv = b.u32(p.w);
-    b.mul(row, wv)
-}
-
-/// What a pass over the thread's rows reads: `x` (and, with `fill`, the staged rows stored on
-/// the way), or the staged rows and `x` past them.
-pub(super) struct Rows {
-    p: ClusterPlan,
-    columns: u32,
-    d: u32,
-    input: ScalarType,
-    x: Memory,
-    stage: Memory,
-}
-
-impl Rows {
-    /// Calls `body(b, t, values)` for each of the thread's rows `t` in order, with the row's 16
-    /// values as f32; with `fill` the staged rows come from `x` and are stored to the stage.
-    pub(super) fn each(
-        &self,
-        b: &mut Builder,
-        fill: bool,
-        body: &dyn Fn(&mut Builder, Value, Vec<Value>),
-    ) {
-        let at = coords(b, self.p, self.columns);
-        let zero = b.u32(0);
-        b.for_range(zero, at.staged, 1, |b, q| {
-            let t = row_of(b, &at, q, self.p);
-            let s = stage_index(b, q, self.p);
-            let raw = match fill {
-                true => {
-                    let idx = x_index(b, &at, t, self.d);
-                    let raw = b.load_aligned(self.x, idx, self.p.w as u8);
-                    b.store_aligned(self.stage, s, raw);
-                    raw
-                }
-                false => b.load_aligned(self.stage, s, self.p.w as u8),
-            };
-            let values = widen(b, raw, self.p.w, self.input);
-            body(b, t, values);
-        });
-        b.for_range(at.staged, at.rows, 1, |b, q| {
-            let t = row_of(b, &at, q, self.p);
-            let idx = x_index(b, &at, t, self.d);
-            let raw = b.load_aligned(self.x, idx, self.p.w as u8);
-            let values = widen(b, raw, self.p.w, self.input);
-            body(b, t, values);
-        });
-    }
-
-    /// Calls `body(b, x)` with channel `c` (a U32 value below `w`), in the input's own type, of
-    /// every row of the block's threads `first ..+ slots` (a U32 value and a constant; runs of
-    /// one row): their staged rows from shared memory, the rows past them from `x` (through the
-    /// local `value` of one element of the input's type).
-    pub(super) fn each_of_slots(
-        &self,
-        b: &mut Builder,
-        first: Value,
-        slots: u32,
-        c: Value,
-        value: u32,
-        body: &dyn Fn(&mut Builder, Value),
-    ) {
-        debug_assert_eq!(self.p.run, 1);
-        let at = coords(b, self.p, self.columns);
-        let bs = b.u32(self.p.block_size);
-        let block_start = b.mul(at.rank, bs);
-        let strand0 = b.add(block_start, first);
-        let strands: Vec<Value> = (0..slots)
-            .map(|i| {
-                let i = b.u32(i);
-                b.add(strand0, i)
-            })
-            .collect();
-        let rows: Vec<Value> = strands.iter().map(|&st| rows_of(b, self.p, st)).collect();
-        let stage_rows = b.u32(self.p.stage / self.p.block_size);
-        // Strands later in the cluster have no more rows than earlier ones.
-        let all_have = b.min(rows[slots as usize - 1], stage_rows);
-        let zero = b.u32(0);
-        b.for_range(zero, all_have, 1, |b, q| {
-            let bs = b.u32(self.p.block_size);
-            let row0 = b.mul(q, bs);
-            let row0 = b.add(row0, first);
-            let wv = b.u32(self.p.w);
-            let e0 = b.mul(row0, wv);
-            let e0 = b.add(e0, c);
-            for i in 0..slots {
-                let off = b.u32(i * self.p.w);
-                let e = b.add(e0, off);
-                let raw = b.load(self.stage, e, 1);
-                body(b, raw);
-            }
-        });
-        b.for_range(all_have, rows[0], 1, |b, q| {
-            for (i, (&strand, &n)) in strands.iter().zip(&rows).enumerate() {
-                let has = b.cmp(CmpOp::Lt, q, n);
-                b.if_then(has, |b| {
-                    let staged = b.cmp(CmpOp::Lt, q, stage_rows);
-                    let z = b.u32(0);
-                    b.if_else(
-                        staged,
-                        |b| {
-                            let bs = b.u32(self.p.block_size);
-                            let row = b.mul(q, bs);
-                            let row = b.add(row, first);
-                            let i = b.u32(i as u32);
-                            let row = b.add(row, i);
-                            let wv = b.u32(self.p.w);
-                            let e = b.mul(row, wv);
-                            let e = b.add(e, c);
-                            let raw = b.load(self.stage, e, 1);
-                            b.write_local(value, z, raw);
-                        },
-                        |b| {
-                            let strands = b.u32(self.p.strands());
-                            let t = b.mul(q, strands);
-                            let t = b.add(t, strand);
-                            let start = x_index(b, &at, t, self.d);
-                            let e = b.add(start, c);
-                            let raw = b.load(self.x, e, 1);
-                            b.write_local(value, z, raw);
-                        },
-                    );
-                    let x = b.read_local(value, z);
-                    body(b, x);
-                });
-            }
-        });
-    }
-}
-
-/// The 16 elements of a vector load, as f32.
-fn widen(b: &mut Builder, raw: Value, w: u32, input: ScalarType) -> Vec<Value> {
-    (0..w as u8)
-        .map(|l| {
-            let x = b.extract(raw, l);
-            match input {
-                ScalarType::F32 => x,
-                _ => b.convert(ScalarType::F32, x),
-            }
-        })
-        .collect()
 }
 
 /// Quantize, axis = channel, group = all, in clusters: see the module documentation.
@@ -351,21 +131,23 @@ pub fn quantize(scheme: &Scheme, shape: ShapeClass, p: ClusterPlan) -> Lowered {
     );
     b.cluster(p.cluster);
     let [x, codes, zero_m, scale_m, status] = quantize_params(&mut b, scheme, shape);
-    let stage = b.shared("stage", input, p.stage * p.w);
-    let rows = Rows {
-        p,
-        columns,
-        d,
-        input,
-        x,
-        stage,
+    // The quantile rule counts f16 and bf16 elements by their 16-bit keys: stage those.
+    let keys = matches!(scheme.rule, Rule::Quantile(_)) && Keys::of(input).by_key16();
+    let stage_type = match keys {
+        true => ScalarType::U16,
+        false => input,
     };
+    let stage = b.shared("stage", stage_type, p.stage * p.w);
+    let rows = Rows::new(p, [columns, d], input, [x, stage], keys);
     // Per channel: its thresholds, or its zero and scale.
     let per_channel = match thresholds {
         true => u32::from(levels),
         false => 2,
     };
     let coding_s = b.shared("coding", ScalarType::F32, p.w * per_channel);
+    // With keys staged, rows are coded by comparing keys with the thresholds' keys.
+    let key_coding = keys && thresholds;
+    let coding_k = key_coding.then(|| b.shared("coding_k", ScalarType::U16, p.w * per_channel));
     let ext = b.local("ext", ScalarType::F32, 2 * p.w);
     let bisect = b.local("bisect", ScalarType::U32, 2);
 
@@ -458,6 +240,10 @@ pub fn quantize(scheme: &Scheme, shape: ShapeClass, p: ClusterPlan) -> Lowered {
             let off = b.u32(k as u32);
             let to = b.add(first, off);
             b.store(coding_s, to, v);
+            if let Some(coding_k) = coding_k {
+                let key = threshold_key16(b, v, input);
+                b.store(coding_k, to, key);
+            }
         }
     });
     // Also the block's barrier before coding; no block leaves while another reads its arrays.
@@ -465,44 +251,49 @@ pub fn quantize(scheme: &Scheme, shape: ShapeClass, p: ClusterPlan) -> Lowered {
 
     // 4. Codes of the thread's rows.
     let at = coords(&mut b, p, columns);
-    // Per channel: its thresholds, or [zero, scale].
+    // Per channel: its thresholds (or their keys), or [zero, scale].
     let coders: Vec<Vec<Value>> = (0..p.w)
         .map(|j| {
             (0..per_channel)
                 .map(|k| {
                     let i = b.u32(j * per_channel + k);
-                    b.load(coding_s, i, 1)
+                    b.load(coding_k.unwrap_or(coding_s), i, 1)
                 })
                 .collect()
         })
         .collect();
     let per_byte = scheme.bits.codes_per_byte() as u32;
-    rows.each(&mut b, false, &|b, t, values| {
-        let bytes: Vec<Value> = values
-            .chunks(per_byte as usize)
-            .zip(coders.chunks(per_byte as usize))
-            .map(|(xs, cs)| {
-                let lane_codes = xs
-                    .iter()
-                    .zip(cs)
-                    .map(|(&v, coding)| match thresholds {
-                        true => code_from_thresholds(b, v, coding),
-                        false => code(b, scheme, v, coding[0], coding[1]),
-                    })
-                    .collect();
-                b.pack_bits(lane_codes, scheme.bits, scheme.order)
+    let store_codes =
+        |b: &mut Builder, t: Value, codes_of: &dyn Fn(&mut Builder, usize) -> Value| {
+            let bytes: Vec<Value> = (0..p.w as usize)
+                .collect::<Vec<_>>()
+                .chunks(per_byte as usize)
+                .map(|js| {
+                    let lane_codes = js.iter().map(|&j| codes_of(b, j)).collect();
+                    b.pack_bits(lane_codes, scheme.bits, scheme.order)
+                })
+                .collect();
+            let tokens = b.param(abi::TOKENS);
+            let ht = b.mul(at.h, tokens);
+            let row = b.add(ht, t);
+            let row_bytes = b.u32(d * scheme.bits.width() / 8);
+            let row_start = b.mul(row, row_bytes);
+            let column_bytes = b.u32(p.w / per_byte);
+            let col_byte = b.mul(at.col, column_bytes);
+            let base = b.add(row_start, col_byte);
+            store_lane_bytes(b, codes, base, bytes);
+        };
+    match key_coding {
+        true => rows.each_key(&mut b, &|b, t, keys| {
+            store_codes(b, t, &|b, j| code_from_thresholds(b, keys[j], &coders[j]))
+        }),
+        false => rows.each(&mut b, false, &|b, t, values| {
+            store_codes(b, t, &|b, j| match thresholds {
+                true => code_from_thresholds(b, values[j], &coders[j]),
+                false => code(b, scheme, values[j], coders[j][0], coders[j][1]),
             })
-            .collect();
-        let tokens = b.param(abi::TOKENS);
-        let ht = b.mul(at.h, tokens);
-        let row = b.add(ht, t);
-        let row_bytes = b.u32(d * scheme.bits.width() / 8);
-        let row_start = b.mul(row, row_bytes);
-        let column_bytes = b.u32(p.w / per_byte);
-        let col_byte = b.mul(at.col, column_bytes);
-        let base = b.add(row_start, col_byte);
-        store_lane_bytes(b, codes, base, bytes);
-    });
+        }),
+    }
     Lowered {
         kernel: b.finish(),
         launch: Launch::ClusterPerColumn {

@@ -10,7 +10,8 @@
 use crate::ir::{BinaryOp, Builder, CmpOp, ScalarType, Special, Value, WarpOp, WARP_SIZE};
 use crate::scheme::MSE_ITERATIONS;
 
-use super::cluster_channel::{lane_bit, ClusterPlan, Rows};
+use super::cluster_channel::{lane_bit, ClusterPlan};
+use super::cluster_rows::Rows;
 use super::emit::{mse_round, mse_terms};
 use super::quantize_abi as abi;
 

@@ -2,13 +2,15 @@
 //! each of the column's 16 channels by a radix select over the cluster's staged rows, with the
 //! exact result of [`crate::ir::Op::SelectRank`] (and of the one-block kernel, `block_select`).
 //!
-//! Keys follow f32's total order ([`Keys`]: 16 bits for f16 and bf16, 32 for f32). Thread
-//! `tid` counts channel `tid % 16` of the rows of the block's threads `16 (tid / 16) ..+ 16` (its
-//! *slots*) into its own histogram, a column of [`BINS`] u32 counters in shared memory (counter
-//! `bin` at `bin * block + tid`: a warp's lanes hit 32 different banks, whatever their bins),
-//! without atomics. A pass
-//! decides the next digit of every (channel, side) search, side 0 the rank-k key of level `p`,
-//! side 1 that of level `1 - p`:
+//! Keys follow f32's total order ([`Keys`]: 16 bits for f16 and bf16, 32 for f32); f16 and
+//! bf16 rows are staged as their 16-bit keys ([`key16`](super::key16::key16)), so that a pass
+//! reads a key instead of computing it. Thread `tid` counts channel `tid % 16` of the rows of
+//! the block's threads `16 (tid / 16) ..+ 16` (its *slots*) into its own histogram, a column of
+//! [`BINS`] U16 counters in shared memory (counter `bin` at `bin * block + hist_slot(tid)`: a
+//! warp's lanes hit 32 different banks, whatever their bins), without atomics, a chunk of at
+//! most [`MAX_CHUNK_ROWS`] rows at a time so that no counter wraps. A pass decides the next
+//! digit of every (channel, side) search, side 0 the rank-k key of level `p`, side 1 that of
+//! level `1 - p`:
 //! - the first pass counts the keys' top `log2(BINS)` bits, one histogram for both sides;
 //! - later passes count the next `log2(BINS / 2)` bits (fewer on the last pass), side 0's keys
 //!   (those whose decided bits equal side 0's prefix) in the lower half of the bins, side 1's in
@@ -16,9 +18,11 @@
 //!   different prefixes are disjoint, so each key is counted at most once); other keys go to a
 //!   counter never read.
 //!
-//! After a pass the block adds its threads' histograms per channel, a cluster barrier, and every
-//! block adds the cluster's ranks' sums in rank order (distributed shared memory; integer sums,
-//! so the order does not change them). 32 threads, one per (channel, side), scan their
+//! 16-bit keys take three passes (6, 5 and 5 bits), f32 keys seven.
+//!
+//! After each chunk the block adds its threads' histograms per channel; after a pass, a
+//! cluster barrier, and every block adds the cluster's ranks' sums in rank order (distributed
+//! shared memory; integer sums, so the order does not change them). 32 threads, one per (channel, side), scan their
 //! channel's bins: the digit is the first bin where the keys below the bracket plus the bins so
 //! far reach k + 1. The last pass also finds, per thread and side, the smallest key above the
 //! bracket (minimum over the cluster like the sums), so that the rank-(k + 1) key is known
@@ -28,14 +32,15 @@
 
 use crate::ir::{BinaryOp, Builder, CmpOp, Memory, ScalarType, Special, Value};
 
-use super::block_select::{key16, Keys};
-use super::cluster_channel::{ClusterPlan, Rows};
+use super::block_select::Keys;
+use super::cluster_channel::{ClusterPlan, MAX_CHUNK_ROWS};
+use super::cluster_rows::Rows;
 use super::emit::{positive_zero, quantile_interpolate, quantile_rank};
 use super::quantize_abi as abi;
 
 /// Counters per thread's histogram (a power of two); one more counter takes the keys that no
 /// search counts.
-const BINS: u32 = 32;
+const BINS: u32 = 64;
 
 /// Threads whose rows one thread counts (for one channel).
 const SLOTS: u32 = 16;
@@ -66,7 +71,8 @@ fn entries(w: u32) -> u32 {
 /// The selection's shared arrays and locals.
 struct Select {
     p: ClusterPlan,
-    /// Each thread's histogram column.
+    /// Each thread's histogram column (U16 counters; thread `t`'s counter of bin `bin` at
+    /// `bin * block + `[`hist_slot`]`(t)`).
     hist: Memory,
     /// A block's sums, two buffers of [`entries`] (entry `bin * w + c`, then the minima at
     /// `BINS * w + side * w + c`).
@@ -86,10 +92,10 @@ struct Select {
     scan: u32,
     /// The scanning thread's pass over the bins: [`FOUND_DIGIT`] .. [`FOUND_NEXT`].
     found: u32,
-    /// An element read past the staged rows (of the input's type).
+    /// An element read past the staged rows (of [`Rows::slot_type`]).
     value: u32,
     /// The input's type: f16 and bf16 elements are counted by their 16-bit keys
-    /// ([`key16`]), f32 ones by their f32 keys.
+    /// ([`key16`](super::key16::key16), staged as such), f32 ones by their f32 keys.
     input: ScalarType,
 }
 
@@ -120,9 +126,14 @@ pub(super) fn select(
 ) -> Memory {
     let keys = Keys::of(input);
     let w = p.w;
+    debug_assert_eq!(MAX_CHUNK_ROWS, u16::MAX as u32 / SLOTS);
+    let p = ClusterPlan {
+        chunk: p.chunk.clamp(1, MAX_CHUNK_ROWS),
+        ..p
+    };
     let s = Select {
         p,
-        hist: b.shared("q_hist", ScalarType::U32, (BINS + 1) * p.block_size),
+        hist: b.shared("q_hist", ScalarType::U16, (BINS + 1) * p.block_size),
         block: b.shared("q_block", ScalarType::U32, 2 * entries(w)),
         cluster: b.shared("q_cluster", ScalarType::U32, entries(w)),
         least_part: b.shared("q_least", ScalarType::U32, SIDES * p.block_size),
@@ -131,7 +142,7 @@ pub(super) fn select(
         least: b.local("q_least_l", ScalarType::U32, SIDES),
         scan: b.local("q_scan", ScalarType::U32, 2),
         found: b.local("q_found", ScalarType::U32, 4),
-        value: b.local("q_value", input, 1),
+        value: b.local("q_value", rows.slot_type(), 1),
         input,
     };
     // Threads count rows that other threads staged.
@@ -164,30 +175,120 @@ struct Digit {
     buf: u32,
 }
 
-/// One counting pass: zero the thread's histogram, count its slots' keys of its channel, and
-/// (last pass) track the smallest keys above the brackets.
+/// One counting pass: the thread's slots' keys of its channel counted into its histogram, a
+/// chunk of [`ClusterPlan::chunk`] rows at a time, each chunk's histograms added to the block's sums
+/// (buffer `d.buf` of `block`, zeroed first); on the last pass also the smallest keys above
+/// the brackets. A barrier after.
 fn count(b: &mut Builder, s: &Select, rows: &Rows, keys: Keys, d: Digit, last: bool) {
     let bsz = s.p.block_size;
-    let tid = b.special(Special::ThreadId);
-    for bin in 0..=BINS {
-        let at = b.u32(bin * bsz);
-        let at = b.add(at, tid);
+    let counters = BINS * s.p.w;
+    each_sum_entry(b, s, d.buf, counters, &|b, at, _| {
         let zero = b.u32(0);
-        b.store(s.hist, at, zero);
+        b.store(s.block, at, zero);
+    });
+    if last {
+        for side in 0..SIDES {
+            let (at, max) = (b.u32(side), b.u32(u32::MAX));
+            b.write_local(s.least, at, max);
+        }
     }
+    // f16 and bf16 elements: their 16-bit keys, which are `keys`' keys (no constant bits, no
+    // offset); f32 ones: the whole f32 key.
+    let narrow = keys.by_key16();
+    // The stage holds 16-bit keys exactly when the elements are counted by them.
+    debug_assert_eq!(narrow, rows.stages_keys());
+    let keys = match narrow {
+        true => Keys::SIXTEEN,
+        false => keys,
+    };
+    let most = rows.most_rows(b);
+    let chunk_rows = b.u32(s.p.chunk);
+    let chunks = b.div(most, chunk_rows);
+    let part = b.rem(most, chunk_rows);
+    let one = b.u32(1);
+    let partial = b.min(part, one);
+    let chunks = b.add(chunks, partial);
+    let zero = b.u32(0);
+    b.for_range(zero, chunks, 1, |b, chunk| {
+        let tid = b.special(Special::ThreadId);
+        let slot = hist_slot(b, s, tid);
+        for bin in 0..=BINS {
+            let at = b.u32(bin * bsz);
+            let at = b.add(at, slot);
+            let zero = b.u16(0);
+            b.store(s.hist, at, zero);
+        }
+        let chunk_rows = b.u32(s.p.chunk);
+        let q_lo = b.mul(chunk, chunk_rows);
+        let q_hi = b.add(q_lo, chunk_rows);
+        count_rows(b, s, rows, (q_lo, q_hi), keys, d, last);
+        // Every thread's histogram is complete; then every sum taken before a thread zeroes
+        // its histogram again.
+        b.barrier();
+        each_sum_entry(b, s, d.buf, counters, &|b, at, e| {
+            let sum = over_groups(b, s, s.hist, e, 0, Builder::add);
+            let old = b.load(s.block, at, 1);
+            let sum = b.add(old, sum);
+            b.store(s.block, at, sum);
+        });
+        b.barrier();
+    });
+    if last {
+        let tid = b.special(Special::ThreadId);
+        for side in 0..SIDES {
+            let at = b.u32(side);
+            let m = b.read_local(s.least, at);
+            let m = keys.key_of(b, m);
+            let off = b.u32(side * bsz);
+            let to = b.add(off, tid);
+            b.store(s.least_part, to, m);
+        }
+        b.barrier();
+    }
+}
+
+/// Calls `body(b, at, e)` for each of the thread's entries `e < used` of the block's sums (`at`
+/// its index in buffer `buf` of `block`; the counters' sums are the first `BINS * w`).
+fn each_sum_entry(
+    b: &mut Builder,
+    s: &Select,
+    buf: u32,
+    used: u32,
+    body: &dyn Fn(&mut Builder, Value, Value),
+) {
+    let tid = b.special(Special::ThreadId);
+    let base = b.u32(buf * entries(s.p.w));
+    for e0 in (0..used).step_by(s.p.block_size as usize) {
+        let off = b.u32(e0);
+        let e = b.add(off, tid);
+        let limit = b.u32(used);
+        let inside = b.cmp(CmpOp::Lt, e, limit);
+        b.if_then(inside, |b| {
+            let at = b.add(base, e);
+            body(b, at, e);
+        });
+    }
+}
+
+/// Counts the keys of rows `q.0 .. q.1` of the thread's slots of its channel into its
+/// histogram (see [`count`]; `keys` as the passes count them).
+fn count_rows(
+    b: &mut Builder,
+    s: &Select,
+    rows: &Rows,
+    q: (Value, Value),
+    keys: Keys,
+    d: Digit,
+    last: bool,
+) {
+    let bsz = s.p.block_size;
+    let tid = b.special(Special::ThreadId);
     let wv = b.u32(s.p.w);
     let c = b.rem(tid, wv);
     let slots = b.u32(SLOTS);
     let g = b.div(tid, slots);
     let first_slot = b.mul(g, slots);
     let shift = keys.bits - d.done - d.width;
-    // f16 and bf16 elements: their 16-bit keys, which are `keys`' keys (no constant bits, no
-    // offset); f32 ones: the whole f32 key.
-    let narrow = keys.by_key16();
-    let keys = match narrow {
-        true => Keys::SIXTEEN,
-        false => keys,
-    };
     let z = keys.z;
     // The key's offset lies above the digits of every pass after the first, so those are bits
     // of the whole f32 key; the first digit and the prefixes are offset (see `Keys`).
@@ -202,19 +303,12 @@ fn count(b: &mut Builder, s: &Select, rows: &Rows, keys: Keys, d: Digit, last: b
             b.add(prefix, offset)
         })
     });
-    if last {
-        for side in 0..SIDES {
-            let (at, max) = (b.u32(side), b.u32(u32::MAX));
-            b.write_local(s.least, at, max);
-        }
-    }
-    rows.each_of_slots(b, first_slot, SLOTS, c, s.value, &|b, x| {
+    let narrow = keys.by_key16();
+    let slot = hist_slot(b, s, tid);
+    rows.each_of_slots(b, (first_slot, SLOTS), q, c, s.value, &|b, x| {
         // The whole key (an f32 key's `z` constant bits too): one shift takes out the digit.
         let key = match narrow {
-            true => {
-                let k = key16(b, x);
-                b.convert(ScalarType::U32, k)
-            }
+            true => b.convert(ScalarType::U32, x),
             false => keys.element_f32_key(b, s.input, x),
         };
         let sh = b.u32(z + shift);
@@ -255,46 +349,22 @@ fn count(b: &mut Builder, s: &Select, rows: &Rows, keys: Keys, d: Digit, last: b
         };
         let bs = b.u32(bsz);
         let row = b.mul(bin, bs);
-        let tid = b.special(Special::ThreadId);
-        let at = b.add(row, tid);
+        let at = b.add(row, slot);
         let n = b.load(s.hist, at, 1);
-        let one = b.u32(1);
+        let one = b.u16(1);
         let n = b.add(n, one);
         b.store(s.hist, at, n);
     });
-    if last {
-        for side in 0..SIDES {
-            let at = b.u32(side);
-            let m = b.read_local(s.least, at);
-            let m = keys.key_of(b, m);
-            let off = b.u32(side * bsz);
-            let to = b.add(off, tid);
-            b.store(s.least_part, to, m);
-        }
-    }
-    b.barrier();
 }
 
-/// The block's sums into buffer `buf` of `block` (a cluster barrier after), then the cluster's
-/// into `cluster` (a barrier after).
+/// The block's minima above the brackets into buffer `buf` of `block` (last pass; [`count`]
+/// left the counters' sums there), a cluster barrier, then the cluster's sums and minima into
+/// `cluster` (a barrier after).
 fn add_up(b: &mut Builder, s: &Select, buf: u32, last: bool) {
-    let (w, bsz) = (s.p.w, s.p.block_size);
+    let w = s.p.w;
     let n = entries(w);
     let counters = BINS * w;
     let tid = b.special(Special::ThreadId);
-    let base = b.u32(buf * n);
-    // Entry e < counters: bin e / w of channel e % w, over the SLOTS-thread groups g.
-    for e0 in (0..counters).step_by(bsz as usize) {
-        let off = b.u32(e0);
-        let e = b.add(off, tid);
-        let limit = b.u32(counters);
-        let inside = b.cmp(CmpOp::Lt, e, limit);
-        b.if_then(inside, |b| {
-            let sum = over_groups(b, s, s.hist, e, 0, Builder::add);
-            let to = b.add(base, e);
-            b.store(s.block, to, sum);
-        });
-    }
     if last {
         // Entry counters + side * w + c: the minimum over the groups.
         let pairs = b.u32(SIDES * w);
@@ -307,39 +377,49 @@ fn add_up(b: &mut Builder, s: &Select, buf: u32, last: bool) {
         });
     }
     b.cluster_barrier();
-    let tid = b.special(Special::ThreadId);
-    let base = b.u32(buf * n);
     let used = match last {
         true => n,
         false => counters,
     };
-    for e0 in (0..used).step_by(bsz as usize) {
-        let off = b.u32(e0);
-        let e = b.add(off, tid);
-        let limit = b.u32(used);
-        let inside = b.cmp(CmpOp::Lt, e, limit);
-        b.if_then(inside, |b| {
-            let at = b.add(base, e);
-            let limit = b.u32(counters);
-            let is_least = b.cmp(CmpOp::Ge, e, limit);
-            let rank = b.u32(0);
-            let mut acc = b.load_remote(s.block, rank, at);
-            let mut least = acc;
-            for r in 1..s.p.cluster {
-                let rank = b.u32(r);
-                let v = b.load_remote(s.block, rank, at);
-                acc = b.add(acc, v);
-                least = b.min(least, v);
-            }
-            let v = b.select(is_least, least, acc);
-            b.store(s.cluster, e, v);
-        });
-    }
+    each_sum_entry(b, s, buf, used, &|b, at, e| {
+        let limit = b.u32(counters);
+        let is_least = b.cmp(CmpOp::Ge, e, limit);
+        let rank = b.u32(0);
+        let mut acc = b.load_remote(s.block, rank, at);
+        let mut least = acc;
+        for r in 1..s.p.cluster {
+            let rank = b.u32(r);
+            let v = b.load_remote(s.block, rank, at);
+            acc = b.add(acc, v);
+            least = b.min(least, v);
+        }
+        let v = b.select(is_least, least, acc);
+        b.store(s.cluster, e, v);
+    });
     b.barrier();
 }
 
+/// Where thread `t`'s counters sit in a row of the histogram: `2 (t % 32) + (t / 32) % 2 +
+/// 64 (t / 64)`, so that a warp's 32 U16 counters of any bins lie in 32 different words, one
+/// in each bank (at `t` itself, two neighbouring lanes would share a word's bank). Blocks of
+/// other than a multiple of 64 threads keep `t`.
+fn hist_slot(b: &mut Builder, s: &Select, t: Value) -> Value {
+    if s.p.block_size % 64 != 0 {
+        return t;
+    }
+    let (m31, one, five, m63) = (b.u32(31), b.u32(1), b.u32(5), b.u32(!63));
+    let lane = b.binary(BinaryOp::And, t, m31);
+    let lane2 = b.binary(BinaryOp::Shl, lane, one);
+    let warp = b.binary(BinaryOp::Shr, t, five);
+    let odd = b.binary(BinaryOp::And, warp, one);
+    let high = b.binary(BinaryOp::And, t, m63);
+    let low = b.add(lane2, odd);
+    b.add(high, low)
+}
+
 /// Folds element `(e / w, e % w)` of `mem` (rows of a block's threads) over the threads'
-/// [`SLOTS`]-thread groups: elements `(e / w) * block + g * SLOTS + e % w`, from `init`.
+/// [`SLOTS`]-thread groups: the elements of threads `g * SLOTS + e % w` in row `e / w` (at
+/// `row * block + thread`, or [`hist_slot`]`(thread)` for the histogram), from `init`.
 fn over_groups(
     b: &mut Builder,
     s: &Select,
@@ -354,12 +434,21 @@ fn over_groups(
     let c = b.rem(e, wv);
     let bs = b.u32(bsz);
     let start = b.mul(row, bs);
-    let start = b.add(start, c);
+    let hist = mem == s.hist;
     let mut acc = b.u32(init);
     for g in 0..bsz / SLOTS {
         let off = b.u32(g * SLOTS);
-        let at = b.add(start, off);
+        let thread = b.add(off, c);
+        let thread = match hist {
+            true => hist_slot(b, s, thread),
+            false => thread,
+        };
+        let at = b.add(start, thread);
         let v = b.load(mem, at, 1);
+        let v = match hist {
+            true => b.convert(ScalarType::U32, v),
+            false => v,
+        };
         acc = fold(b, acc, v);
     }
     acc
@@ -533,8 +622,8 @@ mod tests {
 
     #[test]
     fn digits_cover_the_key() {
-        assert_eq!(digit_widths(19), vec![5, 4, 4, 4, 2]);
-        assert_eq!(digit_widths(16), vec![5, 4, 4, 3]);
+        assert_eq!(digit_widths(19), vec![6, 5, 5, 3]);
+        assert_eq!(digit_widths(16), vec![6, 5, 5]);
         assert_eq!(digit_widths(32).iter().sum::<u32>(), 32);
     }
 }
