@@ -238,6 +238,23 @@ fn count(b: &mut Builder, s: &Select, rows: &Rows, keys: Keys, d: Digit, last: b
         for side in 0..SIDES {
             let at = b.u32(side);
             let m = b.read_local(s.least, at);
+            let m = match narrow {
+                // Back from `key - A` (see `count_rows`); none above: u32::MAX.
+                true => {
+                    let wv = b.u32(s.p.w);
+                    let c = b.rem(tid, wv);
+                    let side = b.u32(side);
+                    let prefix = load_prefix(b, s, 1 - d.buf, side, c);
+                    let hs = b.u32(d.width);
+                    let above = first_above(b, prefix, hs);
+                    let found = b.u32(1 << 16);
+                    let found = b.cmp(CmpOp::Lt, m, found);
+                    let key = b.add(m, above);
+                    let none = b.u32(u32::MAX);
+                    b.select(found, key, none)
+                }
+                false => m,
+            };
             let m = keys.key_of(b, m);
             let off = b.u32(side * bsz);
             let to = b.add(off, tid);
@@ -245,6 +262,13 @@ fn count(b: &mut Builder, s: &Select, rows: &Rows, keys: Keys, d: Digit, last: b
         }
         b.barrier();
     }
+}
+
+/// `(prefix + 1) << hs`: the first key above the bracket of `prefix` (U32 values).
+fn first_above(b: &mut Builder, prefix: Value, hs: Value) -> Value {
+    let one = b.u32(1);
+    let next = b.add(prefix, one);
+    b.binary(BinaryOp::Shl, next, hs)
 }
 
 /// Calls `body(b, at, e)` for each of the thread's entries `e < used` of the block's sums (`at`
@@ -335,9 +359,19 @@ fn count_rows(
                 let other = b.select(is1, upper, trash);
                 if last {
                     for (side, &ps) in [p0, p1].iter().enumerate() {
-                        let above = b.cmp(CmpOp::Gt, high, ps);
-                        let max = b.u32(u32::MAX);
-                        let candidate = b.select(above, key, max);
+                        let candidate = match narrow {
+                            // `key - A` (wrapping), `A` the first key above the bracket: below
+                            // 2^16 exactly for the keys at or above `A` (16-bit keys).
+                            true => {
+                                let above = first_above(b, ps, hs);
+                                b.sub(key, above)
+                            }
+                            false => {
+                                let above = b.cmp(CmpOp::Gt, high, ps);
+                                let max = b.u32(u32::MAX);
+                                b.select(above, key, max)
+                            }
+                        };
                         let at = b.u32(side as u32);
                         let m = b.read_local(s.least, at);
                         let m = b.min(m, candidate);
