@@ -12,7 +12,7 @@ use crate::scheme::MSE_ITERATIONS;
 
 use super::cluster_channel::{lane_bit, ClusterPlan};
 use super::cluster_rows::Rows;
-use super::emit::{mse_round, mse_terms};
+use super::emit::{mse_add_terms, mse_round};
 use super::quantize_abi as abi;
 
 /// Values a thread sums per channel and round: s0 and s1 (one array), then n1.
@@ -52,16 +52,12 @@ pub(super) fn rounds(b: &mut Builder, p: ClusterPlan, rows: &Rows) -> u32 {
             for (c, &x) in (0..w).zip(&values) {
                 let at = b.u32(c);
                 let t = b.read_local(t_l, at);
-                let [below, above, counted] = mse_terms(b, x, t);
                 let at_s1 = b.u32(w + c);
-                for (local, at, v) in [
-                    (sums, at, below),
-                    (sums, at_s1, above),
-                    (counts, at, counted),
-                ] {
-                    let cur = b.read_local(local, at);
-                    let next = b.add(cur, v);
-                    b.write_local(local, at, next);
+                let places = [(sums, at), (sums, at_s1), (counts, at)];
+                let cur = places.map(|(local, at)| b.read_local(local, at));
+                let next = mse_add_terms(b, x, t, cur);
+                for ((local, at), v) in places.into_iter().zip(next) {
+                    b.write_local(local, at, v);
                 }
             }
         });

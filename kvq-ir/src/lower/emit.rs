@@ -522,6 +522,22 @@ pub fn mse_terms(b: &mut Builder, x: Value, t: Value) -> [Value; 3] {
     [below, above, counted]
 }
 
+/// The sums `[s0, s1, n1]` after element `x` at threshold `t`: `x` added to `s0` or `s1`, and 1
+/// to `n1` when `x >= t`, the other sums left as they are. The same bits as adding
+/// [`mse_terms`] to sums that start at `+0`: such a sum is never `-0` (in round-to-nearest a
+/// sum is `-0` only when both terms are), so adding `+0` leaves it as it is. A GPU makes each a
+/// predicated add where the terms take a select and an add.
+pub fn mse_add_terms(b: &mut Builder, x: Value, t: Value, [s0, s1, n1]: [Value; 3]) -> [Value; 3] {
+    let upper = b.cmp(CmpOp::Ge, x, t);
+    let one = b.f32(1.0);
+    let (s0_x, s1_x, n1_1) = (b.add(s0, x), b.add(s1, x), b.add(n1, one));
+    [
+        b.select(upper, s0, s0_x),
+        b.select(upper, s1_x, s1),
+        b.select(upper, n1_1, n1),
+    ]
+}
+
 /// A round of Lloyd's iteration from threshold `t` over a group of `n` elements (f32) with
 /// sums `[s0, s1, n1]`: `(lo, hi, t')`. Counts are exact in f32 (at most `MAX_TOKENS` =
 /// 2^24), so `n0 = n - n1` is too.
