@@ -22,13 +22,13 @@
 //!
 //! After each chunk the block adds its threads' histograms per channel; after a pass, a
 //! cluster barrier, and every block adds the cluster's ranks' sums in rank order (distributed
-//! shared memory; integer sums, so the order does not change them). 32 threads, one per (channel, side), scan their
-//! channel's bins: the digit is the first bin where the keys below the bracket plus the bins so
-//! far reach k + 1. The last pass also finds, per thread and side, the smallest key above the
-//! bracket (minimum over the cluster like the sums), so that the rank-(k + 1) key is known
-//! without another pass: K itself when at least k + 2 keys are at or below K, else the next
-//! non-empty bin of the bracket, else that smallest key above it. The interpolation is
-//! [`quantile_interpolate`]'s, the same bits as the reference.
+//! shared memory; integer sums, so the order does not change them). 32 threads, one per
+//! (channel, side), scan their channel's bins: the digit is the first bin where the keys below
+//! the bracket plus the bins so far reach k + 1. The last pass also finds, per thread and side,
+//! the smallest key above the bracket (minimum over the cluster like the sums), so that the
+//! rank-(k + 1) key is known without another pass: K itself when at least k + 2 keys are at or
+//! below K, else the next non-empty bin of the bracket, else that smallest key above it. The
+//! interpolation is [`quantile_interpolate`]'s, the same bits as the reference.
 
 use crate::ir::{BinaryOp, Builder, CmpOp, Memory, ScalarType, Special, Value};
 
@@ -176,9 +176,9 @@ struct Digit {
 }
 
 /// One counting pass: the thread's slots' keys of its channel counted into its histogram, a
-/// chunk of [`ClusterPlan::chunk`] rows at a time, each chunk's histograms added to the block's sums
-/// (buffer `d.buf` of `block`, zeroed first); on the last pass also the smallest keys above
-/// the brackets. A barrier after.
+/// chunk of [`ClusterPlan::chunk`] rows at a time, each chunk's histograms added to the block's
+/// sums (buffer `d.buf` of `block`, zeroed first); on the last pass also the smallest keys
+/// above the brackets. A barrier after.
 fn count(b: &mut Builder, s: &Select, rows: &Rows, keys: Keys, d: Digit, last: bool) {
     let bsz = s.p.block_size;
     let counters = BINS * s.p.w;
@@ -239,7 +239,8 @@ fn count(b: &mut Builder, s: &Select, rows: &Rows, keys: Keys, d: Digit, last: b
             let at = b.u32(side);
             let m = b.read_local(s.least, at);
             let m = match narrow {
-                // Back from `key - A` (see `count_rows`); none above: u32::MAX.
+                // Back from `key - A` (see `count_rows`; the last pass shifts nothing out of
+                // 16-bit keys, so `A` is `(prefix + 1) << width`); none above: u32::MAX.
                 true => {
                     let wv = b.u32(s.p.w);
                     let c = b.rem(tid, wv);
