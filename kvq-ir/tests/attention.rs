@@ -281,11 +281,13 @@ fn block_per_item_layout_matches_the_reference() {
     assert!(pairs >= 4, "{pairs} pairs");
 }
 
-/// The block-per-item layout at head_dim 128, where 1-bit values go through quad tables (warp
-/// shuffles), for both bit orders, with and without calibration, and one chunk of several
-/// steps of the tile loop.
+/// The block-per-item layout at head_dim 128, where 1-bit values go through tensor cores (MMA,
+/// at this group of 3; quad tables and warp shuffles at groups over 4:
+/// [`block_per_item_gqa_groups_1_to_8`]), for both bit orders, with and without calibration,
+/// and one chunk of several steps of the tile loop (the accumulators rescaled as the running
+/// maximum moves).
 #[test]
-fn block_per_item_quad_values_at_head_dim_128() {
+fn block_per_item_mma_values_at_head_dim_128() {
     let mut rng = Rng(29);
     let d = 128;
     let mut seqs = batch_of(&mut rng, d);
@@ -485,8 +487,9 @@ fn every_catalogue_pair_takes_the_block_layout() {
 }
 
 /// GQA groups 1 to 8 on the block-per-item layout (heads padded to whole vectors of the tables
-/// and weights: 1, 2, 4 per load), for CalibQuant with calibration (key tables, quad values at
-/// head_dim 128) and KIVI (group keys, token-axis values), at head_dim 64 and 128.
+/// and weights: 1, 2, 4 per load), for CalibQuant with calibration (key tables; at head_dim 128
+/// values on tensor cores up to 4 heads, quad values past them) and KIVI (group keys,
+/// token-axis values), at head_dim 64 and 128.
 #[test]
 fn block_per_item_gqa_groups_1_to_8() {
     let pairs = [
@@ -502,7 +505,7 @@ fn block_per_item_gqa_groups_1_to_8() {
         },
     ];
     for d in [64usize, 128] {
-        for g in [1usize, 2, 5, 8] {
+        for g in [1usize, 2, 4, 5, 8] {
             let mut rng = Rng(47 + (d * g) as u64);
             let seqs = vec![
                 Seq {

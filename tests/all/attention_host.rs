@@ -186,8 +186,8 @@ fn gpu_schedule_as_host_code_on_a_random_batch() {
 
 /// The GPU schedule as host code on spans long enough that the batch plan lengthens the span
 /// chunk (`AttentionSchedule::span_chunk`: here 32 -> 64 tokens, with ragged last chunks), so
-/// the kernels run on a `span_chunk` other than the schedule's; 1-bit CalibQuant (quad values
-/// at head_dim 128) with calibration and the KIVI-like pair.
+/// the kernels run on a `span_chunk` other than the schedule's; 1-bit CalibQuant (values on
+/// tensor cores at head_dim 128, group 2) with calibration and the KIVI-like pair.
 #[test]
 fn gpu_schedule_with_a_lengthened_span_chunk_as_host_code() {
     let (kv, g, d) = (4, 2, 128);

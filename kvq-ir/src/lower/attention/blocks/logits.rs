@@ -286,6 +286,11 @@ pub(super) fn stage_value_row(
     let hr = b.mul(at.h, span_len);
     let tr = b.add(hr, t);
     let row = affine(b, tr, dims.v_row, vc);
+    if dims.mma_values {
+        let v = b.load_aligned(bufs.v[0], row, dims.v_row as u8);
+        stage_value_row_mma(b, dims, sh, v);
+        return;
+    }
     let warp = b.special(Special::WarpId);
     let lane = b.special(Special::LaneId);
     if dims.quad_values {
@@ -359,6 +364,7 @@ pub(super) fn softmax_step(
     let warp = b.special(Special::WarpId);
     let lane = b.special(Special::LaneId);
     let slot = affine(b, warp, WARP_SIZE, lane);
+    let mut corrs = Vec::with_capacity(g as usize);
     for h in 0..g {
         let hv = b.u32(h);
         let tile_max = b.read_local(lc.red, hv);
@@ -374,7 +380,9 @@ pub(super) fn softmax_step(
         let l = b.mul(l, corr);
         b.write_local(lc.l, hv, l);
         b.write_local(lc.m, hv, new);
-        for k in 0..dims.cpl {
+        corrs.push(corr);
+        // (The tensor-core `P V` keeps no accumulators here: `rescale` below.)
+        for k in 0..dims.cpl * u32::from(lc.mma.is_none()) {
             let i = b.u32(h * dims.cpl + k);
             let a = b.read_local(lc.acc, i);
             let a = b.mul(a, corr);
@@ -388,6 +396,9 @@ pub(super) fn softmax_step(
         b.write_local(lc.red, hv, p);
         let pi = affine(b, slot, dims.gp, hv);
         b.store(sh.probs, pi, p);
+    }
+    if let Some(mma) = &lc.mma {
+        rescale(b, mma, &corrs);
     }
     b.warp(WarpOp::Reduce {
         op: ReduceOp::Sum,

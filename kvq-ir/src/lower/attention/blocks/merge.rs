@@ -36,16 +36,21 @@ pub(super) fn merge_and_store(
             b.store(sh.ml, li, l);
         }
     });
-    for h in 0..g {
-        for k in 0..cpl {
-            let hv = b.u32(h);
-            let slot = b.add(wg, hv);
-            let kv = b.u32(k);
-            let c = affine(b, lane, cpl, kv);
-            let to = affine(b, slot, d, c);
-            let i = b.u32(h * cpl + k);
-            let a = b.read_local(lc.acc, i);
-            b.store(sh.acc, to, a);
+    match &lc.mma {
+        Some(mma) => store_mma_sums(b, dims, sh, mma),
+        None => {
+            for h in 0..g {
+                for k in 0..cpl {
+                    let hv = b.u32(h);
+                    let slot = b.add(wg, hv);
+                    let kv = b.u32(k);
+                    let c = affine(b, lane, cpl, kv);
+                    let to = affine(b, slot, d, c);
+                    let i = b.u32(h * cpl + k);
+                    let a = b.read_local(lc.acc, i);
+                    b.store(sh.acc, to, a);
+                }
+            }
         }
     }
     b.barrier();

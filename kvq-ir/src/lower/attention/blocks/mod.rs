@@ -21,6 +21,9 @@
 //!   `sum_t p_t code_tc`; channel-axis value scales and zeros are applied once, at the end
 //!   (post-scaling: the weights' sum is the softmax's `l`); token-axis values are dequantized
 //!   per token (the lane's channels share one parameter of the row) before the multiply-add.
+//!   1-bit channel-axis values at head_dim 128 go through tensor cores instead for groups of up
+//!   to 4 query heads ([`mma_values`]: their accumulators are MMA fragments) and through quad
+//!   tables past them ([`span_values_quads`]).
 //! - The warps' states are merged through shared memory into the item's `(m, l)` and
 //!   accumulator, stored by threads over (head, channel): coalesced.
 //!
@@ -43,6 +46,7 @@ use super::{seq_field as f, AttentionSchedule, AttentionShape};
 mod group_keys;
 mod logits;
 mod merge;
+mod mma_values;
 mod setup;
 mod token_keys;
 mod values;
@@ -50,6 +54,7 @@ mod values;
 use group_keys::*;
 use logits::*;
 use merge::*;
+use mma_values::*;
 use setup::*;
 use token_keys::*;
 use values::*;
@@ -85,7 +90,8 @@ const RESIDENT_THREADS_WIDEST: u32 = 384;
 /// more than sm_90's shared memory holds blocks of `shared_bytes` (asking for more would only
 /// take registers: at group 8, or with token-axis values, a block's 47-79 KB hold 2-4 blocks,
 /// and asked for 4 or 5, ptxas spilled). On sm_80 (164 KB) shared memory may hold fewer.
-fn resident_blocks(key: &Scheme, g: u32, shared_bytes: u64, block_size: u32) -> u32 {
+fn resident_blocks(key: &Scheme, dims: &Dims, shared_bytes: u64, block_size: u32) -> u32 {
+    let g = dims.g;
     let arch = &crate::gpu_model::params::SM90;
     let unit = u64::from(arch.shared_alloc_unit.value);
     let per_block =
@@ -172,6 +178,9 @@ struct Dims {
     /// Whether the span's values go through quad tables ([`quad_values`]; their rows are
     /// staged transposed).
     quad_values: bool,
+    /// Whether the span's values go through tensor cores ([`uses_mma`]; their rows are staged
+    /// in 16-bit pieces: [`stage_value_row_mma`]).
+    mma_values: bool,
 }
 
 /// The three ways of the block layout to a span token's logits.
@@ -211,6 +220,7 @@ pub(super) fn lower(
         gv,
         gp: shape.group.div_ceil(gv) * gv,
         quad_values: false,
+        mma_values: false,
         keys: match (key.axis, key.group) {
             (Axis::Channel, Group::All) => KeyLayout::Tables,
             (Axis::Channel, Group::Size(n)) => KeyLayout::ChannelGroups(n.get() as u32),
@@ -224,8 +234,10 @@ pub(super) fn lower(
             },
         },
     };
+    let mma_values = mode == Mode::Partial && uses_mma(value, dims.d, dims.g);
     let dims = Dims {
-        quad_values: quad_values(value, &dims),
+        quad_values: quad_values(value, &dims) && !mma_values,
+        mma_values,
         ..dims
     };
     let Dims { d, g, warps, .. } = dims;
@@ -284,7 +296,7 @@ pub(super) fn lower(
         ),
     };
     if mode == Mode::Partial {
-        let blocks = resident_blocks(key, g, b.shared_bytes(), s.block_size);
+        let blocks = resident_blocks(key, &dims, b.shared_bytes(), s.block_size);
         b.min_blocks_per_sm(blocks);
     }
     let lc = Locals {
@@ -301,6 +313,7 @@ pub(super) fn lower(
         src_lane: b.local("src_lane", ScalarType::U32, 1),
         nibs: b.local("nibs", ScalarType::U32, 2 * dims.cpl),
         vpar: b.local("vpar", ScalarType::F32, 2 * dims.cpl),
+        mma: dims.mma_values.then(|| mma_values::declare(&mut b, &dims)),
     };
     let kv_heads = b.param(kv_heads);
     let chunks = b.param(chunks);
@@ -435,6 +448,8 @@ struct Locals {
     /// Values of group = N: the zeros, then the scales of the lane's channels in the warp's
     /// parameter row of the step.
     vpar: u32,
+    /// The tensor-core `P V`'s fragments ([`Dims::mma_values`]).
+    mma: Option<MmaLocals>,
 }
 
 /// The block's work item: uniform values (block id and scalar parameters).

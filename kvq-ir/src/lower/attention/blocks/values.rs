@@ -16,10 +16,12 @@ pub(super) fn values_step(
     lc: &Locals,
     base: Value,
 ) {
-    let (d, g, cpl) = (dims.d, dims.g, dims.cpl);
-    let quads = dims.quad_values;
-    if quads {
+    let quads = dims.quad_values || dims.mma_values;
+    if dims.quad_values {
         span_values_quads(b, value, dims, at, sh, lc);
+    }
+    if let Some(mma) = &lc.mma {
+        span_values_mma(b, value, dims, at, sh, lc, mma);
     }
     if let (Axis::Channel, Group::Size(n)) = (value.axis, value.group) {
         load_value_row(b, value, n.get() as u32, dims, at, bufs, lc, base);
@@ -28,24 +30,49 @@ pub(super) fn values_step(
     let warp = b.special(Special::WarpId);
     let t0 = b.add(start, base);
     let t0 = affine(b, warp, WARP_SIZE, t0);
+    // The quad tables or tensor cores did the span tokens: an item that is a span chunk
+    // (block-uniform) skips the loop.
+    let todo = match quads {
+        true => {
+            let no = b.bool(false);
+            b.cmp(CmpOp::Eq, is_span, no)
+        }
+        false => b.bool(true),
+    };
+    b.if_then(todo, |b| {
+        per_token_values(b, value, dims, at, bufs, sh, lc, t0, [is_span, end])
+    });
+}
+
+/// `values_step`'s loop over the warp's 32 tokens, one token at a time (the lanes over
+/// channels): every token of an fp chunk, and of a span chunk unless quad tables did them.
+#[allow(clippy::too_many_arguments)]
+fn per_token_values(
+    b: &mut Builder,
+    value: &Scheme,
+    dims: &Dims,
+    at: &Item,
+    bufs: &ItemParams,
+    sh: &Shared,
+    lc: &Locals,
+    t0: Value,
+    [is_span, end]: [Value; 2],
+) {
+    let (d, cpl) = (dims.d, dims.cpl);
     let z = b.u32(0);
     let n = b.u32(WARP_SIZE);
     b.for_range(z, n, 1, |b, j| {
         let t = b.add(t0, j);
         let ok = b.cmp(CmpOp::Lt, t, end);
-        let ok = match quads {
-            // The quads did the span tokens.
-            true => {
-                let no = b.bool(false);
-                let is_fp = b.cmp(CmpOp::Eq, is_span, no);
-                b.binary(BinaryOp::And, ok, is_fp)
-            }
-            false => ok,
-        };
         b.if_then(ok, |b| {
             let warp = b.special(Special::WarpId);
             let slot = affine(b, warp, WARP_SIZE, j);
             let ps = load_probs(b, dims, sh, slot);
+            if let Some(mma) = &lc.mma {
+                // Only fp chunks come here (the tensor cores did the span's tokens).
+                add_fp_token(b, dims, sh, mma, &ps, slot);
+                return;
+            }
             let accumulate = |b: &mut Builder, vals: &[Value]| {
                 for (h, &p) in ps.iter().enumerate() {
                     for (k, &v) in vals.iter().enumerate() {
@@ -89,7 +116,6 @@ pub(super) fn values_step(
             );
         });
     });
-    let _ = g;
 }
 
 /// Values of axis = channel, group = N (N a multiple of 32, so the warp's 32 tokens of the step
