@@ -19,6 +19,21 @@ pub fn emit(kernel: &Kernel, info: &KernelInfo, arch: Arch) -> Result<Ptx, Codeg
     emit_with(kernel, info, arch, CompileCache::from_env().as_ref())
 }
 
+/// PTX text of `kernel` for `arch` with line information for profiling: the code of kvq IR
+/// instruction `v` at line `v.index() + 1` (see [`crate::ptxas::assemble_counting_lines`]).
+/// Not cached.
+pub fn emit_with_lines(
+    kernel: &Kernel,
+    info: &KernelInfo,
+    arch: Arch,
+) -> Result<Ptx, CodegenError> {
+    Ok(Ptx {
+        arch,
+        entry: kernel.name.clone(),
+        text: crate::llvm::ptx_text_with_lines(kernel, info, arch)?,
+    })
+}
+
 /// PTX text of `kernel` for `arch`, looked up in and stored to `cache` when given. A corrupt
 /// cache entry is rebuilt; a cache that cannot be written is skipped with a warning.
 pub fn emit_with(

@@ -3,6 +3,7 @@
 //! made, for its instruction count. They come from the `nvidia-cuda-nvcc-cu12` and
 //! `nvidia-cuda-nvdisasm` wheels that `scripts/setup.sh` installs into the project's `.venv`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -76,7 +77,54 @@ pub fn assemble(
     arch: Arch,
     entry: &str,
 ) -> Result<PtxasReport, CodegenError> {
-    assemble_then(ptxas, ptx, arch, entry, |_| Ok(())).map(|(report, ())| report)
+    assemble_then(ptxas, ptx, arch, entry, &[], |_| Ok(())).map(|(report, ())| report)
+}
+
+/// Machine instructions of a kernel by the line they came from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SassLines {
+    /// Every instruction counted (as [`assemble_counting`] counts them).
+    pub total: u32,
+    /// By source line (for [`crate::ptx::emit_with_lines`]'s PTX, a kvq IR instruction's index
+    /// plus 1); line 0 holds the instructions nvdisasm gives no line.
+    pub by_line: BTreeMap<u32, u32>,
+    /// The loads and stores of global and shared memory among them (`LDG`, `STG`, `LDS`,
+    /// `STS`, `LD`, `ST`), by line.
+    pub memory_by_line: BTreeMap<u32, u32>,
+}
+
+/// [`assemble_counting`] of PTX with line information (`ptxas -lineinfo`, `nvdisasm -c -g`):
+/// the count by line as well.
+pub fn assemble_counting_lines(
+    ptxas: &Path,
+    nvdisasm: &Path,
+    ptx: &str,
+    arch: Arch,
+    entry: &str,
+) -> Result<(PtxasReport, SassLines), CodegenError> {
+    assemble_then(ptxas, ptx, arch, entry, &["-lineinfo"], |cubin| {
+        let listing = disassemble(nvdisasm, cubin, entry, &["-c", "-g"])?;
+        Ok(count_sass_lines(&listing))
+    })
+}
+
+/// The `nvdisasm` listing of `cubin` with `args`.
+fn disassemble(
+    nvdisasm: &Path,
+    cubin: &Path,
+    entry: &str,
+    args: &[&str],
+) -> Result<String, CodegenError> {
+    let out = Command::new(nvdisasm)
+        .args(args)
+        .arg(cubin)
+        .output()
+        .map_err(|e| ptxas_error(entry, format!("cannot run {}: {e}", nvdisasm.display())))?;
+    if !out.status.success() {
+        let text = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        return Err(ptxas_error(entry, format!("nvdisasm failed: {text}")));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// [`assemble`], and the number of machine instructions ptxas made of the kernel's body
@@ -90,35 +138,51 @@ pub fn assemble_counting(
     arch: Arch,
     entry: &str,
 ) -> Result<(PtxasReport, u32), CodegenError> {
-    assemble_then(ptxas, ptx, arch, entry, |cubin| {
-        let out = Command::new(nvdisasm)
-            .arg("-c")
-            .arg(cubin)
-            .output()
-            .map_err(|e| ptxas_error(entry, format!("cannot run {}: {e}", nvdisasm.display())))?;
-        if !out.status.success() {
-            let text = String::from_utf8_lossy(&out.stderr).trim().to_string();
-            return Err(ptxas_error(entry, format!("nvdisasm failed: {text}")));
-        }
-        Ok(count_sass(&String::from_utf8_lossy(&out.stdout)))
+    assemble_then(ptxas, ptx, arch, entry, &[], |cubin| {
+        let listing = disassemble(nvdisasm, cubin, entry, &["-c"])?;
+        Ok(count_sass_lines(&listing).total)
     })
 }
 
 /// Instruction lines of `nvdisasm -c` output (`/*0a30*/  OPCODE ...;`) before the first
-/// internal subroutine (`$__internal...:`), `NOP`s left out.
-fn count_sass(listing: &str) -> u32 {
-    let count = listing
+/// internal subroutine (`$__internal...:`), `NOP`s left out; each counted under the line of the
+/// last `//## File "...", line N` annotation before it (`-g`), or line 0.
+fn count_sass_lines(listing: &str) -> SassLines {
+    let mut out = SassLines::default();
+    let mut line = 0u32;
+    let body = listing
         .lines()
-        .take_while(|l| !(l.starts_with("$__internal") && l.trim_end().ends_with(':')))
-        .filter_map(|l| {
-            let l = l.trim_start().strip_prefix("/*")?;
-            let (offset, rest) = l.split_once("*/")?;
-            let is_offset = !offset.is_empty() && offset.chars().all(|c| c.is_ascii_hexdigit());
-            let opcode = rest.split_whitespace().find(|w| !w.starts_with('@'))?;
-            (is_offset && opcode != "NOP" && opcode != "NOP;").then_some(())
-        })
-        .count();
-    u32::try_from(count).unwrap_or(u32::MAX)
+        .take_while(|l| !(l.starts_with("$__internal") && l.trim_end().ends_with(':')));
+    for l in body {
+        let l = l.trim_start();
+        if let Some(note) = l.strip_prefix("//## File") {
+            // (The first line number: an inlined location names its call site after it.)
+            line = note
+                .split_once("line ")
+                .and_then(|(_, n)| n.split(|c: char| !c.is_ascii_digit()).next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            continue;
+        }
+        if let Some(opcode) = opcode(l) {
+            out.total = out.total.saturating_add(1);
+            *out.by_line.entry(line).or_default() += 1;
+            let base = opcode.split('.').next().unwrap_or("");
+            if matches!(base, "LDG" | "STG" | "LDS" | "STS" | "LD" | "ST") {
+                *out.memory_by_line.entry(line).or_default() += 1;
+            }
+        }
+    }
+    out
+}
+
+/// The opcode of a trimmed listing line that is a machine instruction other than `NOP`.
+fn opcode(l: &str) -> Option<&str> {
+    let (offset, rest) = l.strip_prefix("/*")?.split_once("*/")?;
+    let is_offset = !offset.is_empty() && offset.chars().all(|c| c.is_ascii_hexdigit());
+    let opcode = rest.split_whitespace().find(|w| !w.starts_with('@'))?;
+    let opcode = opcode.trim_end_matches(';');
+    (is_offset && opcode != "NOP").then_some(opcode)
 }
 
 /// Assembles `ptx` into a temporary cubin, reads `entry`'s resources and runs `then` on the
@@ -128,6 +192,7 @@ fn assemble_then<T>(
     ptx: &str,
     arch: Arch,
     entry: &str,
+    flags: &[&str],
     then: impl FnOnce(&Path) -> Result<T, CodegenError>,
 ) -> Result<(PtxasReport, T), CodegenError> {
     let dir = std::env::temp_dir().join(format!("kvq-ptxas-{}-{}", std::process::id(), unique()));
@@ -139,6 +204,7 @@ fn assemble_then<T>(
         let out = Command::new(ptxas)
             .arg(format!("-arch={}", arch.name()))
             .arg("-v")
+            .args(flags)
             .arg("-o")
             .arg(&output)
             .arg(&input)
@@ -243,6 +309,28 @@ mod tests {
             $__internal_0_$__cuda_sm3x_div_rn_noftz_f32_slowpath:\n\
             \x20       /*0060*/                   SHF.R.U32.HI R4, RZ, 0x17, R3 ;\n\
             \x20       /*0070*/                   RET.REL.NODEC R4 `(k) ;\n";
-        assert_eq!(count_sass(listing), 4);
+        assert_eq!(count_sass_lines(listing).total, 4);
+    }
+
+    #[test]
+    fn counts_sass_instructions_by_line() {
+        let listing = "k:\n\
+            \x20       /*0000*/                   LDC R1, c[0x0][0x28] ;\n\
+            \t//## File \"./k.kvqir\", line 12\n\
+            \x20       /*0010*/                   LDG.E.128.CONSTANT R4, desc[UR4][R2.64] ;\n\
+            \x20       /*0020*/                   IADD3 R0, R0, 0x1, RZ ;\n\
+            \t//## File \"./k.kvqir\", line 7 inlined at \"./k.kvqir\", line 3\n\
+            \x20       /*0030*/               @P0 STS [R3], R4 ;\n\
+            \x20       /*0040*/                   LDSM.16.M88.4 R8, [R3] ;\n\
+            \t//## File \"./k.kvqir\", line 12\n\
+            \x20       /*0050*/                   LDS.64 R8, [R3] ;\n\
+            \x20       /*0060*/                   NOP;\n";
+        let c = count_sass_lines(listing);
+        assert_eq!(c.total, 6);
+        let by = |m: &BTreeMap<u32, u32>| m.iter().map(|(&l, &n)| (l, n)).collect::<Vec<_>>();
+        assert_eq!(by(&c.by_line), [(0, 1), (7, 2), (12, 3)]);
+        // LDG, STS and LDS are loads and stores of global and shared memory; LDC (constants)
+        // and LDSM (matrix fragments) are not counted as such.
+        assert_eq!(by(&c.memory_by_line), [(7, 1), (12, 2)]);
     }
 }

@@ -301,10 +301,11 @@ pub fn profile_traced(
     bound_bytes: u64,
 ) -> Result<KernelReport> {
     let info = verify(kernel)?;
-    let (ptxas, sass_static) = match (ctx.assembler, ctx.disassembler) {
+    let (ptxas, sass) = match (ctx.assembler, ctx.disassembler) {
         (Some(path), Some(nvdisasm)) => {
-            let text = ptx::emit(kernel, &info, ctx.arch)?.text;
-            let (r, n) = ptxas::assemble_counting(path, nvdisasm, &text, ctx.arch, &kernel.name)?;
+            let text = ptx::emit_with_lines(kernel, &info, ctx.arch)?.text;
+            let (r, n) =
+                ptxas::assemble_counting_lines(path, nvdisasm, &text, ctx.arch, &kernel.name)?;
             (Some(r), Some(n))
         }
         (Some(path), None) => {
@@ -337,11 +338,18 @@ pub fn profile_traced(
     let mut stats = gpu_model::analyze(&trace);
     let ir_static: u64 = trace.body_insts.iter().sum();
     let ir_warp_insts = stats.warp_insts;
-    let sass_per_ir = sass_static
+    let sass_per_ir = sass
+        .as_ref()
         .filter(|_| ir_static > 0)
-        .map(|n| f64::from(n) / ir_static as f64);
-    if let Some(r) = sass_per_ir {
-        stats.warp_insts = (ir_warp_insts as f64 * r).round() as u64;
+        .map(|s| f64::from(s.total) / ir_static as f64);
+    if let Some(s) = &sass {
+        // Each body weighed by the machine instructions ptxas made of its kvq instructions.
+        let lines = gpu_model::LineCounts {
+            all: &s.by_line,
+            memory: &s.memory_by_line,
+        };
+        let weights = gpu_model::body_machine_insts(kernel, &trace, lines);
+        stats.warp_insts = gpu_model::warp_insts(&trace, &weights);
     }
     let prediction = gpu_model::predict(ctx.gpu, grid, &occupancy, &stats, &buffer_bytes);
     Ok(KernelReport {

@@ -18,12 +18,14 @@ pub struct KernelReport {
     pub shared_bytes: u32,
     pub occupancy: Occupancy,
     pub sample: Vec<u32>,
-    /// `stats.warp_insts` is weighed by `sass_per_ir` when known.
+    /// `stats.warp_insts` counts machine instructions when nvdisasm ran (each body of the trace
+    /// weighed by its machine instructions: `gpu_model::body_machine_insts`), else IR ones.
     pub stats: TraceStats,
     /// The sample's warp instructions in IR instructions (unweighed).
     pub ir_warp_insts: u64,
     /// Machine instructions per IR instruction, both counted statically over the whole kernel
-    /// (nvdisasm on ptxas's cubin; the IR as the trace counts it).
+    /// (nvdisasm on ptxas's cubin; the IR as the trace counts it): reported, no longer used to
+    /// weigh the trace.
     pub sass_per_ir: Option<f64>,
     pub prediction: Prediction,
     /// Bytes of the copy bound (data read plus data written, once).
@@ -125,10 +127,11 @@ impl Report<'_> {
         }
         let _ = writeln!(
             out,
-            "model: predicted = {2} us launch + max(DRAM bytes / bandwidth, L2 sector bytes / L2 bandwidth) + max(load misses / (resident warps x {0}), one warp's misses / {0}) x {1} ns latency + warp instructions / issue rate; parameters and sources: --json",
+            "model: predicted = {2} us launch + max(DRAM bytes / bandwidth, L2 sector bytes / L2 bandwidth) + max(load misses / (resident warps x {0}), one warp's misses / {0}) x {1} ns latency + (warp instructions + {3} x warp MMAs) / issue rate; parameters and sources: --json",
             g.requests_in_flight_per_warp.value,
             g.dram_latency_s.value * 1e9,
-            g.launch_s.value * 1e6
+            g.launch_s.value * 1e6,
+            g.mma_cycles.value
         );
         out
     }
@@ -226,7 +229,7 @@ fn kernel_text(out: &mut String, k: &KernelReport) {
     let _ = match k.sass_per_ir {
         Some(r) => writeln!(
             out,
-            "  instructions  {:.1} per warp: {:.1} IR instructions (sampled mean) x {:.2} machine instructions per IR instruction (static, nvdisasm)",
+            "  instructions  {:.1} machine instructions per warp (sampled mean, each body weighed by what ptxas made of it: nvdisasm line information); {:.1} IR instructions, {:.2} machine per IR statically",
             per_warp(st.warp_insts, st.warps),
             per_warp(k.ir_warp_insts, st.warps),
             r
@@ -248,6 +251,14 @@ fn kernel_text(out: &mut String, k: &KernelReport) {
         us(p.issue_s),
         us(p.launch_s)
     );
+    if st.warp_mmas > 0 {
+        let _ = writeln!(
+            out,
+            "  predicted     tensor cores {:.3} us ({:.1} MMAs per warp)",
+            us(p.tensor_s),
+            per_warp(st.warp_mmas, st.warps)
+        );
+    }
     let _ = writeln!(
         out,
         "  predicted     {:.3} us, bound by {}; copy bound {:.3} us ({} B); ratio {:.2}",
@@ -293,6 +304,8 @@ fn kernel_json(k: &KernelReport) -> Value {
         "predicted_l2_us": us(p.l2_s),
         "predicted_latency_us": us(p.latency_s),
         "predicted_issue_us": us(p.issue_s),
+        "predicted_tensor_us": us(p.tensor_s),
+        "mmas_per_warp": per_warp(st.warp_mmas, st.warps),
         "launch_us": us(p.launch_s),
         "predicted_us": us(p.total_s),
         "predicted_bound": p.bound.name(),

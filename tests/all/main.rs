@@ -13,6 +13,7 @@ mod cuda_cache;
 mod fixtures;
 mod fuzz_corpora;
 mod launch_safety;
+mod line_info;
 mod model;
 mod profile_cli;
 mod profile_measured;

@@ -29,6 +29,7 @@ use inkwell::IntPredicate;
 use kvq_ir::ir::sync::{cluster_parts, segments, Segment};
 use kvq_ir::ir::{Block, Kernel, KernelInfo, Op, Special, Type, Value, WARP_SIZE};
 
+use super::lines::Lines;
 use super::memory::{access_align, allocate};
 use super::select::Strided;
 
@@ -73,6 +74,9 @@ pub(super) struct Lower<'a, 'ctx> {
     pub(super) tid: Option<IntValue<'ctx>>,
     bid: Option<IntValue<'ctx>>,
     grid: Option<IntValue<'ctx>>,
+    /// PTX for profiling: line information, and the instruction whose code is being built.
+    pub(super) lines: Option<Lines<'ctx>>,
+    line_owner: Option<Value>,
 }
 
 impl<'a, 'ctx> Lower<'a, 'ctx> {
@@ -108,11 +112,13 @@ impl<'a, 'ctx> Lower<'a, 'ctx> {
             tid: None,
             bid: None,
             grid: None,
+            lines: None,
+            line_owner: None,
         })
     }
 
     /// The PTX kernel: the body as is, after zeroing the thread's locals.
-    pub(super) fn emit_ptx(mut self) -> R<()> {
+    pub(super) fn emit_ptx(&mut self) -> R<()> {
         self.zero_memory()?;
         let kernel = self.kernel;
         self.block(&kernel.body)?;
@@ -372,7 +378,21 @@ impl<'a, 'ctx> Lower<'a, 'ctx> {
     }
 
     fn block(&mut self, block: &Block) -> R<()> {
-        block.0.iter().try_for_each(|&v| self.inst(v))
+        let owner = self.line_owner;
+        block.0.iter().try_for_each(|&v| self.inst(v))?;
+        // What the enclosing `Loop` or `If` builds after its block is its own.
+        if let Some(v) = owner {
+            self.tag(v);
+        }
+        Ok(())
+    }
+
+    /// With line information, tags what is built next as `v`'s.
+    fn tag(&mut self, v: Value) {
+        if let Some(lines) = &self.lines {
+            lines.at(self.ctx, &self.b, v);
+            self.line_owner = Some(v);
+        }
     }
 
     /// The lowered value of `v`: its definition, or on the host a block-uniform loop's counter
@@ -404,6 +424,7 @@ impl<'a, 'ctx> Lower<'a, 'ctx> {
     }
 
     fn inst(&mut self, v: Value) -> R<()> {
+        self.tag(v);
         let kernel = self.kernel;
         let result: Option<BasicValueEnum<'ctx>> = match &kernel.insts[v].op {
             op @ (Op::Const(_)

@@ -26,6 +26,7 @@
 mod bits;
 mod convert;
 mod exp;
+mod lines;
 mod lower;
 mod memory;
 mod ops;
@@ -77,13 +78,50 @@ pub(crate) fn ptx_text(
     info: &KernelInfo,
     arch: Arch,
 ) -> Result<String, CodegenError> {
+    ptx_text_of(kernel, info, arch, false)
+}
+
+/// [`ptx_text`] with line information: each kvq IR instruction's code at line `index + 1`
+/// ([`lines`]), for profiling.
+pub(crate) fn ptx_text_with_lines(
+    kernel: &Kernel,
+    info: &KernelInfo,
+    arch: Arch,
+) -> Result<String, CodegenError> {
+    ptx_text_of(kernel, info, arch, true)
+}
+
+fn ptx_text_of(
+    kernel: &Kernel,
+    info: &KernelInfo,
+    arch: Arch,
+    lines: bool,
+) -> Result<String, CodegenError> {
     let ctx = Context::create();
-    let (module, machine) = build(&ctx, kernel, info, Target::Ptx(arch), Passes::default())?;
+    let target = Target::Ptx(arch);
+    let (module, machine) = build_with(&ctx, kernel, info, target, Passes::default(), lines)?;
     let buffer = machine
         .write_to_memory_buffer(&module, FileType::Assembly)
         .map_err(|e| llvm_error(kernel, e.to_string()))?;
     let text = String::from_utf8_lossy(buffer.as_slice()).into_owned();
+    let text = match lines {
+        true => without_debug_target(kernel, text)?,
+        false => text,
+    };
     cluster_directive(kernel, text)
+}
+
+/// The PTX with its `.target <arch>, debug` line made `.target <arch>`: with the `debug`
+/// option ptxas compiles for a debugger (on the `partial` attention kernel: 708 bytes of
+/// spills where the PTX without line information has none), while the `.loc` directives alone,
+/// under `ptxas -lineinfo`, give the same machine code as the PTX without them, with lines.
+fn without_debug_target(kernel: &Kernel, text: String) -> Result<String, CodegenError> {
+    let Some(at) = text.find("\n.target ") else {
+        return Err(llvm_error(kernel, "PTX without a .target line".into()));
+    };
+    let end = text[at + 1..].find('\n').map_or(text.len(), |e| at + 1 + e);
+    let line = text[at + 1..end].replace(", debug", "");
+    Ok(format!("{}\n{line}{}", &text[..at], &text[end..]))
 }
 
 /// The PTX with `.reqnctapercluster n, 1, 1` after the entry's `.reqntid` line when the kernel
@@ -183,6 +221,18 @@ fn build<'ctx>(
     target: Target,
     passes: Passes,
 ) -> Result<(Module<'ctx>, TargetMachine), CodegenError> {
+    build_with(ctx, kernel, info, target, passes, false)
+}
+
+/// [`build`], with line information when `lines` (PTX only).
+fn build_with<'ctx>(
+    ctx: &'ctx Context,
+    kernel: &Kernel,
+    info: &KernelInfo,
+    target: Target,
+    passes: Passes,
+    lines: bool,
+) -> Result<(Module<'ctx>, TargetMachine), CodegenError> {
     if kernel.cluster_size > 1 && target == Target::Ptx(Arch::Sm80) {
         return Err(CodegenError::Unsupported {
             kernel: kernel.name.clone(),
@@ -193,7 +243,7 @@ fn build<'ctx>(
     let module = ctx.create_module(&kernel.name);
     target::configure(&module, &machine);
     match target {
-        Target::Ptx(_) => ptx_kernel(ctx, &module, kernel, info),
+        Target::Ptx(_) => ptx_kernel(ctx, &module, kernel, info, lines),
         Target::Host => host_kernel(ctx, &module, kernel, info),
     }
     .map_err(|f| fail(kernel, f))?;
@@ -257,13 +307,19 @@ fn ptx_kernel<'ctx>(
     module: &Module<'ctx>,
     kernel: &Kernel,
     info: &KernelInfo,
+    lines: bool,
 ) -> Result<(), Fail> {
     let types = param_types(ctx, kernel, AddressSpace::from(1));
     let func = module.add_function(&kernel.name, ctx.void_type().fn_type(&types, false), None);
     func.set_call_conventions(PTX_KERNEL_CC);
     mark_buffers(ctx, func, kernel);
     let params: Vec<BasicValueEnum<'ctx>> = func.get_param_iter().collect();
-    Lower::new(ctx, module, kernel, info, func, params, true)?.emit_ptx()?;
+    let mut lower = Lower::new(ctx, module, kernel, info, func, params, true)?;
+    lower.lines = lines.then(|| lines::Lines::attach(ctx, module, func, &kernel.name));
+    lower.emit_ptx()?;
+    if let Some(l) = &lower.lines {
+        l.finalize();
+    }
 
     let i32_type = ctx.i32_type();
     let mut annotations = vec![("reqntidx", kernel.block_size)];

@@ -10,6 +10,7 @@
 //! - [`predict()`]: `launch + max(DRAM, L2) + latency + issue`, and the bandwidth bounds it is compared
 //!   with.
 
+pub mod machine;
 pub mod occupancy;
 pub mod params;
 pub mod predict;
@@ -18,10 +19,11 @@ pub mod warp;
 #[cfg(test)]
 mod tests;
 
+pub use machine::{body_machine_insts, LineCounts};
 pub use occupancy::{occupancy, BlockResources, Limiter, Occupancy, OccupancyError};
 pub use params::{ArchLimits, GpuParams, Sourced, A100, GPUS, H100, H200, SM80, SM90};
 pub use predict::{bandwidth_bound_s, predict, sdpa_bf16_bytes, Bound, Prediction};
-pub use warp::{analyze, GlobalStats, SharedStats, TraceStats};
+pub use warp::{analyze, warp_insts, GlobalStats, SharedStats, TraceStats};
 
 /// The blocks the model samples: the first, the middle and the last (distinct, increasing).
 pub fn sample_blocks(grid: u32) -> Vec<u32> {

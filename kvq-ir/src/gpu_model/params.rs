@@ -122,6 +122,9 @@ pub struct GpuParams {
     pub requests_in_flight_per_warp: Sourced<f64>,
     /// Fixed cost of one kernel launch on the GPU, seconds.
     pub launch_s: Sourced<f64>,
+    /// Cycles a scheduler's tensor cores take for one warp `mma.sync` m16n8k16 (f16 inputs,
+    /// f32 accumulators: 2,048 multiply-adds).
+    pub mma_cycles: Sourced<f64>,
 }
 
 const ISSUE: &str = "NVIDIA Ampere/Hopper architecture whitepapers: each of the 4 SM \
@@ -135,6 +138,13 @@ const IN_FLIGHT: &str = "assumption: 1 (a warp waits for each load before the ne
 const L2_GH100: &str = "assumption: 5.5 TB/s, about what Chips and Cheese measured on H100 PCIe \
                         (114 SMs) in 'Nvidia's H100: Funny L2, and Tons of Bandwidth' (2023), \
                         taken for the GH100 SXM parts too (more SMs and clock would raise it)";
+const MMA_A100: &str = "NVIDIA A100 whitepaper: 312 dense FP16 tensor TFLOPS (f32 accumulate) \
+                        over 108 SMs x 4 sub-partitions x 1.41 GHz = 256 multiply-adds a cycle \
+                        per sub-partition, so 2,048 take 8 cycles";
+const MMA_GH100: &str = "assumption: 8 cycles, A100's rate per sub-partition; the H100 \
+                         whitepaper's 989 dense FP16 TFLOPS (4 cycles) are for Hopper's \
+                         asynchronous warpgroup MMA, which kvq does not emit, and mma.sync is \
+                         not taken to reach them";
 const LAUNCH: &str = "measured: 6 us per kernel as CUDA events around one launch time it (launch, \
                       start and drain); the smallest kvq kernels took 7.7-8.7 us so on an NVIDIA \
                       H200 (docs/gpu/h200-2026-12-04), less ~1-2 us of predicted work; taken for \
@@ -160,6 +170,7 @@ pub const H100: GpuParams = GpuParams {
     dram_latency_s: s(700e-9, LATENCY),
     requests_in_flight_per_warp: s(1.0, IN_FLIGHT),
     launch_s: s(6e-6, LAUNCH),
+    mma_cycles: s(8.0, MMA_GH100),
 };
 
 /// NVIDIA H200 SXM 141 GB.
@@ -182,6 +193,7 @@ pub const H200: GpuParams = GpuParams {
     dram_latency_s: s(700e-9, LATENCY),
     requests_in_flight_per_warp: s(1.0, IN_FLIGHT),
     launch_s: s(6e-6, LAUNCH),
+    mma_cycles: s(8.0, MMA_GH100),
 };
 
 /// NVIDIA A100 SXM4 80 GB.
@@ -212,6 +224,7 @@ pub const A100: GpuParams = GpuParams {
     dram_latency_s: s(700e-9, LATENCY),
     requests_in_flight_per_warp: s(1.0, IN_FLIGHT),
     launch_s: s(6e-6, LAUNCH),
+    mma_cycles: s(8.0, MMA_A100),
 };
 
 /// Every GPU of the table.
@@ -278,6 +291,11 @@ impl GpuParams {
                 "launch_s",
                 format!("{:e}", self.launch_s.value),
                 self.launch_s.source,
+            ),
+            (
+                "mma_cycles",
+                self.mma_cycles.value.to_string(),
+                self.mma_cycles.source,
             ),
             u("regs_per_sm", a.regs_per_sm),
             u("max_regs_per_thread", a.max_regs_per_thread),

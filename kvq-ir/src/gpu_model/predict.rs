@@ -15,6 +15,8 @@ pub enum Bound {
     Latency,
     /// Instruction issue.
     Issue,
+    /// The tensor cores (warp matrix multiply-accumulates).
+    Tensor,
 }
 
 impl Bound {
@@ -25,6 +27,7 @@ impl Bound {
             Bound::L2 => "L2 bandwidth",
             Bound::Latency => "latency (Little's law)",
             Bound::Issue => "instruction issue",
+            Bound::Tensor => "tensor cores",
         }
     }
 }
@@ -57,10 +60,12 @@ pub struct Prediction {
     pub latency_s: f64,
     /// `warp_insts / (active_sms * min(schedulers, warps per active SM) * issue * clock)`.
     pub issue_s: f64,
+    /// `warp_mmas x mma_cycles / (active_sms * min(schedulers, warps per active SM) * clock)`.
+    pub tensor_s: f64,
     /// The launch constant, seconds.
     pub launch_s: f64,
-    /// `launch_s + max(dram_s, l2_s) + latency_s + issue_s`: see [`predict`] for why the terms
-    /// are added.
+    /// `launch_s + max(dram_s, l2_s) + latency_s + issue_s + tensor_s`: see [`predict`] for
+    /// why the terms are added.
     pub total_s: f64,
     /// The largest term.
     pub bound: Bound,
@@ -78,11 +83,13 @@ pub struct Prediction {
 ///   block), with `requests_in_flight_per_warp` in flight per resident warp, resident warps =
 ///   `min(grid, SMs * blocks_per_sm) * warps_per_block`; and no less than the most misses of
 ///   one warp, one after the other: a one-block kernel pays the latency per miss;
-/// - issue: warp instructions over the active SMs' schedulers (a scheduler needs a warp).
+/// - issue: warp instructions over the active SMs' schedulers (a scheduler needs a warp);
+/// - tensor: the cycles of the warp matrix multiply-accumulates on those schedulers' tensor
+///   cores (an MMA also counts as one issued instruction).
 ///
-/// The time is `launch + max(DRAM, L2) + latency + issue`: the two bandwidths move the same
-/// bytes, so the slower one counts, but waiting on loads and issuing instructions are added, not
-/// overlapped. That is what kvq's kernels measured on an H200 (docs/gpu/h200-2026-12-04): Nsight
+/// The time is `launch + max(DRAM, L2) + latency + issue + tensor`: the two bandwidths move the
+/// same bytes, so the slower one counts, but waiting on loads and issuing instructions are
+/// added, not overlapped (and so are the tensor cores' cycles, which no measured kernel had). That is what kvq's kernels measured on an H200 (docs/gpu/h200-2026-12-04): Nsight
 /// Compute found neither memory nor issue saturated (DRAM throughput 3-19%, issue slots busy
 /// 17-31% in the attention and CalibQuant quantize kernels), the phases of a warp (loads,
 /// arithmetic, reductions, barriers) following one another with too few warps to hide each
@@ -155,12 +162,17 @@ pub fn predict(
         true => warp_insts / issue_rate,
         false => 0.0,
     };
+    let tensor_s = match issue_rate > 0.0 {
+        true => stats.warp_mmas as f64 * scale * gpu.mma_cycles.value / issue_rate,
+        false => 0.0,
+    };
     let transfer_s = dram_s.max(l2_s);
     let (mut top, mut bound) = (dram_s, Bound::Dram);
     let terms = [
         (l2_s, Bound::L2),
         (latency_s, Bound::Latency),
         (issue_s, Bound::Issue),
+        (tensor_s, Bound::Tensor),
     ];
     for (t, b) in terms {
         if t > top {
@@ -181,8 +193,9 @@ pub fn predict(
         l2_s,
         latency_s,
         issue_s,
+        tensor_s,
         launch_s,
-        total_s: launch_s + transfer_s + latency_s + issue_s,
+        total_s: launch_s + transfer_s + latency_s + issue_s + tensor_s,
         bound,
     }
 }

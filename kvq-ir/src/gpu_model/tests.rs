@@ -581,3 +581,125 @@ fn warp_reductions_count_their_shuffle_steps() {
     assert_eq!(s.warp_insts, 39);
     assert_eq!(args[0], Arg::Buffer(Buffer::F32(vec![32.0; 32])));
 }
+
+/// `out[t] = sum over j < 8 of in[8t + j]` for 32 threads: a loop body with one load.
+fn sum8() -> Kernel {
+    let mut b = Builder::new("sum8", 32);
+    let input = b.buffer("in", ScalarType::F32, Access::Read);
+    let out = b.buffer("out", ScalarType::F32, Access::Write);
+    let acc = b.local("acc", ScalarType::F32, 1);
+    let t = b.special(Special::ThreadId);
+    let (z, n) = (b.u32(0), b.u32(8));
+    b.for_range(z, n, 1, |b, j| {
+        let t = b.special(Special::ThreadId);
+        let eight = b.u32(8);
+        let base = b.mul(t, eight);
+        let i = b.add(base, j);
+        let x = b.load(input, i, 1);
+        let zero = b.u32(0);
+        let a = b.read_local(acc, zero);
+        let a = b.add(a, x);
+        b.write_local(acc, zero, a);
+    });
+    let zero = b.u32(0);
+    let a = b.read_local(acc, zero);
+    b.store(out, t, a);
+    b.finish()
+}
+
+/// The line (instruction index + 1) of the first instruction of `kernel` for which `pick` holds.
+fn line_of(kernel: &Kernel, pick: impl Fn(&crate::ir::Op) -> bool) -> u32 {
+    let (h, _) = kernel
+        .insts
+        .iter()
+        .find(|(_, i)| pick(&i.op))
+        .expect("instruction");
+    h.index() as u32 + 1
+}
+
+/// Machine instructions per body from line counts made up by hand: the loop's load, add and
+/// loop control go to the loop body, everything else (and line 0) to the top level; a loop body
+/// whose load became 4 machine loads was copied 4 times (unrolled), so one run weighs a quarter.
+#[test]
+fn machine_instructions_go_to_their_bodies_and_unrolled_copies_are_divided_out() {
+    use crate::ir::Op;
+    let kernel = sum8();
+    let (t, _) = trace(&kernel, 256, 32, 1);
+    let load = line_of(&kernel, |op| matches!(op, Op::Load { .. }));
+    let add = line_of(&kernel, |op| {
+        matches!(op, Op::Binary(crate::ir::BinaryOp::Add, ..))
+    });
+    let looped = line_of(&kernel, |op| matches!(op, Op::Loop { .. }));
+    let store = line_of(&kernel, |op| matches!(op, Op::Store { .. }));
+    let thread = line_of(&kernel, |op| matches!(op, Op::Special(Special::ThreadId)));
+    let all: std::collections::BTreeMap<u32, u32> = [
+        (0, 5),
+        (thread, 1),
+        (load, 4),
+        (add, 8),
+        (looped, 8),
+        (store, 1),
+    ]
+    .into();
+    let memory: std::collections::BTreeMap<u32, u32> = [(load, 4), (store, 1)].into();
+    let lines = LineCounts {
+        all: &all,
+        memory: &memory,
+    };
+    let w = body_machine_insts(&kernel, &t, lines);
+    // Bodies: the top level (0) and the loop body (1).
+    assert_eq!(w.len(), 2);
+    assert_eq!(w, [5 + 1 + 1, (4 + 8 + 8) / 4]);
+    // 1 warp: the top level once, the loop body 8 times.
+    assert_eq!(warp_insts(&t, &w), 7 + 8 * 5);
+    // Without the copies the loop body weighs all its lines.
+    let memory: std::collections::BTreeMap<u32, u32> = [(load, 1), (store, 1)].into();
+    let lines = LineCounts {
+        all: &all,
+        memory: &memory,
+    };
+    assert_eq!(body_machine_insts(&kernel, &t, lines), [7, 20]);
+}
+
+/// An MMA in a block-uniform loop of 3 iterations, in a kernel of one warp and 264 blocks (two
+/// per SM of an H100): each MMA counts 8 cycles of the tensor cores, the block's warp alone on
+/// its SM's one scheduler.
+#[test]
+fn tensor_core_cycles_are_a_term_of_their_own() {
+    use crate::ir::{WarpOp, MMA_ACC_LEN, MMA_A_LEN, MMA_B_LEN};
+    let mut b = Builder::new("mma", 32);
+    let out = b.buffer("out", ScalarType::F32, Access::Write);
+    let a = b.local("a", ScalarType::F16, MMA_A_LEN);
+    let bl = b.local("b", ScalarType::F16, MMA_B_LEN);
+    let acc = b.local("acc", ScalarType::F32, MMA_ACC_LEN);
+    let (z, n) = (b.u32(0), b.u32(3));
+    b.for_range(z, n, 1, |b, _| {
+        b.warp(WarpOp::Mma { a, b: bl, acc });
+    });
+    let t = b.special(Special::ThreadId);
+    let zero = b.u32(0);
+    let x = b.read_local(acc, zero);
+    b.store(out, t, x);
+    let kernel = b.finish();
+    let grid = 264;
+    let mut args = vec![Arg::Buffer(Buffer::F32(vec![0.0; 32]))];
+    let tr = run_traced(&kernel, &mut args, grid, &sample_blocks(grid)).expect("runs");
+    let s = analyze(&tr);
+    assert_eq!((s.warps, s.warp_mmas), (3, 9));
+    let block = BlockResources {
+        threads: 32,
+        regs_per_thread: Some(32),
+        shared_bytes: 0,
+    };
+    let occ = occupancy(&SM90, block).expect("fits");
+    let p = predict(&H100, grid, &occ, &s, &[32 * 4]);
+    // 264 blocks x 3 MMAs x 8 cycles over 132 SMs x 2 warps (a scheduler each) x 1.98 GHz.
+    assert!(close(
+        p.tensor_s,
+        264.0 * 3.0 * 8.0 / (132.0 * 2.0 * 1.98e9)
+    ));
+    assert!(close(
+        p.total_s,
+        p.launch_s + p.dram_s.max(p.l2_s) + p.latency_s + p.issue_s + p.tensor_s
+    ));
+}

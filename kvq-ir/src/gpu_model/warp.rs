@@ -75,6 +75,8 @@ pub struct TraceStats {
     /// Warp instructions: per warp, per body, the most runs of any lane times the body's
     /// instructions ([`Trace::body_insts`]), summed.
     pub warp_insts: u64,
+    /// Warp matrix multiply-accumulates, counted like `warp_insts` ([`Trace::body_mmas`]).
+    pub warp_mmas: u64,
     /// The most load DRAM misses of one warp (its chain of dependent DRAM round trips).
     pub max_warp_dram_requests: u64,
     /// Per buffer parameter, distinct sectors per block summed over blocks: loads, stores.
@@ -90,18 +92,13 @@ pub fn analyze(trace: &Trace) -> TraceStats {
         blocks: trace.blocks.len() as u32,
         ..TraceStats::default()
     };
+    stats.warp_insts = warp_insts(trace, &trace.body_insts);
+    stats.warp_mmas = warp_insts(trace, &trace.body_mmas);
     for block in &trace.blocks {
         let mut dram: [BTreeSet<(u32, u64)>; 2] = [BTreeSet::new(), BTreeSet::new()];
         let mut requested: BTreeMap<u32, u64> = BTreeMap::new();
         for warp in block.threads.chunks(32) {
             stats.warps += 1;
-            for (b, &n) in trace.body_insts.iter().enumerate() {
-                let runs = warp
-                    .iter()
-                    .map(|t| t.body_runs.get(b).copied().unwrap_or(0));
-                let most = runs.max().unwrap_or(0);
-                stats.warp_insts = stats.warp_insts.saturating_add(most.saturating_mul(n));
-            }
             let insts: BTreeSet<usize> = warp
                 .iter()
                 .flat_map(|t| t.accesses.keys())
@@ -147,6 +144,21 @@ pub fn analyze(trace: &Trace) -> TraceStats {
         stats.stores.dram_sectors += dram[1].len() as u64;
     }
     stats
+}
+
+/// Warp instructions of the sample when one run of body `b` issues `weights[b]`: per warp and
+/// body, the most runs of any lane times the weight, summed.
+pub fn warp_insts(trace: &Trace, weights: &[u64]) -> u64 {
+    let mut sum = 0u64;
+    for warp in trace.blocks.iter().flat_map(|b| b.threads.chunks(32)) {
+        for (b, &n) in weights.iter().enumerate() {
+            let runs = warp
+                .iter()
+                .map(|t| t.body_runs.get(b).copied().unwrap_or(0));
+            sum = sum.saturating_add(runs.max().unwrap_or(0).saturating_mul(n));
+        }
+    }
+    sum
 }
 
 /// One execution of an instruction by the `active` lanes (all of the same memory and kind).

@@ -54,6 +54,7 @@ pub use kernel::{
     MMA_A_LEN, MMA_B_LEN, MMA_K, MMA_M, MMA_N, REDUCE_STEPS, WARP_SIZE,
 };
 pub use length::{check_launch, ArgSize, Len, PlanSize, PlanSizes, Signature, SizeError};
+pub(crate) use print::memory_elem;
 pub use print::print;
 pub use sync::SyncFacts;
 pub use verify::{verify, FindingKind, KernelInfo, VerifyError, VerifyFinding};

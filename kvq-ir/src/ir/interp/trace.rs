@@ -68,6 +68,12 @@ pub struct Trace {
     /// to, per element of its local: a shuffle 1, a reduction 10 (5 steps of a shuffle and an
     /// operation). A proxy for the machine instruction count.
     pub body_insts: Vec<u64>,
+    /// Per body, the warp matrix multiply-accumulates ([`WarpOp::Mma`]) one run of it issues
+    /// (each also counted as one instruction in `body_insts`).
+    pub body_mmas: Vec<u64>,
+    /// The body each instruction of the kernel (by arena index) is counted in: its own, or
+    /// for a `Loop` its loop body (whose runs are its iterations).
+    pub inst_bodies: BTreeMap<usize, u32>,
     /// The traced blocks, in increasing block id.
     pub blocks: Vec<BlockTrace>,
 }
@@ -223,6 +229,8 @@ pub fn run_traced(
     }
     Ok(Trace {
         body_insts: ins.body_insts,
+        body_mmas: ins.body_mmas,
+        inst_bodies: ins.inst_bodies,
         blocks: result?,
     })
 }
@@ -264,6 +272,8 @@ struct Instrumented {
     kernel: Kernel,
     markers: [u32; 2],
     body_insts: Vec<u64>,
+    body_mmas: Vec<u64>,
+    inst_bodies: BTreeMap<usize, u32>,
 }
 
 /// The kernel with two extra F32 buffer parameters, the markers, read by one-element
@@ -287,15 +297,19 @@ fn instrument(kernel: &Kernel) -> Result<Instrumented, InterpError> {
         kernel: &mut k,
         markers: [first, first + 1],
         body_insts: Vec::new(),
+        body_mmas: Vec::new(),
+        inst_bodies: BTreeMap::new(),
         seen: HashSet::new(),
     };
     let top = w.body(top, 0, 0)?;
-    let body_insts = w.body_insts;
+    let (body_insts, body_mmas, inst_bodies) = (w.body_insts, w.body_mmas, w.inst_bodies);
     k.body.0 = top;
     Ok(Instrumented {
         kernel: k,
         markers: [first, first + 1],
         body_insts,
+        body_mmas,
+        inst_bodies,
     })
 }
 
@@ -311,6 +325,8 @@ struct Walker<'k> {
     kernel: &'k mut Kernel,
     markers: [u32; 2],
     body_insts: Vec<u64>,
+    body_mmas: Vec<u64>,
+    inst_bodies: BTreeMap<usize, u32>,
     /// Instructions already walked: a malformed kernel may place one twice.
     seen: HashSet<usize>,
 }
@@ -349,14 +365,16 @@ impl Walker<'_> {
         }
         let id = self.body_insts.len() as u32;
         self.body_insts.push(0);
+        self.body_mmas.push(0);
         let mut out = self.marker(Some(id));
-        let mut count = extra;
+        let (mut count, mut mmas) = (extra, 0u64);
         for h in insts {
             out.push(h);
             let Some(inst) = self.kernel.insts.try_get(h) else {
                 continue;
             };
             count += self.weight(&inst.op);
+            mmas += u64::from(matches!(inst.op, Op::Warp(WarpOp::Mma { .. })));
             let is_loop = matches!(inst.op, Op::Loop { .. });
             let switch = !matches!(
                 inst.op,
@@ -381,9 +399,14 @@ impl Walker<'_> {
                     | Op::LoadRemote { .. }
             );
             if self.seen.insert(h.index()) {
+                self.inst_bodies.insert(h.index(), id);
                 for which in [0u8, 1] {
                     let taken = self.nested_mut(h, which).map(|b| std::mem::take(&mut b.0));
                     let Some(taken) = taken else { continue };
+                    if is_loop {
+                        let nested = self.body_insts.len() as u32;
+                        self.inst_bodies.insert(h.index(), nested);
+                    }
                     let new = self.body(taken, depth + 1, if is_loop { 2 } else { 0 })?;
                     if let Some(b) = self.nested_mut(h, which) {
                         b.0 = new;
@@ -398,6 +421,9 @@ impl Walker<'_> {
         }
         if let Some(slot) = self.body_insts.get_mut(id as usize) {
             *slot = count;
+        }
+        if let Some(slot) = self.body_mmas.get_mut(id as usize) {
+            *slot = mmas;
         }
         Ok(out)
     }
