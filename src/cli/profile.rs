@@ -287,11 +287,17 @@ fn profile_kernel(
     } else {
         quantize_args(scheme, span, input)?
     };
-    profile_traced(ctx, role, kernel, &mut args, grid, bound_bytes)
+    profile_traced(ctx, role, kernel, &mut args, grid, bound_bytes, None)
 }
 
+/// Which class of work a block of a launch does (blocks of one class do alike), for a
+/// stratified sample ([`gpu_model::stratified_sample`]).
+pub type BlockClass<'a> = &'a dyn Fn(u32) -> u32;
+
 /// The profile of `kernel` launched with `args` over `grid` blocks: ptxas, occupancy, the trace
-/// of the sampled blocks and the prediction, beside the copy bound of `bound_bytes`.
+/// of the sampled blocks and the prediction, beside the copy bound of `bound_bytes`. The sample
+/// is the first, middle and last blocks, or with `classes` those of each class, each weighed
+/// by the share of the grid it stands for.
 pub fn profile_traced(
     ctx: &Ctx,
     role: &str,
@@ -299,6 +305,7 @@ pub fn profile_traced(
     args: &mut [Arg],
     grid: u32,
     bound_bytes: u64,
+    classes: Option<BlockClass<'_>>,
 ) -> Result<KernelReport> {
     let info = verify(kernel)?;
     let (ptxas, sass) = match (ctx.assembler, ctx.disassembler) {
@@ -332,10 +339,14 @@ pub fn profile_traced(
         .iter()
         .map(|a| a.buffer().map_or(0, |b| (b.len() * b.elem().size()) as u64))
         .collect();
-    let trace = run_traced(kernel, args, grid, &gpu_model::sample_blocks(grid))?;
+    let (blocks, copies) = match classes {
+        Some(class_of) => gpu_model::stratified_sample(grid, class_of),
+        None => (gpu_model::sample_blocks(grid), Default::default()),
+    };
+    let trace = run_traced(kernel, args, grid, &blocks)?;
     // The blocks traced: with clusters, the sampled blocks' whole clusters.
     let sample: Vec<u32> = trace.blocks.iter().map(|b| b.block).collect();
-    let mut stats = gpu_model::analyze(&trace);
+    let mut stats = gpu_model::analyze_weighted(&trace, &copies);
     let ir_static: u64 = trace.body_insts.iter().sum();
     let ir_warp_insts = stats.warp_insts;
     let sass_per_ir = sass
@@ -349,7 +360,7 @@ pub fn profile_traced(
             memory: &s.memory_by_line,
         };
         let weights = gpu_model::body_machine_insts(kernel, &trace, lines);
-        stats.warp_insts = gpu_model::warp_insts(&trace, &weights);
+        stats.warp_insts = gpu_model::warp_insts(&trace, &weights, &copies);
     }
     let prediction = gpu_model::predict(ctx.gpu, grid, &occupancy, &stats, &buffer_bytes);
     Ok(KernelReport {

@@ -5,7 +5,9 @@
 
 use anyhow::{Context, Result};
 use kvq::backend::{quantize, Backend};
-use kvq::lower::attention::{attention, AttentionArgs, AttentionSchedule, AttentionShape, SeqData};
+use kvq::lower::attention::{
+    attention, seq_field, AttentionArgs, AttentionSchedule, AttentionShape, SeqData,
+};
 use kvq::{CacheScheme, Calibration, Scheme, Shape3, Tensor3};
 use kvq_ir::ir::interp::Arg;
 use kvq_ir::ir::Kernel;
@@ -13,7 +15,7 @@ use kvq_ir::lower::InputType;
 use kvq_ir::reference::param_shape;
 use kvq_ir::reference::quantize::row_bytes;
 
-use super::profile::{profile_traced, Ctx, ProfileShape, MAX_SIM_BYTES};
+use super::profile::{profile_traced, BlockClass, Ctx, ProfileShape, MAX_SIM_BYTES};
 use super::profile_report::KernelReport;
 
 /// Deterministic values in [-scale, scale] for a `[heads, tokens, dim]` tensor.
@@ -125,6 +127,26 @@ pub fn profile_attention(
         })
         .collect();
     let mut args = AttentionArgs::new(&scheme, ashape, &schedule, kv, &data)?;
+    // Per work chunk, 1 for a span chunk and 0 for a full-precision one; block `b` of `stats`
+    // and `partial` works on item `min(b, items - 1)`, chunk `item / kv heads`.
+    let plan = args.plan();
+    let span_chunk: Vec<u32> = plan
+        .work_seq
+        .iter()
+        .enumerate()
+        .map(|(w, &seq)| {
+            let (base, span) = (
+                plan.field(seq as usize, seq_field::CHUNK_BASE),
+                plan.field(seq as usize, seq_field::SPAN_CHUNKS),
+            );
+            u32::from((w as u32).wrapping_sub(base) < span)
+        })
+        .collect();
+    let class_of = |b: u32| -> u32 {
+        let items = (span_chunk.len() * kv).max(1);
+        let item = (b as usize).min(items - 1);
+        span_chunk.get(item / kv.max(1)).copied().unwrap_or(0)
+    };
     let mut reports = Vec::new();
     args.launch(
         &kernels,
@@ -146,7 +168,17 @@ pub fn profile_attention(
                 .filter_map(Arg::buffer)
                 .map(|b| (b.len() * b.elem().size()) as u64)
                 .sum();
-            let report = profile_traced(ctx, role, kernel, kernel_args, grid, bytes)?;
+            // `stats` and `partial` blocks do a span chunk's work or a full-precision chunk's.
+            let items = role != "attention combine";
+            let report = profile_traced(
+                ctx,
+                role,
+                kernel,
+                kernel_args,
+                grid,
+                bytes,
+                items.then_some(&class_of as BlockClass<'_>),
+            )?;
             reports.push(report);
             Ok::<(), anyhow::Error>(())
         },

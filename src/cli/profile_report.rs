@@ -60,13 +60,13 @@ fn per_warp(total: u64, warps: u64) -> f64 {
     }
 }
 
-fn global_json(g: &GlobalStats) -> Value {
+fn global_json(g: &GlobalStats, per: &impl Fn(u64) -> u64) -> Value {
     json!({
-        "requests": g.requests,
-        "sectors": g.sectors,
-        "useful_bytes": g.useful_bytes,
+        "requests": per(g.requests),
+        "sectors": per(g.sectors),
+        "useful_bytes": per(g.useful_bytes),
         "efficiency": g.efficiency(),
-        "dram_sectors": g.dram_sectors,
+        "dram_sectors": per(g.dram_sectors),
     })
 }
 
@@ -201,27 +201,38 @@ fn kernel_text(out: &mut String, k: &KernelReport) {
         o.warps_per_sm,
         o.limiter.name()
     );
-    let _ = writeln!(
-        out,
-        "  sample        {} of {} blocks {:?}, scaled x{:.2}",
-        k.sample.len(),
-        k.grid,
-        k.sample,
-        p.scale
-    );
+    let _ = match st.block_copies.iter().all(|&c| c == 1) {
+        true => writeln!(
+            out,
+            "  sample        {} of {} blocks {:?}, scaled x{:.2}",
+            k.sample.len(),
+            k.grid,
+            k.sample,
+            p.scale
+        ),
+        false => writeln!(
+            out,
+            "  sample        {} of {} blocks {:?}, stratified by the work a block does: they stand for {:?} blocks",
+            k.sample.len(),
+            k.grid,
+            k.sample,
+            stands_for(st, p.scale)
+        ),
+    };
+    let per = per_block(st);
     for (what, g) in [("global loads ", &st.loads), ("global stores", &st.stores)] {
         let _ = writeln!(
             out,
             "  {what} {} warp requests, {} sectors, coalescing {}",
-            g.requests,
-            g.sectors,
+            per(g.requests),
+            per(g.sectors),
             pct(g.efficiency())
         );
     }
     let _ = writeln!(
         out,
         "  shared        {} warp requests, bank conflicts x{} (wavefronts / ideal)",
-        st.shared.requests,
+        per(st.shared.requests),
         st.shared
             .conflict_factor()
             .map_or("n/a".to_string(), |f| format!("{f:.2}"))
@@ -270,9 +281,28 @@ fn kernel_text(out: &mut String, k: &KernelReport) {
     );
 }
 
+/// The grid blocks each sampled block stands for (its copies times the prediction's scale).
+fn stands_for(st: &TraceStats, scale: f64) -> Vec<f64> {
+    st.block_copies
+        .iter()
+        .map(|&c| (c as f64 * scale * 10.0).round() / 10.0)
+        .collect()
+}
+
+/// A count of the sample as the sampled blocks' own (a stratified sample's sums count each
+/// block with its copies; divided by their mean, the figures keep a plain sample's scale).
+fn per_block(st: &TraceStats) -> impl Fn(u64) -> u64 {
+    let mean = st.weight() as f64 / st.block_copies.len().max(1) as f64;
+    move |x| match mean > 0.0 {
+        true => (x as f64 / mean).round() as u64,
+        false => x,
+    }
+}
+
 fn kernel_json(k: &KernelReport) -> Value {
     let (st, p, o) = (&k.stats, &k.prediction, &k.occupancy);
     let r = k.ptxas;
+    let per = per_block(st);
     json!({
         "role": k.role,
         "name": k.name,
@@ -287,12 +317,13 @@ fn kernel_json(k: &KernelReport) -> Value {
         "warps_per_sm": o.warps_per_sm,
         "occupancy_limiter": o.limiter.name(),
         "sample_blocks": k.sample,
-        "global_loads": global_json(&st.loads),
-        "global_stores": global_json(&st.stores),
+        "sample_stands_for": stands_for(st, p.scale),
+        "global_loads": global_json(&st.loads, &per),
+        "global_stores": global_json(&st.stores, &per),
         "shared": {
-            "requests": st.shared.requests,
-            "wavefronts": st.shared.wavefronts,
-            "ideal_wavefronts": st.shared.ideal_wavefronts,
+            "requests": per(st.shared.requests),
+            "wavefronts": per(st.shared.wavefronts),
+            "ideal_wavefronts": per(st.shared.ideal_wavefronts),
             "conflict_factor": st.shared.conflict_factor(),
         },
         "warp_insts_per_warp": per_warp(st.warp_insts, st.warps),

@@ -262,6 +262,23 @@ fn attention_kernels_are_profiled_on_request() {
         let by_role = |role: &str| kernels.iter().find(|k| k["role"] == role);
         let partial = by_role("attention partial").expect("partial");
         let combine = by_role("attention combine").expect("combine");
+        // `partial`'s sample is stratified: span chunks and full-precision chunks, each class's
+        // sampled blocks standing for all of its blocks (together the whole grid).
+        let stands: Vec<f64> = partial["sample_stands_for"]
+            .as_array()
+            .expect("stands for")
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        let grid = partial["grid"].as_f64().unwrap();
+        assert!((stands.iter().sum::<f64>() - grid).abs() <= 0.1 * stands.len() as f64);
+        // 600 span tokens in chunks of 256 and 40 fp tokens in chunks of 16, x 2 kv heads:
+        // 6 blocks of each class (span first), the first, middle and last of each sampled.
+        assert_eq!(
+            partial["sample_blocks"],
+            serde_json::json!([0, 3, 5, 6, 9, 11])
+        );
+        assert_eq!(stands, [2.0; 6]);
         // The block layout (token-axis values take it): a block per (sequence, query head),
         // 1 sequence x 2 kv heads x group 4.
         assert_eq!(combine["grid"], 8);

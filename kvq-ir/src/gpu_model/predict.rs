@@ -72,7 +72,7 @@ pub struct Prediction {
 }
 
 /// Predicts a launch of `grid` blocks from the sampled `stats`, scaled by `grid / sampled
-/// blocks`; `buffer_bytes[p]` is the size of buffer parameter `p` (missing: unbounded):
+/// blocks` (each counted with its copies: [`TraceStats::weight`]); `buffer_bytes[p]` is the size of buffer parameter `p` (missing: unbounded):
 /// - DRAM: per buffer, distinct sectors per block scaled to the grid, at most the buffer's size
 ///   (L2 keeps what several blocks share), loads and stores apart, summed;
 /// - L2: over the L2-to-SM bandwidth, every sector of every store request, and per block and
@@ -103,9 +103,9 @@ pub fn predict(
     stats: &TraceStats,
     buffer_bytes: &[u64],
 ) -> Prediction {
-    let scale = match stats.blocks {
+    let scale = match stats.weight() {
         0 => 0.0,
-        n => f64::from(grid) / f64::from(n),
+        n => f64::from(grid) / n as f64,
     };
     let (l, s) = (&stats.loads, &stats.stores);
     let sector = SECTOR_BYTES as f64;
@@ -125,11 +125,12 @@ pub fn predict(
     let load_sectors: u64 = stats
         .block_load_sectors
         .iter()
-        .flat_map(|per_param| per_param.values())
+        .zip(&stats.block_copies)
+        .flat_map(|(per_param, &c)| per_param.values().map(move |n| (n, c)))
         .map(
-            |&[distinct, all]| match distinct as f64 * sector <= l1_share {
-                true => distinct,
-                false => all,
+            |(&[distinct, all], c)| match distinct as f64 * sector <= l1_share {
+                true => c * distinct,
+                false => c * all,
             },
         )
         .sum();

@@ -651,7 +651,7 @@ fn machine_instructions_go_to_their_bodies_and_unrolled_copies_are_divided_out()
     assert_eq!(w.len(), 2);
     assert_eq!(w, [5 + 1 + 1, (4 + 8 + 8) / 4]);
     // 1 warp: the top level once, the loop body 8 times.
-    assert_eq!(warp_insts(&t, &w), 7 + 8 * 5);
+    assert_eq!(warp_insts(&t, &w, &Default::default()), 7 + 8 * 5);
     // Without the copies the loop body weighs all its lines.
     let memory: std::collections::BTreeMap<u32, u32> = [(load, 1), (store, 1)].into();
     let lines = LineCounts {
@@ -702,4 +702,57 @@ fn tensor_core_cycles_are_a_term_of_their_own() {
         p.total_s,
         p.launch_s + p.dram_s.max(p.l2_s) + p.latency_s + p.issue_s + p.tensor_s
     ));
+}
+
+/// A stratified sample takes the first, middle and last block of each class and counts each as
+/// its share of the grid (class size x 6 / blocks sampled from it).
+#[test]
+fn stratified_samples_weigh_each_class_by_its_share_of_the_grid() {
+    let (blocks, copies) = stratified_sample(10, |b| u32::from(b >= 7));
+    assert_eq!(blocks, [0, 3, 6, 7, 8, 9]);
+    let want: std::collections::BTreeMap<u32, u64> =
+        [(0, 14), (3, 14), (6, 14), (7, 6), (8, 6), (9, 6)].into();
+    assert_eq!(copies, want);
+    // A class of one or two blocks.
+    let (blocks, copies) = stratified_sample(3, |b| u32::from(b == 2));
+    assert_eq!(blocks, [0, 1, 2]);
+    assert_eq!(copies.values().copied().collect::<Vec<_>>(), [6, 6, 6]);
+}
+
+/// Blocks that do alike, two of them sampled and counted 3 and 1 times, give the sums of all
+/// four blocks traced: requests, sectors, warps and instructions; the prediction then scales by
+/// grid / 4 = 1.
+#[test]
+fn a_weighted_sample_sums_like_the_blocks_it_stands_for() {
+    let (bs, grid) = (64u32, 4u32);
+    let n = (bs * grid) as usize;
+    let kernel = copy(bs, 1);
+    let input: Vec<f32> = (0..n).map(|i| i as f32).collect();
+    let mut args = vec![
+        Arg::Buffer(Buffer::F32(input)),
+        Arg::Buffer(Buffer::F32(vec![0.0; n])),
+    ];
+    let all = run_traced(&kernel, &mut args, grid, &[0, 1, 2, 3]).expect("runs");
+    let two = run_traced(&kernel, &mut args, grid, &[0, 3]).expect("runs");
+    let copies: std::collections::BTreeMap<u32, u64> = [(0, 3), (3, 1)].into();
+    let (a, w) = (analyze(&all), analyze_weighted(&two, &copies));
+    assert_eq!((w.blocks, w.weight(), a.weight()), (2, 4, 4));
+    assert_eq!(w.loads, a.loads);
+    assert_eq!(w.stores, a.stores);
+    assert_eq!((w.warps, w.warp_insts), (a.warps, a.warp_insts));
+    assert_eq!(w.dram_sectors_by_param, a.dram_sectors_by_param);
+    let block = BlockResources {
+        threads: bs,
+        regs_per_thread: Some(16),
+        shared_bytes: 0,
+    };
+    let occ = occupancy(&SM90, block).expect("fits");
+    let bytes = [n as u64 * 4, n as u64 * 4];
+    let (pa, pw) = (
+        predict(&H100, grid, &occ, &a, &bytes),
+        predict(&H100, grid, &occ, &w, &bytes),
+    );
+    assert_eq!(pw.scale, 1.0);
+    assert!(close(pw.total_s, pa.total_s));
+    assert!(close(pw.l2_bytes, pa.l2_bytes));
 }

@@ -84,17 +84,75 @@ pub struct TraceStats {
     /// Per sampled block, per buffer parameter: the distinct sectors its loads touch and the
     /// sectors of all its load requests (what L1 saves depends on whether the distinct ones fit).
     pub block_load_sectors: Vec<BTreeMap<u32, [u64; 2]>>,
+    /// Per sampled block, how many times it counts in the other fields (1 each for a plain
+    /// sample; a stratified sample weighs each block by the share of the grid it stands for:
+    /// [`analyze_weighted`]).
+    pub block_copies: Vec<u64>,
+}
+
+impl TraceStats {
+    /// The sampled blocks counted with their copies (the model scales the sums by the grid
+    /// over this).
+    pub fn weight(&self) -> u64 {
+        self.block_copies.iter().sum()
+    }
 }
 
 /// Analyses `trace` (buffer bases 256-byte aligned, each shared array starting at bank 0).
 pub fn analyze(trace: &Trace) -> TraceStats {
+    analyze_weighted(trace, &BTreeMap::new())
+}
+
+/// [`analyze`], block `b` of the trace counted `copies[b]` times (1 when absent): the sums of
+/// a stratified sample, whose blocks stand for different shares of the grid.
+pub fn analyze_weighted(trace: &Trace, copies: &BTreeMap<u32, u64>) -> TraceStats {
     let mut stats = TraceStats {
         blocks: trace.blocks.len() as u32,
         ..TraceStats::default()
     };
-    stats.warp_insts = warp_insts(trace, &trace.body_insts);
-    stats.warp_mmas = warp_insts(trace, &trace.body_mmas);
+    let copies_of = |b: u32| copies.get(&b).copied().unwrap_or(1);
+    stats.warp_insts = warp_insts(trace, &trace.body_insts, copies);
+    stats.warp_mmas = warp_insts(trace, &trace.body_mmas, copies);
     for block in &trace.blocks {
+        let one = analyze_block(block);
+        stats.add(&one, copies_of(block.block));
+    }
+    stats
+}
+
+impl TraceStats {
+    /// Adds one block's figures `c` times.
+    fn add(&mut self, one: &TraceStats, c: u64) {
+        self.warps += c * one.warps;
+        for (to, from) in [
+            (&mut self.loads, &one.loads),
+            (&mut self.stores, &one.stores),
+        ] {
+            to.requests += c * from.requests;
+            to.sectors += c * from.sectors;
+            to.useful_bytes += c * from.useful_bytes;
+            to.dram_sectors += c * from.dram_sectors;
+            to.dram_requests += c * from.dram_requests;
+        }
+        self.shared.requests += c * one.shared.requests;
+        self.shared.wavefronts += c * one.shared.wavefronts;
+        self.shared.ideal_wavefronts += c * one.shared.ideal_wavefronts;
+        self.max_warp_dram_requests = self.max_warp_dram_requests.max(one.max_warp_dram_requests);
+        for (&p, n) in &one.dram_sectors_by_param {
+            let to = self.dram_sectors_by_param.entry(p).or_default();
+            to[0] += c * n[0];
+            to[1] += c * n[1];
+        }
+        self.block_load_sectors
+            .extend(one.block_load_sectors.iter().cloned());
+        self.block_copies.push(c);
+    }
+}
+
+/// One block's memory figures (its instructions are counted by [`warp_insts`]).
+fn analyze_block(block: &crate::ir::interp::BlockTrace) -> TraceStats {
+    let mut stats = TraceStats::default();
+    {
         let mut dram: [BTreeSet<(u32, u64)>; 2] = [BTreeSet::new(), BTreeSet::new()];
         let mut requested: BTreeMap<u32, u64> = BTreeMap::new();
         for warp in block.threads.chunks(32) {
@@ -147,15 +205,20 @@ pub fn analyze(trace: &Trace) -> TraceStats {
 }
 
 /// Warp instructions of the sample when one run of body `b` issues `weights[b]`: per warp and
-/// body, the most runs of any lane times the weight, summed.
-pub fn warp_insts(trace: &Trace, weights: &[u64]) -> u64 {
+/// body, the most runs of any lane times the weight, summed, each block `copies[block]` times
+/// (1 when absent).
+pub fn warp_insts(trace: &Trace, weights: &[u64], copies: &BTreeMap<u32, u64>) -> u64 {
     let mut sum = 0u64;
-    for warp in trace.blocks.iter().flat_map(|b| b.threads.chunks(32)) {
-        for (b, &n) in weights.iter().enumerate() {
-            let runs = warp
-                .iter()
-                .map(|t| t.body_runs.get(b).copied().unwrap_or(0));
-            sum = sum.saturating_add(runs.max().unwrap_or(0).saturating_mul(n));
+    for block in &trace.blocks {
+        let c = copies.get(&block.block).copied().unwrap_or(1);
+        for warp in block.threads.chunks(32) {
+            for (b, &n) in weights.iter().enumerate() {
+                let runs = warp
+                    .iter()
+                    .map(|t| t.body_runs.get(b).copied().unwrap_or(0));
+                let one = runs.max().unwrap_or(0).saturating_mul(n);
+                sum = sum.saturating_add(one.saturating_mul(c));
+            }
         }
     }
     sum
