@@ -130,6 +130,53 @@ fn vector_copy_is_fully_efficient_and_bandwidth_bound_on_h100() {
     assert_eq!(p.bound, Bound::Dram);
 }
 
+/// The bound of the quantize bars: a kernel that only streams the bars' input (8 x 16,384 x 128
+/// f16, 33.5 MB, 16 bytes a lane, at full occupancy) and writes a sixteenth of it (1-bit codes)
+/// is predicted at under 80% of the copy bound on H100, because waiting on its 65,536 load
+/// requests (5.4 us over 8,448 resident warps) is added to the transfer.
+#[test]
+fn a_streaming_kernel_at_the_quantize_bar_shape_is_under_80_percent_of_the_copy_bound() {
+    let (bs, grid) = (128u32, 16384u32);
+    let mut b = Builder::new("stream", bs);
+    let input = b.buffer("in", ScalarType::F32, Access::Read);
+    let out = b.buffer("out", ScalarType::F32, Access::Write);
+    let block = b.special(Special::BlockId);
+    let n = b.u32(bs);
+    let base = b.mul(block, n);
+    let t = b.special(Special::ThreadId);
+    let i = b.add(base, t);
+    let four = b.u32(4);
+    let j = b.mul(i, four);
+    let x = b.load_aligned(input, j, 4);
+    let x = b.extract(x, 0);
+    let three = b.u32(3);
+    let lane4 = b.binary(crate::ir::BinaryOp::And, i, three);
+    let zero = b.u32(0);
+    let first = b.cmp(crate::ir::CmpOp::Eq, lane4, zero);
+    b.if_then(first, |b| {
+        let two = b.u32(2);
+        let o = b.binary(crate::ir::BinaryOp::Shr, i, two);
+        b.store(out, o, x);
+    });
+    let n_in = (bs * grid * 4) as usize;
+    let (tr, _) = trace(&b.finish(), n_in, n_in / 16, grid);
+    let s = analyze(&tr);
+    let block = BlockResources {
+        threads: bs,
+        regs_per_thread: Some(16),
+        shared_bytes: 0,
+    };
+    let occ = occupancy(&SM90, block).expect("fits");
+    assert_eq!(occ.warps_per_sm, 64);
+    let (in_bytes, out_bytes) = (n_in as u64 * 4, n_in as u64 / 4);
+    assert_eq!((in_bytes, out_bytes), (33_554_432, 2_097_152));
+    let p = predict(&H100, grid, &occ, &s, &[in_bytes, out_bytes]);
+    assert!(close(p.latency_s, 65536.0 / 8448.0 * 700e-9));
+    let bound = bandwidth_bound_s(&H100, in_bytes + out_bytes);
+    let share = bound / p.total_s;
+    assert!(share > 0.7 && share < 0.8, "{share}");
+}
+
 #[test]
 fn stride_of_one_sector_per_lane_is_one_eighth_efficient() {
     // Lane i reads f32 element 8i: 32 bytes apart, each 4-byte element in its own sector.
