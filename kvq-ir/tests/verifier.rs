@@ -2215,3 +2215,42 @@ fn inv15_clusters() {
         &[(Some(body.0[0]), FindingKind::ClusterBarrierNotTopLevel)],
     );
 }
+
+/// A load at a uniform index from a read-only buffer is uniform (every thread reads the same
+/// bits): it may bound a sync loop and cross barriers. From a buffer the kernel may write, or at
+/// a thread's index, it is not.
+#[test]
+fn inv10_loads_of_read_only_buffers_at_uniform_indexes_are_uniform() {
+    let build = |access: Access, by_thread: bool| {
+        let mut b = Builder::new("k", 32);
+        let counts = b.buffer("counts", U32, access);
+        let out = b.buffer("out", U32, Access::Write);
+        let at = match by_thread {
+            true => b.special(Special::ThreadId),
+            false => b.special(Special::BlockId),
+        };
+        let n = b.load(counts, at, 1);
+        let z = b.u32(0);
+        b.for_range(z, n, 1, |b, _| b.barrier());
+        b.barrier();
+        let t = b.special(Special::ThreadId);
+        b.store(out, t, n);
+        (b.finish(), n)
+    };
+    let (k, _) = build(Access::Read, false);
+    assert_valid(&k);
+    for (access, by_thread) in [(Access::ReadWrite, false), (Access::Read, true)] {
+        let (k, n) = build(access, by_thread);
+        let kinds: Vec<FindingKind> = findings(&k).into_iter().map(|(_, kind)| kind).collect();
+        assert!(
+            kinds.contains(&FindingKind::SyncLoopNotUniform { operand: n }),
+            "{access:?} {by_thread}: {kinds:?}"
+        );
+        assert!(
+            kinds
+                .iter()
+                .any(|f| matches!(f, FindingKind::CrossesBarrier { operand, .. } if *operand == n)),
+            "{kinds:?}"
+        );
+    }
+}

@@ -150,3 +150,71 @@ pub fn scale_kernel() -> Kernel {
     });
     b.finish()
 }
+
+/// A block-uniform loop bounded by loads of a read-only buffer at the block's index (uniform:
+/// every thread reads the same bits), with barriers inside and the loaded count used after them:
+/// block `b` runs `counts[b]` steps of 8 threads, each step storing `step * 8 + thread` into
+/// shared memory and the block's output row summing the stored values, then writes the count.
+pub fn loaded_bound_kernel() -> Kernel {
+    let mut b = Builder::new("loaded_bound", 8);
+    let counts = b.buffer("counts", U32, Access::Read);
+    let out = b.buffer("out", U32, Access::Write);
+    let s = b.shared("s", U32, 8);
+    let acc = b.local("acc", U32, 1);
+    let bid = b.special(Special::BlockId);
+    let n = b.load(counts, bid, 1);
+    let z = b.u32(0);
+    b.for_range(z, n, 1, |b, step| {
+        let t = b.special(Special::ThreadId);
+        let eight = b.u32(8);
+        let base = b.mul(step, eight);
+        let v = b.add(base, t);
+        b.store(s, t, v);
+        b.barrier();
+        let t = b.special(Special::ThreadId);
+        let seven = b.u32(7);
+        let other = b.binary(BinaryOp::Xor, t, seven);
+        let x = b.load(s, other, 1);
+        let zero = b.u32(0);
+        let a = b.read_local(acc, zero);
+        let a = b.add(a, x);
+        b.write_local(acc, zero, a);
+        b.barrier();
+    });
+    // The loaded count, used after the loop's barriers: rematerialised by the host backend.
+    let t = b.special(Special::ThreadId);
+    let nine = b.u32(9);
+    let bid = b.special(Special::BlockId);
+    let row = b.mul(bid, nine);
+    let at = b.add(row, t);
+    let zero = b.u32(0);
+    let a = b.read_local(acc, zero);
+    b.store(out, at, a);
+    let zero = b.u32(0);
+    let first = b.cmp(CmpOp::Eq, t, zero);
+    b.if_then(first, |b| {
+        let eight = b.u32(8);
+        let at = b.add(row, eight);
+        b.store(out, at, n);
+    });
+    b.finish()
+}
+
+#[test]
+fn sync_loops_bounded_by_uniform_loads() {
+    let counts = vec![0u32, 3, 1, 5];
+    let args = vec![
+        Arg::Buffer(Buffer::U32(counts.clone())),
+        Arg::Buffer(Buffer::U32(vec![0; 36])),
+    ];
+    let got = agree(&loaded_bound_kernel(), args, 4);
+    // Thread t of block b: sum over steps of the value of thread t ^ 7, (s * 8 + (t ^ 7)).
+    let mut want = vec![0u32; 36];
+    for (blk, &n) in counts.iter().enumerate() {
+        for t in 0..8u32 {
+            want[blk * 9 + t as usize] = (0..n).map(|s| s * 8 + (t ^ 7)).sum();
+        }
+        want[blk * 9 + 8] = n;
+    }
+    assert_eq!(buf(&got, 1), &Buffer::U32(want));
+}

@@ -9,16 +9,18 @@
 //!   verifier requires it to be block-uniform; backends run it once per block, not per thread.
 //! - A value is **uniform** when every thread of a block computes the same bits for it from the
 //!   block's coordinates alone: a constant, a scalar parameter, `block_id`, `grid_size`, the
-//!   induction variable of a sync loop, or a pure operation (unary, binary, comparison, select,
-//!   conversion, bitcast, extract, vector) of uniform values. A uniform value may be used across
-//!   sync points: backends that run threads as loops recompute it where it is used.
+//!   induction variable of a sync loop, a pure operation (unary, binary, comparison, select,
+//!   conversion, bitcast, extract, vector) of uniform values, or a load at a uniform index from
+//!   a read-only buffer (which no thread of the launch writes, so every thread reads the same
+//!   bits). A uniform value may be used across sync points: backends that run threads as loops
+//!   recompute it where it is used (reloading a read-only buffer's element).
 //! - The **alignment** of a u32 value is the largest `k <= 32` for which it is a proven multiple
 //!   of `2^k` (wrapping arithmetic keeps it: `2^k` divides `2^32`).
 //!
 //! All three are computed in one walk in program order, never recursing, so any kernel (however
 //! malformed) gives an answer; for a kernel the verifier accepts they are exact facts.
 
-use super::kernel::{BinaryOp, Const, Kernel, Op, Special, Value};
+use super::kernel::{Access, BinaryOp, Const, Kernel, Memory, Op, Param, Special, Value};
 use super::print::{walk, BlockKind, Entry, Visit};
 
 /// Whether `op` is a synchronisation point.
@@ -217,6 +219,11 @@ impl<'k> Visit<'k> for Uniform<'_, 'k> {
                 if_false,
             } => u(cond) && u(if_true) && u(if_false),
             Op::Vector(items) => items.iter().all(u),
+            Op::Load {
+                mem: Memory::Param(p),
+                index,
+                ..
+            } => u(index) && read_only(f.kernel, *p),
             _ => false,
         };
         if let Some(slot) = self.0.uniform.get_mut(e.handle.index()) {
@@ -225,10 +232,22 @@ impl<'k> Visit<'k> for Uniform<'_, 'k> {
     }
 }
 
-/// The operands of a pure operation that a backend recomputes to rematerialise a uniform value
-/// (empty for constants, parameters, coordinates and Loops).
+/// Whether buffer parameter `p` is read-only ([`Access::Read`]).
+fn read_only(kernel: &Kernel, p: u32) -> bool {
+    matches!(
+        kernel.params.get(p as usize),
+        Some(Param::Buffer {
+            access: Access::Read,
+            ..
+        })
+    )
+}
+
+/// The operands of a pure operation (or a uniform load: its index) that a backend recomputes to
+/// rematerialise a uniform value (empty for constants, parameters, coordinates and Loops).
 pub fn pure_operands(op: &Op) -> Vec<Value> {
     match op {
+        Op::Load { index, .. } => vec![*index],
         Op::Unary(_, x) | Op::Convert(_, x) | Op::Bitcast(_, x) | Op::Extract(x, _) => vec![*x],
         Op::Binary(_, x, y) | Op::Cmp(_, x, y) => vec![*x, *y],
         Op::Select {

@@ -357,11 +357,17 @@ pub(super) fn lower(
     init_state(&mut b, &dims, &lc, mode);
     b.barrier();
 
-    // The tiles: a block-uniform loop, one token per lane per step.
+    // The tiles: a block-uniform loop, one token per lane per step, over a span chunk's
+    // `span_chunk` tokens or an fp chunk's `FP_CHUNK` (none in `stats`, which only looks at the
+    // span). The bound is uniform: loads of the read-only plan at the block's item. (A chunk's
+    // last tokens end early; its lanes past them take no token.)
     let z = b.u32(0);
-    // (`span_chunk` is a scalar parameter: block-uniform. An fp item's tokens end early; its
-    // lanes past them take no token.)
-    let cn = at.span_chunk;
+    let is_span = uniform_is_span(&mut b, &at, &bufs);
+    let fp_steps = match mode {
+        Mode::Partial => b.u32(dims.fp_chunk),
+        Mode::Stats => b.u32(0),
+    };
+    let cn = b.select(is_span, at.span_chunk, fp_steps);
     b.for_range(z, cn, warps * WARP_SIZE, |b, base| {
         stage_fp_rows(b, &dims, &at, &bufs, &sh, &lc, base, mode, s.block_size);
         if let KeyLayout::ChannelGroups(n) = dims.keys {
@@ -485,6 +491,22 @@ impl Item {
             span_chunk,
         }
     }
+}
+
+/// Whether the block's item is a span chunk, as a uniform value (loads of the read-only
+/// `work_seq` and `seqs` at the item's chunk; [`chunk_tokens`] reads the same from the locals).
+fn uniform_is_span(b: &mut Builder, at: &Item, bufs: &ItemParams) -> Value {
+    let seq = b.load(bufs.work_seq, at.w, 1);
+    let row = times(b, seq, f::COUNT);
+    let field = |b: &mut Builder, k: u32| {
+        let kv = b.u32(k);
+        let i = b.add(row, kv);
+        b.load(bufs.seqs, i, 1)
+    };
+    let base = field(b, f::CHUNK_BASE);
+    let span_chunks = field(b, f::SPAN_CHUNKS);
+    let ci = b.sub(at.w, base);
+    b.cmp(CmpOp::Lt, ci, span_chunks)
 }
 
 fn load_fields(b: &mut Builder, at: &Item, bufs: &ItemParams, fields: u32) {
