@@ -443,11 +443,7 @@ impl<'a, 'ctx> Lower<'a, 'ctx> {
                 index,
                 lanes,
                 aligned,
-            } => {
-                let (ptr, elem) = self.element(*mem, self.int(*index)?)?;
-                let align = access_align(elem, u32::from(*lanes), *aligned);
-                Some(self.load(ptr, elem, *lanes, align)?)
-            }
+            } => Some(self.load_op(*mem, self.int(*index)?, *lanes, *aligned)?),
             Op::Store {
                 mem,
                 index,

@@ -245,6 +245,23 @@ impl<'ctx> Lower<'_, 'ctx> {
         ))
     }
 
+    /// An `Op::Load` of `lanes` elements of `mem` at element `index`.
+    pub(super) fn load_op(
+        &self,
+        mem: Memory,
+        index: IntValue<'ctx>,
+        lanes: u8,
+        aligned: bool,
+    ) -> R<BasicValueEnum<'ctx>> {
+        let (ptr, elem) = self.element(mem, index)?;
+        self.load(
+            ptr,
+            elem,
+            lanes,
+            access_align(elem, u32::from(lanes), aligned),
+        )
+    }
+
     /// Loads `lanes` elements at `ptr`, aligned to `align` bytes.
     pub(super) fn load(
         &self,

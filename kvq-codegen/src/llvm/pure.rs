@@ -9,7 +9,7 @@ use inkwell::values::BasicValueEnum;
 use kvq_ir::ir::{Op, Type, Value};
 
 use super::lower::{Fail, Lower, R};
-use super::memory::{access_align, vector_type};
+use super::memory::vector_type;
 use super::ops::scalar_type;
 
 /// Deepest chain of uniform operations the host recomputes.
@@ -108,13 +108,7 @@ impl<'ctx> Lower<'_, 'ctx> {
                 aligned,
             } => {
                 let i = self.remat_with(*index, memo, depth + 1)?.into_int_value();
-                let (ptr, elem) = self.element(*mem, i)?;
-                self.load(
-                    ptr,
-                    elem,
-                    *lanes,
-                    access_align(elem, u32::from(*lanes), *aligned),
-                )?
+                self.load_op(*mem, i, *lanes, *aligned)?
             }
             _ => self.pure(op, &|o| self.remat_with(o, memo, depth + 1))?,
         };

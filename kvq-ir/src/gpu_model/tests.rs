@@ -88,13 +88,10 @@ fn coalesced_copy_is_fully_efficient_and_bandwidth_bound_on_a100() {
     ));
 }
 
-/// On H100 a copy whose lanes move 16 bytes each (aligned `f32x4`) keeps 512 bytes per warp
-/// request in flight: bandwidth bound. (A scalar f32 copy keeps 128: 8448 resident warps x 128 B
-/// over 700 ns is 1.5 TB/s, under the 3.35 TB/s of DRAM, so the model calls it latency bound.)
-#[test]
-fn vector_copy_is_fully_efficient_and_bandwidth_bound_on_h100() {
-    let (bs, grid) = (128u32, 16384u32);
-    let mut b = Builder::new("copy4", bs);
+/// A kernel named `name` whose thread `i = block * bs + thread` loads the 16 bytes (`f32x4`,
+/// aligned) of buffer `in` at element `4i`: the builder, `out`, `i`, `4i` and the vector.
+fn reader16(name: &str, bs: u32) -> (Builder, crate::ir::Memory, [crate::ir::Value; 3]) {
+    let mut b = Builder::new(name, bs);
     let input = b.buffer("in", ScalarType::F32, Access::Read);
     let out = b.buffer("out", ScalarType::F32, Access::Write);
     let block = b.special(Special::BlockId);
@@ -105,6 +102,16 @@ fn vector_copy_is_fully_efficient_and_bandwidth_bound_on_h100() {
     let four = b.u32(4);
     let j = b.mul(i, four);
     let x = b.load_aligned(input, j, 4);
+    (b, out, [i, j, x])
+}
+
+/// On H100 a copy whose lanes move 16 bytes each (aligned `f32x4`) keeps 512 bytes per warp
+/// request in flight: bandwidth bound. (A scalar f32 copy keeps 128: 8448 resident warps x 128 B
+/// over 700 ns is 1.5 TB/s, under the 3.35 TB/s of DRAM, so the model calls it latency bound.)
+#[test]
+fn vector_copy_is_fully_efficient_and_bandwidth_bound_on_h100() {
+    let (bs, grid) = (128u32, 16384u32);
+    let (mut b, out, [_, j, x]) = reader16("copy4", bs);
     b.store_aligned(out, j, x);
     let n = (bs * grid * 4) as usize;
     let (t, _) = trace(&b.finish(), n, n, grid);
@@ -137,17 +144,7 @@ fn vector_copy_is_fully_efficient_and_bandwidth_bound_on_h100() {
 #[test]
 fn a_streaming_kernel_at_the_quantize_bar_shape_is_under_80_percent_of_the_copy_bound() {
     let (bs, grid) = (128u32, 16384u32);
-    let mut b = Builder::new("stream", bs);
-    let input = b.buffer("in", ScalarType::F32, Access::Read);
-    let out = b.buffer("out", ScalarType::F32, Access::Write);
-    let block = b.special(Special::BlockId);
-    let n = b.u32(bs);
-    let base = b.mul(block, n);
-    let t = b.special(Special::ThreadId);
-    let i = b.add(base, t);
-    let four = b.u32(4);
-    let j = b.mul(i, four);
-    let x = b.load_aligned(input, j, 4);
+    let (mut b, out, [i, _, x]) = reader16("stream", bs);
     let x = b.extract(x, 0);
     let three = b.u32(3);
     let lane4 = b.binary(crate::ir::BinaryOp::And, i, three);
