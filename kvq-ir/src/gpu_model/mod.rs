@@ -6,9 +6,10 @@
 //! - [`params`]: the GPUs (H100, H200, A100) and their architectures (sm_80, sm_90).
 //! - [`occupancy()`]: resident blocks and warps per SM.
 //! - [`analyze`]: sectors, coalescing, bank conflicts and instructions of a
-//!   [`Trace`](crate::ir::interp::Trace).
-//! - [`predict()`]: `launch + max(DRAM, L2) + latency + issue`, and the bandwidth bounds it is compared
-//!   with.
+//!   [`Trace`](crate::ir::interp::Trace) ([`analyze_weighted`] for a [`stratified_sample`]).
+//! - [`machine`]: machine instructions per body of a trace, from ptxas's line information.
+//! - [`predict()`]: `launch + max(DRAM, L2) + latency + issue + tensor`, and the bandwidth
+//!   bounds it is compared with.
 
 pub mod machine;
 pub mod occupancy;
@@ -37,7 +38,7 @@ pub fn sample_blocks(grid: u32) -> Vec<u32> {
 
 /// Copies per sampled block of a stratified sample are `class size x STRATUM_UNIT / sampled
 /// blocks of the class`: whole numbers for 1, 2 or 3 sampled blocks.
-const STRATUM_UNIT: u64 = 6;
+pub const STRATUM_UNIT: u64 = 6;
 
 /// A stratified sample of a grid whose blocks fall into classes (`class_of`; an attention
 /// launch's span chunks and full-precision chunks do different work): the first, middle and last

@@ -72,7 +72,8 @@ pub struct Prediction {
 }
 
 /// Predicts a launch of `grid` blocks from the sampled `stats`, scaled by `grid / sampled
-/// blocks` (each counted with its copies: [`TraceStats::weight`]); `buffer_bytes[p]` is the size of buffer parameter `p` (missing: unbounded):
+/// blocks` (each counted with its copies: [`TraceStats::weight`]); `buffer_bytes[p]` is the
+/// size of buffer parameter `p` (missing: unbounded):
 /// - DRAM: per buffer, distinct sectors per block scaled to the grid, at most the buffer's size
 ///   (L2 keeps what several blocks share), loads and stores apart, summed;
 /// - L2: over the L2-to-SM bandwidth, every sector of every store request, and per block and
@@ -89,8 +90,9 @@ pub struct Prediction {
 ///
 /// The time is `launch + max(DRAM, L2) + latency + issue + tensor`: the two bandwidths move the
 /// same bytes, so the slower one counts, but waiting on loads and issuing instructions are
-/// added, not overlapped (and so are the tensor cores' cycles, which no measured kernel had). That is what kvq's kernels measured on an H200 (docs/gpu/h200-2026-12-04): Nsight
-/// Compute found neither memory nor issue saturated (DRAM throughput 3-19%, issue slots busy
+/// added, not overlapped (and so are the tensor cores' cycles, which no measured kernel had).
+/// That is what kvq's kernels measured on an H200 (docs/gpu/h200-2026-12-04): Nsight Compute
+/// found neither memory nor issue saturated (DRAM throughput 3-19%, issue slots busy
 /// 17-31% in the attention and CalibQuant quantize kernels), the phases of a warp (loads,
 /// arithmetic, reductions, barriers) following one another with too few warps to hide each
 /// other. Taking the largest term alone predicted those kernels 2.3x too fast on average (43
